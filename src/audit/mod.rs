@@ -1,0 +1,230 @@
+//! The decision log: one SQLite database in WAL mode, one writer thread doing
+//! group commit, every record chained to its predecessor by hash.
+//!
+//! Invariants:
+//! - A caller that needs durability ([`AuditLog::append_durable`]) gets `Ok`
+//!   only once its batch is committed; the pipeline forwards nothing before.
+//! - Records never hold secret values or query strings; credentials appear as
+//!   a kind and a non-secret reference.
+//! - The chain head advances only on commit, so a failed batch leaves no gap.
+
+mod chain;
+mod query;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+pub use chain::{VerifyError, VerifyReport, head, verify};
+pub use query::{Filter, Format, query, render};
+pub use writer::WriterHandle;
+
+/// The kind of a record.
+pub mod kind {
+    /// The decision on a call or handshake, written before anything is forwarded.
+    pub const DECISION: &str = "decision";
+    /// What happened after an allowed call: status, bytes, duration.
+    pub const OUTCOME: &str = "outcome";
+}
+
+/// One row of the decision log. Optional fields are omitted from the JSON
+/// form (and so from the hash), which keeps old records verifiable when new
+/// optional fields are added.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// Position in the chain, assigned by the writer.
+    pub seq: i64,
+    /// RFC 3339 UTC with milliseconds.
+    pub ts: String,
+    /// `decision` or `outcome`.
+    pub kind: String,
+    /// The id the agent sees in `x-clawgate-request-id`.
+    pub request_id: String,
+    /// `gateway`, `forward`, `connect` or `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The agent name, once identified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// SHA-256 of the client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_fp: Option<String>,
+    /// The run id from a run token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// The peer's address and port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<String>,
+    /// The HTTP method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The upstream (or requested) host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The path, never the query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The scope that decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The rule that decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// `allow` or `deny`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    /// A reason code from the README table.
+    pub reason: String,
+    /// In report mode, the reason enforce mode would have refused with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub would_deny: Option<String>,
+    /// The kind of credential injected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_kind: Option<String>,
+    /// A non-secret reference to the credential (`env:NAME`, `file:PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_ref: Option<String>,
+    /// The digest of the policy in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_digest: Option<String>,
+    /// The status the agent received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<i64>,
+    /// Request body bytes sent upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_up: Option<i64>,
+    /// Response body bytes sent to the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_down: Option<i64>,
+    /// Milliseconds from receipt to the end of the response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+    /// Free text that is never secret (a TLS verifier reason, a count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The hash of the previous record.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prev_hash: String,
+    /// The hash of this record.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+}
+
+impl DecisionRecord {
+    /// A record of `kind` for `request_id`, stamped now.
+    pub fn new(kind: &str, request_id: &str) -> DecisionRecord {
+        DecisionRecord {
+            ts: now_rfc3339(),
+            kind: kind.to_owned(),
+            request_id: request_id.to_owned(),
+            ..DecisionRecord::default()
+        }
+    }
+}
+
+/// The current time as RFC 3339 UTC with exactly three fractional digits, so
+/// that text order is time order.
+pub fn now_rfc3339() -> String {
+    format_ts(time::OffsetDateTime::now_utc())
+}
+
+/// Formats a time the way records store it.
+pub fn format_ts(t: time::OffsetDateTime) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(FORMAT)
+        .unwrap_or_default()
+}
+
+/// Why the decision log could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// SQLite refused the batch (locked, disk full, read-only, corrupt).
+    #[error("decision log write failed: {0}")]
+    Write(String),
+    /// SQLite refused a read.
+    #[error("decision log read failed: {0}")]
+    Read(#[from] rusqlite::Error),
+    /// The writer thread is gone.
+    #[error("decision log writer has stopped")]
+    WriterGone,
+    /// The database could not be opened or prepared.
+    #[error("cannot open decision log `{path}`: {source}")]
+    Open {
+        /// The database path.
+        path: String,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+}
+
+enum Command {
+    Append(
+        Box<DecisionRecord>,
+        Option<oneshot::Sender<Result<i64, String>>>,
+    ),
+    Shutdown,
+}
+
+/// A cheap, cloneable handle to the writer.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    tx: std::sync::mpsc::Sender<Command>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Append(rec, _) => write!(f, "Append({})", rec.request_id),
+            Command::Shutdown => f.write_str("Shutdown"),
+        }
+    }
+}
+
+impl AuditLog {
+    /// Opens (or creates) the database and starts the writer thread.
+    pub fn open(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError> {
+        writer::start(path)
+    }
+
+    /// Appends a record and waits until its batch is committed.
+    pub async fn append_durable(&self, record: DecisionRecord) -> Result<i64, AuditError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Command::Append(Box::new(record), Some(done)))
+            .map_err(|_| AuditError::WriterGone)?;
+        match wait.await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(message)) => Err(AuditError::Write(message)),
+            Err(_) => Err(AuditError::WriterGone),
+        }
+    }
+
+    /// Appends a record without waiting (outcomes, handshake rejections).
+    /// A failure is logged by the writer and turns health red.
+    pub fn append(&self, record: DecisionRecord) {
+        if self
+            .tx
+            .send(Command::Append(Box::new(record), None))
+            .is_err()
+        {
+            self.healthy.store(false, Ordering::Relaxed);
+            tracing::error!("decision log writer has stopped; record dropped");
+        }
+    }
+
+    /// Whether the last batch was committed.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+//! Reading the decision log: filters, and the table, JSON-lines and CSV forms.
+//! Queries open the database read-only and never block the writer.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use rusqlite::types::Value;
+
+use super::chain::{COLUMNS, from_row, open_read_only};
+use super::{AuditError, DecisionRecord};
+
+/// Which records to return. Every field narrows; `None` means any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Exact agent name.
+    pub agent: Option<String>,
+    /// Exact scope name.
+    pub scope: Option<String>,
+    /// `allow` or `deny`.
+    pub decision: Option<String>,
+    /// A reason code.
+    pub reason: Option<String>,
+    /// Exact host.
+    pub host: Option<String>,
+    /// Records at or after this RFC 3339 UTC time.
+    pub since: Option<String>,
+    /// Records before this RFC 3339 UTC time.
+    pub until: Option<String>,
+    /// At most this many records: the most recent ones, oldest first.
+    pub limit: Option<u64>,
+}
+
+/// How records are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON object per line.
+    Json,
+    /// RFC 4180 CSV with a header row.
+    Csv,
+}
+
+/// Returns the records that pass `filter`, oldest first.
+pub fn query(path: &Path, filter: &Filter) -> Result<Vec<DecisionRecord>, AuditError> {
+    let conn = open_read_only(path)?;
+    let mut clauses = Vec::new();
+    let mut args: Vec<Value> = Vec::new();
+    let mut eq = |column: &str, value: &Option<String>| {
+        if let Some(v) = value {
+            clauses.push(format!("{column} = ?"));
+            args.push(Value::Text(v.clone()));
+        }
+    };
+    eq("agent", &filter.agent);
+    eq("scope", &filter.scope);
+    eq("decision", &filter.decision);
+    eq("reason", &filter.reason);
+    eq("host", &filter.host);
+    if let Some(since) = &filter.since {
+        clauses.push("ts >= ?".into());
+        args.push(Value::Text(since.clone()));
+    }
+    if let Some(until) = &filter.until {
+        clauses.push("ts < ?".into());
+        args.push(Value::Text(until.clone()));
+    }
+    let mut sql = format!("SELECT {COLUMNS} FROM records");
+    if !clauses.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&clauses.join(" AND "));
+    }
+    sql.push_str(" ORDER BY seq DESC");
+    if let Some(limit) = filter.limit {
+        sql.push_str(" LIMIT ?");
+        args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+    }
+    let mut stmt = conn.prepare(&sql)?;
+    let mut records = stmt
+        .query_map(rusqlite::params_from_iter(args), from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    records.reverse();
+    Ok(records)
+}
+
+const TABLE_COLUMNS: [&str; 11] = [
+    "seq", "time", "kind", "agent", "method", "host", "path", "scope", "decision", "reason",
+    "status",
+];
+
+fn table_cells(r: &DecisionRecord) -> [String; 11] {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let reason = match &r.would_deny {
+        Some(would) => format!("{} (would deny: {would})", r.reason),
+        None => r.reason.clone(),
+    };
+    [
+        r.seq.to_string(),
+        r.ts.clone(),
+        r.kind.clone(),
+        opt(&r.agent),
+        opt(&r.method),
+        opt(&r.host),
+        opt(&r.path),
+        opt(&r.scope),
+        opt(&r.decision),
+        reason,
+        r.status.map_or_else(|| "-".into(), |s| s.to_string()),
+    ]
+}
+
+/// Writes `records` to `out` in `format`.
+pub fn render(records: &[DecisionRecord], format: Format, out: &mut dyn Write) -> io::Result<()> {
+    match format {
+        Format::Json => {
+            for record in records {
+                serde_json::to_writer(&mut *out, record)?;
+                writeln!(out)?;
+            }
+        }
+        Format::Csv => {
+            let columns: Vec<&str> = COLUMNS.split(',').map(str::trim).collect();
+            writeln!(out, "{}", columns.join(","))?;
+            for record in records {
+                let value = serde_json::to_value(record).unwrap_or_default();
+                let cells: Vec<String> = columns
+                    .iter()
+                    .map(|c| match value.get(*c) {
+                        None | Some(serde_json::Value::Null) => String::new(),
+                        Some(serde_json::Value::String(s)) => csv_cell(s),
+                        Some(other) => other.to_string(),
+                    })
+                    .collect();
+                writeln!(out, "{}", cells.join(","))?;
+            }
+        }
+        Format::Table => {
+            let rows: Vec<[String; 11]> = records.iter().map(table_cells).collect();
+            let mut widths = TABLE_COLUMNS.map(str::len);
+            for row in &rows {
+                for (w, cell) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+            let line = |cells: &[String]| {
+                cells
+                    .iter()
+                    .zip(widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_owned()
+            };
+            let header: Vec<String> = TABLE_COLUMNS.iter().map(|c| (*c).to_owned()).collect();
+            writeln!(out, "{}", line(&header))?;
+            for row in &rows {
+                writeln!(out, "{}", line(row))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn csv_cell(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}

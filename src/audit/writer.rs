@@ -1,0 +1,205 @@
+//! The one writer: a dedicated thread that owns the SQLite connection, drains
+//! whatever records are waiting into one transaction, commits with a full
+//! fsync, and only then answers the callers of that batch.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Duration;
+
+use rusqlite::{Connection, params};
+
+use super::chain::{Head, seal};
+use super::{AuditError, AuditLog, Command, DecisionRecord};
+
+/// Most records in one transaction; bounds the latency of a batch.
+const MAX_BATCH: usize = 512;
+/// How long a write waits for a lock held by another process.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(1500);
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    ts TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    mode TEXT, agent TEXT, cert_fp TEXT, run_id TEXT, client_addr TEXT,
+    method TEXT, host TEXT, path TEXT, scope TEXT, rule TEXT,
+    decision TEXT, reason TEXT NOT NULL, would_deny TEXT,
+    credential_kind TEXT, credential_ref TEXT, policy_digest TEXT,
+    status INTEGER, bytes_up INTEGER, bytes_down INTEGER, duration_ms INTEGER,
+    detail TEXT,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_request ON records(request_id);
+CREATE INDEX IF NOT EXISTS records_agent_ts ON records(agent, ts);
+CREATE INDEX IF NOT EXISTS records_ts ON records(ts);
+";
+
+/// Owns the writer thread; [`WriterHandle::shutdown`] drains and joins it.
+#[derive(Debug)]
+pub struct WriterHandle {
+    log: AuditLog,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriterHandle {
+    /// Writes everything already queued, then stops the thread.
+    pub fn shutdown(mut self) {
+        let _ = self.log.tx.send(Command::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError> {
+    let open_error = |source| AuditError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(open_error)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(open_error)?;
+    // FULL: in WAL mode this is what makes each commit durable.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(open_error)?;
+    conn.execute_batch(SCHEMA).map_err(open_error)?;
+    let head = Head::read(&conn).map_err(open_error)?;
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let healthy = Arc::new(AtomicBool::new(true));
+    let log = AuditLog {
+        tx,
+        healthy: Arc::clone(&healthy),
+    };
+    let thread = std::thread::Builder::new()
+        .name("clawgate-audit".into())
+        .spawn(move || run(conn, head, rx, &healthy))
+        .map_err(|e| AuditError::Write(format!("cannot start writer thread: {e}")))?;
+    Ok((
+        log.clone(),
+        WriterHandle {
+            log,
+            thread: Some(thread),
+        },
+    ))
+}
+
+type Waiter = Option<tokio::sync::oneshot::Sender<Result<i64, String>>>;
+
+fn run(mut conn: Connection, mut head: Head, rx: Receiver<Command>, healthy: &AtomicBool) {
+    let mut batch: Vec<(Box<DecisionRecord>, Waiter)> = Vec::with_capacity(MAX_BATCH);
+    let mut stopping = false;
+    while !stopping {
+        match rx.recv() {
+            Ok(Command::Append(record, waiter)) => batch.push((record, waiter)),
+            Ok(Command::Shutdown) | Err(_) => break,
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Command::Append(record, waiter)) => batch.push((record, waiter)),
+                Ok(Command::Shutdown) => {
+                    stopping = true;
+                    break;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        commit(&mut conn, &mut head, &mut batch, healthy);
+    }
+    // Anything sent before shutdown is still written.
+    while let Ok(Command::Append(record, waiter)) = rx.try_recv() {
+        batch.push((record, waiter));
+        if batch.len() == MAX_BATCH {
+            commit(&mut conn, &mut head, &mut batch, healthy);
+        }
+    }
+    if !batch.is_empty() {
+        commit(&mut conn, &mut head, &mut batch, healthy);
+    }
+}
+
+fn commit(
+    conn: &mut Connection,
+    head: &mut Head,
+    batch: &mut Vec<(Box<DecisionRecord>, Waiter)>,
+    healthy: &AtomicBool,
+) {
+    let mut next = head.clone();
+    let result = write_batch(conn, &mut next, batch);
+    match &result {
+        Ok(()) => {
+            *head = next;
+            healthy.store(true, Ordering::Relaxed);
+        }
+        Err(e) => {
+            healthy.store(false, Ordering::Relaxed);
+            tracing::error!(error = %e, records = batch.len(), "decision log batch failed");
+        }
+    }
+    for (record, waiter) in batch.drain(..) {
+        if let Some(waiter) = waiter {
+            let answer = match &result {
+                Ok(()) => Ok(record.seq),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = waiter.send(answer);
+        }
+    }
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    head: &mut Head,
+    batch: &mut [(Box<DecisionRecord>, Waiter)],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO records (seq, ts, kind, request_id, mode, agent, cert_fp, run_id,
+                client_addr, method, host, path, scope, rule, decision, reason, would_deny,
+                credential_kind, credential_ref, policy_digest, status, bytes_up, bytes_down,
+                duration_ms, detail, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+        )?;
+        for (record, _) in batch.iter_mut() {
+            seal(head, record);
+            let r = &**record;
+            insert.execute(params![
+                r.seq,
+                r.ts,
+                r.kind,
+                r.request_id,
+                r.mode,
+                r.agent,
+                r.cert_fp,
+                r.run_id,
+                r.client_addr,
+                r.method,
+                r.host,
+                r.path,
+                r.scope,
+                r.rule,
+                r.decision,
+                r.reason,
+                r.would_deny,
+                r.credential_kind,
+                r.credential_ref,
+                r.policy_digest,
+                r.status,
+                r.bytes_up,
+                r.bytes_down,
+                r.duration_ms,
+                r.detail,
+                r.prev_hash,
+                r.hash,
+            ])?;
+        }
+    }
+    tx.commit()
+}

@@ -1,0 +1,161 @@
+//! Streaming bodies: the one response body type, and a wrapper that counts
+//! bytes as they pass and enforces the total deadline of an exchange.
+//!
+//! Bodies are never buffered whole: frames are passed on as they arrive, and
+//! the counters are the only state kept.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use tokio::time::{Instant, Sleep};
+
+/// Errors that a streamed body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every response clawgate sends to an agent.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// The exchange ran past its total deadline while a body was streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream exchange exceeded its total timeout")]
+pub struct DeadlineExceeded;
+
+/// Counts data bytes passing through `inner` into a shared counter, and
+/// fails the stream once `deadline` has passed.
+///
+/// Whatever `on_drop` holds is dropped with the body, which is how the outcome
+/// record is emitted exactly once, whether the stream ended, failed or the
+/// agent went away.
+#[derive(Debug)]
+pub struct CountingBody<B, G = ()> {
+    inner: B,
+    counter: Arc<AtomicU64>,
+    deadline: Option<Pin<Box<Sleep>>>,
+    on_drop: G,
+}
+
+impl<B> CountingBody<B, ()> {
+    /// Counts into `counter` with no deadline and nothing to run on drop.
+    pub fn new(inner: B, counter: Arc<AtomicU64>) -> Self {
+        CountingBody {
+            inner,
+            counter,
+            deadline: None,
+            on_drop: (),
+        }
+    }
+}
+
+impl<B, G> CountingBody<B, G> {
+    /// Fails the stream once `deadline` passes.
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        self
+    }
+
+    /// Attaches a value that is dropped together with the body.
+    pub fn with_guard<H>(self, on_drop: H) -> CountingBody<B, H> {
+        CountingBody {
+            inner: self.inner,
+            counter: self.counter,
+            deadline: self.deadline,
+            on_drop,
+        }
+    }
+
+    /// The guard attached by [`CountingBody::with_guard`].
+    pub fn guard_mut(&mut self) -> &mut G {
+        &mut self.on_drop
+    }
+}
+
+impl<B, G> Body for CountingBody<B, G>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+    G: Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Err(Box::new(DeadlineExceeded))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    #[tokio::test]
+    async fn counts_every_data_byte_and_passes_them_on() {
+        let counter = Arc::new(AtomicU64::new(0));
+        let body = CountingBody::new(
+            Full::new(Bytes::from_static(b"hello world")),
+            counter.clone(),
+        );
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"hello world");
+        assert_eq!(counter.load(Ordering::Relaxed), 11);
+    }
+
+    #[tokio::test]
+    async fn fails_once_the_deadline_has_passed() {
+        let counter = Arc::new(AtomicU64::new(0));
+        let body = CountingBody::new(Full::new(Bytes::from_static(b"late")), counter.clone())
+            .with_deadline(Some(Instant::now()));
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let err = body.collect().await.unwrap_err();
+        assert!(err.to_string().contains("total timeout"));
+        assert_eq!(counter.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn drops_its_guard_with_the_body() {
+        struct Flag(Arc<AtomicU64>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(1, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicU64::new(0));
+        let body = CountingBody::new(Full::new(Bytes::new()), Arc::new(AtomicU64::new(0)))
+            .with_guard(Flag(dropped.clone()));
+        assert_eq!(dropped.load(Ordering::SeqCst), 0);
+        drop(body);
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    }
+}

@@ -1,0 +1,183 @@
+//! A local HTTPS upstream that answers with what it received, for the demo and
+//! the end-to-end tests. It reads request bodies as a stream and only counts
+//! them, so large uploads cost no memory.
+//!
+//! Paths with a meaning:
+//! - `/bytes/N` answers with N bytes, streamed in 64 KiB chunks;
+//! - `/slow/MS` waits MS milliseconds before answering;
+//! - anything else answers JSON: method, path, query, headers, body size.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::{BoxError, ProxyBody};
+use crate::certs::Pem;
+
+/// A request as the upstream saw it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Seen {
+    /// The method.
+    pub method: String,
+    /// The path.
+    pub path: String,
+    /// The query, if any.
+    pub query: Option<String>,
+    /// Every header, in order, lowercase names.
+    pub headers: Vec<(String, String)>,
+    /// How many body bytes arrived.
+    pub body_bytes: u64,
+}
+
+/// A running echo upstream.
+#[derive(Debug)]
+pub struct EchoUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl EchoUpstream {
+    /// Starts an echo upstream on `127.0.0.1:0` serving `cert` (h2 and http/1.1).
+    pub async fn start(cert: &Pem) -> std::io::Result<EchoUpstream> {
+        let invalid = |e: &dyn std::fmt::Display| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+        };
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert.cert.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| invalid(&e))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(cert.key_pem().as_bytes()).map_err(|e| invalid(&e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(&e))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| invalid(&e))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(accept_loop(listener, acceptor, Arc::clone(&seen)));
+        Ok(EchoUpstream { addr, seen, task })
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, seen: Arc<Mutex<Vec<Seen>>>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let seen = Arc::clone(&seen);
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = service_fn(move |req| {
+                let seen = Arc::clone(&seen);
+                async move { Ok::<_, Infallible>(answer(req, &seen).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<ProxyBody> {
+    let (parts, mut body) = req.into_parts();
+    let mut body_bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => body_bytes += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => break,
+        }
+    }
+    let path = parts.uri.path().to_owned();
+    let record = Seen {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body_bytes,
+    };
+    if let Ok(mut all) = seen.lock() {
+        all.push(record.clone());
+    }
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        return Response::new(BodyExt::boxed(StreamBody::new(zeros(n))));
+    }
+    if let Some(ms) = path
+        .strip_prefix("/slow/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let json = serde_json::to_vec(&record).unwrap_or_default();
+    let mut response = Response::new(
+        Full::new(Bytes::from(json))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `n` zero bytes as a stream of 64 KiB frames.
+fn zeros(n: u64) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send + Sync {
+    const CHUNK: u64 = 64 * 1024;
+    let chunk = Bytes::from(vec![0u8; CHUNK as usize]);
+    futures_util::stream::iter(
+        std::iter::successors(Some(n), move |left| left.checked_sub(CHUNK)).filter_map(
+            move |left| {
+                (left > 0).then(|| Ok(Frame::data(chunk.slice(..left.min(CHUNK) as usize))))
+            },
+        ),
+    )
+}

@@ -1,0 +1,208 @@
+//! Typed reasons and their one mapping to responses.
+//!
+//! Every decision clawgate makes carries a [`Reason`]. The same kebab-case code
+//! appears in the response body an agent sees and in the decision record an
+//! auditor reads. [`Reason::status`] is the only place a reason becomes an HTTP
+//! status; [`refusal_response`] is the only place a refusal becomes a response.
+//!
+//! Never put anything but the reason code and the request id in a refusal body:
+//! a body must not echo agent input, upstream detail or secret material.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+use crate::body::ProxyBody;
+
+/// The header that carries the request id on every response, allowed or not.
+pub const REQUEST_ID_HEADER: &str = "x-clawgate-request-id";
+
+/// The closed set of reasons. Adding one means adding it to the README table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The call was allowed by a rule.
+    Allowed,
+    /// The peer failed the TLS handshake (no, expired, revoked or foreign
+    /// certificate). Recorded only: the peer never gets an HTTP answer.
+    TlsRejected,
+    /// A valid certificate whose names map to no agent in policy.
+    UnknownAgent,
+    /// The route or host is not in any of the agent's scopes.
+    NoMatchingScope,
+    /// The scope has no allow rule for this method and path (deny by default).
+    NoMatchingRule,
+    /// An explicit deny rule matched.
+    DeniedByRule,
+    /// `CONNECT` tunnels are not offered yet.
+    ConnectNotSupported,
+    /// The request could not be interpreted safely (bad path, bad target).
+    MalformedRequest,
+    /// The scope injects a credential that is not available.
+    CredentialUnavailable,
+    /// The upstream could not be reached or broke the exchange.
+    UpstreamUnreachable,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The decision could not be recorded, so the call was not forwarded.
+    AuditUnavailable,
+}
+
+impl Reason {
+    /// Every reason, in the order of the README table.
+    pub const ALL: [Reason; 12] = [
+        Reason::Allowed,
+        Reason::TlsRejected,
+        Reason::UnknownAgent,
+        Reason::NoMatchingScope,
+        Reason::NoMatchingRule,
+        Reason::DeniedByRule,
+        Reason::ConnectNotSupported,
+        Reason::MalformedRequest,
+        Reason::CredentialUnavailable,
+        Reason::UpstreamUnreachable,
+        Reason::UpstreamTimeout,
+        Reason::AuditUnavailable,
+    ];
+
+    /// The kebab-case code used in responses, records and the README.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::TlsRejected => "tls-rejected",
+            Reason::UnknownAgent => "unknown-agent",
+            Reason::NoMatchingScope => "no-matching-scope",
+            Reason::NoMatchingRule => "no-matching-rule",
+            Reason::DeniedByRule => "denied-by-rule",
+            Reason::ConnectNotSupported => "connect-not-supported",
+            Reason::MalformedRequest => "malformed-request",
+            Reason::CredentialUnavailable => "credential-unavailable",
+            Reason::UpstreamUnreachable => "upstream-unreachable",
+            Reason::UpstreamTimeout => "upstream-timeout",
+            Reason::AuditUnavailable => "audit-unavailable",
+        }
+    }
+
+    /// The one mapping from reason to HTTP status.
+    pub const fn status(self) -> StatusCode {
+        match self {
+            Reason::Allowed => StatusCode::OK,
+            // Never sent: a rejected handshake has no HTTP exchange.
+            Reason::TlsRejected => StatusCode::FORBIDDEN,
+            Reason::UnknownAgent
+            | Reason::NoMatchingScope
+            | Reason::NoMatchingRule
+            | Reason::DeniedByRule => StatusCode::FORBIDDEN,
+            Reason::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
+            Reason::MalformedRequest => StatusCode::BAD_REQUEST,
+            Reason::CredentialUnavailable | Reason::AuditUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Reason::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Parses a code back into a reason (for `audit query --reason`).
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// The `error` field of a refusal body: `denied` for a policy refusal,
+    /// `unavailable` when clawgate or the upstream could not serve the call.
+    fn error_kind(self) -> &'static str {
+        if self.status().is_server_error() {
+            "unavailable"
+        } else {
+            "denied"
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// Builds the response for a refused call: status from [`Reason::status`], a
+/// small JSON body and the request id header.
+pub fn refusal_response(reason: Reason, request_id: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({
+        "error": reason.error_kind(),
+        "reason": reason.code(),
+        "request_id": request_id,
+    });
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = reason.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID_HEADER, id);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_a_unique_code_that_round_trips() {
+        let mut seen = std::collections::HashSet::new();
+        for reason in Reason::ALL {
+            assert!(seen.insert(reason.code()), "duplicate code {reason}");
+            assert_eq!(Reason::from_code(reason.code()), Some(reason));
+            assert!(
+                reason
+                    .code()
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '-')
+            );
+        }
+        assert_eq!(Reason::from_code("no-such-reason"), None);
+    }
+
+    #[test]
+    fn reasons_map_to_the_documented_statuses() {
+        let table = [
+            (Reason::Allowed, 200),
+            (Reason::UnknownAgent, 403),
+            (Reason::NoMatchingScope, 403),
+            (Reason::NoMatchingRule, 403),
+            (Reason::DeniedByRule, 403),
+            (Reason::ConnectNotSupported, 405),
+            (Reason::MalformedRequest, 400),
+            (Reason::CredentialUnavailable, 503),
+            (Reason::UpstreamUnreachable, 502),
+            (Reason::UpstreamTimeout, 504),
+            (Reason::AuditUnavailable, 503),
+        ];
+        for (reason, status) in table {
+            assert_eq!(reason.status().as_u16(), status, "{reason}");
+        }
+    }
+
+    #[tokio::test]
+    async fn refusal_body_carries_reason_and_request_id_only() {
+        let response = refusal_response(Reason::DeniedByRule, "req-1");
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(response.headers()[REQUEST_ID_HEADER], "req-1");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"error": "denied", "reason": "denied-by-rule", "request_id": "req-1"})
+        );
+        let response = refusal_response(Reason::UpstreamTimeout, "req-2");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["error"], "unavailable");
+    }
+}

@@ -1,0 +1,292 @@
+//! The upstream side: pooled hyper clients, header hygiene, timeouts.
+//!
+//! Upstream TLS is always verified: webpki roots, plus the CA file a scope
+//! names for a private upstream. Scopes that trust the same extra CAs share one
+//! pooled client; scopes that trust none share the default one.
+//!
+//! Invariants: nothing here decides anything. A request only reaches
+//! [`Upstreams::send`] with a [`Permitted`] that `decide` made; hop-by-hop
+//! headers and clawgate's own headers never leave in either direction.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
+
+use crate::body::CountingBody;
+use crate::error::Reason;
+use crate::policy::{Permitted, Upstream};
+
+/// The request body type sent upstream: the agent's body, streamed and counted.
+pub type UpstreamBody = CountingBody<Incoming>;
+type PooledClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// Connection limits for upstream calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Limit on TCP connect to the upstream.
+    pub connect: Duration,
+    /// Limit on the whole exchange, response body included.
+    pub total: Duration,
+}
+
+/// The upstream clients, one per distinct set of trusted roots.
+pub struct Upstreams {
+    timeouts: Timeouts,
+    default: PooledClient,
+    private: Mutex<HashMap<[u8; 32], PooledClient>>,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams")
+            .field("timeouts", &self.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// A scope's CA file holds a certificate rustls will not use as a root.
+    #[error("upstream CA certificate rejected: {0}")]
+    BadRoot(String),
+    /// rustls refused the configuration.
+    #[error("upstream TLS configuration failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+impl Upstreams {
+    /// Builds the default client (webpki roots only).
+    pub fn new(timeouts: Timeouts) -> Result<Upstreams, ForwardError> {
+        Ok(Upstreams {
+            timeouts,
+            default: build_client(&[], timeouts)?,
+            private: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The configured timeouts.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    fn client_for(
+        &self,
+        extra_roots: &[CertificateDer<'static>],
+    ) -> Result<PooledClient, ForwardError> {
+        if extra_roots.is_empty() {
+            return Ok(self.default.clone());
+        }
+        let mut hasher = Sha256::new();
+        for root in extra_roots {
+            hasher.update(root.as_ref());
+        }
+        let key: [u8; 32] = hasher.finalize().into();
+        let mut clients = self
+            .private
+            .lock()
+            .map_err(|_| ForwardError::BadRoot("client cache poisoned".into()))?;
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = build_client(extra_roots, self.timeouts)?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Sends a permitted request and waits for the response head, within the
+    /// total timeout.
+    pub async fn send(
+        &self,
+        permit: &Permitted,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, Reason> {
+        let client = self.client_for(&permit.scope().ca_certs).map_err(|e| {
+            tracing::error!(error = %e, "cannot build upstream client");
+            Reason::UpstreamUnreachable
+        })?;
+        match tokio::time::timeout(self.timeouts.total, client.request(request)).await {
+            Err(_) => Err(Reason::UpstreamTimeout),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => {
+                let timed_out = error_chain(&e).any(|cause| {
+                    cause
+                        .downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                        || cause.to_string().contains("timed out")
+                });
+                tracing::warn!(error = %ErrorChain(&e), "upstream call failed");
+                Err(if timed_out {
+                    Reason::UpstreamTimeout
+                } else {
+                    Reason::UpstreamUnreachable
+                })
+            }
+        }
+    }
+}
+
+fn build_client(
+    extra_roots: &[CertificateDer<'static>],
+    timeouts: Timeouts,
+) -> Result<PooledClient, ForwardError> {
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for root in extra_roots {
+        roots
+            .add(root.clone())
+            .map_err(|e| ForwardError::BadRoot(e.to_string()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(timeouts.connect));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .build(https))
+}
+
+fn error_chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+/// Displays an error with its causes, `a: b: c`.
+#[derive(Debug)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, cause) in error_chain(self.0).enumerate() {
+            if i > 0 {
+                f.write_str(": ")?;
+            }
+            write!(f, "{cause}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The upstream URI for a path below the scope and the agent's query.
+pub fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, Reason> {
+    let mut text = format!(
+        "{}://{}{}{}",
+        upstream.scheme,
+        upstream.authority(),
+        upstream.base_path,
+        path
+    );
+    if let Some(query) = query {
+        text.push('?');
+        text.push_str(query);
+    }
+    text.parse().map_err(|_| Reason::MalformedRequest)
+}
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, the headers `Connection` names, and every
+/// `x-clawgate-*` header.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-clawgate-"))
+        .cloned()
+        .collect();
+    for name in ours {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("proxy-authorization", HeaderValue::from_static("Basic abc"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("x-clawgate-run-token", HeaderValue::from_static("t"));
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, vec!["accept"]);
+    }
+
+    #[test]
+    fn upstream_uri_joins_base_path_route_rest_and_query() {
+        let upstream = Upstream {
+            scheme: http::uri::Scheme::HTTPS,
+            host: "api.example.com".into(),
+            port: 443,
+            base_path: "/v2".into(),
+        };
+        assert_eq!(
+            upstream_uri(&upstream, "/items/1", Some("a=1&b=2")).unwrap(),
+            "https://api.example.com/v2/items/1?a=1&b=2"
+        );
+        let local = Upstream {
+            scheme: http::uri::Scheme::HTTPS,
+            host: "::1".into(),
+            port: 9443,
+            base_path: String::new(),
+        };
+        assert_eq!(
+            upstream_uri(&local, "/", None).unwrap(),
+            "https://[::1]:9443/"
+        );
+    }
+}

@@ -1,0 +1,35 @@
+//! clawgate: an mTLS credential broker and tool-call proxy for AI agents.
+//!
+//! One call, end to end; the modules follow it:
+//!
+//! ```text
+//! agent ──mTLS──▶ listener ─▶ route ─▶ identity + policy::decide ─▶ credentials ─▶ forward ──TLS──▶ API
+//!                   │                         │                          │              │
+//!                   └─────────────────────────┴──────────────────────────┴──────────────┴──▶ audit
+//!                  tls-rejected          one decision record, committed          one outcome record
+//!                                        before anything is forwarded            after the response
+//! ```
+//!
+//! - [`listener`]: rustls accept, client certificate required, ALPN.
+//! - [`identity`]: names from the verified peer certificate.
+//! - [`route`]: gateway route, forward-proxy host or CONNECT; path normalisation.
+//! - [`policy`]: file model, validation, compiled index, and the pure `decide`.
+//! - [`credentials`]: the secret a scope injects, never the agent's.
+//! - [`forward`]: pooled upstream clients, header hygiene, timeouts.
+//! - [`pipeline`]: the per-call order above, and the one place records are emitted.
+//! - [`audit`]: the decision log (SQLite, group commit, hash chain), query, verify.
+//! - [`error`]: the closed set of reasons and their one mapping to responses.
+
+pub mod audit;
+pub mod body;
+pub mod certs;
+pub mod credentials;
+pub mod demo;
+pub mod error;
+pub mod forward;
+pub mod identity;
+pub mod listener;
+pub mod pipeline;
+pub mod policy;
+pub mod route;
+pub mod serve;

@@ -1,0 +1,355 @@
+//! The `clawgate` command line: serve, demo, certs, policy, audit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use time::format_description::well_known::Rfc3339;
+
+use clawgate::audit::{self, Filter, Format, VerifyError};
+use clawgate::certs;
+use clawgate::forward::Timeouts;
+use clawgate::policy::{self, LoadOptions};
+use clawgate::serve::{self, ServeConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clawgate",
+    version,
+    about = "mTLS credential broker and tool-call proxy for AI agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent listener.
+    Serve(ServeArgs),
+    /// A whole first run in a temporary directory: certificates, policy, an echo upstream, real calls.
+    Demo {
+        /// Keep clawgate and the echo upstream running after the scripted calls.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Development certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The decision log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The policy directory.
+    #[arg(long, default_value = "./policy")]
+    policy: PathBuf,
+    /// The certificate directory (ca.pem, server.pem, server-key.pem).
+    #[arg(long, default_value = "./certs")]
+    certs: PathBuf,
+    /// The decision log database.
+    #[arg(long, default_value = "./clawgate-audit.db")]
+    audit: PathBuf,
+    /// Where agents connect.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// A PEM certificate revocation list for agent certificates.
+    #[arg(long)]
+    crl: Option<PathBuf>,
+    /// Limit on connecting to an upstream.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+    /// Limit on a whole upstream exchange, response body included.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    upstream_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create the CA, the server certificate and the interception CA.
+    Init {
+        /// The certificate directory.
+        #[arg(long, default_value = "./certs")]
+        dir: PathBuf,
+        /// Extra subject alternative names for the server certificate.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a client certificate for an agent.
+    Agent {
+        /// The agent's name.
+        name: String,
+        /// The certificate directory.
+        #[arg(long, default_value = "./certs")]
+        dir: PathBuf,
+        /// Days of validity.
+        #[arg(long, default_value_t = certs::DEFAULT_AGENT_DAYS)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy directory: exit 0 with a summary, or 1 with every problem.
+    Check {
+        /// The policy directory.
+        #[arg(default_value = "./policy")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DecisionArg {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Print records, oldest first.
+    Query {
+        /// The decision log database.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+        /// Only this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this scope.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Only allowed or denied calls.
+        #[arg(long)]
+        decision: Option<DecisionArg>,
+        /// Only this reason code.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// From this time: RFC 3339, or a duration back from now (15m, 24h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this time: RFC 3339, or a duration back from now.
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many records (the most recent).
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Walk the hash chain: exit 0 when intact, 1 naming the first bad record.
+    Verify {
+        /// The decision log database.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+    },
+    /// Print the last record's position and hash, to anchor elsewhere.
+    Head {
+        /// The decision log database.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => {
+            let config = ServeConfig {
+                policy_dir: args.policy,
+                certs_dir: args.certs,
+                audit_path: args.audit,
+                listen: args.listen,
+                crl: args.crl,
+                timeouts: Timeouts {
+                    connect: args.connect_timeout,
+                    total: args.upstream_timeout,
+                },
+            };
+            runtime()?.block_on(async {
+                let running = serve::start(&config, &process_env).await?;
+                println!("clawgate: listening on {}", running.addr);
+                wait_for_stop().await;
+                tracing::info!("stopping: draining in-flight calls");
+                running.shutdown().await;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Demo { keep } => {
+            runtime()?.block_on(clawgate::demo::run(keep))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs(CertsCommand::Init { dir, sans, force }) => {
+            for path in certs::init(&dir, &sans, force)? {
+                println!("wrote {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs(CertsCommand::Agent {
+            name,
+            dir,
+            days,
+            force,
+        }) => {
+            for path in certs::agent(&dir, &name, days, force)? {
+                println!("wrote {}", path.display());
+            }
+            println!("identity: {}", certs::agent_spiffe_id(&name));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Check { dir }) => {
+            match policy::load(&dir, &LoadOptions { env: &process_env }) {
+                Ok((policy, warnings)) => {
+                    for warning in warnings {
+                        eprintln!("warning: {warning}");
+                    }
+                    println!("ok: {}", policy.summary());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    for problem in &e.problems {
+                        println!("{problem}");
+                    }
+                    eprintln!("policy check failed: {} problem(s)", e.problems.len());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Audit(AuditCommand::Query {
+            audit: path,
+            agent,
+            scope,
+            decision,
+            reason,
+            host,
+            since,
+            until,
+            limit,
+            format,
+        }) => {
+            let filter = Filter {
+                agent,
+                scope,
+                decision: decision.map(|d| match d {
+                    DecisionArg::Allow => "allow".to_owned(),
+                    DecisionArg::Deny => "deny".to_owned(),
+                }),
+                reason,
+                host,
+                since: since.as_deref().map(parse_time).transpose()?,
+                until: until.as_deref().map(parse_time).transpose()?,
+                limit: Some(limit),
+            };
+            let records = audit::query(&path, &filter)?;
+            let format = match format {
+                OutputFormat::Table => Format::Table,
+                OutputFormat::Json => Format::Json,
+                OutputFormat::Csv => Format::Csv,
+            };
+            audit::render(&records, format, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify { audit: path }) => match audit::verify(&path) {
+            Ok(report) => {
+                println!(
+                    "ok: {} records, chain intact, head {} {}",
+                    report.count, report.head.seq, report.head.hash
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(VerifyError::Broken { seq, why }) => {
+                println!("broken: record {seq}: {why}");
+                Ok(ExitCode::FAILURE)
+            }
+            Err(VerifyError::Audit(e)) => Err(e.into()),
+        },
+        Command::Audit(AuditCommand::Head { audit: path }) => {
+            let head = audit::head(&path)?;
+            println!("{} {}", head.seq, head.hash);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// RFC 3339, or a duration back from now, as the records' time format.
+fn parse_time(text: &str) -> anyhow::Result<String> {
+    if let Ok(t) = time::OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(audit::format_ts(t));
+    }
+    let back = humantime::parse_duration(text).with_context(|| {
+        format!("`{text}` is neither an RFC 3339 time nor a duration such as `15m`")
+    })?;
+    Ok(audit::format_ts(time::OffsetDateTime::now_utc() - back))
+}
+
+async fn wait_for_stop() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,325 @@
+//! One call, in order: route → identify and adjudicate → credential → record
+//! the decision → forward → record the outcome.
+//!
+//! Invariants:
+//! - Exactly one decision record per call, written in [`Pipeline::handle`] and
+//!   nowhere else, and committed before anything is forwarded. If it cannot be
+//!   committed the call is refused with `audit-unavailable` (fail closed).
+//! - An allowed call gets exactly one outcome record, emitted when its response
+//!   body is dropped (finished, failed or abandoned by the agent) or at once
+//!   when the upstream cannot be reached.
+//! - The policy a call starts with is the policy it finishes with.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Request, Response, Version, header, request::Parts};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tracing::{Instrument, field};
+
+use crate::audit::{AuditLog, DecisionRecord, kind};
+use crate::body::{CountingBody, ProxyBody};
+use crate::error::{REQUEST_ID_HEADER, Reason, refusal_response};
+use crate::forward::{Upstreams, strip_hop_by_hop, upstream_uri};
+use crate::identity::PeerIdentity;
+use crate::policy::{Call, Decision, Permitted, Policy, Target, decide};
+use crate::route::{Destination, route};
+
+/// Who is on the other end of one TLS connection.
+#[derive(Debug)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// What its verified certificate proves.
+    pub identity: PeerIdentity,
+}
+
+/// The shared state every call runs through.
+#[derive(Debug)]
+pub struct Pipeline {
+    policy: ArcSwap<Policy>,
+    audit: AuditLog,
+    upstreams: Upstreams,
+}
+
+/// A call that may go upstream: the permit and the prepared request head.
+struct Admitted {
+    permit: Permitted,
+    parts: Parts,
+}
+
+impl Pipeline {
+    /// A pipeline over a loaded policy, a decision log and upstream clients.
+    pub fn new(policy: Arc<Policy>, audit: AuditLog, upstreams: Upstreams) -> Pipeline {
+        Pipeline {
+            policy: ArcSwap::new(policy),
+            audit,
+            upstreams,
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// The decision log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Runs one call through the pipeline. Never fails: every problem becomes
+    /// a refusal response with a reason.
+    pub async fn handle(&self, peer: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let span = tracing::info_span!(
+            "call",
+            request.id = %request_id,
+            agent.id = field::Empty,
+            scope.id = field::Empty,
+            decision.effect = field::Empty,
+            decision.reason = field::Empty,
+            upstream.host = field::Empty,
+        );
+        async {
+            // The policy is read once: a reload mid-call does not change it.
+            let policy = self.policy.load_full();
+            let mut record = DecisionRecord::new(kind::DECISION, &request_id);
+            record.client_addr = Some(peer.addr.to_string());
+            record.cert_fp = Some(peer.identity.fingerprint.clone());
+            record.method = Some(req.method().as_str().to_owned());
+            record.policy_digest = Some(policy.digest().to_owned());
+
+            let (parts, body) = req.into_parts();
+            let verdict = admit(peer, &policy, parts, &mut record);
+
+            // The one place a decision is recorded, on every path.
+            let reason = verdict.as_ref().err().copied().unwrap_or(Reason::Allowed);
+            record.reason = reason.code().to_owned();
+            record.decision = Some(
+                if reason == Reason::Allowed {
+                    "allow"
+                } else {
+                    "deny"
+                }
+                .into(),
+            );
+            let span = tracing::Span::current();
+            span.record("decision.effect", record.decision.as_deref());
+            span.record("decision.reason", reason.code());
+            let outcome_template = verdict.is_ok().then(|| outcome_template(&record));
+            if let Err(e) = self.audit.append_durable(record).await {
+                tracing::error!(error = %e, "decision not recorded; refusing the call");
+                return refusal_response(Reason::AuditUnavailable, &request_id);
+            }
+            match verdict {
+                Err(reason) => {
+                    tracing::info!("call refused");
+                    refusal_response(reason, &request_id)
+                }
+                Ok(admitted) => {
+                    let outcome = Outcome {
+                        audit: self.audit.clone(),
+                        record: outcome_template,
+                        started,
+                        bytes_up: Arc::new(AtomicU64::new(0)),
+                        bytes_down: Arc::new(AtomicU64::new(0)),
+                        status: None,
+                        reason: Reason::Allowed,
+                    };
+                    self.forward(admitted, body, outcome, &request_id).await
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn forward(
+        &self,
+        admitted: Admitted,
+        body: Incoming,
+        mut outcome: Outcome,
+        request_id: &str,
+    ) -> Response<ProxyBody> {
+        let upstream_body = CountingBody::new(body, Arc::clone(&outcome.bytes_up));
+        let request = Request::from_parts(admitted.parts, upstream_body);
+        let deadline = outcome.started + self.upstreams.timeouts().total;
+        let response = match self.upstreams.send(&admitted.permit, request).await {
+            Ok(response) => response,
+            Err(reason) => {
+                outcome.status = Some(reason.status().as_u16());
+                outcome.reason = reason;
+                drop(outcome);
+                return refusal_response(reason, request_id);
+            }
+        };
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            parts.headers.insert(REQUEST_ID_HEADER, id);
+        }
+        outcome.status = Some(parts.status.as_u16());
+        let body = CountingBody::new(body, Arc::clone(&outcome.bytes_down))
+            .with_deadline(Some(deadline))
+            .with_guard(outcome);
+        tracing::info!(status = parts.status.as_u16(), "call forwarded");
+        Response::from_parts(parts, body.boxed())
+    }
+}
+
+/// Routes, identifies and adjudicates a call, and prepares the request head
+/// for the upstream. Fills in the record as it learns things. Synchronous and
+/// free of I/O: nothing has left clawgate yet.
+fn admit(
+    peer: &Peer,
+    policy: &Arc<Policy>,
+    mut parts: Parts,
+    record: &mut DecisionRecord,
+) -> Result<Admitted, Reason> {
+    // Identity first: a call from an unknown agent learns nothing about
+    // routes, and (once CONNECT lands) resolves no name.
+    let agent = policy.agent_for(&peer.identity.names);
+    if let Some(agent) = agent {
+        let name = &policy.agent(agent).name;
+        tracing::Span::current().record("agent.id", name.as_str());
+        record.agent = Some(name.clone());
+    }
+    let routed = match route(&parts_request(&parts)) {
+        Ok(routed) => routed,
+        Err(e) => {
+            record.path = Some(parts.uri.path().to_owned());
+            tracing::info!(error = %e, "request not routable");
+            return Err(if agent.is_none() {
+                Reason::UnknownAgent
+            } else {
+                Reason::MalformedRequest
+            });
+        }
+    };
+    record.mode = Some(routed.mode.as_str().to_owned());
+    let (target, path) = match &routed.destination {
+        Destination::Route { route, path } => (Target::Route(route), path.as_str()),
+        Destination::Host { host, port, path } => {
+            record.host = Some(host.clone());
+            (Target::Host { host, port: *port }, path.as_str())
+        }
+        Destination::Connect { host, .. } => {
+            record.host = Some(host.clone());
+            return Err(if agent.is_none() {
+                Reason::UnknownAgent
+            } else {
+                Reason::ConnectNotSupported
+            });
+        }
+    };
+    record.path = Some(path.to_owned());
+    let call = Call {
+        peer: &peer.identity.names,
+        target,
+        method: parts.method.as_str(),
+        path,
+    };
+    let decision = decide(&call, policy);
+    describe(&decision, policy, record);
+    let permit = Permitted::new(policy, &decision).ok_or(decision.reason)?;
+    let scope = permit.scope();
+
+    // Prepare the upstream request head; a credential that cannot be injected
+    // is a refusal, recorded as such, before anything leaves.
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    if let Some(credential) = &scope.credential {
+        record.credential_kind = Some(credential.kind().to_owned());
+        record.credential_ref = Some(credential.source.to_string());
+        credential.inject(&mut parts.headers).map_err(|e| {
+            tracing::warn!(error = %e, "credential not injected");
+            Reason::CredentialUnavailable
+        })?;
+    }
+    parts.uri = upstream_uri(&scope.upstream, path, routed.query.as_deref())?;
+    parts.version = Version::HTTP_11;
+    Ok(Admitted { permit, parts })
+}
+
+/// A body-less request view of `parts`, for routing.
+fn parts_request(parts: &Parts) -> Request<()> {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    req
+}
+
+/// Copies what the decision says into the record.
+fn describe(decision: &Decision, policy: &Policy, record: &mut DecisionRecord) {
+    if let Some(scope) = decision.scope.map(|id| policy.scope(id)) {
+        tracing::Span::current().record("scope.id", scope.name.as_str());
+        tracing::Span::current().record("upstream.host", scope.upstream.host.as_str());
+        record.scope = Some(scope.name.clone());
+        record.host = Some(scope.upstream.host.clone());
+    }
+    record.rule = decision.rule.as_deref().map(str::to_owned);
+    record.would_deny = decision.would_deny.map(|r| r.code().to_owned());
+}
+
+fn outcome_template(decision: &DecisionRecord) -> DecisionRecord {
+    DecisionRecord {
+        kind: kind::OUTCOME.to_owned(),
+        request_id: decision.request_id.clone(),
+        mode: decision.mode.clone(),
+        agent: decision.agent.clone(),
+        cert_fp: decision.cert_fp.clone(),
+        run_id: decision.run_id.clone(),
+        client_addr: decision.client_addr.clone(),
+        method: decision.method.clone(),
+        host: decision.host.clone(),
+        path: decision.path.clone(),
+        scope: decision.scope.clone(),
+        rule: decision.rule.clone(),
+        decision: decision.decision.clone(),
+        credential_kind: decision.credential_kind.clone(),
+        credential_ref: decision.credential_ref.clone(),
+        policy_digest: decision.policy_digest.clone(),
+        ..DecisionRecord::default()
+    }
+}
+
+/// Emits the outcome record when dropped: with the response body, or at once
+/// when the upstream failed.
+#[derive(Debug)]
+struct Outcome {
+    audit: AuditLog,
+    record: Option<DecisionRecord>,
+    started: Instant,
+    bytes_up: Arc<AtomicU64>,
+    bytes_down: Arc<AtomicU64>,
+    status: Option<u16>,
+    reason: Reason,
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        record.ts = crate::audit::now_rfc3339();
+        record.reason = self.reason.code().to_owned();
+        record.status = self.status.map(i64::from);
+        record.bytes_up = Some(to_i64(self.bytes_up.load(Ordering::Relaxed)));
+        record.bytes_down = Some(to_i64(self.bytes_down.load(Ordering::Relaxed)));
+        record.duration_ms = Some(to_i64(
+            u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        ));
+        self.audit.append(record);
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,697 @@
+//! Loading a policy directory: read every `*.toml`, validate everything, then
+//! compile the index. All or nothing: any problem anywhere means no policy,
+//! and every problem is reported with its file, line and column.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use globset::{GlobBuilder, GlobSetBuilder};
+use http::HeaderName;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use super::file::{AgentFile, CredentialFile, PolicyFile, RuleFile, ScopeFile};
+use super::{Agent, Effect, Mode, Policy, Rule, RuleSet, Scope, ScopeId, Upstream};
+use crate::credentials::{Credential, Format, SecretSource};
+use crate::identity::PeerName;
+
+/// What loading needs from the outside world besides the files.
+pub struct LoadOptions<'a> {
+    /// Looks up an environment variable (the process environment in
+    /// production; tests pass a map so they never mutate the environment).
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl fmt::Debug for LoadOptions<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadOptions").finish_non_exhaustive()
+    }
+}
+
+/// One problem (or warning) at a place in a policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// The file, as found in the directory.
+    pub file: PathBuf,
+    /// 1-based line; 0 when the problem is about the whole file.
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+    /// Lowercase, no trailing period, user input in backticks.
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.col,
+                self.message
+            )
+        }
+    }
+}
+
+/// A policy directory that did not validate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct LoadError {
+    /// Every problem found, in file order.
+    pub problems: Vec<PolicyError>,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A file's path and text, kept to turn byte spans into lines and columns.
+struct Source {
+    path: PathBuf,
+    text: String,
+}
+
+/// Collects problems and warnings while validating.
+struct Report<'s> {
+    sources: &'s [Source],
+    problems: Vec<PolicyError>,
+    warnings: Vec<PolicyError>,
+}
+
+impl Report<'_> {
+    fn at(&self, file: usize, span: Range<usize>, message: String) -> PolicyError {
+        let source = &self.sources[file];
+        let (line, col) = locate(&source.text, span.start);
+        PolicyError {
+            file: source.path.clone(),
+            line,
+            col,
+            message,
+        }
+    }
+
+    fn error(&mut self, file: usize, span: Range<usize>, message: String) {
+        let e = self.at(file, span, message);
+        self.problems.push(e);
+    }
+
+    fn warn(&mut self, file: usize, span: Range<usize>, message: String) {
+        let w = self.at(file, span, message);
+        self.warnings.push(w);
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn locate(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// Loads, validates and compiles every `*.toml` file in `dir`. On success,
+/// returns the policy and any warnings; on failure, every problem found.
+pub fn load(
+    dir: &Path,
+    options: &LoadOptions<'_>,
+) -> Result<(Policy, Vec<PolicyError>), LoadError> {
+    let whole_dir = |message: String| LoadError {
+        problems: vec![PolicyError {
+            file: dir.to_path_buf(),
+            line: 0,
+            col: 0,
+            message,
+        }],
+    };
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| whole_dir(format!("cannot read policy directory: {e}")))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|ext| ext == "toml") && p.is_file())
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(whole_dir("no `*.toml` policy files found".into()));
+    }
+
+    let mut sources = Vec::with_capacity(paths.len());
+    let mut read_problems = Vec::new();
+    let mut hasher = Sha256::new();
+    for path in &paths {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                hasher.update(name.unwrap_or_default().as_bytes());
+                hasher.update([0]);
+                hasher.update((text.len() as u64).to_be_bytes());
+                hasher.update(text.as_bytes());
+                sources.push(Source {
+                    path: path.clone(),
+                    text,
+                });
+            }
+            Err(e) => read_problems.push(PolicyError {
+                file: path.clone(),
+                line: 0,
+                col: 0,
+                message: format!("cannot read file: {e}"),
+            }),
+        }
+    }
+    let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+
+    let mut report = Report {
+        sources: &sources,
+        problems: read_problems,
+        warnings: Vec::new(),
+    };
+    let mut agents: Vec<(usize, Spanned<AgentFile>)> = Vec::new();
+    let mut scopes: Vec<(usize, Spanned<ScopeFile>)> = Vec::new();
+    for (index, source) in sources.iter().enumerate() {
+        match toml::from_str::<PolicyFile>(&source.text) {
+            Ok(file) => {
+                agents.extend(file.agent.into_iter().map(|a| (index, a)));
+                scopes.extend(file.scope.into_iter().map(|s| (index, s)));
+            }
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                report.error(index, span, e.message().trim_end_matches('.').to_owned());
+            }
+        }
+    }
+
+    let mut compiled_scopes = Vec::with_capacity(scopes.len());
+    let mut scope_ids: HashMap<String, ScopeId> = HashMap::new();
+    let mut routes: HashMap<String, ScopeId> = HashMap::new();
+    let mut by_host: HashMap<String, Vec<ScopeId>> = HashMap::new();
+    let mut rule_count = 0;
+    for (file, scope) in &scopes {
+        let id = compiled_scopes.len();
+        let name = scope.get_ref().name.get_ref();
+        if scope_ids.insert(name.clone(), id).is_some() {
+            report.error(
+                *file,
+                scope.get_ref().name.span(),
+                format!("scope `{name}` is defined twice"),
+            );
+        }
+        if let Some(compiled) = compile_scope(&mut report, *file, scope.get_ref(), dir, options) {
+            if let Some(route) = &compiled.route
+                && routes.insert(route.clone(), id).is_some()
+            {
+                let span = scope
+                    .get_ref()
+                    .route
+                    .as_ref()
+                    .map_or(scope.span(), |r| r.span());
+                report.error(
+                    *file,
+                    span,
+                    format!("route `{route}` is used by two scopes"),
+                );
+            }
+            by_host
+                .entry(compiled.upstream.host.clone())
+                .or_default()
+                .push(id);
+            rule_count += compiled.rules.rules.len();
+            compiled_scopes.push(compiled);
+        } else {
+            // Keep ids aligned with `scopes` even when a scope is broken; the
+            // load fails anyway, this only keeps later messages accurate.
+            compiled_scopes.push(placeholder_scope(name));
+        }
+    }
+
+    let mut compiled_agents: Vec<Agent> = Vec::with_capacity(agents.len());
+    let mut by_identity: HashMap<PeerName, usize> = HashMap::new();
+    let mut agent_names: HashSet<String> = HashSet::new();
+    for (file, agent) in &agents {
+        let id = compiled_agents.len();
+        let AgentFile {
+            name,
+            identities,
+            scopes: scope_names,
+        } = agent.get_ref();
+        if !valid_name(name.get_ref()) {
+            report.error(
+                *file,
+                name.span(),
+                format!(
+                    "agent name `{}` must be 1 to 64 of a-z, 0-9, `.`, `_`, `-`",
+                    name.get_ref()
+                ),
+            );
+        }
+        if !agent_names.insert(name.get_ref().clone()) {
+            report.error(
+                *file,
+                name.span(),
+                format!("agent `{}` is defined twice", name.get_ref()),
+            );
+        }
+        if identities.is_empty() {
+            report.error(
+                *file,
+                agent.span(),
+                format!("agent `{}` has no identities", name.get_ref()),
+            );
+        }
+        let mut parsed = Vec::with_capacity(identities.len());
+        for identity in identities {
+            match PeerName::parse_policy(identity.get_ref()) {
+                Ok(peer) => {
+                    if let Some(other) = by_identity.insert(peer.clone(), id) {
+                        let other_name = compiled_agents
+                            .get(other)
+                            .map_or(name.get_ref().as_str(), |a| a.name.as_str());
+                        report.error(
+                            *file,
+                            identity.span(),
+                            format!(
+                                "identity `{}` is claimed by agents `{other_name}` and `{}`",
+                                identity.get_ref(),
+                                name.get_ref()
+                            ),
+                        );
+                    }
+                    parsed.push(peer);
+                }
+                Err(e) => report.error(*file, identity.span(), e.to_string()),
+            }
+        }
+        let mut agent_scopes = Vec::with_capacity(scope_names.len());
+        let mut hosts: HashMap<(String, u16), &str> = HashMap::new();
+        for scope_name in scope_names {
+            let Some(&scope_id) = scope_ids.get(scope_name.get_ref()) else {
+                report.error(
+                    *file,
+                    scope_name.span(),
+                    format!(
+                        "unknown scope `{}` in agent `{}`",
+                        scope_name.get_ref(),
+                        name.get_ref()
+                    ),
+                );
+                continue;
+            };
+            let upstream = &compiled_scopes[scope_id].upstream;
+            if let Some(first) =
+                hosts.insert((upstream.host.clone(), upstream.port), scope_name.get_ref())
+            {
+                report.error(
+                    *file,
+                    scope_name.span(),
+                    format!(
+                        "agent `{}` has two scopes for host `{}`: `{first}` and `{}`",
+                        name.get_ref(),
+                        upstream.host,
+                        scope_name.get_ref()
+                    ),
+                );
+            }
+            if !agent_scopes.contains(&scope_id) {
+                agent_scopes.push(scope_id);
+            }
+        }
+        compiled_agents.push(Agent {
+            name: name.get_ref().clone(),
+            identities: parsed,
+            scopes: agent_scopes,
+        });
+    }
+
+    if !report.problems.is_empty() {
+        return Err(LoadError {
+            problems: report.problems,
+        });
+    }
+    let warnings = report.warnings;
+    Ok((
+        Policy {
+            agents: compiled_agents,
+            scopes: compiled_scopes,
+            by_identity,
+            by_route: routes,
+            by_host,
+            digest,
+            files: paths,
+            rule_count,
+        },
+        warnings,
+    ))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+fn placeholder_scope(name: &str) -> Scope {
+    Scope {
+        name: name.to_owned(),
+        upstream: Upstream {
+            scheme: http::uri::Scheme::HTTPS,
+            host: String::new(),
+            port: 0,
+            base_path: String::new(),
+        },
+        route: None,
+        mode: Mode::Enforce,
+        ca_certs: Arc::new(Vec::new()),
+        credential: None,
+        rules: RuleSet {
+            globs: globset::GlobSet::empty(),
+            owner: Vec::new(),
+            rules: Vec::new(),
+        },
+    }
+}
+
+fn compile_scope(
+    report: &mut Report<'_>,
+    file: usize,
+    scope: &ScopeFile,
+    dir: &Path,
+    options: &LoadOptions<'_>,
+) -> Option<Scope> {
+    let before = report.problems.len();
+    let name = scope.name.get_ref();
+    if !valid_name(name) {
+        report.error(
+            file,
+            scope.name.span(),
+            format!("scope name `{name}` must be 1 to 64 of a-z, 0-9, `.`, `_`, `-`"),
+        );
+    }
+    let upstream = match parse_upstream(scope.upstream.get_ref()) {
+        Ok(upstream) => Some(upstream),
+        Err(message) => {
+            report.error(file, scope.upstream.span(), message);
+            None
+        }
+    };
+    let route = scope.route.as_ref().map(|route| {
+        let text = route.get_ref();
+        if !valid_route(text) {
+            report.error(
+                file,
+                route.span(),
+                format!("route `{text}` must be one path segment of a-z, A-Z, 0-9, `.`, `_`, `-`"),
+            );
+        }
+        text.clone()
+    });
+    let mode = match scope
+        .mode
+        .as_ref()
+        .map(|m| (m.get_ref().as_str(), m.span()))
+    {
+        None | Some(("enforce", _)) => Mode::Enforce,
+        Some(("report", _)) => Mode::Report,
+        Some((other, span)) => {
+            report.error(
+                file,
+                span,
+                format!("mode `{other}` must be `enforce` or `report`"),
+            );
+            Mode::Enforce
+        }
+    };
+    let ca_certs = match &scope.ca_file {
+        None => Vec::new(),
+        Some(ca_file) => {
+            let path = dir.join(ca_file.get_ref());
+            match read_ca_file(&path) {
+                Ok(certs) => certs,
+                Err(message) => {
+                    report.error(
+                        file,
+                        ca_file.span(),
+                        format!("cannot use CA file `{}`: {message}", ca_file.get_ref()),
+                    );
+                    Vec::new()
+                }
+            }
+        }
+    };
+    let credential = scope
+        .credential
+        .as_ref()
+        .and_then(|c| compile_credential(report, file, c, dir, options));
+
+    let mut builder = GlobSetBuilder::new();
+    let mut owner = Vec::new();
+    let mut rules = Vec::new();
+    let mut rule_ids = HashSet::new();
+    for (effect, list, label) in [
+        (Effect::Deny, &scope.deny, "deny"),
+        (Effect::Allow, &scope.allow, "allow"),
+    ] {
+        for (i, rule) in list.iter().enumerate() {
+            let rule_index = rules.len();
+            let RuleFile { id, methods, paths } = rule.get_ref();
+            let id = id
+                .as_ref()
+                .map_or_else(|| format!("{name}.{label}[{i}]"), |id| id.get_ref().clone());
+            if !rule_ids.insert(id.clone()) {
+                report.error(
+                    file,
+                    rule.span(),
+                    format!("rule id `{id}` is used twice in scope `{name}`"),
+                );
+            }
+            if paths.is_empty() {
+                report.error(file, rule.span(), format!("rule `{id}` has no paths"));
+            }
+            for path in paths {
+                match compile_glob(path.get_ref()) {
+                    Ok(glob) => {
+                        builder.add(glob);
+                        owner.push(rule_index);
+                    }
+                    Err(message) => report.error(file, path.span(), message),
+                }
+            }
+            let methods = methods.as_ref().map(|methods| {
+                for method in methods {
+                    if let Err(message) = check_method(method.get_ref()) {
+                        report.error(file, method.span(), message);
+                    }
+                }
+                methods.iter().map(|m| m.get_ref().clone()).collect()
+            });
+            rules.push(Rule {
+                id: Arc::from(id),
+                effect,
+                methods,
+            });
+        }
+    }
+    let globs = match builder.build() {
+        Ok(globs) => globs,
+        Err(e) => {
+            report.error(
+                file,
+                scope.name.span(),
+                format!("cannot compile paths: {e}"),
+            );
+            return None;
+        }
+    };
+    if report.problems.len() != before {
+        return None;
+    }
+    Some(Scope {
+        name: name.clone(),
+        upstream: upstream?,
+        route,
+        mode,
+        ca_certs: Arc::new(ca_certs),
+        credential: credential.map(Arc::new),
+        rules: RuleSet {
+            globs,
+            owner,
+            rules,
+        },
+    })
+}
+
+fn compile_credential(
+    report: &mut Report<'_>,
+    file: usize,
+    credential: &Spanned<CredentialFile>,
+    dir: &Path,
+    options: &LoadOptions<'_>,
+) -> Option<Credential> {
+    let c = credential.get_ref();
+    if c.kind.get_ref() != "secret" {
+        report.error(
+            file,
+            c.kind.span(),
+            format!(
+                "credential kind `{}` is not known (expected `secret`)",
+                c.kind.get_ref()
+            ),
+        );
+        return None;
+    }
+    let source = match (&c.env, &c.file) {
+        (Some(env), None) => SecretSource::Env(env.get_ref().clone()),
+        (None, Some(path)) => SecretSource::File(dir.join(path.get_ref())),
+        _ => {
+            report.error(
+                file,
+                credential.span(),
+                "a `secret` credential needs exactly one of `env` or `file`".into(),
+            );
+            return None;
+        }
+    };
+    let header = match &c.header {
+        None => HeaderName::from_static("authorization"),
+        Some(h) => match HeaderName::from_bytes(h.get_ref().to_ascii_lowercase().as_bytes()) {
+            Ok(name) => name,
+            Err(_) => {
+                report.error(
+                    file,
+                    h.span(),
+                    format!("header `{}` is not a valid header name", h.get_ref()),
+                );
+                return None;
+            }
+        },
+    };
+    let format = match &c.format {
+        None => Format::parse("{}"),
+        Some(f) => Format::parse(f.get_ref()),
+    };
+    let Some(format) = format else {
+        let span = c.format.as_ref().map_or(credential.span(), |f| f.span());
+        report.error(file, span, "format must hold `{}` exactly once".into());
+        return None;
+    };
+    let resolved = Credential::resolve(source, header, format, options.env);
+    if !resolved.is_available() {
+        report.warn(
+            file,
+            credential.span(),
+            format!(
+                "credential `{}` has no value now; calls in this scope will get credential-unavailable",
+                resolved.source
+            ),
+        );
+    }
+    Some(resolved)
+}
+
+fn parse_upstream(text: &str) -> Result<Upstream, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|_| format!("upstream `{text}` is not a URL"))?;
+    let scheme = match uri.scheme_str() {
+        Some("https") => http::uri::Scheme::HTTPS,
+        Some("http") => http::uri::Scheme::HTTP,
+        _ => {
+            return Err(format!(
+                "upstream `{text}` must start with `https://` or `http://`"
+            ));
+        }
+    };
+    let Some(authority) = uri.authority() else {
+        return Err(format!("upstream `{text}` has no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!("upstream `{text}` must not carry user information"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("upstream `{text}` must not have a query"));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(format!("upstream `{text}` has no host"));
+    }
+    let default_port = if scheme == http::uri::Scheme::HTTPS {
+        443
+    } else {
+        80
+    };
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    Ok(Upstream {
+        scheme,
+        host,
+        port: authority.port_u16().unwrap_or(default_port),
+        base_path,
+    })
+}
+
+fn valid_route(route: &str) -> bool {
+    !route.is_empty()
+        && route
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && route != "."
+        && route != ".."
+}
+
+fn compile_glob(pattern: &str) -> Result<globset::Glob, String> {
+    if !pattern.starts_with('/') {
+        return Err(format!("path `{pattern}` must start with `/`"));
+    }
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map_err(|e| format!("path `{pattern}` is not a valid glob: {}", e.kind()))
+}
+
+fn check_method(method: &str) -> Result<(), String> {
+    if method.is_empty() || method.len() > 32 || !method.chars().all(|c| c.is_ascii_uppercase()) {
+        return Err(format!(
+            "method `{method}` must be an uppercase HTTP method such as `GET`"
+        ));
+    }
+    Ok(())
+}
+
+fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("not PEM certificates ({e})"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificates".into());
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+pub(super) fn locate_for_tests(text: &str, offset: usize) -> (usize, usize) {
+    locate(text, offset)
+}

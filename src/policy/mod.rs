@@ -1,0 +1,357 @@
+//! Scoped policy: the file model, loading and validation, the compiled index,
+//! and the one pure function that adjudicates a call.
+//!
+//! Invariants:
+//! - [`decide`] does no I/O, reads no clock and cannot fail: deny by default,
+//!   an explicit deny beats any allow, and every [`Decision`] names its reason
+//!   and the rule or scope that decided it.
+//! - A [`Policy`] only exists once every file in the directory validated; a
+//!   broken directory never replaces a working policy (see [`load`]).
+//! - Lookup is by index (identity, route, host, then one glob set per scope),
+//!   never a scan over all rules.
+
+mod file;
+mod load;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use globset::GlobSet;
+use rustls_pki_types::CertificateDer;
+
+use crate::credentials::Credential;
+use crate::error::Reason;
+use crate::identity::PeerName;
+
+pub use load::{LoadError, LoadOptions, PolicyError, load};
+
+/// Index of an agent in [`Policy::agents`].
+pub type AgentId = usize;
+/// Index of a scope in [`Policy::scopes`].
+pub type ScopeId = usize;
+
+/// A compiled, validated policy directory.
+#[derive(Debug)]
+pub struct Policy {
+    agents: Vec<Agent>,
+    scopes: Vec<Scope>,
+    by_identity: HashMap<PeerName, AgentId>,
+    by_route: HashMap<String, ScopeId>,
+    by_host: HashMap<String, Vec<ScopeId>>,
+    digest: String,
+    files: Vec<PathBuf>,
+    rule_count: usize,
+}
+
+/// An agent: a name, the identities that prove it, and its scopes.
+#[derive(Debug)]
+pub struct Agent {
+    /// The agent's name, as written in policy and in every record.
+    pub name: String,
+    /// Identities that prove this agent.
+    pub identities: Vec<PeerName>,
+    /// The scopes this agent may use.
+    pub scopes: Vec<ScopeId>,
+}
+
+/// Whether a scope's refusals are enforced or only reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Refusals are enforced (the default).
+    Enforce,
+    /// Calls are allowed, and a refusal is recorded as `would_deny`.
+    Report,
+}
+
+/// Where a scope's calls go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `https` or `http`.
+    pub scheme: http::uri::Scheme,
+    /// Lowercase host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    /// The port, defaulted from the scheme.
+    pub port: u16,
+    /// A path prefix prepended to every forwarded path; empty or `/x/y`.
+    pub base_path: String,
+}
+
+impl Upstream {
+    /// The authority as sent in `Host`, with the port only when it is not the
+    /// scheme's default.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default = if self.scheme == http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// A scope: one upstream, its rules, its mode and its credential.
+#[derive(Debug)]
+pub struct Scope {
+    /// The scope's name.
+    pub name: String,
+    /// Where calls in this scope go.
+    pub upstream: Upstream,
+    /// The gateway route (`/<route>/…`), when the scope has one.
+    pub route: Option<String>,
+    /// Enforce or report.
+    pub mode: Mode,
+    /// Extra roots trusted for this upstream (private CAs).
+    pub ca_certs: Arc<Vec<CertificateDer<'static>>>,
+    /// The credential injected into calls in this scope.
+    pub credential: Option<Arc<Credential>>,
+    rules: RuleSet,
+}
+
+/// Whether a rule allows or denies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// The call may proceed.
+    Allow,
+    /// The call is refused.
+    Deny,
+}
+
+#[derive(Debug)]
+struct Rule {
+    id: Arc<str>,
+    effect: Effect,
+    /// `None` matches every method.
+    methods: Option<Vec<String>>,
+}
+
+impl Rule {
+    fn matches_method(&self, method: &str) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|methods| methods.iter().any(|m| m == method))
+    }
+}
+
+/// The rules of one scope: one glob set over every path pattern, each glob
+/// pointing back at the rule that owns it.
+#[derive(Debug)]
+struct RuleSet {
+    globs: GlobSet,
+    owner: Vec<usize>,
+    rules: Vec<Rule>,
+}
+
+/// What the call names as its destination, before policy resolves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// A gateway route: the first path segment of `https://clawgate/<route>/…`.
+    Route(&'a str),
+    /// A forward-proxy host (lowercase, no trailing dot) and explicit port.
+    Host {
+        /// The host name or IP literal.
+        host: &'a str,
+        /// The port the agent named, if any.
+        port: Option<u16>,
+    },
+}
+
+/// A call as adjudication sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The names the peer certificate proves, in precedence order.
+    pub peer: &'a [PeerName],
+    /// Where the call is headed.
+    pub target: Target<'a>,
+    /// The HTTP method.
+    pub method: &'a str,
+    /// The normalised path the upstream will see, relative to the scope.
+    pub path: &'a str,
+}
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Allow or deny.
+    pub effect: Effect,
+    /// Why; [`Reason::Allowed`] when allowed.
+    pub reason: Reason,
+    /// The agent the peer was identified as.
+    pub agent: Option<AgentId>,
+    /// The scope that decided.
+    pub scope: Option<ScopeId>,
+    /// The id of the rule that decided, when a rule did.
+    pub rule: Option<Arc<str>>,
+    /// In report mode: the refusal that enforce mode would have made.
+    pub would_deny: Option<Reason>,
+}
+
+impl Decision {
+    fn deny(reason: Reason, agent: Option<AgentId>, scope: Option<ScopeId>) -> Decision {
+        Decision {
+            effect: Effect::Deny,
+            reason,
+            agent,
+            scope,
+            rule: None,
+            would_deny: None,
+        }
+    }
+}
+
+/// Proof that [`decide`] allowed a call. Only this module can make one, so
+/// code that forwards a call cannot be reached without a decision.
+#[derive(Debug, Clone)]
+pub struct Permitted {
+    policy: Arc<Policy>,
+    scope: ScopeId,
+}
+
+impl Permitted {
+    /// Turns an allowing decision into a permit; a denial stays a denial.
+    pub fn new(policy: &Arc<Policy>, decision: &Decision) -> Option<Permitted> {
+        match (decision.effect, decision.scope) {
+            (Effect::Allow, Some(scope)) => Some(Permitted {
+                policy: Arc::clone(policy),
+                scope,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The scope the call was permitted in.
+    pub fn scope(&self) -> &Scope {
+        &self.policy.scopes[self.scope]
+    }
+}
+
+/// Adjudicates one call: pure, total, deny by default.
+pub fn decide(call: &Call<'_>, policy: &Policy) -> Decision {
+    let Some(agent_id) = policy.agent_for(call.peer) else {
+        return Decision::deny(Reason::UnknownAgent, None, None);
+    };
+    let agent = &policy.agents[agent_id];
+    let scope_id = match call.target {
+        Target::Route(route) => policy
+            .by_route
+            .get(route)
+            .copied()
+            .filter(|id| agent.scopes.contains(id)),
+        Target::Host { host, port } => policy.by_host.get(host).and_then(|ids| {
+            ids.iter().copied().find(|id| {
+                agent.scopes.contains(id)
+                    && port.is_none_or(|p| p == policy.scopes[*id].upstream.port)
+            })
+        }),
+    };
+    let Some(scope_id) = scope_id else {
+        return Decision::deny(Reason::NoMatchingScope, Some(agent_id), None);
+    };
+    let scope = &policy.scopes[scope_id];
+
+    let mut allow: Option<&Rule> = None;
+    let mut deny: Option<&Rule> = None;
+    for glob in scope.rules.globs.matches(call.path) {
+        let rule = &scope.rules.rules[scope.rules.owner[glob]];
+        if !rule.matches_method(call.method) {
+            continue;
+        }
+        match rule.effect {
+            Effect::Deny => {
+                deny = Some(rule);
+                break;
+            }
+            Effect::Allow => {
+                allow.get_or_insert(rule);
+            }
+        }
+    }
+    let (effect, reason, rule) = match (deny, allow) {
+        (Some(rule), _) => (Effect::Deny, Reason::DeniedByRule, Some(rule)),
+        (None, Some(rule)) => (Effect::Allow, Reason::Allowed, Some(rule)),
+        (None, None) => (Effect::Deny, Reason::NoMatchingRule, None),
+    };
+    let rule = rule.map(|r| Arc::clone(&r.id));
+    match (effect, scope.mode) {
+        (Effect::Deny, Mode::Report) => Decision {
+            effect: Effect::Allow,
+            reason: Reason::Allowed,
+            agent: Some(agent_id),
+            scope: Some(scope_id),
+            rule,
+            would_deny: Some(reason),
+        },
+        _ => Decision {
+            effect,
+            reason,
+            agent: Some(agent_id),
+            scope: Some(scope_id),
+            rule,
+            would_deny: None,
+        },
+    }
+}
+
+impl Policy {
+    /// The agent proven by the first of `names` that policy knows.
+    pub fn agent_for(&self, names: &[PeerName]) -> Option<AgentId> {
+        names.iter().find_map(|n| self.by_identity.get(n).copied())
+    }
+
+    /// The agent with this id.
+    pub fn agent(&self, id: AgentId) -> &Agent {
+        &self.agents[id]
+    }
+
+    /// The scope with this id.
+    pub fn scope(&self, id: ScopeId) -> &Scope {
+        &self.scopes[id]
+    }
+
+    /// All agents.
+    pub fn agents(&self) -> &[Agent] {
+        &self.agents
+    }
+
+    /// All scopes.
+    pub fn scopes(&self) -> &[Scope] {
+        &self.scopes
+    }
+
+    /// `sha256:<hex>` over the names and contents of every policy file.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The files this policy was loaded from.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// How many allow and deny rules the policy holds.
+    pub fn rule_count(&self) -> usize {
+        self.rule_count
+    }
+
+    /// The one-line summary `policy check` prints.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} agents, {} scopes, {} rules, digest {}",
+            self.agents.len(),
+            self.scopes.len(),
+            self.rule_count,
+            self.digest
+        )
+    }
+}

@@ -1,0 +1,126 @@
+//! `clawgate serve`: load everything, refuse to start on any problem, then run
+//! the agent listener until told to stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::audit::{AuditError, AuditLog, WriterHandle};
+use crate::forward::{ForwardError, Timeouts, Upstreams};
+use crate::listener::{self, ListenerError};
+use crate::pipeline::Pipeline;
+use crate::policy::{self, LoadError, LoadOptions};
+
+/// Everything `serve` needs, resolved from flags.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The policy directory.
+    pub policy_dir: PathBuf,
+    /// The certificate directory (`ca.pem`, `server.pem`, `server-key.pem`).
+    pub certs_dir: PathBuf,
+    /// The decision log database.
+    pub audit_path: PathBuf,
+    /// Where agents connect.
+    pub listen: SocketAddr,
+    /// A PEM CRL for agent certificates.
+    pub crl: Option<PathBuf>,
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// Why `serve` would not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The policy directory did not validate.
+    #[error("policy refused:\n{0}")]
+    Policy(#[from] LoadError),
+    /// Certificates are missing or unusable.
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    /// The decision log cannot be opened.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The upstream client could not be built.
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    /// The listen address is unavailable.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// A running clawgate.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound agent listener address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The pipeline, for inspection.
+    pub pipeline: Arc<Pipeline>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    writer: WriterHandle,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight calls, flushes the decision log.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        let writer = self.writer;
+        let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
+    }
+}
+
+/// Loads policy, certificates and the decision log, binds the listener and
+/// starts serving. Any problem stops the start, with a message that says what
+/// to do.
+pub async fn start(
+    config: &ServeConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Running, ServeError> {
+    let (policy, warnings) = policy::load(&config.policy_dir, &LoadOptions { env })?;
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        digest = policy.digest(),
+        "policy loaded: {}",
+        policy.summary()
+    );
+    let tls = listener::server_config(&config.certs_dir, config.crl.as_deref())?;
+    let upstreams = Upstreams::new(config.timeouts)?;
+    let (audit, writer) = AuditLog::open(&config.audit_path)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let pipeline = Arc::new(Pipeline::new(Arc::new(policy), audit, upstreams));
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(listener::serve(
+        listener,
+        tls,
+        Arc::clone(&pipeline),
+        stopped,
+    ));
+    Ok(Running {
+        addr,
+        pipeline,
+        stop,
+        task,
+        writer,
+    })
+}
