@@ -1,1 +1,265 @@
+use std::path::Path;
 
+use rusqlite::Connection;
+
+use super::chain::verify_conn;
+use super::*;
+
+fn record(i: usize) -> DecisionRecord {
+    let mut r = DecisionRecord::new(kind::DECISION, &format!("req-{i}"));
+    r.agent = Some("research".into());
+    r.scope = Some("echo".into());
+    r.decision = Some(if i % 2 == 0 { "allow" } else { "deny" }.into());
+    r.reason = if i % 2 == 0 {
+        "allowed"
+    } else {
+        "denied-by-rule"
+    }
+    .into();
+    r.path = Some(format!("/v1/items/{i}"));
+    r
+}
+
+/// A log with `n` records, written through the real writer.
+fn log_with(n: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let (log, writer) = AuditLog::open(&path).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for i in 1..=n {
+            log.append_durable(record(i)).await.unwrap();
+        }
+    });
+    writer.shutdown();
+    (dir, path)
+}
+
+fn broken_at(path: &Path) -> i64 {
+    match verify(path) {
+        Err(VerifyError::Broken { seq, .. }) => seq,
+        other => panic!("expected a broken chain, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_untouched_chain_verifies() {
+    let (_dir, path) = log_with(5);
+    let report = verify(&path).unwrap();
+    assert_eq!(report.count, 5);
+    assert_eq!(report.head, head(&path).unwrap());
+    assert_eq!(report.head.seq, 5);
+}
+
+#[test]
+fn the_chain_continues_across_reopen() {
+    let (_dir, path) = log_with(3);
+    let (log, writer) = AuditLog::open(&path).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let seq = rt.block_on(log.append_durable(record(4))).unwrap();
+    writer.shutdown();
+    assert_eq!(seq, 4);
+    assert_eq!(verify(&path).unwrap().count, 4);
+}
+
+#[test]
+fn an_edited_field_is_named() {
+    let (_dir, path) = log_with(5);
+    Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE records SET decision = 'allow' WHERE seq = 3", [])
+        .unwrap();
+    assert_eq!(broken_at(&path), 3);
+}
+
+#[test]
+fn an_edit_that_also_rehashes_the_row_breaks_the_next_link() {
+    let (_dir, path) = log_with(5);
+    let conn = Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE records SET reason = 'denied-by-rule' WHERE seq = 2",
+        [],
+    )
+    .unwrap();
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {} FROM records WHERE seq = 2",
+            chain::COLUMNS
+        ))
+        .unwrap();
+    let edited = stmt.query_row([], chain::from_row).unwrap();
+    let rehash = chain::record_hash(&edited.prev_hash, &edited);
+    conn.execute("UPDATE records SET hash = ?1 WHERE seq = 2", [rehash])
+        .unwrap();
+    assert_eq!(broken_at(&path), 3);
+}
+
+#[test]
+fn a_deleted_record_is_named() {
+    let (_dir, path) = log_with(5);
+    Connection::open(&path)
+        .unwrap()
+        .execute("DELETE FROM records WHERE seq = 2", [])
+        .unwrap();
+    assert_eq!(broken_at(&path), 2);
+}
+
+#[test]
+fn an_inserted_record_is_named() {
+    let (_dir, path) = log_with(4);
+    let conn = Connection::open(&path).unwrap();
+    // Make room after record 2, then insert a forged record 3 chained to 2.
+    conn.execute("UPDATE records SET seq = seq + 100 WHERE seq > 2", [])
+        .unwrap();
+    conn.execute("UPDATE records SET seq = seq - 99 WHERE seq > 100", [])
+        .unwrap();
+    let prev: String = conn
+        .query_row("SELECT hash FROM records WHERE seq = 2", [], |r| r.get(0))
+        .unwrap();
+    let mut forged = record(99);
+    forged.seq = 3;
+    forged.prev_hash = prev.clone();
+    forged.hash = chain::record_hash(&prev, &forged);
+    conn.execute(
+        "INSERT INTO records (seq, ts, kind, request_id, reason, prev_hash, hash) VALUES (3, ?1, ?2, ?3, ?4, ?5, ?6)",
+        rusqlite::params![forged.ts, forged.kind, forged.request_id, forged.reason, forged.prev_hash, forged.hash],
+    )
+    .unwrap();
+    // The forged row itself is not what verify catches (its hash covers
+    // fields it did not set the same way), or the next one is; either way
+    // the chain breaks no later than the record after the forgery.
+    let seq = broken_at(&path);
+    assert!(seq == 3 || seq == 4, "broken at {seq}");
+}
+
+#[test]
+fn reordered_records_are_named() {
+    let (_dir, path) = log_with(5);
+    let conn = Connection::open(&path).unwrap();
+    conn.execute("UPDATE records SET seq = 100 WHERE seq = 2", [])
+        .unwrap();
+    conn.execute("UPDATE records SET seq = 2 WHERE seq = 3", [])
+        .unwrap();
+    conn.execute("UPDATE records SET seq = 3 WHERE seq = 100", [])
+        .unwrap();
+    assert_eq!(broken_at(&path), 2);
+}
+
+#[test]
+fn a_cut_tail_is_not_detectable_without_an_anchor() {
+    let (_dir, path) = log_with(5);
+    let anchored = head(&path).unwrap();
+    Connection::open(&path)
+        .unwrap()
+        .execute("DELETE FROM records WHERE seq > 3", [])
+        .unwrap();
+    // The chain alone still verifies: this is why operators anchor the head.
+    let report = verify(&path).unwrap();
+    assert_eq!(report.count, 3);
+    assert_ne!(report.head, anchored);
+}
+
+#[test]
+fn verify_conn_on_an_empty_log_is_intact() {
+    let conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch(writer::SCHEMA).unwrap();
+    let report = verify_conn(&conn).unwrap();
+    assert_eq!(report.count, 0);
+    assert_eq!(report.head.hash, chain::GENESIS);
+}
+
+#[test]
+fn query_filters_and_limits_return_oldest_first() {
+    let (_dir, path) = log_with(6);
+    let all = query(&path, &Filter::default()).unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
+    let denies = query(
+        &path,
+        &Filter {
+            decision: Some("deny".into()),
+            ..Filter::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        denies.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 3, 5]
+    );
+    let last_two = query(
+        &path,
+        &Filter {
+            limit: Some(2),
+            ..Filter::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        last_two.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![5, 6]
+    );
+    let none = query(
+        &path,
+        &Filter {
+            since: Some("2999-01-01T00:00:00.000Z".into()),
+            ..Filter::default()
+        },
+    )
+    .unwrap();
+    assert!(none.is_empty());
+}
+
+#[test]
+fn render_formats() {
+    let (_dir, path) = log_with(2);
+    let records = query(&path, &Filter::default()).unwrap();
+    let mut json = Vec::new();
+    render(&records, Format::Json, &mut json).unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8(json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["reason"], "allowed");
+    assert_eq!(lines[1]["hash"], records[1].hash.as_str());
+    let mut csv = Vec::new();
+    render(&records, Format::Csv, &mut csv).unwrap();
+    let csv = String::from_utf8(csv).unwrap();
+    assert!(csv.starts_with("seq,ts,kind,request_id,"));
+    assert_eq!(csv.lines().count(), 3);
+    let mut table = Vec::new();
+    render(&records, Format::Table, &mut table).unwrap();
+    let table = String::from_utf8(table).unwrap();
+    assert!(table.lines().next().unwrap().starts_with("seq  time"));
+    assert!(table.contains("denied-by-rule"));
+}
+
+#[test]
+fn a_locked_database_fails_the_batch_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let (log, writer) = AuditLog::open(&path).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(log.append_durable(record(1))).unwrap();
+    let holder = Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let err = rt.block_on(log.append_durable(record(2))).unwrap_err();
+    assert!(err.to_string().contains("locked"), "{err}");
+    assert!(!log.is_healthy());
+    holder.execute_batch("COMMIT").unwrap();
+    let seq = rt.block_on(log.append_durable(record(3))).unwrap();
+    assert_eq!(seq, 2, "a failed batch leaves no gap in the chain");
+    assert!(log.is_healthy());
+    writer.shutdown();
+    assert_eq!(verify(&path).unwrap().count, 2);
+}

@@ -340,9 +340,9 @@ pub fn load(
     }
 
     if !report.problems.is_empty() {
-        return Err(LoadError {
-            problems: report.problems,
-        });
+        let mut problems = report.problems;
+        problems.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+        return Err(LoadError { problems });
     }
     let warnings = report.warnings;
     Ok((
