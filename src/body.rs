@@ -67,18 +67,21 @@ impl<B, G> CountingBody<B, G> {
             on_drop,
         }
     }
-
-    /// The guard attached by [`CountingBody::with_guard`].
-    pub fn guard_mut(&mut self) -> &mut G {
-        &mut self.on_drop
-    }
 }
+
+/// What a body's guard is told while the body streams.
+pub trait BodyGuard {
+    /// The total deadline passed and the stream was cut short.
+    fn deadline_passed(&mut self) {}
+}
+
+impl BodyGuard for () {}
 
 impl<B, G> Body for CountingBody<B, G>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
-    G: Unpin,
+    G: BodyGuard + Unpin,
 {
     type Data = Bytes;
     type Error = BoxError;
@@ -91,6 +94,8 @@ where
         if let Some(deadline) = this.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {
+            this.deadline = None;
+            this.on_drop.deadline_passed();
             return Poll::Ready(Some(Err(Box::new(DeadlineExceeded))));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -146,6 +151,7 @@ mod tests {
     #[tokio::test]
     async fn drops_its_guard_with_the_body() {
         struct Flag(Arc<AtomicU64>);
+        impl BodyGuard for Flag {}
         impl Drop for Flag {
             fn drop(&mut self) {
                 self.0.store(1, Ordering::SeqCst);

@@ -191,15 +191,9 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
-/// The upstream URI for a path below the scope and the agent's query.
+/// The upstream URI for a full upstream path and the agent's query.
 pub fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, Reason> {
-    let mut text = format!(
-        "{}://{}{}{}",
-        upstream.scheme,
-        upstream.authority(),
-        upstream.base_path,
-        path
-    );
+    let mut text = format!("{}://{}{}", upstream.scheme, upstream.authority(), path);
     if let Some(query) = query {
         text.push('?');
         text.push_str(query);
@@ -267,7 +261,7 @@ mod tests {
     }
 
     #[test]
-    fn upstream_uri_joins_base_path_route_rest_and_query() {
+    fn upstream_uri_joins_authority_path_and_query() {
         let upstream = Upstream {
             scheme: http::uri::Scheme::HTTPS,
             host: "api.example.com".into(),
@@ -275,7 +269,7 @@ mod tests {
             base_path: "/v2".into(),
         };
         assert_eq!(
-            upstream_uri(&upstream, "/items/1", Some("a=1&b=2")).unwrap(),
+            upstream_uri(&upstream, "/v2/items/1", Some("a=1&b=2")).unwrap(),
             "https://api.example.com/v2/items/1?a=1&b=2"
         );
         let local = Upstream {

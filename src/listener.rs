@@ -230,7 +230,10 @@ fn describe_tls_error(e: &std::io::Error) -> String {
             }
             CertificateError::Revoked => "certificate revoked".into(),
             CertificateError::UnknownIssuer => "certificate not issued by the agent CA".into(),
-            CertificateError::BadSignature => "certificate signature invalid".into(),
+            // Seen when a foreign CA shares the agent CA's name.
+            CertificateError::BadSignature => {
+                "certificate signature does not verify against the agent CA".into()
+            }
             other => format!("certificate rejected: {other:?}"),
         },
         other => format!("handshake failed: {other}"),

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, field};
 
 use crate::audit::{AuditLog, DecisionRecord, kind};
-use crate::body::{CountingBody, ProxyBody};
+use crate::body::{BodyGuard, CountingBody, ProxyBody};
 use crate::error::{REQUEST_ID_HEADER, Reason, refusal_response};
 use crate::forward::{Upstreams, strip_hop_by_hop, upstream_uri};
 use crate::identity::PeerIdentity;
@@ -204,9 +204,14 @@ fn admit(
     };
     record.mode = Some(routed.mode.as_str().to_owned());
     let (target, path) = match &routed.destination {
-        Destination::Route { route, path } => (Target::Route(route), path.as_str()),
+        Destination::Route { route, path } => {
+            // Until a scope is known, the record keeps the route the agent tried.
+            record.path = Some(format!("/{route}{path}"));
+            (Target::Route(route), path.as_str())
+        }
         Destination::Host { host, port, path } => {
             record.host = Some(host.clone());
+            record.path = Some(path.clone());
             (Target::Host { host, port: *port }, path.as_str())
         }
         Destination::Connect { host, .. } => {
@@ -218,7 +223,6 @@ fn admit(
             });
         }
     };
-    record.path = Some(path.to_owned());
     let call = Call {
         peer: &peer.identity.names,
         target,
@@ -227,8 +231,18 @@ fn admit(
     };
     let decision = decide(&call, policy);
     describe(&decision, policy, record);
+    if decision.scope.is_some() && matches!(target, Target::Route(_)) {
+        // Inside a scope, the record holds the path the rules matched.
+        record.path = Some(path.to_owned());
+    }
     let permit = Permitted::new(policy, &decision).ok_or(decision.reason)?;
     let scope = permit.scope();
+    // The path the upstream sees: the base path joined with the path below
+    // the route, or the agent's full path in forward-proxy mode.
+    let upstream_path = match target {
+        Target::Route(_) => format!("{}{path}", scope.upstream.base_path),
+        Target::Host { .. } => path.to_owned(),
+    };
 
     // Prepare the upstream request head; a credential that cannot be injected
     // is a refusal, recorded as such, before anything leaves.
@@ -242,7 +256,7 @@ fn admit(
             Reason::CredentialUnavailable
         })?;
     }
-    parts.uri = upstream_uri(&scope.upstream, path, routed.query.as_deref())?;
+    parts.uri = upstream_uri(&scope.upstream, &upstream_path, routed.query.as_deref())?;
     parts.version = Version::HTTP_11;
     Ok(Admitted { permit, parts })
 }
@@ -301,6 +315,12 @@ struct Outcome {
     bytes_down: Arc<AtomicU64>,
     status: Option<u16>,
     reason: Reason,
+}
+
+impl BodyGuard for Outcome {
+    fn deadline_passed(&mut self) {
+        self.reason = Reason::UpstreamTimeout;
+    }
 }
 
 impl Drop for Outcome {

@@ -3,8 +3,9 @@
 //! them, so large uploads cost no memory.
 //!
 //! Paths with a meaning:
-//! - `/bytes/N` answers with N bytes, streamed in 64 KiB chunks;
-//! - `/slow/MS` waits MS milliseconds before answering;
+//! - a path ending in `/bytes/N` answers with N zero bytes, streamed in 64 KiB
+//!   chunks (and does not echo the request, so no header comes back);
+//! - a path ending in `/slow/MS` waits MS milliseconds before answering;
 //! - anything else answers JSON: method, path, query, headers, body size.
 
 use std::convert::Infallible;
@@ -38,6 +39,8 @@ pub struct Seen {
     pub path: String,
     /// The query, if any.
     pub query: Option<String>,
+    /// The authority the request was sent to (`Host`, or `:authority` in HTTP/2).
+    pub authority: Option<String>,
     /// Every header, in order, lowercase names.
     pub headers: Vec<(String, String)>,
     /// How many body bytes arrived.
@@ -129,6 +132,17 @@ async fn answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Pro
         method: parts.method.to_string(),
         path: path.clone(),
         query: parts.uri.query().map(str::to_owned),
+        authority: parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            }),
         headers: parts
             .headers
             .iter()
@@ -144,16 +158,10 @@ async fn answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Pro
     if let Ok(mut all) = seen.lock() {
         all.push(record.clone());
     }
-    if let Some(n) = path
-        .strip_prefix("/bytes/")
-        .and_then(|n| n.parse::<u64>().ok())
-    {
+    if let Some(n) = numeric_suffix(&path, "/bytes/") {
         return Response::new(BodyExt::boxed(StreamBody::new(zeros(n))));
     }
-    if let Some(ms) = path
-        .strip_prefix("/slow/")
-        .and_then(|n| n.parse::<u64>().ok())
-    {
+    if let Some(ms) = numeric_suffix(&path, "/slow/") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let json = serde_json::to_vec(&record).unwrap_or_default();
@@ -167,6 +175,12 @@ async fn answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Pro
         http::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// `N` when `path` ends in `{marker}N`.
+fn numeric_suffix(path: &str, marker: &str) -> Option<u64> {
+    let at = path.rfind(marker)?;
+    path[at + marker.len()..].parse().ok()
 }
 
 /// `n` zero bytes as a stream of 64 KiB frames.

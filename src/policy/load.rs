@@ -279,6 +279,18 @@ pub fn load(
         for identity in identities {
             match PeerName::parse_policy(identity.get_ref()) {
                 Ok(peer) => {
+                    if parsed.contains(&peer) {
+                        report.error(
+                            *file,
+                            identity.span(),
+                            format!(
+                                "identity `{}` is listed twice in agent `{}`",
+                                identity.get_ref(),
+                                name.get_ref()
+                            ),
+                        );
+                        continue;
+                    }
                     if let Some(other) = by_identity.insert(peer.clone(), id) {
                         let other_name = compiled_agents
                             .get(other)
@@ -299,7 +311,7 @@ pub fn load(
             }
         }
         let mut agent_scopes = Vec::with_capacity(scope_names.len());
-        let mut hosts: HashMap<(String, u16), &str> = HashMap::new();
+        let mut hosts: HashMap<&str, &str> = HashMap::new();
         for scope_name in scope_names {
             let Some(&scope_id) = scope_ids.get(scope_name.get_ref()) else {
                 report.error(
@@ -313,10 +325,22 @@ pub fn load(
                 );
                 continue;
             };
+            if agent_scopes.contains(&scope_id) {
+                report.error(
+                    *file,
+                    scope_name.span(),
+                    format!(
+                        "scope `{}` is listed twice in agent `{}`",
+                        scope_name.get_ref(),
+                        name.get_ref()
+                    ),
+                );
+                continue;
+            }
+            // One scope per host and agent, whatever the port: a forward-proxy
+            // request that names no port must select exactly one scope.
             let upstream = &compiled_scopes[scope_id].upstream;
-            if let Some(first) =
-                hosts.insert((upstream.host.clone(), upstream.port), scope_name.get_ref())
-            {
+            if let Some(first) = hosts.insert(upstream.host.as_str(), scope_name.get_ref()) {
                 report.error(
                     *file,
                     scope_name.span(),
@@ -328,9 +352,7 @@ pub fn load(
                     ),
                 );
             }
-            if !agent_scopes.contains(&scope_id) {
-                agent_scopes.push(scope_id);
-            }
+            agent_scopes.push(scope_id);
         }
         compiled_agents.push(Agent {
             name: name.get_ref().clone(),

@@ -101,6 +101,21 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// The part of a full upstream `path` below the base path, which is what
+    /// rules match; `None` when the path lies outside the base path.
+    pub fn strip_base<'a>(&self, path: &'a str) -> Option<&'a str> {
+        if self.base_path.is_empty() {
+            return Some(path);
+        }
+        match path.strip_prefix(self.base_path.as_str())? {
+            "" => Some("/"),
+            rest if rest.starts_with('/') => Some(rest),
+            _ => None,
+        }
+    }
+}
+
 /// A scope: one upstream, its rules, its mode and its credential.
 #[derive(Debug)]
 pub struct Scope {
@@ -176,7 +191,8 @@ pub struct Call<'a> {
     pub target: Target<'a>,
     /// The HTTP method.
     pub method: &'a str,
-    /// The normalised path the upstream will see, relative to the scope.
+    /// The normalised path: below the route for a gateway call, the full
+    /// upstream path for a forward-proxy call.
     pub path: &'a str,
 }
 
@@ -260,9 +276,17 @@ pub fn decide(call: &Call<'_>, policy: &Policy) -> Decision {
     };
     let scope = &policy.scopes[scope_id];
 
+    // Rules are written relative to the upstream's base path.
+    let path = match call.target {
+        Target::Route(_) => Some(call.path),
+        Target::Host { .. } => scope.upstream.strip_base(call.path),
+    };
     let mut allow: Option<&Rule> = None;
     let mut deny: Option<&Rule> = None;
-    for glob in scope.rules.globs.matches(call.path) {
+    let hits = path
+        .map(|p| scope.rules.globs.matches(p))
+        .unwrap_or_default();
+    for glob in hits {
         let rule = &scope.rules.rules[scope.rules.owner[glob]];
         if !rule.matches_method(call.method) {
             continue;

@@ -281,6 +281,37 @@ fn forward_proxy_targets_resolve_by_host_and_optional_port() {
             &policy,
         )
     };
+    // Forward-proxy paths are full upstream paths; rules match below the base path.
+    assert_eq!(host("api.example.com", None).effect, Effect::Deny);
+    let full = |path: &str| {
+        decide(
+            &Call {
+                peer: &research,
+                target: Target::Host {
+                    host: "api.example.com",
+                    port: None,
+                },
+                method: "GET",
+                path,
+            },
+            &policy,
+        )
+    };
+    assert_eq!(full("/v2/items").effect, Effect::Allow);
+    assert_eq!(full("/v2/items/admin/x").reason, Reason::DeniedByRule);
+    assert_eq!(full("/v2items").reason, Reason::NoMatchingRule);
+    assert_eq!(full("/v2").reason, Reason::NoMatchingRule);
+    let host = |host: &str, port: Option<u16>| {
+        decide(
+            &Call {
+                peer: &research,
+                target: Target::Host { host, port },
+                method: "GET",
+                path: "/v2/items",
+            },
+            &policy,
+        )
+    };
     assert_eq!(host("api.example.com", None).effect, Effect::Allow);
     assert_eq!(host("api.example.com", Some(443)).effect, Effect::Allow);
     assert_eq!(
@@ -557,4 +588,30 @@ proptest! {
             prop_assert!(Permitted::new(&Arc::new(base()), &d).is_none());
         }
     }
+}
+
+#[test]
+fn strip_base_keeps_paths_below_the_base_only() {
+    let policy = base();
+    let api = policy.scopes().iter().find(|s| s.name == "api").unwrap();
+    assert_eq!(api.upstream.strip_base("/v2/a"), Some("/a"));
+    assert_eq!(api.upstream.strip_base("/v2"), Some("/"));
+    assert_eq!(api.upstream.strip_base("/v2a"), None);
+    assert_eq!(api.upstream.strip_base("/a"), None);
+    let plain = policy.scopes().iter().find(|s| s.name == "plain").unwrap();
+    assert_eq!(plain.upstream.strip_base("/a"), Some("/a"));
+}
+
+#[test]
+fn listing_a_scope_or_identity_twice_is_named_as_such() {
+    let text = "[[agent]]\nname = \"a\"\nidentities = [\"cn:a\", \"cn:a\"]\nscopes = [\"s\", \"s\"]\n[[scope]]\nname = \"s\"\nupstream = \"https://h.example\"\n";
+    let err = load_text(&[("p.toml", text)]).unwrap_err().to_string();
+    assert!(
+        err.contains("identity `cn:a` is listed twice in agent `a`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("scope `s` is listed twice in agent `a`"),
+        "{err}"
+    );
 }
