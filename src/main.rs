@@ -165,6 +165,10 @@ enum AuditCommand {
         /// The decision log database.
         #[arg(long, default_value = "./clawgate-audit.db")]
         audit: PathBuf,
+        /// A head recorded earlier by `audit head`, as `SEQ:HASH`; the record
+        /// must still be there with that hash (catches a cut tail).
+        #[arg(long, value_parser = parse_anchor)]
+        anchor: Vec<audit::Head>,
     },
     /// Print the last record's position and hash, to anchor elsewhere.
     Head {
@@ -300,7 +304,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             audit::render(&records, format, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit(AuditCommand::Verify { audit: path }) => match audit::verify(&path) {
+        Command::Audit(AuditCommand::Verify {
+            audit: path,
+            anchor,
+        }) => match audit::verify(&path).and_then(|report| {
+            anchor
+                .iter()
+                .try_for_each(|a| audit::check_anchor(&path, a))
+                .map(|()| report)
+        }) {
             Ok(report) => {
                 println!(
                     "ok: {} records, chain intact, head {} {}",
@@ -320,6 +332,25 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `SEQ:HASH` as printed by `audit head` (a space is accepted too).
+fn parse_anchor(text: &str) -> Result<audit::Head, String> {
+    let (seq, hash) = text
+        .split_once([':', ' '])
+        .ok_or_else(|| format!("anchor `{text}` must be SEQ:HASH"))?;
+    let seq = seq
+        .trim()
+        .parse()
+        .map_err(|_| format!("anchor `{text}` must start with a record number"))?;
+    let hash = hash.trim();
+    if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("anchor `{text}` must end with a 64-digit hex hash"));
+    }
+    Ok(audit::Head {
+        seq,
+        hash: hash.to_ascii_lowercase(),
+    })
 }
 
 /// RFC 3339, or a duration back from now, as the records' time format.

@@ -291,6 +291,25 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever an agent sends, an accepted path has no dot segments, no
+        /// empty segments and no encoded separators, and normalising it again
+        /// changes nothing.
+        #[test]
+        fn accepted_paths_are_canonical(raw in "/[a-zA-Z0-9%./\\_~-]{0,24}") {
+            if let Ok(path) = normalise_path(&raw) {
+                proptest::prop_assert!(path.starts_with('/'));
+                for segment in path[1..].split('/') {
+                    proptest::prop_assert!(segment != "." && segment != "..");
+                }
+                proptest::prop_assert!(!path.contains("//"));
+                let lower = path.to_ascii_lowercase();
+                proptest::prop_assert!(!lower.contains("%2f") && !lower.contains("%5c") && !lower.contains("%2e"));
+                proptest::prop_assert_eq!(normalise_path(&path), Ok(path.clone()));
+            }
+        }
+    }
+
     #[test]
     fn path_normalisation_table() {
         let ok = [

@@ -526,7 +526,42 @@ fn a_tampered_row_makes_verify_exit_1_naming_it() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with("ok: 6 records"), "{stdout}");
     let head = clawgate(&["audit", "head", "--audit", &audit]);
-    assert!(String::from_utf8_lossy(&head.stdout).starts_with("6 "));
+    let head = String::from_utf8_lossy(&head.stdout)
+        .trim()
+        .replace(' ', ":");
+    assert!(head.starts_with("6:"), "{head}");
+    let out = clawgate(&["audit", "verify", "--audit", &audit, "--anchor", &head]);
+    assert!(out.status.success(), "{out:?}");
+
+    // Cutting the tail keeps the chain intact, but not the anchor.
+    let conn = rusqlite::Connection::open(&h.audit).unwrap();
+    let saved: Vec<(i64, String)> = conn
+        .prepare("SELECT seq, hash FROM records WHERE seq > 4")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(saved.len(), 2);
+    conn.execute(
+        "CREATE TABLE kept AS SELECT * FROM records WHERE seq > 4",
+        [],
+    )
+    .unwrap();
+    conn.execute("DELETE FROM records WHERE seq > 4", [])
+        .unwrap();
+    assert!(
+        clawgate(&["audit", "verify", "--audit", &audit])
+            .status
+            .success()
+    );
+    let out = clawgate(&["audit", "verify", "--audit", &audit, "--anchor", &head]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("record 6"));
+    conn.execute("INSERT INTO records SELECT * FROM kept", [])
+        .unwrap();
+    conn.execute("DROP TABLE kept", []).unwrap();
+    drop(conn);
 
     rusqlite::Connection::open(&h.audit)
         .unwrap()

@@ -199,6 +199,35 @@ pub(super) fn verify_conn(conn: &Connection) -> Result<VerifyReport, VerifyError
     Ok(VerifyReport { count, head })
 }
 
+/// Checks that the record at `anchor.seq` still exists with `anchor.hash`:
+/// what catches a cut tail or a replaced log, which the chain alone cannot.
+pub fn check_anchor(path: &Path, anchor: &Head) -> Result<(), VerifyError> {
+    let conn = open_read_only(path)?;
+    let found: Option<String> = conn
+        .query_row(
+            "SELECT hash FROM records WHERE seq = ?1",
+            [anchor.seq],
+            |row| row.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            other => Err(other),
+        })
+        .map_err(|e| VerifyError::Audit(AuditError::Read(e)))?;
+    match found {
+        None => Err(VerifyError::Broken {
+            seq: anchor.seq,
+            why: "the anchored record is missing: the log was cut after it".into(),
+        }),
+        Some(hash) if hash != anchor.hash => Err(VerifyError::Broken {
+            seq: anchor.seq,
+            why: "the anchored record has another hash: the log was replaced".into(),
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
 /// The last record's position and hash, for anchoring elsewhere.
 pub fn head(path: &Path) -> Result<Head, AuditError> {
     let conn = open_read_only(path)?;

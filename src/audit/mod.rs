@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-pub use chain::{VerifyError, VerifyReport, head, verify};
+pub use chain::{Head, VerifyError, VerifyReport, check_anchor, head, verify};
 pub use query::{Filter, Format, query, render};
 pub use writer::WriterHandle;
 

@@ -9,8 +9,8 @@ fn record(i: usize) -> DecisionRecord {
     let mut r = DecisionRecord::new(kind::DECISION, &format!("req-{i}"));
     r.agent = Some("research".into());
     r.scope = Some("echo".into());
-    r.decision = Some(if i % 2 == 0 { "allow" } else { "deny" }.into());
-    r.reason = if i % 2 == 0 {
+    r.decision = Some(if i.is_multiple_of(2) { "allow" } else { "deny" }.into());
+    r.reason = if i.is_multiple_of(2) {
         "allowed"
     } else {
         "denied-by-rule"
@@ -161,6 +161,20 @@ fn a_cut_tail_is_not_detectable_without_an_anchor() {
     let report = verify(&path).unwrap();
     assert_eq!(report.count, 3);
     assert_ne!(report.head, anchored);
+    // The anchor catches it.
+    match check_anchor(&path, &anchored) {
+        Err(VerifyError::Broken { seq: 5, why }) => assert!(why.contains("missing"), "{why}"),
+        other => panic!("expected the anchor to fail, got {other:?}"),
+    }
+    check_anchor(&path, &report.head).unwrap();
+    let forged = Head {
+        seq: 2,
+        hash: "ab".repeat(32),
+    };
+    assert!(matches!(
+        check_anchor(&path, &forged),
+        Err(VerifyError::Broken { seq: 2, .. })
+    ));
 }
 
 #[test]

@@ -187,11 +187,8 @@ fn numeric_suffix(path: &str, marker: &str) -> Option<u64> {
 fn zeros(n: u64) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send + Sync {
     const CHUNK: u64 = 64 * 1024;
     let chunk = Bytes::from(vec![0u8; CHUNK as usize]);
-    futures_util::stream::iter(
-        std::iter::successors(Some(n), move |left| left.checked_sub(CHUNK)).filter_map(
-            move |left| {
-                (left > 0).then(|| Ok(Frame::data(chunk.slice(..left.min(CHUNK) as usize))))
-            },
-        ),
-    )
+    let sizes = std::iter::successors(Some(n), |left| left.checked_sub(CHUNK))
+        .filter(|&left| left > 0)
+        .map(move |left| Ok(Frame::data(chunk.slice(..left.min(CHUNK) as usize))));
+    futures_util::stream::iter(sizes)
 }

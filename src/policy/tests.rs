@@ -98,7 +98,8 @@ fn decide_route(
 fn decide_table() {
     let policy = base();
     let research = [uri(RESEARCH)];
-    let cases: &[(&str, &str, &str, Effect, Reason, Option<&str>)] = &[
+    type Case<'a> = (&'a str, &'a str, &'a str, Effect, Reason, Option<&'a str>);
+    let cases: &[Case<'_>] = &[
         (
             "api",
             "GET",
