@@ -45,11 +45,13 @@ pub enum Reason {
     UpstreamTimeout,
     /// The decision could not be recorded, so the call was not forwarded.
     AuditUnavailable,
+    /// A policy was loaded and put in force (a record, not a refusal).
+    PolicyLoaded,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -62,6 +64,7 @@ impl Reason {
         Reason::UpstreamUnreachable,
         Reason::UpstreamTimeout,
         Reason::AuditUnavailable,
+        Reason::PolicyLoaded,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -79,13 +82,15 @@ impl Reason {
             Reason::UpstreamUnreachable => "upstream-unreachable",
             Reason::UpstreamTimeout => "upstream-timeout",
             Reason::AuditUnavailable => "audit-unavailable",
+            Reason::PolicyLoaded => "policy-loaded",
         }
     }
 
     /// The one mapping from reason to HTTP status.
     pub const fn status(self) -> StatusCode {
         match self {
-            Reason::Allowed => StatusCode::OK,
+            // Never sent: these describe events, not answers.
+            Reason::Allowed | Reason::PolicyLoaded => StatusCode::OK,
             // Never sent: a rejected handshake has no HTTP exchange.
             Reason::TlsRejected => StatusCode::FORBIDDEN,
             Reason::UnknownAgent

@@ -9,7 +9,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::audit::{AuditError, AuditLog, WriterHandle};
+use crate::audit::{AuditError, AuditLog, DecisionRecord, WriterHandle, kind};
+use crate::error::Reason;
 use crate::forward::{ForwardError, Timeouts, Upstreams};
 use crate::listener::{self, ListenerError};
 use crate::pipeline::Pipeline;
@@ -108,6 +109,9 @@ pub async fn start(
         addr: config.listen,
         source,
     })?;
+    // The policy in force is itself a record; a log that cannot take it
+    // cannot take decisions either, so this is a reason not to start.
+    audit.append_durable(policy_record(&policy)).await?;
     let pipeline = Arc::new(Pipeline::new(Arc::new(policy), audit, upstreams));
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(listener::serve(
@@ -123,4 +127,17 @@ pub async fn start(
         task,
         writer,
     })
+}
+
+fn policy_record(policy: &policy::Policy) -> DecisionRecord {
+    let mut record = DecisionRecord::new(kind::POLICY, &uuid::Uuid::now_v7().to_string());
+    record.reason = Reason::PolicyLoaded.code().to_owned();
+    record.policy_digest = Some(policy.digest().to_owned());
+    let files: Vec<String> = policy
+        .files()
+        .iter()
+        .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    record.detail = Some(format!("{}; files: {}", policy.summary(), files.join(", ")));
+    record
 }

@@ -69,6 +69,14 @@ fn allowed_call_reaches_upstream_with_the_injected_credential_only() {
     let o = h.outcome(&id);
     assert_eq!(o.status, Some(200));
     assert_eq!(o.bytes_down, Some(reply.body.len() as i64));
+    // The policy in force at start is the first record, with the same digest.
+    let first = &h.records()[0];
+    assert_eq!(
+        (first.kind.as_str(), first.reason.as_str()),
+        ("policy", "policy-loaded")
+    );
+    assert_eq!(first.policy_digest, d.policy_digest);
+    assert!(first.detail.as_deref().unwrap().contains("example.toml"));
 }
 
 #[test]
@@ -524,19 +532,20 @@ fn a_tampered_row_makes_verify_exit_1_naming_it() {
     let out = clawgate(&["audit", "verify", "--audit", &audit]);
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.starts_with("ok: 6 records"), "{stdout}");
+    // One policy record, then a decision and an outcome per call.
+    assert!(stdout.starts_with("ok: 7 records"), "{stdout}");
     let head = clawgate(&["audit", "head", "--audit", &audit]);
     let head = String::from_utf8_lossy(&head.stdout)
         .trim()
         .replace(' ', ":");
-    assert!(head.starts_with("6:"), "{head}");
+    assert!(head.starts_with("7:"), "{head}");
     let out = clawgate(&["audit", "verify", "--audit", &audit, "--anchor", &head]);
     assert!(out.status.success(), "{out:?}");
 
     // Cutting the tail keeps the chain intact, but not the anchor.
     let conn = rusqlite::Connection::open(&h.audit).unwrap();
     let saved: Vec<(i64, String)> = conn
-        .prepare("SELECT seq, hash FROM records WHERE seq > 4")
+        .prepare("SELECT seq, hash FROM records WHERE seq > 5")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
@@ -544,7 +553,7 @@ fn a_tampered_row_makes_verify_exit_1_naming_it() {
         .unwrap();
     assert_eq!(saved.len(), 2);
     conn.execute(
-        "CREATE TABLE kept AS SELECT * FROM records WHERE seq > 4",
+        "CREATE TABLE kept AS SELECT * FROM records WHERE seq > 5",
         [],
     )
     .unwrap();
@@ -557,7 +566,7 @@ fn a_tampered_row_makes_verify_exit_1_naming_it() {
     );
     let out = clawgate(&["audit", "verify", "--audit", &audit, "--anchor", &head]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("record 6"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("record 7"));
     conn.execute("INSERT INTO records SELECT * FROM kept", [])
         .unwrap();
     conn.execute("DROP TABLE kept", []).unwrap();

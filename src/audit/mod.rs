@@ -29,6 +29,8 @@ pub mod kind {
     pub const DECISION: &str = "decision";
     /// What happened after an allowed call: status, bytes, duration.
     pub const OUTCOME: &str = "outcome";
+    /// A policy put in force: its digest and files.
+    pub const POLICY: &str = "policy";
 }
 
 /// One row of the decision log. Optional fields are omitted from the JSON
@@ -40,7 +42,7 @@ pub struct DecisionRecord {
     pub seq: i64,
     /// RFC 3339 UTC with milliseconds.
     pub ts: String,
-    /// `decision` or `outcome`.
+    /// `decision`, `outcome` or `policy`.
     pub kind: String,
     /// The id the agent sees in `x-clawgate-request-id`.
     pub request_id: String,
