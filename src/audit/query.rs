@@ -90,9 +90,15 @@ const TABLE_COLUMNS: [&str; 11] = [
 
 fn table_cells(r: &DecisionRecord) -> [String; 11] {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    let reason = match &r.would_deny {
-        Some(would) => format!("{} (would deny: {would})", r.reason),
-        None => r.reason.clone(),
+    let reason = match (&r.would_deny, r.mode.as_deref(), &r.detail) {
+        (Some(would), _, _) => format!("{} (would deny: {would})", r.reason),
+        // A rejected handshake has nothing else to show: say why.
+        (None, Some("tls"), Some(detail)) => format!("{} ({detail})", r.reason),
+        _ => r.reason.clone(),
+    };
+    let host = match (r.mode.as_deref(), &r.client_addr) {
+        (Some("tls"), Some(addr)) => format!("(from {addr})"),
+        _ => opt(&r.host),
     };
     [
         r.seq.to_string(),
@@ -100,7 +106,7 @@ fn table_cells(r: &DecisionRecord) -> [String; 11] {
         r.kind.clone(),
         opt(&r.agent),
         opt(&r.method),
-        opt(&r.host),
+        host,
         opt(&r.path),
         opt(&r.scope),
         opt(&r.decision),
