@@ -98,7 +98,12 @@ pub fn from_der(der: &[u8]) -> Result<PeerIdentity, IdentityError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::Unparseable)?;
     let mut uris = Vec::new();
     let mut dns = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
+    // A SAN extension that does not parse rejects the peer: falling back to
+    // the CN would let a weaker name stand in for the one that failed.
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| IdentityError::Unparseable)?;
+    if let Some(san) = san {
         for name in &san.value.general_names {
             match name {
                 GeneralName::URI(uri) => uris.push(PeerName::Uri((*uri).to_owned())),

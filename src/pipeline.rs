@@ -27,7 +27,7 @@ use crate::error::{REQUEST_ID_HEADER, Reason, refusal_response};
 use crate::forward::{Upstreams, strip_hop_by_hop, upstream_uri};
 use crate::identity::PeerIdentity;
 use crate::policy::{Call, Decision, Permitted, Policy, Target, decide};
-use crate::route::{Destination, route};
+use crate::route::{Destination, encode_path, route};
 
 /// Who is on the other end of one TLS connection.
 #[derive(Debug)]
@@ -239,10 +239,10 @@ fn admit(
     let scope = permit.scope();
     // The path the upstream sees: the base path joined with the path below
     // the route, or the agent's full path in forward-proxy mode.
-    let upstream_path = match target {
+    let upstream_path = encode_path(&match target {
         Target::Route(_) => format!("{}{path}", scope.upstream.base_path),
         Target::Host { .. } => path.to_owned(),
-    };
+    });
 
     // Prepare the upstream request head; a credential that cannot be injected
     // is a refusal, recorded as such, before anything leaves.

@@ -7,10 +7,10 @@
 //!   policy resolves by host;
 //! - `CONNECT host:port`, refused for now.
 //!
-//! Paths are normalised here, once, and the normalised path is both what
-//! policy matches and what the upstream receives, so the two can never
-//! disagree. Anything ambiguous (dot segments, encoded separators, empty
-//! segments, backslashes) is refused rather than guessed at.
+//! Paths are normalised here, once: policy matches the decoded path and the
+//! upstream receives its one canonical encoding, so the two can never
+//! disagree. Anything ambiguous (dot segments, encoded separators, double
+//! encoding, empty segments, backslashes) is refused rather than guessed at.
 
 use http::{Method, Request, Version};
 
@@ -85,10 +85,23 @@ pub enum RouteError {
     /// The request names no route or host.
     #[error("request names no destination")]
     NoDestination,
+    /// The method is not an uppercase token.
+    #[error("method must be uppercase")]
+    BadMethod,
 }
 
 /// Classifies a request and normalises its path.
 pub fn route<B>(req: &Request<B>) -> Result<Routed, RouteError> {
+    // Methods are case-sensitive, but some upstreams upper-case them: a
+    // lowercase `delete` must not slip past a rule written for `DELETE`.
+    if !req
+        .method()
+        .as_str()
+        .bytes()
+        .all(|b| b.is_ascii_uppercase())
+    {
+        return Err(RouteError::BadMethod);
+    }
     let uri = req.uri();
     if req.method() == Method::CONNECT {
         let authority = uri.authority().ok_or(RouteError::NoDestination)?;
@@ -150,51 +163,55 @@ pub fn normalise_host(host: &str) -> String {
 
 /// Normalises a request path so that policy and upstream see the same thing.
 ///
-/// Percent-encoded unreserved characters are decoded (RFC 3986 says they are
-/// equivalent), other escapes are upper-cased. Dot segments, encoded `/` or
-/// `\`, raw backslashes, NUL and empty segments are refused: each is a known
-/// way to make a path matcher and an upstream disagree.
+/// Every percent escape is decoded, and rules match the decoded text: an
+/// upstream decodes before it routes, so `/admin%3Aexport` must meet the rule
+/// written for `/admin:export`. The upstream then receives [`encode_path`] of
+/// that same decoded text. Refused, because each is a known way to make a path
+/// matcher and an upstream disagree: encoded `/`, `\`, `%` (double encoding)
+/// or control characters, raw backslashes and control characters, bytes that
+/// are not UTF-8, dot segments (also with `;` parameters, as in `..;`), and
+/// empty segments.
 pub fn normalise_path(raw: &str) -> Result<String, RouteError> {
     if !raw.starts_with('/') {
         return Err(RouteError::BadPath("must start with `/`"));
     }
     let bytes = raw.as_bytes();
-    let mut out = String::with_capacity(raw.len());
+    let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        match b {
-            b'%' => {
-                let hi = bytes.get(i + 1).and_then(|c| (*c as char).to_digit(16));
-                let lo = bytes.get(i + 2).and_then(|c| (*c as char).to_digit(16));
-                let (Some(hi), Some(lo)) = (hi, lo) else {
-                    return Err(RouteError::BadPath("broken percent escape"));
-                };
-                let decoded = (hi * 16 + lo) as u8;
-                match decoded {
-                    b'/' | b'\\' => return Err(RouteError::BadPath("encoded path separator")),
-                    0 => return Err(RouteError::BadPath("encoded NUL")),
-                    c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
-                        out.push(c as char);
-                    }
-                    c => {
-                        out.push('%');
-                        out.push_str(&format!("{c:02X}"));
-                    }
+        if b == b'%' {
+            let hex = |at: usize| bytes.get(at).and_then(|c| (*c as char).to_digit(16));
+            let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) else {
+                return Err(RouteError::BadPath("broken percent escape"));
+            };
+            match (hi * 16 + lo) as u8 {
+                b'/' | b'\\' => return Err(RouteError::BadPath("encoded path separator")),
+                b'%' => return Err(RouteError::BadPath("encoded percent sign")),
+                c if c < 0x20 || c == 0x7f => {
+                    return Err(RouteError::BadPath("encoded control character"));
                 }
-                i += 3;
+                c => decoded.push(c),
             }
-            b'\\' => return Err(RouteError::BadPath("backslash")),
-            _ => {
-                out.push(b as char);
-                i += 1;
+            i += 3;
+        } else {
+            if b == b'\\' {
+                return Err(RouteError::BadPath("backslash"));
             }
+            if b < 0x20 || b == 0x7f {
+                return Err(RouteError::BadPath("control character"));
+            }
+            decoded.push(b);
+            i += 1;
         }
     }
-    let segments: Vec<&str> = out[1..].split('/').collect();
+    let path = String::from_utf8(decoded).map_err(|_| RouteError::BadPath("not UTF-8"))?;
+    let segments: Vec<&str> = path[1..].split('/').collect();
     let last = segments.len() - 1;
     for (n, segment) in segments.iter().enumerate() {
-        if *segment == "." || *segment == ".." {
+        // `..;x` is `..` to servlet containers, which drop `;` parameters.
+        let name = segment.split(';').next().unwrap_or_default();
+        if name == "." || name == ".." {
             return Err(RouteError::BadPath("dot segment"));
         }
         // A trailing slash is fine; an empty segment in the middle (`//`) is not.
@@ -202,7 +219,42 @@ pub fn normalise_path(raw: &str) -> Result<String, RouteError> {
             return Err(RouteError::BadPath("empty segment"));
         }
     }
-    Ok(out)
+    Ok(path)
+}
+
+/// The one wire form of a decoded path: unreserved characters, sub-delimiters,
+/// `:`, `@` and `/` as they are, every other byte percent-encoded.
+pub fn encode_path(decoded: &str) -> String {
+    let mut out = String::with_capacity(decoded.len());
+    for &b in decoded.as_bytes() {
+        let keep = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+            );
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -292,22 +344,42 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Whatever an agent sends, an accepted path has no dot segments, no
-        /// empty segments and no encoded separators, and normalising it again
-        /// changes nothing.
+        /// Whatever an agent sends, an accepted path has no dot segments and
+        /// no empty segments, and its wire form decodes back to exactly the
+        /// text policy matched.
         #[test]
-        fn accepted_paths_are_canonical(raw in "/[a-zA-Z0-9%./\\_~-]{0,24}") {
+        fn accepted_paths_are_canonical(raw in "/[a-zA-Z0-9%./\\\\_~;:é -]{0,24}") {
             if let Ok(path) = normalise_path(&raw) {
                 proptest::prop_assert!(path.starts_with('/'));
                 for segment in path[1..].split('/') {
-                    proptest::prop_assert!(segment != "." && segment != "..");
+                    let name = segment.split(';').next().unwrap_or_default();
+                    proptest::prop_assert!(name != "." && name != "..");
                 }
                 proptest::prop_assert!(!path.contains("//"));
-                let lower = path.to_ascii_lowercase();
-                proptest::prop_assert!(!lower.contains("%2f") && !lower.contains("%5c") && !lower.contains("%2e"));
-                proptest::prop_assert_eq!(normalise_path(&path), Ok(path.clone()));
+                proptest::prop_assert!(!path.contains('%') && !path.contains('\\'));
+                let wire = encode_path(&path);
+                proptest::prop_assert!(wire.is_ascii());
+                proptest::prop_assert_eq!(normalise_path(&wire), Ok(path.clone()));
             }
         }
+    }
+
+    #[test]
+    fn lowercase_methods_are_refused() {
+        assert_eq!(
+            route(&req("delete", "/echo/x", Version::HTTP_11)),
+            Err(RouteError::BadMethod)
+        );
+        assert!(route(&req("PROPFIND", "/echo/x", Version::HTTP_11)).is_ok());
+    }
+
+    #[test]
+    fn wire_form_encodes_what_is_not_a_path_character() {
+        assert_eq!(encode_path("/a b/café?#"), "/a%20b/caf%C3%A9%3F%23");
+        assert_eq!(
+            encode_path("/admin:export;v=1/@x+y"),
+            "/admin:export;v=1/@x+y"
+        );
     }
 
     #[test]
@@ -317,9 +389,13 @@ mod tests {
             ("/a/b/", "/a/b/"),
             ("/%61%62c", "/abc"),
             ("/a%2db", "/a-b"),
-            ("/a%20b", "/a%20b"),
-            ("/a%3fb", "/a%3Fb"),
+            ("/a%20b", "/a b"),
+            ("/a%3fb", "/a?b"),
+            ("/admin%3Aexport", "/admin:export"),
             ("/v1/items.json", "/v1/items.json"),
+            ("/caf%C3%A9", "/café"),
+            ("/café", "/café"),
+            ("/a;b=1/c", "/a;b=1/c"),
         ];
         for (raw, want) in ok {
             assert_eq!(normalise_path(raw).as_deref(), Ok(want), "{raw}");
@@ -339,6 +415,13 @@ mod tests {
             "/a%4",
             "/a%00",
             "/..",
+            "/a/..;/admin",
+            "/a/.;x/b",
+            "/a/%2e%2e;/b",
+            "/a%252e%252e/b",
+            "/a%FF",
+            "/a\u{7f}",
+            "/a%0a",
         ];
         for raw in bad {
             assert!(normalise_path(raw).is_err(), "{raw} should be refused");

@@ -664,7 +664,12 @@ fn parse_upstream(text: &str) -> Result<Upstream, String> {
     } else {
         80
     };
-    let base_path = uri.path().trim_end_matches('/').to_owned();
+    // The base path goes through the same normalisation as request paths, so
+    // the joined path the upstream sees is still canonical.
+    let base_path = crate::route::normalise_path(uri.path())
+        .map_err(|e| format!("upstream `{text}`: base {e}"))?
+        .trim_end_matches('/')
+        .to_owned();
     Ok(Upstream {
         scheme,
         host,

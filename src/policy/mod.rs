@@ -286,7 +286,19 @@ pub fn decide(call: &Call<'_>, policy: &Policy) -> Decision {
     let hits = path
         .map(|p| scope.rules.globs.matches(p))
         .unwrap_or_default();
-    for glob in hits {
+    // Deny rules also meet the path without a trailing slash: to most
+    // upstreams `/secret/` is `/secret`.
+    let trimmed = path
+        .and_then(|p| p.strip_suffix('/'))
+        .filter(|p| !p.is_empty());
+    let trimmed_hits = trimmed
+        .map(|p| scope.rules.globs.matches(p))
+        .unwrap_or_default();
+    let candidates = hits
+        .iter()
+        .map(|&glob| (glob, true))
+        .chain(trimmed_hits.iter().map(|&glob| (glob, false)));
+    for (glob, may_allow) in candidates {
         let rule = &scope.rules.rules[scope.rules.owner[glob]];
         if !rule.matches_method(call.method) {
             continue;
@@ -296,9 +308,10 @@ pub fn decide(call: &Call<'_>, policy: &Policy) -> Decision {
                 deny = Some(rule);
                 break;
             }
-            Effect::Allow => {
+            Effect::Allow if may_allow => {
                 allow.get_or_insert(rule);
             }
+            Effect::Allow => {}
         }
     }
     let (effect, reason, rule) = match (deny, allow) {
@@ -328,9 +341,26 @@ pub fn decide(call: &Call<'_>, policy: &Policy) -> Decision {
 }
 
 impl Policy {
-    /// The agent proven by the first of `names` that policy knows.
+    /// The agent a certificate proves. Only the strongest kind of name the
+    /// certificate carries counts (URI SANs, else DNS SANs, else the CN): a
+    /// certificate with an unknown SPIFFE id is not rescued by its CN. Names
+    /// of that kind that point at two agents prove neither.
     pub fn agent_for(&self, names: &[PeerName]) -> Option<AgentId> {
-        names.iter().find_map(|n| self.by_identity.get(n).copied())
+        let strongest = std::mem::discriminant(names.first()?);
+        let mut found = None;
+        for name in names
+            .iter()
+            .filter(|n| std::mem::discriminant(*n) == strongest)
+        {
+            if let Some(&id) = self.by_identity.get(name) {
+                match found {
+                    None => found = Some(id),
+                    Some(other) if other != id => return None,
+                    Some(_) => {}
+                }
+            }
+        }
+        found
     }
 
     /// The agent with this id.

@@ -52,6 +52,7 @@ paths = ["/secret"]
 [[scope]]
 name = "plain"
 upstream = "http://plain.example.com:8080"
+route = "plain"
 "#;
 
 fn no_env(_: &str) -> Option<String> {
@@ -186,7 +187,7 @@ fn decide_table() {
             "GET",
             "/",
             Effect::Deny,
-            Reason::NoMatchingScope,
+            Reason::NoMatchingRule,
             None,
         ),
     ];
@@ -199,6 +200,19 @@ fn decide_table() {
         );
         assert_eq!(d.rule.as_deref(), *rule, "{method} /{route}{path}");
     }
+}
+
+#[test]
+fn deny_rules_also_meet_the_path_without_its_trailing_slash() {
+    let policy = base();
+    let research = [uri(RESEARCH)];
+    let d = decide_route(&policy, &research, "report", "GET", "/secret/");
+    assert_eq!(d.would_deny, Some(Reason::DeniedByRule));
+    let d = decide_route(&policy, &research, "api", "GET", "/items/admin/");
+    assert_eq!(d.reason, Reason::DeniedByRule);
+    // Allow rules do not widen that way.
+    let d = decide_route(&policy, &research, "report", "GET", "/ok/a/");
+    assert_eq!(d.would_deny, Some(Reason::NoMatchingRule));
 }
 
 #[test]
@@ -242,14 +256,30 @@ fn identities_resolve_by_kind_and_precedence() {
     );
     // A CN that spells a URI identity proves nothing.
     assert_eq!(by(vec![PeerName::Cn(RESEARCH.into())]), None);
-    // The first known name in precedence order wins.
+    // Only the strongest kind of name counts: an unknown URI SAN is not
+    // rescued by a known CN.
     assert_eq!(
         by(vec![
             uri("spiffe://other/unknown"),
             PeerName::Cn("legacy-bot".into())
-        ])
-        .as_deref(),
-        Some("legacy")
+        ]),
+        None
+    );
+    assert_eq!(
+        by(vec![uri(RESEARCH), PeerName::Cn("legacy-bot".into())]).as_deref(),
+        Some("research")
+    );
+    // Two URI SANs naming two agents prove neither.
+    let text =
+        format!("{BASE}\n[[agent]]\nname = \"other\"\nidentities = [\"spiffe://x/other\"]\n");
+    let two = load_text(&[("base.toml", &text)]).unwrap().0;
+    assert_eq!(
+        two.agent_for(&[uri(RESEARCH), uri("spiffe://x/other")]),
+        None
+    );
+    assert!(
+        two.agent_for(&[uri(RESEARCH), uri("spiffe://x/unlisted")])
+            .is_some()
     );
 }
 
@@ -428,6 +458,13 @@ fn every_loader_error_names_file_line_and_column() {
         (
             format!("{agent}{scope}upstream = 3\n"),
             "base.toml:8:1: duplicate key",
+        ),
+        (
+            format!(
+                "{agent}{}",
+                scope.replace("https://x.example", "https://x.example/v2/../admin")
+            ),
+            "base.toml:7:12: upstream `https://x.example/v2/../admin`: base path is not acceptable: dot segment",
         ),
     ];
     for (text, expected) in cases {
