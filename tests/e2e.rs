@@ -44,6 +44,17 @@ fn allowed_call_reaches_upstream_with_the_injected_credential_only() {
     );
     assert_eq!(seen[0].path, "/v1/items");
     assert_eq!(seen[0].query.as_deref(), Some("page=2&q=x"));
+    // Unreserved escapes arrive decoded, others in their one canonical form.
+    let r = h.curl(
+        Some("research"),
+        &[&format!("{}/echo/v1/items/%7e%61/caf%c3%a9", h.base())],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(h.seen()[1].path, "/v1/items/~a/caf%C3%A9");
+    assert_eq!(
+        h.decision(&r.request_id()).path.as_deref(),
+        Some("/v1/items/~a/café")
+    );
     assert_eq!(
         seen[0].authority.as_deref(),
         Some(h.echo.addr.to_string().as_str())
@@ -132,6 +143,41 @@ fn denied_path_is_refused_with_the_reason_and_never_forwarded() {
             "--path-as-is",
             &format!("{}/echo/v1/items/%2e%2e/admin", h.base()),
         ],
+    );
+    assert_eq!(
+        (reply.status, reply.json()["reason"].as_str()),
+        (400, Some("malformed-request"))
+    );
+    assert_eq!(h.decision(&reply.request_id()).reason, "malformed-request");
+
+    // Rules meet the decoded path: an encoded `:` does not slip past a deny.
+    let reply = h.curl(
+        Some("research"),
+        &[&format!("{}/echo/v1/items/42%3Aexport", h.base())],
+    );
+    assert_eq!(
+        (reply.status, reply.json()["reason"].as_str()),
+        (403, Some("denied-by-rule"))
+    );
+    assert_eq!(
+        h.decision(&reply.request_id()).rule.as_deref(),
+        Some("no-export")
+    );
+    // Servlet-style `..;` traversal and lowercase methods are refused.
+    let reply = h.curl(
+        Some("research"),
+        &[
+            "--path-as-is",
+            &format!("{}/echo/v1/items/..;/admin", h.base()),
+        ],
+    );
+    assert_eq!(
+        (reply.status, reply.json()["reason"].as_str()),
+        (400, Some("malformed-request"))
+    );
+    let reply = h.curl(
+        Some("research"),
+        &["-X", "get", &format!("{}/echo/v1/items", h.base())],
     );
     assert_eq!(
         (reply.status, reply.json()["reason"].as_str()),
@@ -596,7 +642,7 @@ fn a_broken_policy_fails_check_with_file_and_line_and_serve_refuses_to_start() {
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.starts_with("ok: 2 agents, 2 scopes, 4 rules, digest sha256:"),
+        stdout.starts_with("ok: 2 agents, 2 scopes, 5 rules, digest sha256:"),
         "{stdout}"
     );
 
