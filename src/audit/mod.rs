@@ -16,6 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::sync::mpsc::TrySendError;
+
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -177,7 +179,7 @@ enum Command {
 /// A cheap, cloneable handle to the writer.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    tx: std::sync::mpsc::Sender<Command>,
+    tx: std::sync::mpsc::SyncSender<Command>,
     healthy: Arc<AtomicBool>,
 }
 
@@ -199,9 +201,13 @@ impl AuditLog {
     /// Appends a record and waits until its batch is committed.
     pub async fn append_durable(&self, record: DecisionRecord) -> Result<i64, AuditError> {
         let (done, wait) = oneshot::channel();
+        // Never block the runtime: a full queue is an unavailable log.
         self.tx
-            .send(Command::Append(Box::new(record), Some(done)))
-            .map_err(|_| AuditError::WriterGone)?;
+            .try_send(Command::Append(Box::new(record), Some(done)))
+            .map_err(|e| match e {
+                TrySendError::Full(_) => AuditError::Write("the writer queue is full".into()),
+                TrySendError::Disconnected(_) => AuditError::WriterGone,
+            })?;
         match wait.await {
             Ok(Ok(seq)) => Ok(seq),
             Ok(Err(message)) => Err(AuditError::Write(message)),
@@ -212,13 +218,16 @@ impl AuditLog {
     /// Appends a record without waiting (outcomes, handshake rejections).
     /// A failure is logged by the writer and turns health red.
     pub fn append(&self, record: DecisionRecord) {
-        if self
-            .tx
-            .send(Command::Append(Box::new(record), None))
-            .is_err()
-        {
-            self.healthy.store(false, Ordering::Relaxed);
-            tracing::error!("decision log writer has stopped; record dropped");
+        match self.tx.try_send(Command::Append(Box::new(record), None)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.healthy.store(false, Ordering::Relaxed);
+                tracing::error!("decision log writer queue is full; record dropped");
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.healthy.store(false, Ordering::Relaxed);
+                tracing::error!("decision log writer has stopped; record dropped");
+            }
         }
     }
 

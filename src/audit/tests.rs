@@ -108,32 +108,75 @@ fn a_deleted_record_is_named() {
     assert_eq!(broken_at(&path), 2);
 }
 
+fn insert_row(conn: &Connection, r: &DecisionRecord) {
+    conn.execute(
+        &format!(
+            "INSERT INTO records ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,
+             ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+            chain::COLUMNS
+        ),
+        rusqlite::params![
+            r.seq,
+            r.ts,
+            r.kind,
+            r.request_id,
+            r.mode,
+            r.agent,
+            r.cert_fp,
+            r.run_id,
+            r.client_addr,
+            r.method,
+            r.host,
+            r.path,
+            r.scope,
+            r.rule,
+            r.decision,
+            r.reason,
+            r.would_deny,
+            r.credential_kind,
+            r.credential_ref,
+            r.policy_digest,
+            r.status,
+            r.bytes_up,
+            r.bytes_down,
+            r.duration_ms,
+            r.detail,
+            r.prev_hash,
+            r.hash
+        ],
+    )
+    .unwrap();
+}
+
 #[test]
 fn an_inserted_record_is_named() {
     let (_dir, path) = log_with(4);
     let conn = Connection::open(&path).unwrap();
-    // Make room after record 2, then insert a forged record 3 chained to 2.
+    // Make room after record 2, then insert a well-formed forgery chained to
+    // record 2: it verifies on its own, so the break shows at the record after.
     conn.execute("UPDATE records SET seq = seq + 100 WHERE seq > 2", [])
         .unwrap();
     conn.execute("UPDATE records SET seq = seq - 99 WHERE seq > 100", [])
         .unwrap();
-    let prev: String = conn
-        .query_row("SELECT hash FROM records WHERE seq = 2", [], |r| r.get(0))
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {} FROM records WHERE seq = 2",
+            chain::COLUMNS
+        ))
         .unwrap();
+    let two = stmt.query_row([], chain::from_row).unwrap();
     let mut forged = record(99);
     forged.seq = 3;
-    forged.prev_hash = prev.clone();
-    forged.hash = chain::record_hash(&prev, &forged);
-    conn.execute(
-        "INSERT INTO records (seq, ts, kind, request_id, reason, prev_hash, hash) VALUES (3, ?1, ?2, ?3, ?4, ?5, ?6)",
-        rusqlite::params![forged.ts, forged.kind, forged.request_id, forged.reason, forged.prev_hash, forged.hash],
-    )
-    .unwrap();
-    // The forged row itself is not what verify catches (its hash covers
-    // fields it did not set the same way), or the next one is; either way
-    // the chain breaks no later than the record after the forgery.
-    let seq = broken_at(&path);
-    assert!(seq == 3 || seq == 4, "broken at {seq}");
+    forged.prev_hash = two.hash.clone();
+    forged.hash = chain::record_hash(&forged.prev_hash, &forged);
+    insert_row(&conn, &forged);
+    match verify(&path) {
+        Err(VerifyError::Broken { seq, why }) => {
+            assert_eq!(seq, 4);
+            assert!(why.contains("does not follow"), "{why}");
+        }
+        other => panic!("expected a broken chain, got {other:?}"),
+    }
 }
 
 #[test]

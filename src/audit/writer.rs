@@ -8,13 +8,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Duration;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::chain::{Head, seal};
 use super::{AuditError, AuditLog, Command, DecisionRecord};
 
 /// Most records in one transaction; bounds the latency of a batch.
 const MAX_BATCH: usize = 512;
+/// Records waiting for the writer; past this, appends fail instead of
+/// growing memory without bound.
+const QUEUE_CAPACITY: usize = 65_536;
 /// How long a write waits for a lock held by another process.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -48,6 +51,7 @@ pub struct WriterHandle {
 impl WriterHandle {
     /// Writes everything already queued, then stops the thread.
     pub fn shutdown(mut self) {
+        // A blocking send is right here: shutdown runs off the runtime.
         let _ = self.log.tx.send(Command::Shutdown);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -68,9 +72,9 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(open_error)?;
     conn.execute_batch(SCHEMA).map_err(open_error)?;
-    let head = Head::read(&conn).map_err(open_error)?;
+    Head::read(&conn).map_err(open_error)?;
 
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
     let healthy = Arc::new(AtomicBool::new(true));
     let log = AuditLog {
         tx,
@@ -78,7 +82,7 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
     };
     let thread = std::thread::Builder::new()
         .name("clawgate-audit".into())
-        .spawn(move || run(conn, head, rx, &healthy))
+        .spawn(move || run(conn, rx, &healthy))
         .map_err(|e| AuditError::Write(format!("cannot start writer thread: {e}")))?;
     Ok((
         log.clone(),
@@ -91,51 +95,49 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
 
 type Waiter = Option<tokio::sync::oneshot::Sender<Result<i64, String>>>;
 
-fn run(mut conn: Connection, mut head: Head, rx: Receiver<Command>, healthy: &AtomicBool) {
+fn run(mut conn: Connection, rx: Receiver<Command>, healthy: &AtomicBool) {
     let mut batch: Vec<(Box<DecisionRecord>, Waiter)> = Vec::with_capacity(MAX_BATCH);
     let mut stopping = false;
     while !stopping {
         match rx.recv() {
             Ok(Command::Append(record, waiter)) => batch.push((record, waiter)),
-            Ok(Command::Shutdown) | Err(_) => break,
+            Ok(Command::Shutdown) | Err(_) => stopping = true,
         }
+        // Group commit: everything already waiting joins this transaction;
+        // after shutdown, the loop below drains the rest.
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(Command::Append(record, waiter)) => batch.push((record, waiter)),
-                Ok(Command::Shutdown) => {
-                    stopping = true;
-                    break;
-                }
+                Ok(Command::Shutdown) => stopping = true,
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        commit(&mut conn, &mut head, &mut batch, healthy);
+        if !batch.is_empty() {
+            commit(&mut conn, &mut batch, healthy);
+        }
     }
-    // Anything sent before shutdown is still written.
-    while let Ok(Command::Append(record, waiter)) = rx.try_recv() {
-        batch.push((record, waiter));
+    // Anything still queued at shutdown is written.
+    while let Ok(command) = rx.try_recv() {
+        if let Command::Append(record, waiter) = command {
+            batch.push((record, waiter));
+        }
         if batch.len() == MAX_BATCH {
-            commit(&mut conn, &mut head, &mut batch, healthy);
+            commit(&mut conn, &mut batch, healthy);
         }
     }
     if !batch.is_empty() {
-        commit(&mut conn, &mut head, &mut batch, healthy);
+        commit(&mut conn, &mut batch, healthy);
     }
 }
 
 fn commit(
     conn: &mut Connection,
-    head: &mut Head,
     batch: &mut Vec<(Box<DecisionRecord>, Waiter)>,
     healthy: &AtomicBool,
 ) {
-    let mut next = head.clone();
-    let result = write_batch(conn, &mut next, batch);
+    let result = write_batch(conn, batch);
     match &result {
-        Ok(()) => {
-            *head = next;
-            healthy.store(true, Ordering::Relaxed);
-        }
+        Ok(()) => healthy.store(true, Ordering::Relaxed),
         Err(e) => {
             healthy.store(false, Ordering::Relaxed);
             tracing::error!(error = %e, records = batch.len(), "decision log batch failed");
@@ -154,10 +156,12 @@ fn commit(
 
 fn write_batch(
     conn: &mut Connection,
-    head: &mut Head,
     batch: &mut [(Box<DecisionRecord>, Waiter)],
 ) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+    // The head is read inside the write transaction, so the chain stays whole
+    // even if something else (a second instance, an operator) wrote meanwhile.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut head = Head::read(&tx)?;
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO records (seq, ts, kind, request_id, mode, agent, cert_fp, run_id,
@@ -168,7 +172,7 @@ fn write_batch(
                 ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
         )?;
         for (record, _) in batch.iter_mut() {
-            seal(head, record);
+            seal(&mut head, record);
             let r = &**record;
             insert.execute(params![
                 r.seq,
