@@ -25,57 +25,61 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 #[error("upstream exchange exceeded its total timeout")]
 pub struct DeadlineExceeded;
 
-/// Counts data bytes passing through `inner` into a shared counter, and
-/// fails the stream once `deadline` has passed.
-///
-/// Whatever `on_drop` holds is dropped with the body, which is how the outcome
-/// record is emitted exactly once, whether the stream ended, failed or the
-/// agent went away.
-#[derive(Debug)]
-pub struct CountingBody<B, G = ()> {
-    inner: B,
-    counter: Arc<AtomicU64>,
-    deadline: Option<Pin<Box<Sleep>>>,
-    on_drop: G,
-}
-
-impl<B> CountingBody<B, ()> {
-    /// Counts into `counter` with no deadline and nothing to run on drop.
-    pub fn new(inner: B, counter: Arc<AtomicU64>) -> Self {
-        CountingBody {
-            inner,
-            counter,
-            deadline: None,
-            on_drop: (),
-        }
-    }
-}
-
-impl<B, G> CountingBody<B, G> {
-    /// Fails the stream once `deadline` passes.
-    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
-        self.deadline = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
-        self
-    }
-
-    /// Attaches a value that is dropped together with the body.
-    pub fn with_guard<H>(self, on_drop: H) -> CountingBody<B, H> {
-        CountingBody {
-            inner: self.inner,
-            counter: self.counter,
-            deadline: self.deadline,
-            on_drop,
-        }
-    }
-}
-
-/// What a body's guard is told while the body streams.
+/// What a body's guard is told about how the stream went.
 pub trait BodyGuard {
+    /// The stream reached its end.
+    fn finished(&mut self) {}
+    /// The inner stream failed.
+    fn failed(&mut self) {}
     /// The total deadline passed and the stream was cut short.
     fn deadline_passed(&mut self) {}
 }
 
 impl BodyGuard for () {}
+
+/// Counts data bytes passing through `inner` into a shared counter, fails the
+/// stream once `deadline` has passed, and tells `guard` how the stream went.
+///
+/// The guard is dropped with the body, which is how the outcome record is
+/// emitted exactly once: whether the stream ended, failed, or the agent went
+/// away.
+#[derive(Debug)]
+pub struct CountingBody<B: Body, G: BodyGuard = ()> {
+    inner: B,
+    counter: Arc<AtomicU64>,
+    deadline: Option<Pin<Box<Sleep>>>,
+    guard: G,
+    ended: bool,
+}
+
+impl<B: Body> CountingBody<B, ()> {
+    /// Counts into `counter` with no deadline and no guard.
+    pub fn new(inner: B, counter: Arc<AtomicU64>) -> Self {
+        CountingBody::guarded(inner, counter, None, ())
+    }
+}
+
+impl<B: Body, G: BodyGuard> CountingBody<B, G> {
+    /// Counts into `counter`, fails after `deadline`, reports to `guard`.
+    pub fn guarded(inner: B, counter: Arc<AtomicU64>, deadline: Option<Instant>, guard: G) -> Self {
+        CountingBody {
+            inner,
+            counter,
+            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            guard,
+            ended: false,
+        }
+    }
+}
+
+impl<B: Body, G: BodyGuard> Drop for CountingBody<B, G> {
+    fn drop(&mut self) {
+        // A body that was empty from the start may never be polled.
+        if !self.ended && self.inner.is_end_stream() {
+            self.guard.finished();
+        }
+    }
+}
 
 impl<B, G> Body for CountingBody<B, G>
 where
@@ -95,7 +99,8 @@ where
             && deadline.as_mut().poll(cx).is_ready()
         {
             this.deadline = None;
-            this.on_drop.deadline_passed();
+            this.ended = true;
+            this.guard.deadline_passed();
             return Poll::Ready(Some(Err(Box::new(DeadlineExceeded))));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -105,8 +110,18 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                this.ended = true;
+                this.guard.failed();
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                if !this.ended {
+                    this.ended = true;
+                    this.guard.finished();
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -140,8 +155,12 @@ mod tests {
     #[tokio::test]
     async fn fails_once_the_deadline_has_passed() {
         let counter = Arc::new(AtomicU64::new(0));
-        let body = CountingBody::new(Full::new(Bytes::from_static(b"late")), counter.clone())
-            .with_deadline(Some(Instant::now()));
+        let body = CountingBody::guarded(
+            Full::new(Bytes::from_static(b"late")),
+            counter.clone(),
+            Some(Instant::now()),
+            (),
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         let err = body.collect().await.unwrap_err();
         assert!(err.to_string().contains("total timeout"));
@@ -158,10 +177,62 @@ mod tests {
             }
         }
         let dropped = Arc::new(AtomicU64::new(0));
-        let body = CountingBody::new(Full::new(Bytes::new()), Arc::new(AtomicU64::new(0)))
-            .with_guard(Flag(dropped.clone()));
+        let body = CountingBody::guarded(
+            Full::new(Bytes::from_static(b"x")),
+            Arc::new(AtomicU64::new(0)),
+            None,
+            Flag(dropped.clone()),
+        );
         assert_eq!(dropped.load(Ordering::SeqCst), 0);
         drop(body);
         assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    }
+
+    #[derive(Default)]
+    struct Events(Vec<&'static str>);
+    impl BodyGuard for &mut Events {
+        fn finished(&mut self) {
+            self.0.push("finished");
+        }
+        fn failed(&mut self) {
+            self.0.push("failed");
+        }
+        fn deadline_passed(&mut self) {
+            self.0.push("deadline");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_guard_hears_how_the_stream_ended() {
+        let mut events = Events::default();
+        let body = CountingBody::guarded(
+            Full::new(Bytes::from_static(b"abc")),
+            Arc::new(AtomicU64::new(0)),
+            None,
+            &mut events,
+        );
+        body.collect().await.unwrap();
+        assert_eq!(events.0, vec!["finished"]);
+
+        // Dropped before its end: nothing is reported, so the owner can call
+        // it abandoned.
+        let mut events = Events::default();
+        drop(CountingBody::guarded(
+            Full::new(Bytes::from_static(b"abc")),
+            Arc::new(AtomicU64::new(0)),
+            None,
+            &mut events,
+        ));
+        assert!(events.0.is_empty());
+
+        // An empty body is finished even if nobody polls it.
+        let mut events = Events::default();
+        drop(CountingBody::guarded(
+            http_body_util::Empty::<Bytes>::new(),
+            Arc::new(AtomicU64::new(0)),
+            None,
+            &mut events,
+        ));
+        assert_eq!(events.0, vec!["finished"]);
     }
 }

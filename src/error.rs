@@ -47,11 +47,13 @@ pub enum Reason {
     AuditUnavailable,
     /// A policy was loaded and put in force (a record, not a refusal).
     PolicyLoaded,
+    /// The agent went away before the exchange finished (outcome records only).
+    ClientCancelled,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -65,6 +67,7 @@ impl Reason {
         Reason::UpstreamTimeout,
         Reason::AuditUnavailable,
         Reason::PolicyLoaded,
+        Reason::ClientCancelled,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -83,6 +86,7 @@ impl Reason {
             Reason::UpstreamTimeout => "upstream-timeout",
             Reason::AuditUnavailable => "audit-unavailable",
             Reason::PolicyLoaded => "policy-loaded",
+            Reason::ClientCancelled => "client-cancelled",
         }
     }
 
@@ -91,6 +95,8 @@ impl Reason {
         match self {
             // Never sent: these describe events, not answers.
             Reason::Allowed | Reason::PolicyLoaded => StatusCode::OK,
+            // Never sent: nobody is left to receive it.
+            Reason::ClientCancelled => StatusCode::BAD_REQUEST,
             // Never sent: a rejected handshake has no HTTP exchange.
             Reason::TlsRejected => StatusCode::FORBIDDEN,
             Reason::UnknownAgent

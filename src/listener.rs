@@ -24,6 +24,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::audit::{AuditLog, DecisionRecord, kind};
@@ -40,8 +41,6 @@ const MAX_SOURCES: usize = 10_000;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A peer must send a request head within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// In-flight calls get this long to finish at shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -142,13 +141,18 @@ pub async fn serve(
     tls: Arc<ServerConfig>,
     pipeline: Arc<Pipeline>,
     mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let rejections = Arc::new(Rejections::new(pipeline.audit().clone()));
     let graceful = GracefulShutdown::new();
     let sweeper = tokio::spawn(Arc::clone(&rejections).sweep_every(Duration::from_secs(5)));
+    // Connection tasks are kept so that shutdown can end them and know they
+    // are gone before the decision log closes.
+    let mut connections = JoinSet::new();
     loop {
         tokio::select! {
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => {
                 let (tcp, addr) = match accepted {
                     Ok(accepted) => accepted,
@@ -164,7 +168,7 @@ pub async fn serve(
                 let pipeline = Arc::clone(&pipeline);
                 let rejections = Arc::clone(&rejections);
                 let watcher = graceful.watcher();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                     let tls = match handshake {
                         Ok(Ok(tls)) => tls,
@@ -200,11 +204,17 @@ pub async fn serve(
     drop(listener);
     sweeper.abort();
     rejections.flush_suppressed(u64::MAX);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("in-flight calls did not finish within the drain timeout");
+        tracing::warn!("in-flight calls did not finish within the drain timeout; ending them");
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    // HTTP/2 streams run in tasks of their own; wait for their outcome records.
+    if !pipeline.wait_idle(Duration::from_secs(5)).await {
+        tracing::warn!("some outcome records were not queued before shutdown");
     }
 }
 

@@ -70,6 +70,9 @@ struct ServeArgs {
     /// Limit on a whole upstream exchange, response body included.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     upstream_timeout: Duration,
+    /// At shutdown, how long in-flight calls may finish before they are ended.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +223,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     connect: args.connect_timeout,
                     total: args.upstream_timeout,
                 },
+                drain: args.drain_timeout,
             };
             runtime()?.block_on(async {
                 let running = serve::start(&config, &process_env).await?;

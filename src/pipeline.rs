@@ -12,12 +12,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, Version, header, request::Parts};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{Instrument, field};
 
@@ -44,6 +45,7 @@ pub struct Pipeline {
     policy: ArcSwap<Policy>,
     audit: AuditLog,
     upstreams: Upstreams,
+    in_flight: Arc<InFlight>,
 }
 
 /// A call that may go upstream: the permit and the prepared request head.
@@ -59,6 +61,24 @@ impl Pipeline {
             policy: ArcSwap::new(policy),
             audit,
             upstreams,
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Waits until every allowed call has queued its outcome record, or
+    /// `limit` passes; says whether it got there.
+    pub async fn wait_idle(&self, limit: std::time::Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let notified = self.in_flight.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight.count.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
         }
     }
 
@@ -112,28 +132,36 @@ impl Pipeline {
             let span = tracing::Span::current();
             span.record("decision.effect", record.decision.as_deref());
             span.record("decision.reason", reason.code());
-            let outcome_template = verdict.is_ok().then(|| outcome_template(&record));
+            // The outcome guard exists before the commit is awaited: if the
+            // agent goes away from here on, the outcome says `client-cancelled`.
+            let mut outcome = verdict.is_ok().then(|| Outcome {
+                audit: self.audit.clone(),
+                record: Some(outcome_template(&record)),
+                started,
+                bytes_up: Arc::new(AtomicU64::new(0)),
+                bytes_down: Arc::new(AtomicU64::new(0)),
+                status: None,
+                reason: Reason::ClientCancelled,
+                finished: false,
+                _in_flight: InFlightGuard::new(&self.in_flight),
+            });
             if let Err(e) = self.audit.append_durable(record).await {
                 tracing::error!(error = %e, "decision not recorded; refusing the call");
+                if let Some(outcome) = outcome.as_mut() {
+                    // No decision, no outcome.
+                    outcome.record = None;
+                }
                 return refusal_response(Reason::AuditUnavailable, &request_id);
             }
-            match verdict {
-                Err(reason) => {
+            match (verdict, outcome) {
+                (Ok(admitted), Some(outcome)) => {
+                    self.forward(admitted, body, outcome, &request_id).await
+                }
+                (Err(reason), _) => {
                     tracing::info!("call refused");
                     refusal_response(reason, &request_id)
                 }
-                Ok(admitted) => {
-                    let outcome = Outcome {
-                        audit: self.audit.clone(),
-                        record: outcome_template,
-                        started,
-                        bytes_up: Arc::new(AtomicU64::new(0)),
-                        bytes_down: Arc::new(AtomicU64::new(0)),
-                        status: None,
-                        reason: Reason::Allowed,
-                    };
-                    self.forward(admitted, body, outcome, &request_id).await
-                }
+                (Ok(_), None) => refusal_response(Reason::AuditUnavailable, &request_id),
             }
         }
         .instrument(span)
@@ -165,9 +193,9 @@ impl Pipeline {
             parts.headers.insert(REQUEST_ID_HEADER, id);
         }
         outcome.status = Some(parts.status.as_u16());
-        let body = CountingBody::new(body, Arc::clone(&outcome.bytes_down))
-            .with_deadline(Some(deadline))
-            .with_guard(outcome);
+        outcome.reason = Reason::Allowed;
+        let counter = Arc::clone(&outcome.bytes_down);
+        let body = CountingBody::guarded(body, counter, Some(deadline), outcome);
         tracing::info!(status = parts.status.as_u16(), "call forwarded");
         Response::from_parts(parts, body.boxed())
     }
@@ -305,7 +333,7 @@ fn outcome_template(decision: &DecisionRecord) -> DecisionRecord {
 }
 
 /// Emits the outcome record when dropped: with the response body, or at once
-/// when the upstream failed.
+/// when the upstream failed or the agent went away.
 #[derive(Debug)]
 struct Outcome {
     audit: AuditLog,
@@ -315,9 +343,21 @@ struct Outcome {
     bytes_down: Arc<AtomicU64>,
     status: Option<u16>,
     reason: Reason,
+    finished: bool,
+    _in_flight: InFlightGuard,
 }
 
 impl BodyGuard for Outcome {
+    fn finished(&mut self) {
+        self.finished = true;
+    }
+
+    fn failed(&mut self) {
+        if self.reason == Reason::Allowed {
+            self.reason = Reason::UpstreamUnreachable;
+        }
+    }
+
     fn deadline_passed(&mut self) {
         self.reason = Reason::UpstreamTimeout;
     }
@@ -328,6 +368,10 @@ impl Drop for Outcome {
         let Some(mut record) = self.record.take() else {
             return;
         };
+        if self.reason == Reason::Allowed && !self.finished {
+            // The response body was abandoned before its end.
+            self.reason = Reason::ClientCancelled;
+        }
         record.ts = crate::audit::now_rfc3339();
         record.reason = self.reason.code().to_owned();
         record.status = self.status.map(i64::from);
@@ -337,6 +381,33 @@ impl Drop for Outcome {
             u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         ));
         self.audit.append(record);
+    }
+}
+
+/// Counts calls whose outcome record is still to come, so shutdown can wait
+/// for them before the decision log closes.
+#[derive(Debug, Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// One call in flight; dropped after its outcome record is queued.
+#[derive(Debug)]
+struct InFlightGuard(Arc<InFlight>);
+
+impl InFlightGuard {
+    fn new(in_flight: &Arc<InFlight>) -> InFlightGuard {
+        in_flight.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(Arc::clone(in_flight))
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -31,6 +32,8 @@ pub struct ServeConfig {
     pub crl: Option<PathBuf>,
     /// Upstream timeouts.
     pub timeouts: Timeouts,
+    /// How long in-flight calls may finish at shutdown before they are ended.
+    pub drain: Duration,
 }
 
 /// Why `serve` would not start.
@@ -119,6 +122,7 @@ pub async fn start(
         tls,
         Arc::clone(&pipeline),
         stopped,
+        config.drain,
     ));
     Ok(Running {
         addr,

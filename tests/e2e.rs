@@ -272,8 +272,19 @@ fn forward_proxy_absolute_form_goes_through_the_same_pipeline() {
 fn connect_is_refused_with_405_and_recorded() {
     let h = Harness::start();
     let url = format!("https://{}/v1/items", h.echo.addr);
-    let reply = h.curl_via_proxy("research", &["--proxytunnel", &url]);
+    let reply = h.curl_via_proxy(
+        "research",
+        &["--proxytunnel", "-w", "|%{http_connect}", &url],
+    );
     assert_ne!(reply.exit, 0, "a CONNECT must not succeed: {reply:?}");
+    // curl prints the CONNECT answer's status after the `|`.
+    let connect_status = reply
+        .stdout
+        .rsplit('|')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(connect_status, "405", "{reply:?}");
     let records = h.wait_for("connect-not-supported", |r| {
         r.reason == "connect-not-supported"
     });
@@ -349,6 +360,11 @@ fn no_certificate_fails_the_handshake_with_curl_and_openssl() {
     let reply = h.curl(None, &[&format!("{}/echo/v1/items", h.base())]);
     assert_handshake_rejected(&h, &reply, "no client certificate");
 
+    let before = h
+        .records()
+        .into_iter()
+        .filter(|r| r.reason == "tls-rejected")
+        .count();
     let mut s_client = Command::new("openssl")
         .args([
             "s_client",
@@ -377,12 +393,21 @@ fn no_certificate_fails_the_handshake_with_curl_and_openssl() {
         !stdout.contains("HTTP/1.1"),
         "openssl got an HTTP answer: {stdout}"
     );
-    let rejected = h
-        .records()
-        .into_iter()
-        .filter(|r| r.reason == "tls-rejected")
-        .count();
-    assert!(rejected >= 1);
+    // Its own rejection is recorded too, not only curl's.
+    let rejected = |h: &Harness| {
+        h.records()
+            .into_iter()
+            .filter(|r| r.reason == "tls-rejected")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rejected(&h) < before + 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "openssl's rejection was not recorded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(h.seen().is_empty());
 }
 
@@ -603,7 +628,7 @@ fn a_tampered_row_makes_verify_exit_1_naming_it() {
         [],
     )
     .unwrap();
-    conn.execute("DELETE FROM records WHERE seq > 4", [])
+    conn.execute("DELETE FROM records WHERE seq > 5", [])
         .unwrap();
     assert!(
         clawgate(&["audit", "verify", "--audit", &audit])
@@ -834,4 +859,64 @@ fn audit_query_filters_and_formats_from_the_command_line() {
         "yesterday-ish",
     ]);
     assert!(!out.status.success());
+}
+
+#[test]
+fn an_agent_that_gives_up_leaves_a_client_cancelled_outcome() {
+    let h = Harness::start();
+    let reply = h.curl(
+        Some("research"),
+        &[
+            "--max-time",
+            "1",
+            &format!("{}/echo/v1/items/slow/3000", h.base()),
+        ],
+    );
+    assert_ne!(reply.exit, 0, "curl should give up: {reply:?}");
+    let decisions = h.wait_for("the decision", |r| {
+        r.kind == "decision" && r.path.as_deref() == Some("/v1/items/slow/3000")
+    });
+    let o = h.outcome(&decisions[0].request_id);
+    assert_eq!(o.reason, "client-cancelled");
+    assert_eq!(o.status, None, "no response head was received");
+}
+
+#[test]
+fn shutdown_ends_calls_in_flight_and_keeps_their_outcome_records() {
+    let mut h = Harness::with(Options {
+        serve_args: vec!["--drain-timeout".into(), "500ms".into()],
+        ..Options::default()
+    });
+    let certs = h.certs.clone();
+    let base = h.base();
+    let slow = std::thread::spawn(move || {
+        common::curl(&[
+            "--cacert".into(),
+            certs.join("ca.pem").display().to_string(),
+            "--cert".into(),
+            certs.join("agents/research.pem").display().to_string(),
+            "--key".into(),
+            certs.join("agents/research-key.pem").display().to_string(),
+            format!("{base}/echo/v1/items/slow/20000"),
+        ])
+    });
+    let decisions = h.wait_for("the slow call's decision", |r| {
+        r.kind == "decision" && r.path.as_deref() == Some("/v1/items/slow/20000")
+    });
+    let started = std::time::Instant::now();
+    h.stop();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the drain timeout bounds shutdown"
+    );
+    let reply = slow.join().unwrap();
+    assert_ne!(reply.status, 200);
+    let o = h.outcome(&decisions[0].request_id);
+    assert_eq!(o.reason, "client-cancelled");
+    assert!(!h.stderr().contains("record dropped"), "{}", h.stderr());
+    assert!(
+        clawgate(&["audit", "verify", "--audit", h.audit.to_str().unwrap()])
+            .status
+            .success()
+    );
 }

@@ -89,6 +89,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
             connect: Duration::from_secs(5),
             total: Duration::from_secs(30),
         },
+        drain: Duration::from_secs(5),
     };
     let running = serve::start(&config, &env).await?;
     let base = format!("https://localhost:{}", running.addr.port());

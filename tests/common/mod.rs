@@ -326,6 +326,7 @@ pub struct Reply {
     pub status: u16,
     pub headers: String,
     pub body: Vec<u8>,
+    pub stdout: String,
     pub stderr: String,
 }
 
@@ -380,6 +381,7 @@ pub fn curl(args: &[String]) -> Reply {
             .unwrap_or(0),
         headers: std::fs::read_to_string(&headers).unwrap_or_default(),
         body: body_bytes,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
