@@ -35,6 +35,8 @@ use crate::pipeline::{Peer, Pipeline};
 
 /// Records of rejected handshakes per source address and second.
 pub const REJECTIONS_PER_SECOND: u32 = 10;
+/// Records of rejected handshakes per second from all sources together.
+pub const REJECTIONS_PER_SECOND_IN_ALL: u32 = 100;
 /// Distinct sources tracked at once; beyond this, rejections share one counter.
 const MAX_SOURCES: usize = 10_000;
 /// A peer must finish the TLS handshake within this time.
@@ -262,6 +264,7 @@ struct Window {
 struct Rejections {
     audit: AuditLog,
     windows: Mutex<HashMap<Option<IpAddr>, Window>>,
+    global: Mutex<Window>,
 }
 
 fn now_second() -> u64 {
@@ -275,6 +278,7 @@ impl Rejections {
         Rejections {
             audit,
             windows: Mutex::new(HashMap::new()),
+            global: Mutex::new(Window::default()),
         }
     }
 
@@ -301,12 +305,25 @@ impl Rejections {
         let Ok(mut windows) = self.windows.lock() else {
             return Some(0);
         };
+        let ip = source_key(ip);
         // Past the source limit, unknown sources share one window.
         let key = if windows.len() >= MAX_SOURCES && !windows.contains_key(&Some(ip)) {
             None
         } else {
             Some(ip)
         };
+        // All sources together get a budget too, so many sources cannot add
+        // up to a flood.
+        let global = self.global.lock().map(|mut g| {
+            if g.second != second {
+                *g = Window {
+                    second,
+                    ..Window::default()
+                };
+            }
+            g.recorded += 1;
+            g.recorded <= REJECTIONS_PER_SECOND_IN_ALL
+        });
         let window = windows.entry(key).or_default();
         let mut carried = 0;
         if window.second != second {
@@ -317,7 +334,7 @@ impl Rejections {
                 suppressed: 0,
             };
         }
-        if window.recorded < REJECTIONS_PER_SECOND {
+        if window.recorded < REJECTIONS_PER_SECOND && global.unwrap_or(true) {
             window.recorded += 1;
             Some(carried)
         } else {
@@ -353,6 +370,18 @@ impl Rejections {
         loop {
             tick.tick().await;
             self.flush_suppressed(now_second().saturating_sub(2));
+        }
+    }
+}
+
+/// The source a rejection counts against: the address, or its /64 for IPv6,
+/// where one host can hold a whole /64.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
         }
     }
 }
@@ -393,5 +422,24 @@ mod tests {
         // The next second records again and reports what was suppressed.
         assert_eq!(r.admit(ip, 101), Some(5));
         assert_eq!(r.admit(ip, 101), Some(0));
+    }
+
+    #[test]
+    fn ipv6_sources_count_per_64_and_all_sources_share_a_budget() {
+        let (r, _dir) = rejections();
+        for i in 0..REJECTIONS_PER_SECOND {
+            let ip: IpAddr = format!("2001:db8::{:x}", i + 1).parse().unwrap();
+            assert!(r.admit(ip, 7).is_some());
+        }
+        let same_64: IpAddr = "2001:db8::ffff".parse().unwrap();
+        assert_eq!(r.admit(same_64, 7), None);
+        let mut recorded = 0;
+        for i in 0..1000u32 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000 + i));
+            if r.admit(ip, 8).is_some() {
+                recorded += 1;
+            }
+        }
+        assert_eq!(recorded, REJECTIONS_PER_SECOND_IN_ALL);
     }
 }
