@@ -259,11 +259,11 @@ fn admit(
     };
     let decision = decide(&call, policy);
     describe(&decision, policy, record);
-    if decision.scope.is_some() && matches!(target, Target::Route(_)) {
+    if decision.scope().is_some() && matches!(target, Target::Route(_)) {
         // Inside a scope, the record holds the path the rules matched.
         record.path = Some(path.to_owned());
     }
-    let permit = Permitted::new(policy, &decision).ok_or(decision.reason)?;
+    let permit = Permitted::new(policy, &decision).ok_or(decision.reason())?;
     let scope = permit.scope();
     // The path the upstream sees: the base path joined with the path below
     // the route, or the agent's full path in forward-proxy mode.
@@ -300,14 +300,14 @@ fn parts_request(parts: &Parts) -> Request<()> {
 
 /// Copies what the decision says into the record.
 fn describe(decision: &Decision, policy: &Policy, record: &mut DecisionRecord) {
-    if let Some(scope) = decision.scope.map(|id| policy.scope(id)) {
+    if let Some(scope) = decision.scope().map(|id| policy.scope(id)) {
         tracing::Span::current().record("scope.id", scope.name.as_str());
         tracing::Span::current().record("upstream.host", scope.upstream.host.as_str());
         record.scope = Some(scope.name.clone());
         record.host = Some(scope.upstream.host.clone());
     }
-    record.rule = decision.rule.as_deref().map(str::to_owned);
-    record.would_deny = decision.would_deny.map(|r| r.code().to_owned());
+    record.rule = decision.rule().map(str::to_owned);
+    record.would_deny = decision.would_deny().map(|r| r.code().to_owned());
 }
 
 fn outcome_template(decision: &DecisionRecord) -> DecisionRecord {

@@ -196,24 +196,49 @@ pub struct Call<'a> {
     pub path: &'a str,
 }
 
-/// The outcome of [`decide`].
+/// The outcome of [`decide`]. Only `decide` makes one and its fields cannot
+/// be changed afterwards, so a [`Permitted`] made from it is real proof.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    /// Allow or deny.
-    pub effect: Effect,
-    /// Why; [`Reason::Allowed`] when allowed.
-    pub reason: Reason,
-    /// The agent the peer was identified as.
-    pub agent: Option<AgentId>,
-    /// The scope that decided.
-    pub scope: Option<ScopeId>,
-    /// The id of the rule that decided, when a rule did.
-    pub rule: Option<Arc<str>>,
-    /// In report mode: the refusal that enforce mode would have made.
-    pub would_deny: Option<Reason>,
+    effect: Effect,
+    reason: Reason,
+    agent: Option<AgentId>,
+    scope: Option<ScopeId>,
+    rule: Option<Arc<str>>,
+    would_deny: Option<Reason>,
 }
 
 impl Decision {
+    /// Allow or deny.
+    pub fn effect(&self) -> Effect {
+        self.effect
+    }
+
+    /// Why; [`Reason::Allowed`] when allowed.
+    pub fn reason(&self) -> Reason {
+        self.reason
+    }
+
+    /// The agent the peer was identified as.
+    pub fn agent(&self) -> Option<AgentId> {
+        self.agent
+    }
+
+    /// The scope that decided.
+    pub fn scope(&self) -> Option<ScopeId> {
+        self.scope
+    }
+
+    /// The id of the rule that decided, when a rule did.
+    pub fn rule(&self) -> Option<&str> {
+        self.rule.as_deref()
+    }
+
+    /// In report mode: the refusal that enforce mode would have made.
+    pub fn would_deny(&self) -> Option<Reason> {
+        self.would_deny
+    }
+
     fn deny(reason: Reason, agent: Option<AgentId>, scope: Option<ScopeId>) -> Decision {
         Decision {
             effect: Effect::Deny,

@@ -194,11 +194,11 @@ fn decide_table() {
     for (route, method, path, effect, reason, rule) in cases {
         let d = decide_route(&policy, &research, route, method, path);
         assert_eq!(
-            (d.effect, d.reason),
+            (d.effect(), d.reason()),
             (*effect, *reason),
             "{method} /{route}{path}"
         );
-        assert_eq!(d.rule.as_deref(), *rule, "{method} /{route}{path}");
+        assert_eq!(d.rule(), *rule, "{method} /{route}{path}");
     }
 }
 
@@ -207,12 +207,12 @@ fn deny_rules_also_meet_the_path_without_its_trailing_slash() {
     let policy = base();
     let research = [uri(RESEARCH)];
     let d = decide_route(&policy, &research, "report", "GET", "/secret/");
-    assert_eq!(d.would_deny, Some(Reason::DeniedByRule));
+    assert_eq!(d.would_deny(), Some(Reason::DeniedByRule));
     let d = decide_route(&policy, &research, "api", "GET", "/items/admin/");
-    assert_eq!(d.reason, Reason::DeniedByRule);
+    assert_eq!(d.reason(), Reason::DeniedByRule);
     // Allow rules do not widen that way.
     let d = decide_route(&policy, &research, "report", "GET", "/ok/a/");
-    assert_eq!(d.would_deny, Some(Reason::NoMatchingRule));
+    assert_eq!(d.would_deny(), Some(Reason::NoMatchingRule));
 }
 
 #[test]
@@ -220,9 +220,9 @@ fn star_does_not_cross_a_slash_and_double_star_does() {
     let policy = base();
     let research = [uri(RESEARCH)];
     let d = decide_route(&policy, &research, "report", "GET", "/ok/a");
-    assert_eq!((d.rule.as_deref(), d.would_deny), (Some("r-read"), None));
+    assert_eq!((d.rule(), d.would_deny()), (Some("r-read"), None));
     let d = decide_route(&policy, &research, "report", "GET", "/ok/a/b");
-    assert_eq!(d.would_deny, Some(Reason::NoMatchingRule));
+    assert_eq!(d.would_deny(), Some(Reason::NoMatchingRule));
 }
 
 #[test]
@@ -230,10 +230,10 @@ fn report_mode_allows_and_says_what_enforce_would_have_done() {
     let policy = base();
     let research = [uri(RESEARCH)];
     let d = decide_route(&policy, &research, "report", "DELETE", "/secret");
-    assert_eq!(d.effect, Effect::Allow);
-    assert_eq!(d.reason, Reason::Allowed);
-    assert_eq!(d.would_deny, Some(Reason::DeniedByRule));
-    assert_eq!(d.rule.as_deref(), Some("r-deny"));
+    assert_eq!(d.effect(), Effect::Allow);
+    assert_eq!(d.reason(), Reason::Allowed);
+    assert_eq!(d.would_deny(), Some(Reason::DeniedByRule));
+    assert_eq!(d.rule(), Some("r-deny"));
     assert!(Permitted::new(&Arc::new(base()), &d).is_some());
 }
 
@@ -600,10 +600,10 @@ proptest! {
                 .compile_matcher().is_match(&path)
         });
         if deny_matches {
-            prop_assert_eq!(d.effect, Effect::Deny);
-            prop_assert_eq!(d.reason, Reason::DeniedByRule);
-        } else if d.effect == Effect::Deny {
-            prop_assert_eq!(d.reason, Reason::NoMatchingRule);
+            prop_assert_eq!(d.effect(), Effect::Deny);
+            prop_assert_eq!(d.reason(), Reason::DeniedByRule);
+        } else if d.effect() == Effect::Deny {
+            prop_assert_eq!(d.reason(), Reason::NoMatchingRule);
         }
     }
 
@@ -621,8 +621,8 @@ proptest! {
         };
         for method in ["GET", "POST", "DELETE"] {
             let d = decide_route(&policy, std::slice::from_ref(&peer), route, method, &path);
-            prop_assert_eq!(d.effect, Effect::Deny);
-            prop_assert_eq!(d.reason, Reason::UnknownAgent);
+            prop_assert_eq!(d.effect(), Effect::Deny);
+            prop_assert_eq!(d.reason(), Reason::UnknownAgent);
             prop_assert!(Permitted::new(&Arc::new(base()), &d).is_none());
         }
     }
