@@ -6,18 +6,13 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use globset::{GlobBuilder, GlobSetBuilder};
-use http::HeaderName;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use super::file::{AgentFile, CredentialFile, PolicyFile, RuleFile, ScopeFile};
-use super::{Agent, Effect, Mode, Policy, Rule, RuleSet, Scope, ScopeId, Upstream};
-use crate::credentials::{Credential, Format, SecretSource};
+use super::file::{AgentFile, PolicyFile, ScopeFile};
+use super::scope::{compile_scope, placeholder_scope};
+use super::{Agent, Policy, ScopeId};
 use crate::identity::PeerName;
 
 /// What loading needs from the outside world besides the files.
@@ -89,9 +84,9 @@ struct Source {
 }
 
 /// Collects problems and warnings while validating.
-struct Report<'s> {
+pub(super) struct Report<'s> {
     sources: &'s [Source],
-    problems: Vec<PolicyError>,
+    pub(super) problems: Vec<PolicyError>,
     warnings: Vec<PolicyError>,
 }
 
@@ -107,12 +102,12 @@ impl Report<'_> {
         }
     }
 
-    fn error(&mut self, file: usize, span: Range<usize>, message: String) {
+    pub(super) fn error(&mut self, file: usize, span: Range<usize>, message: String) {
         let e = self.at(file, span, message);
         self.problems.push(e);
     }
 
-    fn warn(&mut self, file: usize, span: Range<usize>, message: String) {
+    pub(super) fn warn(&mut self, file: usize, span: Range<usize>, message: String) {
         let w = self.at(file, span, message);
         self.warnings.push(w);
     }
@@ -382,340 +377,12 @@ pub fn load(
     ))
 }
 
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
-}
-
-fn placeholder_scope(name: &str) -> Scope {
-    Scope {
-        name: name.to_owned(),
-        upstream: Upstream {
-            scheme: http::uri::Scheme::HTTPS,
-            host: String::new(),
-            port: 0,
-            base_path: String::new(),
-        },
-        route: None,
-        mode: Mode::Enforce,
-        ca_certs: Arc::new(Vec::new()),
-        credential: None,
-        rules: RuleSet {
-            globs: globset::GlobSet::empty(),
-            owner: Vec::new(),
-            rules: Vec::new(),
-        },
-    }
-}
-
-fn compile_scope(
-    report: &mut Report<'_>,
-    file: usize,
-    scope: &ScopeFile,
-    dir: &Path,
-    options: &LoadOptions<'_>,
-) -> Option<Scope> {
-    let before = report.problems.len();
-    let name = scope.name.get_ref();
-    if !valid_name(name) {
-        report.error(
-            file,
-            scope.name.span(),
-            format!("scope name `{name}` must be 1 to 64 of a-z, 0-9, `.`, `_`, `-`"),
-        );
-    }
-    let upstream = match parse_upstream(scope.upstream.get_ref()) {
-        Ok(upstream) => Some(upstream),
-        Err(message) => {
-            report.error(file, scope.upstream.span(), message);
-            None
-        }
-    };
-    let route = scope.route.as_ref().map(|route| {
-        let text = route.get_ref();
-        if !valid_route(text) {
-            report.error(
-                file,
-                route.span(),
-                format!("route `{text}` must be one path segment of a-z, A-Z, 0-9, `.`, `_`, `-`"),
-            );
-        }
-        text.clone()
-    });
-    let mode = match scope
-        .mode
-        .as_ref()
-        .map(|m| (m.get_ref().as_str(), m.span()))
-    {
-        None | Some(("enforce", _)) => Mode::Enforce,
-        Some(("report", _)) => Mode::Report,
-        Some((other, span)) => {
-            report.error(
-                file,
-                span,
-                format!("mode `{other}` must be `enforce` or `report`"),
-            );
-            Mode::Enforce
-        }
-    };
-    let ca_certs = match &scope.ca_file {
-        None => Vec::new(),
-        Some(ca_file) => {
-            let path = dir.join(ca_file.get_ref());
-            match read_ca_file(&path) {
-                Ok(certs) => certs,
-                Err(message) => {
-                    report.error(
-                        file,
-                        ca_file.span(),
-                        format!("cannot use CA file `{}`: {message}", ca_file.get_ref()),
-                    );
-                    Vec::new()
-                }
-            }
-        }
-    };
-    let credential = scope
-        .credential
-        .as_ref()
-        .and_then(|c| compile_credential(report, file, c, dir, options));
-
-    let mut builder = GlobSetBuilder::new();
-    let mut owner = Vec::new();
-    let mut rules = Vec::new();
-    let mut rule_ids = HashSet::new();
-    for (effect, list, label) in [
-        (Effect::Deny, &scope.deny, "deny"),
-        (Effect::Allow, &scope.allow, "allow"),
-    ] {
-        for (i, rule) in list.iter().enumerate() {
-            let rule_index = rules.len();
-            let RuleFile { id, methods, paths } = rule.get_ref();
-            let id = id
-                .as_ref()
-                .map_or_else(|| format!("{name}.{label}[{i}]"), |id| id.get_ref().clone());
-            if !rule_ids.insert(id.clone()) {
-                report.error(
-                    file,
-                    rule.span(),
-                    format!("rule id `{id}` is used twice in scope `{name}`"),
-                );
-            }
-            if paths.is_empty() {
-                report.error(file, rule.span(), format!("rule `{id}` has no paths"));
-            }
-            for path in paths {
-                match compile_glob(path.get_ref()) {
-                    Ok(glob) => {
-                        builder.add(glob);
-                        owner.push(rule_index);
-                    }
-                    Err(message) => report.error(file, path.span(), message),
-                }
-            }
-            let methods = methods.as_ref().map(|methods| {
-                for method in methods {
-                    if let Err(message) = check_method(method.get_ref()) {
-                        report.error(file, method.span(), message);
-                    }
-                }
-                methods.iter().map(|m| m.get_ref().clone()).collect()
-            });
-            rules.push(Rule {
-                id: Arc::from(id),
-                effect,
-                methods,
-            });
-        }
-    }
-    let globs = match builder.build() {
-        Ok(globs) => globs,
-        Err(e) => {
-            report.error(
-                file,
-                scope.name.span(),
-                format!("cannot compile paths: {e}"),
-            );
-            return None;
-        }
-    };
-    if report.problems.len() != before {
-        return None;
-    }
-    Some(Scope {
-        name: name.clone(),
-        upstream: upstream?,
-        route,
-        mode,
-        ca_certs: Arc::new(ca_certs),
-        credential: credential.map(Arc::new),
-        rules: RuleSet {
-            globs,
-            owner,
-            rules,
-        },
-    })
-}
-
-fn compile_credential(
-    report: &mut Report<'_>,
-    file: usize,
-    credential: &Spanned<CredentialFile>,
-    dir: &Path,
-    options: &LoadOptions<'_>,
-) -> Option<Credential> {
-    let c = credential.get_ref();
-    if c.kind.get_ref() != "secret" {
-        report.error(
-            file,
-            c.kind.span(),
-            format!(
-                "credential kind `{}` is not known (expected `secret`)",
-                c.kind.get_ref()
-            ),
-        );
-        return None;
-    }
-    let source = match (&c.env, &c.file) {
-        (Some(env), None) => SecretSource::Env(env.get_ref().clone()),
-        (None, Some(path)) => SecretSource::File(dir.join(path.get_ref())),
-        _ => {
-            report.error(
-                file,
-                credential.span(),
-                "a `secret` credential needs exactly one of `env` or `file`".into(),
-            );
-            return None;
-        }
-    };
-    let header = match &c.header {
-        None => HeaderName::from_static("authorization"),
-        Some(h) => match HeaderName::from_bytes(h.get_ref().to_ascii_lowercase().as_bytes()) {
-            Ok(name) => name,
-            Err(_) => {
-                report.error(
-                    file,
-                    h.span(),
-                    format!("header `{}` is not a valid header name", h.get_ref()),
-                );
-                return None;
-            }
-        },
-    };
-    let format = match &c.format {
-        None => Format::parse("{}"),
-        Some(f) => Format::parse(f.get_ref()),
-    };
-    let Some(format) = format else {
-        let span = c.format.as_ref().map_or(credential.span(), |f| f.span());
-        report.error(file, span, "format must hold `{}` exactly once".into());
-        return None;
-    };
-    let resolved = Credential::resolve(source, header, format, options.env);
-    if !resolved.is_available() {
-        report.warn(
-            file,
-            credential.span(),
-            format!(
-                "credential `{}` has no value now; calls in this scope will get credential-unavailable",
-                resolved.source
-            ),
-        );
-    }
-    Some(resolved)
-}
-
-fn parse_upstream(text: &str) -> Result<Upstream, String> {
-    let uri: http::Uri = text
-        .parse()
-        .map_err(|_| format!("upstream `{text}` is not a URL"))?;
-    let scheme = match uri.scheme_str() {
-        Some("https") => http::uri::Scheme::HTTPS,
-        Some("http") => http::uri::Scheme::HTTP,
-        _ => {
-            return Err(format!(
-                "upstream `{text}` must start with `https://` or `http://`"
-            ));
-        }
-    };
-    let Some(authority) = uri.authority() else {
-        return Err(format!("upstream `{text}` has no host"));
-    };
-    if authority.as_str().contains('@') {
-        return Err(format!("upstream `{text}` must not carry user information"));
-    }
-    if uri.query().is_some() {
-        return Err(format!("upstream `{text}` must not have a query"));
-    }
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
-    if host.is_empty() {
-        return Err(format!("upstream `{text}` has no host"));
-    }
-    let default_port = if scheme == http::uri::Scheme::HTTPS {
-        443
-    } else {
-        80
-    };
-    // The base path goes through the same normalisation as request paths, so
-    // the joined path the upstream sees is still canonical.
-    let base_path = crate::route::normalise_path(uri.path())
-        .map_err(|e| format!("upstream `{text}`: base {e}"))?
-        .trim_end_matches('/')
-        .to_owned();
-    Ok(Upstream {
-        scheme,
-        host,
-        port: authority.port_u16().unwrap_or(default_port),
-        base_path,
-    })
-}
-
-fn valid_route(route: &str) -> bool {
-    !route.is_empty()
-        && route
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        && route != "."
-        && route != ".."
-}
-
-fn compile_glob(pattern: &str) -> Result<globset::Glob, String> {
-    if !pattern.starts_with('/') {
-        return Err(format!("path `{pattern}` must start with `/`"));
-    }
-    GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .backslash_escape(true)
-        .build()
-        .map_err(|e| format!("path `{pattern}` is not a valid glob: {}", e.kind()))
-}
-
-fn check_method(method: &str) -> Result<(), String> {
-    if method.is_empty() || method.len() > 32 || !method.chars().all(|c| c.is_ascii_uppercase()) {
-        return Err(format!(
-            "method `{method}` must be an uppercase HTTP method such as `GET`"
-        ));
-    }
-    Ok(())
-}
-
-fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("not PEM certificates ({e})"))?;
-    if certs.is_empty() {
-        return Err("holds no PEM certificates".into());
-    }
-    Ok(certs)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 mod file;
 mod load;
+mod scope;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,188 @@
+//! The loader: every validation error, with its file, line and column.
+
+use std::path::Path;
+
+use super::*;
+
+/// Each broken fixture and the message `policy check` must print for it.
+#[test]
+fn every_loader_error_names_file_line_and_column() {
+    let agent = "[[agent]]\nname = \"a\"\nidentities = [\"cn:a\"]\nscopes = [\"s\"]\n";
+    let scope = "[[scope]]\nname = \"s\"\nupstream = \"https://x.example\"\n";
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!("{agent}{scope}colour = \"red\"\n"),
+            "base.toml:8:1: unknown field `colour`",
+        ),
+        (
+            agent.replace("[\"s\"]", "[\"s\", \"ghost\"]") + scope,
+            "base.toml:4:16: unknown scope `ghost` in agent `a`",
+        ),
+        (
+            format!("{agent}{scope}[[agent]]\nname = \"b\"\nidentities = [\"cn:a\"]\n"),
+            "base.toml:10:15: identity `cn:a` is claimed by agents `a` and `b`",
+        ),
+        (
+            format!("{agent}{scope}[[scope.allow]]\npaths = [\"/a/[z-a]\"]\n"),
+            "base.toml:9:10: path `/a/[z-a]` is not a valid glob",
+        ),
+        (
+            format!("{agent}{scope}[[scope.allow]]\npaths = [\"a\"]\n"),
+            "base.toml:9:10: path `a` must start with `/`",
+        ),
+        (
+            format!("{agent}{scope}[[scope.allow]]\nmethods = [\"get\"]\npaths = [\"/\"]\n"),
+            "base.toml:9:12: method `get` must be an uppercase HTTP method",
+        ),
+        (
+            format!("{agent}[[scope]]\nname = \"s\"\n"),
+            "base.toml:5:1: missing field `upstream`",
+        ),
+        (
+            format!("{agent}{scope}ca_file = \"missing-ca.pem\"\n"),
+            "base.toml:8:11: cannot use CA file `missing-ca.pem`",
+        ),
+        (
+            format!("{agent}{}", scope.replace("https://x.example", "ftp://x")),
+            "base.toml:7:12: upstream `ftp://x` must start with `https://` or `http://`",
+        ),
+        (
+            format!("{agent}{scope}mode = \"audit\"\n"),
+            "base.toml:8:8: mode `audit` must be `enforce` or `report`",
+        ),
+        (
+            format!("{agent}{scope}route = \"a/b\"\n"),
+            "base.toml:8:9: route `a/b` must be one path segment",
+        ),
+        (
+            format!("{agent}{scope}[scope.credential]\nkind = \"secret\"\n"),
+            "base.toml:8:1: a `secret` credential needs exactly one of `env` or `file`",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"secret\"\nenv = \"T\"\nformat = \"Bearer\"\n"
+            ),
+            "base.toml:11:10: format must hold `{}` exactly once",
+        ),
+        (
+            format!("{agent}{scope}{scope}"),
+            "base.toml:9:8: scope `s` is defined twice",
+        ),
+        (
+            agent.replace("cn:a", "just-a-name") + scope,
+            "base.toml:3:15: identity `just-a-name` must be a URI",
+        ),
+        (
+            format!("{agent}{scope}upstream = 3\n"),
+            "base.toml:8:1: duplicate key",
+        ),
+        (
+            format!(
+                "{agent}{}",
+                scope.replace("https://x.example", "https://x.example/v2/../admin")
+            ),
+            "base.toml:7:12: upstream `https://x.example/v2/../admin`: base path is not acceptable: dot segment",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = load_text(&[("base.toml", &text)]).unwrap_err();
+        let printed = err.to_string();
+        let shown = printed.replace(&format!("{}", Path::new("").display()), "");
+        let first = err.problems.first().unwrap();
+        let line = format!(
+            "{}:{}:{}: {}",
+            first.file.file_name().unwrap().to_string_lossy(),
+            first.line,
+            first.col,
+            first.message
+        );
+        assert!(
+            line.starts_with(expected),
+            "expected `{expected}`\n got `{line}`\n all: {shown}"
+        );
+    }
+}
+
+#[test]
+fn problems_across_files_are_all_reported_and_nothing_loads() {
+    let err = load_text(&[
+        (
+            "a.toml",
+            "[[agent]]\nname = \"a\"\nidentities = [\"cn:a\"]\nscopes = [\"nope\"]\n",
+        ),
+        ("b.toml", "bogus = 1\n"),
+    ])
+    .unwrap_err();
+    assert_eq!(err.problems.len(), 2, "{err}");
+    assert!(err.problems[0].file.ends_with("a.toml"));
+    assert!(err.problems[1].file.ends_with("b.toml"));
+}
+
+#[test]
+fn an_empty_or_missing_directory_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = load(dir.path(), &LoadOptions { env: &no_env }).unwrap_err();
+    assert!(
+        err.to_string().contains("no `*.toml` policy files"),
+        "{err}"
+    );
+    let err = load(&dir.path().join("absent"), &LoadOptions { env: &no_env }).unwrap_err();
+    assert!(
+        err.to_string().contains("cannot read policy directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_credential_value_is_a_warning_not_an_error() {
+    let text = format!("{BASE}\n[scope.credential]\nkind = \"secret\"\nenv = \"PLAIN_TOKEN\"\n");
+    let (policy, warnings) = load_text(&[("base.toml", &text)]).unwrap();
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].message.contains("env:PLAIN_TOKEN"));
+    let plain = policy.scopes().iter().find(|s| s.name == "plain").unwrap();
+    assert!(!plain.credential.as_ref().unwrap().is_available());
+}
+
+#[test]
+fn two_scopes_for_one_host_in_one_agent_are_refused() {
+    let text = r#"
+[[agent]]
+name = "a"
+identities = ["cn:a"]
+scopes = ["one", "two"]
+[[scope]]
+name = "one"
+upstream = "https://h.example"
+[[scope]]
+name = "two"
+upstream = "https://h.example/other"
+"#;
+    let err = load_text(&[("p.toml", text)]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("has two scopes for host `h.example`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn listing_a_scope_or_identity_twice_is_named_as_such() {
+    let text = "[[agent]]\nname = \"a\"\nidentities = [\"cn:a\", \"cn:a\"]\nscopes = [\"s\", \"s\"]\n[[scope]]\nname = \"s\"\nupstream = \"https://h.example\"\n";
+    let err = load_text(&[("p.toml", text)]).unwrap_err().to_string();
+    assert!(
+        err.contains("identity `cn:a` is listed twice in agent `a`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("scope `s` is listed twice in agent `a`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn locate_counts_lines_and_characters() {
+    assert_eq!(load::locate_for_tests("ab\ncdé\nx", 0), (1, 1));
+    assert_eq!(load::locate_for_tests("ab\ncdé\nx", 3), (2, 1));
+    assert_eq!(load::locate_for_tests("ab\ncdé\nx", 7), (2, 4));
+    assert_eq!(load::locate_for_tests("ab\ncdé\nx", 8), (3, 1));
+}
