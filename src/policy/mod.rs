@@ -11,6 +11,7 @@
 //!   never a scan over all rules.
 
 mod file;
+mod glob;
 mod load;
 mod scope;
 #[cfg(test)]
@@ -20,13 +21,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use globset::GlobSet;
 use rustls_pki_types::CertificateDer;
 
 use crate::credentials::Credential;
 use crate::error::Reason;
 use crate::identity::PeerName;
 
+use glob::GlobIndex;
 pub use load::{LoadError, LoadOptions, PolicyError, load};
 
 /// Index of an agent in [`Policy::agents`].
@@ -160,12 +161,10 @@ impl Rule {
     }
 }
 
-/// The rules of one scope: one glob set over every path pattern, each glob
-/// pointing back at the rule that owns it.
-#[derive(Debug)]
+/// The rules of one scope, and every path glob pointing back at its rule.
+#[derive(Debug, Default)]
 struct RuleSet {
-    globs: GlobSet,
-    owner: Vec<usize>,
+    globs: GlobIndex<usize>,
     rules: Vec<Rule>,
 }
 
@@ -307,39 +306,47 @@ pub fn decide(call: &Call<'_>, policy: &Policy) -> Decision {
         Target::Route(_) => Some(call.path),
         Target::Host { .. } => scope.upstream.strip_base(call.path),
     };
-    let mut allow: Option<&Rule> = None;
-    let mut deny: Option<&Rule> = None;
-    let hits = path
-        .map(|p| scope.rules.globs.matches(p))
+    let segments: Vec<&str> = path
+        .and_then(|p| p.strip_prefix('/'))
+        .map(|p| p.split('/').collect())
         .unwrap_or_default();
     // Deny rules also meet the path without a trailing slash: to most
     // upstreams `/secret/` is `/secret`.
-    let trimmed = path
-        .and_then(|p| p.strip_suffix('/'))
-        .filter(|p| !p.is_empty());
-    let trimmed_hits = trimmed
-        .map(|p| scope.rules.globs.matches(p))
-        .unwrap_or_default();
-    let candidates = hits
-        .iter()
-        .map(|&glob| (glob, true))
-        .chain(trimmed_hits.iter().map(|&glob| (glob, false)));
-    for (glob, may_allow) in candidates {
-        let rule = &scope.rules.rules[scope.rules.owner[glob]];
+    let trimmed = match segments.split_last() {
+        Some((&"", rest)) if !rest.is_empty() => rest,
+        _ => &[],
+    };
+    let rules = &scope.rules.rules;
+    let mut deny: Option<&Rule> = None;
+    // The first allow rule in file order names the decision.
+    let mut allow: Option<usize> = None;
+    scope.rules.globs.for_each_match(&segments, |&i| {
+        let rule = &rules[i];
         if !rule.matches_method(call.method) {
-            continue;
+            return true;
         }
         match rule.effect {
             Effect::Deny => {
                 deny = Some(rule);
-                break;
+                false
             }
-            Effect::Allow if may_allow => {
-                allow.get_or_insert(rule);
+            Effect::Allow => {
+                allow = Some(allow.map_or(i, |a| a.min(i)));
+                true
             }
-            Effect::Allow => {}
         }
+    });
+    if deny.is_none() && !trimmed.is_empty() {
+        scope.rules.globs.for_each_match(trimmed, |&i| {
+            let rule = &rules[i];
+            if rule.effect == Effect::Deny && rule.matches_method(call.method) {
+                deny = Some(rule);
+                return false;
+            }
+            true
+        });
     }
+    let allow = allow.map(|i| &rules[i]);
     let (effect, reason, rule) = match (deny, allow) {
         (Some(rule), _) => (Effect::Deny, Reason::DeniedByRule, Some(rule)),
         (None, Some(rule)) => (Effect::Allow, Reason::Allowed, Some(rule)),

@@ -5,13 +5,14 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use globset::{GlobBuilder, GlobSetBuilder};
+use globset::GlobBuilder;
 use http::HeaderName;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use toml::Spanned;
 
 use super::file::{CredentialFile, RuleFile, ScopeFile};
+use super::glob::{self, GlobIndex, PathGlob};
 use super::load::{LoadOptions, Report, valid_name};
 use super::{Effect, Mode, Rule, RuleSet, Scope, Upstream};
 use crate::credentials::{Credential, Format, SecretSource};
@@ -29,11 +30,7 @@ pub(super) fn placeholder_scope(name: &str) -> Scope {
         mode: Mode::Enforce,
         ca_certs: Arc::new(Vec::new()),
         credential: None,
-        rules: RuleSet {
-            globs: globset::GlobSet::empty(),
-            owner: Vec::new(),
-            rules: Vec::new(),
-        },
+        rules: RuleSet::default(),
     }
 }
 
@@ -109,8 +106,7 @@ pub(super) fn compile_scope(
         .as_ref()
         .and_then(|c| compile_credential(report, file, c, dir, options));
 
-    let mut builder = GlobSetBuilder::new();
-    let mut owner = Vec::new();
+    let mut globs = Vec::new();
     let mut rules = Vec::new();
     let mut rule_ids = HashSet::new();
     for (effect, list, label) in [
@@ -135,9 +131,8 @@ pub(super) fn compile_scope(
             }
             for path in paths {
                 match compile_glob(path.get_ref()) {
-                    Ok(glob) => {
-                        builder.add(glob);
-                        owner.push(rule_index);
+                    Ok(alternatives) => {
+                        globs.extend(alternatives.into_iter().map(|glob| (glob, rule_index)));
                     }
                     Err(message) => report.error(file, path.span(), message),
                 }
@@ -157,17 +152,6 @@ pub(super) fn compile_scope(
             });
         }
     }
-    let globs = match builder.build() {
-        Ok(globs) => globs,
-        Err(e) => {
-            report.error(
-                file,
-                scope.name.span(),
-                format!("cannot compile paths: {e}"),
-            );
-            return None;
-        }
-    };
     if report.problems.len() != before {
         return None;
     }
@@ -179,8 +163,7 @@ pub(super) fn compile_scope(
         ca_certs: Arc::new(ca_certs),
         credential: credential.map(Arc::new),
         rules: RuleSet {
-            globs,
-            owner,
+            globs: GlobIndex::new(globs),
             rules,
         },
     })
@@ -313,15 +296,17 @@ fn valid_route(route: &str) -> bool {
         && route != ".."
 }
 
-fn compile_glob(pattern: &str) -> Result<globset::Glob, String> {
+/// Validates a path glob with globset (so the accepted syntax is globset's),
+/// then compiles it to the segment matcher `decide` uses.
+fn compile_glob(pattern: &str) -> Result<Vec<PathGlob>, String> {
     if !pattern.starts_with('/') {
         return Err(format!("path `{pattern}` must start with `/`"));
     }
     GlobBuilder::new(pattern)
         .literal_separator(true)
-        .backslash_escape(true)
         .build()
-        .map_err(|e| format!("path `{pattern}` is not a valid glob: {}", e.kind()))
+        .map_err(|e| format!("path `{pattern}` is not a valid glob: {}", e.kind()))?;
+    glob::compile(pattern).map_err(|e| format!("path `{pattern}` is not a valid glob: {e}"))
 }
 
 fn check_method(method: &str) -> Result<(), String> {
