@@ -4,7 +4,8 @@
 //! Why not a regex-backed glob set: a policy with a thousand scopes holds a
 //! thousand compiled automata, and a decision that touches a cold one pays for
 //! cache misses that dwarf the match itself. Segments of literals, `*` and `?`
-//! are small and cheap to walk.
+//! are small and cheap to walk, and both levels of matching keep a single
+//! backtrack point, so no pattern and no path can make a match expensive.
 //!
 //! The syntax is a subset of globset's, and globset validates every pattern
 //! first, so both agree on what is valid; a differential property test keeps
@@ -17,10 +18,10 @@
 
 use std::fmt;
 
-/// One part of a segment pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Literal(String),
+/// One character of a segment pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Char {
+    Literal(char),
     /// `*`: any run of characters, none of them `/`.
     Star,
     /// `?`: exactly one character that is not `/`.
@@ -29,10 +30,14 @@ enum Part {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
-    /// `**` as a whole segment.
+    /// `**` as a whole segment: any run of segments.
     Any,
-    /// A segment made of literals and wildcards.
-    Parts(Vec<Part>),
+    /// Exactly one segment, whatever it holds (a trailing `**` needs one).
+    One,
+    /// A plain literal segment.
+    Literal(String),
+    /// A segment with `*` or `?` in it.
+    Wild(Vec<Char>),
 }
 
 /// A compiled path glob (one alternative, after brace expansion).
@@ -67,7 +72,12 @@ pub fn compile(pattern: &str) -> Result<Vec<PathGlob>, GlobError> {
             let rest = alternative
                 .strip_prefix('/')
                 .ok_or_else(|| GlobError("must start with `/`".into()))?;
-            let segments = rest.split('/').map(segment).collect();
+            let mut segments: Vec<Segment> = rest.split('/').map(segment).collect();
+            // A trailing `**` matches one segment or more, never none:
+            // `/v1/**` matches `/v1/` and `/v1/a/b` but not `/v1`.
+            if segments.last() == Some(&Segment::Any) {
+                segments.insert(segments.len() - 1, Segment::One);
+            }
             Ok(PathGlob { segments })
         })
         .collect()
@@ -101,41 +111,30 @@ fn segment(text: &str) -> Segment {
     if text == "**" {
         return Segment::Any;
     }
-    let mut parts: Vec<Part> = Vec::new();
-    let mut literal = String::new();
+    if !text.contains(['*', '?']) {
+        return Segment::Literal(text.to_owned());
+    }
+    let mut chars: Vec<Char> = Vec::with_capacity(text.len());
     for c in text.chars() {
-        let wildcard = match c {
-            '*' => Part::Star,
-            '?' => Part::One,
-            _ => {
-                literal.push(c);
-                continue;
-            }
+        let token = match c {
+            '*' => Char::Star,
+            '?' => Char::One,
+            c => Char::Literal(c),
         };
-        if !literal.is_empty() {
-            parts.push(Part::Literal(std::mem::take(&mut literal)));
-        }
         // `**` inside a segment means the same as `*`.
-        if !(wildcard == Part::Star && parts.last() == Some(&Part::Star)) {
-            parts.push(wildcard);
+        if !(token == Char::Star && chars.last() == Some(&Char::Star)) {
+            chars.push(token);
         }
     }
-    if !literal.is_empty() {
-        parts.push(Part::Literal(literal));
-    }
-    Segment::Parts(parts)
+    Segment::Wild(chars)
 }
 
 impl PathGlob {
     /// The leading segments that are plain literals.
     fn literal_prefix(&self) -> impl Iterator<Item = &str> {
         self.segments.iter().map_while(|segment| match segment {
-            Segment::Parts(parts) => match parts.as_slice() {
-                [Part::Literal(text)] => Some(text.as_str()),
-                [] => Some(""),
-                _ => None,
-            },
-            Segment::Any => None,
+            Segment::Literal(text) => Some(text.as_str()),
+            Segment::Any | Segment::One | Segment::Wild(_) => None,
         })
     }
 
@@ -204,41 +203,84 @@ impl<T> GlobIndex<T> {
     }
 }
 
+/// Matches path segments against segment patterns. Like [`match_chars`], it
+/// keeps one backtrack point (the last `**`), so the cost is at worst the
+/// product of the two lengths, whatever pattern an admin writes or path an
+/// agent sends.
 fn match_segments(pattern: &[Segment], path: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => path.is_empty(),
-        Some((Segment::Any, [])) => !path.is_empty(),
-        Some((Segment::Any, rest)) => {
-            (0..=path.len()).any(|skip| match_segments(rest, &path[skip..]))
+    let (mut p, mut t) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while t < path.len() {
+        match pattern.get(p) {
+            Some(Segment::Any) => {
+                backtrack = Some((p + 1, t));
+                p += 1;
+                continue;
+            }
+            Some(Segment::One) => {
+                p += 1;
+                t += 1;
+                continue;
+            }
+            Some(Segment::Literal(literal)) if literal == path[t] => {
+                p += 1;
+                t += 1;
+                continue;
+            }
+            Some(Segment::Wild(chars)) if match_chars(chars, path[t]) => {
+                p += 1;
+                t += 1;
+                continue;
+            }
+            _ => {}
         }
-        Some((Segment::Parts(parts), rest)) => match path.split_first() {
-            Some((first, others)) => match_parts(parts, first) && match_segments(rest, others),
-            None => false,
-        },
+        match backtrack {
+            Some((after_any, from)) => {
+                backtrack = Some((after_any, from + 1));
+                p = after_any;
+                t = from + 1;
+            }
+            None => return false,
+        }
     }
+    pattern[p..].iter().all(|segment| *segment == Segment::Any)
 }
 
-/// Wildcard match of one segment: literals, `*` (any run) and `?` (one char).
-fn match_parts(parts: &[Part], text: &str) -> bool {
-    match parts.split_first() {
-        None => text.is_empty(),
-        Some((Part::Literal(literal), rest)) => text
-            .strip_prefix(literal.as_str())
-            .is_some_and(|after| match_parts(rest, after)),
-        Some((Part::One, rest)) => {
-            let mut chars = text.chars();
-            chars.next().is_some() && match_parts(rest, chars.as_str())
-        }
-        Some((Part::Star, rest)) => {
-            if rest.is_empty() {
-                return true;
+/// Wildcard match within one segment: `*` any run, `?` one character. One
+/// backtrack point (the last `*`) makes it linear in practice.
+fn match_chars(pattern: &[Char], text: &str) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while let Some(c) = text[t..].chars().next() {
+        match pattern.get(p) {
+            Some(Char::Star) => {
+                backtrack = Some((p + 1, t));
+                p += 1;
+                continue;
             }
-            text.char_indices()
-                .map(|(i, _)| i)
-                .chain(std::iter::once(text.len()))
-                .any(|i| match_parts(rest, &text[i..]))
+            Some(Char::One) => {
+                p += 1;
+                t += c.len_utf8();
+                continue;
+            }
+            Some(Char::Literal(want)) if *want == c => {
+                p += 1;
+                t += c.len_utf8();
+                continue;
+            }
+            _ => {}
+        }
+        match backtrack {
+            Some((after_star, from)) => {
+                let skipped = text[from..].chars().next().map_or(1, char::len_utf8);
+                backtrack = Some((after_star, from + skipped));
+                p = after_star;
+                t = from + skipped;
+            }
+            None => return false,
         }
     }
+    pattern[p..].iter().all(|c| *c == Char::Star)
 }
 
 #[cfg(test)]

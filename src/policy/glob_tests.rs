@@ -144,3 +144,15 @@ proptest! {
         prop_assert_eq!(matches(&pattern, &path), want, "{} vs {}", pattern, path);
     }
 }
+
+#[test]
+fn pathological_patterns_and_paths_stay_cheap() {
+    // Recursive backtracking would take astronomically long on these.
+    let many_any = format!("/{}z", "**/a/".repeat(12));
+    let long_path = format!("/{}", vec!["a"; 3000].join("/"));
+    assert!(!matches(&many_any, &long_path));
+    let many_stars = format!("/{}z", "*a".repeat(20));
+    let long_segment = format!("/{}", "a".repeat(5000));
+    assert!(!matches(&many_stars, &long_segment));
+    assert!(matches(&many_stars.replace('z', ""), &long_segment));
+}
