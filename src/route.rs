@@ -169,8 +169,8 @@ pub fn normalise_host(host: &str) -> String {
 /// that same decoded text. Refused, because each is a known way to make a path
 /// matcher and an upstream disagree: encoded `/`, `\`, `%` (double encoding)
 /// or control characters, raw backslashes and control characters, bytes that
-/// are not UTF-8, dot segments (also with `;` parameters, as in `..;`), and
-/// empty segments.
+/// are not UTF-8, `;` parameters (raw or encoded), dot segments, and empty
+/// segments.
 pub fn normalise_path(raw: &str) -> Result<String, RouteError> {
     if !raw.starts_with('/') {
         return Err(RouteError::BadPath("must start with `/`"));
@@ -206,12 +206,15 @@ pub fn normalise_path(raw: &str) -> Result<String, RouteError> {
         }
     }
     let path = String::from_utf8(decoded).map_err(|_| RouteError::BadPath("not UTF-8"))?;
+    // Servlet containers drop `;` parameters from a segment, so `admin;x`
+    // is `admin` to them while a rule would see `admin;x`.
+    if path.contains(';') {
+        return Err(RouteError::BadPath("`;` parameter"));
+    }
     let segments: Vec<&str> = path[1..].split('/').collect();
     let last = segments.len() - 1;
     for (n, segment) in segments.iter().enumerate() {
-        // `..;x` is `..` to servlet containers, which drop `;` parameters.
-        let name = segment.split(';').next().unwrap_or_default();
-        if name == "." || name == ".." {
+        if *segment == "." || *segment == ".." {
             return Err(RouteError::BadPath("dot segment"));
         }
         // A trailing slash is fine; an empty segment in the middle (`//`) is not.

@@ -13,7 +13,9 @@
 //! - `*` matches any characters within one segment, `?` exactly one;
 //! - a segment of `**` matches any number of segments (at the end: at least one,
 //!   so `/v1/**` does not match `/v1`);
-//! - `{a,b}` alternatives are expanded when the policy loads;
+//! - `{a,b}` alternatives are expanded when the policy loads (not nested, no
+//!   empty alternative, no `*` touching the group);
+//! - `?` is one character, not one byte;
 //! - character classes and backslash escapes are refused.
 
 use std::fmt;
@@ -85,17 +87,37 @@ pub fn compile(pattern: &str) -> Result<Vec<PathGlob>, GlobError> {
 
 /// Expands one level of `{a,b}` groups (globset refuses nested ones).
 fn expand(pattern: &str) -> Result<Vec<String>, GlobError> {
-    let Some(open) = pattern.find('{') else {
+    let Some(open) = pattern.find(['{', '}']) else {
         return Ok(vec![pattern.to_owned()]);
     };
+    if pattern[open..].starts_with('}') {
+        return Err(GlobError("`}` without `{`".into()));
+    }
     let close = pattern[open..]
         .find('}')
         .map(|i| open + i)
         .ok_or_else(|| GlobError("unclosed `{`".into()))?;
+    let group = &pattern[open + 1..close];
+    if group.contains('{') {
+        return Err(GlobError("nested `{` groups are not supported".into()));
+    }
+    // globset reads `**` next to or inside a group as a one-segment `*`; the
+    // expansion would make it a whole-segment `**`. Refuse rather than differ.
+    if group.contains("**")
+        || pattern[..open].ends_with('*')
+        || pattern[close + 1..].starts_with('*')
+    {
+        return Err(GlobError(
+            "`*` directly next to or `**` inside a `{` group is not supported".into(),
+        ));
+    }
     let (head, tail) = (&pattern[..open], &pattern[close + 1..]);
     let mut out = Vec::new();
     for tail in expand(tail)? {
-        for choice in pattern[open + 1..close].split(',') {
+        for choice in group.split(',') {
+            if choice.is_empty() {
+                return Err(GlobError("empty alternative in a `{` group".into()));
+            }
             out.push(format!("{head}{choice}{tail}"));
             if out.len() > MAX_EXPANSIONS {
                 return Err(GlobError(format!(

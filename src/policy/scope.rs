@@ -136,6 +136,17 @@ pub(super) fn compile_scope(
                     }
                     Err(message) => report.error(file, path.span(), message),
                 }
+                // A deny for `/secret/` also refuses `/secret`: to most
+                // upstreams the two are one resource (decide covers the
+                // other direction).
+                let pattern = path.get_ref();
+                if effect == Effect::Deny
+                    && pattern.len() > 1
+                    && pattern.ends_with('/')
+                    && let Ok(alternatives) = compile_glob(pattern.trim_end_matches('/'))
+                {
+                    globs.extend(alternatives.into_iter().map(|glob| (glob, rule_index)));
+                }
             }
             let methods = methods.as_ref().map(|methods| {
                 for method in methods {

@@ -208,6 +208,14 @@ fn deny_rules_also_meet_the_path_without_its_trailing_slash() {
     assert_eq!(d.would_deny(), Some(Reason::DeniedByRule));
     let d = decide_route(&policy, &research, "api", "GET", "/items/admin/");
     assert_eq!(d.reason(), Reason::DeniedByRule);
+    // And the other way round: a deny written with the slash refuses without.
+    let text = format!("{BASE}\n[[scope.deny]]\nid = \"slash\"\npaths = [\"/private/\"]\n");
+    let slash = load_text(&[("base.toml", &text)]).unwrap().0;
+    let d = decide_route(&slash, &research, "plain", "GET", "/private");
+    assert_eq!(
+        (d.reason(), d.rule()),
+        (Reason::DeniedByRule, Some("slash"))
+    );
     // Allow rules do not widen that way.
     let d = decide_route(&policy, &research, "report", "GET", "/ok/a/");
     assert_eq!(d.would_deny(), Some(Reason::NoMatchingRule));
