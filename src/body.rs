@@ -37,6 +37,17 @@ pub trait BodyGuard {
 
 impl BodyGuard for () {}
 
+/// Raises a shared flag when the stream fails: lets the pipeline tell an
+/// agent's broken upload from an upstream that failed.
+#[derive(Debug, Clone, Default)]
+pub struct FailureFlag(pub Arc<std::sync::atomic::AtomicBool>);
+
+impl BodyGuard for FailureFlag {
+    fn failed(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Counts data bytes passing through `inner` into a shared counter, fails the
 /// stream once `deadline` has passed, and tells `guard` how the stream went.
 ///

@@ -23,12 +23,12 @@ use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
-use crate::body::CountingBody;
+use crate::body::{CountingBody, FailureFlag};
 use crate::error::Reason;
 use crate::policy::{Permitted, Upstream};
 
 /// The request body type sent upstream: the agent's body, streamed and counted.
-pub type UpstreamBody = CountingBody<Incoming>;
+pub type UpstreamBody = CountingBody<Incoming, FailureFlag>;
 type PooledClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 /// Connection limits for upstream calls.

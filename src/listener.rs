@@ -205,7 +205,6 @@ pub async fn serve(
     }
     drop(listener);
     sweeper.abort();
-    rejections.flush_suppressed(u64::MAX);
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
@@ -214,6 +213,7 @@ pub async fn serve(
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
+    rejections.flush_suppressed(u64::MAX);
     // HTTP/2 streams run in tasks of their own; wait for their outcome records.
     if !pipeline.wait_idle(Duration::from_secs(5)).await {
         tracing::warn!("some outcome records were not queued before shutdown");
@@ -312,18 +312,6 @@ impl Rejections {
         } else {
             Some(ip)
         };
-        // All sources together get a budget too, so many sources cannot add
-        // up to a flood.
-        let global = self.global.lock().map(|mut g| {
-            if g.second != second {
-                *g = Window {
-                    second,
-                    ..Window::default()
-                };
-            }
-            g.recorded += 1;
-            g.recorded <= REJECTIONS_PER_SECOND_IN_ALL
-        });
         let window = windows.entry(key).or_default();
         let mut carried = 0;
         if window.second != second {
@@ -334,11 +322,29 @@ impl Rejections {
                 suppressed: 0,
             };
         }
-        if window.recorded < REJECTIONS_PER_SECOND && global.unwrap_or(true) {
+        // The global budget is only spent on what the source's own budget
+        // admits, so one noisy source cannot crowd out the others' reasons.
+        let admitted = window.recorded < REJECTIONS_PER_SECOND
+            && self
+                .global
+                .lock()
+                .map(|mut g| {
+                    if g.second != second {
+                        *g = Window {
+                            second,
+                            ..Window::default()
+                        };
+                    }
+                    g.recorded += 1;
+                    g.recorded <= REJECTIONS_PER_SECOND_IN_ALL
+                })
+                .unwrap_or(true);
+        if admitted {
             window.recorded += 1;
             Some(carried)
         } else {
-            window.suppressed += 1;
+            // Keep what was carried: it is reported with the next record.
+            window.suppressed += carried + 1;
             None
         }
     }
@@ -377,8 +383,9 @@ impl Rejections {
 /// The source a rejection counts against: the address, or its /64 for IPv6,
 /// where one host can hold a whole /64.
 fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
+    // An IPv4 client on a dual-stack listener arrives as `::ffff:a.b.c.d`.
+    match ip.to_canonical() {
+        v4 @ IpAddr::V4(_) => v4,
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);
             IpAddr::V6(std::net::Ipv6Addr::from(bits))

@@ -42,3 +42,30 @@ fn ipv6_sources_count_per_64_and_all_sources_share_a_budget() {
     }
     assert_eq!(recorded, REJECTIONS_PER_SECOND_IN_ALL);
 }
+
+#[test]
+fn suppressed_counts_survive_a_refusal_and_mapped_ipv4_counts_as_ipv4() {
+    let (r, _dir) = rejections();
+    let ip: IpAddr = "127.0.0.9".parse().unwrap();
+    for _ in 0..REJECTIONS_PER_SECOND + 3 {
+        r.admit(ip, 1);
+    }
+    // Another second: exhaust the global budget with other sources first.
+    for i in 0..REJECTIONS_PER_SECOND_IN_ALL {
+        let other = IpAddr::V4(std::net::Ipv4Addr::from(0xc612_1000 + i));
+        assert!(r.admit(other, 2).is_some());
+    }
+    assert_eq!(r.admit(ip, 2), None, "over the global budget");
+    // The three from second 1 and the one from second 2 are still owed.
+    assert_eq!(r.admit(ip, 3), Some(4));
+
+    let mapped: IpAddr = "::ffff:198.18.0.1".parse().unwrap();
+    let mapped_other: IpAddr = "::ffff:198.18.0.2".parse().unwrap();
+    for _ in 0..REJECTIONS_PER_SECOND {
+        assert!(r.admit(mapped, 9).is_some());
+    }
+    assert!(
+        r.admit(mapped_other, 9).is_some(),
+        "each IPv4 source has its own budget"
+    );
+}

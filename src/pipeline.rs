@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, field};
 
 use crate::audit::{AuditLog, DecisionRecord, kind};
-use crate::body::{BodyGuard, CountingBody, ProxyBody};
+use crate::body::{BodyGuard, CountingBody, FailureFlag, ProxyBody};
 use crate::error::{REQUEST_ID_HEADER, Reason, refusal_response};
 use crate::forward::{Upstreams, strip_hop_by_hop, upstream_uri};
 use crate::identity::PeerIdentity;
@@ -175,12 +175,24 @@ impl Pipeline {
         mut outcome: Outcome,
         request_id: &str,
     ) -> Response<ProxyBody> {
-        let upstream_body = CountingBody::new(body, Arc::clone(&outcome.bytes_up));
+        let upload_failed = FailureFlag::default();
+        let upstream_body = CountingBody::guarded(
+            body,
+            Arc::clone(&outcome.bytes_up),
+            None,
+            upload_failed.clone(),
+        );
         let request = Request::from_parts(admitted.parts, upstream_body);
         let deadline = outcome.started + self.upstreams.timeouts().total;
         let response = match self.upstreams.send(&admitted.permit, request).await {
             Ok(response) => response,
             Err(reason) => {
+                // A broken upload is the agent's doing, not the upstream's.
+                let reason = if upload_failed.0.load(Ordering::Relaxed) {
+                    Reason::ClientCancelled
+                } else {
+                    reason
+                };
                 outcome.status = Some(reason.status().as_u16());
                 outcome.reason = reason;
                 drop(outcome);

@@ -14,7 +14,7 @@ mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use std::sync::mpsc::TrySendError;
 
@@ -180,7 +180,25 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     tx: std::sync::mpsc::SyncSender<Command>,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
+}
+
+/// What the writer knows about its own state.
+#[derive(Debug)]
+struct Health {
+    /// Whether the last batch was committed.
+    healthy: AtomicBool,
+    /// Records lost for good (queue full, or unwritable at shutdown).
+    dropped: AtomicU64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            healthy: AtomicBool::new(true),
+            dropped: AtomicU64::new(0),
+        }
+    }
 }
 
 impl std::fmt::Debug for Command {
@@ -221,11 +239,13 @@ impl AuditLog {
         match self.tx.try_send(Command::Append(Box::new(record), None)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                self.healthy.store(false, Ordering::Relaxed);
+                self.health.healthy.store(false, Ordering::Relaxed);
+                self.health.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("decision log writer queue is full; record dropped");
             }
             Err(TrySendError::Disconnected(_)) => {
-                self.healthy.store(false, Ordering::Relaxed);
+                self.health.healthy.store(false, Ordering::Relaxed);
+                self.health.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("decision log writer has stopped; record dropped");
             }
         }
@@ -233,7 +253,12 @@ impl AuditLog {
 
     /// Whether the last batch was committed.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records lost for good since start; anything but 0 is worth an alert.
+    pub fn dropped_records(&self) -> u64 {
+        self.health.dropped.load(Ordering::Relaxed)
     }
 }
 

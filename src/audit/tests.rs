@@ -313,10 +313,20 @@ fn a_locked_database_fails_the_batch_and_recovers() {
     let err = rt.block_on(log.append_durable(record(2))).unwrap_err();
     assert!(err.to_string().contains("locked"), "{err}");
     assert!(!log.is_healthy());
+    // A record nobody waits for (an outcome) is kept and retried, not lost.
+    log.append(record(10));
+    std::thread::sleep(std::time::Duration::from_millis(200));
     holder.execute_batch("COMMIT").unwrap();
     let seq = rt.block_on(log.append_durable(record(3))).unwrap();
-    assert_eq!(seq, 2, "a failed batch leaves no gap in the chain");
+    assert_eq!(seq, 3, "the retried record, then this one, with no gap");
     assert!(log.is_healthy());
     writer.shutdown();
-    assert_eq!(verify(&path).unwrap().count, 2);
+    assert_eq!(verify(&path).unwrap().count, 3);
+    assert_eq!(log.dropped_records(), 0);
+    let ids: Vec<String> = query(&path, &Filter::default())
+        .unwrap()
+        .into_iter()
+        .map(|r| r.request_id)
+        .collect();
+    assert_eq!(ids, vec!["req-1", "req-10", "req-3"]);
 }

@@ -4,20 +4,22 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::chain::{Head, seal};
-use super::{AuditError, AuditLog, Command, DecisionRecord};
+use super::{AuditError, AuditLog, Command, DecisionRecord, Health};
 
 /// Most records in one transaction; bounds the latency of a batch.
 const MAX_BATCH: usize = 512;
 /// Records waiting for the writer; past this, appends fail instead of
 /// growing memory without bound.
 const QUEUE_CAPACITY: usize = 65_536;
+/// Unwritten records kept for retry after failed batches.
+const MAX_RETRY: usize = 65_536;
 /// How long a write waits for a lock held by another process.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -75,14 +77,14 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
     Head::read(&conn).map_err(open_error)?;
 
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
-    let healthy = Arc::new(AtomicBool::new(true));
+    let health = Arc::new(Health::default());
     let log = AuditLog {
         tx,
-        healthy: Arc::clone(&healthy),
+        health: Arc::clone(&health),
     };
     let thread = std::thread::Builder::new()
         .name("clawgate-audit".into())
-        .spawn(move || run(conn, rx, &healthy))
+        .spawn(move || run(conn, rx, &health))
         .map_err(|e| AuditError::Write(format!("cannot start writer thread: {e}")))?;
     Ok((
         log.clone(),
@@ -95,7 +97,7 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
 
 type Waiter = Option<tokio::sync::oneshot::Sender<Result<i64, String>>>;
 
-fn run(mut conn: Connection, rx: Receiver<Command>, healthy: &AtomicBool) {
+fn run(mut conn: Connection, rx: Receiver<Command>, health: &Health) {
     let mut batch: Vec<(Box<DecisionRecord>, Waiter)> = Vec::with_capacity(MAX_BATCH);
     let mut stopping = false;
     while !stopping {
@@ -113,7 +115,7 @@ fn run(mut conn: Connection, rx: Receiver<Command>, healthy: &AtomicBool) {
             }
         }
         if !batch.is_empty() {
-            commit(&mut conn, &mut batch, healthy);
+            commit(&mut conn, &mut batch, health);
         }
     }
     // Anything still queued at shutdown is written.
@@ -121,37 +123,60 @@ fn run(mut conn: Connection, rx: Receiver<Command>, healthy: &AtomicBool) {
         if let Command::Append(record, waiter) = command {
             batch.push((record, waiter));
         }
-        if batch.len() == MAX_BATCH {
-            commit(&mut conn, &mut batch, healthy);
+        if batch.len() >= MAX_BATCH {
+            commit(&mut conn, &mut batch, health);
         }
     }
     if !batch.is_empty() {
-        commit(&mut conn, &mut batch, healthy);
+        commit(&mut conn, &mut batch, health);
+    }
+    if !batch.is_empty() {
+        health
+            .dropped
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        tracing::error!(
+            records = batch.len(),
+            "decision log closed with records it could not write"
+        );
     }
 }
 
-fn commit(
-    conn: &mut Connection,
-    batch: &mut Vec<(Box<DecisionRecord>, Waiter)>,
-    healthy: &AtomicBool,
-) {
+/// Commits `batch`. Callers waiting for durability get the answer; records
+/// nobody waits for (outcomes, handshake rejections) stay in `batch` when the
+/// commit fails, to be retried with the next one, so a passing lock does not
+/// lose them.
+fn commit(conn: &mut Connection, batch: &mut Vec<(Box<DecisionRecord>, Waiter)>, health: &Health) {
     let result = write_batch(conn, batch);
     match &result {
-        Ok(()) => healthy.store(true, Ordering::Relaxed),
+        Ok(()) => health.healthy.store(true, Ordering::Relaxed),
         Err(e) => {
-            healthy.store(false, Ordering::Relaxed);
+            health.healthy.store(false, Ordering::Relaxed);
             tracing::error!(error = %e, records = batch.len(), "decision log batch failed");
         }
     }
+    let mut retry = Vec::new();
     for (record, waiter) in batch.drain(..) {
-        if let Some(waiter) = waiter {
-            let answer = match &result {
-                Ok(()) => Ok(record.seq),
-                Err(e) => Err(e.to_string()),
-            };
-            let _ = waiter.send(answer);
+        match (waiter, &result) {
+            (Some(waiter), Ok(())) => {
+                let _ = waiter.send(Ok(record.seq));
+            }
+            (Some(waiter), Err(e)) => {
+                let _ = waiter.send(Err(e.to_string()));
+            }
+            (None, Ok(())) => {}
+            (None, Err(_)) => retry.push((record, None)),
         }
     }
+    if retry.len() > MAX_RETRY {
+        let lost = retry.len() - MAX_RETRY;
+        retry.drain(..lost);
+        health.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+        tracing::error!(
+            records = lost,
+            "decision log retry queue full; records dropped"
+        );
+    }
+    *batch = retry;
 }
 
 fn write_batch(
