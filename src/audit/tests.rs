@@ -108,46 +108,6 @@ fn a_deleted_record_is_named() {
     assert_eq!(broken_at(&path), 2);
 }
 
-fn insert_row(conn: &Connection, r: &DecisionRecord) {
-    conn.execute(
-        &format!(
-            "INSERT INTO records ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,
-             ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
-            chain::COLUMNS
-        ),
-        rusqlite::params![
-            r.seq,
-            r.ts,
-            r.kind,
-            r.request_id,
-            r.mode,
-            r.agent,
-            r.cert_fp,
-            r.run_id,
-            r.client_addr,
-            r.method,
-            r.host,
-            r.path,
-            r.scope,
-            r.rule,
-            r.decision,
-            r.reason,
-            r.would_deny,
-            r.credential_kind,
-            r.credential_ref,
-            r.policy_digest,
-            r.status,
-            r.bytes_up,
-            r.bytes_down,
-            r.duration_ms,
-            r.detail,
-            r.prev_hash,
-            r.hash
-        ],
-    )
-    .unwrap();
-}
-
 #[test]
 fn an_inserted_record_is_named() {
     let (_dir, path) = log_with(4);
@@ -169,7 +129,7 @@ fn an_inserted_record_is_named() {
     forged.seq = 3;
     forged.prev_hash = two.hash.clone();
     forged.hash = chain::record_hash(&forged.prev_hash, &forged);
-    insert_row(&conn, &forged);
+    writer::insert(&conn, &forged).unwrap();
     match verify(&path) {
         Err(VerifyError::Broken { seq, why }) => {
             assert_eq!(seq, 4);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use super::chain::{Head, seal};
+use super::chain::{COLUMNS, Head, seal};
 use super::{AuditError, AuditLog, Command, DecisionRecord, Health};
 
 /// Most records in one transaction; bounds the latency of a batch.
@@ -187,48 +187,47 @@ fn write_batch(
     // even if something else (a second instance, an operator) wrote meanwhile.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut head = Head::read(&tx)?;
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO records (seq, ts, kind, request_id, mode, agent, cert_fp, run_id,
-                client_addr, method, host, path, scope, rule, decision, reason, would_deny,
-                credential_kind, credential_ref, policy_digest, status, bytes_up, bytes_down,
-                duration_ms, detail, prev_hash, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
-        )?;
-        for (record, _) in batch.iter_mut() {
-            seal(&mut head, record);
-            let r = &**record;
-            insert.execute(params![
-                r.seq,
-                r.ts,
-                r.kind,
-                r.request_id,
-                r.mode,
-                r.agent,
-                r.cert_fp,
-                r.run_id,
-                r.client_addr,
-                r.method,
-                r.host,
-                r.path,
-                r.scope,
-                r.rule,
-                r.decision,
-                r.reason,
-                r.would_deny,
-                r.credential_kind,
-                r.credential_ref,
-                r.policy_digest,
-                r.status,
-                r.bytes_up,
-                r.bytes_down,
-                r.duration_ms,
-                r.detail,
-                r.prev_hash,
-                r.hash,
-            ])?;
-        }
+    for (record, _) in batch.iter_mut() {
+        seal(&mut head, record);
+        insert(&tx, record)?;
     }
     tx.commit()
+}
+
+/// Inserts one sealed record, every column.
+pub(super) fn insert(conn: &Connection, r: &DecisionRecord) -> rusqlite::Result<()> {
+    let mut statement = conn.prepare_cached(&format!(
+        "INSERT INTO records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+            ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)"
+    ))?;
+    statement.execute(params![
+        r.seq,
+        r.ts,
+        r.kind,
+        r.request_id,
+        r.mode,
+        r.agent,
+        r.cert_fp,
+        r.run_id,
+        r.client_addr,
+        r.method,
+        r.host,
+        r.path,
+        r.scope,
+        r.rule,
+        r.decision,
+        r.reason,
+        r.would_deny,
+        r.credential_kind,
+        r.credential_ref,
+        r.policy_digest,
+        r.status,
+        r.bytes_up,
+        r.bytes_down,
+        r.duration_ms,
+        r.detail,
+        r.prev_hash,
+        r.hash,
+    ])?;
+    Ok(())
 }
