@@ -477,4 +477,5 @@ fn strip_base_keeps_paths_below_the_base_only() {
     assert_eq!(plain.upstream.strip_base("/a"), Some("/a"));
 }
 
+#[path = "load_tests.rs"]
 mod loader;
