@@ -23,7 +23,7 @@ use rustls::{CertificateError, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -39,6 +39,8 @@ pub const REJECTIONS_PER_SECOND: u32 = 10;
 pub const REJECTIONS_PER_SECOND_IN_ALL: u32 = 100;
 /// Distinct sources tracked at once; beyond this, rejections share one counter.
 const MAX_SOURCES: usize = 10_000;
+/// TLS handshakes in progress at once.
+const MAX_HANDSHAKES: usize = 1024;
 /// A peer must finish the TLS handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A peer must send a request head within this time.
@@ -152,6 +154,7 @@ pub async fn serve(
     // Connection tasks are kept so that shutdown can end them and know they
     // are gone before the decision log closes.
     let mut connections = JoinSet::new();
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         tokio::select! {
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -165,6 +168,12 @@ pub async fn serve(
                         continue;
                     }
                 };
+                // Handshakes cost CPU; past this many at once, new peers are
+                // turned away (and counted) rather than queued.
+                let Ok(handshake_slot) = Arc::clone(&handshakes).try_acquire_owned() else {
+                    rejections.reject(addr, "too many handshakes in progress".into());
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let pipeline = Arc::clone(&pipeline);
@@ -172,6 +181,7 @@ pub async fn serve(
                 let watcher = graceful.watcher();
                 connections.spawn(async move {
                     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    drop(handshake_slot);
                     let tls = match handshake {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => return rejections.reject(addr, describe_tls_error(&e)),

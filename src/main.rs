@@ -150,6 +150,9 @@ enum AuditCommand {
         /// Only this host.
         #[arg(long)]
         host: Option<String>,
+        /// Only report-mode calls that enforce mode would have refused.
+        #[arg(long)]
+        would_deny: bool,
         /// From this time: RFC 3339, or a duration back from now (15m, 24h).
         #[arg(long)]
         since: Option<String>,
@@ -281,6 +284,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             decision,
             reason,
             host,
+            would_deny,
             since,
             until,
             limit,
@@ -295,6 +299,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }),
                 reason,
                 host,
+                would_deny,
                 since: since.as_deref().map(parse_time).transpose()?,
                 until: until.as_deref().map(parse_time).transpose()?,
                 limit: Some(limit),

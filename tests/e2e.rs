@@ -227,12 +227,33 @@ fn report_mode_forwards_and_records_what_enforce_would_have_denied() {
     assert_eq!(d.would_deny.as_deref(), Some("no-matching-rule"));
     assert_eq!(d.scope.as_deref(), Some("echo-report"));
     // A call the rules allow carries no would_deny.
-    let reply = h.curl(
+    let fine = h.curl(
         Some("reporter"),
         &[&format!("{}/echo-report/v1/fine", h.base())],
     );
-    assert_eq!(reply.status, 200);
-    assert_eq!(h.decision(&reply.request_id()).would_deny, None);
+    assert_eq!(fine.status, 200);
+    assert_eq!(h.decision(&fine.request_id()).would_deny, None);
+    // Auditors find what enforce mode would have refused.
+    let audit = h.audit.to_str().unwrap();
+    let out = clawgate(&[
+        "audit",
+        "query",
+        "--audit",
+        audit,
+        "--would-deny",
+        "--format",
+        "json",
+    ]);
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids, vec![reply.request_id()]);
 }
 
 #[test]

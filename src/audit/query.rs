@@ -22,6 +22,8 @@ pub struct Filter {
     pub reason: Option<String>,
     /// Exact host.
     pub host: Option<String>,
+    /// Only report-mode records that enforce mode would have refused.
+    pub would_deny: bool,
     /// Records at or after this RFC 3339 UTC time.
     pub since: Option<String>,
     /// Records before this RFC 3339 UTC time.
@@ -57,6 +59,9 @@ pub fn query(path: &Path, filter: &Filter) -> Result<Vec<DecisionRecord>, AuditE
     eq("decision", &filter.decision);
     eq("reason", &filter.reason);
     eq("host", &filter.host);
+    if filter.would_deny {
+        clauses.push("would_deny IS NOT NULL".into());
+    }
     if let Some(since) = &filter.since {
         clauses.push("ts >= ?".into());
         args.push(Value::Text(since.clone()));

@@ -209,6 +209,15 @@ fn query_filters_and_limits_return_oldest_first() {
         denies.iter().map(|r| r.seq).collect::<Vec<_>>(),
         vec![1, 3, 5]
     );
+    let none_reported = query(
+        &path,
+        &Filter {
+            would_deny: true,
+            ..Filter::default()
+        },
+    )
+    .unwrap();
+    assert!(none_reported.is_empty());
     let last_two = query(
         &path,
         &Filter {
