@@ -119,22 +119,14 @@ fn denied_path_is_refused_with_the_reason_and_never_forwarded() {
         Some("research"),
         &["-X", "PATCH", &format!("{}/echo/v1/items", h.base())],
     );
-    assert_eq!(
-        (reply.status, reply.json()["reason"].as_str()),
-        (403, Some("no-matching-rule"))
-    );
-    assert_eq!(h.decision(&reply.request_id()).reason, "no-matching-rule");
+    assert_refused(&h, &reply, 403, "no-matching-rule");
 
     // A route outside the agent's scopes.
     let reply = h.curl(
         Some("research"),
         &[&format!("{}/echo-report/v1/x", h.base())],
     );
-    assert_eq!(
-        (reply.status, reply.json()["reason"].as_str()),
-        (403, Some("no-matching-scope"))
-    );
-    assert_eq!(h.decision(&reply.request_id()).reason, "no-matching-scope");
+    assert_refused(&h, &reply, 403, "no-matching-scope");
 
     // An ambiguous path is refused, not guessed at.
     let reply = h.curl(
@@ -144,21 +136,14 @@ fn denied_path_is_refused_with_the_reason_and_never_forwarded() {
             &format!("{}/echo/v1/items/%2e%2e/admin", h.base()),
         ],
     );
-    assert_eq!(
-        (reply.status, reply.json()["reason"].as_str()),
-        (400, Some("malformed-request"))
-    );
-    assert_eq!(h.decision(&reply.request_id()).reason, "malformed-request");
+    assert_refused(&h, &reply, 400, "malformed-request");
 
     // Rules meet the decoded path: an encoded `:` does not slip past a deny.
     let reply = h.curl(
         Some("research"),
         &[&format!("{}/echo/v1/items/42%3Aexport", h.base())],
     );
-    assert_eq!(
-        (reply.status, reply.json()["reason"].as_str()),
-        (403, Some("denied-by-rule"))
-    );
+    assert_refused(&h, &reply, 403, "denied-by-rule");
     assert_eq!(
         h.decision(&reply.request_id()).rule.as_deref(),
         Some("no-export")
@@ -171,19 +156,12 @@ fn denied_path_is_refused_with_the_reason_and_never_forwarded() {
             &format!("{}/echo/v1/items/..;/admin", h.base()),
         ],
     );
-    assert_eq!(
-        (reply.status, reply.json()["reason"].as_str()),
-        (400, Some("malformed-request"))
-    );
+    assert_refused(&h, &reply, 400, "malformed-request");
     let reply = h.curl(
         Some("research"),
         &["-X", "get", &format!("{}/echo/v1/items", h.base())],
     );
-    assert_eq!(
-        (reply.status, reply.json()["reason"].as_str()),
-        (400, Some("malformed-request"))
-    );
-    assert_eq!(h.decision(&reply.request_id()).reason, "malformed-request");
+    assert_refused(&h, &reply, 400, "malformed-request");
 
     assert!(h.seen().is_empty(), "upstream saw {:?}", h.seen());
     let outcomes = h
@@ -360,6 +338,23 @@ fn request_and_response_bodies_stream_and_are_counted() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body.len(), 5_000_000);
     assert_eq!(h.outcome(&reply.request_id()).bytes_down, Some(5_000_000));
+}
+
+/// The reply is a refusal with this status and reason, in the body and in
+/// exactly one decision record, which is returned.
+fn assert_refused(
+    h: &Harness,
+    reply: &common::Reply,
+    status: u16,
+    reason: &str,
+) -> clawgate::audit::DecisionRecord {
+    assert_eq!(reply.status, status, "{reply:?}");
+    assert_eq!(reply.json()["reason"], reason, "{reply:?}");
+    assert_eq!(reply.json()["request_id"], reply.request_id().as_str());
+    let record = h.decision(&reply.request_id());
+    assert_eq!(record.reason, reason);
+    assert_eq!(record.decision.as_deref(), Some("deny"));
+    record
 }
 
 fn assert_handshake_rejected(h: &Harness, reply: &common::Reply, detail: &str) {

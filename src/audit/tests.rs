@@ -37,6 +37,16 @@ fn log_with(n: usize) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
+fn record_at(conn: &Connection, seq: i64) -> DecisionRecord {
+    conn.prepare(&format!(
+        "SELECT {} FROM records WHERE seq = ?1",
+        chain::COLUMNS
+    ))
+    .unwrap()
+    .query_row([seq], chain::from_row)
+    .unwrap()
+}
+
 fn broken_at(path: &Path) -> i64 {
     match verify(path) {
         Err(VerifyError::Broken { seq, .. }) => seq,
@@ -85,13 +95,7 @@ fn an_edit_that_also_rehashes_the_row_breaks_the_next_link() {
         [],
     )
     .unwrap();
-    let mut stmt = conn
-        .prepare(&format!(
-            "SELECT {} FROM records WHERE seq = 2",
-            chain::COLUMNS
-        ))
-        .unwrap();
-    let edited = stmt.query_row([], chain::from_row).unwrap();
+    let edited = record_at(&conn, 2);
     let rehash = chain::record_hash(&edited.prev_hash, &edited);
     conn.execute("UPDATE records SET hash = ?1 WHERE seq = 2", [rehash])
         .unwrap();
@@ -118,13 +122,7 @@ fn an_inserted_record_is_named() {
         .unwrap();
     conn.execute("UPDATE records SET seq = seq - 99 WHERE seq > 100", [])
         .unwrap();
-    let mut stmt = conn
-        .prepare(&format!(
-            "SELECT {} FROM records WHERE seq = 2",
-            chain::COLUMNS
-        ))
-        .unwrap();
-    let two = stmt.query_row([], chain::from_row).unwrap();
+    let two = record_at(&conn, 2);
     let mut forged = record(99);
     forged.seq = 3;
     forged.prev_hash = two.hash.clone();
