@@ -146,6 +146,76 @@ where
     }
 }
 
+/// The first bytes of a request body, read before a decision that needs
+/// them (an AWS action in a form body, a body hash to sign, sentinels to
+/// find), and what is left of the stream.
+#[derive(Debug)]
+pub struct Prefix {
+    /// The data read so far (whole frames; may pass the limit by one frame).
+    pub bytes: Bytes,
+    /// The rest of the body, or `None` when `bytes` is all of it.
+    pub rest: Option<ProxyBody>,
+    /// Trailers met while reading, passed on after the data.
+    pub trailers: Option<http::HeaderMap>,
+}
+
+impl Prefix {
+    /// Reads `body` until `limit` bytes are held or it ends.
+    pub async fn read(mut body: ProxyBody, limit: usize) -> Result<Prefix, BoxError> {
+        use http_body_util::BodyExt;
+        let mut buf = bytes::BytesMut::new();
+        let mut trailers = None;
+        while buf.len() < limit {
+            match body.frame().await {
+                None => {
+                    return Ok(Prefix {
+                        bytes: buf.freeze(),
+                        rest: None,
+                        trailers,
+                    });
+                }
+                Some(frame) => match frame?.into_data() {
+                    Ok(data) => buf.extend_from_slice(&data),
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                },
+            }
+        }
+        let rest = (!body.is_end_stream()).then_some(body);
+        Ok(Prefix {
+            bytes: buf.freeze(),
+            rest,
+            trailers,
+        })
+    }
+
+    /// Whether the whole body was read.
+    pub fn is_complete(&self) -> bool {
+        self.rest.is_none()
+    }
+
+    /// The body again: `bytes` (perhaps rewritten), then the rest, then any
+    /// trailers.
+    pub fn into_body(bytes: Bytes, rest: Option<ProxyBody>, trailers: Option<http::HeaderMap>) -> ProxyBody {
+        use futures_util::StreamExt;
+        use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
+        if rest.is_none() && trailers.is_none() {
+            // Exact size: the upstream gets a Content-Length, and an empty
+            // body stays empty rather than becoming a chunked one.
+            return Full::new(bytes).map_err(|never| match never {}).boxed();
+        }
+        let head = futures_util::stream::iter(
+            (!bytes.is_empty()).then(|| Ok::<_, BoxError>(Frame::data(bytes))),
+        );
+        let tail = futures_util::stream::iter(trailers.map(|t| Ok::<_, BoxError>(Frame::trailers(t))));
+        match rest {
+            None => BodyExt::boxed(StreamBody::new(head.chain(tail))),
+            Some(rest) => BodyExt::boxed(StreamBody::new(
+                head.chain(BodyStream::new(rest)).chain(tail),
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 #[path = "body_tests.rs"]
 mod tests;

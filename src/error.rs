@@ -39,6 +39,13 @@ pub enum Reason {
     MalformedRequest,
     /// The scope injects a credential that is not available.
     CredentialUnavailable,
+    /// A sentinel placeholder was headed to a host it is not bound to.
+    SentinelMisdirected,
+    /// An AWS request maps to no IAM action clawgate knows, and the scope
+    /// does not allow every action.
+    AwsActionUnmapped,
+    /// The body is larger than clawgate will read to sign or scan it.
+    RequestTooLarge,
     /// The upstream could not be reached or broke the exchange.
     UpstreamUnreachable,
     /// The upstream did not answer in time.
@@ -53,7 +60,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -63,6 +70,9 @@ impl Reason {
         Reason::ConnectNotSupported,
         Reason::MalformedRequest,
         Reason::CredentialUnavailable,
+        Reason::SentinelMisdirected,
+        Reason::AwsActionUnmapped,
+        Reason::RequestTooLarge,
         Reason::UpstreamUnreachable,
         Reason::UpstreamTimeout,
         Reason::AuditUnavailable,
@@ -82,6 +92,9 @@ impl Reason {
             Reason::ConnectNotSupported => "connect-not-supported",
             Reason::MalformedRequest => "malformed-request",
             Reason::CredentialUnavailable => "credential-unavailable",
+            Reason::SentinelMisdirected => "sentinel-misdirected",
+            Reason::AwsActionUnmapped => "aws-action-unmapped",
+            Reason::RequestTooLarge => "request-too-large",
             Reason::UpstreamUnreachable => "upstream-unreachable",
             Reason::UpstreamTimeout => "upstream-timeout",
             Reason::AuditUnavailable => "audit-unavailable",
@@ -102,7 +115,10 @@ impl Reason {
             Reason::UnknownAgent
             | Reason::NoMatchingScope
             | Reason::NoMatchingRule
-            | Reason::DeniedByRule => StatusCode::FORBIDDEN,
+            | Reason::DeniedByRule
+            | Reason::SentinelMisdirected
+            | Reason::AwsActionUnmapped => StatusCode::FORBIDDEN,
+            Reason::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             Reason::MalformedRequest => StatusCode::BAD_REQUEST,
             Reason::CredentialUnavailable | Reason::AuditUnavailable => {

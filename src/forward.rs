@@ -15,6 +15,8 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+
+use crate::body::ProxyBody;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -28,7 +30,7 @@ use crate::error::Reason;
 use crate::policy::{Permitted, Upstream};
 
 /// The request body type sent upstream: the agent's body, streamed and counted.
-pub type UpstreamBody = CountingBody<Incoming, FailureFlag>;
+pub type UpstreamBody = CountingBody<ProxyBody, FailureFlag>;
 type PooledClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 /// Connection limits for upstream calls.

@@ -11,7 +11,9 @@ use time::format_description::well_known::Rfc3339;
 
 use clawgate::audit::{self, Filter, Format, VerifyError};
 use clawgate::certs;
+use clawgate::credentials::BrokerConfig;
 use clawgate::forward::Timeouts;
+use clawgate::pipeline::BodyLimits;
 use clawgate::policy::{self, LoadOptions};
 use clawgate::serve::{self, ServeConfig};
 
@@ -45,6 +47,18 @@ enum Command {
     /// The decision log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Sentinel placeholders.
+    #[command(subcommand)]
+    Sentinel(SentinelCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SentinelCommand {
+    /// Print a fresh random placeholder and the policy entry to bind it.
+    New {
+        /// The sentinel's name in policy.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +87,17 @@ struct ServeArgs {
     /// At shutdown, how long in-flight calls may finish before they are ended.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// The endpoint for every AWS service the broker calls (moto, LocalStack);
+    /// `AWS_ENDPOINT_URL` works too.
+    #[arg(long)]
+    aws_endpoint_url: Option<String>,
+    /// A loopback address for credential vending by token (plain HTTP, for
+    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI`).
+    #[arg(long)]
+    vend_listen: Option<SocketAddr>,
+    /// How many bytes of a request body are scanned for sentinel placeholders.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    sentinel_scan_limit: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,15 +252,35 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     total: args.upstream_timeout,
                 },
                 drain: args.drain_timeout,
+                broker: BrokerConfig {
+                    endpoint_url: args.aws_endpoint_url,
+                },
+                vend_listen: args.vend_listen,
+                limits: BodyLimits {
+                    sentinel_scan: args.sentinel_scan_limit,
+                    ..BodyLimits::default()
+                },
             };
             runtime()?.block_on(async {
                 let running = serve::start(&config, &process_env).await?;
                 println!("clawgate: listening on {}", running.addr);
+                if let Some(vend) = running.vend_addr {
+                    println!("clawgate: vending credentials on http://{vend}");
+                }
                 wait_for_stop().await;
                 tracing::info!("stopping: draining in-flight calls");
                 running.shutdown().await;
                 Ok(ExitCode::SUCCESS)
             })
+        }
+        Command::Sentinel(SentinelCommand::New { name }) => {
+            let placeholder = clawgate::credentials::sentinel::new_placeholder()
+                .map_err(|_| anyhow::anyhow!("no randomness available"))?;
+            println!("{placeholder}");
+            eprintln!(
+                "bind it in policy:\n\n[[sentinel]]\nname = \"{name}\"\nplaceholder = \"{placeholder}\"\nhosts = [\"api.example.com\"]\nenv = \"REAL_SECRET_ENV\"  # or file = \"...\", or secrets_manager = \"...\""
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo { keep } => {
             runtime()?.block_on(clawgate::demo::run(keep))?;

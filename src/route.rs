@@ -14,6 +14,10 @@
 
 use http::{Method, Request, Version};
 
+/// The first path segment reserved for clawgate's own endpoints
+/// (`/v1/credentials/aws/<scope>`); no scope may take it as a route.
+pub const RESERVED_ROUTE: &str = "v1";
+
 /// How the agent reached clawgate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

@@ -14,7 +14,9 @@ use crate::audit::{AuditError, AuditLog, DecisionRecord, WriterHandle, kind};
 use crate::error::Reason;
 use crate::forward::{ForwardError, Timeouts, Upstreams};
 use crate::listener::{self, ListenerError};
-use crate::pipeline::Pipeline;
+use crate::credentials::{Broker, BrokerConfig};
+use crate::pipeline::vend::{self, VendListenError};
+use crate::pipeline::{BodyLimits, Pipeline};
 use crate::policy::{self, LoadError, LoadOptions};
 
 /// Everything `serve` needs, resolved from flags.
@@ -34,6 +36,12 @@ pub struct ServeConfig {
     pub timeouts: Timeouts,
     /// How long in-flight calls may finish at shutdown before they are ended.
     pub drain: Duration,
+    /// How the credential broker reaches AWS.
+    pub broker: BrokerConfig,
+    /// Where the token-authenticated vending listener binds (loopback only).
+    pub vend_listen: Option<SocketAddr>,
+    /// How much of each body clawgate reads before deciding.
+    pub limits: BodyLimits,
 }
 
 /// Why `serve` would not start.
@@ -51,6 +59,9 @@ pub enum ServeError {
     /// The upstream client could not be built.
     #[error(transparent)]
     Forward(#[from] ForwardError),
+    /// The vending listener cannot start.
+    #[error(transparent)]
+    Vend(#[from] VendListenError),
     /// The listen address is unavailable.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -66,10 +77,13 @@ pub enum ServeError {
 pub struct Running {
     /// The bound agent listener address (useful with port 0).
     pub addr: SocketAddr,
+    /// The bound vending listener address, when there is one.
+    pub vend_addr: Option<SocketAddr>,
     /// The pipeline, for inspection.
     pub pipeline: Arc<Pipeline>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    vend_task: Option<JoinHandle<()>>,
     writer: WriterHandle,
 }
 
@@ -78,6 +92,9 @@ impl Running {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        if let Some(task) = self.vend_task {
+            let _ = task.await;
+        }
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
     }
@@ -115,8 +132,23 @@ pub async fn start(
     // The policy in force is itself a record; a log that cannot take it
     // cannot take decisions either, so this is a reason not to start.
     audit.append_durable(policy_record(&policy)).await?;
-    let pipeline = Arc::new(Pipeline::new(Arc::new(policy), audit, upstreams));
+    let vend_listener = match config.vend_listen {
+        Some(addr) => Some(vend::bind(addr).await?),
+        None => None,
+    };
+    let vend_addr = vend_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let broker = Arc::new(Broker::new(config.broker.clone(), audit.clone()));
+    let pipeline = Arc::new(Pipeline::new(
+        Arc::new(policy),
+        audit,
+        upstreams,
+        broker,
+        config.limits,
+    ));
     let (stop, stopped) = watch::channel(false);
+    let vend_task = vend_listener.map(|listener| {
+        tokio::spawn(vend::serve(listener, Arc::clone(&pipeline), stopped.clone()))
+    });
     let task = tokio::spawn(listener::serve(
         listener,
         tls,
@@ -126,9 +158,11 @@ pub async fn start(
     ));
     Ok(Running {
         addr,
+        vend_addr,
         pipeline,
         stop,
         task,
+        vend_task,
         writer,
     })
 }

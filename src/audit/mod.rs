@@ -33,6 +33,9 @@ pub mod kind {
     pub const OUTCOME: &str = "outcome";
     /// A policy put in force: its digest and files.
     pub const POLICY: &str = "policy";
+    /// A credential fetched or minted (one per STS or Secrets Manager call),
+    /// with its non-secret reference (the STS access key id).
+    pub const MINT: &str = "mint";
 }
 
 /// One row of the decision log. Optional fields are omitted from the JSON
@@ -110,6 +113,9 @@ pub struct DecisionRecord {
     /// Free text that is never secret (a TLS verifier reason, a count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The IAM action an AWS call maps to (`s3:GetObject`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
     /// The hash of the previous record.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prev_hash: String,

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS records (
     status INTEGER, bytes_up INTEGER, bytes_down INTEGER, duration_ms INTEGER,
     detail TEXT,
     prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
+    hash TEXT NOT NULL,
+    action TEXT
 );
 CREATE INDEX IF NOT EXISTS records_request ON records(request_id);
 CREATE INDEX IF NOT EXISTS records_agent_ts ON records(agent, ts);
@@ -74,6 +75,7 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(open_error)?;
     conn.execute_batch(SCHEMA).map_err(open_error)?;
+    add_missing_columns(&conn).map_err(open_error)?;
     Head::read(&conn).map_err(open_error)?;
 
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
@@ -93,6 +95,20 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
             thread: Some(thread),
         },
     ))
+}
+
+/// Logs made before a column existed gain it, empty, so old records stay
+/// verifiable (absent optional fields are not part of a record's hash).
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let has_action: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('records') WHERE name = 'action'",
+        [],
+        |row| row.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_action {
+        conn.execute_batch("ALTER TABLE records ADD COLUMN action TEXT")?;
+    }
+    Ok(())
 }
 
 type Waiter = Option<tokio::sync::oneshot::Sender<Result<i64, String>>>;
@@ -198,7 +214,7 @@ fn write_batch(
 pub(super) fn insert(conn: &Connection, r: &DecisionRecord) -> rusqlite::Result<()> {
     let mut statement = conn.prepare_cached(&format!(
         "INSERT INTO records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-            ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)"
+            ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)"
     ))?;
     statement.execute(params![
         r.seq,
@@ -228,6 +244,7 @@ pub(super) fn insert(conn: &Connection, r: &DecisionRecord) -> rusqlite::Result<
         r.detail,
         r.prev_hash,
         r.hash,
+        r.action,
     ])?;
     Ok(())
 }

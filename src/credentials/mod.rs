@@ -1,27 +1,57 @@
 //! Credentials that clawgate injects so the agent never holds them.
 //!
-//! This slice knows one kind, `secret`: a value read from an environment
-//! variable or a file when the policy loads, injected into a named header with
-//! a format such as `Bearer {}`. Later kinds (Secrets Manager, sentinels, STS)
-//! plug in here.
+//! Three kinds, as the policy names them:
+//! - `secret`: a value from an environment variable or a file (read when the
+//!   policy loads) or from AWS Secrets Manager (fetched and cached with a
+//!   TTL), injected into a header or a query parameter with a format;
+//! - `aws`: minutes-long STS credentials minted by AssumeRole for one agent
+//!   and scope, used to re-sign the agent's request with SigV4 or vended in
+//!   the container-credentials format;
+//! - sentinels ([`sentinel`]): placeholders the agent holds, swapped for the
+//!   real value only on the way to a host they are bound to.
 //!
+//! Fetched and minted credentials go through one [`Broker`] and its caches.
 //! Invariants: a secret value lives only in a [`SecretString`]; it is never
-//! formatted into a log line, an error, a record or `Debug` output. The record
-//! gets the credential's kind and a non-secret reference (`env:NAME`,
-//! `file:PATH`), never the value.
+//! formatted into a log line, an error, a record or `Debug` output. Records
+//! get the kind and a non-secret reference (`env:NAME`,
+//! `secretsmanager:ID`, an STS access key id), never the value.
+
+mod broker;
+pub mod cache;
+pub mod sentinel;
+pub mod sigv4;
+pub mod sts;
 
 use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 
+pub use broker::{Broker, BrokerConfig, MintContext};
+pub use sts::{AwsCredential, AwsSession};
+
 /// Where a `secret` credential's value comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SecretSource {
     /// An environment variable of the clawgate process.
     Env(String),
     /// A file whose contents (less a trailing newline) are the value.
-    File(std::path::PathBuf),
+    File(PathBuf),
+    /// An AWS Secrets Manager secret.
+    SecretsManager(SecretsManagerRef),
+}
+
+/// A secret in AWS Secrets Manager, and optionally one key of its JSON value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SecretsManagerRef {
+    /// The secret's name or ARN.
+    pub id: String,
+    /// A key of the JSON object in `SecretString`; the whole string if `None`.
+    pub json_key: Option<String>,
+    /// A version stage such as `AWSCURRENT`; the service's default if `None`.
+    pub version_stage: Option<String>,
 }
 
 impl fmt::Display for SecretSource {
@@ -29,6 +59,16 @@ impl fmt::Display for SecretSource {
         match self {
             SecretSource::Env(name) => write!(f, "env:{name}"),
             SecretSource::File(path) => write!(f, "file:{}", path.display()),
+            SecretSource::SecretsManager(sm) => {
+                write!(f, "secretsmanager:{}", sm.id)?;
+                if let Some(key) = &sm.json_key {
+                    write!(f, "#{key}")?;
+                }
+                if let Some(stage) = &sm.version_stage {
+                    write!(f, "@{stage}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -52,31 +92,141 @@ impl Format {
             suffix: suffix.to_owned(),
         })
     }
+
+    fn apply(&self, secret: &str) -> String {
+        let mut text = String::with_capacity(self.prefix.len() + secret.len() + self.suffix.len());
+        text.push_str(&self.prefix);
+        text.push_str(secret);
+        text.push_str(&self.suffix);
+        text
+    }
 }
 
-/// A credential that calls in one scope receive.
-pub struct Credential {
+/// Where a secret goes in the upstream request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// A header (the agent's own value for it is removed).
+    Header(HeaderName),
+    /// A query parameter (the agent's own value for it is removed).
+    Query(String),
+}
+
+/// How long fetched secrets are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretTiming {
+    /// How long a fetched value is served before it is fetched again.
+    pub ttl: Duration,
+    /// How long past the TTL a value is still served while fetches fail.
+    pub grace: Duration,
+}
+
+impl Default for SecretTiming {
+    fn default() -> Self {
+        SecretTiming {
+            ttl: Duration::from_secs(300),
+            grace: Duration::from_secs(900),
+        }
+    }
+}
+
+/// A secret value's source, with the value itself when it was read at load.
+pub struct SecretValue {
     /// Where the value comes from; this is what records reference.
     pub source: SecretSource,
-    /// The header the value is injected into.
-    pub header: HeaderName,
-    /// How the value is written into the header.
-    pub format: Format,
-    /// The value, or `None` when it could not be read at load time.
-    value: Option<SecretString>,
+    /// Cache timing for fetched sources.
+    pub timing: SecretTiming,
+    /// The value of an `env` or `file` source, read when the policy loaded.
+    loaded: Option<SecretString>,
 }
 
-impl fmt::Debug for Credential {
+impl fmt::Debug for SecretValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credential")
+        f.debug_struct("SecretValue")
             .field("source", &self.source)
-            .field("header", &self.header)
-            .field("available", &self.value.is_some())
+            .field("loaded", &self.loaded.is_some())
             .finish_non_exhaustive()
     }
 }
 
-/// The credential could not be injected.
+impl SecretValue {
+    /// A value whose `env` or `file` source is read now, through `env` (the
+    /// process environment in production, a map in tests). A Secrets Manager
+    /// source is fetched per call through the [`Broker`].
+    pub fn resolve(
+        source: SecretSource,
+        timing: SecretTiming,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> SecretValue {
+        let loaded = match &source {
+            SecretSource::Env(name) => env(name),
+            SecretSource::File(path) => read_secret_file(path),
+            SecretSource::SecretsManager(_) => None,
+        }
+        .filter(|v| !v.is_empty())
+        .map(SecretString::from);
+        SecretValue {
+            source,
+            timing,
+            loaded,
+        }
+    }
+
+    /// Whether the value is fetched per call (rather than read at load).
+    pub fn is_fetched(&self) -> bool {
+        matches!(self.source, SecretSource::SecretsManager(_))
+    }
+
+    /// Whether a value is known now (always true for fetched sources, whose
+    /// availability is only known when fetched).
+    pub fn is_available(&self) -> bool {
+        self.is_fetched() || self.loaded.is_some()
+    }
+
+    /// The value read at load, for `env` and `file` sources.
+    pub fn loaded(&self) -> Option<&SecretString> {
+        self.loaded.as_ref()
+    }
+}
+
+/// A `secret` credential: a value, a placement and a format.
+#[derive(Debug)]
+pub struct SecretCredential {
+    /// The value and where it comes from.
+    pub value: SecretValue,
+    /// Where the value goes.
+    pub placement: Placement,
+    /// How the value is written.
+    pub format: Format,
+}
+
+/// The credential a scope's calls receive.
+#[derive(Debug)]
+pub enum Credential {
+    /// A secret injected into a header or query parameter.
+    Secret(SecretCredential),
+    /// STS credentials; the request is re-signed with SigV4.
+    Aws(AwsCredential),
+}
+
+impl Credential {
+    /// The kind, as recorded.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::Secret(_) => "secret",
+            Credential::Aws(_) => "aws",
+        }
+    }
+
+    /// A non-secret reference, as recorded before anything is fetched.
+    pub fn reference(&self) -> String {
+        match self {
+            Credential::Secret(secret) => secret.value.source.to_string(),
+            Credential::Aws(aws) => aws.role_arn.clone(),
+        }
+    }
+}
+
+/// A credential could not be had or used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CredentialError {
     /// No value was available when the policy loaded.
@@ -85,68 +235,63 @@ pub enum CredentialError {
     /// The value cannot be carried in a header (for example, it holds a newline).
     #[error("credential `{0}` is not a valid header value")]
     NotAHeaderValue(String),
+    /// A fetch or mint failed; the message names the source, never a value.
+    #[error("credential `{source_ref}` could not be fetched: {message}")]
+    Fetch {
+        /// The non-secret reference.
+        source_ref: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The request cannot be signed.
+    #[error("request cannot be signed: {0}")]
+    Signing(String),
 }
 
-impl Credential {
-    /// Reads the value from its source through `env` (the process environment
-    /// in production, a map in tests).
-    pub fn resolve(
-        source: SecretSource,
-        header: HeaderName,
-        format: Format,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Credential {
-        let value = match &source {
-            SecretSource::Env(name) => env(name),
-            SecretSource::File(path) => std::fs::read_to_string(path).ok().map(|mut text| {
-                let trimmed = text.trim_end_matches(['\r', '\n']).len();
-                text.truncate(trimmed);
-                text
-            }),
-        }
-        .filter(|v| !v.is_empty())
-        .map(SecretString::from);
-        Credential {
-            source,
-            header,
-            format,
-            value,
-        }
-    }
-
-    /// Whether a value was read.
-    pub fn is_available(&self) -> bool {
-        self.value.is_some()
-    }
-
-    /// The kind, as recorded.
-    pub fn kind(&self) -> &'static str {
-        "secret"
-    }
-
-    /// Removes whatever credential the agent sent (its `Authorization` and the
-    /// target header) and inserts the real one, marked sensitive so that hyper
-    /// never indexes it in HPACK tables.
-    pub fn inject(&self, headers: &mut HeaderMap) -> Result<(), CredentialError> {
-        let value = self
-            .value
-            .as_ref()
-            .ok_or_else(|| CredentialError::Missing(self.source.to_string()))?;
-        let secret = value.expose_secret();
-        let mut text = String::with_capacity(
-            self.format.prefix.len() + secret.len() + self.format.suffix.len(),
-        );
-        text.push_str(&self.format.prefix);
-        text.push_str(secret);
-        text.push_str(&self.format.suffix);
-        let mut header_value = HeaderValue::from_str(&text)
-            .map_err(|_| CredentialError::NotAHeaderValue(self.source.to_string()))?;
-        header_value.set_sensitive(true);
+impl SecretCredential {
+    /// Removes whatever credential the agent sent (its `Authorization` and
+    /// the target header or parameter) and places `value`. Header values are
+    /// marked sensitive so that hyper never indexes them in HPACK tables.
+    pub fn inject(
+        &self,
+        value: &SecretString,
+        headers: &mut HeaderMap,
+        query: &mut Option<String>,
+    ) -> Result<(), CredentialError> {
+        let text = self.format.apply(value.expose_secret());
         headers.remove(http::header::AUTHORIZATION);
-        headers.remove(&self.header);
-        headers.insert(self.header.clone(), header_value);
+        match &self.placement {
+            Placement::Header(name) => {
+                let mut header_value = HeaderValue::from_str(&text)
+                    .map_err(|_| CredentialError::NotAHeaderValue(self.value.source.to_string()))?;
+                header_value.set_sensitive(true);
+                headers.remove(name);
+                headers.insert(name.clone(), header_value);
+            }
+            Placement::Query(name) => {
+                let mut out = form_urlencoded::Serializer::new(String::new());
+                if let Some(existing) = query.as_deref() {
+                    for (k, v) in form_urlencoded::parse(existing.as_bytes()) {
+                        if k != name.as_str() {
+                            out.append_pair(&k, &v);
+                        }
+                    }
+                }
+                out.append_pair(name, &text);
+                *query = Some(out.finish());
+            }
+        }
         Ok(())
     }
+}
+
+/// Reads a secret file, less one trailing newline.
+pub(crate) fn read_secret_file(path: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|mut text| {
+        let trimmed = text.trim_end_matches(['\r', '\n']).len();
+        text.truncate(trimmed);
+        text
+    })
 }
 
 #[cfg(test)]

@@ -90,6 +90,9 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
             total: Duration::from_secs(30),
         },
         drain: Duration::from_secs(5),
+        broker: crate::credentials::BrokerConfig::default(),
+        vend_listen: None,
+        limits: crate::pipeline::BodyLimits::default(),
     };
     let running = serve::start(&config, &env).await?;
     let base = format!("https://localhost:{}", running.addr.port());

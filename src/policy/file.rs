@@ -15,6 +15,8 @@ pub(super) struct PolicyFile {
     pub agent: Vec<Spanned<AgentFile>>,
     #[serde(default)]
     pub scope: Vec<Spanned<ScopeFile>>,
+    #[serde(default)]
+    pub sentinel: Vec<Spanned<SentinelFile>>,
 }
 
 /// `[[agent]]`
@@ -25,6 +27,8 @@ pub(super) struct AgentFile {
     pub identities: Vec<Spanned<String>>,
     #[serde(default)]
     pub scopes: Vec<Spanned<String>>,
+    /// A file holding the agent's token for the credential-vending listener.
+    pub vend_token_file: Option<Spanned<String>>,
 }
 
 /// `[[scope]]`
@@ -49,7 +53,12 @@ pub(super) struct ScopeFile {
 pub(super) struct RuleFile {
     pub id: Option<Spanned<String>>,
     pub methods: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
     pub paths: Vec<Spanned<String>>,
+    /// IAM actions, for scopes whose credential is `aws`.
+    pub actions: Option<Vec<Spanned<String>>>,
+    /// Resource ARNs for `actions` (every resource when absent).
+    pub resources: Option<Vec<Spanned<String>>>,
 }
 
 /// `[scope.credential]`
@@ -59,6 +68,72 @@ pub(super) struct CredentialFile {
     pub kind: Spanned<String>,
     pub env: Option<Spanned<String>>,
     pub file: Option<Spanned<String>>,
+    pub secrets_manager: Option<Spanned<String>>,
+    pub json_key: Option<Spanned<String>>,
+    pub version_stage: Option<Spanned<String>>,
+    pub ttl: Option<Spanned<String>>,
+    pub grace: Option<Spanned<String>>,
     pub header: Option<Spanned<String>>,
+    pub query: Option<Spanned<String>>,
     pub format: Option<Spanned<String>>,
+    // `aws`
+    pub role_arn: Option<Spanned<String>>,
+    pub duration_minutes: Option<Spanned<u64>>,
+    pub refresh_margin: Option<Spanned<String>>,
+    pub safety_margin: Option<Spanned<String>>,
+    pub external_id: Option<Spanned<String>>,
+    pub session_tags: Option<Spanned<bool>>,
+    pub service: Option<Spanned<String>>,
+    pub region: Option<Spanned<String>>,
+    pub unsigned_payload: Option<Spanned<bool>>,
+    pub max_signed_body: Option<Spanned<u64>>,
+}
+
+/// The fields that say where a secret value comes from, shared by
+/// credentials and sentinels (serde's `flatten` would lose the spans).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ValueFields<'a> {
+    pub env: Option<&'a Spanned<String>>,
+    pub file: Option<&'a Spanned<String>>,
+    pub secrets_manager: Option<&'a Spanned<String>>,
+    pub json_key: Option<&'a Spanned<String>>,
+    pub version_stage: Option<&'a Spanned<String>>,
+    pub ttl: Option<&'a Spanned<String>>,
+    pub grace: Option<&'a Spanned<String>>,
+}
+
+macro_rules! value_fields {
+    ($t:ty) => {
+        impl $t {
+            pub fn value_fields(&self) -> ValueFields<'_> {
+                ValueFields {
+                    env: self.env.as_ref(),
+                    file: self.file.as_ref(),
+                    secrets_manager: self.secrets_manager.as_ref(),
+                    json_key: self.json_key.as_ref(),
+                    version_stage: self.version_stage.as_ref(),
+                    ttl: self.ttl.as_ref(),
+                    grace: self.grace.as_ref(),
+                }
+            }
+        }
+    };
+}
+value_fields!(CredentialFile);
+value_fields!(SentinelFile);
+
+/// `[[sentinel]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SentinelFile {
+    pub name: Spanned<String>,
+    pub placeholder: Spanned<String>,
+    pub hosts: Vec<Spanned<String>>,
+    pub env: Option<Spanned<String>>,
+    pub file: Option<Spanned<String>>,
+    pub secrets_manager: Option<Spanned<String>>,
+    pub json_key: Option<Spanned<String>>,
+    pub version_stage: Option<Spanned<String>>,
+    pub ttl: Option<Spanned<String>>,
+    pub grace: Option<Spanned<String>>,
 }

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use super::file::{AgentFile, PolicyFile, ScopeFile};
+use super::credential::compile_sentinels;
+use super::file::{AgentFile, PolicyFile, ScopeFile, SentinelFile};
 use super::scope::{compile_scope, placeholder_scope};
 use super::{Agent, Policy, ScopeId};
 use crate::identity::PeerName;
@@ -180,11 +181,13 @@ pub fn load(
     };
     let mut agents: Vec<(usize, Spanned<AgentFile>)> = Vec::new();
     let mut scopes: Vec<(usize, Spanned<ScopeFile>)> = Vec::new();
+    let mut sentinels: Vec<(usize, Spanned<SentinelFile>)> = Vec::new();
     for (index, source) in sources.iter().enumerate() {
         match toml::from_str::<PolicyFile>(&source.text) {
             Ok(file) => {
                 agents.extend(file.agent.into_iter().map(|a| (index, a)));
                 scopes.extend(file.scope.into_iter().map(|s| (index, s)));
+                sentinels.extend(file.sentinel.into_iter().map(|s| (index, s)));
             }
             Err(e) => {
                 let span = e.span().unwrap_or(0..0);
@@ -210,6 +213,20 @@ pub fn load(
         }
         if let Some(compiled) = compile_scope(&mut report, *file, scope.get_ref(), dir, options) {
             if let Some(route) = &compiled.route
+                && route == crate::route::RESERVED_ROUTE
+            {
+                let span = scope
+                    .get_ref()
+                    .route
+                    .as_ref()
+                    .map_or(scope.span(), |r| r.span());
+                report.error(
+                    *file,
+                    span,
+                    format!("route `{route}` is reserved for clawgate's own endpoints"),
+                );
+            }
+            if let Some(route) = &compiled.route
                 && routes.insert(route.clone(), id).is_some()
             {
                 let span = scope
@@ -227,7 +244,7 @@ pub fn load(
                 .entry(compiled.upstream.host.clone())
                 .or_default()
                 .push(id);
-            rule_count += compiled.rules.rules.len();
+            rule_count += compiled.rules.rules.len() + compiled.aws_rules.len();
             compiled_scopes.push(compiled);
         } else {
             // Keep ids aligned with `scopes` even when a scope is broken; the
@@ -245,7 +262,31 @@ pub fn load(
             name,
             identities,
             scopes: scope_names,
+            vend_token_file,
         } = agent.get_ref();
+        let vend_token = vend_token_file.as_ref().and_then(|path| {
+            match crate::credentials::read_secret_file(&dir.join(path.get_ref())) {
+                Some(token) if token.len() >= 32 => {
+                    Some(<[u8; 32]>::from(Sha256::digest(token.as_bytes())))
+                }
+                Some(_) => {
+                    report.error(
+                        *file,
+                        path.span(),
+                        "a vending token must be at least 32 characters".into(),
+                    );
+                    None
+                }
+                None => {
+                    report.error(
+                        *file,
+                        path.span(),
+                        format!("cannot read vending token file `{}`", path.get_ref()),
+                    );
+                    None
+                }
+            }
+        });
         if !valid_name(name.get_ref()) {
             report.error(
                 *file,
@@ -353,8 +394,11 @@ pub fn load(
             name: name.get_ref().clone(),
             identities: parsed,
             scopes: agent_scopes,
+            vend_token,
         });
     }
+
+    let sentinels = compile_sentinels(&mut report, &sentinels, dir, options);
 
     if !report.problems.is_empty() {
         let mut problems = report.problems;
@@ -372,6 +416,7 @@ pub fn load(
             digest,
             files: paths,
             rule_count,
+            sentinels,
         },
         warnings,
     ))

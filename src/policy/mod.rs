@@ -10,6 +10,8 @@
 //! - Lookup is by index (identity, route, host, then one glob set per scope),
 //!   never a scan over all rules.
 
+pub mod aws;
+mod credential;
 mod file;
 mod glob;
 mod load;
@@ -46,6 +48,7 @@ pub struct Policy {
     digest: String,
     files: Vec<PathBuf>,
     rule_count: usize,
+    sentinels: crate::credentials::sentinel::Sentinels,
 }
 
 /// An agent: a name, the identities that prove it, and its scopes.
@@ -57,6 +60,8 @@ pub struct Agent {
     pub identities: Vec<PeerName>,
     /// The scopes this agent may use.
     pub scopes: Vec<ScopeId>,
+    /// SHA-256 of the agent's token for the credential-vending listener.
+    pub vend_token: Option<[u8; 32]>,
 }
 
 /// Whether a scope's refusals are enforced or only reported.
@@ -134,6 +139,30 @@ pub struct Scope {
     /// The credential injected into calls in this scope.
     pub credential: Option<Arc<Credential>>,
     rules: RuleSet,
+    aws_rules: Vec<aws::AwsRule>,
+}
+
+impl Scope {
+    /// The scope's `aws` credential, when it has one.
+    pub fn aws(&self) -> Option<&crate::credentials::AwsCredential> {
+        match self.credential.as_deref() {
+            Some(Credential::Aws(aws)) => Some(aws),
+            _ => None,
+        }
+    }
+
+    /// The signing service and region: the credential's, else the host's.
+    pub fn signing(&self) -> Option<(String, String)> {
+        signing_of(self.aws()?, &self.upstream.host)
+    }
+}
+
+/// The signing service and region of an `aws` credential towards `host`.
+fn signing_of(aws: &crate::credentials::AwsCredential, host: &str) -> Option<(String, String)> {
+    let derived = crate::credentials::sigv4::service_and_region(host);
+    let service = aws.service.clone().or_else(|| derived.as_ref().map(|d| d.0.clone()))?;
+    let region = aws.region.clone().or_else(|| derived.map(|d| d.1))?;
+    Some((service, region))
 }
 
 /// Whether a rule allows or denies.
@@ -194,6 +223,9 @@ pub struct Call<'a> {
     /// The normalised path: below the route for a gateway call, the full
     /// upstream path for a forward-proxy call.
     pub path: &'a str,
+    /// For a scope with an `aws` credential: the IAM action and resource the
+    /// request maps to, or `None` when it maps to nothing.
+    pub aws: Option<&'a aws::AwsRequest>,
 }
 
 /// The outcome of [`decide`]. Only `decide` makes one and its fields cannot
@@ -282,24 +314,13 @@ pub fn decide(call: &Call<'_>, policy: &Policy) -> Decision {
     let Some(agent_id) = policy.agent_for(call.peer) else {
         return Decision::deny(Reason::UnknownAgent, None, None);
     };
-    let agent = &policy.agents[agent_id];
-    let scope_id = match call.target {
-        Target::Route(route) => policy
-            .by_route
-            .get(route)
-            .copied()
-            .filter(|id| agent.scopes.contains(id)),
-        Target::Host { host, port } => policy.by_host.get(host).and_then(|ids| {
-            ids.iter().copied().find(|id| {
-                agent.scopes.contains(id)
-                    && port.is_none_or(|p| p == policy.scopes[*id].upstream.port)
-            })
-        }),
-    };
-    let Some(scope_id) = scope_id else {
+    let Some(scope_id) = policy.scope_for(agent_id, call.target) else {
         return Decision::deny(Reason::NoMatchingScope, Some(agent_id), None);
     };
     let scope = &policy.scopes[scope_id];
+    if scope.aws().is_some() {
+        return decide_aws(call, scope, agent_id, scope_id);
+    }
 
     // Rules are written relative to the upstream's base path.
     let path = match call.target {
@@ -353,7 +374,41 @@ pub fn decide(call: &Call<'_>, policy: &Policy) -> Decision {
         (None, None) => (Effect::Deny, Reason::NoMatchingRule, None),
     };
     let rule = rule.map(|r| Arc::clone(&r.id));
-    match (effect, scope.mode) {
+    conclude(effect, reason, rule, scope.mode, agent_id, scope_id)
+}
+
+/// Adjudicates a call in a scope with an `aws` credential: by IAM action and
+/// resource instead of path. A request that maps to no action is refused
+/// unless the scope allows every action on every resource.
+fn decide_aws(call: &Call<'_>, scope: &Scope, agent_id: AgentId, scope_id: ScopeId) -> Decision {
+    let (effect, reason, rule) = match call.aws {
+        None => match scope.aws_rules.iter().find(|r| r.allows_everything()) {
+            Some(rule) => (Effect::Allow, Reason::Allowed, Some(&rule.id)),
+            None => (Effect::Deny, Reason::AwsActionUnmapped, None),
+        },
+        Some(request) => {
+            let deny = scope.aws_rules.iter().find(|r| !r.allow && r.matches(request));
+            let allow = scope.aws_rules.iter().find(|r| r.allow && r.matches(request));
+            match (deny, allow) {
+                (Some(rule), _) => (Effect::Deny, Reason::DeniedByRule, Some(&rule.id)),
+                (None, Some(rule)) => (Effect::Allow, Reason::Allowed, Some(&rule.id)),
+                (None, None) => (Effect::Deny, Reason::NoMatchingRule, None),
+            }
+        }
+    };
+    conclude(effect, reason, rule.cloned(), scope.mode, agent_id, scope_id)
+}
+
+/// The decision for a scope's verdict, with report mode applied.
+fn conclude(
+    effect: Effect,
+    reason: Reason,
+    rule: Option<Arc<str>>,
+    mode: Mode,
+    agent_id: AgentId,
+    scope_id: ScopeId,
+) -> Decision {
+    match (effect, mode) {
         (Effect::Deny, Mode::Report) => Decision {
             effect: Effect::Allow,
             reason: Reason::Allowed,
@@ -374,6 +429,34 @@ pub fn decide(call: &Call<'_>, policy: &Policy) -> Decision {
 }
 
 impl Policy {
+    /// The scope of `agent` that `target` lands in, if any.
+    pub fn scope_for(&self, agent_id: AgentId, target: Target<'_>) -> Option<ScopeId> {
+        let agent = &self.agents[agent_id];
+        match target {
+            Target::Route(route) => self
+                .by_route
+                .get(route)
+                .copied()
+                .filter(|id| agent.scopes.contains(id)),
+            Target::Host { host, port } => self.by_host.get(host).and_then(|ids| {
+                ids.iter().copied().find(|id| {
+                    agent.scopes.contains(id)
+                        && port.is_none_or(|p| p == self.scopes[*id].upstream.port)
+                })
+            }),
+        }
+    }
+
+    /// The scope named `name`, if any.
+    pub fn scope_named(&self, name: &str) -> Option<ScopeId> {
+        self.scopes.iter().position(|s| s.name == name)
+    }
+
+    /// The policy's sentinels.
+    pub fn sentinels(&self) -> &crate::credentials::sentinel::Sentinels {
+        &self.sentinels
+    }
+
     /// The agent a certificate proves. Only the strongest kind of name the
     /// certificate carries counts (URI SANs, else DNS SANs, else the CN): a
     /// certificate with an unknown SPIFFE id is not rescued by its CN. Names

@@ -6,16 +6,17 @@ use std::path::Path;
 use std::sync::Arc;
 
 use globset::GlobBuilder;
-use http::HeaderName;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use toml::Spanned;
 
-use super::file::{CredentialFile, RuleFile, ScopeFile};
+use super::aws::AwsRule;
+use super::credential::compile_credential;
+use super::file::{RuleFile, ScopeFile};
 use super::glob::{self, GlobIndex, PathGlob};
 use super::load::{LoadOptions, Report, valid_name};
 use super::{Effect, Mode, Rule, RuleSet, Scope, Upstream};
-use crate::credentials::{Credential, Format, SecretSource};
+use crate::credentials::Credential;
 
 pub(super) fn placeholder_scope(name: &str) -> Scope {
     Scope {
@@ -31,6 +32,7 @@ pub(super) fn placeholder_scope(name: &str) -> Scope {
         ca_certs: Arc::new(Vec::new()),
         credential: None,
         rules: RuleSet::default(),
+        aws_rules: Vec::new(),
     }
 }
 
@@ -101,13 +103,9 @@ pub(super) fn compile_scope(
             }
         }
     };
-    let credential = scope
-        .credential
-        .as_ref()
-        .and_then(|c| compile_credential(report, file, c, dir, options));
-
     let mut globs = Vec::new();
     let mut rules = Vec::new();
+    let mut aws_rules = Vec::new();
     let mut rule_ids = HashSet::new();
     for (effect, list, label) in [
         (Effect::Deny, &scope.deny, "deny"),
@@ -115,7 +113,13 @@ pub(super) fn compile_scope(
     ] {
         for (i, rule) in list.iter().enumerate() {
             let rule_index = rules.len();
-            let RuleFile { id, methods, paths } = rule.get_ref();
+            let RuleFile {
+                id,
+                methods,
+                paths,
+                actions,
+                resources,
+            } = rule.get_ref();
             let id = id
                 .as_ref()
                 .map_or_else(|| format!("{name}.{label}[{i}]"), |id| id.get_ref().clone());
@@ -124,6 +128,24 @@ pub(super) fn compile_scope(
                     file,
                     rule.span(),
                     format!("rule id `{id}` is used twice in scope `{name}`"),
+                );
+            }
+            if let Some(actions) = actions {
+                if !paths.is_empty() || methods.is_some() {
+                    report.error(
+                        file,
+                        rule.span(),
+                        format!("rule `{id}` mixes `actions` with `paths` or `methods`"),
+                    );
+                }
+                aws_rules.push(compile_aws_rule(report, file, &id, effect, actions, resources.as_deref()));
+                continue;
+            }
+            if let Some(resources) = resources {
+                report.error(
+                    file,
+                    resources.first().map_or(rule.span(), Spanned::span),
+                    format!("rule `{id}` has `resources` but no `actions`"),
                 );
             }
             if paths.is_empty() {
@@ -163,6 +185,37 @@ pub(super) fn compile_scope(
             });
         }
     }
+    let credential = scope
+        .credential
+        .as_ref()
+        .and_then(|c| compile_credential(report, file, c, dir, options, &aws_rules));
+    let is_aws = matches!(credential, Some(Credential::Aws(_)));
+    if !aws_rules.is_empty() && !is_aws {
+        report.error(
+            file,
+            scope.name.span(),
+            format!("scope `{name}` has rules with `actions` but no `aws` credential"),
+        );
+    }
+    if is_aws && !rules.is_empty() {
+        report.error(
+            file,
+            scope.name.span(),
+            format!("scope `{name}` has an `aws` credential, so its rules take `actions`, not `paths`"),
+        );
+    }
+    if let (Some(Credential::Aws(aws)), Some(upstream)) = (&credential, &upstream)
+        && super::signing_of(aws, &upstream.host).is_none()
+    {
+        report.error(
+            file,
+            scope.upstream.span(),
+            format!(
+                "cannot tell the AWS service and region from host `{}`: set `service` and `region` in the credential",
+                upstream.host
+            ),
+        );
+    }
     if report.problems.len() != before {
         return None;
     }
@@ -177,75 +230,60 @@ pub(super) fn compile_scope(
             globs: GlobIndex::new(globs),
             rules,
         },
+        aws_rules,
     })
 }
 
-fn compile_credential(
+fn compile_aws_rule(
     report: &mut Report<'_>,
     file: usize,
-    credential: &Spanned<CredentialFile>,
-    dir: &Path,
-    options: &LoadOptions<'_>,
-) -> Option<Credential> {
-    let c = credential.get_ref();
-    if c.kind.get_ref() != "secret" {
-        report.error(
-            file,
-            c.kind.span(),
-            format!(
-                "credential kind `{}` is not known (expected `secret`)",
-                c.kind.get_ref()
-            ),
-        );
-        return None;
+    id: &str,
+    effect: Effect,
+    actions: &[Spanned<String>],
+    resources: Option<&[Spanned<String>]>,
+) -> AwsRule {
+    if actions.is_empty() {
+        report.error(file, 0..0, format!("rule `{id}` has an empty `actions` list"));
     }
-    let source = match (&c.env, &c.file) {
-        (Some(env), None) => SecretSource::Env(env.get_ref().clone()),
-        (None, Some(path)) => SecretSource::File(dir.join(path.get_ref())),
-        _ => {
+    for action in actions {
+        let text = action.get_ref();
+        let valid = text == "*"
+            || text.split_once(':').is_some_and(|(service, op)| {
+                !service.is_empty()
+                    && service.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !op.is_empty()
+                    && op.chars().all(|c| c.is_ascii_alphanumeric() || c == '*' || c == '?')
+            });
+        if !valid {
             report.error(
                 file,
-                credential.span(),
-                "a `secret` credential needs exactly one of `env` or `file`".into(),
+                action.span(),
+                format!("action `{text}` must look like `s3:GetObject`, `s3:Get*` or `*`"),
             );
-            return None;
+        }
+    }
+    let resources = match resources {
+        None => vec!["*".to_owned()],
+        Some(list) => {
+            for resource in list {
+                let text = resource.get_ref();
+                if text != "*" && !text.starts_with("arn:") {
+                    report.error(
+                        file,
+                        resource.span(),
+                        format!("resource `{text}` must be an ARN or `*`"),
+                    );
+                }
+            }
+            list.iter().map(|r| r.get_ref().clone()).collect()
         }
     };
-    let header = match &c.header {
-        None => HeaderName::from_static("authorization"),
-        Some(h) => match HeaderName::from_bytes(h.get_ref().to_ascii_lowercase().as_bytes()) {
-            Ok(name) => name,
-            Err(_) => {
-                report.error(
-                    file,
-                    h.span(),
-                    format!("header `{}` is not a valid header name", h.get_ref()),
-                );
-                return None;
-            }
-        },
-    };
-    let format = match &c.format {
-        None => Format::parse("{}"),
-        Some(f) => Format::parse(f.get_ref()),
-    };
-    let Some(format) = format else {
-        let span = c.format.as_ref().map_or(credential.span(), |f| f.span());
-        report.error(file, span, "format must hold `{}` exactly once".into());
-        return None;
-    };
-    let resolved = Credential::resolve(source, header, format, options.env);
-    if !resolved.is_available() {
-        report.warn(
-            file,
-            credential.span(),
-            format!(
-                "credential `{}` has no value now; calls in this scope will get credential-unavailable",
-                resolved.source
-            ),
-        );
+    AwsRule {
+        id: Arc::from(id),
+        allow: effect == Effect::Allow,
+        actions: actions.iter().map(|a| a.get_ref().clone()).collect(),
+        resources,
     }
-    Some(resolved)
 }
 
 fn parse_upstream(text: &str) -> Result<Upstream, String> {

@@ -1,5 +1,6 @@
-//! One call, in order: route → identify and adjudicate → credential → record
-//! the decision → forward → record the outcome.
+//! One call, in order: route → identify and adjudicate → sentinels and
+//! credential ([`admit`]) → record the decision → forward → record the
+//! outcome. Credential vending ([`vend`]) is a call of its own kind.
 //!
 //! Invariants:
 //! - Exactly one decision record per call, written in [`Pipeline::handle`] and
@@ -14,8 +15,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+mod admit;
+pub mod vend;
+
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Request, Response, Version, header, request::Parts};
+use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::Notify;
@@ -24,11 +28,15 @@ use tracing::{Instrument, field};
 
 use crate::audit::{AuditLog, DecisionRecord, kind};
 use crate::body::{BodyGuard, CountingBody, FailureFlag, ProxyBody};
+use crate::credentials::Broker;
 use crate::error::{REQUEST_ID_HEADER, Reason, refusal_response};
-use crate::forward::{Upstreams, strip_hop_by_hop, upstream_uri};
+use crate::forward::{Upstreams, strip_hop_by_hop};
 use crate::identity::PeerIdentity;
-use crate::policy::{Call, Decision, Permitted, Policy, Target, decide};
-use crate::route::{Destination, encode_path, route};
+use crate::policy::Policy;
+
+pub use admit::BodyLimits;
+use admit::{Admission, Admitted};
+use vend::{VendCaller, vend_scope};
 
 /// Who is on the other end of one TLS connection.
 #[derive(Debug)]
@@ -45,24 +53,34 @@ pub struct Pipeline {
     policy: ArcSwap<Policy>,
     audit: AuditLog,
     upstreams: Upstreams,
+    broker: Arc<Broker>,
+    limits: BodyLimits,
     in_flight: Arc<InFlight>,
 }
 
-/// A call that may go upstream: the permit and the prepared request head.
-struct Admitted {
-    permit: Permitted,
-    parts: Parts,
-}
-
 impl Pipeline {
-    /// A pipeline over a loaded policy, a decision log and upstream clients.
-    pub fn new(policy: Arc<Policy>, audit: AuditLog, upstreams: Upstreams) -> Pipeline {
+    /// A pipeline over a loaded policy, a decision log, upstream clients and
+    /// a credential broker.
+    pub fn new(
+        policy: Arc<Policy>,
+        audit: AuditLog,
+        upstreams: Upstreams,
+        broker: Arc<Broker>,
+        limits: BodyLimits,
+    ) -> Pipeline {
         Pipeline {
             policy: ArcSwap::new(policy),
             audit,
             upstreams,
+            broker,
+            limits,
             in_flight: Arc::default(),
         }
+    }
+
+    /// The credential broker.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
     }
 
     /// Waits until every allowed call has queued its outcome record, or
@@ -95,6 +113,15 @@ impl Pipeline {
     /// Runs one call through the pipeline. Never fails: every problem becomes
     /// a refusal response with a reason.
     pub async fn handle(&self, peer: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
+        if vend_scope(&req).is_some() {
+            let agent = self.policy.load().agent_for(&peer.identity.names);
+            let caller = VendCaller {
+                agent,
+                cert_fp: Some(&peer.identity.fingerprint),
+                addr: peer.addr,
+            };
+            return self.vend(caller, &req).await;
+        }
         let started = Instant::now();
         let request_id = uuid::Uuid::now_v7().to_string();
         let span = tracing::info_span!(
@@ -116,7 +143,16 @@ impl Pipeline {
             record.policy_digest = Some(policy.digest().to_owned());
 
             let (parts, body) = req.into_parts();
-            let verdict = admit(peer, &policy, parts, &mut record);
+            let admission = Admission {
+                peer,
+                policy: &policy,
+                broker: &self.broker,
+                limits: self.limits,
+                request_id: &request_id,
+            };
+            let verdict = admission
+                .admit(parts, admit::boxed(body), &mut record)
+                .await;
 
             // The one place a decision is recorded, on every path.
             let reason = verdict.as_ref().err().copied().unwrap_or(Reason::Allowed);
@@ -155,7 +191,7 @@ impl Pipeline {
             }
             match (verdict, outcome) {
                 (Ok(admitted), Some(outcome)) => {
-                    self.forward(admitted, body, outcome, &request_id).await
+                    self.forward(admitted, outcome, &request_id).await
                 }
                 (Err(reason), _) => {
                     tracing::info!("call refused");
@@ -171,10 +207,10 @@ impl Pipeline {
     async fn forward(
         &self,
         admitted: Admitted,
-        body: Incoming,
         mut outcome: Outcome,
         request_id: &str,
     ) -> Response<ProxyBody> {
+        let (parts, body) = admitted.request.into_parts();
         let upload_failed = FailureFlag::default();
         let upstream_body = CountingBody::guarded(
             body,
@@ -182,7 +218,7 @@ impl Pipeline {
             None,
             upload_failed.clone(),
         );
-        let request = Request::from_parts(admitted.parts, upstream_body);
+        let request = Request::from_parts(parts, upstream_body);
         let deadline = outcome.started + self.upstreams.timeouts().total;
         let response = match self.upstreams.send(&admitted.permit, request).await {
             Ok(response) => response,
@@ -213,115 +249,6 @@ impl Pipeline {
     }
 }
 
-/// Routes, identifies and adjudicates a call, and prepares the request head
-/// for the upstream. Fills in the record as it learns things. Synchronous and
-/// free of I/O: nothing has left clawgate yet.
-fn admit(
-    peer: &Peer,
-    policy: &Arc<Policy>,
-    mut parts: Parts,
-    record: &mut DecisionRecord,
-) -> Result<Admitted, Reason> {
-    // Identity first: a call from an unknown agent learns nothing about
-    // routes, and (once CONNECT lands) resolves no name.
-    let agent = policy.agent_for(&peer.identity.names);
-    if let Some(agent) = agent {
-        let name = &policy.agent(agent).name;
-        tracing::Span::current().record("agent.id", name.as_str());
-        record.agent = Some(name.clone());
-    }
-    let routed = match route(&parts_request(&parts)) {
-        Ok(routed) => routed,
-        Err(e) => {
-            record.path = Some(parts.uri.path().to_owned());
-            tracing::info!(error = %e, "request not routable");
-            return Err(if agent.is_none() {
-                Reason::UnknownAgent
-            } else {
-                Reason::MalformedRequest
-            });
-        }
-    };
-    record.mode = Some(routed.mode.as_str().to_owned());
-    let (target, path) = match &routed.destination {
-        Destination::Route { route, path } => {
-            // Until a scope is known, the record keeps the route the agent tried.
-            record.path = Some(format!("/{route}{path}"));
-            (Target::Route(route), path.as_str())
-        }
-        Destination::Host { host, port, path } => {
-            record.host = Some(host.clone());
-            record.path = Some(path.clone());
-            (Target::Host { host, port: *port }, path.as_str())
-        }
-        Destination::Connect { host, .. } => {
-            record.host = Some(host.clone());
-            return Err(if agent.is_none() {
-                Reason::UnknownAgent
-            } else {
-                Reason::ConnectNotSupported
-            });
-        }
-    };
-    let call = Call {
-        peer: &peer.identity.names,
-        target,
-        method: parts.method.as_str(),
-        path,
-    };
-    let decision = decide(&call, policy);
-    describe(&decision, policy, record);
-    if decision.scope().is_some() && matches!(target, Target::Route(_)) {
-        // Inside a scope, the record holds the path the rules matched.
-        record.path = Some(path.to_owned());
-    }
-    let permit = Permitted::new(policy, &decision).ok_or(decision.reason())?;
-    let scope = permit.scope();
-    // The path the upstream sees: the base path joined with the path below
-    // the route, or the agent's full path in forward-proxy mode.
-    let upstream_path = encode_path(&match target {
-        Target::Route(_) => format!("{}{path}", scope.upstream.base_path),
-        Target::Host { .. } => path.to_owned(),
-    });
-
-    // Prepare the upstream request head; a credential that cannot be injected
-    // is a refusal, recorded as such, before anything leaves.
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::HOST);
-    if let Some(credential) = &scope.credential {
-        record.credential_kind = Some(credential.kind().to_owned());
-        record.credential_ref = Some(credential.source.to_string());
-        credential.inject(&mut parts.headers).map_err(|e| {
-            tracing::warn!(error = %e, "credential not injected");
-            Reason::CredentialUnavailable
-        })?;
-    }
-    parts.uri = upstream_uri(&scope.upstream, &upstream_path, routed.query.as_deref())?;
-    parts.version = Version::HTTP_11;
-    Ok(Admitted { permit, parts })
-}
-
-/// A body-less request view of `parts`, for routing.
-fn parts_request(parts: &Parts) -> Request<()> {
-    let mut req = Request::new(());
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    req
-}
-
-/// Copies what the decision says into the record.
-fn describe(decision: &Decision, policy: &Policy, record: &mut DecisionRecord) {
-    if let Some(scope) = decision.scope().map(|id| policy.scope(id)) {
-        tracing::Span::current().record("scope.id", scope.name.as_str());
-        tracing::Span::current().record("upstream.host", scope.upstream.host.as_str());
-        record.scope = Some(scope.name.clone());
-        record.host = Some(scope.upstream.host.clone());
-    }
-    record.rule = decision.rule().map(str::to_owned);
-    record.would_deny = decision.would_deny().map(|r| r.code().to_owned());
-}
-
 fn outcome_template(decision: &DecisionRecord) -> DecisionRecord {
     DecisionRecord {
         kind: kind::OUTCOME.to_owned(),
@@ -339,6 +266,7 @@ fn outcome_template(decision: &DecisionRecord) -> DecisionRecord {
         decision: decision.decision.clone(),
         credential_kind: decision.credential_kind.clone(),
         credential_ref: decision.credential_ref.clone(),
+        action: decision.action.clone(),
         policy_digest: decision.policy_digest.clone(),
         ..DecisionRecord::default()
     }

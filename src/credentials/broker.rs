@@ -1,0 +1,406 @@
+//! The broker: fetches and mints credentials through one cache, and records
+//! every fetch and every STS call in the decision log (kind `mint`).
+//!
+//! Its own AWS access uses the SDK's standard chain (environment, profile,
+//! container and instance metadata) and honours `AWS_ENDPOINT_URL` or the
+//! `--aws-endpoint-url` flag. The SDK's own retries are off: every STS call
+//! is made, retried and recorded here, so the log holds each one.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+use secrecy::SecretString;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use super::cache::{Cache, Entry};
+use super::sts::{self, AwsCredential, AwsSession, MINT_ATTEMPTS};
+use super::{CredentialError, SecretSource, SecretValue, SecretsManagerRef};
+use crate::audit::{AuditLog, DecisionRecord, kind};
+use crate::error::Reason;
+
+/// How the broker reaches AWS.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerConfig {
+    /// An endpoint for every AWS service (moto, LocalStack); the SDK's
+    /// default resolution (including `AWS_ENDPOINT_URL`) when `None`.
+    pub endpoint_url: Option<String>,
+}
+
+/// Who a credential is fetched for: the call that needed it.
+#[derive(Debug, Clone)]
+pub struct MintContext {
+    /// The request that triggered the fetch.
+    pub request_id: String,
+    /// The agent's name.
+    pub agent: String,
+    /// The run id, when a run token named one.
+    pub run: Option<String>,
+    /// The scope's name.
+    pub scope: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct AwsKey {
+    role_arn: String,
+    session_policy_digest: String,
+    agent: String,
+    run: Option<String>,
+    external_id: Option<String>,
+    tags: Option<String>,
+}
+
+#[derive(Debug)]
+struct Clients {
+    sts: aws_sdk_sts::Client,
+    secrets: aws_sdk_secretsmanager::Client,
+}
+
+/// Fetches secrets and mints STS credentials, each through the cache.
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    clients: OnceCell<Arc<Clients>>,
+    secrets: Cache<SecretsManagerRef, SecretString>,
+    sessions: Cache<AwsKey, AwsSession>,
+    audit: AuditLog,
+}
+
+impl Broker {
+    /// A broker that records into `audit`. AWS clients are made on first use.
+    pub fn new(config: BrokerConfig, audit: AuditLog) -> Broker {
+        Broker {
+            config,
+            clients: OnceCell::new(),
+            secrets: Cache::default(),
+            sessions: Cache::default(),
+            audit,
+        }
+    }
+
+    /// The cache counters for STS sessions (hits, misses, mints).
+    pub fn session_stats(&self) -> &super::cache::CacheStats {
+        self.sessions.stats()
+    }
+
+    /// The cache counters for fetched secrets.
+    pub fn secret_stats(&self) -> &super::cache::CacheStats {
+        self.secrets.stats()
+    }
+
+    /// A secret's value: read at load, or fetched through the cache.
+    pub async fn secret(
+        self: &Arc<Self>,
+        credential: &SecretValue,
+        ctx: &MintContext,
+    ) -> Result<Arc<SecretString>, CredentialError> {
+        let sm = match &credential.source {
+            SecretSource::SecretsManager(sm) => sm.clone(),
+            other => {
+                return credential
+                    .loaded()
+                    .cloned()
+                    .map(Arc::new)
+                    .ok_or_else(|| CredentialError::Missing(other.to_string()));
+            }
+        };
+        let broker = Arc::clone(self);
+        let timing = credential.timing;
+        let ctx = ctx.clone();
+        let key = sm.clone();
+        self.secrets
+            .get(&key, move || {
+                let broker = Arc::clone(&broker);
+                let sm = sm.clone();
+                let ctx = ctx.clone();
+                async move {
+                    let value = broker.fetch_secret(&sm, &ctx).await?;
+                    let now = Instant::now();
+                    Ok(Entry {
+                        value: Arc::new(value),
+                        refresh_at: now + timing.ttl,
+                        fresh_until: now + timing.ttl,
+                        usable_until: now + timing.ttl + timing.grace,
+                    })
+                }
+            })
+            .await
+    }
+
+    /// STS credentials for an agent in a scope, minted or cached.
+    pub async fn aws(
+        self: &Arc<Self>,
+        credential: &AwsCredential,
+        ctx: &MintContext,
+    ) -> Result<Arc<AwsSession>, CredentialError> {
+        let tags = credential
+            .session_tags
+            .then(|| sts::session_tags(&ctx.agent, &ctx.scope, ctx.run.as_deref()));
+        let key = AwsKey {
+            role_arn: credential.role_arn.clone(),
+            session_policy_digest: credential.session_policy_digest.clone(),
+            agent: ctx.agent.clone(),
+            run: ctx.run.clone(),
+            external_id: credential.external_id.clone(),
+            tags: tags.as_ref().map(|t| format!("{t:?}")),
+        };
+        let broker = Arc::clone(self);
+        let credential = credential.clone();
+        let ctx = ctx.clone();
+        self.sessions
+            .get(&key, move || {
+                let broker = Arc::clone(&broker);
+                let credential = credential.clone();
+                let ctx = ctx.clone();
+                async move {
+                    let session = broker.mint(&credential, &ctx).await?;
+                    let left = session
+                        .expiration
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
+                    let now = Instant::now();
+                    Ok(Entry {
+                        value: Arc::new(session),
+                        refresh_at: now + left.saturating_sub(credential.refresh_margin),
+                        fresh_until: now + left.saturating_sub(credential.safety_margin),
+                        usable_until: now + left.saturating_sub(credential.safety_margin),
+                    })
+                }
+            })
+            .await
+    }
+
+    async fn clients(&self) -> Arc<Clients> {
+        let clients = self
+            .clients
+            .get_or_init(|| async {
+                let http = aws_smithy_http_client::Builder::new()
+                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                    ))
+                    .build_https();
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .http_client(http)
+                    .retry_config(aws_config::retry::RetryConfig::disabled())
+                    .timeout_config(
+                        aws_config::timeout::TimeoutConfig::builder()
+                            .connect_timeout(Duration::from_secs(3))
+                            .operation_attempt_timeout(Duration::from_secs(10))
+                            .build(),
+                    );
+                if let Some(url) = &self.config.endpoint_url {
+                    loader = loader.endpoint_url(url);
+                }
+                let mut shared = loader.load().await;
+                if shared.region().is_none() {
+                    // STS and Secrets Manager need a region to sign; the
+                    // global partition's default stands in when none is set.
+                    shared = shared
+                        .into_builder()
+                        .region(aws_config::Region::from_static("us-east-1"))
+                        .build();
+                }
+                Arc::new(Clients {
+                    sts: aws_sdk_sts::Client::new(&shared),
+                    secrets: aws_sdk_secretsmanager::Client::new(&shared),
+                })
+            })
+            .await;
+        Arc::clone(clients)
+    }
+
+    async fn fetch_secret(
+        &self,
+        sm: &SecretsManagerRef,
+        ctx: &MintContext,
+    ) -> Result<SecretString, CredentialError> {
+        let started = Instant::now();
+        let reference = SecretSource::SecretsManager(sm.clone()).to_string();
+        let clients = self.clients().await;
+        let result = clients
+            .secrets
+            .get_secret_value()
+            .secret_id(&sm.id)
+            .set_version_stage(sm.version_stage.clone())
+            .send()
+            .await;
+        let fail = |message: String| CredentialError::Fetch {
+            source_ref: reference.clone(),
+            message,
+        };
+        let outcome = match result {
+            Ok(output) => {
+                let version = output.version_id().unwrap_or("-").to_owned();
+                match output.secret_string() {
+                    None => Err(fail("the secret has no string value".into())),
+                    Some(text) => select_json_key(text, sm.json_key.as_deref())
+                        .map(|value| (value, version))
+                        .map_err(fail),
+                }
+            }
+            Err(e) => Err(fail(sdk_error_text(&e))),
+        };
+        let mut record = self.mint_record(ctx, "secret", started);
+        match &outcome {
+            Ok((_, version)) => {
+                record.credential_ref = Some(format!("{reference}?version={version}"));
+                record.decision = Some("allow".into());
+                record.reason = Reason::Allowed.code().into();
+            }
+            Err(e) => {
+                record.credential_ref = Some(reference.clone());
+                record.detail = Some(e.to_string());
+            }
+        }
+        self.audit.append(record);
+        outcome.map(|(value, _)| value)
+    }
+
+    async fn mint(
+        &self,
+        credential: &AwsCredential,
+        ctx: &MintContext,
+    ) -> Result<AwsSession, CredentialError> {
+        let clients = self.clients().await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let mut call = clients
+                .sts
+                .assume_role()
+                .role_arn(&credential.role_arn)
+                .role_session_name(sts::session_name(&ctx.agent))
+                .duration_seconds(i32::try_from(credential.duration.as_secs()).unwrap_or(900))
+                .policy(&credential.session_policy)
+                .set_external_id(credential.external_id.clone());
+            if credential.session_tags {
+                for (key, value) in sts::session_tags(&ctx.agent, &ctx.scope, ctx.run.as_deref()) {
+                    let tag = aws_sdk_sts::types::Tag::builder()
+                        .key(key)
+                        .value(value)
+                        .build()
+                        .map_err(|e| CredentialError::Signing(e.to_string()))?;
+                    call = call.tags(tag);
+                }
+            }
+            let result = call.send().await;
+            let mut record = self.mint_record(ctx, "aws", started);
+            record.detail = Some(format!(
+                "assume-role {} attempt {attempt}",
+                credential.role_arn
+            ));
+            let (retry, error) = match result {
+                Ok(output) => match session_from(output.credentials()) {
+                    Some(session) => {
+                        record.credential_ref = Some(session.access_key_id.clone());
+                        record.decision = Some("allow".into());
+                        record.reason = Reason::Allowed.code().into();
+                        self.audit.append(record);
+                        return Ok(session);
+                    }
+                    None => (false, "STS answered without credentials".to_owned()),
+                },
+                Err(e) => (retryable(&e), sdk_error_text(&e)),
+            };
+            record.credential_ref = Some(credential.role_arn.clone());
+            record.detail = Some(format!(
+                "assume-role {} attempt {attempt}: {error}",
+                credential.role_arn
+            ));
+            self.audit.append(record);
+            if !retry || attempt >= MINT_ATTEMPTS {
+                return Err(CredentialError::Fetch {
+                    source_ref: credential.role_arn.clone(),
+                    message: error,
+                });
+            }
+            tokio::time::sleep(sts::backoff(attempt, random_u32())).await;
+        }
+    }
+
+    fn mint_record(&self, ctx: &MintContext, credential_kind: &str, started: Instant) -> DecisionRecord {
+        let mut record = DecisionRecord::new(kind::MINT, &ctx.request_id);
+        record.agent = Some(ctx.agent.clone());
+        record.run_id = ctx.run.clone();
+        record.scope = Some(ctx.scope.clone());
+        record.credential_kind = Some(credential_kind.to_owned());
+        record.decision = Some("deny".into());
+        record.reason = Reason::CredentialUnavailable.code().into();
+        record.duration_ms = Some(i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX));
+        record
+    }
+}
+
+/// The secret string, or one key of it when it is a JSON object.
+fn select_json_key(text: &str, key: Option<&str>) -> Result<SecretString, String> {
+    let Some(key) = key else {
+        return Ok(SecretString::from(text.to_owned()));
+    };
+    // The parser's message could quote the value; it is never passed on.
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|_| "the secret is not a JSON object".to_owned())?;
+    match value.get(key) {
+        Some(serde_json::Value::String(s)) => Ok(SecretString::from(s.clone())),
+        Some(serde_json::Value::Number(n)) => Ok(SecretString::from(n.to_string())),
+        Some(_) => Err(format!("key `{key}` of the secret is not a string")),
+        None => Err(format!("the secret has no key `{key}`")),
+    }
+}
+
+fn session_from(credentials: Option<&aws_sdk_sts::types::Credentials>) -> Option<AwsSession> {
+    let c = credentials?;
+    let expiration = SystemTime::try_from(*c.expiration()).ok()?;
+    Some(AwsSession {
+        access_key_id: c.access_key_id().to_owned(),
+        secret_access_key: SecretString::from(c.secret_access_key().to_owned()),
+        session_token: SecretString::from(c.session_token().to_owned()),
+        expiration,
+    })
+}
+
+/// Throttling, server errors and transport failures are worth another try;
+/// a refusal (access denied, bad role) is not.
+fn retryable<E: ProvideErrorMetadata, R>(e: &aws_sdk_sts::error::SdkError<E, R>) -> bool {
+    use aws_sdk_sts::error::SdkError;
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => true,
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or_default();
+            code.contains("Throttl")
+                || code == "RequestLimitExceeded"
+                || code == "ServiceUnavailable"
+                || code == "InternalFailure"
+                || code == "IDPCommunicationError"
+        }
+        SdkError::ResponseError(_) => true,
+        _ => false,
+    }
+}
+
+/// An SDK error as text: its code and message (AWS error messages name
+/// resources, never secret values), or the kind of transport failure.
+fn sdk_error_text<E: ProvideErrorMetadata + std::error::Error, R>(
+    e: &aws_sdk_sts::error::SdkError<E, R>,
+) -> String {
+    use aws_sdk_sts::error::SdkError;
+    match e {
+        SdkError::ServiceError(service) => format!(
+            "{}: {}",
+            service.err().code().unwrap_or("error"),
+            service.err().message().unwrap_or("no message")
+        ),
+        SdkError::TimeoutError(_) => "timed out".into(),
+        SdkError::DispatchFailure(_) => "could not reach the service".into(),
+        SdkError::ResponseError(_) => "unreadable response".into(),
+        _ => "request could not be built".into(),
+    }
+}
+
+fn random_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    // The jitter needs no strength; a failed draw means no jitter.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    u32::from_le_bytes(bytes)
+}

@@ -1,0 +1,162 @@
+//! SigV4 re-signing of an agent's AWS request with minted credentials.
+//!
+//! The agent signs with whatever dummy key its SDK holds; clawgate removes
+//! that signature and everything tied to it, then signs the request as it
+//! will leave (final URI, final headers) with the scope's STS session.
+//!
+//! Invariants: the agent's `Authorization`, `X-Amz-Security-Token`,
+//! `X-Amz-Date` and `X-Amz-Content-Sha256` never reach the upstream; the
+//! session's secret key and token are only read to sign, and the token goes
+//! out marked sensitive.
+
+use std::time::SystemTime;
+
+use aws_sigv4::http_request::{
+    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+    UriPathNormalizationMode, sign,
+};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use secrecy::ExposeSecret;
+
+use super::CredentialError;
+use super::sts::AwsSession;
+
+/// The headers an agent's own signature leaves behind.
+pub const AGENT_SIGNING_HEADERS: [&str; 5] = [
+    "authorization",
+    "x-amz-security-token",
+    "x-amz-date",
+    "x-amz-content-sha256",
+    // Meaningless once clawgate holds the body, and a header a hop may drop.
+    "expect",
+];
+
+/// The payload as the signature covers it.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    /// A body read whole: its hash is signed.
+    Bytes(&'a [u8]),
+    /// A streamed body, not covered by the signature (S3 only, where allowed).
+    Unsigned,
+    /// An `aws-chunked` body with unsigned trailing checksums (S3 only).
+    StreamingUnsignedTrailer,
+}
+
+/// The service and region a host names, for AWS endpoints of the forms
+/// `service.region.amazonaws.com`, `bucket.s3.region.amazonaws.com`,
+/// `s3.amazonaws.com`, `service.amazonaws.com` (global, us-east-1).
+pub fn service_and_region(host: &str) -> Option<(String, String)> {
+    let stem = host
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| host.strip_suffix(".amazonaws.com.cn"))?;
+    let labels: Vec<&str> = stem.split('.').collect();
+    // Virtual-hosted S3: everything before the `s3` label is the bucket.
+    if let Some(i) = labels
+        .iter()
+        .position(|l| *l == "s3" || l.starts_with("s3-"))
+    {
+        let region = labels
+            .get(i + 1)
+            .filter(|r| **r != "dualstack")
+            .or_else(|| labels.get(i + 2))
+            .map_or("us-east-1", |r| r);
+        let region = labels[i].strip_prefix("s3-").unwrap_or(region);
+        return Some(("s3".into(), region.to_owned()));
+    }
+    match labels.as_slice() {
+        [service] => Some(((*service).to_owned(), "us-east-1".into())),
+        [service, region, ..] => Some(((*service).to_owned(), (*region).to_owned())),
+        [] => None,
+    }
+}
+
+/// What a signature is made for: the service, the region, and the time.
+#[derive(Debug, Clone)]
+pub struct SigningScope {
+    /// The signing name of the service (`s3`, `dynamodb`).
+    pub service: String,
+    /// The region (`us-east-1`).
+    pub region: String,
+    /// The signing time.
+    pub time: SystemTime,
+}
+
+/// Removes the agent's signature and signs the request anew.
+pub fn resign(
+    method: &Method,
+    uri: &Uri,
+    headers: &mut HeaderMap,
+    payload: Payload<'_>,
+    session: &AwsSession,
+    scope: &SigningScope,
+) -> Result<(), CredentialError> {
+    let service = scope.service.as_str();
+    for name in AGENT_SIGNING_HEADERS {
+        headers.remove(name);
+    }
+    let is_s3 = service == "s3";
+    let mut settings = SigningSettings::default();
+    if is_s3 {
+        // S3 signs the path as sent, encoded once, and wants the body hash
+        // in a header of its own.
+        settings.percent_encoding_mode = PercentEncodingMode::Single;
+        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    }
+    let body = match payload {
+        Payload::Bytes(bytes) => SignableBody::Bytes(bytes),
+        Payload::Unsigned if is_s3 => SignableBody::UnsignedPayload,
+        Payload::StreamingUnsignedTrailer if is_s3 => SignableBody::StreamingUnsignedPayloadTrailer,
+        _ => {
+            return Err(CredentialError::Signing(format!(
+                "service `{service}` needs the body hashed into the signature"
+            )));
+        }
+    };
+    let identity: Identity = aws_credential_types::Credentials::new(
+        session.access_key_id.clone(),
+        session.secret_access_key.expose_secret().to_owned(),
+        Some(session.session_token.expose_secret().to_owned()),
+        Some(session.expiration),
+        "clawgate",
+    )
+    .into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(&scope.region)
+        .name(service)
+        .time(scope.time)
+        .settings(settings)
+        .build()
+        .map_err(|e| CredentialError::Signing(e.to_string()))?
+        .into();
+    let header_list: Vec<(&str, &str)> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+        .collect();
+    let signable = SignableRequest::new(
+        method.as_str(),
+        uri.to_string(),
+        header_list.into_iter(),
+        body,
+    )
+    .map_err(|e| CredentialError::Signing(e.to_string()))?;
+    let (instructions, _signature) = sign(signable, &params)
+        .map_err(|e| CredentialError::Signing(e.to_string()))?
+        .into_parts();
+    let (new_headers, _params) = instructions.into_parts();
+    for header in new_headers {
+        let name = HeaderName::from_static(header.name());
+        let mut value = HeaderValue::from_str(header.value())
+            .map_err(|_| CredentialError::Signing("signature is not a header value".into()))?;
+        value.set_sensitive(header.sensitive() || name == "authorization");
+        headers.insert(name, value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "sigv4_tests.rs"]
+mod tests;

@@ -1,0 +1,467 @@
+//! Admission: everything between receiving a request and sending it on.
+//!
+//! In order, because each step needs the one before:
+//! 1. identity, then routing (a call from an unknown agent learns nothing);
+//! 2. for a scope with an `aws` credential, the IAM action (which may need
+//!    the first bytes of a form body);
+//! 3. `decide`;
+//! 4. sentinels: a placeholder headed to a host it is not bound to refuses
+//!    the call; bound ones are swapped for their values;
+//! 5. the scope's credential: a secret injected, or the request re-signed
+//!    with minted STS credentials (last, since the signature covers the
+//!    final headers and body).
+//!
+//! Nothing here sends anything upstream; the caller records the decision
+//! first. Every failure is a [`Reason`], and the record says what was known.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Request, Version, header};
+use http_body_util::BodyExt;
+
+use crate::audit::DecisionRecord;
+use crate::body::{Prefix, ProxyBody};
+use crate::credentials::sentinel::Found;
+use crate::credentials::sigv4::{self, Payload, SigningScope};
+use crate::credentials::{Broker, Credential, MintContext};
+use crate::error::Reason;
+use crate::forward::{strip_hop_by_hop, upstream_uri};
+use crate::policy::aws::{AwsRequest, RequestView, classify};
+use crate::policy::{Call, Decision, Permitted, Policy, Scope, Target, decide};
+use crate::route::{Destination, encode_path, route};
+
+use super::Peer;
+
+/// How many bytes of a body clawgate reads before deciding.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Bodies are scanned for sentinel placeholders up to this many bytes.
+    pub sentinel_scan: usize,
+    /// A form body is read up to this many bytes to find an AWS `Action`.
+    pub aws_form: usize,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits {
+            sentinel_scan: 1024 * 1024,
+            aws_form: 64 * 1024,
+        }
+    }
+}
+
+/// A call that may go upstream: the permit and the prepared request.
+pub(super) struct Admitted {
+    pub permit: Permitted,
+    pub request: Request<ProxyBody>,
+}
+
+/// The request body as admission holds it: untouched, or read in part.
+enum Held {
+    Stream(ProxyBody),
+    Read(Prefix),
+}
+
+impl Held {
+    async fn read(self, limit: usize) -> Result<Prefix, Reason> {
+        match self {
+            Held::Read(prefix) => Ok(prefix),
+            Held::Stream(body) => Prefix::read(body, limit).await.map_err(|e| {
+                tracing::info!(error = %e, "request body could not be read");
+                Reason::MalformedRequest
+            }),
+        }
+    }
+
+    fn into_body(self) -> ProxyBody {
+        match self {
+            Held::Stream(body) => body,
+            Held::Read(prefix) => Prefix::into_body(prefix.bytes, prefix.rest, prefix.trailers),
+        }
+    }
+}
+
+/// Everything admission needs besides the request.
+pub(super) struct Admission<'a> {
+    pub peer: &'a Peer,
+    pub policy: &'a Arc<Policy>,
+    pub broker: &'a Arc<Broker>,
+    pub limits: BodyLimits,
+    pub request_id: &'a str,
+}
+
+impl Admission<'_> {
+    /// Routes, identifies and adjudicates a call, then prepares it for the
+    /// upstream. Fills in the record as it learns things.
+    pub async fn admit(
+        &self,
+        mut parts: Parts,
+        body: ProxyBody,
+        record: &mut DecisionRecord,
+    ) -> Result<Admitted, Reason> {
+        let policy = self.policy;
+        // Identity first: a call from an unknown agent learns nothing about
+        // routes, and resolves no name.
+        let agent = policy.agent_for(&self.peer.identity.names);
+        if let Some(agent) = agent {
+            let name = &policy.agent(agent).name;
+            tracing::Span::current().record("agent.id", name.as_str());
+            record.agent = Some(name.clone());
+        }
+        let routed = match route(&parts_request(&parts)) {
+            Ok(routed) => routed,
+            Err(e) => {
+                record.path = Some(parts.uri.path().to_owned());
+                tracing::info!(error = %e, "request not routable");
+                return Err(if agent.is_none() {
+                    Reason::UnknownAgent
+                } else {
+                    Reason::MalformedRequest
+                });
+            }
+        };
+        record.mode = Some(routed.mode.as_str().to_owned());
+        let (target, path) = match &routed.destination {
+            Destination::Route { route, path } => {
+                // Until a scope is known, the record keeps the route the agent tried.
+                record.path = Some(format!("/{route}{path}"));
+                (Target::Route(route), path.as_str())
+            }
+            Destination::Host { host, port, path } => {
+                record.host = Some(host.clone());
+                record.path = Some(path.clone());
+                (Target::Host { host, port: *port }, path.as_str())
+            }
+            Destination::Connect { host, .. } => {
+                record.host = Some(host.clone());
+                return Err(if agent.is_none() {
+                    Reason::UnknownAgent
+                } else {
+                    Reason::ConnectNotSupported
+                });
+            }
+        };
+        let mut query = routed.query.clone();
+        let mut held = Held::Stream(body);
+
+        // An AWS scope decides on the IAM action, which may sit in the body.
+        let aws_scope = agent
+            .and_then(|a| policy.scope_for(a, target))
+            .map(|id| policy.scope(id))
+            .filter(|scope| scope.aws().is_some());
+        let upstream_path = |scope: &Scope| match target {
+            Target::Route(_) => format!("{}{path}", scope.upstream.base_path),
+            Target::Host { .. } => path.to_owned(),
+        };
+        let aws_request = match aws_scope {
+            Some(scope) => {
+                let (mapped, read) = self
+                    .aws_request(scope, &parts, &upstream_path(scope), query.as_deref(), held)
+                    .await?;
+                held = read;
+                record.action = mapped.as_ref().map(|m| m.action.clone());
+                mapped
+            }
+            None => None,
+        };
+
+        let call = Call {
+            peer: &self.peer.identity.names,
+            target,
+            method: parts.method.as_str(),
+            path,
+            aws: aws_request.as_ref(),
+        };
+        let decision = decide(&call, policy);
+        describe(&decision, policy, record);
+        if decision.scope().is_some() && matches!(target, Target::Route(_)) {
+            // Inside a scope, the record holds the path the rules matched.
+            record.path = Some(path.to_owned());
+        }
+        let permit = Permitted::new(policy, &decision).ok_or(decision.reason())?;
+        let scope = permit.scope();
+        let upstream_path = encode_path(&upstream_path(scope));
+
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::HOST);
+        let ctx = MintContext {
+            request_id: self.request_id.to_owned(),
+            agent: record.agent.clone().unwrap_or_default(),
+            run: record.run_id.clone(),
+            scope: scope.name.clone(),
+        };
+        held = self
+            .swap_sentinels(scope, &mut parts, &mut query, held, &ctx, record)
+            .await?;
+
+        if let Some(credential) = &scope.credential {
+            record.credential_kind = Some(credential.kind().to_owned());
+            record.credential_ref = Some(credential.reference());
+        }
+        if let Some(Credential::Secret(secret)) = scope.credential.as_deref() {
+            let value = self.broker.secret(&secret.value, &ctx).await.map_err(|e| {
+                tracing::warn!(error = %e, "credential not available");
+                Reason::CredentialUnavailable
+            })?;
+            secret
+                .inject(&value, &mut parts.headers, &mut query)
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "credential not injected");
+                    Reason::CredentialUnavailable
+                })?;
+        }
+        parts.uri = upstream_uri(&scope.upstream, &upstream_path, query.as_deref())?;
+        parts.version = Version::HTTP_11;
+        if let Some(aws) = scope.aws() {
+            held = self.resign(scope, aws, &ctx, &mut parts, held, record).await?;
+        }
+        Ok(Admitted {
+            permit,
+            request: Request::from_parts(parts, held.into_body()),
+        })
+    }
+
+    /// Maps the request to its IAM action, reading a form body if the
+    /// action may be in it.
+    async fn aws_request(
+        &self,
+        scope: &Scope,
+        parts: &Parts,
+        path: &str,
+        query: Option<&str>,
+        held: Held,
+    ) -> Result<(Option<AwsRequest>, Held), Reason> {
+        let Some((service, _)) = scope.signing() else {
+            return Ok((None, held));
+        };
+        let is_form = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        let held = if is_form && parts.method == http::Method::POST {
+            Held::Read(held.read(self.limits.aws_form).await?)
+        } else {
+            held
+        };
+        let form_body = match &held {
+            Held::Read(prefix) if prefix.is_complete() => Some(&prefix.bytes[..]),
+            _ => None,
+        };
+        let view = RequestView {
+            method: parts.method.as_str(),
+            path,
+            query,
+            target: parts
+                .headers
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok()),
+            form_body,
+            host: &scope.upstream.host,
+            service: &service,
+        };
+        Ok((classify(&view), held))
+    }
+
+    /// Refuses a call carrying a placeholder bound elsewhere; swaps bound
+    /// placeholders for their values in headers, query and body prefix.
+    async fn swap_sentinels(
+        &self,
+        scope: &Scope,
+        parts: &mut Parts,
+        query: &mut Option<String>,
+        held: Held,
+        ctx: &MintContext,
+        record: &mut DecisionRecord,
+    ) -> Result<Held, Reason> {
+        let sentinels = self.policy.sentinels();
+        if sentinels.is_empty() {
+            return Ok(held);
+        }
+        let mut found = Found::new();
+        for value in parts.headers.values() {
+            sentinels.scan(value.as_bytes(), &mut found);
+        }
+        if let Some(q) = query.as_deref() {
+            sentinels.scan(q.as_bytes(), &mut found);
+            // A placeholder may arrive percent-encoded in a query.
+            let decoded: Vec<u8> = percent_decode(q.as_bytes());
+            sentinels.scan(&decoded, &mut found);
+        }
+        let has_body = !matches!(&held, Held::Stream(b) if http_body::Body::is_end_stream(b));
+        let held = if has_body {
+            Held::Read(held.read(self.limits.sentinel_scan).await?)
+        } else {
+            held
+        };
+        if let Held::Read(prefix) = &held {
+            sentinels.scan(&prefix.bytes, &mut found);
+        }
+        if found.is_empty() {
+            return Ok(held);
+        }
+        let names: Vec<&str> = found.iter().map(|&i| sentinels.get(i).name.as_str()).collect();
+        record.detail = Some(format!("sentinels: {}", names.join(", ")));
+        if let Some(misdirected) = sentinels.misdirected(&found, &scope.upstream.host) {
+            tracing::warn!(sentinel = %misdirected.name, "sentinel headed to a host it is not bound to");
+            return Err(Reason::SentinelMisdirected);
+        }
+        let mut values = vec![None; sentinels.all().len()];
+        for &i in &found {
+            let value = self
+                .broker
+                .secret(&sentinels.get(i).value, ctx)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "sentinel value not available");
+                    Reason::CredentialUnavailable
+                })?;
+            values[i] = Some(value);
+        }
+        let names_for_headers: Vec<_> = parts.headers.keys().cloned().collect();
+        for name in names_for_headers {
+            let rewritten: Vec<HeaderValue> = parts
+                .headers
+                .get_all(&name)
+                .iter()
+                .map(|v| {
+                    let bytes = sentinels.replace(v.as_bytes(), &values, str::to_owned);
+                    let mut out =
+                        HeaderValue::from_bytes(&bytes).map_err(|_| Reason::CredentialUnavailable)?;
+                    out.set_sensitive(bytes.len() != v.len() || v.is_sensitive());
+                    Ok(out)
+                })
+                .collect::<Result<_, Reason>>()?;
+            parts.headers.remove(&name);
+            for value in rewritten {
+                parts.headers.append(name.clone(), value);
+            }
+        }
+        if let Some(q) = query.as_mut() {
+            let bytes = sentinels.replace(q.as_bytes(), &values, encode_query_value);
+            *q = String::from_utf8(bytes).map_err(|_| Reason::MalformedRequest)?;
+        }
+        let Held::Read(prefix) = held else {
+            return Ok(held);
+        };
+        let replaced = Bytes::from(sentinels.replace(&prefix.bytes, &values, str::to_owned));
+        let delta = replaced.len() as i64 - prefix.bytes.len() as i64;
+        if prefix.is_complete() {
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(replaced.len()));
+        } else if let Some(length) = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+        {
+            let adjusted = u64::try_from(length + delta).map_err(|_| Reason::MalformedRequest)?;
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(adjusted));
+        }
+        Ok(Held::Read(Prefix {
+            bytes: replaced,
+            rest: prefix.rest,
+            trailers: prefix.trailers,
+        }))
+    }
+
+    /// Re-signs the prepared request with the scope's STS session.
+    async fn resign(
+        &self,
+        scope: &Scope,
+        aws: &crate::credentials::AwsCredential,
+        ctx: &MintContext,
+        parts: &mut Parts,
+        held: Held,
+        record: &mut DecisionRecord,
+    ) -> Result<Held, Reason> {
+        let (service, region) = scope.signing().ok_or(Reason::CredentialUnavailable)?;
+        let agent_payload = parts
+            .headers
+            .get("x-amz-content-sha256")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if agent_payload.as_deref() == Some("STREAMING-AWS4-HMAC-SHA256-PAYLOAD") {
+            // Chunk signatures chain from the agent's own key: they cannot be
+            // re-signed without re-framing the body.
+            tracing::info!("signed streaming payloads cannot be re-signed");
+            return Err(Reason::MalformedRequest);
+        }
+        let limit = usize::try_from(aws.max_signed_body).unwrap_or(usize::MAX);
+        let prefix = held.read(limit).await?;
+        let session = self.broker.aws(aws, ctx).await.map_err(|e| {
+            tracing::warn!(error = %e, "aws credentials not available");
+            Reason::CredentialUnavailable
+        })?;
+        record.credential_ref = Some(session.access_key_id.clone());
+        let payload = match (&agent_payload, prefix.is_complete()) {
+            (Some(p), _) if p == "STREAMING-UNSIGNED-PAYLOAD-TRAILER" && aws.unsigned_payload => {
+                Payload::StreamingUnsignedTrailer
+            }
+            (Some(p), _) if p == "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => {
+                tracing::info!("streamed trailer payloads need `unsigned_payload` in the scope");
+                return Err(Reason::MalformedRequest);
+            }
+            (_, true) => Payload::Bytes(&prefix.bytes),
+            (_, false) if aws.unsigned_payload && service == "s3" => Payload::Unsigned,
+            (_, false) => return Err(Reason::RequestTooLarge),
+        };
+        let signing = SigningScope {
+            service,
+            region,
+            time: SystemTime::now(),
+        };
+        let uri = parts.uri.clone();
+        sigv4::resign(&parts.method, &uri, &mut parts.headers, payload, &session, &signing).map_err(
+            |e| {
+                tracing::warn!(error = %e, "request not signed");
+                Reason::CredentialUnavailable
+            },
+        )?;
+        Ok(Held::Read(prefix))
+    }
+}
+
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    form_urlencoded::parse(bytes)
+        .flat_map(|(k, v)| {
+            let mut out = k.into_owned().into_bytes();
+            out.push(b'=');
+            out.extend_from_slice(v.as_bytes());
+            out.push(b'&');
+            out
+        })
+        .collect()
+}
+
+fn encode_query_value(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// A body-less request view of `parts`, for routing.
+fn parts_request(parts: &Parts) -> Request<()> {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    req
+}
+
+/// Copies what the decision says into the record.
+fn describe(decision: &Decision, policy: &Policy, record: &mut DecisionRecord) {
+    if let Some(scope) = decision.scope().map(|id| policy.scope(id)) {
+        tracing::Span::current().record("scope.id", scope.name.as_str());
+        tracing::Span::current().record("upstream.host", scope.upstream.host.as_str());
+        record.scope = Some(scope.name.clone());
+        record.host = Some(scope.upstream.host.clone());
+    }
+    record.rule = decision.rule().map(str::to_owned);
+    record.would_deny = decision.would_deny().map(|r| r.code().to_owned());
+}
+
+/// The agent's body, boxed for the upstream request.
+pub(super) fn boxed(body: hyper::body::Incoming) -> ProxyBody {
+    body.map_err(Into::into).boxed()
+}
