@@ -119,6 +119,7 @@ fn bench(c: &mut Criterion) {
                         target: Target::Route(&call.route),
                         method: call.method,
                         path: &call.path,
+                        aws: None,
                     }),
                     &policy,
                 ))

@@ -195,7 +195,11 @@ impl Prefix {
 
     /// The body again: `bytes` (perhaps rewritten), then the rest, then any
     /// trailers.
-    pub fn into_body(bytes: Bytes, rest: Option<ProxyBody>, trailers: Option<http::HeaderMap>) -> ProxyBody {
+    pub fn into_body(
+        bytes: Bytes,
+        rest: Option<ProxyBody>,
+        trailers: Option<http::HeaderMap>,
+    ) -> ProxyBody {
         use futures_util::StreamExt;
         use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
         if rest.is_none() && trailers.is_none() {
@@ -206,7 +210,8 @@ impl Prefix {
         let head = futures_util::stream::iter(
             (!bytes.is_empty()).then(|| Ok::<_, BoxError>(Frame::data(bytes))),
         );
-        let tail = futures_util::stream::iter(trailers.map(|t| Ok::<_, BoxError>(Frame::trailers(t))));
+        let tail =
+            futures_util::stream::iter(trailers.map(|t| Ok::<_, BoxError>(Frame::trailers(t))));
         match rest {
             None => BodyExt::boxed(StreamBody::new(head.chain(tail))),
             Some(rest) => BodyExt::boxed(StreamBody::new(

@@ -11,10 +11,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::audit::{AuditError, AuditLog, DecisionRecord, WriterHandle, kind};
+use crate::credentials::{Broker, BrokerConfig};
 use crate::error::Reason;
 use crate::forward::{ForwardError, Timeouts, Upstreams};
 use crate::listener::{self, ListenerError};
-use crate::credentials::{Broker, BrokerConfig};
 use crate::pipeline::vend::{self, VendListenError};
 use crate::pipeline::{BodyLimits, Pipeline};
 use crate::policy::{self, LoadError, LoadOptions};
@@ -147,7 +147,11 @@ pub async fn start(
     ));
     let (stop, stopped) = watch::channel(false);
     let vend_task = vend_listener.map(|listener| {
-        tokio::spawn(vend::serve(listener, Arc::clone(&pipeline), stopped.clone()))
+        tokio::spawn(vend::serve(
+            listener,
+            Arc::clone(&pipeline),
+            stopped.clone(),
+        ))
     });
     let task = tokio::spawn(listener::serve(
         listener,

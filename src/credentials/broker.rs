@@ -320,7 +320,12 @@ impl Broker {
         }
     }
 
-    fn mint_record(&self, ctx: &MintContext, credential_kind: &str, started: Instant) -> DecisionRecord {
+    fn mint_record(
+        &self,
+        ctx: &MintContext,
+        credential_kind: &str,
+        started: Instant,
+    ) -> DecisionRecord {
         let mut record = DecisionRecord::new(kind::MINT, &ctx.request_id);
         record.agent = Some(ctx.agent.clone());
         record.run_id = ctx.run.clone();

@@ -15,6 +15,8 @@ fn entry(value: u32, refresh: u64, fresh: u64, usable: u64) -> Entry<u32> {
     }
 }
 
+type Fetch = std::pin::Pin<Box<dyn Future<Output = Result<Entry<u32>, ()>> + Send>>;
+
 /// A source that counts its fetches and fails while `failing` is set.
 #[derive(Default)]
 struct Source {
@@ -26,10 +28,7 @@ impl Source {
     fn fetcher(
         self: &Arc<Self>,
         windows: (u64, u64, u64),
-    ) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<Entry<u32>, ()>> + Send>>
-    + Send
-    + Sync
-    + 'static {
+    ) -> impl Fn() -> Fetch + Send + Sync + 'static {
         let source = Arc::clone(self);
         move || {
             let source = Arc::clone(&source);
@@ -66,8 +65,14 @@ async fn concurrent_misses_make_one_fetch() {
 async fn keys_do_not_share_entries() {
     let cache: Cache<&str, u32> = Cache::default();
     let source = Arc::new(Source::default());
-    let a = cache.get(&"a", source.fetcher((60, 120, 180))).await.unwrap();
-    let b = cache.get(&"b", source.fetcher((60, 120, 180))).await.unwrap();
+    let a = cache
+        .get(&"a", source.fetcher((60, 120, 180)))
+        .await
+        .unwrap();
+    let b = cache
+        .get(&"b", source.fetcher((60, 120, 180)))
+        .await
+        .unwrap();
     assert_ne!(a, b);
 }
 
@@ -75,12 +80,30 @@ async fn keys_do_not_share_entries() {
 async fn refresh_ahead_serves_the_old_value_then_the_new() {
     let cache: Cache<&str, u32> = Cache::default();
     let source = Arc::new(Source::default());
-    assert_eq!(*cache.get(&"k", source.fetcher((10, 100, 100))).await.unwrap(), 1);
+    assert_eq!(
+        *cache
+            .get(&"k", source.fetcher((10, 100, 100)))
+            .await
+            .unwrap(),
+        1
+    );
     tokio::time::advance(Duration::from_secs(11)).await;
     // Past refresh_at: served at once, and a background fetch starts.
-    assert_eq!(*cache.get(&"k", source.fetcher((10, 100, 100))).await.unwrap(), 1);
+    assert_eq!(
+        *cache
+            .get(&"k", source.fetcher((10, 100, 100)))
+            .await
+            .unwrap(),
+        1
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(*cache.get(&"k", source.fetcher((10, 100, 100))).await.unwrap(), 2);
+    assert_eq!(
+        *cache
+            .get(&"k", source.fetcher((10, 100, 100)))
+            .await
+            .unwrap(),
+        2
+    );
     assert_eq!(source.calls.load(Ordering::SeqCst), 2);
 }
 
@@ -89,11 +112,17 @@ async fn grace_then_fail_closed() {
     let cache: Cache<&str, u32> = Cache::default();
     let source = Arc::new(Source::default());
     // Fresh for 10 s, usable for 30 s.
-    assert_eq!(*cache.get(&"k", source.fetcher((10, 10, 30))).await.unwrap(), 1);
+    assert_eq!(
+        *cache.get(&"k", source.fetcher((10, 10, 30))).await.unwrap(),
+        1
+    );
     source.failing.store(true, Ordering::SeqCst);
     tokio::time::advance(Duration::from_secs(15)).await;
     // The fetch fails; the old value is still within its grace.
-    assert_eq!(*cache.get(&"k", source.fetcher((10, 10, 30))).await.unwrap(), 1);
+    assert_eq!(
+        *cache.get(&"k", source.fetcher((10, 10, 30))).await.unwrap(),
+        1
+    );
     tokio::time::advance(Duration::from_secs(20)).await;
     assert!(cache.get(&"k", source.fetcher((10, 10, 30))).await.is_err());
     // Once the source recovers, the next call is served again.
@@ -105,11 +134,20 @@ async fn grace_then_fail_closed() {
 async fn a_failed_background_refresh_backs_off() {
     let cache: Cache<&str, u32> = Cache::default();
     let source = Arc::new(Source::default());
-    cache.get(&"k", source.fetcher((1, 100, 100))).await.unwrap();
+    cache
+        .get(&"k", source.fetcher((1, 100, 100)))
+        .await
+        .unwrap();
     source.failing.store(true, Ordering::SeqCst);
     tokio::time::advance(Duration::from_secs(2)).await;
     for _ in 0..20 {
-        assert_eq!(*cache.get(&"k", source.fetcher((1, 100, 100))).await.unwrap(), 1);
+        assert_eq!(
+            *cache
+                .get(&"k", source.fetcher((1, 100, 100)))
+                .await
+                .unwrap(),
+            1
+        );
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
     // One initial fetch, one failed refresh, then nothing until the back-off ends.

@@ -216,7 +216,9 @@ impl Admission<'_> {
         parts.uri = upstream_uri(&scope.upstream, &upstream_path, query.as_deref())?;
         parts.version = Version::HTTP_11;
         if let Some(aws) = scope.aws() {
-            held = self.resign(scope, aws, &ctx, &mut parts, held, record).await?;
+            held = self
+                .resign(scope, aws, &ctx, &mut parts, held, record)
+                .await?;
         }
         Ok(Admitted {
             permit,
@@ -303,7 +305,10 @@ impl Admission<'_> {
         if found.is_empty() {
             return Ok(held);
         }
-        let names: Vec<&str> = found.iter().map(|&i| sentinels.get(i).name.as_str()).collect();
+        let names: Vec<&str> = found
+            .iter()
+            .map(|&i| sentinels.get(i).name.as_str())
+            .collect();
         record.detail = Some(format!("sentinels: {}", names.join(", ")));
         if let Some(misdirected) = sentinels.misdirected(&found, &scope.upstream.host) {
             tracing::warn!(sentinel = %misdirected.name, "sentinel headed to a host it is not bound to");
@@ -329,8 +334,8 @@ impl Admission<'_> {
                 .iter()
                 .map(|v| {
                     let bytes = sentinels.replace(v.as_bytes(), &values, str::to_owned);
-                    let mut out =
-                        HeaderValue::from_bytes(&bytes).map_err(|_| Reason::CredentialUnavailable)?;
+                    let mut out = HeaderValue::from_bytes(&bytes)
+                        .map_err(|_| Reason::CredentialUnavailable)?;
                     out.set_sensitive(bytes.len() != v.len() || v.is_sensitive());
                     Ok(out)
                 })
@@ -350,7 +355,9 @@ impl Admission<'_> {
         let replaced = Bytes::from(sentinels.replace(&prefix.bytes, &values, str::to_owned));
         let delta = replaced.len() as i64 - prefix.bytes.len() as i64;
         if prefix.is_complete() {
-            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(replaced.len()));
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(replaced.len()));
         } else if let Some(length) = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -358,7 +365,9 @@ impl Admission<'_> {
             .and_then(|v| v.parse::<i64>().ok())
         {
             let adjusted = u64::try_from(length + delta).map_err(|_| Reason::MalformedRequest)?;
-            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(adjusted));
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(adjusted));
         }
         Ok(Held::Read(Prefix {
             bytes: replaced,
@@ -414,12 +423,18 @@ impl Admission<'_> {
             time: SystemTime::now(),
         };
         let uri = parts.uri.clone();
-        sigv4::resign(&parts.method, &uri, &mut parts.headers, payload, &session, &signing).map_err(
-            |e| {
-                tracing::warn!(error = %e, "request not signed");
-                Reason::CredentialUnavailable
-            },
-        )?;
+        sigv4::resign(
+            &parts.method,
+            &uri,
+            &mut parts.headers,
+            payload,
+            &session,
+            &signing,
+        )
+        .map_err(|e| {
+            tracing::warn!(error = %e, "request not signed");
+            Reason::CredentialUnavailable
+        })?;
         Ok(Held::Read(prefix))
     }
 }

@@ -190,9 +190,7 @@ impl Pipeline {
                 return refusal_response(Reason::AuditUnavailable, &request_id);
             }
             match (verdict, outcome) {
-                (Ok(admitted), Some(outcome)) => {
-                    self.forward(admitted, outcome, &request_id).await
-                }
+                (Ok(admitted), Some(outcome)) => self.forward(admitted, outcome, &request_id).await,
                 (Err(reason), _) => {
                     tracing::info!("call refused");
                     refusal_response(reason, &request_id)

@@ -128,9 +128,13 @@ impl Pipeline {
             "Expiration": expiration,
         })
         .to_string();
-        let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+        let mut response =
+            Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Ok(id) = HeaderValue::from_str(&request_id) {
             headers.insert(REQUEST_ID_HEADER, id);
@@ -172,7 +176,11 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, VendListenError> {
 }
 
 /// Serves vending requests named by token until `shutdown` changes.
-pub async fn serve(listener: TcpListener, pipeline: Arc<Pipeline>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    pipeline: Arc<Pipeline>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {

@@ -182,20 +182,24 @@ pub struct AwsRule {
 impl AwsRule {
     /// Whether the rule covers `request`.
     pub fn matches(&self, request: &AwsRequest) -> bool {
-        self.actions
-            .iter()
-            .any(|p| wildcard(&p.to_ascii_lowercase(), &request.action.to_ascii_lowercase()))
-            && match &request.resource {
-                Some(resource) => self.resources.iter().any(|p| wildcard(p, resource)),
-                // Without a resource, only a rule for every resource covers
-                // it; the session policy holds the finer limits.
-                None => self.resources.iter().any(|p| p == "*"),
-            }
+        self.actions.iter().any(|p| {
+            wildcard(
+                &p.to_ascii_lowercase(),
+                &request.action.to_ascii_lowercase(),
+            )
+        }) && match &request.resource {
+            Some(resource) => self.resources.iter().any(|p| wildcard(p, resource)),
+            // Without a resource, only a rule for every resource covers
+            // it; the session policy holds the finer limits.
+            None => self.resources.iter().any(|p| p == "*"),
+        }
     }
 
     /// Whether the rule allows every action on every resource.
     pub fn allows_everything(&self) -> bool {
-        self.allow && self.actions.iter().any(|a| a == "*") && self.resources.iter().any(|r| r == "*")
+        self.allow
+            && self.actions.iter().any(|a| a == "*")
+            && self.resources.iter().any(|r| r == "*")
     }
 }
 

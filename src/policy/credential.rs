@@ -36,7 +36,14 @@ pub(super) fn compile_credential(
     match c.kind.get_ref().as_str() {
         "secret" => {
             reject_fields(report, file, &aws_only_fields(c), "secret");
-            let value = compile_value(report, file, c.value_fields(), credential.span(), dir, options)?;
+            let value = compile_value(
+                report,
+                file,
+                c.value_fields(),
+                credential.span(),
+                dir,
+                options,
+            )?;
             let placement = compile_placement(report, file, c, credential.span())?;
             let format = match &c.format {
                 None => Format::parse("{}"),
@@ -83,15 +90,27 @@ fn aws_only_fields(c: &CredentialFile) -> Vec<(&'static str, std::ops::Range<usi
         }
     };
     note("role_arn", c.role_arn.as_ref().map(Spanned::span));
-    note("duration_minutes", c.duration_minutes.as_ref().map(Spanned::span));
-    note("refresh_margin", c.refresh_margin.as_ref().map(Spanned::span));
+    note(
+        "duration_minutes",
+        c.duration_minutes.as_ref().map(Spanned::span),
+    );
+    note(
+        "refresh_margin",
+        c.refresh_margin.as_ref().map(Spanned::span),
+    );
     note("safety_margin", c.safety_margin.as_ref().map(Spanned::span));
     note("external_id", c.external_id.as_ref().map(Spanned::span));
     note("session_tags", c.session_tags.as_ref().map(Spanned::span));
     note("service", c.service.as_ref().map(Spanned::span));
     note("region", c.region.as_ref().map(Spanned::span));
-    note("unsigned_payload", c.unsigned_payload.as_ref().map(Spanned::span));
-    note("max_signed_body", c.max_signed_body.as_ref().map(Spanned::span));
+    note(
+        "unsigned_payload",
+        c.unsigned_payload.as_ref().map(Spanned::span),
+    );
+    note(
+        "max_signed_body",
+        c.max_signed_body.as_ref().map(Spanned::span),
+    );
     present
 }
 
@@ -135,7 +154,11 @@ fn compile_aws(
         }
     }
     let Some(role_arn) = &c.role_arn else {
-        report.error(file, credential.span(), "an `aws` credential needs `role_arn`".into());
+        report.error(
+            file,
+            credential.span(),
+            "an `aws` credential needs `role_arn`".into(),
+        );
         return None;
     };
     if !role_arn.get_ref().starts_with("arn:aws") || !role_arn.get_ref().contains(":role/") {
@@ -151,19 +174,25 @@ fn compile_aws(
         .map_or(DEFAULT_DURATION_MINUTES, |d| *d.get_ref());
     let duration = Duration::from_secs(minutes.saturating_mul(60));
     if duration < sts::MIN_DURATION || duration > sts::MAX_DURATION {
-        let span = c.duration_minutes.as_ref().map_or(credential.span(), Spanned::span);
+        let span = c
+            .duration_minutes
+            .as_ref()
+            .map_or(credential.span(), Spanned::span);
         report.error(
             file,
             span,
             format!("duration_minutes `{minutes}` must be 15 (STS's minimum) to 720"),
         );
     }
-    let refresh_margin = duration_field(report, file, c.refresh_margin.as_ref())
-        .unwrap_or(DEFAULT_REFRESH_MARGIN);
+    let refresh_margin =
+        duration_field(report, file, c.refresh_margin.as_ref()).unwrap_or(DEFAULT_REFRESH_MARGIN);
     let safety_margin =
         duration_field(report, file, c.safety_margin.as_ref()).unwrap_or(DEFAULT_SAFETY_MARGIN);
     if safety_margin >= duration {
-        let span = c.safety_margin.as_ref().map_or(credential.span(), Spanned::span);
+        let span = c
+            .safety_margin
+            .as_ref()
+            .map_or(credential.span(), Spanned::span);
         report.error(
             file,
             span,
@@ -171,7 +200,10 @@ fn compile_aws(
         );
     }
     if refresh_margin >= duration {
-        let span = c.refresh_margin.as_ref().map_or(credential.span(), Spanned::span);
+        let span = c
+            .refresh_margin
+            .as_ref()
+            .map_or(credential.span(), Spanned::span);
         report.warn(
             file,
             span,
@@ -234,12 +266,20 @@ fn compile_placement(
 ) -> Option<Placement> {
     match (&c.header, &c.query) {
         (Some(_), Some(_)) => {
-            report.error(file, span, "a credential takes `header` or `query`, not both".into());
+            report.error(
+                file,
+                span,
+                "a credential takes `header` or `query`, not both".into(),
+            );
             None
         }
         (None, Some(q)) => {
             let name = q.get_ref();
-            if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            {
                 report.error(
                     file,
                     q.span(),
@@ -250,17 +290,19 @@ fn compile_placement(
             Some(Placement::Query(name.clone()))
         }
         (None, None) => Some(Placement::Header(HeaderName::from_static("authorization"))),
-        (Some(h), None) => match HeaderName::from_bytes(h.get_ref().to_ascii_lowercase().as_bytes()) {
-            Ok(name) => Some(Placement::Header(name)),
-            Err(_) => {
-                report.error(
-                    file,
-                    h.span(),
-                    format!("header `{}` is not a valid header name", h.get_ref()),
-                );
-                None
+        (Some(h), None) => {
+            match HeaderName::from_bytes(h.get_ref().to_ascii_lowercase().as_bytes()) {
+                Ok(name) => Some(Placement::Header(name)),
+                Err(_) => {
+                    report.error(
+                        file,
+                        h.span(),
+                        format!("header `{}` is not a valid header name", h.get_ref()),
+                    );
+                    None
+                }
             }
-        },
+        }
     }
 }
 
@@ -313,10 +355,10 @@ fn compile_value(
         ttl: duration_field(report, file, fields.ttl).unwrap_or(defaults.ttl),
         grace: duration_field(report, file, fields.grace).unwrap_or(defaults.grace),
     };
-    if timing.ttl.is_zero() {
-        if let Some(ttl) = fields.ttl {
-            report.error(file, ttl.span(), "ttl must be more than zero".into());
-        }
+    if timing.ttl.is_zero()
+        && let Some(ttl) = fields.ttl
+    {
+        report.error(file, ttl.span(), "ttl must be more than zero".into());
     }
     Some(SecretValue::resolve(source, timing, options.env))
 }
@@ -361,11 +403,17 @@ pub(super) fn compile_sentinels(
             );
         }
         if list.iter().any(|other| &other.name == name) {
-            report.error(*file, s.name.span(), format!("sentinel `{name}` is defined twice"));
+            report.error(
+                *file,
+                s.name.span(),
+                format!("sentinel `{name}` is defined twice"),
+            );
         }
         let placeholder = s.placeholder.get_ref();
         if placeholder.len() < MIN_PLACEHOLDER
-            || !placeholder.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !placeholder
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             report.error(
                 *file,
@@ -376,7 +424,8 @@ pub(super) fn compile_sentinels(
             );
         }
         if list.iter().any(|other| {
-            other.placeholder.contains(placeholder.as_str()) || placeholder.contains(&other.placeholder)
+            other.placeholder.contains(placeholder.as_str())
+                || placeholder.contains(&other.placeholder)
         }) {
             report.error(
                 *file,
@@ -385,15 +434,25 @@ pub(super) fn compile_sentinels(
             );
         }
         if s.hosts.is_empty() {
-            report.error(*file, sentinel.span(), format!("sentinel `{name}` has no hosts"));
+            report.error(
+                *file,
+                sentinel.span(),
+                format!("sentinel `{name}` has no hosts"),
+            );
         }
         let hosts = s
             .hosts
             .iter()
             .map(|h| h.get_ref().trim_end_matches('.').to_ascii_lowercase())
             .collect();
-        let Some(value) = compile_value(report, *file, s.value_fields(), sentinel.span(), dir, options)
-        else {
+        let Some(value) = compile_value(
+            report,
+            *file,
+            s.value_fields(),
+            sentinel.span(),
+            dir,
+            options,
+        ) else {
             continue;
         };
         if !value.is_available() {

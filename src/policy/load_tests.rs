@@ -4,6 +4,9 @@ use std::path::Path;
 
 use super::*;
 
+const AWS_SCOPE: &str = "[[scope]]\nname = \"s\"\nupstream = \"https://s3.us-east-1.amazonaws.com\"\n[scope.credential]\nkind = \"aws\"\nrole_arn = \"arn:aws:iam::123456789012:role/r\"\n";
+const AWS_ALLOW: &str = "[[scope.allow]]\nactions = [\"s3:GetObject\"]\n";
+
 /// Each broken fixture and the message `policy check` must print for it.
 #[test]
 fn every_loader_error_names_file_line_and_column() {
@@ -56,7 +59,105 @@ fn every_loader_error_names_file_line_and_column() {
         ),
         (
             format!("{agent}{scope}[scope.credential]\nkind = \"secret\"\n"),
-            "base.toml:8:1: a `secret` credential needs exactly one of `env` or `file`",
+            "base.toml:8:1: a secret needs exactly one of `env`, `file` or `secrets_manager`",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"secret\"\nenv = \"T\"\nttl = \"5m\"\n"
+            ),
+            "base.toml:11:7: `ttl` applies only to `secrets_manager`",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"secret\"\nsecrets_manager = \"x\"\nttl = \"soon\"\n"
+            ),
+            "base.toml:11:7: `soon` is not a duration",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"secret\"\nenv = \"T\"\nheader = \"x\"\nquery = \"y\"\n"
+            ),
+            "base.toml:8:1: a credential takes `header` or `query`, not both",
+        ),
+        (
+            format!("{agent}{scope}[scope.credential]\nkind = \"token\"\n"),
+            "base.toml:9:8: credential kind `token` is not known",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"aws\"\n[[scope.allow]]\nactions = [\"s3:GetObject\"]\n"
+            ),
+            "base.toml:8:1: an `aws` credential needs `role_arn`",
+        ),
+        (
+            format!("{agent}{AWS_SCOPE}duration_minutes = 10\n{AWS_ALLOW}"),
+            "base.toml:11:20: duration_minutes `10` must be 15 (STS's minimum) to 720",
+        ),
+        (
+            format!("{agent}{AWS_SCOPE}env = \"T\"\n{AWS_ALLOW}"),
+            "base.toml:11:7: `env` does not apply to an `aws` credential",
+        ),
+        (
+            format!("{agent}{AWS_SCOPE}"),
+            "base.toml:8:1: a scope with an `aws` credential needs at least one allow rule with `actions`",
+        ),
+        (
+            format!("{agent}{AWS_SCOPE}[[scope.allow]]\nactions = [\"GetObject\"]\n"),
+            "base.toml:12:12: action `GetObject` must look like `s3:GetObject`",
+        ),
+        (
+            format!(
+                "{agent}{AWS_SCOPE}[[scope.allow]]\nactions = [\"s3:GetObject\"]\nresources = [\"bucket\"]\n"
+            ),
+            "base.toml:13:14: resource `bucket` must be an ARN or `*`",
+        ),
+        (
+            format!("{agent}{AWS_SCOPE}[[scope.allow]]\npaths = [\"/\"]\n{AWS_ALLOW}"),
+            "base.toml:6:8: scope `s` has an `aws` credential, so its rules take `actions`, not `paths`",
+        ),
+        (
+            format!("{agent}{scope}[[scope.allow]]\nactions = [\"s3:GetObject\"]\n"),
+            "base.toml:6:8: scope `s` has rules with `actions` but no `aws` credential",
+        ),
+        (
+            format!(
+                "{agent}{}",
+                AWS_SCOPE.replace("s3.us-east-1.amazonaws.com", "127.0.0.1:5000") + AWS_ALLOW
+            ),
+            "base.toml:7:12: cannot tell the AWS service and region from host `127.0.0.1`",
+        ),
+        (
+            format!(
+                "{agent}{AWS_SCOPE}[[scope.allow]]\nactions = [\"s3:GetObject\"]\nresources = [{}]\n",
+                (0..60)
+                    .map(|i| format!("\"arn:aws:s3:::bucket-number-{i}/*\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "base.toml:8:1: the session policy generated from this scope's rules is",
+        ),
+        (
+            format!("{agent}{scope}route = \"v1\"\n"),
+            "base.toml:8:9: route `v1` is reserved for clawgate's own endpoints",
+        ),
+        (
+            format!(
+                "{agent}{scope}[[sentinel]]\nname = \"gh\"\nplaceholder = \"short\"\nhosts = [\"api.github.com\"]\nenv = \"T\"\n"
+            ),
+            "base.toml:10:15: placeholder of sentinel `gh` must be at least 24",
+        ),
+        (
+            format!(
+                "{agent}{scope}[[sentinel]]\nname = \"gh\"\nplaceholder = \"clawgate-sentinel-0123456789abcdef\"\nhosts = []\nenv = \"T\"\n"
+            ),
+            "base.toml:8:1: sentinel `gh` has no hosts",
+        ),
+        (
+            agent.replace(
+                "scopes = [\"s\"]",
+                "scopes = [\"s\"]\nvend_token_file = \"absent.token\"",
+            ) + scope,
+            "base.toml:5:19: cannot read vending token file `absent.token`",
         ),
         (
             format!(
@@ -140,7 +241,10 @@ fn missing_credential_value_is_a_warning_not_an_error() {
     assert_eq!(warnings.len(), 1);
     assert!(warnings[0].message.contains("env:PLAIN_TOKEN"));
     let plain = policy.scopes().iter().find(|s| s.name == "plain").unwrap();
-    assert!(!plain.credential.as_ref().unwrap().is_available());
+    let Some(crate::credentials::Credential::Secret(secret)) = plain.credential.as_deref() else {
+        panic!("not a secret credential");
+    };
+    assert!(!secret.value.is_available());
 }
 
 #[test]

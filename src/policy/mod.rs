@@ -160,7 +160,10 @@ impl Scope {
 /// The signing service and region of an `aws` credential towards `host`.
 fn signing_of(aws: &crate::credentials::AwsCredential, host: &str) -> Option<(String, String)> {
     let derived = crate::credentials::sigv4::service_and_region(host);
-    let service = aws.service.clone().or_else(|| derived.as_ref().map(|d| d.0.clone()))?;
+    let service = aws
+        .service
+        .clone()
+        .or_else(|| derived.as_ref().map(|d| d.0.clone()))?;
     let region = aws.region.clone().or_else(|| derived.map(|d| d.1))?;
     Some((service, region))
 }
@@ -387,8 +390,14 @@ fn decide_aws(call: &Call<'_>, scope: &Scope, agent_id: AgentId, scope_id: Scope
             None => (Effect::Deny, Reason::AwsActionUnmapped, None),
         },
         Some(request) => {
-            let deny = scope.aws_rules.iter().find(|r| !r.allow && r.matches(request));
-            let allow = scope.aws_rules.iter().find(|r| r.allow && r.matches(request));
+            let deny = scope
+                .aws_rules
+                .iter()
+                .find(|r| !r.allow && r.matches(request));
+            let allow = scope
+                .aws_rules
+                .iter()
+                .find(|r| r.allow && r.matches(request));
             match (deny, allow) {
                 (Some(rule), _) => (Effect::Deny, Reason::DeniedByRule, Some(&rule.id)),
                 (None, Some(rule)) => (Effect::Allow, Reason::Allowed, Some(&rule.id)),
@@ -396,7 +405,14 @@ fn decide_aws(call: &Call<'_>, scope: &Scope, agent_id: AgentId, scope_id: Scope
             }
         }
     };
-    conclude(effect, reason, rule.cloned(), scope.mode, agent_id, scope_id)
+    conclude(
+        effect,
+        reason,
+        rule.cloned(),
+        scope.mode,
+        agent_id,
+        scope_id,
+    )
 }
 
 /// The decision for a scope's verdict, with report mode applied.

@@ -138,7 +138,14 @@ pub(super) fn compile_scope(
                         format!("rule `{id}` mixes `actions` with `paths` or `methods`"),
                     );
                 }
-                aws_rules.push(compile_aws_rule(report, file, &id, effect, actions, resources.as_deref()));
+                aws_rules.push(compile_aws_rule(
+                    report,
+                    file,
+                    &id,
+                    effect,
+                    actions,
+                    resources.as_deref(),
+                ));
                 continue;
             }
             if let Some(resources) = resources {
@@ -189,7 +196,11 @@ pub(super) fn compile_scope(
         .credential
         .as_ref()
         .and_then(|c| compile_credential(report, file, c, dir, options, &aws_rules));
-    let is_aws = matches!(credential, Some(Credential::Aws(_)));
+    // By what the file says, so a broken `aws` credential is one error, not two.
+    let is_aws = scope
+        .credential
+        .as_ref()
+        .is_some_and(|c| c.get_ref().kind.get_ref() == "aws");
     if !aws_rules.is_empty() && !is_aws {
         report.error(
             file,
@@ -201,7 +212,9 @@ pub(super) fn compile_scope(
         report.error(
             file,
             scope.name.span(),
-            format!("scope `{name}` has an `aws` credential, so its rules take `actions`, not `paths`"),
+            format!(
+                "scope `{name}` has an `aws` credential, so its rules take `actions`, not `paths`"
+            ),
         );
     }
     if let (Some(Credential::Aws(aws)), Some(upstream)) = (&credential, &upstream)
@@ -243,16 +256,24 @@ fn compile_aws_rule(
     resources: Option<&[Spanned<String>]>,
 ) -> AwsRule {
     if actions.is_empty() {
-        report.error(file, 0..0, format!("rule `{id}` has an empty `actions` list"));
+        report.error(
+            file,
+            0..0,
+            format!("rule `{id}` has an empty `actions` list"),
+        );
     }
     for action in actions {
         let text = action.get_ref();
         let valid = text == "*"
             || text.split_once(':').is_some_and(|(service, op)| {
                 !service.is_empty()
-                    && service.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && service
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-')
                     && !op.is_empty()
-                    && op.chars().all(|c| c.is_ascii_alphanumeric() || c == '*' || c == '?')
+                    && op
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '*' || c == '?')
             });
         if !valid {
             report.error(

@@ -88,6 +88,7 @@ fn decide_route(
             target: Target::Route(route),
             method,
             path,
+            aws: None,
         },
         policy,
     )
@@ -314,6 +315,7 @@ fn forward_proxy_targets_resolve_by_host_and_optional_port() {
                 target: Target::Host { host, port },
                 method: "GET",
                 path: "/items",
+                aws: None,
             },
             &policy,
         )
@@ -330,6 +332,7 @@ fn forward_proxy_targets_resolve_by_host_and_optional_port() {
                 },
                 method: "GET",
                 path,
+                aws: None,
             },
             &policy,
         )
@@ -345,6 +348,7 @@ fn forward_proxy_targets_resolve_by_host_and_optional_port() {
                 target: Target::Host { host, port },
                 method: "GET",
                 path: "/v2/items",
+                aws: None,
             },
             &policy,
         )
