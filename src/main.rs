@@ -263,10 +263,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             runtime()?.block_on(async {
                 let running = serve::start(&config, &process_env).await?;
-                println!("clawgate: listening on {}", running.addr);
                 if let Some(vend) = running.vend_addr {
                     println!("clawgate: vending credentials on http://{vend}");
                 }
+                println!("clawgate: listening on {}", running.addr);
                 wait_for_stop().await;
                 tracing::info!("stopping: draining in-flight calls");
                 running.shutdown().await;

@@ -39,6 +39,8 @@ pub struct Options {
     pub serve_args: Vec<String>,
     /// Start clawgate (or only prepare the directory).
     pub start: bool,
+    /// Extra environment for the clawgate process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -48,6 +50,7 @@ impl Default for Options {
             agents: Vec::new(),
             serve_args: Vec::new(),
             start: true,
+            env: Vec::new(),
         }
     }
 }
@@ -60,6 +63,9 @@ pub struct Harness {
     pub echo: EchoUpstream,
     pub upstream_ca: Pem,
     pub port: u16,
+    /// The vending listener's port, when `--vend-listen` was given.
+    pub vend_port: Option<u16>,
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     // Keeps the echo's runtime alive for the test.
     _runtime: tokio::runtime::Runtime,
@@ -99,7 +105,8 @@ impl Harness {
         for (name, text) in &options.extra_policy {
             std::fs::write(
                 policy.join(name),
-                text.replace("{echo}", &echo.addr.to_string()),
+                text.replace("{echo}", &echo.addr.to_string())
+                    .replace("{echo_port}", &echo.addr.port().to_string()),
             )
             .unwrap();
         }
@@ -111,6 +118,8 @@ impl Harness {
             echo,
             upstream_ca,
             port: 0,
+            vend_port: None,
+            env: options.env,
             child: None,
             _runtime: runtime,
         };
@@ -144,6 +153,7 @@ impl Harness {
             .args(&args)
             .env("ECHO_API_TOKEN", CANARY)
             .env("RUST_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -158,6 +168,10 @@ impl Harness {
                 .find_map(|l| l.strip_prefix("clawgate: listening on "))
             {
                 self.port = addr.trim().rsplit(':').next().unwrap().parse().unwrap();
+                self.vend_port = out
+                    .lines()
+                    .find_map(|l| l.strip_prefix("clawgate: vending credentials on http://"))
+                    .map(|a| a.trim().rsplit(':').next().unwrap().parse().unwrap());
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
