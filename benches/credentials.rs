@@ -68,7 +68,9 @@ fn credentials(c: &mut Criterion) {
     cache.get(&key, fetch).now_or_never().unwrap().unwrap();
     let session = AwsSession {
         access_key_id: "ASIAEXAMPLEEXAMPLE01".into(),
-        secret_access_key: SecretString::from("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_owned()),
+        secret_access_key: SecretString::from(
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_owned(),
+        ),
         session_token: SecretString::from("FwoGZXIvYXdzEXAMPLETOKEN".repeat(12)),
         expiration: SystemTime::now() + Duration::from_secs(900),
     };
@@ -97,7 +99,15 @@ fn credentials(c: &mut Criterion) {
     group.bench_function("re-sign with SigV4 (empty body)", |b| {
         b.iter(|| {
             let mut h = headers.clone();
-            resign(&Method::GET, &uri, &mut h, Payload::Bytes(b""), &session, &scope).unwrap();
+            resign(
+                &Method::GET,
+                &uri,
+                &mut h,
+                Payload::Bytes(b""),
+                &session,
+                &scope,
+            )
+            .unwrap();
             black_box(h)
         });
     });
@@ -105,7 +115,15 @@ fn credentials(c: &mut Criterion) {
     group.bench_function("re-sign with SigV4 (16 KiB body hashed)", |b| {
         b.iter(|| {
             let mut h = headers.clone();
-            resign(&Method::PUT, &uri, &mut h, Payload::Bytes(&body), &session, &scope).unwrap();
+            resign(
+                &Method::PUT,
+                &uri,
+                &mut h,
+                Payload::Bytes(&body),
+                &session,
+                &scope,
+            )
+            .unwrap();
             black_box(h)
         });
     });

@@ -249,7 +249,7 @@ pub(super) fn compile_scope(
 
 fn compile_aws_rule(
     report: &mut Report<'_>,
-    file: usize,
+    (file, span): (usize, std::ops::Range<usize>),
     id: &str,
     effect: Effect,
     actions: &[Spanned<String>],
