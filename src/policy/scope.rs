@@ -140,7 +140,7 @@ pub(super) fn compile_scope(
                 }
                 aws_rules.push(compile_aws_rule(
                     report,
-                    file,
+                    (file, rule.span()),
                     &id,
                     effect,
                     actions,
