@@ -258,7 +258,7 @@ fn compile_aws_rule(
     if actions.is_empty() {
         report.error(
             file,
-            0..0,
+            span,
             format!("rule `{id}` has an empty `actions` list"),
         );
     }
