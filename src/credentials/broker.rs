@@ -41,14 +41,129 @@ pub struct MintContext {
     pub scope: String,
 }
 
+/// Where fetched credentials come from: one implementation per kind, all
+/// behind the one [`Cache`] (and so its single flight and refresh rules).
+pub trait Source: Send + Sync + 'static {
+    /// What names one credential: everything that makes two of them differ,
+    /// so that two scopes share an entry only when they would fetch the same.
+    type Key: Eq + std::hash::Hash + Clone + Send + Sync + 'static;
+    /// The credential.
+    type Value: Send + Sync + 'static;
+    /// Fetches or mints the credential for `key`, with its cache windows.
+    fn fetch(
+        &self,
+        key: &Self::Key,
+        ctx: &MintContext,
+    ) -> impl Future<Output = Result<Entry<Self::Value>, CredentialError>> + Send;
+}
+
+/// An STS session is one per role, session policy, agent and run (and the
+/// rest of the credential's settings, which a session carries).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct AwsKey {
-    role_arn: String,
-    session_policy_digest: String,
+pub struct SessionKey {
+    credential: AwsCredential,
     agent: String,
     run: Option<String>,
-    external_id: Option<String>,
-    tags: Option<String>,
+    /// Only when session tags are on: the tags name the scope.
+    scope: Option<String>,
+}
+
+/// A Secrets Manager value is one per secret, key and stage (and timing).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SecretKey {
+    secret: SecretsManagerRef,
+    timing: super::SecretTiming,
+}
+
+/// What both AWS sources share: the SDK clients and the decision log.
+#[derive(Debug)]
+struct AwsAccess {
+    config: BrokerConfig,
+    clients: OnceCell<Arc<Clients>>,
+    audit: AuditLog,
+}
+
+/// `GetSecretValue`, recorded.
+#[derive(Debug)]
+struct SecretsManager(Arc<AwsAccess>);
+
+/// `AssumeRole`, retried and recorded.
+#[derive(Debug)]
+struct Sts(Arc<AwsAccess>);
+
+impl Source for SecretsManager {
+    type Key = SecretKey;
+    type Value = SecretString;
+
+    async fn fetch(
+        &self,
+        key: &SecretKey,
+        ctx: &MintContext,
+    ) -> Result<Entry<SecretString>, CredentialError> {
+        let value = self.0.fetch_secret(&key.secret, ctx).await?;
+        let now = Instant::now();
+        Ok(Entry {
+            value: Arc::new(value),
+            refresh_at: now + key.timing.ttl,
+            fresh_until: now + key.timing.ttl,
+            usable_until: now + key.timing.ttl + key.timing.grace,
+        })
+    }
+}
+
+impl Source for Sts {
+    type Key = SessionKey;
+    type Value = AwsSession;
+
+    async fn fetch(
+        &self,
+        key: &SessionKey,
+        ctx: &MintContext,
+    ) -> Result<Entry<AwsSession>, CredentialError> {
+        let credential = &key.credential;
+        let session = self.0.mint(credential, ctx).await?;
+        let left = session
+            .expiration
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let now = Instant::now();
+        Ok(Entry {
+            value: Arc::new(session),
+            refresh_at: now + left.saturating_sub(credential.refresh_margin),
+            fresh_until: now + left.saturating_sub(credential.safety_margin),
+            usable_until: now + left.saturating_sub(credential.safety_margin),
+        })
+    }
+}
+
+/// A source and its cache.
+#[derive(Debug)]
+struct Cached<S: Source> {
+    source: Arc<S>,
+    cache: Cache<S::Key, S::Value>,
+}
+
+impl<S: Source> Cached<S> {
+    fn new(source: S) -> Cached<S> {
+        Cached {
+            source: Arc::new(source),
+            cache: Cache::default(),
+        }
+    }
+
+    async fn get(&self, key: S::Key, ctx: &MintContext) -> Result<Arc<S::Value>, CredentialError> {
+        let source = Arc::clone(&self.source);
+        let ctx = ctx.clone();
+        let fetch_key = key.clone();
+        self.cache
+            .get(&key, move || {
+                let source = Arc::clone(&source);
+                let key = fetch_key.clone();
+                let ctx = ctx.clone();
+                async move { source.fetch(&key, &ctx).await }
+            })
+            .await
+    }
 }
 
 #[derive(Debug)]
@@ -57,41 +172,40 @@ struct Clients {
     secrets: aws_sdk_secretsmanager::Client,
 }
 
-/// Fetches secrets and mints STS credentials, each through the cache.
+/// Fetches secrets and mints STS credentials, each through its cache.
 #[derive(Debug)]
 pub struct Broker {
-    config: BrokerConfig,
-    clients: OnceCell<Arc<Clients>>,
-    secrets: Cache<SecretsManagerRef, SecretString>,
-    sessions: Cache<AwsKey, AwsSession>,
-    audit: AuditLog,
+    secrets: Cached<SecretsManager>,
+    sessions: Cached<Sts>,
 }
 
 impl Broker {
     /// A broker that records into `audit`. AWS clients are made on first use.
     pub fn new(config: BrokerConfig, audit: AuditLog) -> Broker {
-        Broker {
+        let access = Arc::new(AwsAccess {
             config,
             clients: OnceCell::new(),
-            secrets: Cache::default(),
-            sessions: Cache::default(),
             audit,
+        });
+        Broker {
+            secrets: Cached::new(SecretsManager(Arc::clone(&access))),
+            sessions: Cached::new(Sts(access)),
         }
     }
 
     /// The cache counters for STS sessions (hits, misses, mints).
     pub fn session_stats(&self) -> &super::cache::CacheStats {
-        self.sessions.stats()
+        self.sessions.cache.stats()
     }
 
     /// The cache counters for fetched secrets.
     pub fn secret_stats(&self) -> &super::cache::CacheStats {
-        self.secrets.stats()
+        self.secrets.cache.stats()
     }
 
     /// A secret's value: read at load, or fetched through the cache.
     pub async fn secret(
-        self: &Arc<Self>,
+        &self,
         credential: &SecretValue,
         ctx: &MintContext,
     ) -> Result<Arc<SecretString>, CredentialError> {
@@ -105,72 +219,30 @@ impl Broker {
                     .ok_or_else(|| CredentialError::Missing(other.to_string()));
             }
         };
-        let broker = Arc::clone(self);
-        let timing = credential.timing;
-        let ctx = ctx.clone();
-        let key = sm.clone();
-        self.secrets
-            .get(&key, move || {
-                let broker = Arc::clone(&broker);
-                let sm = sm.clone();
-                let ctx = ctx.clone();
-                async move {
-                    let value = broker.fetch_secret(&sm, &ctx).await?;
-                    let now = Instant::now();
-                    Ok(Entry {
-                        value: Arc::new(value),
-                        refresh_at: now + timing.ttl,
-                        fresh_until: now + timing.ttl,
-                        usable_until: now + timing.ttl + timing.grace,
-                    })
-                }
-            })
-            .await
+        let key = SecretKey {
+            secret: sm,
+            timing: credential.timing,
+        };
+        self.secrets.get(key, ctx).await
     }
 
     /// STS credentials for an agent in a scope, minted or cached.
     pub async fn aws(
-        self: &Arc<Self>,
+        &self,
         credential: &AwsCredential,
         ctx: &MintContext,
     ) -> Result<Arc<AwsSession>, CredentialError> {
-        let tags = credential
-            .session_tags
-            .then(|| sts::session_tags(&ctx.agent, &ctx.scope, ctx.run.as_deref()));
-        let key = AwsKey {
-            role_arn: credential.role_arn.clone(),
-            session_policy_digest: credential.session_policy_digest.clone(),
+        let key = SessionKey {
+            credential: credential.clone(),
             agent: ctx.agent.clone(),
             run: ctx.run.clone(),
-            external_id: credential.external_id.clone(),
-            tags: tags.as_ref().map(|t| format!("{t:?}")),
+            scope: credential.session_tags.then(|| ctx.scope.clone()),
         };
-        let broker = Arc::clone(self);
-        let credential = credential.clone();
-        let ctx = ctx.clone();
-        self.sessions
-            .get(&key, move || {
-                let broker = Arc::clone(&broker);
-                let credential = credential.clone();
-                let ctx = ctx.clone();
-                async move {
-                    let session = broker.mint(&credential, &ctx).await?;
-                    let left = session
-                        .expiration
-                        .duration_since(SystemTime::now())
-                        .unwrap_or_default();
-                    let now = Instant::now();
-                    Ok(Entry {
-                        value: Arc::new(session),
-                        refresh_at: now + left.saturating_sub(credential.refresh_margin),
-                        fresh_until: now + left.saturating_sub(credential.safety_margin),
-                        usable_until: now + left.saturating_sub(credential.safety_margin),
-                    })
-                }
-            })
-            .await
+        self.sessions.get(key, ctx).await
     }
+}
 
+impl AwsAccess {
     async fn clients(&self) -> Arc<Clients> {
         let clients = self
             .clients

@@ -29,7 +29,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 
-pub use broker::{Broker, BrokerConfig, MintContext};
+pub use broker::{Broker, BrokerConfig, MintContext, Source};
 pub use sts::{AwsCredential, AwsSession};
 
 /// Where a `secret` credential's value comes from.
@@ -112,7 +112,7 @@ pub enum Placement {
 }
 
 /// How long fetched secrets are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SecretTiming {
     /// How long a fetched value is served before it is fetched again.
     pub ttl: Duration,

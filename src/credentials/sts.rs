@@ -23,7 +23,7 @@ pub const MIN_DURATION: Duration = Duration::from_secs(900);
 pub const MAX_DURATION: Duration = Duration::from_secs(12 * 3600);
 
 /// The `aws` credential of a scope, as compiled from policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AwsCredential {
     /// The role to assume.
     pub role_arn: String,
