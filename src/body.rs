@@ -188,6 +188,27 @@ impl Prefix {
         })
     }
 
+    /// Reads on until `limit` bytes are held in all or the body ends.
+    pub async fn read_more(self, limit: usize) -> Result<Prefix, BoxError> {
+        let Some(rest) = self.rest else {
+            return Ok(self);
+        };
+        if self.bytes.len() >= limit {
+            return Ok(Prefix {
+                rest: Some(rest),
+                ..self
+            });
+        }
+        let more = Prefix::read(rest, limit - self.bytes.len()).await?;
+        let mut bytes = bytes::BytesMut::from(&self.bytes[..]);
+        bytes.extend_from_slice(&more.bytes);
+        Ok(Prefix {
+            bytes: bytes.freeze(),
+            rest: more.rest,
+            trailers: more.trailers.or(self.trailers),
+        })
+    }
+
     /// Whether the whole body was read.
     pub fn is_complete(&self) -> bool {
         self.rest.is_none()

@@ -96,3 +96,39 @@ async fn the_guard_hears_how_the_stream_ended() {
     ));
     assert_eq!(events.0, vec!["finished"]);
 }
+
+fn chunked(chunks: &[&'static [u8]]) -> ProxyBody {
+    use http_body_util::{BodyExt, StreamBody};
+    let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+        .iter()
+        .map(|c| Ok(Frame::data(Bytes::from_static(c))))
+        .collect();
+    StreamBody::new(futures_util::stream::iter(frames)).boxed()
+}
+
+#[tokio::test]
+async fn a_prefix_reads_whole_frames_up_to_its_limit_and_gives_the_rest_back() {
+    use http_body_util::BodyExt;
+    let prefix = Prefix::read(chunked(&[b"abc", b"def", b"ghi"]), 4)
+        .await
+        .unwrap();
+    assert_eq!(&prefix.bytes[..], b"abcdef");
+    assert!(!prefix.is_complete());
+    // Reading on to a larger limit continues where the first read stopped.
+    let more = prefix.read_more(100).await.unwrap();
+    assert_eq!(&more.bytes[..], b"abcdefghi");
+    assert!(more.is_complete());
+    let body = Prefix::into_body(more.bytes, more.rest, more.trailers);
+    assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcdefghi");
+}
+
+#[tokio::test]
+async fn a_partly_read_body_is_passed_on_whole() {
+    use http_body_util::BodyExt;
+    let prefix = Prefix::read(chunked(&[b"12", b"34", b"56"]), 2)
+        .await
+        .unwrap();
+    assert_eq!(&prefix.bytes[..], b"12");
+    let body = Prefix::into_body(Bytes::from_static(b"XY"), prefix.rest, prefix.trailers);
+    assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"XY3456");
+}

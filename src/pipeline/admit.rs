@@ -66,14 +66,16 @@ enum Held {
 }
 
 impl Held {
+    /// The body read up to `limit` bytes (more than an earlier, smaller read).
     async fn read(self, limit: usize) -> Result<Prefix, Reason> {
-        match self {
-            Held::Read(prefix) => Ok(prefix),
-            Held::Stream(body) => Prefix::read(body, limit).await.map_err(|e| {
-                tracing::info!(error = %e, "request body could not be read");
-                Reason::MalformedRequest
-            }),
-        }
+        let read = match self {
+            Held::Read(prefix) => prefix.read_more(limit).await,
+            Held::Stream(body) => Prefix::read(body, limit).await,
+        };
+        read.map_err(|e| {
+            tracing::info!(error = %e, "request body could not be read");
+            Reason::MalformedRequest
+        })
     }
 
     fn into_body(self) -> ProxyBody {
@@ -290,7 +292,7 @@ impl Admission<'_> {
         if let Some(q) = query.as_deref() {
             sentinels.scan(q.as_bytes(), &mut found);
             // A placeholder may arrive percent-encoded in a query.
-            let decoded: Vec<u8> = percent_decode(q.as_bytes());
+            let decoded: Vec<u8> = form_decoded(q.as_bytes());
             sentinels.scan(&decoded, &mut found);
         }
         let has_body = !matches!(&held, Held::Stream(b) if http_body::Body::is_end_stream(b));
@@ -336,7 +338,7 @@ impl Admission<'_> {
                     let bytes = sentinels.replace(v.as_bytes(), &values, str::to_owned);
                     let mut out = HeaderValue::from_bytes(&bytes)
                         .map_err(|_| Reason::CredentialUnavailable)?;
-                    out.set_sensitive(bytes.len() != v.len() || v.is_sensitive());
+                    out.set_sensitive(bytes != v.as_bytes() || v.is_sensitive());
                     Ok(out)
                 })
                 .collect::<Result<_, Reason>>()?;
@@ -439,7 +441,8 @@ impl Admission<'_> {
     }
 }
 
-fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+/// A query string with every pair form-decoded, for scanning only.
+fn form_decoded(bytes: &[u8]) -> Vec<u8> {
     form_urlencoded::parse(bytes)
         .flat_map(|(k, v)| {
             let mut out = k.into_owned().into_bytes();
