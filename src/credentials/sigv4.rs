@@ -52,17 +52,24 @@ pub fn service_and_region(host: &str) -> Option<(String, String)> {
         .strip_suffix(".amazonaws.com")
         .or_else(|| host.strip_suffix(".amazonaws.com.cn"))?;
     let labels: Vec<&str> = stem.split('.').collect();
-    // Virtual-hosted S3: everything before the `s3` label is the bucket.
+    // S3, virtual-hosted or not: the last `s3` label; after it, perhaps
+    // `dualstack`, then the region (none means us-east-1).
     if let Some(i) = labels
         .iter()
-        .position(|l| *l == "s3" || l.starts_with("s3-"))
+        .rposition(|l| crate::policy::aws::is_s3_label(l))
     {
-        let region = labels
-            .get(i + 1)
-            .filter(|r| **r != "dualstack")
-            .or_else(|| labels.get(i + 2))
+        if let Some(region) = labels[i].strip_prefix("s3-") {
+            let region = if region.starts_with("external-") {
+                "us-east-1"
+            } else {
+                region
+            };
+            return Some(("s3".into(), region.to_owned()));
+        }
+        let region = labels[i + 1..]
+            .iter()
+            .find(|l| **l != "dualstack")
             .map_or("us-east-1", |r| r);
-        let region = labels[i].strip_prefix("s3-").unwrap_or(region);
         return Some(("s3".into(), region.to_owned()));
     }
     match labels.as_slice() {

@@ -111,6 +111,16 @@ fn service_and_region_come_from_aws_hosts() {
         ("reports.s3.amazonaws.com", Some(("s3", "us-east-1"))),
         ("s3.amazonaws.com", Some(("s3", "us-east-1"))),
         ("s3-eu-west-1.amazonaws.com", Some(("s3", "eu-west-1"))),
+        ("s3-external-1.amazonaws.com", Some(("s3", "us-east-1"))),
+        ("s3-x.s3.eu-west-2.amazonaws.com", Some(("s3", "eu-west-2"))),
+        (
+            "b.s3.dualstack.ap-south-1.amazonaws.com",
+            Some(("s3", "ap-south-1")),
+        ),
+        (
+            "logs.s3bak.s3.us-west-1.amazonaws.com",
+            Some(("s3", "us-west-1")),
+        ),
         (
             "dynamodb.eu-central-1.amazonaws.com",
             Some(("dynamodb", "eu-central-1")),

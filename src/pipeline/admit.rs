@@ -29,7 +29,7 @@ use crate::credentials::sigv4::{self, Payload, SigningScope};
 use crate::credentials::{Broker, Credential, MintContext};
 use crate::error::Reason;
 use crate::forward::{strip_hop_by_hop, upstream_uri};
-use crate::policy::aws::{AwsRequest, RequestView, classify};
+use crate::policy::aws::{AwsRequest, FormBody, RequestView, classify};
 use crate::policy::{Call, Decision, Permitted, Policy, Scope, Target, decide};
 use crate::route::{Destination, encode_path, route};
 
@@ -241,29 +241,48 @@ impl Admission<'_> {
         let Some((service, _)) = scope.signing() else {
             return Ok((None, held));
         };
-        let is_form = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        let headers = &parts.headers;
+        let single = |name: &str| {
+            let mut values = headers.get_all(name).iter();
+            match (values.next(), values.next()) {
+                (None, _) => Ok(None),
+                (Some(v), None) => v.to_str().map(Some).map_err(|_| ()),
+                (Some(_), Some(_)) => Err(()),
+            }
+        };
+        let target = single("x-amz-target");
+        let content_type = single("content-type");
+        // Headers that turn one S3 action into another, or add one.
+        let s3_modifiers = headers.keys().any(|k| {
+            let k = k.as_str();
+            k == "x-amz-copy-source"
+                || k == "x-amz-acl"
+                || k.starts_with("x-amz-grant-")
+                || k.starts_with("x-amz-object-lock-")
+        });
+        let is_form = content_type.ok().flatten().is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
         let held = if is_form && parts.method == http::Method::POST {
             Held::Read(held.read(self.limits.aws_form).await?)
         } else {
             held
         };
         let form_body = match &held {
-            Held::Read(prefix) if prefix.is_complete() => Some(&prefix.bytes[..]),
-            _ => None,
+            Held::Read(prefix) if prefix.is_complete() => FormBody::Complete(&prefix.bytes[..]),
+            Held::Read(_) => FormBody::Unread,
+            Held::Stream(_) => FormBody::None,
         };
         let view = RequestView {
             method: parts.method.as_str(),
             path,
             query,
-            target: parts
-                .headers
-                .get("x-amz-target")
-                .and_then(|v| v.to_str().ok()),
+            target: target.ok().flatten(),
             form_body,
+            ambiguous: target.is_err()
+                || content_type.is_err()
+                || (service == "s3" && s3_modifiers),
             host: &scope.upstream.host,
             service: &service,
         };

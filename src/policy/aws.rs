@@ -33,42 +33,71 @@ pub struct RequestView<'a> {
     pub query: Option<&'a str>,
     /// The `X-Amz-Target` header.
     pub target: Option<&'a str>,
-    /// A form-encoded body, when the request has one and it was read.
-    pub form_body: Option<&'a [u8]>,
+    /// The form-encoded body, as far as it was read.
+    pub form_body: FormBody<'a>,
+    /// Something makes the request's meaning unclear to this mapper: a
+    /// header that decides it (`X-Amz-Target`, `Content-Type`) sent twice or
+    /// unreadable, or an S3 header that turns one action into another
+    /// (`x-amz-copy-source`, an ACL or object-lock header).
+    pub ambiguous: bool,
     /// The upstream host (for virtual-hosted S3 buckets).
     pub host: &'a str,
     /// The signing service (`s3`, `dynamodb`), which is also the IAM prefix.
     pub service: &'a str,
 }
 
-/// Maps a request to its IAM action and resource.
+/// A request's form body, as the mapper sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormBody<'a> {
+    /// The request has no form-encoded body.
+    None,
+    /// The whole form body.
+    Complete(&'a [u8]),
+    /// A form body too large to read: its `Action` cannot be known.
+    Unread,
+}
+
+/// Maps a request to its IAM action and resource, or to nothing when the
+/// request could mean more than one thing. The protocol follows the service:
+/// S3 is REST only; other services say their operation once, in
+/// `X-Amz-Target` or in one `Action` parameter (query string or form body).
 pub fn classify(view: &RequestView<'_>) -> Option<AwsRequest> {
-    if let Some(target) = view.target {
-        let operation = target.rsplit('.').next().filter(|op| valid_operation(op))?;
-        return Some(AwsRequest {
-            action: format!("{}:{operation}", view.service),
-            resource: None,
-        });
+    if view.ambiguous {
+        return None;
     }
     if view.service == "s3" {
-        return classify_s3(view);
+        // S3 ignores `X-Amz-Target`; an agent that sends one is hiding something.
+        return match view.target {
+            Some(_) => None,
+            None => classify_s3(view),
+        };
     }
-    let action = query_param(view.query.unwrap_or_default().as_bytes(), "Action")
-        .or_else(|| view.form_body.and_then(|body| query_param(body, "Action")))?;
-    valid_operation(&action).then(|| AwsRequest {
-        action: format!("{}:{action}", view.service),
+    let mut actions: Vec<String> = params(view.query.unwrap_or_default().as_bytes(), "Action");
+    match view.form_body {
+        FormBody::Complete(body) => actions.extend(params(body, "Action")),
+        FormBody::Unread => return None,
+        FormBody::None => {}
+    }
+    let operation = match (view.target, actions.as_slice()) {
+        (Some(target), []) => target.rsplit('.').next()?.to_owned(),
+        (None, [action]) => action.clone(),
+        _ => return None,
+    };
+    valid_operation(&operation).then(|| AwsRequest {
+        action: format!("{}:{operation}", view.service),
         resource: None,
     })
 }
 
-fn valid_operation(op: &str) -> bool {
-    !op.is_empty() && op.len() <= 128 && op.chars().all(|c| c.is_ascii_alphanumeric())
+fn params(text: &[u8], name: &str) -> Vec<String> {
+    form_urlencoded::parse(text)
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .collect()
 }
 
-fn query_param(text: &[u8], name: &str) -> Option<String> {
-    form_urlencoded::parse(text)
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
+fn valid_operation(op: &str) -> bool {
+    !op.is_empty() && op.len() <= 128 && op.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
 fn has_param(query: Option<&str>, name: &str) -> bool {
@@ -152,10 +181,7 @@ fn classify_s3(view: &RequestView<'_>) -> Option<AwsRequest> {
 /// name (`bucket.s3.region.amazonaws.com`) or the first path segment.
 pub fn s3_bucket_and_key(host: &str, path: &str) -> (Option<String>, Option<String>) {
     let path = path.strip_prefix('/').unwrap_or(path);
-    let virtual_bucket = host
-        .strip_suffix(".amazonaws.com")
-        .and_then(|stem| stem.find(".s3").map(|i| &stem[..i]))
-        .filter(|b| !b.is_empty());
+    let virtual_bucket = s3_virtual_bucket(host);
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     match virtual_bucket {
         Some(bucket) => (Some(bucket.to_owned()), non_empty(path)),
@@ -164,6 +190,30 @@ pub fn s3_bucket_and_key(host: &str, path: &str) -> (Option<String>, Option<Stri
             None => (non_empty(path), None),
         },
     }
+}
+
+/// The bucket a virtual-hosted S3 name carries: the labels before the last
+/// `s3` or `s3-<region>` label (`logs.s3bak.s3.us-east-1.amazonaws.com` is
+/// the bucket `logs.s3bak`).
+pub fn s3_virtual_bucket(host: &str) -> Option<&str> {
+    let stem = host
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| host.strip_suffix(".amazonaws.com.cn"))?;
+    let labels: Vec<&str> = stem.split('.').collect();
+    let i = labels.iter().rposition(|l| is_s3_label(l))?;
+    if i == 0 {
+        return None;
+    }
+    let bucket_len = labels[..i].iter().map(|l| l.len() + 1).sum::<usize>() - 1;
+    Some(&stem[..bucket_len])
+}
+
+/// `s3`, or a legacy regional label such as `s3-eu-west-1` or `s3-external-1`.
+pub fn is_s3_label(label: &str) -> bool {
+    label == "s3"
+        || label
+            .strip_prefix("s3-")
+            .is_some_and(|rest| rest.starts_with("external-") || rest.split('-').count() >= 3)
 }
 
 /// One compiled AWS rule of a scope.

@@ -8,7 +8,8 @@ fn s3(method: &str, path: &str, query: Option<&str>) -> Option<AwsRequest> {
         path,
         query,
         target: None,
-        form_body: None,
+        form_body: FormBody::None,
+        ambiguous: false,
         host: "127.0.0.1",
         service: "s3",
     })
@@ -117,6 +118,18 @@ fn virtual_hosted_buckets_come_from_the_host() {
         (Some("reports".into()), Some("a".into()))
     );
     assert_eq!(s3_bucket_and_key("127.0.0.1", "/"), (None, None));
+    assert_eq!(
+        s3_bucket_and_key("logs.s3bak.s3.us-east-1.amazonaws.com", "/k"),
+        (Some("logs.s3bak".into()), Some("k".into()))
+    );
+    assert_eq!(
+        s3_bucket_and_key("s3-x.s3.amazonaws.com", "/k"),
+        (Some("s3-x".into()), Some("k".into()))
+    );
+    assert_eq!(
+        s3_virtual_bucket("s3.dualstack.us-east-1.amazonaws.com"),
+        None
+    );
 }
 
 #[test]
@@ -126,7 +139,8 @@ fn json_and_query_protocols_name_their_operation() {
         path: "/",
         query: None,
         target: Some("DynamoDB_20120810.GetItem"),
-        form_body: None,
+        form_body: FormBody::None,
+        ambiguous: false,
         host: "dynamodb.us-east-1.amazonaws.com",
         service: "dynamodb",
     });
@@ -136,7 +150,8 @@ fn json_and_query_protocols_name_their_operation() {
         path: "/",
         query: None,
         target: None,
-        form_body: Some(b"Action=SendMessage&Version=2012-11-05&QueueUrl=x"),
+        form_body: FormBody::Complete(b"Action=SendMessage&Version=2012-11-05&QueueUrl=x"),
+        ambiguous: false,
         host: "sqs.us-east-1.amazonaws.com",
         service: "sqs",
     });
@@ -146,7 +161,8 @@ fn json_and_query_protocols_name_their_operation() {
         path: "/",
         query: Some("Action=GetCallerIdentity&Version=2011-06-15"),
         target: None,
-        form_body: None,
+        form_body: FormBody::None,
+        ambiguous: false,
         host: "sts.amazonaws.com",
         service: "sts",
     });
@@ -156,11 +172,72 @@ fn json_and_query_protocols_name_their_operation() {
         path: "/",
         query: Some("Action=Get%2FThing"),
         target: None,
-        form_body: None,
+        form_body: FormBody::None,
+        ambiguous: false,
         host: "sts.amazonaws.com",
         service: "sts",
     });
     assert_eq!(bogus, None);
+}
+
+fn view<'a>(
+    target: Option<&'a str>,
+    query: Option<&'a str>,
+    body: FormBody<'a>,
+) -> RequestView<'a> {
+    RequestView {
+        method: "POST",
+        path: "/",
+        query,
+        target,
+        form_body: body,
+        ambiguous: false,
+        host: "sqs.us-east-1.amazonaws.com",
+        service: "sqs",
+    }
+}
+
+#[test]
+fn a_request_that_names_its_operation_twice_maps_to_nothing() {
+    let body = FormBody::Complete(b"Action=DeleteQueue");
+    // Target and Action disagree, or both are given.
+    assert_eq!(
+        classify(&view(Some("AmazonSQS.ListQueues"), None, body)),
+        None
+    );
+    assert_eq!(
+        classify(&view(
+            Some("AmazonSQS.ListQueues"),
+            Some("Action=ListQueues"),
+            FormBody::None
+        )),
+        None
+    );
+    // Action in the query and in the body, or twice.
+    assert_eq!(classify(&view(None, Some("Action=ListQueues"), body)), None);
+    assert_eq!(
+        classify(&view(
+            None,
+            Some("Action=ListQueues&Action=DeleteQueue"),
+            FormBody::None
+        )),
+        None
+    );
+    // A form body too large to read.
+    assert_eq!(classify(&view(None, None, FormBody::Unread)), None);
+    // S3 ignores X-Amz-Target, so a request that sends one is refused.
+    let mut s3 = view(Some("x.ListAllMyBuckets"), None, FormBody::None);
+    s3.service = "s3";
+    s3.method = "DELETE";
+    s3.path = "/b/k";
+    assert_eq!(classify(&s3), None);
+    let mut ambiguous = view(None, None, body);
+    ambiguous.ambiguous = true;
+    assert_eq!(classify(&ambiguous), None);
+    assert_eq!(
+        classify(&view(None, None, body)).unwrap().action,
+        "sqs:DeleteQueue"
+    );
 }
 
 #[test]
