@@ -201,6 +201,7 @@ role_arn = "{role}"
 duration_minutes = 15
 service = "s3"
 region = "us-east-1"
+vend = true
 {credential_extra}
 
 [[scope.allow]]
@@ -467,6 +468,18 @@ fn vended_credentials_work_in_boto3_and_the_aws_cli() {
     );
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["AccessKeyId"], key_id.as_str());
+    // An absolute-form request for another host's `/v1/credentials/…` is
+    // proxied like any call (here refused: no scope), never answered with keys.
+    let elsewhere = harness.curl_via_proxy(
+        "builder",
+        &["http://evil.example/v1/credentials/aws/s3-reports"],
+    );
+    assert_eq!(elsewhere.status, 403);
+    assert!(!elsewhere.body_text().contains("SecretAccessKey"));
+    assert_eq!(
+        harness.decision(&elsewhere.request_id()).mode.as_deref(),
+        Some("forward")
+    );
     let other = harness.curl(
         Some("research"),
         &[&format!("{}/v1/credentials/aws/s3-reports", harness.base())],

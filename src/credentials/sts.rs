@@ -50,6 +50,9 @@ pub struct AwsCredential {
     pub unsigned_payload: bool,
     /// Bodies up to this size are hashed into the signature.
     pub max_signed_body: u64,
+    /// Whether agents may fetch these credentials themselves
+    /// (`/v1/credentials/aws/<scope>`).
+    pub vend: bool,
 }
 
 /// Minted STS credentials.

@@ -113,14 +113,19 @@ impl Pipeline {
     /// Runs one call through the pipeline. Never fails: every problem becomes
     /// a refusal response with a reason.
     pub async fn handle(&self, peer: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
-        if vend_scope(&req).is_some() {
-            let agent = self.policy.load().agent_for(&peer.identity.names);
+        // Vending is clawgate's own endpoint: origin form only, so that an
+        // absolute-form request for some other host's `/v1/credentials/…`
+        // is proxied like any other, never answered with credentials.
+        let origin_form = req.version() == http::Version::HTTP_2 || req.uri().authority().is_none();
+        if origin_form && vend_scope(&req).is_some() {
+            let policy = self.policy.load_full();
+            let agent = policy.agent_for(&peer.identity.names);
             let caller = VendCaller {
                 agent,
                 cert_fp: Some(&peer.identity.fingerprint),
                 addr: peer.addr,
             };
-            return self.vend(caller, &req).await;
+            return self.vend(&policy, caller, &req).await;
         }
         let started = Instant::now();
         let request_id = uuid::Uuid::now_v7().to_string();

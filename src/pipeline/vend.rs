@@ -33,7 +33,7 @@ use crate::audit::{DecisionRecord, kind};
 use crate::body::ProxyBody;
 use crate::credentials::MintContext;
 use crate::error::{REQUEST_ID_HEADER, Reason, refusal_response};
-use crate::policy::AgentId;
+use crate::policy::{AgentId, Policy};
 
 /// The path prefix of the vending endpoint.
 pub const VEND_PREFIX: &str = "/v1/credentials/aws/";
@@ -57,10 +57,15 @@ pub struct VendCaller<'a> {
 
 impl Pipeline {
     /// Answers one vending request.
-    pub async fn vend<B>(&self, caller: VendCaller<'_>, req: &Request<B>) -> Response<ProxyBody> {
+    /// `policy` is the one the caller was identified with.
+    pub async fn vend<B>(
+        &self,
+        policy: &Policy,
+        caller: VendCaller<'_>,
+        req: &Request<B>,
+    ) -> Response<ProxyBody> {
         let started = tokio::time::Instant::now();
         let request_id = uuid::Uuid::now_v7().to_string();
-        let policy = self.policy();
         let mut record = DecisionRecord::new(kind::DECISION, &request_id);
         record.mode = Some("vend".into());
         record.client_addr = Some(caller.addr.to_string());
@@ -82,6 +87,9 @@ impl Pipeline {
                     .filter(|id| agent.scopes.contains(id))
                     .map(|id| policy.scope(id))
                     .and_then(|scope| Some((scope, scope.aws()?)))
+                    // Vending hands over the credentials themselves: only
+                    // scopes that say so.
+                    .filter(|(_, aws)| aws.vend)
                 {
                     None => Err(Reason::NoMatchingScope),
                     Some((scope, aws)) => {
@@ -143,10 +151,9 @@ impl Pipeline {
         response
     }
 
-    /// The agent whose vending token is `token`, if any.
-    fn agent_by_vend_token(&self, token: &[u8]) -> Option<AgentId> {
+    /// The agent whose vending token is `token`, if any, in `policy`.
+    fn agent_by_vend_token(policy: &Policy, token: &[u8]) -> Option<AgentId> {
         let digest: [u8; 32] = Sha256::digest(token).into();
-        let policy = self.policy();
         policy
             .agents()
             .iter()
@@ -195,13 +202,13 @@ pub async fn serve(
                     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         let pipeline = Arc::clone(&pipeline);
                         async move {
-                            let agent = req
-                                .headers()
-                                .get(header::AUTHORIZATION)
-                                .and_then(|token| pipeline.agent_by_vend_token(token.as_bytes()));
+                            let policy = pipeline.policy();
+                            let agent = req.headers().get(header::AUTHORIZATION).and_then(|token| {
+                                Pipeline::agent_by_vend_token(&policy, token.as_bytes())
+                            });
                             let caller = VendCaller { agent, cert_fp: None, addr };
                             let response = if vend_scope(&req).is_some() {
-                                pipeline.vend(caller, &req).await
+                                pipeline.vend(&policy, caller, &req).await
                             } else {
                                 refusal_response(Reason::NoMatchingScope, "-")
                             };

@@ -23,6 +23,7 @@ const DEFAULT_DURATION_MINUTES: u64 = 15;
 const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 const DEFAULT_SAFETY_MARGIN: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_SIGNED_BODY: u64 = 8 * 1024 * 1024;
+const MAX_SIGNED_BODY_LIMIT: u64 = 64 * 1024 * 1024;
 
 pub(super) fn compile_credential(
     report: &mut Report<'_>,
@@ -238,6 +239,32 @@ fn compile_aws(
             ),
         );
     }
+    let max_signed_body = c
+        .max_signed_body
+        .as_ref()
+        .map_or(DEFAULT_MAX_SIGNED_BODY, |m| *m.get_ref());
+    if max_signed_body > MAX_SIGNED_BODY_LIMIT {
+        let span = c
+            .max_signed_body
+            .as_ref()
+            .map_or(credential.span(), Spanned::span);
+        report.error(
+            file,
+            span,
+            format!("max_signed_body must be at most {MAX_SIGNED_BODY_LIMIT} (64 MiB): bodies to sign are held in memory"),
+        );
+    }
+    if refresh_margin < safety_margin {
+        let span = c
+            .refresh_margin
+            .as_ref()
+            .map_or(credential.span(), Spanned::span);
+        report.error(
+            file,
+            span,
+            "refresh_margin must not be shorter than safety_margin".into(),
+        );
+    }
     let text = |f: &Option<Spanned<String>>| f.as_ref().map(|v| v.get_ref().clone());
     Some(AwsCredential {
         role_arn: role_arn.get_ref().clone(),
@@ -251,10 +278,8 @@ fn compile_aws(
         service: text(&c.service),
         region: text(&c.region),
         unsigned_payload: c.unsigned_payload.as_ref().is_some_and(|u| *u.get_ref()),
-        max_signed_body: c
-            .max_signed_body
-            .as_ref()
-            .map_or(DEFAULT_MAX_SIGNED_BODY, |m| *m.get_ref()),
+        max_signed_body,
+        vend: c.vend.as_ref().is_some_and(|v| *v.get_ref()),
     })
 }
 

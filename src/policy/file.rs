@@ -87,6 +87,7 @@ pub(super) struct CredentialFile {
     pub region: Option<Spanned<String>>,
     pub unsigned_payload: Option<Spanned<bool>>,
     pub max_signed_body: Option<Spanned<u64>>,
+    pub vend: Option<Spanned<bool>>,
 }
 
 /// The fields that say where a secret value comes from, shared by

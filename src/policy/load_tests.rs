@@ -94,6 +94,14 @@ fn every_loader_error_names_file_line_and_column() {
             "base.toml:11:20: duration_minutes `10` must be 15 (STS's minimum) to 720",
         ),
         (
+            format!("{agent}{AWS_SCOPE}max_signed_body = 1000000000\n{AWS_ALLOW}"),
+            "base.toml:11:19: max_signed_body must be at most",
+        ),
+        (
+            format!("{agent}{AWS_SCOPE}refresh_margin = \"30s\"\n{AWS_ALLOW}"),
+            "base.toml:11:18: refresh_margin must not be shorter than safety_margin",
+        ),
+        (
             format!("{agent}{AWS_SCOPE}env = \"T\"\n{AWS_ALLOW}"),
             "base.toml:11:7: `env` does not apply to an `aws` credential",
         ),
