@@ -58,7 +58,7 @@ fn credentials(c: &mut Criterion) {
     let key = "secretsmanager:prod/api".to_owned();
     let fetch = || async {
         let now = Instant::now();
-        Ok::<_, ()>(Entry {
+        Ok::<_, clawgate::credentials::CredentialError>(Entry {
             value: Arc::new(SecretString::from("sk-live-0123456789abcdef".to_owned())),
             refresh_at: now + Duration::from_secs(3600),
             fresh_until: now + Duration::from_secs(3600),

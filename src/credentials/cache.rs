@@ -50,11 +50,21 @@ pub struct CacheStats {
     pub fetches: AtomicU64,
 }
 
-#[derive(Debug)]
+/// A fetch that ended without an answer (its task was cancelled).
+#[derive(Debug, Clone, Copy)]
+pub struct FetchAborted;
+
+/// How long a failed fetch's error is handed to the callers queued behind it.
+pub const FAILURE_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
+
+type Failure = (Instant, Box<dyn std::any::Any + Send + Sync>);
+
 struct Slot<V> {
     current: ArcSwapOption<Entry<V>>,
     /// Held across a fetch: the single-flight lock.
-    fetching: tokio::sync::Mutex<()>,
+    fetching: Arc<tokio::sync::Mutex<()>>,
+    /// The last failed fetch, for [`FAILURE_HOLD`].
+    failure: std::sync::Mutex<Option<Failure>>,
     /// Set while a background refresh is running.
     refreshing: AtomicBool,
     /// After a failed background refresh, the next one waits until here, so
@@ -66,9 +76,32 @@ impl<V> Default for Slot<V> {
     fn default() -> Self {
         Slot {
             current: ArcSwapOption::empty(),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: Arc::default(),
+            failure: std::sync::Mutex::new(None),
             refreshing: AtomicBool::new(false),
             retry_not_before: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<V> std::fmt::Debug for Slot<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").finish_non_exhaustive()
+    }
+}
+
+impl<V> Slot<V> {
+    fn recent_failure<E: Clone + 'static>(&self) -> Option<E> {
+        let failure = self.failure.lock().ok()?;
+        let (at, error) = failure.as_ref()?;
+        (Instant::now() < *at + FAILURE_HOLD)
+            .then(|| error.downcast_ref::<E>().cloned())
+            .flatten()
+    }
+
+    fn set_failure(&self, error: Option<Box<dyn std::any::Any + Send + Sync>>) {
+        if let Ok(mut failure) = self.failure.lock() {
+            *failure = error.map(|e| (Instant::now(), e));
         }
     }
 }
@@ -102,16 +135,21 @@ where
     /// The credential for `key`, fetching it with `fetch` when the cache has
     /// nothing servable. `fetch` is a factory so that a background refresh can
     /// make its own future.
+    ///
+    /// The fetch runs in a task of its own: a caller that goes away does not
+    /// cut a fetch (and its record) short. A failed fetch is remembered for
+    /// [`FAILURE_HOLD`], so callers queued behind it share its error instead
+    /// of each trying again.
     pub async fn get<F, Fut, E>(&self, key: &K, fetch: F) -> Result<Arc<V>, E>
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Entry<V>, E>> + Send + 'static,
-        E: Send + 'static,
+        E: Clone + From<FetchAborted> + Send + Sync + 'static,
     {
         let slot = self.slot(key);
         let now = Instant::now();
         if let Some(entry) = slot.current.load_full() {
-            if now < entry.refresh_at {
+            if now < entry.refresh_at.min(entry.fresh_until) {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Arc::clone(&entry.value));
             }
@@ -122,32 +160,63 @@ where
             }
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        let _flight = slot.fetching.lock().await;
-        // Another caller may have fetched while this one waited.
-        let seen = slot.current.load_full();
-        if let Some(entry) = &seen
-            && Instant::now() < entry.fresh_until
-        {
-            return Ok(Arc::clone(&entry.value));
-        }
-        self.stats.fetches.fetch_add(1, Ordering::Relaxed);
-        match fetch().await {
-            Ok(entry) => {
-                let value = Arc::clone(&entry.value);
-                slot.current.store(Some(Arc::new(entry)));
-                Ok(value)
+        self.evict_expired(now);
+        let stats = Arc::clone(&self.stats);
+        let task = tokio::spawn(async move {
+            let _flight = Arc::clone(&slot.fetching).lock_owned().await;
+            // Another caller may have fetched while this one waited.
+            let seen = slot.current.load_full();
+            if let Some(entry) = &seen
+                && Instant::now() < entry.fresh_until
+            {
+                return Ok(Arc::clone(&entry.value));
             }
-            // Grace: a failed fetch falls back to an entry still usable.
-            Err(e) => match seen {
+            let fallback = |e: E| match &seen {
+                // Grace: a failed fetch falls back to an entry still usable.
                 Some(entry) if Instant::now() < entry.usable_until => Ok(Arc::clone(&entry.value)),
                 _ => Err(e),
-            },
-        }
+            };
+            if let Some(e) = slot.recent_failure::<E>() {
+                return fallback(e);
+            }
+            stats.fetches.fetch_add(1, Ordering::Relaxed);
+            match fetch().await {
+                Ok(entry) => {
+                    let value = Arc::clone(&entry.value);
+                    slot.current.store(Some(Arc::new(entry)));
+                    slot.set_failure(None);
+                    Ok(value)
+                }
+                Err(e) => {
+                    slot.set_failure(Some(Box::new(e.clone())));
+                    fallback(e)
+                }
+            }
+        });
+        task.await.unwrap_or_else(|_| Err(E::from(FetchAborted)))
     }
 
-    /// Drops every entry (for tests and for a policy that no longer names them).
-    pub fn clear(&self) {
-        self.slots.clear();
+    /// Drops entries no longer servable that nobody is fetching, so the map
+    /// does not grow with every key ever seen.
+    fn evict_expired(&self, now: Instant) {
+        self.slots.retain(|_, slot| {
+            Arc::strong_count(slot) > 1
+                || slot
+                    .current
+                    .load()
+                    .as_ref()
+                    .is_some_and(|e| now < e.usable_until)
+        });
+    }
+
+    /// How many keys the cache holds.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the cache holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
     }
 
     fn slot(&self, key: &K) -> Arc<Slot<V>> {

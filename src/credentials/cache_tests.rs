@@ -15,7 +15,16 @@ fn entry(value: u32, refresh: u64, fresh: u64, usable: u64) -> Entry<u32> {
     }
 }
 
-type Fetch = std::pin::Pin<Box<dyn Future<Output = Result<Entry<u32>, ()>> + Send>>;
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failed;
+
+impl From<FetchAborted> for Failed {
+    fn from(_: FetchAborted) -> Failed {
+        Failed
+    }
+}
+
+type Fetch = std::pin::Pin<Box<dyn Future<Output = Result<Entry<u32>, Failed>> + Send>>;
 
 /// A source that counts its fetches and fails while `failing` is set.
 #[derive(Default)]
@@ -36,7 +45,7 @@ impl Source {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let n = source.calls.fetch_add(1, Ordering::SeqCst) + 1;
                 if source.failing.load(Ordering::SeqCst) {
-                    return Err(());
+                    return Err(Failed);
                 }
                 Ok(entry(n, windows.0, windows.1, windows.2))
             })
@@ -125,8 +134,9 @@ async fn grace_then_fail_closed() {
     );
     tokio::time::advance(Duration::from_secs(20)).await;
     assert!(cache.get(&"k", source.fetcher((10, 10, 30))).await.is_err());
-    // Once the source recovers, the next call is served again.
+    // Once the source recovers, the next call after the failure hold is served.
     source.failing.store(false, Ordering::SeqCst);
+    tokio::time::advance(FAILURE_HOLD).await;
     assert!(cache.get(&"k", source.fetcher((10, 10, 30))).await.is_ok());
 }
 
@@ -152,4 +162,61 @@ async fn a_failed_background_refresh_backs_off() {
     }
     // One initial fetch, one failed refresh, then nothing until the back-off ends.
     assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_queued_behind_a_failed_fetch_share_its_error() {
+    let cache: Arc<Cache<&str, u32>> = Arc::default();
+    let source = Arc::new(Source::default());
+    source.failing.store(true, Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let cache = Arc::clone(&cache);
+        let fetch = source.fetcher((60, 120, 180));
+        tasks.push(tokio::spawn(async move { cache.get(&"k", fetch).await }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), Err(Failed));
+    }
+    assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_goes_away_does_not_cut_the_fetch_short() {
+    let cache: Arc<Cache<&str, u32>> = Arc::default();
+    let source = Arc::new(Source::default());
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(10),
+        cache.get(&"k", source.fetcher((60, 120, 180))),
+    )
+    .await;
+    assert!(waiting.is_err(), "the caller gave up first");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The fetch finished anyway and its value is served.
+    assert_eq!(
+        *cache
+            .get(&"k", source.fetcher((60, 120, 180)))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn entries_past_use_are_evicted() {
+    let cache: Cache<String, u32> = Cache::default();
+    let source = Arc::new(Source::default());
+    for i in 0..10 {
+        cache
+            .get(&i.to_string(), source.fetcher((1, 1, 1)))
+            .await
+            .unwrap();
+    }
+    tokio::time::advance(Duration::from_secs(2)).await;
+    cache
+        .get(&"fresh".to_owned(), source.fetcher((60, 60, 60)))
+        .await
+        .unwrap();
+    assert_eq!(cache.len(), 1);
 }

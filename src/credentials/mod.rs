@@ -227,7 +227,7 @@ impl Credential {
 }
 
 /// A credential could not be had or used.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CredentialError {
     /// No value was available when the policy loaded.
     #[error("credential `{0}` has no value")]
@@ -282,6 +282,15 @@ impl SecretCredential {
             }
         }
         Ok(())
+    }
+}
+
+impl From<cache::FetchAborted> for CredentialError {
+    fn from(_: cache::FetchAborted) -> CredentialError {
+        CredentialError::Fetch {
+            source_ref: "-".into(),
+            message: "the fetch was cut short".into(),
+        }
     }
 }
 
