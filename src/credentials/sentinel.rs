@@ -31,6 +31,8 @@ pub struct Sentinel {
     pub placeholder: String,
     /// The hosts (lowercase) the real value may go to.
     pub hosts: Vec<String>,
+    /// The agents that may have it swapped in; every agent when `None`.
+    pub agents: Option<Vec<String>>,
     /// The real value.
     pub value: SecretValue,
 }
@@ -82,12 +84,14 @@ impl Sentinels {
         }
     }
 
-    /// The first sentinel in `found` not bound to `host`.
-    pub fn misdirected(&self, found: &Found, host: &str) -> Option<&Sentinel> {
-        found
-            .iter()
-            .map(|&i| &self.list[i])
-            .find(|s| !s.hosts.iter().any(|h| h == host))
+    /// The first sentinel in `found` that may not go to `host` for `agent`.
+    pub fn misdirected(&self, found: &Found, host: &str, agent: &str) -> Option<&Sentinel> {
+        found.iter().map(|&i| &self.list[i]).find(|s| {
+            !s.hosts.iter().any(|h| h == host)
+                || s.agents
+                    .as_ref()
+                    .is_some_and(|agents| !agents.iter().any(|a| a == agent))
+        })
     }
 
     /// `haystack` with every placeholder replaced by its value, each value

@@ -13,6 +13,7 @@ fn sentinels() -> Sentinels {
         name: name.into(),
         placeholder: placeholder.into(),
         hosts: vec![host.into()],
+        agents: (name == "slack").then(|| vec!["chatter".to_owned()]),
         value: SecretValue::resolve(
             SecretSource::Env("X".into()),
             SecretTiming::default(),
@@ -44,14 +45,23 @@ fn scan_finds_each_sentinel_once() {
 fn a_sentinel_is_misdirected_anywhere_but_its_hosts() {
     let s = sentinels();
     let found = vec![0];
-    assert!(s.misdirected(&found, "api.github.com").is_none());
+    assert!(s.misdirected(&found, "api.github.com", "anyone").is_none());
+    let to = |found: &Found, host: &str, agent: &str| {
+        s.misdirected(found, host, agent).map(|m| m.name.clone())
+    };
     assert_eq!(
-        s.misdirected(&found, "evil.example").unwrap().name,
-        "github"
+        to(&found, "evil.example", "anyone").as_deref(),
+        Some("github")
     );
     assert_eq!(
-        s.misdirected(&vec![0, 1], "api.github.com").unwrap().name,
-        "slack"
+        to(&vec![0, 1], "api.github.com", "anyone").as_deref(),
+        Some("slack")
+    );
+    // A sentinel bound to agents is misdirected from any other agent.
+    assert_eq!(to(&vec![1], "slack.com", "chatter"), None);
+    assert_eq!(
+        to(&vec![1], "slack.com", "research").as_deref(),
+        Some("slack")
     );
 }
 

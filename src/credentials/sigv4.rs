@@ -79,6 +79,30 @@ pub fn service_and_region(host: &str) -> Option<(String, String)> {
     }
 }
 
+/// The query parameters of a presigned URL: the agent's signature in
+/// another place. Removed before re-signing.
+pub const PRESIGN_PARAMS: [&str; 7] = [
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+    "X-Amz-Security-Token",
+];
+
+/// `query` without the presigning parameters, or `None` if nothing is left.
+pub fn strip_presign(query: &str) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            !PRESIGN_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(name))
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
 /// What a signature is made for: the service, the region, and the time.
 #[derive(Debug, Clone)]
 pub struct SigningScope {
@@ -139,10 +163,13 @@ pub fn resign(
         .build()
         .map_err(|e| CredentialError::Signing(e.to_string()))?
         .into();
+    // Every header that goes out is signed: one that cannot be would travel
+    // unprotected, so the request is refused instead.
     let header_list: Vec<(&str, &str)> = headers
         .iter()
-        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
-        .collect();
+        .map(|(k, v)| Ok((k.as_str(), v.to_str()?)))
+        .collect::<Result<_, http::header::ToStrError>>()
+        .map_err(|_| CredentialError::Signing("a header value is not visible ASCII".into()))?;
     let signable = SignableRequest::new(
         method.as_str(),
         uri.to_string(),

@@ -135,3 +135,31 @@ fn service_and_region_come_from_aws_hosts() {
         assert_eq!(got, expected, "{host}");
     }
 }
+
+#[test]
+fn presigning_parameters_are_stripped_and_the_rest_kept() {
+    assert_eq!(
+        strip_presign(
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256&x-id=GetObject&X-Amz-Signature=ab&x-amz-credential=c"
+        )
+        .as_deref(),
+        Some("x-id=GetObject")
+    );
+    assert_eq!(strip_presign("X-Amz-Signature=ab"), None);
+}
+
+#[test]
+fn a_header_that_cannot_be_signed_refuses_the_request() {
+    let mut headers = HeaderMap::new();
+    headers.insert("x-note", HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
+    let uri: Uri = "https://s3.us-east-1.amazonaws.com/b/k".parse().unwrap();
+    let err = resign(
+        &Method::GET,
+        &uri,
+        &mut headers,
+        Payload::Bytes(b""),
+        &session(),
+        &scope("s3"),
+    );
+    assert!(matches!(err, Err(CredentialError::Signing(_))));
+}

@@ -42,6 +42,8 @@ pub struct BodyLimits {
     pub sentinel_scan: usize,
     /// A form body is read up to this many bytes to find an AWS `Action`.
     pub aws_form: usize,
+    /// How long reading a body before deciding may take in all.
+    pub read_timeout: std::time::Duration,
 }
 
 impl Default for BodyLimits {
@@ -49,6 +51,7 @@ impl Default for BodyLimits {
         BodyLimits {
             sentinel_scan: 1024 * 1024,
             aws_form: 64 * 1024,
+            read_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -66,16 +69,25 @@ enum Held {
 }
 
 impl Held {
-    /// The body read up to `limit` bytes (more than an earlier, smaller read).
-    async fn read(self, limit: usize) -> Result<Prefix, Reason> {
+    /// The body read up to `limit` bytes (more than an earlier, smaller
+    /// read), within `timeout`: an agent that trickles its body holds no
+    /// buffer for long.
+    async fn read(self, limit: usize, timeout: std::time::Duration) -> Result<Prefix, Reason> {
         let read = match self {
-            Held::Read(prefix) => prefix.read_more(limit).await,
-            Held::Stream(body) => Prefix::read(body, limit).await,
+            Held::Read(prefix) => tokio::time::timeout(timeout, prefix.read_more(limit)).await,
+            Held::Stream(body) => tokio::time::timeout(timeout, Prefix::read(body, limit)).await,
         };
-        read.map_err(|e| {
-            tracing::info!(error = %e, "request body could not be read");
-            Reason::MalformedRequest
-        })
+        match read {
+            Ok(Ok(prefix)) => Ok(prefix),
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "request body could not be read");
+                Err(Reason::MalformedRequest)
+            }
+            Err(_) => {
+                tracing::info!("request body did not arrive in time");
+                Err(Reason::MalformedRequest)
+            }
+        }
     }
 
     fn into_body(self) -> ProxyBody {
@@ -215,6 +227,10 @@ impl Admission<'_> {
                     Reason::CredentialUnavailable
                 })?;
         }
+        if scope.aws().is_some() {
+            // A presigned URL carries the agent's signature in its query.
+            query = query.as_deref().and_then(sigv4::strip_presign);
+        }
         parts.uri = upstream_uri(&scope.upstream, &upstream_path, query.as_deref())?;
         parts.version = Version::HTTP_11;
         if let Some(aws) = scope.aws() {
@@ -265,7 +281,10 @@ impl Admission<'_> {
                 .starts_with("application/x-www-form-urlencoded")
         });
         let held = if is_form && parts.method == http::Method::POST {
-            Held::Read(held.read(self.limits.aws_form).await?)
+            Held::Read(
+                held.read(self.limits.aws_form, self.limits.read_timeout)
+                    .await?,
+            )
         } else {
             held
         };
@@ -305,6 +324,9 @@ impl Admission<'_> {
             return Ok(held);
         }
         let mut found = Found::new();
+        // The path (decoded, as rules see it) is scanned but never rewritten:
+        // a placeholder there is only ever refused or passed on as it is.
+        sentinels.scan(parts.uri.path().as_bytes(), &mut found);
         for value in parts.headers.values() {
             sentinels.scan(value.as_bytes(), &mut found);
         }
@@ -316,7 +338,10 @@ impl Admission<'_> {
         }
         let has_body = !matches!(&held, Held::Stream(b) if http_body::Body::is_end_stream(b));
         let held = if has_body {
-            Held::Read(held.read(self.limits.sentinel_scan).await?)
+            Held::Read(
+                held.read(self.limits.sentinel_scan, self.limits.read_timeout)
+                    .await?,
+            )
         } else {
             held
         };
@@ -331,7 +356,7 @@ impl Admission<'_> {
             .map(|&i| sentinels.get(i).name.as_str())
             .collect();
         record.detail = Some(format!("sentinels: {}", names.join(", ")));
-        if let Some(misdirected) = sentinels.misdirected(&found, &scope.upstream.host) {
+        if let Some(misdirected) = sentinels.misdirected(&found, &scope.upstream.host, &ctx.agent) {
             tracing::warn!(sentinel = %misdirected.name, "sentinel headed to a host it is not bound to");
             return Err(Reason::SentinelMisdirected);
         }
@@ -385,7 +410,10 @@ impl Admission<'_> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<i64>().ok())
         {
-            let adjusted = u64::try_from(length + delta).map_err(|_| Reason::MalformedRequest)?;
+            let adjusted = length
+                .checked_add(delta)
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or(Reason::MalformedRequest)?;
             parts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(adjusted));
@@ -413,14 +441,17 @@ impl Admission<'_> {
             .get("x-amz-content-sha256")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        if agent_payload.as_deref() == Some("STREAMING-AWS4-HMAC-SHA256-PAYLOAD") {
+        if let Some(p) = agent_payload.as_deref()
+            && p.starts_with("STREAMING-")
+            && p != "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+        {
             // Chunk signatures chain from the agent's own key: they cannot be
             // re-signed without re-framing the body.
-            tracing::info!("signed streaming payloads cannot be re-signed");
+            tracing::info!(payload = p, "signed streaming payloads cannot be re-signed");
             return Err(Reason::MalformedRequest);
         }
         let limit = usize::try_from(aws.max_signed_body).unwrap_or(usize::MAX);
-        let prefix = held.read(limit).await?;
+        let prefix = held.read(limit, self.limits.read_timeout).await?;
         let session = self.broker.aws(aws, ctx).await.map_err(|e| {
             tracing::warn!(error = %e, "aws credentials not available");
             Reason::CredentialUnavailable

@@ -415,6 +415,7 @@ pub(super) fn compile_sentinels(
     sentinels: &[(usize, Spanned<SentinelFile>)],
     dir: &Path,
     options: &LoadOptions<'_>,
+    agent_names: &std::collections::HashSet<String>,
 ) -> Sentinels {
     let mut list: Vec<Sentinel> = Vec::with_capacity(sentinels.len());
     for (file, sentinel) in sentinels {
@@ -470,6 +471,18 @@ pub(super) fn compile_sentinels(
             .iter()
             .map(|h| h.get_ref().trim_end_matches('.').to_ascii_lowercase())
             .collect();
+        let agents = s.agents.as_ref().map(|agents| {
+            for agent in agents {
+                if !agent_names.contains(agent.get_ref()) {
+                    report.error(
+                        *file,
+                        agent.span(),
+                        format!("unknown agent `{}` in sentinel `{name}`", agent.get_ref()),
+                    );
+                }
+            }
+            agents.iter().map(|a| a.get_ref().clone()).collect()
+        });
         let Some(value) = compile_value(
             report,
             *file,
@@ -491,6 +504,7 @@ pub(super) fn compile_sentinels(
             name: name.clone(),
             placeholder: placeholder.clone(),
             hosts,
+            agents,
             value,
         });
     }

@@ -130,6 +130,8 @@ pub(super) struct SentinelFile {
     pub name: Spanned<String>,
     pub placeholder: Spanned<String>,
     pub hosts: Vec<Spanned<String>>,
+    /// The agents that may use the placeholder; every agent when absent.
+    pub agents: Option<Vec<Spanned<String>>>,
     pub env: Option<Spanned<String>>,
     pub file: Option<Spanned<String>>,
     pub secrets_manager: Option<Spanned<String>>,

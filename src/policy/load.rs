@@ -398,7 +398,7 @@ pub fn load(
         });
     }
 
-    let sentinels = compile_sentinels(&mut report, &sentinels, dir, options);
+    let sentinels = compile_sentinels(&mut report, &sentinels, dir, options, &agent_names);
 
     if !report.problems.is_empty() {
         let mut problems = report.problems;
