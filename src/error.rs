@@ -33,8 +33,9 @@ pub enum Reason {
     NoMatchingRule,
     /// An explicit deny rule matched.
     DeniedByRule,
-    /// `CONNECT` tunnels are not offered yet.
-    ConnectNotSupported,
+    /// The destination resolved to (or is) an address in a refused range
+    /// that no scope names in `allow_private`.
+    EgressAddressBlocked,
     /// The request could not be interpreted safely (bad path, bad target).
     MalformedRequest,
     /// The scope injects a credential that is not available.
@@ -60,7 +61,7 @@ impl Reason {
         Reason::NoMatchingScope,
         Reason::NoMatchingRule,
         Reason::DeniedByRule,
-        Reason::ConnectNotSupported,
+        Reason::EgressAddressBlocked,
         Reason::MalformedRequest,
         Reason::CredentialUnavailable,
         Reason::UpstreamUnreachable,
@@ -79,7 +80,7 @@ impl Reason {
             Reason::NoMatchingScope => "no-matching-scope",
             Reason::NoMatchingRule => "no-matching-rule",
             Reason::DeniedByRule => "denied-by-rule",
-            Reason::ConnectNotSupported => "connect-not-supported",
+            Reason::EgressAddressBlocked => "egress-address-blocked",
             Reason::MalformedRequest => "malformed-request",
             Reason::CredentialUnavailable => "credential-unavailable",
             Reason::UpstreamUnreachable => "upstream-unreachable",
@@ -102,8 +103,8 @@ impl Reason {
             Reason::UnknownAgent
             | Reason::NoMatchingScope
             | Reason::NoMatchingRule
-            | Reason::DeniedByRule => StatusCode::FORBIDDEN,
-            Reason::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
+            | Reason::DeniedByRule
+            | Reason::EgressAddressBlocked => StatusCode::FORBIDDEN,
             Reason::MalformedRequest => StatusCode::BAD_REQUEST,
             Reason::CredentialUnavailable | Reason::AuditUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -24,12 +24,13 @@ use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
 use crate::body::{CountingBody, FailureFlag};
+use crate::egress::{AllowPrivate, EgressError, EgressResolver, Pins};
 use crate::error::Reason;
 use crate::policy::{Permitted, Upstream};
 
 /// The request body type sent upstream: the agent's body, streamed and counted.
 pub type UpstreamBody = CountingBody<Incoming, FailureFlag>;
-type PooledClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+type PooledClient = Client<HttpsConnector<HttpConnector<EgressResolver>>, UpstreamBody>;
 
 /// Connection limits for upstream calls.
 #[derive(Debug, Clone, Copy)]
@@ -40,9 +41,12 @@ pub struct Timeouts {
     pub total: Duration,
 }
 
-/// The upstream clients, one per distinct set of trusted roots.
+/// The upstream clients, one per distinct set of trusted roots and private
+/// ranges (every client's resolver checks addresses against its scope's
+/// `allow_private`).
 pub struct Upstreams {
     timeouts: Timeouts,
+    pins: Pins,
     default: PooledClient,
     private: Mutex<HashMap<[u8; 32], PooledClient>>,
 }
@@ -67,11 +71,13 @@ pub enum ForwardError {
 }
 
 impl Upstreams {
-    /// Builds the default client (webpki roots only).
-    pub fn new(timeouts: Timeouts) -> Result<Upstreams, ForwardError> {
+    /// Builds the default client (webpki roots only, public addresses
+    /// only). `pins` are names fixed to addresses (`serve --resolve`).
+    pub fn new(timeouts: Timeouts, pins: Pins) -> Result<Upstreams, ForwardError> {
         Ok(Upstreams {
             timeouts,
-            default: build_client(&[], timeouts)?,
+            default: build_client(&[], Arc::default(), Arc::clone(&pins), timeouts)?,
+            pins,
             private: Mutex::new(HashMap::new()),
         })
     }
@@ -81,17 +87,25 @@ impl Upstreams {
         self.timeouts
     }
 
+    /// Names pinned to addresses.
+    pub fn pins(&self) -> &Pins {
+        &self.pins
+    }
+
     fn client_for(
         &self,
         extra_roots: &[CertificateDer<'static>],
+        allow: &Arc<AllowPrivate>,
     ) -> Result<PooledClient, ForwardError> {
-        if extra_roots.is_empty() {
+        if extra_roots.is_empty() && allow.is_empty() {
             return Ok(self.default.clone());
         }
         let mut hasher = Sha256::new();
         for root in extra_roots {
+            hasher.update((root.as_ref().len() as u64).to_be_bytes());
             hasher.update(root.as_ref());
         }
+        hasher.update(format!("{allow:?}").as_bytes());
         let key: [u8; 32] = hasher.finalize().into();
         let mut clients = self
             .private
@@ -100,7 +114,12 @@ impl Upstreams {
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
-        let client = build_client(extra_roots, self.timeouts)?;
+        let client = build_client(
+            extra_roots,
+            Arc::clone(allow),
+            Arc::clone(&self.pins),
+            self.timeouts,
+        )?;
         clients.insert(key, client.clone());
         Ok(client)
     }
@@ -112,7 +131,10 @@ impl Upstreams {
         permit: &Permitted,
         request: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, Reason> {
-        let client = self.client_for(&permit.scope().ca_certs).map_err(|e| {
+        let scope = permit.scope();
+        let client = self
+            .client_for(&scope.ca_certs, &scope.allow_private)
+            .map_err(|e| {
             tracing::error!(error = %e, "cannot build upstream client");
             Reason::UpstreamUnreachable
         })?;
@@ -120,6 +142,15 @@ impl Upstreams {
             Err(_) => Err(Reason::UpstreamTimeout),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => {
+                if let Some(blocked) = error_chain(&e).find_map(|cause| {
+                    match cause.downcast_ref::<EgressError>() {
+                        Some(EgressError::Blocked(blocked)) => Some(*blocked),
+                        _ => None,
+                    }
+                }) {
+                    tracing::warn!(error = %blocked, "upstream address refused");
+                    return Err(Reason::EgressAddressBlocked);
+                }
                 let timed_out = error_chain(&e).any(|cause| {
                     cause
                         .downcast_ref::<std::io::Error>()
@@ -139,6 +170,8 @@ impl Upstreams {
 
 fn build_client(
     extra_roots: &[CertificateDer<'static>],
+    allow: Arc<AllowPrivate>,
+    pins: Pins,
     timeouts: Timeouts,
 ) -> Result<PooledClient, ForwardError> {
     let mut roots = RootCertStore {
@@ -154,7 +187,9 @@ fn build_client(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let mut http = HttpConnector::new();
+    // The resolver checks every address and the connector dials only what
+    // it returned: the address checked is the address connected to.
+    let mut http = HttpConnector::new_with_resolver(EgressResolver::new(allow, pins));
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(timeouts.connect));

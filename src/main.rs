@@ -73,6 +73,23 @@ struct ServeArgs {
     /// At shutdown, how long in-flight calls may finish before they are ended.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Pin a name to an address, `NAME=ADDR` (repeatable), consulted before
+    /// DNS. The egress address check still applies.
+    #[arg(long, value_parser = parse_pin)]
+    resolve: Vec<(String, std::net::IpAddr)>,
+}
+
+fn parse_pin(text: &str) -> Result<(String, std::net::IpAddr), String> {
+    let (name, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` must be NAME=ADDR"))?;
+    let name = clawgate::egress::normalise_host(name).map_err(|e| e.to_string())?;
+    let addr = addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("`{addr}` is not an IP address"))?;
+    Ok((name.to_string(), addr))
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,6 +244,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     total: args.upstream_timeout,
                 },
                 drain: args.drain_timeout,
+                resolve: args.resolve,
             };
             runtime()?.block_on(async {
                 let running = serve::start(&config, &process_env).await?;

@@ -15,20 +15,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Request, Response, Version, header, request::Parts};
+use http::{HeaderValue, Method, Request, Response, Version, header, request::Parts};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, field};
 
 use crate::audit::{AuditLog, DecisionRecord, kind};
 use crate::body::{BodyGuard, CountingBody, FailureFlag, ProxyBody};
+use crate::connect::Inside;
 use crate::error::{REQUEST_ID_HEADER, Reason, refusal_response};
 use crate::forward::{Upstreams, strip_hop_by_hop, upstream_uri};
 use crate::identity::PeerIdentity;
-use crate::policy::{Call, Decision, Permitted, Policy, Target, decide};
-use crate::route::{Destination, encode_path, route};
+use crate::intercept::Interceptor;
+use crate::policy::{Call, Decision, Permitted, Policy, Target, Upstream, decide};
+use crate::route::{Destination, Mode, Routed, encode_path, normalise_path, route};
 
 /// Who is on the other end of one TLS connection.
 #[derive(Debug)]
@@ -44,8 +46,11 @@ pub struct Peer {
 pub struct Pipeline {
     policy: ArcSwap<Policy>,
     audit: AuditLog,
-    upstreams: Upstreams,
+    pub(crate) upstreams: Upstreams,
+    pub(crate) interceptor: Interceptor,
     in_flight: Arc<InFlight>,
+    /// Flips to `true` when tunnels and intercepted connections must end.
+    pub(crate) stopping: watch::Sender<bool>,
 }
 
 /// A call that may go upstream: the permit and the prepared request head.
@@ -55,14 +60,28 @@ struct Admitted {
 }
 
 impl Pipeline {
-    /// A pipeline over a loaded policy, a decision log and upstream clients.
-    pub fn new(policy: Arc<Policy>, audit: AuditLog, upstreams: Upstreams) -> Pipeline {
+    /// A pipeline over a loaded policy, a decision log, upstream clients and
+    /// the interception CA.
+    pub fn new(
+        policy: Arc<Policy>,
+        audit: AuditLog,
+        upstreams: Upstreams,
+        interceptor: Interceptor,
+    ) -> Pipeline {
         Pipeline {
             policy: ArcSwap::new(policy),
             audit,
             upstreams,
+            interceptor,
             in_flight: Arc::default(),
+            stopping: watch::Sender::new(false),
         }
+    }
+
+    /// Ends every tunnel and intercepted connection (at shutdown, after the
+    /// drain timeout).
+    pub fn end_tunnels(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// Waits until every allowed call has queued its outcome record, or
@@ -94,7 +113,35 @@ impl Pipeline {
 
     /// Runs one call through the pipeline. Never fails: every problem becomes
     /// a refusal response with a reason.
-    pub async fn handle(&self, peer: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(
+        self: &Arc<Self>,
+        peer: &Arc<Peer>,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        // Only the uppercase method is a CONNECT; `connect` is refused as
+        // malformed by routing like any lowercase method.
+        if req.method() == Method::CONNECT {
+            return self.connect(peer, req).await;
+        }
+        self.call(peer, None, req).await
+    }
+
+    /// Runs one request from inside an intercepted `CONNECT`.
+    pub(crate) async fn handle_inside(
+        &self,
+        peer: &Peer,
+        inside: &Inside,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        self.call(peer, Some(inside), req).await
+    }
+
+    async fn call(
+        &self,
+        peer: &Peer,
+        inside: Option<&Inside>,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = uuid::Uuid::now_v7().to_string();
         let span = tracing::info_span!(
@@ -116,7 +163,7 @@ impl Pipeline {
             record.policy_digest = Some(policy.digest().to_owned());
 
             let (parts, body) = req.into_parts();
-            let verdict = admit(peer, &policy, parts, &mut record);
+            let verdict = admit(peer, &policy, inside, parts, &mut record);
 
             // The one place a decision is recorded, on every path.
             let reason = verdict.as_ref().err().copied().unwrap_or(Reason::Allowed);
@@ -134,17 +181,9 @@ impl Pipeline {
             span.record("decision.reason", reason.code());
             // The outcome guard exists before the commit is awaited: if the
             // agent goes away from here on, the outcome says `client-cancelled`.
-            let mut outcome = verdict.is_ok().then(|| Outcome {
-                audit: self.audit.clone(),
-                record: Some(outcome_template(&record)),
-                started,
-                bytes_up: Arc::new(AtomicU64::new(0)),
-                bytes_down: Arc::new(AtomicU64::new(0)),
-                status: None,
-                reason: Reason::ClientCancelled,
-                finished: false,
-                _in_flight: InFlightGuard::new(&self.in_flight),
-            });
+            let mut outcome = verdict
+                .is_ok()
+                .then(|| self.outcome_for(&record, started));
             if let Err(e) = self.audit.append_durable(record).await {
                 tracing::error!(error = %e, "decision not recorded; refusing the call");
                 if let Some(outcome) = outcome.as_mut() {
@@ -166,6 +205,22 @@ impl Pipeline {
         }
         .instrument(span)
         .await
+    }
+
+    /// The guard that writes the outcome record of an allowed call when it
+    /// is dropped.
+    pub(crate) fn outcome_for(&self, decision: &DecisionRecord, started: Instant) -> Outcome {
+        Outcome {
+            audit: self.audit.clone(),
+            record: Some(outcome_template(decision)),
+            started,
+            bytes_up: Arc::new(AtomicU64::new(0)),
+            bytes_down: Arc::new(AtomicU64::new(0)),
+            status: None,
+            reason: Reason::ClientCancelled,
+            finished: false,
+            _in_flight: InFlightGuard::new(&self.in_flight),
+        }
     }
 
     async fn forward(
@@ -219,18 +274,26 @@ impl Pipeline {
 fn admit(
     peer: &Peer,
     policy: &Arc<Policy>,
+    inside: Option<&Inside>,
     mut parts: Parts,
     record: &mut DecisionRecord,
 ) -> Result<Admitted, Reason> {
     // Identity first: a call from an unknown agent learns nothing about
-    // routes, and (once CONNECT lands) resolves no name.
+    // routes and resolves no name.
     let agent = policy.agent_for(&peer.identity.names);
     if let Some(agent) = agent {
         let name = &policy.agent(agent).name;
         tracing::Span::current().record("agent.id", name.as_str());
         record.agent = Some(name.clone());
     }
-    let routed = match route(&parts_request(&parts)) {
+    let routed = match inside {
+        Some(inside) => route_inside(inside, &parts),
+        None => route(&parts_request(&parts)),
+    };
+    if let Some(inside) = inside {
+        record.detail = Some(format!("inside connect {}", inside.connect_id));
+    }
+    let routed = match routed {
         Ok(routed) => routed,
         Err(e) => {
             record.path = Some(parts.uri.path().to_owned());
@@ -254,12 +317,13 @@ fn admit(
             record.path = Some(path.clone());
             (Target::Host { host, port: *port }, path.as_str())
         }
+        // CONNECT never reaches here (see `Pipeline::handle`).
         Destination::Connect { host, .. } => {
             record.host = Some(host.clone());
             return Err(if agent.is_none() {
                 Reason::UnknownAgent
             } else {
-                Reason::ConnectNotSupported
+                Reason::MalformedRequest
             });
         }
     };
@@ -281,8 +345,18 @@ fn admit(
     // the route, or the agent's full path in forward-proxy mode.
     let upstream_path = encode_path(&match target {
         Target::Route(_) => format!("{}{path}", scope.upstream.base_path),
-        Target::Host { .. } => path.to_owned(),
+        Target::Host { .. } | Target::Connect { .. } => path.to_owned(),
     });
+    // Inside an intercepted tunnel the agent spoke TLS to the host and port
+    // it named, so the call goes there over verified TLS, never in clear.
+    let upstream = match inside {
+        Some(inside) => Upstream {
+            scheme: http::uri::Scheme::HTTPS,
+            port: inside.port,
+            ..scope.upstream.clone()
+        },
+        None => scope.upstream.clone(),
+    };
 
     // Prepare the upstream request head; a credential that cannot be injected
     // is a refusal, recorded as such, before anything leaves.
@@ -296,9 +370,27 @@ fn admit(
             Reason::CredentialUnavailable
         })?;
     }
-    parts.uri = upstream_uri(&scope.upstream, &upstream_path, routed.query.as_deref())?;
+    parts.uri = upstream_uri(&upstream, &upstream_path, routed.query.as_deref())?;
     parts.version = Version::HTTP_11;
     Ok(Admitted { permit, parts })
+}
+
+/// Routes a request inside an intercepted tunnel: the host and port are the
+/// ones the `CONNECT` named and policy allowed, whatever `Host` or
+/// `:authority` the agent sends inside.
+fn route_inside(inside: &Inside, parts: &Parts) -> Result<Routed, crate::route::RouteError> {
+    if !parts.method.as_str().bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(crate::route::RouteError::BadMethod);
+    }
+    Ok(Routed {
+        mode: Mode::Intercept,
+        destination: Destination::Host {
+            host: inside.host.to_string(),
+            port: Some(inside.port),
+            path: normalise_path(parts.uri.path())?,
+        },
+        query: parts.uri.query().map(str::to_owned),
+    })
 }
 
 /// A body-less request view of `parts`, for routing.
@@ -340,6 +432,7 @@ fn outcome_template(decision: &DecisionRecord) -> DecisionRecord {
         credential_kind: decision.credential_kind.clone(),
         credential_ref: decision.credential_ref.clone(),
         policy_digest: decision.policy_digest.clone(),
+        detail: decision.detail.clone(),
         ..DecisionRecord::default()
     }
 }
@@ -347,16 +440,24 @@ fn outcome_template(decision: &DecisionRecord) -> DecisionRecord {
 /// Emits the outcome record when dropped: with the response body, or at once
 /// when the upstream failed or the agent went away.
 #[derive(Debug)]
-struct Outcome {
+pub(crate) struct Outcome {
     audit: AuditLog,
     record: Option<DecisionRecord>,
     started: Instant,
-    bytes_up: Arc<AtomicU64>,
-    bytes_down: Arc<AtomicU64>,
-    status: Option<u16>,
-    reason: Reason,
-    finished: bool,
+    pub(crate) bytes_up: Arc<AtomicU64>,
+    pub(crate) bytes_down: Arc<AtomicU64>,
+    pub(crate) status: Option<u16>,
+    pub(crate) reason: Reason,
+    pub(crate) finished: bool,
     _in_flight: InFlightGuard,
+}
+
+impl Outcome {
+    /// Drops the guard without an outcome record: the decision it belongs
+    /// to was never recorded.
+    pub(crate) fn forget(mut self) {
+        self.record = None;
+    }
 }
 
 impl BodyGuard for Outcome {

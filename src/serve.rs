@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::audit::{AuditError, AuditLog, DecisionRecord, WriterHandle, kind};
 use crate::error::Reason;
 use crate::forward::{ForwardError, Timeouts, Upstreams};
+use crate::intercept::{InterceptError, Interceptor};
 use crate::listener::{self, ListenerError};
 use crate::pipeline::Pipeline;
 use crate::policy::{self, LoadError, LoadOptions};
@@ -34,6 +35,8 @@ pub struct ServeConfig {
     pub timeouts: Timeouts,
     /// How long in-flight calls may finish at shutdown before they are ended.
     pub drain: Duration,
+    /// Names pinned to addresses, consulted before DNS (`--resolve`).
+    pub resolve: Vec<(String, std::net::IpAddr)>,
 }
 
 /// Why `serve` would not start.
@@ -51,6 +54,9 @@ pub enum ServeError {
     /// The upstream client could not be built.
     #[error(transparent)]
     Forward(#[from] ForwardError),
+    /// The interception CA is missing or unusable.
+    #[error(transparent)]
+    Intercept(#[from] InterceptError),
     /// The listen address is unavailable.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -100,7 +106,13 @@ pub async fn start(
         policy.summary()
     );
     let tls = listener::server_config(&config.certs_dir, config.crl.as_deref())?;
-    let upstreams = Upstreams::new(config.timeouts)?;
+    let interceptor = Interceptor::load(&config.certs_dir)?;
+    let mut pins: std::collections::HashMap<String, Vec<std::net::IpAddr>> =
+        std::collections::HashMap::new();
+    for (name, ip) in &config.resolve {
+        pins.entry(name.clone()).or_default().push(*ip);
+    }
+    let upstreams = Upstreams::new(config.timeouts, Arc::new(pins))?;
     let (audit, writer) = AuditLog::open(&config.audit_path)?;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -115,7 +127,12 @@ pub async fn start(
     // The policy in force is itself a record; a log that cannot take it
     // cannot take decisions either, so this is a reason not to start.
     audit.append_durable(policy_record(&policy)).await?;
-    let pipeline = Arc::new(Pipeline::new(Arc::new(policy), audit, upstreams));
+    let pipeline = Arc::new(Pipeline::new(
+        Arc::new(policy),
+        audit,
+        upstreams,
+        interceptor,
+    ));
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(listener::serve(
         listener,

@@ -90,6 +90,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
             total: Duration::from_secs(30),
         },
         drain: Duration::from_secs(5),
+        resolve: Vec::new(),
     };
     let running = serve::start(&config, &env).await?;
     let base = format!("https://localhost:{}", running.addr.port());
