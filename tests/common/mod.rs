@@ -59,6 +59,8 @@ pub struct Harness {
     pub audit: PathBuf,
     pub echo: EchoUpstream,
     pub upstream_ca: Pem,
+    /// The echo upstream's own certificate.
+    pub upstream_cert: Pem,
     pub port: u16,
     child: Option<Child>,
     // Keeps the echo's runtime alive for the test.
@@ -99,7 +101,8 @@ impl Harness {
         for (name, text) in &options.extra_policy {
             std::fs::write(
                 policy.join(name),
-                text.replace("{echo}", &echo.addr.to_string()),
+                text.replace("{echo}", &echo.addr.to_string())
+                    .replace("{echo_port}", &echo.addr.port().to_string()),
             )
             .unwrap();
         }
@@ -110,6 +113,7 @@ impl Harness {
             audit,
             echo,
             upstream_ca,
+            upstream_cert,
             port: 0,
             child: None,
             _runtime: runtime,
@@ -187,6 +191,11 @@ impl Harness {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// The process id of the running clawgate.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("clawgate is running").id()
     }
 
     pub fn stdout(&self) -> String {
@@ -347,6 +356,20 @@ impl Reply {
                 .eq_ignore_ascii_case(name)
                 .then(|| v.trim().to_owned())
         })
+    }
+
+    /// Every value of a header, in order (a proxied reply holds the
+    /// `CONNECT` answer's headers first).
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .lines()
+            .filter_map(|line| {
+                let (k, v) = line.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_owned())
+            })
+            .collect()
     }
 
     pub fn request_id(&self) -> String {
