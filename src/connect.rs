@@ -278,7 +278,13 @@ impl Pipeline {
                 (Plan::Tunnel { .. }, Some(mut upstream)) => {
                     match tokio::io::copy_bidirectional(&mut agent, &mut upstream).await {
                         Ok(_) => outcome.finished = true,
-                        Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
+                        // Either end hanging up abruptly is how most TLS
+                        // sessions end; the tunnel itself did its work.
+                        Err(e) if closed_by_peer(&e) => {
+                            tracing::debug!(error = %e, "tunnel closed by a peer");
+                            outcome.finished = true;
+                        }
+                        Err(e) => tracing::info!(error = %e, "tunnel ended with an error"),
                     }
                 }
                 (Plan::Intercept { inside, tls }, _) => {
@@ -327,6 +333,17 @@ impl Pipeline {
             }
         }
     }
+}
+
+fn closed_by_peer(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::NotConnected
+    )
 }
 
 /// Counts bytes read from and written to the agent side of a tunnel.
