@@ -102,7 +102,14 @@ impl Pipeline {
                 .await;
             let reason = verdict.as_ref().err().copied().unwrap_or(Reason::Allowed);
             record.reason = reason.code().to_owned();
-            record.decision = Some(if reason == Reason::Allowed { "allow" } else { "deny" }.into());
+            record.decision = Some(
+                if reason == Reason::Allowed {
+                    "allow"
+                } else {
+                    "deny"
+                }
+                .into(),
+            );
             let span = tracing::Span::current();
             span.record("decision.effect", record.decision.as_deref());
             span.record("decision.reason", reason.code());
@@ -213,24 +220,21 @@ impl Pipeline {
         let host = egress::normalise_host(&host).map_err(|_| Reason::MalformedRequest)?;
         // Checked now, before the decision is recorded, so the record says
         // why; a tunnel then connects only to these addresses.
-        let addrs = egress::resolve_checked(
-            &host,
-            port,
-            &scope.allow_private,
-            self.upstreams.pins(),
-        )
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "connect target refused or unresolvable");
-            if let EgressError::Blocked(blocked) = &e {
-                record.detail = Some(format!("{} port {port}: {blocked}", scope.connect.as_str()));
-            }
-            match e {
-                EgressError::Blocked(_) => Reason::EgressAddressBlocked,
-                EgressError::Timeout(_) => Reason::UpstreamTimeout,
-                _ => Reason::UpstreamUnreachable,
-            }
-        })?;
+        let addrs =
+            egress::resolve_checked(&host, port, &scope.allow_private, self.upstreams.pins())
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "connect target refused or unresolvable");
+                    if let EgressError::Blocked(blocked) = &e {
+                        record.detail =
+                            Some(format!("{} port {port}: {blocked}", scope.connect.as_str()));
+                    }
+                    match e {
+                        EgressError::Blocked(_) => Reason::EgressAddressBlocked,
+                        EgressError::Timeout(_) => Reason::UpstreamTimeout,
+                        _ => Reason::UpstreamUnreachable,
+                    }
+                })?;
         match scope.connect {
             ConnectMode::Tunnel => Ok(Plan::Tunnel { host, addrs }),
             ConnectMode::Intercept => {

@@ -94,8 +94,8 @@ pub fn normalise_host(raw: &str) -> Result<Host, HostError> {
             .map(|ip| Host::Ip(IpAddr::V4(ip)))
             .ok_or_else(|| HostError::BadIpv4(raw.to_owned()));
     }
-    let ascii = idna::domain_to_ascii_strict(&lower)
-        .map_err(|_| HostError::BadName(raw.to_owned()))?;
+    let ascii =
+        idna::domain_to_ascii_strict(&lower).map_err(|_| HostError::BadName(raw.to_owned()))?;
     if ascii.is_empty()
         || ascii.len() > 253
         || ascii.split('.').any(|label| {
@@ -381,7 +381,10 @@ pub async fn resolve_checked(
     for ip in &ips {
         allow.check(host, *ip)?;
     }
-    Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
+    Ok(ips
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect())
 }
 
 /// Connects to the first of `addrs` that answers, within `limit`.

@@ -33,7 +33,10 @@ fn every_spelling_of_an_address_normalises_to_one() {
         ("[0:0:0:0:0:0:0:1]", ip("::1")),
         ("Example.COM.", Host::Name("example.com".into())),
         ("bücher.example", Host::Name("xn--bcher-kva.example".into())),
-        ("XN--BCHER-KVA.example", Host::Name("xn--bcher-kva.example".into())),
+        (
+            "XN--BCHER-KVA.example",
+            Host::Name("xn--bcher-kva.example".into()),
+        ),
         ("localhost", Host::Name("localhost".into())),
     ];
     for (raw, want) in cases {
@@ -108,17 +111,29 @@ fn allow_private_opens_exactly_what_it_names() {
     assert!(allow.check(&name, "127.0.0.5".parse().unwrap()).is_ok());
     assert!(allow.check(&name, "::1".parse().unwrap()).is_ok());
     assert!(allow.check(&name, "10.0.0.1".parse().unwrap()).is_err());
-    assert!(allow.check(&name, "::ffff:127.0.0.1".parse().unwrap()).is_err());
+    assert!(
+        allow
+            .check(&name, "::ffff:127.0.0.1".parse().unwrap())
+            .is_err()
+    );
     let internal = Host::Name("internal.example".into());
     assert!(allow.check(&internal, "10.0.0.1".parse().unwrap()).is_ok());
     assert!(allow.check(&name, "8.8.8.8".parse().unwrap()).is_ok());
 
     let none = AllowPrivate::default();
-    let err = none.check_literal(&Host::Name("localhost".into())).unwrap_err();
+    let err = none
+        .check_literal(&Host::Name("localhost".into()))
+        .unwrap_err();
     assert_eq!(err.range, "loopback");
-    assert!(none.check_literal(&Host::Name("a.localhost".into())).is_err());
+    assert!(
+        none.check_literal(&Host::Name("a.localhost".into()))
+            .is_err()
+    );
     assert!(none.check_literal(&ip("169.254.169.254")).is_err());
-    assert!(none.check_literal(&Host::Name("example.com".into())).is_ok());
+    assert!(
+        none.check_literal(&Host::Name("example.com".into()))
+            .is_ok()
+    );
 
     for bad in ["10.0.0.0/33", "::/129", "x/8", "1.2.3.4.5"] {
         assert!(AllowPrivate::parse([bad]).is_err(), "{bad}");

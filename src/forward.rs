@@ -135,19 +135,19 @@ impl Upstreams {
         let client = self
             .client_for(&scope.ca_certs, &scope.allow_private)
             .map_err(|e| {
-            tracing::error!(error = %e, "cannot build upstream client");
-            Reason::UpstreamUnreachable
-        })?;
+                tracing::error!(error = %e, "cannot build upstream client");
+                Reason::UpstreamUnreachable
+            })?;
         match tokio::time::timeout(self.timeouts.total, client.request(request)).await {
             Err(_) => Err(Reason::UpstreamTimeout),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => {
-                if let Some(blocked) = error_chain(&e).find_map(|cause| {
-                    match cause.downcast_ref::<EgressError>() {
+                if let Some(blocked) =
+                    error_chain(&e).find_map(|cause| match cause.downcast_ref::<EgressError>() {
                         Some(EgressError::Blocked(blocked)) => Some(*blocked),
                         _ => None,
-                    }
-                }) {
+                    })
+                {
                     tracing::warn!(error = %blocked, "upstream address refused");
                     return Err(Reason::EgressAddressBlocked);
                 }

@@ -169,7 +169,10 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &again));
         let other = interceptor.server_config(&b).unwrap();
         assert!(!Arc::ptr_eq(&first, &other));
-        assert_eq!(first.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(
+            first.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
         let missing = Interceptor::load(&dir.path().join("nothing")).unwrap_err();
         assert!(missing.to_string().contains("certs init"), "{missing}");
     }

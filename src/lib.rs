@@ -23,6 +23,7 @@
 //! - [`audit`]: the decision log (SQLite, group commit, hash chain), query, verify.
 //! - [`error`]: the closed set of reasons and their one mapping to responses.
 
+pub mod agent_env;
 pub mod audit;
 pub mod body;
 pub mod certs;

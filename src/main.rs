@@ -45,6 +45,21 @@ enum Command {
     /// The decision log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print what an agent's environment needs to use clawgate as its HTTPS_PROXY.
+    Env {
+        /// The agent (its certificate is `agents/NAME.pem` in the certificate directory).
+        #[arg(long)]
+        agent: String,
+        /// The certificate directory.
+        #[arg(long, default_value = "./certs")]
+        certs: PathBuf,
+        /// The proxy URL the agent uses.
+        #[arg(long, default_value = "https://localhost:8443")]
+        proxy: String,
+        /// The system CA bundle to include (found in the usual places when not given).
+        #[arg(long)]
+        system_roots: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +269,23 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 running.shutdown().await;
                 Ok(ExitCode::SUCCESS)
             })
+        }
+        Command::Env {
+            agent,
+            certs,
+            proxy,
+            system_roots,
+        } => {
+            print!(
+                "{}",
+                clawgate::agent_env::agent_env(&clawgate::agent_env::EnvRequest {
+                    agent: &agent,
+                    certs_dir: &certs,
+                    proxy: &proxy,
+                    system_roots: system_roots.as_deref(),
+                })?
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo { keep } => {
             runtime()?.block_on(clawgate::demo::run(keep))?;

@@ -181,9 +181,7 @@ impl Pipeline {
             span.record("decision.reason", reason.code());
             // The outcome guard exists before the commit is awaited: if the
             // agent goes away from here on, the outcome says `client-cancelled`.
-            let mut outcome = verdict
-                .is_ok()
-                .then(|| self.outcome_for(&record, started));
+            let mut outcome = verdict.is_ok().then(|| self.outcome_for(&record, started));
             if let Err(e) = self.audit.append_durable(record).await {
                 tracing::error!(error = %e, "decision not recorded; refusing the call");
                 if let Some(outcome) = outcome.as_mut() {
@@ -379,7 +377,12 @@ fn admit(
 /// ones the `CONNECT` named and policy allowed, whatever `Host` or
 /// `:authority` the agent sends inside.
 fn route_inside(inside: &Inside, parts: &Parts) -> Result<Routed, crate::route::RouteError> {
-    if !parts.method.as_str().bytes().all(|b| b.is_ascii_uppercase()) {
+    if !parts
+        .method
+        .as_str()
+        .bytes()
+        .all(|b| b.is_ascii_uppercase())
+    {
         return Err(crate::route::RouteError::BadMethod);
     }
     Ok(Routed {

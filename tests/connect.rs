@@ -210,7 +210,10 @@ fn a_tunnel_splices_bytes_and_the_agent_sees_the_upstream_certificate() {
     // A tunnel scope has no rules, so a plain request to it is refused.
     let plain = h.curl_via_proxy(
         "tunneler",
-        &[&format!("http://localhost:{}/v1/anything", h.echo.addr.port())],
+        &[&format!(
+            "http://localhost:{}/v1/anything",
+            h.echo.addr.port()
+        )],
     );
     assert_eq!(plain.status, 403, "{plain:?}");
     assert_eq!(plain.json()["reason"], "no-matching-rule");
@@ -313,10 +316,16 @@ fn egress_refuses_every_spelling_of_a_private_address() {
     assert_eq!(rebind_outcome.status, Some(403));
     let rebind_connect = blocked
         .iter()
-        .find(|r| r.method.as_deref() == Some("CONNECT") && r.host.as_deref() == Some("rebind.test"))
+        .find(|r| {
+            r.method.as_deref() == Some("CONNECT") && r.host.as_deref() == Some("rebind.test")
+        })
         .unwrap();
     assert!(
-        rebind_connect.detail.as_deref().unwrap().contains("loopback"),
+        rebind_connect
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("loopback"),
         "{rebind_connect:?}"
     );
     for spelling in ["127.0.0.1", "::ffff:127.0.0.1", "0.0.0.0"] {
@@ -385,7 +394,12 @@ fn undici_and_httpx_fetch_through_the_proxy() {
         let body = lines[0]["body"].as_str().unwrap();
         assert!(body.contains(CANARY) && !body.contains("agent-own-token"));
         assert_eq!(lines[1]["status"], 403, "{lines:?}");
-        assert!(lines[1]["body"].as_str().unwrap().contains("denied-by-rule"));
+        assert!(
+            lines[1]["body"]
+                .as_str()
+                .unwrap()
+                .contains("denied-by-rule")
+        );
     }
     let inner: Vec<_> = h
         .records()
@@ -394,4 +408,130 @@ fn undici_and_httpx_fetch_through_the_proxy() {
         .collect();
     assert_eq!(inner.len(), 4, "{inner:#?}");
     assert_eq!(h.seen().len(), 2);
+}
+
+#[test]
+fn env_prints_a_working_proxy_environment() {
+    let h = harness();
+    let out = Command::new(common::BIN)
+        .args(["env", "--agent", "research", "--certs"])
+        .arg(&h.certs)
+        .args(["--proxy", &format!("https://localhost:{}", h.port)])
+        // Stands in for the system roots so the test needs nothing from the host.
+        .arg("--system-roots")
+        .arg(h.policy.join("upstream-ca.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let vars: std::collections::HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .collect();
+    for var in [
+        "HTTPS_PROXY",
+        "SSL_CERT_FILE",
+        "CURL_CA_BUNDLE",
+        "REQUESTS_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "AWS_CA_BUNDLE",
+        "CLAWGATE_AGENT_CERT",
+        "CLAWGATE_AGENT_KEY",
+    ] {
+        assert!(vars.contains_key(var), "{var} missing: {text}");
+    }
+    let bundle = std::fs::read_to_string(vars["SSL_CERT_FILE"]).unwrap();
+    for pem in ["intercept-ca.pem", "ca.pem"] {
+        let ca = std::fs::read_to_string(h.certs.join(pem)).unwrap();
+        assert!(bundle.contains(ca.trim()), "{pem} not in the bundle");
+    }
+    assert!(bundle.contains(h.upstream_ca.cert.trim()));
+    assert!(!text.contains("PRIVATE KEY"));
+
+    // curl, configured only from what `env` printed, reaches the upstream.
+    let reply = common::curl(&[
+        "--proxy".into(),
+        vars["HTTPS_PROXY"].into(),
+        "--proxy-cacert".into(),
+        vars["CURL_CA_BUNDLE"].into(),
+        "--cacert".into(),
+        vars["CURL_CA_BUNDLE"].into(),
+        "--proxy-cert".into(),
+        vars["CLAWGATE_AGENT_CERT"].into(),
+        "--proxy-key".into(),
+        vars["CLAWGATE_AGENT_KEY"].into(),
+        echo_url(&h, "/v1/items"),
+    ]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// clawgate's peak resident memory may not pass this while 200 MB go each
+/// way through an intercepted connection: bodies are streamed, never held.
+const STREAMING_RSS_BOUND_KIB: u64 = 64 * 1024;
+
+#[test]
+fn two_hundred_megabytes_stream_through_interception_in_bounded_memory() {
+    const SIZE: u64 = 200 * 1024 * 1024;
+    let h = harness();
+    let file = h.path("upload.bin");
+    std::fs::File::create(&file).unwrap().set_len(SIZE).unwrap();
+    let (cert, key) = h.agent_cert("research");
+    let run = |extra: &[&str]| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "300",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{size_download} %{size_upload}",
+            ])
+            .args(["--proxy", &format!("https://localhost:{}", h.port)])
+            .arg("--proxy-cacert")
+            .arg(h.certs.join("ca.pem"))
+            .arg("--proxy-cert")
+            .arg(&cert)
+            .arg("--proxy-key")
+            .arg(&key)
+            .args(["--cacert", &intercept_ca(&h)])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let up = run(&[
+        "-T",
+        file.to_str().unwrap(),
+        &echo_url(&h, "/v1/uploads/big"),
+    ]);
+    assert_eq!(up, format!("200 {} {SIZE}", up.split(' ').nth(1).unwrap()));
+    let seen = h.seen();
+    assert_eq!(seen.last().unwrap().body_bytes, SIZE);
+    let down = run(&[&echo_url(&h, &format!("/v1/items/bytes/{SIZE}"))]);
+    assert_eq!(down, format!("200 {SIZE} 0"));
+    let peak = peak_rss_kib(h.pid());
+    eprintln!("clawgate peak RSS after 2 x 200 MB: {peak} KiB");
+    assert!(
+        peak < STREAMING_RSS_BOUND_KIB,
+        "peak RSS {peak} KiB is over {STREAMING_RSS_BOUND_KIB} KiB"
+    );
+    let outcomes: Vec<_> = h
+        .records()
+        .into_iter()
+        .filter(|r| r.kind == "outcome" && r.mode.as_deref() == Some("intercept"))
+        .collect();
+    assert!(outcomes.iter().any(|r| r.bytes_up == Some(SIZE as i64)));
+    assert!(outcomes.iter().any(|r| r.bytes_down == Some(SIZE as i64)));
 }
