@@ -339,7 +339,8 @@ impl Pipeline {
     }
 }
 
-fn closed_by_peer(e: &io::Error) -> bool {
+/// Whether an error is just one end of a tunnel hanging up.
+pub(crate) fn closed_by_peer(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionReset
@@ -351,10 +352,10 @@ fn closed_by_peer(e: &io::Error) -> bool {
 }
 
 /// Counts bytes read from and written to the agent side of a tunnel.
-struct Counted<T> {
-    inner: T,
-    read: Arc<AtomicU64>,
-    written: Arc<AtomicU64>,
+pub(crate) struct Counted<T> {
+    pub(crate) inner: T,
+    pub(crate) read: Arc<AtomicU64>,
+    pub(crate) written: Arc<AtomicU64>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {

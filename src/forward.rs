@@ -76,7 +76,7 @@ impl Upstreams {
     pub fn new(timeouts: Timeouts, pins: Pins) -> Result<Upstreams, ForwardError> {
         Ok(Upstreams {
             timeouts,
-            default: build_client(&[], Arc::default(), Arc::clone(&pins), timeouts)?,
+            default: build_client(&[], Arc::default(), Arc::clone(&pins), timeouts, false)?,
             pins,
             private: Mutex::new(HashMap::new()),
         })
@@ -96,8 +96,9 @@ impl Upstreams {
         &self,
         extra_roots: &[CertificateDer<'static>],
         allow: &Arc<AllowPrivate>,
+        http1_only: bool,
     ) -> Result<PooledClient, ForwardError> {
-        if extra_roots.is_empty() && allow.is_empty() {
+        if extra_roots.is_empty() && allow.is_empty() && !http1_only {
             return Ok(self.default.clone());
         }
         let mut hasher = Sha256::new();
@@ -105,7 +106,7 @@ impl Upstreams {
             hasher.update((root.as_ref().len() as u64).to_be_bytes());
             hasher.update(root.as_ref());
         }
-        hasher.update(format!("{allow:?}").as_bytes());
+        hasher.update(format!("{allow:?} {http1_only}").as_bytes());
         let key: [u8; 32] = hasher.finalize().into();
         let mut clients = self
             .private
@@ -119,21 +120,23 @@ impl Upstreams {
             Arc::clone(allow),
             Arc::clone(&self.pins),
             self.timeouts,
+            http1_only,
         )?;
         clients.insert(key, client.clone());
         Ok(client)
     }
 
     /// Sends a permitted request and waits for the response head, within the
-    /// total timeout.
+    /// total timeout. `http1_only` is for upgrades, which HTTP/2 cannot carry.
     pub async fn send(
         &self,
         permit: &Permitted,
         request: Request<UpstreamBody>,
+        http1_only: bool,
     ) -> Result<Response<Incoming>, Reason> {
         let scope = permit.scope();
         let client = self
-            .client_for(&scope.ca_certs, &scope.allow_private)
+            .client_for(&scope.ca_certs, &scope.allow_private, http1_only)
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot build upstream client");
                 Reason::UpstreamUnreachable
@@ -173,6 +176,7 @@ fn build_client(
     allow: Arc<AllowPrivate>,
     pins: Pins,
     timeouts: Timeouts,
+    http1_only: bool,
 ) -> Result<PooledClient, ForwardError> {
     let mut roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -193,11 +197,14 @@ fn build_client(
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(timeouts.connect));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http);
+        .https_or_http();
+    let https = if http1_only {
+        builder.enable_http1().wrap_connector(http)
+    } else {
+        builder.enable_all_versions().wrap_connector(http)
+    };
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(64)

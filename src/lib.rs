@@ -40,3 +40,4 @@ pub mod pipeline;
 pub mod policy;
 pub mod route;
 pub mod serve;
+pub mod upgrade;

@@ -140,9 +140,15 @@ impl Pipeline {
         &self,
         peer: &Peer,
         inside: Option<&Inside>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
+        // A WebSocket upgrade is adjudicated here like any call; its socket
+        // is spliced only if the upstream agrees to switch.
+        let upgrade = crate::upgrade::websocket(&req).map(|value| {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            (value, on_upgrade)
+        });
         let request_id = uuid::Uuid::now_v7().to_string();
         let span = tracing::info_span!(
             "call",
@@ -192,7 +198,8 @@ impl Pipeline {
             }
             match (verdict, outcome) {
                 (Ok(admitted), Some(outcome)) => {
-                    self.forward(admitted, body, outcome, &request_id).await
+                    self.forward(admitted, body, outcome, &request_id, upgrade)
+                        .await
                 }
                 (Err(reason), _) => {
                     tracing::info!("call refused");
@@ -223,11 +230,15 @@ impl Pipeline {
 
     async fn forward(
         &self,
-        admitted: Admitted,
+        mut admitted: Admitted,
         body: Incoming,
         mut outcome: Outcome,
         request_id: &str,
+        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
     ) -> Response<ProxyBody> {
+        if let Some((value, _)) = &upgrade {
+            crate::upgrade::restore(&mut admitted.parts.headers, value);
+        }
         let upload_failed = FailureFlag::default();
         let upstream_body = CountingBody::guarded(
             body,
@@ -237,7 +248,12 @@ impl Pipeline {
         );
         let request = Request::from_parts(admitted.parts, upstream_body);
         let deadline = outcome.started + self.upstreams.timeouts().total;
-        let response = match self.upstreams.send(&admitted.permit, request).await {
+        let http1_only = upgrade.is_some();
+        let mut response = match self
+            .upstreams
+            .send(&admitted.permit, request, http1_only)
+            .await
+        {
             Ok(response) => response,
             Err(reason) => {
                 // A broken upload is the agent's doing, not the upstream's.
@@ -252,6 +268,27 @@ impl Pipeline {
                 return refusal_response(reason, request_id);
             }
         };
+        if let Some((value, agent_side)) = upgrade
+            && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            let upstream_side = hyper::upgrade::on(&mut response);
+            let (mut parts, _) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            crate::upgrade::restore(&mut parts.headers, &value);
+            if let Ok(id) = HeaderValue::from_str(request_id) {
+                parts.headers.insert(REQUEST_ID_HEADER, id);
+            }
+            outcome.status = Some(parts.status.as_u16());
+            outcome.reason = Reason::Allowed;
+            let stopping = self.stopping.subscribe();
+            tokio::spawn(
+                crate::upgrade::splice(agent_side, upstream_side, outcome, stopping)
+                    .in_current_span(),
+            );
+            tracing::info!("upgrade forwarded");
+            let empty = http_body_util::Empty::new().map_err(|never| match never {});
+            return Response::from_parts(parts, empty.boxed());
+        }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if let Ok(id) = HeaderValue::from_str(request_id) {

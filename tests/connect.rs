@@ -535,3 +535,79 @@ fn two_hundred_megabytes_stream_through_interception_in_bounded_memory() {
     assert!(outcomes.iter().any(|r| r.bytes_up == Some(SIZE as i64)));
     assert!(outcomes.iter().any(|r| r.bytes_down == Some(SIZE as i64)));
 }
+
+#[test]
+fn a_websocket_upgrade_inside_interception_is_adjudicated_and_recorded_once() {
+    let h = harness();
+    let (cert, key) = h.agent_cert("research");
+    let proxy = format!("https://localhost:{}", h.port);
+    let url = format!("wss://127.0.0.1:{}/v1/items/live", h.echo.addr.port());
+    let out = Command::new("node")
+        .arg(clients_dir().join("undici_websocket.mjs"))
+        .arg(&proxy)
+        .args([
+            &h.certs.join("ca.pem"),
+            &cert,
+            &key,
+            &h.certs.join("intercept-ca.pem"),
+        ])
+        .args([&url, "hello through clawgate"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let answer: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    assert_eq!(answer["echoed"], "hello through clawgate", "{answer}");
+
+    // The upstream saw one upgrade request, with the injected credential.
+    let seen = h.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(
+        seen[0]
+            .headers
+            .iter()
+            .any(|(k, v)| k == "authorization" && v == &format!("Bearer {CANARY}"))
+    );
+    assert!(
+        seen[0]
+            .headers
+            .iter()
+            .any(|(k, v)| k == "upgrade" && v == "websocket")
+    );
+
+    let upgrades: Vec<_> = h
+        .records()
+        .into_iter()
+        .filter(|r| r.mode.as_deref() == Some("intercept") && r.kind == "decision")
+        .collect();
+    assert_eq!(upgrades.len(), 1, "{upgrades:#?}");
+    assert_eq!(upgrades[0].path.as_deref(), Some("/v1/items/live"));
+    assert_eq!(upgrades[0].rule.as_deref(), Some("read-items"));
+    let outcome = h.outcome(&upgrades[0].request_id);
+    assert_eq!(outcome.status, Some(101));
+    assert_eq!(outcome.reason, "allowed");
+    // One message each way, framed: more than the text itself.
+    assert!(outcome.bytes_up.unwrap() >= 22 && outcome.bytes_down.unwrap() >= 22);
+
+    // A denied path is refused at the upgrade and never reaches the upstream.
+    let denied = Command::new("node")
+        .arg(clients_dir().join("undici_websocket.mjs"))
+        .arg(&proxy)
+        .args([
+            &h.certs.join("ca.pem"),
+            &cert,
+            &key,
+            &h.certs.join("intercept-ca.pem"),
+        ])
+        .args([
+            &format!("wss://127.0.0.1:{}/v1/items/admin", h.echo.addr.port()),
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!denied.status.success(), "{denied:?}");
+    assert_eq!(h.seen().len(), 1);
+    h.wait_for("denied upgrade", |r| {
+        r.mode.as_deref() == Some("intercept") && r.reason == "denied-by-rule"
+    });
+}

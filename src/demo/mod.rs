@@ -8,6 +8,7 @@
 //! a certificate. Then it prints the decision log and verifies its chain.
 
 pub mod echo;
+pub mod websocket;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
