@@ -463,6 +463,27 @@ fn env_prints_a_working_proxy_environment() {
         echo_url(&h, "/v1/items"),
     ]);
     assert_eq!(reply.status, 200, "{reply:?}");
+
+    // A Node agent's unchanged code (global fetch), with the environment
+    // `env` printed and the preload from the README.
+    let out = Command::new("node")
+        .arg(clients_dir().join("global_fetch.mjs"))
+        .arg(echo_url(&h, "/v1/items/9"))
+        .envs(vars.iter().map(|(k, v)| (*k, *v)))
+        .env(
+            "NODE_OPTIONS",
+            format!("--import={}", clients_dir().join("clawgate-proxy.mjs").display()),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let answer: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert!(answer["body"].as_str().unwrap().contains(CANARY));
+    h.wait_for("the fetch inside interception", |r| {
+        r.mode.as_deref() == Some("intercept") && r.path.as_deref() == Some("/v1/items/9")
+    });
 }
 
 /// Peak resident memory of a process, in KiB.
