@@ -145,8 +145,7 @@ fn bench(c: &mut Criterion) {
         certs::issue(&upstream_ca, &certs::server_spec(&[], 1).unwrap()).unwrap();
     let echo = rt.block_on(EchoUpstream::start(&upstream_cert)).unwrap();
     let policy_dir = dir.path().join("policy");
-    clawgate::demo::write_example_policy(&policy_dir, echo.addr.port(), &upstream_ca.cert)
-        .unwrap();
+    clawgate::demo::write_example_policy(&policy_dir, echo.addr.port(), &upstream_ca.cert).unwrap();
     let config = ServeConfig {
         policy_dir,
         certs_dir: certs_dir.clone(),
@@ -168,7 +167,10 @@ fn bench(c: &mut Criterion) {
         echo: echo.addr,
         outer: tls_config(
             &certs_dir.join(files::CA),
-            Some((&agents.join("research.pem"), &agents.join("research-key.pem"))),
+            Some((
+                &agents.join("research.pem"),
+                &agents.join("research-key.pem"),
+            )),
         ),
         inner: tls_config(&certs_dir.join(files::INTERCEPT_CA), None),
     };

@@ -472,7 +472,10 @@ fn env_prints_a_working_proxy_environment() {
         .envs(vars.iter().map(|(k, v)| (*k, *v)))
         .env(
             "NODE_OPTIONS",
-            format!("--import={}", clients_dir().join("clawgate-proxy.mjs").display()),
+            format!(
+                "--import={}",
+                clients_dir().join("clawgate-proxy.mjs").display()
+            ),
         )
         .output()
         .unwrap();
