@@ -14,6 +14,8 @@
 //!   the agent certificate, `CONNECT` with its own durable record, inner TLS
 //!   with the cached leaf) and one call in it.
 //!
+//! - `intercept/mint_leaf`: minting the leaf for a host not yet cached.
+//!
 //! Run: `cargo bench --bench proxy`. `cargo test --benches` runs each once.
 #![allow(
     clippy::unwrap_used,
@@ -194,6 +196,18 @@ fn bench(c: &mut Criterion) {
         });
     });
     group.finish();
+
+    // Minting a leaf for a host not seen before (the cache is bypassed by a
+    // new name each time).
+    let interceptor = clawgate::intercept::Interceptor::load(&certs_dir).unwrap();
+    let mut n = 0u64;
+    c.bench_function("intercept/mint_leaf", |b| {
+        b.iter(|| {
+            n += 1;
+            let host = clawgate::egress::Host::Name(format!("h{n}.example.com"));
+            interceptor.server_config(&host).unwrap()
+        });
+    });
     drop((gateway, inside));
     rt.block_on(running.shutdown());
 }

@@ -239,6 +239,22 @@ fn a_host_in_no_scope_is_refused_at_connect_and_recorded() {
         assert_eq!(records[0].host.as_deref(), Some("api.example.com"));
         assert_eq!(records[0].mode.as_deref(), Some("connect"));
     }
+    // A host in a scope, on a port the scope does not list, is in no scope.
+    let wrong_port = raw(
+        &h,
+        "outsider",
+        &["CONNECT public.test:8443 HTTP/1.1\r\nHost: public.test:8443\r\nConnection: close\r\n\r\n".to_owned()],
+    );
+    assert_eq!(wrong_port[0]["status"], 403, "{wrong_port:?}");
+    assert!(
+        wrong_port[0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("no-matching-scope")
+    );
+    h.wait_for("wrong port", |r| {
+        r.host.as_deref() == Some("public.test") && r.reason == "no-matching-scope"
+    });
     assert!(h.seen().is_empty());
 }
 
