@@ -2,12 +2,16 @@
 //! the decision → forward → record the outcome.
 //!
 //! Invariants:
-//! - Exactly one decision record per call, written in [`Pipeline::handle`] and
-//!   nowhere else, and committed before anything is forwarded. If it cannot be
-//!   committed the call is refused with `audit-unavailable` (fail closed).
+//! - Exactly one decision record per call, written in `Pipeline::call` (for a
+//!   `CONNECT`, in [`crate::connect`], by the same steps) and nowhere else,
+//!   and committed before anything is forwarded. If it cannot be committed the
+//!   call is refused with `audit-unavailable` (fail closed).
 //! - An allowed call gets exactly one outcome record, emitted when its response
-//!   body is dropped (finished, failed or abandoned by the agent) or at once
-//!   when the upstream cannot be reached.
+//!   body is dropped (finished, failed or abandoned by the agent), when its
+//!   tunnel or upgraded socket closes, or at once when the upstream cannot be
+//!   reached.
+//! - Requests inside an intercepted tunnel are calls like any other: routed to
+//!   the host and port the `CONNECT` named, then the same order.
 //! - The policy a call starts with is the policy it finishes with.
 
 use std::net::SocketAddr;
