@@ -319,6 +319,11 @@ fn egress_refuses_every_spelling_of_a_private_address() {
             serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
         assert_eq!(body["reason"], "egress-address-blocked", "{head}: {answer}");
     }
+    // Decision records are committed before each answer; the one outcome
+    // record is queued, so wait for it before counting.
+    h.wait_for("the pinned name's outcome", |r| {
+        r.kind == "outcome" && r.reason == "egress-address-blocked"
+    });
     let blocked = h.wait_for("egress records", |r| r.reason == "egress-address-blocked");
     // One decision per CONNECT and per literal request; the request to the
     // name pinned to loopback is allowed by policy and blocked at connect,
