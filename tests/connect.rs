@@ -71,7 +71,7 @@ fn echo_url(h: &Harness, path: &str) -> String {
 
 #[test]
 fn an_intercepted_call_runs_the_whole_pipeline_and_is_recorded() {
-    let h = harness();
+    let mut h = harness();
     let ok = h.curl_via_proxy(
         "research",
         &[
@@ -145,6 +145,18 @@ fn an_intercepted_call_runs_the_whole_pipeline_and_is_recorded() {
     let untrusted = h.curl_via_proxy("research", &[&echo_url(&h, "/v1/items")]);
     assert_ne!(untrusted.exit, 0, "{untrusted:?}");
     assert_eq!(h.seen().len(), before);
+
+    // The injected secret reached the upstream and nothing clawgate wrote.
+    h.stop();
+    assert!(
+        h.stderr().contains("connect allowed"),
+        "the log was written"
+    );
+    assert!(!h.stderr().contains(CANARY) && !h.stdout().contains(CANARY));
+    let audit_name = h.audit.file_name().unwrap().to_string_lossy().into_owned();
+    for (path, bytes) in common::files_with_prefix(h.dir.path(), &audit_name) {
+        assert!(!common::contains(&bytes, CANARY), "{}", path.display());
+    }
 }
 
 #[test]
