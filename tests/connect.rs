@@ -584,13 +584,15 @@ fn two_hundred_megabytes_stream_through_interception_in_bounded_memory() {
         peak < STREAMING_RSS_BOUND_KIB,
         "peak RSS {peak} KiB is over {STREAMING_RSS_BOUND_KIB} KiB"
     );
-    let outcomes: Vec<_> = h
-        .records()
-        .into_iter()
-        .filter(|r| r.kind == "outcome" && r.mode.as_deref() == Some("intercept"))
-        .collect();
-    assert!(outcomes.iter().any(|r| r.bytes_up == Some(SIZE as i64)));
-    assert!(outcomes.iter().any(|r| r.bytes_down == Some(SIZE as i64)));
+    // Outcome records are queued when each body ends; wait for both.
+    let size = Some(SIZE as i64);
+    let outcome = |r: &clawgate::audit::DecisionRecord| {
+        r.kind == "outcome" && r.mode.as_deref() == Some("intercept") && r.reason == "allowed"
+    };
+    h.wait_for("the upload's outcome", |r| outcome(r) && r.bytes_up == size);
+    h.wait_for("the download's outcome", |r| {
+        outcome(r) && r.bytes_down == size
+    });
 }
 
 #[test]
