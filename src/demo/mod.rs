@@ -164,6 +164,11 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
             "  curl --cacert {c}/ca.pem --cert {c}/agents/research.pem --key {c}/agents/research-key.pem {base}/echo/v1/items",
             c = certs_dir.display()
         );
+        println!(
+            "  curl --proxy {base} --proxy-cacert {c}/ca.pem --proxy-cert {c}/agents/research.pem --proxy-key {c}/agents/research-key.pem --cacert {c}/intercept-ca.pem https://{echo}/v1/items",
+            c = certs_dir.display(),
+            echo = echo.addr
+        );
         println!("  clawgate audit query --audit {}", audit_path.display());
         println!("press Ctrl-C to stop");
         tokio::signal::ctrl_c().await?;
