@@ -33,8 +33,9 @@ pub enum Reason {
     NoMatchingRule,
     /// An explicit deny rule matched.
     DeniedByRule,
-    /// `CONNECT` tunnels are not offered yet.
-    ConnectNotSupported,
+    /// The destination resolved to (or is) an address in a refused range
+    /// that no scope names in `allow_private`.
+    EgressAddressBlocked,
     /// The request could not be interpreted safely (bad path, bad target).
     MalformedRequest,
     /// The scope injects a credential that is not available.
@@ -67,7 +68,7 @@ impl Reason {
         Reason::NoMatchingScope,
         Reason::NoMatchingRule,
         Reason::DeniedByRule,
-        Reason::ConnectNotSupported,
+        Reason::EgressAddressBlocked,
         Reason::MalformedRequest,
         Reason::CredentialUnavailable,
         Reason::SentinelMisdirected,
@@ -89,7 +90,7 @@ impl Reason {
             Reason::NoMatchingScope => "no-matching-scope",
             Reason::NoMatchingRule => "no-matching-rule",
             Reason::DeniedByRule => "denied-by-rule",
-            Reason::ConnectNotSupported => "connect-not-supported",
+            Reason::EgressAddressBlocked => "egress-address-blocked",
             Reason::MalformedRequest => "malformed-request",
             Reason::CredentialUnavailable => "credential-unavailable",
             Reason::SentinelMisdirected => "sentinel-misdirected",
@@ -117,9 +118,9 @@ impl Reason {
             | Reason::NoMatchingRule
             | Reason::DeniedByRule
             | Reason::SentinelMisdirected
-            | Reason::AwsActionUnmapped => StatusCode::FORBIDDEN,
+            | Reason::AwsActionUnmapped
+            | Reason::EgressAddressBlocked => StatusCode::FORBIDDEN,
             Reason::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Reason::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             Reason::MalformedRequest => StatusCode::BAD_REQUEST,
             Reason::CredentialUnavailable | Reason::AuditUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE

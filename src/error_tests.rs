@@ -24,7 +24,7 @@ fn reasons_map_to_the_documented_statuses() {
         (Reason::NoMatchingScope, 403),
         (Reason::NoMatchingRule, 403),
         (Reason::DeniedByRule, 403),
-        (Reason::ConnectNotSupported, 405),
+        (Reason::EgressAddressBlocked, 403),
         (Reason::MalformedRequest, 400),
         (Reason::CredentialUnavailable, 503),
         (Reason::UpstreamUnreachable, 502),

@@ -26,12 +26,13 @@ use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
 use crate::body::{CountingBody, FailureFlag};
+use crate::egress::{AllowPrivate, EgressError, EgressResolver, Pins};
 use crate::error::Reason;
 use crate::policy::{Permitted, Upstream};
 
 /// The request body type sent upstream: the agent's body, streamed and counted.
 pub type UpstreamBody = CountingBody<ProxyBody, FailureFlag>;
-type PooledClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+type PooledClient = Client<HttpsConnector<HttpConnector<EgressResolver>>, UpstreamBody>;
 
 /// Connection limits for upstream calls.
 #[derive(Debug, Clone, Copy)]
@@ -42,9 +43,12 @@ pub struct Timeouts {
     pub total: Duration,
 }
 
-/// The upstream clients, one per distinct set of trusted roots.
+/// The upstream clients, one per distinct set of trusted roots and private
+/// ranges (every client's resolver checks addresses against its scope's
+/// `allow_private`).
 pub struct Upstreams {
     timeouts: Timeouts,
+    pins: Pins,
     default: PooledClient,
     private: Mutex<HashMap<[u8; 32], PooledClient>>,
 }
@@ -69,11 +73,13 @@ pub enum ForwardError {
 }
 
 impl Upstreams {
-    /// Builds the default client (webpki roots only).
-    pub fn new(timeouts: Timeouts) -> Result<Upstreams, ForwardError> {
+    /// Builds the default client (webpki roots only, public addresses
+    /// only). `pins` are names fixed to addresses (`serve --resolve`).
+    pub fn new(timeouts: Timeouts, pins: Pins) -> Result<Upstreams, ForwardError> {
         Ok(Upstreams {
             timeouts,
-            default: build_client(&[], timeouts)?,
+            default: build_client(&[], Arc::default(), Arc::clone(&pins), timeouts, false)?,
+            pins,
             private: Mutex::new(HashMap::new()),
         })
     }
@@ -83,17 +89,26 @@ impl Upstreams {
         self.timeouts
     }
 
+    /// Names pinned to addresses.
+    pub fn pins(&self) -> &Pins {
+        &self.pins
+    }
+
     fn client_for(
         &self,
         extra_roots: &[CertificateDer<'static>],
+        allow: &Arc<AllowPrivate>,
+        http1_only: bool,
     ) -> Result<PooledClient, ForwardError> {
-        if extra_roots.is_empty() {
+        if extra_roots.is_empty() && allow.is_empty() && !http1_only {
             return Ok(self.default.clone());
         }
         let mut hasher = Sha256::new();
         for root in extra_roots {
+            hasher.update((root.as_ref().len() as u64).to_be_bytes());
             hasher.update(root.as_ref());
         }
+        hasher.update(format!("{allow:?} {http1_only}").as_bytes());
         let key: [u8; 32] = hasher.finalize().into();
         let mut clients = self
             .private
@@ -102,26 +117,45 @@ impl Upstreams {
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
-        let client = build_client(extra_roots, self.timeouts)?;
+        let client = build_client(
+            extra_roots,
+            Arc::clone(allow),
+            Arc::clone(&self.pins),
+            self.timeouts,
+            http1_only,
+        )?;
         clients.insert(key, client.clone());
         Ok(client)
     }
 
     /// Sends a permitted request and waits for the response head, within the
-    /// total timeout.
+    /// total timeout. `http1_only` is for upgrades, which HTTP/2 cannot carry.
     pub async fn send(
         &self,
         permit: &Permitted,
         request: Request<UpstreamBody>,
+        http1_only: bool,
     ) -> Result<Response<Incoming>, Reason> {
-        let client = self.client_for(&permit.scope().ca_certs).map_err(|e| {
-            tracing::error!(error = %e, "cannot build upstream client");
-            Reason::UpstreamUnreachable
-        })?;
+        let scope = permit.scope();
+        let client = self
+            .client_for(&scope.ca_certs, &scope.allow_private, http1_only)
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot build upstream client");
+                Reason::UpstreamUnreachable
+            })?;
         match tokio::time::timeout(self.timeouts.total, client.request(request)).await {
             Err(_) => Err(Reason::UpstreamTimeout),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => {
+                if let Some(blocked) =
+                    error_chain(&e).find_map(|cause| match cause.downcast_ref::<EgressError>() {
+                        Some(EgressError::Blocked(blocked)) => Some(*blocked),
+                        _ => None,
+                    })
+                {
+                    tracing::warn!(error = %blocked, "upstream address refused");
+                    return Err(Reason::EgressAddressBlocked);
+                }
                 let timed_out = error_chain(&e).any(|cause| {
                     cause
                         .downcast_ref::<std::io::Error>()
@@ -141,7 +175,10 @@ impl Upstreams {
 
 fn build_client(
     extra_roots: &[CertificateDer<'static>],
+    allow: Arc<AllowPrivate>,
+    pins: Pins,
     timeouts: Timeouts,
+    http1_only: bool,
 ) -> Result<PooledClient, ForwardError> {
     let mut roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -156,15 +193,20 @@ fn build_client(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let mut http = HttpConnector::new();
+    // The resolver checks every address and the connector dials only what
+    // it returned: the address checked is the address connected to.
+    let mut http = HttpConnector::new_with_resolver(EgressResolver::new(allow, pins));
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(timeouts.connect));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http);
+        .https_or_http();
+    let https = if http1_only {
+        builder.enable_http1().wrap_connector(http)
+    } else {
+        builder.enable_all_versions().wrap_connector(http)
+    };
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(64)

@@ -13,23 +13,31 @@
 //! - [`listener`]: rustls accept, client certificate required, ALPN.
 //! - [`identity`]: names from the verified peer certificate.
 //! - [`route`]: gateway route, forward-proxy host or CONNECT; path normalisation.
+//! - [`connect`]: `CONNECT` tunnels, spliced or intercepted.
+//! - [`intercept`]: leaves minted per host by the interception CA.
 //! - [`policy`]: file model, validation, compiled index, and the pure `decide`.
 //! - [`credentials`]: the secret a scope injects, never the agent's.
 //! - [`forward`]: pooled upstream clients, header hygiene, timeouts.
+//! - [`egress`]: host normalisation and the address check before any connect.
 //! - [`pipeline`]: the per-call order above, and the one place records are emitted.
 //! - [`audit`]: the decision log (SQLite, group commit, hash chain), query, verify.
 //! - [`error`]: the closed set of reasons and their one mapping to responses.
 
+pub mod agent_env;
 pub mod audit;
 pub mod body;
 pub mod certs;
+pub mod connect;
 pub mod credentials;
 pub mod demo;
+pub mod egress;
 pub mod error;
 pub mod forward;
 pub mod identity;
+pub mod intercept;
 pub mod listener;
 pub mod pipeline;
 pub mod policy;
 pub mod route;
 pub mod serve;
+pub mod upgrade;

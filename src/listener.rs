@@ -215,12 +215,20 @@ pub async fn serve(
     }
     drop(listener);
     sweeper.abort();
+    let drain_until = tokio::time::Instant::now() + drain;
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("in-flight calls did not finish within the drain timeout; ending them");
     }
+    // Tunnels and intercepted connections left their HTTP connection at the
+    // upgrade; they get what is left of the drain time, then are ended.
+    let left = drain_until.saturating_duration_since(tokio::time::Instant::now());
+    if !pipeline.wait_idle(left).await {
+        tracing::warn!("tunnels still open after the drain timeout; ending them");
+    }
+    pipeline.end_tunnels();
     connections.abort_all();
     while connections.join_next().await.is_some() {}
     rejections.flush_suppressed(u64::MAX);

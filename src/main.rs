@@ -47,6 +47,21 @@ enum Command {
     /// The decision log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print what an agent's environment needs to use clawgate as its HTTPS_PROXY.
+    Env {
+        /// The agent (its certificate is `agents/NAME.pem` in the certificate directory).
+        #[arg(long)]
+        agent: String,
+        /// The certificate directory.
+        #[arg(long, default_value = "./certs")]
+        certs: PathBuf,
+        /// The proxy URL the agent uses.
+        #[arg(long, default_value = "https://localhost:8443")]
+        proxy: String,
+        /// The system CA bundle to include (found in the usual places when not given).
+        #[arg(long)]
+        system_roots: Option<PathBuf>,
+    },
     /// Sentinel placeholders.
     #[command(subcommand)]
     Sentinel(SentinelCommand),
@@ -98,6 +113,23 @@ struct ServeArgs {
     /// How many bytes of a request body are scanned for sentinel placeholders.
     #[arg(long, default_value_t = 1024 * 1024)]
     sentinel_scan_limit: usize,
+    /// Pin a name to an address, `NAME=ADDR` (repeatable), consulted before
+    /// DNS. The egress address check still applies.
+    #[arg(long, value_parser = parse_pin)]
+    resolve: Vec<(String, std::net::IpAddr)>,
+}
+
+fn parse_pin(text: &str) -> Result<(String, std::net::IpAddr), String> {
+    let (name, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` must be NAME=ADDR"))?;
+    let name = clawgate::egress::normalise_host(name).map_err(|e| e.to_string())?;
+    let addr = addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("`{addr}` is not an IP address"))?;
+    Ok((name.to_string(), addr))
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,6 +292,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     sentinel_scan: args.sentinel_scan_limit,
                     ..BodyLimits::default()
                 },
+                resolve: args.resolve,
             };
             runtime()?.block_on(async {
                 let running = serve::start(&config, &process_env).await?;
@@ -279,6 +312,23 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{placeholder}");
             eprintln!(
                 "bind it in policy:\n\n[[sentinel]]\nname = \"{name}\"\nplaceholder = \"{placeholder}\"\nhosts = [\"api.example.com\"]\nenv = \"REAL_SECRET_ENV\"  # or file = \"...\", or secrets_manager = \"...\""
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Env {
+            agent,
+            certs,
+            proxy,
+            system_roots,
+        } => {
+            print!(
+                "{}",
+                clawgate::agent_env::agent_env(&clawgate::agent_env::EnvRequest {
+                    agent: &agent,
+                    certs_dir: &certs,
+                    proxy: &proxy,
+                    system_roots: system_roots.as_deref(),
+                })?
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -5,7 +5,8 @@
 //!   HTTP/2 request), which policy resolves by route;
 //! - forward proxy: `GET http://host/path` in absolute form (HTTP/1.x), which
 //!   policy resolves by host;
-//! - `CONNECT host:port`, refused for now.
+//! - `CONNECT host:port`, which policy resolves by host and port, then
+//!   tunnels or intercepts (see [`crate::connect`]).
 //!
 //! Paths are normalised here, once: policy matches the decoded path and the
 //! upstream receives its one canonical encoding, so the two can never
@@ -25,8 +26,10 @@ pub enum Mode {
     Gateway,
     /// Absolute-form forward-proxy request.
     Forward,
-    /// A `CONNECT` tunnel request.
+    /// A `CONNECT` request (the tunnel itself).
     Connect,
+    /// A request inside an intercepted `CONNECT`.
+    Intercept,
 }
 
 impl Mode {
@@ -36,6 +39,7 @@ impl Mode {
             Mode::Gateway => "gateway",
             Mode::Forward => "forward",
             Mode::Connect => "connect",
+            Mode::Intercept => "intercept",
         }
     }
 }
@@ -61,7 +65,7 @@ pub enum Destination {
     },
     /// A `CONNECT` target.
     Connect {
-        /// Lowercase host.
+        /// The normalised host.
         host: String,
         /// The requested port.
         port: Option<u16>,
@@ -92,6 +96,9 @@ pub enum RouteError {
     /// The method is not an uppercase token.
     #[error("method must be uppercase")]
     BadMethod,
+    /// The host is not a name or address clawgate can check.
+    #[error("{0}")]
+    BadHost(#[from] crate::egress::HostError),
 }
 
 /// Classifies a request and normalises its path.
@@ -112,7 +119,7 @@ pub fn route<B>(req: &Request<B>) -> Result<Routed, RouteError> {
         return Ok(Routed {
             mode: Mode::Connect,
             destination: Destination::Connect {
-                host: normalise_host(authority.host()),
+                host: normalise_host(authority.host())?,
                 port: authority.port_u16(),
             },
             query: None,
@@ -124,10 +131,7 @@ pub fn route<B>(req: &Request<B>) -> Result<Routed, RouteError> {
     let absolute = req.version() < Version::HTTP_2 && uri.authority().is_some();
     if absolute {
         let authority = uri.authority().ok_or(RouteError::NoDestination)?;
-        let host = normalise_host(authority.host());
-        if host.is_empty() {
-            return Err(RouteError::NoDestination);
-        }
+        let host = normalise_host(authority.host())?;
         return Ok(Routed {
             mode: Mode::Forward,
             destination: Destination::Host {
@@ -157,12 +161,10 @@ pub fn route<B>(req: &Request<B>) -> Result<Routed, RouteError> {
     })
 }
 
-/// Lowercases a host, strips IPv6 brackets and a trailing dot.
-pub fn normalise_host(host: &str) -> String {
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .trim_end_matches('.')
-        .to_ascii_lowercase()
+/// The one spelling of a host: see [`crate::egress::normalise_host`]. IP
+/// literals in any form become their canonical text (IPv6 without brackets).
+pub fn normalise_host(host: &str) -> Result<String, RouteError> {
+    Ok(crate::egress::normalise_host(host)?.to_string())
 }
 
 /// Normalises a request path so that policy and upstream see the same thing.

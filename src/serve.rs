@@ -14,9 +14,10 @@ use crate::audit::{AuditError, AuditLog, DecisionRecord, WriterHandle, kind};
 use crate::credentials::{Broker, BrokerConfig};
 use crate::error::Reason;
 use crate::forward::{ForwardError, Timeouts, Upstreams};
+use crate::intercept::{InterceptError, Interceptor};
 use crate::listener::{self, ListenerError};
 use crate::pipeline::vend::{self, VendListenError};
-use crate::pipeline::{BodyLimits, Pipeline};
+use crate::pipeline::{BodyLimits, Parts as PipelineParts, Pipeline};
 use crate::policy::{self, LoadError, LoadOptions};
 
 /// Everything `serve` needs, resolved from flags.
@@ -42,6 +43,8 @@ pub struct ServeConfig {
     pub vend_listen: Option<SocketAddr>,
     /// How much of each body clawgate reads before deciding.
     pub limits: BodyLimits,
+    /// Names pinned to addresses, consulted before DNS (`--resolve`).
+    pub resolve: Vec<(String, std::net::IpAddr)>,
 }
 
 /// Why `serve` would not start.
@@ -62,6 +65,9 @@ pub enum ServeError {
     /// The vending listener cannot start.
     #[error(transparent)]
     Vend(#[from] VendListenError),
+    /// The interception CA is missing or unusable.
+    #[error(transparent)]
+    Intercept(#[from] InterceptError),
     /// The listen address is unavailable.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -117,7 +123,13 @@ pub async fn start(
         policy.summary()
     );
     let tls = listener::server_config(&config.certs_dir, config.crl.as_deref())?;
-    let upstreams = Upstreams::new(config.timeouts)?;
+    let interceptor = Interceptor::load(&config.certs_dir)?;
+    let mut pins: std::collections::HashMap<String, Vec<std::net::IpAddr>> =
+        std::collections::HashMap::new();
+    for (name, ip) in &config.resolve {
+        pins.entry(name.clone()).or_default().push(*ip);
+    }
+    let upstreams = Upstreams::new(config.timeouts, Arc::new(pins))?;
     let (audit, writer) = AuditLog::open(&config.audit_path)?;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -141,9 +153,12 @@ pub async fn start(
     let pipeline = Arc::new(Pipeline::new(
         Arc::new(policy),
         audit,
-        upstreams,
-        broker,
-        config.limits,
+        PipelineParts {
+            upstreams,
+            interceptor,
+            broker,
+            limits: config.limits,
+        },
     ));
     let (stop, stopped) = watch::channel(false);
     let vend_task = vend_listener.map(|listener| {

@@ -194,6 +194,7 @@ vend_token_file = "builder.token"
 name = "s3-reports"
 upstream = "http://127.0.0.1:{port}"
 route = "s3"
+allow_private = ["127.0.0.1"]
 
 [scope.credential]
 kind = "aws"
@@ -503,6 +504,7 @@ name = "sm-echo"
 upstream = "https://{echo}"
 route = "sm-echo"
 ca_file = "upstream-ca.pem"
+allow_private = ["127.0.0.1"]
 
 [scope.credential]
 kind = "secret"
@@ -607,6 +609,7 @@ name = "bound"
 upstream = "https://{{echo}}"
 route = "bound"
 ca_file = "upstream-ca.pem"
+allow_private = ["127.0.0.1"]
 [[scope.allow]]
 paths = ["/**"]
 
@@ -615,6 +618,7 @@ name = "elsewhere"
 upstream = "https://localhost:{{echo_port}}"
 route = "elsewhere"
 ca_file = "upstream-ca.pem"
+allow_private = ["localhost"]
 [[scope.allow]]
 paths = ["/**"]
 

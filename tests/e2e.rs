@@ -268,33 +268,6 @@ fn forward_proxy_absolute_form_goes_through_the_same_pipeline() {
 }
 
 #[test]
-fn connect_is_refused_with_405_and_recorded() {
-    let h = Harness::start();
-    let url = format!("https://{}/v1/items", h.echo.addr);
-    let reply = h.curl_via_proxy(
-        "research",
-        &["--proxytunnel", "-w", "|%{http_connect}", &url],
-    );
-    assert_ne!(reply.exit, 0, "a CONNECT must not succeed: {reply:?}");
-    // curl prints the CONNECT answer's status after the `|`.
-    let connect_status = reply
-        .stdout
-        .rsplit('|')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    assert_eq!(connect_status, "405", "{reply:?}");
-    let records = h.wait_for("connect-not-supported", |r| {
-        r.reason == "connect-not-supported"
-    });
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].method.as_deref(), Some("CONNECT"));
-    assert_eq!(records[0].mode.as_deref(), Some("connect"));
-    assert_eq!(records[0].agent.as_deref(), Some("research"));
-    assert!(h.seen().is_empty());
-}
-
-#[test]
 fn http2_is_negotiated_on_the_agent_listener() {
     let h = Harness::start();
     let reply = h.curl(
@@ -527,9 +500,9 @@ fn upstream_failures_are_502_and_504_with_outcome_records() {
     drop(dead);
     let extra = format!(
         "[[agent]]\nname = \"prober\"\nidentities = [\"spiffe://clawgate.local/agent/prober\"]\nscopes = [\"dead\", \"slow\"]\n\
-         [[scope]]\nname = \"dead\"\nupstream = \"https://127.0.0.1:{dead_port}\"\nroute = \"dead\"\n\
+         [[scope]]\nname = \"dead\"\nupstream = \"https://127.0.0.1:{dead_port}\"\nroute = \"dead\"\nallow_private = [\"127.0.0.1\"]\n\
          [[scope.allow]]\npaths = [\"/**\"]\n\
-         [[scope]]\nname = \"slow\"\nupstream = \"https://localhost:{{echo_port}}\"\nroute = \"slow\"\nca_file = \"upstream-ca.pem\"\n\
+         [[scope]]\nname = \"slow\"\nupstream = \"https://localhost:{{echo_port}}\"\nroute = \"slow\"\nca_file = \"upstream-ca.pem\"\nallow_private = [\"127.0.0.1\", \"::1\"]\n\
          [[scope.allow]]\npaths = [\"/**\"]\n"
     );
     let mut h = Harness::with(Options {

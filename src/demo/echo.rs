@@ -6,6 +6,7 @@
 //! - a path ending in `/bytes/N` answers with N zero bytes, streamed in 64 KiB
 //!   chunks (and does not echo the request, so no header comes back);
 //! - a path ending in `/slow/MS` waits MS milliseconds before answering;
+//! - a WebSocket upgrade (HTTP/1.1) is accepted and every message echoed;
 //! - anything else answers JSON: method, path, query, headers, body size.
 
 use std::convert::Infallible;
@@ -112,13 +113,23 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, seen: Arc<Mut
                 async move { Ok::<_, Infallible>(answer(req, &seen).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .await;
         });
     }
 }
 
-async fn answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<ProxyBody> {
+async fn answer(mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<ProxyBody> {
+    let websocket_key = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .filter(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        .and_then(|_| req.headers().get("sec-websocket-key"))
+        .and_then(|v| v.to_str().ok())
+        .map(super::websocket::accept_key);
+    let on_upgrade = websocket_key
+        .is_some()
+        .then(|| hyper::upgrade::on(&mut req));
     let (parts, mut body) = req.into_parts();
     let mut body_bytes = 0u64;
     while let Some(frame) = body.frame().await {
@@ -157,6 +168,30 @@ async fn answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Pro
     };
     if let Ok(mut all) = seen.lock() {
         all.push(record.clone());
+    }
+    if let (Some(accept), Some(on_upgrade)) = (websocket_key, on_upgrade) {
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                let _ = super::websocket::echo(TokioIo::new(upgraded)).await;
+            }
+        });
+        let mut response = Response::new(BodyExt::boxed(
+            http_body_util::Empty::new().map_err(|never| match never {}),
+        ));
+        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static("websocket"),
+        );
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+        if let Ok(accept) = http::HeaderValue::from_str(&accept) {
+            headers.insert("sec-websocket-accept", accept);
+        }
+        return response;
     }
     if let Some(n) = numeric_suffix(&path, "/bytes/") {
         return Response::new(BodyExt::boxed(StreamBody::new(zeros(n))));

@@ -8,6 +8,7 @@
 //! a certificate. Then it prints the decision log and verifies its chain.
 
 pub mod echo;
+pub mod websocket;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -93,6 +94,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         broker: crate::credentials::BrokerConfig::default(),
         vend_listen: None,
         limits: crate::pipeline::BodyLimits::default(),
+        resolve: Vec::new(),
     };
     let running = serve::start(&config, &env).await?;
     let base = format!("https://localhost:{}", running.addr.port());
@@ -164,6 +166,11 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         println!(
             "  curl --cacert {c}/ca.pem --cert {c}/agents/research.pem --key {c}/agents/research-key.pem {base}/echo/v1/items",
             c = certs_dir.display()
+        );
+        println!(
+            "  curl --proxy {base} --proxy-cacert {c}/ca.pem --proxy-cert {c}/agents/research.pem --proxy-key {c}/agents/research-key.pem --cacert {c}/intercept-ca.pem https://{echo}/v1/items",
+            c = certs_dir.display(),
+            echo = echo.addr
         );
         println!("  clawgate audit query --audit {}", audit_path.display());
         println!("press Ctrl-C to stop");

@@ -24,14 +24,15 @@ use http_body_util::BodyExt;
 
 use crate::audit::DecisionRecord;
 use crate::body::{Prefix, ProxyBody};
+use crate::connect::Inside;
 use crate::credentials::sentinel::Found;
 use crate::credentials::sigv4::{self, Payload, SigningScope};
 use crate::credentials::{Broker, Credential, MintContext};
 use crate::error::Reason;
 use crate::forward::{strip_hop_by_hop, upstream_uri};
 use crate::policy::aws::{AwsRequest, FormBody, RequestView, classify};
-use crate::policy::{Call, Decision, Permitted, Policy, Scope, Target, decide};
-use crate::route::{Destination, encode_path, route};
+use crate::policy::{Call, Decision, Permitted, Policy, Scope, Target, Upstream, decide};
+use crate::route::{Destination, Mode, Routed, encode_path, normalise_path, route};
 
 use super::Peer;
 
@@ -101,6 +102,8 @@ impl Held {
 /// Everything admission needs besides the request.
 pub(super) struct Admission<'a> {
     pub peer: &'a Peer,
+    /// The intercepted `CONNECT` this request arrived in, if any.
+    pub inside: Option<&'a Inside>,
     pub policy: &'a Arc<Policy>,
     pub broker: &'a Arc<Broker>,
     pub limits: BodyLimits,
@@ -125,7 +128,14 @@ impl Admission<'_> {
             tracing::Span::current().record("agent.id", name.as_str());
             record.agent = Some(name.clone());
         }
-        let routed = match route(&parts_request(&parts)) {
+        let routed = match self.inside {
+            Some(inside) => route_inside(inside, &parts),
+            None => route(&parts_request(&parts)),
+        };
+        if let Some(inside) = self.inside {
+            record.detail = Some(format!("inside connect {}", inside.connect_id));
+        }
+        let routed = match routed {
             Ok(routed) => routed,
             Err(e) => {
                 record.path = Some(parts.uri.path().to_owned());
@@ -149,12 +159,13 @@ impl Admission<'_> {
                 record.path = Some(path.clone());
                 (Target::Host { host, port: *port }, path.as_str())
             }
+            // CONNECT never reaches here (see `Pipeline::handle`).
             Destination::Connect { host, .. } => {
                 record.host = Some(host.clone());
                 return Err(if agent.is_none() {
                     Reason::UnknownAgent
                 } else {
-                    Reason::ConnectNotSupported
+                    Reason::MalformedRequest
                 });
             }
         };
@@ -168,7 +179,7 @@ impl Admission<'_> {
             .filter(|scope| scope.aws().is_some());
         let upstream_path = |scope: &Scope| match target {
             Target::Route(_) => format!("{}{path}", scope.upstream.base_path),
-            Target::Host { .. } => path.to_owned(),
+            Target::Host { .. } | Target::Connect { .. } => path.to_owned(),
         };
         let aws_request = match aws_scope {
             Some(scope) => {
@@ -231,7 +242,18 @@ impl Admission<'_> {
             // A presigned URL carries the agent's signature in its query.
             query = query.as_deref().and_then(sigv4::strip_presign);
         }
-        parts.uri = upstream_uri(&scope.upstream, &upstream_path, query.as_deref())?;
+        // Inside an intercepted tunnel the agent spoke TLS to the host and
+        // port it named, so the call goes there over verified TLS, never in
+        // clear.
+        let upstream = match self.inside {
+            Some(inside) => Upstream {
+                scheme: http::uri::Scheme::HTTPS,
+                port: inside.port,
+                ..scope.upstream.clone()
+            },
+            None => scope.upstream.clone(),
+        };
+        parts.uri = upstream_uri(&upstream, &upstream_path, query.as_deref())?;
         parts.version = Version::HTTP_11;
         if let Some(aws) = scope.aws() {
             held = self
@@ -355,7 +377,11 @@ impl Admission<'_> {
             .iter()
             .map(|&i| sentinels.get(i).name.as_str())
             .collect();
-        record.detail = Some(format!("sentinels: {}", names.join(", ")));
+        let note = format!("sentinels: {}", names.join(", "));
+        record.detail = Some(match record.detail.take() {
+            Some(earlier) => format!("{earlier}; {note}"),
+            None => note,
+        });
         if let Some(misdirected) = sentinels.misdirected(&found, &scope.upstream.host, &ctx.agent) {
             tracing::warn!(sentinel = %misdirected.name, "sentinel headed to a host it is not bound to");
             return Err(Reason::SentinelMisdirected);
@@ -506,6 +532,29 @@ fn form_decoded(bytes: &[u8]) -> Vec<u8> {
 
 fn encode_query_value(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// Routes a request inside an intercepted tunnel: the host and port are the
+/// ones the `CONNECT` named and policy allowed, whatever `Host` or
+/// `:authority` the agent sends inside.
+fn route_inside(inside: &Inside, parts: &Parts) -> Result<Routed, crate::route::RouteError> {
+    if !parts
+        .method
+        .as_str()
+        .bytes()
+        .all(|b| b.is_ascii_uppercase())
+    {
+        return Err(crate::route::RouteError::BadMethod);
+    }
+    Ok(Routed {
+        mode: Mode::Intercept,
+        destination: Destination::Host {
+            host: inside.host.to_string(),
+            port: Some(inside.port),
+            path: normalise_path(parts.uri.path())?,
+        },
+        query: parts.uri.query().map(str::to_owned),
+    })
 }
 
 /// A body-less request view of `parts`, for routing.

@@ -3,12 +3,17 @@
 //! outcome. Credential vending ([`vend`]) is a call of its own kind.
 //!
 //! Invariants:
-//! - Exactly one decision record per call, written in [`Pipeline::handle`] and
-//!   nowhere else, and committed before anything is forwarded. If it cannot be
-//!   committed the call is refused with `audit-unavailable` (fail closed).
+//! - Exactly one decision record per call, written in `Pipeline::call` (for a
+//!   `CONNECT`, in [`crate::connect`], by the same steps; for a vend, in
+//!   [`vend`]) and nowhere else, and committed before anything is forwarded.
+//!   If it cannot be committed the call is refused with `audit-unavailable`
+//!   (fail closed).
 //! - An allowed call gets exactly one outcome record, emitted when its response
-//!   body is dropped (finished, failed or abandoned by the agent) or at once
-//!   when the upstream cannot be reached.
+//!   body is dropped (finished, failed or abandoned by the agent), when its
+//!   tunnel or upgraded socket closes, or at once when the upstream cannot be
+//!   reached.
+//! - Requests inside an intercepted tunnel are calls like any other: routed to
+//!   the host and port the `CONNECT` named, then the same order.
 //! - The policy a call starts with is the policy it finishes with.
 
 use std::net::SocketAddr;
@@ -19,19 +24,21 @@ mod admit;
 pub mod vend;
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, field};
 
 use crate::audit::{AuditLog, DecisionRecord, kind};
 use crate::body::{BodyGuard, CountingBody, FailureFlag, ProxyBody};
+use crate::connect::Inside;
 use crate::credentials::Broker;
 use crate::error::{REQUEST_ID_HEADER, Reason, refusal_response};
 use crate::forward::{Upstreams, strip_hop_by_hop};
 use crate::identity::PeerIdentity;
+use crate::intercept::Interceptor;
 use crate::policy::Policy;
 
 pub use admit::BodyLimits;
@@ -52,30 +59,48 @@ pub struct Peer {
 pub struct Pipeline {
     policy: ArcSwap<Policy>,
     audit: AuditLog,
-    upstreams: Upstreams,
+    pub(crate) upstreams: Upstreams,
+    pub(crate) interceptor: Interceptor,
     broker: Arc<Broker>,
     limits: BodyLimits,
     in_flight: Arc<InFlight>,
+    /// Flips to `true` when tunnels and intercepted connections must end.
+    pub(crate) stopping: watch::Sender<bool>,
+}
+
+/// What a pipeline is made of, besides the policy and the decision log.
+#[derive(Debug)]
+pub struct Parts {
+    /// Upstream clients.
+    pub upstreams: Upstreams,
+    /// The interception CA.
+    pub interceptor: Interceptor,
+    /// The credential broker.
+    pub broker: Arc<Broker>,
+    /// How much of a body is read before deciding.
+    pub limits: BodyLimits,
 }
 
 impl Pipeline {
-    /// A pipeline over a loaded policy, a decision log, upstream clients and
-    /// a credential broker.
-    pub fn new(
-        policy: Arc<Policy>,
-        audit: AuditLog,
-        upstreams: Upstreams,
-        broker: Arc<Broker>,
-        limits: BodyLimits,
-    ) -> Pipeline {
+    /// A pipeline over a loaded policy, a decision log, upstream clients,
+    /// the interception CA and a credential broker.
+    pub fn new(policy: Arc<Policy>, audit: AuditLog, parts: Parts) -> Pipeline {
         Pipeline {
             policy: ArcSwap::new(policy),
             audit,
-            upstreams,
-            broker,
-            limits,
+            upstreams: parts.upstreams,
+            interceptor: parts.interceptor,
+            broker: parts.broker,
+            limits: parts.limits,
             in_flight: Arc::default(),
+            stopping: watch::Sender::new(false),
         }
+    }
+
+    /// Ends every tunnel and intercepted connection (at shutdown, after the
+    /// drain timeout).
+    pub fn end_tunnels(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// The credential broker.
@@ -112,7 +137,16 @@ impl Pipeline {
 
     /// Runs one call through the pipeline. Never fails: every problem becomes
     /// a refusal response with a reason.
-    pub async fn handle(&self, peer: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(
+        self: &Arc<Self>,
+        peer: &Arc<Peer>,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        // Only the uppercase method is a CONNECT; `connect` is refused as
+        // malformed by routing like any lowercase method.
+        if req.method() == Method::CONNECT {
+            return self.connect(peer, req).await;
+        }
         // Vending is clawgate's own endpoint: origin form only, so that an
         // absolute-form request for some other host's `/v1/credentials/…`
         // is proxied like any other, never answered with credentials.
@@ -127,7 +161,32 @@ impl Pipeline {
             };
             return self.vend(&policy, caller, &req).await;
         }
+        self.call(peer, None, req).await
+    }
+
+    /// Runs one request from inside an intercepted `CONNECT`.
+    pub(crate) async fn handle_inside(
+        &self,
+        peer: &Peer,
+        inside: &Inside,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        self.call(peer, Some(inside), req).await
+    }
+
+    async fn call(
+        &self,
+        peer: &Peer,
+        inside: Option<&Inside>,
+        mut req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
+        // A WebSocket upgrade is adjudicated here like any call; its socket
+        // is spliced only if the upstream agrees to switch.
+        let upgrade = crate::upgrade::websocket(&req).map(|value| {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            (value, on_upgrade)
+        });
         let request_id = uuid::Uuid::now_v7().to_string();
         let span = tracing::info_span!(
             "call",
@@ -150,6 +209,7 @@ impl Pipeline {
             let (parts, body) = req.into_parts();
             let admission = Admission {
                 peer,
+                inside,
                 policy: &policy,
                 broker: &self.broker,
                 limits: self.limits,
@@ -175,17 +235,7 @@ impl Pipeline {
             span.record("decision.reason", reason.code());
             // The outcome guard exists before the commit is awaited: if the
             // agent goes away from here on, the outcome says `client-cancelled`.
-            let mut outcome = verdict.is_ok().then(|| Outcome {
-                audit: self.audit.clone(),
-                record: Some(outcome_template(&record)),
-                started,
-                bytes_up: Arc::new(AtomicU64::new(0)),
-                bytes_down: Arc::new(AtomicU64::new(0)),
-                status: None,
-                reason: Reason::ClientCancelled,
-                finished: false,
-                _in_flight: InFlightGuard::new(&self.in_flight),
-            });
+            let mut outcome = verdict.is_ok().then(|| self.outcome_for(&record, started));
             if let Err(e) = self.audit.append_durable(record).await {
                 tracing::error!(error = %e, "decision not recorded; refusing the call");
                 if let Some(outcome) = outcome.as_mut() {
@@ -195,7 +245,9 @@ impl Pipeline {
                 return refusal_response(Reason::AuditUnavailable, &request_id);
             }
             match (verdict, outcome) {
-                (Ok(admitted), Some(outcome)) => self.forward(admitted, outcome, &request_id).await,
+                (Ok(admitted), Some(outcome)) => {
+                    self.forward(admitted, outcome, &request_id, upgrade).await
+                }
                 (Err(reason), _) => {
                     tracing::info!("call refused");
                     refusal_response(reason, &request_id)
@@ -207,13 +259,33 @@ impl Pipeline {
         .await
     }
 
+    /// The guard that writes the outcome record of an allowed call when it
+    /// is dropped.
+    pub(crate) fn outcome_for(&self, decision: &DecisionRecord, started: Instant) -> Outcome {
+        Outcome {
+            audit: self.audit.clone(),
+            record: Some(outcome_template(decision)),
+            started,
+            bytes_up: Arc::new(AtomicU64::new(0)),
+            bytes_down: Arc::new(AtomicU64::new(0)),
+            status: None,
+            reason: Reason::ClientCancelled,
+            finished: false,
+            _in_flight: InFlightGuard::new(&self.in_flight),
+        }
+    }
+
     async fn forward(
         &self,
         admitted: Admitted,
         mut outcome: Outcome,
         request_id: &str,
+        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
     ) -> Response<ProxyBody> {
-        let (parts, body) = admitted.request.into_parts();
+        let (mut parts, body) = admitted.request.into_parts();
+        if let Some((value, _)) = &upgrade {
+            crate::upgrade::restore(&mut parts.headers, value);
+        }
         let upload_failed = FailureFlag::default();
         let upstream_body = CountingBody::guarded(
             body,
@@ -223,7 +295,12 @@ impl Pipeline {
         );
         let request = Request::from_parts(parts, upstream_body);
         let deadline = outcome.started + self.upstreams.timeouts().total;
-        let response = match self.upstreams.send(&admitted.permit, request).await {
+        let http1_only = upgrade.is_some();
+        let mut response = match self
+            .upstreams
+            .send(&admitted.permit, request, http1_only)
+            .await
+        {
             Ok(response) => response,
             Err(reason) => {
                 // A broken upload is the agent's doing, not the upstream's.
@@ -238,6 +315,27 @@ impl Pipeline {
                 return refusal_response(reason, request_id);
             }
         };
+        if let Some((value, agent_side)) = upgrade
+            && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            let upstream_side = hyper::upgrade::on(&mut response);
+            let (mut parts, _) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            crate::upgrade::restore(&mut parts.headers, &value);
+            if let Ok(id) = HeaderValue::from_str(request_id) {
+                parts.headers.insert(REQUEST_ID_HEADER, id);
+            }
+            outcome.status = Some(parts.status.as_u16());
+            outcome.reason = Reason::Allowed;
+            let stopping = self.stopping.subscribe();
+            tokio::spawn(
+                crate::upgrade::splice(agent_side, upstream_side, outcome, stopping)
+                    .in_current_span(),
+            );
+            tracing::info!("upgrade forwarded");
+            let empty = http_body_util::Empty::new().map_err(|never| match never {});
+            return Response::from_parts(parts, empty.boxed());
+        }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if let Ok(id) = HeaderValue::from_str(request_id) {
@@ -271,6 +369,7 @@ fn outcome_template(decision: &DecisionRecord) -> DecisionRecord {
         credential_ref: decision.credential_ref.clone(),
         action: decision.action.clone(),
         policy_digest: decision.policy_digest.clone(),
+        detail: decision.detail.clone(),
         ..DecisionRecord::default()
     }
 }
@@ -278,16 +377,24 @@ fn outcome_template(decision: &DecisionRecord) -> DecisionRecord {
 /// Emits the outcome record when dropped: with the response body, or at once
 /// when the upstream failed or the agent went away.
 #[derive(Debug)]
-struct Outcome {
+pub(crate) struct Outcome {
     audit: AuditLog,
     record: Option<DecisionRecord>,
     started: Instant,
-    bytes_up: Arc<AtomicU64>,
-    bytes_down: Arc<AtomicU64>,
-    status: Option<u16>,
-    reason: Reason,
-    finished: bool,
+    pub(crate) bytes_up: Arc<AtomicU64>,
+    pub(crate) bytes_down: Arc<AtomicU64>,
+    pub(crate) status: Option<u16>,
+    pub(crate) reason: Reason,
+    pub(crate) finished: bool,
     _in_flight: InFlightGuard,
+}
+
+impl Outcome {
+    /// Drops the guard without an outcome record: the decision it belongs
+    /// to was never recorded.
+    pub(crate) fn forget(mut self) {
+        self.record = None;
+    }
 }
 
 impl BodyGuard for Outcome {

@@ -41,6 +41,12 @@ pub(super) struct ScopeFile {
     pub mode: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
     pub credential: Option<Spanned<CredentialFile>>,
+    /// `intercept` or `tunnel`, for `CONNECT` to this scope's host.
+    pub connect: Option<Spanned<String>>,
+    /// Private addresses, ranges and hosts this scope may reach.
+    pub allow_private: Option<Vec<Spanned<String>>>,
+    /// Ports an agent may name for this scope's host.
+    pub ports: Option<Spanned<Vec<u16>>>,
     #[serde(default)]
     pub allow: Vec<Spanned<RuleFile>>,
     #[serde(default)]

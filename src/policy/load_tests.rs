@@ -192,6 +192,33 @@ fn every_loader_error_names_file_line_and_column() {
             ),
             "base.toml:7:12: upstream `https://x.example/v2/../admin`: base path is not acceptable: dot segment",
         ),
+        (
+            format!("{agent}{scope}connect = \"splice\"\n"),
+            "base.toml:8:11: connect `splice` must be `intercept` or `tunnel`",
+        ),
+        (
+            format!("{agent}{scope}connect = \"tunnel\"\n[[scope.allow]]\npaths = [\"/\"]\n"),
+            "base.toml:8:11: scope `s` tunnels, so it cannot have rules or a credential",
+        ),
+        (
+            format!("{agent}{scope}allow_private = [\"10.0.0.0/33\"]\n"),
+            "base.toml:8:18: allow_private entry is not an address, range or host: `10.0.0.0/33` has a prefix length beyond 32",
+        ),
+        (
+            format!("{agent}{scope}allow_private = [\"999.1\"]\n"),
+            "base.toml:8:18: allow_private entry is not an address, range or host: host `999.1` is not a valid IPv4 address",
+        ),
+        (
+            format!("{agent}{scope}ports = []\n"),
+            "base.toml:8:9: ports must list at least one port, none of them 0",
+        ),
+        (
+            format!(
+                "{agent}{}",
+                scope.replace("https://x.example", "https://256.1.1.1")
+            ),
+            "base.toml:7:12: upstream `https://256.1.1.1`: host `256.1.1.1` is not a valid IPv4 address",
+        ),
     ];
     for (text, expected) in cases {
         let err = load_text(&[("base.toml", &text)]).unwrap_err();
@@ -253,6 +280,30 @@ fn missing_credential_value_is_a_warning_not_an_error() {
         panic!("not a secret credential");
     };
     assert!(!secret.value.is_available());
+}
+
+#[test]
+fn connect_mode_ports_and_private_upstreams() {
+    let text = "[[agent]]\nname = \"a\"\nidentities = [\"cn:a\"]\nscopes = [\"t\", \"i\", \"p\", \"o\"]\n\
+        [[scope]]\nname = \"t\"\nupstream = \"https://t.example\"\n\
+        [[scope]]\nname = \"i\"\nupstream = \"https://I.Example.\"\nports = [443, 8443]\n[[scope.allow]]\npaths = [\"/\"]\n\
+        [[scope]]\nname = \"p\"\nupstream = \"https://0x7f000001:9000\"\n\
+        [[scope]]\nname = \"o\"\nupstream = \"http://10.1.2.3\"\nallow_private = [\"10.0.0.0/8\"]\n";
+    let (policy, warnings) = load_text(&[("base.toml", text)]).unwrap();
+    let scope = |name: &str| policy.scopes().iter().find(|s| s.name == name).unwrap();
+    assert_eq!(scope("t").connect, ConnectMode::Tunnel);
+    assert_eq!(scope("t").ports, vec![443]);
+    assert_eq!(scope("i").connect, ConnectMode::Intercept);
+    assert_eq!(scope("i").upstream.host, "i.example");
+    assert_eq!(scope("i").ports, vec![443, 8443]);
+    // Any spelling of a loopback upstream is the one address, and it is
+    // refused (with a warning at load) until `allow_private` names it.
+    assert_eq!(scope("p").upstream.host, "127.0.0.1");
+    assert_eq!(scope("p").blocked.unwrap().range, "loopback");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].message.contains("egress-address-blocked"));
+    assert!(scope("o").blocked.is_none());
+    assert_eq!(scope("o").ports, vec![80]);
 }
 
 #[test]

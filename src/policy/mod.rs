@@ -26,6 +26,7 @@ use std::sync::Arc;
 use rustls_pki_types::CertificateDer;
 
 use crate::credentials::Credential;
+use crate::egress::{AllowPrivate, Blocked};
 use crate::error::Reason;
 use crate::identity::PeerName;
 
@@ -71,6 +72,26 @@ pub enum Mode {
     Enforce,
     /// Calls are allowed, and a refusal is recorded as `would_deny`.
     Report,
+}
+
+/// What a `CONNECT` to a scope's host becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectMode {
+    /// clawgate terminates TLS with a minted leaf and runs every request
+    /// inside through the pipeline.
+    Intercept,
+    /// Bytes are spliced through untouched; a host-level decision only.
+    Tunnel,
+}
+
+impl ConnectMode {
+    /// The name used in policy files and records.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConnectMode::Intercept => "intercept",
+            ConnectMode::Tunnel => "tunnel",
+        }
+    }
 }
 
 /// Where a scope's calls go.
@@ -138,6 +159,15 @@ pub struct Scope {
     pub ca_certs: Arc<Vec<CertificateDer<'static>>>,
     /// The credential injected into calls in this scope.
     pub credential: Option<Arc<Credential>>,
+    /// Intercept or tunnel `CONNECT`s to this scope's host.
+    pub connect: ConnectMode,
+    /// Private ranges and hosts this scope may reach.
+    pub allow_private: Arc<AllowPrivate>,
+    /// Ports an agent may name (`CONNECT`, absolute form) for this host.
+    pub ports: Vec<u16>,
+    /// Set when the upstream is an address literal (or `localhost`) in a
+    /// refused range that `allow_private` does not name.
+    pub blocked: Option<Blocked>,
     rules: RuleSet,
     aws_rules: Vec<aws::AwsRule>,
 }
@@ -211,6 +241,13 @@ pub enum Target<'a> {
         host: &'a str,
         /// The port the agent named, if any.
         port: Option<u16>,
+    },
+    /// A `CONNECT` to a host and port: a host-level decision.
+    Connect {
+        /// The host name or IP literal.
+        host: &'a str,
+        /// The requested port.
+        port: u16,
     },
 }
 
@@ -318,9 +355,38 @@ pub fn decide(call: &Call<'_>, policy: &Policy) -> Decision {
         return Decision::deny(Reason::UnknownAgent, None, None);
     };
     let Some(scope_id) = policy.scope_for(agent_id, call.target) else {
-        return Decision::deny(Reason::NoMatchingScope, Some(agent_id), None);
+        // An address no scope opens is named as such: it needs no DNS.
+        let literal = match call.target {
+            Target::Host { host, .. } | Target::Connect { host, .. } => Some(host),
+            Target::Route(_) => None,
+        };
+        let blocked = literal.is_some_and(|host| {
+            crate::egress::normalise_host(host)
+                .is_ok_and(|h| AllowPrivate::default().check_literal(&h).is_err())
+        });
+        let reason = if blocked {
+            Reason::EgressAddressBlocked
+        } else {
+            Reason::NoMatchingScope
+        };
+        return Decision::deny(reason, Some(agent_id), None);
     };
     let scope = &policy.scopes[scope_id];
+    if scope.blocked.is_some() {
+        return Decision::deny(Reason::EgressAddressBlocked, Some(agent_id), Some(scope_id));
+    }
+    if let Target::Connect { .. } = call.target {
+        // Inside an intercepted tunnel every request is decided on its own;
+        // the tunnel itself is a host-level decision.
+        return Decision {
+            effect: Effect::Allow,
+            reason: Reason::Allowed,
+            agent: Some(agent_id),
+            scope: Some(scope_id),
+            rule: None,
+            would_deny: None,
+        };
+    }
     if scope.aws().is_some() {
         return decide_aws(call, scope, agent_id, scope_id);
     }
@@ -328,7 +394,7 @@ pub fn decide(call: &Call<'_>, policy: &Policy) -> Decision {
     // Rules are written relative to the upstream's base path.
     let path = match call.target {
         Target::Route(_) => Some(call.path),
-        Target::Host { .. } => scope.upstream.strip_base(call.path),
+        Target::Host { .. } | Target::Connect { .. } => scope.upstream.strip_base(call.path),
     };
     let segments: Vec<&str> = path
         .and_then(|p| p.strip_prefix('/'))
@@ -457,8 +523,13 @@ impl Policy {
             Target::Host { host, port } => self.by_host.get(host).and_then(|ids| {
                 ids.iter().copied().find(|id| {
                     agent.scopes.contains(id)
-                        && port.is_none_or(|p| p == self.scopes[*id].upstream.port)
+                        && port.is_none_or(|p| self.scopes[*id].ports.contains(&p))
                 })
+            }),
+            Target::Connect { host, port } => self.by_host.get(host).and_then(|ids| {
+                ids.iter()
+                    .copied()
+                    .find(|id| agent.scopes.contains(id) && self.scopes[*id].ports.contains(&port))
             }),
         }
     }

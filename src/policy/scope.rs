@@ -15,8 +15,9 @@ use super::credential::compile_credential;
 use super::file::{RuleFile, ScopeFile};
 use super::glob::{self, GlobIndex, PathGlob};
 use super::load::{LoadOptions, Report, valid_name};
-use super::{Effect, Mode, Rule, RuleSet, Scope, Upstream};
+use super::{ConnectMode, Effect, Mode, Rule, RuleSet, Scope, Upstream};
 use crate::credentials::Credential;
+use crate::egress::{self, AllowPrivate};
 
 pub(super) fn placeholder_scope(name: &str) -> Scope {
     Scope {
@@ -31,6 +32,10 @@ pub(super) fn placeholder_scope(name: &str) -> Scope {
         mode: Mode::Enforce,
         ca_certs: Arc::new(Vec::new()),
         credential: None,
+        connect: ConnectMode::Tunnel,
+        allow_private: Arc::default(),
+        ports: Vec::new(),
+        blocked: None,
         rules: RuleSet::default(),
         aws_rules: Vec::new(),
     }
@@ -229,6 +234,77 @@ pub(super) fn compile_scope(
             ),
         );
     }
+    let has_rules = !scope.allow.is_empty() || !scope.deny.is_empty();
+    let connect = match scope
+        .connect
+        .as_ref()
+        .map(|c| (c.get_ref().as_str(), c.span()))
+    {
+        None if has_rules || scope.credential.is_some() => ConnectMode::Intercept,
+        None => ConnectMode::Tunnel,
+        Some(("intercept", _)) => ConnectMode::Intercept,
+        Some(("tunnel", span)) => {
+            if has_rules || scope.credential.is_some() {
+                report.error(
+                    file,
+                    span,
+                    format!(
+                        "scope `{name}` tunnels, so it cannot have rules or a credential: clawgate never sees its requests"
+                    ),
+                );
+            }
+            ConnectMode::Tunnel
+        }
+        Some((other, span)) => {
+            report.error(
+                file,
+                span,
+                format!("connect `{other}` must be `intercept` or `tunnel`"),
+            );
+            ConnectMode::Tunnel
+        }
+    };
+    let mut allow_private = AllowPrivate::default();
+    if let Some(entries) = &scope.allow_private {
+        for entry in entries {
+            match AllowPrivate::parse([entry.get_ref().as_str()]) {
+                Ok(one) => allow_private.extend(one),
+                Err(message) => report.error(
+                    file,
+                    entry.span(),
+                    format!("allow_private entry is not an address, range or host: {message}"),
+                ),
+            }
+        }
+    }
+    let ports = match &scope.ports {
+        None => upstream.as_ref().map(|u| vec![u.port]).unwrap_or_default(),
+        Some(ports) => {
+            if ports.get_ref().is_empty() || ports.get_ref().contains(&0) {
+                report.error(
+                    file,
+                    ports.span(),
+                    "ports must list at least one port, none of them 0".into(),
+                );
+            }
+            ports.get_ref().clone()
+        }
+    };
+    let blocked = upstream.as_ref().and_then(|u| {
+        let host = egress::normalise_host(&u.host).ok()?;
+        allow_private.check_literal(&host).err()
+    });
+    if let Some(blocked) = blocked {
+        report.warn(
+            file,
+            scope.upstream.span(),
+            format!(
+                "upstream `{}` is {}; calls in this scope will get egress-address-blocked unless `allow_private` names it",
+                scope.upstream.get_ref(),
+                blocked.range
+            ),
+        );
+    }
     if report.problems.len() != before {
         return None;
     }
@@ -239,6 +315,10 @@ pub(super) fn compile_scope(
         mode,
         ca_certs: Arc::new(ca_certs),
         credential: credential.map(Arc::new),
+        connect,
+        allow_private: Arc::new(allow_private),
+        ports,
+        blocked,
         rules: RuleSet {
             globs: GlobIndex::new(globs),
             rules,
@@ -329,15 +409,13 @@ fn parse_upstream(text: &str) -> Result<Upstream, String> {
     if uri.query().is_some() {
         return Err(format!("upstream `{text}` must not have a query"));
     }
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
-    if host.is_empty() {
-        return Err(format!("upstream `{text}` has no host"));
-    }
+    // Normalised like every host an agent names, so `0x7f000001` and
+    // `127.0.0.1` are one upstream.
+    let host = match egress::normalise_host(authority.host()) {
+        Ok(host) => host.to_string(),
+        Err(egress::HostError::Empty) => return Err(format!("upstream `{text}` has no host")),
+        Err(e) => return Err(format!("upstream `{text}`: {e}")),
+    };
     let default_port = if scheme == http::uri::Scheme::HTTPS {
         443
     } else {

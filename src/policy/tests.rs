@@ -483,3 +483,59 @@ fn strip_base_keeps_paths_below_the_base_only() {
 
 #[path = "load_tests.rs"]
 mod loader;
+
+#[test]
+fn connect_is_decided_by_host_and_port_and_literals_by_range() {
+    let policy = base();
+    let peer = [uri(RESEARCH)];
+    let connect = |host: &str, port: u16| {
+        decide(
+            &Call {
+                peer: &peer,
+                target: Target::Connect { host, port },
+                method: "CONNECT",
+                path: "/",
+                aws: None,
+            },
+            &policy,
+        )
+    };
+    let allowed = connect("api.example.com", 443);
+    assert_eq!(allowed.reason(), Reason::Allowed);
+    assert_eq!(allowed.rule(), None, "a host-level decision names no rule");
+    assert_eq!(
+        connect("api.example.com", 8443).reason(),
+        Reason::NoMatchingScope
+    );
+    assert_eq!(
+        connect("other.example.com", 443).reason(),
+        Reason::NoMatchingScope
+    );
+    for literal in [
+        "127.0.0.1",
+        "169.254.169.254",
+        "::1",
+        "localhost",
+        "10.0.0.1",
+    ] {
+        assert_eq!(
+            connect(literal, 443).reason(),
+            Reason::EgressAddressBlocked,
+            "{literal}"
+        );
+    }
+    let forward = decide(
+        &Call {
+            peer: &peer,
+            target: Target::Host {
+                host: "::ffff:127.0.0.1",
+                port: None,
+            },
+            method: "GET",
+            path: "/",
+            aws: None,
+        },
+        &policy,
+    );
+    assert_eq!(forward.reason(), Reason::EgressAddressBlocked);
+}

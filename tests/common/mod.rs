@@ -62,6 +62,8 @@ pub struct Harness {
     pub audit: PathBuf,
     pub echo: EchoUpstream,
     pub upstream_ca: Pem,
+    /// The echo upstream's own certificate.
+    pub upstream_cert: Pem,
     pub port: u16,
     /// The vending listener's port, when `--vend-listen` was given.
     pub vend_port: Option<u16>,
@@ -117,6 +119,7 @@ impl Harness {
             audit,
             echo,
             upstream_ca,
+            upstream_cert,
             port: 0,
             vend_port: None,
             env: options.env,
@@ -201,6 +204,11 @@ impl Harness {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// The process id of the running clawgate.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("clawgate is running").id()
     }
 
     pub fn stdout(&self) -> String {
@@ -361,6 +369,20 @@ impl Reply {
                 .eq_ignore_ascii_case(name)
                 .then(|| v.trim().to_owned())
         })
+    }
+
+    /// Every value of a header, in order (a proxied reply holds the
+    /// `CONNECT` answer's headers first).
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .lines()
+            .filter_map(|line| {
+                let (k, v) = line.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_owned())
+            })
+            .collect()
     }
 
     pub fn request_id(&self) -> String {

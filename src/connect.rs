@@ -1,0 +1,396 @@
+//! `CONNECT host:port`: identify, decide on the host, check the egress
+//! address, then tunnel or intercept.
+//!
+//! - **tunnel**: bytes are spliced between the agent and the address that
+//!   passed the egress check. The decision is host-level; the outcome record
+//!   holds bytes each way and the duration.
+//! - **intercept**: clawgate answers the `CONNECT`, terminates the agent's TLS
+//!   with a leaf minted for the host, and serves HTTP/1.1 and HTTP/2 inside.
+//!   Every request inside runs the whole pipeline (decide on method and path,
+//!   inject the credential, forward, record) as mode `intercept`.
+//!
+//! Invariants: identity comes first (a `CONNECT` from an unknown agent
+//! resolves no name and opens no connection); the `CONNECT` gets exactly one
+//! decision record, committed before any byte is spliced or any leaf is
+//! served, and, when allowed, one outcome record when the tunnel ends.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tracing::{Instrument, field};
+
+use crate::audit::{DecisionRecord, kind};
+use crate::body::ProxyBody;
+use crate::egress::{self, EgressError, Host};
+use crate::error::{REQUEST_ID_HEADER, Reason, refusal_response};
+use crate::pipeline::{Outcome, Peer, Pipeline};
+use crate::policy::{Call, ConnectMode, Permitted, Policy, Target, decide};
+use crate::route::{Destination, Mode, route};
+
+/// The agent must finish the inner TLS handshake within this time.
+const INNER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What requests inside an intercepted tunnel are bound to.
+#[derive(Debug, Clone)]
+pub struct Inside {
+    /// The host the `CONNECT` named and policy allowed.
+    pub host: Host,
+    /// The port it named.
+    pub port: u16,
+    /// The `CONNECT`'s request id, written into every inner record.
+    pub connect_id: String,
+}
+
+/// An allowed `CONNECT`, ready to be answered.
+enum Plan {
+    Tunnel {
+        host: Host,
+        addrs: Vec<std::net::SocketAddr>,
+    },
+    Intercept {
+        inside: Inside,
+        tls: Arc<ServerConfig>,
+    },
+}
+
+impl Pipeline {
+    /// Handles a `CONNECT`. Never fails: every problem is a refusal.
+    pub(crate) async fn connect(
+        self: &Arc<Self>,
+        peer: &Arc<Peer>,
+        mut req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let span = tracing::info_span!(
+            "connect",
+            request.id = %request_id,
+            agent.id = field::Empty,
+            scope.id = field::Empty,
+            decision.effect = field::Empty,
+            decision.reason = field::Empty,
+            upstream.host = field::Empty,
+        );
+        let pipeline = Arc::clone(self);
+        let peer = Arc::clone(peer);
+        async move {
+            let policy = pipeline.policy();
+            let mut record = DecisionRecord::new(kind::DECISION, &request_id);
+            record.mode = Some(Mode::Connect.as_str().to_owned());
+            record.client_addr = Some(peer.addr.to_string());
+            record.cert_fp = Some(peer.identity.fingerprint.clone());
+            record.method = Some("CONNECT".into());
+            record.policy_digest = Some(policy.digest().to_owned());
+
+            let verdict = pipeline
+                .plan(&peer, &policy, &req, &request_id, &mut record)
+                .await;
+            let reason = verdict.as_ref().err().copied().unwrap_or(Reason::Allowed);
+            record.reason = reason.code().to_owned();
+            record.decision = Some(
+                if reason == Reason::Allowed {
+                    "allow"
+                } else {
+                    "deny"
+                }
+                .into(),
+            );
+            let span = tracing::Span::current();
+            span.record("decision.effect", record.decision.as_deref());
+            span.record("decision.reason", reason.code());
+            let mut outcome = verdict
+                .is_ok()
+                .then(|| pipeline.outcome_for(&record, started));
+            if let Err(e) = pipeline.audit().append_durable(record).await {
+                tracing::error!(error = %e, "decision not recorded; refusing the connect");
+                if let Some(outcome) = outcome.take() {
+                    outcome.forget();
+                }
+                return refusal_response(Reason::AuditUnavailable, &request_id);
+            }
+            let (plan, mut outcome) = match (verdict, outcome) {
+                (Ok(plan), Some(outcome)) => (plan, outcome),
+                (Err(reason), _) => {
+                    tracing::info!("connect refused");
+                    return refusal_response(reason, &request_id);
+                }
+                (Ok(_), None) => return refusal_response(Reason::AuditUnavailable, &request_id),
+            };
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let upstream = match &plan {
+                Plan::Tunnel { host, addrs } => {
+                    let limit = pipeline.upstreams.timeouts().connect;
+                    match egress::connect_checked(host, addrs, limit).await {
+                        Ok(stream) => Some(stream),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "tunnel upstream unreachable");
+                            let reason = match e {
+                                EgressError::Timeout(_) => Reason::UpstreamTimeout,
+                                _ => Reason::UpstreamUnreachable,
+                            };
+                            outcome.status = Some(reason.status().as_u16());
+                            outcome.reason = reason;
+                            drop(outcome);
+                            return refusal_response(reason, &request_id);
+                        }
+                    }
+                }
+                Plan::Intercept { .. } => None,
+            };
+            outcome.status = Some(200);
+            outcome.reason = Reason::Allowed;
+            let task = Arc::clone(&pipeline).run_tunnel(plan, upstream, on_upgrade, peer, outcome);
+            tokio::spawn(task.in_current_span());
+            tracing::info!("connect allowed");
+            let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+            if let Ok(id) = HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert(REQUEST_ID_HEADER, id);
+            }
+            response
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Identifies, decides and checks the egress address. Fills in the
+    /// record as it learns things.
+    async fn plan(
+        &self,
+        peer: &Peer,
+        policy: &Arc<Policy>,
+        req: &Request<Incoming>,
+        request_id: &str,
+        record: &mut DecisionRecord,
+    ) -> Result<Plan, Reason> {
+        // Identity before anything else: an unknown agent's CONNECT resolves
+        // no name and opens no connection.
+        let Some(agent) = policy.agent_for(&peer.identity.names) else {
+            record.host = req.uri().host().map(str::to_owned);
+            return Err(Reason::UnknownAgent);
+        };
+        let name = &policy.agent(agent).name;
+        tracing::Span::current().record("agent.id", name.as_str());
+        record.agent = Some(name.clone());
+        let (host, port) = match route(req) {
+            Ok(routed) => match routed.destination {
+                Destination::Connect {
+                    host,
+                    port: Some(port),
+                } => (host, port),
+                _ => return Err(Reason::MalformedRequest),
+            },
+            Err(e) => {
+                record.host = req.uri().host().map(str::to_owned);
+                tracing::info!(error = %e, "connect target not acceptable");
+                return Err(Reason::MalformedRequest);
+            }
+        };
+        record.host = Some(host.clone());
+        record.detail = Some(format!("port {port}"));
+        let call = Call {
+            peer: &peer.identity.names,
+            target: Target::Connect { host: &host, port },
+            method: "CONNECT",
+            path: "/",
+            aws: None,
+        };
+        let decision = decide(&call, policy);
+        if let Some(scope) = decision.scope().map(|id| policy.scope(id)) {
+            tracing::Span::current().record("scope.id", scope.name.as_str());
+            tracing::Span::current().record("upstream.host", scope.upstream.host.as_str());
+            record.scope = Some(scope.name.clone());
+            record.detail = Some(format!("{} port {port}", scope.connect.as_str()));
+        }
+        let permit = Permitted::new(policy, &decision).ok_or(decision.reason())?;
+        let scope = permit.scope();
+        let host = egress::normalise_host(&host).map_err(|_| Reason::MalformedRequest)?;
+        // Checked now, before the decision is recorded, so the record says
+        // why; a tunnel then connects only to these addresses.
+        let addrs =
+            egress::resolve_checked(&host, port, &scope.allow_private, self.upstreams.pins())
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "connect target refused or unresolvable");
+                    if let EgressError::Blocked(blocked) = &e {
+                        record.detail =
+                            Some(format!("{} port {port}: {blocked}", scope.connect.as_str()));
+                    }
+                    match e {
+                        EgressError::Blocked(_) => Reason::EgressAddressBlocked,
+                        EgressError::Timeout(_) => Reason::UpstreamTimeout,
+                        _ => Reason::UpstreamUnreachable,
+                    }
+                })?;
+        match scope.connect {
+            ConnectMode::Tunnel => Ok(Plan::Tunnel { host, addrs }),
+            ConnectMode::Intercept => {
+                let tls = self.interceptor.server_config(&host).map_err(|e| {
+                    tracing::error!(error = %e, "cannot mint an interception leaf");
+                    Reason::MalformedRequest
+                })?;
+                Ok(Plan::Intercept {
+                    inside: Inside {
+                        host,
+                        port,
+                        connect_id: request_id.to_owned(),
+                    },
+                    tls,
+                })
+            }
+        }
+    }
+
+    /// Runs an allowed tunnel until either side ends it or clawgate stops;
+    /// the outcome record is written when `outcome` drops.
+    async fn run_tunnel(
+        self: Arc<Self>,
+        plan: Plan,
+        upstream: Option<TcpStream>,
+        on_upgrade: hyper::upgrade::OnUpgrade,
+        peer: Arc<Peer>,
+        mut outcome: Outcome,
+    ) {
+        let mut stopping = self.stopping.subscribe();
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "connect was not upgraded");
+                return;
+            }
+        };
+        let mut agent = Counted {
+            inner: TokioIo::new(upgraded),
+            read: Arc::clone(&outcome.bytes_up),
+            written: Arc::clone(&outcome.bytes_down),
+        };
+        let work = async {
+            match (plan, upstream) {
+                (Plan::Tunnel { .. }, Some(mut upstream)) => {
+                    match tokio::io::copy_bidirectional(&mut agent, &mut upstream).await {
+                        Ok(_) => outcome.finished = true,
+                        // Either end hanging up abruptly is how most TLS
+                        // sessions end; the tunnel itself did its work.
+                        Err(e) if closed_by_peer(&e) => {
+                            tracing::debug!(error = %e, "tunnel closed by a peer");
+                            outcome.finished = true;
+                        }
+                        Err(e) => tracing::info!(error = %e, "tunnel ended with an error"),
+                    }
+                }
+                (Plan::Intercept { inside, tls }, _) => {
+                    let accept = TlsAcceptor::from(tls).accept(agent);
+                    let tls = match tokio::time::timeout(INNER_HANDSHAKE_TIMEOUT, accept).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::info!(error = %e, "agent refused the intercepted handshake");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!("intercepted handshake timed out");
+                            return;
+                        }
+                    };
+                    let inside = Arc::new(inside);
+                    let pipeline = Arc::clone(&self);
+                    let service = service_fn(move |req| {
+                        let pipeline = Arc::clone(&pipeline);
+                        let peer = Arc::clone(&peer);
+                        let inside = Arc::clone(&inside);
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                pipeline.handle_inside(&peer, &inside, req).await,
+                            )
+                        }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                        .await
+                    {
+                        Ok(()) => outcome.finished = true,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "intercepted connection ended with an error");
+                        }
+                    }
+                }
+                (Plan::Tunnel { .. }, None) => {}
+            }
+        };
+        tokio::select! {
+            () = work => {}
+            _ = stopping.wait_for(|stop| *stop) => {
+                tracing::info!("tunnel ended at shutdown");
+            }
+        }
+    }
+}
+
+/// Whether an error is just one end of a tunnel hanging up.
+pub(crate) fn closed_by_peer(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::NotConnected
+    )
+}
+
+/// Counts bytes read from and written to the agent side of a tunnel.
+pub(crate) struct Counted<T> {
+    pub(crate) inner: T,
+    pub(crate) read: Arc<AtomicU64>,
+    pub(crate) written: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,75 @@
+//! WebSocket upgrades (HTTP/1.1 `Upgrade: websocket`), in any mode and inside
+//! intercepted tunnels.
+//!
+//! The upgrade request is adjudicated and recorded once, like any call, and
+//! carries the injected credential. When the upstream answers 101, the two
+//! upgraded connections are spliced and the outcome record (status 101, bytes
+//! each way, duration) is written when the socket closes. Messages inside are
+//! not inspected. Only `websocket` is passed on: other upgrades (`h2c`) are
+//! dropped as the hop-by-hop headers they are.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, Request, Version, header};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+
+use crate::connect::{Counted, closed_by_peer};
+use crate::pipeline::Outcome;
+
+/// The `Upgrade` value of an HTTP/1.1 WebSocket upgrade request.
+pub fn websocket<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let connection_upgrade = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let upgrade = req.headers().get(header::UPGRADE)?;
+    (connection_upgrade && upgrade.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        .then(|| upgrade.clone())
+}
+
+/// Puts back the two hop-by-hop headers an upgrade needs on the next hop.
+pub fn restore(headers: &mut HeaderMap, upgrade: &HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, upgrade.clone());
+}
+
+/// Splices the agent's and the upstream's upgraded connections until either
+/// closes or clawgate stops; `outcome` records the session when it drops.
+pub(crate) async fn splice(
+    agent: OnUpgrade,
+    upstream: OnUpgrade,
+    mut outcome: Outcome,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let (agent, upstream) = match tokio::join!(agent, upstream) {
+        (Ok(agent), Ok(upstream)) => (agent, upstream),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::info!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut agent = Counted {
+        inner: TokioIo::new(agent),
+        read: Arc::clone(&outcome.bytes_up),
+        written: Arc::clone(&outcome.bytes_down),
+    };
+    let mut upstream = TokioIo::new(upstream);
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut agent, &mut upstream) => match result {
+            Ok(_) => outcome.finished = true,
+            Err(e) if closed_by_peer(&e) => outcome.finished = true,
+            Err(e) => tracing::info!(error = %e, "upgraded connection ended with an error"),
+        },
+        _ = stopping.wait_for(|stop| *stop) => {
+            tracing::info!("upgraded connection ended at shutdown");
+        }
+    }
+}
