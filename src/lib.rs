@@ -16,10 +16,14 @@
 //! - [`connect`]: `CONNECT` tunnels, spliced or intercepted.
 //! - [`intercept`]: leaves minted per host by the interception CA.
 //! - [`policy`]: file model, validation, compiled index, and the pure `decide`.
-//! - [`credentials`]: the secret a scope injects, never the agent's.
+//! - [`credentials`]: what a scope's calls receive in place of the agent's own:
+//!   secrets (environment, file, Secrets Manager), sentinels, and STS
+//!   credentials that re-sign the request; one cache, one broker.
 //! - [`forward`]: pooled upstream clients, header hygiene, timeouts.
 //! - [`egress`]: host normalisation and the address check before any connect.
-//! - [`pipeline`]: the per-call order above, and the one place records are emitted.
+//! - [`pipeline`]: the per-call order above (admission: route, AWS action,
+//!   decide, sentinels, credential), the one place records are emitted, and
+//!   credential vending.
 //! - [`audit`]: the decision log (SQLite, group commit, hash chain), query, verify.
 //! - [`error`]: the closed set of reasons and their one mapping to responses.
 
