@@ -73,6 +73,10 @@ struct ServeArgs {
     /// At shutdown, how long in-flight calls may finish before they are ended.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// BENCHMARK ONLY, hidden: record nothing, so the load harness can show
+    /// what the durable decision log costs. Never for serving agents.
+    #[arg(long, hide = true)]
+    benchmark_only_decision_log_off: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,6 +231,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     total: args.upstream_timeout,
                 },
                 drain: args.drain_timeout,
+                decision_log_off_benchmark_only: args.benchmark_only_decision_log_off,
             };
             runtime()?.block_on(async {
                 let running = serve::start(&config, &process_env).await?;

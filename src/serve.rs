@@ -34,6 +34,9 @@ pub struct ServeConfig {
     pub timeouts: Timeouts,
     /// How long in-flight calls may finish at shutdown before they are ended.
     pub drain: Duration,
+    /// BENCHMARK ONLY: record nothing (see [`AuditLog::discarding_for_benchmarks`]).
+    /// The load harness sets it to show what the durable log costs.
+    pub decision_log_off_benchmark_only: bool,
 }
 
 /// Why `serve` would not start.
@@ -101,7 +104,14 @@ pub async fn start(
     );
     let tls = listener::server_config(&config.certs_dir, config.crl.as_deref())?;
     let upstreams = Upstreams::new(config.timeouts)?;
-    let (audit, writer) = AuditLog::open(&config.audit_path)?;
+    let (audit, writer) = if config.decision_log_off_benchmark_only {
+        tracing::warn!(
+            "BENCHMARK ONLY: the decision log is off; no decision or outcome is recorded"
+        );
+        AuditLog::discarding_for_benchmarks()?
+    } else {
+        AuditLog::open(&config.audit_path)?
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {

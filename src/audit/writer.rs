@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
@@ -95,6 +95,33 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
     ))
 }
 
+/// BENCHMARK ONLY: a writer thread that acknowledges every record without
+/// writing it, so the harness can compare a durable log with none at all.
+pub(super) fn start_discarding() -> Result<(AuditLog, WriterHandle), AuditError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
+    let log = AuditLog {
+        tx,
+        health: Arc::new(Health::default()),
+    };
+    let thread = std::thread::Builder::new()
+        .name("clawgate-audit-off".into())
+        .spawn(move || {
+            while let Ok(Command::Append(_, waiter)) = rx.recv() {
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(Ok(0));
+                }
+            }
+        })
+        .map_err(|e| AuditError::Write(format!("cannot start writer thread: {e}")))?;
+    Ok((
+        log.clone(),
+        WriterHandle {
+            log,
+            thread: Some(thread),
+        },
+    ))
+}
+
 type Waiter = Option<tokio::sync::oneshot::Sender<Result<i64, String>>>;
 
 fn run(mut conn: Connection, rx: Receiver<Command>, health: &Health) {
@@ -146,9 +173,18 @@ fn run(mut conn: Connection, rx: Receiver<Command>, health: &Health) {
 /// commit fails, to be retried with the next one, so a passing lock does not
 /// lose them.
 fn commit(conn: &mut Connection, batch: &mut Vec<(Box<DecisionRecord>, Waiter)>, health: &Health) {
+    let begun = Instant::now();
     let result = write_batch(conn, batch);
     match &result {
-        Ok(()) => health.healthy.store(true, Ordering::Relaxed),
+        Ok(()) => {
+            health.healthy.store(true, Ordering::Relaxed);
+            let nanos = u64::try_from(begun.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            health.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
+            health.batches.fetch_add(1, Ordering::Relaxed);
+            health
+                .committed
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
         Err(e) => {
             health.healthy.store(false, Ordering::Relaxed);
             tracing::error!(error = %e, records = batch.len(), "decision log batch failed");

@@ -90,6 +90,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
             total: Duration::from_secs(30),
         },
         drain: Duration::from_secs(5),
+        decision_log_off_benchmark_only: false,
     };
     let running = serve::start(&config, &env).await?;
     let base = format!("https://localhost:{}", running.addr.port());
