@@ -158,7 +158,7 @@ impl Pipeline {
                     self.forward(admitted, body, outcome, &request_id).await
                 }
                 (Err(reason), _) => {
-                    tracing::info!("call refused");
+                    tracing::debug!("call refused");
                     refusal_response(reason, &request_id)
                 }
                 (Ok(_), None) => refusal_response(Reason::AuditUnavailable, &request_id),
@@ -208,7 +208,8 @@ impl Pipeline {
         outcome.reason = Reason::Allowed;
         let counter = Arc::clone(&outcome.bytes_down);
         let body = CountingBody::guarded(body, counter, Some(deadline), outcome);
-        tracing::info!(status = parts.status.as_u16(), "call forwarded");
+        // Per call: debug. The decision log is the per-call record.
+        tracing::debug!(status = parts.status.as_u16(), "call forwarded");
         Response::from_parts(parts, body.boxed())
     }
 }
@@ -234,7 +235,7 @@ fn admit(
         Ok(routed) => routed,
         Err(e) => {
             record.path = Some(parts.uri.path().to_owned());
-            tracing::info!(error = %e, "request not routable");
+            tracing::debug!(error = %e, "request not routable");
             return Err(if agent.is_none() {
                 Reason::UnknownAgent
             } else {
