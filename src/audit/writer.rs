@@ -3,9 +3,9 @@
 //! fsync, and only then answers the callers of that batch.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior, params};
@@ -223,19 +223,37 @@ fn write_batch(
     // even if something else (a second instance, an operator) wrote meanwhile.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut head = Head::read(&tx)?;
-    for (record, _) in batch.iter_mut() {
-        seal(&mut head, record);
-        insert(&tx, record)?;
+    {
+        // One statement for the whole batch, not one cache lookup per record.
+        let mut statement = tx.prepare_cached(insert_sql())?;
+        for (record, _) in batch.iter_mut() {
+            seal(&mut head, record);
+            insert_with(&mut statement, record)?;
+        }
     }
     tx.commit()
 }
 
+fn insert_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "INSERT INTO records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+            ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)"
+        )
+    })
+}
+
 /// Inserts one sealed record, every column.
 pub(super) fn insert(conn: &Connection, r: &DecisionRecord) -> rusqlite::Result<()> {
-    let mut statement = conn.prepare_cached(&format!(
-        "INSERT INTO records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-            ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)"
-    ))?;
+    let mut statement = conn.prepare_cached(insert_sql())?;
+    insert_with(&mut statement, r)
+}
+
+fn insert_with(
+    statement: &mut rusqlite::Statement<'_>,
+    r: &DecisionRecord,
+) -> rusqlite::Result<()> {
     statement.execute(params![
         r.seq,
         r.ts,
