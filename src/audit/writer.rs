@@ -20,6 +20,8 @@ const MAX_BATCH: usize = 512;
 const QUEUE_CAPACITY: usize = 65_536;
 /// Unwritten records kept for retry after failed batches.
 const MAX_RETRY: usize = 65_536;
+/// A commit at least this slow is logged: each call in its batch waited.
+const SLOW_COMMIT: Duration = Duration::from_millis(100);
 /// How long a write waits for a lock held by another process.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -178,7 +180,16 @@ fn commit(conn: &mut Connection, batch: &mut Vec<(Box<DecisionRecord>, Waiter)>,
     match &result {
         Ok(()) => {
             health.healthy.store(true, Ordering::Relaxed);
-            let nanos = u64::try_from(begun.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let took = begun.elapsed();
+            if took >= SLOW_COMMIT {
+                // Every call waiting for this batch waited this long.
+                tracing::warn!(
+                    records = batch.len(),
+                    ms = took.as_millis(),
+                    "decision log commit was slow"
+                );
+            }
+            let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
             health.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
             health.batches.fetch_add(1, Ordering::Relaxed);
             health
