@@ -49,11 +49,12 @@ fn report(name: &str, before: WriterStats, after: WriterStats, elapsed: Duration
         return;
     }
     println!(
-        "{name}: {:.0} records/s over {:.1} s; {batches} commits, mean batch {:.1} records, mean commit {:.2} ms",
+        "{name}: {:.0} records/s over {:.1} s; {batches} commits, mean batch {:.1} records, mean commit {:.2} ms (slowest since start {:.1} ms)",
         records as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
         records as f64 / batches as f64,
         nanos as f64 / batches as f64 / 1e6,
+        after.max_commit_nanos as f64 / 1e6,
     );
 }
 

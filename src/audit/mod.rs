@@ -194,6 +194,7 @@ struct Health {
     batches: AtomicU64,
     committed: AtomicU64,
     commit_nanos: AtomicU64,
+    max_commit_nanos: AtomicU64,
 }
 
 /// What the writer has done since start: enough to tell the batch size and
@@ -206,6 +207,8 @@ pub struct WriterStats {
     pub records: u64,
     /// Time spent in those transactions, from begin to the end of the fsync.
     pub commit_nanos: u64,
+    /// The slowest of them.
+    pub max_commit_nanos: u64,
 }
 
 impl Default for Health {
@@ -216,6 +219,7 @@ impl Default for Health {
             batches: AtomicU64::new(0),
             committed: AtomicU64::new(0),
             commit_nanos: AtomicU64::new(0),
+            max_commit_nanos: AtomicU64::new(0),
         }
     }
 }
@@ -288,6 +292,7 @@ impl AuditLog {
             batches: self.health.batches.load(Ordering::Relaxed),
             records: self.health.committed.load(Ordering::Relaxed),
             commit_nanos: self.health.commit_nanos.load(Ordering::Relaxed),
+            max_commit_nanos: self.health.max_commit_nanos.load(Ordering::Relaxed),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,11 @@ const MAX_BATCH: usize = 512;
 const QUEUE_CAPACITY: usize = 65_536;
 /// Unwritten records kept for retry after failed batches.
 const MAX_RETRY: usize = 65_536;
+/// How often the checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// WAL pages after which the writer checkpoints in its own commit, should the
+/// checkpointer fall behind (SQLite's default is 1,000).
+const WRITER_CHECKPOINT_PAGES: i64 = 4_000;
 /// A commit at least this slow is logged: each call in its batch waited.
 const SLOW_COMMIT: Duration = Duration::from_millis(100);
 /// How long a write waits for a lock held by another process.
@@ -77,6 +82,17 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
         .map_err(open_error)?;
     conn.execute_batch(SCHEMA).map_err(open_error)?;
     Head::read(&conn).map_err(open_error)?;
+    // Checkpoints run beside the writer (see `checkpoint_every`); the
+    // writer's own only bounds the WAL when they fall behind.
+    conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+        .map_err(open_error)?;
+    let checkpointer = Connection::open(path).map_err(open_error)?;
+    checkpointer
+        .busy_timeout(BUSY_TIMEOUT)
+        .map_err(open_error)?;
+    checkpointer
+        .pragma_update(None, "synchronous", "FULL")
+        .map_err(open_error)?;
 
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
     let health = Arc::new(Health::default());
@@ -86,7 +102,20 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
     };
     let thread = std::thread::Builder::new()
         .name("clawgate-audit".into())
-        .spawn(move || run(conn, rx, &health))
+        .spawn(move || {
+            let (stop, stopped) = std::sync::mpsc::channel::<()>();
+            let checkpoints = std::thread::Builder::new()
+                .name("clawgate-audit-checkpoint".into())
+                .spawn(move || checkpoint_every(&checkpointer, &stopped));
+            run(conn, rx, &health, move || {
+                // The checkpointer goes first, so that the writer's connection
+                // is the last to close and SQLite folds the WAL back in.
+                drop(stop);
+                if let Ok(checkpoints) = checkpoints {
+                    let _ = checkpoints.join();
+                }
+            });
+        })
         .map_err(|e| AuditError::Write(format!("cannot start writer thread: {e}")))?;
     Ok((
         log.clone(),
@@ -126,7 +155,19 @@ pub(super) fn start_discarding() -> Result<(AuditLog, WriterHandle), AuditError>
 
 type Waiter = Option<tokio::sync::oneshot::Sender<Result<i64, String>>>;
 
-fn run(mut conn: Connection, rx: Receiver<Command>, health: &Health) {
+/// Copies committed WAL frames into the database every `CHECKPOINT_EVERY`,
+/// from a connection of its own, so that commits do not wait for it (as they
+/// do for SQLite's automatic checkpoint, which runs inside a commit). A
+/// passive checkpoint never blocks the writer. Stops when `stopped` hangs up.
+fn checkpoint_every(conn: &Connection, stopped: &Receiver<()>) {
+    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "decision log checkpoint failed");
+        }
+    }
+}
+
+fn run(mut conn: Connection, rx: Receiver<Command>, health: &Health, before_close: impl FnOnce()) {
     let mut batch: Vec<(Box<DecisionRecord>, Waiter)> = Vec::with_capacity(MAX_BATCH);
     let mut stopping = false;
     while !stopping {
@@ -159,6 +200,7 @@ fn run(mut conn: Connection, rx: Receiver<Command>, health: &Health) {
     if !batch.is_empty() {
         commit(&mut conn, &mut batch, health);
     }
+    before_close();
     if !batch.is_empty() {
         health
             .dropped
@@ -191,6 +233,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<(Box<DecisionRecord>, Waiter)>,
             }
             let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
             health.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
+            health.max_commit_nanos.fetch_max(nanos, Ordering::Relaxed);
             health.batches.fetch_add(1, Ordering::Relaxed);
             health
                 .committed
