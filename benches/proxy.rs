@@ -163,6 +163,7 @@ fn bench(c: &mut Criterion) {
         broker: clawgate::credentials::BrokerConfig::default(),
         vend_listen: None,
         limits: clawgate::pipeline::BodyLimits::default(),
+        decision_log_off_benchmark_only: false,
     };
     let env = |name: &str| (name == "ECHO_API_TOKEN").then(|| "bench-token".to_owned());
     let running = rt.block_on(serve::start(&config, &env)).unwrap();

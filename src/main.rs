@@ -17,6 +17,12 @@ use clawgate::pipeline::BodyLimits;
 use clawgate::policy::{self, LoadOptions};
 use clawgate::serve::{self, ServeConfig};
 
+// Records and request heads are built on the runtime's threads and freed on
+// the writer's; glibc's allocator spent about 14% of the proxy's CPU on that
+// under load (see benches/README.md), mimalloc much less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "clawgate",
@@ -117,6 +123,10 @@ struct ServeArgs {
     /// DNS. The egress address check still applies.
     #[arg(long, value_parser = parse_pin)]
     resolve: Vec<(String, std::net::IpAddr)>,
+    /// BENCHMARK ONLY, hidden: record nothing, so the load harness can show
+    /// what the durable decision log costs. Never for serving agents.
+    #[arg(long, hide = true)]
+    benchmark_only_decision_log_off: bool,
 }
 
 fn parse_pin(text: &str) -> Result<(String, std::net::IpAddr), String> {
@@ -293,6 +303,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     ..BodyLimits::default()
                 },
                 resolve: args.resolve,
+                decision_log_off_benchmark_only: args.benchmark_only_decision_log_off,
             };
             runtime()?.block_on(async {
                 let running = serve::start(&config, &process_env).await?;

@@ -45,6 +45,9 @@ pub struct ServeConfig {
     pub limits: BodyLimits,
     /// Names pinned to addresses, consulted before DNS (`--resolve`).
     pub resolve: Vec<(String, std::net::IpAddr)>,
+    /// BENCHMARK ONLY: record nothing (see [`AuditLog::discarding_for_benchmarks`]).
+    /// The load harness sets it to show what the durable log costs.
+    pub decision_log_off_benchmark_only: bool,
 }
 
 /// Why `serve` would not start.
@@ -130,7 +133,14 @@ pub async fn start(
         pins.entry(name.clone()).or_default().push(*ip);
     }
     let upstreams = Upstreams::new(config.timeouts, Arc::new(pins))?;
-    let (audit, writer) = AuditLog::open(&config.audit_path)?;
+    let (audit, writer) = if config.decision_log_off_benchmark_only {
+        tracing::warn!(
+            "BENCHMARK ONLY: the decision log is off; no decision or outcome is recorded"
+        );
+        AuditLog::discarding_for_benchmarks()?
+    } else {
+        AuditLog::open(&config.audit_path)?
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {

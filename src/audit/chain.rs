@@ -49,22 +49,33 @@ pub fn record_hash(prev_hash: &str, record: &DecisionRecord) -> String {
     let mut body = record.clone();
     body.prev_hash.clear();
     body.hash.clear();
+    hash_of_cleared(prev_hash, &body)
+}
+
+/// [`record_hash`] of a record whose `hash` and `prev_hash` are empty.
+fn hash_of_cleared(prev_hash: &str, body: &DecisionRecord) -> String {
     // Serialising a plain struct of strings and integers cannot fail; an
     // empty body would still chain, and verify would flag it.
-    let canonical = serde_json::to_vec(&body).unwrap_or_default();
+    // Streamed into the hasher: no buffer per record.
     let mut hasher = Sha256::new();
     hasher.update(DOMAIN);
     hasher.update(prev_hash.as_bytes());
     hasher.update(b"\n");
-    hasher.update(&canonical);
+    let _ = serde_json::to_writer(&mut hasher, body);
     hex::encode(hasher.finalize())
 }
 
-/// Places `record` after `head` and advances `head`.
+/// Gives `record` the next position after `head`, chains it and advances
+/// `head`.
 pub(super) fn seal(head: &mut Head, record: &mut DecisionRecord) {
     record.seq = head.seq + 1;
+    // Hashed in place with both hash fields empty, as record_hash would see
+    // it, without copying the record (this runs once per record written).
+    record.prev_hash.clear();
+    record.hash.clear();
+    let hash = hash_of_cleared(&head.hash, record);
     record.prev_hash.clone_from(&head.hash);
-    record.hash = record_hash(&head.hash, record);
+    record.hash = hash;
     head.seq = record.seq;
     head.hash.clone_from(&record.hash);
 }

@@ -196,6 +196,25 @@ struct Health {
     healthy: AtomicBool,
     /// Records lost for good (queue full, or unwritable at shutdown).
     dropped: AtomicU64,
+    /// Batches committed, records in them, and time spent committing them.
+    batches: AtomicU64,
+    committed: AtomicU64,
+    commit_nanos: AtomicU64,
+    max_commit_nanos: AtomicU64,
+}
+
+/// What the writer has done since start: enough to tell the batch size and
+/// the cost of one commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub batches: u64,
+    /// Records in those transactions.
+    pub records: u64,
+    /// Time spent in those transactions, from begin to the end of the fsync.
+    pub commit_nanos: u64,
+    /// The slowest of them.
+    pub max_commit_nanos: u64,
 }
 
 impl Default for Health {
@@ -203,6 +222,10 @@ impl Default for Health {
         Health {
             healthy: AtomicBool::new(true),
             dropped: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            committed: AtomicU64::new(0),
+            commit_nanos: AtomicU64::new(0),
+            max_commit_nanos: AtomicU64::new(0),
         }
     }
 }
@@ -220,6 +243,13 @@ impl AuditLog {
     /// Opens (or creates) the database and starts the writer thread.
     pub fn open(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError> {
         writer::start(path)
+    }
+
+    /// BENCHMARK ONLY: a log that writes nothing. Every record is taken and
+    /// acknowledged at once, so a benchmark can show what durability costs.
+    /// Nothing is recorded: never use it to serve agents.
+    pub fn discarding_for_benchmarks() -> Result<(AuditLog, WriterHandle), AuditError> {
+        writer::start_discarding()
     }
 
     /// Appends a record and waits until its batch is committed.
@@ -260,6 +290,16 @@ impl AuditLog {
     /// Whether the last batch was committed.
     pub fn is_healthy(&self) -> bool {
         self.health.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Batches, records and commit time since start.
+    pub fn stats(&self) -> WriterStats {
+        WriterStats {
+            batches: self.health.batches.load(Ordering::Relaxed),
+            records: self.health.committed.load(Ordering::Relaxed),
+            commit_nanos: self.health.commit_nanos.load(Ordering::Relaxed),
+            max_commit_nanos: self.health.max_commit_nanos.load(Ordering::Relaxed),
+        }
     }
 
     /// Records lost for good since start; anything but 0 is worth an alert.

@@ -3,10 +3,10 @@
 //! fsync, and only then answers the callers of that batch.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, TryRecvError};
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
@@ -20,6 +20,13 @@ const MAX_BATCH: usize = 512;
 const QUEUE_CAPACITY: usize = 65_536;
 /// Unwritten records kept for retry after failed batches.
 const MAX_RETRY: usize = 65_536;
+/// How often the checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// WAL pages after which the writer checkpoints in its own commit, should the
+/// checkpointer fall behind (SQLite's default is 1,000).
+const WRITER_CHECKPOINT_PAGES: i64 = 4_000;
+/// A commit at least this slow is logged: each call in its batch waited.
+const SLOW_COMMIT: Duration = Duration::from_millis(100);
 /// How long a write waits for a lock held by another process.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -77,6 +84,17 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
     conn.execute_batch(SCHEMA).map_err(open_error)?;
     add_missing_columns(&conn).map_err(open_error)?;
     Head::read(&conn).map_err(open_error)?;
+    // Checkpoints run beside the writer (see `checkpoint_every`); the
+    // writer's own only bounds the WAL when they fall behind.
+    conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+        .map_err(open_error)?;
+    let checkpointer = Connection::open(path).map_err(open_error)?;
+    checkpointer
+        .busy_timeout(BUSY_TIMEOUT)
+        .map_err(open_error)?;
+    checkpointer
+        .pragma_update(None, "synchronous", "FULL")
+        .map_err(open_error)?;
 
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
     let health = Arc::new(Health::default());
@@ -86,7 +104,47 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
     };
     let thread = std::thread::Builder::new()
         .name("clawgate-audit".into())
-        .spawn(move || run(conn, rx, &health))
+        .spawn(move || {
+            let (stop, stopped) = std::sync::mpsc::channel::<()>();
+            let checkpoints = std::thread::Builder::new()
+                .name("clawgate-audit-checkpoint".into())
+                .spawn(move || checkpoint_every(&checkpointer, &stopped));
+            run(conn, rx, &health, move || {
+                // The checkpointer goes first, so that the writer's connection
+                // is the last to close and SQLite folds the WAL back in.
+                drop(stop);
+                if let Ok(checkpoints) = checkpoints {
+                    let _ = checkpoints.join();
+                }
+            });
+        })
+        .map_err(|e| AuditError::Write(format!("cannot start writer thread: {e}")))?;
+    Ok((
+        log.clone(),
+        WriterHandle {
+            log,
+            thread: Some(thread),
+        },
+    ))
+}
+
+/// BENCHMARK ONLY: a writer thread that acknowledges every record without
+/// writing it, so the harness can compare a durable log with none at all.
+pub(super) fn start_discarding() -> Result<(AuditLog, WriterHandle), AuditError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
+    let log = AuditLog {
+        tx,
+        health: Arc::new(Health::default()),
+    };
+    let thread = std::thread::Builder::new()
+        .name("clawgate-audit-off".into())
+        .spawn(move || {
+            while let Ok(Command::Append(_, waiter)) = rx.recv() {
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(Ok(0));
+                }
+            }
+        })
         .map_err(|e| AuditError::Write(format!("cannot start writer thread: {e}")))?;
     Ok((
         log.clone(),
@@ -113,7 +171,19 @@ fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
 
 type Waiter = Option<tokio::sync::oneshot::Sender<Result<i64, String>>>;
 
-fn run(mut conn: Connection, rx: Receiver<Command>, health: &Health) {
+/// Copies committed WAL frames into the database every `CHECKPOINT_EVERY`,
+/// from a connection of its own, so that commits do not wait for it (as they
+/// do for SQLite's automatic checkpoint, which runs inside a commit). A
+/// passive checkpoint never blocks the writer. Stops when `stopped` hangs up.
+fn checkpoint_every(conn: &Connection, stopped: &Receiver<()>) {
+    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "decision log checkpoint failed");
+        }
+    }
+}
+
+fn run(mut conn: Connection, rx: Receiver<Command>, health: &Health, before_close: impl FnOnce()) {
     let mut batch: Vec<(Box<DecisionRecord>, Waiter)> = Vec::with_capacity(MAX_BATCH);
     let mut stopping = false;
     while !stopping {
@@ -146,6 +216,7 @@ fn run(mut conn: Connection, rx: Receiver<Command>, health: &Health) {
     if !batch.is_empty() {
         commit(&mut conn, &mut batch, health);
     }
+    before_close();
     if !batch.is_empty() {
         health
             .dropped
@@ -162,9 +233,28 @@ fn run(mut conn: Connection, rx: Receiver<Command>, health: &Health) {
 /// commit fails, to be retried with the next one, so a passing lock does not
 /// lose them.
 fn commit(conn: &mut Connection, batch: &mut Vec<(Box<DecisionRecord>, Waiter)>, health: &Health) {
+    let begun = Instant::now();
     let result = write_batch(conn, batch);
     match &result {
-        Ok(()) => health.healthy.store(true, Ordering::Relaxed),
+        Ok(()) => {
+            health.healthy.store(true, Ordering::Relaxed);
+            let took = begun.elapsed();
+            if took >= SLOW_COMMIT {
+                // Every call waiting for this batch waited this long.
+                tracing::warn!(
+                    records = batch.len(),
+                    ms = took.as_millis(),
+                    "decision log commit was slow"
+                );
+            }
+            let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+            health.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
+            health.max_commit_nanos.fetch_max(nanos, Ordering::Relaxed);
+            health.batches.fetch_add(1, Ordering::Relaxed);
+            health
+                .committed
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
         Err(e) => {
             health.healthy.store(false, Ordering::Relaxed);
             tracing::error!(error = %e, records = batch.len(), "decision log batch failed");
@@ -203,19 +293,38 @@ fn write_batch(
     // even if something else (a second instance, an operator) wrote meanwhile.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut head = Head::read(&tx)?;
-    for (record, _) in batch.iter_mut() {
-        seal(&mut head, record);
-        insert(&tx, record)?;
+    {
+        // One statement for the whole batch, not one cache lookup per record.
+        let mut statement = tx.prepare_cached(insert_sql())?;
+        for (record, _) in batch.iter_mut() {
+            seal(&mut head, record);
+            insert_with(&mut statement, record)?;
+        }
     }
     tx.commit()
 }
 
-/// Inserts one sealed record, every column.
-pub(super) fn insert(conn: &Connection, r: &DecisionRecord) -> rusqlite::Result<()> {
-    let mut statement = conn.prepare_cached(&format!(
-        "INSERT INTO records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+fn insert_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "INSERT INTO records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
             ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)"
-    ))?;
+        )
+    })
+}
+
+/// Inserts one sealed record, every column (the tamper tests write with it).
+#[cfg(test)]
+pub(super) fn insert(conn: &Connection, r: &DecisionRecord) -> rusqlite::Result<()> {
+    let mut statement = conn.prepare_cached(insert_sql())?;
+    insert_with(&mut statement, r)
+}
+
+fn insert_with(
+    statement: &mut rusqlite::Statement<'_>,
+    r: &DecisionRecord,
+) -> rusqlite::Result<()> {
     statement.execute(params![
         r.seq,
         r.ts,

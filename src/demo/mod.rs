@@ -95,6 +95,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         vend_listen: None,
         limits: crate::pipeline::BodyLimits::default(),
         resolve: Vec::new(),
+        decision_log_off_benchmark_only: false,
     };
     let running = serve::start(&config, &env).await?;
     let base = format!("https://localhost:{}", running.addr.port());

@@ -139,7 +139,7 @@ impl Admission<'_> {
             Ok(routed) => routed,
             Err(e) => {
                 record.path = Some(parts.uri.path().to_owned());
-                tracing::info!(error = %e, "request not routable");
+                tracing::debug!(error = %e, "request not routable");
                 return Err(if agent.is_none() {
                     Reason::UnknownAgent
                 } else {

@@ -249,7 +249,7 @@ impl Pipeline {
                     self.forward(admitted, outcome, &request_id, upgrade).await
                 }
                 (Err(reason), _) => {
-                    tracing::info!("call refused");
+                    tracing::debug!("call refused");
                     refusal_response(reason, &request_id)
                 }
                 (Ok(_), None) => refusal_response(Reason::AuditUnavailable, &request_id),
@@ -345,7 +345,8 @@ impl Pipeline {
         outcome.reason = Reason::Allowed;
         let counter = Arc::clone(&outcome.bytes_down);
         let body = CountingBody::guarded(body, counter, Some(deadline), outcome);
-        tracing::info!(status = parts.status.as_u16(), "call forwarded");
+        // Per call: debug. The decision log is the per-call record.
+        tracing::debug!(status = parts.status.as_u16(), "call forwarded");
         Response::from_parts(parts, body.boxed())
     }
 }
