@@ -56,11 +56,25 @@ pub enum Reason {
     PolicyLoaded,
     /// The agent went away before the exchange finished (outcome records only).
     ClientCancelled,
+    /// A rate limit of the agent, or of the agent in the scope, was reached.
+    RateLimited,
+    /// A policy exception reached its expiry (a record, once per exception).
+    ExceptionExpired,
+    /// A changed policy did not validate; the last good one stays (a record).
+    PolicyRejected,
+    /// An admin override isolates the agent.
+    AgentIsolated,
+    /// An admin override revokes the client certificate's serial.
+    SerialRevoked,
+    /// An admin override disables the scope.
+    ScopeDisabled,
+    /// An override was created, removed or lapsed (a record, not a refusal).
+    OverrideChanged,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 24] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -78,6 +92,13 @@ impl Reason {
         Reason::AuditUnavailable,
         Reason::PolicyLoaded,
         Reason::ClientCancelled,
+        Reason::RateLimited,
+        Reason::ExceptionExpired,
+        Reason::PolicyRejected,
+        Reason::AgentIsolated,
+        Reason::SerialRevoked,
+        Reason::ScopeDisabled,
+        Reason::OverrideChanged,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -100,6 +121,13 @@ impl Reason {
             Reason::AuditUnavailable => "audit-unavailable",
             Reason::PolicyLoaded => "policy-loaded",
             Reason::ClientCancelled => "client-cancelled",
+            Reason::RateLimited => "rate-limited",
+            Reason::ExceptionExpired => "exception-expired",
+            Reason::PolicyRejected => "policy-rejected",
+            Reason::AgentIsolated => "agent-isolated",
+            Reason::SerialRevoked => "serial-revoked",
+            Reason::ScopeDisabled => "scope-disabled",
+            Reason::OverrideChanged => "override-changed",
         }
     }
 
@@ -107,7 +135,11 @@ impl Reason {
     pub const fn status(self) -> StatusCode {
         match self {
             // Never sent: these describe events, not answers.
-            Reason::Allowed | Reason::PolicyLoaded => StatusCode::OK,
+            Reason::Allowed
+            | Reason::PolicyLoaded
+            | Reason::ExceptionExpired
+            | Reason::PolicyRejected
+            | Reason::OverrideChanged => StatusCode::OK,
             // Never sent: nobody is left to receive it.
             Reason::ClientCancelled => StatusCode::BAD_REQUEST,
             // Never sent: a rejected handshake has no HTTP exchange.
@@ -117,7 +149,11 @@ impl Reason {
             | Reason::NoMatchingRule
             | Reason::DeniedByRule
             | Reason::SentinelMisdirected
-            | Reason::AwsActionUnmapped => StatusCode::FORBIDDEN,
+            | Reason::AwsActionUnmapped
+            | Reason::AgentIsolated
+            | Reason::SerialRevoked
+            | Reason::ScopeDisabled => StatusCode::FORBIDDEN,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             Reason::MalformedRequest => StatusCode::BAD_REQUEST,

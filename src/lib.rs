@@ -20,6 +20,7 @@
 //! - [`audit`]: the decision log (SQLite, group commit, hash chain), query, verify.
 //! - [`error`]: the closed set of reasons and their one mapping to responses.
 
+pub mod admin;
 pub mod audit;
 pub mod body;
 pub mod certs;
@@ -28,8 +29,11 @@ pub mod demo;
 pub mod error;
 pub mod forward;
 pub mod identity;
+pub mod limits;
 pub mod listener;
+pub mod overrides;
 pub mod pipeline;
 pub mod policy;
+pub mod reload;
 pub mod route;
 pub mod serve;

@@ -10,14 +10,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::audit::{AuditError, AuditLog, DecisionRecord, WriterHandle, kind};
+use crate::admin::Admin;
+use crate::audit::{AuditError, AuditLog, WriterHandle};
 use crate::credentials::{Broker, BrokerConfig};
-use crate::error::Reason;
 use crate::forward::{ForwardError, Timeouts, Upstreams};
 use crate::listener::{self, ListenerError};
 use crate::pipeline::vend::{self, VendListenError};
 use crate::pipeline::{BodyLimits, Pipeline};
+use crate::overrides::{OverrideError, Overrides};
 use crate::policy::{self, LoadError, LoadOptions};
+use crate::reload::{self, Env, Reloader, policy_record};
 
 /// Everything `serve` needs, resolved from flags.
 #[derive(Debug, Clone)]
@@ -42,6 +44,12 @@ pub struct ServeConfig {
     pub vend_listen: Option<SocketAddr>,
     /// How much of each body clawgate reads before deciding.
     pub limits: BodyLimits,
+    /// Where the admin and auditor API binds (mTLS, same CA), if anywhere.
+    pub admin_listen: Option<SocketAddr>,
+    /// Reload the policy when its files change (SIGHUP and the API always work).
+    pub watch_policy: bool,
+    /// How far ahead a policy exception may expire.
+    pub max_exception: Duration,
 }
 
 /// Why `serve` would not start.
@@ -62,6 +70,9 @@ pub enum ServeError {
     /// The vending listener cannot start.
     #[error(transparent)]
     Vend(#[from] VendListenError),
+    /// The override store cannot be opened.
+    #[error(transparent)]
+    Overrides(#[from] OverrideError),
     /// The listen address is unavailable.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -79,11 +90,14 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The bound vending listener address, when there is one.
     pub vend_addr: Option<SocketAddr>,
+    /// The bound admin listener address, when there is one.
+    pub admin_addr: Option<SocketAddr>,
     /// The pipeline, for inspection.
     pub pipeline: Arc<Pipeline>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     vend_task: Option<JoinHandle<()>>,
+    other_tasks: Vec<JoinHandle<()>>,
     writer: WriterHandle,
 }
 
@@ -95,6 +109,9 @@ impl Running {
         if let Some(task) = self.vend_task {
             let _ = task.await;
         }
+        for task in self.other_tasks {
+            let _ = task.await;
+        }
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
     }
@@ -103,11 +120,13 @@ impl Running {
 /// Loads policy, certificates and the decision log, binds the listener and
 /// starts serving. Any problem stops the start, with a message that says what
 /// to do.
-pub async fn start(
-    config: &ServeConfig,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Running, ServeError> {
-    let (policy, warnings) = policy::load(&config.policy_dir, &LoadOptions { env })?;
+pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError> {
+    let options = LoadOptions {
+        env: &*env,
+        now: std::time::SystemTime::now(),
+        max_exception: config.max_exception,
+    };
+    let (policy, warnings) = policy::load(&config.policy_dir, &options)?;
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
@@ -137,6 +156,16 @@ pub async fn start(
         None => None,
     };
     let vend_addr = vend_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let admin_listener = match config.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let overrides = Arc::new(Overrides::open(&config.audit_path)?);
     let broker = Arc::new(Broker::new(config.broker.clone(), audit.clone()));
     let pipeline = Arc::new(Pipeline::new(
         Arc::new(policy),
@@ -144,8 +173,34 @@ pub async fn start(
         upstreams,
         broker,
         config.limits,
+        overrides,
     ));
+    let reloader = Arc::new(Reloader::new(
+        config.policy_dir.clone(),
+        env,
+        config.max_exception,
+        Arc::clone(&pipeline),
+    ));
+    reloader.seed_lapses(&config.audit_path);
     let (stop, stopped) = watch::channel(false);
+    let mut other_tasks = vec![tokio::spawn(reload::run(
+        Arc::clone(&reloader),
+        config.watch_policy,
+        stopped.clone(),
+    ))];
+    if let Some(listener) = admin_listener {
+        let admin = Arc::new(Admin {
+            pipeline: Arc::clone(&pipeline),
+            reloader,
+            audit_path: config.audit_path.clone(),
+        });
+        other_tasks.push(tokio::spawn(crate::admin::serve(
+            listener,
+            Arc::clone(&tls),
+            admin,
+            stopped.clone(),
+        )));
+    }
     let vend_task = vend_listener.map(|listener| {
         tokio::spawn(vend::serve(
             listener,
@@ -163,23 +218,12 @@ pub async fn start(
     Ok(Running {
         addr,
         vend_addr,
+        admin_addr,
         pipeline,
         stop,
         task,
         vend_task,
+        other_tasks,
         writer,
     })
-}
-
-fn policy_record(policy: &policy::Policy) -> DecisionRecord {
-    let mut record = DecisionRecord::new(kind::POLICY, &uuid::Uuid::now_v7().to_string());
-    record.reason = Reason::PolicyLoaded.code().to_owned();
-    record.policy_digest = Some(policy.digest().to_owned());
-    let files: Vec<String> = policy
-        .files()
-        .iter()
-        .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
-    record.detail = Some(format!("{}; files: {}", policy.summary(), files.join(", ")));
-    record
 }

@@ -36,6 +36,10 @@ pub mod kind {
     /// A credential fetched or minted (one per STS or Secrets Manager call),
     /// with its non-secret reference (the STS access key id).
     pub const MINT: &str = "mint";
+    /// A policy exception lapsed (once per exception).
+    pub const EXCEPTION: &str = "exception";
+    /// A runtime override was created, removed or lapsed.
+    pub const OVERRIDE: &str = "override";
 }
 
 /// One row of the decision log. Optional fields are omitted from the JSON
@@ -116,6 +120,9 @@ pub struct DecisionRecord {
     /// The IAM action an AWS call maps to (`s3:GetObject`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// The id of the policy exception a decision relied on, or that lapsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exception: Option<String>,
     /// The hash of the previous record.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prev_hash: String,
@@ -196,6 +203,19 @@ struct Health {
     healthy: AtomicBool,
     /// Records lost for good (queue full, or unwritable at shutdown).
     dropped: AtomicU64,
+    /// Records in the last batch, batches committed, and nanoseconds spent.
+    last_batch: AtomicU64,
+    batches: AtomicU64,
+    commit_nanos: AtomicU64,
+}
+
+impl Health {
+    fn note_batch(&self, records: usize, took: std::time::Duration) {
+        self.last_batch.store(records as u64, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
 }
 
 impl Default for Health {
@@ -203,6 +223,9 @@ impl Default for Health {
         Health {
             healthy: AtomicBool::new(true),
             dropped: AtomicU64::new(0),
+            last_batch: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            commit_nanos: AtomicU64::new(0),
         }
     }
 }
@@ -260,6 +283,16 @@ impl AuditLog {
     /// Whether the last batch was committed.
     pub fn is_healthy(&self) -> bool {
         self.health.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records in the last group commit, commits so far, seconds spent
+    /// committing in all.
+    pub fn batch_stats(&self) -> (u64, u64, f64) {
+        (
+            self.health.last_batch.load(Ordering::Relaxed),
+            self.health.batches.load(Ordering::Relaxed),
+            self.health.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        )
     }
 
     /// Records lost for good since start; anything but 0 is worth an alert.

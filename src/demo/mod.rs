@@ -93,8 +93,11 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         broker: crate::credentials::BrokerConfig::default(),
         vend_listen: None,
         limits: crate::pipeline::BodyLimits::default(),
+        admin_listen: None,
+        watch_policy: false,
+        max_exception: crate::policy::DEFAULT_MAX_EXCEPTION,
     };
-    let running = serve::start(&config, &env).await?;
+    let running = serve::start(&config, std::sync::Arc::new(env)).await?;
     let base = format!("https://localhost:{}", running.addr.port());
     println!("clawgate: listening on {}\n", running.addr);
 

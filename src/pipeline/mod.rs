@@ -14,6 +14,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::SystemTime;
 
 mod admit;
 pub mod vend;
@@ -26,12 +27,15 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{Instrument, field};
 
+use crate::admin::metrics::{Metrics, Stage};
 use crate::audit::{AuditLog, DecisionRecord, kind};
 use crate::body::{BodyGuard, CountingBody, FailureFlag, ProxyBody};
 use crate::credentials::Broker;
 use crate::error::{REQUEST_ID_HEADER, Reason, refusal_response};
 use crate::forward::{Upstreams, strip_hop_by_hop};
 use crate::identity::PeerIdentity;
+use crate::limits::Limits;
+use crate::overrides::Overrides;
 use crate::policy::Policy;
 
 pub use admit::BodyLimits;
@@ -56,6 +60,9 @@ pub struct Pipeline {
     broker: Arc<Broker>,
     limits: BodyLimits,
     in_flight: Arc<InFlight>,
+    rates: Limits,
+    overrides: Arc<Overrides>,
+    metrics: Metrics,
 }
 
 impl Pipeline {
@@ -67,6 +74,7 @@ impl Pipeline {
         upstreams: Upstreams,
         broker: Arc<Broker>,
         limits: BodyLimits,
+        overrides: Arc<Overrides>,
     ) -> Pipeline {
         Pipeline {
             policy: ArcSwap::new(policy),
@@ -75,7 +83,26 @@ impl Pipeline {
             broker,
             limits,
             in_flight: Arc::default(),
+            rates: Limits::default(),
+            overrides,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Puts a validated policy in force for calls that start from now on;
+    /// calls in flight finish under the one they started with.
+    pub fn set_policy(&self, policy: Arc<Policy>) {
+        self.policy.store(policy);
+    }
+
+    /// The runtime overrides.
+    pub fn overrides(&self) -> &Arc<Overrides> {
+        &self.overrides
+    }
+
+    /// The counters behind `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The credential broker.
@@ -149,10 +176,16 @@ impl Pipeline {
                 broker: &self.broker,
                 limits: self.limits,
                 request_id: &request_id,
+                now: SystemTime::now(),
+                rates: &self.rates,
+                overrides: &self.overrides,
+                metrics: &self.metrics,
+                retry_after: AtomicU64::new(0),
             };
             let verdict = admission
                 .admit(parts, admit::boxed(body), &mut record)
                 .await;
+            let retry_after = admission.retry_after.load(Ordering::Relaxed);
 
             // The one place a decision is recorded, on every path.
             let reason = verdict.as_ref().err().copied().unwrap_or(Reason::Allowed);
@@ -164,6 +197,11 @@ impl Pipeline {
                     "deny"
                 }
                 .into(),
+            );
+            self.metrics.call(
+                record.decision.as_deref().unwrap_or("deny"),
+                reason.code(),
+                record.scope.as_deref(),
             );
             let span = tracing::Span::current();
             span.record("decision.effect", record.decision.as_deref());
@@ -193,7 +231,13 @@ impl Pipeline {
                 (Ok(admitted), Some(outcome)) => self.forward(admitted, outcome, &request_id).await,
                 (Err(reason), _) => {
                     tracing::info!("call refused");
-                    refusal_response(reason, &request_id)
+                    let mut response = refusal_response(reason, &request_id);
+                    if retry_after > 0 {
+                        response
+                            .headers_mut()
+                            .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+                    }
+                    response
                 }
                 (Ok(_), None) => refusal_response(Reason::AuditUnavailable, &request_id),
             }
@@ -218,7 +262,10 @@ impl Pipeline {
         );
         let request = Request::from_parts(parts, upstream_body);
         let deadline = outcome.started + self.upstreams.timeouts().total;
-        let response = match self.upstreams.send(&admitted.permit, request).await {
+        let sent = Instant::now();
+        let sending = self.upstreams.send(&admitted.permit, request).await;
+        self.metrics.observe(Stage::Upstream, sent.elapsed());
+        let response = match sending {
             Ok(response) => response,
             Err(reason) => {
                 // A broken upload is the agent's doing, not the upstream's.
@@ -265,6 +312,7 @@ fn outcome_template(decision: &DecisionRecord) -> DecisionRecord {
         credential_kind: decision.credential_kind.clone(),
         credential_ref: decision.credential_ref.clone(),
         action: decision.action.clone(),
+        exception: decision.exception.clone(),
         policy_digest: decision.policy_digest.clone(),
         ..DecisionRecord::default()
     }

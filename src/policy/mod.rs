@@ -12,6 +12,7 @@
 
 pub mod aws;
 mod credential;
+mod exception;
 mod file;
 mod glob;
 mod load;
@@ -22,6 +23,7 @@ mod tests;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls_pki_types::CertificateDer;
 
@@ -30,7 +32,8 @@ use crate::error::Reason;
 use crate::identity::PeerName;
 
 use glob::GlobIndex;
-pub use load::{LoadError, LoadOptions, PolicyError, load};
+pub use exception::{DEFAULT_MAX_EXCEPTION, Exception, Roles, rfc3339};
+pub use load::{LoadError, LoadOptions, PolicyError, disk_digest, load};
 
 /// Index of an agent in [`Policy::agents`].
 pub type AgentId = usize;
@@ -49,6 +52,8 @@ pub struct Policy {
     files: Vec<PathBuf>,
     rule_count: usize,
     sentinels: crate::credentials::sentinel::Sentinels,
+    exceptions: Vec<Exception>,
+    roles: Roles,
 }
 
 /// An agent: a name, the identities that prove it, and its scopes.
@@ -62,6 +67,8 @@ pub struct Agent {
     pub scopes: Vec<ScopeId>,
     /// SHA-256 of the agent's token for the credential-vending listener.
     pub vend_token: Option<[u8; 32]>,
+    /// The agent's overall rate limit.
+    pub rate: Option<crate::limits::Rate>,
 }
 
 /// Whether a scope's refusals are enforced or only reported.
@@ -140,6 +147,8 @@ pub struct Scope {
     pub credential: Option<Arc<Credential>>,
     rules: RuleSet,
     aws_rules: Vec<aws::AwsRule>,
+    /// The rate limit of each agent in this scope.
+    pub rate: Option<crate::limits::Rate>,
 }
 
 impl Scope {
@@ -229,6 +238,8 @@ pub struct Call<'a> {
     /// For a scope with an `aws` credential: the IAM action and resource the
     /// request maps to, or `None` when it maps to nothing.
     pub aws: Option<&'a aws::AwsRequest>,
+    /// The time of the call, for exceptions (decide reads no clock).
+    pub now: SystemTime,
 }
 
 /// The outcome of [`decide`]. Only `decide` makes one and its fields cannot
@@ -241,9 +252,15 @@ pub struct Decision {
     scope: Option<ScopeId>,
     rule: Option<Arc<str>>,
     would_deny: Option<Reason>,
+    exception: Option<usize>,
 }
 
 impl Decision {
+    /// The exception whose grant the call relied on, if any.
+    pub fn exception(&self) -> Option<usize> {
+        self.exception
+    }
+
     /// Allow or deny.
     pub fn effect(&self) -> Effect {
         self.effect
@@ -282,6 +299,7 @@ impl Decision {
             scope,
             rule: None,
             would_deny: None,
+            exception: None,
         }
     }
 }
@@ -317,9 +335,23 @@ pub fn decide(call: &Call<'_>, policy: &Policy) -> Decision {
     let Some(agent_id) = policy.agent_for(call.peer) else {
         return Decision::deny(Reason::UnknownAgent, None, None);
     };
-    let Some(scope_id) = policy.scope_for(agent_id, call.target) else {
+    let Some((scope_id, exception)) = policy.scope_at(agent_id, call.target, call.now) else {
         return Decision::deny(Reason::NoMatchingScope, Some(agent_id), None);
     };
+    let decision = decide_in_scope(call, policy, agent_id, scope_id);
+    Decision {
+        exception,
+        ..decision
+    }
+}
+
+/// Adjudicates a call in the scope it landed in.
+fn decide_in_scope(
+    call: &Call<'_>,
+    policy: &Policy,
+    agent_id: AgentId,
+    scope_id: ScopeId,
+) -> Decision {
     let scope = &policy.scopes[scope_id];
     if scope.aws().is_some() {
         return decide_aws(call, scope, agent_id, scope_id);
@@ -432,6 +464,7 @@ fn conclude(
             scope: Some(scope_id),
             rule,
             would_deny: Some(reason),
+            exception: None,
         },
         _ => Decision {
             effect,
@@ -440,6 +473,7 @@ fn conclude(
             scope: Some(scope_id),
             rule,
             would_deny: None,
+            exception: None,
         },
     }
 }
@@ -461,6 +495,51 @@ impl Policy {
                 })
             }),
         }
+    }
+
+    /// The scope `target` lands in for `agent` at `now`: one of its own
+    /// scopes, else one granted by an exception still active at `now` (with
+    /// that exception's index).
+    pub fn scope_at(
+        &self,
+        agent_id: AgentId,
+        target: Target<'_>,
+        now: SystemTime,
+    ) -> Option<(ScopeId, Option<usize>)> {
+        if let Some(id) = self.scope_for(agent_id, target) {
+            return Some((id, None));
+        }
+        self.exceptions
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.agent == agent_id && e.active_at(now))
+            .find_map(|(i, e)| {
+                e.scopes
+                    .iter()
+                    .copied()
+                    .find(|&id| self.lands_in(id, target))
+                    .map(|id| (id, Some(i)))
+            })
+    }
+
+    fn lands_in(&self, id: ScopeId, target: Target<'_>) -> bool {
+        let scope = &self.scopes[id];
+        match target {
+            Target::Route(route) => scope.route.as_deref() == Some(route),
+            Target::Host { host, port } => {
+                scope.upstream.host == host && port.is_none_or(|p| p == scope.upstream.port)
+            }
+        }
+    }
+
+    /// Every exception, expired or not.
+    pub fn exceptions(&self) -> &[Exception] {
+        &self.exceptions
+    }
+
+    /// Who may use the admin API.
+    pub fn roles(&self) -> &Roles {
+        &self.roles
     }
 
     /// The scope named `name`, if any.

@@ -33,6 +33,7 @@ pub(super) fn placeholder_scope(name: &str) -> Scope {
         credential: None,
         rules: RuleSet::default(),
         aws_rules: Vec::new(),
+        rate: None,
     }
 }
 
@@ -229,6 +230,12 @@ pub(super) fn compile_scope(
             ),
         );
     }
+    let rate = super::load::compile_rate(
+        report,
+        file,
+        scope.rate.as_ref(),
+        scope.burst.as_ref(),
+    );
     if report.problems.len() != before {
         return None;
     }
@@ -244,6 +251,7 @@ pub(super) fn compile_scope(
             rules,
         },
         aws_rules,
+        rate,
     })
 }
 
