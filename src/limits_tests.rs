@@ -40,7 +40,10 @@ fn the_agent_rate_spans_scopes() {
     let rate = Some(Rate::parse("2/hour", None).unwrap());
     limits.check("a", rate, "s", None).unwrap();
     limits.check("a", rate, "t", None).unwrap();
-    assert_eq!(limits.check("a", rate, "u", None).unwrap_err().which, "agent");
+    assert_eq!(
+        limits.check("a", rate, "u", None).unwrap_err().which,
+        "agent"
+    );
 }
 
 #[test]

@@ -357,9 +357,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("identity: {}", certs::agent_spiffe_id(&name));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy(PolicyCommand::Status(args)) => {
-            runtime()?.block_on(policy_status(&args))
-        }
+        Command::Policy(PolicyCommand::Status(args)) => runtime()?.block_on(policy_status(&args)),
         Command::Policy(PolicyCommand::Check { dir, max_exception }) => {
             let options = LoadOptions {
                 max_exception: checked_max_exception(max_exception)?,

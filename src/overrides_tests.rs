@@ -21,18 +21,31 @@ fn an_override_refuses_until_it_lapses_and_survives_reopening() {
         .create(&new("isolate-agent", "research", "2h"), "admin", now)
         .unwrap();
     assert_eq!(o.expires, now + Duration::from_secs(7200));
-    let hit = store.refusing(Some("research"), Some("01"), None, now).unwrap();
+    let hit = store
+        .refusing(Some("research"), Some("01"), None, now)
+        .unwrap();
     assert_eq!(hit.kind.reason(), Reason::AgentIsolated);
-    assert!(store.refusing(Some("reporter"), Some("01"), None, now).is_none());
+    assert!(
+        store
+            .refusing(Some("reporter"), Some("01"), None, now)
+            .is_none()
+    );
     drop(store);
 
     let store = Overrides::open(&path).unwrap();
     assert_eq!(store.all().len(), 1);
     let later = now + Duration::from_secs(7200);
-    assert!(store.refusing(Some("research"), Some("01"), None, later).is_none());
+    assert!(
+        store
+            .refusing(Some("research"), Some("01"), None, later)
+            .is_none()
+    );
     let lapsed = store.sweep(later).unwrap();
     assert_eq!(lapsed.len(), 1);
-    assert!(store.sweep(later).unwrap().is_empty(), "a lapse is taken once");
+    assert!(
+        store.sweep(later).unwrap().is_empty(),
+        "a lapse is taken once"
+    );
     assert!(Overrides::open(&path).unwrap().all().is_empty());
 }
 
@@ -50,7 +63,9 @@ fn serials_and_scopes_match_and_removal_works() {
     store
         .create(&new("disable-scope", "echo", "1h"), "admin", now)
         .unwrap();
-    let hit = store.refusing(Some("a"), Some("ff"), Some("echo"), now).unwrap();
+    let hit = store
+        .refusing(Some("a"), Some("ff"), Some("echo"), now)
+        .unwrap();
     assert_eq!(hit.kind, OverrideKind::DisableScope);
     assert_eq!(store.remove(&serial.id).unwrap().unwrap().id, serial.id);
     assert!(store.remove(&serial.id).unwrap().is_none());

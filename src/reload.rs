@@ -184,7 +184,8 @@ impl Reloader {
             if !fresh {
                 continue;
             }
-            let mut record = DecisionRecord::new(kind::EXCEPTION, &uuid::Uuid::now_v7().to_string());
+            let mut record =
+                DecisionRecord::new(kind::EXCEPTION, &uuid::Uuid::now_v7().to_string());
             record.reason = Reason::ExceptionExpired.code().to_owned();
             record.agent = Some(policy.agent(exception.agent).name.clone());
             record.exception = Some(exception.id.clone());
@@ -209,7 +210,8 @@ impl Reloader {
             for r in records {
                 if let (Some(id), Some(at)) = (
                     r.exception,
-                    r.detail.and_then(|d| d.strip_prefix("expired at ").map(str::to_owned)),
+                    r.detail
+                        .and_then(|d| d.strip_prefix("expired at ").map(str::to_owned)),
                 ) {
                     set.insert((id, at));
                 }

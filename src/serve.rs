@@ -15,9 +15,9 @@ use crate::audit::{AuditError, AuditLog, WriterHandle};
 use crate::credentials::{Broker, BrokerConfig};
 use crate::forward::{ForwardError, Timeouts, Upstreams};
 use crate::listener::{self, ListenerError};
+use crate::overrides::{OverrideError, Overrides};
 use crate::pipeline::vend::{self, VendListenError};
 use crate::pipeline::{BodyLimits, Pipeline};
-use crate::overrides::{OverrideError, Overrides};
 use crate::policy::{self, LoadError, LoadOptions};
 use crate::reload::{self, Env, Reloader, policy_record};
 
@@ -194,9 +194,13 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
             reloader,
             audit_path: config.audit_path.clone(),
         });
+        // HTTP/1.1 only: the admin API is a handful of small requests, and
+        // a refusal before the body is read stays a plain response.
+        let mut admin_tls = (*tls).clone();
+        admin_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         other_tasks.push(tokio::spawn(crate::admin::serve(
             listener,
-            Arc::clone(&tls),
+            Arc::new(admin_tls),
             admin,
             stopped.clone(),
         )));

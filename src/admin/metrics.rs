@@ -13,8 +13,7 @@ use std::time::Duration;
 
 /// Upper bounds of every latency histogram, in seconds.
 const BUCKETS: [f64; 14] = [
-    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    5.0,
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
 /// Which latency a histogram measures.

@@ -151,9 +151,10 @@ impl Admin {
             (Method::GET, "/readyz") => self.readyz(),
             (Method::GET, "/metrics") => self.metrics(),
             (Method::GET, "/v1/audit") => self.audit(&query).await,
-            (Method::GET, "/v1/policy/status") => {
-                json(StatusCode::OK, &status_of(self, SystemTime::now()).to_json())
-            }
+            (Method::GET, "/v1/policy/status") => json(
+                StatusCode::OK,
+                &status_of(self, SystemTime::now()).to_json(),
+            ),
             (Method::POST, "/v1/policy/reload") => {
                 match self.reloader.reload(&format!("api by {who}"), true).await {
                     Ok(digest) => json(StatusCode::OK, &serde_json::json!({ "digest": digest })),
@@ -234,19 +235,24 @@ impl Admin {
             Err(e) => return error(StatusCode::BAD_REQUEST, &e),
         };
         let path = self.audit_path.clone();
-        let found =
-            tokio::task::spawn_blocking(move || crate::audit::query(&path, &filter)).await;
+        let found = tokio::task::spawn_blocking(move || crate::audit::query(&path, &filter)).await;
         let records = match found {
             Ok(Ok(records)) => records,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "audit query failed");
-                return error(StatusCode::SERVICE_UNAVAILABLE, "the decision log cannot be read");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the decision log cannot be read",
+                );
             }
             Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "query failed"),
         };
         let mut out = Vec::new();
         if crate::audit::render(&records, Format::Json, &mut out).is_err() {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "records could not be written");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "records could not be written",
+            );
         }
         let mut response = Response::new(full(out));
         response.headers_mut().insert(
@@ -287,7 +293,10 @@ impl Admin {
             Err(crate::overrides::OverrideError::Invalid(e)) => error(StatusCode::BAD_REQUEST, &e),
             Err(e) => {
                 tracing::error!(error = %e, "override not stored");
-                error(StatusCode::SERVICE_UNAVAILABLE, "override could not be stored")
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "override could not be stored",
+                )
             }
         }
     }
@@ -297,15 +306,15 @@ impl Admin {
             Ok(Some(o)) => {
                 tracing::warn!(id = %o.id, "override removed");
                 self.pipeline.audit().append(o.record("removed", Some(who)));
-                json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "removed": o.id }),
-                )
+                json(StatusCode::OK, &serde_json::json!({ "removed": o.id }))
             }
             Ok(None) => error(StatusCode::NOT_FOUND, "no such override"),
             Err(e) => {
                 tracing::error!(error = %e, "override not removed");
-                error(StatusCode::SERVICE_UNAVAILABLE, "override could not be removed")
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "override could not be removed",
+                )
             }
         }
     }
@@ -347,9 +356,12 @@ pub fn parse_time(text: &str) -> Result<String, String> {
     if let Ok(t) = time::OffsetDateTime::parse(text, &Rfc3339) {
         return Ok(crate::audit::format_ts(t));
     }
-    let back = humantime::parse_duration(text)
-        .map_err(|_| format!("`{text}` is neither an RFC 3339 time nor a duration such as `15m`"))?;
-    Ok(crate::audit::format_ts(time::OffsetDateTime::now_utc() - back))
+    let back = humantime::parse_duration(text).map_err(|_| {
+        format!("`{text}` is neither an RFC 3339 time nor a duration such as `15m`")
+    })?;
+    Ok(crate::audit::format_ts(
+        time::OffsetDateTime::now_utc() - back,
+    ))
 }
 
 fn full(bytes: impl Into<Bytes>) -> AdminBody {

@@ -96,10 +96,7 @@ pub(super) fn compile_exceptions(
             report.error(
                 file,
                 e.agent.span(),
-                format!(
-                    "unknown agent `{}` in exception `{id}`",
-                    e.agent.get_ref()
-                ),
+                format!("unknown agent `{}` in exception `{id}`", e.agent.get_ref()),
             );
         }
         if e.scopes.is_empty() {

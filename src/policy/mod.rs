@@ -31,8 +31,8 @@ use crate::credentials::Credential;
 use crate::error::Reason;
 use crate::identity::PeerName;
 
-use glob::GlobIndex;
 pub use exception::{DEFAULT_MAX_EXCEPTION, Exception, Roles, rfc3339};
+use glob::GlobIndex;
 pub use load::{LoadError, LoadOptions, PolicyError, disk_digest, load};
 
 /// Index of an agent in [`Policy::agents`].

@@ -230,12 +230,7 @@ pub(super) fn compile_scope(
             ),
         );
     }
-    let rate = super::load::compile_rate(
-        report,
-        file,
-        scope.rate.as_ref(),
-        scope.burst.as_ref(),
-    );
+    let rate = super::load::compile_rate(report, file, scope.rate.as_ref(), scope.burst.as_ref());
     if report.problems.len() != before {
         return None;
     }
