@@ -204,3 +204,7 @@ pub(super) fn compile_roles(
         auditors: parse(&roles.get_ref().auditors),
     }
 }
+
+#[cfg(test)]
+#[path = "exception_tests.rs"]
+mod tests;
