@@ -70,11 +70,21 @@ pub enum Reason {
     ScopeDisabled,
     /// An override was created, removed or lapsed (a record, not a refusal).
     OverrideChanged,
+    /// A run token that does not verify (signature, issuer, audience, form).
+    RunTokenInvalid,
+    /// A run token past its expiry.
+    RunTokenExpired,
+    /// A run token issued for another agent than the certificate's.
+    RunTokenWrongAgent,
+    /// The scope is not among those the run token allows.
+    RunTokenScope,
+    /// The token listener needs a run token in `Proxy-Authorization`.
+    RunTokenMissing,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 29] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -99,6 +109,11 @@ impl Reason {
         Reason::SerialRevoked,
         Reason::ScopeDisabled,
         Reason::OverrideChanged,
+        Reason::RunTokenInvalid,
+        Reason::RunTokenExpired,
+        Reason::RunTokenWrongAgent,
+        Reason::RunTokenScope,
+        Reason::RunTokenMissing,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -128,6 +143,11 @@ impl Reason {
             Reason::SerialRevoked => "serial-revoked",
             Reason::ScopeDisabled => "scope-disabled",
             Reason::OverrideChanged => "override-changed",
+            Reason::RunTokenInvalid => "run-token-invalid",
+            Reason::RunTokenExpired => "run-token-expired",
+            Reason::RunTokenWrongAgent => "run-token-wrong-agent",
+            Reason::RunTokenScope => "run-token-scope",
+            Reason::RunTokenMissing => "run-token-missing",
         }
     }
 
@@ -152,7 +172,12 @@ impl Reason {
             | Reason::AwsActionUnmapped
             | Reason::AgentIsolated
             | Reason::SerialRevoked
-            | Reason::ScopeDisabled => StatusCode::FORBIDDEN,
+            | Reason::ScopeDisabled
+            | Reason::RunTokenInvalid
+            | Reason::RunTokenExpired
+            | Reason::RunTokenWrongAgent
+            | Reason::RunTokenScope => StatusCode::FORBIDDEN,
+            Reason::RunTokenMissing => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,

@@ -37,3 +37,4 @@ pub mod policy;
 pub mod reload;
 pub mod route;
 pub mod serve;
+pub mod token;

@@ -1,4 +1,4 @@
-//! The `clawgate` command line: serve, demo, certs, policy, audit.
+//! The `clawgate` command line: serve, demo, certs, token, policy, audit, sentinel.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +50,31 @@ enum Command {
     /// Sentinel placeholders.
     #[command(subcommand)]
     Sentinel(SentinelCommand),
+    /// Run tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Sign a run token with the key `certs init` created; prints the JWT.
+    Issue {
+        /// The agent's name in policy.
+        #[arg(long)]
+        agent: String,
+        /// How long it lives (at most 24h).
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Only these scopes (comma-separated); every scope of the agent when absent.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// The run id (a random one when absent).
+        #[arg(long)]
+        run: Option<String>,
+        /// The certificate directory holding `token-key.pem`.
+        #[arg(long, default_value = "./certs")]
+        certs: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +133,16 @@ struct ServeArgs {
     /// How far ahead a policy exception may expire (at most 7 days).
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     max_exception: Duration,
+    /// A TLS listener (no client certificate) taking a run token as the
+    /// password of `Proxy-Authorization: Basic`.
+    #[arg(long)]
+    token_listen: Option<SocketAddr>,
+    /// An external issuer's public keys for run tokens (a JWKS file).
+    #[arg(long, requires = "token_issuer")]
+    token_jwks: Option<PathBuf>,
+    /// The `iss` of the external issuer's tokens.
+    #[arg(long, requires = "token_jwks")]
+    token_issuer: Option<String>,
 }
 
 /// A listen address, or `off`.
@@ -310,6 +345,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 admin_listen: args.admin_listen.0,
                 watch_policy: !args.no_watch,
                 max_exception: checked_max_exception(args.max_exception)?,
+                token_listen: args.token_listen,
+                token_jwks: args.token_jwks.zip(args.token_issuer),
             };
             runtime()?.block_on(async {
                 let running = serve::start(&config, std::sync::Arc::new(process_env)).await?;
@@ -318,6 +355,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(admin) = running.admin_addr {
                     println!("clawgate: admin api on https://{admin}");
+                }
+                if let Some(token) = running.token_addr {
+                    println!("clawgate: token proxy on https://{token}");
                 }
                 println!("clawgate: listening on {}", running.addr);
                 wait_for_stop().await;
@@ -333,6 +373,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             eprintln!(
                 "bind it in policy:\n\n[[sentinel]]\nname = \"{name}\"\nplaceholder = \"{placeholder}\"\nhosts = [\"api.example.com\"]\nenv = \"REAL_SECRET_ENV\"  # or file = \"...\", or secrets_manager = \"...\""
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::Issue {
+            agent,
+            ttl,
+            scopes,
+            run,
+            certs,
+        }) => {
+            let token = clawgate::token::issue(
+                &certs,
+                &agent,
+                ttl,
+                scopes,
+                run,
+                std::time::SystemTime::now(),
+            )?;
+            println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { keep } => {

@@ -50,6 +50,10 @@ pub struct ServeConfig {
     pub watch_policy: bool,
     /// How far ahead a policy exception may expire.
     pub max_exception: Duration,
+    /// Where the token listener binds (TLS, run token as proxy password).
+    pub token_listen: Option<SocketAddr>,
+    /// An external issuer's public keys (a JWKS file) and its `iss`.
+    pub token_jwks: Option<(PathBuf, String)>,
 }
 
 /// Why `serve` would not start.
@@ -70,6 +74,9 @@ pub enum ServeError {
     /// The vending listener cannot start.
     #[error(transparent)]
     Vend(#[from] VendListenError),
+    /// The run token keys cannot be read.
+    #[error(transparent)]
+    Token(#[from] crate::token::TokenError),
     /// The override store cannot be opened.
     #[error(transparent)]
     Overrides(#[from] OverrideError),
@@ -92,6 +99,8 @@ pub struct Running {
     pub vend_addr: Option<SocketAddr>,
     /// The bound admin listener address, when there is one.
     pub admin_addr: Option<SocketAddr>,
+    /// The bound token listener address, when there is one.
+    pub token_addr: Option<SocketAddr>,
     /// The pipeline, for inspection.
     pub pipeline: Arc<Pipeline>,
     stop: watch::Sender<bool>,
@@ -165,16 +174,38 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         None => None,
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let token_listener = match config.token_listen {
+        Some(addr) => Some((
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?,
+            crate::token::listen::server_config(&config.certs_dir)?,
+        )),
+        None => None,
+    };
+    let token_addr = token_listener
+        .as_ref()
+        .and_then(|(l, _)| l.local_addr().ok());
+    let tokens = crate::token::Verifier::load(
+        &config.certs_dir,
+        config
+            .token_jwks
+            .as_ref()
+            .map(|(path, issuer)| (path.as_path(), issuer.as_str())),
+    )?;
     let overrides = Arc::new(Overrides::open(&config.audit_path)?);
     let broker = Arc::new(Broker::new(config.broker.clone(), audit.clone()));
-    let pipeline = Arc::new(Pipeline::new(
-        Arc::new(policy),
-        audit,
-        upstreams,
-        broker,
-        config.limits,
-        overrides,
-    ));
+    let pipeline = Arc::new(
+        Pipeline::new(
+            Arc::new(policy),
+            audit,
+            upstreams,
+            broker,
+            config.limits,
+            overrides,
+        )
+        .with_tokens(tokens),
+    );
     let reloader = Arc::new(Reloader::new(
         config.policy_dir.clone(),
         env,
@@ -188,6 +219,14 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         config.watch_policy,
         stopped.clone(),
     ))];
+    if let Some((listener, tls)) = token_listener {
+        other_tasks.push(tokio::spawn(crate::token::listen::serve(
+            listener,
+            tls,
+            Arc::clone(&pipeline),
+            stopped.clone(),
+        )));
+    }
     if let Some(listener) = admin_listener {
         let admin = Arc::new(Admin {
             pipeline: Arc::clone(&pipeline),
@@ -223,6 +262,7 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         addr,
         vend_addr,
         admin_addr,
+        token_addr,
         pipeline,
         stop,
         task,

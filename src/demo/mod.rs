@@ -96,6 +96,8 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         admin_listen: None,
         watch_policy: false,
         max_exception: crate::policy::DEFAULT_MAX_EXCEPTION,
+        token_listen: None,
+        token_jwks: None,
     };
     let running = serve::start(&config, std::sync::Arc::new(env)).await?;
     let base = format!("https://localhost:{}", running.addr.port());

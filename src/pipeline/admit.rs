@@ -1,7 +1,8 @@
 //! Admission: everything between receiving a request and sending it on.
 //!
 //! In order, because each step needs the one before:
-//! 1. identity, then routing (a call from an unknown agent learns nothing);
+//! 1. identity (the certificate, narrowed by a run token when one is
+//!    sent), then routing (a call from an unknown agent learns nothing);
 //! 2. for a scope with an `aws` credential, the IAM action (which may need
 //!    the first bytes of a form body);
 //! 3. `decide`, then the overrides and rate limits of the scope it landed
@@ -37,6 +38,7 @@ use crate::overrides::Overrides;
 use crate::policy::aws::{AwsRequest, RequestView, classify};
 use crate::policy::{Call, Decision, Permitted, Policy, Scope, Target, decide};
 use crate::route::{Destination, encode_path, route};
+use crate::token::{Claims, RUN_TOKEN_HEADER, Verifier};
 
 use super::Peer;
 
@@ -103,6 +105,8 @@ pub(super) struct Admission<'a> {
     pub metrics: &'a Metrics,
     /// Set to the seconds of `Retry-After` when a rate limit refuses.
     pub retry_after: AtomicU64,
+    /// Verifies run tokens.
+    pub tokens: &'a Verifier,
 }
 
 impl Admission<'_> {
@@ -123,6 +127,7 @@ impl Admission<'_> {
             tracing::Span::current().record("agent.id", name.as_str());
             record.agent = Some(name.clone());
         }
+        let run = self.run_token(&mut parts, record)?;
         // Overrides right after identity: an isolated agent or a revoked
         // certificate learns nothing either.
         if let Some(o) = self.overrides.refusing(
@@ -210,6 +215,12 @@ impl Admission<'_> {
         }
         let permit = Permitted::new(policy, &decision).ok_or(decision.reason())?;
         let scope = permit.scope();
+        if let Some(allowed) = run.as_ref().and_then(|c| c.scopes.as_ref())
+            && !allowed.contains(&scope.name)
+        {
+            // The token narrows: a scope it leaves out is refused.
+            return Err(Reason::RunTokenScope);
+        }
         self.limit(&decision, scope, record)?;
         let upstream_path = encode_path(&upstream_path(scope));
 
@@ -255,6 +266,32 @@ impl Admission<'_> {
             permit,
             request: Request::from_parts(parts, held.into_body()),
         })
+    }
+
+    /// The run token step: a token in [`RUN_TOKEN_HEADER`] must verify and
+    /// name the certificate's agent; its run id goes into the record. The
+    /// header never goes upstream.
+    fn run_token(
+        &self,
+        parts: &mut Parts,
+        record: &mut DecisionRecord,
+    ) -> Result<Option<Claims>, Reason> {
+        let Some(value) = parts.headers.remove(RUN_TOKEN_HEADER) else {
+            // Without a certificate (the token listener) the token is the
+            // only identity there is.
+            if self.peer.identity.fingerprint.is_empty() {
+                return Err(Reason::RunTokenMissing);
+            }
+            return Ok(None);
+        };
+        let token = value.to_str().map_err(|_| Reason::RunTokenInvalid)?;
+        let claims = self
+            .tokens
+            .verify(token.trim(), record.agent.as_deref(), self.now)
+            .inspect_err(|reason| tracing::info!(%reason, "run token refused"))?;
+        tracing::Span::current().record("run.id", claims.run.as_str());
+        record.run_id = Some(claims.run.clone());
+        Ok(Some(claims))
     }
 
     /// The step after `decide`: an override disabling the scope, then the

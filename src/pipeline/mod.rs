@@ -37,6 +37,7 @@ use crate::identity::PeerIdentity;
 use crate::limits::Limits;
 use crate::overrides::Overrides;
 use crate::policy::Policy;
+use crate::token::Verifier;
 
 pub use admit::BodyLimits;
 use admit::{Admission, Admitted};
@@ -63,6 +64,7 @@ pub struct Pipeline {
     rates: Limits,
     overrides: Arc<Overrides>,
     metrics: Metrics,
+    tokens: Verifier,
 }
 
 impl Pipeline {
@@ -86,7 +88,18 @@ impl Pipeline {
             rates: Limits::default(),
             overrides,
             metrics: Metrics::default(),
+            tokens: Verifier::none(),
         }
+    }
+
+    /// The pipeline, verifying run tokens with `tokens`.
+    pub fn with_tokens(self, tokens: Verifier) -> Pipeline {
+        Pipeline { tokens, ..self }
+    }
+
+    /// The run token verifier.
+    pub fn tokens(&self) -> &Verifier {
+        &self.tokens
     }
 
     /// Puts a validated policy in force for calls that start from now on;
@@ -155,6 +168,7 @@ impl Pipeline {
             "call",
             request.id = %request_id,
             agent.id = field::Empty,
+            run.id = field::Empty,
             scope.id = field::Empty,
             decision.effect = field::Empty,
             decision.reason = field::Empty,
@@ -181,6 +195,7 @@ impl Pipeline {
                 overrides: &self.overrides,
                 metrics: &self.metrics,
                 retry_after: AtomicU64::new(0),
+                tokens: &self.tokens,
             };
             let verdict = admission
                 .admit(parts, admit::boxed(body), &mut record)
