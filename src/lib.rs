@@ -3,11 +3,11 @@
 //! One call, end to end; the modules follow it:
 //!
 //! ```text
-//! agent ──mTLS──▶ listener ─▶ route ─▶ identity + policy::decide ─▶ credentials ─▶ forward ──TLS──▶ API
-//!                   │                         │                          │              │
-//!                   └─────────────────────────┴──────────────────────────┴──────────────┴──▶ audit
-//!                  tls-rejected          one decision record, committed          one outcome record
-//!                                        before anything is forwarded            after the response
+//! agent ──mTLS──▶ listener ─▶ route ─▶ identity + policy::decide ─▶ limits ─▶ credentials ─▶ forward ──TLS──▶ API
+//!                   │                         │                                    │              │
+//!                   └─────────────────────────┴────────────────────────────────────┴──────────────┴──▶ audit
+//!                  tls-rejected          one decision record, committed                    one outcome record
+//!                                        before anything is forwarded                      after the response
 //! ```
 //!
 //! - [`listener`]: rustls accept, client certificate required, ALPN.
@@ -16,9 +16,14 @@
 //! - [`policy`]: file model, validation, compiled index, and the pure `decide`.
 //! - [`credentials`]: the secret a scope injects, never the agent's.
 //! - [`forward`]: pooled upstream clients, header hygiene, timeouts.
+//! - [`limits`]: rate limits per agent and per (agent, scope), after `decide`.
+//! - [`token`]: run tokens that narrow an agent and name its run.
+//! - [`overrides`]: emergency isolation, serial revocation, disabled scopes.
 //! - [`pipeline`]: the per-call order above, and the one place records are emitted.
 //! - [`audit`]: the decision log (SQLite, group commit, hash chain), query, verify.
 //! - [`error`]: the closed set of reasons and their one mapping to responses.
+//! - [`reload`]: hot reload of policy; exceptions and overrides lapsing.
+//! - [`admin`]: the admin and auditor API (health, metrics, audit, status).
 
 pub mod admin;
 pub mod audit;

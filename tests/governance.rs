@@ -559,8 +559,11 @@ fn an_isolate_override_refuses_at_once_survives_a_restart_and_lapses_by_itself()
     assert_eq!(h.admin(Some("ops"), &["-X", "DELETE", &path]).status, 404);
 }
 
-/// `/metrics` through prometheus_client's parser: (sample name, labels) → value.
-fn scrape(h: &Harness) -> HashMap<(String, Vec<(String, String)>), f64> {
+/// Samples by (name, sorted labels).
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
+/// `/metrics` through prometheus_client's parser.
+fn scrape(h: &Harness) -> Samples {
     let r = h.admin(Some("watcher"), &["/metrics"]);
     assert_eq!(r.status, 200, "{r:?}");
     assert!(
@@ -604,11 +607,7 @@ fn scrape(h: &Harness) -> HashMap<(String, Vec<(String, String)>), f64> {
         .collect()
 }
 
-fn sample(
-    m: &HashMap<(String, Vec<(String, String)>), f64>,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn sample(m: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut labels: Vec<(String, String)> = labels
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -645,11 +644,11 @@ fn metrics_parse_as_prometheus_text_and_move_with_the_calls() {
             - sample(&before, "clawgate_calls_total", &denied),
         1.0
     );
-    let decided = |m: &HashMap<_, f64>| sample(m, "clawgate_decide_seconds_count", &[]);
+    let decided = |m: &Samples| sample(m, "clawgate_decide_seconds_count", &[]);
     assert_eq!(decided(&after) - decided(&before), 3.0);
-    let upstream = |m: &HashMap<_, f64>| sample(m, "clawgate_upstream_seconds_count", &[]);
+    let upstream = |m: &Samples| sample(m, "clawgate_upstream_seconds_count", &[]);
     assert_eq!(upstream(&after) - upstream(&before), 2.0);
-    let credential = |m: &HashMap<_, f64>| sample(m, "clawgate_credential_seconds_count", &[]);
+    let credential = |m: &Samples| sample(m, "clawgate_credential_seconds_count", &[]);
     assert_eq!(credential(&after) - credential(&before), 2.0);
     assert_eq!(sample(&after, "clawgate_policy_valid", &[]), 1.0);
     assert_eq!(sample(&after, "clawgate_audit_healthy", &[]), 1.0);

@@ -84,6 +84,21 @@ impl Pipeline {
                     .and_then(|scope| Some((scope, scope.aws()?)))
                 {
                     None => Err(Reason::NoMatchingScope),
+                    // An isolated agent or a disabled scope gets nothing
+                    // new to hold (credentials already vended cannot be
+                    // recalled; they expire within their duration).
+                    Some((scope, _))
+                        if let Some(o) = self.overrides().refusing(
+                            Some(&agent.name),
+                            None,
+                            Some(&scope.name),
+                            std::time::SystemTime::now(),
+                        ) =>
+                    {
+                        record.scope = Some(scope.name.clone());
+                        record.detail = Some(format!("override {}", o.id));
+                        Err(o.kind.reason())
+                    }
                     Some((scope, aws)) => {
                         record.scope = Some(scope.name.clone());
                         record.host = Some(scope.upstream.host.clone());
