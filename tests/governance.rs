@@ -217,6 +217,12 @@ expires = "{}"
     std::thread::sleep(Duration::from_millis(2500));
     get(&h, "research", "/extra-echo/v1/a");
     assert_eq!(count(&h, |r| r.reason == "exception-expired"), 1);
+    // Once across a restart too: the log remembers the lapse.
+    let mut h = h;
+    h.stop();
+    h.serve(&[]);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(count(&h, |r| r.reason == "exception-expired"), 1);
 
     // `policy check` warns about the expired one, and refuses one without
     // an expiry or beyond the maximum.
@@ -557,6 +563,28 @@ fn an_isolate_override_refuses_at_once_survives_a_restart_and_lapses_by_itself()
                 .is_some_and(|d| d.starts_with("removed by"))
     });
     assert_eq!(h.admin(Some("ops"), &["-X", "DELETE", &path]).status, 404);
+
+    // A certificate serial revoked in a hurry, read with openssl.
+    let (cert, _) = h.agent_cert("research");
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let serial = String::from_utf8(out.stdout).unwrap();
+    let serial = serial.trim().strip_prefix("serial=").unwrap().to_owned();
+    let r = post(
+        &h,
+        &format!(
+            r#"{{"kind":"revoke-serial","target":"{serial}","reason":"key leaked","expires_in":"1h"}}"#
+        ),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = get(&h, "research", "/echo/v1/items");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.json()["reason"], "serial-revoked");
+    assert_eq!(h.decision(&r.request_id()).reason, "serial-revoked");
+    assert_eq!(get(&h, "reporter", "/echo-report/v1/items").status, 200);
 }
 
 /// Samples by (name, sorted labels).
