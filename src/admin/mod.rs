@@ -286,7 +286,14 @@ impl Admin {
                     .append_durable(o.record("created", Some(who)))
                     .await
                 {
-                    tracing::error!(error = %e, "override creation not recorded");
+                    // Every change is a record: one that cannot be recorded
+                    // is taken back.
+                    tracing::error!(error = %e, "override creation not recorded; removing it");
+                    let _ = self.pipeline.overrides().remove(&o.id);
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the override could not be recorded, so it was not made",
+                    );
                 }
                 json(StatusCode::CREATED, &o.to_json(now))
             }

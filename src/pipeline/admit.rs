@@ -130,9 +130,11 @@ impl Admission<'_> {
         let run = self.run_token(&mut parts, record)?;
         // Overrides right after identity: an isolated agent or a revoked
         // certificate learns nothing either.
+        let serial = &self.peer.identity.serial;
         if let Some(o) = self.overrides.refusing(
             record.agent.as_deref(),
-            Some(&self.peer.identity.serial),
+            // The token listener's peers have no certificate, so no serial.
+            (!serial.is_empty()).then_some(serial.as_str()),
             None,
             self.now,
         ) {
