@@ -51,7 +51,7 @@ fn generate(scopes: usize) -> Policy {
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("generated.toml"), text).unwrap();
-    let (policy, _) = load(dir.path(), &LoadOptions { env: &|_| None }).unwrap();
+    let (policy, _) = load(dir.path(), &LoadOptions::new(&|_| None)).unwrap();
     assert_eq!(policy.rule_count(), scopes * RULES_PER_SCOPE);
     policy
 }
@@ -120,6 +120,7 @@ fn bench(c: &mut Criterion) {
                         method: call.method,
                         path: &call.path,
                         aws: None,
+                        now: std::time::SystemTime::UNIX_EPOCH,
                     }),
                     &policy,
                 ))

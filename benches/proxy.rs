@@ -164,9 +164,16 @@ fn bench(c: &mut Criterion) {
         vend_listen: None,
         limits: clawgate::pipeline::BodyLimits::default(),
         decision_log_off_benchmark_only: false,
+        admin_listen: None,
+        watch_policy: false,
+        max_exception: clawgate::policy::DEFAULT_MAX_EXCEPTION,
+        token_listen: None,
+        token_jwks: None,
     };
     let env = |name: &str| (name == "ECHO_API_TOKEN").then(|| "bench-token".to_owned());
-    let running = rt.block_on(serve::start(&config, &env)).unwrap();
+    let running = rt
+        .block_on(serve::start(&config, std::sync::Arc::new(env)))
+        .unwrap();
     let agents = certs_dir.join("agents");
     let setup = Setup {
         proxy: running.addr,

@@ -37,6 +37,10 @@ pub mod files {
     pub const INTERCEPT_CA: &str = "intercept-ca.pem";
     /// Its key.
     pub const INTERCEPT_CA_KEY: &str = "intercept-ca-key.pem";
+    /// The ES256 key that signs run tokens (`clawgate token issue`).
+    pub const TOKEN_KEY: &str = "token-key.pem";
+    /// Its public half, which verifies them.
+    pub const TOKEN_PUB: &str = "token-pub.pem";
 }
 
 /// Why certificates could not be made or written.
@@ -316,6 +320,8 @@ pub fn init(dir: &Path, extra_sans: &[String], force: bool) -> Result<Vec<PathBu
         files::SERVER_KEY,
         files::INTERCEPT_CA,
         files::INTERCEPT_CA_KEY,
+        files::TOKEN_KEY,
+        files::TOKEN_PUB,
     ];
     let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
     // Check everything first, so a refusal writes nothing at all.
@@ -323,6 +329,7 @@ pub fn init(dir: &Path, extra_sans: &[String], force: bool) -> Result<Vec<PathBu
     let ca = new_ca("clawgate development CA", 3650)?;
     let (server, _) = issue(&ca, &server_spec(extra_sans, 825)?)?;
     let intercept = new_ca("clawgate interception CA", 3650)?;
+    let (token_key, token_pub) = crate::token::new_key_pair()?;
     let contents = [
         (&ca.cert, false),
         (&ca.key, true),
@@ -330,6 +337,8 @@ pub fn init(dir: &Path, extra_sans: &[String], force: bool) -> Result<Vec<PathBu
         (&server.key, true),
         (&intercept.cert, false),
         (&intercept.key, true),
+        (&token_key, true),
+        (&token_pub, false),
     ];
     for (path, (text, private)) in paths.iter().zip(contents) {
         write_file(path, text, private, force)?;

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 fn init_writes_keys_0600_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let written = init(dir.path(), &["gw.internal".into()], false).unwrap();
-    assert_eq!(written.len(), 6);
+    assert_eq!(written.len(), 8);
     for path in &written {
         let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
         let is_key = path.to_string_lossy().ends_with("-key.pem");

@@ -186,6 +186,20 @@ impl Pipeline {
         let name = &policy.agent(agent).name;
         tracing::Span::current().record("agent.id", name.as_str());
         record.agent = Some(name.clone());
+        // Overrides right after identity, as for every other call: an
+        // isolated agent or a revoked certificate opens no tunnel.
+        let now = std::time::SystemTime::now();
+        let serial = &peer.identity.serial;
+        if let Some(o) = self.overrides().refusing(
+            Some(name.as_str()),
+            (!serial.is_empty()).then_some(serial.as_str()),
+            None,
+            now,
+        ) {
+            record.host = req.uri().host().map(str::to_owned);
+            record.detail = Some(format!("override {}", o.id));
+            return Err(o.kind.reason());
+        }
         let (host, port) = match route(req) {
             Ok(routed) => match routed.destination {
                 Destination::Connect {
@@ -208,6 +222,7 @@ impl Pipeline {
             method: "CONNECT",
             path: "/",
             aws: None,
+            now,
         };
         let decision = decide(&call, policy);
         if let Some(scope) = decision.scope().map(|id| policy.scope(id)) {
@@ -218,6 +233,13 @@ impl Pipeline {
         }
         let permit = Permitted::new(policy, &decision).ok_or(decision.reason())?;
         let scope = permit.scope();
+        if let Some(o) = self
+            .overrides()
+            .refusing(None, None, Some(&scope.name), now)
+        {
+            record.detail = Some(format!("override {}", o.id));
+            return Err(o.kind.reason());
+        }
         let host = egress::normalise_host(&host).map_err(|_| Reason::MalformedRequest)?;
         // Checked now, before the decision is recorded, so the record says
         // why; a tunnel then connects only to these addresses.

@@ -57,11 +57,35 @@ pub enum Reason {
     PolicyLoaded,
     /// The agent went away before the exchange finished (outcome records only).
     ClientCancelled,
+    /// A rate limit of the agent, or of the agent in the scope, was reached.
+    RateLimited,
+    /// A policy exception reached its expiry (a record, once per exception).
+    ExceptionExpired,
+    /// A changed policy did not validate; the last good one stays (a record).
+    PolicyRejected,
+    /// An admin override isolates the agent.
+    AgentIsolated,
+    /// An admin override revokes the client certificate's serial.
+    SerialRevoked,
+    /// An admin override disables the scope.
+    ScopeDisabled,
+    /// An override was created, removed or lapsed (a record, not a refusal).
+    OverrideChanged,
+    /// A run token that does not verify (signature, issuer, audience, form).
+    RunTokenInvalid,
+    /// A run token past its expiry.
+    RunTokenExpired,
+    /// A run token issued for another agent than the certificate's.
+    RunTokenWrongAgent,
+    /// The scope is not among those the run token allows.
+    RunTokenScope,
+    /// The token listener needs a run token in `Proxy-Authorization`.
+    RunTokenMissing,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 29] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -79,6 +103,18 @@ impl Reason {
         Reason::AuditUnavailable,
         Reason::PolicyLoaded,
         Reason::ClientCancelled,
+        Reason::RateLimited,
+        Reason::ExceptionExpired,
+        Reason::PolicyRejected,
+        Reason::AgentIsolated,
+        Reason::SerialRevoked,
+        Reason::ScopeDisabled,
+        Reason::OverrideChanged,
+        Reason::RunTokenInvalid,
+        Reason::RunTokenExpired,
+        Reason::RunTokenWrongAgent,
+        Reason::RunTokenScope,
+        Reason::RunTokenMissing,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -101,6 +137,18 @@ impl Reason {
             Reason::AuditUnavailable => "audit-unavailable",
             Reason::PolicyLoaded => "policy-loaded",
             Reason::ClientCancelled => "client-cancelled",
+            Reason::RateLimited => "rate-limited",
+            Reason::ExceptionExpired => "exception-expired",
+            Reason::PolicyRejected => "policy-rejected",
+            Reason::AgentIsolated => "agent-isolated",
+            Reason::SerialRevoked => "serial-revoked",
+            Reason::ScopeDisabled => "scope-disabled",
+            Reason::OverrideChanged => "override-changed",
+            Reason::RunTokenInvalid => "run-token-invalid",
+            Reason::RunTokenExpired => "run-token-expired",
+            Reason::RunTokenWrongAgent => "run-token-wrong-agent",
+            Reason::RunTokenScope => "run-token-scope",
+            Reason::RunTokenMissing => "run-token-missing",
         }
     }
 
@@ -108,7 +156,11 @@ impl Reason {
     pub const fn status(self) -> StatusCode {
         match self {
             // Never sent: these describe events, not answers.
-            Reason::Allowed | Reason::PolicyLoaded => StatusCode::OK,
+            Reason::Allowed
+            | Reason::PolicyLoaded
+            | Reason::ExceptionExpired
+            | Reason::PolicyRejected
+            | Reason::OverrideChanged => StatusCode::OK,
             // Never sent: nobody is left to receive it.
             Reason::ClientCancelled => StatusCode::BAD_REQUEST,
             // Never sent: a rejected handshake has no HTTP exchange.
@@ -119,7 +171,16 @@ impl Reason {
             | Reason::DeniedByRule
             | Reason::SentinelMisdirected
             | Reason::AwsActionUnmapped
-            | Reason::EgressAddressBlocked => StatusCode::FORBIDDEN,
+            | Reason::EgressAddressBlocked
+            | Reason::AgentIsolated
+            | Reason::SerialRevoked
+            | Reason::ScopeDisabled
+            | Reason::RunTokenInvalid
+            | Reason::RunTokenExpired
+            | Reason::RunTokenWrongAgent
+            | Reason::RunTokenScope => StatusCode::FORBIDDEN,
+            Reason::RunTokenMissing => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::MalformedRequest => StatusCode::BAD_REQUEST,
             Reason::CredentialUnavailable | Reason::AuditUnavailable => {

@@ -30,6 +30,10 @@ fn reasons_map_to_the_documented_statuses() {
         (Reason::UpstreamUnreachable, 502),
         (Reason::UpstreamTimeout, 504),
         (Reason::AuditUnavailable, 503),
+        (Reason::RateLimited, 429),
+        (Reason::AgentIsolated, 403),
+        (Reason::SerialRevoked, 403),
+        (Reason::ScopeDisabled, 403),
     ];
     for (reason, status) in table {
         assert_eq!(reason.status().as_u16(), status, "{reason}");

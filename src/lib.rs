@@ -3,11 +3,11 @@
 //! One call, end to end; the modules follow it:
 //!
 //! ```text
-//! agent ──mTLS──▶ listener ─▶ route ─▶ identity + policy::decide ─▶ credentials ─▶ forward ──TLS──▶ API
-//!                   │                         │                          │              │
-//!                   └─────────────────────────┴──────────────────────────┴──────────────┴──▶ audit
-//!                  tls-rejected          one decision record, committed          one outcome record
-//!                                        before anything is forwarded            after the response
+//! agent ──mTLS──▶ listener ─▶ route ─▶ identity + policy::decide ─▶ limits ─▶ credentials ─▶ forward ──TLS──▶ API
+//!                   │                         │                                    │              │
+//!                   └─────────────────────────┴────────────────────────────────────┴──────────────┴──▶ audit
+//!                  tls-rejected          one decision record, committed                    one outcome record
+//!                                        before anything is forwarded                      after the response
 //! ```
 //!
 //! - [`listener`]: rustls accept, client certificate required, ALPN.
@@ -24,9 +24,15 @@
 //! - [`pipeline`]: the per-call order above (admission: route, AWS action,
 //!   decide, sentinels, credential), the one place records are emitted, and
 //!   credential vending.
+//! - [`limits`]: rate limits per agent and per (agent, scope), after `decide`.
+//! - [`token`]: run tokens that narrow an agent and name its run.
+//! - [`overrides`]: emergency isolation, serial revocation, disabled scopes.
 //! - [`audit`]: the decision log (SQLite, group commit, hash chain), query, verify.
 //! - [`error`]: the closed set of reasons and their one mapping to responses.
+//! - [`reload`]: hot reload of policy; exceptions and overrides lapsing.
+//! - [`admin`]: the admin and auditor API (health, metrics, audit, status).
 
+pub mod admin;
 pub mod agent_env;
 pub mod audit;
 pub mod body;
@@ -39,9 +45,13 @@ pub mod error;
 pub mod forward;
 pub mod identity;
 pub mod intercept;
+pub mod limits;
 pub mod listener;
+pub mod overrides;
 pub mod pipeline;
 pub mod policy;
+pub mod reload;
 pub mod route;
 pub mod serve;
+pub mod token;
 pub mod upgrade;

@@ -1,4 +1,4 @@
-//! The `clawgate` command line: serve, demo, certs, policy, audit.
+//! The `clawgate` command line: serve, demo, certs, token, policy, audit, sentinel.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the agent listener.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// A whole first run in a temporary directory: certificates, policy, an echo upstream, real calls.
     Demo {
         /// Keep clawgate and the echo upstream running after the scripted calls.
@@ -71,6 +71,31 @@ enum Command {
     /// Sentinel placeholders.
     #[command(subcommand)]
     Sentinel(SentinelCommand),
+    /// Run tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Sign a run token with the key `certs init` created; prints the JWT.
+    Issue {
+        /// The agent's name in policy.
+        #[arg(long)]
+        agent: String,
+        /// How long it lives (at most 24h).
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Only these scopes (comma-separated); every scope of the agent when absent.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// The run id (a random one when absent).
+        #[arg(long)]
+        run: Option<String>,
+        /// The certificate directory holding `token-key.pem`.
+        #[arg(long, default_value = "./certs")]
+        certs: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +152,26 @@ struct ServeArgs {
     /// what the durable decision log costs. Never for serving agents.
     #[arg(long, hide = true)]
     benchmark_only_decision_log_off: bool,
+    /// Where the admin and auditor API listens (mTLS with the agent CA), or `off`.
+    #[arg(long, default_value = "127.0.0.1:9443", value_parser = parse_listen)]
+    admin_listen: Listen,
+    /// Do not reload the policy when its files change (SIGHUP and the admin
+    /// API still reload it).
+    #[arg(long)]
+    no_watch: bool,
+    /// How far ahead a policy exception may expire (at most 7 days).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    max_exception: Duration,
+    /// A TLS listener (no client certificate) taking a run token as the
+    /// password of `Proxy-Authorization: Basic`.
+    #[arg(long)]
+    token_listen: Option<SocketAddr>,
+    /// An external issuer's public keys for run tokens (a JWKS file).
+    #[arg(long, requires = "token_issuer")]
+    token_jwks: Option<PathBuf>,
+    /// The `iss` of the external issuer's tokens.
+    #[arg(long, requires = "token_jwks")]
+    token_issuer: Option<String>,
 }
 
 fn parse_pin(text: &str) -> Result<(String, std::net::IpAddr), String> {
@@ -140,6 +185,19 @@ fn parse_pin(text: &str) -> Result<(String, std::net::IpAddr), String> {
         .parse()
         .map_err(|_| format!("`{addr}` is not an IP address"))?;
     Ok((name.to_string(), addr))
+}
+
+/// A listen address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct Listen(Option<SocketAddr>);
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if text == "off" {
+        return Ok(Listen(None));
+    }
+    text.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| format!("`{text}` must be HOST:PORT or `off`"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,7 +237,31 @@ enum PolicyCommand {
         /// The policy directory.
         #[arg(default_value = "./policy")]
         dir: PathBuf,
+        /// How far ahead an exception may expire.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        max_exception: Duration,
     },
+    /// Ask a running clawgate's admin API: exit 0 in sync, 2 drifted, 1 on error.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The admin API.
+    #[arg(long, default_value = "https://localhost:9443")]
+    admin: String,
+    /// The CA that signed clawgate's server certificate.
+    #[arg(long, default_value = "./certs/ca.pem")]
+    ca: PathBuf,
+    /// An admin or auditor certificate.
+    #[arg(long)]
+    cert: PathBuf,
+    /// Its key.
+    #[arg(long)]
+    key: PathBuf,
+    /// Print the JSON the API answered instead of the summary.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -304,11 +386,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
                 resolve: args.resolve,
                 decision_log_off_benchmark_only: args.benchmark_only_decision_log_off,
+                admin_listen: args.admin_listen.0,
+                watch_policy: !args.no_watch,
+                max_exception: checked_max_exception(args.max_exception)?,
+                token_listen: args.token_listen,
+                token_jwks: args.token_jwks.zip(args.token_issuer),
             };
             runtime()?.block_on(async {
-                let running = serve::start(&config, &process_env).await?;
+                let running = serve::start(&config, std::sync::Arc::new(process_env)).await?;
                 if let Some(vend) = running.vend_addr {
                     println!("clawgate: vending credentials on http://{vend}");
+                }
+                if let Some(admin) = running.admin_addr {
+                    println!("clawgate: admin api on https://{admin}");
+                }
+                if let Some(token) = running.token_addr {
+                    println!("clawgate: token proxy on https://{token}");
                 }
                 println!("clawgate: listening on {}", running.addr);
                 wait_for_stop().await;
@@ -343,6 +436,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Token(TokenCommand::Issue {
+            agent,
+            ttl,
+            scopes,
+            run,
+            certs,
+        }) => {
+            let token = clawgate::token::issue(
+                &certs,
+                &agent,
+                ttl,
+                scopes,
+                run,
+                std::time::SystemTime::now(),
+            )?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { keep } => {
             runtime()?.block_on(clawgate::demo::run(keep))?;
             Ok(ExitCode::SUCCESS)
@@ -365,8 +476,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("identity: {}", certs::agent_spiffe_id(&name));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy(PolicyCommand::Check { dir }) => {
-            match policy::load(&dir, &LoadOptions { env: &process_env }) {
+        Command::Policy(PolicyCommand::Status(args)) => runtime()?.block_on(policy_status(&args)),
+        Command::Policy(PolicyCommand::Check { dir, max_exception }) => {
+            let options = LoadOptions {
+                max_exception: checked_max_exception(max_exception)?,
+                ..LoadOptions::new(&process_env)
+            };
+            match policy::load(&dir, &options) {
                 Ok((policy, warnings)) => {
                     for warning in warnings {
                         eprintln!("warning: {warning}");
@@ -447,6 +563,98 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `policy status`: 0 in sync, 2 drifted, 1 on any error.
+async fn policy_status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let (status, body) = clawgate::admin::client::get(
+        &args.admin,
+        "/v1/policy/status",
+        &args.ca,
+        &args.cert,
+        &args.key,
+    )
+    .await?;
+    if status != 200 {
+        anyhow::bail!(
+            "admin api answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).context("admin api answered something that is not JSON")?;
+    if args.json {
+        println!("{v}");
+    } else {
+        print_status(&v);
+    }
+    Ok(if v["in_sync"].as_bool() == Some(true) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+fn print_status(v: &serde_json::Value) {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    let left = |v: &serde_json::Value| {
+        humantime::format_duration(Duration::from_secs(
+            v["expires_in_seconds"].as_u64().unwrap_or(0),
+        ))
+        .to_string()
+    };
+    let in_sync = v["in_sync"].as_bool() == Some(true);
+    println!("{}", if in_sync { "in sync" } else { "DRIFTED" });
+    println!("in force: {}", s(&v["in_force"]));
+    match v["on_disk"].as_str() {
+        Some(d) => println!("on disk:  {d}"),
+        None => println!("on disk:  unreadable: {}", s(&v["on_disk_error"])),
+    }
+    if v["valid"].as_bool() == Some(false) {
+        println!("the files on disk do not validate; the last good policy stays in force:");
+        println!("{}", s(&v["error"]));
+    }
+    let empty = Vec::new();
+    let exceptions = v["exceptions"].as_array().unwrap_or(&empty);
+    println!("exceptions active: {}", exceptions.len());
+    for e in exceptions {
+        println!(
+            "  {}  agent {}  scopes {}  expires {} (in {})  approved by {}",
+            s(&e["id"]),
+            s(&e["agent"]),
+            e["scopes"],
+            s(&e["expires"]),
+            left(e),
+            s(&e["approved_by"])
+        );
+    }
+    let soon = v["lapsing_within_24h"].as_array().unwrap_or(&empty);
+    if !soon.is_empty() {
+        let ids: Vec<String> = soon.iter().map(s).collect();
+        println!("lapsing within 24h: {}", ids.join(", "));
+    }
+    let overrides = v["overrides"].as_array().unwrap_or(&empty);
+    println!("overrides active: {}", overrides.len());
+    for o in overrides {
+        println!(
+            "  {}  {} `{}`  expires {} (in {})  by {}: {}",
+            s(&o["id"]),
+            s(&o["kind"]),
+            s(&o["target"]),
+            s(&o["expires"]),
+            left(o),
+            s(&o["created_by"]),
+            s(&o["reason"])
+        );
+    }
+}
+
+/// The configured exception maximum, refused past the 7-day ceiling.
+fn checked_max_exception(max: Duration) -> anyhow::Result<Duration> {
+    if max > policy::DEFAULT_MAX_EXCEPTION {
+        anyhow::bail!("--max-exception may be at most 7d");
+    }
+    Ok(max)
 }
 
 /// `SEQ:HASH` as printed by `audit head` (a space is accepted too).

@@ -10,15 +10,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::audit::{AuditError, AuditLog, DecisionRecord, WriterHandle, kind};
+use crate::admin::Admin;
+use crate::audit::{AuditError, AuditLog, WriterHandle};
 use crate::credentials::{Broker, BrokerConfig};
-use crate::error::Reason;
 use crate::forward::{ForwardError, Timeouts, Upstreams};
 use crate::intercept::{InterceptError, Interceptor};
 use crate::listener::{self, ListenerError};
+use crate::overrides::{OverrideError, Overrides};
 use crate::pipeline::vend::{self, VendListenError};
 use crate::pipeline::{BodyLimits, Parts as PipelineParts, Pipeline};
 use crate::policy::{self, LoadError, LoadOptions};
+use crate::reload::{self, Env, Reloader, policy_record};
 
 /// Everything `serve` needs, resolved from flags.
 #[derive(Debug, Clone)]
@@ -48,6 +50,16 @@ pub struct ServeConfig {
     /// BENCHMARK ONLY: record nothing (see [`AuditLog::discarding_for_benchmarks`]).
     /// The load harness sets it to show what the durable log costs.
     pub decision_log_off_benchmark_only: bool,
+    /// Where the admin and auditor API binds (mTLS, same CA), if anywhere.
+    pub admin_listen: Option<SocketAddr>,
+    /// Reload the policy when its files change (SIGHUP and the API always work).
+    pub watch_policy: bool,
+    /// How far ahead a policy exception may expire.
+    pub max_exception: Duration,
+    /// Where the token listener binds (TLS, run token as proxy password).
+    pub token_listen: Option<SocketAddr>,
+    /// An external issuer's public keys (a JWKS file) and its `iss`.
+    pub token_jwks: Option<(PathBuf, String)>,
 }
 
 /// Why `serve` would not start.
@@ -71,6 +83,12 @@ pub enum ServeError {
     /// The interception CA is missing or unusable.
     #[error(transparent)]
     Intercept(#[from] InterceptError),
+    /// The run token keys cannot be read.
+    #[error(transparent)]
+    Token(#[from] crate::token::TokenError),
+    /// The override store cannot be opened.
+    #[error(transparent)]
+    Overrides(#[from] OverrideError),
     /// The listen address is unavailable.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -88,11 +106,16 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The bound vending listener address, when there is one.
     pub vend_addr: Option<SocketAddr>,
+    /// The bound admin listener address, when there is one.
+    pub admin_addr: Option<SocketAddr>,
+    /// The bound token listener address, when there is one.
+    pub token_addr: Option<SocketAddr>,
     /// The pipeline, for inspection.
     pub pipeline: Arc<Pipeline>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     vend_task: Option<JoinHandle<()>>,
+    other_tasks: Vec<JoinHandle<()>>,
     writer: WriterHandle,
 }
 
@@ -104,6 +127,9 @@ impl Running {
         if let Some(task) = self.vend_task {
             let _ = task.await;
         }
+        for task in self.other_tasks {
+            let _ = task.await;
+        }
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
     }
@@ -112,11 +138,13 @@ impl Running {
 /// Loads policy, certificates and the decision log, binds the listener and
 /// starts serving. Any problem stops the start, with a message that says what
 /// to do.
-pub async fn start(
-    config: &ServeConfig,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Running, ServeError> {
-    let (policy, warnings) = policy::load(&config.policy_dir, &LoadOptions { env })?;
+pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError> {
+    let options = LoadOptions {
+        env: &*env,
+        now: std::time::SystemTime::now(),
+        max_exception: config.max_exception,
+    };
+    let (policy, warnings) = policy::load(&config.policy_dir, &options)?;
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
@@ -159,18 +187,96 @@ pub async fn start(
         None => None,
     };
     let vend_addr = vend_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let admin_listener = match config.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let token_listener = match config.token_listen {
+        Some(addr) => Some((
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?,
+            crate::token::listen::server_config(&config.certs_dir)?,
+        )),
+        None => None,
+    };
+    let token_addr = token_listener
+        .as_ref()
+        .and_then(|(l, _)| l.local_addr().ok());
+    let tokens = crate::token::Verifier::load(
+        &config.certs_dir,
+        config
+            .token_jwks
+            .as_ref()
+            .map(|(path, issuer)| (path.as_path(), issuer.as_str())),
+    )?;
+    // With the log off (benchmarks only) nothing may touch the log's file.
+    let overrides_path = if config.decision_log_off_benchmark_only {
+        std::path::Path::new(":memory:")
+    } else {
+        config.audit_path.as_path()
+    };
+    let overrides = Arc::new(Overrides::open(overrides_path)?);
     let broker = Arc::new(Broker::new(config.broker.clone(), audit.clone()));
-    let pipeline = Arc::new(Pipeline::new(
-        Arc::new(policy),
-        audit,
-        PipelineParts {
-            upstreams,
-            interceptor,
-            broker,
-            limits: config.limits,
-        },
+    let pipeline = Arc::new(
+        Pipeline::new(
+            Arc::new(policy),
+            audit,
+            PipelineParts {
+                upstreams,
+                interceptor,
+                broker,
+                limits: config.limits,
+                overrides,
+            },
+        )
+        .with_tokens(tokens),
+    );
+    let reloader = Arc::new(Reloader::new(
+        config.policy_dir.clone(),
+        env,
+        config.max_exception,
+        Arc::clone(&pipeline),
     ));
+    if !config.decision_log_off_benchmark_only {
+        reloader.seed_lapses(&config.audit_path);
+    }
     let (stop, stopped) = watch::channel(false);
+    let mut other_tasks = vec![tokio::spawn(reload::run(
+        Arc::clone(&reloader),
+        config.watch_policy,
+        stopped.clone(),
+    ))];
+    if let Some((listener, tls)) = token_listener {
+        other_tasks.push(tokio::spawn(crate::token::listen::serve(
+            listener,
+            tls,
+            Arc::clone(&pipeline),
+            stopped.clone(),
+        )));
+    }
+    if let Some(listener) = admin_listener {
+        let admin = Arc::new(Admin {
+            pipeline: Arc::clone(&pipeline),
+            reloader,
+            audit_path: config.audit_path.clone(),
+        });
+        // HTTP/1.1 only: the admin API is a handful of small requests, and
+        // a refusal before the body is read stays a plain response.
+        let mut admin_tls = (*tls).clone();
+        admin_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        other_tasks.push(tokio::spawn(crate::admin::serve(
+            listener,
+            Arc::new(admin_tls),
+            admin,
+            stopped.clone(),
+        )));
+    }
     let vend_task = vend_listener.map(|listener| {
         tokio::spawn(vend::serve(
             listener,
@@ -188,23 +294,13 @@ pub async fn start(
     Ok(Running {
         addr,
         vend_addr,
+        admin_addr,
+        token_addr,
         pipeline,
         stop,
         task,
         vend_task,
+        other_tasks,
         writer,
     })
-}
-
-fn policy_record(policy: &policy::Policy) -> DecisionRecord {
-    let mut record = DecisionRecord::new(kind::POLICY, &uuid::Uuid::now_v7().to_string());
-    record.reason = Reason::PolicyLoaded.code().to_owned();
-    record.policy_digest = Some(policy.digest().to_owned());
-    let files: Vec<String> = policy
-        .files()
-        .iter()
-        .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
-    record.detail = Some(format!("{}; files: {}", policy.summary(), files.join(", ")));
-    record
 }

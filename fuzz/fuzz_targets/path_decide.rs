@@ -33,7 +33,7 @@ fn policy() -> Option<&'static Policy> {
         .get_or_init(|| {
             let dir = tempfile::tempdir().ok()?;
             std::fs::write(dir.path().join("p.toml"), POLICY).ok()?;
-            load(dir.path(), &LoadOptions { env: &|_| None })
+            load(dir.path(), &LoadOptions::new(&|_| None))
                 .ok()
                 .map(|(p, _)| p)
         })
@@ -62,6 +62,8 @@ fuzz_target!(|data: &[u8]| {
                 target: Target::Route("s"),
                 method,
                 path: &path,
+                aws: None,
+                now: std::time::SystemTime::UNIX_EPOCH,
             },
             policy,
         );

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(dir.path().join("fuzz.toml"), text).is_err() {
         return;
     }
-    let options = clawgate::policy::LoadOptions { env: &|_| None };
+    let options = clawgate::policy::LoadOptions::new(&|_| None);
     if let Ok((policy, _)) = clawgate::policy::load(dir.path(), &options) {
         let _ = policy.summary();
     }

@@ -108,7 +108,7 @@ pub enum VerifyError {
 pub(super) const COLUMNS: &str = "seq, ts, kind, request_id, mode, agent, cert_fp, run_id,
     client_addr, method, host, path, scope, rule, decision, reason, would_deny,
     credential_kind, credential_ref, policy_digest, status, bytes_up, bytes_down,
-    duration_ms, detail, prev_hash, hash, action";
+    duration_ms, detail, prev_hash, hash, action, exception";
 
 pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<DecisionRecord> {
     Ok(DecisionRecord {
@@ -140,6 +140,7 @@ pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<DecisionRecord> {
         prev_hash: row.get(25)?,
         hash: row.get(26)?,
         action: row.get(27)?,
+        exception: row.get(28)?,
     })
 }
 

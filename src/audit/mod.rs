@@ -36,6 +36,10 @@ pub mod kind {
     /// A credential fetched or minted (one per STS or Secrets Manager call),
     /// with its non-secret reference (the STS access key id).
     pub const MINT: &str = "mint";
+    /// A policy exception lapsed (once per exception).
+    pub const EXCEPTION: &str = "exception";
+    /// A runtime override was created, removed or lapsed.
+    pub const OVERRIDE: &str = "override";
 }
 
 /// One row of the decision log. Optional fields are omitted from the JSON
@@ -116,6 +120,9 @@ pub struct DecisionRecord {
     /// The IAM action an AWS call maps to (`s3:GetObject`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// The id of the policy exception a decision relied on, or that lapsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exception: Option<String>,
     /// The hash of the previous record.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prev_hash: String,
@@ -196,6 +203,8 @@ struct Health {
     healthy: AtomicBool,
     /// Records lost for good (queue full, or unwritable at shutdown).
     dropped: AtomicU64,
+    /// Records in the last batch.
+    last_batch: AtomicU64,
     /// Batches committed, records in them, and time spent committing them.
     batches: AtomicU64,
     committed: AtomicU64,
@@ -222,6 +231,7 @@ impl Default for Health {
         Health {
             healthy: AtomicBool::new(true),
             dropped: AtomicU64::new(0),
+            last_batch: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             committed: AtomicU64::new(0),
             commit_nanos: AtomicU64::new(0),
@@ -300,6 +310,16 @@ impl AuditLog {
             commit_nanos: self.health.commit_nanos.load(Ordering::Relaxed),
             max_commit_nanos: self.health.max_commit_nanos.load(Ordering::Relaxed),
         }
+    }
+
+    /// Records in the last group commit, commits so far, seconds spent
+    /// committing in all.
+    pub fn batch_stats(&self) -> (u64, u64, f64) {
+        (
+            self.health.last_batch.load(Ordering::Relaxed),
+            self.health.batches.load(Ordering::Relaxed),
+            self.health.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        )
     }
 
     /// Records lost for good since start; anything but 0 is worth an alert.

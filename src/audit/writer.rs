@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS records (
     detail TEXT,
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL,
-    action TEXT
+    action TEXT,
+    exception TEXT
 );
 CREATE INDEX IF NOT EXISTS records_request ON records(request_id);
 CREATE INDEX IF NOT EXISTS records_agent_ts ON records(agent, ts);
@@ -158,13 +159,15 @@ pub(super) fn start_discarding() -> Result<(AuditLog, WriterHandle), AuditError>
 /// Logs made before a column existed gain it, empty, so old records stay
 /// verifiable (absent optional fields are not part of a record's hash).
 fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
-    let has_action: bool = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('records') WHERE name = 'action'",
-        [],
-        |row| row.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has_action {
-        conn.execute_batch("ALTER TABLE records ADD COLUMN action TEXT")?;
+    for column in ["action", "exception"] {
+        let has: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('records') WHERE name = ?1",
+            [column],
+            |row| row.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE records ADD COLUMN {column} TEXT"))?;
+        }
     }
     Ok(())
 }
@@ -235,6 +238,9 @@ fn run(mut conn: Connection, rx: Receiver<Command>, health: &Health, before_clos
 fn commit(conn: &mut Connection, batch: &mut Vec<(Box<DecisionRecord>, Waiter)>, health: &Health) {
     let begun = Instant::now();
     let result = write_batch(conn, batch);
+    health
+        .last_batch
+        .store(batch.len() as u64, Ordering::Relaxed);
     match &result {
         Ok(()) => {
             health.healthy.store(true, Ordering::Relaxed);
@@ -309,7 +315,7 @@ fn insert_sql() -> &'static str {
     SQL.get_or_init(|| {
         format!(
             "INSERT INTO records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-            ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)"
+            ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
         )
     })
 }
@@ -354,6 +360,7 @@ fn insert_with(
         r.prev_hash,
         r.hash,
         r.action,
+        r.exception,
     ])?;
     Ok(())
 }

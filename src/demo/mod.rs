@@ -96,8 +96,13 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         limits: crate::pipeline::BodyLimits::default(),
         resolve: Vec::new(),
         decision_log_off_benchmark_only: false,
+        admin_listen: None,
+        watch_policy: false,
+        max_exception: crate::policy::DEFAULT_MAX_EXCEPTION,
+        token_listen: None,
+        token_jwks: None,
     };
-    let running = serve::start(&config, &env).await?;
+    let running = serve::start(&config, std::sync::Arc::new(env)).await?;
     let base = format!("https://localhost:{}", running.addr.port());
     println!("clawgate: listening on {}\n", running.addr);
 

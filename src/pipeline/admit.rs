@@ -1,10 +1,12 @@
 //! Admission: everything between receiving a request and sending it on.
 //!
 //! In order, because each step needs the one before:
-//! 1. identity, then routing (a call from an unknown agent learns nothing);
+//! 1. identity (the certificate, narrowed by a run token when one is
+//!    sent), then routing (a call from an unknown agent learns nothing);
 //! 2. for a scope with an `aws` credential, the IAM action (which may need
 //!    the first bytes of a form body);
-//! 3. `decide`;
+//! 3. `decide`, then the overrides and rate limits of the scope it landed
+//!    in (only calls policy allows spend the rate budget);
 //! 4. sentinels: a placeholder headed to a host it is not bound to refuses
 //!    the call; bound ones are swapped for their values;
 //! 5. the scope's credential: a secret injected, or the request re-signed
@@ -15,6 +17,7 @@
 //! first. Every failure is a [`Reason`], and the record says what was known.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -22,6 +25,7 @@ use http::request::Parts;
 use http::{HeaderValue, Request, Version, header};
 use http_body_util::BodyExt;
 
+use crate::admin::metrics::{Metrics, Stage};
 use crate::audit::DecisionRecord;
 use crate::body::{Prefix, ProxyBody};
 use crate::connect::Inside;
@@ -30,9 +34,12 @@ use crate::credentials::sigv4::{self, Payload, SigningScope};
 use crate::credentials::{Broker, Credential, MintContext};
 use crate::error::Reason;
 use crate::forward::{strip_hop_by_hop, upstream_uri};
+use crate::limits::Limits;
+use crate::overrides::Overrides;
 use crate::policy::aws::{AwsRequest, FormBody, RequestView, classify};
 use crate::policy::{Call, Decision, Permitted, Policy, Scope, Target, Upstream, decide};
 use crate::route::{Destination, Mode, Routed, encode_path, normalise_path, route};
+use crate::token::{Claims, RUN_TOKEN_HEADER, Verifier};
 
 use super::Peer;
 
@@ -108,6 +115,15 @@ pub(super) struct Admission<'a> {
     pub broker: &'a Arc<Broker>,
     pub limits: BodyLimits,
     pub request_id: &'a str,
+    /// The time the call is judged at (exceptions, overrides).
+    pub now: SystemTime,
+    pub rates: &'a Limits,
+    pub overrides: &'a Overrides,
+    pub metrics: &'a Metrics,
+    /// Set to the seconds of `Retry-After` when a rate limit refuses.
+    pub retry_after: AtomicU64,
+    /// Verifies run tokens.
+    pub tokens: &'a Verifier,
 }
 
 impl Admission<'_> {
@@ -127,6 +143,21 @@ impl Admission<'_> {
             let name = &policy.agent(agent).name;
             tracing::Span::current().record("agent.id", name.as_str());
             record.agent = Some(name.clone());
+        }
+        let run = self.run_token(&mut parts, record)?;
+        // Overrides right after identity: an isolated agent or a revoked
+        // certificate learns nothing either.
+        let serial = &self.peer.identity.serial;
+        if let Some(o) = self.overrides.refusing(
+            record.agent.as_deref(),
+            // The token listener's peers have no certificate, so no serial.
+            (!serial.is_empty()).then_some(serial.as_str()),
+            None,
+            self.now,
+        ) {
+            record.path = Some(parts.uri.path().to_owned());
+            record.detail = Some(format!("override {}", o.id));
+            return Err(o.kind.reason());
         }
         let routed = match self.inside {
             Some(inside) => route_inside(inside, &parts),
@@ -174,8 +205,8 @@ impl Admission<'_> {
 
         // An AWS scope decides on the IAM action, which may sit in the body.
         let aws_scope = agent
-            .and_then(|a| policy.scope_for(a, target))
-            .map(|id| policy.scope(id))
+            .and_then(|a| policy.scope_at(a, target, self.now))
+            .map(|(id, _)| policy.scope(id))
             .filter(|scope| scope.aws().is_some());
         let upstream_path = |scope: &Scope| match target {
             Target::Route(_) => format!("{}{path}", scope.upstream.base_path),
@@ -199,8 +230,11 @@ impl Admission<'_> {
             method: parts.method.as_str(),
             path,
             aws: aws_request.as_ref(),
+            now: self.now,
         };
+        let decided = std::time::Instant::now();
         let decision = decide(&call, policy);
+        self.metrics.observe(Stage::Decide, decided.elapsed());
         describe(&decision, policy, record);
         if decision.scope().is_some() && matches!(target, Target::Route(_)) {
             // Inside a scope, the record holds the path the rules matched.
@@ -208,6 +242,13 @@ impl Admission<'_> {
         }
         let permit = Permitted::new(policy, &decision).ok_or(decision.reason())?;
         let scope = permit.scope();
+        if let Some(allowed) = run.as_ref().and_then(|c| c.scopes.as_ref())
+            && !allowed.contains(&scope.name)
+        {
+            // The token narrows: a scope it leaves out is refused.
+            return Err(Reason::RunTokenScope);
+        }
+        self.limit(&decision, scope, record)?;
         let upstream_path = encode_path(&upstream_path(scope));
 
         strip_hop_by_hop(&mut parts.headers);
@@ -227,7 +268,10 @@ impl Admission<'_> {
             record.credential_ref = Some(credential.reference());
         }
         if let Some(Credential::Secret(secret)) = scope.credential.as_deref() {
-            let value = self.broker.secret(&secret.value, &ctx).await.map_err(|e| {
+            let fetching = std::time::Instant::now();
+            let value = self.broker.secret(&secret.value, &ctx).await;
+            self.metrics.observe(Stage::Credential, fetching.elapsed());
+            let value = value.map_err(|e| {
                 tracing::warn!(error = %e, "credential not available");
                 Reason::CredentialUnavailable
             })?;
@@ -264,6 +308,64 @@ impl Admission<'_> {
             permit,
             request: Request::from_parts(parts, held.into_body()),
         })
+    }
+
+    /// The run token step: a token in [`RUN_TOKEN_HEADER`] must verify and
+    /// name the certificate's agent; its run id goes into the record. The
+    /// header never goes upstream.
+    fn run_token(
+        &self,
+        parts: &mut Parts,
+        record: &mut DecisionRecord,
+    ) -> Result<Option<Claims>, Reason> {
+        let Some(value) = parts.headers.remove(RUN_TOKEN_HEADER) else {
+            // Without a certificate (the token listener) the token is the
+            // only identity there is.
+            if self.peer.identity.fingerprint.is_empty() {
+                return Err(Reason::RunTokenMissing);
+            }
+            return Ok(None);
+        };
+        let token = value.to_str().map_err(|_| Reason::RunTokenInvalid)?;
+        let claims = self
+            .tokens
+            .verify(token.trim(), record.agent.as_deref(), self.now)
+            .inspect_err(|reason| tracing::info!(%reason, "run token refused"))?;
+        tracing::Span::current().record("run.id", claims.run.as_str());
+        record.run_id = Some(claims.run.clone());
+        Ok(Some(claims))
+    }
+
+    /// The step after `decide`: an override disabling the scope, then the
+    /// agent's rate and its rate in the scope.
+    fn limit(
+        &self,
+        decision: &Decision,
+        scope: &Scope,
+        record: &mut DecisionRecord,
+    ) -> Result<(), Reason> {
+        if let Some(o) = self
+            .overrides
+            .refusing(None, None, Some(&scope.name), self.now)
+        {
+            record.detail = Some(format!("override {}", o.id));
+            return Err(o.kind.reason());
+        }
+        let Some(agent) = decision.agent().map(|a| self.policy.agent(a)) else {
+            return Ok(());
+        };
+        self.rates
+            .check(&agent.name, agent.rate, &scope.name, scope.rate)
+            .map_err(|limited| {
+                self.retry_after
+                    .store(limited.retry_after_secs(), Ordering::Relaxed);
+                record.detail = Some(format!(
+                    "{} rate limit; retry after {}s",
+                    limited.which,
+                    limited.retry_after_secs()
+                ));
+                Reason::RateLimited
+            })
     }
 
     /// Maps the request to its IAM action, reading a form body if the
@@ -478,7 +580,10 @@ impl Admission<'_> {
         }
         let limit = usize::try_from(aws.max_signed_body).unwrap_or(usize::MAX);
         let prefix = held.read(limit, self.limits.read_timeout).await?;
-        let session = self.broker.aws(aws, ctx).await.map_err(|e| {
+        let minting = std::time::Instant::now();
+        let session = self.broker.aws(aws, ctx).await;
+        self.metrics.observe(Stage::Credential, minting.elapsed());
+        let session = session.map_err(|e| {
             tracing::warn!(error = %e, "aws credentials not available");
             Reason::CredentialUnavailable
         })?;
@@ -575,6 +680,9 @@ fn describe(decision: &Decision, policy: &Policy, record: &mut DecisionRecord) {
         record.host = Some(scope.upstream.host.clone());
     }
     record.rule = decision.rule().map(str::to_owned);
+    record.exception = decision
+        .exception()
+        .map(|i| policy.exceptions()[i].id.clone());
     record.would_deny = decision.would_deny().map(|r| r.code().to_owned());
 }
 

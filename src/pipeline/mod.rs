@@ -19,6 +19,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::SystemTime;
 
 mod admit;
 pub mod vend;
@@ -31,6 +32,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, field};
 
+use crate::admin::metrics::{Metrics, Stage};
 use crate::audit::{AuditLog, DecisionRecord, kind};
 use crate::body::{BodyGuard, CountingBody, FailureFlag, ProxyBody};
 use crate::connect::Inside;
@@ -39,7 +41,10 @@ use crate::error::{REQUEST_ID_HEADER, Reason, refusal_response};
 use crate::forward::{Upstreams, strip_hop_by_hop};
 use crate::identity::PeerIdentity;
 use crate::intercept::Interceptor;
+use crate::limits::Limits;
+use crate::overrides::Overrides;
 use crate::policy::Policy;
+use crate::token::Verifier;
 
 pub use admit::BodyLimits;
 use admit::{Admission, Admitted};
@@ -66,6 +71,10 @@ pub struct Pipeline {
     in_flight: Arc<InFlight>,
     /// Flips to `true` when tunnels and intercepted connections must end.
     pub(crate) stopping: watch::Sender<bool>,
+    rates: Limits,
+    overrides: Arc<Overrides>,
+    metrics: Metrics,
+    tokens: Verifier,
 }
 
 /// What a pipeline is made of, besides the policy and the decision log.
@@ -79,11 +88,13 @@ pub struct Parts {
     pub broker: Arc<Broker>,
     /// How much of a body is read before deciding.
     pub limits: BodyLimits,
+    /// Runtime overrides (isolations, revoked serials, disabled scopes).
+    pub overrides: Arc<Overrides>,
 }
 
 impl Pipeline {
     /// A pipeline over a loaded policy, a decision log, upstream clients,
-    /// the interception CA and a credential broker.
+    /// the interception CA, a credential broker and the overrides.
     pub fn new(policy: Arc<Policy>, audit: AuditLog, parts: Parts) -> Pipeline {
         Pipeline {
             policy: ArcSwap::new(policy),
@@ -94,6 +105,10 @@ impl Pipeline {
             limits: parts.limits,
             in_flight: Arc::default(),
             stopping: watch::Sender::new(false),
+            rates: Limits::default(),
+            overrides: parts.overrides,
+            metrics: Metrics::default(),
+            tokens: Verifier::none(),
         }
     }
 
@@ -101,6 +116,32 @@ impl Pipeline {
     /// drain timeout).
     pub fn end_tunnels(&self) {
         self.stopping.send_replace(true);
+    }
+
+    /// The pipeline, verifying run tokens with `tokens`.
+    pub fn with_tokens(self, tokens: Verifier) -> Pipeline {
+        Pipeline { tokens, ..self }
+    }
+
+    /// The run token verifier.
+    pub fn tokens(&self) -> &Verifier {
+        &self.tokens
+    }
+
+    /// Puts a validated policy in force for calls that start from now on;
+    /// calls in flight finish under the one they started with.
+    pub fn set_policy(&self, policy: Arc<Policy>) {
+        self.policy.store(policy);
+    }
+
+    /// The runtime overrides.
+    pub fn overrides(&self) -> &Arc<Overrides> {
+        &self.overrides
+    }
+
+    /// The counters behind `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The credential broker.
@@ -157,6 +198,7 @@ impl Pipeline {
             let caller = VendCaller {
                 agent,
                 cert_fp: Some(&peer.identity.fingerprint),
+                serial: Some(&peer.identity.serial),
                 addr: peer.addr,
             };
             return self.vend(&policy, caller, &req).await;
@@ -192,6 +234,7 @@ impl Pipeline {
             "call",
             request.id = %request_id,
             agent.id = field::Empty,
+            run.id = field::Empty,
             scope.id = field::Empty,
             decision.effect = field::Empty,
             decision.reason = field::Empty,
@@ -214,10 +257,17 @@ impl Pipeline {
                 broker: &self.broker,
                 limits: self.limits,
                 request_id: &request_id,
+                now: SystemTime::now(),
+                rates: &self.rates,
+                overrides: &self.overrides,
+                metrics: &self.metrics,
+                retry_after: AtomicU64::new(0),
+                tokens: &self.tokens,
             };
             let verdict = admission
                 .admit(parts, admit::boxed(body), &mut record)
                 .await;
+            let retry_after = admission.retry_after.load(Ordering::Relaxed);
 
             // The one place a decision is recorded, on every path.
             let reason = verdict.as_ref().err().copied().unwrap_or(Reason::Allowed);
@@ -229,6 +279,11 @@ impl Pipeline {
                     "deny"
                 }
                 .into(),
+            );
+            self.metrics.call(
+                record.decision.as_deref().unwrap_or("deny"),
+                reason.code(),
+                record.scope.as_deref(),
             );
             let span = tracing::Span::current();
             span.record("decision.effect", record.decision.as_deref());
@@ -250,7 +305,13 @@ impl Pipeline {
                 }
                 (Err(reason), _) => {
                     tracing::debug!("call refused");
-                    refusal_response(reason, &request_id)
+                    let mut response = refusal_response(reason, &request_id);
+                    if retry_after > 0 {
+                        response
+                            .headers_mut()
+                            .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+                    }
+                    response
                 }
                 (Ok(_), None) => refusal_response(Reason::AuditUnavailable, &request_id),
             }
@@ -295,12 +356,14 @@ impl Pipeline {
         );
         let request = Request::from_parts(parts, upstream_body);
         let deadline = outcome.started + self.upstreams.timeouts().total;
+        let sent = Instant::now();
         let http1_only = upgrade.is_some();
-        let mut response = match self
+        let sending = self
             .upstreams
             .send(&admitted.permit, request, http1_only)
-            .await
-        {
+            .await;
+        self.metrics.observe(Stage::Upstream, sent.elapsed());
+        let mut response = match sending {
             Ok(response) => response,
             Err(reason) => {
                 // A broken upload is the agent's doing, not the upstream's.
@@ -369,6 +432,7 @@ fn outcome_template(decision: &DecisionRecord) -> DecisionRecord {
         credential_kind: decision.credential_kind.clone(),
         credential_ref: decision.credential_ref.clone(),
         action: decision.action.clone(),
+        exception: decision.exception.clone(),
         policy_digest: decision.policy_digest.clone(),
         detail: decision.detail.clone(),
         ..DecisionRecord::default()

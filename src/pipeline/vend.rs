@@ -51,6 +51,8 @@ pub struct VendCaller<'a> {
     pub agent: Option<AgentId>,
     /// The client certificate's fingerprint, on the agent listener.
     pub cert_fp: Option<&'a str>,
+    /// The client certificate's serial, on the agent listener.
+    pub serial: Option<&'a str>,
     /// The peer address.
     pub addr: SocketAddr,
 }
@@ -92,6 +94,21 @@ impl Pipeline {
                     .filter(|(_, aws)| aws.vend)
                 {
                     None => Err(Reason::NoMatchingScope),
+                    // An isolated agent or a disabled scope gets nothing
+                    // new to hold (credentials already vended cannot be
+                    // recalled; they expire within their duration).
+                    Some((scope, _))
+                        if let Some(o) = self.overrides().refusing(
+                            Some(&agent.name),
+                            caller.serial,
+                            Some(&scope.name),
+                            std::time::SystemTime::now(),
+                        ) =>
+                    {
+                        record.scope = Some(scope.name.clone());
+                        record.detail = Some(format!("override {}", o.id));
+                        Err(o.kind.reason())
+                    }
                     Some((scope, aws)) => {
                         record.scope = Some(scope.name.clone());
                         record.host = Some(scope.upstream.host.clone());
@@ -206,7 +223,12 @@ pub async fn serve(
                             let agent = req.headers().get(header::AUTHORIZATION).and_then(|token| {
                                 Pipeline::agent_by_vend_token(&policy, token.as_bytes())
                             });
-                            let caller = VendCaller { agent, cert_fp: None, addr };
+                            let caller = VendCaller {
+                                agent,
+                                cert_fp: None,
+                                serial: None,
+                                addr,
+                            };
                             let response = if vend_scope(&req).is_some() {
                                 pipeline.vend(&policy, caller, &req).await
                             } else {

@@ -17,6 +17,33 @@ pub(super) struct PolicyFile {
     pub scope: Vec<Spanned<ScopeFile>>,
     #[serde(default)]
     pub sentinel: Vec<Spanned<SentinelFile>>,
+    #[serde(default)]
+    pub exception: Vec<Spanned<ExceptionFile>>,
+    pub roles: Option<Spanned<RolesFile>>,
+}
+
+/// `[[exception]]`: a time-boxed grant of scopes to one agent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ExceptionFile {
+    pub id: Spanned<String>,
+    pub agent: Spanned<String>,
+    pub scopes: Vec<Spanned<String>>,
+    pub reason: Spanned<String>,
+    pub approved_by: Spanned<String>,
+    pub ticket: Option<Spanned<String>>,
+    /// RFC 3339; required and bounded.
+    pub expires: Spanned<String>,
+}
+
+/// `[roles]`: who may use the admin API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RolesFile {
+    #[serde(default)]
+    pub admins: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub auditors: Vec<Spanned<String>>,
 }
 
 /// `[[agent]]`
@@ -29,6 +56,9 @@ pub(super) struct AgentFile {
     pub scopes: Vec<Spanned<String>>,
     /// A file holding the agent's token for the credential-vending listener.
     pub vend_token_file: Option<Spanned<String>>,
+    /// The agent's overall rate, `60/min`.
+    pub rate: Option<Spanned<String>>,
+    pub burst: Option<Spanned<u32>>,
 }
 
 /// `[[scope]]`
@@ -47,6 +77,9 @@ pub(super) struct ScopeFile {
     pub allow_private: Option<Vec<Spanned<String>>>,
     /// Ports an agent may name for this scope's host.
     pub ports: Option<Spanned<Vec<u16>>>,
+    /// The rate of each agent in this scope, `60/min`.
+    pub rate: Option<Spanned<String>>,
+    pub burst: Option<Spanned<u32>>,
     #[serde(default)]
     pub allow: Vec<Spanned<RuleFile>>,
     #[serde(default)]

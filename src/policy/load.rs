@@ -6,12 +6,14 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use super::credential::compile_sentinels;
-use super::file::{AgentFile, PolicyFile, ScopeFile, SentinelFile};
+use super::exception::{compile_exceptions, compile_roles};
+use super::file::{AgentFile, ExceptionFile, PolicyFile, RolesFile, ScopeFile, SentinelFile};
 use super::scope::{compile_scope, placeholder_scope};
 use super::{Agent, Policy, ScopeId};
 use crate::identity::PeerName;
@@ -21,6 +23,21 @@ pub struct LoadOptions<'a> {
     /// Looks up an environment variable (the process environment in
     /// production; tests pass a map so they never mutate the environment).
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// The time exceptions are judged against.
+    pub now: SystemTime,
+    /// How far ahead an exception may expire.
+    pub max_exception: Duration,
+}
+
+impl<'a> LoadOptions<'a> {
+    /// Options with the clock read now and the default exception maximum.
+    pub fn new(env: &'a dyn Fn(&str) -> Option<String>) -> LoadOptions<'a> {
+        LoadOptions {
+            env,
+            now: SystemTime::now(),
+            max_exception: super::exception::DEFAULT_MAX_EXCEPTION,
+        }
+    }
 }
 
 impl fmt::Debug for LoadOptions<'_> {
@@ -122,6 +139,42 @@ fn locate(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
+/// Every `*.toml` file in `dir`, sorted.
+fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot read policy directory: {e}"))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|ext| ext == "toml") && p.is_file())
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err("no `*.toml` policy files found".into());
+    }
+    Ok(paths)
+}
+
+fn hash_file(hasher: &mut Sha256, path: &Path, text: &str) {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    hasher.update(name.unwrap_or_default().as_bytes());
+    hasher.update([0]);
+    hasher.update((text.len() as u64).to_be_bytes());
+    hasher.update(text.as_bytes());
+}
+
+/// The digest the files in `dir` have now, as [`load`] would compute it,
+/// without validating them.
+pub fn disk_digest(dir: &Path) -> Result<String, String> {
+    let mut hasher = Sha256::new();
+    for path in policy_files(dir)? {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        hash_file(&mut hasher, &path, &text);
+    }
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
 /// Loads, validates and compiles every `*.toml` file in `dir`. On success,
 /// returns the policy and any warnings; on failure, every problem found.
 pub fn load(
@@ -136,17 +189,7 @@ pub fn load(
             message,
         }],
     };
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| whole_dir(format!("cannot read policy directory: {e}")))?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|ext| ext == "toml") && p.is_file())
-        .collect();
-    paths.sort();
-    if paths.is_empty() {
-        return Err(whole_dir("no `*.toml` policy files found".into()));
-    }
+    let paths = policy_files(dir).map_err(whole_dir)?;
 
     let mut sources = Vec::with_capacity(paths.len());
     let mut read_problems = Vec::new();
@@ -154,11 +197,7 @@ pub fn load(
     for path in &paths {
         match std::fs::read_to_string(path) {
             Ok(text) => {
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-                hasher.update(name.unwrap_or_default().as_bytes());
-                hasher.update([0]);
-                hasher.update((text.len() as u64).to_be_bytes());
-                hasher.update(text.as_bytes());
+                hash_file(&mut hasher, path, &text);
                 sources.push(Source {
                     path: path.clone(),
                     text,
@@ -182,12 +221,21 @@ pub fn load(
     let mut agents: Vec<(usize, Spanned<AgentFile>)> = Vec::new();
     let mut scopes: Vec<(usize, Spanned<ScopeFile>)> = Vec::new();
     let mut sentinels: Vec<(usize, Spanned<SentinelFile>)> = Vec::new();
+    let mut exceptions: Vec<(usize, Spanned<ExceptionFile>)> = Vec::new();
+    let mut roles: Option<(usize, Spanned<RolesFile>)> = None;
     for (index, source) in sources.iter().enumerate() {
         match toml::from_str::<PolicyFile>(&source.text) {
             Ok(file) => {
                 agents.extend(file.agent.into_iter().map(|a| (index, a)));
                 scopes.extend(file.scope.into_iter().map(|s| (index, s)));
                 sentinels.extend(file.sentinel.into_iter().map(|s| (index, s)));
+                exceptions.extend(file.exception.into_iter().map(|e| (index, e)));
+                if let Some(r) = file.roles {
+                    if roles.is_some() {
+                        report.error(index, r.span(), "`[roles]` is defined in two files".into());
+                    }
+                    roles = Some((index, r));
+                }
             }
             Err(e) => {
                 let span = e.span().unwrap_or(0..0);
@@ -263,7 +311,10 @@ pub fn load(
             identities,
             scopes: scope_names,
             vend_token_file,
+            rate,
+            burst,
         } = agent.get_ref();
+        let rate = compile_rate(&mut report, *file, rate.as_ref(), burst.as_ref());
         let vend_token = vend_token_file.as_ref().and_then(|path| {
             match crate::credentials::read_secret_file(&dir.join(path.get_ref())) {
                 Some(token) if token.len() >= 32 => {
@@ -395,10 +446,18 @@ pub fn load(
             identities: parsed,
             scopes: agent_scopes,
             vend_token,
+            rate,
         });
     }
 
     let sentinels = compile_sentinels(&mut report, &sentinels, dir, options, &agent_names);
+    let agent_ids: HashMap<String, usize> = compiled_agents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.name.clone(), i))
+        .collect();
+    let exceptions = compile_exceptions(&mut report, &exceptions, &agent_ids, &scope_ids, options);
+    let roles = compile_roles(&mut report, roles.as_ref());
 
     if !report.problems.is_empty() {
         let mut problems = report.problems;
@@ -417,9 +476,40 @@ pub fn load(
             files: paths,
             rule_count,
             sentinels,
+            exceptions,
+            roles,
         },
         warnings,
     ))
+}
+
+/// A `rate` with its optional `burst`, reported at its place.
+pub(super) fn compile_rate(
+    report: &mut Report<'_>,
+    file: usize,
+    rate: Option<&Spanned<String>>,
+    burst: Option<&Spanned<u32>>,
+) -> Option<crate::limits::Rate> {
+    match (rate, burst) {
+        (None, None) => None,
+        (None, Some(b)) => {
+            report.error(file, b.span(), "`burst` needs a `rate`".into());
+            None
+        }
+        (Some(rate), burst) => {
+            match crate::limits::Rate::parse(rate.get_ref(), burst.map(|b| *b.get_ref())) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let span = match (&e, burst) {
+                        (crate::limits::RateError::ZeroBurst, Some(b)) => b.span(),
+                        _ => rate.span(),
+                    };
+                    report.error(file, span, e.to_string());
+                    None
+                }
+            }
+        }
+    }
 }
 
 pub(super) fn valid_name(name: &str) -> bool {

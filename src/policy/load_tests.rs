@@ -257,12 +257,12 @@ fn problems_across_files_are_all_reported_and_nothing_loads() {
 #[test]
 fn an_empty_or_missing_directory_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let err = load(dir.path(), &LoadOptions { env: &no_env }).unwrap_err();
+    let err = load(dir.path(), &LoadOptions::new(&no_env)).unwrap_err();
     assert!(
         err.to_string().contains("no `*.toml` policy files"),
         "{err}"
     );
-    let err = load(&dir.path().join("absent"), &LoadOptions { env: &no_env }).unwrap_err();
+    let err = load(&dir.path().join("absent"), &LoadOptions::new(&no_env)).unwrap_err();
     assert!(
         err.to_string().contains("cannot read policy directory"),
         "{err}"

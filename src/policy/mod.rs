@@ -12,6 +12,7 @@
 
 pub mod aws;
 mod credential;
+mod exception;
 mod file;
 mod glob;
 mod load;
@@ -22,6 +23,7 @@ mod tests;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls_pki_types::CertificateDer;
 
@@ -30,8 +32,9 @@ use crate::egress::{AllowPrivate, Blocked};
 use crate::error::Reason;
 use crate::identity::PeerName;
 
+pub use exception::{DEFAULT_MAX_EXCEPTION, Exception, Roles, rfc3339};
 use glob::GlobIndex;
-pub use load::{LoadError, LoadOptions, PolicyError, load};
+pub use load::{LoadError, LoadOptions, PolicyError, disk_digest, load};
 
 /// Index of an agent in [`Policy::agents`].
 pub type AgentId = usize;
@@ -50,6 +53,8 @@ pub struct Policy {
     files: Vec<PathBuf>,
     rule_count: usize,
     sentinels: crate::credentials::sentinel::Sentinels,
+    exceptions: Vec<Exception>,
+    roles: Roles,
 }
 
 /// An agent: a name, the identities that prove it, and its scopes.
@@ -63,6 +68,8 @@ pub struct Agent {
     pub scopes: Vec<ScopeId>,
     /// SHA-256 of the agent's token for the credential-vending listener.
     pub vend_token: Option<[u8; 32]>,
+    /// The agent's overall rate limit.
+    pub rate: Option<crate::limits::Rate>,
 }
 
 /// Whether a scope's refusals are enforced or only reported.
@@ -170,6 +177,8 @@ pub struct Scope {
     pub blocked: Option<Blocked>,
     rules: RuleSet,
     aws_rules: Vec<aws::AwsRule>,
+    /// The rate limit of each agent in this scope.
+    pub rate: Option<crate::limits::Rate>,
 }
 
 impl Scope {
@@ -266,6 +275,8 @@ pub struct Call<'a> {
     /// For a scope with an `aws` credential: the IAM action and resource the
     /// request maps to, or `None` when it maps to nothing.
     pub aws: Option<&'a aws::AwsRequest>,
+    /// The time of the call, for exceptions (decide reads no clock).
+    pub now: SystemTime,
 }
 
 /// The outcome of [`decide`]. Only `decide` makes one and its fields cannot
@@ -278,9 +289,15 @@ pub struct Decision {
     scope: Option<ScopeId>,
     rule: Option<Arc<str>>,
     would_deny: Option<Reason>,
+    exception: Option<usize>,
 }
 
 impl Decision {
+    /// The exception whose grant the call relied on, if any.
+    pub fn exception(&self) -> Option<usize> {
+        self.exception
+    }
+
     /// Allow or deny.
     pub fn effect(&self) -> Effect {
         self.effect
@@ -319,6 +336,7 @@ impl Decision {
             scope,
             rule: None,
             would_deny: None,
+            exception: None,
         }
     }
 }
@@ -354,7 +372,7 @@ pub fn decide(call: &Call<'_>, policy: &Policy) -> Decision {
     let Some(agent_id) = policy.agent_for(call.peer) else {
         return Decision::deny(Reason::UnknownAgent, None, None);
     };
-    let Some(scope_id) = policy.scope_for(agent_id, call.target) else {
+    let Some((scope_id, exception)) = policy.scope_at(agent_id, call.target, call.now) else {
         // An address no scope opens is named as such: it needs no DNS.
         let literal = match call.target {
             Target::Host { host, .. } | Target::Connect { host, .. } => Some(host),
@@ -371,6 +389,20 @@ pub fn decide(call: &Call<'_>, policy: &Policy) -> Decision {
         };
         return Decision::deny(reason, Some(agent_id), None);
     };
+    let decision = decide_in_scope(call, policy, agent_id, scope_id);
+    Decision {
+        exception,
+        ..decision
+    }
+}
+
+/// Adjudicates a call in the scope it landed in.
+fn decide_in_scope(
+    call: &Call<'_>,
+    policy: &Policy,
+    agent_id: AgentId,
+    scope_id: ScopeId,
+) -> Decision {
     let scope = &policy.scopes[scope_id];
     if scope.blocked.is_some() {
         return Decision::deny(Reason::EgressAddressBlocked, Some(agent_id), Some(scope_id));
@@ -385,6 +417,7 @@ pub fn decide(call: &Call<'_>, policy: &Policy) -> Decision {
             scope: Some(scope_id),
             rule: None,
             would_deny: None,
+            exception: None,
         };
     }
     if scope.aws().is_some() {
@@ -498,6 +531,7 @@ fn conclude(
             scope: Some(scope_id),
             rule,
             would_deny: Some(reason),
+            exception: None,
         },
         _ => Decision {
             effect,
@@ -506,6 +540,7 @@ fn conclude(
             scope: Some(scope_id),
             rule,
             would_deny: None,
+            exception: None,
         },
     }
 }
@@ -532,6 +567,54 @@ impl Policy {
                     .find(|id| agent.scopes.contains(id) && self.scopes[*id].ports.contains(&port))
             }),
         }
+    }
+
+    /// The scope `target` lands in for `agent` at `now`: one of its own
+    /// scopes, else one granted by an exception still active at `now` (with
+    /// that exception's index).
+    pub fn scope_at(
+        &self,
+        agent_id: AgentId,
+        target: Target<'_>,
+        now: SystemTime,
+    ) -> Option<(ScopeId, Option<usize>)> {
+        if let Some(id) = self.scope_for(agent_id, target) {
+            return Some((id, None));
+        }
+        self.exceptions
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.agent == agent_id && e.active_at(now))
+            .find_map(|(i, e)| {
+                e.scopes
+                    .iter()
+                    .copied()
+                    .find(|&id| self.lands_in(id, target))
+                    .map(|id| (id, Some(i)))
+            })
+    }
+
+    fn lands_in(&self, id: ScopeId, target: Target<'_>) -> bool {
+        let scope = &self.scopes[id];
+        match target {
+            Target::Route(route) => scope.route.as_deref() == Some(route),
+            Target::Host { host, port } => {
+                scope.upstream.host == host && port.is_none_or(|p| scope.ports.contains(&p))
+            }
+            Target::Connect { host, port } => {
+                scope.upstream.host == host && scope.ports.contains(&port)
+            }
+        }
+    }
+
+    /// Every exception, expired or not.
+    pub fn exceptions(&self) -> &[Exception] {
+        &self.exceptions
+    }
+
+    /// Who may use the admin API.
+    pub fn roles(&self) -> &Roles {
+        &self.roles
     }
 
     /// The scope named `name`, if any.

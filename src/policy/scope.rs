@@ -38,6 +38,7 @@ pub(super) fn placeholder_scope(name: &str) -> Scope {
         blocked: None,
         rules: RuleSet::default(),
         aws_rules: Vec::new(),
+        rate: None,
     }
 }
 
@@ -305,6 +306,7 @@ pub(super) fn compile_scope(
             ),
         );
     }
+    let rate = super::load::compile_rate(report, file, scope.rate.as_ref(), scope.burst.as_ref());
     if report.problems.len() != before {
         return None;
     }
@@ -324,6 +326,7 @@ pub(super) fn compile_scope(
             rules,
         },
         aws_rules,
+        rate,
     })
 }
 

@@ -62,7 +62,7 @@ fn load_text(files: &[(&str, &str)]) -> Result<(Policy, Vec<PolicyError>), LoadE
     for (name, text) in files {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
-    load(dir.path(), &LoadOptions { env: &no_env })
+    load(dir.path(), &LoadOptions::new(&no_env))
 }
 
 fn base() -> Policy {
@@ -89,6 +89,7 @@ fn decide_route(
             method,
             path,
             aws: None,
+            now: std::time::SystemTime::UNIX_EPOCH,
         },
         policy,
     )
@@ -316,6 +317,7 @@ fn forward_proxy_targets_resolve_by_host_and_optional_port() {
                 method: "GET",
                 path: "/items",
                 aws: None,
+                now: std::time::SystemTime::UNIX_EPOCH,
             },
             &policy,
         )
@@ -333,6 +335,7 @@ fn forward_proxy_targets_resolve_by_host_and_optional_port() {
                 method: "GET",
                 path,
                 aws: None,
+                now: std::time::SystemTime::UNIX_EPOCH,
             },
             &policy,
         )
@@ -349,6 +352,7 @@ fn forward_proxy_targets_resolve_by_host_and_optional_port() {
                 method: "GET",
                 path: "/v2/items",
                 aws: None,
+                now: std::time::SystemTime::UNIX_EPOCH,
             },
             &policy,
         )
@@ -496,6 +500,7 @@ fn connect_is_decided_by_host_and_port_and_literals_by_range() {
                 method: "CONNECT",
                 path: "/",
                 aws: None,
+                now: std::time::SystemTime::now(),
             },
             &policy,
         )
@@ -534,6 +539,7 @@ fn connect_is_decided_by_host_and_port_and_literals_by_range() {
             method: "GET",
             path: "/",
             aws: None,
+            now: std::time::SystemTime::now(),
         },
         &policy,
     );

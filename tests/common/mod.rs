@@ -67,6 +67,8 @@ pub struct Harness {
     pub port: u16,
     /// The vending listener's port, when `--vend-listen` was given.
     pub vend_port: Option<u16>,
+    /// The admin listener's port.
+    pub admin_port: u16,
     pub env: Vec<(String, String)>,
     child: Option<Child>,
     // Keeps the echo's runtime alive for the test.
@@ -122,6 +124,7 @@ impl Harness {
             upstream_cert,
             port: 0,
             vend_port: None,
+            admin_port: 0,
             env: options.env,
             child: None,
             _runtime: runtime,
@@ -151,6 +154,9 @@ impl Harness {
             "--audit".into(),
             self.audit.display().to_string(),
         ];
+        if !extra.iter().any(|a| a == "--admin-listen") {
+            args.extend(["--admin-listen".into(), "127.0.0.1:0".into()]);
+        }
         args.extend(extra.iter().cloned());
         let child = Command::new(BIN)
             .args(&args)
@@ -175,6 +181,10 @@ impl Harness {
                     .lines()
                     .find_map(|l| l.strip_prefix("clawgate: vending credentials on http://"))
                     .map(|a| a.trim().rsplit(':').next().unwrap().parse().unwrap());
+                self.admin_port = out
+                    .lines()
+                    .find_map(|l| l.strip_prefix("clawgate: admin api on https://"))
+                    .map_or(0, |a| a.trim().rsplit(':').next().unwrap().parse().unwrap());
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -248,6 +258,54 @@ impl Harness {
         }
         full.extend(args.iter().map(|a| (*a).to_owned()));
         curl(&full)
+    }
+
+    /// curl to the admin API with a certificate issued for `who` (or none).
+    pub fn admin(&self, who: Option<&str>, args: &[&str]) -> Reply {
+        let mut full: Vec<String> = vec![
+            "--cacert".into(),
+            self.certs.join("ca.pem").display().to_string(),
+        ];
+        if let Some(who) = who {
+            let (cert, key) = self.agent_cert(who);
+            full.extend([
+                "--cert".into(),
+                cert.display().to_string(),
+                "--key".into(),
+                key.display().to_string(),
+            ]);
+        }
+        let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        if let Some(last) = args.last_mut()
+            && last.starts_with('/')
+        {
+            *last = format!("https://localhost:{}{last}", self.admin_port);
+        }
+        full.extend(args);
+        curl(&full)
+    }
+
+    /// Replaces a policy file (written whole, then renamed into place, as
+    /// editors do), `{echo}` replaced as in [`Options::extra_policy`].
+    pub fn write_policy(&self, name: &str, text: &str) {
+        let tmp = self.dir.path().join(format!("{name}.tmp"));
+        std::fs::write(
+            &tmp,
+            text.replace("{echo}", &self.echo.addr.to_string())
+                .replace("{echo_port}", &self.echo.addr.port().to_string()),
+        )
+        .unwrap();
+        std::fs::rename(&tmp, self.policy.join(name)).unwrap();
+    }
+
+    /// Sends a signal to clawgate.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("clawgate runs");
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// curl through clawgate as a forward proxy.

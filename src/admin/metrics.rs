@@ -1,0 +1,268 @@
+//! Counters and histograms for `/metrics`, rendered in the Prometheus text
+//! exposition format (version 0.0.4).
+//!
+//! Label values are policy names and reason codes only: never paths, hosts
+//! an agent made up, or anything secret, so the series count stays bounded
+//! by the policy.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of every latency histogram, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Which latency a histogram measures.
+#[derive(Debug, Clone, Copy)]
+pub enum Stage {
+    /// `decide()`.
+    Decide,
+    /// Fetching or minting the scope's credential.
+    Credential,
+    /// The upstream exchange, until response headers.
+    Upstream,
+}
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let n = self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// What clawgate counts while it runs.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    calls: Mutex<BTreeMap<(String, String, String), u64>>,
+    decide: Histogram,
+    credential: Histogram,
+    upstream: Histogram,
+    reloads_ok: AtomicU64,
+    reloads_rejected: AtomicU64,
+}
+
+/// Values read from elsewhere at render time.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// The digest of the policy in force.
+    pub policy_digest: String,
+    /// Whether the last load of the files validated.
+    pub policy_valid: bool,
+    /// Credential cache: hits, misses, fetches (secrets and STS together).
+    pub cache_hits: u64,
+    /// See `cache_hits`.
+    pub cache_misses: u64,
+    /// See `cache_hits`.
+    pub cache_fetches: u64,
+    /// Records the decision log could not keep.
+    pub audit_dropped: u64,
+    /// Whether the decision log is writable.
+    pub audit_healthy: bool,
+    /// Overrides in force.
+    pub overrides_active: u64,
+    /// Decision log batches: (records in the last batch, commits, seconds
+    /// spent committing in all), when the writer reports them.
+    pub audit_batches: Option<(u64, u64, f64)>,
+}
+
+impl Metrics {
+    /// Counts one call by decision, reason and scope (`none` when no scope
+    /// was reached).
+    pub fn call(&self, decision: &str, reason: &str, scope: Option<&str>) {
+        if let Ok(mut calls) = self.calls.lock() {
+            *calls
+                .entry((
+                    decision.to_owned(),
+                    reason.to_owned(),
+                    scope.unwrap_or("none").to_owned(),
+                ))
+                .or_default() += 1;
+        }
+    }
+
+    /// Records how long a stage took.
+    pub fn observe(&self, stage: Stage, d: Duration) {
+        match stage {
+            Stage::Decide => self.decide.observe(d),
+            Stage::Credential => self.credential.observe(d),
+            Stage::Upstream => self.upstream.observe(d),
+        }
+    }
+
+    /// Counts a policy load (`ok`) or a refused one.
+    pub fn reload(&self, ok: bool) {
+        let counter = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_rejected
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The whole exposition.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP clawgate_calls_total Calls by decision, reason and scope.\n");
+        out.push_str("# TYPE clawgate_calls_total counter\n");
+        if let Ok(calls) = self.calls.lock() {
+            for ((decision, reason, scope), n) in calls.iter() {
+                let _ = writeln!(
+                    out,
+                    "clawgate_calls_total{{decision=\"{}\",reason=\"{}\",scope=\"{}\"}} {n}",
+                    escape(decision),
+                    escape(reason),
+                    escape(scope)
+                );
+            }
+        }
+        self.decide.render(
+            &mut out,
+            "clawgate_decide_seconds",
+            "Time spent in decide().",
+        );
+        self.credential.render(
+            &mut out,
+            "clawgate_credential_seconds",
+            "Time spent getting a scope's credential.",
+        );
+        self.upstream.render(
+            &mut out,
+            "clawgate_upstream_seconds",
+            "Time from sending upstream to response headers.",
+        );
+        counter(
+            &mut out,
+            "clawgate_credential_cache_hits_total",
+            "Credential cache hits.",
+            gauges.cache_hits,
+        );
+        counter(
+            &mut out,
+            "clawgate_credential_cache_misses_total",
+            "Credential cache misses.",
+            gauges.cache_misses,
+        );
+        counter(
+            &mut out,
+            "clawgate_credential_mints_total",
+            "Credentials fetched or minted (Secrets Manager, STS).",
+            gauges.cache_fetches,
+        );
+        counter(
+            &mut out,
+            "clawgate_policy_loads_total",
+            "Policy loads put in force after start.",
+            self.reloads_ok.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "clawgate_policy_rejections_total",
+            "Policy loads refused because the files did not validate.",
+            self.reloads_rejected.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "clawgate_audit_dropped_records_total",
+            "Records the decision log could not keep.",
+            gauges.audit_dropped,
+        );
+        if let Some((last, commits, seconds)) = gauges.audit_batches {
+            gauge(
+                &mut out,
+                "clawgate_audit_last_batch_records",
+                "Records in the last group commit.",
+                last as f64,
+            );
+            counter(
+                &mut out,
+                "clawgate_audit_commits_total",
+                "Group commits of the decision log.",
+                commits,
+            );
+            let _ = writeln!(
+                out,
+                "# HELP clawgate_audit_commit_seconds_total Time spent committing.\n# TYPE clawgate_audit_commit_seconds_total counter\nclawgate_audit_commit_seconds_total {seconds}"
+            );
+        }
+        gauge(
+            &mut out,
+            "clawgate_audit_healthy",
+            "1 when the decision log can be written.",
+            f64::from(u8::from(gauges.audit_healthy)),
+        );
+        gauge(
+            &mut out,
+            "clawgate_policy_valid",
+            "1 when the policy files on disk validated at the last load.",
+            f64::from(u8::from(gauges.policy_valid)),
+        );
+        gauge(
+            &mut out,
+            "clawgate_overrides_active",
+            "Runtime overrides in force.",
+            gauges.overrides_active as f64,
+        );
+        out.push_str("# HELP clawgate_policy_info The policy in force.\n");
+        out.push_str("# TYPE clawgate_policy_info gauge\n");
+        let _ = writeln!(
+            out,
+            "clawgate_policy_info{{digest=\"{}\"}} 1",
+            escape(&gauges.policy_digest)
+        );
+        out
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

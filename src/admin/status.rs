@@ -1,0 +1,102 @@
+//! `GET /v1/policy/status`: the policy in force against the files on disk,
+//! and everything that makes runtime behaviour differ from the files.
+//!
+//! Drift means: the files differ from the policy in force (edited but not
+//! loaded, or refused), or any override is in force.
+
+use std::time::{Duration, SystemTime};
+
+use super::Admin;
+use crate::policy::rfc3339;
+
+/// Exceptions lapsing within this window are listed as lapsing soon.
+pub const SOON: Duration = Duration::from_secs(24 * 3600);
+
+/// The status the API answers and `policy status` prints.
+#[derive(Debug, Clone)]
+pub struct PolicyStatus {
+    /// The digest of the policy in force.
+    pub in_force: String,
+    /// The digest of the files on disk now, or why it could not be read.
+    pub on_disk: Result<String, String>,
+    /// Whether the files validated at the last load.
+    pub valid: bool,
+    /// The problems of the last refused load.
+    pub error: Option<String>,
+    /// Active exceptions as JSON objects.
+    pub exceptions: Vec<serde_json::Value>,
+    /// Active overrides as JSON objects.
+    pub overrides: Vec<serde_json::Value>,
+    /// Ids of exceptions lapsing within 24 hours.
+    pub lapsing_soon: Vec<String>,
+}
+
+impl PolicyStatus {
+    /// Whether runtime behaviour differs from the files.
+    pub fn drifted(&self) -> bool {
+        self.on_disk.as_deref() != Ok(self.in_force.as_str())
+            || !self.valid
+            || !self.overrides.is_empty()
+    }
+
+    /// The JSON form.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "in_force": self.in_force,
+            "on_disk": self.on_disk.as_ref().ok(),
+            "on_disk_error": self.on_disk.as_ref().err(),
+            "valid": self.valid,
+            "error": self.error,
+            "in_sync": !self.drifted(),
+            "exceptions": self.exceptions,
+            "lapsing_within_24h": self.lapsing_soon,
+            "overrides": self.overrides,
+        })
+    }
+}
+
+/// The status of `admin` at `now`.
+pub fn status_of(admin: &Admin, now: SystemTime) -> PolicyStatus {
+    let policy = admin.pipeline.policy();
+    let reload = admin.reloader.status();
+    let mut exceptions = Vec::new();
+    let mut lapsing_soon = Vec::new();
+    for e in policy.exceptions().iter().filter(|e| e.active_at(now)) {
+        let left = e.expires.duration_since(now).unwrap_or_default();
+        if left <= SOON {
+            lapsing_soon.push(e.id.clone());
+        }
+        let scopes: Vec<&str> = e
+            .scopes
+            .iter()
+            .map(|&s| policy.scope(s).name.as_str())
+            .collect();
+        exceptions.push(serde_json::json!({
+            "id": e.id,
+            "agent": policy.agent(e.agent).name,
+            "scopes": scopes,
+            "reason": e.reason,
+            "approved_by": e.approved_by,
+            "ticket": e.ticket,
+            "expires": rfc3339(e.expires),
+            "expires_in_seconds": left.as_secs(),
+        }));
+    }
+    let overrides = admin
+        .pipeline
+        .overrides()
+        .all()
+        .iter()
+        .filter(|o| o.active_at(now))
+        .map(|o| o.to_json(now))
+        .collect();
+    PolicyStatus {
+        in_force: policy.digest().to_owned(),
+        on_disk: crate::policy::disk_digest(admin.reloader.dir()),
+        valid: reload.valid,
+        error: reload.error,
+        exceptions,
+        overrides,
+        lapsing_soon,
+    }
+}

@@ -1,0 +1,166 @@
+//! Rate limits (governor): per agent, and per (agent, scope).
+//!
+//! Keys are agent and scope names from policy, never client addresses: an
+//! agent that reconnects from another port or host shares its budget.
+//!
+//! Invariants:
+//! - The counters live here, outside the policy, so a reload keeps them; a
+//!   key whose rate changed in the new policy starts a fresh limiter.
+//! - A refused check consumes nothing.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+/// A rate as written in policy: `rate = "60/min"`, with an optional `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// How many calls per `per`.
+    pub count: NonZeroU32,
+    /// The period.
+    pub per: Duration,
+    /// Calls allowed at once before the rate applies; `count` when absent.
+    pub burst: NonZeroU32,
+}
+
+/// Why a rate could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateError {
+    /// Not `N/sec`, `N/min`, `N/hour` or `N/day`.
+    #[error("rate `{0}` must be N/sec, N/min, N/hour or N/day with N at least 1")]
+    Syntax(String),
+    /// A burst of zero.
+    #[error("burst must be at least 1")]
+    ZeroBurst,
+}
+
+impl Rate {
+    /// Parses `N/unit` (`s`, `sec`, `second`, `m`, `min`, `minute`, `h`,
+    /// `hour`, `d`, `day`) and an optional burst.
+    pub fn parse(text: &str, burst: Option<u32>) -> Result<Rate, RateError> {
+        let syntax = || RateError::Syntax(text.to_owned());
+        let (count, unit) = text.split_once('/').ok_or_else(syntax)?;
+        let count: u32 = count.trim().parse().map_err(|_| syntax())?;
+        let count = NonZeroU32::new(count).ok_or_else(syntax)?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86_400),
+            _ => return Err(syntax()),
+        };
+        let burst = match burst {
+            Some(b) => NonZeroU32::new(b).ok_or(RateError::ZeroBurst)?,
+            None => count,
+        };
+        Ok(Rate { count, per, burst })
+    }
+
+    fn quota(&self) -> Quota {
+        // One cell every per/count; governor wants a non-zero interval.
+        let interval = (self.per / self.count.get()).max(Duration::from_nanos(1));
+        Quota::with_period(interval)
+            .unwrap_or_else(|| Quota::per_second(self.count))
+            .allow_burst(self.burst)
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "sec",
+            60 => "min",
+            3600 => "hour",
+            _ => "day",
+        };
+        write!(f, "{}/{unit} burst {}", self.count, self.burst)
+    }
+}
+
+/// What a rate limit applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Agent(String),
+    Scope(String, String),
+}
+
+/// Which limit refused a call, and when to try again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limited {
+    /// `agent` or `scope`.
+    pub which: &'static str,
+    /// Until the next call would pass.
+    pub retry_after: Duration,
+}
+
+impl Limited {
+    /// `Retry-After` in whole seconds, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        let secs = self.retry_after.as_secs();
+        let secs = if self.retry_after.subsec_nanos() > 0 {
+            secs + 1
+        } else {
+            secs
+        };
+        secs.max(1)
+    }
+}
+
+/// The rate limiters of one clawgate, across reloads.
+#[derive(Debug, Default)]
+pub struct Limits {
+    limiters: DashMap<Key, (Rate, Arc<DefaultDirectRateLimiter>)>,
+}
+
+impl Limits {
+    /// Checks the agent's own rate, then its rate in the scope. A call must
+    /// pass both; the first refusal wins.
+    pub fn check(
+        &self,
+        agent: &str,
+        agent_rate: Option<Rate>,
+        scope: &str,
+        scope_rate: Option<Rate>,
+    ) -> Result<(), Limited> {
+        if let Some(rate) = agent_rate {
+            self.check_one(Key::Agent(agent.to_owned()), rate)
+                .map_err(|retry_after| Limited {
+                    which: "agent",
+                    retry_after,
+                })?;
+        }
+        if let Some(rate) = scope_rate {
+            self.check_one(Key::Scope(agent.to_owned(), scope.to_owned()), rate)
+                .map_err(|retry_after| Limited {
+                    which: "scope",
+                    retry_after,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn check_one(&self, key: Key, rate: Rate) -> Result<(), Duration> {
+        let limiter = {
+            let mut entry = self
+                .limiters
+                .entry(key)
+                .or_insert_with(|| (rate, Arc::new(RateLimiter::direct(rate.quota()))));
+            if entry.0 != rate {
+                // The policy changed this rate: start afresh under the new one.
+                *entry = (rate, Arc::new(RateLimiter::direct(rate.quota())));
+            }
+            Arc::clone(&entry.1)
+        };
+        limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
+#[cfg(test)]
+#[path = "limits_tests.rs"]
+mod tests;

@@ -1,0 +1,386 @@
+//! Emergency overrides: an admin isolates an agent, revokes a certificate
+//! serial or disables a scope at runtime, without editing policy.
+//!
+//! Invariants:
+//! - Every override has a reason and an expiry at most [`MAX_OVERRIDE`]
+//!   ahead; it lapses by itself.
+//! - Overrides are stored in SQLite (a table beside the decision log) before
+//!   they take effect, so they survive a restart; the in-memory list is what
+//!   calls read, swapped whole on every change.
+//! - Every change (created, removed, lapsed) is a record; the caller writes
+//!   it with [`Override::record`].
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{DecisionRecord, kind};
+use crate::error::Reason;
+use crate::policy::rfc3339;
+
+/// The longest an override may last.
+pub const MAX_OVERRIDE: Duration = Duration::from_secs(48 * 3600);
+
+/// What an override does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverrideKind {
+    /// Refuse every call of an agent (target: the agent name).
+    IsolateAgent,
+    /// Refuse every call with a certificate serial (target: lowercase hex).
+    RevokeSerial,
+    /// Refuse every call in a scope (target: the scope name).
+    DisableScope,
+}
+
+impl OverrideKind {
+    /// The kebab-case name used in the API, the table and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverrideKind::IsolateAgent => "isolate-agent",
+            OverrideKind::RevokeSerial => "revoke-serial",
+            OverrideKind::DisableScope => "disable-scope",
+        }
+    }
+
+    fn parse(text: &str) -> Option<OverrideKind> {
+        [
+            OverrideKind::IsolateAgent,
+            OverrideKind::RevokeSerial,
+            OverrideKind::DisableScope,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
+    }
+
+    /// The refusal a matching call gets.
+    pub fn reason(self) -> Reason {
+        match self {
+            OverrideKind::IsolateAgent => Reason::AgentIsolated,
+            OverrideKind::RevokeSerial => Reason::SerialRevoked,
+            OverrideKind::DisableScope => Reason::ScopeDisabled,
+        }
+    }
+}
+
+/// One override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// Its id.
+    pub id: String,
+    /// What it does.
+    pub kind: OverrideKind,
+    /// The agent, serial or scope it applies to.
+    pub target: String,
+    /// Why.
+    pub reason: String,
+    /// The admin who created it (the first name of their certificate).
+    pub created_by: String,
+    /// When it was created.
+    pub created: SystemTime,
+    /// When it lapses.
+    pub expires: SystemTime,
+}
+
+impl Override {
+    /// Whether it is still in force at `now`.
+    pub fn active_at(&self, now: SystemTime) -> bool {
+        now < self.expires
+    }
+
+    /// The JSON form the admin API answers with.
+    pub fn to_json(&self, now: SystemTime) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "kind": self.kind.as_str(),
+            "target": self.target,
+            "reason": self.reason,
+            "created_by": self.created_by,
+            "created": rfc3339(self.created),
+            "expires": rfc3339(self.expires),
+            "expires_in_seconds": self.expires.duration_since(now).map_or(0, |d| d.as_secs()),
+        })
+    }
+
+    /// The record of a change to this override (`created`, `removed`, `lapsed`).
+    pub fn record(&self, change: &str, by: Option<&str>) -> DecisionRecord {
+        let mut record = DecisionRecord::new(kind::OVERRIDE, &self.id);
+        record.reason = Reason::OverrideChanged.code().to_owned();
+        match self.kind {
+            OverrideKind::IsolateAgent => record.agent = Some(self.target.clone()),
+            OverrideKind::DisableScope => record.scope = Some(self.target.clone()),
+            OverrideKind::RevokeSerial => {}
+        }
+        let by = by.map(|b| format!(" by {b}")).unwrap_or_default();
+        record.detail = Some(format!(
+            "{change}{by}: {} `{}` until {}; reason: {}",
+            self.kind.as_str(),
+            self.target,
+            rfc3339(self.expires),
+            self.reason
+        ));
+        record
+    }
+}
+
+/// Why an override could not be stored or read.
+#[derive(Debug, thiserror::Error)]
+pub enum OverrideError {
+    /// The database failed.
+    #[error("override store: {0}")]
+    Store(#[from] rusqlite::Error),
+    /// The request is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A request to create an override.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOverride {
+    /// `isolate-agent`, `revoke-serial` or `disable-scope`.
+    pub kind: String,
+    /// The agent, serial or scope.
+    pub target: String,
+    /// Why; required.
+    pub reason: String,
+    /// A duration (`2h`, `30m`); required, at most 48 hours.
+    pub expires_in: String,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS overrides (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    expires INTEGER NOT NULL
+);";
+
+/// The overrides in force, and their store.
+#[derive(Debug)]
+pub struct Overrides {
+    db: Mutex<Connection>,
+    active: ArcSwap<Vec<Override>>,
+}
+
+impl Overrides {
+    /// Opens (or creates) the store in the database at `path` and reads every
+    /// override that has not been removed or recorded as lapsed.
+    pub fn open(path: &Path) -> Result<Overrides, OverrideError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        let active = read_all(&conn)?;
+        Ok(Overrides {
+            db: Mutex::new(conn),
+            active: ArcSwap::from_pointee(active),
+        })
+    }
+
+    /// Every override not yet lapsed or removed, whatever `now` says (one
+    /// whose expiry passed stays here until [`Overrides::sweep`] records it).
+    pub fn all(&self) -> Arc<Vec<Override>> {
+        self.active.load_full()
+    }
+
+    /// The first override in force at `now` that refuses this call.
+    pub fn refusing(
+        &self,
+        agent: Option<&str>,
+        serial: Option<&str>,
+        scope: Option<&str>,
+        now: SystemTime,
+    ) -> Option<Override> {
+        let active = self.active.load();
+        if active.is_empty() {
+            return None;
+        }
+        active
+            .iter()
+            .find(|o| {
+                o.active_at(now)
+                    && match o.kind {
+                        OverrideKind::IsolateAgent => agent == Some(o.target.as_str()),
+                        OverrideKind::RevokeSerial => {
+                            serial.is_some_and(|s| o.target == normalise_serial(s))
+                        }
+                        OverrideKind::DisableScope => scope == Some(o.target.as_str()),
+                    }
+            })
+            .cloned()
+    }
+
+    /// Validates and stores a new override; it is in force on return.
+    pub fn create(
+        &self,
+        new: &NewOverride,
+        by: &str,
+        now: SystemTime,
+    ) -> Result<Override, OverrideError> {
+        let kind = OverrideKind::parse(&new.kind).ok_or_else(|| {
+            OverrideError::Invalid(format!(
+                "kind `{}` must be `isolate-agent`, `revoke-serial` or `disable-scope`",
+                new.kind
+            ))
+        })?;
+        if new.target.trim().is_empty() {
+            return Err(OverrideError::Invalid("`target` is required".into()));
+        }
+        if new.reason.trim().is_empty() {
+            return Err(OverrideError::Invalid("`reason` is required".into()));
+        }
+        let expires_in = humantime::parse_duration(&new.expires_in).map_err(|_| {
+            OverrideError::Invalid(format!(
+                "expires_in `{}` must be a duration such as `2h`",
+                new.expires_in
+            ))
+        })?;
+        if expires_in.is_zero() || expires_in > MAX_OVERRIDE {
+            return Err(OverrideError::Invalid(format!(
+                "expires_in `{}` must be more than zero and at most 48h",
+                new.expires_in
+            )));
+        }
+        let created = UNIX_EPOCH + Duration::from_secs(secs(now));
+        let o = Override {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind,
+            target: match kind {
+                OverrideKind::RevokeSerial => normalise_serial(&new.target),
+                _ => new.target.trim().to_owned(),
+            },
+            reason: new.reason.trim().to_owned(),
+            created_by: by.to_owned(),
+            created,
+            expires: created + expires_in,
+        };
+        let db = self.lock()?;
+        db.execute(
+            "INSERT INTO overrides (id, kind, target, reason, created_by, created, expires)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                o.id,
+                o.kind.as_str(),
+                o.target,
+                o.reason,
+                o.created_by,
+                to_i64(secs(o.created)),
+                to_i64(secs(o.expires)),
+            ],
+        )?;
+        self.active.store(Arc::new(read_all(&db)?));
+        Ok(o)
+    }
+
+    /// Removes an override; `None` when there is no such id.
+    pub fn remove(&self, id: &str) -> Result<Option<Override>, OverrideError> {
+        let found = self.active.load().iter().find(|o| o.id == id).cloned();
+        if found.is_none() {
+            return Ok(None);
+        }
+        let db = self.lock()?;
+        db.execute("DELETE FROM overrides WHERE id = ?1", [id])?;
+        self.active.store(Arc::new(read_all(&db)?));
+        Ok(found)
+    }
+
+    /// Takes out every override whose expiry passed by `now` and returns
+    /// them, so that each lapse is recorded once.
+    pub fn sweep(&self, now: SystemTime) -> Result<Vec<Override>, OverrideError> {
+        let lapsed: Vec<Override> = self
+            .active
+            .load()
+            .iter()
+            .filter(|o| !o.active_at(now))
+            .cloned()
+            .collect();
+        if lapsed.is_empty() {
+            return Ok(lapsed);
+        }
+        let db = self.lock()?;
+        for o in &lapsed {
+            db.execute("DELETE FROM overrides WHERE id = ?1", [&o.id])?;
+        }
+        self.active.store(Arc::new(read_all(&db)?));
+        Ok(lapsed)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>, OverrideError> {
+        self.db
+            .lock()
+            .map_err(|_| OverrideError::Invalid("override store is unusable".into()))
+    }
+}
+
+fn read_all(conn: &Connection) -> Result<Vec<Override>, OverrideError> {
+    let mut statement = conn.prepare(
+        "SELECT id, kind, target, reason, created_by, created, expires FROM overrides ORDER BY created, id",
+    )?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+            row.get::<_, String>(3)?,
+            row.get::<_, String>(4)?,
+            row.get::<_, i64>(5)?,
+            row.get::<_, i64>(6)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, kind, target, reason, created_by, created, expires) = row?;
+        let Some(kind) = OverrideKind::parse(&kind) else {
+            tracing::warn!(id = %id, "override of unknown kind `{kind}` ignored");
+            continue;
+        };
+        out.push(Override {
+            id,
+            kind,
+            target,
+            reason,
+            created_by,
+            created: at(created),
+            expires: at(expires),
+        });
+    }
+    Ok(out)
+}
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn at(secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Lowercase hex without separators or leading zeros.
+fn normalise_serial(serial: &str) -> String {
+    let hex: String = serial
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let trimmed = hex.trim_start_matches('0');
+    if trimmed.is_empty() {
+        "0".into()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+#[cfg(test)]
+#[path = "overrides_tests.rs"]
+mod tests;

@@ -1,0 +1,344 @@
+//! Hot reload and the clock of governance: the policy directory is loaded
+//! again on a file change (notify), on SIGHUP and on the admin API's
+//! `POST /v1/policy/reload`; exceptions and overrides lapse by themselves.
+//!
+//! Invariants:
+//! - Load, validate everything, then swap: a directory that does not
+//!   validate never replaces the policy in force. It is a `policy-rejected`
+//!   record, `clawgate_policy_valid` drops to 0 and `policy status` reports
+//!   the drift until the files validate again.
+//! - A new policy is put in force only once its `policy` record is durable.
+//! - Calls already in flight finish under the policy they started with (the
+//!   pipeline reads the policy once per call).
+//! - Each lapse of an exception is recorded once, across restarts too.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::audit::{DecisionRecord, Filter, kind};
+use crate::error::Reason;
+use crate::pipeline::Pipeline;
+use crate::policy::{self, LoadOptions, Policy, rfc3339};
+
+/// How environment variables are looked up (the process environment in
+/// production; tests and the demo pass their own).
+pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// How long after the last file event the directory is loaded, so that an
+/// editor's burst of writes is one reload.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// What reloading knows about the files on disk.
+#[derive(Debug, Clone)]
+pub struct ReloadStatus {
+    /// Whether the files validated at the last attempt.
+    pub valid: bool,
+    /// The problems of the last attempt, when it failed.
+    pub error: Option<String>,
+    /// When the policy in force was put in force.
+    pub loaded_at: SystemTime,
+}
+
+/// Loads the policy directory again and swaps it in.
+pub struct Reloader {
+    dir: PathBuf,
+    env: Env,
+    max_exception: Duration,
+    pipeline: Arc<Pipeline>,
+    status: Mutex<ReloadStatus>,
+    serial: tokio::sync::Mutex<()>,
+    lapsed: Mutex<HashSet<(String, String)>>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// A reloader for the directory the pipeline's policy came from.
+    pub fn new(dir: PathBuf, env: Env, max_exception: Duration, pipeline: Arc<Pipeline>) -> Self {
+        Reloader {
+            dir,
+            env,
+            max_exception,
+            pipeline,
+            status: Mutex::new(ReloadStatus {
+                valid: true,
+                error: None,
+                loaded_at: SystemTime::now(),
+            }),
+            serial: tokio::sync::Mutex::new(()),
+            lapsed: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The policy directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The state of the last load.
+    pub fn status(&self) -> ReloadStatus {
+        match self.status.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut ReloadStatus)) {
+        match self.status.lock() {
+            Ok(mut s) => f(&mut s),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    /// Loads the directory; on success puts it in force (when it differs
+    /// from the policy in force, or `always`), on failure keeps the policy
+    /// in force. Answers the digest in force, or the problems.
+    pub async fn reload(&self, trigger: &str, always: bool) -> Result<String, String> {
+        let _one_at_a_time = self.serial.lock().await;
+        // The options borrow the environment, which is not `Sync`: they must
+        // not live across an await.
+        let loaded = {
+            let options = LoadOptions {
+                env: &*self.env,
+                now: SystemTime::now(),
+                max_exception: self.max_exception,
+            };
+            policy::load(&self.dir, &options)
+        };
+        let current = self.pipeline.policy();
+        match loaded {
+            Ok((policy, warnings)) => {
+                for warning in &warnings {
+                    tracing::warn!("{warning}");
+                }
+                let changed = policy.digest() != current.digest();
+                if !changed && !always && self.status().valid {
+                    return Ok(policy.digest().to_owned());
+                }
+                let mut record = policy_record(&policy);
+                record.detail = record.detail.map(|d| format!("{d}; on {trigger}"));
+                if let Err(e) = self.pipeline.audit().append_durable(record).await {
+                    tracing::error!(error = %e, "policy load not recorded; keeping the policy in force");
+                    return Err(format!("the load could not be recorded: {e}"));
+                }
+                let digest = policy.digest().to_owned();
+                tracing::info!(digest = %digest, trigger, "policy loaded: {}", policy.summary());
+                self.pipeline.set_policy(Arc::new(policy));
+                self.pipeline.metrics().reload(true);
+                self.set_status(|s| {
+                    s.valid = true;
+                    s.error = None;
+                    s.loaded_at = SystemTime::now();
+                });
+                Ok(digest)
+            }
+            Err(e) => {
+                let text = e.to_string();
+                tracing::error!(
+                    trigger,
+                    "policy refused; the last good policy stays in force:\n{text}"
+                );
+                let mut record =
+                    DecisionRecord::new(kind::POLICY, &uuid::Uuid::now_v7().to_string());
+                record.reason = Reason::PolicyRejected.code().to_owned();
+                // The digest of the policy that stays in force.
+                record.policy_digest = Some(current.digest().to_owned());
+                record.detail = Some(format!(
+                    "on {trigger}: {}",
+                    truncate(&text.replace('\n', "; "), 4000)
+                ));
+                self.pipeline.audit().append(record);
+                self.pipeline.metrics().reload(false);
+                self.set_status(|s| {
+                    s.valid = false;
+                    s.error = Some(text.clone());
+                });
+                Err(text)
+            }
+        }
+    }
+
+    /// Records, once each, the exceptions of the policy in force whose
+    /// expiry has passed by `now`.
+    pub fn record_lapses(&self, now: SystemTime) {
+        let policy = self.pipeline.policy();
+        for exception in policy.exceptions() {
+            if exception.active_at(now) {
+                continue;
+            }
+            let key = (exception.id.clone(), rfc3339(exception.expires));
+            let fresh = match self.lapsed.lock() {
+                Ok(mut set) => set.insert(key.clone()),
+                Err(_) => false,
+            };
+            if !fresh {
+                continue;
+            }
+            let mut record =
+                DecisionRecord::new(kind::EXCEPTION, &uuid::Uuid::now_v7().to_string());
+            record.reason = Reason::ExceptionExpired.code().to_owned();
+            record.agent = Some(policy.agent(exception.agent).name.clone());
+            record.exception = Some(exception.id.clone());
+            record.policy_digest = Some(policy.digest().to_owned());
+            record.detail = Some(format!("expired at {}", key.1));
+            tracing::info!(exception = %exception.id, "exception lapsed");
+            self.pipeline.audit().append(record);
+        }
+    }
+
+    /// Remembers the lapses an earlier run already recorded.
+    pub fn seed_lapses(&self, audit_path: &std::path::Path) {
+        let filter = Filter {
+            reason: Some(Reason::ExceptionExpired.code().to_owned()),
+            limit: Some(100_000),
+            ..Filter::default()
+        };
+        let Ok(records) = crate::audit::query(audit_path, &filter) else {
+            return;
+        };
+        if let Ok(mut set) = self.lapsed.lock() {
+            for r in records {
+                if let (Some(id), Some(at)) = (
+                    r.exception,
+                    r.detail
+                        .and_then(|d| d.strip_prefix("expired at ").map(str::to_owned)),
+                ) {
+                    set.insert((id, at));
+                }
+            }
+        }
+    }
+}
+
+/// The `policy` record of a policy put in force: digest and files.
+pub fn policy_record(policy: &Policy) -> DecisionRecord {
+    let mut record = DecisionRecord::new(kind::POLICY, &uuid::Uuid::now_v7().to_string());
+    record.reason = Reason::PolicyLoaded.code().to_owned();
+    record.policy_digest = Some(policy.digest().to_owned());
+    let files: Vec<String> = policy
+        .files()
+        .iter()
+        .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    record.detail = Some(format!("{}; files: {}", policy.summary(), files.join(", ")));
+    record
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// Runs until `stop`: reloads on file changes (when `watch_files`) and on
+/// SIGHUP, and once a second records lapsed exceptions and overrides.
+pub async fn run(reloader: Arc<Reloader>, watch_files: bool, mut stop: watch::Receiver<bool>) {
+    let (events_tx, mut events) = mpsc::channel::<()>(16);
+    // The watcher must live as long as this task.
+    let _watcher = if watch_files {
+        watch_dir(&reloader.dir, events_tx)
+    } else {
+        None
+    };
+    let mut hangup = hangup_signal();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            Some(()) = events.recv() => {
+                // Let a burst of writes settle, then load once.
+                tokio::time::sleep(SETTLE).await;
+                while events.try_recv().is_ok() {}
+                let _ = reloader.reload("file change", false).await;
+            }
+            Some(()) = recv_hangup(&mut hangup) => {
+                let _ = reloader.reload("SIGHUP", true).await;
+            }
+            _ = tick.tick() => {
+                let now = SystemTime::now();
+                reloader.record_lapses(now);
+                sweep_overrides(&reloader.pipeline, now);
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+/// Records, once each, the overrides whose expiry passed.
+pub fn sweep_overrides(pipeline: &Pipeline, now: SystemTime) {
+    match pipeline.overrides().sweep(now) {
+        Ok(lapsed) => {
+            for o in lapsed {
+                tracing::info!(id = %o.id, "override lapsed");
+                pipeline.audit().append(o.record("lapsed", None));
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "overrides could not be swept"),
+    }
+}
+
+fn watch_dir(dir: &std::path::Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let handler = move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && !event.kind.is_access()
+        {
+            let _ = tx.try_send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the policy directory; reload with SIGHUP");
+            return None;
+        }
+    };
+    if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, "cannot watch the policy directory; reload with SIGHUP");
+        return None;
+    }
+    Some(watcher)
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+#[cfg(unix)]
+fn hangup_signal() -> Hangup {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangup {
+    None
+}
+
+#[cfg(unix)]
+async fn recv_hangup(signal: &mut Hangup) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn recv_hangup(_: &mut Hangup) -> Option<()> {
+    std::future::pending().await
+}
