@@ -450,6 +450,37 @@ fn vended_credentials_work_in_boto3_and_the_aws_cli() {
             .any(|r| r.credential_ref.as_deref() == Some(key_id.as_str()))
     );
 
+    // A run token works in place of the vending token, names its run in
+    // the record, and only narrows: one for another scope gets nothing.
+    let certs = harness.certs.to_str().unwrap().to_owned();
+    let issue = |scopes: &str| {
+        let out = common::clawgate(&[
+            "token", "issue", "--agent", "builder", "--ttl", "5m", "--run", "run-77", "--scopes",
+            scopes, "--certs", &certs,
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let by_run_token = common::curl(&[
+        "-H".into(),
+        format!("Authorization: Bearer {}", issue("s3-reports")),
+        uri.clone(),
+    ]);
+    assert_eq!(by_run_token.status, 200, "{}", by_run_token.body_text());
+    let record = harness.decision(&by_run_token.request_id());
+    assert_eq!(record.run_id.as_deref(), Some("run-77"));
+    assert_eq!(record.agent.as_deref(), Some("builder"));
+    let narrowed = common::curl(&[
+        "-H".into(),
+        format!("Authorization: {}", issue("some-other-scope")),
+        uri.clone(),
+    ]);
+    assert_eq!(narrowed.status, 403);
+    assert_eq!(
+        harness.decision(&narrowed.request_id()).reason,
+        "run-token-scope"
+    );
+
     // A wrong token gets nothing, and that is recorded too.
     let wrong = common::curl(&[
         "-H".into(),

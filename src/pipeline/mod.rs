@@ -199,6 +199,8 @@ impl Pipeline {
                 agent,
                 cert_fp: Some(&peer.identity.fingerprint),
                 serial: Some(&peer.identity.serial),
+                run: None,
+                token_scopes: None,
                 addr: peer.addr,
             };
             return self.vend(&policy, caller, &req).await;

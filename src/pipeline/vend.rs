@@ -53,6 +53,10 @@ pub struct VendCaller<'a> {
     pub cert_fp: Option<&'a str>,
     /// The client certificate's serial, on the agent listener.
     pub serial: Option<&'a str>,
+    /// The run, when a run token named the caller.
+    pub run: Option<String>,
+    /// The scopes a run token narrowed the caller to.
+    pub token_scopes: Option<Vec<String>>,
     /// The peer address.
     pub addr: SocketAddr,
 }
@@ -78,9 +82,16 @@ impl Pipeline {
         record.credential_kind = Some("aws".into());
 
         let scope_name = vend_scope(req).unwrap_or_default();
+        record.run_id = caller.run.clone();
+        let narrowed_out = caller
+            .token_scopes
+            .as_ref()
+            .is_some_and(|scopes| !scopes.iter().any(|s| s == scope_name));
         let verdict = match caller.agent {
             None => Err(Reason::UnknownAgent),
             Some(_) if req.method() != http::Method::GET => Err(Reason::MalformedRequest),
+            // A run token only ever narrows.
+            Some(_) if narrowed_out => Err(Reason::RunTokenScope),
             Some(agent_id) => {
                 let agent = policy.agent(agent_id);
                 record.agent = Some(agent.name.clone());
@@ -116,7 +127,7 @@ impl Pipeline {
                         let ctx = MintContext {
                             request_id: request_id.clone(),
                             agent: agent.name.clone(),
-                            run: None,
+                            run: caller.run.clone(),
                             scope: scope.name.clone(),
                         };
                         self.broker().aws(aws, &ctx).await.map_err(|e| {
@@ -178,6 +189,46 @@ impl Pipeline {
     }
 }
 
+/// Who a vending-listener request comes from: the agent whose vending token
+/// it carries in `Authorization`, or the agent (and run) of a valid run token
+/// there (`Bearer ` optional), narrowed to the token's scopes.
+fn token_caller<'a, B>(
+    pipeline: &Pipeline,
+    policy: &Policy,
+    req: &Request<B>,
+    addr: SocketAddr,
+) -> VendCaller<'a> {
+    let mut caller = VendCaller {
+        agent: None,
+        cert_fp: None,
+        serial: None,
+        run: None,
+        token_scopes: None,
+        addr,
+    };
+    let Some(token) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return caller;
+    };
+    if let Some(agent) = Pipeline::agent_by_vend_token(policy, token.as_bytes()) {
+        caller.agent = Some(agent);
+        return caller;
+    }
+    let token = token.strip_prefix("Bearer ").unwrap_or(token);
+    if let Ok(claims) = pipeline
+        .tokens()
+        .verify(token, None, std::time::SystemTime::now())
+    {
+        caller.agent = policy.agents().iter().position(|a| a.name == claims.sub);
+        caller.run = Some(claims.run);
+        caller.token_scopes = claims.scopes;
+    }
+    caller
+}
+
 /// Why the vending listener would not start.
 #[derive(Debug, thiserror::Error)]
 pub enum VendListenError {
@@ -220,15 +271,7 @@ pub async fn serve(
                         let pipeline = Arc::clone(&pipeline);
                         async move {
                             let policy = pipeline.policy();
-                            let agent = req.headers().get(header::AUTHORIZATION).and_then(|token| {
-                                Pipeline::agent_by_vend_token(&policy, token.as_bytes())
-                            });
-                            let caller = VendCaller {
-                                agent,
-                                cert_fp: None,
-                                serial: None,
-                                addr,
-                            };
+                            let caller = token_caller(&pipeline, &policy, &req, addr);
                             let response = if vend_scope(&req).is_some() {
                                 pipeline.vend(&policy, caller, &req).await
                             } else {
