@@ -20,17 +20,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderValue, Request, Version, header};
+use http::{Request, Version, header};
 use http_body_util::BodyExt;
 
 use crate::admin::metrics::{Metrics, Stage};
 use crate::audit::DecisionRecord;
 use crate::body::{Prefix, ProxyBody};
 use crate::connect::Inside;
-use crate::credentials::sentinel::Found;
-use crate::credentials::sigv4::{self, Payload, SigningScope};
+use crate::credentials::sigv4;
 use crate::credentials::{Broker, Credential, MintContext};
 use crate::error::Reason;
 use crate::forward::{strip_hop_by_hop, upstream_uri};
@@ -71,7 +69,7 @@ pub(super) struct Admitted {
 }
 
 /// The request body as admission holds it: untouched, or read in part.
-enum Held {
+pub(super) enum Held {
     Stream(ProxyBody),
     Read(Prefix),
 }
@@ -80,7 +78,11 @@ impl Held {
     /// The body read up to `limit` bytes (more than an earlier, smaller
     /// read), within `timeout`: an agent that trickles its body holds no
     /// buffer for long.
-    async fn read(self, limit: usize, timeout: std::time::Duration) -> Result<Prefix, Reason> {
+    pub(super) async fn read(
+        self,
+        limit: usize,
+        timeout: std::time::Duration,
+    ) -> Result<Prefix, Reason> {
         let read = match self {
             Held::Read(prefix) => tokio::time::timeout(timeout, prefix.read_more(limit)).await,
             Held::Stream(body) => tokio::time::timeout(timeout, Prefix::read(body, limit)).await,
@@ -431,212 +433,6 @@ impl Admission<'_> {
         };
         Ok((classify(&view), held))
     }
-
-    /// Refuses a call carrying a placeholder bound elsewhere; swaps bound
-    /// placeholders for their values in headers, query and body prefix.
-    async fn swap_sentinels(
-        &self,
-        scope: &Scope,
-        parts: &mut Parts,
-        query: &mut Option<String>,
-        held: Held,
-        ctx: &MintContext,
-        record: &mut DecisionRecord,
-    ) -> Result<Held, Reason> {
-        let sentinels = self.policy.sentinels();
-        if sentinels.is_empty() {
-            return Ok(held);
-        }
-        let mut found = Found::new();
-        // The path (decoded, as rules see it) is scanned but never rewritten:
-        // a placeholder there is only ever refused or passed on as it is.
-        sentinels.scan(parts.uri.path().as_bytes(), &mut found);
-        for value in parts.headers.values() {
-            sentinels.scan(value.as_bytes(), &mut found);
-        }
-        if let Some(q) = query.as_deref() {
-            sentinels.scan(q.as_bytes(), &mut found);
-            // A placeholder may arrive percent-encoded in a query.
-            let decoded: Vec<u8> = form_decoded(q.as_bytes());
-            sentinels.scan(&decoded, &mut found);
-        }
-        let has_body = !matches!(&held, Held::Stream(b) if http_body::Body::is_end_stream(b));
-        let held = if has_body {
-            Held::Read(
-                held.read(self.limits.sentinel_scan, self.limits.read_timeout)
-                    .await?,
-            )
-        } else {
-            held
-        };
-        if let Held::Read(prefix) = &held {
-            sentinels.scan(&prefix.bytes, &mut found);
-        }
-        if found.is_empty() {
-            return Ok(held);
-        }
-        let names: Vec<&str> = found
-            .iter()
-            .map(|&i| sentinels.get(i).name.as_str())
-            .collect();
-        let note = format!("sentinels: {}", names.join(", "));
-        record.detail = Some(match record.detail.take() {
-            Some(earlier) => format!("{earlier}; {note}"),
-            None => note,
-        });
-        if let Some(misdirected) = sentinels.misdirected(&found, &scope.upstream.host, &ctx.agent) {
-            tracing::warn!(sentinel = %misdirected.name, "sentinel headed to a host it is not bound to");
-            return Err(Reason::SentinelMisdirected);
-        }
-        let mut values = vec![None; sentinels.all().len()];
-        for &i in &found {
-            let value = self
-                .broker
-                .secret(&sentinels.get(i).value, ctx)
-                .await
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "sentinel value not available");
-                    Reason::CredentialUnavailable
-                })?;
-            values[i] = Some(value);
-        }
-        let names_for_headers: Vec<_> = parts.headers.keys().cloned().collect();
-        for name in names_for_headers {
-            let rewritten: Vec<HeaderValue> = parts
-                .headers
-                .get_all(&name)
-                .iter()
-                .map(|v| {
-                    let bytes = sentinels.replace(v.as_bytes(), &values, str::to_owned);
-                    let mut out = HeaderValue::from_bytes(&bytes)
-                        .map_err(|_| Reason::CredentialUnavailable)?;
-                    out.set_sensitive(bytes != v.as_bytes() || v.is_sensitive());
-                    Ok(out)
-                })
-                .collect::<Result<_, Reason>>()?;
-            parts.headers.remove(&name);
-            for value in rewritten {
-                parts.headers.append(name.clone(), value);
-            }
-        }
-        if let Some(q) = query.as_mut() {
-            let bytes = sentinels.replace(q.as_bytes(), &values, encode_query_value);
-            *q = String::from_utf8(bytes).map_err(|_| Reason::MalformedRequest)?;
-        }
-        let Held::Read(prefix) = held else {
-            return Ok(held);
-        };
-        let replaced = Bytes::from(sentinels.replace(&prefix.bytes, &values, str::to_owned));
-        let delta = replaced.len() as i64 - prefix.bytes.len() as i64;
-        if prefix.is_complete() {
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(replaced.len()));
-        } else if let Some(length) = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<i64>().ok())
-        {
-            let adjusted = length
-                .checked_add(delta)
-                .and_then(|n| u64::try_from(n).ok())
-                .ok_or(Reason::MalformedRequest)?;
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(adjusted));
-        }
-        Ok(Held::Read(Prefix {
-            bytes: replaced,
-            rest: prefix.rest,
-            trailers: prefix.trailers,
-        }))
-    }
-
-    /// Re-signs the prepared request with the scope's STS session.
-    async fn resign(
-        &self,
-        scope: &Scope,
-        aws: &crate::credentials::AwsCredential,
-        ctx: &MintContext,
-        parts: &mut Parts,
-        held: Held,
-        record: &mut DecisionRecord,
-    ) -> Result<Held, Reason> {
-        let (service, region) = scope.signing().ok_or(Reason::CredentialUnavailable)?;
-        let agent_payload = parts
-            .headers
-            .get("x-amz-content-sha256")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        if let Some(p) = agent_payload.as_deref()
-            && p.starts_with("STREAMING-")
-            && p != "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
-        {
-            // Chunk signatures chain from the agent's own key: they cannot be
-            // re-signed without re-framing the body.
-            tracing::info!(payload = p, "signed streaming payloads cannot be re-signed");
-            return Err(Reason::MalformedRequest);
-        }
-        let limit = usize::try_from(aws.max_signed_body).unwrap_or(usize::MAX);
-        let prefix = held.read(limit, self.limits.read_timeout).await?;
-        let minting = std::time::Instant::now();
-        let session = self.broker.aws(aws, ctx).await;
-        self.metrics.observe(Stage::Credential, minting.elapsed());
-        let session = session.map_err(|e| {
-            tracing::warn!(error = %e, "aws credentials not available");
-            Reason::CredentialUnavailable
-        })?;
-        record.credential_ref = Some(session.access_key_id.clone());
-        let payload = match (&agent_payload, prefix.is_complete()) {
-            (Some(p), _) if p == "STREAMING-UNSIGNED-PAYLOAD-TRAILER" && aws.unsigned_payload => {
-                Payload::StreamingUnsignedTrailer
-            }
-            (Some(p), _) if p == "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => {
-                tracing::info!("streamed trailer payloads need `unsigned_payload` in the scope");
-                return Err(Reason::MalformedRequest);
-            }
-            (_, true) => Payload::Bytes(&prefix.bytes),
-            (_, false) if aws.unsigned_payload && service == "s3" => Payload::Unsigned,
-            (_, false) => return Err(Reason::RequestTooLarge),
-        };
-        let signing = SigningScope {
-            service,
-            region,
-            time: SystemTime::now(),
-        };
-        let uri = parts.uri.clone();
-        sigv4::resign(
-            &parts.method,
-            &uri,
-            &mut parts.headers,
-            payload,
-            &session,
-            &signing,
-        )
-        .map_err(|e| {
-            tracing::warn!(error = %e, "request not signed");
-            Reason::CredentialUnavailable
-        })?;
-        Ok(Held::Read(prefix))
-    }
-}
-
-/// A query string with every pair form-decoded, for scanning only.
-fn form_decoded(bytes: &[u8]) -> Vec<u8> {
-    form_urlencoded::parse(bytes)
-        .flat_map(|(k, v)| {
-            let mut out = k.into_owned().into_bytes();
-            out.push(b'=');
-            out.extend_from_slice(v.as_bytes());
-            out.push(b'&');
-            out
-        })
-        .collect()
-}
-
-fn encode_query_value(value: &str) -> String {
-    form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
 /// Routes a request inside an intercepted tunnel: the host and port are the

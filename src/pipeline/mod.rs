@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 mod admit;
+mod credential;
 pub mod vend;
 
 use arc_swap::ArcSwap;

@@ -1,0 +1,339 @@
+//! The command line's shape (clap): every command, flag and default, and
+//! the small parsers flags use. What each command does is in `main.rs`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use clawgate::{audit, certs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clawgate",
+    version,
+    about = "mTLS credential broker and tool-call proxy for AI agents"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the agent listener.
+    Serve(Box<ServeArgs>),
+    /// A whole first run in a temporary directory: certificates, policy, an echo upstream, real calls.
+    Demo {
+        /// Keep clawgate and the echo upstream running after the scripted calls.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Development certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The decision log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Print what an agent's environment needs to use clawgate as its HTTPS_PROXY.
+    Env {
+        /// The agent (its certificate is `agents/NAME.pem` in the certificate directory).
+        #[arg(long)]
+        agent: String,
+        /// The certificate directory.
+        #[arg(long, default_value = "./certs")]
+        certs: PathBuf,
+        /// The proxy URL the agent uses.
+        #[arg(long, default_value = "https://localhost:8443")]
+        proxy: String,
+        /// The system CA bundle to include (found in the usual places when not given).
+        #[arg(long)]
+        system_roots: Option<PathBuf>,
+    },
+    /// Sentinel placeholders.
+    #[command(subcommand)]
+    Sentinel(SentinelCommand),
+    /// Run tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Sign a run token with the key `certs init` created; prints the JWT.
+    Issue {
+        /// The agent's name in policy.
+        #[arg(long)]
+        agent: String,
+        /// How long it lives (at most 24h).
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Only these scopes (comma-separated); every scope of the agent when absent.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// The run id (a random one when absent).
+        #[arg(long)]
+        run: Option<String>,
+        /// The certificate directory holding `token-key.pem`.
+        #[arg(long, default_value = "./certs")]
+        certs: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SentinelCommand {
+    /// Print a fresh random placeholder and the policy entry to bind it.
+    New {
+        /// The sentinel's name in policy.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The policy directory.
+    #[arg(long, default_value = "./policy")]
+    pub(crate) policy: PathBuf,
+    /// The certificate directory (ca.pem, server.pem, server-key.pem).
+    #[arg(long, default_value = "./certs")]
+    pub(crate) certs: PathBuf,
+    /// The decision log database.
+    #[arg(long, default_value = "./clawgate-audit.db")]
+    pub(crate) audit: PathBuf,
+    /// Where agents connect.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub(crate) listen: SocketAddr,
+    /// A PEM certificate revocation list for agent certificates.
+    #[arg(long)]
+    pub(crate) crl: Option<PathBuf>,
+    /// Limit on connecting to an upstream.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub(crate) connect_timeout: Duration,
+    /// Limit on a whole upstream exchange, response body included.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub(crate) upstream_timeout: Duration,
+    /// At shutdown, how long in-flight calls may finish before they are ended.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) drain_timeout: Duration,
+    /// The endpoint for every AWS service the broker calls (moto, LocalStack);
+    /// `AWS_ENDPOINT_URL` works too.
+    #[arg(long)]
+    pub(crate) aws_endpoint_url: Option<String>,
+    /// A loopback address for credential vending by token (plain HTTP, for
+    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI`).
+    #[arg(long)]
+    pub(crate) vend_listen: Option<SocketAddr>,
+    /// How many bytes of a request body are scanned for sentinel placeholders.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub(crate) sentinel_scan_limit: usize,
+    /// Pin a name to an address, `NAME=ADDR` (repeatable), consulted before
+    /// DNS. The egress address check still applies.
+    #[arg(long, value_parser = parse_pin)]
+    pub(crate) resolve: Vec<(String, std::net::IpAddr)>,
+    /// BENCHMARK ONLY, hidden: record nothing, so the load harness can show
+    /// what the durable decision log costs. Never for serving agents.
+    #[arg(long, hide = true)]
+    pub(crate) benchmark_only_decision_log_off: bool,
+    /// Where the admin and auditor API listens (mTLS with the agent CA), or `off`.
+    #[arg(long, default_value = "127.0.0.1:9443", value_parser = parse_listen)]
+    pub(crate) admin_listen: Listen,
+    /// Do not reload the policy when its files change (SIGHUP and the admin
+    /// API still reload it).
+    #[arg(long)]
+    pub(crate) no_watch: bool,
+    /// How far ahead a policy exception may expire (at most 7 days).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub(crate) max_exception: Duration,
+    /// A TLS listener (no client certificate) taking a run token as the
+    /// password of `Proxy-Authorization: Basic`.
+    #[arg(long)]
+    pub(crate) token_listen: Option<SocketAddr>,
+    /// An external issuer's public keys for run tokens (a JWKS file).
+    #[arg(long, requires = "token_issuer")]
+    pub(crate) token_jwks: Option<PathBuf>,
+    /// The `iss` of the external issuer's tokens.
+    #[arg(long, requires = "token_jwks")]
+    pub(crate) token_issuer: Option<String>,
+}
+
+pub(crate) fn parse_pin(text: &str) -> Result<(String, std::net::IpAddr), String> {
+    let (name, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` must be NAME=ADDR"))?;
+    let name = clawgate::egress::normalise_host(name).map_err(|e| e.to_string())?;
+    let addr = addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("`{addr}` is not an IP address"))?;
+    Ok((name.to_string(), addr))
+}
+
+/// A listen address, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Listen(pub(crate) Option<SocketAddr>);
+
+pub(crate) fn parse_listen(text: &str) -> Result<Listen, String> {
+    if text == "off" {
+        return Ok(Listen(None));
+    }
+    text.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| format!("`{text}` must be HOST:PORT or `off`"))
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertsCommand {
+    /// Create the CA, the server certificate and the interception CA.
+    Init {
+        /// The certificate directory.
+        #[arg(long, default_value = "./certs")]
+        dir: PathBuf,
+        /// Extra subject alternative names for the server certificate.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a client certificate for an agent.
+    Agent {
+        /// The agent's name.
+        name: String,
+        /// The certificate directory.
+        #[arg(long, default_value = "./certs")]
+        dir: PathBuf,
+        /// Days of validity.
+        #[arg(long, default_value_t = certs::DEFAULT_AGENT_DAYS)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Validate a policy directory: exit 0 with a summary, or 1 with every problem.
+    Check {
+        /// The policy directory.
+        #[arg(default_value = "./policy")]
+        dir: PathBuf,
+        /// How far ahead an exception may expire.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        max_exception: Duration,
+    },
+    /// Ask a running clawgate's admin API: exit 0 in sync, 2 drifted, 1 on error.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The admin API.
+    #[arg(long, default_value = "https://localhost:9443")]
+    pub(crate) admin: String,
+    /// The CA that signed clawgate's server certificate.
+    #[arg(long, default_value = "./certs/ca.pem")]
+    pub(crate) ca: PathBuf,
+    /// An admin or auditor certificate.
+    #[arg(long)]
+    pub(crate) cert: PathBuf,
+    /// Its key.
+    #[arg(long)]
+    pub(crate) key: PathBuf,
+    /// Print the JSON the API answered instead of the summary.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum OutputFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum DecisionArg {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Print records, oldest first.
+    Query {
+        /// The decision log database.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+        /// Only this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this scope.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Only allowed or denied calls.
+        #[arg(long)]
+        decision: Option<DecisionArg>,
+        /// Only this reason code.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only report-mode calls that enforce mode would have refused.
+        #[arg(long)]
+        would_deny: bool,
+        /// From this time: RFC 3339, or a duration back from now (15m, 24h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this time: RFC 3339, or a duration back from now.
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many records (the most recent).
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Walk the hash chain: exit 0 when intact, 1 naming the first bad record.
+    Verify {
+        /// The decision log database.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+        /// A head recorded earlier by `audit head`, as `SEQ:HASH`; the record
+        /// must still be there with that hash (catches a cut tail).
+        #[arg(long, value_parser = parse_anchor)]
+        anchor: Vec<audit::Head>,
+    },
+    /// Print the last record's position and hash, to anchor elsewhere.
+    Head {
+        /// The decision log database.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+    },
+}
+
+/// `SEQ:HASH` as printed by `audit head` (a space is accepted too).
+pub(crate) fn parse_anchor(text: &str) -> Result<audit::Head, String> {
+    let (seq, hash) = text
+        .split_once([':', ' '])
+        .ok_or_else(|| format!("anchor `{text}` must be SEQ:HASH"))?;
+    let seq = seq
+        .trim()
+        .parse()
+        .map_err(|_| format!("anchor `{text}` must start with a record number"))?;
+    let hash = hash.trim();
+    if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("anchor `{text}` must end with a 64-digit hex hash"));
+    }
+    Ok(audit::Head {
+        seq,
+        hash: hash.to_ascii_lowercase(),
+    })
+}

@@ -1,0 +1,188 @@
+//! The one pure function that adjudicates a call: identity, scope (its own
+//! or one an unexpired exception grants), then the scope's rules, by path or
+//! by IAM action. No I/O, no clock (the caller passes `now`), deny by
+//! default, and an explicit deny beats any allow.
+
+use std::sync::Arc;
+
+use super::{AgentId, Call, Decision, Effect, Mode, Policy, Rule, Scope, ScopeId, Target};
+use crate::egress::AllowPrivate;
+use crate::error::Reason;
+
+/// Adjudicates one call: pure, total, deny by default.
+pub fn decide(call: &Call<'_>, policy: &Policy) -> Decision {
+    let Some(agent_id) = policy.agent_for(call.peer) else {
+        return Decision::deny(Reason::UnknownAgent, None, None);
+    };
+    let Some((scope_id, exception)) = policy.scope_at(agent_id, call.target, call.now) else {
+        // An address no scope opens is named as such: it needs no DNS.
+        let literal = match call.target {
+            Target::Host { host, .. } | Target::Connect { host, .. } => Some(host),
+            Target::Route(_) => None,
+        };
+        let blocked = literal.is_some_and(|host| {
+            crate::egress::normalise_host(host)
+                .is_ok_and(|h| AllowPrivate::default().check_literal(&h).is_err())
+        });
+        let reason = if blocked {
+            Reason::EgressAddressBlocked
+        } else {
+            Reason::NoMatchingScope
+        };
+        return Decision::deny(reason, Some(agent_id), None);
+    };
+    let decision = decide_in_scope(call, policy, agent_id, scope_id);
+    Decision {
+        exception,
+        ..decision
+    }
+}
+
+/// Adjudicates a call in the scope it landed in.
+fn decide_in_scope(
+    call: &Call<'_>,
+    policy: &Policy,
+    agent_id: AgentId,
+    scope_id: ScopeId,
+) -> Decision {
+    let scope = &policy.scopes[scope_id];
+    if scope.blocked.is_some() {
+        return Decision::deny(Reason::EgressAddressBlocked, Some(agent_id), Some(scope_id));
+    }
+    if let Target::Connect { .. } = call.target {
+        // Inside an intercepted tunnel every request is decided on its own;
+        // the tunnel itself is a host-level decision.
+        return Decision {
+            effect: Effect::Allow,
+            reason: Reason::Allowed,
+            agent: Some(agent_id),
+            scope: Some(scope_id),
+            rule: None,
+            would_deny: None,
+            exception: None,
+        };
+    }
+    if scope.aws().is_some() {
+        return decide_aws(call, scope, agent_id, scope_id);
+    }
+
+    // Rules are written relative to the upstream's base path.
+    let path = match call.target {
+        Target::Route(_) => Some(call.path),
+        Target::Host { .. } | Target::Connect { .. } => scope.upstream.strip_base(call.path),
+    };
+    let segments: Vec<&str> = path
+        .and_then(|p| p.strip_prefix('/'))
+        .map(|p| p.split('/').collect())
+        .unwrap_or_default();
+    // Deny rules also meet the path without a trailing slash: to most
+    // upstreams `/secret/` is `/secret`.
+    let trimmed = match segments.split_last() {
+        Some((&"", rest)) if !rest.is_empty() => rest,
+        _ => &[],
+    };
+    let rules = &scope.rules.rules;
+    let mut deny: Option<&Rule> = None;
+    // The first allow rule in file order names the decision.
+    let mut allow: Option<usize> = None;
+    scope.rules.globs.for_each_match(&segments, |&i| {
+        let rule = &rules[i];
+        if !rule.matches_method(call.method) {
+            return true;
+        }
+        match rule.effect {
+            Effect::Deny => {
+                deny = Some(rule);
+                false
+            }
+            Effect::Allow => {
+                allow = Some(allow.map_or(i, |a| a.min(i)));
+                true
+            }
+        }
+    });
+    if deny.is_none() && !trimmed.is_empty() {
+        scope.rules.globs.for_each_match(trimmed, |&i| {
+            let rule = &rules[i];
+            if rule.effect == Effect::Deny && rule.matches_method(call.method) {
+                deny = Some(rule);
+                return false;
+            }
+            true
+        });
+    }
+    let allow = allow.map(|i| &rules[i]);
+    let (effect, reason, rule) = match (deny, allow) {
+        (Some(rule), _) => (Effect::Deny, Reason::DeniedByRule, Some(rule)),
+        (None, Some(rule)) => (Effect::Allow, Reason::Allowed, Some(rule)),
+        (None, None) => (Effect::Deny, Reason::NoMatchingRule, None),
+    };
+    let rule = rule.map(|r| Arc::clone(&r.id));
+    conclude(effect, reason, rule, scope.mode, agent_id, scope_id)
+}
+
+/// Adjudicates a call in a scope with an `aws` credential: by IAM action and
+/// resource instead of path. A request that maps to no action is refused
+/// unless the scope allows every action on every resource.
+fn decide_aws(call: &Call<'_>, scope: &Scope, agent_id: AgentId, scope_id: ScopeId) -> Decision {
+    let (effect, reason, rule) = match call.aws {
+        None => match scope.aws_rules.iter().find(|r| r.allows_everything()) {
+            Some(rule) => (Effect::Allow, Reason::Allowed, Some(&rule.id)),
+            None => (Effect::Deny, Reason::AwsActionUnmapped, None),
+        },
+        Some(request) => {
+            let deny = scope
+                .aws_rules
+                .iter()
+                .find(|r| !r.allow && r.matches(request));
+            let allow = scope
+                .aws_rules
+                .iter()
+                .find(|r| r.allow && r.matches(request));
+            match (deny, allow) {
+                (Some(rule), _) => (Effect::Deny, Reason::DeniedByRule, Some(&rule.id)),
+                (None, Some(rule)) => (Effect::Allow, Reason::Allowed, Some(&rule.id)),
+                (None, None) => (Effect::Deny, Reason::NoMatchingRule, None),
+            }
+        }
+    };
+    conclude(
+        effect,
+        reason,
+        rule.cloned(),
+        scope.mode,
+        agent_id,
+        scope_id,
+    )
+}
+
+/// The decision for a scope's verdict, with report mode applied.
+fn conclude(
+    effect: Effect,
+    reason: Reason,
+    rule: Option<Arc<str>>,
+    mode: Mode,
+    agent_id: AgentId,
+    scope_id: ScopeId,
+) -> Decision {
+    match (effect, mode) {
+        (Effect::Deny, Mode::Report) => Decision {
+            effect: Effect::Allow,
+            reason: Reason::Allowed,
+            agent: Some(agent_id),
+            scope: Some(scope_id),
+            rule,
+            would_deny: Some(reason),
+            exception: None,
+        },
+        _ => Decision {
+            effect,
+            reason,
+            agent: Some(agent_id),
+            scope: Some(scope_id),
+            rule,
+            would_deny: None,
+            exception: None,
+        },
+    }
+}
