@@ -316,6 +316,9 @@ paths = ["/data"]
             .args(["--policy", path(&policy), "--certs", path(certs)])
             .args(["--audit", path(&dir.join(audit))])
             .env("BENCH_TOKEN", TOKEN);
+        // Two clawgates run side by side: neither needs the admin API, and
+        // its default port can be held only once.
+        command.args(["--admin-listen", "off", "--no-watch"]);
         if off {
             command.arg("--benchmark-only-decision-log-off");
         }
