@@ -18,18 +18,9 @@ use std::time::{Duration, Instant};
 
 use common::{CANARY, Harness, Options, contains, files_with_prefix};
 
-/// The Python with boto3, the AWS CLI and moto (`.ci/run` makes it).
+/// The Python with moto[server], boto3 and awscli (`.ci/run` makes it).
 fn python() -> PathBuf {
-    let path = std::env::var_os("CLAWGATE_TEST_PYTHON").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python"),
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "{} is missing: run `bash .ci/run` once, or set CLAWGATE_TEST_PYTHON to a Python with moto[server], boto3 and awscli",
-        path.display()
-    );
-    path
+    common::venv_python("moto[server], boto3 and awscli")
 }
 
 fn peer(args: &[&str]) -> serde_json::Value {

@@ -73,17 +73,9 @@ fn get(h: &Harness, agent: &str, path: &str) -> common::Reply {
     h.curl(Some(agent), &[&format!("{}{path}", h.base())])
 }
 
+/// The Python with prometheus_client (`.ci/run` makes it).
 fn python() -> PathBuf {
-    let path = std::env::var_os("CLAWGATE_TEST_PYTHON").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python"),
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "{} is missing: run `bash .ci/run` once, or set CLAWGATE_TEST_PYTHON to a Python with prometheus_client",
-        path.display()
-    );
-    path
+    common::venv_python("prometheus_client")
 }
 
 fn rfc3339(t: SystemTime) -> String {

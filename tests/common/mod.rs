@@ -495,3 +495,18 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
 }
+
+/// The Python that `.ci/run` makes at `target/venv` (or CLAWGATE_TEST_PYTHON),
+/// with `needs` named in the message when it is missing.
+pub fn venv_python(needs: &str) -> PathBuf {
+    let path = std::env::var_os("CLAWGATE_TEST_PYTHON").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "{} is missing: run `bash .ci/run` once, or set CLAWGATE_TEST_PYTHON to a Python with {needs}",
+        path.display()
+    );
+    path
+}
