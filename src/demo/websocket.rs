@@ -93,14 +93,5 @@ pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) -> std::io::Resu
 }
 
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn accept_key_matches_rfc_6455() {
-        assert_eq!(
-            super::accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-        assert_eq!(super::base64(b"ab"), "YWI=");
-        assert_eq!(super::base64(b"a"), "YQ==");
-    }
-}
+#[path = "websocket_tests.rs"]
+mod tests;
