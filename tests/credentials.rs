@@ -175,6 +175,9 @@ const VEND_TOKEN: &str = "vend-token-0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c";
 fn s3_policy(moto: &Moto, credential_extra: &str) -> String {
     format!(
         r#"
+[roles]
+admins = ["spiffe://clawgate.local/agent/ops"]
+
 [[agent]]
 name = "builder"
 identities = ["spiffe://clawgate.local/agent/builder"]
@@ -210,7 +213,7 @@ resources = ["arn:aws:s3:::reports", "arn:aws:s3:::reports/*"]
 fn s3_harness(moto: &Moto, credential_extra: &str, serve_args: &[&str]) -> Harness {
     let mut harness = Harness::with(Options {
         extra_policy: vec![("s3.toml", s3_policy(moto, credential_extra))],
-        agents: vec!["builder"],
+        agents: vec!["builder", "ops"],
         start: false,
         env: moto.broker_env(),
         ..Options::default()
@@ -511,6 +514,52 @@ fn vended_credentials_work_in_boto3_and_the_aws_cli() {
     assert_eq!(
         harness.decision(&other.request_id()).reason,
         "no-matching-scope"
+    );
+
+    // An isolated agent gets no new credentials, by certificate or by token.
+    let isolate =
+        r#"{"kind":"isolate-agent","target":"builder","reason":"incident 12","expires_in":"1h"}"#;
+    let created = harness.admin(
+        Some("ops"),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            isolate,
+            "/v1/overrides",
+        ],
+    );
+    assert!(
+        created.status == 200 || created.status == 201,
+        "{created:?}"
+    );
+    let mints_before = records_of(&harness, "mint").len();
+    let refused = harness.curl(
+        Some("builder"),
+        &[&format!("{}/v1/credentials/aws/s3-reports", harness.base())],
+    );
+    assert_eq!(refused.status, 403);
+    assert!(!refused.body_text().contains("SecretAccessKey"));
+    assert_eq!(
+        harness.decision(&refused.request_id()).reason,
+        "agent-isolated"
+    );
+    let by_token = common::curl(&[
+        "-H".into(),
+        format!("Authorization: {VEND_TOKEN}"),
+        uri.clone(),
+    ]);
+    assert_eq!(by_token.status, 403);
+    assert_eq!(
+        harness.decision(&by_token.request_id()).reason,
+        "agent-isolated"
+    );
+    assert_eq!(
+        records_of(&harness, "mint").len(),
+        mints_before,
+        "nothing was minted"
     );
 }
 
