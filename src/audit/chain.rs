@@ -49,10 +49,12 @@ pub fn record_hash(prev_hash: &str, record: &DecisionRecord) -> String {
     let mut body = record.clone();
     body.prev_hash.clear();
     body.hash.clear();
+    body.chain = None;
     hash_of_cleared(prev_hash, &body)
 }
 
-/// [`record_hash`] of a record whose `hash` and `prev_hash` are empty.
+/// [`record_hash`] of a record whose `hash` and `prev_hash` are empty and
+/// whose `chain` is `None`.
 fn hash_of_cleared(prev_hash: &str, body: &DecisionRecord) -> String {
     // Serialising a plain struct of strings and integers cannot fail; an
     // empty body would still chain, and verify would flag it.
@@ -67,13 +69,15 @@ fn hash_of_cleared(prev_hash: &str, body: &DecisionRecord) -> String {
 
 /// Gives `record` the next position after `head`, chains it and advances
 /// `head`.
-pub(super) fn seal(head: &mut Head, record: &mut DecisionRecord) {
+pub(crate) fn seal(head: &mut Head, record: &mut DecisionRecord) {
     record.seq = head.seq + 1;
     // Hashed in place with both hash fields empty, as record_hash would see
     // it, without copying the record (this runs once per record written).
     record.prev_hash.clear();
     record.hash.clear();
+    let chain = record.chain.take();
     let hash = hash_of_cleared(&head.hash, record);
+    record.chain = chain;
     record.prev_hash.clone_from(&head.hash);
     record.hash = hash;
     head.seq = record.seq;
@@ -141,6 +145,7 @@ pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<DecisionRecord> {
         hash: row.get(26)?,
         action: row.get(27)?,
         exception: row.get(28)?,
+        chain: None,
     })
 }
 

@@ -9,6 +9,7 @@
 //! - The chain head advances only on commit, so a failed batch leaves no gap.
 
 mod chain;
+pub mod postgres;
 mod query;
 mod writer;
 
@@ -123,6 +124,11 @@ pub struct DecisionRecord {
     /// The id of the policy exception a decision relied on, or that lapsed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exception: Option<String>,
+    /// The chain the record belongs to, on a store with one chain per
+    /// replica (PostgreSQL); absent on SQLite. Not part of the hash: a
+    /// chain's genesis ties its records to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
     /// The hash of the previous record.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prev_hash: String,
@@ -139,6 +145,34 @@ impl DecisionRecord {
             kind: kind.to_owned(),
             request_id: request_id.to_owned(),
             ..DecisionRecord::default()
+        }
+    }
+}
+
+/// Where the decision log is read from: the embedded SQLite file, or a
+/// fleet's PostgreSQL store. Queries give the same records either way.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A SQLite database file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL store (every replica's chain).
+    Postgres(postgres::PgTarget),
+}
+
+impl Source {
+    /// The records that pass `filter`, oldest first.
+    pub async fn query(&self, filter: &Filter) -> Result<Vec<DecisionRecord>, AuditError> {
+        match self {
+            Source::Sqlite(path) => {
+                let path = path.clone();
+                let filter = filter.clone();
+                tokio::task::spawn_blocking(move || query(&path, &filter))
+                    .await
+                    .map_err(|_| AuditError::WriterGone)?
+            }
+            Source::Postgres(target) => postgres::query(target, filter)
+                .await
+                .map_err(|e| AuditError::Write(e.to_string())),
         }
     }
 }
@@ -253,6 +287,15 @@ impl AuditLog {
     /// Opens (or creates) the database and starts the writer thread.
     pub fn open(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError> {
         writer::start(path)
+    }
+
+    /// Opens chain `chain` on PostgreSQL (a fleet's store) and starts the
+    /// writer thread over it. Blocks: call it off the async runtime.
+    pub fn open_postgres(
+        target: &postgres::PgTarget,
+        chain: &str,
+    ) -> Result<(AuditLog, WriterHandle), AuditError> {
+        postgres::open(target, chain)
     }
 
     /// BENCHMARK ONLY: a log that writes nothing. Every record is taken and

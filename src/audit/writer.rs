@@ -172,7 +172,7 @@ fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-type Waiter = Option<tokio::sync::oneshot::Sender<Result<i64, String>>>;
+pub(super) type Waiter = Option<tokio::sync::oneshot::Sender<Result<i64, String>>>;
 
 /// Copies committed WAL frames into the database every `CHECKPOINT_EVERY`,
 /// from a connection of its own, so that commits do not wait for it (as they
@@ -186,7 +186,53 @@ fn checkpoint_every(conn: &Connection, stopped: &Receiver<()>) {
     }
 }
 
-fn run(mut conn: Connection, rx: Receiver<Command>, health: &Health, before_close: impl FnOnce()) {
+/// Where the writer puts a batch: the SQLite connection here, or another
+/// backend (PostgreSQL). The loop above it (batching, answering callers,
+/// retrying records nobody waits for) is the same for every backend.
+pub(super) trait BatchStore {
+    /// Seals every record of `batch` onto the chain and writes them all in
+    /// one transaction; `Ok` only once that transaction is durable. On
+    /// error nothing of the batch may be kept, and the chain head must not
+    /// have moved.
+    fn write_batch(&mut self, batch: &mut [(Box<DecisionRecord>, Waiter)]) -> Result<(), String>;
+}
+
+impl BatchStore for Connection {
+    fn write_batch(&mut self, batch: &mut [(Box<DecisionRecord>, Waiter)]) -> Result<(), String> {
+        write_batch(self, batch).map_err(|e| e.to_string())
+    }
+}
+
+/// Starts the writer thread over `store`, a backend other than the SQLite
+/// file [`start`] opens.
+pub(super) fn start_with<S: BatchStore + Send + 'static>(
+    store: S,
+) -> Result<(AuditLog, WriterHandle), AuditError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
+    let health = Arc::new(Health::default());
+    let log = AuditLog {
+        tx,
+        health: Arc::clone(&health),
+    };
+    let thread = std::thread::Builder::new()
+        .name("clawgate-audit".into())
+        .spawn(move || run(store, rx, &health, || {}))
+        .map_err(|e| AuditError::Write(format!("cannot start writer thread: {e}")))?;
+    Ok((
+        log.clone(),
+        WriterHandle {
+            log,
+            thread: Some(thread),
+        },
+    ))
+}
+
+fn run<S: BatchStore>(
+    mut conn: S,
+    rx: Receiver<Command>,
+    health: &Health,
+    before_close: impl FnOnce(),
+) {
     let mut batch: Vec<(Box<DecisionRecord>, Waiter)> = Vec::with_capacity(MAX_BATCH);
     let mut stopping = false;
     while !stopping {
@@ -235,9 +281,13 @@ fn run(mut conn: Connection, rx: Receiver<Command>, health: &Health, before_clos
 /// nobody waits for (outcomes, handshake rejections) stay in `batch` when the
 /// commit fails, to be retried with the next one, so a passing lock does not
 /// lose them.
-fn commit(conn: &mut Connection, batch: &mut Vec<(Box<DecisionRecord>, Waiter)>, health: &Health) {
+fn commit<S: BatchStore>(
+    conn: &mut S,
+    batch: &mut Vec<(Box<DecisionRecord>, Waiter)>,
+    health: &Health,
+) {
     let begun = Instant::now();
-    let result = write_batch(conn, batch);
+    let result = conn.write_batch(batch);
     health
         .last_batch
         .store(batch.len() as u64, Ordering::Relaxed);

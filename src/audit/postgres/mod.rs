@@ -1,0 +1,321 @@
+//! The decision log on PostgreSQL, for a fleet of replicas.
+//!
+//! Each replica process writes its own hash chain (named by `--replica`),
+//! so replicas never wait on each other. A chain has a head row; every
+//! batch is one statement that moves the head with a compare-and-set on
+//! the previous head and inserts the batch's records, so one round trip
+//! commits a batch and a second writer on the same chain is refused rather
+//! than interleaved. A session advisory lock per chain refuses a second
+//! process at start. Checkpoints (see [`checkpoint`]) chain the heads of
+//! every chain together.
+//!
+//! Invariants:
+//! - `synchronous_commit = on` for every session: a batch is durable before
+//!   its callers are answered, as on SQLite.
+//! - On any error the connection is dropped; the next batch reconnects,
+//!   takes the chain's lock again and reads its head from the database, so
+//!   service comes back by itself when PostgreSQL does.
+//! - The connection string may hold a password: it is never logged or
+//!   printed (`Debug` shows the host and database only).
+
+mod read;
+mod verify;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::chain::{Head, seal};
+use super::writer::{BatchStore, Waiter, start_with};
+use super::{AuditError, AuditLog, WriterHandle};
+
+pub use read::{close_chain, migrate, query};
+pub use verify::{Checkpoint, FleetReport, FleetVerifyError, checkpoint, head, verify};
+
+/// How long a connection attempt may take before the batch fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one batch may take before it is failed (and the connection
+/// dropped): the calls in it wait this long at most.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the fleet's store is: a `postgres://` URL or a libpq
+/// `key=value` string.
+#[derive(Clone)]
+pub struct PgTarget {
+    config: tokio_postgres::Config,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The host and database only: never the password.
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        f.debug_struct("PgTarget")
+            .field("hosts", &hosts)
+            .field("dbname", &self.config.get_dbname())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FromStr for PgTarget {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        // The parser's message can quote the input, password included.
+        let mut config = tokio_postgres::Config::from_str(text).map_err(|_| {
+            "the store must be a postgres:// URL or a `host=... dbname=...` string".to_owned()
+        })?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        if config.get_application_name().is_none() {
+            config.application_name("clawgate");
+        }
+        Ok(PgTarget { config })
+    }
+}
+
+/// Why PostgreSQL could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The server refused, or the connection failed.
+    #[error("postgresql: {0}")]
+    Db(String),
+    /// Another process holds the chain.
+    #[error("chain `{0}` is in use by another clawgate process; give each replica its own `--replica`")]
+    ChainInUse(String),
+    /// The chain was retired.
+    #[error("chain `{0}` is closed; start this replica under another `--replica` name")]
+    ChainClosed(String),
+    /// Something that should be there is not.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // `as_db_error` carries the server's message; the plain form says
+        // "db error" only.
+        match e.as_db_error() {
+            Some(db) => PgError::Db(db.message().to_owned()),
+            None => PgError::Db(e.to_string()),
+        }
+    }
+}
+
+impl From<PgError> for AuditError {
+    fn from(e: PgError) -> Self {
+        AuditError::Write(e.to_string())
+    }
+}
+
+impl PgTarget {
+    /// Connects, drives the connection on the current runtime and sets the
+    /// session up (`synchronous_commit = on`).
+    pub async fn connect(&self) -> Result<Client, PgError> {
+        let (client, connection) = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.config.connect(NoTls),
+        )
+        .await
+        .map_err(|_| PgError::Db("connection timed out".into()))??;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "postgresql connection ended");
+            }
+        });
+        client
+            .batch_execute("SET synchronous_commit TO on")
+            .await?;
+        Ok(client)
+    }
+}
+
+/// The genesis of a new chain: its name hashed, so that a chain's first
+/// record cannot be moved to another chain unnoticed.
+pub fn genesis_of(chain: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"clawgate-chain-v1\n");
+    hasher.update(chain.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+/// The key of a chain's session advisory lock.
+fn chain_lock_sql() -> &'static str {
+    "SELECT pg_try_advisory_lock(hashtext('clawgate-chain'), hashtext($1))"
+}
+
+/// The one statement that commits a batch: move the head if it is still
+/// where this writer left it, and insert the records only if it moved.
+const BATCH_SQL: &str = "
+WITH head AS (
+    UPDATE audit_chains SET seq = $4, hash = $5, updated = now()
+    WHERE chain = $1 AND seq = $2 AND hash = $3 AND NOT closed
+    RETURNING chain)
+INSERT INTO audit_records (chain, seq, ts, kind, request_id, mode, agent, cert_fp,
+    run_id, client_addr, method, host, path, scope, rule, decision, reason, would_deny,
+    credential_kind, credential_ref, policy_digest, status, bytes_up, bytes_down,
+    duration_ms, detail, prev_hash, hash, action, exception)
+SELECT head.chain, r.seq, r.ts, r.kind, r.request_id, r.mode, r.agent, r.cert_fp,
+    r.run_id, r.client_addr, r.method, r.host, r.path, r.scope, r.rule, r.decision,
+    r.reason, r.would_deny, r.credential_kind, r.credential_ref, r.policy_digest,
+    r.status, r.bytes_up, r.bytes_down, r.duration_ms, r.detail, r.prev_hash, r.hash,
+    r.action, r.exception
+FROM head, jsonb_to_recordset($6::text::jsonb) AS r(seq bigint, ts text, kind text,
+    request_id text, mode text, agent text, cert_fp text, run_id text, client_addr text,
+    method text, host text, path text, scope text, rule text, decision text, reason text,
+    would_deny text, credential_kind text, credential_ref text, policy_digest text,
+    status bigint, bytes_up bigint, bytes_down bigint, duration_ms bigint, detail text,
+    prev_hash text, hash text, action text, exception text)";
+
+/// A live session holding the chain's lock.
+struct Session {
+    client: Client,
+    insert: Statement,
+}
+
+/// The writer's side of one chain: runs on the writer thread, with a
+/// runtime of its own.
+struct ChainWriter {
+    runtime: tokio::runtime::Runtime,
+    target: PgTarget,
+    chain: String,
+    session: Option<Session>,
+    head: Head,
+}
+
+impl ChainWriter {
+    /// Connects, creates the chain's head row if new, takes the chain's
+    /// lock and reads its head.
+    async fn open_session(target: &PgTarget, chain: &str) -> Result<(Session, Head), PgError> {
+        let client = target.connect().await?;
+        let genesis = genesis_of(chain);
+        client
+            .execute(
+                "INSERT INTO audit_chains (chain, genesis, seq, hash) VALUES ($1, $2, 0, $2)
+                 ON CONFLICT (chain) DO NOTHING",
+                &[&chain, &genesis],
+            )
+            .await?;
+        let locked: bool = client.query_one(chain_lock_sql(), &[&chain]).await?.get(0);
+        if !locked {
+            return Err(PgError::ChainInUse(chain.to_owned()));
+        }
+        let row = client
+            .query_one(
+                "SELECT seq, hash, closed FROM audit_chains WHERE chain = $1",
+                &[&chain],
+            )
+            .await?;
+        if row.get::<_, bool>(2) {
+            return Err(PgError::ChainClosed(chain.to_owned()));
+        }
+        let head = Head {
+            seq: row.get(0),
+            hash: row.get(1),
+        };
+        let insert = client.prepare(BATCH_SQL).await?;
+        Ok((Session { client, insert }, head))
+    }
+
+    fn write(&mut self, batch: &mut [(Box<super::DecisionRecord>, Waiter)]) -> Result<(), PgError> {
+        if self.session.is_none() {
+            let (session, head) = self
+                .runtime
+                .block_on(Self::open_session(&self.target, &self.chain))?;
+            if head != self.head {
+                tracing::info!(
+                    chain = %self.chain,
+                    seq = head.seq,
+                    "decision log chain head read from postgresql"
+                );
+            }
+            self.head = head;
+            self.session = Some(session);
+        }
+        let Some(session) = &self.session else {
+            return Err(PgError::Db("no session".into()));
+        };
+        let before = self.head.clone();
+        let mut head = before.clone();
+        for (record, _) in batch.iter_mut() {
+            record.chain = None;
+            seal(&mut head, record);
+        }
+        let records: Vec<&super::DecisionRecord> = batch.iter().map(|(r, _)| &**r).collect();
+        let json = serde_json::to_string(&records)
+            .map_err(|e| PgError::Invalid(format!("records not encodable: {e}")))?;
+        let chain = self.chain.as_str();
+        let inserted = self.runtime.block_on(async {
+            tokio::time::timeout(
+                BATCH_TIMEOUT,
+                session.client.execute(
+                    &session.insert,
+                    &[&chain, &before.seq, &before.hash, &head.seq, &head.hash, &json],
+                ),
+            )
+            .await
+        });
+        match inserted {
+            Ok(Ok(n)) if usize::try_from(n).ok() == Some(batch.len()) => {
+                self.head = head;
+                for (record, _) in batch.iter_mut() {
+                    record.chain = Some(self.chain.clone());
+                }
+                Ok(())
+            }
+            Ok(Ok(_)) => {
+                self.session = None;
+                Err(PgError::Db(format!(
+                    "the head of chain `{}` moved under this writer: another process writes it",
+                    self.chain
+                )))
+            }
+            Ok(Err(e)) => {
+                self.session = None;
+                Err(e.into())
+            }
+            Err(_) => {
+                self.session = None;
+                Err(PgError::Db("the batch timed out".into()))
+            }
+        }
+    }
+}
+
+impl BatchStore for ChainWriter {
+    fn write_batch(
+        &mut self,
+        batch: &mut [(Box<super::DecisionRecord>, Waiter)],
+    ) -> Result<(), String> {
+        self.write(batch).map_err(|e| e.to_string())
+    }
+}
+
+/// Opens `chain` on PostgreSQL and starts the writer thread over it.
+/// Refuses when another process holds the chain or the chain is closed.
+pub fn open(target: &PgTarget, chain: &str) -> Result<(AuditLog, WriterHandle), AuditError> {
+    if chain.is_empty() || chain.len() > 200 {
+        return Err(PgError::Invalid("the replica name must be 1 to 200 characters".into()).into());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| AuditError::Write(format!("cannot start the writer runtime: {e}")))?;
+    let (session, head) = runtime.block_on(ChainWriter::open_session(target, chain))?;
+    let writer = ChainWriter {
+        runtime,
+        target: target.clone(),
+        chain: chain.to_owned(),
+        session: Some(session),
+        head,
+    };
+    start_with(writer)
+}
