@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use clawgate::audit::postgres::PgTarget;
 use clawgate::{audit, certs};
 
 #[derive(Debug, Parser)]
@@ -152,6 +153,18 @@ pub(crate) struct ServeArgs {
     /// password of `Proxy-Authorization: Basic`.
     #[arg(long)]
     pub(crate) token_listen: Option<SocketAddr>,
+    /// A fleet's store for the decision log and overrides: a `postgres://`
+    /// URL (the SQLite file at `--audit` when absent). Needs `--replica`.
+    #[arg(long, requires = "replica", value_parser = clap::value_parser!(PgTarget))]
+    pub(crate) store: Option<PgTarget>,
+    /// This replica's name in the fleet: its own hash chain in the store
+    /// (one process per name at a time).
+    #[arg(long)]
+    pub(crate) replica: Option<String>,
+    /// How often a replica tries to append a checkpoint over every chain's
+    /// head (one replica at a time succeeds).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub(crate) checkpoint_every: Duration,
     /// An external issuer's public keys for run tokens (a JWKS file).
     #[arg(long, requires = "token_issuer")]
     pub(crate) token_jwks: Option<PathBuf>,
@@ -270,6 +283,9 @@ pub(crate) enum AuditCommand {
         /// The decision log database.
         #[arg(long, default_value = "./clawgate-audit.db")]
         audit: PathBuf,
+        /// Read a fleet's PostgreSQL store instead of the SQLite file.
+        #[arg(long, value_parser = clap::value_parser!(PgTarget))]
+        store: Option<PgTarget>,
         /// Only this agent.
         #[arg(long)]
         agent: Option<String>,
@@ -308,14 +324,53 @@ pub(crate) enum AuditCommand {
         audit: PathBuf,
         /// A head recorded earlier by `audit head`, as `SEQ:HASH`; the record
         /// must still be there with that hash (catches a cut tail).
+        /// On a PostgreSQL store, the anchor is a checkpoint's.
         #[arg(long, value_parser = parse_anchor)]
         anchor: Vec<audit::Head>,
+        /// Walk every chain and the checkpoint chain of a fleet's
+        /// PostgreSQL store instead of the SQLite file.
+        #[arg(long, value_parser = clap::value_parser!(PgTarget))]
+        store: Option<PgTarget>,
     },
-    /// Print the last record's position and hash, to anchor elsewhere.
+    /// Print the last record's position and hash (on a PostgreSQL store, the
+    /// latest checkpoint's), to anchor elsewhere.
     Head {
         /// The decision log database.
         #[arg(long, default_value = "./clawgate-audit.db")]
         audit: PathBuf,
+        /// A fleet's PostgreSQL store instead of the SQLite file.
+        #[arg(long, value_parser = clap::value_parser!(PgTarget))]
+        store: Option<PgTarget>,
+    },
+    /// Copy a SQLite log into a PostgreSQL store as a chain of its own,
+    /// every hash unchanged.
+    Migrate {
+        /// The SQLite decision log.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+        /// The PostgreSQL store.
+        #[arg(long, value_parser = clap::value_parser!(PgTarget))]
+        store: PgTarget,
+        /// The name of the new chain.
+        #[arg(long, default_value = "sqlite")]
+        chain: String,
+    },
+    /// Append a checkpoint over every chain's head now (replicas also do
+    /// it every `--checkpoint-every`).
+    Checkpoint {
+        /// The PostgreSQL store.
+        #[arg(long, value_parser = clap::value_parser!(PgTarget))]
+        store: PgTarget,
+    },
+    /// Close a retired replica's chain: its writer is refused from now on,
+    /// and once checkpointed, a record added to it fails verify.
+    CloseChain {
+        /// The PostgreSQL store.
+        #[arg(long, value_parser = clap::value_parser!(PgTarget))]
+        store: PgTarget,
+        /// The replica whose chain closes.
+        #[arg(long)]
+        replica: String,
     },
 }
 

@@ -82,6 +82,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 max_exception: checked_max_exception(args.max_exception)?,
                 token_listen: args.token_listen,
                 token_jwks: args.token_jwks.zip(args.token_issuer),
+                fleet: serve::FleetConfig {
+                    store: args.store,
+                    replica: args.replica,
+                    checkpoint_every: args.checkpoint_every,
+                },
             };
             runtime()?.block_on(async {
                 let running = serve::start(&config, std::sync::Arc::new(process_env)).await?;
@@ -192,6 +197,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(AuditCommand::Query {
             audit: path,
+            store,
             agent,
             scope,
             decision,
@@ -217,7 +223,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 until: until.as_deref().map(parse_time).transpose()?,
                 limit: Some(limit),
             };
-            let records = audit::query(&path, &filter)?;
+            let records = match store {
+                Some(target) => runtime()?.block_on(audit::postgres::query(&target, &filter))?,
+                None => audit::query(&path, &filter)?,
+            };
             let format = match format {
                 OutputFormat::Table => Format::Table,
                 OutputFormat::Json => Format::Json,
@@ -227,8 +236,48 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Verify {
+            store: Some(target),
+            anchor,
+            ..
+        }) => fleet_verify(&target, &anchor),
+        Command::Audit(AuditCommand::Head {
+            store: Some(target),
+            ..
+        }) => match runtime()?.block_on(audit::postgres::head(&target))? {
+            Some(c) => {
+                println!("{} {}", c.seq, c.hash);
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                eprintln!("no checkpoint yet: run `clawgate audit checkpoint` first");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Audit(AuditCommand::Migrate {
+            audit: path,
+            store,
+            chain,
+        }) => {
+            let copied = runtime()?.block_on(audit::postgres::migrate(&path, &store, &chain))?;
+            println!("migrated {copied} records into chain `{chain}`");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Checkpoint { store }) => {
+            match runtime()?.block_on(audit::postgres::checkpoint(&store, "clawgate audit checkpoint"))? {
+                Some(c) => println!("checkpoint {} {}", c.seq, c.hash),
+                None => println!("another replica is making a checkpoint now"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::CloseChain { store, replica }) => {
+            runtime()?.block_on(audit::postgres::close_chain(&store, &replica))?;
+            println!("chain `{replica}` closed");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify {
             audit: path,
             anchor,
+            store: None,
         }) => match audit::verify(&path).and_then(|report| {
             anchor
                 .iter()
@@ -248,11 +297,36 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Err(VerifyError::Audit(e)) => Err(e.into()),
         },
-        Command::Audit(AuditCommand::Head { audit: path }) => {
+        Command::Audit(AuditCommand::Head {
+            audit: path,
+            store: None,
+        }) => {
             let head = audit::head(&path)?;
             println!("{} {}", head.seq, head.hash);
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `audit verify --store`: every chain and the checkpoint chain.
+fn fleet_verify(target: &audit::postgres::PgTarget, anchors: &[audit::Head]) -> anyhow::Result<ExitCode> {
+    use audit::postgres::FleetVerifyError;
+    match runtime()?.block_on(audit::postgres::verify(target, anchors)) {
+        Ok(report) => {
+            let head = report
+                .head
+                .map_or_else(|| "no checkpoint yet".to_owned(), |c| format!("checkpoint {} {}", c.seq, c.hash));
+            println!(
+                "ok: {} records in {} chains, {} checkpoints, all intact; {head}",
+                report.records, report.chains, report.checkpoints
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(FleetVerifyError::Broken { what, seq, why }) => {
+            println!("broken: {what} {seq}: {why}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(FleetVerifyError::Store(e)) => Err(e.into()),
     }
 }
 

@@ -11,7 +11,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
-use crate::audit::{AuditError, AuditLog, WriterHandle};
+use crate::audit::postgres::PgTarget;
+use crate::audit::{AuditError, AuditLog, Source, WriterHandle};
 use crate::credentials::{Broker, BrokerConfig};
 use crate::forward::{ForwardError, Timeouts, Upstreams};
 use crate::intercept::{InterceptError, Interceptor};
@@ -60,6 +61,30 @@ pub struct ServeConfig {
     pub token_listen: Option<SocketAddr>,
     /// An external issuer's public keys (a JWKS file) and its `iss`.
     pub token_jwks: Option<(PathBuf, String)>,
+    /// Shared stores for a fleet of replicas; none by default.
+    pub fleet: FleetConfig,
+}
+
+/// Where a fleet keeps what one replica would keep to itself. Every field
+/// empty (the default) is the embedded single-host setup.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// The decision log and overrides on PostgreSQL, instead of SQLite.
+    pub store: Option<PgTarget>,
+    /// This replica's name: its chain in the store.
+    pub replica: Option<String>,
+    /// How often this replica tries to append a checkpoint.
+    pub checkpoint_every: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            store: None,
+            replica: None,
+            checkpoint_every: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Why `serve` would not start.
@@ -166,6 +191,17 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
             "BENCHMARK ONLY: the decision log is off; no decision or outcome is recorded"
         );
         AuditLog::discarding_for_benchmarks()?
+    } else if let Some(target) = &config.fleet.store {
+        let Some(replica) = config.fleet.replica.clone() else {
+            return Err(ServeError::Audit(AuditError::Write(
+                "`--store` needs `--replica`: the name of this replica's chain".into(),
+            )));
+        };
+        let target = target.clone();
+        tracing::info!(replica = %replica, "decision log on postgresql");
+        tokio::task::spawn_blocking(move || AuditLog::open_postgres(&target, &replica))
+            .await
+            .map_err(|e| AuditError::Write(format!("cannot open the decision log: {e}")))??
     } else {
         AuditLog::open(&config.audit_path)?
     };
@@ -243,7 +279,7 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         config.max_exception,
         Arc::clone(&pipeline),
     ));
-    if !config.decision_log_off_benchmark_only {
+    if !config.decision_log_off_benchmark_only && config.fleet.store.is_none() {
         reloader.seed_lapses(&config.audit_path);
     }
     let (stop, stopped) = watch::channel(false);
@@ -252,6 +288,14 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         config.watch_policy,
         stopped.clone(),
     ))];
+    if let (Some(target), Some(replica)) = (&config.fleet.store, &config.fleet.replica) {
+        other_tasks.push(tokio::spawn(checkpoints(
+            target.clone(),
+            replica.clone(),
+            config.fleet.checkpoint_every,
+            stopped.clone(),
+        )));
+    }
     if let Some((listener, tls)) = token_listener {
         other_tasks.push(tokio::spawn(crate::token::listen::serve(
             listener,
@@ -264,7 +308,10 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         let admin = Arc::new(Admin {
             pipeline: Arc::clone(&pipeline),
             reloader,
-            audit_path: config.audit_path.clone(),
+            audit_source: match &config.fleet.store {
+                Some(target) => Source::Postgres(target.clone()),
+                None => Source::Sqlite(config.audit_path.clone()),
+            },
         });
         // HTTP/1.1 only: the admin API is a handful of small requests, and
         // a refusal before the body is read stays a plain response.
@@ -303,4 +350,27 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         other_tasks,
         writer,
     })
+}
+
+/// Every `every`, tries to append a checkpoint over every chain's head;
+/// one replica at a time succeeds (an advisory lock), the others skip.
+async fn checkpoints(
+    target: PgTarget,
+    replica: String,
+    every: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        match crate::audit::postgres::checkpoint(&target, &replica).await {
+            Ok(Some(c)) => tracing::debug!(seq = c.seq, "decision log checkpoint"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "decision log checkpoint failed"),
+        }
+    }
 }

@@ -1,3 +1,5 @@
+SET client_min_messages = warning;
+
 -- clawgate on PostgreSQL: the decision log, its checkpoints and the
 -- runtime overrides. Run once as a superuser (or the database owner):
 --

@@ -17,7 +17,6 @@ mod status;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -60,8 +59,8 @@ pub struct Admin {
     pub pipeline: Arc<Pipeline>,
     /// Reloads the policy directory.
     pub reloader: Arc<Reloader>,
-    /// The decision log database, for queries.
-    pub audit_path: PathBuf,
+    /// Where the decision log is read, for queries.
+    pub audit_source: crate::audit::Source,
 }
 
 type AdminBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -234,18 +233,15 @@ impl Admin {
             Ok(f) => f,
             Err(e) => return error(StatusCode::BAD_REQUEST, &e),
         };
-        let path = self.audit_path.clone();
-        let found = tokio::task::spawn_blocking(move || crate::audit::query(&path, &filter)).await;
-        let records = match found {
-            Ok(Ok(records)) => records,
-            Ok(Err(e)) => {
+        let records = match self.audit_source.query(&filter).await {
+            Ok(records) => records,
+            Err(e) => {
                 tracing::error!(error = %e, "audit query failed");
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the decision log cannot be read",
                 );
             }
-            Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "query failed"),
         };
         let mut out = Vec::new();
         if crate::audit::render(&records, Format::Json, &mut out).is_err() {
