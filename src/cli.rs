@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use clawgate::audit::postgres::PgTarget;
+use clawgate::limits::RedisTarget;
+use clawgate::limits::redis::FailureMode;
 use clawgate::{audit, certs};
 
 #[derive(Debug, Parser)]
@@ -161,6 +163,18 @@ pub(crate) struct ServeArgs {
     /// (one process per name at a time).
     #[arg(long)]
     pub(crate) replica: Option<String>,
+    /// Rate limits shared by the fleet on Redis: `redis://HOST:PORT` or
+    /// `unix:///PATH` (in this process when absent).
+    #[arg(long, value_parser = clap::value_parser!(RedisTarget))]
+    pub(crate) limits: Option<RedisTarget>,
+    /// The longest one Redis round trip may take before the failure mode
+    /// decides the call.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub(crate) limits_timeout: Duration,
+    /// While Redis cannot answer: `local` (in-process limits at rate ÷ live
+    /// replicas), `open` (allow) or `closed` (refuse).
+    #[arg(long, default_value = "local", value_parser = clap::value_parser!(FailureMode))]
+    pub(crate) limits_failure_mode: FailureMode,
     /// How often a replica tries to append a checkpoint over every chain's
     /// head (one replica at a time succeeds).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]

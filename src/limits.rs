@@ -8,7 +8,12 @@
 //!   key whose rate changed in the new policy starts a fresh limiter.
 //! - A refused check consumes nothing.
 
+pub mod redis;
+mod resp;
+
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,6 +112,60 @@ impl Limited {
             secs
         };
         secs.max(1)
+    }
+}
+
+pub use resp::RedisTarget;
+
+/// Where the counters live: in this process ([`Limits`], the default) or
+/// shared by a fleet ([`redis::RedisLimits`]). The pipeline calls this and
+/// does not know which.
+pub trait LimitStore: Send + Sync + std::fmt::Debug {
+    /// Checks the agent's own rate and its rate in the scope; a call must
+    /// pass both, and a refused check spends nothing.
+    fn check<'a>(
+        &'a self,
+        agent: &'a str,
+        agent_rate: Option<Rate>,
+        scope: &'a str,
+        scope_rate: Option<Rate>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Limited>> + Send + 'a>>;
+
+    /// The shared store's state, for metrics and health (none in-process).
+    fn shared_stats(&self) -> Option<redis::RedisStats> {
+        None
+    }
+}
+
+impl LimitStore for Limits {
+    fn check<'a>(
+        &'a self,
+        agent: &'a str,
+        agent_rate: Option<Rate>,
+        scope: &'a str,
+        scope_rate: Option<Rate>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Limited>> + Send + 'a>> {
+        Box::pin(std::future::ready(Limits::check(
+            self, agent, agent_rate, scope, scope_rate,
+        )))
+    }
+}
+
+impl LimitStore for redis::RedisLimits {
+    fn check<'a>(
+        &'a self,
+        agent: &'a str,
+        agent_rate: Option<Rate>,
+        scope: &'a str,
+        scope_rate: Option<Rate>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Limited>> + Send + 'a>> {
+        Box::pin(redis::RedisLimits::check(
+            self, agent, agent_rate, scope, scope_rate,
+        ))
+    }
+
+    fn shared_stats(&self) -> Option<redis::RedisStats> {
+        Some(self.stats())
     }
 }
 

@@ -84,8 +84,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 token_jwks: args.token_jwks.zip(args.token_issuer),
                 fleet: serve::FleetConfig {
                     store: args.store,
-                    replica: args.replica,
+                    replica: args.replica.clone(),
                     checkpoint_every: args.checkpoint_every,
+                    limits: args.limits.map(|target| clawgate::limits::redis::RedisConfig {
+                        target,
+                        timeout: args.limits_timeout,
+                        failure_mode: args.limits_failure_mode,
+                        replica: args
+                            .replica
+                            .clone()
+                            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                    }),
                 },
             };
             runtime()?.block_on(async {

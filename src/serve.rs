@@ -16,6 +16,7 @@ use crate::audit::{AuditError, AuditLog, Source, WriterHandle};
 use crate::credentials::{Broker, BrokerConfig};
 use crate::forward::{ForwardError, Timeouts, Upstreams};
 use crate::intercept::{InterceptError, Interceptor};
+use crate::limits::redis::{RedisConfig, RedisLimits};
 use crate::listener::{self, ListenerError};
 use crate::overrides::{OverrideError, Overrides};
 use crate::pipeline::vend::{self, VendListenError};
@@ -75,6 +76,8 @@ pub struct FleetConfig {
     pub replica: Option<String>,
     /// How often this replica tries to append a checkpoint.
     pub checkpoint_every: Duration,
+    /// Rate limits on Redis, instead of in this process.
+    pub limits: Option<RedisConfig>,
 }
 
 impl Default for FleetConfig {
@@ -83,6 +86,7 @@ impl Default for FleetConfig {
             store: None,
             replica: None,
             checkpoint_every: Duration::from_secs(60),
+            limits: None,
         }
     }
 }
@@ -259,8 +263,12 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
     };
     let overrides = Arc::new(Overrides::open(overrides_path)?);
     let broker = Arc::new(Broker::new(config.broker.clone(), audit.clone()));
-    let pipeline = Arc::new(
-        Pipeline::new(
+    let shared_limits = config
+        .fleet
+        .limits
+        .clone()
+        .map(|c| Arc::new(RedisLimits::new(c)));
+    let mut pipeline = Pipeline::new(
             Arc::new(policy),
             audit,
             PipelineParts {
@@ -271,8 +279,11 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
                 overrides,
             },
         )
-        .with_tokens(tokens),
-    );
+        .with_tokens(tokens);
+    if let Some(store) = &shared_limits {
+        pipeline = pipeline.with_limits(Arc::clone(store) as _);
+    }
+    let pipeline = Arc::new(pipeline);
     let reloader = Arc::new(Reloader::new(
         config.policy_dir.clone(),
         env,
@@ -295,6 +306,9 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
             config.fleet.checkpoint_every,
             stopped.clone(),
         )));
+    }
+    if let Some(store) = shared_limits {
+        other_tasks.push(tokio::spawn(heartbeats(store, stopped.clone())));
     }
     if let Some((listener, tls)) = token_listener {
         other_tasks.push(tokio::spawn(crate::token::listen::serve(
@@ -371,6 +385,19 @@ async fn checkpoints(
             Ok(Some(c)) => tracing::debug!(seq = c.seq, "decision log checkpoint"),
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "decision log checkpoint failed"),
+        }
+    }
+}
+
+/// Every second, tells Redis this replica is live and learns how many are
+/// (the `local` failure mode splits each rate by that count).
+async fn heartbeats(store: Arc<RedisLimits>, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => store.heartbeat().await,
+            _ = stopped.changed() => return,
         }
     }
 }

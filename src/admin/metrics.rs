@@ -95,6 +95,8 @@ pub struct Gauges {
     /// Decision log batches: (records in the last batch, commits, seconds
     /// spent committing in all), when the writer reports them.
     pub audit_batches: Option<(u64, u64, f64)>,
+    /// The shared rate limit store, when limits are on Redis.
+    pub limits_store: Option<crate::limits::redis::RedisStats>,
 }
 
 impl Metrics {
@@ -222,6 +224,38 @@ impl Metrics {
             "1 when the decision log can be written.",
             f64::from(u8::from(gauges.audit_healthy)),
         );
+        if let Some(store) = gauges.limits_store {
+            gauge(
+                &mut out,
+                "clawgate_limits_store_up",
+                "1 when the shared rate limit store (Redis) answers; 0 while the failure mode decides.",
+                f64::from(u8::from(store.up)),
+            );
+            counter(
+                &mut out,
+                "clawgate_limits_store_failures_total",
+                "Round trips to the rate limit store that failed or timed out.",
+                store.failures,
+            );
+            counter(
+                &mut out,
+                "clawgate_limits_fallback_total",
+                "Calls decided by the failure mode instead of the rate limit store.",
+                store.fallbacks,
+            );
+            counter(
+                &mut out,
+                "clawgate_limits_cached_refusals_total",
+                "Rate limit refusals answered from the local cache.",
+                store.cached_refusals,
+            );
+            gauge(
+                &mut out,
+                "clawgate_limits_replicas",
+                "Live replicas sharing the rate limits, as last seen.",
+                f64::from(store.replicas),
+            );
+        }
         gauge(
             &mut out,
             "clawgate_policy_valid",

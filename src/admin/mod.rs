@@ -146,7 +146,7 @@ impl Admin {
             return error(StatusCode::FORBIDDEN, "this needs the admin role");
         }
         match (method, path.as_str()) {
-            (Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (Method::GET, "/healthz") => self.healthz(),
             (Method::GET, "/readyz") => self.readyz(),
             (Method::GET, "/metrics") => self.metrics(),
             (Method::GET, "/v1/audit") => self.audit(&query).await,
@@ -180,6 +180,22 @@ impl Admin {
                 self.remove_override(&p["/v1/overrides/".len()..], &who)
             }
             _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+        }
+    }
+
+    /// Alive; says so with the state of the shared rate limit store, which
+    /// degrades a replica (the failure mode decides) but does not stop it.
+    fn healthz(&self) -> Response<AdminBody> {
+        match self.pipeline.limits().shared_stats() {
+            Some(store) if !store.up => text(
+                StatusCode::OK,
+                &format!(
+                    "ok\nlimits-store: down (failure mode {})\n",
+                    store.mode.as_str()
+                ),
+            ),
+            Some(_) => text(StatusCode::OK, "ok\nlimits-store: up\n"),
+            None => text(StatusCode::OK, "ok\n"),
         }
     }
 
@@ -219,6 +235,7 @@ impl Admin {
                 .filter(|o| o.active_at(now))
                 .count() as u64,
             audit_batches: Some(audit.batch_stats()),
+            limits_store: self.pipeline.limits().shared_stats(),
         };
         let mut response = text(StatusCode::OK, &self.pipeline.metrics().render(&gauges));
         response.headers_mut().insert(

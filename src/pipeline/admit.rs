@@ -32,7 +32,6 @@ use crate::credentials::sigv4;
 use crate::credentials::{Broker, Credential, MintContext};
 use crate::error::Reason;
 use crate::forward::{strip_hop_by_hop, upstream_uri};
-use crate::limits::Limits;
 use crate::overrides::Overrides;
 use crate::policy::aws::{AwsRequest, FormBody, RequestView, classify};
 use crate::policy::{Call, Decision, Permitted, Policy, Scope, Target, Upstream, decide};
@@ -119,7 +118,7 @@ pub(super) struct Admission<'a> {
     pub request_id: &'a str,
     /// The time the call is judged at (exceptions, overrides).
     pub now: SystemTime,
-    pub rates: &'a Limits,
+    pub rates: &'a dyn crate::limits::LimitStore,
     pub overrides: &'a Overrides,
     pub metrics: &'a Metrics,
     /// Set to the seconds of `Retry-After` when a rate limit refuses.
@@ -250,7 +249,7 @@ impl Admission<'_> {
             // The token narrows: a scope it leaves out is refused.
             return Err(Reason::RunTokenScope);
         }
-        self.limit(&decision, scope, record)?;
+        self.limit(&decision, scope, record).await?;
         let upstream_path = encode_path(&upstream_path(scope));
 
         strip_hop_by_hop(&mut parts.headers);
@@ -340,7 +339,7 @@ impl Admission<'_> {
 
     /// The step after `decide`: an override disabling the scope, then the
     /// agent's rate and its rate in the scope.
-    fn limit(
+    async fn limit(
         &self,
         decision: &Decision,
         scope: &Scope,
@@ -358,6 +357,7 @@ impl Admission<'_> {
         };
         self.rates
             .check(&agent.name, agent.rate, &scope.name, scope.rate)
+            .await
             .map_err(|limited| {
                 self.retry_after
                     .store(limited.retry_after_secs(), Ordering::Relaxed);

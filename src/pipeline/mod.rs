@@ -42,7 +42,7 @@ use crate::error::{REQUEST_ID_HEADER, Reason, refusal_response};
 use crate::forward::{Upstreams, strip_hop_by_hop};
 use crate::identity::PeerIdentity;
 use crate::intercept::Interceptor;
-use crate::limits::Limits;
+use crate::limits::{LimitStore, Limits};
 use crate::overrides::Overrides;
 use crate::policy::Policy;
 use crate::token::Verifier;
@@ -72,7 +72,7 @@ pub struct Pipeline {
     in_flight: Arc<InFlight>,
     /// Flips to `true` when tunnels and intercepted connections must end.
     pub(crate) stopping: watch::Sender<bool>,
-    rates: Limits,
+    rates: Arc<dyn LimitStore>,
     overrides: Arc<Overrides>,
     metrics: Metrics,
     tokens: Verifier,
@@ -106,7 +106,7 @@ impl Pipeline {
             limits: parts.limits,
             in_flight: Arc::default(),
             stopping: watch::Sender::new(false),
-            rates: Limits::default(),
+            rates: Arc::new(Limits::default()),
             overrides: parts.overrides,
             metrics: Metrics::default(),
             tokens: Verifier::none(),
@@ -117,6 +117,20 @@ impl Pipeline {
     /// drain timeout).
     pub fn end_tunnels(&self) {
         self.stopping.send_replace(true);
+    }
+
+    /// The pipeline, keeping rate limits in `store` (shared by a fleet)
+    /// instead of in this process.
+    pub fn with_limits(self, store: Arc<dyn LimitStore>) -> Pipeline {
+        Pipeline {
+            rates: store,
+            ..self
+        }
+    }
+
+    /// Where the rate limits live.
+    pub fn limits(&self) -> &Arc<dyn LimitStore> {
+        &self.rates
     }
 
     /// The pipeline, verifying run tokens with `tokens`.
@@ -261,7 +275,7 @@ impl Pipeline {
                 limits: self.limits,
                 request_id: &request_id,
                 now: SystemTime::now(),
-                rates: &self.rates,
+                rates: &*self.rates,
                 overrides: &self.overrides,
                 metrics: &self.metrics,
                 retry_after: AtomicU64::new(0),
