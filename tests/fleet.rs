@@ -13,6 +13,7 @@ mod common;
 mod stores;
 
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use common::{Harness, Options, clawgate};
 use stores::{Postgres, Redis};
@@ -156,20 +157,232 @@ fn the_role_cannot_update_or_delete_records_and_a_second_process_on_a_chain_is_r
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("append-only"));
 
-    let second = std::process::Command::new(common::BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "off", "--policy"])
-        .arg(&first.policy)
-        .arg("--certs")
-        .arg(&first.certs)
-        .arg("--audit")
-        .arg(first.path("second.db"))
-        .args(["--store", &pg.url(), "--replica", "solo"])
-        .env("ECHO_API_TOKEN", common::CANARY)
-        .output()
-        .unwrap();
+    let second = serve_once(&first, &pg, "solo");
     assert!(!second.status.success());
     let said = String::from_utf8_lossy(&second.stderr);
     assert!(said.contains("chain `solo` is in use"), "{said}");
     assert_eq!(call(&first).status, 200);
     assert!(verify(&pg).status.success());
+}
+
+/// Runs `sql` as the superuser with triggers off: what an attacker with
+/// the database's keys could do, and what verify must catch.
+fn tamper(pg: &Postgres, sql: &str) {
+    pg.psql(
+        "postgres",
+        "clawgate",
+        &format!("SET session_replication_role = replica; {sql}"),
+    );
+}
+
+fn restore(pg: &Postgres) {
+    tamper(
+        pg,
+        "DELETE FROM audit_records; INSERT INTO audit_records SELECT * FROM backup_records;
+         DELETE FROM audit_checkpoints; INSERT INTO audit_checkpoints SELECT * FROM backup_checkpoints;
+         UPDATE audit_chains c SET seq = b.seq, hash = b.hash, closed = b.closed
+             FROM backup_chains b WHERE b.chain = c.chain;",
+    );
+    let out = verify(pg);
+    assert!(out.status.success(), "restored log must verify: {out:?}");
+}
+
+fn broken(pg: &Postgres, expect: &[&str]) {
+    let out = verify(pg);
+    let text = stdout(&out);
+    assert!(!out.status.success(), "verify passed a tampered log: {text}");
+    for e in expect {
+        assert!(text.contains(e), "verify said `{text}`, not `{e}`");
+    }
+}
+
+#[test]
+fn editing_deleting_cutting_and_growing_a_closed_chain_are_each_named_by_verify() {
+    let pg = Postgres::start();
+    let mut h = replica("t1", &pg, None, "", &[]);
+    for _ in 0..4 {
+        assert_eq!(call(&h).status, 200);
+    }
+    h.stop();
+    let last: i64 = pg
+        .psql("postgres", "clawgate", "SELECT max(seq) FROM audit_records WHERE chain = 't1'")
+        .parse()
+        .unwrap();
+    assert!(last >= 8, "a policy record and 4 decisions and outcomes: {last}");
+    assert!(fleet_cmd(&["audit", "checkpoint", "--store", &pg.url()]).status.success());
+    pg.psql(
+        "postgres",
+        "clawgate",
+        "CREATE TABLE backup_records AS SELECT * FROM audit_records;
+         CREATE TABLE backup_checkpoints AS SELECT * FROM audit_checkpoints;
+         CREATE TABLE backup_chains AS SELECT * FROM audit_chains;",
+    );
+    assert!(verify(&pg).status.success());
+
+    tamper(&pg, "UPDATE audit_records SET agent = 'someone-else' WHERE chain = 't1' AND seq = 3");
+    broken(&pg, &["chain `t1` record 3", "edited"]);
+    restore(&pg);
+
+    tamper(&pg, "DELETE FROM audit_records WHERE chain = 't1' AND seq = 4");
+    broken(&pg, &["chain `t1` record 4", "missing"]);
+    restore(&pg);
+
+    // A careful cut: the tail goes and the head row is moved back to match,
+    // so only the checkpoint still knows how far the chain reached.
+    tamper(
+        &pg,
+        &format!(
+            "DELETE FROM audit_records WHERE chain = 't1' AND seq > {keep};
+             UPDATE audit_chains SET seq = {keep},
+                 hash = (SELECT hash FROM audit_records WHERE chain = 't1' AND seq = {keep})
+             WHERE chain = 't1';",
+            keep = last - 2
+        ),
+    );
+    broken(
+        &pg,
+        &[&format!("chain `t1` record {}", last - 1), "cut below a checkpoint"],
+    );
+    restore(&pg);
+
+    tamper(&pg, "UPDATE audit_checkpoints SET made_by = 'nobody' WHERE seq = 1");
+    broken(&pg, &["checkpoint 1", "edited"]);
+    restore(&pg);
+
+    // A retired replica's chain is closed and checkpointed; a record added
+    // to it afterwards is named.
+    let out = fleet_cmd(&["audit", "close-chain", "--store", &pg.url(), "--replica", "t1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(fleet_cmd(&["audit", "checkpoint", "--store", &pg.url()]).status.success());
+    assert!(verify(&pg).status.success());
+    tamper(
+        &pg,
+        &format!(
+            "INSERT INTO audit_records SELECT chain, seq + 1, ts, kind, request_id, mode, agent,
+                 cert_fp, run_id, client_addr, method, host, path, scope, rule, decision, reason,
+                 would_deny, credential_kind, credential_ref, policy_digest, status, bytes_up,
+                 bytes_down, duration_ms, detail, hash, hash, action, exception
+             FROM audit_records WHERE chain = 't1' AND seq = {last};
+             UPDATE audit_chains SET seq = {next} WHERE chain = 't1';",
+            next = last + 1
+        ),
+    );
+    broken(&pg, &[&format!("chain `t1` record {}", last + 1), "closed chain grew"]);
+    // And a writer for the closed chain is refused at start.
+    let out = serve_once(&h, &pg, "t1");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chain `t1` is closed"),
+        "{out:?}"
+    );
+}
+
+/// `clawgate serve` on `h`'s files, for a start that is expected to fail.
+fn serve_once(h: &Harness, pg: &Postgres, chain: &str) -> Output {
+    std::process::Command::new(common::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "off", "--policy"])
+        .arg(&h.policy)
+        .arg("--certs")
+        .arg(&h.certs)
+        .arg("--audit")
+        .arg(h.path("second.db"))
+        .args(["--store", &pg.url(), "--replica", chain])
+        .env("ECHO_API_TOKEN", common::CANARY)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_sqlite_log_migrates_with_its_chain_intact() {
+    let pg = Postgres::start();
+    let mut h = Harness::with(Options {
+        extra_policy: vec![("fleet.toml", SCOPE.replace("{extra}", ""))],
+        agents: vec!["fleeter", "ops"],
+        ..Options::default()
+    });
+    let ids: Vec<String> = (0..3).map(|_| call(&h).request_id()).collect();
+    h.stop();
+    let sqlite_head = stdout(&fleet_cmd(&["audit", "head", "--audit", h.audit.to_str().unwrap()]));
+    let out = fleet_cmd(&[
+        "audit", "migrate", "--audit", h.audit.to_str().unwrap(), "--store", &pg.url(), "--chain", "host-a",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    // The SQLite head is the migrated chain's head: same position, same hash.
+    let (seq, hash) = sqlite_head.trim().split_once(' ').unwrap();
+    let row = pg.psql(
+        "postgres",
+        "clawgate",
+        "SELECT seq || ' ' || hash FROM audit_chains WHERE chain = 'host-a'",
+    );
+    assert_eq!(row, format!("{seq} {hash}"));
+    assert!(fleet_cmd(&["audit", "checkpoint", "--store", &pg.url()]).status.success());
+    let out = verify(&pg);
+    assert!(out.status.success(), "{out:?}");
+    let out = fleet_cmd(&["audit", "query", "--store", &pg.url(), "--format", "json"]);
+    for id in &ids {
+        assert!(stdout(&out).contains(id.as_str()));
+    }
+    // A second migration into the same chain is refused.
+    let again = fleet_cmd(&[
+        "audit", "migrate", "--audit", h.audit.to_str().unwrap(), "--store", &pg.url(), "--chain", "host-a",
+    ]);
+    assert!(!again.status.success());
+}
+
+#[test]
+fn postgres_stopped_mid_load_refuses_with_audit_unavailable_and_service_comes_back() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let pg = Postgres::start();
+    let h = Arc::new(replica("load", &pg, None, "", &[]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (h, stop) = (Arc::clone(&h), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut replies = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                replies.push(call(&h));
+            }
+            replies
+        })
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    pg.stop_immediate();
+    std::thread::sleep(Duration::from_millis(1500));
+    pg.restart();
+    // Service comes back by itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = call(&h);
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {r:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let replies = load.join().unwrap();
+    let ok: Vec<&common::Reply> = replies.iter().filter(|r| r.status == 200).collect();
+    let refused: Vec<&common::Reply> = replies.iter().filter(|r| r.status == 503).collect();
+    assert!(!ok.is_empty() && !refused.is_empty(), "{} ok, {} refused", ok.len(), refused.len());
+    for r in &refused {
+        assert_eq!(r.json()["reason"], "audit-unavailable", "{r:?}");
+    }
+    for r in replies.iter().filter(|r| r.status != 200 && r.status != 503) {
+        panic!("unexpected reply while PostgreSQL was down: {r:?}");
+    }
+    // No acknowledged call lacks its decision record.
+    for r in &ok {
+        let id = r.request_id();
+        assert_eq!(
+            count(&pg, &format!("request_id = '{id}' AND kind = 'decision' AND decision = 'allow'")),
+            1,
+            "call {id} was answered 200 without its record"
+        );
+    }
+    assert!(fleet_cmd(&["audit", "checkpoint", "--store", &pg.url()]).status.success());
+    let out = verify(&pg);
+    assert!(out.status.success(), "{out:?}");
 }

@@ -334,6 +334,14 @@ async fn walk_chain(
     let mut count = 0u64;
     while let Some(row) = rows.next().await {
         let record = from_row(&row.map_err(PgError::from)?).map_err(PgError::from)?;
+        if let Some((closed, at)) = want.closed_at
+            && record.seq > closed
+        {
+            return Err(broken(
+                record.seq,
+                format!("written after checkpoint {at} saw the chain closed at {closed}: a closed chain grew"),
+            ));
+        }
         if record.seq != head.seq + 1 {
             return Err(broken(
                 head.seq + 1,
@@ -358,14 +366,6 @@ async fn walk_chain(
             return Err(broken(
                 record.seq,
                 format!("differs from checkpoint {at}: the chain was rewritten"),
-            ));
-        }
-        if let Some((closed, at)) = want.closed_at
-            && record.seq > closed
-        {
-            return Err(broken(
-                record.seq,
-                format!("written after checkpoint {at} saw the chain closed at {closed}: a closed chain grew"),
             ));
         }
         head = Head {
