@@ -386,3 +386,116 @@ fn postgres_stopped_mid_load_refuses_with_audit_unavailable_and_service_comes_ba
     let out = verify(&pg);
     assert!(out.status.success(), "{out:?}");
 }
+
+fn limited_replica(name: &str, redis: &Redis, mode: &str) -> Harness {
+    Harness::with(Options {
+        extra_policy: vec![(
+            "fleet.toml",
+            SCOPE.replace("{extra}", "rate = \"3/hour\"\nburst = 3"),
+        )],
+        agents: vec!["fleeter", "ops"],
+        serve_args: vec![
+            "--limits".into(),
+            redis.url(),
+            "--replica".into(),
+            name.into(),
+            "--limits-failure-mode".into(),
+            mode.into(),
+        ],
+        ..Options::default()
+    })
+}
+
+fn metric(h: &Harness, name: &str) -> f64 {
+    let r = h.admin(Some("ops"), &["/metrics"]);
+    r.body_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no metric {name}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_shared_rate_limit_holds_in_total_across_three_replicas() {
+    let redis = Redis::start();
+    let replicas: Vec<Harness> = ["l1", "l2", "l3"]
+        .iter()
+        .map(|n| limited_replica(n, &redis, "local"))
+        .collect();
+    let mut allowed = 0;
+    for i in 0..12 {
+        let h = &replicas[i % 3];
+        let r = call(h);
+        match r.status {
+            200 => allowed += 1,
+            429 => {
+                assert_eq!(r.json()["reason"], "rate-limited");
+                let record = h.decision(&r.request_id());
+                assert_eq!(record.reason, "rate-limited");
+                assert!(record.detail.as_deref().unwrap_or("").contains("scope rate limit"));
+            }
+            other => panic!("unexpected {other}: {r:?}"),
+        }
+    }
+    // The burst of 3, fleet-wide; at 3/hour nothing more accrues meanwhile.
+    assert_eq!(allowed, 3, "the fleet allowed {allowed} calls against a burst of 3");
+    // Both limits live under one hash tag, in Redis.
+    let keys = redis.cli(&["--scan", "--pattern", "clawgate:{fleeter}:*"]);
+    assert!(keys.contains("clawgate:{fleeter}:scope:shared-echo"), "{keys}");
+    for h in &replicas {
+        assert_eq!(metric(h, "clawgate_limits_store_up"), 1.0);
+    }
+}
+
+#[test]
+fn redis_paused_then_killed_each_failure_mode_behaves_as_configured_and_says_so() {
+    let mut redis = Redis::start();
+    let open = limited_replica("m-open", &redis, "open");
+    let closed = limited_replica("m-closed", &redis, "closed");
+    let local = limited_replica("m-local", &redis, "local");
+    wait_until("three live replicas", Duration::from_secs(10), || {
+        metric(&local, "clawgate_limits_replicas") >= 3.0
+    });
+    assert_eq!(call(&open).status, 200);
+
+    redis.pause();
+    // open: every call passes, past the burst.
+    for _ in 0..5 {
+        assert_eq!(call(&open).status, 200);
+    }
+    // closed: refused, and the record says why.
+    let r = call(&closed);
+    assert_eq!(r.status, 429, "{r:?}");
+    assert!(
+        closed.decision(&r.request_id()).detail.unwrap_or_default().contains("store"),
+    );
+    // local: this replica's share of the burst (3 ÷ 3 replicas = 1).
+    assert_eq!(call(&local).status, 200);
+    assert_eq!(call(&local).status, 429);
+    for (h, mode) in [(&open, "open"), (&closed, "closed"), (&local, "local")] {
+        assert_eq!(metric(h, "clawgate_limits_store_up"), 0.0, "{mode}");
+        assert!(metric(h, "clawgate_limits_fallback_total") >= 1.0, "{mode}");
+        let health = h.admin(Some("ops"), &["/healthz"]).body_text();
+        assert!(
+            health.contains(&format!("limits-store: down (failure mode {mode})")),
+            "{health}"
+        );
+    }
+
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(call(&open).status, 200);
+    assert_eq!(call(&closed).status, 429);
+    assert_eq!(call(&local).status, 429);
+    assert!(metric(&closed, "clawgate_limits_store_failures_total") >= 1.0);
+}
