@@ -10,6 +10,8 @@
 //! - Every change (created, removed, lapsed) is a record; the caller writes
 //!   it with [`Override::record`].
 
+mod postgres;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -136,6 +138,9 @@ pub enum OverrideError {
     /// The request is not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// The fleet's store (PostgreSQL) failed.
+    #[error("shared override store: {0}")]
+    Shared(String),
 }
 
 /// A request to create an override.
@@ -166,8 +171,16 @@ CREATE TABLE IF NOT EXISTS overrides (
 /// The overrides in force, and their store.
 #[derive(Debug)]
 pub struct Overrides {
-    db: Mutex<Connection>,
-    active: ArcSwap<Vec<Override>>,
+    db: Store,
+    active: Arc<ArcSwap<Vec<Override>>>,
+}
+
+/// Where overrides are kept: beside the SQLite decision log, or in a
+/// fleet's PostgreSQL store (shared, see [`postgres`]).
+#[derive(Debug)]
+enum Store {
+    Sqlite(Mutex<Connection>),
+    Postgres(postgres::PgOverrides),
 }
 
 impl Overrides {
@@ -179,9 +192,36 @@ impl Overrides {
         conn.execute_batch(SCHEMA)?;
         let active = read_all(&conn)?;
         Ok(Overrides {
-            db: Mutex::new(conn),
-            active: ArcSwap::from_pointee(active),
+            db: Store::Sqlite(Mutex::new(conn)),
+            active: Arc::new(ArcSwap::from_pointee(active)),
         })
+    }
+
+    /// Opens the fleet's overrides on PostgreSQL: read now, then kept
+    /// current by NOTIFY and a poll every second. `replica` names this
+    /// process in the count of replicas an override is in force on.
+    pub fn open_shared(
+        target: crate::audit::postgres::PgTarget,
+        replica: String,
+    ) -> Result<Overrides, OverrideError> {
+        let active = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let store = postgres::PgOverrides::start(target, replica, Arc::clone(&active))?;
+        Ok(Overrides {
+            db: Store::Postgres(store),
+            active,
+        })
+    }
+
+    /// The JSON form of `o` for the admin API; on a fleet's store, with
+    /// how many live replicas have it in force.
+    pub fn describe(&self, o: &Override, now: SystemTime) -> serde_json::Value {
+        let mut value = o.to_json(now);
+        if let (Store::Postgres(store), Some(map)) = (&self.db, value.as_object_mut()) {
+            let (in_force, live) = postgres::in_force(&store.view.load(), &o.id);
+            map.insert("in_force_on_replicas".into(), in_force.into());
+            map.insert("live_replicas".into(), live.into());
+        }
+        value
     }
 
     /// Every override not yet lapsed or removed, whatever `now` says (one
@@ -261,7 +301,13 @@ impl Overrides {
             created,
             expires: created + expires_in,
         };
-        let db = self.lock()?;
+        let db = match &self.db {
+            Store::Sqlite(_) => self.lock()?,
+            Store::Postgres(store) => {
+                store.create(&o)?;
+                return Ok(o);
+            }
+        };
         db.execute(
             "INSERT INTO overrides (id, kind, target, reason, created_by, created, expires)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -285,6 +331,9 @@ impl Overrides {
         if found.is_none() {
             return Ok(None);
         }
+        if let Store::Postgres(store) = &self.db {
+            return Ok(found.filter(|_| store.remove(id).unwrap_or(false)));
+        }
         let db = self.lock()?;
         db.execute("DELETE FROM overrides WHERE id = ?1", [id])?;
         self.active.store(Arc::new(read_all(&db)?));
@@ -304,6 +353,11 @@ impl Overrides {
         if lapsed.is_empty() {
             return Ok(lapsed);
         }
+        if let Store::Postgres(store) = &self.db {
+            // Only the lapses this replica took out are its to record.
+            let mine = store.lapse(lapsed.iter().map(|o| o.id.clone()).collect())?;
+            return Ok(lapsed.into_iter().filter(|o| mine.contains(&o.id)).collect());
+        }
         let db = self.lock()?;
         for o in &lapsed {
             db.execute("DELETE FROM overrides WHERE id = ?1", [&o.id])?;
@@ -313,9 +367,14 @@ impl Overrides {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>, OverrideError> {
-        self.db
-            .lock()
-            .map_err(|_| OverrideError::Invalid("override store is unusable".into()))
+        match &self.db {
+            Store::Sqlite(db) => db
+                .lock()
+                .map_err(|_| OverrideError::Invalid("override store is unusable".into())),
+            Store::Postgres(_) => Err(OverrideError::Invalid(
+                "overrides are on the shared store".into(),
+            )),
+        }
     }
 }
 

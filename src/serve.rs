@@ -261,7 +261,15 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
     } else {
         config.audit_path.as_path()
     };
-    let overrides = Arc::new(Overrides::open(overrides_path)?);
+    let overrides = Arc::new(match (&config.fleet.store, &config.fleet.replica) {
+        (Some(target), Some(replica)) if !config.decision_log_off_benchmark_only => {
+            let (target, replica) = (target.clone(), replica.clone());
+            tokio::task::spawn_blocking(move || Overrides::open_shared(target, replica))
+                .await
+                .map_err(|e| OverrideError::Shared(e.to_string()))??
+        }
+        _ => Overrides::open(overrides_path)?,
+    });
     let broker = Arc::new(Broker::new(config.broker.clone(), audit.clone()));
     let shared_limits = config
         .fleet

@@ -499,3 +499,68 @@ fn redis_paused_then_killed_each_failure_mode_behaves_as_configured_and_says_so(
     assert_eq!(call(&local).status, 429);
     assert!(metric(&closed, "clawgate_limits_store_failures_total") >= 1.0);
 }
+
+fn create_override(h: &Harness, body: &str) -> common::Reply {
+    h.admin(
+        Some("ops"),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+            "/v1/overrides",
+        ],
+    )
+}
+
+#[test]
+fn an_override_on_one_replica_refuses_on_the_others_within_a_second_and_lapses_once() {
+    let pg = Postgres::start();
+    let replicas: Vec<Harness> = ["o1", "o2", "o3"]
+        .iter()
+        .map(|n| replica(n, &pg, None, "", &[]))
+        .collect();
+    for h in &replicas {
+        assert_eq!(call(h).status, 200);
+    }
+    let r = create_override(
+        &replicas[0],
+        r#"{"kind":"isolate-agent","target":"fleeter","reason":"incident 7","expires_in":"4s"}"#,
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let created = Instant::now();
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    for h in &replicas[1..] {
+        wait_until("the override reaches every replica", Duration::from_secs(1), || {
+            call(h).status == 403
+        });
+    }
+    assert!(created.elapsed() < Duration::from_millis(1500));
+    let refused = call(&replicas[2]);
+    assert_eq!(refused.json()["reason"], "agent-isolated");
+    assert_eq!(
+        count(&pg, &format!("request_id = '{}' AND chain = 'o3' AND reason = 'agent-isolated'", refused.request_id())),
+        1
+    );
+    // Every replica's status says on how many replicas it is in force.
+    wait_until("three replicas report the override", Duration::from_secs(5), || {
+        let listed = replicas[1].admin(Some("ops"), &["/v1/overrides"]).json();
+        listed[0]["id"] == id.as_str() && listed[0]["in_force_on_replicas"] == 3
+    });
+    // It lapses by itself, and the lapse is one record in the whole fleet.
+    wait_until("the override lapses", Duration::from_secs(10), || {
+        count(&pg, &format!("request_id = '{id}' AND kind = 'override' AND detail LIKE 'lapsed%'")) >= 1
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        count(&pg, &format!("request_id = '{id}' AND kind = 'override' AND detail LIKE 'lapsed%'")),
+        1
+    );
+    for h in &replicas {
+        assert_eq!(call(h).status, 200);
+    }
+    assert!(fleet_cmd(&["audit", "checkpoint", "--store", &pg.url()]).status.success());
+    assert!(verify(&pg).status.success());
+}

@@ -171,7 +171,7 @@ impl Admin {
                     .all()
                     .iter()
                     .filter(|o| o.active_at(now))
-                    .map(|o| o.to_json(now))
+                    .map(|o| self.pipeline.overrides().describe(o, now))
                     .collect();
                 json(StatusCode::OK, &serde_json::Value::Array(all))
             }

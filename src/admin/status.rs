@@ -88,7 +88,7 @@ pub fn status_of(admin: &Admin, now: SystemTime) -> PolicyStatus {
         .all()
         .iter()
         .filter(|o| o.active_at(now))
-        .map(|o| o.to_json(now))
+        .map(|o| admin.pipeline.overrides().describe(o, now))
         .collect();
     PolicyStatus {
         in_force: policy.digest().to_owned(),

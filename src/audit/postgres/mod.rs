@@ -116,6 +116,11 @@ impl From<PgError> for AuditError {
 }
 
 impl PgTarget {
+    /// The connection settings (they may hold a password: never print them).
+    pub(crate) fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
     /// Connects, drives the connection on the current runtime and sets the
     /// session up (`synchronous_commit = on`).
     pub async fn connect(&self) -> Result<Client, PgError> {

@@ -1,0 +1,379 @@
+//! Overrides shared by a fleet, on PostgreSQL.
+//!
+//! A change writes the row, bumps the one-row version and sends a
+//! `NOTIFY` in one transaction. Every replica listens, and also polls the
+//! version every second, because a notification sent while a replica was
+//! disconnected is lost; either way it reads the whole list and swaps it
+//! in. Each poll also records which version this replica has in force, so
+//! the admin API can say on how many live replicas an override holds.
+//!
+//! Invariants:
+//! - A lapse is taken out by a `DELETE … RETURNING`: only the replica whose
+//!   delete removed the row records it, so it is recorded once in the fleet.
+//! - All database work runs on one thread with its own runtime; callers
+//!   (the admin API, the sweep) wait for its answer, as they wait for
+//!   SQLite's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use super::{Override, OverrideError, OverrideKind, at, secs, to_i64};
+use crate::audit::postgres::PgTarget;
+
+/// How often the version is polled (and this replica's heartbeat sent).
+const POLL: Duration = Duration::from_secs(1);
+/// A replica whose heartbeat is older than this is not counted.
+const LIVE_SECS: f64 = 5.0;
+/// How long a caller waits for the store.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+const CHANNEL: &str = "clawgate_overrides";
+
+type Answer<T> = std::sync::mpsc::SyncSender<Result<T, OverrideError>>;
+
+enum Request {
+    Create(Box<Override>, Answer<()>),
+    Remove(String, Answer<bool>),
+    Lapse(Vec<String>, Answer<Vec<String>>),
+}
+
+/// The fleet's view: versions and live replicas.
+#[derive(Debug, Default)]
+pub(super) struct FleetView {
+    /// The version at which each override was created.
+    pub(super) created_at: HashMap<String, i64>,
+    /// The version each live replica has in force.
+    pub(super) live: Vec<i64>,
+}
+
+/// The handle the rest of clawgate holds.
+#[derive(Debug)]
+pub(super) struct PgOverrides {
+    tx: mpsc::UnboundedSender<Request>,
+    pub(super) view: Arc<ArcSwap<FleetView>>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Request")
+    }
+}
+
+fn db(e: tokio_postgres::Error) -> OverrideError {
+    OverrideError::Shared(
+        e.as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+    )
+}
+
+impl PgOverrides {
+    /// Connects, reads every override into `active`, and starts the thread
+    /// that keeps it current.
+    pub(super) fn start(
+        target: PgTarget,
+        replica: String,
+        active: Arc<ArcSwap<Vec<Override>>>,
+    ) -> Result<PgOverrides, OverrideError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let view = Arc::new(ArcSwap::from_pointee(FleetView::default()));
+        let (ready, started) = std::sync::mpsc::sync_channel(1);
+        let worker = Worker {
+            target,
+            replica,
+            active,
+            view: Arc::clone(&view),
+            session: None,
+            version: -1,
+        };
+        std::thread::Builder::new()
+            .name("clawgate-overrides".into())
+            .spawn(move || worker.run(rx, ready))
+            .map_err(|e| OverrideError::Shared(format!("cannot start: {e}")))?;
+        started
+            .recv_timeout(ANSWER_WITHIN)
+            .map_err(|_| OverrideError::Shared("the override store did not answer".into()))??;
+        Ok(PgOverrides { tx, view })
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(Answer<T>) -> Request) -> Result<T, OverrideError> {
+        let (answer, wait) = std::sync::mpsc::sync_channel(1);
+        self.tx
+            .send(make(answer))
+            .map_err(|_| OverrideError::Shared("the override store has stopped".into()))?;
+        wait.recv_timeout(ANSWER_WITHIN)
+            .map_err(|_| OverrideError::Shared("the override store did not answer".into()))?
+    }
+
+    pub(super) fn create(&self, o: &Override) -> Result<(), OverrideError> {
+        self.ask(|a| Request::Create(Box::new(o.clone()), a))
+    }
+
+    pub(super) fn remove(&self, id: &str) -> Result<bool, OverrideError> {
+        self.ask(|a| Request::Remove(id.to_owned(), a))
+    }
+
+    /// Deletes the lapsed overrides and returns the ids this replica took
+    /// out (another replica may have been first).
+    pub(super) fn lapse(&self, ids: Vec<String>) -> Result<Vec<String>, OverrideError> {
+        self.ask(|a| Request::Lapse(ids, a))
+    }
+}
+
+struct Worker {
+    target: PgTarget,
+    replica: String,
+    active: Arc<ArcSwap<Vec<Override>>>,
+    view: Arc<ArcSwap<FleetView>>,
+    session: Option<(Client, mpsc::UnboundedReceiver<()>)>,
+    version: i64,
+}
+
+impl Worker {
+    fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Request>,
+        ready: std::sync::mpsc::SyncSender<Result<(), OverrideError>>,
+    ) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = ready.send(Err(OverrideError::Shared(e.to_string())));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let _ = ready.send(self.refresh().await);
+            let mut tick = tokio::time::interval(POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let notified = async {
+                    match &mut self.session {
+                        Some((_, notes)) => notes.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    request = rx.recv() => match request {
+                        Some(request) => self.handle(request).await,
+                        None => return,
+                    },
+                    note = notified => {
+                        if note.is_none() {
+                            self.session = None;
+                        }
+                        let _ = self.refresh().await;
+                    }
+                    _ = tick.tick() => {
+                        if let Err(e) = self.refresh().await {
+                            tracing::warn!(error = %e, "override store unreachable; the last list stays in force");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// A session listening on the channel, connected if need be.
+    async fn client(&mut self) -> Result<&Client, OverrideError> {
+        if self.session.is_none() {
+            let (client, mut connection) = self
+                .target
+                .config()
+                .connect(NoTls)
+                .await
+                .map_err(db)?;
+            let (notes, heard) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
+                while let Some(message) = messages.next().await {
+                    match message {
+                        Ok(AsyncMessage::Notification(_)) => {
+                            let _ = notes.send(());
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            });
+            client
+                .batch_execute(&format!("SET synchronous_commit TO on; LISTEN {CHANNEL}"))
+                .await
+                .map_err(db)?;
+            self.session = Some((client, heard));
+            // Whatever was sent while disconnected is read now.
+            self.version = -1;
+        }
+        match &self.session {
+            Some((client, _)) => Ok(client),
+            None => Err(OverrideError::Shared("no session".into())),
+        }
+    }
+
+    /// Reads the list when the version moved, says which version this
+    /// replica has, and learns which the others have.
+    async fn refresh(&mut self) -> Result<(), OverrideError> {
+        let result = self.refresh_once().await;
+        if result.is_err() {
+            self.session = None;
+        }
+        result
+    }
+
+    async fn refresh_once(&mut self) -> Result<(), OverrideError> {
+        let replica = self.replica.clone();
+        let known = self.version;
+        let client = self.client().await?;
+        let version: i64 = client
+            .query_one("SELECT version FROM overrides_version WHERE id = 1", &[])
+            .await
+            .map_err(db)?
+            .get(0);
+        let mut created_at = None;
+        if version != known {
+            let rows = client
+                .query(
+                    "SELECT id, kind, target, reason, created_by, created, expires, version
+                     FROM overrides ORDER BY created, id",
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            let mut list = Vec::new();
+            let mut versions = HashMap::new();
+            for row in rows {
+                let id: String = row.get(0);
+                let kind: String = row.get(1);
+                let Some(kind) = OverrideKind::parse(&kind) else {
+                    tracing::warn!(id = %id, "override of unknown kind `{kind}` ignored");
+                    continue;
+                };
+                versions.insert(id.clone(), row.get::<_, i64>(7));
+                list.push(Override {
+                    id,
+                    kind,
+                    target: row.get(2),
+                    reason: row.get(3),
+                    created_by: row.get(4),
+                    created: at(row.get(5)),
+                    expires: at(row.get(6)),
+                });
+            }
+            self.active.store(Arc::new(list));
+            created_at = Some(versions);
+        }
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO replicas (replica, version, seen) VALUES ($1, $2, now())
+                 ON CONFLICT (replica) DO UPDATE SET version = $2, seen = now()",
+                &[&replica, &version],
+            )
+            .await
+            .map_err(db)?;
+        let live: Vec<i64> = client
+            .query(
+                "SELECT version FROM replicas
+                 WHERE seen > now() - make_interval(secs => $1)",
+                &[&LIVE_SECS],
+            )
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let created_at = created_at.unwrap_or_else(|| self.view.load().created_at.clone());
+        self.view.store(Arc::new(FleetView { created_at, live }));
+        self.version = version;
+        Ok(())
+    }
+
+    async fn handle(&mut self, request: Request) {
+        match request {
+            Request::Create(o, answer) => {
+                let result = self.create(&o).await;
+                let _ = answer.send(result);
+            }
+            Request::Remove(id, answer) => {
+                let result = self.delete(vec![id]).await.map(|gone| !gone.is_empty());
+                let _ = answer.send(result);
+            }
+            Request::Lapse(ids, answer) => {
+                let _ = answer.send(self.delete(ids).await);
+            }
+        }
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(error = %e, "override list could not be reread");
+        }
+    }
+
+    async fn create(&mut self, o: &Override) -> Result<(), OverrideError> {
+        let result = async {
+            let client = self.client().await?;
+            let sql = "
+                WITH v AS (UPDATE overrides_version SET version = version + 1 WHERE id = 1
+                           RETURNING version),
+                     n AS (SELECT pg_notify($8, (SELECT version FROM v)::text))
+                INSERT INTO overrides (id, kind, target, reason, created_by, created, expires, version)
+                SELECT $1, $2, $3, $4, $5, $6, $7, v.version FROM v, n";
+            client
+                .execute(
+                    sql,
+                    &[
+                        &o.id,
+                        &o.kind.as_str(),
+                        &o.target,
+                        &o.reason,
+                        &o.created_by,
+                        &to_i64(secs(o.created)),
+                        &to_i64(secs(o.expires)),
+                        &CHANNEL,
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            self.session = None;
+        }
+        result
+    }
+
+    /// Deletes `ids`; returns those this call removed.
+    async fn delete(&mut self, ids: Vec<String>) -> Result<Vec<String>, OverrideError> {
+        let result = async {
+            let client = self.client().await?;
+            let sql = "
+                WITH gone AS (DELETE FROM overrides WHERE id = ANY($1) RETURNING id),
+                     v AS (UPDATE overrides_version SET version = version + 1
+                           WHERE id = 1 AND EXISTS (SELECT 1 FROM gone) RETURNING version),
+                     n AS (SELECT pg_notify($2, version::text) FROM v)
+                SELECT gone.id FROM gone LEFT JOIN n ON true";
+            let rows = client.query(sql, &[&ids, &CHANNEL]).await.map_err(db)?;
+            Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+        }
+        .await;
+        if result.is_err() {
+            self.session = None;
+        }
+        result
+    }
+}
+
+/// On how many live replicas `id` is in force, of how many live.
+pub(super) fn in_force(view: &FleetView, id: &str) -> (usize, usize) {
+    let live = view.live.len();
+    match view.created_at.get(id) {
+        Some(v) => (view.live.iter().filter(|seen| *seen >= v).count(), live),
+        None => (0, live),
+    }
+}
