@@ -34,7 +34,8 @@ const LIVE_FOR_MS: u64 = 5_000;
 /// Idle connections kept for reuse.
 const POOL: usize = 16;
 
-const GCRA: &str = r"
+/// The GCRA script: both keys checked, both spent only if both pass.
+pub const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local next = {}
