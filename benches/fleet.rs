@@ -30,7 +30,12 @@ fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15; after the `)` they are 11 and 12.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -164,7 +169,10 @@ fn redis_benchmark(redis: &Redis) -> String {
         .arg("-s")
         .arg(&redis.sock)
         .args(["-n", "200000", "-c", "32", "-q", "EVALSHA", &sha, "2"])
-        .args(["clawgate:{__rand_int__}:agent", "clawgate:{__rand_int__}:scope:s"])
+        .args([
+            "clawgate:{__rand_int__}:agent",
+            "clawgate:{__rand_int__}:scope:s",
+        ])
         .args(["1000", "1000000", "1000", "1000000"])
         .args(["-r", "100000"])
         .output()

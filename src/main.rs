@@ -86,15 +86,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     store: args.store,
                     replica: args.replica.clone(),
                     checkpoint_every: args.checkpoint_every,
-                    limits: args.limits.map(|target| clawgate::limits::redis::RedisConfig {
-                        target,
-                        timeout: args.limits_timeout,
-                        failure_mode: args.limits_failure_mode,
-                        replica: args
-                            .replica
-                            .clone()
-                            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-                    }),
+                    limits: args
+                        .limits
+                        .map(|target| clawgate::limits::redis::RedisConfig {
+                            target,
+                            timeout: args.limits_timeout,
+                            failure_mode: args.limits_failure_mode,
+                            replica: args
+                                .replica
+                                .clone()
+                                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                        }),
                 },
             };
             runtime()?.block_on(async {
@@ -272,7 +274,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Checkpoint { store }) => {
-            match runtime()?.block_on(audit::postgres::checkpoint(&store, "clawgate audit checkpoint"))? {
+            match runtime()?.block_on(audit::postgres::checkpoint(
+                &store,
+                "clawgate audit checkpoint",
+            ))? {
                 Some(c) => println!("checkpoint {} {}", c.seq, c.hash),
                 None => println!("another replica is making a checkpoint now"),
             }
@@ -318,13 +323,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// `audit verify --store`: every chain and the checkpoint chain.
-fn fleet_verify(target: &audit::postgres::PgTarget, anchors: &[audit::Head]) -> anyhow::Result<ExitCode> {
+fn fleet_verify(
+    target: &audit::postgres::PgTarget,
+    anchors: &[audit::Head],
+) -> anyhow::Result<ExitCode> {
     use audit::postgres::FleetVerifyError;
     match runtime()?.block_on(audit::postgres::verify(target, anchors)) {
         Ok(report) => {
-            let head = report
-                .head
-                .map_or_else(|| "no checkpoint yet".to_owned(), |c| format!("checkpoint {} {}", c.seq, c.hash));
+            let head = report.head.map_or_else(
+                || "no checkpoint yet".to_owned(),
+                |c| format!("checkpoint {} {}", c.seq, c.hash),
+            );
             println!(
                 "ok: {} records in {} chains, {} checkpoints, all intact; {head}",
                 report.records, report.chains, report.checkpoints

@@ -356,7 +356,10 @@ impl Overrides {
         if let Store::Postgres(store) = &self.db {
             // Only the lapses this replica took out are its to record.
             let mine = store.lapse(lapsed.iter().map(|o| o.id.clone()).collect())?;
-            return Ok(lapsed.into_iter().filter(|o| mine.contains(&o.id)).collect());
+            return Ok(lapsed
+                .into_iter()
+                .filter(|o| mine.contains(&o.id))
+                .collect());
         }
         let db = self.lock()?;
         for o in &lapsed {

@@ -277,17 +277,17 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         .clone()
         .map(|c| Arc::new(RedisLimits::new(c)));
     let mut pipeline = Pipeline::new(
-            Arc::new(policy),
-            audit,
-            PipelineParts {
-                upstreams,
-                interceptor,
-                broker,
-                limits: config.limits,
-                overrides,
-            },
-        )
-        .with_tokens(tokens);
+        Arc::new(policy),
+        audit,
+        PipelineParts {
+            upstreams,
+            interceptor,
+            broker,
+            limits: config.limits,
+            overrides,
+        },
+    )
+    .with_tokens(tokens);
     if let Some(store) = &shared_limits {
         pipeline = pipeline.with_limits(Arc::clone(store) as _);
     }

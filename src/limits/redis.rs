@@ -86,7 +86,9 @@ impl std::str::FromStr for FailureMode {
             "local" => Ok(FailureMode::Local),
             "open" => Ok(FailureMode::Open),
             "closed" => Ok(FailureMode::Closed),
-            _ => Err(format!("failure mode `{text}` must be `local`, `open` or `closed`")),
+            _ => Err(format!(
+                "failure mode `{text}` must be `local`, `open` or `closed`"
+            )),
         }
     }
 }
@@ -332,7 +334,11 @@ impl RedisLimits {
         let tag = agent.replace(['{', '}'], "_");
         for (name, rate, key) in [
             ("agent", agent_rate, format!("clawgate:{{{tag}}}:agent")),
-            ("scope", scope_rate, format!("clawgate:{{{tag}}}:scope:{scope}")),
+            (
+                "scope",
+                scope_rate,
+                format!("clawgate:{{{tag}}}:scope:{scope}"),
+            ),
         ] {
             if let Some(rate) = rate {
                 keys.push(key);
@@ -354,7 +360,11 @@ impl RedisLimits {
                             .unwrap_or("agent");
                         let retry_after =
                             Duration::from_micros(u64::try_from(*wait_us).unwrap_or(0));
-                        let key = if name == "agent" { &cache_keys[0] } else { &cache_keys[1] };
+                        let key = if name == "agent" {
+                            &cache_keys[0]
+                        } else {
+                            &cache_keys[1]
+                        };
                         self.refused.insert(key.clone(), now + retry_after);
                         Err(Limited {
                             which: name,

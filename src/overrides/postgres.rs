@@ -184,12 +184,7 @@ impl Worker {
     /// A session listening on the channel, connected if need be.
     async fn client(&mut self) -> Result<&Client, OverrideError> {
         if self.session.is_none() {
-            let (client, mut connection) = self
-                .target
-                .config()
-                .connect(NoTls)
-                .await
-                .map_err(db)?;
+            let (client, mut connection) = self.target.config().connect(NoTls).await.map_err(db)?;
             let (notes, heard) = mpsc::unbounded_channel();
             tokio::spawn(async move {
                 let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));

@@ -25,7 +25,9 @@ fn pg_bin() -> PathBuf {
         .filter(|p| p.join("initdb").exists())
         .collect();
     found.sort();
-    found.pop().expect("a PostgreSQL server under /usr/lib/postgresql")
+    found
+        .pop()
+        .expect("a PostgreSQL server under /usr/lib/postgresql")
 }
 
 fn is_root() -> bool {
@@ -94,7 +96,16 @@ impl Postgres {
         pg.psql("postgres", "postgres", "CREATE DATABASE clawgate");
         check(
             Command::new(pg.bin.join("psql"))
-                .args(["-v", "ON_ERROR_STOP=1", "-q", "-U", "postgres", "-d", "clawgate", "-h"])
+                .args([
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-q",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "clawgate",
+                    "-h",
+                ])
                 .arg(&pg.sock)
                 .arg("-f")
                 .arg(SCHEMA)
@@ -127,10 +138,7 @@ impl Postgres {
 
     /// What clawgate connects with: the least-privileged role.
     pub fn url(&self) -> String {
-        format!(
-            "host={} user=clawgate dbname=clawgate",
-            self.sock.display()
-        )
+        format!("host={} user=clawgate dbname=clawgate", self.sock.display())
     }
 
     /// Runs `sql` as `user` on `db`; returns psql's unaligned output.
@@ -193,10 +201,21 @@ pub struct Redis {
 impl Redis {
     /// `redis-server --port 0 --unixsocket` in a temporary directory.
     pub fn start() -> Redis {
-        let dir = tempfile::Builder::new().prefix("cg-redis").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("cg-redis")
+            .tempdir()
+            .unwrap();
         let sock = dir.path().join("redis.sock");
         let child = Command::new("redis-server")
-            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+            .args([
+                "--port",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--unixsocket",
+            ])
             .arg(&sock)
             .arg("--dir")
             .arg(dir.path())

@@ -43,7 +43,7 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// `key=value` string.
 #[derive(Clone)]
 pub struct PgTarget {
-    config: tokio_postgres::Config,
+    config: std::sync::Arc<tokio_postgres::Config>,
 }
 
 impl std::fmt::Debug for PgTarget {
@@ -77,7 +77,9 @@ impl FromStr for PgTarget {
         if config.get_application_name().is_none() {
             config.application_name("clawgate");
         }
-        Ok(PgTarget { config })
+        Ok(PgTarget {
+            config: std::sync::Arc::new(config),
+        })
     }
 }
 
@@ -88,7 +90,9 @@ pub enum PgError {
     #[error("postgresql: {0}")]
     Db(String),
     /// Another process holds the chain.
-    #[error("chain `{0}` is in use by another clawgate process; give each replica its own `--replica`")]
+    #[error(
+        "chain `{0}` is in use by another clawgate process; give each replica its own `--replica`"
+    )]
     ChainInUse(String),
     /// The chain was retired.
     #[error("chain `{0}` is closed; start this replica under another `--replica` name")]
@@ -124,20 +128,16 @@ impl PgTarget {
     /// Connects, drives the connection on the current runtime and sets the
     /// session up (`synchronous_commit = on`).
     pub async fn connect(&self) -> Result<Client, PgError> {
-        let (client, connection) = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            self.config.connect(NoTls),
-        )
-        .await
-        .map_err(|_| PgError::Db("connection timed out".into()))??;
+        let (client, connection) =
+            tokio::time::timeout(CONNECT_TIMEOUT, self.config.connect(NoTls))
+                .await
+                .map_err(|_| PgError::Db("connection timed out".into()))??;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "postgresql connection ended");
             }
         });
-        client
-            .batch_execute("SET synchronous_commit TO on")
-            .await?;
+        client.batch_execute("SET synchronous_commit TO on").await?;
         Ok(client)
     }
 }
@@ -263,7 +263,14 @@ impl ChainWriter {
                 BATCH_TIMEOUT,
                 session.client.execute(
                     &session.insert,
-                    &[&chain, &before.seq, &before.hash, &head.seq, &head.hash, &json],
+                    &[
+                        &chain,
+                        &before.seq,
+                        &before.hash,
+                        &head.seq,
+                        &head.hash,
+                        &json,
+                    ],
                 ),
             )
             .await

@@ -82,15 +82,10 @@ pub async fn query(target: &PgTarget, filter: &Filter) -> Result<Vec<DecisionRec
         args.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
         sql.push_str(&format!(" LIMIT ${}", args.len()));
     }
-    let params: Vec<&(dyn ToSql + Sync)> = args
-        .iter()
-        .map(|a| &**a as &(dyn ToSql + Sync))
-        .collect();
+    let params: Vec<&(dyn ToSql + Sync)> =
+        args.iter().map(|a| &**a as &(dyn ToSql + Sync)).collect();
     let rows = client.query(sql.as_str(), &params).await?;
-    let mut records = rows
-        .iter()
-        .map(from_row)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut records = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
     records.reverse();
     Ok(records)
 }

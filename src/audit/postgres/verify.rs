@@ -176,10 +176,7 @@ struct Expected {
 
 /// Walks the checkpoint chain, then every chain, and names the first bad
 /// record. `anchors` are checkpoints exported earlier by `audit head`.
-pub async fn verify(
-    target: &PgTarget,
-    anchors: &[Head],
-) -> Result<FleetReport, FleetVerifyError> {
+pub async fn verify(target: &PgTarget, anchors: &[Head]) -> Result<FleetReport, FleetVerifyError> {
     let mut client = target.connect().await?;
     // One snapshot for the whole walk: replicas keep writing meanwhile.
     let tx = client
@@ -233,7 +230,10 @@ pub async fn verify(
 
 type Walked = (HashMap<String, Expected>, u64, Option<Checkpoint>);
 
-async fn walk_checkpoints(client: &Transaction<'_>, anchors: &[Head]) -> Result<Walked, FleetVerifyError> {
+async fn walk_checkpoints(
+    client: &Transaction<'_>,
+    anchors: &[Head],
+) -> Result<Walked, FleetVerifyError> {
     let rows = client
         .query(
             "SELECT seq, ts, made_by, heads, prev_hash, hash FROM audit_checkpoints ORDER BY seq",
@@ -252,8 +252,21 @@ async fn walk_checkpoints(client: &Transaction<'_>, anchors: &[Head]) -> Result<
         why,
     };
     for row in &rows {
-        let (seq, ts, made_by, heads, prev_hash, hash): (i64, String, String, String, String, String) =
-            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
+        let (seq, ts, made_by, heads, prev_hash, hash): (
+            i64,
+            String,
+            String,
+            String,
+            String,
+            String,
+        ) = (
+            row.get(0),
+            row.get(1),
+            row.get(2),
+            row.get(3),
+            row.get(4),
+            row.get(5),
+        );
         if seq != prev.seq + 1 {
             return Err(broken(
                 prev.seq + 1,
@@ -268,7 +281,10 @@ async fn walk_checkpoints(client: &Transaction<'_>, anchors: &[Head]) -> Result<
             ));
         }
         if checkpoint_hash(&prev_hash, seq, &ts, &made_by, &heads) != hash {
-            return Err(broken(seq, "contents do not match its hash: it was edited".into()));
+            return Err(broken(
+                seq,
+                "contents do not match its hash: it was edited".into(),
+            ));
         }
         let heads: Vec<ChainHead> = serde_json::from_str(&heads)
             .map_err(|_| broken(seq, "its list of chain heads is unreadable".into()))?;
@@ -301,7 +317,7 @@ async fn walk_checkpoints(client: &Transaction<'_>, anchors: &[Head]) -> Result<
             Some(_) => {}
         }
     }
-    let latest = (prev.seq > 0).then(|| Checkpoint {
+    let latest = (prev.seq > 0).then_some(Checkpoint {
         seq: prev.seq,
         hash: prev.hash,
     });
@@ -339,7 +355,9 @@ async fn walk_chain(
         {
             return Err(broken(
                 record.seq,
-                format!("written after checkpoint {at} saw the chain closed at {closed}: a closed chain grew"),
+                format!(
+                    "written after checkpoint {at} saw the chain closed at {closed}: a closed chain grew"
+                ),
             ));
         }
         if record.seq != head.seq + 1 {
@@ -379,13 +397,18 @@ async fn walk_chain(
     {
         return Err(broken(
             head.seq + 1,
-            format!("missing: checkpoint {at} saw the chain reach {seq}; the chain was cut below a checkpoint"),
+            format!(
+                "missing: checkpoint {at} saw the chain reach {seq}; the chain was cut below a checkpoint"
+            ),
         ));
     }
     if head_row.seq > head.seq {
         return Err(broken(
             head.seq + 1,
-            format!("missing: the chain's head row says {}; records were cut from its end", head_row.seq),
+            format!(
+                "missing: the chain's head row says {}; records were cut from its end",
+                head_row.seq
+            ),
         ));
     }
     if head_row.seq < head.seq {
@@ -395,10 +418,7 @@ async fn walk_chain(
         ));
     }
     if head_row.hash != head.hash {
-        return Err(broken(
-            head.seq,
-            "differs from the chain's head row".into(),
-        ));
+        return Err(broken(head.seq, "differs from the chain's head row".into()));
     }
     Ok(count)
 }
