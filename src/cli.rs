@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use clawgate::audit::postgres::PgTarget;
 use clawgate::limits::RedisTarget;
 use clawgate::limits::redis::FailureMode;
 use clawgate::{audit, certs};
@@ -157,8 +156,8 @@ pub(crate) struct ServeArgs {
     pub(crate) token_listen: Option<SocketAddr>,
     /// A fleet's store for the decision log and overrides: a `postgres://`
     /// URL (the SQLite file at `--audit` when absent). Needs `--replica`.
-    #[arg(long, requires = "replica", value_parser = clap::value_parser!(PgTarget))]
-    pub(crate) store: Option<PgTarget>,
+    #[arg(long, requires = "replica")]
+    pub(crate) store: Option<String>,
     /// This replica's name in the fleet: its own hash chain in the store
     /// (one process per name at a time).
     #[arg(long)]
@@ -298,8 +297,8 @@ pub(crate) enum AuditCommand {
         #[arg(long, default_value = "./clawgate-audit.db")]
         audit: PathBuf,
         /// Read a fleet's PostgreSQL store instead of the SQLite file.
-        #[arg(long, value_parser = clap::value_parser!(PgTarget))]
-        store: Option<PgTarget>,
+        #[arg(long)]
+        store: Option<String>,
         /// Only this agent.
         #[arg(long)]
         agent: Option<String>,
@@ -343,8 +342,8 @@ pub(crate) enum AuditCommand {
         anchor: Vec<audit::Head>,
         /// Walk every chain and the checkpoint chain of a fleet's
         /// PostgreSQL store instead of the SQLite file.
-        #[arg(long, value_parser = clap::value_parser!(PgTarget))]
-        store: Option<PgTarget>,
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Print the last record's position and hash (on a PostgreSQL store, the
     /// latest checkpoint's), to anchor elsewhere.
@@ -353,8 +352,8 @@ pub(crate) enum AuditCommand {
         #[arg(long, default_value = "./clawgate-audit.db")]
         audit: PathBuf,
         /// A fleet's PostgreSQL store instead of the SQLite file.
-        #[arg(long, value_parser = clap::value_parser!(PgTarget))]
-        store: Option<PgTarget>,
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Copy a SQLite log into a PostgreSQL store as a chain of its own,
     /// every hash unchanged.
@@ -363,8 +362,8 @@ pub(crate) enum AuditCommand {
         #[arg(long, default_value = "./clawgate-audit.db")]
         audit: PathBuf,
         /// The PostgreSQL store.
-        #[arg(long, value_parser = clap::value_parser!(PgTarget))]
-        store: PgTarget,
+        #[arg(long)]
+        store: String,
         /// The name of the new chain.
         #[arg(long, default_value = "sqlite")]
         chain: String,
@@ -373,19 +372,26 @@ pub(crate) enum AuditCommand {
     /// it every `--checkpoint-every`).
     Checkpoint {
         /// The PostgreSQL store.
-        #[arg(long, value_parser = clap::value_parser!(PgTarget))]
-        store: PgTarget,
+        #[arg(long)]
+        store: String,
     },
     /// Close a retired replica's chain: its writer is refused from now on,
     /// and once checkpointed, a record added to it fails verify.
     CloseChain {
         /// The PostgreSQL store.
-        #[arg(long, value_parser = clap::value_parser!(PgTarget))]
-        store: PgTarget,
+        #[arg(long)]
+        store: String,
         /// The replica whose chain closes.
         #[arg(long)]
         replica: String,
     },
+}
+
+/// The store's connection string, parsed here rather than by clap, whose
+/// error message would repeat the input, password included.
+pub(crate) fn store(text: &str) -> anyhow::Result<clawgate::audit::postgres::PgTarget> {
+    text.parse()
+        .map_err(|e: String| anyhow::anyhow!("--store: {e}"))
 }
 
 /// `SEQ:HASH` as printed by `audit head` (a space is accepted too).

@@ -83,7 +83,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 token_listen: args.token_listen,
                 token_jwks: args.token_jwks.zip(args.token_issuer),
                 fleet: serve::FleetConfig {
-                    store: args.store,
+                    store: args.store.as_deref().map(cli::store).transpose()?,
                     replica: args.replica.clone(),
                     checkpoint_every: args.checkpoint_every,
                     limits: args
@@ -235,7 +235,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 limit: Some(limit),
             };
             let records = match store {
-                Some(target) => runtime()?.block_on(audit::postgres::query(&target, &filter))?,
+                Some(target) => {
+                    runtime()?.block_on(audit::postgres::query(&cli::store(&target)?, &filter))?
+                }
                 None => audit::query(&path, &filter)?,
             };
             let format = match format {
@@ -250,11 +252,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             store: Some(target),
             anchor,
             ..
-        }) => fleet_verify(&target, &anchor),
+        }) => fleet_verify(&cli::store(&target)?, &anchor),
         Command::Audit(AuditCommand::Head {
             store: Some(target),
             ..
-        }) => match runtime()?.block_on(audit::postgres::head(&target))? {
+        }) => match runtime()?.block_on(audit::postgres::head(&cli::store(&target)?))? {
             Some(c) => {
                 println!("{} {}", c.seq, c.hash);
                 Ok(ExitCode::SUCCESS)
@@ -269,13 +271,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             store,
             chain,
         }) => {
-            let copied = runtime()?.block_on(audit::postgres::migrate(&path, &store, &chain))?;
+            let copied = runtime()?.block_on(audit::postgres::migrate(
+                &path,
+                &cli::store(&store)?,
+                &chain,
+            ))?;
             println!("migrated {copied} records into chain `{chain}`");
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Checkpoint { store }) => {
             match runtime()?.block_on(audit::postgres::checkpoint(
-                &store,
+                &cli::store(&store)?,
                 "clawgate audit checkpoint",
             ))? {
                 Some(c) => println!("checkpoint {} {}", c.seq, c.hash),
@@ -284,7 +290,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::CloseChain { store, replica }) => {
-            runtime()?.block_on(audit::postgres::close_chain(&store, &replica))?;
+            runtime()?.block_on(audit::postgres::close_chain(&cli::store(&store)?, &replica))?;
             println!("chain `{replica}` closed");
             Ok(ExitCode::SUCCESS)
         }

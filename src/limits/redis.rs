@@ -445,3 +445,7 @@ fn share(rate: Rate, n: u32) -> Rate {
         burst,
     }
 }
+
+#[cfg(test)]
+#[path = "redis_tests.rs"]
+mod tests;

@@ -331,3 +331,30 @@ pub fn open(target: &PgTarget, chain: &str) -> Result<(AuditLog, WriterHandle), 
     };
     start_with(writer)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::{PgTarget, genesis_of};
+
+    #[test]
+    fn a_store_url_never_shows_its_password() {
+        let target: PgTarget = "postgres://clawgate:hunter2@db.internal/clawgate"
+            .parse()
+            .unwrap();
+        let shown = format!("{target:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("db.internal"), "{shown}");
+        let refused = "postgres://u:hunter2@h:notaport/db"
+            .parse::<PgTarget>()
+            .unwrap_err();
+        assert!(!refused.contains("hunter2"), "{refused}");
+    }
+
+    #[test]
+    fn each_chain_has_its_own_genesis() {
+        assert_ne!(genesis_of("r1"), genesis_of("r2"));
+        assert_eq!(genesis_of("r1").len(), 64);
+    }
+}
