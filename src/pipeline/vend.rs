@@ -245,7 +245,7 @@ impl Pipeline {
         if caller
             .token_scopes
             .as_ref()
-            .is_some_and(|scopes| !scopes.iter().any(|s| *s == scope.name))
+            .is_some_and(|scopes| !scopes.contains(&scope.name))
         {
             // A run token only ever narrows.
             return Err(Reason::RunTokenScope.into());
