@@ -84,7 +84,9 @@ fn fill(dir: &Path) -> Vec<PathBuf> {
         loop {
             let path = dir.join(format!("filler-{}", files.len()));
             let mut file = std::fs::File::create(&path).unwrap();
-            let written = file.write_all(&vec![0x5a; chunk]).and_then(|()| file.sync_all());
+            let written = file
+                .write_all(&vec![0x5a; chunk])
+                .and_then(|()| file.sync_all());
             if written.is_err() {
                 drop(file);
                 let _ = std::fs::remove_file(&path);
@@ -257,7 +259,10 @@ fn kill_dash_nine_under_load_loses_no_answered_decision_and_keeps_the_chain() {
             .filter(|r| r.kind == "decision")
             .map(|r| r.request_id)
             .collect();
-        let missing: Vec<_> = answered.iter().filter(|id| !decided.contains(*id)).collect();
+        let missing: Vec<_> = answered
+            .iter()
+            .filter(|id| !decided.contains(*id))
+            .collect();
         assert!(
             missing.is_empty(),
             "round {round}: answered calls without a decision record: {missing:?}"
