@@ -165,12 +165,20 @@ impl Pipeline {
         // Identity before anything else: an unknown agent's CONNECT resolves
         // no name and opens no connection.
         let Some(agent) = policy.agent_for(&peer.identity.names) else {
-            record.host = req.uri().host().map(str::to_owned);
+            // Without a certificate (the token listener) and without a
+            // token, the answer asks for one.
+            if peer.identity.fingerprint.is_empty()
+                && !req.headers().contains_key(crate::token::RUN_TOKEN_HEADER)
+            {
+                return Err(Refusal::Unauthenticated(crate::error::Challenge::Proxy));
+            }
             return Err(Reason::UnknownAgent.into());
         };
         let name = &policy.agent(agent).name;
         tracing::Span::current().record("agent.id", name.as_str());
         record.agent = Some(name.clone());
+        // The run token, as on every path: it must name this agent, its run
+        // goes into the record, and it narrows the scopes.
         let run = crate::pipeline::run_token(
             self.tokens(),
             req.headers().get(crate::token::RUN_TOKEN_HEADER),
