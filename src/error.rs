@@ -110,6 +110,7 @@ impl Reason {
         Reason::AuditUnavailable,
         Reason::PolicyLoaded,
         Reason::ClientCancelled,
+        Reason::Shutdown,
         Reason::RateLimited,
         Reason::ExceptionExpired,
         Reason::PolicyRejected,
@@ -122,7 +123,6 @@ impl Reason {
         Reason::RunTokenWrongAgent,
         Reason::RunTokenScope,
         Reason::RunTokenMissing,
-        Reason::Shutdown,
     ];
 
     /// The kebab-case code used in responses, records and the README.

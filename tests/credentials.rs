@@ -800,7 +800,7 @@ fn slow_relay(target: u16, delay: Duration) -> u16 {
 }
 
 #[test]
-fn a_call_cancelled_during_a_slow_sts_mint_leaves_exactly_one_decision_record() {
+fn a_call_cancelled_or_stopped_during_a_slow_sts_mint_leaves_exactly_one_decision_record() {
     let moto = Moto::start();
     let relay = slow_relay(moto.port, Duration::from_secs(4));
     // clawgate reaches STS only through the slow hop.
@@ -820,8 +820,20 @@ fn a_call_cancelled_during_a_slow_sts_mint_leaves_exactly_one_decision_record() 
     ]);
     let vend_port = harness.vend_port.unwrap();
 
-    // Both agents give up after a second, while the mint is on its way.
-    let (gateway, vend) = std::thread::scope(|s| {
+    // Two agents give up after a second, while the mint is on its way; a
+    // third waits, and clawgate is stopped under it.
+    let (gateway, vend, stopped) = std::thread::scope(|s| {
+        let stopped = s.spawn(|| {
+            common::curl(&[
+                "--max-time".into(),
+                "20".into(),
+                "-H".into(),
+                format!("Authorization: {VEND_TOKEN}"),
+                "-H".into(),
+                "x-test: stopped".into(),
+                format!("http://127.0.0.1:{vend_port}/v1/credentials/aws/s3-reports"),
+            ])
+        });
         let gateway = s.spawn(|| {
             harness.curl(
                 Some("builder"),
@@ -841,10 +853,24 @@ fn a_call_cancelled_during_a_slow_sts_mint_leaves_exactly_one_decision_record() 
                 format!("http://127.0.0.1:{vend_port}/v1/credentials/aws/s3-reports"),
             ])
         });
-        (gateway.join().unwrap(), vend.join().unwrap())
+        let (gateway, vend) = (gateway.join().unwrap(), vend.join().unwrap());
+        // The cancelled two are recorded at once, before any shutdown.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while records_of(&harness, "decision")
+            .iter()
+            .filter(|r| r.reason == "client-cancelled")
+            .count()
+            < 2
+        {
+            assert!(Instant::now() < deadline, "{:#?}", harness.records());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        harness.signal("TERM");
+        (gateway, vend, stopped.join().unwrap())
     });
     assert_eq!(gateway.status, 0, "the agent gave up: {gateway:?}");
     assert_eq!(vend.status, 0, "the agent gave up: {vend:?}");
+    assert_ne!(stopped.status, 200, "{stopped:?}");
 
     // Each cancelled call has its one decision record, written when it was
     // cancelled, not when the mint came back.
@@ -878,11 +904,20 @@ fn a_call_cancelled_during_a_slow_sts_mint_leaves_exactly_one_decision_record() 
     assert_eq!(vend.agent.as_deref(), Some("builder"));
     assert_eq!(vend.scope.as_deref(), Some("s3-reports"));
 
-    // The mint finishes on its own time and is recorded; still one decision
-    // per call, and no outcome for calls that never went upstream.
-    harness.wait_for("the mint", |r| r.kind == "mint");
-    std::thread::sleep(Duration::from_millis(500));
+    // The third call, ended by the shutdown before its mint came back, is
+    // recorded as such.
+    harness.stop();
     let records = harness.records();
+    let shutdown: Vec<_> = records
+        .iter()
+        .filter(|r| r.kind == "decision" && r.reason == "shutdown")
+        .collect();
+    assert_eq!(shutdown.len(), 1, "{records:#?}");
+    assert_eq!(shutdown[0].mode.as_deref(), Some("vend"));
+    assert_eq!(shutdown[0].agent.as_deref(), Some("builder"));
+    assert_eq!(shutdown[0].scope.as_deref(), Some("s3-reports"));
+    // Still one decision per call, and no outcome for calls that never
+    // went upstream.
     for id in [&gateway.request_id, &vend.request_id] {
         let decisions = records
             .iter()
@@ -900,10 +935,9 @@ fn a_call_cancelled_during_a_slow_sts_mint_leaves_exactly_one_decision_record() 
             .iter()
             .filter(|r| r.kind == "decision" && r.agent.as_deref() == Some("builder"))
             .count(),
-        2,
+        3,
         "{records:#?}"
     );
-    harness.stop();
     let out = common::clawgate(&[
         "audit",
         "verify",

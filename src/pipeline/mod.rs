@@ -73,6 +73,9 @@ pub struct Pipeline {
     in_flight: Arc<InFlight>,
     /// Flips to `true` when tunnels and intercepted connections must end.
     pub(crate) stopping: watch::Sender<bool>,
+    /// Flips to `true` when shutdown begins: a call ended from then on
+    /// without a decision is recorded `shutdown`.
+    shutting_down: watch::Sender<bool>,
     rates: Limits,
     overrides: Arc<Overrides>,
     metrics: Metrics,
@@ -107,6 +110,7 @@ impl Pipeline {
             limits: parts.limits,
             in_flight: Arc::default(),
             stopping: watch::Sender::new(false),
+            shutting_down: watch::Sender::new(false),
             rates: Limits::default(),
             overrides: parts.overrides,
             metrics: Metrics::default(),
@@ -117,7 +121,14 @@ impl Pipeline {
     /// Ends every tunnel and intercepted connection (at shutdown, after the
     /// drain timeout).
     pub fn end_tunnels(&self) {
+        self.shutting_down.send_replace(true);
         self.stopping.send_replace(true);
+    }
+
+    /// Marks the start of shutdown: calls ended from now on before they
+    /// were decided are recorded `shutdown`, not `client-cancelled`.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.send_replace(true);
     }
 
     /// The pipeline, verifying run tokens with `tokens`.
@@ -163,7 +174,7 @@ impl Pipeline {
         CallRecord::start(
             &self.audit,
             request_id,
-            self.stopping.subscribe(),
+            self.shutting_down.subscribe(),
             outcome.then_some(&self.in_flight),
         )
     }

@@ -420,5 +420,9 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         }
     }
+    // Vends are not drained: one still minting is ended, and its record
+    // says `shutdown`.
+    pipeline.begin_shutdown();
     connections.abort_all();
+    while connections.join_next().await.is_some() {}
 }
