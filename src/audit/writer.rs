@@ -309,6 +309,18 @@ fn commit(
         .store(full.len() as u64, Ordering::Relaxed);
     match &result {
         Ok(()) => {
+            if summarised {
+                // Counted from now on is a new outage's.
+                let since = health.unrecorded_since.load(Ordering::Relaxed);
+                if health.unrecorded.load(Ordering::Relaxed) == 0 {
+                    let _ = health.unrecorded_since.compare_exchange(
+                        since,
+                        0,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+            }
             if !health.healthy.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     failures = backlog.quiet_failures,
@@ -316,9 +328,6 @@ fn commit(
                 );
                 backlog.quiet_failures = 0;
                 backlog.last_error_log = None;
-            }
-            if summarised {
-                health.unrecorded_since.store(0, Ordering::Relaxed);
             }
             let took = begun.elapsed();
             if took >= SLOW_COMMIT {
@@ -400,12 +409,14 @@ fn summary(health: &Health, count: u64) -> DecisionRecord {
     let mut record = DecisionRecord::new(kind::SUMMARY, &request_id);
     record.decision = Some("deny".into());
     record.reason = Reason::AuditUnavailable.code().to_owned();
-    let since = health.unrecorded_since.load(Ordering::Relaxed);
-    let since = time::OffsetDateTime::from_unix_timestamp(i64::try_from(since).unwrap_or(0))
-        .map(super::format_ts)
-        .unwrap_or_default();
+    let since = match health.unrecorded_since.load(Ordering::Relaxed) {
+        0 => String::new(),
+        secs => time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
+            .map(|t| format!(", from {}", super::format_ts(t)))
+            .unwrap_or_default(),
+    };
     record.detail = Some(format!(
-        "{count} calls refused unrecorded while the decision log was unavailable, from {since}"
+        "{count} calls refused unrecorded while the decision log was unavailable{since}"
     ));
     record.status = Some(i64::from(Reason::AuditUnavailable.status().as_u16()));
     record
