@@ -108,6 +108,11 @@ impl Pipeline {
             refused: None,
             addr: peer.addr,
         };
+        if peer.identity.fingerprint.is_empty() && !req.headers().contains_key(RUN_TOKEN_HEADER) {
+            // The token listener: without a certificate the token is the
+            // only identity, and the answer asks for one.
+            caller.refused = Some(Refusal::Unauthenticated(Challenge::Proxy));
+        }
         if let Some(value) = req.headers().get(RUN_TOKEN_HEADER) {
             let name = agent.map(|a| policy.agent(a).name.as_str());
             let verdict = match value.to_str() {
