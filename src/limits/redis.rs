@@ -68,6 +68,14 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return redis.call('ZCARD', KEYS[1])
 ";
 
+/// Only named in a refusal when no rate is at hand, which `check` rules out
+/// (it returns early when neither limit is set).
+const FALLBACK_RATE: Rate = Rate {
+    count: NonZeroU32::MIN,
+    per: Duration::from_secs(1),
+    burst: NonZeroU32::MIN,
+};
+
 /// What to do while Redis cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureMode {
@@ -140,7 +148,7 @@ pub struct RedisLimits {
     config: RedisConfig,
     sha: Mutex<Option<String>>,
     pool: Mutex<Vec<Connection>>,
-    refused: DashMap<String, Instant>,
+    refused: DashMap<String, (Instant, Limited)>,
     local: Limits,
     failures_in_row: AtomicU32,
     open_until: Mutex<Option<Instant>>,
@@ -312,13 +320,13 @@ impl RedisLimits {
         }
         let now = Instant::now();
         let cache_keys = [format!("a\0{agent}"), format!("s\0{agent}\0{scope}")];
-        for (key, which) in cache_keys.iter().zip(["agent", "scope"]) {
-            if let Some(until) = self.refused.get(key).map(|u| *u) {
+        for key in &cache_keys {
+            if let Some((until, limited)) = self.refused.get(key).map(|e| e.clone()) {
                 if until > now {
                     self.cached.fetch_add(1, Ordering::Relaxed);
                     return Err(Limited {
-                        which,
                         retry_after: until - now,
+                        ..limited
                     });
                 }
                 self.refused.remove(key);
@@ -345,7 +353,7 @@ impl RedisLimits {
                 let interval = (rate.per.as_micros() / u128::from(rate.count.get())).max(1);
                 argv.push(interval.to_string());
                 argv.push(rate.burst.get().to_string());
-                which.push(name);
+                which.push((name, rate));
             }
         }
         match self.eval(&keys, &argv).await {
@@ -354,22 +362,29 @@ impl RedisLimits {
                 match items.as_slice() {
                     [Reply::Int(1), ..] => Ok(()),
                     [Reply::Int(0), Reply::Int(i), Reply::Int(wait_us)] => {
-                        let name = usize::try_from(*i - 1)
+                        let (which, rate) = usize::try_from(*i - 1)
                             .ok()
                             .and_then(|i| which.get(i).copied())
-                            .unwrap_or("agent");
+                            .unwrap_or((
+                                "agent",
+                                agent_rate.or(scope_rate).unwrap_or(FALLBACK_RATE),
+                            ));
                         let retry_after =
                             Duration::from_micros(u64::try_from(*wait_us).unwrap_or(0));
-                        let key = if name == "agent" {
-                            &cache_keys[0]
+                        let (key, name) = if which == "agent" {
+                            (&cache_keys[0], agent)
                         } else {
-                            &cache_keys[1]
+                            (&cache_keys[1], scope)
                         };
-                        self.refused.insert(key.clone(), now + retry_after);
-                        Err(Limited {
-                            which: name,
+                        let limited = Limited {
+                            which,
+                            name: name.to_owned(),
+                            rate,
                             retry_after,
-                        })
+                        };
+                        self.refused
+                            .insert(key.clone(), (now + retry_after, limited.clone()));
+                        Err(limited)
                     }
                     _ => {
                         self.failed(&StoreError::Redis("unexpected script reply".into()));
@@ -400,6 +415,8 @@ impl RedisLimits {
             FailureMode::Open => Ok(()),
             FailureMode::Closed => Err(Limited {
                 which: "store",
+                name: agent.to_owned(),
+                rate: agent_rate.or(scope_rate).unwrap_or(FALLBACK_RATE),
                 retry_after: BREAKER_OPEN,
             }),
             FailureMode::Local => {
