@@ -156,7 +156,14 @@ pub(crate) struct ServeArgs {
     pub(crate) token_listen: Option<SocketAddr>,
     /// A fleet's store for the decision log and overrides: a `postgres://`
     /// URL (the SQLite file at `--audit` when absent). Needs `--replica`.
-    #[arg(long, requires = "replica")]
+    /// Read from `CLAWGATE_STORE` when not given, which keeps a password
+    /// off the command line.
+    #[arg(
+        long,
+        requires = "replica",
+        env = "CLAWGATE_STORE",
+        hide_env_values = true
+    )]
     pub(crate) store: Option<String>,
     /// This replica's name in the fleet: its own hash chain in the store
     /// (one process per name at a time).
