@@ -197,13 +197,15 @@ impl Reloader {
     }
 
     /// Remembers the lapses an earlier run already recorded.
-    pub fn seed_lapses(&self, audit_path: &std::path::Path) {
+    /// The log is read wherever it is: the SQLite file, or on a fleet's
+    /// store every replica's chain.
+    pub async fn seed_lapses(&self, source: &crate::audit::Source) {
         let filter = Filter {
             reason: Some(Reason::ExceptionExpired.code().to_owned()),
             limit: Some(100_000),
             ..Filter::default()
         };
-        let Ok(records) = crate::audit::query(audit_path, &filter) else {
+        let Ok(records) = source.query(&filter).await else {
             return;
         };
         if let Ok(mut set) = self.lapsed.lock() {

@@ -298,8 +298,12 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         config.max_exception,
         Arc::clone(&pipeline),
     ));
-    if !config.decision_log_off_benchmark_only && config.fleet.store.is_none() {
-        reloader.seed_lapses(&config.audit_path);
+    let audit_source = match &config.fleet.store {
+        Some(target) => Source::Postgres(target.clone()),
+        None => Source::Sqlite(config.audit_path.clone()),
+    };
+    if !config.decision_log_off_benchmark_only {
+        reloader.seed_lapses(&audit_source).await;
     }
     let (stop, stopped) = watch::channel(false);
     let mut other_tasks = vec![tokio::spawn(reload::run(
@@ -330,10 +334,7 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         let admin = Arc::new(Admin {
             pipeline: Arc::clone(&pipeline),
             reloader,
-            audit_source: match &config.fleet.store {
-                Some(target) => Source::Postgres(target.clone()),
-                None => Source::Sqlite(config.audit_path.clone()),
-            },
+            audit_source,
         });
         // HTTP/1.1 only: the admin API is a handful of small requests, and
         // a refusal before the body is read stays a plain response.
