@@ -27,10 +27,13 @@
 //! - [`record`]: the one call record (drop-guarded: written on every exit
 //!   path, cancellation included) and the outcome record derived from it.
 //! - [`upgrade`]: WebSocket upgrades and the byte splice tunnels share.
-//! - [`limits`]: rate limits per agent and per (agent, scope), after `decide`.
+//! - [`limits`]: rate limits per agent and per (agent, scope), after `decide`;
+//!   in process, or shared by a fleet on Redis.
 //! - [`token`]: run tokens that narrow an agent and name its run.
-//! - [`overrides`]: emergency isolation, serial revocation, disabled scopes.
-//! - [`audit`]: the decision log (SQLite, group commit, hash chain), query, verify.
+//! - [`overrides`]: emergency isolation, serial revocation, disabled scopes;
+//!   beside the SQLite log, or shared by a fleet on PostgreSQL.
+//! - [`audit`]: the decision log (SQLite, group commit, hash chain), query, verify;
+//!   on a fleet, one chain per replica on PostgreSQL with checkpoints over them.
 //! - [`error`]: the closed set of reasons, and the one refusal type mapped once
 //!   to status, body and headers (`Retry-After`, challenges, `Proxy-Status`).
 //! - [`reload`]: hot reload of policy; exceptions and overrides lapsing.

@@ -4,8 +4,8 @@
 //! Invariants:
 //! - Every override has a reason and an expiry at most [`MAX_OVERRIDE`]
 //!   ahead; it lapses by itself.
-//! - Overrides are stored in SQLite (a table beside the decision log) before
-//!   they take effect, so they survive a restart; the in-memory list is what
+//! - Overrides are stored in SQLite (a table beside the decision log), or on
+//!   a fleet in PostgreSQL (see `postgres`), before they take effect, so they survive a restart; the in-memory list is what
 //!   calls read, swapped whole on every change.
 //! - Every change (created, removed, lapsed) is a record; the caller writes
 //!   it with [`Override::record`].
