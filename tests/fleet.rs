@@ -175,6 +175,22 @@ fn the_role_cannot_update_or_delete_records_and_a_second_process_on_a_chain_is_r
     assert!(said.contains("chain `solo` is in use"), "{said}");
     assert_eq!(call(&first).status, 200);
     assert!(verify(&pg).status.success());
+
+    // Past the lock, the compare-and-set: a head moved under the writer (as
+    // another writer would move it) refuses the next batch, and its call.
+    pg.psql(
+        "clawgate",
+        "clawgate",
+        "UPDATE audit_chains SET seq = seq + 1 WHERE chain = 'solo'",
+    );
+    let refused = call(&first);
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.json()["reason"], "audit-unavailable");
+    assert!(
+        first.stderr().contains("moved under this writer"),
+        "{}",
+        first.stderr()
+    );
 }
 
 /// Runs `sql` as the superuser with triggers off: what an attacker with
