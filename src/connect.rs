@@ -189,6 +189,7 @@ impl Pipeline {
         // Overrides right after identity, as for every other call: an
         // isolated agent or a revoked certificate opens no tunnel.
         let now = std::time::SystemTime::now();
+        self.settle_lapses(now);
         let serial = &peer.identity.serial;
         if let Some(o) = self.overrides().refusing(
             Some(name.as_str()),

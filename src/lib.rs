@@ -29,7 +29,9 @@
 //! - [`overrides`]: emergency isolation, serial revocation, disabled scopes.
 //! - [`audit`]: the decision log (SQLite, group commit, hash chain), query, verify.
 //! - [`error`]: the closed set of reasons and their one mapping to responses.
-//! - [`reload`]: hot reload of policy; exceptions and overrides lapsing.
+//! - [`reload`]: hot reload of policy, and the timer of lapses.
+//! - [`lapse`]: exceptions and overrides lapse at their expiry, each lapse a
+//!   record queued before any decision that relies on it.
 //! - [`admin`]: the admin and auditor API (health, metrics, audit, status).
 
 pub mod admin;
@@ -45,6 +47,7 @@ pub mod error;
 pub mod forward;
 pub mod identity;
 pub mod intercept;
+pub mod lapse;
 pub mod limits;
 pub mod listener;
 pub mod overrides;

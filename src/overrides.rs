@@ -106,6 +106,25 @@ impl Override {
         })
     }
 
+    /// What it does, in a sentence: the answer to "what is now in force".
+    pub fn effect(&self) -> String {
+        let until = rfc3339(self.expires);
+        match self.kind {
+            OverrideKind::IsolateAgent => format!(
+                "every call and credential vend of agent `{}` is refused with agent-isolated until {until}",
+                self.target
+            ),
+            OverrideKind::RevokeSerial => format!(
+                "every call, credential vend and admin api request made with a certificate of serial `{}` is refused with serial-revoked until {until}",
+                self.target
+            ),
+            OverrideKind::DisableScope => format!(
+                "every call and credential vend in scope `{}` is refused with scope-disabled until {until}",
+                self.target
+            ),
+        }
+    }
+
     /// The record of a change to this override (`created`, `removed`, `lapsed`).
     pub fn record(&self, change: &str, by: Option<&str>) -> DecisionRecord {
         let mut record = DecisionRecord::new(kind::OVERRIDE, &self.id);
@@ -150,6 +169,39 @@ pub struct NewOverride {
     pub reason: String,
     /// A duration (`2h`, `30m`); required, at most 48 hours.
     pub expires_in: String,
+    /// Accept an agent or scope the policy in force does not define (one
+    /// about to be added); the creation record says it was forced.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What an override may name, from the policy in force.
+pub trait Targets {
+    /// Whether the policy defines an agent of this name.
+    fn has_agent(&self, name: &str) -> bool;
+    /// Whether the policy defines a scope of this name.
+    fn has_scope(&self, name: &str) -> bool;
+}
+
+impl Targets for crate::policy::Policy {
+    fn has_agent(&self, name: &str) -> bool {
+        self.agents().iter().any(|a| a.name == name)
+    }
+
+    fn has_scope(&self, name: &str) -> bool {
+        self.scope_named(name).is_some()
+    }
+}
+
+/// A created override and how it came about.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The override, in force.
+    pub created: Override,
+    /// The target as the request wrote it (a serial before normalising).
+    pub target_as_given: String,
+    /// Whether `force` let through a target the policy does not define.
+    pub forced: bool,
 }
 
 const SCHEMA: &str = "
@@ -209,7 +261,7 @@ impl Overrides {
                     && match o.kind {
                         OverrideKind::IsolateAgent => agent == Some(o.target.as_str()),
                         OverrideKind::RevokeSerial => {
-                            serial.is_some_and(|s| o.target == normalise_serial(s))
+                            serial.is_some_and(|s| o.target == peer_serial(s))
                         }
                         OverrideKind::DisableScope => scope == Some(o.target.as_str()),
                     }
@@ -217,13 +269,16 @@ impl Overrides {
             .cloned()
     }
 
-    /// Validates and stores a new override; it is in force on return.
+    /// Validates and stores a new override; it is in force on return. An
+    /// agent or scope must be one `targets` defines, unless `force`; a serial
+    /// must be hex and is stored normalised (see [`normalise_serial`]).
     pub fn create(
         &self,
         new: &NewOverride,
         by: &str,
         now: SystemTime,
-    ) -> Result<Override, OverrideError> {
+        targets: &dyn Targets,
+    ) -> Result<Created, OverrideError> {
         let kind = OverrideKind::parse(&new.kind).ok_or_else(|| {
             OverrideError::Invalid(format!(
                 "kind `{}` must be `isolate-agent`, `revoke-serial` or `disable-scope`",
@@ -248,14 +303,28 @@ impl Overrides {
                 new.expires_in
             )));
         }
+        let given = new.target.trim();
+        let (target, forced) = match kind {
+            OverrideKind::RevokeSerial => (normalise_serial(given)?, false),
+            OverrideKind::IsolateAgent if targets.has_agent(given) => (given.to_owned(), false),
+            OverrideKind::DisableScope if targets.has_scope(given) => (given.to_owned(), false),
+            _ if new.force => (given.to_owned(), true),
+            OverrideKind::IsolateAgent => {
+                return Err(OverrideError::Invalid(format!(
+                    "unknown agent `{given}`: the policy in force defines no such agent (send `\"force\": true` for one about to be added)"
+                )));
+            }
+            OverrideKind::DisableScope => {
+                return Err(OverrideError::Invalid(format!(
+                    "unknown scope `{given}`: the policy in force defines no such scope (send `\"force\": true` for one about to be added)"
+                )));
+            }
+        };
         let created = UNIX_EPOCH + Duration::from_secs(secs(now));
         let o = Override {
             id: uuid::Uuid::now_v7().to_string(),
             kind,
-            target: match kind {
-                OverrideKind::RevokeSerial => normalise_serial(&new.target),
-                _ => new.target.trim().to_owned(),
-            },
+            target,
             reason: new.reason.trim().to_owned(),
             created_by: by.to_owned(),
             created,
@@ -276,7 +345,11 @@ impl Overrides {
             ],
         )?;
         self.active.store(Arc::new(read_all(&db)?));
-        Ok(o)
+        Ok(Created {
+            created: o,
+            target_as_given: given.to_owned(),
+            forced,
+        })
     }
 
     /// Removes an override; `None` when there is no such id.
@@ -366,19 +439,46 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Lowercase hex without separators or leading zeros.
-fn normalise_serial(serial: &str) -> String {
+/// The one form a serial is stored and compared in: lowercase hex, without
+/// colons or leading zeros (`0` for zero). The input must be hex digits,
+/// optionally in groups separated by single colons (`3A:F2:01`, `3af201`),
+/// at most 20 octets as X.509 allows.
+pub fn normalise_serial(serial: &str) -> Result<String, OverrideError> {
+    let invalid = || {
+        OverrideError::Invalid(format!(
+            "serial `{serial}` must be hex, colons allowed between digits (for example `3a:f2:01`)"
+        ))
+    };
+    if serial.is_empty()
+        || serial.starts_with(':')
+        || serial.ends_with(':')
+        || serial.contains("::")
+        || !serial.chars().all(|c| c.is_ascii_hexdigit() || c == ':')
+    {
+        return Err(invalid());
+    }
     let hex: String = serial
         .chars()
-        .filter(|c| c.is_ascii_hexdigit())
+        .filter(char::is_ascii_hexdigit)
         .map(|c| c.to_ascii_lowercase())
         .collect();
     let trimmed = hex.trim_start_matches('0');
-    if trimmed.is_empty() {
+    if trimmed.len() > 40 {
+        return Err(OverrideError::Invalid(format!(
+            "serial `{serial}` is longer than the 20 octets a certificate serial may have"
+        )));
+    }
+    Ok(if trimmed.is_empty() {
         "0".into()
     } else {
         trimmed.to_owned()
-    }
+    })
+}
+
+/// A peer certificate's serial (lowercase hex from the certificate) in the
+/// form overrides store.
+pub fn peer_serial(serial: &str) -> String {
+    normalise_serial(serial).unwrap_or_else(|_| serial.to_ascii_lowercase())
 }
 
 #[cfg(test)]

@@ -244,8 +244,11 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         Arc::clone(&pipeline),
     ));
     if !config.decision_log_off_benchmark_only {
-        reloader.seed_lapses(&config.audit_path);
+        pipeline.lapses().seed(&config.audit_path);
     }
+    // The start-up load is a load like any other: `policy-loaded` above,
+    // and counted in `clawgate_policy_loads_total`.
+    pipeline.metrics().reload(true);
     let (stop, stopped) = watch::channel(false);
     let mut other_tasks = vec![tokio::spawn(reload::run(
         Arc::clone(&reloader),

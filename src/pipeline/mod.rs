@@ -42,6 +42,7 @@ use crate::error::{REQUEST_ID_HEADER, Reason, refusal_response};
 use crate::forward::{Upstreams, strip_hop_by_hop};
 use crate::identity::PeerIdentity;
 use crate::intercept::Interceptor;
+use crate::lapse::Lapses;
 use crate::limits::Limits;
 use crate::overrides::Overrides;
 use crate::policy::Policy;
@@ -76,6 +77,7 @@ pub struct Pipeline {
     overrides: Arc<Overrides>,
     metrics: Metrics,
     tokens: Verifier,
+    lapses: Lapses,
 }
 
 /// What a pipeline is made of, besides the policy and the decision log.
@@ -110,6 +112,7 @@ impl Pipeline {
             overrides: parts.overrides,
             metrics: Metrics::default(),
             tokens: Verifier::none(),
+            lapses: Lapses::default(),
         }
     }
 
@@ -133,6 +136,19 @@ impl Pipeline {
     /// calls in flight finish under the one they started with.
     pub fn set_policy(&self, policy: Arc<Policy>) {
         self.policy.store(policy);
+        self.lapses.changed();
+    }
+
+    /// The lapses of exceptions and overrides.
+    pub fn lapses(&self) -> &Lapses {
+        &self.lapses
+    }
+
+    /// Records every lapse due by `now` before the caller records a decision
+    /// taken at `now` (cause before effect; see [`crate::lapse`]).
+    pub fn settle_lapses(&self, now: SystemTime) {
+        self.lapses
+            .settle(&self.policy.load(), &self.overrides, &self.audit, now);
     }
 
     /// The runtime overrides.
@@ -244,6 +260,8 @@ impl Pipeline {
             upstream.host = field::Empty,
         );
         async {
+            let now = SystemTime::now();
+            self.settle_lapses(now);
             // The policy is read once: a reload mid-call does not change it.
             let policy = self.policy.load_full();
             let mut record = DecisionRecord::new(kind::DECISION, &request_id);
@@ -260,7 +278,7 @@ impl Pipeline {
                 broker: &self.broker,
                 limits: self.limits,
                 request_id: &request_id,
-                now: SystemTime::now(),
+                now,
                 rates: &self.rates,
                 overrides: &self.overrides,
                 metrics: &self.metrics,

@@ -71,6 +71,8 @@ impl Pipeline {
         req: &Request<B>,
     ) -> Response<ProxyBody> {
         let started = tokio::time::Instant::now();
+        let now = std::time::SystemTime::now();
+        self.settle_lapses(now);
         let request_id = uuid::Uuid::now_v7().to_string();
         let mut record = DecisionRecord::new(kind::DECISION, &request_id);
         record.mode = Some("vend".into());
@@ -95,6 +97,11 @@ impl Pipeline {
             Some(agent_id) => {
                 let agent = policy.agent(agent_id);
                 record.agent = Some(agent.name.clone());
+                // A revoked certificate or an isolated agent first, whatever
+                // scope it names, as on every other path.
+                let refusing = self
+                    .overrides()
+                    .refusing(Some(&agent.name), caller.serial, None, now);
                 match policy
                     .scope_named(scope_name)
                     .filter(|id| agent.scopes.contains(id))
@@ -104,6 +111,10 @@ impl Pipeline {
                     // scopes that say so.
                     .filter(|(_, aws)| aws.vend)
                 {
+                    _ if let Some(o) = &refusing => {
+                        record.detail = Some(format!("override {}", o.id));
+                        Err(o.kind.reason())
+                    }
                     None => Err(Reason::NoMatchingScope),
                     // An isolated agent or a disabled scope gets nothing
                     // new to hold (credentials already vended cannot be
@@ -113,7 +124,7 @@ impl Pipeline {
                             Some(&agent.name),
                             caller.serial,
                             Some(&scope.name),
-                            std::time::SystemTime::now(),
+                            now,
                         ) =>
                     {
                         record.scope = Some(scope.name.clone());

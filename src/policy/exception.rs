@@ -13,7 +13,7 @@ use time::format_description::well_known::Rfc3339;
 use toml::Spanned;
 
 use super::file::{ExceptionFile, RolesFile};
-use super::load::{LoadOptions, Report, valid_name};
+use super::report::{LoadOptions, Report, valid_name};
 use super::{AgentId, ScopeId};
 use crate::identity::PeerName;
 
@@ -93,7 +93,7 @@ pub(super) fn compile_exceptions(
         }
         let agent = agent_ids.get(e.agent.get_ref()).copied();
         if agent.is_none() {
-            report.error(
+            report.unknown_name(
                 file,
                 e.agent.span(),
                 format!("unknown agent `{}` in exception `{id}`", e.agent.get_ref()),
@@ -110,7 +110,7 @@ pub(super) fn compile_exceptions(
         for scope in &e.scopes {
             match scope_ids.get(scope.get_ref()) {
                 Some(&s) => scopes.push(s),
-                None => report.error(
+                None => report.unknown_name(
                     file,
                     scope.span(),
                     format!("unknown scope `{}` in exception `{id}`", scope.get_ref()),

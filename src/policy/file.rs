@@ -7,21 +7,6 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-/// One `*.toml` file in the policy directory.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct PolicyFile {
-    #[serde(default)]
-    pub agent: Vec<Spanned<AgentFile>>,
-    #[serde(default)]
-    pub scope: Vec<Spanned<ScopeFile>>,
-    #[serde(default)]
-    pub sentinel: Vec<Spanned<SentinelFile>>,
-    #[serde(default)]
-    pub exception: Vec<Spanned<ExceptionFile>>,
-    pub roles: Option<Spanned<RolesFile>>,
-}
-
 /// `[[exception]]`: a time-boxed grant of scopes to one agent.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

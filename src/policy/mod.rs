@@ -17,6 +17,8 @@ mod exception;
 mod file;
 mod glob;
 mod load;
+mod parse;
+mod report;
 mod scope;
 #[cfg(test)]
 mod tests;
@@ -36,7 +38,8 @@ use crate::identity::PeerName;
 pub use decide::decide;
 pub use exception::{DEFAULT_MAX_EXCEPTION, Exception, Roles, rfc3339};
 use glob::GlobIndex;
-pub use load::{LoadError, LoadOptions, PolicyError, disk_digest, load};
+pub use load::{disk_digest, load};
+pub use report::{LoadError, LoadOptions, PolicyError};
 
 /// Index of an agent in [`Policy::agents`].
 pub type AgentId = usize;

@@ -231,12 +231,6 @@ impl Verifier {
     }
 }
 
-/// A fresh ES256 key pair as PKCS#8 and SPKI PEM, for `certs init`.
-pub fn new_key_pair() -> Result<(String, String), rcgen::Error> {
-    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    Ok((pair.serialize_pem(), pair.public_key_pem()))
-}
-
 fn secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
