@@ -97,7 +97,8 @@ fn parse_file(report: &mut Report<'_>, file: usize, root: DeTable<'_>, entries: 
                     entries.roles = Some((file, roles));
                 }
             }
-            other => report.error(file, key.span(), format!("unknown field `{other}`")),
+            // After a syntax error, the recovered keys may be fragments.
+            other => report.unknown_name(file, key.span(), format!("unknown field `{other}`")),
         }
     }
 }
@@ -175,13 +176,13 @@ fn remove_key_at(value: &mut DeValue<'_>, offset: usize) -> bool {
             if let Some(key) = found {
                 return table.remove(&key).is_some();
             }
+            // Not by the spans of the values: an array of tables has none
+            // that covers its tables.
             table
                 .iter_mut()
-                .any(|(_, v)| v.span().contains(&offset) && remove_key_at(v.get_mut(), offset))
+                .any(|(_, v)| remove_key_at(v.get_mut(), offset))
         }
-        DeValue::Array(items) => items
-            .iter_mut()
-            .any(|v| v.span().contains(&offset) && remove_key_at(v.get_mut(), offset)),
+        DeValue::Array(items) => items.iter_mut().any(|v| remove_key_at(v.get_mut(), offset)),
         _ => false,
     }
 }
@@ -208,3 +209,7 @@ fn clean(message: &str) -> String {
         .trim_end_matches('.')
         .to_owned()
 }
+
+#[cfg(test)]
+#[path = "parse_tests.rs"]
+mod tests;

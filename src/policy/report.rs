@@ -147,9 +147,10 @@ impl<'s> Report<'s> {
         self.error(file, span, message);
     }
 
-    /// A reference to a name nothing defines. When a file could not be read
-    /// whole, the name may be defined there: the message says so, so the
-    /// admin fixes the cause first.
+    /// A reference to a name nothing defines (or a key nothing expects).
+    /// When a file could not be read whole, the name may be defined there,
+    /// or the key a fragment of the broken line: the message says so, so
+    /// the admin fixes the cause first.
     pub(super) fn unknown_name(&mut self, file: usize, span: Range<usize>, message: String) {
         let message = match self.unreadable.first() {
             None => message,
