@@ -81,6 +81,10 @@ pub(crate) enum TokenCommand {
         /// The certificate directory holding `token-key.pem`.
         #[arg(long, default_value = "./certs")]
         certs: PathBuf,
+        /// The policy directory: an agent or scope it does not define is
+        /// refused. Without it, nothing is checked (with a warning).
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
 }
 

@@ -133,7 +133,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             scopes,
             run,
             certs,
+            policy: policy_dir,
         }) => {
+            match &policy_dir {
+                Some(dir) => {
+                    let options = LoadOptions::new(&process_env);
+                    let (policy, _) = policy::load(dir, &options).map_err(|e| {
+                        anyhow::anyhow!("policy `{}` does not validate:\n{e}", dir.display())
+                    })?;
+                    for warning in clawgate::token::check_against(&policy, &agent, scopes.as_deref())? {
+                        eprintln!("warning: {warning}");
+                    }
+                }
+                None => eprintln!(
+                    "warning: agent `{agent}` and the scopes are not checked against a policy; pass --policy DIR to refuse names it does not define"
+                ),
+            }
             let token = clawgate::token::issue(
                 &certs,
                 &agent,
@@ -295,7 +310,15 @@ fn print_status(v: &serde_json::Value) {
         .to_string()
     };
     let in_sync = v["in_sync"].as_bool() == Some(true);
-    println!("{}", if in_sync { "in sync" } else { "DRIFTED" });
+    if in_sync {
+        println!("in sync");
+    } else {
+        let why: Vec<String> = v["drift"]
+            .as_array()
+            .map(|a| a.iter().map(s).collect())
+            .unwrap_or_default();
+        println!("DRIFTED: {}", why.join("; "));
+    }
     println!("in force: {}", s(&v["in_force"]));
     match v["on_disk"].as_str() {
         Some(d) => println!("on disk:  {d}"),
