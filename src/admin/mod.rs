@@ -151,7 +151,8 @@ impl Admin {
             .overrides()
             .refusing(None, Some(&peer.serial), None, now)
         {
-            return self.refuse_revoked(peer, addr, &req, &o);
+            let asked = (req.method().as_str().to_owned(), req.uri().path().to_owned());
+            return self.refuse_revoked(peer, addr, asked, &o).await;
         }
         let names = peer.names.as_slice();
         let Some(role) = self.role_of(names) else {
@@ -289,11 +290,11 @@ impl Admin {
 
     /// 403 `serial-revoked` for a caller whose certificate serial an
     /// override revokes, with its decision record.
-    fn refuse_revoked<B>(
+    async fn refuse_revoked(
         &self,
         peer: &PeerIdentity,
         addr: SocketAddr,
-        req: &Request<B>,
+        (method, path): (String, String),
         o: &Override,
     ) -> Response<AdminBody> {
         let request_id = uuid::Uuid::now_v7().to_string();
@@ -301,14 +302,17 @@ impl Admin {
         record.mode = Some("admin".into());
         record.client_addr = Some(addr.to_string());
         record.cert_fp = Some(peer.fingerprint.clone());
-        record.method = Some(req.method().as_str().to_owned());
-        record.path = Some(req.uri().path().to_owned());
+        record.method = Some(method);
+        record.path = Some(path);
         record.decision = Some("deny".into());
         record.reason = Reason::SerialRevoked.code().to_owned();
         record.policy_digest = Some(self.pipeline.policy().digest().to_owned());
         let who = peer.names.first().map(ToString::to_string).unwrap_or_default();
         record.detail = Some(format!("override {}; admin api caller {who}", o.id));
-        self.pipeline.audit().append(record);
+        // Durable before the answer, like every decision; refused either way.
+        if let Err(e) = self.pipeline.audit().append_durable(record).await {
+            tracing::error!(error = %e, "admin refusal not recorded");
+        }
         tracing::warn!(client = %addr, override_id = %o.id, "admin api refused: serial revoked");
         let mut response = json(
             StatusCode::FORBIDDEN,
