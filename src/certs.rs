@@ -372,7 +372,7 @@ pub fn agent(dir: &Path, name: &str, days: u32, force: bool) -> Result<Vec<PathB
 }
 
 /// A fresh ES256 key pair for signing run tokens, as PKCS#8 and SPKI PEM
-/// (`certs init` writes it; [`crate::token`] only reads it).
+/// (`certs init` writes it; the run token module only reads it).
 pub fn token_key_pair() -> Result<(String, String), rcgen::Error> {
     let pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     Ok((pair.serialize_pem(), pair.public_key_pem()))

@@ -6,7 +6,7 @@
 //!   lapses are read back from the log at start; a lapsed override leaves
 //!   its store when its lapse is recorded).
 //! - Cause before effect: a decision taken at `now` is recorded after the
-//!   record of every lapse due by `now`. A timer ([`crate::reload::run`])
+//!   record of every lapse due by `now`. A timer (the reload task)
 //!   records each lapse at its expiry; every decision path calls
 //!   [`Lapses::settle`] first, which costs one atomic load unless a lapse
 //!   is due, so a call in the same instant as a lapse cannot overtake it.

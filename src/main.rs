@@ -141,7 +141,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     let (policy, _) = policy::load(dir, &options).map_err(|e| {
                         anyhow::anyhow!("policy `{}` does not validate:\n{e}", dir.display())
                     })?;
-                    for warning in clawgate::token::check_against(&policy, &agent, scopes.as_deref())? {
+                    for warning in
+                        clawgate::token::check_against(&policy, &agent, scopes.as_deref())?
+                    {
                         eprintln!("warning: {warning}");
                     }
                 }

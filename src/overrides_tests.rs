@@ -32,7 +32,12 @@ fn an_override_refuses_until_it_lapses_and_survives_reopening() {
     let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
     let store = Overrides::open(&path).unwrap();
     let o = store
-        .create(&new("isolate-agent", "research", "2h"), "admin", now, &Known)
+        .create(
+            &new("isolate-agent", "research", "2h"),
+            "admin",
+            now,
+            &Known,
+        )
         .unwrap()
         .created;
     assert_eq!(o.expires, now + Duration::from_secs(7200));
@@ -70,7 +75,12 @@ fn serials_and_scopes_match_and_removal_works() {
     let store = Overrides::open(&dir.path().join("o.db")).unwrap();
     let now = SystemTime::now();
     let serial = store
-        .create(&new("revoke-serial", "00:AB:cd", "1h"), "admin", now, &Known)
+        .create(
+            &new("revoke-serial", "00:AB:cd", "1h"),
+            "admin",
+            now,
+            &Known,
+        )
         .unwrap();
     assert_eq!(serial.target_as_given, "00:AB:cd");
     let serial = serial.created;
@@ -102,10 +112,16 @@ fn bad_requests_are_refused() {
         (new("isolate-agent", " ", "1h"), "`target` is required"),
         (new("isolate-agent", "ghost", "1h"), "unknown agent `ghost`"),
         (new("disable-scope", "ghost", "1h"), "unknown scope `ghost`"),
-        (new("revoke-serial", "zz-not-hex", "1h"), "serial `zz-not-hex` must be hex"),
+        (
+            new("revoke-serial", "zz-not-hex", "1h"),
+            "serial `zz-not-hex` must be hex",
+        ),
         (new("revoke-serial", "ab::cd", "1h"), "must be hex"),
         (new("revoke-serial", ":ab", "1h"), "must be hex"),
-        (new("revoke-serial", &"ab".repeat(21), "1h"), "longer than the 20 octets"),
+        (
+            new("revoke-serial", &"ab".repeat(21), "1h"),
+            "longer than the 20 octets",
+        ),
     ] {
         let e = store.create(&request, "admin", now, &Known).unwrap_err();
         assert!(e.to_string().contains(message), "{e}");

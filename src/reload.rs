@@ -237,12 +237,9 @@ pub async fn run(reloader: Arc<Reloader>, watch_files: bool, mut stop: watch::Re
         // Wake at the next expiry, so its lapse is recorded at that moment;
         // at least once a second to notice what changed meanwhile.
         let now = SystemTime::now();
-        let wait = pipeline
-            .lapses()
-            .next_due()
-            .map_or(LAPSE_POLL, |due| {
-                due.duration_since(now).unwrap_or_default().min(LAPSE_POLL)
-            });
+        let wait = pipeline.lapses().next_due().map_or(LAPSE_POLL, |due| {
+            due.duration_since(now).unwrap_or_default().min(LAPSE_POLL)
+        });
         tokio::select! {
             Some(()) = events.recv() => {
                 // Let a burst of writes settle, then load once.

@@ -187,7 +187,8 @@ fn a_revoked_admin_serial_is_refused_on_every_admin_endpoint_and_self_revocation
         );
     }
     assert_eq!(
-        count(&h, |r| r.reason == "serial-revoked" && r.mode.as_deref() == Some("admin")),
+        count(&h, |r| r.reason == "serial-revoked"
+            && r.mode.as_deref() == Some("admin")),
         endpoints.len()
     );
     // The revoked admin changed nothing: the override stands, no other was made.
@@ -238,14 +239,26 @@ fn override_targets_are_validated_serials_normalised_and_the_answer_says_what_is
         r#"{"kind":"isolate-agent","target":"reserch","reason":"typo","expires_in":"1h"}"#,
     );
     assert_eq!(r.status, 400, "{r:?}");
-    assert!(r.json()["error"].as_str().unwrap().contains("unknown agent `reserch`"), "{r:?}");
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown agent `reserch`"),
+        "{r:?}"
+    );
     let r = post_override(
         &h,
         "ops",
         r#"{"kind":"disable-scope","target":"ecco","reason":"typo","expires_in":"1h"}"#,
     );
     assert_eq!(r.status, 400, "{r:?}");
-    assert!(r.json()["error"].as_str().unwrap().contains("unknown scope `ecco`"), "{r:?}");
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown scope `ecco`"),
+        "{r:?}"
+    );
     // A serial that is not hex: refused, not stored as whatever hex it holds.
     let r = post_override(
         &h,
@@ -253,9 +266,18 @@ fn override_targets_are_validated_serials_normalised_and_the_answer_says_what_is
         r#"{"kind":"revoke-serial","target":"zz-not-hex","reason":"x","expires_in":"1h"}"#,
     );
     assert_eq!(r.status, 400, "{r:?}");
-    assert!(r.json()["error"].as_str().unwrap().contains("serial `zz-not-hex` must be hex"), "{r:?}");
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("serial `zz-not-hex` must be hex"),
+        "{r:?}"
+    );
     assert_eq!(count(&h, |r| r.kind == "override"), 0);
-    assert_eq!(h.admin(Some("ops"), &["/v1/overrides"]).json(), serde_json::json!([]));
+    assert_eq!(
+        h.admin(Some("ops"), &["/v1/overrides"]).json(),
+        serde_json::json!([])
+    );
 
     // A serial with colons, upper case: stored and echoed normalised.
     let serial = serial_of(&h, "reporter");
@@ -270,9 +292,18 @@ fn override_targets_are_validated_serials_normalised_and_the_answer_says_what_is
     assert_eq!(made["target"], normalised(&serial).as_str(), "{made}");
     assert_eq!(made["target_as_given"], given.as_str());
     assert_eq!(made["forced"], false);
-    assert!(made["effect"].as_str().unwrap().contains("admin api request"), "{made}");
+    assert!(
+        made["effect"]
+            .as_str()
+            .unwrap()
+            .contains("admin api request"),
+        "{made}"
+    );
     assert_eq!(made["in_force"].as_array().unwrap().len(), 1, "{made}");
-    let r = h.curl(Some("reporter"), &[&format!("{}/echo-report/v1/items", h.base())]);
+    let r = h.curl(
+        Some("reporter"),
+        &[&format!("{}/echo-report/v1/items", h.base())],
+    );
     assert_eq!(r.json()["reason"], "serial-revoked", "{r:?}");
 
     // An agent about to be added: only with `force`, and the record says so.
@@ -315,8 +346,11 @@ fn lapses_are_recorded_at_the_expiry_before_any_decision_that_follows_it() {
     // Whole seconds, as the policy file writes it.
     let expires_text = clawgate::policy::rfc3339(SystemTime::now() + Duration::from_secs(8));
     let expires = SystemTime::from(
-        time::OffsetDateTime::parse(&expires_text, &time::format_description::well_known::Rfc3339)
-            .unwrap(),
+        time::OffsetDateTime::parse(
+            &expires_text,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap(),
     );
     let policy = format!(
         r#"
@@ -351,10 +385,19 @@ expires = "{expires_text}"
     let started = Instant::now();
     let (mut reporter_back, mut research_refused) = (false, false);
     while !(reporter_back && research_refused) {
-        assert!(started.elapsed() < Duration::from_secs(20), "lapses never took effect");
-        let r = h.curl(Some("reporter"), &[&format!("{}/echo-report/v1/items", h.base())]);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "lapses never took effect"
+        );
+        let r = h.curl(
+            Some("reporter"),
+            &[&format!("{}/echo-report/v1/items", h.base())],
+        );
         reporter_back |= r.status == 200;
-        let r = h.curl(Some("research"), &[&format!("{}/extra-echo/v1/a", h.base())]);
+        let r = h.curl(
+            Some("research"),
+            &[&format!("{}/extra-echo/v1/a", h.base())],
+        );
         research_refused |= r.status == 403;
     }
     let records = h.records();
@@ -384,7 +427,10 @@ expires = "{expires_text}"
         "the exception's lapse ({lapsed_exception}) comes before the first call it refuses ({first_refused_after})"
     );
     // Recorded by the timer at the expiry, not when a call happened along.
-    let lapse = records.iter().find(|r| r.reason == "exception-expired").unwrap();
+    let lapse = records
+        .iter()
+        .find(|r| r.reason == "exception-expired")
+        .unwrap();
     let at = time::OffsetDateTime::parse(&lapse.ts, &time::format_description::well_known::Rfc3339)
         .unwrap();
     let late = at - time::OffsetDateTime::from(expires);
@@ -468,7 +514,10 @@ rate = "often"
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
-    assert!(lines[0].contains("unknown scope `ghost` in agent `newbie`"), "{stdout}");
+    assert!(
+        lines[0].contains("unknown scope `ghost` in agent `newbie`"),
+        "{stdout}"
+    );
     assert!(lines[1].contains("unknown field `colour`"), "{stdout}");
     assert!(lines[2].contains("gov.toml:19:8:"), "{stdout}");
     assert!(!stdout.contains("`typo-scope` in agent"), "{stdout}");
@@ -484,8 +533,14 @@ rate = "often"
     let out = policy_status(&h, "watcher");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("DRIFTED: the files on disk do not validate"), "{text}");
-    assert!(text.contains("unknown field `colour`") && text.contains("gov.toml:19:8:"), "{text}");
+    assert!(
+        text.starts_with("DRIFTED: the files on disk do not validate"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unknown field `colour`") && text.contains("gov.toml:19:8:"),
+        "{text}"
+    );
     assert!(!text.contains("`typo-scope` in agent"), "{text}");
 }
 
@@ -527,17 +582,41 @@ fn token_issue_refuses_names_the_policy_does_not_define() {
     };
     let out = issue(&["--agent", "reserch", "--policy", policy]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown agent `reserch`"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown agent `reserch`"),
+        "{out:?}"
+    );
     assert!(out.stdout.is_empty(), "no token printed: {out:?}");
-    let out = issue(&["--agent", "research", "--scopes", "echo,ecco", "--policy", policy]);
+    let out = issue(&[
+        "--agent",
+        "research",
+        "--scopes",
+        "echo,ecco",
+        "--policy",
+        policy,
+    ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scope `ecco`"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown scope `ecco`"),
+        "{out:?}"
+    );
     assert!(out.stdout.is_empty(), "no token printed: {out:?}");
-    let out = issue(&["--agent", "research", "--scopes", "echo", "--policy", policy]);
+    let out = issue(&[
+        "--agent", "research", "--scopes", "echo", "--policy", policy,
+    ]);
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim().split('.').count(), 3);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .split('.')
+            .count(),
+        3
+    );
     // Without a policy: issued, with a warning.
     let out = issue(&["--agent", "reserch"]);
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not checked against a policy"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not checked against a policy"),
+        "{out:?}"
+    );
 }

@@ -151,7 +151,10 @@ impl Admin {
             .overrides()
             .refusing(None, Some(&peer.serial), None, now)
         {
-            let asked = (req.method().as_str().to_owned(), req.uri().path().to_owned());
+            let asked = (
+                req.method().as_str().to_owned(),
+                req.uri().path().to_owned(),
+            );
             return self.refuse_revoked(peer, addr, asked, &o).await;
         }
         let names = peer.names.as_slice();
@@ -307,7 +310,11 @@ impl Admin {
         record.decision = Some("deny".into());
         record.reason = Reason::SerialRevoked.code().to_owned();
         record.policy_digest = Some(self.pipeline.policy().digest().to_owned());
-        let who = peer.names.first().map(ToString::to_string).unwrap_or_default();
+        let who = peer
+            .names
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         record.detail = Some(format!("override {}; admin api caller {who}", o.id));
         // Durable before the answer, like every decision; refused either way.
         if let Err(e) = self.pipeline.audit().append_durable(record).await {
@@ -384,7 +391,10 @@ impl Admin {
         let mut record = o.record("created", Some(who));
         if made.forced {
             record.detail = record.detail.map(|d| {
-                format!("{d}; forced: the policy in force does not define `{}`", o.target)
+                format!(
+                    "{d}; forced: the policy in force does not define `{}`",
+                    o.target
+                )
             });
         }
         if let Err(e) = self.pipeline.audit().append_durable(record).await {

@@ -54,10 +54,7 @@ pub fn service_and_region(host: &str) -> Option<(String, String)> {
     let labels: Vec<&str> = stem.split('.').collect();
     // S3, virtual-hosted or not: the last `s3` label; after it, perhaps
     // `dualstack`, then the region (none means us-east-1).
-    if let Some(i) = labels
-        .iter()
-        .rposition(|l| is_s3_label(l))
-    {
+    if let Some(i) = labels.iter().rposition(|l| is_s3_label(l)) {
         if let Some(region) = labels[i].strip_prefix("s3-") {
             let region = if region.starts_with("external-") {
                 "us-east-1"

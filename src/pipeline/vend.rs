@@ -99,9 +99,9 @@ impl Pipeline {
                 record.agent = Some(agent.name.clone());
                 // A revoked certificate or an isolated agent first, whatever
                 // scope it names, as on every other path.
-                let refusing = self
-                    .overrides()
-                    .refusing(Some(&agent.name), caller.serial, None, now);
+                let refusing =
+                    self.overrides()
+                        .refusing(Some(&agent.name), caller.serial, None, now);
                 match policy
                     .scope_named(scope_name)
                     .filter(|id| agent.scopes.contains(id))

@@ -10,8 +10,8 @@
 //! action and resource patterns `*` matches any run of characters (slashes
 //! included) and `?` any one character.
 
-use std::sync::Arc;
 use crate::credentials::sigv4::is_s3_label;
+use std::sync::Arc;
 
 /// The IAM view of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 //! already expired loads with a warning and grants nothing.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -16,9 +16,6 @@ use super::file::{ExceptionFile, RolesFile};
 use super::report::{LoadOptions, Report, valid_name};
 use super::{AgentId, ScopeId};
 use crate::identity::PeerName;
-
-/// The default and largest allowed `max_exception`: 7 days.
-pub const DEFAULT_MAX_EXCEPTION: Duration = Duration::from_secs(7 * 86_400);
 
 /// A time-boxed grant of scopes to one agent.
 #[derive(Debug, Clone)]

@@ -16,7 +16,9 @@ use super::credential::compile_sentinels;
 use super::exception::{compile_exceptions, compile_roles};
 use super::file::AgentFile;
 use super::parse::{Entries, parse_sources};
-use super::report::{LoadError, LoadOptions, PolicyError, Report, Source, compile_rate, valid_name};
+use super::report::{
+    LoadError, LoadOptions, PolicyError, Report, Source, compile_rate, valid_name,
+};
 use super::scope::{compile_scope, placeholder_scope};
 use super::{Agent, AgentId, Policy, Scope, ScopeId};
 use crate::identity::PeerName;
@@ -77,8 +79,13 @@ pub fn load(
     let scopes = compile_scopes(&mut report, &entries, dir, options);
     let agents = compile_agents(&mut report, &entries, &scopes, dir);
     let sentinels = compile_sentinels(&mut report, &entries.sentinels, dir, options, &agents.names);
-    let exceptions =
-        compile_exceptions(&mut report, &entries.exceptions, &agents.ids, &scopes.ids, options);
+    let exceptions = compile_exceptions(
+        &mut report,
+        &entries.exceptions,
+        &agents.ids,
+        &scopes.ids,
+        options,
+    );
     let roles = compile_roles(&mut report, entries.roles.as_ref());
 
     if !report.problems.is_empty() {
@@ -184,7 +191,11 @@ fn compile_scopes(
                 );
             }
             if index.routes.insert(route.clone(), id).is_some() {
-                report.error(*file, span, format!("route `{route}` is used by two scopes"));
+                report.error(
+                    *file,
+                    span,
+                    format!("route `{route}` is used by two scopes"),
+                );
             }
         }
         index
@@ -269,10 +280,18 @@ fn compile_agent(
         );
     }
     if !index.names.insert(name.clone()) {
-        report.error(file, a.name.span(), format!("agent `{name}` is defined twice"));
+        report.error(
+            file,
+            a.name.span(),
+            format!("agent `{name}` is defined twice"),
+        );
     }
     if a.identities.is_empty() {
-        report.error(file, agent.span(), format!("agent `{name}` has no identities"));
+        report.error(
+            file,
+            agent.span(),
+            format!("agent `{name}` has no identities"),
+        );
     }
     Agent {
         name: name.clone(),

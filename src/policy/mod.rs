@@ -36,10 +36,10 @@ use crate::error::Reason;
 use crate::identity::PeerName;
 
 pub use decide::decide;
-pub use exception::{DEFAULT_MAX_EXCEPTION, Exception, Roles, rfc3339};
+pub use exception::{Exception, Roles, rfc3339};
 use glob::GlobIndex;
 pub use load::{disk_digest, load};
-pub use report::{LoadError, LoadOptions, PolicyError};
+pub use report::{DEFAULT_MAX_EXCEPTION, LoadError, LoadOptions, PolicyError};
 
 /// Index of an agent in [`Policy::agents`].
 pub type AgentId = usize;

@@ -83,7 +83,11 @@ fn parse_file(report: &mut Report<'_>, file: usize, root: DeTable<'_>, entries: 
             }
             "roles" => {
                 if !matches!(value.get_ref(), DeValue::Table(_)) {
-                    report.error(file, value.span(), "`roles` must be a table (`[roles]`)".into());
+                    report.error(
+                        file,
+                        value.span(),
+                        "`roles` must be a table (`[roles]`)".into(),
+                    );
                     continue;
                 }
                 if let Ok(roles) = read_entry::<RolesFile>(report, file, value) {
@@ -169,10 +173,7 @@ fn read_entry<'i, T: Deserialize<'i>>(
 fn remove_key_at(value: &mut DeValue<'_>, offset: usize) -> bool {
     match value {
         DeValue::Table(table) => {
-            let found = table
-                .keys()
-                .find(|k| k.span().start == offset)
-                .cloned();
+            let found = table.keys().find(|k| k.span().start == offset).cloned();
             if let Some(key) = found {
                 return table.remove(&key).is_some();
             }

@@ -46,8 +46,15 @@ rate = "often"
 "#;
     let found = problems(&[("p.toml", text)]);
     assert_eq!(found.len(), 3, "{found:#?}");
-    assert!(found[0].starts_with("p.toml:5:") && found[0].contains("unknown scope `ghost` in agent `a`"), "{found:#?}");
-    assert!(found[1].starts_with("p.toml:10:1: unknown field `colour`"), "{found:#?}");
+    assert!(
+        found[0].starts_with("p.toml:5:")
+            && found[0].contains("unknown scope `ghost` in agent `a`"),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with("p.toml:10:1: unknown field `colour`"),
+        "{found:#?}"
+    );
     assert!(found[2].starts_with("p.toml:15:8: "), "{found:#?}");
 }
 
@@ -59,7 +66,10 @@ fn an_unknown_field_leaves_no_knock_on_errors() {
     let agent = "[[agent]]\nname = \"a\"\nidentities = [\"cn:a\"]\nscopes = [\"s\"]\n";
     let found = problems(&[("a.toml", agent), ("s.toml", scope)]);
     assert_eq!(found.len(), 1, "{found:#?}");
-    assert!(found[0].starts_with("s.toml:4:1: unknown field `upstrem`"), "{found:#?}");
+    assert!(
+        found[0].starts_with("s.toml:4:1: unknown field `upstrem`"),
+        "{found:#?}"
+    );
 }
 
 #[test]
@@ -67,7 +77,10 @@ fn two_unknown_fields_in_one_entry_are_both_reported_with_its_other_errors() {
     let text = "[[scope]]\nname = \"s\"\nupstream = \"ftp://s.example\"\nfoo = 1\n[[scope.allow]]\npaths = [\"/a\"]\nbar = 2\n";
     let found = problems(&[("p.toml", text)]);
     assert_eq!(found.len(), 3, "{found:#?}");
-    assert!(found[0].contains("upstream `ftp://s.example` must start with"), "{found:#?}");
+    assert!(
+        found[0].contains("upstream `ftp://s.example` must start with"),
+        "{found:#?}"
+    );
     assert!(found[1].contains("unknown field `foo`"), "{found:#?}");
     assert!(found[2].contains("unknown field `bar`"), "{found:#?}");
 }
@@ -95,7 +108,10 @@ fn a_syntax_error_hides_nothing_else_and_marks_possible_consequences() {
     let other = "[[agent]]\nname = \"a\"\nidentities = [\"cn:a\"]\nscopes = [\"elsewhere\"]\n\
                  [[scope]]\nname = \"s\"\nupstream = \"https://s.example\"\nmode = \"audit\"\n";
     let found = problems(&[("a.toml", broken), ("b.toml", other)]);
-    assert!(found[0].starts_with("a.toml:1:9: unclosed array table"), "{found:#?}");
+    assert!(
+        found[0].starts_with("a.toml:1:9: unclosed array table"),
+        "{found:#?}"
+    );
     // What the parser recovered may be wrong: marked, not taken at face value.
     assert!(
         found[1].starts_with("a.toml:2:1: unknown field `name`")
@@ -103,7 +119,9 @@ fn a_syntax_error_hides_nothing_else_and_marks_possible_consequences() {
         "{found:#?}"
     );
     assert!(
-        found.iter().any(|p| p.contains("mode `audit` must be `enforce` or `report`")),
+        found
+            .iter()
+            .any(|p| p.contains("mode `audit` must be `enforce` or `report`")),
         "{found:#?}"
     );
     let unknown = found

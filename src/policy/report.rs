@@ -12,6 +12,9 @@ use std::time::{Duration, SystemTime};
 
 use toml::Spanned;
 
+/// The default and largest allowed `max_exception`: 7 days.
+pub const DEFAULT_MAX_EXCEPTION: Duration = Duration::from_secs(7 * 86_400);
+
 /// What loading needs from the outside world besides the files.
 pub struct LoadOptions<'a> {
     /// Looks up an environment variable (the process environment in
@@ -29,7 +32,7 @@ impl<'a> LoadOptions<'a> {
         LoadOptions {
             env,
             now: SystemTime::now(),
-            max_exception: super::exception::DEFAULT_MAX_EXCEPTION,
+            max_exception: DEFAULT_MAX_EXCEPTION,
         }
     }
 }
