@@ -146,3 +146,7 @@ fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(NEVER - 1))
 }
+
+#[cfg(test)]
+#[path = "lapse_tests.rs"]
+mod tests;
