@@ -19,19 +19,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, field};
 
 use crate::audit::{DecisionRecord, kind};
@@ -42,9 +39,6 @@ use crate::pipeline::{Outcome, Peer, Pipeline};
 use crate::policy::{Call, ConnectMode, Permitted, Policy, Target, decide};
 use crate::route::{Destination, Mode, route};
 
-/// The agent must finish the inner TLS handshake within this time.
-const INNER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What requests inside an intercepted tunnel are bound to.
 #[derive(Debug, Clone)]
 pub struct Inside {
@@ -54,12 +48,16 @@ pub struct Inside {
     pub port: u16,
     /// The `CONNECT`'s request id, written into every inner record.
     pub connect_id: String,
+    /// The run token the `CONNECT` proved, which every request inside
+    /// carries (a token peer has no other identity).
+    pub run_token: Option<HeaderValue>,
 }
 
 /// An allowed `CONNECT`, ready to be answered.
 enum Plan {
     Tunnel {
         host: Host,
+        port: u16,
         addrs: Vec<std::net::SocketAddr>,
     },
     Intercept {
@@ -116,6 +114,17 @@ impl Pipeline {
             let mut outcome = verdict
                 .is_ok()
                 .then(|| pipeline.outcome_for(&record, started));
+            let subject = crate::live::Subject {
+                names: peer.identity.names.clone(),
+                agent: record.agent.clone(),
+                serial: (!peer.identity.serial.is_empty()).then(|| peer.identity.serial.clone()),
+                scope: record.scope.clone(),
+                connect: match &verdict {
+                    Ok(Plan::Tunnel { host, port, .. }) => Some((host.to_string(), *port)),
+                    Ok(Plan::Intercept { inside, .. }) => Some((inside.host.to_string(), inside.port)),
+                    Err(_) => None,
+                },
+            };
             if let Err(e) = pipeline.audit().append_durable(record).await {
                 tracing::error!(error = %e, "decision not recorded; refusing the connect");
                 if let Some(outcome) = outcome.take() {
@@ -133,7 +142,7 @@ impl Pipeline {
             };
             let on_upgrade = hyper::upgrade::on(&mut req);
             let upstream = match &plan {
-                Plan::Tunnel { host, addrs } => {
+                Plan::Tunnel { host, addrs, .. } => {
                     let limit = pipeline.upstreams.timeouts().connect;
                     match egress::connect_checked(host, addrs, limit).await {
                         Ok(stream) => Some(stream),
@@ -154,7 +163,14 @@ impl Pipeline {
             };
             outcome.status = Some(200);
             outcome.reason = Reason::Allowed;
-            let task = Arc::clone(&pipeline).run_tunnel(plan, upstream, on_upgrade, peer, outcome);
+            let membership = pipeline.live().register(subject, policy.digest());
+            let task = Arc::clone(&pipeline).run_tunnel(
+                plan,
+                upstream,
+                on_upgrade,
+                (peer, membership),
+                outcome,
+            );
             tokio::spawn(task.in_current_span());
             tracing::info!("connect allowed");
             let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed());
@@ -200,6 +216,24 @@ impl Pipeline {
             record.detail = Some(format!("override {}", o.id));
             return Err(o.kind.reason());
         }
+        // A run token, when there is one, is checked as on any call: it
+        // names the run in the record and may narrow the scopes.
+        let run = match req.headers().get(crate::token::RUN_TOKEN_HEADER) {
+            Some(value) => {
+                let token = value.to_str().map_err(|_| Reason::RunTokenInvalid)?;
+                let claims = self
+                    .tokens()
+                    .verify(token.trim(), Some(name.as_str()), now)
+                    .inspect_err(|reason| tracing::info!(%reason, "run token refused"))?;
+                tracing::Span::current().record("run.id", claims.run.as_str());
+                record.run_id = Some(claims.run.clone());
+                Some((claims, value.clone()))
+            }
+            // Without a certificate (the token listener) the token is the
+            // only identity there is.
+            None if peer.identity.fingerprint.is_empty() => return Err(Reason::RunTokenMissing),
+            None => None,
+        };
         let (host, port) = match route(req) {
             Ok(routed) => match routed.destination {
                 Destination::Connect {
@@ -233,6 +267,12 @@ impl Pipeline {
         }
         let permit = Permitted::new(policy, &decision).ok_or(decision.reason())?;
         let scope = permit.scope();
+        if let Some(allowed) = run.as_ref().and_then(|(c, _)| c.scopes.as_ref())
+            && !allowed.contains(&scope.name)
+        {
+            // The token narrows: a scope it leaves out is refused.
+            return Err(Reason::RunTokenScope);
+        }
         if let Some(o) = self
             .overrides()
             .refusing(None, None, Some(&scope.name), now)
@@ -259,7 +299,7 @@ impl Pipeline {
                     }
                 })?;
         match scope.connect {
-            ConnectMode::Tunnel => Ok(Plan::Tunnel { host, addrs }),
+            ConnectMode::Tunnel => Ok(Plan::Tunnel { host, port, addrs }),
             ConnectMode::Intercept => {
                 let tls = self.interceptor.server_config(&host).map_err(|e| {
                     tracing::error!(error = %e, "cannot mint an interception leaf");
@@ -270,6 +310,7 @@ impl Pipeline {
                         host,
                         port,
                         connect_id: request_id.to_owned(),
+                        run_token: run.map(|(_, value)| value),
                     },
                     tls,
                 })
@@ -284,7 +325,7 @@ impl Pipeline {
         plan: Plan,
         upstream: Option<TcpStream>,
         on_upgrade: hyper::upgrade::OnUpgrade,
-        peer: Arc<Peer>,
+        (peer, mut membership): (Arc<Peer>, crate::live::Membership),
         mut outcome: Outcome,
     ) {
         let mut stopping = self.stopping.subscribe();
@@ -304,26 +345,21 @@ impl Pipeline {
             match (plan, upstream) {
                 (Plan::Tunnel { .. }, Some(mut upstream)) => {
                     match tokio::io::copy_bidirectional(&mut agent, &mut upstream).await {
-                        Ok(_) => outcome.finished = true,
+                        Ok(_) => outcome.closed(),
                         // Either end hanging up abruptly is how most TLS
                         // sessions end; the tunnel itself did its work.
                         Err(e) if closed_by_peer(&e) => {
                             tracing::debug!(error = %e, "tunnel closed by a peer");
-                            outcome.finished = true;
+                            outcome.closed();
                         }
                         Err(e) => tracing::info!(error = %e, "tunnel ended with an error"),
                     }
                 }
                 (Plan::Intercept { inside, tls }, _) => {
-                    let accept = TlsAcceptor::from(tls).accept(agent);
-                    let tls = match tokio::time::timeout(INNER_HANDSHAKE_TIMEOUT, accept).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::info!(error = %e, "agent refused the intercepted handshake");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!("intercepted handshake timed out");
+                    let tls = match crate::accept::inner_handshake(agent, tls).await {
+                        Ok(tls) => tls,
+                        Err(why) => {
+                            tracing::info!(%why, "intercepted handshake failed");
                             return;
                         }
                     };
@@ -339,14 +375,19 @@ impl Pipeline {
                             )
                         }
                     });
-                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let builder = crate::accept::http_builder();
                     match builder
                         .serve_connection_with_upgrades(TokioIo::new(tls), service)
                         .await
                     {
-                        Ok(()) => outcome.finished = true,
+                        Ok(()) => outcome.closed(),
+                        // The agent hung up between requests: a normal end.
+                        Err(e) if !cut_mid_exchange(&*e) => {
+                            tracing::debug!(error = %e, "intercepted connection closed by the agent");
+                            outcome.closed();
+                        }
                         Err(e) => {
-                            tracing::debug!(error = %e, "intercepted connection ended with an error");
+                            tracing::debug!(error = %e, "intercepted connection cut mid-exchange");
                         }
                     }
                 }
@@ -355,11 +396,33 @@ impl Pipeline {
         };
         tokio::select! {
             () = work => {}
+            ended = membership.ended() => {
+                tracing::info!(reason = %ended.reason, "tunnel ended: no longer allowed");
+                outcome.ended(ended);
+            }
             _ = stopping.wait_for(|stop| *stop) => {
                 tracing::info!("tunnel ended at shutdown");
             }
         }
     }
+}
+
+/// Whether an intercepted connection's error means a request was cut off
+/// (rather than the agent hanging up between requests).
+fn cut_mid_exchange(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(error) = next {
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
+            if hyper.is_incomplete_message() || hyper.is_body_write_aborted() {
+                return true;
+            }
+        }
+        if let Some(io) = error.downcast_ref::<io::Error>() {
+            return !closed_by_peer(io);
+        }
+        next = error.source();
+    }
+    true
 }
 
 /// Whether an error is just one end of a tunnel hanging up.

@@ -81,11 +81,24 @@ pub enum Reason {
     RunTokenScope,
     /// The token listener needs a run token in `Proxy-Authorization`.
     RunTokenMissing,
+    /// A tunnel, intercepted connection or upgraded socket ended normally:
+    /// a peer closed it (outcome records only).
+    TunnelClosed,
+    /// An override (isolation, revoked serial, disabled scope) ended a live
+    /// connection (outcome records only).
+    EndedByOverride,
+    /// A policy reload withdrew what a live connection was allowed, and
+    /// ended it (outcome records only).
+    EndedByPolicy,
+    /// Certificates were reloaded and put in force (a record, not a refusal).
+    CertsLoaded,
+    /// A certificate reload failed; the old material stays (a record).
+    CertsRejected,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 34] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -115,6 +128,11 @@ impl Reason {
         Reason::RunTokenWrongAgent,
         Reason::RunTokenScope,
         Reason::RunTokenMissing,
+        Reason::TunnelClosed,
+        Reason::EndedByOverride,
+        Reason::EndedByPolicy,
+        Reason::CertsLoaded,
+        Reason::CertsRejected,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -149,6 +167,11 @@ impl Reason {
             Reason::RunTokenWrongAgent => "run-token-wrong-agent",
             Reason::RunTokenScope => "run-token-scope",
             Reason::RunTokenMissing => "run-token-missing",
+            Reason::TunnelClosed => "tunnel-closed",
+            Reason::EndedByOverride => "ended-by-override",
+            Reason::EndedByPolicy => "ended-by-policy",
+            Reason::CertsLoaded => "certs-loaded",
+            Reason::CertsRejected => "certs-rejected",
         }
     }
 
@@ -160,7 +183,12 @@ impl Reason {
             | Reason::PolicyLoaded
             | Reason::ExceptionExpired
             | Reason::PolicyRejected
-            | Reason::OverrideChanged => StatusCode::OK,
+            | Reason::OverrideChanged
+            | Reason::TunnelClosed
+            | Reason::CertsLoaded
+            | Reason::CertsRejected => StatusCode::OK,
+            // Never sent: the connection is cut, not answered.
+            Reason::EndedByOverride | Reason::EndedByPolicy => StatusCode::FORBIDDEN,
             // Never sent: nobody is left to receive it.
             Reason::ClientCancelled => StatusCode::BAD_REQUEST,
             // Never sent: a rejected handshake has no HTTP exchange.

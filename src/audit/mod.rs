@@ -40,6 +40,8 @@ pub mod kind {
     pub const EXCEPTION: &str = "exception";
     /// A runtime override was created, removed or lapsed.
     pub const OVERRIDE: &str = "override";
+    /// Certificates reloaded, or a reload refused.
+    pub const CERTS: &str = "certs";
 }
 
 /// One row of the decision log. Optional fields are omitted from the JSON

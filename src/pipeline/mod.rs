@@ -76,6 +76,7 @@ pub struct Pipeline {
     overrides: Arc<Overrides>,
     metrics: Metrics,
     tokens: Verifier,
+    live: Arc<crate::live::Live>,
 }
 
 /// What a pipeline is made of, besides the policy and the decision log.
@@ -110,7 +111,14 @@ impl Pipeline {
             overrides: parts.overrides,
             metrics: Metrics::default(),
             tokens: Verifier::none(),
+            live: Arc::default(),
         }
+    }
+
+    /// Live tunnels, WebSockets and kept-alive connections that overrides
+    /// and reloads can end.
+    pub fn live(&self) -> &Arc<crate::live::Live> {
+        &self.live
     }
 
     /// Ends every tunnel and intercepted connection (at shutdown, after the
@@ -214,8 +222,13 @@ impl Pipeline {
         &self,
         peer: &Peer,
         inside: &Inside,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
+        // The run token the CONNECT proved holds for the whole tunnel.
+        if let Some(token) = &inside.run_token {
+            req.headers_mut()
+                .insert(crate::token::RUN_TOKEN_HEADER, token.clone());
+        }
         self.call(peer, Some(inside), req).await
     }
 
@@ -304,6 +317,7 @@ impl Pipeline {
             }
             match (verdict, outcome) {
                 (Ok(admitted), Some(outcome)) => {
+                    let upgrade = upgrade.map(|(value, on)| (value, on, peer));
                     self.forward(admitted, outcome, &request_id, upgrade).await
                 }
                 (Err(reason), _) => {
@@ -344,10 +358,10 @@ impl Pipeline {
         admitted: Admitted,
         mut outcome: Outcome,
         request_id: &str,
-        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade, &Peer)>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = admitted.request.into_parts();
-        if let Some((value, _)) = &upgrade {
+        if let Some((value, _, _)) = &upgrade {
             crate::upgrade::restore(&mut parts.headers, value);
         }
         let upload_failed = FailureFlag::default();
@@ -381,7 +395,7 @@ impl Pipeline {
                 return refusal_response(reason, request_id);
             }
         };
-        if let Some((value, agent_side)) = upgrade
+        if let Some((value, agent_side, peer)) = upgrade
             && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
         {
             let upstream_side = hyper::upgrade::on(&mut response);
@@ -394,8 +408,12 @@ impl Pipeline {
             outcome.status = Some(parts.status.as_u16());
             outcome.reason = Reason::Allowed;
             let stopping = self.stopping.subscribe();
+            let membership = self.live.register(
+                outcome.subject(peer),
+                outcome.policy_digest().unwrap_or_default(),
+            );
             tokio::spawn(
-                crate::upgrade::splice(agent_side, upstream_side, outcome, stopping)
+                crate::upgrade::splice(agent_side, upstream_side, outcome, stopping, membership)
                     .in_current_span(),
             );
             tracing::info!("upgrade forwarded");
@@ -462,6 +480,44 @@ impl Outcome {
     /// to was never recorded.
     pub(crate) fn forget(mut self) {
         self.record = None;
+    }
+}
+
+impl Outcome {
+    /// What a live connection under this outcome was allowed as.
+    pub(crate) fn subject(&self, peer: &Peer) -> crate::live::Subject {
+        let record = self.record.as_ref();
+        crate::live::Subject {
+            names: peer.identity.names.clone(),
+            agent: record.and_then(|r| r.agent.clone()),
+            serial: (!peer.identity.serial.is_empty()).then(|| peer.identity.serial.clone()),
+            scope: record.and_then(|r| r.scope.clone()),
+            connect: None,
+        }
+    }
+
+    /// The digest of the policy the decision was made under.
+    pub(crate) fn policy_digest(&self) -> Option<&str> {
+        self.record.as_ref()?.policy_digest.as_deref()
+    }
+
+    /// A tunnel or upgraded socket that a peer closed: a normal end.
+    pub(crate) fn closed(&mut self) {
+        self.finished = true;
+        if self.reason == Reason::Allowed {
+            self.reason = Reason::TunnelClosed;
+        }
+    }
+
+    /// Ends the record as `ended`, with why, when a live connection was cut.
+    pub(crate) fn ended(&mut self, ended: crate::live::Ended) {
+        self.reason = ended.reason;
+        if let Some(record) = self.record.as_mut() {
+            record.detail = Some(match record.detail.take() {
+                Some(before) => format!("{before}; {}", ended.detail),
+                None => ended.detail,
+            });
+        }
     }
 }
 

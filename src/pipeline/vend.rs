@@ -21,8 +21,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -250,43 +248,42 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, VendListenError> {
         .map_err(|e| VendListenError::Bind(addr, e))
 }
 
-/// Serves vending requests named by token until `shutdown` changes.
+/// Serves vending requests named by token until `shutdown` changes, then
+/// drains them within `drain`. Plain HTTP on loopback, through the same
+/// accept path (header timeout, drain) as every listener.
 pub async fn serve(
-    listener: TcpListener,
+    tcp: TcpListener,
+    rejections: Arc<crate::accept::Rejections>,
     pipeline: Arc<Pipeline>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    drain: std::time::Duration,
 ) {
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => {
-                let Ok((tcp, addr)) = accepted else {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
+    let listener = crate::accept::Listener {
+        name: "vend",
+        tcp,
+        tls: None,
+        rejections,
+    };
+    let make = move |accepted: crate::accept::Accepted| {
+        let pipeline = Arc::clone(&pipeline);
+        let addr = accepted.addr;
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let pipeline = Arc::clone(&pipeline);
+            async move {
+                let policy = pipeline.policy();
+                let caller = token_caller(&pipeline, &policy, &req, addr);
+                let response = if vend_scope(&req).is_some() {
+                    pipeline.vend(&policy, caller, &req).await
+                } else {
+                    refusal_response(Reason::NoMatchingScope, "-")
                 };
-                let pipeline = Arc::clone(&pipeline);
-                connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let pipeline = Arc::clone(&pipeline);
-                        async move {
-                            let policy = pipeline.policy();
-                            let caller = token_caller(&pipeline, &policy, &req, addr);
-                            let response = if vend_scope(&req).is_some() {
-                                pipeline.vend(&policy, caller, &req).await
-                            } else {
-                                refusal_response(Reason::NoMatchingScope, "-")
-                            };
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
-                });
+                Ok::<_, Infallible>(response)
             }
-            _ = shutdown.changed() => break,
-        }
-    }
-    connections.abort_all();
+        });
+        Ok(crate::accept::Served {
+            service,
+            until: None,
+        })
+    };
+    crate::accept::serve(listener, make, shutdown, drain).await;
 }
