@@ -193,6 +193,13 @@ impl Pipeline {
         request_id: &str,
         record: &mut DecisionRecord,
     ) -> Result<Plan, Reason> {
+        // A token peer without a token has no identity at all.
+        if peer.identity.fingerprint.is_empty()
+            && !req.headers().contains_key(crate::token::RUN_TOKEN_HEADER)
+        {
+            record.host = req.uri().host().map(str::to_owned);
+            return Err(Reason::RunTokenMissing);
+        }
         // Identity before anything else: an unknown agent's CONNECT resolves
         // no name and opens no connection.
         let Some(agent) = policy.agent_for(&peer.identity.names) else {

@@ -157,12 +157,11 @@ fn the_token_listener_does_everything_the_agent_listener_does() {
             "--cacert",
             &intercept_ca(&h),
             "-w",
-            "|%{http_version}",
+            "|%{http_code}|%{http_version}",
             &format!("https://127.0.0.1:{echo_port}/v1/items/8"),
         ],
     );
-    assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.stdout.ends_with("|2"), "{r:?}");
+    assert!(r.stdout.ends_with("|200|2"), "{r:?}");
 
     // A spliced tunnel: the tunnel-only agent's own token.
     let tunnel_token = issue(&h, "tunneler", "tunnel-run");
@@ -207,12 +206,11 @@ fn the_token_listener_does_everything_the_agent_listener_does() {
         "-H".into(),
         format!("proxy-authorization: Basic {basic}"),
         "-w".into(),
-        "|%{http_version}".into(),
+        "|%{http_code}|%{http_version}".into(),
         format!("https://localhost:{port}/echo/v1/items/3"),
     ]);
-    assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.stdout.ends_with("|2"), "{r:?}");
-    let record = h.decision(&r.request_id());
+    assert!(r.stdout.ends_with("|200|2"), "{r:?}");
+    let record = h.decision(&r.header("x-clawgate-request-id").unwrap());
     assert_eq!(record.mode.as_deref(), Some("gateway"));
     assert_eq!(record.run_id.as_deref(), Some("matrix-run"));
 
