@@ -181,12 +181,21 @@ impl Material {
         let chain = read_certs(&cert)?;
         let key = read_key(&key_path)?;
         let verifier = client_verifier(&ca, crl)?;
+        // rustls checks the certificate against its key here; say which
+        // files it was about.
         let agent = server_config(
             chain.clone(),
             key.clone_key(),
             Some(Arc::clone(&verifier)),
             Alpn::H2AndHttp11,
-        )?;
+        )
+        .map_err(|e| match e {
+            TlsError::Tls(why) => unusable(
+                &cert,
+                format!("{why} (with `{}`)", key_path.display()),
+            ),
+            other => other,
+        })?;
         let admin = server_config(chain.clone(), key.clone_key(), Some(verifier), Alpn::Http11)?;
         let token = server_config(chain, key, None, Alpn::H2AndHttp11)?;
         Ok(Material {

@@ -567,10 +567,12 @@ fn a_certificate_swapped_under_a_running_server_is_served_without_dropping_conne
     h.wait_for("certs reloaded from the api", |r| {
         r.reason == "certs-loaded" && r.detail.as_deref().unwrap_or_default().contains("api by")
     });
-    // A refused reload from the API says so and keeps the new certificate.
-    swap_in(&garbage, &h.certs.join("ca.pem"));
+    // A refused reload from the API (a broken interception CA) says so and
+    // keeps everything in force.
+    swap_in(&garbage, &h.certs.join("intercept-ca.pem"));
     let r = h.admin(Some("ops"), &["-X", "POST", "/v1/certs/reload"]);
     assert_eq!(r.status, 422, "{r:?}");
+    assert!(r.body_text().contains("intercept-ca.pem"), "{r:?}");
     assert_eq!(served_leaf(&rt, &research, port), der_of(&new_cert));
 }
 
