@@ -595,7 +595,7 @@ const IDLE: usize = 3000;
 /// TLS peers (with a valid certificate) sending a request head a byte at a time.
 const SLOW: usize = 300;
 /// clawgate's resident memory may not pass this under that flood (README).
-const FLOOD_RSS_BOUND_KIB: u64 = 256 * 1024;
+const FLOOD_RSS_BOUND_KIB: u64 = 128 * 1024;
 
 #[test]
 fn a_flood_of_idle_and_slow_peers_does_not_lock_agents_out() {
