@@ -689,3 +689,44 @@ fn a_flood_of_idle_and_slow_peers_does_not_lock_agents_out() {
     }
     drop(idle_peers);
 }
+
+#[test]
+fn every_listener_records_rejected_handshakes_and_vend_has_a_header_timeout() {
+    let h = harness(&[
+        "--token-listen",
+        "127.0.0.1:0",
+        "--vend-listen",
+        "127.0.0.1:0",
+    ]);
+    // The admin API without a certificate.
+    let r = h.admin(None, &["/healthz"]);
+    assert_ne!(r.exit, 0, "{r:?}");
+    h.wait_for("admin rejection", |r| {
+        r.reason == "tls-rejected"
+            && r.detail.as_deref().unwrap_or_default().starts_with("admin listener: no client certificate")
+    });
+    // Plain HTTP to the token listener's TLS port.
+    let rt = runtime();
+    let token = token_port(&h);
+    let vend = h.vend_port.unwrap();
+    let closed = rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut plain = net::tcp_from("127.0.0.1".parse().unwrap(), token).await.unwrap();
+        plain.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        net::closed_within(&mut plain, Duration::from_secs(5)).await
+    });
+    assert!(closed.is_some());
+    h.wait_for("token rejection", |r| {
+        r.reason == "tls-rejected"
+            && r.detail.as_deref().unwrap_or_default().starts_with("token listener:")
+    });
+    // A vend peer that never finishes its request head is cut off.
+    let closed = rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut slow = net::tcp_from("127.0.0.1".parse().unwrap(), vend).await.unwrap();
+        slow.write_all(b"GET /v1/credentials/aws/x HTTP/1.1\r\n").await.unwrap();
+        net::closed_within(&mut slow, Duration::from_secs(15)).await
+    });
+    let closed = closed.expect("the vend listener kept a stalled request head open");
+    assert!(closed >= Duration::from_secs(9), "closed after {closed:?}");
+}
