@@ -102,8 +102,11 @@ pub async fn serve<M, S, B>(
     drain: Duration,
 ) where
     M: Fn(Accepted) -> Result<Served<S>, String> + Send + Sync + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = std::convert::Infallible>
-        + Send
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
         + 'static,
     S::Future: Send + 'static,
     B: http_body::Body + Send + 'static,
@@ -185,7 +188,10 @@ pub async fn serve<M, S, B>(
         .await
         .is_err()
     {
-        tracing::warn!(listener = name, "connections did not finish within the drain timeout; ending them");
+        tracing::warn!(
+            listener = name,
+            "connections did not finish within the drain timeout; ending them"
+        );
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
@@ -277,7 +283,10 @@ where
 /// Interception's inner TLS: the agent's handshake with a minted leaf,
 /// under the same deadlines. The agent's identity was proven on the outer
 /// connection, so this is not admission-controlled again.
-pub async fn inner_handshake<I>(stream: I, config: Arc<ServerConfig>) -> Result<TlsStream<I>, String>
+pub async fn inner_handshake<I>(
+    stream: I,
+    config: Arc<ServerConfig>,
+) -> Result<TlsStream<I>, String>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -306,8 +315,11 @@ pub fn http_builder() -> auto::Builder<TokioExecutor> {
 async fn serve_http<I, S, B>(io: I, served: Served<S>, watcher: Watcher, addr: SocketAddr)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = std::convert::Infallible>
-        + Send
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
         + 'static,
     S::Future: Send + 'static,
     B: http_body::Body + Send + 'static,

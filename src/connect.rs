@@ -121,7 +121,9 @@ impl Pipeline {
                 scope: record.scope.clone(),
                 connect: match &verdict {
                     Ok(Plan::Tunnel { host, port, .. }) => Some((host.to_string(), *port)),
-                    Ok(Plan::Intercept { inside, .. }) => Some((inside.host.to_string(), inside.port)),
+                    Ok(Plan::Intercept { inside, .. }) => {
+                        Some((inside.host.to_string(), inside.port))
+                    }
                     Err(_) => None,
                 },
             };
@@ -419,10 +421,10 @@ impl Pipeline {
 fn cut_mid_exchange(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(e);
     while let Some(error) = next {
-        if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
-            if hyper.is_incomplete_message() || hyper.is_body_write_aborted() {
-                return true;
-            }
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>()
+            && (hyper.is_incomplete_message() || hyper.is_body_write_aborted())
+        {
+            return true;
         }
         if let Some(io) = error.downcast_ref::<io::Error>() {
             return !closed_by_peer(io);

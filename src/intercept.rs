@@ -16,10 +16,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use rcgen::{
     CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
@@ -60,12 +60,15 @@ pub enum InterceptError {
     BadHost(String),
 }
 
+/// Minted configurations by host, with the time they stay fresh until.
+type LeafCache = HashMap<Host, (Arc<ServerConfig>, Instant)>;
+
 /// Mints and caches interception leaves. Clones share the CA and cache, so
 /// a reload of the CA reaches every holder.
 #[derive(Clone)]
 pub struct Interceptor {
     issuer: Arc<ArcSwap<Issuer<'static, KeyPair>>>,
-    cache: Arc<Mutex<HashMap<Host, (Arc<ServerConfig>, Instant)>>>,
+    cache: Arc<Mutex<LeafCache>>,
 }
 
 impl std::fmt::Debug for Interceptor {

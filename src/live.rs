@@ -140,8 +140,7 @@ fn withdrawn(
     };
     let agent = agent_id.map(|id| policy.agent(id));
     let agent_name = agent.map(|a| a.name.as_str()).or(s.agent.as_deref());
-    if let Some(o) = overrides.refusing(agent_name, s.serial.as_deref(), s.scope.as_deref(), now)
-    {
+    if let Some(o) = overrides.refusing(agent_name, s.serial.as_deref(), s.scope.as_deref(), now) {
         return Some(Ended {
             reason: Reason::EndedByOverride,
             detail: format!("{} by override {}", o.kind.reason(), o.id),

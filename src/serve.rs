@@ -10,19 +10,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::accept::Rejections;
 use crate::admin::Admin;
 use crate::audit::{AuditError, AuditLog, WriterHandle};
 use crate::credentials::{Broker, BrokerConfig};
 use crate::forward::{ForwardError, Timeouts, Upstreams};
 use crate::intercept::{InterceptError, Interceptor};
-use crate::accept::Rejections;
 use crate::listener;
-use crate::tls::{TlsError, TlsStore};
 use crate::overrides::{OverrideError, Overrides};
 use crate::pipeline::vend::{self, VendListenError};
 use crate::pipeline::{BodyLimits, Parts as PipelineParts, Pipeline};
 use crate::policy::{self, LoadError, LoadOptions};
 use crate::reload::{self, Env, Reloader, policy_record};
+use crate::tls::{TlsError, TlsStore};
 
 /// Everything `serve` needs, resolved from flags.
 #[derive(Debug, Clone)]

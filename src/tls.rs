@@ -137,9 +137,7 @@ fn client_verifier(
     if let Some(crl) = crl {
         verifier = verifier.with_crls(read_crls(crl)?);
     }
-    verifier
-        .build()
-        .map_err(|e| TlsError::Tls(e.to_string()))
+    verifier.build().map_err(|e| TlsError::Tls(e.to_string()))
 }
 
 /// Which configuration a listener takes from the [`Material`].
@@ -190,10 +188,7 @@ impl Material {
             Alpn::H2AndHttp11,
         )
         .map_err(|e| match e {
-            TlsError::Tls(why) => unusable(
-                &cert,
-                format!("{why} (with `{}`)", key_path.display()),
-            ),
+            TlsError::Tls(why) => unusable(&cert, format!("{why} (with `{}`)", key_path.display())),
             other => other,
         })?;
         let admin = server_config(chain.clone(), key.clone_key(), Some(verifier), Alpn::Http11)?;
@@ -314,7 +309,8 @@ impl TlsStore {
         if let Ok(mut stamps) = self.stamps.lock() {
             *stamps = self.stamps_now();
         }
-        let loaded = Material::load(&self.certs_dir, self.crl.as_deref()).map_err(|e| e.to_string());
+        let loaded =
+            Material::load(&self.certs_dir, self.crl.as_deref()).map_err(|e| e.to_string());
         let result = loaded.and_then(|material| {
             let also = self.also.lock().map(|a| a.clone()).unwrap_or_default();
             for other in also {

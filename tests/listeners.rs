@@ -247,7 +247,12 @@ fn the_token_listener_does_everything_the_agent_listener_does() {
         assert_eq!(lines[0]["status"], 200, "{lines:?}");
         assert!(lines[0]["body"].as_str().unwrap().contains(CANARY));
         assert_eq!(lines[1]["status"], 403, "{lines:?}");
-        assert!(lines[1]["body"].as_str().unwrap().contains("denied-by-rule"));
+        assert!(
+            lines[1]["body"]
+                .as_str()
+                .unwrap()
+                .contains("denied-by-rule")
+        );
     }
 
     // A WebSocket inside interception, through undici.
@@ -348,7 +353,9 @@ fn overrides_end_open_tunnels_websockets_and_connections_within_a_second() {
         let mut outer = net::tls(&research, loopback, port).await;
         let head = net::exchange(
             &mut outer,
-            &format!("CONNECT 127.0.0.1:{echo_port} HTTP/1.1\r\nhost: 127.0.0.1:{echo_port}\r\n\r\n"),
+            &format!(
+                "CONNECT 127.0.0.1:{echo_port} HTTP/1.1\r\nhost: 127.0.0.1:{echo_port}\r\n\r\n"
+            ),
         )
         .await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -371,12 +378,20 @@ fn overrides_end_open_tunnels_websockets_and_connections_within_a_second() {
         let mut tunnel = net::tls(&tunneler, loopback, port).await;
         let head = net::exchange(
             &mut tunnel,
-            &format!("CONNECT localhost:{echo_port} HTTP/1.1\r\nhost: localhost:{echo_port}\r\n\r\n"),
+            &format!(
+                "CONNECT localhost:{echo_port} HTTP/1.1\r\nhost: localhost:{echo_port}\r\n\r\n"
+            ),
         )
         .await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         let tunnel_id = net::header(&head, "x-clawgate-request-id").unwrap();
-        (kept, socket, intercepted, tunnel, (ws_id, intercept_id, tunnel_id))
+        (
+            kept,
+            socket,
+            intercepted,
+            tunnel,
+            (ws_id, intercept_id, tunnel_id),
+        )
     });
     let (ws_id, intercept_id, tunnel_id) = ids;
 
@@ -398,10 +413,26 @@ fn overrides_end_open_tunnels_websockets_and_connections_within_a_second() {
     let limit = Duration::from_secs(1);
     rt.block_on(async {
         for (what, since, closed) in [
-            ("kept-alive", isolated_at, net::closed_within(&mut kept, limit).await),
-            ("websocket", isolated_at, net::closed_within(&mut socket, limit).await),
-            ("intercepted", isolated_at, net::closed_within(&mut intercepted, limit).await),
-            ("tunnel", revoked_at, net::closed_within(&mut tunnel, limit).await),
+            (
+                "kept-alive",
+                isolated_at,
+                net::closed_within(&mut kept, limit).await,
+            ),
+            (
+                "websocket",
+                isolated_at,
+                net::closed_within(&mut socket, limit).await,
+            ),
+            (
+                "intercepted",
+                isolated_at,
+                net::closed_within(&mut intercepted, limit).await,
+            ),
+            (
+                "tunnel",
+                revoked_at,
+                net::closed_within(&mut tunnel, limit).await,
+            ),
         ] {
             assert!(closed.is_some(), "{what} still open");
             let elapsed = since.elapsed();
@@ -412,16 +443,27 @@ fn overrides_end_open_tunnels_websockets_and_connections_within_a_second() {
         isolated_at.elapsed() < Duration::from_secs(2),
         "the closes took too long"
     );
-    for (id, override_id) in [(&ws_id, &isolate), (&intercept_id, &isolate), (&tunnel_id, &revoke)] {
+    for (id, override_id) in [
+        (&ws_id, &isolate),
+        (&intercept_id, &isolate),
+        (&tunnel_id, &revoke),
+    ] {
         let outcome = h.outcome(id);
         assert_eq!(outcome.reason, "ended-by-override", "{outcome:?}");
         assert!(
-            outcome.detail.as_deref().unwrap_or_default().contains(override_id.as_str()),
+            outcome
+                .detail
+                .as_deref()
+                .unwrap_or_default()
+                .contains(override_id.as_str()),
             "{outcome:?}"
         );
     }
     // The isolated agent's next call is refused as before.
-    let r = h.curl(Some("research"), &[&format!("{}/echo/v1/items/1", h.base())]);
+    let r = h.curl(
+        Some("research"),
+        &[&format!("{}/echo/v1/items/1", h.base())],
+    );
     assert_eq!(r.json()["reason"], "agent-isolated", "{r:?}");
 }
 
@@ -438,13 +480,18 @@ fn a_policy_reload_that_withdraws_a_scope_ends_its_tunnel() {
         let mut tunnel = net::tls(&tunneler, loopback, port).await;
         let head = net::exchange(
             &mut tunnel,
-            &format!("CONNECT localhost:{echo_port} HTTP/1.1\r\nhost: localhost:{echo_port}\r\n\r\n"),
+            &format!(
+                "CONNECT localhost:{echo_port} HTTP/1.1\r\nhost: localhost:{echo_port}\r\n\r\n"
+            ),
         )
         .await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         (tunnel, net::header(&head, "x-clawgate-request-id").unwrap())
     });
-    h.write_policy("listeners.toml", &EXTRA.replace("scopes = [\"echo-tunnel\"]", "scopes = []"));
+    h.write_policy(
+        "listeners.toml",
+        &EXTRA.replace("scopes = [\"echo-tunnel\"]", "scopes = []"),
+    );
     h.signal("HUP");
     let closed = rt.block_on(net::closed_within(&mut tunnel, Duration::from_secs(10)));
     assert!(closed.is_some(), "the tunnel outlived the reload");
@@ -472,16 +519,42 @@ fn openssl_server_cert(certs: &std::path::Path, dir: &std::path::Path) -> (PathB
         let out = Command::new("openssl").args(args).output().unwrap();
         assert!(out.status.success(), "openssl {args:?}: {out:?}");
     };
-    run(&["ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", key.to_str().unwrap()]);
-    run(&["req", "-new", "-key", key.to_str().unwrap(), "-subj", "/CN=localhost", "-out", csr.to_str().unwrap()]);
     run(&[
-        "x509", "-req", "-in", csr.to_str().unwrap(),
-        "-CA", certs.join("ca.pem").to_str().unwrap(),
-        "-CAkey", certs.join("ca-key.pem").to_str().unwrap(),
-        "-set_serial", "0x5eed",
-        "-days", "1",
-        "-extfile", ext.to_str().unwrap(),
-        "-out", cert.to_str().unwrap(),
+        "ecparam",
+        "-genkey",
+        "-name",
+        "prime256v1",
+        "-noout",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-key",
+        key.to_str().unwrap(),
+        "-subj",
+        "/CN=localhost",
+        "-out",
+        csr.to_str().unwrap(),
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        csr.to_str().unwrap(),
+        "-CA",
+        certs.join("ca.pem").to_str().unwrap(),
+        "-CAkey",
+        certs.join("ca-key.pem").to_str().unwrap(),
+        "-set_serial",
+        "0x5eed",
+        "-days",
+        "1",
+        "-extfile",
+        ext.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
     ]);
     (cert, key)
 }
@@ -493,7 +566,11 @@ fn swap_in(from: &std::path::Path, to: &std::path::Path) {
     std::fs::rename(&tmp, to).unwrap();
 }
 
-fn served_leaf(rt: &tokio::runtime::Runtime, config: &std::sync::Arc<rustls::ClientConfig>, port: u16) -> Vec<u8> {
+fn served_leaf(
+    rt: &tokio::runtime::Runtime,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+    port: u16,
+) -> Vec<u8> {
     rt.block_on(async {
         let stream = net::tls(config, "127.0.0.1".parse().unwrap(), port).await;
         stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
@@ -521,7 +598,11 @@ fn a_certificate_swapped_under_a_running_server_is_served_without_dropping_conne
     assert_eq!(old_leaf, der_of(&h.certs.join("server.pem")));
     let mut kept = rt.block_on(async {
         let mut kept = net::tls(&research, "127.0.0.1".parse().unwrap(), port).await;
-        let head = net::exchange(&mut kept, "GET /echo/v1/items/1 HTTP/1.1\r\nhost: localhost\r\n\r\n").await;
+        let head = net::exchange(
+            &mut kept,
+            "GET /echo/v1/items/1 HTTP/1.1\r\nhost: localhost\r\n\r\n",
+        )
+        .await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         net::read_body(&mut kept, &head).await;
         kept
@@ -529,12 +610,25 @@ fn a_certificate_swapped_under_a_running_server_is_served_without_dropping_conne
 
     // A bad file is refused and recorded; the old certificate stays.
     let garbage = h.path("garbage.pem");
-    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     let good_old = h.path("old-server.pem");
     std::fs::copy(h.certs.join("server.pem"), &good_old).unwrap();
     swap_in(&garbage, &h.certs.join("server.pem"));
-    let rejected = h.wait_for("certs-rejected", |r| r.kind == "certs" && r.reason == "certs-rejected");
-    assert!(rejected[0].detail.as_deref().unwrap().contains("server.pem"), "{rejected:?}");
+    let rejected = h.wait_for("certs-rejected", |r| {
+        r.kind == "certs" && r.reason == "certs-rejected"
+    });
+    assert!(
+        rejected[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("server.pem"),
+        "{rejected:?}"
+    );
     assert_eq!(served_leaf(&rt, &research, port), old_leaf);
 
     // A new certificate from the same CA is picked up on the file change.
@@ -543,17 +637,26 @@ fn a_certificate_swapped_under_a_running_server_is_served_without_dropping_conne
     swap_in(&new_cert, &h.certs.join("server.pem"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while served_leaf(&rt, &research, port) != der_of(&new_cert) {
-        assert!(Instant::now() < deadline, "the new certificate was never served");
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    h.wait_for("certs-loaded", |r| r.kind == "certs" && r.reason == "certs-loaded");
+    h.wait_for("certs-loaded", |r| {
+        r.kind == "certs" && r.reason == "certs-loaded"
+    });
     // The token listener serves the new one too.
     let token = net::client_config(&h.certs.join("ca.pem"), None);
     assert_eq!(served_leaf(&rt, &token, token_port(&h)), der_of(&new_cert));
 
     // The connection opened before the swap still works.
     rt.block_on(async {
-        let head = net::exchange(&mut kept, "GET /echo/v1/items/2 HTTP/1.1\r\nhost: localhost\r\n\r\n").await;
+        let head = net::exchange(
+            &mut kept,
+            "GET /echo/v1/items/2 HTTP/1.1\r\nhost: localhost\r\n\r\n",
+        )
+        .await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     });
 
@@ -587,7 +690,9 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 /// Idle TCP peers held against the agent listener, all from one source.
@@ -624,11 +729,8 @@ fn a_flood_of_idle_and_slow_peers_does_not_lock_agents_out() {
         let idle_source: IpAddr = "127.0.0.2".parse().unwrap();
         let mut idle_peers = Vec::with_capacity(idle);
         for _ in 0..idle {
-            if let Ok(Ok(tcp)) = tokio::time::timeout(
-                Duration::from_secs(2),
-                net::tcp_from(idle_source, port),
-            )
-            .await
+            if let Ok(Ok(tcp)) =
+                tokio::time::timeout(Duration::from_secs(2), net::tcp_from(idle_source, port)).await
             {
                 idle_peers.push(tcp);
             }
@@ -639,7 +741,10 @@ fn a_flood_of_idle_and_slow_peers_does_not_lock_agents_out() {
             let mut tls = net::tls(&slow_config, slow_source, port).await;
             slow_peers.push(tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
-                for byte in b"GET /echo/v1/items/1 HTTP/1.1\r\nhost: localhost\r\nx-slow: ".iter().cycle() {
+                for byte in b"GET /echo/v1/items/1 HTTP/1.1\r\nhost: localhost\r\nx-slow: "
+                    .iter()
+                    .cycle()
+                {
                     if tls.write_all(&[*byte]).await.is_err() || tls.flush().await.is_err() {
                         return;
                     }
@@ -649,13 +754,20 @@ fn a_flood_of_idle_and_slow_peers_does_not_lock_agents_out() {
         }
         (idle_peers, slow_peers)
     });
-    assert!(idle_peers.len() >= idle / 2, "only {} idle peers connected", idle_peers.len());
+    assert!(
+        idle_peers.len() >= idle / 2,
+        "only {} idle peers connected",
+        idle_peers.len()
+    );
 
     // An agent's calls still succeed, promptly.
     let mut latencies = Vec::new();
     for i in 0..10 {
         let started = Instant::now();
-        let r = h.curl(Some("research"), &[&format!("{}/echo/v1/items/{i}", h.base())]);
+        let r = h.curl(
+            Some("research"),
+            &[&format!("{}/echo/v1/items/{i}", h.base())],
+        );
         latencies.push(started.elapsed());
         assert_eq!(r.status, 200, "call {i} under flood: {r:?}");
         assert_eq!(h.decision(&r.request_id()).reason, "allowed");
@@ -677,12 +789,25 @@ fn a_flood_of_idle_and_slow_peers_does_not_lock_agents_out() {
     assert!(latencies[latencies.len() - 1] < Duration::from_secs(5));
     let dropped = h.wait_for("dropped idle peers", |r| {
         r.reason == "tls-rejected"
-            && r.detail.as_deref().unwrap_or_default().contains("dropped while pending")
+            && r.detail
+                .as_deref()
+                .unwrap_or_default()
+                .contains("dropped while pending")
     });
-    assert!(dropped[0].client_addr.as_deref().unwrap().starts_with("127.0.0.2:"));
+    assert!(
+        dropped[0]
+            .client_addr
+            .as_deref()
+            .unwrap()
+            .starts_with("127.0.0.2:")
+    );
     // Rejections are capped per source and second, so the flood did not
     // turn into thousands of records.
-    let rejected = h.records().into_iter().filter(|r| r.reason == "tls-rejected").count();
+    let rejected = h
+        .records()
+        .into_iter()
+        .filter(|r| r.reason == "tls-rejected")
+        .count();
     assert!(rejected < 200, "{rejected} tls-rejected records");
     for peer in slow_peers {
         peer.abort();
@@ -703,7 +828,10 @@ fn every_listener_records_rejected_handshakes_and_vend_has_a_header_timeout() {
     assert_ne!(r.exit, 0, "{r:?}");
     h.wait_for("admin rejection", |r| {
         r.reason == "tls-rejected"
-            && r.detail.as_deref().unwrap_or_default().starts_with("admin listener: no client certificate")
+            && r.detail
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("admin listener: no client certificate")
     });
     // Plain HTTP to the token listener's TLS port.
     let rt = runtime();
@@ -711,20 +839,32 @@ fn every_listener_records_rejected_handshakes_and_vend_has_a_header_timeout() {
     let vend = h.vend_port.unwrap();
     let closed = rt.block_on(async {
         use tokio::io::AsyncWriteExt;
-        let mut plain = net::tcp_from("127.0.0.1".parse().unwrap(), token).await.unwrap();
-        plain.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut plain = net::tcp_from("127.0.0.1".parse().unwrap(), token)
+            .await
+            .unwrap();
+        plain
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
         net::closed_within(&mut plain, Duration::from_secs(5)).await
     });
     assert!(closed.is_some());
     h.wait_for("token rejection", |r| {
         r.reason == "tls-rejected"
-            && r.detail.as_deref().unwrap_or_default().starts_with("token listener:")
+            && r.detail
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("token listener:")
     });
     // A vend peer that never finishes its request head is cut off.
     let closed = rt.block_on(async {
         use tokio::io::AsyncWriteExt;
-        let mut slow = net::tcp_from("127.0.0.1".parse().unwrap(), vend).await.unwrap();
-        slow.write_all(b"GET /v1/credentials/aws/x HTTP/1.1\r\n").await.unwrap();
+        let mut slow = net::tcp_from("127.0.0.1".parse().unwrap(), vend)
+            .await
+            .unwrap();
+        slow.write_all(b"GET /v1/credentials/aws/x HTTP/1.1\r\n")
+            .await
+            .unwrap();
         net::closed_within(&mut slow, Duration::from_secs(15)).await
     });
     let closed = closed.expect("the vend listener kept a stalled request head open");

@@ -84,7 +84,10 @@ impl Gate {
         let id = match self.state.lock() {
             Ok(mut state) => {
                 while state.by_source.get(&key).map_or(0, BTreeSet::len) >= self.per_source {
-                    let oldest = state.by_source.get(&key).and_then(|ids| ids.first().copied());
+                    let oldest = state
+                        .by_source
+                        .get(&key)
+                        .and_then(|ids| ids.first().copied());
                     match oldest {
                         Some(id) if state.remove(id) => dropped += 1,
                         _ => break,

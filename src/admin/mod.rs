@@ -31,11 +31,11 @@ use tokio::sync::watch;
 
 use crate::accept::{self, Accepted, Rejections, Served};
 use crate::audit::{Filter, Format};
-use crate::tls::{Door, TlsStore};
 use crate::identity::{self, PeerName};
 use crate::overrides::NewOverride;
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
+use crate::tls::{Door, TlsStore};
 
 pub use status::{PolicyStatus, status_of};
 

@@ -104,7 +104,10 @@ pub fn header(head: &str, name: &str) -> Option<String> {
 
 /// Waits until the peer closes `stream` (end of file or an error), and
 /// says how long that took.
-pub async fn closed_within<S: AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> Option<Duration> {
+pub async fn closed_within<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> Option<Duration> {
     let started = tokio::time::Instant::now();
     let mut buf = [0u8; 1024];
     loop {
