@@ -138,6 +138,10 @@ fn withdrawn(
         Some(name) => policy.agents().iter().position(|a| &a.name == name),
         None => policy.agent_for(&s.names),
     };
+    if agent_id.is_none() && s.agent.is_none() && s.names.is_empty() {
+        // Not yet named (a token connection before its first request).
+        return None;
+    }
     let agent = agent_id.map(|id| policy.agent(id));
     let agent_name = agent.map(|a| a.name.as_str()).or(s.agent.as_deref());
     if let Some(o) = overrides.refusing(agent_name, s.serial.as_deref(), s.scope.as_deref(), now) {
@@ -189,6 +193,33 @@ fn withdrawn(
 }
 
 impl Membership {
+    /// Names the agent of a connection that learns it per request (the
+    /// token listener): overrides for that agent now reach it.
+    pub fn name_agent(&self, agent: &str) {
+        if let Ok(mut entries) = self.live.entries.lock()
+            && let Some(entry) = entries.get_mut(&self.id)
+            && entry.subject.agent.as_deref() != Some(agent)
+        {
+            entry.subject.agent = Some(agent.to_owned());
+        }
+    }
+
+    /// A future that resolves when the connection must end, independent of
+    /// this membership's borrow.
+    pub fn until(&self) -> impl std::future::Future<Output = Ended> + Send + 'static {
+        let mut ended = self.ended.clone();
+        async move {
+            let got = match ended.wait_for(Option::is_some).await {
+                Ok(got) => got.clone(),
+                Err(_) => None,
+            };
+            match got {
+                Some(got) => got,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
     /// Resolves when the connection must end, with why.
     pub async fn ended(&mut self) -> Ended {
         let ended = match self.ended.wait_for(Option::is_some).await {

@@ -277,6 +277,29 @@ fn the_token_listener_does_everything_the_agent_listener_does() {
     assert_eq!(outcome.status, Some(101));
     assert_eq!(outcome.reason, "tunnel-closed");
 
+    // A kept-alive token connection is ended when its agent is isolated.
+    let rt = runtime();
+    let plain = net::client_config(&h.certs.join("ca.pem"), None);
+    let mut kept = rt.block_on(async {
+        let mut kept = net::tls(&plain, "127.0.0.1".parse().unwrap(), port).await;
+        let head = net::exchange(
+            &mut kept,
+            &format!(
+                "GET /echo/v1/items/4 HTTP/1.1\r\nhost: localhost\r\nproxy-authorization: Basic {basic}\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        net::read_body(&mut kept, &head).await;
+        kept
+    });
+    post_override(
+        &h,
+        r#"{"kind":"isolate-agent","target":"research","reason":"incident 13","expires_in":"1h"}"#,
+    );
+    let closed = rt.block_on(net::closed_within(&mut kept, Duration::from_secs(1)));
+    assert!(closed.is_some(), "the kept-alive token connection outlived the isolation");
+
     // Every record of a call through the token listener names the run.
     for r in h.records() {
         if matches!(r.kind.as_str(), "decision" | "outcome") && r.agent.is_some() {

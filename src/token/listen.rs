@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use super::RUN_TOKEN_HEADER;
 use crate::accept::{self, Accepted, Rejections, Served};
 use crate::identity::PeerIdentity;
+use crate::live::{Membership, Subject};
 use crate::pipeline::{Peer, Pipeline};
 use crate::tls::{Door, TlsStore};
 
@@ -60,16 +61,25 @@ pub async fn serve(
     let make = move |accepted: Accepted| {
         let pipeline = Arc::clone(&pipeline);
         let addr = accepted.addr;
+        // Each request names its agent by its own token; the connection is
+        // a live member under the agent its latest token named, so an
+        // override for that agent ends it.
+        let membership = Arc::new(
+            pipeline
+                .live()
+                .register(Subject::default(), pipeline.policy().digest()),
+        );
+        let until = membership.until();
         let service = service_fn(move |req| {
             let pipeline = Arc::clone(&pipeline);
-            async move { Ok::<_, Infallible>(handle(&pipeline, addr, req).await) }
+            let membership = Arc::clone(&membership);
+            async move { Ok::<_, Infallible>(handle(&pipeline, addr, &membership, req).await) }
         });
-        // Each request names its agent by its own token, so a kept-alive
-        // connection is judged per request; tunnels and WebSockets opened
-        // through it are live members like any other.
         Ok(Served {
             service,
-            until: None,
+            until: Some(Box::pin(async move {
+                until.await;
+            })),
         })
     };
     accept::serve(listener, make, shutdown, drain).await;
@@ -78,6 +88,7 @@ pub async fn serve(
 async fn handle(
     pipeline: &Arc<Pipeline>,
     addr: SocketAddr,
+    membership: &Membership,
     mut req: Request<hyper::body::Incoming>,
 ) -> http::Response<crate::body::ProxyBody> {
     let token = req
@@ -100,6 +111,7 @@ async fn handle(
             let policy = pipeline.policy();
             if let Some(agent) = policy.agents().iter().find(|a| a.name == claims.sub) {
                 identity.names = agent.identities.clone();
+                membership.name_agent(&agent.name);
             }
         }
         if let Ok(value) = HeaderValue::from_str(token) {
