@@ -298,7 +298,10 @@ fn the_token_listener_does_everything_the_agent_listener_does() {
         r#"{"kind":"isolate-agent","target":"research","reason":"incident 13","expires_in":"1h"}"#,
     );
     let closed = rt.block_on(net::closed_within(&mut kept, Duration::from_secs(1)));
-    assert!(closed.is_some(), "the kept-alive token connection outlived the isolation");
+    assert!(
+        closed.is_some(),
+        "the kept-alive token connection outlived the isolation"
+    );
 
     // Every record of a call through the token listener names the run.
     for r in h.records() {
@@ -491,7 +494,7 @@ fn overrides_end_open_tunnels_websockets_and_connections_within_a_second() {
 }
 
 #[test]
-fn a_policy_reload_that_withdraws_a_scope_ends_its_tunnel() {
+fn a_disabled_scope_or_a_policy_reload_that_withdraws_it_ends_its_tunnel() {
     let h = harness(&[]);
     let rt = runtime();
     let loopback: IpAddr = "127.0.0.1".parse().unwrap();
@@ -499,18 +502,42 @@ fn a_policy_reload_that_withdraws_a_scope_ends_its_tunnel() {
     let tunneler = net::client_config(&h.certs.join("ca.pem"), Some((&tcert, &tkey)));
     let echo_port = h.echo.addr.port();
     let port = h.port;
-    let (mut tunnel, id) = rt.block_on(async {
-        let mut tunnel = net::tls(&tunneler, loopback, port).await;
-        let head = net::exchange(
-            &mut tunnel,
-            &format!(
-                "CONNECT localhost:{echo_port} HTTP/1.1\r\nhost: localhost:{echo_port}\r\n\r\n"
-            ),
-        )
-        .await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        (tunnel, net::header(&head, "x-clawgate-request-id").unwrap())
-    });
+    let open = || {
+        rt.block_on(async {
+            let mut tunnel = net::tls(&tunneler, loopback, port).await;
+            let head = net::exchange(
+                &mut tunnel,
+                &format!(
+                    "CONNECT localhost:{echo_port} HTTP/1.1\r\nhost: localhost:{echo_port}\r\n\r\n"
+                ),
+            )
+            .await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            (tunnel, net::header(&head, "x-clawgate-request-id").unwrap())
+        })
+    };
+    // Disabling the scope ends the tunnel open in it.
+    let (mut tunnel, id) = open();
+    let disable = post_override(
+        &h,
+        r#"{"kind":"disable-scope","target":"echo-tunnel","reason":"incident 14","expires_in":"1h"}"#,
+    );
+    let closed = rt.block_on(net::closed_within(&mut tunnel, Duration::from_secs(1)));
+    assert!(closed.is_some(), "the tunnel outlived the disabled scope");
+    let outcome = h.outcome(&id);
+    assert_eq!(outcome.reason, "ended-by-override", "{outcome:?}");
+    assert!(
+        outcome.detail.as_deref().unwrap().contains(&disable),
+        "{outcome:?}"
+    );
+    let r = h.admin(
+        Some("ops"),
+        &["-X", "DELETE", &format!("/v1/overrides/{disable}")],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // A reload that takes the scope from the agent ends the next one.
+    let (mut tunnel, id) = open();
     h.write_policy(
         "listeners.toml",
         &EXTRA.replace("scopes = [\"echo-tunnel\"]", "scopes = []"),
