@@ -21,8 +21,6 @@ use crate::live::Subject;
 use crate::pipeline::{Peer, Pipeline};
 use crate::tls::{Door, TlsStore};
 
-pub use crate::tls::TlsError as ListenerError;
-
 /// Accepts agent connections until `shutdown` flips, then drains in-flight
 /// calls, tunnels and upgraded sockets within `drain`.
 pub async fn serve(
