@@ -920,3 +920,33 @@ fn every_listener_records_rejected_handshakes_and_vend_has_a_header_timeout() {
     let closed = closed.expect("the vend listener kept a stalled request head open");
     assert!(closed >= Duration::from_secs(9), "closed after {closed:?}");
 }
+
+#[test]
+fn shutdown_drains_calls_in_flight_on_the_token_listener() {
+    let mut h = harness(&["--token-listen", "127.0.0.1:0", "--drain-timeout", "5s"]);
+    let port = token_port(&h);
+    let token = issue(&h, "research", "drain-run");
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("research:{token}"));
+    let ca = ca(&h);
+    let slow = std::thread::spawn(move || {
+        common::curl(&[
+            "--cacert".into(),
+            ca,
+            "-H".into(),
+            format!("proxy-authorization: Basic {basic}"),
+            format!("https://localhost:{port}/echo/v1/items/slow/1500"),
+        ])
+    });
+    let decisions = h.wait_for("the slow call's decision", |r| {
+        r.kind == "decision" && r.path.as_deref() == Some("/v1/items/slow/1500")
+    });
+    h.stop();
+    let reply = slow.join().unwrap();
+    assert_eq!(
+        reply.status, 200,
+        "the call in flight was drained: {reply:?}"
+    );
+    let outcome = h.outcome(&decisions[0].request_id);
+    assert_eq!(outcome.reason, "allowed", "{outcome:?}");
+    assert_eq!(outcome.run_id.as_deref(), Some("drain-run"));
+}
