@@ -241,3 +241,7 @@ impl Drop for Membership {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "live_tests.rs"]
+mod tests;
