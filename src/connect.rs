@@ -119,10 +119,12 @@ impl Pipeline {
                 agent: record.agent.clone(),
                 serial: (!peer.identity.serial.is_empty()).then(|| peer.identity.serial.clone()),
                 scope: record.scope.clone(),
+                // The host as `decide` saw it, so a reload decides it again
+                // on the same terms.
                 connect: match &verdict {
-                    Ok(Plan::Tunnel { host, port, .. }) => Some((host.to_string(), *port)),
+                    Ok(Plan::Tunnel { port, .. }) => record.host.clone().map(|h| (h, *port)),
                     Ok(Plan::Intercept { inside, .. }) => {
-                        Some((inside.host.to_string(), inside.port))
+                        record.host.clone().map(|h| (h, inside.port))
                     }
                     Err(_) => None,
                 },
