@@ -950,3 +950,58 @@ fn shutdown_drains_calls_in_flight_on_the_token_listener() {
     assert_eq!(outcome.reason, "allowed", "{outcome:?}");
     assert_eq!(outcome.run_id.as_deref(), Some("drain-run"));
 }
+
+#[test]
+fn a_crl_reloaded_under_a_running_server_refuses_the_newly_revoked() {
+    let mut h = Harness::with(Options {
+        extra_policy: vec![("listeners.toml", EXTRA.to_owned())],
+        agents: vec!["tunneler", "ops"],
+        start: false,
+        ..Options::default()
+    });
+    let ca = clawgate::certs::read_pair(&h.certs, "ca.pem", "ca-key.pem").unwrap();
+    let (second, serial) =
+        clawgate::certs::issue(&ca, &clawgate::certs::agent_spec("research", 1).unwrap()).unwrap();
+    std::fs::write(h.path("second.pem"), &second.cert).unwrap();
+    std::fs::write(h.path("second-key.pem"), second.key_pem()).unwrap();
+    let crl = h.path("crl.pem");
+    std::fs::write(&crl, clawgate::certs::crl(&ca, &[]).unwrap()).unwrap();
+    h.serve(&["--crl".into(), crl.display().to_string()]);
+    let with_second = || {
+        common::curl(&[
+            "--cacert".into(),
+            ca_path(&h),
+            "--cert".into(),
+            h.path("second.pem").display().to_string(),
+            "--key".into(),
+            h.path("second-key.pem").display().to_string(),
+            format!("{}/echo/v1/items/1", h.base()),
+        ])
+    };
+    assert_eq!(with_second().status, 200);
+
+    // The CRL now lists the second certificate: picked up on the change.
+    let next = h.path("crl.next");
+    std::fs::write(&next, clawgate::certs::crl(&ca, &[serial]).unwrap()).unwrap();
+    std::fs::rename(&next, &crl).unwrap();
+    h.wait_for("certs-loaded", |r| r.reason == "certs-loaded");
+    let reply = with_second();
+    assert_ne!(reply.status, 200, "{reply:?}");
+    h.wait_for("the revoked handshake", |r| {
+        r.reason == "tls-rejected"
+            && r.detail
+                .as_deref()
+                .unwrap_or_default()
+                .contains("certificate revoked")
+    });
+    // The agent's own certificate still works.
+    let ok = h.curl(
+        Some("research"),
+        &[&format!("{}/echo/v1/items/2", h.base())],
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
+}
+
+fn ca_path(h: &Harness) -> String {
+    h.certs.join("ca.pem").display().to_string()
+}
