@@ -38,31 +38,57 @@
 //! - [`reload`]: hot reload of policy; exceptions and overrides lapsing.
 //! - [`admin`]: the admin and auditor API (health, metrics, audit, status).
 
-// In the order of the call: accept, identify, route, decide, limit,
-// credential, forward, record; then what governs it and what runs it.
-pub mod accept;
-pub mod admin;
-pub mod agent_env;
-pub mod audit;
-pub mod body;
-pub mod certs;
-pub mod connect;
-pub mod credentials;
-pub mod demo;
-pub mod egress;
-pub mod error;
-pub mod forward;
-pub mod identity;
-pub mod intercept;
-pub mod limits;
-pub mod listener;
-pub mod live;
-pub mod overrides;
-pub mod pipeline;
-pub mod policy;
-pub mod reload;
-pub mod route;
-pub mod serve;
+// In the order of the call (blank lines keep rustfmt from sorting them):
+// accept, identify, route, decide, limit, credential, forward, record; then
+// what governs it and what runs it.
 pub mod tls;
+
+pub mod accept;
+
+pub mod listener;
+
+pub mod identity;
+
 pub mod token;
+
+pub mod route;
+
+pub mod pipeline;
+
+pub mod connect;
+
+pub mod intercept;
+
 pub mod upgrade;
+
+pub mod live;
+
+pub mod policy;
+
+pub mod limits;
+
+pub mod credentials;
+
+pub mod body;
+
+pub mod forward;
+
+pub mod egress;
+
+pub mod audit;
+
+pub mod error;
+
+pub mod overrides;
+
+pub mod reload;
+
+pub mod admin;
+
+pub mod serve;
+
+pub mod certs;
+
+pub mod agent_env;
+
+pub mod demo;
