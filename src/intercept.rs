@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rcgen::{
-    CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose,
+    PublicKeyData, SanType,
 };
 use rustls::ServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -103,6 +104,17 @@ impl Interceptor {
             dir: certs_dir.display().to_string(),
         };
         let key = KeyPair::from_pem(&key).map_err(|e| bad(e.to_string()))?;
+        // A certificate and key from different pairs (a half-finished
+        // rotation) would sign leaves nobody can verify: refuse it.
+        let (_, pem) =
+            x509_parser::pem::parse_x509_pem(cert.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        let parsed = pem.parse_x509().map_err(|e| bad(e.to_string()))?;
+        if parsed.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+            return Err(bad(format!(
+                "its key is not the one in `{}`",
+                files::INTERCEPT_CA_KEY
+            )));
+        }
         Issuer::from_ca_cert_pem(&cert, key).map_err(|e| bad(e.to_string()))
     }
 

@@ -1005,3 +1005,35 @@ fn a_crl_reloaded_under_a_running_server_refuses_the_newly_revoked() {
 fn ca_path(h: &Harness) -> String {
     h.certs.join("ca.pem").display().to_string()
 }
+
+#[test]
+fn a_new_interception_ca_signs_the_next_intercepted_connection() {
+    let h = harness(&[]);
+    let url = format!("https://127.0.0.1:{}/v1/items/5", h.echo.addr.port());
+    let old_ca = h.path("old-intercept-ca.pem");
+    std::fs::copy(h.certs.join("intercept-ca.pem"), &old_ca).unwrap();
+    let via = |ca: &std::path::Path| {
+        h.curl_via_proxy("research", &["--cacert", ca.to_str().unwrap(), &url])
+    };
+    assert_eq!(via(&old_ca).status, 200);
+
+    // Another interception CA, from a fresh `certs init`.
+    let other = h.path("other-certs");
+    let out = clawgate(&["certs", "init", "--dir", other.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    swap_in(
+        &other.join("intercept-ca-key.pem"),
+        &h.certs.join("intercept-ca-key.pem"),
+    );
+    swap_in(
+        &other.join("intercept-ca.pem"),
+        &h.certs.join("intercept-ca.pem"),
+    );
+    let r = h.admin(Some("ops"), &["-X", "POST", "/v1/certs/reload"]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let new_ca = other.join("intercept-ca.pem");
+    let r = via(&new_ca);
+    assert_eq!(r.status, 200, "the new CA signs the next leaf: {r:?}");
+    let r = via(&old_ca);
+    assert_ne!(r.exit, 0, "the old CA no longer verifies: {r:?}");
+}
