@@ -28,7 +28,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -49,6 +48,9 @@ pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A peer must send a whole request head within this time.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that is no longer allowed may finish the response in hand
+/// for this long, then it is cut.
+pub const UNTIL_GRACE: Duration = Duration::from_millis(500);
 
 /// Resolves when a connection must end before its peer is done (an
 /// override or a policy reload withdrew what it was allowed).
@@ -125,7 +127,9 @@ pub async fn serve<M, S, B>(
         gate::PENDING_PER_SOURCE,
         gate::HANDSHAKE_PERMITS,
     );
-    let graceful = GracefulShutdown::new();
+    // Flips when the listener drains: every connection finishes the
+    // request in hand, then closes.
+    let (draining, drain_signal) = watch::channel(false);
     // Connection tasks are kept so that shutdown can end them and know they
     // are gone before the decision log closes.
     let mut connections = JoinSet::new();
@@ -145,7 +149,7 @@ pub async fn serve<M, S, B>(
                 let _ = stream.set_nodelay(true);
                 let make = Arc::clone(&make);
                 let rejections = Arc::clone(&rejections);
-                let watcher = graceful.watcher();
+                let watcher = drain_signal.clone();
                 let Some((store, door)) = tls.clone() else {
                     connections.spawn(async move {
                         match make(Accepted { addr, leaf: None }) {
@@ -184,10 +188,9 @@ pub async fn serve<M, S, B>(
         }
     }
     drop(tcp);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    draining.send_replace(true);
+    let all_done = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(drain, all_done).await.is_err() {
         tracing::warn!(
             listener = name,
             "connections did not finish within the drain timeout; ending them"
@@ -312,8 +315,12 @@ pub fn http_builder() -> auto::Builder<TokioExecutor> {
 
 /// Serves HTTP on an accepted connection, upgrades included, until the
 /// peer is done, the drain ends it, or `until` resolves.
-async fn serve_http<I, S, B>(io: I, served: Served<S>, watcher: Watcher, addr: SocketAddr)
-where
+async fn serve_http<I, S, B>(
+    io: I,
+    served: Served<S>,
+    mut draining: watch::Receiver<bool>,
+    addr: SocketAddr,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
             Request<Incoming>,
@@ -328,16 +335,27 @@ where
 {
     let builder = http_builder();
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), served.service);
-    let conn = watcher.watch(conn.into_owned());
-    let result = match served.until {
-        None => conn.await,
-        Some(until) => tokio::select! {
-            result = conn => result,
-            () = until => {
-                tracing::info!(client = %addr, "connection ended: no longer allowed");
-                Ok(())
-            }
-        },
+    tokio::pin!(conn);
+    let until = async {
+        match served.until {
+            Some(until) => until.await,
+            None => std::future::pending().await,
+        }
+    };
+    // Either way the connection finishes the request in hand (which the
+    // pipeline refuses, when an override is why) and then closes; an idle
+    // kept-alive connection closes at once.
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = until => {
+            tracing::info!(client = %addr, "connection ended: no longer allowed");
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(UNTIL_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
+        }
+        () = async { let _ = draining.wait_for(|d| *d).await.is_ok(); } => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, client = %addr, "connection ended with an error");

@@ -54,6 +54,7 @@ pub struct Ended {
 struct Entry {
     subject: Subject,
     digest: String,
+    since: SystemTime,
     end: watch::Sender<Option<Ended>>,
 }
 
@@ -83,6 +84,7 @@ impl Live {
                 Entry {
                     subject,
                     digest: digest.to_owned(),
+                    since: whole_seconds(SystemTime::now()),
                     end,
                 },
             );
@@ -144,7 +146,11 @@ fn withdrawn(
     }
     let agent = agent_id.map(|id| policy.agent(id));
     let agent_name = agent.map(|a| a.name.as_str()).or(s.agent.as_deref());
-    if let Some(o) = overrides.refusing(agent_name, s.serial.as_deref(), s.scope.as_deref(), now) {
+    // Only an override newer than the connection ends it: one opened
+    // after the override has each of its requests refused instead.
+    if let Some(o) = overrides.refusing(agent_name, s.serial.as_deref(), s.scope.as_deref(), now)
+        && o.created >= entry.since
+    {
         return Some(Ended {
             reason: Reason::EndedByOverride,
             detail: format!("{} by override {}", o.kind.reason(), o.id),
@@ -190,6 +196,16 @@ fn withdrawn(
         }
     }
     None
+}
+
+/// `at`, to the second: overrides record their creation in whole seconds,
+/// and a connection opened in the same second as an override counts as
+/// older than it.
+fn whole_seconds(at: SystemTime) -> SystemTime {
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 impl Membership {
