@@ -15,6 +15,7 @@
 //! - [`accept`]: one accept path for every listener: handshake admission,
 //!   `tls-rejected` records, timeouts, HTTP/1.1, HTTP/2, upgrades, drain.
 //! - [`listener`]: the agent listener (client certificate required).
+//! - [`request`]: one request sent where it belongs: `CONNECT`, vend or call.
 //! - [`identity`]: names from the verified peer certificate.
 //! - [`route`]: gateway route, forward-proxy host or CONNECT; path normalisation.
 //! - [`connect`]: `CONNECT` tunnels, spliced or intercepted.
@@ -25,17 +26,21 @@
 //!   credentials that re-sign the request; one cache, one broker.
 //! - [`forward`]: pooled upstream clients, header hygiene, timeouts.
 //! - [`egress`]: host normalisation and the address check before any connect.
-//! - [`pipeline`]: the per-call order above (admission: route, AWS action,
-//!   decide, sentinels, credential), the one place records are emitted, and
-//!   credential vending.
+//! - [`pipeline`]: the per-call order above (admission: identify, judge,
+//!   prepare), and credential vending.
+//! - [`record`]: the one call record (drop-guarded: written on every exit
+//!   path, cancellation included) and the outcome record derived from it.
+//! - [`upgrade`]: WebSocket upgrades and the byte splice tunnels share.
 //! - [`limits`]: rate limits per agent and per (agent, scope), after `decide`.
 //! - [`token`]: run tokens that narrow an agent and name its run.
 //! - [`overrides`]: emergency isolation, serial revocation, disabled scopes.
 //! - [`live`]: open tunnels, WebSockets and connections that an override or
 //!   a reload ends.
 //! - [`audit`]: the decision log (SQLite, group commit, hash chain), query, verify.
-//! - [`error`]: the closed set of reasons and their one mapping to responses.
+//! - [`error`]: the closed set of reasons, and the one refusal type mapped once
+//!   to status, body and headers (`Retry-After`, challenges, `Proxy-Status`).
 //! - [`reload`]: hot reload of policy; exceptions and overrides lapsing.
+//! - [`metrics`]: counters and histograms behind `/metrics`.
 //! - [`admin`]: the admin and auditor API (health, metrics, audit, status).
 
 // In the order of the call (blank lines keep rustfmt from sorting them):
@@ -46,6 +51,8 @@ pub mod tls;
 pub mod accept;
 
 pub mod listener;
+
+pub mod request;
 
 pub mod identity;
 
@@ -75,6 +82,8 @@ pub mod forward;
 
 pub mod egress;
 
+pub mod record;
+
 pub mod audit;
 
 pub mod error;
@@ -82,6 +91,8 @@ pub mod error;
 pub mod overrides;
 
 pub mod reload;
+
+pub mod metrics;
 
 pub mod admin;
 

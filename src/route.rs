@@ -266,6 +266,20 @@ pub fn encode_path(decoded: &str) -> String {
     out
 }
 
+/// What requests inside an intercepted tunnel are bound to.
+#[derive(Debug, Clone)]
+pub struct Inside {
+    /// The host the `CONNECT` named and policy allowed.
+    pub host: crate::egress::Host,
+    /// The port it named.
+    pub port: u16,
+    /// The `CONNECT`'s request id, written into every inner record.
+    pub connect_id: String,
+    /// The run token the `CONNECT` proved, which every request inside
+    /// carries (a token peer has no other identity).
+    pub run_token: Option<http::HeaderValue>,
+}
+
 #[cfg(test)]
 #[path = "route_tests.rs"]
 mod tests;

@@ -299,7 +299,6 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
             Arc::clone(&rejections),
             Arc::clone(&pipeline),
             stopped.clone(),
-            config.drain,
         ))
     });
     let task = tokio::spawn(listener::serve(
