@@ -9,6 +9,9 @@
 //!   calls read, swapped whole on every change.
 //! - Every change (created, removed, lapsed) is a record; the caller writes
 //!   it with [`Override::record`].
+//! - A target is one the policy in force defines, unless the request says
+//!   `force`; a serial is hex and kept in one form ([`normalise_serial`]),
+//!   the form a peer's serial is compared in ([`peer_serial`]).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -7,6 +7,9 @@
 //!   `admins` may read and change, `auditors` may read. Every other
 //!   certificate, agents' included, gets 403; a peer without a certificate
 //!   never completes the handshake.
+//! - A certificate whose serial an override revokes is refused on every
+//!   endpoint before its role is read, and the refusal is a decision record
+//!   (mode `admin`). An admin cannot revoke their own certificate's serial.
 //! - Reading is never a change; every change (reload, override created or
 //!   removed) is a record.
 //! - Nothing here is reachable from the agent listener.
