@@ -60,6 +60,29 @@ pub(crate) enum Command {
     /// Run tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Per-agent proxy keys for the token listener.
+    #[command(subcommand)]
+    ProxyKey(ProxyKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProxyKeyCommand {
+    /// Write a fresh key to `agents/NAME.proxy-key` (mode 0600) and print the
+    /// policy entry that admits it (its SHA-256, never the key).
+    New {
+        /// The agent's name in policy.
+        #[arg(long)]
+        agent: String,
+        /// The key's id in policy and records (default: NAME-YYYYMMDD).
+        #[arg(long)]
+        id: Option<String>,
+        /// The certificate directory; the key goes into its `agents/`.
+        #[arg(long, default_value = "./certs")]
+        certs: PathBuf,
+        /// Replace an existing key file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

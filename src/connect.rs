@@ -179,7 +179,17 @@ impl Pipeline {
     ) -> Result<Plan, Reason> {
         // Identity before anything else: an unknown agent's CONNECT resolves
         // no name and opens no connection.
-        let Some(agent) = policy.agent_for(&peer.identity.names) else {
+        let now = std::time::SystemTime::now();
+        let agent = match &peer.proxy_key {
+            // A proxy key proves its agent against the policy in force.
+            Some(sha256) => {
+                crate::token::proxy_key::identify(policy, self.overrides(), sha256, now, record)
+                    .inspect_err(|_| record.host = req.uri().host().map(str::to_owned))
+                    .map(Some)?
+            }
+            None => policy.agent_for(&peer.identity.names),
+        };
+        let Some(agent) = agent else {
             record.host = req.uri().host().map(str::to_owned);
             return Err(Reason::UnknownAgent);
         };
@@ -188,7 +198,6 @@ impl Pipeline {
         record.agent = Some(name.clone());
         // Overrides right after identity, as for every other call: an
         // isolated agent or a revoked certificate opens no tunnel.
-        let now = std::time::SystemTime::now();
         let serial = &peer.identity.serial;
         if let Some(o) = self.overrides().refusing(
             Some(name.as_str()),

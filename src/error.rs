@@ -81,11 +81,17 @@ pub enum Reason {
     RunTokenScope,
     /// The token listener needs a run token in `Proxy-Authorization`.
     RunTokenMissing,
+    /// A proxy key that matches no key in policy.
+    ProxyKeyInvalid,
+    /// A proxy key past its `expires` in policy.
+    ProxyKeyExpired,
+    /// An admin override revokes the proxy key.
+    ProxyKeyRevoked,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 32] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -115,6 +121,9 @@ impl Reason {
         Reason::RunTokenWrongAgent,
         Reason::RunTokenScope,
         Reason::RunTokenMissing,
+        Reason::ProxyKeyInvalid,
+        Reason::ProxyKeyExpired,
+        Reason::ProxyKeyRevoked,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -149,6 +158,9 @@ impl Reason {
             Reason::RunTokenWrongAgent => "run-token-wrong-agent",
             Reason::RunTokenScope => "run-token-scope",
             Reason::RunTokenMissing => "run-token-missing",
+            Reason::ProxyKeyInvalid => "proxy-key-invalid",
+            Reason::ProxyKeyExpired => "proxy-key-expired",
+            Reason::ProxyKeyRevoked => "proxy-key-revoked",
         }
     }
 
@@ -178,7 +190,10 @@ impl Reason {
             | Reason::RunTokenInvalid
             | Reason::RunTokenExpired
             | Reason::RunTokenWrongAgent
-            | Reason::RunTokenScope => StatusCode::FORBIDDEN,
+            | Reason::RunTokenScope
+            | Reason::ProxyKeyInvalid
+            | Reason::ProxyKeyExpired
+            | Reason::ProxyKeyRevoked => StatusCode::FORBIDDEN,
             Reason::RunTokenMissing => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -193,7 +193,11 @@ pub async fn serve(
                         Some(Err(e)) => return rejections.reject(addr, e.to_string()),
                         None => return rejections.reject(addr, "no client certificate".into()),
                     };
-                    let peer = Arc::new(Peer { addr, identity });
+                    let peer = Arc::new(Peer {
+                        addr,
+                        identity,
+                        proxy_key: None,
+                    });
                     let service = service_fn(move |req| {
                         let pipeline = Arc::clone(&pipeline);
                         let peer = Arc::clone(&peer);

@@ -127,6 +127,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::ProxyKey(ProxyKeyCommand::New {
+            agent,
+            id,
+            certs,
+            force,
+        }) => {
+            let id = id.unwrap_or_else(|| {
+                let today = time::OffsetDateTime::now_utc().date();
+                format!(
+                    "{agent}-{:04}{:02}{:02}",
+                    today.year(),
+                    u8::from(today.month()),
+                    today.day()
+                )
+            });
+            let (path, entry) = clawgate::token::proxy_key::write_new(&certs, &agent, &id, force)?;
+            eprintln!("wrote {}; admit it in policy:", path.display());
+            print!("{entry}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Token(TokenCommand::Issue {
             agent,
             ttl,

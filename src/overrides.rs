@@ -35,6 +35,8 @@ pub enum OverrideKind {
     RevokeSerial,
     /// Refuse every call in a scope (target: the scope name).
     DisableScope,
+    /// Refuse every call made with a proxy key (target: the key's id).
+    RevokeProxyKey,
 }
 
 impl OverrideKind {
@@ -44,6 +46,7 @@ impl OverrideKind {
             OverrideKind::IsolateAgent => "isolate-agent",
             OverrideKind::RevokeSerial => "revoke-serial",
             OverrideKind::DisableScope => "disable-scope",
+            OverrideKind::RevokeProxyKey => "revoke-proxy-key",
         }
     }
 
@@ -52,6 +55,7 @@ impl OverrideKind {
             OverrideKind::IsolateAgent,
             OverrideKind::RevokeSerial,
             OverrideKind::DisableScope,
+            OverrideKind::RevokeProxyKey,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)
@@ -63,6 +67,7 @@ impl OverrideKind {
             OverrideKind::IsolateAgent => Reason::AgentIsolated,
             OverrideKind::RevokeSerial => Reason::SerialRevoked,
             OverrideKind::DisableScope => Reason::ScopeDisabled,
+            OverrideKind::RevokeProxyKey => Reason::ProxyKeyRevoked,
         }
     }
 }
@@ -113,7 +118,7 @@ impl Override {
         match self.kind {
             OverrideKind::IsolateAgent => record.agent = Some(self.target.clone()),
             OverrideKind::DisableScope => record.scope = Some(self.target.clone()),
-            OverrideKind::RevokeSerial => {}
+            OverrideKind::RevokeSerial | OverrideKind::RevokeProxyKey => {}
         }
         let by = by.map(|b| format!(" by {b}")).unwrap_or_default();
         record.detail = Some(format!(
@@ -142,7 +147,7 @@ pub enum OverrideError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewOverride {
-    /// `isolate-agent`, `revoke-serial` or `disable-scope`.
+    /// `isolate-agent`, `revoke-serial`, `disable-scope` or `revoke-proxy-key`.
     pub kind: String,
     /// The agent, serial or scope.
     pub target: String,
@@ -212,8 +217,19 @@ impl Overrides {
                             serial.is_some_and(|s| o.target == normalise_serial(s))
                         }
                         OverrideKind::DisableScope => scope == Some(o.target.as_str()),
+                        // Matched by `revoking_proxy_key`, never here.
+                        OverrideKind::RevokeProxyKey => false,
                     }
             })
+            .cloned()
+    }
+
+    /// The first override in force at `now` that revokes the proxy key `id`.
+    pub fn revoking_proxy_key(&self, id: &str, now: SystemTime) -> Option<Override> {
+        self.active
+            .load()
+            .iter()
+            .find(|o| o.active_at(now) && o.kind == OverrideKind::RevokeProxyKey && o.target == id)
             .cloned()
     }
 
@@ -226,7 +242,7 @@ impl Overrides {
     ) -> Result<Override, OverrideError> {
         let kind = OverrideKind::parse(&new.kind).ok_or_else(|| {
             OverrideError::Invalid(format!(
-                "kind `{}` must be `isolate-agent`, `revoke-serial` or `disable-scope`",
+                "kind `{}` must be `isolate-agent`, `revoke-serial`, `disable-scope` or `revoke-proxy-key`",
                 new.kind
             ))
         })?;

@@ -140,7 +140,17 @@ impl Admission<'_> {
         let policy = self.policy;
         // Identity first: a call from an unknown agent learns nothing about
         // routes, and resolves no name.
-        let agent = policy.agent_for(&self.peer.identity.names);
+        let agent = match &self.peer.proxy_key {
+            // A proxy key proves its agent against the policy in force.
+            Some(sha256) => Some(crate::token::proxy_key::identify(
+                policy,
+                self.overrides,
+                sha256,
+                self.now,
+                record,
+            )?),
+            None => policy.agent_for(&self.peer.identity.names),
+        };
         if let Some(agent) = agent {
             let name = &policy.agent(agent).name;
             tracing::Span::current().record("agent.id", name.as_str());
@@ -323,7 +333,7 @@ impl Admission<'_> {
         let Some(value) = parts.headers.remove(RUN_TOKEN_HEADER) else {
             // Without a certificate (the token listener) the token is the
             // only identity there is.
-            if self.peer.identity.fingerprint.is_empty() {
+            if self.peer.identity.fingerprint.is_empty() && self.peer.proxy_key.is_none() {
                 return Err(Reason::RunTokenMissing);
             }
             return Ok(None);

@@ -56,8 +56,12 @@ use vend::{VendCaller, vend_scope};
 pub struct Peer {
     /// The client's address.
     pub addr: SocketAddr,
-    /// What its verified certificate proves.
+    /// What its verified certificate proves (on the token listener, the
+    /// names of the agent its token or proxy key claims).
     pub identity: PeerIdentity,
+    /// The SHA-256 of the proxy key it presented on the token listener;
+    /// checked against the policy in force on every call.
+    pub proxy_key: Option<[u8; 32]>,
 }
 
 /// The shared state every call runs through.
@@ -195,7 +199,19 @@ impl Pipeline {
         let origin_form = req.version() == http::Version::HTTP_2 || req.uri().authority().is_none();
         if origin_form && vend_scope(&req).is_some() {
             let policy = self.policy.load_full();
-            let agent = policy.agent_for(&peer.identity.names);
+            let agent = match &peer.proxy_key {
+                // A key that no longer proves its agent vends nothing: the
+                // call is refused as from an unknown agent, and recorded.
+                Some(sha256) => crate::token::proxy_key::identify(
+                    &policy,
+                    &self.overrides,
+                    sha256,
+                    SystemTime::now(),
+                    &mut DecisionRecord::new(kind::DECISION, ""),
+                )
+                .ok(),
+                None => policy.agent_for(&peer.identity.names),
+            };
             let caller = VendCaller {
                 agent,
                 cert_fp: Some(&peer.identity.fingerprint),

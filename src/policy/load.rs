@@ -14,6 +14,7 @@ use toml::Spanned;
 use super::credential::compile_sentinels;
 use super::exception::{compile_exceptions, compile_roles};
 use super::file::{AgentFile, ExceptionFile, PolicyFile, RolesFile, ScopeFile, SentinelFile};
+use super::proxy_key::{SeenKeys, compile_proxy_keys};
 use super::scope::{compile_scope, placeholder_scope};
 use super::{Agent, Policy, ScopeId};
 use crate::identity::PeerName;
@@ -304,6 +305,7 @@ pub fn load(
     let mut compiled_agents: Vec<Agent> = Vec::with_capacity(agents.len());
     let mut by_identity: HashMap<PeerName, usize> = HashMap::new();
     let mut agent_names: HashSet<String> = HashSet::new();
+    let mut seen_keys = SeenKeys::default();
     for (file, agent) in &agents {
         let id = compiled_agents.len();
         let AgentFile {
@@ -311,9 +313,18 @@ pub fn load(
             identities,
             scopes: scope_names,
             vend_token_file,
+            proxy_key,
             rate,
             burst,
         } = agent.get_ref();
+        let proxy_keys = compile_proxy_keys(
+            &mut report,
+            *file,
+            name.get_ref(),
+            proxy_key,
+            &mut seen_keys,
+            options.now,
+        );
         let rate = compile_rate(&mut report, *file, rate.as_ref(), burst.as_ref());
         let vend_token = vend_token_file.as_ref().and_then(|path| {
             match crate::credentials::read_secret_file(&dir.join(path.get_ref())) {
@@ -446,6 +457,7 @@ pub fn load(
             identities: parsed,
             scopes: agent_scopes,
             vend_token,
+            proxy_keys,
             rate,
         });
     }

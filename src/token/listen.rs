@@ -1,8 +1,9 @@
 //! The token listener (`--token-listen`): TLS with server authentication
-//! only, for clients that cannot present a certificate to a proxy. The run
-//! token arrives as the password of `Proxy-Authorization: Basic` (curl, Go
-//! and Node send it from the proxy URL), names the agent, and then goes
-//! through the same pipeline as a certified call.
+//! only, for clients that cannot present a certificate to a proxy. A run
+//! token or a per-agent proxy key arrives as the password of
+//! `Proxy-Authorization: Basic` (curl, Go, Node, Python and botocore send it
+//! from the proxy URL), names the agent, and then goes through the same
+//! pipeline as a certified call.
 //!
 //! Invariants: a call without a token is refused `run-token-missing` (407)
 //! and recorded; the token is checked again in the pipeline, so this module
@@ -27,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::RUN_TOKEN_HEADER;
+use super::{RUN_TOKEN_HEADER, proxy_key};
 use crate::identity::PeerIdentity;
 use crate::listener::ListenerError;
 use crate::pipeline::{Peer, Pipeline};
@@ -131,18 +132,36 @@ async fn handle(
         fingerprint: String::new(),
         serial: String::new(),
     };
-    if let Some(token) = &token {
-        if let Ok(claims) = pipeline.tokens().verify(token, None, SystemTime::now()) {
+    let mut proxy_key = None;
+    match &token {
+        Some(key) if proxy_key::is_proxy_key(key) => {
+            // A proxy key: the names of the agent it belongs to, if any; the
+            // pipeline proves it again against the policy in force.
+            let sha256 = proxy_key::sha256(key);
             let policy = pipeline.policy();
-            if let Some(agent) = policy.agents().iter().find(|a| a.name == claims.sub) {
-                identity.names = agent.identities.clone();
+            if let Some((agent, _)) = policy.proxy_key(&sha256) {
+                identity.names = policy.agent(agent).identities.clone();
+            }
+            proxy_key = Some(sha256);
+        }
+        Some(token) => {
+            if let Ok(claims) = pipeline.tokens().verify(token, None, SystemTime::now()) {
+                let policy = pipeline.policy();
+                if let Some(agent) = policy.agents().iter().find(|a| a.name == claims.sub) {
+                    identity.names = agent.identities.clone();
+                }
+            }
+            if let Ok(value) = HeaderValue::from_str(token) {
+                req.headers_mut().insert(RUN_TOKEN_HEADER, value);
             }
         }
-        if let Ok(value) = HeaderValue::from_str(token) {
-            req.headers_mut().insert(RUN_TOKEN_HEADER, value);
-        }
+        None => {}
     }
-    let peer = Arc::new(Peer { addr, identity });
+    let peer = Arc::new(Peer {
+        addr,
+        identity,
+        proxy_key,
+    });
     let mut response = pipeline.handle(&peer, req).await;
     if response.status() == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
         response.headers_mut().insert(
