@@ -110,21 +110,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Env {
-            agent,
-            certs,
-            proxy,
-            system_roots,
-        } => {
-            print!(
-                "{}",
-                clawgate::agent_env::agent_env(&clawgate::agent_env::EnvRequest {
-                    agent: &agent,
-                    certs_dir: &certs,
-                    proxy: &proxy,
-                    system_roots: system_roots.as_deref(),
-                })?
-            );
+        Command::Env(args) => {
+            print!("{}", agent_env(&args)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::ProxyKey(ProxyKeyCommand::New {
@@ -398,4 +385,93 @@ async fn wait_for_stop() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// `clawgate env`: picks the form, reads or issues the credential, finds
+/// the vended scope, then prints the block.
+fn agent_env(args: &EnvArgs) -> anyhow::Result<String> {
+    use clawgate::agent_env::{EnvCredential, EnvRequest, Vending};
+    let key_file = args
+        .proxy_key_file
+        .clone()
+        .unwrap_or_else(|| clawgate::token::proxy_key::key_path(&args.certs, &args.agent));
+    let form = match args.form {
+        EnvForm::Auto if key_file.exists() => EnvForm::ProxyKey,
+        EnvForm::Auto => EnvForm::Certificate,
+        form => form,
+    };
+    let (credential, proxy) = match form {
+        EnvForm::ProxyKey => {
+            let key = std::fs::read_to_string(&key_file).with_context(|| {
+                format!(
+                    "cannot read `{}`; run `clawgate proxy-key new --agent {}`",
+                    key_file.display(),
+                    args.agent
+                )
+            })?;
+            (
+                EnvCredential::ProxyKey(key.trim().to_owned().into()),
+                &args.token_proxy,
+            )
+        }
+        EnvForm::RunToken => {
+            let token = clawgate::token::issue(
+                &args.certs,
+                &args.agent,
+                args.ttl,
+                None,
+                None,
+                std::time::SystemTime::now(),
+            )?;
+            (EnvCredential::RunToken(token.into()), &args.token_proxy)
+        }
+        EnvForm::Certificate | EnvForm::Auto => (EnvCredential::Certificate, &args.proxy),
+    };
+    let scope = match (&args.vend, &args.aws_scope) {
+        (None, _) => None,
+        (Some(_), Some(scope)) => Some(scope.clone()),
+        (Some(_), None) => Some(vended_scope(&args.policy, &args.agent)?),
+    };
+    let vending = args
+        .vend
+        .as_deref()
+        .zip(scope.as_deref())
+        .map(|(url, scope)| Vending { url, scope });
+    Ok(clawgate::agent_env::agent_env(&EnvRequest {
+        agent: &args.agent,
+        certs_dir: &args.certs,
+        proxy,
+        credential,
+        vending,
+        system_roots: args.system_roots.as_deref(),
+    })?)
+}
+
+/// The agent's one scope with `vend = true`.
+fn vended_scope(dir: &std::path::Path, agent: &str) -> anyhow::Result<String> {
+    let (policy, _) = policy::load(dir, &LoadOptions::new(&process_env)).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read policy `{}` to find the vended scope (pass --aws-scope NAME): {e}",
+            dir.display()
+        )
+    })?;
+    let Some(id) = policy.agents().iter().position(|a| a.name == agent) else {
+        anyhow::bail!("no agent `{agent}` in policy `{}`", dir.display());
+    };
+    let vended: Vec<&str> = policy
+        .agent(id)
+        .scopes
+        .iter()
+        .map(|&s| policy.scope(s))
+        .filter(|s| s.aws().is_some_and(|a| a.vend))
+        .map(|s| s.name.as_str())
+        .collect();
+    match vended.as_slice() {
+        [one] => Ok((*one).to_owned()),
+        [] => anyhow::bail!("agent `{agent}` has no scope with `vend = true`"),
+        many => anyhow::bail!(
+            "agent `{agent}` has several vended scopes ({}); pass --aws-scope NAME",
+            many.join(", ")
+        ),
+    }
 }

@@ -218,6 +218,19 @@ fn token_caller<'a, B>(
         return caller;
     }
     let token = token.strip_prefix("Bearer ").unwrap_or(token);
+    if crate::token::proxy_key::is_proxy_key(token) {
+        // An agent's proxy key vends too, so one secret in its environment
+        // serves the proxy and the SDK's container provider.
+        caller.agent = crate::token::proxy_key::identify(
+            policy,
+            pipeline.overrides(),
+            &crate::token::proxy_key::sha256(token),
+            std::time::SystemTime::now(),
+            &mut crate::audit::DecisionRecord::new(crate::audit::kind::DECISION, ""),
+        )
+        .ok();
+        return caller;
+    }
     if let Ok(claims) = pipeline
         .tokens()
         .verify(token, None, std::time::SystemTime::now())
