@@ -50,6 +50,30 @@ pub(crate) enum Command {
     /// Per-agent proxy keys for the token listener.
     #[command(subcommand)]
     ProxyKey(ProxyKeyCommand),
+    /// Print nftables rules that let an agent's user or cgroup reach only clawgate.
+    Lockdown(LockdownArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LockdownArgs {
+    /// An agent's user, by name (repeatable).
+    #[arg(long)]
+    pub(crate) user: Vec<String>,
+    /// An agent's user, by number (repeatable).
+    #[arg(long)]
+    pub(crate) uid: Vec<u32>,
+    /// An agent's cgroup v2 path, `system.slice/openclaw.service` (repeatable).
+    #[arg(long)]
+    pub(crate) cgroup: Vec<String>,
+    /// A clawgate listener the agent may reach, `IP:PORT` (repeatable).
+    #[arg(long, required = true)]
+    pub(crate) proxy: Vec<SocketAddr>,
+    /// A DNS server the agent may ask (repeatable; none by default).
+    #[arg(long)]
+    pub(crate) dns: Vec<std::net::IpAddr>,
+    /// A loopback port the agent may reach besides clawgate (repeatable).
+    #[arg(long)]
+    pub(crate) allow_loopback_port: Vec<u16>,
 }
 
 /// Which credential `env` puts in the agent's environment.

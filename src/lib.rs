@@ -31,6 +31,8 @@
 //! - [`error`]: the closed set of reasons and their one mapping to responses.
 //! - [`reload`]: hot reload of policy; exceptions and overrides lapsing.
 //! - [`admin`]: the admin and auditor API (health, metrics, audit, status).
+//! - [`agent_env`] and [`lockdown`]: the environment that routes an agent
+//!   through clawgate, and the egress rules that leave it no other road.
 
 pub mod admin;
 pub mod agent_env;
@@ -47,6 +49,7 @@ pub mod identity;
 pub mod intercept;
 pub mod limits;
 pub mod listener;
+pub mod lockdown;
 pub mod overrides;
 pub mod pipeline;
 pub mod policy;

@@ -110,6 +110,32 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Lockdown(args) => {
+            let mut subjects: Vec<_> = args
+                .uid
+                .iter()
+                .map(|&uid| clawgate::lockdown::Subject::Uid(uid))
+                .collect();
+            for user in &args.user {
+                subjects.push(clawgate::lockdown::Subject::Uid(uid_of(user)?));
+            }
+            subjects.extend(
+                args.cgroup
+                    .iter()
+                    .cloned()
+                    .map(clawgate::lockdown::Subject::Cgroup),
+            );
+            print!(
+                "{}",
+                clawgate::lockdown::rules(&clawgate::lockdown::Lockdown {
+                    subjects,
+                    proxies: args.proxy,
+                    dns: args.dns,
+                    loopback_ports: args.allow_loopback_port,
+                })?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Env(args) => {
             print!("{}", agent_env(&args)?);
             Ok(ExitCode::SUCCESS)
@@ -474,4 +500,19 @@ fn vended_scope(dir: &std::path::Path, agent: &str) -> anyhow::Result<String> {
             many.join(", ")
         ),
     }
+}
+
+/// A user's numeric id from `/etc/passwd`.
+fn uid_of(user: &str) -> anyhow::Result<u32> {
+    let passwd = std::fs::read_to_string("/etc/passwd").context("cannot read /etc/passwd")?;
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split(':');
+            let name = fields.next()?;
+            let uid = fields.nth(1)?.parse().ok()?;
+            (name == user).then_some(uid)
+        })
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no user `{user}` in /etc/passwd; pass --uid N"))
 }
