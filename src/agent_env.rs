@@ -235,6 +235,9 @@ pub fn agent_env(req: &EnvRequest<'_>) -> Result<String, EnvError> {
     // Node 24's own `fetch` and `http` follow the proxy variables only when
     // asked; OpenClaw routes every client by `OPENCLAW_PROXY_URL`.
     export("NODE_USE_ENV_PROXY", "1");
+    // AWS SDKs sign S3 uploads chunk by chunk unless told otherwise, and a
+    // chunk signature cannot be re-signed by clawgate.
+    export("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required");
     export("OPENCLAW_PROXY_URL", &proxy);
     export("OPENCLAW_PROXY_CA_FILE", &bundle_text);
     for var in BUNDLE_VARS {
