@@ -956,3 +956,45 @@ resources = ["arn:aws:s3:::reports", "arn:aws:s3:::reports/*"]
         "{vends:#?}"
     );
 }
+
+/// An STS refusal reaches the operator whole: the service's error code,
+/// message and HTTP status, in stderr and in each `mint` record.
+#[test]
+fn an_sts_refusal_names_its_code_message_and_status_in_stderr_and_the_mint_record() {
+    let moto = Moto::start();
+    let mut env = moto.broker_env();
+    // The broker's key is right, its secret wrong: STS refuses to sign it.
+    for (name, value) in &mut env {
+        if name == "AWS_SECRET_ACCESS_KEY" {
+            *value = "not-the-broker-secret".into();
+        }
+    }
+    let mut harness = Harness::with(Options {
+        extra_policy: vec![("s3.toml", s3_policy(&moto, ""))],
+        agents: vec!["builder"],
+        start: false,
+        env,
+        ..Options::default()
+    });
+    std::fs::write(harness.policy.join("builder.token"), VEND_TOKEN).unwrap();
+    harness.serve(&["--aws-endpoint-url".into(), moto.url.clone()]);
+    let reply = harness.curl(
+        Some("builder"),
+        &[&format!("{}/s3/reports/q1/summary.txt", harness.base())],
+    );
+    assert_eq!(reply.status, 503, "{}", reply.body_text());
+    let mints = records_of(&harness, "mint");
+    assert!(!mints.is_empty());
+    for mint in &mints {
+        let detail = mint.detail.as_deref().unwrap_or_default();
+        assert!(detail.contains("(HTTP 403"), "{detail}");
+        assert!(
+            detail.contains("SignatureDoesNotMatch") || detail.contains("InvalidClientTokenId"),
+            "{detail}"
+        );
+        assert!(!detail.contains("no message"), "{detail}");
+    }
+    let stderr = harness.stderr();
+    assert!(stderr.contains("(HTTP 403"), "{stderr}");
+    assert!(!stderr.contains("not-the-broker-secret"));
+}
