@@ -207,6 +207,10 @@ pub(crate) struct ServeArgs {
     /// `AWS_ENDPOINT_URL` works too.
     #[arg(long)]
     pub(crate) aws_endpoint_url: Option<String>,
+    /// The region of the broker's own AWS calls (default: `AWS_REGION`,
+    /// `AWS_DEFAULT_REGION`, the profile, instance metadata, then us-east-1).
+    #[arg(long)]
+    pub(crate) aws_region: Option<String>,
     /// A loopback address for credential vending by token (plain HTTP, for
     /// `AWS_CONTAINER_CREDENTIALS_FULL_URI`).
     #[arg(long)]

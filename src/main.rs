@@ -69,6 +69,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 drain: args.drain_timeout,
                 broker: BrokerConfig {
                     endpoint_url: args.aws_endpoint_url,
+                    region: args.aws_region,
                 },
                 vend_listen: args.vend_listen,
                 limits: BodyLimits {

@@ -26,6 +26,11 @@ pub struct BrokerConfig {
     /// An endpoint for every AWS service (moto, LocalStack); the SDK's
     /// default resolution (including `AWS_ENDPOINT_URL`) when `None`.
     pub endpoint_url: Option<String>,
+    /// The region the broker's own calls are signed for. When `None`, the
+    /// SDK's chain (`AWS_REGION`, `AWS_DEFAULT_REGION`, the profile, then
+    /// instance metadata), and `us-east-1` when that finds none. A region
+    /// given here or in the environment means no instance-metadata probe.
+    pub region: Option<String>,
 }
 
 /// Who a credential is fetched for: the call that needed it.
@@ -263,6 +268,11 @@ impl AwsAccess {
                     );
                 if let Some(url) = &self.config.endpoint_url {
                     loader = loader.endpoint_url(url);
+                }
+                if let Some(region) = &self.config.region {
+                    // A region given outright: the chain (and its instance
+                    // metadata probe) is never asked.
+                    loader = loader.region(aws_config::Region::new(region.clone()));
                 }
                 let mut shared = loader.load().await;
                 if shared.region().is_none() {
