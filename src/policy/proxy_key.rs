@@ -167,3 +167,7 @@ impl Policy {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "proxy_key_tests.rs"]
+mod tests;
