@@ -61,18 +61,24 @@ impl Model {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        // Owned at once, so that it is killed on every path below.
+        let mut model = Model {
+            child,
+            port: 0,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = std::fs::read_to_string(&out).unwrap_or_default();
             if text.contains("forbidden ") {
-                let port = text
+                model.port = text
                     .lines()
                     .find_map(|l| l.strip_prefix("model "))
                     .unwrap()
                     .trim()
                     .parse()
                     .unwrap();
-                return Model { child, port, log };
+                return model;
             }
             assert!(Instant::now() < deadline, "fake model did not start");
             std::thread::sleep(Duration::from_millis(50));
