@@ -309,3 +309,61 @@ fn quote(value: &str) -> String {
         format!("'{}'", value.replace('\'', r"'\''"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn the_secret_goes_into_the_proxy_url_encoded() {
+        assert_eq!(
+            with_userinfo("https://clawgate:8445", "openclaw", "cgpk_a-b_c"),
+            "https://openclaw:cgpk_a-b_c@clawgate:8445"
+        );
+        // An old user info is replaced, and reserved characters are encoded.
+        assert_eq!(
+            with_userinfo("https://x:y@h:1", "a b", "p@ss:w/rd"),
+            "https://a%20b:p%40ss%3Aw%2Frd@h:1"
+        );
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(quote("/plain/path.pem"), "/plain/path.pem");
+    }
+
+    #[test]
+    fn a_proxy_key_block_names_every_variable_and_writes_a_curlrc() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        crate::certs::init(&certs, &[], false).unwrap();
+        let out = agent_env(&EnvRequest {
+            agent: "oc",
+            certs_dir: &certs,
+            proxy: "https://127.0.0.1:8445",
+            credential: EnvCredential::ProxyKey("cgpk_secret".to_owned().into()),
+            vending: Some(Vending {
+                url: "http://127.0.0.1:8444/",
+                scope: "s3",
+            }),
+            system_roots: Some(&certs.join("ca.pem")),
+        })
+        .unwrap();
+        for line in [
+            "export HTTPS_PROXY=https://oc:cgpk_secret@127.0.0.1:8445",
+            "export OPENCLAW_PROXY_URL=https://oc:cgpk_secret@127.0.0.1:8445",
+            "export NO_PROXY=localhost,127.0.0.1,::1",
+            "export NODE_USE_ENV_PROXY=1",
+            "export AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:8444/v1/credentials/aws/s3",
+            "export AWS_CONTAINER_AUTHORIZATION_TOKEN=cgpk_secret",
+        ] {
+            assert!(out.contains(line), "{line} missing:\n{out}");
+        }
+        assert!(!out.contains("CLAWGATE_AGENT_KEY"));
+        let curlrc = std::fs::read_to_string(certs.join("agents/oc-curl/.curlrc")).unwrap();
+        assert!(curlrc.contains("proxy-cacert = "), "{curlrc}");
+        assert!(!curlrc.contains("proxy-cert"), "{curlrc}");
+        assert_eq!(
+            format!("{:?}", EnvCredential::ProxyKey("x".to_owned().into())),
+            "proxy key"
+        );
+    }
+}
