@@ -2,8 +2,10 @@
 //!
 //! Every decision clawgate makes carries a [`Reason`]. The same kebab-case code
 //! appears in the response body an agent sees and in the decision record an
-//! auditor reads. [`Reason::status`] is the only place a reason becomes an HTTP
-//! status; [`refusal_response`] is the only place a refusal becomes a response.
+//! auditor reads. A refused call is a [`Refusal`]: the reason plus the data
+//! the agent needs (`Retry-After`, a challenge); [`Refusal::response`] is the
+//! only place a refusal becomes status, body and headers, and proxy
+//! refusals carry an RFC 9209 `Proxy-Status` with the reason code.
 //!
 //! Never put anything but the reason code and the request id in a refusal body:
 //! a body must not echo agent input, upstream detail or secret material.
@@ -13,6 +15,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
 use crate::body::ProxyBody;
+use crate::limits::Limited;
 
 /// The header that carries the request id on every response, allowed or not.
 pub const REQUEST_ID_HEADER: &str = "x-clawgate-request-id";
@@ -79,7 +82,8 @@ pub enum Reason {
     RunTokenWrongAgent,
     /// The scope is not among those the run token allows.
     RunTokenScope,
-    /// The token listener needs a run token in `Proxy-Authorization`.
+    /// The token listener needs a run token in `Proxy-Authorization`; the
+    /// vending listener a vending or run token in `Authorization`.
     RunTokenMissing,
     /// A proxy key that matches no key in policy.
     ProxyKeyInvalid,
@@ -87,11 +91,14 @@ pub enum Reason {
     ProxyKeyExpired,
     /// An admin override revokes the proxy key.
     ProxyKeyRevoked,
+    /// clawgate stopped before the call was decided or finished (decision
+    /// and outcome records only; nobody is left to answer).
+    Shutdown,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 32] = [
+    pub const ALL: [Reason; 33] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -109,6 +116,7 @@ impl Reason {
         Reason::AuditUnavailable,
         Reason::PolicyLoaded,
         Reason::ClientCancelled,
+        Reason::Shutdown,
         Reason::RateLimited,
         Reason::ExceptionExpired,
         Reason::PolicyRejected,
@@ -161,10 +169,12 @@ impl Reason {
             Reason::ProxyKeyInvalid => "proxy-key-invalid",
             Reason::ProxyKeyExpired => "proxy-key-expired",
             Reason::ProxyKeyRevoked => "proxy-key-revoked",
+            Reason::Shutdown => "shutdown",
         }
     }
 
-    /// The one mapping from reason to HTTP status.
+    /// The status a refusal with this reason answers with (a refusal with
+    /// data may refine it: see [`Refusal::response`]).
     pub const fn status(self) -> StatusCode {
         match self {
             // Never sent: these describe events, not answers.
@@ -175,6 +185,7 @@ impl Reason {
             | Reason::OverrideChanged => StatusCode::OK,
             // Never sent: nobody is left to receive it.
             Reason::ClientCancelled => StatusCode::BAD_REQUEST,
+            Reason::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
             // Never sent: a rejected handshake has no HTTP exchange.
             Reason::TlsRejected => StatusCode::FORBIDDEN,
             Reason::UnknownAgent
@@ -228,29 +239,163 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// Builds the response for a refused call: status from [`Reason::status`], a
-/// small JSON body and the request id header.
-pub fn refusal_response(reason: Reason, request_id: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({
-        "error": reason.error_kind(),
-        "reason": reason.code(),
-        "request_id": request_id,
-    });
-    let mut response = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = reason.status();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.insert(REQUEST_ID_HEADER, id);
+/// A refused call: its reason and whatever the agent needs to act on it.
+/// [`Refusal::response`] is the one place a refusal becomes status, body
+/// and headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A reason that needs nothing more than its code.
+    Denied(Reason),
+    /// A rate limit refused the call: which one, and when to try again.
+    RateLimited(Limited),
+    /// No run token was sent where one is needed: the answer asks for one.
+    Unauthenticated(Challenge),
+}
+
+/// How a refusal for want of a token asks for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// A proxy listener: 407 with `Proxy-Authenticate: Basic`.
+    Proxy,
+    /// The vending listener: 401 with `WWW-Authenticate: Bearer`.
+    Bearer,
+}
+
+/// Whether the agent is talking to clawgate as a proxy (`CONNECT`, absolute
+/// form, inside an intercepted tunnel) or as a server (gateway, vending);
+/// proxy refusals carry `Proxy-Status` (RFC 9209).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// clawgate answers as a proxy.
+    Proxy,
+    /// clawgate answers as the server.
+    Server,
+}
+
+impl From<Reason> for Refusal {
+    fn from(reason: Reason) -> Refusal {
+        Refusal::Denied(reason)
     }
-    response
+}
+
+impl Refusal {
+    /// The reason code this refusal is recorded and answered with.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Refusal::Denied(reason) => *reason,
+            Refusal::RateLimited(_) => Reason::RateLimited,
+            Refusal::Unauthenticated(_) => Reason::RunTokenMissing,
+        }
+    }
+
+    /// What the decision record says beyond the reason code, if anything.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            Refusal::RateLimited(limited) => Some(limited.to_string()),
+            Refusal::Denied(_) | Refusal::Unauthenticated(_) => None,
+        }
+    }
+
+    /// The response for this refusal: status, a small JSON body, the request
+    /// id header, and the headers the refusal's data calls for.
+    pub fn response(&self, request_id: &str, via: Via) -> Response<ProxyBody> {
+        let reason = self.reason();
+        let (status, extra) = match self {
+            Refusal::Denied(reason) => (reason.status(), None),
+            Refusal::RateLimited(limited) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Some((
+                    header::RETRY_AFTER,
+                    HeaderValue::from(limited.retry_after_secs()),
+                )),
+            ),
+            Refusal::Unauthenticated(Challenge::Proxy) => (
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                Some((
+                    header::PROXY_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"clawgate\""),
+                )),
+            ),
+            Refusal::Unauthenticated(Challenge::Bearer) => (
+                StatusCode::UNAUTHORIZED,
+                Some((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"clawgate\""),
+                )),
+            ),
+        };
+        let body = serde_json::json!({
+            "error": reason.error_kind(),
+            "reason": reason.code(),
+            "request_id": request_id,
+        });
+        let mut response = Response::new(
+            Full::new(Bytes::from(body.to_string()))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.insert(REQUEST_ID_HEADER, id);
+        }
+        if let Some((name, value)) = extra {
+            headers.insert(name, value);
+        }
+        if via == Via::Proxy
+            && let Ok(value) = HeaderValue::from_str(&proxy_status(reason))
+        {
+            headers.insert(PROXY_STATUS_HEADER, value);
+        }
+        response
+    }
+}
+
+/// The RFC 9209 header on every proxy refusal.
+pub const PROXY_STATUS_HEADER: &str = "proxy-status";
+
+/// The `Proxy-Status` value for a refusal: clawgate's name, the RFC 9209
+/// error type closest to the reason, and the reason code as `details`.
+pub fn proxy_status(reason: Reason) -> String {
+    let error = match reason {
+        Reason::EgressAddressBlocked => "destination_ip_prohibited",
+        Reason::UpstreamUnreachable => "destination_unavailable",
+        Reason::UpstreamTimeout => "http_response_timeout",
+        Reason::MalformedRequest | Reason::RequestTooLarge => "http_request_error",
+        Reason::CredentialUnavailable | Reason::AuditUnavailable | Reason::Shutdown => {
+            "proxy_internal_error"
+        }
+        Reason::Allowed
+        | Reason::TlsRejected
+        | Reason::UnknownAgent
+        | Reason::NoMatchingScope
+        | Reason::NoMatchingRule
+        | Reason::DeniedByRule
+        | Reason::SentinelMisdirected
+        | Reason::AwsActionUnmapped
+        | Reason::PolicyLoaded
+        | Reason::ClientCancelled
+        | Reason::RateLimited
+        | Reason::ExceptionExpired
+        | Reason::PolicyRejected
+        | Reason::AgentIsolated
+        | Reason::SerialRevoked
+        | Reason::ScopeDisabled
+        | Reason::OverrideChanged
+        | Reason::RunTokenInvalid
+        | Reason::RunTokenExpired
+        | Reason::RunTokenWrongAgent
+        | Reason::RunTokenScope
+        | Reason::RunTokenMissing
+        | Reason::ProxyKeyInvalid
+        | Reason::ProxyKeyExpired
+        | Reason::ProxyKeyRevoked => "http_request_denied",
+    };
+    format!("clawgate; error={error}; details=\"{}\"", reason.code())
 }
 
 #[cfg(test)]

@@ -93,8 +93,25 @@ enum Key {
 pub struct Limited {
     /// `agent` or `scope`.
     pub which: &'static str,
+    /// The agent's name (an agent limit) or the scope's (a scope limit).
+    pub name: String,
+    /// The rate that was reached, as policy states it.
+    pub rate: Rate,
     /// Until the next call would pass.
     pub retry_after: Duration,
+}
+
+impl std::fmt::Display for Limited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} rate limit `{}` {}; retry after {}s",
+            self.which,
+            self.name,
+            self.rate,
+            self.retry_after_secs()
+        )
+    }
 }
 
 impl Limited {
@@ -130,6 +147,8 @@ impl Limits {
             self.check_one(Key::Agent(agent.to_owned()), rate)
                 .map_err(|retry_after| Limited {
                     which: "agent",
+                    name: agent.to_owned(),
+                    rate,
                     retry_after,
                 })?;
         }
@@ -137,6 +156,8 @@ impl Limits {
             self.check_one(Key::Scope(agent.to_owned(), scope.to_owned()), rate)
                 .map_err(|retry_after| Limited {
                     which: "scope",
+                    name: scope.to_owned(),
+                    rate,
                     retry_after,
                 })?;
         }

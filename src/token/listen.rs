@@ -139,8 +139,10 @@ async fn handle(
             // pipeline proves it again against the policy in force.
             let sha256 = proxy_key::sha256(key);
             let policy = pipeline.policy();
-            if let Some((agent, _)) = policy.proxy_key(&sha256) {
+            if let Some((agent, key)) = policy.proxy_key(&sha256) {
                 identity.names = policy.agent(agent).identities.clone();
+                // What records carry in place of a certificate fingerprint.
+                identity.fingerprint = proxy_key::record_ref(&key.id);
             }
             proxy_key = Some(sha256);
         }
@@ -162,12 +164,6 @@ async fn handle(
         identity,
         proxy_key,
     });
-    let mut response = pipeline.handle(&peer, req).await;
-    if response.status() == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
-        response.headers_mut().insert(
-            header::PROXY_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"clawgate\""),
-        );
-    }
-    response
+    // A refusal for want of a token carries its own challenge.
+    pipeline.handle(&peer, req).await
 }
