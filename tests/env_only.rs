@@ -249,7 +249,17 @@ fn a_proxy_key_proves_its_agent_through_rotation_until_it_expires_or_is_revoked(
     );
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(r.json()["reason"], "proxy-key-invalid");
-    assert_eq!(k.h.decision(&r.request_id()).reason, "proxy-key-invalid");
+    let refused = k.h.decision(&r.request_id());
+    assert_eq!(refused.reason, "proxy-key-invalid");
+    // The refusal's record is as complete as an allowed call's.
+    assert_eq!(refused.host.as_deref(), Some("echo.test"), "{refused:?}");
+    assert_eq!(refused.mode.as_deref(), Some("forward"));
+    assert_eq!(
+        r.header("proxy-status")
+            .as_deref()
+            .map(|s| s.contains("proxy-key-invalid")),
+        Some(true)
+    );
 
     // Rotation by a policy edit: a second key, the first one kept for an
     // overlap window. Both work until the window closes.

@@ -81,7 +81,7 @@ pub fn identify(
         return Err(Reason::ProxyKeyExpired);
     }
     if let Some(o) = overrides.revoking_proxy_key(&key.id, now) {
-        record.detail = Some(format!("override {}", o.id));
+        record.add_detail(&format!("override {}", o.id));
         return Err(Reason::ProxyKeyRevoked);
     }
     Ok(agent)
