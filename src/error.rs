@@ -91,6 +91,19 @@ pub enum Reason {
     ProxyKeyExpired,
     /// An admin override revokes the proxy key.
     ProxyKeyRevoked,
+    /// A tunnel, intercepted connection or upgraded socket ended normally:
+    /// a peer closed it (outcome records only).
+    TunnelClosed,
+    /// An override (isolation, revoked serial, disabled scope) ended a live
+    /// connection (outcome records only).
+    EndedByOverride,
+    /// A policy reload withdrew what a live connection was allowed, and
+    /// ended it (outcome records only).
+    EndedByPolicy,
+    /// Certificates were reloaded and put in force (a record, not a refusal).
+    CertsLoaded,
+    /// A certificate reload failed; the old material stays (a record).
+    CertsRejected,
     /// clawgate stopped before the call was decided or finished (decision
     /// and outcome records only; nobody is left to answer).
     Shutdown,
@@ -98,7 +111,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 33] = [
+    pub const ALL: [Reason; 38] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -132,6 +145,11 @@ impl Reason {
         Reason::ProxyKeyInvalid,
         Reason::ProxyKeyExpired,
         Reason::ProxyKeyRevoked,
+        Reason::TunnelClosed,
+        Reason::EndedByOverride,
+        Reason::EndedByPolicy,
+        Reason::CertsLoaded,
+        Reason::CertsRejected,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -169,6 +187,11 @@ impl Reason {
             Reason::ProxyKeyInvalid => "proxy-key-invalid",
             Reason::ProxyKeyExpired => "proxy-key-expired",
             Reason::ProxyKeyRevoked => "proxy-key-revoked",
+            Reason::TunnelClosed => "tunnel-closed",
+            Reason::EndedByOverride => "ended-by-override",
+            Reason::EndedByPolicy => "ended-by-policy",
+            Reason::CertsLoaded => "certs-loaded",
+            Reason::CertsRejected => "certs-rejected",
             Reason::Shutdown => "shutdown",
         }
     }
@@ -182,7 +205,12 @@ impl Reason {
             | Reason::PolicyLoaded
             | Reason::ExceptionExpired
             | Reason::PolicyRejected
-            | Reason::OverrideChanged => StatusCode::OK,
+            | Reason::OverrideChanged
+            | Reason::TunnelClosed
+            | Reason::CertsLoaded
+            | Reason::CertsRejected => StatusCode::OK,
+            // Never sent: the connection is cut, not answered.
+            Reason::EndedByOverride | Reason::EndedByPolicy => StatusCode::FORBIDDEN,
             // Never sent: nobody is left to receive it.
             Reason::ClientCancelled => StatusCode::BAD_REQUEST,
             Reason::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
@@ -393,7 +421,12 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::RunTokenMissing
         | Reason::ProxyKeyInvalid
         | Reason::ProxyKeyExpired
-        | Reason::ProxyKeyRevoked => "http_request_denied",
+        | Reason::ProxyKeyRevoked
+        | Reason::TunnelClosed
+        | Reason::EndedByOverride
+        | Reason::EndedByPolicy
+        | Reason::CertsLoaded
+        | Reason::CertsRejected => "http_request_denied",
     };
     format!("clawgate; error={error}; details=\"{}\"", reason.code())
 }

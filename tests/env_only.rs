@@ -33,8 +33,14 @@ fn policy(keys: &str) -> String {
 [[agent]]
 name = "keyed"
 identities = ["spiffe://clawgate.local/agent/keyed"]
-scopes = ["echo-test"]
+scopes = ["echo-test", "echo-tunnel"]
 {keys}
+
+[[scope]]
+name = "echo-tunnel"
+upstream = "https://tunnel.test:{{echo_port}}"
+connect = "tunnel"
+allow_private = ["127.0.0.1"]
 
 [[scope]]
 name = "echo-test"
@@ -75,6 +81,8 @@ fn start() -> (Keyed, String, String) {
         "127.0.0.1:0".into(),
         "--resolve".into(),
         "echo.test=127.0.0.1".into(),
+        "--resolve".into(),
+        "tunnel.test=127.0.0.1".into(),
     ]);
     let token_port = h
         .stdout()
@@ -413,4 +421,70 @@ fn the_env_block_alone_carries_curl_httpx_requests_and_node_through_interception
     });
     assert_eq!(found[0].agent.as_deref(), Some("keyed"));
     assert_ne!(found[0].cert_fp.as_deref(), Some("proxy-key:keyed-1"));
+}
+
+/// A tunnel opened with a proxy key ends within a second of the key's
+/// revocation, and its outcome record says so.
+#[test]
+fn revoking_a_proxy_key_ends_the_tunnels_it_opened() {
+    let (k, key, _) = start();
+    let mut hold = Command::new("python3")
+        .arg(
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/clients/hold_tunnel.py"),
+        )
+        .arg(k.token_port.to_string())
+        .arg(k.h.certs.join("ca.pem"))
+        .arg(&key)
+        .arg(format!("tunnel.test:{}", k.h.echo.addr.port()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(hold.stdout.take().unwrap()));
+    let opened: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(opened["status"], 200, "{opened}");
+    let connect_id = opened["request_id"].as_str().unwrap().to_owned();
+    let decision = k.h.decision(&connect_id);
+    assert_eq!(decision.cert_fp.as_deref(), Some("proxy-key:keyed-1"));
+    assert!(
+        decision
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("tunnel")
+    );
+
+    let r = k.h.admin(
+        Some("ops"),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"kind":"revoke-proxy-key","target":"keyed-1","reason":"leaked","expires_in":"1h"}"#,
+            "/v1/overrides",
+        ],
+    );
+    let revoked = std::time::Instant::now();
+    let closed: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let since = revoked.elapsed();
+    let _ = hold.wait();
+    assert_eq!(r.status, 201, "{r:?}");
+    assert!(
+        closed["closed_after"].as_f64().is_some(),
+        "the tunnel stayed open"
+    );
+    eprintln!("tunnel closed {since:?} after the revocation was answered");
+    assert!(since < Duration::from_millis(1500), "{since:?}");
+    let outcome = k.h.outcome(&connect_id);
+    assert_eq!(outcome.reason, "ended-by-override", "{outcome:?}");
+    assert!(
+        outcome
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("proxy-key-revoked"),
+        "{outcome:?}"
+    );
 }

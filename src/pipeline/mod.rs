@@ -84,6 +84,7 @@ pub struct Pipeline {
     overrides: Arc<Overrides>,
     metrics: Metrics,
     tokens: Verifier,
+    live: Arc<crate::live::Live>,
 }
 
 /// What a pipeline is made of, besides the policy and the decision log.
@@ -119,7 +120,14 @@ impl Pipeline {
             overrides: parts.overrides,
             metrics: Metrics::default(),
             tokens: Verifier::none(),
+            live: Arc::default(),
         }
+    }
+
+    /// Live tunnels, WebSockets and kept-alive connections that overrides
+    /// and reloads can end.
+    pub fn live(&self) -> &Arc<crate::live::Live> {
+        &self.live
     }
 
     /// Ends every tunnel and intercepted connection (at shutdown, after the
@@ -198,8 +206,13 @@ impl Pipeline {
         &self,
         peer: &Peer,
         inside: &Inside,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
+        // The run token the CONNECT proved holds for the whole tunnel.
+        if let Some(token) = &inside.run_token {
+            req.headers_mut()
+                .insert(crate::token::RUN_TOKEN_HEADER, token.clone());
+        }
         self.call(peer, Some(inside), req).await
     }
 
@@ -288,6 +301,7 @@ impl Pipeline {
             };
             match (verdict, outcome) {
                 (Ok(admitted), Some(outcome)) => {
+                    let upgrade = upgrade.map(|(value, on)| (value, on, peer));
                     self.forward(admitted, outcome, &request_id, upgrade, via)
                         .await
                 }
@@ -307,11 +321,11 @@ impl Pipeline {
         admitted: Admitted,
         mut outcome: Outcome,
         request_id: &str,
-        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade, &Peer)>,
         via: Via,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = admitted.request.into_parts();
-        if let Some((value, _)) = &upgrade {
+        if let Some((value, _, _)) = &upgrade {
             crate::upgrade::restore(&mut parts.headers, value);
         }
         let upload_failed = FailureFlag::default();
@@ -345,7 +359,7 @@ impl Pipeline {
                 return Refusal::from(reason).response(request_id, via);
             }
         };
-        if let Some((value, agent_side)) = upgrade
+        if let Some((value, agent_side, peer)) = upgrade
             && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
         {
             let upstream_side = hyper::upgrade::on(&mut response);
@@ -358,8 +372,12 @@ impl Pipeline {
             outcome.status = Some(parts.status.as_u16());
             outcome.reason = Reason::Allowed;
             let stopping = self.stopping.subscribe();
+            let membership = self.live.register(
+                outcome.subject(peer),
+                outcome.policy_digest().unwrap_or_default(),
+            );
             tokio::spawn(
-                crate::upgrade::splice(agent_side, upstream_side, outcome, stopping)
+                crate::upgrade::splice(agent_side, upstream_side, outcome, stopping, membership)
                     .in_current_span(),
             );
             tracing::info!("upgrade forwarded");
