@@ -376,7 +376,13 @@ env = "MODEL_API_KEY"
         );
         let outcome = h.outcome(&call.request_id);
         assert_eq!(outcome.status, Some(200));
-        assert_eq!(outcome.reason, "allowed", "{outcome:?}");
+        // OpenClaw may close a stream once it has read `[DONE]`, before the
+        // chunked body's last bytes: that reads `client-cancelled`. Any
+        // upstream failure fails the test.
+        assert!(
+            ["allowed", "client-cancelled"].contains(&outcome.reason.as_str()),
+            "{outcome:?}"
+        );
     }
     // The real key is in nothing clawgate wrote.
     for entry in std::fs::read_dir(&dir).unwrap().filter_map(Result::ok) {
