@@ -27,6 +27,10 @@ impl Targets for NoTargets {
     fn has_scope(&self, _: &str) -> bool {
         false
     }
+
+    fn has_proxy_key(&self, _: &str) -> bool {
+        false
+    }
 }
 use clawgate::token::{self, Verifier};
 

@@ -85,6 +85,12 @@ pub enum Reason {
     /// The token listener needs a run token in `Proxy-Authorization`; the
     /// vending listener a vending or run token in `Authorization`.
     RunTokenMissing,
+    /// A proxy key that matches no key in policy.
+    ProxyKeyInvalid,
+    /// A proxy key past its `expires` in policy.
+    ProxyKeyExpired,
+    /// An admin override revokes the proxy key.
+    ProxyKeyRevoked,
     /// A tunnel, intercepted connection or upgraded socket ended normally:
     /// a peer closed it (outcome records only).
     TunnelClosed,
@@ -105,7 +111,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 35] = [
+    pub const ALL: [Reason; 38] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -136,6 +142,9 @@ impl Reason {
         Reason::RunTokenWrongAgent,
         Reason::RunTokenScope,
         Reason::RunTokenMissing,
+        Reason::ProxyKeyInvalid,
+        Reason::ProxyKeyExpired,
+        Reason::ProxyKeyRevoked,
         Reason::TunnelClosed,
         Reason::EndedByOverride,
         Reason::EndedByPolicy,
@@ -175,6 +184,9 @@ impl Reason {
             Reason::RunTokenWrongAgent => "run-token-wrong-agent",
             Reason::RunTokenScope => "run-token-scope",
             Reason::RunTokenMissing => "run-token-missing",
+            Reason::ProxyKeyInvalid => "proxy-key-invalid",
+            Reason::ProxyKeyExpired => "proxy-key-expired",
+            Reason::ProxyKeyRevoked => "proxy-key-revoked",
             Reason::TunnelClosed => "tunnel-closed",
             Reason::EndedByOverride => "ended-by-override",
             Reason::EndedByPolicy => "ended-by-policy",
@@ -217,7 +229,10 @@ impl Reason {
             | Reason::RunTokenInvalid
             | Reason::RunTokenExpired
             | Reason::RunTokenWrongAgent
-            | Reason::RunTokenScope => StatusCode::FORBIDDEN,
+            | Reason::RunTokenScope
+            | Reason::ProxyKeyInvalid
+            | Reason::ProxyKeyExpired
+            | Reason::ProxyKeyRevoked => StatusCode::FORBIDDEN,
             Reason::RunTokenMissing => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -404,6 +419,9 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::RunTokenWrongAgent
         | Reason::RunTokenScope
         | Reason::RunTokenMissing
+        | Reason::ProxyKeyInvalid
+        | Reason::ProxyKeyExpired
+        | Reason::ProxyKeyRevoked
         | Reason::TunnelClosed
         | Reason::EndedByOverride
         | Reason::EndedByPolicy

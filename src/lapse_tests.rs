@@ -14,6 +14,10 @@ impl Targets for Anything {
     fn has_scope(&self, _: &str) -> bool {
         true
     }
+
+    fn has_proxy_key(&self, _: &str) -> bool {
+        true
+    }
 }
 
 #[test]

@@ -44,6 +44,8 @@
 //!   record queued before any decision that relies on it.
 //! - [`metrics`]: counters and histograms behind `/metrics`.
 //! - [`admin`]: the admin and auditor API (health, metrics, audit, status).
+//! - [`agent_env`] and [`lockdown`]: the environment that routes an agent
+//!   through clawgate, and the egress rules that leave it no other road.
 
 // In the order of the call (blank lines keep rustfmt from sorting them):
 // accept, identify, route, decide, limit, credential, forward, record; then
@@ -105,5 +107,7 @@ pub mod serve;
 pub mod certs;
 
 pub mod agent_env;
+
+pub mod lockdown;
 
 pub mod demo;

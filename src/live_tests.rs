@@ -35,6 +35,7 @@ fn tunnel_to(host: &str, scope: &str) -> Subject {
         serial: Some("1f".into()),
         scope: Some(scope.into()),
         connect: Some((host.into(), 443)),
+        proxy_key: None,
     }
 }
 

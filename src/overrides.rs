@@ -38,6 +38,8 @@ pub enum OverrideKind {
     RevokeSerial,
     /// Refuse every call in a scope (target: the scope name).
     DisableScope,
+    /// Refuse every call made with a proxy key (target: the key's id).
+    RevokeProxyKey,
 }
 
 impl OverrideKind {
@@ -47,6 +49,7 @@ impl OverrideKind {
             OverrideKind::IsolateAgent => "isolate-agent",
             OverrideKind::RevokeSerial => "revoke-serial",
             OverrideKind::DisableScope => "disable-scope",
+            OverrideKind::RevokeProxyKey => "revoke-proxy-key",
         }
     }
 
@@ -55,6 +58,7 @@ impl OverrideKind {
             OverrideKind::IsolateAgent,
             OverrideKind::RevokeSerial,
             OverrideKind::DisableScope,
+            OverrideKind::RevokeProxyKey,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)
@@ -66,6 +70,7 @@ impl OverrideKind {
             OverrideKind::IsolateAgent => Reason::AgentIsolated,
             OverrideKind::RevokeSerial => Reason::SerialRevoked,
             OverrideKind::DisableScope => Reason::ScopeDisabled,
+            OverrideKind::RevokeProxyKey => Reason::ProxyKeyRevoked,
         }
     }
 }
@@ -125,6 +130,10 @@ impl Override {
                 "every call and credential vend in scope `{}` is refused with scope-disabled until {until}",
                 self.target
             ),
+            OverrideKind::RevokeProxyKey => format!(
+                "every call and credential vend made with proxy key `{}` is refused with proxy-key-revoked until {until}",
+                self.target
+            ),
         }
     }
 
@@ -135,7 +144,7 @@ impl Override {
         match self.kind {
             OverrideKind::IsolateAgent => record.agent = Some(self.target.clone()),
             OverrideKind::DisableScope => record.scope = Some(self.target.clone()),
-            OverrideKind::RevokeSerial => {}
+            OverrideKind::RevokeSerial | OverrideKind::RevokeProxyKey => {}
         }
         let by = by.map(|b| format!(" by {b}")).unwrap_or_default();
         record.detail = Some(format!(
@@ -164,7 +173,7 @@ pub enum OverrideError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewOverride {
-    /// `isolate-agent`, `revoke-serial` or `disable-scope`.
+    /// `isolate-agent`, `revoke-serial`, `disable-scope` or `revoke-proxy-key`.
     pub kind: String,
     /// The agent, serial or scope.
     pub target: String,
@@ -184,6 +193,8 @@ pub trait Targets {
     fn has_agent(&self, name: &str) -> bool;
     /// Whether the policy defines a scope of this name.
     fn has_scope(&self, name: &str) -> bool;
+    /// Whether the policy defines a proxy key with this id.
+    fn has_proxy_key(&self, id: &str) -> bool;
 }
 
 impl Targets for crate::policy::Policy {
@@ -193,6 +204,12 @@ impl Targets for crate::policy::Policy {
 
     fn has_scope(&self, name: &str) -> bool {
         self.scope_named(name).is_some()
+    }
+
+    fn has_proxy_key(&self, id: &str) -> bool {
+        self.agents()
+            .iter()
+            .any(|a| a.proxy_keys.iter().any(|k| k.id == id))
     }
 }
 
@@ -267,8 +284,19 @@ impl Overrides {
                             serial.is_some_and(|s| o.target == peer_serial(s))
                         }
                         OverrideKind::DisableScope => scope == Some(o.target.as_str()),
+                        // Matched by `revoking_proxy_key`, never here.
+                        OverrideKind::RevokeProxyKey => false,
                     }
             })
+            .cloned()
+    }
+
+    /// The first override in force at `now` that revokes the proxy key `id`.
+    pub fn revoking_proxy_key(&self, id: &str, now: SystemTime) -> Option<Override> {
+        self.active
+            .load()
+            .iter()
+            .find(|o| o.active_at(now) && o.kind == OverrideKind::RevokeProxyKey && o.target == id)
             .cloned()
     }
 
@@ -284,7 +312,7 @@ impl Overrides {
     ) -> Result<Created, OverrideError> {
         let kind = OverrideKind::parse(&new.kind).ok_or_else(|| {
             OverrideError::Invalid(format!(
-                "kind `{}` must be `isolate-agent`, `revoke-serial` or `disable-scope`",
+                "kind `{}` must be `isolate-agent`, `revoke-serial`, `disable-scope` or `revoke-proxy-key`",
                 new.kind
             ))
         })?;
@@ -311,6 +339,9 @@ impl Overrides {
             OverrideKind::RevokeSerial => (normalise_serial(given)?, false),
             OverrideKind::IsolateAgent if targets.has_agent(given) => (given.to_owned(), false),
             OverrideKind::DisableScope if targets.has_scope(given) => (given.to_owned(), false),
+            OverrideKind::RevokeProxyKey if targets.has_proxy_key(given) => {
+                (given.to_owned(), false)
+            }
             _ if new.force => (given.to_owned(), true),
             OverrideKind::IsolateAgent => {
                 return Err(OverrideError::Invalid(format!(
@@ -320,6 +351,11 @@ impl Overrides {
             OverrideKind::DisableScope => {
                 return Err(OverrideError::Invalid(format!(
                     "unknown scope `{given}`: the policy in force defines no such scope (send `\"force\": true` for one about to be added)"
+                )));
+            }
+            OverrideKind::RevokeProxyKey => {
+                return Err(OverrideError::Invalid(format!(
+                    "unknown proxy key `{given}`: the policy in force defines no proxy key with this id (send `\"force\": true` for one about to be added)"
                 )));
             }
         };

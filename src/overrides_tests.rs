@@ -23,6 +23,10 @@ impl Targets for Known {
     fn has_scope(&self, name: &str) -> bool {
         name == "echo"
     }
+
+    fn has_proxy_key(&self, _: &str) -> bool {
+        false
+    }
 }
 
 #[test]

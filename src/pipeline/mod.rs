@@ -58,8 +58,12 @@ use admit::{Admission, Admitted};
 pub struct Peer {
     /// The client's address.
     pub addr: SocketAddr,
-    /// What its verified certificate proves.
+    /// What its verified certificate proves (on the token listener, the
+    /// names of the agent its token or proxy key claims).
     pub identity: PeerIdentity,
+    /// The SHA-256 of the proxy key it presented on the token listener;
+    /// checked against the policy in force on every call.
+    pub proxy_key: Option<[u8; 32]>,
 }
 
 /// The shared state every call runs through.

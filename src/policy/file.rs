@@ -41,6 +41,9 @@ pub(super) struct AgentFile {
     pub scopes: Vec<Spanned<String>>,
     /// A file holding the agent's token for the credential-vending listener.
     pub vend_token_file: Option<Spanned<String>>,
+    /// Proxy keys for the token listener, stored as hashes.
+    #[serde(default)]
+    pub proxy_key: Vec<Spanned<super::proxy_key::ProxyKeyFile>>,
     /// The agent's overall rate, `60/min`.
     pub rate: Option<Spanned<String>>,
     pub burst: Option<Spanned<u32>>,

@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 use toml::Spanned;
@@ -16,6 +17,7 @@ use super::credential::compile_sentinels;
 use super::exception::{compile_exceptions, compile_roles};
 use super::file::AgentFile;
 use super::parse::{Entries, parse_sources};
+use super::proxy_key::{SeenKeys, compile_proxy_keys};
 use super::report::{
     LoadError, LoadOptions, PolicyError, Report, Source, compile_rate, valid_name,
 };
@@ -77,7 +79,7 @@ pub fn load(
     let mut report = Report::new(&sources, unreadable);
     let entries = parse_sources(&mut report, &sources);
     let scopes = compile_scopes(&mut report, &entries, dir, options);
-    let agents = compile_agents(&mut report, &entries, &scopes, dir);
+    let agents = compile_agents(&mut report, &entries, &scopes, dir, options.now);
     let sentinels = compile_sentinels(&mut report, &entries.sentinels, dir, options, &agents.names);
     let exceptions = compile_exceptions(
         &mut report,
@@ -223,6 +225,8 @@ struct AgentIndex {
     by_identity: HashMap<PeerName, AgentId>,
     names: HashSet<String>,
     ids: HashMap<String, AgentId>,
+    /// Proxy key ids and hashes seen so far: each is unique in the policy.
+    proxy_keys: SeenKeys,
 }
 
 fn compile_agents(
@@ -230,15 +234,17 @@ fn compile_agents(
     entries: &Entries,
     scopes: &ScopeIndex,
     dir: &Path,
+    now: SystemTime,
 ) -> AgentIndex {
     let mut index = AgentIndex {
         agents: Vec::with_capacity(entries.agents.len()),
         by_identity: HashMap::new(),
         names: HashSet::new(),
         ids: HashMap::new(),
+        proxy_keys: SeenKeys::default(),
     };
     for (file, agent) in &entries.agents {
-        let compiled = compile_agent(report, *file, agent, scopes, &mut index, dir);
+        let compiled = compile_agent(report, *file, agent, scopes, &mut index, dir, now);
         index.agents.push(compiled);
     }
     for name in &entries.broken_agents {
@@ -248,6 +254,7 @@ fn compile_agents(
                 identities: Vec::new(),
                 scopes: Vec::new(),
                 vend_token: None,
+                proxy_keys: Vec::new(),
                 rate: None,
             });
         }
@@ -269,6 +276,7 @@ fn compile_agent(
     scopes: &ScopeIndex,
     index: &mut AgentIndex,
     dir: &Path,
+    now: SystemTime,
 ) -> Agent {
     let a = agent.get_ref();
     let name = a.name.get_ref();
@@ -298,6 +306,14 @@ fn compile_agent(
         identities: agent_identities(report, file, a, index),
         scopes: agent_scopes(report, file, a, scopes),
         vend_token: vend_token(report, file, a, dir),
+        proxy_keys: compile_proxy_keys(
+            report,
+            file,
+            name,
+            &a.proxy_key,
+            &mut index.proxy_keys,
+            now,
+        ),
         rate: compile_rate(report, file, a.rate.as_ref(), a.burst.as_ref()),
     }
 }

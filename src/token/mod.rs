@@ -12,6 +12,7 @@
 //!   needs only public keys (clawgate's own, and an external issuer's JWKS).
 
 pub mod listen;
+pub mod proxy_key;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
