@@ -10,6 +10,8 @@
 )]
 
 mod common;
+#[path = "listeners/net.rs"]
+mod net;
 mod stores;
 
 use std::process::Output;
@@ -656,6 +658,25 @@ fn an_override_on_one_replica_refuses_on_the_others_within_a_second_and_lapses_o
     for h in &replicas {
         assert_eq!(call(h).status, 200);
     }
+    // A kept-alive connection on replica 3 that made one call.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (cert, key) = replicas[2].agent_cert("fleeter");
+    let config = net::client_config(&replicas[2].certs.join("ca.pem"), Some((&cert, &key)));
+    let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let mut kept = rt.block_on(async {
+        let mut kept = net::tls(&config, loopback, replicas[2].port).await;
+        let head = net::exchange(
+            &mut kept,
+            "GET /shared-echo/v1/kept HTTP/1.1\r\nhost: localhost\r\n\r\n",
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        net::read_body(&mut kept, &head).await;
+        kept
+    });
     let r = create_override(
         &replicas[0],
         r#"{"kind":"isolate-agent","target":"fleeter","reason":"incident 7","expires_in":"4s"}"#,
@@ -671,6 +692,12 @@ fn an_override_on_one_replica_refuses_on_the_others_within_a_second_and_lapses_o
         );
     }
     assert!(created.elapsed() < Duration::from_millis(1500));
+    // The kept-alive connection on replica 3 is ended too.
+    let closed = rt.block_on(net::closed_within(&mut kept, Duration::from_secs(2)));
+    assert!(
+        closed.is_some(),
+        "replica 3 kept the isolated agent's connection open"
+    );
     let refused = call(&replicas[2]);
     assert_eq!(refused.json()["reason"], "agent-isolated");
     assert_eq!(
