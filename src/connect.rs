@@ -222,6 +222,7 @@ impl Pipeline {
             method: "CONNECT",
             path: "/",
             aws: None,
+            mcp: None,
             now,
         };
         let decision = decide(&call, policy);

@@ -81,11 +81,29 @@ pub enum Reason {
     RunTokenScope,
     /// The token listener needs a run token in `Proxy-Authorization`.
     RunTokenMissing,
+    /// An MCP tool's name is allowed, but its arguments meet no allow rule's
+    /// conditions (or exceed the size limit).
+    ToolArgumentsRefused,
+    /// An MCP tool's definition differs from its pin (a "rug pull"): hidden
+    /// from `tools/list` and refused.
+    ToolDefinitionChanged,
+    /// An MCP tool pinned in policy whose definition clawgate has not seen,
+    /// so it cannot be checked against the pin.
+    ToolDefinitionUnverified,
+    /// A tool definition seen for the first time and pinned (a record).
+    ToolPinned,
+    /// An `Mcp-Method` or `Mcp-Name` header disagrees with the body.
+    McpHeaderMismatch,
+    /// A JSON-RPC batch (a JSON array) sent to an MCP endpoint.
+    McpBatchRefused,
+    /// The MCP upstream answered 401 with an OAuth challenge; the agent is
+    /// not sent into an OAuth flow.
+    UpstreamAuthRequired,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 36] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -115,6 +133,13 @@ impl Reason {
         Reason::RunTokenWrongAgent,
         Reason::RunTokenScope,
         Reason::RunTokenMissing,
+        Reason::ToolArgumentsRefused,
+        Reason::ToolDefinitionChanged,
+        Reason::ToolDefinitionUnverified,
+        Reason::ToolPinned,
+        Reason::McpHeaderMismatch,
+        Reason::McpBatchRefused,
+        Reason::UpstreamAuthRequired,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -149,6 +174,13 @@ impl Reason {
             Reason::RunTokenWrongAgent => "run-token-wrong-agent",
             Reason::RunTokenScope => "run-token-scope",
             Reason::RunTokenMissing => "run-token-missing",
+            Reason::ToolArgumentsRefused => "tool-arguments-refused",
+            Reason::ToolDefinitionChanged => "tool-definition-changed",
+            Reason::ToolDefinitionUnverified => "tool-definition-unverified",
+            Reason::ToolPinned => "tool-pinned",
+            Reason::McpHeaderMismatch => "mcp-header-mismatch",
+            Reason::McpBatchRefused => "mcp-batch-refused",
+            Reason::UpstreamAuthRequired => "upstream-auth-required",
         }
     }
 
@@ -160,7 +192,8 @@ impl Reason {
             | Reason::PolicyLoaded
             | Reason::ExceptionExpired
             | Reason::PolicyRejected
-            | Reason::OverrideChanged => StatusCode::OK,
+            | Reason::OverrideChanged
+            | Reason::ToolPinned => StatusCode::OK,
             // Never sent: nobody is left to receive it.
             Reason::ClientCancelled => StatusCode::BAD_REQUEST,
             // Never sent: a rejected handshake has no HTTP exchange.
@@ -178,15 +211,20 @@ impl Reason {
             | Reason::RunTokenInvalid
             | Reason::RunTokenExpired
             | Reason::RunTokenWrongAgent
-            | Reason::RunTokenScope => StatusCode::FORBIDDEN,
+            | Reason::RunTokenScope
+            | Reason::ToolArgumentsRefused
+            | Reason::ToolDefinitionChanged
+            | Reason::ToolDefinitionUnverified => StatusCode::FORBIDDEN,
             Reason::RunTokenMissing => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Reason::MalformedRequest => StatusCode::BAD_REQUEST,
+            Reason::MalformedRequest | Reason::McpHeaderMismatch | Reason::McpBatchRefused => {
+                StatusCode::BAD_REQUEST
+            }
             Reason::CredentialUnavailable | Reason::AuditUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Reason::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            Reason::UpstreamUnreachable | Reason::UpstreamAuthRequired => StatusCode::BAD_GATEWAY,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -227,6 +265,64 @@ pub fn refusal_response(reason: Reason, request_id: &str) -> Response<ProxyBody>
             .boxed(),
     );
     *response.status_mut() = reason.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID_HEADER, id);
+    }
+    response
+}
+
+/// Builds the response for a refused MCP message: a JSON-RPC error with the
+/// request's id, so the agent's model reads a refusal rather than a transport
+/// failure. A request refused by policy gets HTTP 200; a notification, a
+/// malformed body, a batch or disagreeing headers get the reason's status.
+/// A refused tool, resource or prompt reads like an unknown one, so that
+/// its existence is not revealed; `error.data` holds the reason code and the
+/// request id, and nothing the agent sent.
+pub fn mcp_refusal_response(
+    reason: Reason,
+    message: &crate::audit::McpRecord,
+    request_id: &str,
+) -> Response<ProxyBody> {
+    use crate::mcp::jsonrpc::{INVALID_REQUEST, Id, REFUSAL_CODE, refusal};
+    let id = message
+        .id
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .map(Id);
+    let by_rule = matches!(
+        reason,
+        Reason::NoMatchingRule
+            | Reason::DeniedByRule
+            | Reason::ToolArgumentsRefused
+            | Reason::ToolDefinitionChanged
+            | Reason::ToolDefinitionUnverified
+    );
+    let (code, text) = match (reason, message.method.as_str()) {
+        (Reason::McpHeaderMismatch, _) => (-32020, "Header mismatch"),
+        (Reason::MalformedRequest | Reason::McpBatchRefused | Reason::RequestTooLarge, _) => {
+            (INVALID_REQUEST, "Invalid Request")
+        }
+        (_, "tools/call") if by_rule => (REFUSAL_CODE, "Unknown tool"),
+        (_, m) if by_rule && m.starts_with("resources/") => (REFUSAL_CODE, "Resource not found"),
+        (_, "prompts/get") if by_rule => (REFUSAL_CODE, "Unknown prompt"),
+        _ => (REFUSAL_CODE, "Denied by policy"),
+    };
+    let status = match (&id, code) {
+        (Some(_), REFUSAL_CODE) => StatusCode::OK,
+        _ => reason.status(),
+    };
+    let body = refusal(id.as_ref(), code, text, reason.code(), request_id);
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

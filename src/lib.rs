@@ -24,6 +24,8 @@
 //! - [`pipeline`]: the per-call order above (admission: route, AWS action,
 //!   decide, sentinels, credential), the one place records are emitted, and
 //!   credential vending.
+//! - [`mcp`]: the tool-call firewall: MCP messages decided by tool and argument,
+//!   `tools/list` filtered, tool definitions pinned.
 //! - [`limits`]: rate limits per agent and per (agent, scope), after `decide`.
 //! - [`token`]: run tokens that narrow an agent and name its run.
 //! - [`overrides`]: emergency isolation, serial revocation, disabled scopes.
@@ -46,6 +48,7 @@ pub mod forward;
 pub mod identity;
 pub mod intercept;
 pub mod limits;
+pub mod mcp;
 pub mod listener;
 pub mod overrides;
 pub mod pipeline;

@@ -86,12 +86,13 @@ impl std::fmt::Display for Rate {
 enum Key {
     Agent(String),
     Scope(String, String),
+    Rule(String, String, String),
 }
 
 /// Which limit refused a call, and when to try again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limited {
-    /// `agent` or `scope`.
+    /// `agent`, `scope` or `tool`.
     pub which: &'static str,
     /// Until the next call would pass.
     pub retry_after: Duration,
@@ -141,6 +142,25 @@ impl Limits {
                 })?;
         }
         Ok(())
+    }
+
+    /// Checks the agent's rate under one rule of a scope (an MCP tool rule's
+    /// `rate`).
+    pub fn check_rule(
+        &self,
+        agent: &str,
+        scope: &str,
+        rule: &str,
+        rate: Rate,
+    ) -> Result<(), Limited> {
+        self.check_one(
+            Key::Rule(agent.to_owned(), scope.to_owned(), rule.to_owned()),
+            rate,
+        )
+        .map_err(|retry_after| Limited {
+            which: "tool",
+            retry_after,
+        })
     }
 
     fn check_one(&self, key: Key, rate: Rate) -> Result<(), Duration> {

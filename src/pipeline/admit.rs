@@ -66,6 +66,8 @@ impl Default for BodyLimits {
 pub(super) struct Admitted {
     pub permit: Permitted,
     pub request: Request<ProxyBody>,
+    /// For a request to an MCP endpoint: what the way back needs.
+    pub mcp: Option<super::mcp::Exchange>,
 }
 
 /// The request body as admission holds it: untouched, or read in part.
@@ -126,6 +128,8 @@ pub(super) struct Admission<'a> {
     pub retry_after: AtomicU64,
     /// Verifies run tokens.
     pub tokens: &'a Verifier,
+    /// MCP pins, pending lists and the argument-hash key.
+    pub mcp: &'a Arc<crate::mcp::McpState>,
 }
 
 impl Admission<'_> {
@@ -226,6 +230,29 @@ impl Admission<'_> {
             None => None,
         };
 
+        // An MCP endpoint decides on the one JSON-RPC message in the body.
+        let mcp_scope = agent
+            .and_then(|a| policy.scope_at(a, target, self.now))
+            .map(|(id, _)| policy.scope(id))
+            .and_then(|scope| super::mcp::endpoint(scope, target, path).map(|r| (scope, r)));
+        let mcp_read = match mcp_scope {
+            Some((scope, _)) => {
+                let (read, rest) = super::mcp::read(
+                    self.mcp,
+                    scope,
+                    &parts,
+                    held,
+                    self.limits.read_timeout,
+                    record,
+                )
+                .await?;
+                held = rest;
+                Some(read)
+            }
+            None => None,
+        };
+        let mcp_call = mcp_read.as_ref().and_then(super::mcp::Read::call);
+
         let call = Call {
             peer: &self.peer.identity.names,
             target,
@@ -233,6 +260,7 @@ impl Admission<'_> {
             path,
             aws: aws_request.as_ref(),
             now: self.now,
+            mcp: mcp_call.as_ref(),
         };
         let decided = std::time::Instant::now();
         let decision = decide(&call, policy);
@@ -251,6 +279,12 @@ impl Admission<'_> {
             return Err(Reason::RunTokenScope);
         }
         self.limit(&decision, scope, record)?;
+        let mcp = match (mcp_scope, &mcp_read) {
+            (Some((_, rules)), Some(read)) => {
+                Some(super::mcp::exchange(self.mcp, scope, rules, read, &parts))
+            }
+            _ => None,
+        };
         let upstream_path = encode_path(&upstream_path(scope));
 
         strip_hop_by_hop(&mut parts.headers);
@@ -309,6 +343,7 @@ impl Admission<'_> {
         Ok(Admitted {
             permit,
             request: Request::from_parts(parts, held.into_body()),
+            mcp,
         })
     }
 
@@ -356,8 +391,15 @@ impl Admission<'_> {
         let Some(agent) = decision.agent().map(|a| self.policy.agent(a)) else {
             return Ok(());
         };
+        let tool_rate = scope.mcp.as_ref().zip(decision.rule()).and_then(|(rules, rule)| {
+            rules.rate_of(rule).map(|rate| (rule, rate))
+        });
         self.rates
             .check(&agent.name, agent.rate, &scope.name, scope.rate)
+            .and_then(|()| match tool_rate {
+                Some((rule, rate)) => self.rates.check_rule(&agent.name, &scope.name, rule, rate),
+                None => Ok(()),
+            })
             .map_err(|limited| {
                 self.retry_after
                     .store(limited.retry_after_secs(), Ordering::Relaxed);

@@ -23,6 +23,7 @@ use std::time::SystemTime;
 
 mod admit;
 mod credential;
+mod mcp;
 pub mod vend;
 
 use arc_swap::ArcSwap;
@@ -38,7 +39,7 @@ use crate::audit::{AuditLog, DecisionRecord, kind};
 use crate::body::{BodyGuard, CountingBody, FailureFlag, ProxyBody};
 use crate::connect::Inside;
 use crate::credentials::Broker;
-use crate::error::{REQUEST_ID_HEADER, Reason, refusal_response};
+use crate::error::{REQUEST_ID_HEADER, Reason, mcp_refusal_response, refusal_response};
 use crate::forward::{Upstreams, strip_hop_by_hop};
 use crate::identity::PeerIdentity;
 use crate::intercept::Interceptor;
@@ -76,6 +77,7 @@ pub struct Pipeline {
     overrides: Arc<Overrides>,
     metrics: Metrics,
     tokens: Verifier,
+    mcp: Arc<crate::mcp::McpState>,
 }
 
 /// What a pipeline is made of, besides the policy and the decision log.
@@ -110,6 +112,15 @@ impl Pipeline {
             overrides: parts.overrides,
             metrics: Metrics::default(),
             tokens: Verifier::none(),
+            mcp: Arc::new(crate::mcp::McpState::ephemeral()),
+        }
+    }
+
+    /// The pipeline, hashing MCP arguments with this state's key.
+    pub fn with_mcp(self, mcp: crate::mcp::McpState) -> Pipeline {
+        Pipeline {
+            mcp: Arc::new(mcp),
+            ..self
         }
     }
 
@@ -266,6 +277,7 @@ impl Pipeline {
                 metrics: &self.metrics,
                 retry_after: AtomicU64::new(0),
                 tokens: &self.tokens,
+                mcp: &self.mcp,
             };
             let verdict = admission
                 .admit(parts, admit::boxed(body), &mut record)
@@ -294,6 +306,11 @@ impl Pipeline {
             // The outcome guard exists before the commit is awaited: if the
             // agent goes away from here on, the outcome says `client-cancelled`.
             let mut outcome = verdict.is_ok().then(|| self.outcome_for(&record, started));
+            // An MCP message is refused in JSON-RPC, with its id.
+            let mcp_refusal = record
+                .mcp
+                .clone()
+                .filter(|m| m.method != "GET" && m.method != "DELETE");
             if let Err(e) = self.audit.append_durable(record).await {
                 tracing::error!(error = %e, "decision not recorded; refusing the call");
                 if let Some(outcome) = outcome.as_mut() {
@@ -308,7 +325,10 @@ impl Pipeline {
                 }
                 (Err(reason), _) => {
                     tracing::debug!("call refused");
-                    let mut response = refusal_response(reason, &request_id);
+                    let mut response = match &mcp_refusal {
+                        Some(m) => mcp_refusal_response(reason, m, &request_id),
+                        None => refusal_response(reason, &request_id),
+                    };
                     if retry_after > 0 {
                         response
                             .headers_mut()
@@ -335,6 +355,7 @@ impl Pipeline {
             status: None,
             reason: Reason::ClientCancelled,
             finished: false,
+            mcp_is_error: None,
             _in_flight: InFlightGuard::new(&self.in_flight),
         }
     }
@@ -409,11 +430,83 @@ impl Pipeline {
         }
         outcome.status = Some(parts.status.as_u16());
         outcome.reason = Reason::Allowed;
+        let (body, deadline) = match admitted.mcp {
+            Some(exchange) => {
+                let body = body.map_err(Into::into).boxed();
+                match self.mcp_response(exchange, &mut parts, body, &mut outcome, request_id) {
+                    Ok(body) => (body, None),
+                    Err(refusal) => return refusal,
+                }
+            }
+            None => (body.map_err(Into::into).boxed(), Some(deadline)),
+        };
         let counter = Arc::clone(&outcome.bytes_down);
-        let body = CountingBody::guarded(body, counter, Some(deadline), outcome);
+        let body = CountingBody::guarded(body, counter, deadline, outcome);
         // Per call: debug. The decision log is the per-call record.
         tracing::debug!(status = parts.status.as_u16(), "call forwarded");
         Response::from_parts(parts, body.boxed())
+    }
+}
+
+impl Pipeline {
+    /// The way back from an MCP endpoint: an OAuth challenge becomes a
+    /// refusal, a DELETE ends the session, and the body goes through the
+    /// filter that rewrites `tools/list` results. MCP streams are long-lived,
+    /// so no total deadline applies to them.
+    fn mcp_response(
+        &self,
+        exchange: mcp::Exchange,
+        parts: &mut http::response::Parts,
+        body: ProxyBody,
+        outcome: &mut Outcome,
+        request_id: &str,
+    ) -> Result<ProxyBody, Response<ProxyBody>> {
+        if parts.status == http::StatusCode::UNAUTHORIZED
+            && parts.headers.contains_key(http::header::WWW_AUTHENTICATE)
+        {
+            // The agent must not start an OAuth flow: clawgate holds the
+            // credential, so this is clawgate's refusal to explain.
+            outcome.reason = Reason::UpstreamAuthRequired;
+            outcome.finished = true;
+            let noted = outcome.record.as_ref().and_then(|r| r.mcp.clone());
+            return Err(match noted.filter(|m| m.method != "GET" && m.method != "DELETE") {
+                Some(m) => mcp_refusal_response(Reason::UpstreamAuthRequired, &m, request_id),
+                None => refusal_response(Reason::UpstreamAuthRequired, request_id),
+            });
+        }
+        let session = exchange.session.clone().or_else(|| {
+            parts
+                .headers
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        });
+        if exchange.method == Method::DELETE && parts.status.is_success() {
+            if let Some(session) = &session {
+                self.mcp.end_session(&exchange.scope, session);
+            }
+        }
+        let is_error = Arc::new(crate::mcp::response::IsError::default());
+        if exchange.own.as_ref().is_some_and(|(_, m)| m == "tools/call") {
+            outcome.mcp_is_error = Some(Arc::clone(&is_error));
+        }
+        let template = outcome.record.clone().unwrap_or_default();
+        let filter = mcp::filter(
+            exchange,
+            &self.mcp,
+            session,
+            self.audit.clone(),
+            template,
+            is_error,
+        );
+        let content_type = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        // A filtered body may change length.
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        Ok(crate::mcp::response::McpBody::new(body, content_type.as_deref(), filter).boxed())
     }
 }
 
@@ -436,6 +529,7 @@ fn outcome_template(decision: &DecisionRecord) -> DecisionRecord {
         credential_ref: decision.credential_ref.clone(),
         action: decision.action.clone(),
         exception: decision.exception.clone(),
+        mcp: decision.mcp.clone(),
         policy_digest: decision.policy_digest.clone(),
         detail: decision.detail.clone(),
         ..DecisionRecord::default()
@@ -454,6 +548,8 @@ pub(crate) struct Outcome {
     pub(crate) status: Option<u16>,
     pub(crate) reason: Reason,
     pub(crate) finished: bool,
+    /// For a `tools/call`: whether its result had `isError`.
+    mcp_is_error: Option<Arc<crate::mcp::response::IsError>>,
     _in_flight: InFlightGuard,
 }
 
@@ -492,6 +588,9 @@ impl Drop for Outcome {
         }
         record.ts = crate::audit::now_rfc3339();
         record.reason = self.reason.code().to_owned();
+        if let (Some(mcp), Some(flag)) = (record.mcp.as_mut(), &self.mcp_is_error) {
+            mcp.is_error = flag.get();
+        }
         record.status = self.status.map(i64::from);
         record.bytes_up = Some(to_i64(self.bytes_up.load(Ordering::Relaxed)));
         record.bytes_down = Some(to_i64(self.bytes_down.load(Ordering::Relaxed)));

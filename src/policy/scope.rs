@@ -39,6 +39,7 @@ pub(super) fn placeholder_scope(name: &str) -> Scope {
         rules: RuleSet::default(),
         aws_rules: Vec::new(),
         rate: None,
+        mcp: None,
     }
 }
 
@@ -235,7 +236,18 @@ pub(super) fn compile_scope(
             ),
         );
     }
-    let has_rules = !scope.allow.is_empty() || !scope.deny.is_empty();
+    let mcp = scope
+        .mcp
+        .as_ref()
+        .map(|m| Arc::new(super::mcp::compile_mcp(report, file, m, name)));
+    if mcp.is_some() && is_aws {
+        report.error(
+            file,
+            scope.name.span(),
+            format!("scope `{name}` has an `aws` credential, so it cannot have MCP rules"),
+        );
+    }
+    let has_rules = !scope.allow.is_empty() || !scope.deny.is_empty() || mcp.is_some();
     let connect = match scope
         .connect
         .as_ref()
@@ -245,7 +257,15 @@ pub(super) fn compile_scope(
         None => ConnectMode::Tunnel,
         Some(("intercept", _)) => ConnectMode::Intercept,
         Some(("tunnel", span)) => {
-            if has_rules || scope.credential.is_some() {
+            if mcp.is_some() {
+                report.error(
+                    file,
+                    span,
+                    format!(
+                        "scope `{name}` tunnels, so it cannot have MCP rules: clawgate would not see its tool calls"
+                    ),
+                );
+            } else if has_rules || scope.credential.is_some() {
                 report.error(
                     file,
                     span,
@@ -327,6 +347,7 @@ pub(super) fn compile_scope(
         },
         aws_rules,
         rate,
+        mcp,
     })
 }
 
