@@ -31,11 +31,18 @@ use crate::body::{BoxError, ProxyBody};
 /// The most bytes of one JSON body or SSE event clawgate holds to filter.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
-/// `isError` of a `tools/call` result: unknown, false or true.
+/// What the way back saw of the request's own answer: whether it passed,
+/// and `isError` of a `tools/call` result (unknown, false or true).
 #[derive(Debug, Default)]
-pub struct IsError(AtomicU8);
+pub struct IsError(AtomicU8, std::sync::atomic::AtomicBool);
 
 impl IsError {
+    /// Whether the answer to the POST's own request was handed on: the
+    /// exchange is complete even if the agent then closes the stream.
+    pub fn answered(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
+    }
+
     /// What was seen: `None` when no result was.
     pub fn get(&self) -> Option<bool> {
         match self.0.load(Ordering::Relaxed) {
@@ -115,7 +122,7 @@ impl ResponseFilter {
         };
         let Message::Response {
             id: Some(id),
-            result: Some(result),
+            result,
             ..
         } = message
         else {
@@ -123,6 +130,12 @@ impl ResponseFilter {
         };
         let id = id.text();
         let own = self.own.as_ref().is_some_and(|(own, _)| *own == id);
+        if own {
+            self.is_error.1.store(true, Ordering::Relaxed);
+        }
+        let Some(result) = result else {
+            return Action::Pass;
+        };
         let pending = self
             .session
             .as_deref()

@@ -487,7 +487,7 @@ impl Pipeline {
             }
         }
         let is_error = Arc::new(crate::mcp::response::IsError::default());
-        if exchange.own.as_ref().is_some_and(|(_, m)| m == "tools/call") {
+        if exchange.own.is_some() {
             outcome.mcp_is_error = Some(Arc::clone(&is_error));
         }
         let template = outcome.record.clone().unwrap_or_default();
@@ -582,7 +582,8 @@ impl Drop for Outcome {
         let Some(mut record) = self.record.take() else {
             return;
         };
-        if self.reason == Reason::Allowed && !self.finished {
+        let answered = self.mcp_is_error.as_ref().is_some_and(|a| a.answered());
+        if self.reason == Reason::Allowed && !self.finished && !answered {
             // The response body was abandoned before its end.
             self.reason = Reason::ClientCancelled;
         }

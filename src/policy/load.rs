@@ -292,7 +292,9 @@ pub fn load(
                 .entry(compiled.upstream.host.clone())
                 .or_default()
                 .push(id);
-            rule_count += compiled.rules.rules.len() + compiled.aws_rules.len();
+            rule_count += compiled.rules.rules.len()
+                + compiled.aws_rules.len()
+                + compiled.mcp.as_ref().map_or(0, |m| m.rules.len());
             compiled_scopes.push(compiled);
         } else {
             // Keep ids aligned with `scopes` even when a scope is broken; the
