@@ -89,7 +89,13 @@ impl SseParser {
         if self.after_cr {
             self.after_cr = false;
             if let Some((b'\n', tail)) = rest.split_first() {
-                out.push(Piece::Raw(Bytes::from_static(b"\n")));
+                // The `\n` of a `\r\n` cut between chunks stays where it was:
+                // in the event still being read, else right after what went.
+                if self.raw.is_empty() {
+                    out.push(Piece::Raw(Bytes::from_static(b"\n")));
+                } else {
+                    self.raw.push(b'\n');
+                }
                 rest = tail;
             }
         }

@@ -377,3 +377,7 @@ fn compile_condition(
 fn first_line(text: &str) -> &str {
     text.lines().last().unwrap_or(text).trim()
 }
+
+#[cfg(test)]
+#[path = "mcp_tests.rs"]
+mod tests;
