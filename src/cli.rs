@@ -60,6 +60,25 @@ pub(crate) enum Command {
     /// Run tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// MCP servers.
+    #[command(subcommand)]
+    Mcp(McpCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum McpCommand {
+    /// Print the definition hash of every tool of an MCP server, as a
+    /// `[scope.mcp.pins]` table to paste into policy.
+    Pins {
+        /// The server's MCP endpoint, such as `https://mcp.example.com/mcp`.
+        url: String,
+        /// A header to send, `Name: value` (repeatable), such as the server's credential.
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// PEM roots to trust besides the webpki roots (a private CA).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

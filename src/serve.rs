@@ -89,6 +89,14 @@ pub enum ServeError {
     /// The override store cannot be opened.
     #[error(transparent)]
     Overrides(#[from] OverrideError),
+    /// The key that hashes MCP arguments cannot be read or made.
+    #[error("cannot use the MCP argument key `{path}`: {source}")]
+    McpKey {
+        /// The key file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// The listen address is unavailable.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -223,6 +231,22 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
     };
     let overrides = Arc::new(Overrides::open(overrides_path)?);
     let broker = Arc::new(Broker::new(config.broker.clone(), audit.clone()));
+    // MCP arguments are recorded as keyed hashes; the key lives beside the
+    // log so that hashes match across restarts.
+    let mcp = if config.decision_log_off_benchmark_only {
+        crate::mcp::McpState::ephemeral()
+    } else {
+        let mut path = config.audit_path.clone().into_os_string();
+        path.push(".mcp-key");
+        let path = PathBuf::from(path);
+        let key = crate::mcp::state::load_or_create_key(&path).map_err(|source| {
+            ServeError::McpKey {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+        crate::mcp::McpState::new(&key)
+    };
     let pipeline = Arc::new(
         Pipeline::new(
             Arc::new(policy),
@@ -235,7 +259,8 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
                 overrides,
             },
         )
-        .with_tokens(tokens),
+        .with_tokens(tokens)
+        .with_mcp(mcp),
     );
     let reloader = Arc::new(Reloader::new(
         config.policy_dir.clone(),

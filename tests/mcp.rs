@@ -91,7 +91,7 @@ rate = "2/min"
 
 [[scope.mcp.allow]]
 id = "misc"
-tools = ["broken", "seen_auth", "rug_pull"]
+tools = ["broken", "seen_auth", "rug_pull", "ask"]
 
 [[scope.mcp.allow]]
 id = "app-config"
@@ -150,6 +150,11 @@ struct Server {
 
 impl Server {
     fn start(json: bool) -> Server {
+        Server::start_with(json, None)
+    }
+
+    /// With `tls`, the server speaks HTTPS with this certificate and key.
+    fn start_with(json: bool, tls: Option<(&PathBuf, &PathBuf)>) -> Server {
         let python = python();
         assert!(
             python.exists(),
@@ -165,6 +170,7 @@ impl Server {
             .arg(script("server.py"))
             .arg(port.to_string())
             .arg(if json { "json" } else { "sse" })
+            .args(tls.into_iter().flat_map(|(c, k)| [c, k]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -309,7 +315,7 @@ fn check_operators(h: &Harness, mode: Option<&str>) {
     let replies = run_client(h, "mcp-dev", "mcp-tools", mode, &Value::from(steps));
     assert_eq!(
         replies[0]["tools"],
-        json!(["broken", "create_issue", "execute_sql", "ping_tool", "read_file", "resize", "rug_pull", "seen_auth"]),
+        json!(["ask", "broken", "create_issue", "execute_sql", "ping_tool", "read_file", "resize", "rug_pull", "seen_auth"]),
         "{mode:?}: the list holds only what the agent may call"
     );
     let decisions = mcp_decisions(h, "tools/call");
@@ -465,6 +471,24 @@ fn batches_notifications_duplicate_keys_headers_resources_and_prompts() {
     assert_eq!((mcp.name.as_deref(), mcp.id), (Some("delete_repo"), None));
     assert_ne!(reply.status, 202);
 
+    // Absolute form through the forward proxy: the same decision.
+    let url = format!("http://127.0.0.1:{}/mcp", server.port);
+    let denied = body(Some(5), "tools/call", &json!({"name": "delete_repo", "arguments": {}}));
+    let reply = h.curl_via_proxy(
+        "mcp-dev",
+        &[
+            "-X", "POST",
+            "-H", "content-type: application/json",
+            "-H", "accept: application/json, text/event-stream",
+            "-H", "mcp-protocol-version: 2026-07-28",
+            "--data-binary", &denied, &url,
+        ],
+    );
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["id"], json!(5));
+    let record = decision(&reply);
+    assert_eq!((record.mode.as_deref(), record.reason.as_str()), (Some("forward"), "denied-by-rule"));
+
     // Resources by URI, prompts by name.
     for (method, params, reason) in [
         ("resources/read", json!({"uri": "config://app"}), "allowed"),
@@ -560,4 +584,149 @@ fn a_changed_tool_is_hidden_and_refused_rates_apply_per_tool_and_credentials_are
     assert!(reply.header("www-authenticate").is_none());
     let outcome = h.outcome(&reply.request_id());
     assert_eq!(outcome.reason, "upstream-auth-required");
+}
+
+const TUNNEL_POLICY: &str = r#"
+[[agent]]
+name = "mcp-tunnel"
+identities = ["spiffe://clawgate.local/agent/mcp-tunnel"]
+scopes = ["mcp-tls"]
+
+[[scope]]
+name = "mcp-tls"
+upstream = "https://localhost:{tls_port}"
+ca_file = "upstream-ca.pem"
+allow_private = ["localhost"]
+
+[scope.mcp]
+
+[[scope.mcp.allow]]
+tools = ["rug_pull", "seen_get", "read_file"]
+"#;
+
+/// A 2025-11-25 POST through clawgate as a forward proxy (intercepted).
+fn tunnel_post(h: &Harness, url: &str, session: Option<&str>, body: &str) -> common::Reply {
+    let mut args = vec![
+        "--cacert".to_owned(),
+        h.certs.join("intercept-ca.pem").display().to_string(),
+        "-X".into(),
+        "POST".into(),
+        "-H".into(),
+        "content-type: application/json".into(),
+        "-H".into(),
+        "accept: application/json, text/event-stream".into(),
+        "-H".into(),
+        "mcp-protocol-version: 2025-11-25".into(),
+    ];
+    if let Some(session) = session {
+        args.extend(["-H".into(), format!("mcp-session-id: {session}")]);
+    }
+    args.extend(["--data-binary".into(), body.into(), url.into()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    h.curl_via_proxy("mcp-tunnel", &refs)
+}
+
+#[test]
+fn server_requests_pass_and_a_long_idle_sse_stream_survives_an_intercepted_tunnel() {
+    // Elicitation: the server's request rides the POST's SSE stream, and
+    // the client's JSON-RPC response comes back as a POST of its own.
+    let plain = Server::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut probe = Harness::with(Options {
+        start: false,
+        ..Options::default()
+    });
+    let cert = dir.path().join("upstream.pem");
+    let key = dir.path().join("upstream-key.pem");
+    std::fs::write(&cert, &probe.upstream_cert.cert).unwrap();
+    std::fs::write(&key, probe.upstream_cert.key_pem()).unwrap();
+    let tls = Server::start_with(false, Some((&cert, &key)));
+    std::fs::write(
+        probe.policy.join("mcp.toml"),
+        POLICY.replace("{mcp_port}", &plain.port.to_string()),
+    )
+    .unwrap();
+    std::fs::write(
+        probe.policy.join("tunnel.toml"),
+        TUNNEL_POLICY.replace("{tls_port}", &tls.port.to_string()),
+    )
+    .unwrap();
+    for agent in ["mcp-dev", "mcp-viewer", "mcp-tunnel"] {
+        let out = common::clawgate(&["certs", "agent", agent, "--dir", probe.certs.to_str().unwrap()]);
+        assert!(out.status.success());
+    }
+    probe.env.push(("MCP_EXPIRED_TOKEN".into(), "expired".into()));
+    // A total upstream deadline of 3 s: MCP streams must not be bound by it.
+    probe.serve(&["--upstream-timeout".into(), "3s".into()]);
+    let h = probe;
+
+    let replies = run_client(&h, "mcp-dev", "mcp-tools", Some("legacy"), &json!([{"op": "call", "tool": "ask"}]));
+    assert_eq!(replies[0]["text"], json!("accept: yes"), "{replies:?}");
+    let answer = mcp_decisions(&h, "response");
+    assert_eq!(answer.len(), 1, "the client's answer is recorded");
+    assert_eq!(answer[0].reason, "allowed");
+
+    // The session-era GET stream through an intercepted CONNECT.
+    let url = format!("https://localhost:{}/mcp", tls.port);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "curl", "version": "1"}}});
+    let reply = tunnel_post(&h, &url, None, &init.to_string());
+    assert_eq!(reply.status, 200, "{} {}", reply.body_text(), h.stderr());
+    let session = reply.header_all("mcp-session-id").pop().expect("a session id");
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let reply = tunnel_post(&h, &url, Some(&session), &initialized.to_string());
+    assert_eq!(reply.status, 202);
+
+    let (cert, key) = h.agent_cert("mcp-tunnel");
+    let stream_out = dir.path().join("stream.txt");
+    let mut stream = Command::new("curl")
+        .args(["-sS", "-N", "--max-time", "25", "-o"])
+        .arg(&stream_out)
+        .args(["--proxy", &format!("https://localhost:{}", h.port)])
+        .args(["--proxy-cacert", h.certs.join("ca.pem").to_str().unwrap()])
+        .args(["--proxy-cert", cert.to_str().unwrap(), "--proxy-key", key.to_str().unwrap()])
+        .args(["--cacert", h.certs.join("intercept-ca.pem").to_str().unwrap()])
+        .args(["-H", "accept: text/event-stream"])
+        .args(["-H", &format!("mcp-session-id: {session}")])
+        .args(["-H", "mcp-protocol-version: 2025-11-25"])
+        .args(["-H", "last-event-id: resume-7"])
+        .arg(&url)
+        .spawn()
+        .unwrap();
+    // Idle for longer than the upstream deadline.
+    std::thread::sleep(Duration::from_secs(5));
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "rug_pull", "arguments": {}}});
+    let reply = tunnel_post(&h, &url, Some(&session), &call.to_string());
+    assert_eq!(reply.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = std::fs::read_to_string(&stream_out).unwrap_or_default();
+        if got.contains("notifications/tools/list_changed") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the GET stream delivered nothing after an idle spell: {got:?} {}",
+            h.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(stream.try_wait().unwrap().is_none(), "the stream is still open");
+    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "seen_get", "arguments": {}}});
+    let reply = tunnel_post(&h, &url, Some(&session), &call.to_string());
+    let text = reply.body_text();
+    assert!(text.contains("resume-7") && text.contains("2025-11-25"), "Last-Event-ID and MCP-Protocol-Version reach the server: {text}");
+    let _ = stream.kill();
+    let _ = stream.wait();
+
+    let get = mcp_decisions(&h, "GET").pop().unwrap();
+    assert_eq!(get.mode.as_deref(), Some("intercept"));
+    assert_eq!(get.mcp.unwrap().session.as_deref(), Some(session.as_str()));
+    let calls: Vec<_> = mcp_decisions(&h, "tools/call")
+        .into_iter()
+        .filter(|r| r.mode.as_deref() == Some("intercept"))
+        .collect();
+    assert_eq!(calls.len(), 2);
+    assert!(calls.iter().all(|r| r.reason == "allowed"));
 }

@@ -17,6 +17,7 @@
 //! - Raw arguments never reach a record, a log line or an error: only their
 //!   keyed hash does.
 
+pub mod fetch;
 pub mod headers;
 pub mod jsonrpc;
 pub mod pins;

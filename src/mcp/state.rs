@@ -34,6 +34,32 @@ impl std::fmt::Debug for McpState {
     }
 }
 
+/// Reads the 32-byte argument key at `path`, or makes one (mode 0600).
+pub fn load_or_create_key(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(key) if key.len() >= 32 => return Ok(key),
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "shorter than 32 bytes",
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut key = vec![0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| std::io::Error::other("no randomness available"))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    std::io::Write::write_all(&mut file, &key)?;
+    file.sync_all()?;
+    Ok(key)
+}
+
 impl McpState {
     /// State whose argument hashes are keyed with `key` (at least 32 bytes
     /// of secret).

@@ -10,7 +10,10 @@ use serde_json::Value;
 
 use super::admit::Held;
 use crate::audit::{AuditLog, DecisionRecord, McpRecord, kind};
-use crate::error::Reason;
+use crate::body::ProxyBody;
+use crate::error::{Reason, mcp_refusal_response, refusal_response};
+use http::Response;
+use http_body_util::BodyExt;
 use crate::mcp::jsonrpc::{FrameError, Message, parse_message};
 use crate::mcp::response::{ResponseFilter, Seen};
 use crate::mcp::{McpCall, McpRules, McpState, headers};
@@ -248,5 +251,67 @@ pub(super) fn filter(
             });
             audit.append(record);
         }),
+    }
+}
+
+impl super::Pipeline {
+    /// The way back from an MCP endpoint: an OAuth challenge becomes a
+    /// refusal, a DELETE ends the session, and the body goes through the
+    /// filter that rewrites `tools/list` results. MCP streams are long-lived,
+    /// so no total deadline applies to them.
+    pub(super) fn mcp_response(
+        &self,
+        exchange: Exchange,
+        parts: &mut http::response::Parts,
+        body: ProxyBody,
+        outcome: &mut super::Outcome,
+        request_id: &str,
+    ) -> Result<ProxyBody, Response<ProxyBody>> {
+        if parts.status == http::StatusCode::UNAUTHORIZED
+            && parts.headers.contains_key(http::header::WWW_AUTHENTICATE)
+        {
+            // The agent must not start an OAuth flow: clawgate holds the
+            // credential, so this is clawgate's refusal to explain.
+            outcome.reason = Reason::UpstreamAuthRequired;
+            outcome.finished = true;
+            let noted = outcome.record.as_ref().and_then(|r| r.mcp.clone());
+            return Err(match noted.filter(|m| m.method != "GET" && m.method != "DELETE") {
+                Some(m) => mcp_refusal_response(Reason::UpstreamAuthRequired, &m, request_id),
+                None => refusal_response(Reason::UpstreamAuthRequired, request_id),
+            });
+        }
+        let session = exchange.session.clone().or_else(|| {
+            parts
+                .headers
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        });
+        if exchange.method == http::Method::DELETE && parts.status.is_success() {
+            if let Some(session) = &session {
+                self.mcp.end_session(&exchange.scope, session);
+            }
+        }
+        let is_error = Arc::new(crate::mcp::response::IsError::default());
+        if exchange.own.is_some() {
+            outcome.mcp_is_error = Some(Arc::clone(&is_error));
+        }
+        let template = outcome.record.clone().unwrap_or_default();
+        let filter = filter(
+            exchange,
+            &self.mcp,
+            session,
+            self.audit.clone(),
+            template,
+            is_error,
+        );
+        let content_type = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        // A filtered body may change length.
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        Ok(crate::mcp::response::McpBody::new(body, content_type.as_deref(), filter).boxed())
     }
 }

@@ -448,68 +448,6 @@ impl Pipeline {
     }
 }
 
-impl Pipeline {
-    /// The way back from an MCP endpoint: an OAuth challenge becomes a
-    /// refusal, a DELETE ends the session, and the body goes through the
-    /// filter that rewrites `tools/list` results. MCP streams are long-lived,
-    /// so no total deadline applies to them.
-    fn mcp_response(
-        &self,
-        exchange: mcp::Exchange,
-        parts: &mut http::response::Parts,
-        body: ProxyBody,
-        outcome: &mut Outcome,
-        request_id: &str,
-    ) -> Result<ProxyBody, Response<ProxyBody>> {
-        if parts.status == http::StatusCode::UNAUTHORIZED
-            && parts.headers.contains_key(http::header::WWW_AUTHENTICATE)
-        {
-            // The agent must not start an OAuth flow: clawgate holds the
-            // credential, so this is clawgate's refusal to explain.
-            outcome.reason = Reason::UpstreamAuthRequired;
-            outcome.finished = true;
-            let noted = outcome.record.as_ref().and_then(|r| r.mcp.clone());
-            return Err(match noted.filter(|m| m.method != "GET" && m.method != "DELETE") {
-                Some(m) => mcp_refusal_response(Reason::UpstreamAuthRequired, &m, request_id),
-                None => refusal_response(Reason::UpstreamAuthRequired, request_id),
-            });
-        }
-        let session = exchange.session.clone().or_else(|| {
-            parts
-                .headers
-                .get("mcp-session-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        });
-        if exchange.method == Method::DELETE && parts.status.is_success() {
-            if let Some(session) = &session {
-                self.mcp.end_session(&exchange.scope, session);
-            }
-        }
-        let is_error = Arc::new(crate::mcp::response::IsError::default());
-        if exchange.own.is_some() {
-            outcome.mcp_is_error = Some(Arc::clone(&is_error));
-        }
-        let template = outcome.record.clone().unwrap_or_default();
-        let filter = mcp::filter(
-            exchange,
-            &self.mcp,
-            session,
-            self.audit.clone(),
-            template,
-            is_error,
-        );
-        let content_type = parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        // A filtered body may change length.
-        parts.headers.remove(http::header::CONTENT_LENGTH);
-        Ok(crate::mcp::response::McpBody::new(body, content_type.as_deref(), filter).boxed())
-    }
-}
-
 fn outcome_template(decision: &DecisionRecord) -> DecisionRecord {
     DecisionRecord {
         kind: kind::OUTCOME.to_owned(),

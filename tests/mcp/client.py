@@ -14,6 +14,7 @@ import ssl
 import sys
 
 import httpx2
+import mcp_types as types
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -28,6 +29,12 @@ def error_of(e):
     return {"error": {"code": err.code, "message": err.message, "data": err.data}}
 
 
+async def accept(context, params):
+    # Answers an elicitation: the server's request came through clawgate
+    # inside the stream, and this response goes back through it.
+    return types.ElicitResult(action="accept", content={"answer": "yes"})
+
+
 async def main():
     steps = json.load(sys.stdin)
     context = ssl.create_default_context(cafile=CA)
@@ -37,7 +44,7 @@ async def main():
     http = httpx2.AsyncClient(verify=context, headers=headers, timeout=httpx2.Timeout(30, read=300))
     async with http:
         transport = streamable_http_client(URL, http_client=http)
-        async with Client(transport, mode=MODE, cache=None) as client:
+        async with Client(transport, mode=MODE, cache=None, elicitation_callback=accept) as client:
             for step in steps:
                 try:
                     if step["op"] == "list":
