@@ -678,6 +678,25 @@ fn server_requests_pass_and_a_long_idle_sse_stream_survives_an_intercepted_tunne
     let reply = tunnel_post(&h, &url, Some(&session), &initialized.to_string());
     assert_eq!(reply.status, 202);
 
+    // Last-Event-ID and MCP-Protocol-Version reach the server (which, with
+    // no event store, cannot resume: its answer passes through as it is).
+    let resume = h.curl_via_proxy(
+        "mcp-tunnel",
+        &[
+            "--cacert", h.certs.join("intercept-ca.pem").to_str().unwrap(),
+            "-H", "accept: text/event-stream",
+            "-H", &format!("mcp-session-id: {session}"),
+            "-H", "mcp-protocol-version: 2025-11-25",
+            "-H", "last-event-id: resume-7",
+            &url,
+        ],
+    );
+    assert_ne!(resume.status, 0);
+    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "seen_get", "arguments": {}}});
+    let reply = tunnel_post(&h, &url, Some(&session), &call.to_string());
+    let text = reply.body_text();
+    assert!(text.contains("resume-7") && text.contains("2025-11-25"), "{text}");
+
     let (cert, key) = h.agent_cert("mcp-tunnel");
     let stream_out = dir.path().join("stream.txt");
     let mut stream = Command::new("curl")
@@ -690,7 +709,6 @@ fn server_requests_pass_and_a_long_idle_sse_stream_survives_an_intercepted_tunne
         .args(["-H", "accept: text/event-stream"])
         .args(["-H", &format!("mcp-session-id: {session}")])
         .args(["-H", "mcp-protocol-version: 2025-11-25"])
-        .args(["-H", "last-event-id: resume-7"])
         .arg(&url)
         .spawn()
         .unwrap();
@@ -713,10 +731,6 @@ fn server_requests_pass_and_a_long_idle_sse_stream_survives_an_intercepted_tunne
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(stream.try_wait().unwrap().is_none(), "the stream is still open");
-    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "seen_get", "arguments": {}}});
-    let reply = tunnel_post(&h, &url, Some(&session), &call.to_string());
-    let text = reply.body_text();
-    assert!(text.contains("resume-7") && text.contains("2025-11-25"), "Last-Event-ID and MCP-Protocol-Version reach the server: {text}");
     let _ = stream.kill();
     let _ = stream.wait();
 
