@@ -554,6 +554,26 @@ fn a_changed_tool_is_hidden_and_refused_rates_apply_per_tool_and_credentials_are
         changed[0].mcp.as_ref().unwrap().definition
     );
 
+    // `clawgate mcp pins` prints the hashes clawgate pinned on first use
+    // (the server has changed `read_file` since, so it prints the new one).
+    let out = common::clawgate(&["mcp", "pins", &format!("http://127.0.0.1:{}/mcp", server.port)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(printed.contains("[scope.mcp.pins]"), "{printed}");
+    let pinned: Vec<DecisionRecord> = h
+        .records()
+        .into_iter()
+        .filter(|r| r.kind == "pin" && r.reason == "tool-pinned")
+        .collect();
+    let create_issue = pinned
+        .iter()
+        .find(|r| r.mcp.as_ref().unwrap().name.as_deref() == Some("create_issue"))
+        .unwrap();
+    let hash = create_issue.mcp.as_ref().unwrap().definition.clone().unwrap();
+    assert!(printed.contains(&format!("create_issue = \"{hash}\"")), "{printed}");
+    let changed_hash = changed[0].mcp.as_ref().unwrap().definition.clone().unwrap();
+    assert!(printed.contains(&format!("read_file = \"{changed_hash}\"")), "{printed}");
+
     // Two pings a minute.
     assert_eq!(replies[5]["isError"], json!(false));
     assert_eq!(replies[6]["isError"], json!(false));
