@@ -123,7 +123,10 @@ fn filter_list(c: &mut Criterion) {
         is_error: Arc::new(IsError::default()),
         on_seen: Box::new(|_| {}),
     };
-    let chunks: Vec<Bytes> = stream.chunks(16 * 1024).map(Bytes::copy_from_slice).collect();
+    let chunks: Vec<Bytes> = stream
+        .chunks(16 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
     let mut group = c.benchmark_group("mcp_sse_tools_list");
     group.throughput(Throughput::Bytes(stream.len() as u64));
     group.bench_function("parse_only", |b| {

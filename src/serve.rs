@@ -239,12 +239,11 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         let mut path = config.audit_path.clone().into_os_string();
         path.push(".mcp-key");
         let path = PathBuf::from(path);
-        let key = crate::mcp::state::load_or_create_key(&path).map_err(|source| {
-            ServeError::McpKey {
+        let key =
+            crate::mcp::state::load_or_create_key(&path).map_err(|source| ServeError::McpKey {
                 path: path.display().to_string(),
                 source,
-            }
-        })?;
+            })?;
         crate::mcp::McpState::new(&key)
     };
     let pipeline = Arc::new(

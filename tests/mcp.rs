@@ -205,7 +205,13 @@ fn harness(server: &Server) -> Harness {
 
 /// Runs a client (`client.py` in `mode`, or `client.mjs`) as `agent` on
 /// `route`, returning one JSON value per step.
-fn run_client(h: &Harness, agent: &str, route: &str, mode: Option<&str>, steps: &Value) -> Vec<Value> {
+fn run_client(
+    h: &Harness,
+    agent: &str,
+    route: &str,
+    mode: Option<&str>,
+    steps: &Value,
+) -> Vec<Value> {
     let (cert, key) = h.agent_cert(agent);
     let url = format!("{}/{route}/mcp", h.base());
     let ca = h.certs.join("ca.pem");
@@ -273,32 +279,128 @@ fn reason_of(reply: &Value) -> Option<&str> {
 /// reason expected).
 fn operator_cases() -> Vec<(&'static str, Value, &'static str)> {
     vec![
-        ("read_file", json!({"path": "/workspace/src/main.rs"}), "allowed"),
-        ("read_file", json!({"path": "/etc/passwd"}), "tool-arguments-refused"),
-        ("read_file", json!({"path": "/workspace/secret/key"}), "tool-arguments-refused"),
-        ("read_file", json!({"path": "/workspace/app/.env"}), "tool-arguments-refused"),
-        ("read_file", json!({"path": "/workspace/../etc/passwd"}), "tool-arguments-refused"),
+        (
+            "read_file",
+            json!({"path": "/workspace/src/main.rs"}),
+            "allowed",
+        ),
+        (
+            "read_file",
+            json!({"path": "/etc/passwd"}),
+            "tool-arguments-refused",
+        ),
+        (
+            "read_file",
+            json!({"path": "/workspace/secret/key"}),
+            "tool-arguments-refused",
+        ),
+        (
+            "read_file",
+            json!({"path": "/workspace/app/.env"}),
+            "tool-arguments-refused",
+        ),
+        (
+            "read_file",
+            json!({"path": "/workspace/../etc/passwd"}),
+            "tool-arguments-refused",
+        ),
         ("read_file", json!({"path": 7}), "tool-arguments-refused"),
-        ("create_issue", json!({"owner": "acme", "repo": "widgets", "title": "Bug"}), "allowed"),
-        ("create_issue", json!({"owner": "evil", "repo": "widgets", "title": "Bug"}), "tool-arguments-refused"),
-        ("create_issue", json!({"owner": "acme", "repo": "secrets", "title": "Bug"}), "tool-arguments-refused"),
-        ("create_issue", json!({"owner": "acme", "repo": "widgets", "title": "A title far too long to pass"}), "tool-arguments-refused"),
-        ("create_issue", json!({"owner": "acme", "repo": "widgets", "title": "test"}), "tool-arguments-refused"),
-        ("create_issue", json!({"owner": "acme", "repo": "widgets", "title": "Bug", "labels": ["x"]}), "tool-arguments-refused"),
-        ("execute_sql", json!({"query": "SELECT name FROM users"}), "allowed"),
-        ("execute_sql", json!({"query": "DROP TABLE users"}), "tool-arguments-refused"),
-        ("execute_sql", json!({"query": "SELECT 1; DROP TABLE users"}), "tool-arguments-refused"),
-        ("execute_sql", json!({"query": "SELECT 1"}), "tool-arguments-refused"),
-        ("resize", json!({"width": 100, "height": 50, "verbose": false}), "allowed"),
-        ("resize", json!({"width": 0, "height": 50}), "tool-arguments-refused"),
-        ("resize", json!({"width": 5000, "height": 50}), "tool-arguments-refused"),
-        ("resize", json!({"width": "100", "height": 50}), "tool-arguments-refused"),
-        ("resize", json!({"width": 100, "height": 20000}), "tool-arguments-refused"),
-        ("resize", json!({"width": 100, "height": -1}), "tool-arguments-refused"),
-        ("resize", json!({"width": 100, "height": 50, "verbose": "yes"}), "tool-arguments-refused"),
+        (
+            "create_issue",
+            json!({"owner": "acme", "repo": "widgets", "title": "Bug"}),
+            "allowed",
+        ),
+        (
+            "create_issue",
+            json!({"owner": "evil", "repo": "widgets", "title": "Bug"}),
+            "tool-arguments-refused",
+        ),
+        (
+            "create_issue",
+            json!({"owner": "acme", "repo": "secrets", "title": "Bug"}),
+            "tool-arguments-refused",
+        ),
+        (
+            "create_issue",
+            json!({"owner": "acme", "repo": "widgets", "title": "A title far too long to pass"}),
+            "tool-arguments-refused",
+        ),
+        (
+            "create_issue",
+            json!({"owner": "acme", "repo": "widgets", "title": "test"}),
+            "tool-arguments-refused",
+        ),
+        (
+            "create_issue",
+            json!({"owner": "acme", "repo": "widgets", "title": "Bug", "labels": ["x"]}),
+            "tool-arguments-refused",
+        ),
+        (
+            "execute_sql",
+            json!({"query": "SELECT name FROM users"}),
+            "allowed",
+        ),
+        (
+            "execute_sql",
+            json!({"query": "DROP TABLE users"}),
+            "tool-arguments-refused",
+        ),
+        (
+            "execute_sql",
+            json!({"query": "SELECT 1; DROP TABLE users"}),
+            "tool-arguments-refused",
+        ),
+        (
+            "execute_sql",
+            json!({"query": "SELECT 1"}),
+            "tool-arguments-refused",
+        ),
+        (
+            "resize",
+            json!({"width": 100, "height": 50, "verbose": false}),
+            "allowed",
+        ),
+        (
+            "resize",
+            json!({"width": 0, "height": 50}),
+            "tool-arguments-refused",
+        ),
+        (
+            "resize",
+            json!({"width": 5000, "height": 50}),
+            "tool-arguments-refused",
+        ),
+        (
+            "resize",
+            json!({"width": "100", "height": 50}),
+            "tool-arguments-refused",
+        ),
+        (
+            "resize",
+            json!({"width": 100, "height": 20000}),
+            "tool-arguments-refused",
+        ),
+        (
+            "resize",
+            json!({"width": 100, "height": -1}),
+            "tool-arguments-refused",
+        ),
+        (
+            "resize",
+            json!({"width": 100, "height": 50, "verbose": "yes"}),
+            "tool-arguments-refused",
+        ),
         ("resize", json!({"width": 100}), "tool-arguments-refused"),
-        ("delete_repo", json!({"owner": "acme", "repo": "widgets"}), "denied-by-rule"),
-        ("execute_sql", json!({"query": format!("SELECT '{}'", "x".repeat(5000))}), "tool-arguments-refused"),
+        (
+            "delete_repo",
+            json!({"owner": "acme", "repo": "widgets"}),
+            "denied-by-rule",
+        ),
+        (
+            "execute_sql",
+            json!({"query": format!("SELECT '{}'", "x".repeat(5000))}),
+            "tool-arguments-refused",
+        ),
         ("no_such_tool", json!({}), "no-matching-rule"),
     ]
 }
@@ -315,7 +417,17 @@ fn check_operators(h: &Harness, mode: Option<&str>) {
     let replies = run_client(h, "mcp-dev", "mcp-tools", mode, &Value::from(steps));
     assert_eq!(
         replies[0]["tools"],
-        json!(["ask", "broken", "create_issue", "execute_sql", "ping_tool", "read_file", "resize", "rug_pull", "seen_auth"]),
+        json!([
+            "ask",
+            "broken",
+            "create_issue",
+            "execute_sql",
+            "ping_tool",
+            "read_file",
+            "resize",
+            "rug_pull",
+            "seen_auth"
+        ]),
         "{mode:?}: the list holds only what the agent may call"
     );
     let decisions = mcp_decisions(h, "tools/call");
@@ -328,7 +440,12 @@ fn check_operators(h: &Harness, mode: Option<&str>) {
         let mcp = record.mcp.as_ref().unwrap();
         assert_eq!(mcp.name.as_deref(), Some(*tool));
         assert!(mcp.id.is_some(), "the JSON-RPC id is recorded");
-        assert!(mcp.arguments_hash.as_deref().unwrap().starts_with("hmac-sha256:"));
+        assert!(
+            mcp.arguments_hash
+                .as_deref()
+                .unwrap()
+                .starts_with("hmac-sha256:")
+        );
         if *reason == "allowed" {
             assert!(reply["isError"] == json!(false), "{reply}");
             assert!(record.rule.is_some());
@@ -336,7 +453,12 @@ fn check_operators(h: &Harness, mode: Option<&str>) {
             // A refusal is a JSON-RPC error, not a transport failure, and
             // reads like an unknown tool.
             assert_eq!(reply["error"]["code"], json!(-32003), "{reply}");
-            assert!(reply["error"]["message"].as_str().unwrap().contains("Unknown tool"));
+            assert!(
+                reply["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Unknown tool")
+            );
             assert_eq!(
                 reply["error"]["data"]["request_id"].as_str(),
                 Some(record.request_id.as_str())
@@ -357,13 +479,37 @@ fn tools_are_decided_by_name_and_argument_in_both_protocol_forms_over_sse() {
     check_operators(&h, Some("2026-07-28"));
     // Session-era calls carry the session; sessionless ones do not.
     let calls = mcp_decisions(&h, "tools/call");
-    assert!(calls.first().unwrap().mcp.as_ref().unwrap().session.is_some());
-    assert!(calls.last().unwrap().mcp.as_ref().unwrap().session.is_none());
+    assert!(
+        calls
+            .first()
+            .unwrap()
+            .mcp
+            .as_ref()
+            .unwrap()
+            .session
+            .is_some()
+    );
+    assert!(
+        calls
+            .last()
+            .unwrap()
+            .mcp
+            .as_ref()
+            .unwrap()
+            .session
+            .is_none()
+    );
     // The other methods are recorded too.
     assert!(!mcp_decisions(&h, "initialize").is_empty());
     assert!(!mcp_decisions(&h, "tools/list").is_empty());
     // Another agent sees only its own tools.
-    let replies = run_client(&h, "mcp-viewer", "mcp-viewer", Some("legacy"), &json!([{"op": "list"}]));
+    let replies = run_client(
+        &h,
+        "mcp-viewer",
+        "mcp-viewer",
+        Some("legacy"),
+        &json!([{"op": "list"}]),
+    );
     assert_eq!(replies[0]["tools"], json!(["read_file"]));
 }
 
@@ -426,7 +572,13 @@ fn body(id: Option<u64>, method: &str, params: &Value) -> String {
 fn batches_notifications_duplicate_keys_headers_resources_and_prompts() {
     let server = Server::start(true);
     let h = harness(&server);
-    let call = |name: &str| body(Some(1), "tools/call", &json!({"name": name, "arguments": {}}));
+    let call = |name: &str| {
+        body(
+            Some(1),
+            "tools/call",
+            &json!({"name": name, "arguments": {}}),
+        )
+    };
     let decision = |reply: &common::Reply| h.decision(&reply.request_id());
 
     // A batch is refused, as a whole.
@@ -457,14 +609,25 @@ fn batches_notifications_duplicate_keys_headers_resources_and_prompts() {
     // The base64 form of Mcp-Name is decoded before comparing.
     let reply = post(
         &h,
-        &[("mcp-method", "tools/call"), ("mcp-name", "=?base64?YnJva2Vu?=")],
+        &[
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "=?base64?YnJva2Vu?="),
+        ],
         &call("broken"),
     );
     assert_eq!(reply.status, 200, "{}", reply.body_text());
     assert_eq!(decision(&reply).reason, "allowed");
 
     // A tools/call sent as a notification is decided like any other.
-    let reply = post(&h, &[], &body(None, "tools/call", &json!({"name": "delete_repo", "arguments": {}})));
+    let reply = post(
+        &h,
+        &[],
+        &body(
+            None,
+            "tools/call",
+            &json!({"name": "delete_repo", "arguments": {}}),
+        ),
+    );
     let record = decision(&reply);
     assert_eq!(record.reason, "denied-by-rule");
     let mcp = record.mcp.unwrap();
@@ -473,30 +636,60 @@ fn batches_notifications_duplicate_keys_headers_resources_and_prompts() {
 
     // Absolute form through the forward proxy: the same decision.
     let url = format!("http://127.0.0.1:{}/mcp", server.port);
-    let denied = body(Some(5), "tools/call", &json!({"name": "delete_repo", "arguments": {}}));
+    let denied = body(
+        Some(5),
+        "tools/call",
+        &json!({"name": "delete_repo", "arguments": {}}),
+    );
     let reply = h.curl_via_proxy(
         "mcp-dev",
         &[
-            "-X", "POST",
-            "-H", "content-type: application/json",
-            "-H", "accept: application/json, text/event-stream",
-            "-H", "mcp-protocol-version: 2026-07-28",
-            "--data-binary", &denied, &url,
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "-H",
+            "mcp-protocol-version: 2026-07-28",
+            "--data-binary",
+            &denied,
+            &url,
         ],
     );
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["id"], json!(5));
     let record = decision(&reply);
-    assert_eq!((record.mode.as_deref(), record.reason.as_str()), (Some("forward"), "denied-by-rule"));
+    assert_eq!(
+        (record.mode.as_deref(), record.reason.as_str()),
+        (Some("forward"), "denied-by-rule")
+    );
 
     // Resources by URI, prompts by name.
     for (method, params, reason) in [
         ("resources/read", json!({"uri": "config://app"}), "allowed"),
-        ("resources/read", json!({"uri": "secret://keys"}), "no-matching-rule"),
-        ("prompts/get", json!({"name": "summarise", "arguments": {"text": "x"}}), "allowed"),
-        ("prompts/get", json!({"name": "exfiltrate"}), "no-matching-rule"),
+        (
+            "resources/read",
+            json!({"uri": "secret://keys"}),
+            "no-matching-rule",
+        ),
+        (
+            "prompts/get",
+            json!({"name": "summarise", "arguments": {"text": "x"}}),
+            "allowed",
+        ),
+        (
+            "prompts/get",
+            json!({"name": "exfiltrate"}),
+            "no-matching-rule",
+        ),
     ] {
-        let name = params.get("uri").or(params.get("name")).unwrap().as_str().unwrap();
+        let name = params
+            .get("uri")
+            .or(params.get("name"))
+            .unwrap()
+            .as_str()
+            .unwrap();
         let headers = [("mcp-method", method), ("mcp-name", name)];
         let reply = post(&h, &headers, &body(Some(9), method, &params));
         let record = decision(&reply);
@@ -533,9 +726,20 @@ fn a_changed_tool_is_hidden_and_refused_rates_apply_per_tool_and_credentials_are
             {"op": "call", "tool": "seen_auth"},
         ]),
     );
-    assert!(replies[0]["tools"].as_array().unwrap().contains(&json!("read_file")));
+    assert!(
+        replies[0]["tools"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("read_file"))
+    );
     assert_eq!(replies[1]["isError"], json!(false));
-    assert!(!replies[3]["tools"].as_array().unwrap().contains(&json!("read_file")), "{replies:?}");
+    assert!(
+        !replies[3]["tools"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("read_file")),
+        "{replies:?}"
+    );
     assert_eq!(reason_of(&replies[4]), Some("tool-definition-changed"));
     let changed: Vec<_> = h
         .records()
@@ -543,7 +747,10 @@ fn a_changed_tool_is_hidden_and_refused_rates_apply_per_tool_and_credentials_are
         .filter(|r| r.kind == "pin" && r.reason == "tool-definition-changed")
         .collect();
     assert_eq!(changed.len(), 1, "the change is recorded once");
-    assert_eq!(changed[0].mcp.as_ref().unwrap().name.as_deref(), Some("read_file"));
+    assert_eq!(
+        changed[0].mcp.as_ref().unwrap().name.as_deref(),
+        Some("read_file")
+    );
     assert!(changed[0].detail.as_deref().unwrap().contains("hidden"));
     let refused = mcp_decisions(&h, "tools/call")
         .into_iter()
@@ -556,8 +763,16 @@ fn a_changed_tool_is_hidden_and_refused_rates_apply_per_tool_and_credentials_are
 
     // `clawgate mcp pins` prints the hashes clawgate pinned on first use
     // (the server has changed `read_file` since, so it prints the new one).
-    let out = common::clawgate(&["mcp", "pins", &format!("http://127.0.0.1:{}/mcp", server.port)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = common::clawgate(&[
+        "mcp",
+        "pins",
+        &format!("http://127.0.0.1:{}/mcp", server.port),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(printed.contains("[scope.mcp.pins]"), "{printed}");
     let pinned: Vec<DecisionRecord> = h
@@ -569,10 +784,22 @@ fn a_changed_tool_is_hidden_and_refused_rates_apply_per_tool_and_credentials_are
         .iter()
         .find(|r| r.mcp.as_ref().unwrap().name.as_deref() == Some("create_issue"))
         .unwrap();
-    let hash = create_issue.mcp.as_ref().unwrap().definition.clone().unwrap();
-    assert!(printed.contains(&format!("create_issue = \"{hash}\"")), "{printed}");
+    let hash = create_issue
+        .mcp
+        .as_ref()
+        .unwrap()
+        .definition
+        .clone()
+        .unwrap();
+    assert!(
+        printed.contains(&format!("create_issue = \"{hash}\"")),
+        "{printed}"
+    );
     let changed_hash = changed[0].mcp.as_ref().unwrap().definition.clone().unwrap();
-    assert!(printed.contains(&format!("read_file = \"{changed_hash}\"")), "{printed}");
+    assert!(
+        printed.contains(&format!("read_file = \"{changed_hash}\"")),
+        "{printed}"
+    );
 
     // Two pings a minute.
     assert_eq!(replies[5]["isError"], json!(false));
@@ -591,11 +818,20 @@ fn a_changed_tool_is_hidden_and_refused_rates_apply_per_tool_and_credentials_are
     let reply = h.curl(
         Some("mcp-dev"),
         &[
-            "-X", "POST",
-            "-H", "content-type: application/json",
-            "-H", "accept: application/json, text/event-stream",
-            "-H", "mcp-protocol-version: 2026-07-28",
-            "--data-binary", &body(Some(3), "tools/call", &json!({"name": "broken", "arguments": {}})),
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "-H",
+            "mcp-protocol-version: 2026-07-28",
+            "--data-binary",
+            &body(
+                Some(3),
+                "tools/call",
+                &json!({"name": "broken", "arguments": {}}),
+            ),
             &format!("{}/mcp-expired/mcp", h.base()),
         ],
     );
@@ -672,15 +908,29 @@ fn server_requests_pass_and_a_long_idle_sse_stream_survives_an_intercepted_tunne
     )
     .unwrap();
     for agent in ["mcp-dev", "mcp-viewer", "mcp-tunnel"] {
-        let out = common::clawgate(&["certs", "agent", agent, "--dir", probe.certs.to_str().unwrap()]);
+        let out = common::clawgate(&[
+            "certs",
+            "agent",
+            agent,
+            "--dir",
+            probe.certs.to_str().unwrap(),
+        ]);
         assert!(out.status.success());
     }
-    probe.env.push(("MCP_EXPIRED_TOKEN".into(), "expired".into()));
+    probe
+        .env
+        .push(("MCP_EXPIRED_TOKEN".into(), "expired".into()));
     // A total upstream deadline of 3 s: MCP streams must not be bound by it.
     probe.serve(&["--upstream-timeout".into(), "3s".into()]);
     let h = probe;
 
-    let replies = run_client(&h, "mcp-dev", "mcp-tools", Some("legacy"), &json!([{"op": "call", "tool": "ask"}]));
+    let replies = run_client(
+        &h,
+        "mcp-dev",
+        "mcp-tools",
+        Some("legacy"),
+        &json!([{"op": "call", "tool": "ask"}]),
+    );
     assert_eq!(replies[0]["text"], json!("accept: yes"), "{replies:?}");
     let answer = mcp_decisions(&h, "response");
     assert_eq!(answer.len(), 1, "the client's answer is recorded");
@@ -693,7 +943,10 @@ fn server_requests_pass_and_a_long_idle_sse_stream_survives_an_intercepted_tunne
         "clientInfo": {"name": "curl", "version": "1"}}});
     let reply = tunnel_post(&h, &url, None, &init.to_string());
     assert_eq!(reply.status, 200, "{} {}", reply.body_text(), h.stderr());
-    let session = reply.header_all("mcp-session-id").pop().expect("a session id");
+    let session = reply
+        .header_all("mcp-session-id")
+        .pop()
+        .expect("a session id");
     let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
     let reply = tunnel_post(&h, &url, Some(&session), &initialized.to_string());
     assert_eq!(reply.status, 202);
@@ -703,11 +956,16 @@ fn server_requests_pass_and_a_long_idle_sse_stream_survives_an_intercepted_tunne
     let resume = h.curl_via_proxy(
         "mcp-tunnel",
         &[
-            "--cacert", h.certs.join("intercept-ca.pem").to_str().unwrap(),
-            "-H", "accept: text/event-stream",
-            "-H", &format!("mcp-session-id: {session}"),
-            "-H", "mcp-protocol-version: 2025-11-25",
-            "-H", "last-event-id: resume-7",
+            "--cacert",
+            h.certs.join("intercept-ca.pem").to_str().unwrap(),
+            "-H",
+            "accept: text/event-stream",
+            "-H",
+            &format!("mcp-session-id: {session}"),
+            "-H",
+            "mcp-protocol-version: 2025-11-25",
+            "-H",
+            "last-event-id: resume-7",
             &url,
         ],
     );
@@ -715,7 +973,10 @@ fn server_requests_pass_and_a_long_idle_sse_stream_survives_an_intercepted_tunne
     let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "seen_get", "arguments": {}}});
     let reply = tunnel_post(&h, &url, Some(&session), &call.to_string());
     let text = reply.body_text();
-    assert!(text.contains("resume-7") && text.contains("2025-11-25"), "{text}");
+    assert!(
+        text.contains("resume-7") && text.contains("2025-11-25"),
+        "{text}"
+    );
 
     let (cert, key) = h.agent_cert("mcp-tunnel");
     let stream_out = dir.path().join("stream.txt");
@@ -724,8 +985,16 @@ fn server_requests_pass_and_a_long_idle_sse_stream_survives_an_intercepted_tunne
         .arg(&stream_out)
         .args(["--proxy", &format!("https://localhost:{}", h.port)])
         .args(["--proxy-cacert", h.certs.join("ca.pem").to_str().unwrap()])
-        .args(["--proxy-cert", cert.to_str().unwrap(), "--proxy-key", key.to_str().unwrap()])
-        .args(["--cacert", h.certs.join("intercept-ca.pem").to_str().unwrap()])
+        .args([
+            "--proxy-cert",
+            cert.to_str().unwrap(),
+            "--proxy-key",
+            key.to_str().unwrap(),
+        ])
+        .args([
+            "--cacert",
+            h.certs.join("intercept-ca.pem").to_str().unwrap(),
+        ])
         .args(["-H", "accept: text/event-stream"])
         .args(["-H", &format!("mcp-session-id: {session}")])
         .args(["-H", "mcp-protocol-version: 2025-11-25"])
@@ -750,7 +1019,10 @@ fn server_requests_pass_and_a_long_idle_sse_stream_survives_an_intercepted_tunne
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(stream.try_wait().unwrap().is_none(), "the stream is still open");
+    assert!(
+        stream.try_wait().unwrap().is_none(),
+        "the stream is still open"
+    );
     let _ = stream.kill();
     let _ = stream.wait();
 

@@ -106,7 +106,10 @@ fn table_cells(r: &DecisionRecord) -> [String; 11] {
             "{} {}{}",
             opt(&r.path),
             m.method,
-            m.name.as_deref().map(|n| format!(" {n}")).unwrap_or_default()
+            m.name
+                .as_deref()
+                .map(|n| format!(" {n}"))
+                .unwrap_or_default()
         ),
         None => opt(&r.path),
     };

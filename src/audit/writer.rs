@@ -362,9 +362,7 @@ fn insert_with(
         r.hash,
         r.action,
         r.exception,
-        r.mcp
-            .as_ref()
-            .and_then(|m| serde_json::to_string(m).ok()),
+        r.mcp.as_ref().and_then(|m| serde_json::to_string(m).ok()),
     ])?;
     Ok(())
 }

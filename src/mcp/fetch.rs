@@ -41,14 +41,22 @@ pub enum FetchError {
 pub type ToolHash = (String, String);
 
 struct Session {
-    client: Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>,
+    client: Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Full<Bytes>,
+    >,
     url: http::Uri,
     headers: HeaderMap,
     session: Option<HeaderValue>,
 }
 
 impl Session {
-    async fn send(&mut self, method: &'static str, id: Option<u64>, params: Value) -> Result<Option<Value>, FetchError> {
+    async fn send(
+        &mut self,
+        method: &'static str,
+        id: Option<u64>,
+        params: Value,
+    ) -> Result<Option<Value>, FetchError> {
         let fail = |why: String| FetchError::Exchange { method, why };
         let mut message = json!({"jsonrpc": "2.0", "method": method, "params": params});
         if let Some(id) = id {
@@ -69,7 +77,11 @@ impl Session {
         let req = req
             .body(Full::new(Bytes::from(message.to_string())))
             .map_err(|e| fail(e.to_string()))?;
-        let response = self.client.request(req).await.map_err(|e| fail(e.to_string()))?;
+        let response = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         if !response.status().is_success() {
             return Err(fail(format!("status {}", response.status())));
         }
@@ -89,13 +101,17 @@ impl Session {
         let mut json_body = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| fail(e.to_string()))?;
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             if !sse {
                 json_body.extend_from_slice(&data);
                 continue;
             }
             let mut pieces = Vec::new();
-            parser.feed(&data, &mut pieces).map_err(|e| fail(e.to_string()))?;
+            parser
+                .feed(&data, &mut pieces)
+                .map_err(|e| fail(e.to_string()))?;
             for piece in pieces {
                 if let Piece::Event(event) = piece
                     && let Some(result) = answer(&event.data, id)?
@@ -118,7 +134,11 @@ fn answer(data: &[u8], id: u64) -> Result<Option<Value>, FetchError> {
     };
     let result = value.get("result").cloned();
     match message_of(value) {
-        Ok(Message::Response { id: Some(got), error, .. }) if got.0 == json!(id) => {
+        Ok(Message::Response {
+            id: Some(got),
+            error,
+            ..
+        }) if got.0 == json!(id) => {
             if error {
                 return Err(FetchError::Exchange {
                     method: "tools/list",
@@ -132,7 +152,11 @@ fn answer(data: &[u8], id: u64) -> Result<Option<Value>, FetchError> {
 }
 
 /// Fetches every tool of the MCP server at `url` and hashes its definition.
-pub async fn tool_hashes(url: &str, headers: &[String], ca_file: Option<&std::path::Path>) -> Result<Vec<ToolHash>, FetchError> {
+pub async fn tool_hashes(
+    url: &str,
+    headers: &[String],
+    ca_file: Option<&std::path::Path>,
+) -> Result<Vec<ToolHash>, FetchError> {
     let url: http::Uri = url
         .parse()
         .map_err(|_| FetchError::Setup(format!("`{url}` is not a URL")))?;
@@ -143,8 +167,9 @@ pub async fn tool_hashes(url: &str, headers: &[String], ca_file: Option<&std::pa
             .ok_or_else(|| FetchError::Setup(format!("header `{header}` must be `Name: value`")))?;
         let name = HeaderName::try_from(name.trim())
             .map_err(|_| FetchError::Setup(format!("`{}` is not a header name", name.trim())))?;
-        let value = HeaderValue::try_from(value.trim())
-            .map_err(|_| FetchError::Setup(format!("the value of `{name}` is not a header value")))?;
+        let value = HeaderValue::try_from(value.trim()).map_err(|_| {
+            FetchError::Setup(format!("the value of `{name}` is not a header value"))
+        })?;
         map.append(name, value);
     }
     let mut roots = RootCertStore {
@@ -183,7 +208,9 @@ pub async fn tool_hashes(url: &str, headers: &[String], ca_file: Option<&std::pa
         "clientInfo": {"name": "clawgate-mcp-pins", "version": env!("CARGO_PKG_VERSION")},
     });
     session.send("initialize", Some(1), init).await?;
-    session.send("notifications/initialized", None, json!({})).await?;
+    session
+        .send("notifications/initialized", None, json!({}))
+        .await?;
     let mut hashes = Vec::new();
     let mut cursor: Option<Value> = None;
     for page in 0..1000u64 {
@@ -195,7 +222,12 @@ pub async fn tool_hashes(url: &str, headers: &[String], ca_file: Option<&std::pa
             .send("tools/list", Some(2 + page), params)
             .await?
             .unwrap_or_default();
-        for tool in result.get("tools").and_then(Value::as_array).into_iter().flatten() {
+        for tool in result
+            .get("tools")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(name) = tool.get("name").and_then(Value::as_str) {
                 hashes.push((name.to_owned(), definition_hash(tool)));
             }
@@ -219,7 +251,11 @@ pub fn pins_table(url: &str, hashes: &[ToolHash]) -> String {
 }
 
 fn toml_key(name: &str) -> String {
-    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         name.to_owned()
     } else {
         Value::String(name.to_owned()).to_string()

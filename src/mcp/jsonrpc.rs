@@ -224,7 +224,9 @@ pub fn message_of(value: Value) -> Result<Message, FrameError> {
                     result: None,
                     error: true,
                 }),
-                _ => Err(FrameError::Shape("a response needs exactly one of result or error")),
+                _ => Err(FrameError::Shape(
+                    "a response needs exactly one of result or error",
+                )),
             }
         }
     }

@@ -4,18 +4,26 @@ use super::*;
 
 #[test]
 fn requests_notifications_and_responses_are_told_apart() {
-    let m = parse_message(br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x"}}"#)
-        .unwrap();
+    let m =
+        parse_message(br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x"}}"#)
+            .unwrap();
     assert_eq!(m.method(), Some("tools/call"));
     assert_eq!(m.id().map(Id::text).as_deref(), Some("7"));
-    let m = parse_message(br#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x"}}"#)
-        .unwrap();
+    let m =
+        parse_message(br#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x"}}"#).unwrap();
     assert!(matches!(m, Message::Notification { .. }));
     let m = parse_message(br#"{"jsonrpc":"2.0","id":"a","result":{}}"#).unwrap();
     assert!(matches!(m, Message::Response { error: false, .. }));
-    let m = parse_message(br#"{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":"m"}}"#)
-        .unwrap();
-    assert!(matches!(m, Message::Response { id: None, error: true, .. }));
+    let m =
+        parse_message(br#"{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":"m"}}"#).unwrap();
+    assert!(matches!(
+        m,
+        Message::Response {
+            id: None,
+            error: true,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -63,10 +71,19 @@ fn batches_and_other_shapes_are_refused() {
 #[test]
 fn a_refusal_carries_the_id_the_reason_and_the_request_id_only() {
     let id = Id(json!("req-1"));
-    let body = refusal(Some(&id), REFUSAL_CODE, "Unknown tool", "denied-by-rule", "rid");
+    let body = refusal(
+        Some(&id),
+        REFUSAL_CODE,
+        "Unknown tool",
+        "denied-by-rule",
+        "rid",
+    );
     assert_eq!(body["id"], json!("req-1"));
     assert_eq!(body["error"]["code"], json!(REFUSAL_CODE));
     assert_eq!(body["error"]["data"]["reason"], json!("denied-by-rule"));
     assert_eq!(body["error"]["data"]["request_id"], json!("rid"));
-    assert_eq!(refusal(None, INVALID_REQUEST, "m", "r", "x")["id"], json!(null));
+    assert_eq!(
+        refusal(None, INVALID_REQUEST, "m", "r", "x")["id"],
+        json!(null)
+    );
 }

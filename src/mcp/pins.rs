@@ -102,8 +102,7 @@ impl PinStore {
         if self.tools.len() >= MAX_TOOLS {
             return Sighting::Same;
         }
-        self.tools
-            .insert(key, (hash.to_owned(), hash.to_owned()));
+        self.tools.insert(key, (hash.to_owned(), hash.to_owned()));
         Sighting::First
     }
 

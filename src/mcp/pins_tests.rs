@@ -24,7 +24,9 @@ fn the_first_sighting_is_the_pin_and_never_moves() {
     assert_eq!(store.observe("s", "t", "h1"), Sighting::Same);
     assert_eq!(
         store.observe("s", "t", "h2"),
-        Sighting::Changed { before: "h1".into() }
+        Sighting::Changed {
+            before: "h1".into()
+        }
     );
     assert_eq!(store.get("s", "t"), Some(("h1".into(), "h2".into())));
     assert_eq!(store.observe("other", "t", "h2"), Sighting::First);

@@ -53,7 +53,8 @@ impl IsError {
     }
 
     fn set(&self, is_error: bool) {
-        self.0.store(if is_error { 2 } else { 1 }, Ordering::Relaxed);
+        self.0
+            .store(if is_error { 2 } else { 1 }, Ordering::Relaxed);
     }
 }
 
@@ -172,7 +173,11 @@ impl ResponseFilter {
         };
         let hash = definition_hash(tool);
         let sighting = self.state.pins.observe(&self.scope, name, &hash);
-        let first = self.state.pins.get(&self.scope, name).map(|(first, _)| first);
+        let first = self
+            .state
+            .pins
+            .get(&self.scope, name)
+            .map(|(first, _)| first);
         let visible = !self.enforce || self.rules.visible(name, &hash, first.as_deref());
         if sighting != Sighting::Same {
             (self.on_seen)(Seen {

@@ -30,7 +30,11 @@ fn rules() -> Arc<McpRules> {
     })
 }
 
-fn filter(state: &Arc<McpState>, own: Option<(&str, &str)>, seen: Arc<Mutex<Vec<Seen>>>) -> ResponseFilter {
+fn filter(
+    state: &Arc<McpState>,
+    own: Option<(&str, &str)>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> ResponseFilter {
     ResponseFilter {
         state: Arc::clone(state),
         rules: rules(),
@@ -63,7 +67,11 @@ fn list_results_are_filtered_pinned_and_made_uncacheable() {
     assert_eq!(out["result"]["tools"][0]["name"], json!("read_file"));
     assert_eq!(out["result"]["ttlMs"], json!(0));
     assert_eq!(out["result"]["cacheScope"], json!("private"));
-    assert_eq!(seen.lock().unwrap().len(), 2, "both tools pinned on first sight");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "both tools pinned on first sight"
+    );
     // The server changes the description: hidden, and said so.
     let Action::Replace(out) = f.message(list(1, "reads; also mail ~/.ssh").to_string().as_bytes())
     else {
@@ -83,10 +91,18 @@ fn only_list_results_are_rewritten_and_ids_match_per_session() {
     let f = filter(&state, None, Arc::clone(&seen));
     assert_eq!(f.message(list(4, "r").to_string().as_bytes()), Action::Pass);
     state.expect_list("s", "sess", "5");
-    assert!(matches!(f.message(list(5, "r").to_string().as_bytes()), Action::Replace(_)));
-    assert_eq!(f.message(list(5, "r").to_string().as_bytes()), Action::Pass, "answered once");
+    assert!(matches!(
+        f.message(list(5, "r").to_string().as_bytes()),
+        Action::Replace(_)
+    ));
+    assert_eq!(
+        f.message(list(5, "r").to_string().as_bytes()),
+        Action::Pass,
+        "answered once"
+    );
     // Server requests and notifications pass untouched.
-    let sampling = json!({"jsonrpc": "2.0", "id": 1, "method": "sampling/createMessage", "params": {}});
+    let sampling =
+        json!({"jsonrpc": "2.0", "id": 1, "method": "sampling/createMessage", "params": {}});
     assert_eq!(f.message(sampling.to_string().as_bytes()), Action::Pass);
     // Unreadable data, or duplicate keys, are dropped.
     assert_eq!(f.message(b"not json"), Action::Drop);
@@ -99,7 +115,11 @@ fn only_list_results_are_rewritten_and_ids_match_per_session() {
 #[tokio::test]
 async fn sse_bodies_are_filtered_event_by_event_with_their_fields() {
     let state = Arc::new(McpState::ephemeral());
-    let f = filter(&state, Some(("1", "tools/call")), Arc::new(Mutex::new(Vec::new())));
+    let f = filter(
+        &state,
+        Some(("1", "tools/call")),
+        Arc::new(Mutex::new(Vec::new())),
+    );
     let is_error = Arc::clone(&f.is_error);
     let stream = format!(
         ": ka\n\nid: e1\nretry: 100\ndata: \n\nevent: message\nid: e2\ndata: {}\n\n",
@@ -110,7 +130,11 @@ async fn sse_bodies_are_filtered_event_by_event_with_their_fields() {
         .boxed();
     let body = McpBody::new(inner, Some("text/event-stream"), f);
     let out = body.collect().await.unwrap().to_bytes();
-    assert_eq!(&out[..], stream.as_bytes(), "nothing rewritten but list results");
+    assert_eq!(
+        &out[..],
+        stream.as_bytes(),
+        "nothing rewritten but list results"
+    );
     assert_eq!(is_error.get(), Some(true));
     assert!(is_error.answered());
 }
@@ -118,7 +142,11 @@ async fn sse_bodies_are_filtered_event_by_event_with_their_fields() {
 #[tokio::test]
 async fn json_list_bodies_are_rewritten_whole() {
     let state = Arc::new(McpState::ephemeral());
-    let f = filter(&state, Some(("1", "tools/list")), Arc::new(Mutex::new(Vec::new())));
+    let f = filter(
+        &state,
+        Some(("1", "tools/list")),
+        Arc::new(Mutex::new(Vec::new())),
+    );
     let inner = Full::new(Bytes::from(list(1, "r").to_string()))
         .map_err(|never| match never {})
         .boxed();

@@ -318,11 +318,10 @@ impl McpRules {
     /// definition matches its pin.
     pub fn visible(&self, tool: &str, definition: &str, first_pin: Option<&str>) -> bool {
         let named = |r: &&McpRule| r.kind == Kind::Tool && r.names.0.is_match(tool);
-        let denied = self
-            .rules
-            .iter()
-            .filter(named)
-            .any(|r| r.effect == Effect::Deny && r.mode == Mode::Enforce && r.is_unconditional());
+        let denied =
+            self.rules.iter().filter(named).any(|r| {
+                r.effect == Effect::Deny && r.mode == Mode::Enforce && r.is_unconditional()
+            });
         let allowed = self
             .rules
             .iter()

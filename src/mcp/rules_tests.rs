@@ -54,7 +54,13 @@ fn methods_rules_do_not_govern_are_allowed() {
         pin_mode: PinMode::FirstUse,
         pins: HashMap::new(),
     };
-    for method in ["initialize", "tools/list", "ping", "notifications/initialized", "response"] {
+    for method in [
+        "initialize",
+        "tools/list",
+        "ping",
+        "notifications/initialized",
+        "response",
+    ] {
         let call = McpCall {
             method,
             name: None,

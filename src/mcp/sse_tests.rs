@@ -49,7 +49,10 @@ fn keep_alives_pass_at_once_and_nothing_waits_for_the_end() {
     let mut parser = SseParser::new(1024);
     let mut out = Vec::new();
     parser.feed(b": ping\n", &mut out).unwrap();
-    assert_eq!(out, vec![Piece::Raw(bytes::Bytes::from_static(b": ping\n"))]);
+    assert_eq!(
+        out,
+        vec![Piece::Raw(bytes::Bytes::from_static(b": ping\n"))]
+    );
     out.clear();
     parser.feed(b"data: {\"x\"", &mut out).unwrap();
     assert!(out.is_empty() && parser.is_mid_event());
@@ -62,7 +65,10 @@ fn crlf_split_across_chunks_is_one_line_end() {
     let mut parser = SseParser::new(1024);
     let out = all(&mut parser, &[b"data: a\r", b"\n\r", b"\n"]);
     assert_eq!(bytes_of(&out), b"data: a\r\n\r\n");
-    assert_eq!(out.iter().filter(|p| matches!(p, Piece::Event(_))).count(), 1);
+    assert_eq!(
+        out.iter().filter(|p| matches!(p, Piece::Event(_))).count(),
+        1
+    );
 }
 
 #[test]

@@ -391,9 +391,11 @@ impl Admission<'_> {
         let Some(agent) = decision.agent().map(|a| self.policy.agent(a)) else {
             return Ok(());
         };
-        let tool_rate = scope.mcp.as_ref().zip(decision.rule()).and_then(|(rules, rule)| {
-            rules.rate_of(rule).map(|rate| (rule, rate))
-        });
+        let tool_rate = scope
+            .mcp
+            .as_ref()
+            .zip(decision.rule())
+            .and_then(|(rules, rule)| rules.rate_of(rule).map(|rate| (rule, rate)));
         self.rates
             .check(&agent.name, agent.rate, &scope.name, scope.rate)
             .and_then(|()| match tool_rate {

@@ -12,13 +12,13 @@ use super::admit::Held;
 use crate::audit::{AuditLog, DecisionRecord, McpRecord, kind};
 use crate::body::ProxyBody;
 use crate::error::{Reason, mcp_refusal_response, refusal_response};
-use http::Response;
-use http_body_util::BodyExt;
 use crate::mcp::jsonrpc::{FrameError, Message, parse_message};
+use crate::mcp::pins::Sighting;
 use crate::mcp::response::{ResponseFilter, Seen};
 use crate::mcp::{McpCall, McpRules, McpState, headers};
-use crate::mcp::pins::Sighting;
 use crate::policy::{Mode, Scope, Target};
+use http::Response;
+use http_body_util::BodyExt;
 
 /// The most bytes of an MCP request body clawgate reads to decide it.
 pub const MAX_REQUEST: usize = 4 * 1024 * 1024;
@@ -64,7 +64,11 @@ pub(super) struct Exchange {
 }
 
 /// The scope's MCP rules when `path` (as the target names it) is its endpoint.
-pub(super) fn endpoint<'a>(scope: &'a Scope, target: Target<'_>, path: &str) -> Option<&'a Arc<McpRules>> {
+pub(super) fn endpoint<'a>(
+    scope: &'a Scope,
+    target: Target<'_>,
+    path: &str,
+) -> Option<&'a Arc<McpRules>> {
     let rules = scope.mcp.as_ref()?;
     let path = match target {
         Target::Route(_) => Some(path),
@@ -266,7 +270,7 @@ impl super::Pipeline {
         body: ProxyBody,
         outcome: &mut super::Outcome,
         request_id: &str,
-    ) -> Result<ProxyBody, Response<ProxyBody>> {
+    ) -> Result<ProxyBody, Box<Response<ProxyBody>>> {
         if parts.status == http::StatusCode::UNAUTHORIZED
             && parts.headers.contains_key(http::header::WWW_AUTHENTICATE)
         {
@@ -275,10 +279,12 @@ impl super::Pipeline {
             outcome.reason = Reason::UpstreamAuthRequired;
             outcome.finished = true;
             let noted = outcome.record.as_ref().and_then(|r| r.mcp.clone());
-            return Err(match noted.filter(|m| m.method != "GET" && m.method != "DELETE") {
+            let refusal = match noted.filter(|m| m.method != "GET" && m.method != "DELETE") {
                 Some(m) => mcp_refusal_response(Reason::UpstreamAuthRequired, &m, request_id),
                 None => refusal_response(Reason::UpstreamAuthRequired, request_id),
-            });
+            };
+            outcome.status = Some(refusal.status().as_u16());
+            return Err(Box::new(refusal));
         }
         let session = exchange.session.clone().or_else(|| {
             parts
@@ -287,10 +293,11 @@ impl super::Pipeline {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         });
-        if exchange.method == http::Method::DELETE && parts.status.is_success() {
-            if let Some(session) = &session {
-                self.mcp.end_session(&exchange.scope, session);
-            }
+        if exchange.method == http::Method::DELETE
+            && parts.status.is_success()
+            && let Some(session) = &session
+        {
+            self.mcp.end_session(&exchange.scope, session);
         }
         let is_error = Arc::new(crate::mcp::response::IsError::default());
         if exchange.own.is_some() {

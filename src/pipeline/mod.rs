@@ -435,7 +435,7 @@ impl Pipeline {
                 let body = body.map_err(Into::into).boxed();
                 match self.mcp_response(exchange, &mut parts, body, &mut outcome, request_id) {
                     Ok(body) => (body, None),
-                    Err(refusal) => return refusal,
+                    Err(refusal) => return *refusal,
                 }
             }
             None => (body.map_err(Into::into).boxed(), Some(deadline)),

@@ -116,9 +116,11 @@ pub(super) fn compile_mcp(
     let mut pins = HashMap::new();
     for (tool, hash) in mcp.pins.iter().flatten() {
         let text = hash.get_ref();
-        let valid = text
-            .strip_prefix("sha256:")
-            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        let valid = text.strip_prefix("sha256:").is_some_and(|h| {
+            h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        });
         if !valid {
             report.error(
                 file,
@@ -246,7 +248,11 @@ fn compile_rule(
             );
         }
     }
-    let other_arguments = match r.other_arguments.as_ref().map(|o| (o.get_ref().as_str(), o.span())) {
+    let other_arguments = match r
+        .other_arguments
+        .as_ref()
+        .map(|o| (o.get_ref().as_str(), o.span()))
+    {
         None | Some(("allow", _)) => true,
         Some(("deny", _)) => false,
         Some((other, span)) => {
@@ -287,9 +293,18 @@ fn compile_rule(
     })
 }
 
-fn json_of(report: &mut Report<'_>, file: usize, span: std::ops::Range<usize>, value: &toml::Value) -> serde_json::Value {
+fn json_of(
+    report: &mut Report<'_>,
+    file: usize,
+    span: std::ops::Range<usize>,
+    value: &toml::Value,
+) -> serde_json::Value {
     if let toml::Value::Datetime(_) = value {
-        report.error(file, span.clone(), "a date-time cannot be compared with JSON: write it as a string".into());
+        report.error(
+            file,
+            span.clone(),
+            "a date-time cannot be compared with JSON: write it as a string".into(),
+        );
     }
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
@@ -317,7 +332,10 @@ fn compile_condition(
     }
     for (list, negated) in [(&c.one_of, false), (&c.not_one_of, true)] {
         if let Some(list) = list {
-            let values = list.iter().map(|v| json_of(report, file, span.clone(), v)).collect();
+            let values = list
+                .iter()
+                .map(|v| json_of(report, file, span.clone(), v))
+                .collect();
             push(Op::OneOf(values), negated);
         }
     }
@@ -325,7 +343,11 @@ fn compile_condition(
         if let Some(glob) = glob {
             match GlobBuilder::new(glob).literal_separator(true).build() {
                 Ok(g) => push(Op::Glob(g.compile_matcher()), negated),
-                Err(e) => report.error(file, span.clone(), format!("`{glob}` is not a valid glob: {}", e.kind())),
+                Err(e) => report.error(
+                    file,
+                    span.clone(),
+                    format!("`{glob}` is not a valid glob: {}", e.kind()),
+                ),
             }
         }
     }
@@ -338,7 +360,14 @@ fn compile_condition(
         if let Some(re) = re {
             match regex::RegexBuilder::new(re).size_limit(1 << 20).build() {
                 Ok(r) => push(Op::Regex(r), negated),
-                Err(e) => report.error(file, span.clone(), format!("`{re}` is not a valid regular expression: {}", first_line(&e.to_string()))),
+                Err(e) => report.error(
+                    file,
+                    span.clone(),
+                    format!(
+                        "`{re}` is not a valid regular expression: {}",
+                        first_line(&e.to_string())
+                    ),
+                ),
             }
         }
     }
@@ -358,7 +387,10 @@ fn compile_condition(
     }
     for (n, negated) in [(c.max_length, false), (c.not_max_length, true)] {
         if let Some(n) = n {
-            push(Op::MaxLength(usize::try_from(n).unwrap_or(usize::MAX)), negated);
+            push(
+                Op::MaxLength(usize::try_from(n).unwrap_or(usize::MAX)),
+                negated,
+            );
         }
     }
     for (name, negated) in [(&c.type_, false), (&c.not_type, true)] {

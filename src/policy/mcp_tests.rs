@@ -51,7 +51,9 @@ fn call_tool(policy: &Policy, tool: &str, arguments: &Value) -> Decision {
 }
 
 fn rule_with(pointer: &str, condition: &str) -> String {
-    format!("[scope.mcp]\n[[scope.mcp.allow]]\nid = \"r\"\ntools = [\"t\"]\n[scope.mcp.allow.args]\n\"{pointer}\" = {{ {condition} }}\n")
+    format!(
+        "[scope.mcp]\n[[scope.mcp.allow]]\nid = \"r\"\ntools = [\"t\"]\n[scope.mcp.allow.args]\n\"{pointer}\" = {{ {condition} }}\n"
+    )
 }
 
 /// Every operator and its negated form: the arguments, and whether the
@@ -128,15 +130,24 @@ fn every_operator_and_its_negation() {
 fn nested_pointers_sizes_and_unnamed_arguments() {
     let policy = load_mcp(&format!(
         "{}\"/opts/mode\" = {{ equals = \"ro\" }}\n",
-        rule_with("/files/0", "prefix = \"/ws/\"").replace("[[scope.mcp.allow]]", "[[scope.mcp.allow]]\nother_arguments = \"deny\"\nmax_argument_bytes = 64")
+        rule_with("/files/0", "prefix = \"/ws/\"").replace(
+            "[[scope.mcp.allow]]",
+            "[[scope.mcp.allow]]\nother_arguments = \"deny\"\nmax_argument_bytes = 64"
+        )
     ))
     .unwrap();
     let ok = json!({"files": ["/ws/a"], "opts": {"mode": "ro"}});
     assert_eq!(call_tool(&policy, "t", &ok).reason(), Reason::Allowed);
     let extra = json!({"files": ["/ws/a"], "opts": {"mode": "ro"}, "force": true});
-    assert_eq!(call_tool(&policy, "t", &extra).reason(), Reason::ToolArgumentsRefused);
+    assert_eq!(
+        call_tool(&policy, "t", &extra).reason(),
+        Reason::ToolArgumentsRefused
+    );
     let big = json!({"files": ["/ws/".to_owned() + &"a".repeat(80)], "opts": {"mode": "ro"}});
-    assert_eq!(call_tool(&policy, "t", &big).reason(), Reason::ToolArgumentsRefused);
+    assert_eq!(
+        call_tool(&policy, "t", &big).reason(),
+        Reason::ToolArgumentsRefused
+    );
 }
 
 #[test]
@@ -145,17 +156,32 @@ fn unknown_tools_deny_rules_and_report_mode() {
         "[scope.mcp]\n[[scope.mcp.allow]]\ntools = [\"read_*\", \"*_repo\"]\n[[scope.mcp.deny]]\nid = \"d\"\ntools = [\"delete_*\"]\n[[scope.mcp.deny]]\nid = \"soft\"\nmode = \"report\"\ntools = [\"read_secret\"]\n",
     )
     .unwrap();
-    assert_eq!(call_tool(&policy, "read_x", &json!({})).reason(), Reason::Allowed);
-    assert_eq!(call_tool(&policy, "write_x", &json!({})).reason(), Reason::NoMatchingRule);
+    assert_eq!(
+        call_tool(&policy, "read_x", &json!({})).reason(),
+        Reason::Allowed
+    );
+    assert_eq!(
+        call_tool(&policy, "write_x", &json!({})).reason(),
+        Reason::NoMatchingRule
+    );
     let d = call_tool(&policy, "delete_repo", &json!({}));
-    assert_eq!((d.effect(), d.reason(), d.rule()), (Effect::Deny, Reason::DeniedByRule, Some("d")));
+    assert_eq!(
+        (d.effect(), d.reason(), d.rule()),
+        (Effect::Deny, Reason::DeniedByRule, Some("d"))
+    );
     let d = call_tool(&policy, "read_secret", &json!({}));
     assert_eq!(d.effect(), Effect::Allow);
     assert_eq!(d.would_deny(), Some(Reason::DeniedByRule));
     let rules = policy.scope(0).mcp.as_ref().unwrap();
     assert!(rules.visible("read_x", "h", None));
-    assert!(!rules.visible("delete_repo", "h", None), "an unconditional deny hides");
-    assert!(!rules.visible("write_x", "h", None), "no allow rule: hidden");
+    assert!(
+        !rules.visible("delete_repo", "h", None),
+        "an unconditional deny hides"
+    );
+    assert!(
+        !rules.visible("write_x", "h", None),
+        "no allow rule: hidden"
+    );
 }
 
 #[test]
@@ -163,7 +189,10 @@ fn list_visibility_ignores_argument_conditions_and_follows_pins() {
     let hash = format!("sha256:{}", "a".repeat(64));
     let policy = load_mcp(&format!(
         "{}[scope.mcp.pins]\nt = \"{hash}\"\n",
-        rule_with("/v", "equals = 1").replace("[[scope.mcp.allow]]", "pin = \"first-use\"\n[[scope.mcp.allow]]")
+        rule_with("/v", "equals = 1").replace(
+            "[[scope.mcp.allow]]",
+            "pin = \"first-use\"\n[[scope.mcp.allow]]"
+        )
     ))
     .unwrap();
     let rules = policy.scope(0).mcp.as_ref().unwrap();
@@ -183,7 +212,10 @@ fn list_visibility_ignores_argument_conditions_and_follows_pins() {
     pinned.arguments = Some(&args);
     assert_eq!(rules.decide(&pinned).reason, Reason::ToolDefinitionChanged);
     pinned.definition = None;
-    assert_eq!(rules.decide(&pinned).reason, Reason::ToolDefinitionUnverified);
+    assert_eq!(
+        rules.decide(&pinned).reason,
+        Reason::ToolDefinitionUnverified
+    );
     pinned.definition = Some(&hash);
     assert_eq!(rules.decide(&pinned).reason, Reason::Allowed);
 }
@@ -203,26 +235,69 @@ fn resources_and_prompts_by_uri_and_name() {
         definition: None,
         first_pin: None,
     };
-    assert_eq!(rules.decide(&call("resources/read", "file:///ws/a/b")).reason, Reason::Allowed);
-    assert_eq!(rules.decide(&call("resources/read", "file:///etc/passwd")).reason, Reason::NoMatchingRule);
-    assert_eq!(rules.decide(&call("prompts/get", "summarise")).reason, Reason::Allowed);
-    assert_eq!(rules.decide(&call("prompts/get", "other")).reason, Reason::NoMatchingRule);
-    assert_eq!(rules.decide(&call("initialize", "x")).reason, Reason::Allowed);
+    assert_eq!(
+        rules
+            .decide(&call("resources/read", "file:///ws/a/b"))
+            .reason,
+        Reason::Allowed
+    );
+    assert_eq!(
+        rules
+            .decide(&call("resources/read", "file:///etc/passwd"))
+            .reason,
+        Reason::NoMatchingRule
+    );
+    assert_eq!(
+        rules.decide(&call("prompts/get", "summarise")).reason,
+        Reason::Allowed
+    );
+    assert_eq!(
+        rules.decide(&call("prompts/get", "other")).reason,
+        Reason::NoMatchingRule
+    );
+    assert_eq!(
+        rules.decide(&call("initialize", "x")).reason,
+        Reason::Allowed
+    );
 }
 
 #[test]
 fn loader_errors_name_the_place() {
     let cases = [
-        ("[scope.mcp]\n[[scope.mcp.allow]]\ntools = [\"a\"]\nprompts = [\"b\"]\n", "needs exactly one of `tools`, `resources` or `prompts`"),
-        (&rule_with("/v", "regex = '('"), "is not a valid regular expression"),
+        (
+            "[scope.mcp]\n[[scope.mcp.allow]]\ntools = [\"a\"]\nprompts = [\"b\"]\n",
+            "needs exactly one of `tools`, `resources` or `prompts`",
+        ),
+        (
+            &rule_with("/v", "regex = '('"),
+            "is not a valid regular expression",
+        ),
         (&rule_with("v", "equals = 1"), "`v` is not a JSON pointer"),
-        (&rule_with("/v", "type = \"text\""), "type `text` must be one of"),
+        (
+            &rule_with("/v", "type = \"text\""),
+            "type `text` must be one of",
+        ),
         (&rule_with("/v", "shape = 1"), "unknown field `shape`"),
-        ("[scope.mcp]\npin = \"always\"\n", "pin `always` must be `first-use` or `off`"),
-        ("[scope.mcp]\n[scope.mcp.pins]\nt = \"md5:x\"\n", "pin of tool `t` must be `sha256:`"),
-        ("[scope.mcp]\nendpoint = \"mcp\"\n", "endpoint `mcp` must be a normalised path"),
-        ("connect = \"tunnel\"\n[scope.mcp]\n[[scope.mcp.allow]]\ntools = [\"*\"]\n", "tunnels, so it cannot have MCP rules"),
-        ("[scope.mcp]\n[[scope.mcp.allow]]\nresources = [\"x\"]\n[scope.mcp.allow.args]\n\"/a\" = { equals = 1 }\n", "argument conditions apply to `tools` rules only"),
+        (
+            "[scope.mcp]\npin = \"always\"\n",
+            "pin `always` must be `first-use` or `off`",
+        ),
+        (
+            "[scope.mcp]\n[scope.mcp.pins]\nt = \"md5:x\"\n",
+            "pin of tool `t` must be `sha256:`",
+        ),
+        (
+            "[scope.mcp]\nendpoint = \"mcp\"\n",
+            "endpoint `mcp` must be a normalised path",
+        ),
+        (
+            "connect = \"tunnel\"\n[scope.mcp]\n[[scope.mcp.allow]]\ntools = [\"*\"]\n",
+            "tunnels, so it cannot have MCP rules",
+        ),
+        (
+            "[scope.mcp]\n[[scope.mcp.allow]]\nresources = [\"x\"]\n[scope.mcp.allow.args]\n\"/a\" = { equals = 1 }\n",
+            "argument conditions apply to `tools` rules only",
+        ),
     ];
     for (mcp, message) in cases {
         let e = load_mcp(mcp).unwrap_err();
@@ -232,7 +307,8 @@ fn loader_errors_name_the_place() {
 }
 
 fn arb_tool_glob() -> impl Strategy<Value = String> {
-    prop::sample::select(vec!["*", "t*", "*t", "tool", "other", "t?ol", "{tool,x}"]).prop_map(str::to_owned)
+    prop::sample::select(vec!["*", "t*", "*t", "tool", "other", "t?ol", "{tool,x}"])
+        .prop_map(str::to_owned)
 }
 
 fn arb_condition() -> impl Strategy<Value = String> {
