@@ -56,14 +56,23 @@ pub fn canonical(value: &Value, out: &mut String) {
 
 /// `sha256:<hex>` of a tool's canonical definition.
 pub fn definition_hash(tool: &Value) -> String {
-    let mut picked = serde_json::Map::new();
-    for field in HASHED_FIELDS {
+    // The hashed fields in sorted order, written as `canonical` would write
+    // an object holding only them.
+    let mut sorted = HASHED_FIELDS;
+    sorted.sort_unstable();
+    let mut text = String::from("{");
+    for field in sorted {
         if let Some(v) = tool.get(field) {
-            picked.insert(field.to_owned(), v.clone());
+            if text.len() > 1 {
+                text.push(',');
+            }
+            text.push('"');
+            text.push_str(field);
+            text.push_str("\":");
+            canonical(v, &mut text);
         }
     }
-    let mut text = String::new();
-    canonical(&Value::Object(picked), &mut text);
+    text.push('}');
     format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
 }
 

@@ -31,3 +31,18 @@ fn the_first_sighting_is_the_pin_and_never_moves() {
     assert_eq!(store.get("s", "t"), Some(("h1".into(), "h2".into())));
     assert_eq!(store.observe("other", "t", "h2"), Sighting::First);
 }
+
+#[test]
+fn the_hash_is_of_the_canonical_object_of_the_hashed_fields() {
+    let tool = json!({"name": "t", "description": "d", "extra": 1});
+    let mut picked = serde_json::Map::new();
+    picked.insert("name".into(), json!("t"));
+    picked.insert("description".into(), json!("d"));
+    let mut text = String::new();
+    canonical(&serde_json::Value::Object(picked), &mut text);
+    assert_eq!(text, r#"{"description":"d","name":"t"}"#);
+    assert_eq!(
+        definition_hash(&tool),
+        format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
+    );
+}

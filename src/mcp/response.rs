@@ -129,7 +129,8 @@ impl ResponseFilter {
         else {
             return Action::Pass;
         };
-        let id = id.text();
+        let id_value = id;
+        let id = id_value.text();
         let own = self.own.as_ref().is_some_and(|(own, _)| *own == id);
         if own {
             self.is_error.1.store(true, Ordering::Relaxed);
@@ -142,7 +143,7 @@ impl ResponseFilter {
             .as_deref()
             .is_some_and(|s| self.state.take_list(&self.scope, s, &id));
         if (own && self.own_is("tools/list")) || (!own && pending) {
-            return match self.rewrite_list(bytes) {
+            return match self.rewrite_list(&id_value, result) {
                 Some(out) => Action::Replace(out),
                 None => Action::Drop,
             };
@@ -156,15 +157,15 @@ impl ResponseFilter {
 
     /// A `tools/list` response with the tools the agent may not call left
     /// out, every definition held to its pin, and caching turned off.
-    fn rewrite_list(&self, bytes: &[u8]) -> Option<Vec<u8>> {
-        let mut value = parse_strict(bytes).ok()?;
-        let result = value.get_mut("result")?.as_object_mut()?;
-        if let Some(Value::Array(tools)) = result.get_mut("tools") {
+    fn rewrite_list(&self, id: &super::jsonrpc::Id, mut result: Value) -> Option<Vec<u8>> {
+        let fields = result.as_object_mut()?;
+        if let Some(Value::Array(tools)) = fields.get_mut("tools") {
             tools.retain(|tool| self.keep(tool));
         }
-        result.insert("ttlMs".into(), Value::from(0));
-        result.insert("cacheScope".into(), Value::from("private"));
-        serde_json::to_vec(&value).ok()
+        fields.insert("ttlMs".into(), Value::from(0));
+        fields.insert("cacheScope".into(), Value::from("private"));
+        serde_json::to_vec(&serde_json::json!({"jsonrpc": "2.0", "id": id.0, "result": result}))
+            .ok()
     }
 
     fn keep(&self, tool: &Value) -> bool {
