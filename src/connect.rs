@@ -14,11 +14,7 @@
 //! decision record, committed before any byte is spliced or any leaf is
 //! served, and, when allowed, one outcome record when the tunnel ends.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
@@ -28,33 +24,21 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, field};
 
-use crate::audit::{DecisionRecord, kind};
 use crate::body::ProxyBody;
 use crate::egress::{self, EgressError, Host};
-use crate::error::{REQUEST_ID_HEADER, Reason, refusal_response};
-use crate::pipeline::{Outcome, Peer, Pipeline};
+use crate::error::{REQUEST_ID_HEADER, Reason, Refusal, Via};
+use crate::pipeline::{Peer, Pipeline};
 use crate::policy::{Call, ConnectMode, Permitted, Policy, Target, decide};
-use crate::route::{Destination, Mode, route};
+use crate::record::{CallRecord, Outcome};
+use crate::route::{Destination, Inside, Mode, route};
+use crate::upgrade::{Counted, closed_by_peer};
 
 /// The agent must finish the inner TLS handshake within this time.
 const INNER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What requests inside an intercepted tunnel are bound to.
-#[derive(Debug, Clone)]
-pub struct Inside {
-    /// The host the `CONNECT` named and policy allowed.
-    pub host: Host,
-    /// The port it named.
-    pub port: u16,
-    /// The `CONNECT`'s request id, written into every inner record.
-    pub connect_id: String,
-}
 
 /// An allowed `CONNECT`, ready to be answered.
 enum Plan {
@@ -75,12 +59,12 @@ impl Pipeline {
         peer: &Arc<Peer>,
         mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
-        let started = Instant::now();
         let request_id = uuid::Uuid::now_v7().to_string();
         let span = tracing::info_span!(
             "connect",
             request.id = %request_id,
             agent.id = field::Empty,
+            run.id = field::Empty,
             scope.id = field::Empty,
             decision.effect = field::Empty,
             decision.reason = field::Empty,
@@ -90,7 +74,10 @@ impl Pipeline {
         let peer = Arc::clone(peer);
         async move {
             let policy = pipeline.policy();
-            let mut record = DecisionRecord::new(kind::DECISION, &request_id);
+            // Made first: a CONNECT cancelled mid resolve still leaves its
+            // decision record.
+            let mut record = pipeline.start_record(&request_id, true);
+            record.via = Via::Proxy;
             record.mode = Some(Mode::Connect.as_str().to_owned());
             record.client_addr = Some(peer.addr.to_string());
             record.cert_fp = Some(peer.identity.fingerprint.clone());
@@ -100,36 +87,32 @@ impl Pipeline {
             let verdict = pipeline
                 .plan(&peer, &policy, &req, &request_id, &mut record)
                 .await;
-            let reason = verdict.as_ref().err().copied().unwrap_or(Reason::Allowed);
-            record.reason = reason.code().to_owned();
-            record.decision = Some(
-                if reason == Reason::Allowed {
-                    "allow"
-                } else {
-                    "deny"
-                }
-                .into(),
-            );
+            let reason = verdict
+                .as_ref()
+                .err()
+                .map_or(Reason::Allowed, Refusal::reason);
+            let effect = if reason == Reason::Allowed {
+                "allow"
+            } else {
+                "deny"
+            };
+            pipeline
+                .metrics()
+                .call(effect, reason.code(), record.scope.as_deref());
             let span = tracing::Span::current();
-            span.record("decision.effect", record.decision.as_deref());
+            span.record("decision.effect", effect);
             span.record("decision.reason", reason.code());
-            let mut outcome = verdict
-                .is_ok()
-                .then(|| pipeline.outcome_for(&record, started));
-            if let Err(e) = pipeline.audit().append_durable(record).await {
-                tracing::error!(error = %e, "decision not recorded; refusing the connect");
-                if let Some(outcome) = outcome.take() {
-                    outcome.forget();
-                }
-                return refusal_response(Reason::AuditUnavailable, &request_id);
-            }
+            let refused = |refusal: &Refusal| refusal.response(&request_id, Via::Proxy);
+            let Ok(outcome) = record.commit(verdict.as_ref().map(|_| ())).await else {
+                return refused(&Reason::AuditUnavailable.into());
+            };
             let (plan, mut outcome) = match (verdict, outcome) {
                 (Ok(plan), Some(outcome)) => (plan, outcome),
-                (Err(reason), _) => {
+                (Err(refusal), _) => {
                     tracing::info!("connect refused");
-                    return refusal_response(reason, &request_id);
+                    return refused(&refusal);
                 }
-                (Ok(_), None) => return refusal_response(Reason::AuditUnavailable, &request_id),
+                (Ok(_), None) => return refused(&Reason::AuditUnavailable.into()),
             };
             let on_upgrade = hyper::upgrade::on(&mut req);
             let upstream = match &plan {
@@ -146,7 +129,7 @@ impl Pipeline {
                             outcome.status = Some(reason.status().as_u16());
                             outcome.reason = reason;
                             drop(outcome);
-                            return refusal_response(reason, &request_id);
+                            return refused(&reason.into());
                         }
                     }
                 }
@@ -175,17 +158,33 @@ impl Pipeline {
         policy: &Arc<Policy>,
         req: &Request<Incoming>,
         request_id: &str,
-        record: &mut DecisionRecord,
-    ) -> Result<Plan, Reason> {
+        record: &mut CallRecord,
+    ) -> Result<Plan, Refusal> {
+        // What the agent asked for, for the record whatever follows.
+        record.host = req.uri().host().map(str::to_owned);
         // Identity before anything else: an unknown agent's CONNECT resolves
         // no name and opens no connection.
         let Some(agent) = policy.agent_for(&peer.identity.names) else {
-            record.host = req.uri().host().map(str::to_owned);
-            return Err(Reason::UnknownAgent);
+            // Without a certificate (the token listener) and without a
+            // token, the answer asks for one.
+            if peer.identity.fingerprint.is_empty()
+                && !req.headers().contains_key(crate::token::RUN_TOKEN_HEADER)
+            {
+                return Err(Refusal::Unauthenticated(crate::error::Challenge::Proxy));
+            }
+            return Err(Reason::UnknownAgent.into());
         };
         let name = &policy.agent(agent).name;
         tracing::Span::current().record("agent.id", name.as_str());
         record.agent = Some(name.clone());
+        // The run token, as on every path: it must name this agent, its run
+        // goes into the record, and it narrows the scopes.
+        let run = crate::pipeline::run_token(
+            self.tokens(),
+            req.headers().get(crate::token::RUN_TOKEN_HEADER),
+            &peer.identity,
+            record,
+        )?;
         // Overrides right after identity, as for every other call: an
         // isolated agent or a revoked certificate opens no tunnel.
         let now = std::time::SystemTime::now();
@@ -197,8 +196,8 @@ impl Pipeline {
             now,
         ) {
             record.host = req.uri().host().map(str::to_owned);
-            record.detail = Some(format!("override {}", o.id));
-            return Err(o.kind.reason());
+            record.add_detail(&format!("override {}", o.id));
+            return Err(o.kind.reason().into());
         }
         let (host, port) = match route(req) {
             Ok(routed) => match routed.destination {
@@ -206,12 +205,12 @@ impl Pipeline {
                     host,
                     port: Some(port),
                 } => (host, port),
-                _ => return Err(Reason::MalformedRequest),
+                _ => return Err(Reason::MalformedRequest.into()),
             },
             Err(e) => {
                 record.host = req.uri().host().map(str::to_owned);
                 tracing::info!(error = %e, "connect target not acceptable");
-                return Err(Reason::MalformedRequest);
+                return Err(Reason::MalformedRequest.into());
             }
         };
         record.host = Some(host.clone());
@@ -234,12 +233,18 @@ impl Pipeline {
         }
         let permit = Permitted::new(policy, &decision).ok_or(decision.reason())?;
         let scope = permit.scope();
+        if let Some(allowed) = run.as_ref().and_then(|c| c.scopes.as_ref())
+            && !allowed.contains(&scope.name)
+        {
+            // The token narrows: a scope it leaves out is refused.
+            return Err(Reason::RunTokenScope.into());
+        }
         if let Some(o) = self
             .overrides()
             .refusing(None, None, Some(&scope.name), now)
         {
-            record.detail = Some(format!("override {}", o.id));
-            return Err(o.kind.reason());
+            record.add_detail(&format!("override {}", o.id));
+            return Err(o.kind.reason().into());
         }
         let host = egress::normalise_host(&host).map_err(|_| Reason::MalformedRequest)?;
         // Checked now, before the decision is recorded, so the record says
@@ -360,60 +365,5 @@ impl Pipeline {
                 tracing::info!("tunnel ended at shutdown");
             }
         }
-    }
-}
-
-/// Whether an error is just one end of a tunnel hanging up.
-pub(crate) fn closed_by_peer(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::NotConnected
-    )
-}
-
-/// Counts bytes read from and written to the agent side of a tunnel.
-pub(crate) struct Counted<T> {
-    pub(crate) inner: T,
-    pub(crate) read: Arc<AtomicU64>,
-    pub(crate) written: Arc<AtomicU64>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len().saturating_sub(before);
-        self.read.fetch_add(n as u64, Ordering::Relaxed);
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled {
-            self.written.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! Every decision clawgate makes carries a [`Reason`]. The same kebab-case code
 //! appears in the response body an agent sees and in the decision record an
-//! auditor reads. [`Reason::status`] is the only place a reason becomes an HTTP
-//! status; [`refusal_response`] is the only place a refusal becomes a response.
+//! auditor reads. A refused call is a [`Refusal`]: the reason plus the data
+//! the agent needs (`Retry-After`, a challenge); [`Refusal::response`] is the
+//! only place a refusal becomes status, body and headers, and proxy
+//! refusals carry an RFC 9209 `Proxy-Status` with the reason code.
 //!
 //! Never put anything but the reason code and the request id in a refusal body:
 //! a body must not echo agent input, upstream detail or secret material.
@@ -13,6 +15,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
 use crate::body::ProxyBody;
+use crate::limits::Limited;
 
 /// The header that carries the request id on every response, allowed or not.
 pub const REQUEST_ID_HEADER: &str = "x-clawgate-request-id";
@@ -79,8 +82,12 @@ pub enum Reason {
     RunTokenWrongAgent,
     /// The scope is not among those the run token allows.
     RunTokenScope,
-    /// The token listener needs a run token in `Proxy-Authorization`.
+    /// The token listener needs a run token in `Proxy-Authorization`; the
+    /// vending listener a vending or run token in `Authorization`.
     RunTokenMissing,
+    /// clawgate stopped before the call was decided or finished (decision
+    /// and outcome records only; nobody is left to answer).
+    Shutdown,
     /// An MCP tool's name is allowed, but its arguments meet no allow rule's
     /// conditions (or exceed the size limit).
     ToolArgumentsRefused,
@@ -103,7 +110,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 36] = [
+    pub const ALL: [Reason; 37] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -121,6 +128,7 @@ impl Reason {
         Reason::AuditUnavailable,
         Reason::PolicyLoaded,
         Reason::ClientCancelled,
+        Reason::Shutdown,
         Reason::RateLimited,
         Reason::ExceptionExpired,
         Reason::PolicyRejected,
@@ -174,6 +182,7 @@ impl Reason {
             Reason::RunTokenWrongAgent => "run-token-wrong-agent",
             Reason::RunTokenScope => "run-token-scope",
             Reason::RunTokenMissing => "run-token-missing",
+            Reason::Shutdown => "shutdown",
             Reason::ToolArgumentsRefused => "tool-arguments-refused",
             Reason::ToolDefinitionChanged => "tool-definition-changed",
             Reason::ToolDefinitionUnverified => "tool-definition-unverified",
@@ -184,7 +193,8 @@ impl Reason {
         }
     }
 
-    /// The one mapping from reason to HTTP status.
+    /// The status a refusal with this reason answers with (a refusal with
+    /// data may refine it: see [`Refusal::response`]).
     pub const fn status(self) -> StatusCode {
         match self {
             // Never sent: these describe events, not answers.
@@ -196,6 +206,7 @@ impl Reason {
             | Reason::ToolPinned => StatusCode::OK,
             // Never sent: nobody is left to receive it.
             Reason::ClientCancelled => StatusCode::BAD_REQUEST,
+            Reason::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
             // Never sent: a rejected handshake has no HTTP exchange.
             Reason::TlsRejected => StatusCode::FORBIDDEN,
             Reason::UnknownAgent
@@ -251,43 +262,161 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// Builds the response for a refused call: status from [`Reason::status`], a
-/// small JSON body and the request id header.
-pub fn refusal_response(reason: Reason, request_id: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({
-        "error": reason.error_kind(),
-        "reason": reason.code(),
-        "request_id": request_id,
-    });
-    let mut response = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = reason.status();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.insert(REQUEST_ID_HEADER, id);
-    }
-    response
+/// A refused call: its reason and whatever the agent needs to act on it.
+/// [`Refusal::response`] is the one place a refusal becomes status, body
+/// and headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A reason that needs nothing more than its code.
+    Denied(Reason),
+    /// A rate limit refused the call: which one, and when to try again.
+    RateLimited(Limited),
+    /// No run token was sent where one is needed: the answer asks for one.
+    Unauthenticated(Challenge),
 }
 
-/// Builds the response for a refused MCP message: a JSON-RPC error with the
-/// request's id, so the agent's model reads a refusal rather than a transport
-/// failure. A request refused by policy gets HTTP 200; a notification, a
-/// malformed body, a batch or disagreeing headers get the reason's status.
-/// A refused tool, resource or prompt reads like an unknown one, so that
-/// its existence is not revealed; `error.data` holds the reason code and the
-/// request id, and nothing the agent sent.
-pub fn mcp_refusal_response(
+/// How a refusal for want of a token asks for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// A proxy listener: 407 with `Proxy-Authenticate: Basic`.
+    Proxy,
+    /// The vending listener: 401 with `WWW-Authenticate: Bearer`.
+    Bearer,
+}
+
+/// Whether the agent is talking to clawgate as a proxy (`CONNECT`, absolute
+/// form, inside an intercepted tunnel) or as a server (gateway, vending);
+/// proxy refusals carry `Proxy-Status` (RFC 9209).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// clawgate answers as a proxy.
+    Proxy,
+    /// clawgate answers as the server.
+    Server,
+}
+
+impl From<Reason> for Refusal {
+    fn from(reason: Reason) -> Refusal {
+        Refusal::Denied(reason)
+    }
+}
+
+impl Refusal {
+    /// The reason code this refusal is recorded and answered with.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Refusal::Denied(reason) => *reason,
+            Refusal::RateLimited(_) => Reason::RateLimited,
+            Refusal::Unauthenticated(_) => Reason::RunTokenMissing,
+        }
+    }
+
+    /// What the decision record says beyond the reason code, if anything.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            Refusal::RateLimited(limited) => Some(limited.to_string()),
+            Refusal::Denied(_) | Refusal::Unauthenticated(_) => None,
+        }
+    }
+
+    /// The response for this refusal: status, a small JSON body, the request
+    /// id header, and the headers the refusal's data calls for.
+    pub fn response(&self, request_id: &str, via: Via) -> Response<ProxyBody> {
+        self.answer(request_id, via, None)
+    }
+
+    /// The response for a refused MCP message: a JSON-RPC error with the
+    /// request's id, so the agent's model reads a refusal rather than a
+    /// transport failure, with the same headers as [`Refusal::response`]. A
+    /// request refused by policy gets HTTP 200; a notification, a malformed
+    /// body, a batch or disagreeing headers get the reason's status. A
+    /// refused tool, resource or prompt reads like an unknown one, so that
+    /// its existence is not revealed; `error.data` holds the reason code and
+    /// the request id, and nothing the agent sent.
+    pub fn mcp_response(
+        &self,
+        request_id: &str,
+        via: Via,
+        message: &crate::audit::McpRecord,
+    ) -> Response<ProxyBody> {
+        self.answer(request_id, via, Some(message))
+    }
+
+    fn answer(
+        &self,
+        request_id: &str,
+        via: Via,
+        mcp: Option<&crate::audit::McpRecord>,
+    ) -> Response<ProxyBody> {
+        let reason = self.reason();
+        let (status, extra) = match self {
+            Refusal::Denied(reason) => (reason.status(), None),
+            Refusal::RateLimited(limited) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Some((
+                    header::RETRY_AFTER,
+                    HeaderValue::from(limited.retry_after_secs()),
+                )),
+            ),
+            Refusal::Unauthenticated(Challenge::Proxy) => (
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                Some((
+                    header::PROXY_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"clawgate\""),
+                )),
+            ),
+            Refusal::Unauthenticated(Challenge::Bearer) => (
+                StatusCode::UNAUTHORIZED,
+                Some((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"clawgate\""),
+                )),
+            ),
+        };
+        let (status, body) = match mcp {
+            None => (
+                status,
+                serde_json::json!({
+                    "error": reason.error_kind(),
+                    "reason": reason.code(),
+                    "request_id": request_id,
+                }),
+            ),
+            Some(message) => mcp_error(reason, status, message, request_id),
+        };
+        let mut response = Response::new(
+            Full::new(Bytes::from(body.to_string()))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.insert(REQUEST_ID_HEADER, id);
+        }
+        if let Some((name, value)) = extra {
+            headers.insert(name, value);
+        }
+        if via == Via::Proxy
+            && let Ok(value) = HeaderValue::from_str(&proxy_status(reason))
+        {
+            headers.insert(PROXY_STATUS_HEADER, value);
+        }
+        response
+    }
+}
+
+/// The status and JSON-RPC error body of a refused MCP message.
+fn mcp_error(
     reason: Reason,
+    status: StatusCode,
     message: &crate::audit::McpRecord,
     request_id: &str,
-) -> Response<ProxyBody> {
+) -> (StatusCode, serde_json::Value) {
     use crate::mcp::jsonrpc::{INVALID_REQUEST, Id, REFUSAL_CODE, refusal};
     let id = message
         .id
@@ -314,24 +443,60 @@ pub fn mcp_refusal_response(
     };
     let status = match (&id, code) {
         (Some(_), REFUSAL_CODE) => StatusCode::OK,
-        _ => reason.status(),
+        _ => status,
     };
-    let body = refusal(id.as_ref(), code, text, reason.code(), request_id);
-    let mut response = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.insert(REQUEST_ID_HEADER, id);
-    }
-    response
+    (
+        status,
+        refusal(id.as_ref(), code, text, reason.code(), request_id),
+    )
+}
+
+/// The RFC 9209 header on every proxy refusal.
+pub const PROXY_STATUS_HEADER: &str = "proxy-status";
+
+/// The `Proxy-Status` value for a refusal: clawgate's name, the RFC 9209
+/// error type closest to the reason, and the reason code as `details`.
+pub fn proxy_status(reason: Reason) -> String {
+    let error = match reason {
+        Reason::EgressAddressBlocked => "destination_ip_prohibited",
+        Reason::UpstreamUnreachable => "destination_unavailable",
+        Reason::UpstreamTimeout => "http_response_timeout",
+        Reason::MalformedRequest
+        | Reason::RequestTooLarge
+        | Reason::McpHeaderMismatch
+        | Reason::McpBatchRefused => "http_request_error",
+        Reason::CredentialUnavailable | Reason::AuditUnavailable | Reason::Shutdown => {
+            "proxy_internal_error"
+        }
+        Reason::Allowed
+        | Reason::TlsRejected
+        | Reason::UnknownAgent
+        | Reason::NoMatchingScope
+        | Reason::NoMatchingRule
+        | Reason::DeniedByRule
+        | Reason::SentinelMisdirected
+        | Reason::AwsActionUnmapped
+        | Reason::PolicyLoaded
+        | Reason::ClientCancelled
+        | Reason::RateLimited
+        | Reason::ExceptionExpired
+        | Reason::PolicyRejected
+        | Reason::AgentIsolated
+        | Reason::SerialRevoked
+        | Reason::ScopeDisabled
+        | Reason::OverrideChanged
+        | Reason::RunTokenInvalid
+        | Reason::RunTokenExpired
+        | Reason::RunTokenWrongAgent
+        | Reason::RunTokenScope
+        | Reason::RunTokenMissing
+        | Reason::ToolArgumentsRefused
+        | Reason::ToolDefinitionChanged
+        | Reason::ToolDefinitionUnverified
+        | Reason::ToolPinned
+        | Reason::UpstreamAuthRequired => "http_request_denied",
+    };
+    format!("clawgate; error={error}; details=\"{}\"", reason.code())
 }
 
 #[cfg(test)]

@@ -42,7 +42,8 @@ fn reasons_map_to_the_documented_statuses() {
 
 #[tokio::test]
 async fn refusal_body_carries_reason_and_request_id_only() {
-    let response = refusal_response(Reason::DeniedByRule, "req-1");
+    let response = Refusal::from(Reason::DeniedByRule).response("req-1", Via::Server);
+    assert!(response.headers().get(PROXY_STATUS_HEADER).is_none());
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     assert_eq!(response.headers()[REQUEST_ID_HEADER], "req-1");
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -51,8 +52,59 @@ async fn refusal_body_carries_reason_and_request_id_only() {
         json,
         serde_json::json!({"error": "denied", "reason": "denied-by-rule", "request_id": "req-1"})
     );
-    let response = refusal_response(Reason::UpstreamTimeout, "req-2");
+    let response = Refusal::from(Reason::UpstreamTimeout).response("req-2", Via::Server);
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(json["error"], "unavailable");
+}
+
+#[test]
+fn a_refusal_carries_its_data_into_its_headers() {
+    let limited = crate::limits::Limited {
+        which: "scope",
+        name: "echo".into(),
+        rate: crate::limits::Rate::parse("2/min", None).unwrap(),
+        retry_after: std::time::Duration::from_millis(2500),
+    };
+    let refusal = Refusal::RateLimited(limited);
+    assert_eq!(refusal.reason(), Reason::RateLimited);
+    assert_eq!(
+        refusal.detail().as_deref(),
+        Some("scope rate limit `echo` 2/min burst 2; retry after 3s")
+    );
+    let response = refusal.response("r", Via::Server);
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+
+    let response = Refusal::Unauthenticated(Challenge::Proxy).response("r", Via::Proxy);
+    assert_eq!(response.status(), StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+    assert_eq!(
+        response.headers()[header::PROXY_AUTHENTICATE],
+        "Basic realm=\"clawgate\""
+    );
+    let response = Refusal::Unauthenticated(Challenge::Bearer).response("r", Via::Server);
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        response.headers()[header::WWW_AUTHENTICATE],
+        "Bearer realm=\"clawgate\""
+    );
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/json",
+        "the body still says why"
+    );
+}
+
+#[test]
+fn proxy_refusals_carry_proxy_status_with_the_reason_code() {
+    let response = Refusal::from(Reason::EgressAddressBlocked).response("r", Via::Proxy);
+    assert_eq!(
+        response.headers()[PROXY_STATUS_HEADER],
+        "clawgate; error=destination_ip_prohibited; details=\"egress-address-blocked\""
+    );
+    for reason in Reason::ALL {
+        let value = proxy_status(reason);
+        assert!(value.starts_with("clawgate; error="), "{value}");
+        assert!(value.ends_with(&format!("details=\"{}\"", reason.code())));
+    }
 }

@@ -11,6 +11,7 @@
 //! ```
 //!
 //! - [`listener`]: rustls accept, client certificate required, ALPN.
+//! - [`request`]: one request sent where it belongs: `CONNECT`, vend or call.
 //! - [`identity`]: names from the verified peer certificate.
 //! - [`route`]: gateway route, forward-proxy host or CONNECT; path normalisation.
 //! - [`connect`]: `CONNECT` tunnels, spliced or intercepted.
@@ -21,17 +22,21 @@
 //!   credentials that re-sign the request; one cache, one broker.
 //! - [`forward`]: pooled upstream clients, header hygiene, timeouts.
 //! - [`egress`]: host normalisation and the address check before any connect.
-//! - [`pipeline`]: the per-call order above (admission: route, AWS action,
-//!   decide, sentinels, credential), the one place records are emitted, and
-//!   credential vending.
+//! - [`pipeline`]: the per-call order above (admission: identify, judge,
+//!   prepare), and credential vending.
+//! - [`record`]: the one call record (drop-guarded: written on every exit
+//!   path, cancellation included) and the outcome record derived from it.
+//! - [`upgrade`]: WebSocket upgrades and the byte splice tunnels share.
 //! - [`mcp`]: the tool-call firewall: MCP messages decided by tool and argument,
 //!   `tools/list` filtered, tool definitions pinned.
 //! - [`limits`]: rate limits per agent and per (agent, scope), after `decide`.
 //! - [`token`]: run tokens that narrow an agent and name its run.
 //! - [`overrides`]: emergency isolation, serial revocation, disabled scopes.
 //! - [`audit`]: the decision log (SQLite, group commit, hash chain), query, verify.
-//! - [`error`]: the closed set of reasons and their one mapping to responses.
+//! - [`error`]: the closed set of reasons, and the one refusal type mapped once
+//!   to status, body and headers (`Retry-After`, challenges, `Proxy-Status`).
 //! - [`reload`]: hot reload of policy; exceptions and overrides lapsing.
+//! - [`metrics`]: counters and histograms behind `/metrics`.
 //! - [`admin`]: the admin and auditor API (health, metrics, audit, status).
 
 pub mod admin;
@@ -50,10 +55,13 @@ pub mod intercept;
 pub mod limits;
 pub mod listener;
 pub mod mcp;
+pub mod metrics;
 pub mod overrides;
 pub mod pipeline;
 pub mod policy;
+pub mod record;
 pub mod reload;
+pub mod request;
 pub mod route;
 pub mod serve;
 pub mod token;

@@ -94,8 +94,26 @@ enum Key {
 pub struct Limited {
     /// `agent`, `scope` or `tool`.
     pub which: &'static str,
+    /// The agent's name (an agent limit), the scope's (a scope limit) or
+    /// the rule's (a tool limit).
+    pub name: String,
+    /// The rate that was reached, as policy states it.
+    pub rate: Rate,
     /// Until the next call would pass.
     pub retry_after: Duration,
+}
+
+impl std::fmt::Display for Limited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} rate limit `{}` {}; retry after {}s",
+            self.which,
+            self.name,
+            self.rate,
+            self.retry_after_secs()
+        )
+    }
 }
 
 impl Limited {
@@ -131,6 +149,8 @@ impl Limits {
             self.check_one(Key::Agent(agent.to_owned()), rate)
                 .map_err(|retry_after| Limited {
                     which: "agent",
+                    name: agent.to_owned(),
+                    rate,
                     retry_after,
                 })?;
         }
@@ -138,6 +158,8 @@ impl Limits {
             self.check_one(Key::Scope(agent.to_owned(), scope.to_owned()), rate)
                 .map_err(|retry_after| Limited {
                     which: "scope",
+                    name: scope.to_owned(),
+                    rate,
                     retry_after,
                 })?;
         }
@@ -159,6 +181,8 @@ impl Limits {
         )
         .map_err(|retry_after| Limited {
             which: "tool",
+            name: rule.to_owned(),
+            rate,
             retry_after,
         })
     }

@@ -60,11 +60,15 @@ fn a_changed_rate_starts_afresh() {
 fn retry_after_rounds_up() {
     let l = Limited {
         which: "agent",
+        name: "a".into(),
+        rate: Rate::parse("1/sec", None).unwrap(),
         retry_after: Duration::from_millis(1500),
     };
     assert_eq!(l.retry_after_secs(), 2);
     let l = Limited {
         which: "agent",
+        name: "a".into(),
+        rate: Rate::parse("1/sec", None).unwrap(),
         retry_after: Duration::ZERO,
     };
     assert_eq!(l.retry_after_secs(), 1);

@@ -266,6 +266,17 @@ pub fn encode_path(decoded: &str) -> String {
     out
 }
 
+/// What requests inside an intercepted tunnel are bound to.
+#[derive(Debug, Clone)]
+pub struct Inside {
+    /// The host the `CONNECT` named and policy allowed.
+    pub host: crate::egress::Host,
+    /// The port it named.
+    pub port: u16,
+    /// The `CONNECT`'s request id, written into every inner record.
+    pub connect_id: String,
+}
+
 #[cfg(test)]
 #[path = "route_tests.rs"]
 mod tests;

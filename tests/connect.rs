@@ -670,3 +670,65 @@ fn a_websocket_upgrade_inside_interception_is_adjudicated_and_recorded_once() {
         r.mode.as_deref() == Some("intercept") && r.reason == "denied-by-rule"
     });
 }
+
+#[test]
+fn proxy_refusals_carry_proxy_status_and_inner_refusals_name_their_connect() {
+    let h = harness();
+    // A refused CONNECT: the status line and body may be dropped by the
+    // client's stack, the Proxy-Status header says why.
+    let refused = h.curl_via_proxy("research", &["https://not-in-policy.test/"]);
+    assert_ne!(refused.exit, 0, "{refused:?}");
+    assert_eq!(
+        refused.header("proxy-status").as_deref(),
+        Some("clawgate; error=http_request_denied; details=\"no-matching-scope\""),
+        "{refused:?}"
+    );
+    let record = h.decision(&refused.request_id());
+    assert_eq!(record.mode.as_deref(), Some("connect"));
+    assert_eq!(record.host.as_deref(), Some("not-in-policy.test"));
+    assert_eq!(record.reason, "no-matching-scope");
+
+    // Absolute form, refused: the same header.
+    let forward = h.curl_via_proxy("research", &["http://not-in-policy.test/x"]);
+    assert_eq!(forward.status, 403);
+    assert_eq!(
+        forward.header("proxy-status").as_deref(),
+        Some("clawgate; error=http_request_denied; details=\"no-matching-scope\"")
+    );
+
+    // Inside an intercepted tunnel: refused by policy, with Proxy-Status,
+    // and recorded as mode `intercept` with the CONNECT's id.
+    let inner = h.curl_via_proxy(
+        "research",
+        &[
+            "--cacert",
+            &intercept_ca(&h),
+            &echo_url(&h, "/v2/not-allowed"),
+        ],
+    );
+    assert_eq!(inner.status, 403, "{inner:?}");
+    let ids = inner.header_all("x-clawgate-request-id");
+    assert_eq!(ids.len(), 2, "{inner:?}");
+    let statuses = inner.header_all("proxy-status");
+    assert_eq!(statuses.len(), 1, "only the refusal carries it: {inner:?}");
+    assert!(statuses[0].contains(&format!(
+        "details=\"{}\"",
+        inner.json()["reason"].as_str().unwrap()
+    )));
+    let record = h.decision(&ids[1]);
+    assert_eq!(record.mode.as_deref(), Some("intercept"));
+    assert_eq!(record.scope.as_deref(), Some("echo"));
+    assert_eq!(record.path.as_deref(), Some("/v2/not-allowed"));
+    assert_eq!(
+        record.detail.as_deref(),
+        Some(format!("inside connect {}", ids[0]).as_str())
+    );
+
+    // The gateway is no proxy: no Proxy-Status there.
+    let gateway = h.curl(
+        Some("research"),
+        &[&format!("{}/echo/v2/not-allowed", h.base())],
+    );
+    assert_eq!(gateway.status, 403);
+    assert_eq!(gateway.header("proxy-status"), None);
+}

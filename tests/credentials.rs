@@ -484,7 +484,7 @@ fn vended_credentials_work_in_boto3_and_the_aws_cli() {
     assert_eq!(wrong.status, 403);
     assert_eq!(
         harness.decision(&wrong.request_id()).reason,
-        "unknown-agent"
+        "run-token-invalid"
     );
 
     // On the agent listener, the client certificate is the caller's identity.
@@ -770,4 +770,325 @@ env = "SENTINEL_REAL"
             path.display()
         );
     }
+}
+
+/// A loopback TCP relay to `target` that holds each connection's first
+/// bytes for `delay` before passing them on: a slow network hop.
+fn slow_relay(target: u16, delay: Duration) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            std::thread::spawn(move || {
+                let Ok(upstream) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    return;
+                };
+                let (mut up_read, mut client_write) =
+                    (upstream.try_clone().unwrap(), client.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut up_read, &mut client_write);
+                });
+                std::thread::sleep(delay);
+                let (mut client_read, mut up_write) = (client, upstream);
+                let _ = std::io::copy(&mut client_read, &mut up_write);
+                let _ = up_write.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_call_cancelled_or_stopped_during_a_slow_sts_mint_leaves_exactly_one_decision_record() {
+    let moto = Moto::start();
+    let relay = slow_relay(moto.port, Duration::from_secs(4));
+    // clawgate reaches STS only through the slow hop.
+    let mut harness = Harness::with(Options {
+        extra_policy: vec![("s3.toml", s3_policy(&moto, ""))],
+        agents: vec!["builder", "ops"],
+        start: false,
+        env: moto.broker_env(),
+        ..Options::default()
+    });
+    std::fs::write(harness.policy.join("builder.token"), VEND_TOKEN).unwrap();
+    harness.serve(&[
+        "--aws-endpoint-url".into(),
+        format!("http://127.0.0.1:{relay}"),
+        "--vend-listen".into(),
+        "127.0.0.1:0".into(),
+    ]);
+    let vend_port = harness.vend_port.unwrap();
+
+    // Two agents give up after a second, while the mint is on its way; a
+    // third waits, and clawgate is stopped under it.
+    let (gateway, vend, stopped) = std::thread::scope(|s| {
+        let stopped = s.spawn(|| {
+            common::curl(&[
+                "--max-time".into(),
+                "20".into(),
+                "-H".into(),
+                format!("Authorization: {VEND_TOKEN}"),
+                "-H".into(),
+                "x-test: stopped".into(),
+                format!("http://127.0.0.1:{vend_port}/v1/credentials/aws/s3-reports"),
+            ])
+        });
+        let gateway = s.spawn(|| {
+            harness.curl(
+                Some("builder"),
+                &[
+                    "--max-time",
+                    "1",
+                    &format!("{}/s3/reports/q1/summary.txt", harness.base()),
+                ],
+            )
+        });
+        let vend = s.spawn(|| {
+            common::curl(&[
+                "--max-time".into(),
+                "1".into(),
+                "-H".into(),
+                format!("Authorization: {VEND_TOKEN}"),
+                format!("http://127.0.0.1:{vend_port}/v1/credentials/aws/s3-reports"),
+            ])
+        });
+        let (gateway, vend) = (gateway.join().unwrap(), vend.join().unwrap());
+        // The cancelled two are recorded at once, before any shutdown.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while records_of(&harness, "decision")
+            .iter()
+            .filter(|r| r.reason == "client-cancelled")
+            .count()
+            < 2
+        {
+            assert!(Instant::now() < deadline, "{:#?}", harness.records());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        harness.signal("TERM");
+        (gateway, vend, stopped.join().unwrap())
+    });
+    assert_eq!(gateway.status, 0, "the agent gave up: {gateway:?}");
+    assert_eq!(vend.status, 0, "the agent gave up: {vend:?}");
+    assert_ne!(stopped.status, 200, "{stopped:?}");
+
+    // Each cancelled call has its one decision record, written when it was
+    // cancelled, not when the mint came back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let decisions = loop {
+        let cancelled: Vec<_> = records_of(&harness, "decision")
+            .into_iter()
+            .filter(|r| r.reason == "client-cancelled")
+            .collect();
+        if cancelled.len() >= 2 {
+            break cancelled;
+        }
+        assert!(Instant::now() < deadline, "cancelled: {cancelled:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let gateway = decisions
+        .iter()
+        .find(|r| r.mode.as_deref() == Some("gateway"))
+        .expect("the gateway call's decision");
+    assert_eq!(gateway.reason, "client-cancelled");
+    assert_eq!(gateway.decision.as_deref(), Some("deny"));
+    assert_eq!(gateway.agent.as_deref(), Some("builder"));
+    assert_eq!(gateway.scope.as_deref(), Some("s3-reports"));
+    assert_eq!(gateway.action.as_deref(), Some("s3:GetObject"));
+    assert_eq!(gateway.credential_kind.as_deref(), Some("aws"));
+    let vend = decisions
+        .iter()
+        .find(|r| r.mode.as_deref() == Some("vend"))
+        .expect("the vend's decision");
+    assert_eq!(vend.reason, "client-cancelled");
+    assert_eq!(vend.agent.as_deref(), Some("builder"));
+    assert_eq!(vend.scope.as_deref(), Some("s3-reports"));
+
+    // The third call, ended by the shutdown before its mint came back, is
+    // recorded as such.
+    harness.stop();
+    let records = harness.records();
+    let shutdown: Vec<_> = records
+        .iter()
+        .filter(|r| r.kind == "decision" && r.reason == "shutdown")
+        .collect();
+    assert_eq!(shutdown.len(), 1, "{records:#?}");
+    assert_eq!(shutdown[0].mode.as_deref(), Some("vend"));
+    assert_eq!(shutdown[0].agent.as_deref(), Some("builder"));
+    assert_eq!(shutdown[0].scope.as_deref(), Some("s3-reports"));
+    // Still one decision per call, and no outcome for calls that never
+    // went upstream.
+    for id in [&gateway.request_id, &vend.request_id] {
+        let decisions = records
+            .iter()
+            .filter(|r| r.request_id == *id && r.kind == "decision")
+            .count();
+        assert_eq!(decisions, 1, "{id}: {records:#?}");
+        assert!(
+            !records
+                .iter()
+                .any(|r| r.request_id == *id && r.kind == "outcome")
+        );
+    }
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.kind == "decision" && r.agent.as_deref() == Some("builder"))
+            .count(),
+        3,
+        "{records:#?}"
+    );
+    let out = common::clawgate(&[
+        "audit",
+        "verify",
+        "--audit",
+        harness.audit.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn the_vend_paths_refuse_each_bad_run_token_with_its_own_reason_and_record_its_run() {
+    let moto = Moto::start();
+    let harness = s3_harness(&moto, "", &["--vend-listen", "127.0.0.1:0"]);
+    let vend_port = harness.vend_port.unwrap();
+    let on_vend_listener = format!("http://127.0.0.1:{vend_port}/v1/credentials/aws/s3-reports");
+    let on_agent_listener = format!("{}/v1/credentials/aws/s3-reports", harness.base());
+    let certs = harness.certs.to_str().unwrap().to_owned();
+    let issue = |agent: &str, run: &str, ttl: &str, scopes: Option<&str>| {
+        let mut args = vec![
+            "token", "issue", "--agent", agent, "--ttl", ttl, "--run", run, "--certs", &certs,
+        ];
+        if let Some(scopes) = scopes {
+            args.extend(["--scopes", scopes]);
+        }
+        let out = common::clawgate(&args);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let expired = issue("builder", "run-expired", "1s", None);
+    let others = issue("research", "run-other", "5m", None);
+    let narrowed = issue("builder", "run-narrow", "5m", Some("some-other-scope"));
+    let good = issue("builder", "run-good", "5m", None);
+    // Past the token's second and the verifier's leeway.
+    std::thread::sleep(Duration::from_secs(7));
+
+    let by_cert = |token: &str| {
+        harness.curl(
+            Some("builder"),
+            &[
+                "-H",
+                &format!("x-clawgate-run-token: {token}"),
+                &on_agent_listener,
+            ],
+        )
+    };
+    let check = |reply: &common::Reply, status: u16, reason: &str, run: Option<&str>| {
+        assert_eq!(reply.status, status, "{reason}: {reply:?}");
+        if status != 200 {
+            assert!(!reply.body_text().contains("SecretAccessKey"));
+            assert_eq!(reply.json()["reason"], reason);
+        }
+        let record = harness.decision(&reply.request_id());
+        assert_eq!(record.reason, reason);
+        assert_eq!(record.mode.as_deref(), Some("vend"));
+        assert_eq!(record.run_id.as_deref(), run, "{reason}: {record:?}");
+        assert_eq!(
+            record.path.as_deref(),
+            Some("/v1/credentials/aws/s3-reports")
+        );
+        record
+    };
+
+    // The agent listener: the certificate names the agent, the run token
+    // is verified exactly as on a gateway call.
+    let record = check(&by_cert("garbage"), 403, "run-token-invalid", None);
+    assert_eq!(record.agent.as_deref(), Some("builder"));
+    check(
+        &by_cert(&expired),
+        403,
+        "run-token-expired",
+        Some("run-expired"),
+    );
+    check(
+        &by_cert(&others),
+        403,
+        "run-token-wrong-agent",
+        Some("run-other"),
+    );
+    let record = check(
+        &by_cert(&narrowed),
+        403,
+        "run-token-scope",
+        Some("run-narrow"),
+    );
+    assert_eq!(record.scope.as_deref(), Some("s3-reports"));
+    let mints_before = records_of(&harness, "mint").len();
+    assert_eq!(mints_before, 0, "no refused vend minted anything");
+    let record = check(&by_cert(&good), 200, "allowed", Some("run-good"));
+    assert!(record.credential_ref.unwrap().starts_with("ASIA"));
+
+    // The vending listener: every way a token fails is its own reason.
+    let by_header = |header: Option<String>, extra: Option<String>| {
+        let mut args = Vec::new();
+        if let Some(header) = header {
+            args.extend(["-H".to_owned(), header]);
+        }
+        if let Some(extra) = extra {
+            args.extend(["-H".to_owned(), extra]);
+        }
+        args.push(on_vend_listener.clone());
+        common::curl(&args)
+    };
+    let missing = by_header(None, None);
+    check(&missing, 401, "run-token-missing", None);
+    assert_eq!(
+        missing.header("www-authenticate").as_deref(),
+        Some("Bearer realm=\"clawgate\"")
+    );
+    check(
+        &by_header(Some("Authorization: garbage".into()), None),
+        403,
+        "run-token-invalid",
+        None,
+    );
+    check(
+        &by_header(Some(format!("Authorization: Bearer {expired}")), None),
+        403,
+        "run-token-expired",
+        Some("run-expired"),
+    );
+    // The vending token names builder; a run token beside it must too.
+    check(
+        &by_header(
+            Some(format!("Authorization: {VEND_TOKEN}")),
+            Some(format!("x-clawgate-run-token: {others}")),
+        ),
+        403,
+        "run-token-wrong-agent",
+        Some("run-other"),
+    );
+    check(
+        &by_header(Some(format!("Authorization: Bearer {narrowed}")), None),
+        403,
+        "run-token-scope",
+        Some("run-narrow"),
+    );
+    check(
+        &by_header(Some(format!("Authorization: Bearer {good}")), None),
+        200,
+        "allowed",
+        Some("run-good"),
+    );
+    // A path that names no scope is refused and recorded too.
+    let elsewhere = common::curl(&[
+        "-H".into(),
+        format!("Authorization: {VEND_TOKEN}"),
+        format!("http://127.0.0.1:{vend_port}/latest/meta-data/"),
+    ]);
+    assert_eq!(elsewhere.status, 403);
+    let record = harness.decision(&elsewhere.request_id());
+    assert_eq!(record.reason, "no-matching-scope");
+    assert_eq!(record.agent.as_deref(), Some("builder"));
+    assert_eq!(record.mode.as_deref(), Some("vend"));
 }

@@ -684,3 +684,115 @@ fn metrics_parse_as_prometheus_text_and_move_with_the_calls() {
         1.0
     );
 }
+
+#[test]
+fn refusal_records_are_as_complete_as_allowed_ones() {
+    let policy = format!(
+        "{}{}",
+        agent("limited", "\"limited-echo\"", ""),
+        scope("limited-echo", "rate = \"1/min\"\nburst = 1"),
+    );
+    let h = harness(policy, &["limited"]);
+    let certs = h.certs.to_str().unwrap().to_owned();
+    let token = |agent: &str, run: &str, ttl: &str| {
+        let out = clawgate(&[
+            "token", "issue", "--agent", agent, "--run", run, "--ttl", ttl, "--certs", &certs,
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let with_token = |agent: &str, token: &str, path: &str| {
+        h.curl(
+            Some(agent),
+            &[
+                "-H",
+                &format!("x-clawgate-run-token: {token}"),
+                &format!("{}{path}", h.base()),
+            ],
+        )
+    };
+    let allowed = get(&h, "research", "/echo/v1/items/%7e1");
+    assert_eq!(allowed.status, 200);
+    let allowed = h.decision(&allowed.request_id());
+    let complete = |r: &DecisionRecord, reason: &str| {
+        assert_eq!(r.reason, reason);
+        assert_eq!(r.decision.as_deref(), Some("deny"));
+        assert_eq!(r.mode.as_deref(), Some("gateway"), "{r:?}");
+        assert_eq!(r.host, allowed.host, "{r:?}");
+        assert!(r.agent.is_some(), "{r:?}");
+        assert!(r.scope.is_some(), "{r:?}");
+    };
+
+    // rate-limited: which limit, its name and its value.
+    let limited_token = token("limited", "run-limited", "5m");
+    assert_eq!(
+        with_token("limited", &limited_token, "/limited-echo/v1/a").status,
+        200
+    );
+    let r = with_token("limited", &limited_token, "/limited-echo/v1/a");
+    assert_eq!(r.status, 429);
+    let record = h.decision(&r.request_id());
+    complete(&record, "rate-limited");
+    assert_eq!(record.scope.as_deref(), Some("limited-echo"));
+    assert_eq!(record.path.as_deref(), Some("/v1/a"));
+    assert_eq!(record.run_id.as_deref(), Some("run-limited"));
+    let detail = record.detail.unwrap();
+    assert!(
+        detail.starts_with("scope rate limit `limited-echo` 1/min burst 1; retry after"),
+        "{detail}"
+    );
+
+    // run-token-expired: the run is named even though the token is refused.
+    let expired = token("research", "run-expired", "1s");
+    std::thread::sleep(Duration::from_secs(7));
+    let r = with_token("research", &expired, "/echo/v1/items/%7e1");
+    assert_eq!(r.status, 403);
+    let record = h.decision(&r.request_id());
+    complete(&record, "run-token-expired");
+    assert_eq!(record.run_id.as_deref(), Some("run-expired"));
+    assert_eq!(record.path, allowed.path, "the normalised path");
+    assert_eq!(record.scope, allowed.scope);
+    // Another agent's token names its run too.
+    let r = with_token("research", &limited_token, "/echo/v1/items/%7e1");
+    let record = h.decision(&r.request_id());
+    complete(&record, "run-token-wrong-agent");
+    assert_eq!(record.run_id.as_deref(), Some("run-limited"));
+
+    // agent-isolated and scope-disabled: the same fields, and the override.
+    let post = |body: &str| {
+        let r = h.admin(
+            Some("ops"),
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                body,
+                "/v1/overrides",
+            ],
+        );
+        assert_eq!(r.status, 201, "{r:?}");
+        r.json()["id"].as_str().unwrap().to_owned()
+    };
+    let run = token("research", "run-isolated", "5m");
+    let id = post(
+        r#"{"kind":"isolate-agent","target":"research","reason":"incident 3","expires_in":"1h"}"#,
+    );
+    let r = with_token("research", &run, "/echo/v1/items/%7e1");
+    assert_eq!(r.status, 403);
+    let record = h.decision(&r.request_id());
+    complete(&record, "agent-isolated");
+    assert_eq!(record.run_id.as_deref(), Some("run-isolated"));
+    assert_eq!(record.path, allowed.path);
+    assert_eq!(record.scope, allowed.scope);
+    assert_eq!(record.detail, Some(format!("override {id}")));
+    let id = post(
+        r#"{"kind":"disable-scope","target":"limited-echo","reason":"incident 4","expires_in":"1h"}"#,
+    );
+    let r = get(&h, "limited", "/limited-echo/v1/b");
+    let record = h.decision(&r.request_id());
+    complete(&record, "scope-disabled");
+    assert_eq!(record.path.as_deref(), Some("/v1/b"));
+    assert_eq!(record.detail, Some(format!("override {id}")));
+}

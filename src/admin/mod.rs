@@ -12,7 +12,7 @@
 //! - Nothing here is reachable from the agent listener.
 
 pub mod client;
-pub mod metrics;
+pub use crate::metrics;
 mod status;
 
 use std::convert::Infallible;

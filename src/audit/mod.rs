@@ -42,6 +42,9 @@ pub mod kind {
     pub const OVERRIDE: &str = "override";
     /// An MCP tool definition seen first (pinned) or changed.
     pub const PIN: &str = "pin";
+    /// Calls refused while the log was unavailable, counted: one record per
+    /// outage, written when the log recovers.
+    pub const SUMMARY: &str = "summary";
 }
 
 /// One row of the decision log. Optional fields are omitted from the JSON
@@ -175,6 +178,16 @@ impl DecisionRecord {
     }
 }
 
+impl DecisionRecord {
+    /// Adds a note to `detail`, after what is already there.
+    pub fn add_detail(&mut self, note: &str) {
+        self.detail = Some(match self.detail.take() {
+            Some(before) if !before.is_empty() => format!("{before}; {note}"),
+            _ => note.to_owned(),
+        });
+    }
+}
+
 /// The current time as RFC 3339 UTC with exactly three fractional digits, so
 /// that text order is time order.
 pub fn now_rfc3339() -> String {
@@ -221,6 +234,22 @@ enum Command {
     Shutdown,
 }
 
+/// The answer to a queued durable record: its sequence number once its
+/// batch is committed.
+#[derive(Debug)]
+pub struct Receipt(oneshot::Receiver<Result<i64, String>>);
+
+impl Receipt {
+    /// Waits for the batch holding the record to be committed.
+    pub async fn committed(self) -> Result<i64, AuditError> {
+        match self.0.await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(message)) => Err(AuditError::Write(message)),
+            Err(_) => Err(AuditError::WriterGone),
+        }
+    }
+}
+
 /// A cheap, cloneable handle to the writer.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
@@ -235,6 +264,14 @@ struct Health {
     healthy: AtomicBool,
     /// Records lost for good (queue full, or unwritable at shutdown).
     dropped: AtomicU64,
+    /// Calls refused because their decision could not be recorded, not yet
+    /// summarised in the log; and since when (Unix seconds, 0 for none).
+    unrecorded: AtomicU64,
+    unrecorded_since: AtomicU64,
+    /// When an error about appends was last logged (Unix seconds), and the
+    /// lines left out since.
+    last_append_log: AtomicU64,
+    quiet_appends: AtomicU64,
     /// Records in the last batch.
     last_batch: AtomicU64,
     /// Batches committed, records in them, and time spent committing them.
@@ -263,6 +300,10 @@ impl Default for Health {
         Health {
             healthy: AtomicBool::new(true),
             dropped: AtomicU64::new(0),
+            unrecorded: AtomicU64::new(0),
+            unrecorded_since: AtomicU64::new(0),
+            last_append_log: AtomicU64::new(0),
+            quiet_appends: AtomicU64::new(0),
             last_batch: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             committed: AtomicU64::new(0),
@@ -296,6 +337,13 @@ impl AuditLog {
 
     /// Appends a record and waits until its batch is committed.
     pub async fn append_durable(&self, record: DecisionRecord) -> Result<i64, AuditError> {
+        self.queue_durable(record)?.committed().await
+    }
+
+    /// Queues a record for the writer and returns the receipt that says when
+    /// its batch is committed. Once this returns `Ok`, the record is written
+    /// (or its failure reported to the receipt) even if nobody waits.
+    pub fn queue_durable(&self, record: DecisionRecord) -> Result<Receipt, AuditError> {
         let (done, wait) = oneshot::channel();
         // Never block the runtime: a full queue is an unavailable log.
         self.tx
@@ -304,29 +352,56 @@ impl AuditLog {
                 TrySendError::Full(_) => AuditError::Write("the writer queue is full".into()),
                 TrySendError::Disconnected(_) => AuditError::WriterGone,
             })?;
-        match wait.await {
-            Ok(Ok(seq)) => Ok(seq),
-            Ok(Err(message)) => Err(AuditError::Write(message)),
-            Err(_) => Err(AuditError::WriterGone),
-        }
+        Ok(Receipt(wait))
     }
 
     /// Appends a record without waiting (outcomes, handshake rejections).
     /// A failure is logged by the writer and turns health red.
     pub fn append(&self, record: DecisionRecord) {
-        match self.tx.try_send(Command::Append(Box::new(record), None)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.health.healthy.store(false, Ordering::Relaxed);
-                self.health.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("decision log writer queue is full; record dropped");
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                self.health.healthy.store(false, Ordering::Relaxed);
-                self.health.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("decision log writer has stopped; record dropped");
-            }
+        let lost = match self.tx.try_send(Command::Append(Box::new(record), None)) {
+            Ok(()) => return,
+            Err(TrySendError::Full(_)) => "decision log writer queue is full; record dropped",
+            Err(TrySendError::Disconnected(_)) => "decision log writer has stopped; record dropped",
+        };
+        self.health.healthy.store(false, Ordering::Relaxed);
+        self.health.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(repeats) = self.log_due() {
+            tracing::error!(repeats, "{lost}");
         }
+    }
+
+    /// Notes a call refused because its decision could not be recorded: it
+    /// is counted into the next `summary` record, and logged at most once
+    /// per interval.
+    pub fn refused_unrecorded(&self, error: &AuditError) {
+        if self.health.unrecorded.fetch_add(1, Ordering::Relaxed) == 0 {
+            let _ = self.health.unrecorded_since.compare_exchange(
+                0,
+                unix_now(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        if let Some(repeats) = self.log_due() {
+            tracing::error!(error = %error, repeats, "decision not recorded; refusing the call");
+        }
+    }
+
+    /// Whether an append error may be logged now, and how many were not.
+    fn log_due(&self) -> Option<u64> {
+        let now = unix_now();
+        let last = self.health.last_append_log.load(Ordering::Relaxed);
+        if now >= last + writer::LOG_EVERY.as_secs()
+            && self
+                .health
+                .last_append_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.health.quiet_appends.swap(0, Ordering::Relaxed));
+        }
+        self.health.quiet_appends.fetch_add(1, Ordering::Relaxed);
+        None
     }
 
     /// Whether the last batch was committed.
@@ -358,6 +433,12 @@ impl AuditLog {
     pub fn dropped_records(&self) -> u64 {
         self.health.dropped.load(Ordering::Relaxed)
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -1,6 +1,16 @@
 //! The one writer: a dedicated thread that owns the SQLite connection, drains
 //! whatever records are waiting into one transaction, commits with a full
 //! fsync, and only then answers the callers of that batch.
+//!
+//! When a batch fails (a full disk, a lock), its callers are told at once and
+//! their calls refused (fail closed). Records nobody waits for (outcomes,
+//! cancellations, handshake rejections) are kept for retry, at most
+//! [`MAX_RETRY`], and retried every [`RETRY_EVERY`] in batches that never
+//! exceed [`MAX_BATCH`], retries included, so that a little freed space is
+//! enough to recover. Calls refused because their decision could not be
+//! recorded are written, once the log recovers, as one `summary` record per
+//! outage with their count. Errors are logged at most once per
+//! [`LOG_EVERY`], with the number of repeats left out.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -11,7 +21,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::chain::{COLUMNS, Head, seal};
-use super::{AuditError, AuditLog, Command, DecisionRecord, Health};
+use super::{AuditError, AuditLog, Command, DecisionRecord, Health, kind};
+use crate::error::Reason;
 
 /// Most records in one transaction; bounds the latency of a batch.
 const MAX_BATCH: usize = 512;
@@ -19,7 +30,11 @@ const MAX_BATCH: usize = 512;
 /// growing memory without bound.
 const QUEUE_CAPACITY: usize = 65_536;
 /// Unwritten records kept for retry after failed batches.
-const MAX_RETRY: usize = 65_536;
+const MAX_RETRY: usize = 16_384;
+/// How often records kept for retry are tried again with nothing new to write.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// The least time between two error lines about the same failure.
+pub(super) const LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often the checkpointer copies the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// WAL pages after which the writer checkpoints in its own commit, should the
@@ -187,13 +202,37 @@ fn checkpoint_every(conn: &Connection, stopped: &Receiver<()>) {
     }
 }
 
+/// What the writer carries from one batch to the next.
+#[derive(Default)]
+struct Backlog {
+    /// Records nobody waits for, from failed batches, oldest first.
+    retry: std::collections::VecDeque<(Box<DecisionRecord>, Waiter)>,
+    /// The last time a failure was logged, and failures since not logged.
+    last_error_log: Option<Instant>,
+    quiet_failures: u64,
+}
+
 fn run(mut conn: Connection, rx: Receiver<Command>, health: &Health, before_close: impl FnOnce()) {
+    let mut backlog = Backlog::default();
     let mut batch: Vec<(Box<DecisionRecord>, Waiter)> = Vec::with_capacity(MAX_BATCH);
     let mut stopping = false;
     while !stopping {
-        match rx.recv() {
-            Ok(Command::Append(record, waiter)) => batch.push((record, waiter)),
-            Ok(Command::Shutdown) | Err(_) => stopping = true,
+        // With records to retry or a summary to write, wake up on a timer
+        // too: recovery must not wait for the next call.
+        let pending = !backlog.retry.is_empty() || health.unrecorded.load(Ordering::Relaxed) > 0;
+        let first = if pending {
+            match rx.recv_timeout(RETRY_EVERY) {
+                Ok(command) => Some(command),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => Some(Command::Shutdown),
+            }
+        } else {
+            Some(rx.recv().unwrap_or(Command::Shutdown))
+        };
+        match first {
+            Some(Command::Append(record, waiter)) => batch.push((record, waiter)),
+            Some(Command::Shutdown) => stopping = true,
+            None => {}
         }
         // Group commit: everything already waiting joins this transaction;
         // after shutdown, the loop below drains the rest.
@@ -204,52 +243,98 @@ fn run(mut conn: Connection, rx: Receiver<Command>, health: &Health, before_clos
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        if !batch.is_empty() {
-            commit(&mut conn, &mut batch, health);
-        }
+        commit(&mut conn, &mut batch, &mut backlog, health);
     }
-    // Anything still queued at shutdown is written.
+    // Anything still queued at shutdown is written, in batches of the usual
+    // size, retries included.
     while let Ok(command) = rx.try_recv() {
         if let Command::Append(record, waiter) = command {
             batch.push((record, waiter));
         }
         if batch.len() >= MAX_BATCH {
-            commit(&mut conn, &mut batch, health);
+            commit(&mut conn, &mut batch, &mut backlog, health);
         }
     }
-    if !batch.is_empty() {
-        commit(&mut conn, &mut batch, health);
+    // A last try for what the disk refused so far, then give up on it.
+    for _ in 0..=(MAX_RETRY / MAX_BATCH) {
+        if batch.is_empty() && backlog.retry.is_empty() {
+            break;
+        }
+        let before = backlog.retry.len() + batch.len();
+        commit(&mut conn, &mut batch, &mut backlog, health);
+        if backlog.retry.len() >= before {
+            break;
+        }
     }
     before_close();
-    if !batch.is_empty() {
-        health
-            .dropped
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let left = backlog.retry.len() + batch.len();
+    if left > 0 {
+        health.dropped.fetch_add(left as u64, Ordering::Relaxed);
         tracing::error!(
-            records = batch.len(),
+            records = left,
             "decision log closed with records it could not write"
         );
     }
 }
 
-/// Commits `batch`. Callers waiting for durability get the answer; records
-/// nobody waits for (outcomes, handshake rejections) stay in `batch` when the
-/// commit fails, to be retried with the next one, so a passing lock does not
-/// lose them.
-fn commit(conn: &mut Connection, batch: &mut Vec<(Box<DecisionRecord>, Waiter)>, health: &Health) {
+/// Commits `batch` topped up with records kept for retry (never more than
+/// [`MAX_BATCH`] in all) and, when calls were refused unrecorded, their
+/// summary. Callers waiting for durability get the answer; records nobody
+/// waits for go back to the retry queue when the commit fails, so a passing
+/// lock or a full disk does not lose them.
+fn commit(
+    conn: &mut Connection,
+    batch: &mut Vec<(Box<DecisionRecord>, Waiter)>,
+    backlog: &mut Backlog,
+    health: &Health,
+) {
+    // Retries first, so the chain keeps their order.
+    let room = MAX_BATCH.saturating_sub(batch.len());
+    let retried = room.min(backlog.retry.len());
+    let mut full: Vec<(Box<DecisionRecord>, Waiter)> = backlog.retry.drain(..retried).collect();
+    full.append(batch);
+    let unrecorded = health.unrecorded.swap(0, Ordering::Relaxed);
+    let summarised = unrecorded > 0 && full.len() < MAX_BATCH;
+    if summarised {
+        full.push((Box::new(summary(health, unrecorded)), None));
+    } else {
+        health.unrecorded.fetch_add(unrecorded, Ordering::Relaxed);
+    }
+    if full.is_empty() {
+        return;
+    }
     let begun = Instant::now();
-    let result = write_batch(conn, batch);
+    let result = write_batch(conn, &mut full);
     health
         .last_batch
-        .store(batch.len() as u64, Ordering::Relaxed);
+        .store(full.len() as u64, Ordering::Relaxed);
     match &result {
         Ok(()) => {
-            health.healthy.store(true, Ordering::Relaxed);
+            if summarised {
+                // Counted from now on is a new outage's.
+                let since = health.unrecorded_since.load(Ordering::Relaxed);
+                if health.unrecorded.load(Ordering::Relaxed) == 0 {
+                    let _ = health.unrecorded_since.compare_exchange(
+                        since,
+                        0,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+            }
+            if !health.healthy.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    failures = backlog.quiet_failures,
+                    "decision log writable again"
+                );
+                backlog.quiet_failures = 0;
+                backlog.last_error_log = None;
+            }
             let took = begun.elapsed();
             if took >= SLOW_COMMIT {
                 // Every call waiting for this batch waited this long.
                 tracing::warn!(
-                    records = batch.len(),
+                    records = full.len(),
                     ms = took.as_millis(),
                     "decision log commit was slow"
                 );
@@ -260,15 +345,35 @@ fn commit(conn: &mut Connection, batch: &mut Vec<(Box<DecisionRecord>, Waiter)>,
             health.batches.fetch_add(1, Ordering::Relaxed);
             health
                 .committed
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                .fetch_add(full.len() as u64, Ordering::Relaxed);
         }
         Err(e) => {
             health.healthy.store(false, Ordering::Relaxed);
-            tracing::error!(error = %e, records = batch.len(), "decision log batch failed");
+            if summarised {
+                health.unrecorded.fetch_add(unrecorded, Ordering::Relaxed);
+            }
+            let due = backlog
+                .last_error_log
+                .is_none_or(|at| at.elapsed() >= LOG_EVERY);
+            if due {
+                tracing::error!(
+                    error = %e,
+                    records = full.len(),
+                    retry = backlog.retry.len(),
+                    failures_not_logged = backlog.quiet_failures,
+                    "decision log batch failed; calls are refused until it recovers"
+                );
+                backlog.last_error_log = Some(Instant::now());
+                backlog.quiet_failures = 0;
+            } else {
+                backlog.quiet_failures += 1;
+            }
         }
     }
-    let mut retry = Vec::new();
-    for (record, waiter) in batch.drain(..) {
+    // Retried records go back to the front, new ones behind everything kept,
+    // so the chain gets them in the order they came.
+    let mut failed_retried = Vec::new();
+    for (index, (record, waiter)) in full.into_iter().enumerate() {
         match (waiter, &result) {
             (Some(waiter), Ok(())) => {
                 let _ = waiter.send(Ok(record.seq));
@@ -277,19 +382,45 @@ fn commit(conn: &mut Connection, batch: &mut Vec<(Box<DecisionRecord>, Waiter)>,
                 let _ = waiter.send(Err(e.to_string()));
             }
             (None, Ok(())) => {}
-            (None, Err(_)) => retry.push((record, None)),
+            // A summary is counted again above, not retried as a record.
+            (None, Err(_)) if record.kind == kind::SUMMARY => {}
+            (None, Err(_)) if index < retried => failed_retried.push((record, None)),
+            (None, Err(_)) => backlog.retry.push_back((record, None)),
         }
     }
-    if retry.len() > MAX_RETRY {
-        let lost = retry.len() - MAX_RETRY;
-        retry.drain(..lost);
+    for entry in failed_retried.into_iter().rev() {
+        backlog.retry.push_front(entry);
+    }
+    if backlog.retry.len() > MAX_RETRY {
+        let lost = backlog.retry.len() - MAX_RETRY;
+        // The newest go: the oldest are the ones a reader most needs.
+        backlog.retry.truncate(MAX_RETRY);
         health.dropped.fetch_add(lost as u64, Ordering::Relaxed);
         tracing::error!(
             records = lost,
             "decision log retry queue full; records dropped"
         );
     }
-    *batch = retry;
+}
+
+/// The record that stands for the calls refused while their decisions could
+/// not be recorded.
+fn summary(health: &Health, count: u64) -> DecisionRecord {
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let mut record = DecisionRecord::new(kind::SUMMARY, &request_id);
+    record.decision = Some("deny".into());
+    record.reason = Reason::AuditUnavailable.code().to_owned();
+    let since = match health.unrecorded_since.load(Ordering::Relaxed) {
+        0 => String::new(),
+        secs => time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
+            .map(|t| format!(", from {}", super::format_ts(t)))
+            .unwrap_or_default(),
+    };
+    record.detail = Some(format!(
+        "{count} calls refused unrecorded while the decision log was unavailable{since}"
+    ));
+    record.status = Some(i64::from(Reason::AuditUnavailable.status().as_u16()));
+    record
 }
 
 fn write_batch(
@@ -365,4 +496,72 @@ fn insert_with(
         r.mcp.as_ref().and_then(|m| serde_json::to_string(m).ok()),
     ])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    fn outcome(i: usize) -> (Box<DecisionRecord>, Waiter) {
+        let mut record = DecisionRecord::new(kind::OUTCOME, &format!("r{i}"));
+        record.reason = "allowed".into();
+        (Box::new(record), None)
+    }
+
+    #[test]
+    fn batches_stay_within_their_limit_retries_included_and_refusals_are_summarised() {
+        // No table yet: every batch fails, as on a full disk.
+        let mut conn = Connection::open_in_memory().unwrap();
+        let health = Health::default();
+        let mut backlog = Backlog::default();
+        let mut batch = Vec::new();
+        for i in 0..3 * MAX_BATCH {
+            batch.push(outcome(i));
+            if batch.len() == MAX_BATCH {
+                commit(&mut conn, &mut batch, &mut backlog, &health);
+            }
+        }
+        assert_eq!(backlog.retry.len(), 3 * MAX_BATCH);
+        assert!(!health.healthy.load(Ordering::Relaxed));
+        health.unrecorded.store(7, Ordering::Relaxed);
+
+        // Room again: a new durable record and the backlog, a batch at a time.
+        conn.execute_batch(SCHEMA).unwrap();
+        let (done, mut answer) = tokio::sync::oneshot::channel();
+        let mut record = DecisionRecord::new(kind::DECISION, "new");
+        record.reason = "allowed".into();
+        batch.push((Box::new(record), Some(done)));
+        commit(&mut conn, &mut batch, &mut backlog, &health);
+        assert!(health.healthy.load(Ordering::Relaxed));
+        assert_eq!(health.last_batch.load(Ordering::Relaxed), MAX_BATCH as u64);
+        assert!(matches!(answer.try_recv(), Ok(Ok(_))));
+        while !backlog.retry.is_empty() || health.unrecorded.load(Ordering::Relaxed) > 0 {
+            commit(&mut conn, &mut Vec::new(), &mut backlog, &health);
+            assert!(health.last_batch.load(Ordering::Relaxed) <= MAX_BATCH as u64);
+        }
+        let rows: i64 = conn
+            .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, (3 * MAX_BATCH + 2) as i64);
+        let (count, detail): (i64, String) = conn
+            .query_row(
+                "SELECT COUNT(*), detail FROM records WHERE kind = 'summary'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(count, 1);
+        assert!(detail.starts_with("7 calls refused"), "{detail}");
+        // The retried records kept their order in the chain.
+        let first: String = conn
+            .query_row(
+                "SELECT request_id FROM records ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(first, "r0");
+    }
 }

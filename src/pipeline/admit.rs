@@ -17,26 +17,26 @@
 //! first. Every failure is a [`Reason`], and the record says what was known.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use http::request::Parts;
 use http::{Request, Version, header};
 use http_body_util::BodyExt;
 
-use crate::admin::metrics::{Metrics, Stage};
 use crate::audit::DecisionRecord;
 use crate::body::{Prefix, ProxyBody};
-use crate::connect::Inside;
 use crate::credentials::sigv4;
 use crate::credentials::{Broker, Credential, MintContext};
-use crate::error::Reason;
+use crate::error::{Challenge, Reason, Refusal};
 use crate::forward::{strip_hop_by_hop, upstream_uri};
+use crate::identity::PeerIdentity;
 use crate::limits::Limits;
+use crate::metrics::{Metrics, Stage};
 use crate::overrides::Overrides;
 use crate::policy::aws::{AwsRequest, FormBody, RequestView, classify};
-use crate::policy::{Call, Decision, Permitted, Policy, Scope, Target, Upstream, decide};
-use crate::route::{Destination, Mode, Routed, encode_path, normalise_path, route};
+use crate::policy::{AgentId, Call, Decision, Permitted, Policy, Scope, Target, Upstream, decide};
+use crate::record::CallRecord;
+use crate::route::{Destination, Inside, Mode, Routed, encode_path, normalise_path, route};
 use crate::token::{Claims, RUN_TOKEN_HEADER, Verifier};
 
 use super::Peer;
@@ -124,12 +124,27 @@ pub(super) struct Admission<'a> {
     pub rates: &'a Limits,
     pub overrides: &'a Overrides,
     pub metrics: &'a Metrics,
-    /// Set to the seconds of `Retry-After` when a rate limit refuses.
-    pub retry_after: AtomicU64,
     /// Verifies run tokens.
     pub tokens: &'a Verifier,
     /// MCP pins, pending lists and the argument-hash key.
     pub mcp: &'a Arc<crate::mcp::McpState>,
+}
+
+/// What identification and routing established about a call.
+struct Identified {
+    agent: Option<AgentId>,
+    run: Option<Claims>,
+    routed: Routed,
+}
+
+/// A call `decide` allowed, with what it still needs on its way out.
+struct Judged {
+    permit: Permitted,
+    /// The path the rules matched, under the route or host.
+    path: String,
+    query: Option<String>,
+    held: Held,
+    mcp: Option<super::mcp::Exchange>,
 }
 
 impl Admission<'_> {
@@ -139,20 +154,50 @@ impl Admission<'_> {
         &self,
         mut parts: Parts,
         body: ProxyBody,
-        record: &mut DecisionRecord,
-    ) -> Result<Admitted, Reason> {
+        record: &mut CallRecord,
+    ) -> Result<Admitted, Refusal> {
+        let identified = self.identify(&mut parts, record)?;
+        let judged = self
+            .judge(&identified, &parts, Held::Stream(body), record)
+            .await?;
+        self.prepare(judged, parts, record).await
+    }
+
+    /// Step 1: who is calling (certificate, run token), where to (routing,
+    /// which resolves no name), and whether an override refuses the agent
+    /// or its certificate. The record gets mode, host, path and, where the
+    /// route lands in one, the scope, so a refusal here is as complete as an
+    /// allowed call's record.
+    fn identify(&self, parts: &mut Parts, record: &mut CallRecord) -> Result<Identified, Refusal> {
         let policy = self.policy;
-        // Identity first: a call from an unknown agent learns nothing about
-        // routes, and resolves no name.
         let agent = policy.agent_for(&self.peer.identity.names);
         if let Some(agent) = agent {
             let name = &policy.agent(agent).name;
             tracing::Span::current().record("agent.id", name.as_str());
             record.agent = Some(name.clone());
         }
-        let run = self.run_token(&mut parts, record)?;
+        record.path = Some(parts.uri.path().to_owned());
+        let routed = match self.inside {
+            Some(inside) => route_inside(inside, parts),
+            None => route(&parts_request(parts)),
+        };
+        if let Some(inside) = self.inside {
+            record.add_detail(&format!("inside connect {}", inside.connect_id));
+        }
+        if let Ok(routed) = &routed {
+            self.describe_route(agent, routed, record);
+        }
+        let run = run_token(
+            self.tokens,
+            parts.headers.get(RUN_TOKEN_HEADER),
+            &self.peer.identity,
+            record,
+        );
+        // The header never goes upstream.
+        parts.headers.remove(RUN_TOKEN_HEADER);
+        let run = run?;
         // Overrides right after identity: an isolated agent or a revoked
-        // certificate learns nothing either.
+        // certificate learns nothing more.
         let serial = &self.peer.identity.serial;
         if let Some(o) = self.overrides.refusing(
             record.agent.as_deref(),
@@ -161,98 +206,120 @@ impl Admission<'_> {
             None,
             self.now,
         ) {
-            record.path = Some(parts.uri.path().to_owned());
-            record.detail = Some(format!("override {}", o.id));
-            return Err(o.kind.reason());
+            record.add_detail(&format!("override {}", o.id));
+            return Err(o.kind.reason().into());
         }
-        let routed = match self.inside {
-            Some(inside) => route_inside(inside, &parts),
-            None => route(&parts_request(&parts)),
-        };
-        if let Some(inside) = self.inside {
-            record.detail = Some(format!("inside connect {}", inside.connect_id));
-        }
-        let routed = match routed {
-            Ok(routed) => routed,
-            Err(e) => {
-                record.path = Some(parts.uri.path().to_owned());
-                tracing::debug!(error = %e, "request not routable");
-                return Err(if agent.is_none() {
-                    Reason::UnknownAgent
-                } else {
-                    Reason::MalformedRequest
-                });
+        let routed = routed.map_err(|e| {
+            tracing::debug!(error = %e, "request not routable");
+            if agent.is_none() {
+                Reason::UnknownAgent
+            } else {
+                Reason::MalformedRequest
             }
-        };
+        })?;
+        if matches!(routed.destination, Destination::Connect { .. }) || agent.is_none() {
+            // CONNECT never reaches here (see `Pipeline::handle`); a call
+            // from an unknown agent is refused after routing, so its record
+            // says where it was headed.
+            return Err(if agent.is_none() {
+                Reason::UnknownAgent
+            } else {
+                Reason::MalformedRequest
+            }
+            .into());
+        }
+        Ok(Identified { agent, run, routed })
+    }
+
+    /// What routing found, into the record: mode, host, path, and the scope
+    /// the route lands in for this agent, if any.
+    fn describe_route(&self, agent: Option<AgentId>, routed: &Routed, record: &mut CallRecord) {
         record.mode = Some(routed.mode.as_str().to_owned());
-        let (target, path) = match &routed.destination {
+        let target = match &routed.destination {
             Destination::Route { route, path } => {
                 // Until a scope is known, the record keeps the route the agent tried.
                 record.path = Some(format!("/{route}{path}"));
-                (Target::Route(route), path.as_str())
+                Target::Route(route)
             }
             Destination::Host { host, port, path } => {
                 record.host = Some(host.clone());
                 record.path = Some(path.clone());
-                (Target::Host { host, port: *port }, path.as_str())
+                Target::Host { host, port: *port }
             }
-            // CONNECT never reaches here (see `Pipeline::handle`).
             Destination::Connect { host, .. } => {
                 record.host = Some(host.clone());
-                return Err(if agent.is_none() {
-                    Reason::UnknownAgent
-                } else {
-                    Reason::MalformedRequest
-                });
+                return;
             }
         };
-        let mut query = routed.query.clone();
-        let mut held = Held::Stream(body);
+        if let Some((id, _)) = agent.and_then(|a| self.policy.scope_at(a, target, self.now)) {
+            let scope = self.policy.scope(id);
+            record.scope = Some(scope.name.clone());
+            record.host = Some(scope.upstream.host.clone());
+            if let Destination::Route { path, .. } = &routed.destination {
+                // Inside a scope, the record holds the path the rules match.
+                record.path = Some(path.clone());
+            }
+        }
+    }
 
+    /// Step 2: the IAM action (for an AWS scope), `decide`, the run token's
+    /// narrowing, then the overrides and rate limits of the scope it landed
+    /// in (only calls policy allows spend the rate budget).
+    async fn judge(
+        &self,
+        identified: &Identified,
+        parts: &Parts,
+        held: Held,
+        record: &mut CallRecord,
+    ) -> Result<Judged, Refusal> {
+        let policy = self.policy;
+        let (target, path) = match &identified.routed.destination {
+            Destination::Route { route, path } => (Target::Route(route), path.as_str()),
+            Destination::Host { host, port, path } => {
+                (Target::Host { host, port: *port }, path.as_str())
+            }
+            Destination::Connect { .. } => return Err(Reason::MalformedRequest.into()),
+        };
+        let query = identified.routed.query.clone();
         // An AWS scope decides on the IAM action, which may sit in the body.
-        let aws_scope = agent
+        let aws_scope = identified
+            .agent
             .and_then(|a| policy.scope_at(a, target, self.now))
             .map(|(id, _)| policy.scope(id))
             .filter(|scope| scope.aws().is_some());
-        let upstream_path = |scope: &Scope| match target {
-            Target::Route(_) => format!("{}{path}", scope.upstream.base_path),
-            Target::Host { .. } | Target::Connect { .. } => path.to_owned(),
-        };
-        let aws_request = match aws_scope {
+        let (aws_request, held) = match aws_scope {
             Some(scope) => {
-                let (mapped, read) = self
-                    .aws_request(scope, &parts, &upstream_path(scope), query.as_deref(), held)
+                let upstream_path = upstream_path(scope, target, path);
+                let (mapped, held) = self
+                    .aws_request(scope, parts, &upstream_path, query.as_deref(), held)
                     .await?;
-                held = read;
                 record.action = mapped.as_ref().map(|m| m.action.clone());
-                mapped
+                (mapped, held)
             }
-            None => None,
+            None => (None, held),
         };
-
         // An MCP endpoint decides on the one JSON-RPC message in the body.
-        let mcp_scope = agent
+        let mcp_scope = identified
+            .agent
             .and_then(|a| policy.scope_at(a, target, self.now))
             .map(|(id, _)| policy.scope(id))
             .and_then(|scope| super::mcp::endpoint(scope, target, path).map(|r| (scope, r)));
-        let mcp_read = match mcp_scope {
+        let (mcp_read, held) = match mcp_scope {
             Some((scope, _)) => {
-                let (read, rest) = super::mcp::read(
+                let (read, held) = super::mcp::read(
                     self.mcp,
                     scope,
-                    &parts,
+                    parts,
                     held,
                     self.limits.read_timeout,
                     record,
                 )
                 .await?;
-                held = rest;
-                Some(read)
+                (Some(read), held)
             }
-            None => None,
+            None => (None, held),
         };
         let mcp_call = mcp_read.as_ref().and_then(super::mcp::Read::call);
-
         let call = Call {
             peer: &self.peer.identity.names,
             target,
@@ -272,21 +339,47 @@ impl Admission<'_> {
         }
         let permit = Permitted::new(policy, &decision).ok_or(decision.reason())?;
         let scope = permit.scope();
-        if let Some(allowed) = run.as_ref().and_then(|c| c.scopes.as_ref())
+        if let Some(allowed) = identified.run.as_ref().and_then(|c| c.scopes.as_ref())
             && !allowed.contains(&scope.name)
         {
             // The token narrows: a scope it leaves out is refused.
-            return Err(Reason::RunTokenScope);
+            return Err(Reason::RunTokenScope.into());
         }
         self.limit(&decision, scope, record)?;
         let mcp = match (mcp_scope, &mcp_read) {
             (Some((_, rules)), Some(read)) => {
-                Some(super::mcp::exchange(self.mcp, scope, rules, read, &parts))
+                Some(super::mcp::exchange(self.mcp, scope, rules, read, parts))
             }
             _ => None,
         };
-        let upstream_path = encode_path(&upstream_path(scope));
+        let path = upstream_path(scope, target, path);
+        Ok(Judged {
+            permit,
+            path,
+            query,
+            held,
+            mcp,
+        })
+    }
 
+    /// Step 3: sentinels, the scope's credential (a secret injected, or the
+    /// request re-signed with minted STS credentials, last, since the
+    /// signature covers the final headers and body), and the upstream URI.
+    async fn prepare(
+        &self,
+        judged: Judged,
+        mut parts: Parts,
+        record: &mut CallRecord,
+    ) -> Result<Admitted, Refusal> {
+        let Judged {
+            permit,
+            path,
+            mut query,
+            mut held,
+            mcp,
+        } = judged;
+        let scope = permit.scope();
+        let upstream_path = encode_path(&path);
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
         let ctx = MintContext {
@@ -347,46 +440,20 @@ impl Admission<'_> {
         })
     }
 
-    /// The run token step: a token in [`RUN_TOKEN_HEADER`] must verify and
-    /// name the certificate's agent; its run id goes into the record. The
-    /// header never goes upstream.
-    fn run_token(
-        &self,
-        parts: &mut Parts,
-        record: &mut DecisionRecord,
-    ) -> Result<Option<Claims>, Reason> {
-        let Some(value) = parts.headers.remove(RUN_TOKEN_HEADER) else {
-            // Without a certificate (the token listener) the token is the
-            // only identity there is.
-            if self.peer.identity.fingerprint.is_empty() {
-                return Err(Reason::RunTokenMissing);
-            }
-            return Ok(None);
-        };
-        let token = value.to_str().map_err(|_| Reason::RunTokenInvalid)?;
-        let claims = self
-            .tokens
-            .verify(token.trim(), record.agent.as_deref(), self.now)
-            .inspect_err(|reason| tracing::info!(%reason, "run token refused"))?;
-        tracing::Span::current().record("run.id", claims.run.as_str());
-        record.run_id = Some(claims.run.clone());
-        Ok(Some(claims))
-    }
-
     /// The step after `decide`: an override disabling the scope, then the
     /// agent's rate and its rate in the scope.
     fn limit(
         &self,
         decision: &Decision,
         scope: &Scope,
-        record: &mut DecisionRecord,
-    ) -> Result<(), Reason> {
+        record: &mut CallRecord,
+    ) -> Result<(), Refusal> {
         if let Some(o) = self
             .overrides
             .refusing(None, None, Some(&scope.name), self.now)
         {
-            record.detail = Some(format!("override {}", o.id));
-            return Err(o.kind.reason());
+            record.add_detail(&format!("override {}", o.id));
+            return Err(o.kind.reason().into());
         }
         let Some(agent) = decision.agent().map(|a| self.policy.agent(a)) else {
             return Ok(());
@@ -402,16 +469,7 @@ impl Admission<'_> {
                 Some((rule, rate)) => self.rates.check_rule(&agent.name, &scope.name, rule, rate),
                 None => Ok(()),
             })
-            .map_err(|limited| {
-                self.retry_after
-                    .store(limited.retry_after_secs(), Ordering::Relaxed);
-                record.detail = Some(format!(
-                    "{} rate limit; retry after {}s",
-                    limited.which,
-                    limited.retry_after_secs()
-                ));
-                Reason::RateLimited
-            })
+            .map_err(Refusal::RateLimited)
     }
 
     /// Maps the request to its IAM action, reading a form body if the
@@ -476,6 +534,46 @@ impl Admission<'_> {
             service: &service,
         };
         Ok((classify(&view), held))
+    }
+}
+
+/// The run token step, the same on every path: a token in
+/// [`RUN_TOKEN_HEADER`] must verify and name the agent; its run id goes into
+/// the record (even when the token is refused for its expiry or its agent).
+/// Without a certificate (the token listener) the token is the only
+/// identity there is, so it must be there.
+pub(crate) fn run_token(
+    tokens: &Verifier,
+    value: Option<&http::HeaderValue>,
+    identity: &PeerIdentity,
+    record: &mut DecisionRecord,
+) -> Result<Option<Claims>, Refusal> {
+    let Some(value) = value else {
+        if identity.fingerprint.is_empty() {
+            return Err(Refusal::Unauthenticated(Challenge::Proxy));
+        }
+        return Ok(None);
+    };
+    let token = value.to_str().map_err(|_| Reason::RunTokenInvalid)?;
+    match tokens.verify_run(token.trim(), record.agent.as_deref(), SystemTime::now()) {
+        Ok(claims) => {
+            tracing::Span::current().record("run.id", claims.run.as_str());
+            record.run_id = Some(claims.run.clone());
+            Ok(Some(claims))
+        }
+        Err(refused) => {
+            tracing::info!(reason = %refused.reason, "run token refused");
+            record.run_id = refused.run;
+            Err(refused.reason.into())
+        }
+    }
+}
+
+/// The path the upstream sees: under the scope's base path for a route.
+fn upstream_path(scope: &Scope, target: Target<'_>, path: &str) -> String {
+    match target {
+        Target::Route(_) => format!("{}{path}", scope.upstream.base_path),
+        Target::Host { .. } | Target::Connect { .. } => path.to_owned(),
     }
 }
 

@@ -9,13 +9,13 @@ use http::request::Parts;
 use http::{HeaderValue, header};
 
 use super::admit::{Admission, Held};
-use crate::admin::metrics::Stage;
 use crate::audit::DecisionRecord;
 use crate::body::Prefix;
 use crate::credentials::MintContext;
 use crate::credentials::sentinel::Found;
 use crate::credentials::sigv4::{self, Payload, SigningScope};
 use crate::error::Reason;
+use crate::metrics::Stage;
 use crate::policy::Scope;
 
 impl Admission<'_> {

@@ -11,12 +11,13 @@ use serde_json::Value;
 use super::admit::Held;
 use crate::audit::{AuditLog, DecisionRecord, McpRecord, kind};
 use crate::body::ProxyBody;
-use crate::error::{Reason, mcp_refusal_response, refusal_response};
+use crate::error::{Reason, Refusal, Via};
 use crate::mcp::jsonrpc::{FrameError, Message, parse_message};
 use crate::mcp::pins::Sighting;
 use crate::mcp::response::{ResponseFilter, Seen};
 use crate::mcp::{McpCall, McpRules, McpState, headers};
 use crate::policy::{Mode, Scope, Target};
+use crate::record::CallRecord;
 use http::Response;
 use http_body_util::BodyExt;
 
@@ -95,7 +96,7 @@ pub(super) async fn read(
     parts: &Parts,
     held: Held,
     timeout: std::time::Duration,
-    record: &mut DecisionRecord,
+    record: &mut CallRecord,
 ) -> Result<(Read, Held), Reason> {
     let session = header(parts, "mcp-session-id");
     let mut noted = McpRecord {
@@ -268,8 +269,9 @@ impl super::Pipeline {
         exchange: Exchange,
         parts: &mut http::response::Parts,
         body: ProxyBody,
-        outcome: &mut super::Outcome,
+        outcome: &mut crate::record::Outcome,
         request_id: &str,
+        via: Via,
     ) -> Result<ProxyBody, Box<Response<ProxyBody>>> {
         if parts.status == http::StatusCode::UNAUTHORIZED
             && parts.headers.contains_key(http::header::WWW_AUTHENTICATE)
@@ -278,10 +280,11 @@ impl super::Pipeline {
             // credential, so this is clawgate's refusal to explain.
             outcome.reason = Reason::UpstreamAuthRequired;
             outcome.finished = true;
-            let noted = outcome.record.as_ref().and_then(|r| r.mcp.clone());
+            let noted = outcome.record().and_then(|r| r.mcp.clone());
+            let refused = Refusal::from(Reason::UpstreamAuthRequired);
             let refusal = match noted.filter(|m| m.method != "GET" && m.method != "DELETE") {
-                Some(m) => mcp_refusal_response(Reason::UpstreamAuthRequired, &m, request_id),
-                None => refusal_response(Reason::UpstreamAuthRequired, request_id),
+                Some(m) => refused.mcp_response(request_id, via, &m),
+                None => refused.response(request_id, via),
             };
             outcome.status = Some(refusal.status().as_u16());
             return Err(Box::new(refusal));
@@ -301,9 +304,9 @@ impl super::Pipeline {
         }
         let is_error = Arc::new(crate::mcp::response::IsError::default());
         if exchange.own.is_some() {
-            outcome.mcp_is_error = Some(Arc::clone(&is_error));
+            outcome.watch_mcp(Arc::clone(&is_error));
         }
-        let template = outcome.record.clone().unwrap_or_default();
+        let template = outcome.record().cloned().unwrap_or_default();
         let filter = filter(
             exchange,
             &self.mcp,

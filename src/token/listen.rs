@@ -143,12 +143,6 @@ async fn handle(
         }
     }
     let peer = Arc::new(Peer { addr, identity });
-    let mut response = pipeline.handle(&peer, req).await;
-    if response.status() == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
-        response.headers_mut().insert(
-            header::PROXY_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"clawgate\""),
-        );
-    }
-    response
+    // A refusal for want of a token carries its own challenge.
+    pipeline.handle(&peer, req).await
 }

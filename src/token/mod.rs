@@ -185,7 +185,24 @@ impl Verifier {
         agent: Option<&str>,
         now: SystemTime,
     ) -> Result<Claims, Reason> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| Reason::RunTokenInvalid)?;
+        self.verify_run(token, agent, now)
+            .map_err(|refused| refused.reason)
+    }
+
+    /// As [`Verifier::verify`], and a refused token whose signature held
+    /// (expired, not yet valid, another agent's) still names its run, so
+    /// that the refusal record can.
+    pub fn verify_run(
+        &self,
+        token: &str,
+        agent: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Claims, TokenRefused> {
+        let invalid = TokenRefused {
+            reason: Reason::RunTokenInvalid,
+            run: None,
+        };
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid.clone())?;
         let mut candidates: Vec<(&DecodingKey, Algorithm, &str)> = Vec::new();
         if let Some(own) = &self.own
             && header.alg == Algorithm::ES256
@@ -199,7 +216,7 @@ impl Verifier {
                 }
             }
         }
-        let mut outcome = Err(Reason::RunTokenInvalid);
+        let mut outcome = Err(invalid);
         for (key, alg, issuer) in candidates {
             let mut validation = Validation::new(alg);
             validation.set_audience(&[AUDIENCE]);
@@ -217,18 +234,31 @@ impl Verifier {
             }
         }
         let claims = outcome?;
+        let refused = |reason| TokenRefused {
+            reason,
+            run: Some(claims.run.clone()),
+        };
         let now = secs(now);
         if claims.exp + LEEWAY.as_secs() <= now {
-            return Err(Reason::RunTokenExpired);
+            return Err(refused(Reason::RunTokenExpired));
         }
         if claims.nbf > now + LEEWAY.as_secs() {
-            return Err(Reason::RunTokenInvalid);
+            return Err(refused(Reason::RunTokenInvalid));
         }
         if agent.is_some_and(|a| a != claims.sub) {
-            return Err(Reason::RunTokenWrongAgent);
+            return Err(refused(Reason::RunTokenWrongAgent));
         }
         Ok(claims)
     }
+}
+
+/// A run token that was refused: why, and its run when its signature held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRefused {
+    /// `run-token-invalid`, `run-token-expired` or `run-token-wrong-agent`.
+    pub reason: Reason,
+    /// The run the token names, if its signature verified.
+    pub run: Option<String>,
 }
 
 /// A fresh ES256 key pair as PKCS#8 and SPKI PEM, for `certs init`.
