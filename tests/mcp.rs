@@ -499,9 +499,10 @@ fn tools_are_decided_by_name_and_argument_in_both_protocol_forms_over_sse() {
             .session
             .is_none()
     );
-    // The other methods are recorded too.
+    // The other methods are recorded too, and the session's end.
     assert!(!mcp_decisions(&h, "initialize").is_empty());
     assert!(!mcp_decisions(&h, "tools/list").is_empty());
+    assert!(!mcp_decisions(&h, "DELETE").is_empty());
     // Another agent sees only its own tools.
     let replies = run_client(
         &h,
@@ -633,6 +634,26 @@ fn batches_notifications_duplicate_keys_headers_resources_and_prompts() {
     let mcp = record.mcp.unwrap();
     assert_eq!((mcp.name.as_deref(), mcp.id), (Some("delete_repo"), None));
     assert_ne!(reply.status, 202);
+
+    // A rewritten list is per agent and uncacheable.
+    let reply = post(
+        &h,
+        &[("mcp-method", "tools/list")],
+        &body(Some(6), "tools/list", &json!({})),
+    );
+    let list = reply.json();
+    assert_eq!(list["result"]["ttlMs"], json!(0), "{list}");
+    assert_eq!(list["result"]["cacheScope"], json!("private"));
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"read_file") && !names.contains(&"delete_repo"),
+        "{names:?}"
+    );
 
     // Absolute form through the forward proxy: the same decision.
     let url = format!("http://127.0.0.1:{}/mcp", server.port);
