@@ -226,9 +226,9 @@ impl McpBody {
             .map(|c| c.trim().to_ascii_lowercase());
         let reading = match media.as_deref() {
             Some("text/event-stream") => Reading::Sse(SseParser::new(MAX_MESSAGE)),
-            Some("application/json")
-                if filter.own_is("tools/list") || filter.own_is("tools/call") =>
-            {
+            // Whatever else answers a list is read as one JSON message, so
+            // that an odd content type cannot carry an unfiltered list.
+            _ if filter.own_is("tools/list") || filter.own_is("tools/call") => {
                 Reading::Json(Vec::new())
             }
             _ => Reading::Pass,

@@ -154,3 +154,25 @@ async fn json_list_bodies_are_rewritten_whole() {
     let out: Value = serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(out["result"]["tools"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_list_under_any_other_content_type_is_still_filtered() {
+    let state = Arc::new(McpState::ephemeral());
+    for content_type in [None, Some("text/plain"), Some("application/vnd.x+json")] {
+        let f = filter(
+            &state,
+            Some(("1", "tools/list")),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        let inner = Full::new(Bytes::from(list(1, "r").to_string()))
+            .map_err(|never| match never {})
+            .boxed();
+        let body = McpBody::new(inner, content_type, f);
+        let out: Value = serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(
+            out["result"]["tools"].as_array().unwrap().len(),
+            1,
+            "{content_type:?}"
+        );
+    }
+}

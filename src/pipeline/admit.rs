@@ -382,6 +382,13 @@ impl Admission<'_> {
         let upstream_path = encode_path(&path);
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
+        if mcp.is_some() {
+            // MCP responses are read to be filtered: no compression.
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                http::HeaderValue::from_static("identity"),
+            );
+        }
         let ctx = MintContext {
             request_id: self.request_id.to_owned(),
             agent: record.agent.clone().unwrap_or_default(),
