@@ -85,6 +85,19 @@ pub enum Reason {
     /// The token listener needs a run token in `Proxy-Authorization`; the
     /// vending listener a vending or run token in `Authorization`.
     RunTokenMissing,
+    /// A tunnel, intercepted connection or upgraded socket ended normally:
+    /// a peer closed it (outcome records only).
+    TunnelClosed,
+    /// An override (isolation, revoked serial, disabled scope) ended a live
+    /// connection (outcome records only).
+    EndedByOverride,
+    /// A policy reload withdrew what a live connection was allowed, and
+    /// ended it (outcome records only).
+    EndedByPolicy,
+    /// Certificates were reloaded and put in force (a record, not a refusal).
+    CertsLoaded,
+    /// A certificate reload failed; the old material stays (a record).
+    CertsRejected,
     /// clawgate stopped before the call was decided or finished (decision
     /// and outcome records only; nobody is left to answer).
     Shutdown,
@@ -110,7 +123,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 37] = [
+    pub const ALL: [Reason; 42] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -148,6 +161,11 @@ impl Reason {
         Reason::McpHeaderMismatch,
         Reason::McpBatchRefused,
         Reason::UpstreamAuthRequired,
+        Reason::TunnelClosed,
+        Reason::EndedByOverride,
+        Reason::EndedByPolicy,
+        Reason::CertsLoaded,
+        Reason::CertsRejected,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -182,6 +200,11 @@ impl Reason {
             Reason::RunTokenWrongAgent => "run-token-wrong-agent",
             Reason::RunTokenScope => "run-token-scope",
             Reason::RunTokenMissing => "run-token-missing",
+            Reason::TunnelClosed => "tunnel-closed",
+            Reason::EndedByOverride => "ended-by-override",
+            Reason::EndedByPolicy => "ended-by-policy",
+            Reason::CertsLoaded => "certs-loaded",
+            Reason::CertsRejected => "certs-rejected",
             Reason::Shutdown => "shutdown",
             Reason::ToolArgumentsRefused => "tool-arguments-refused",
             Reason::ToolDefinitionChanged => "tool-definition-changed",
@@ -203,7 +226,12 @@ impl Reason {
             | Reason::ExceptionExpired
             | Reason::PolicyRejected
             | Reason::OverrideChanged
-            | Reason::ToolPinned => StatusCode::OK,
+            | Reason::ToolPinned
+            | Reason::TunnelClosed
+            | Reason::CertsLoaded
+            | Reason::CertsRejected => StatusCode::OK,
+            // Never sent: the connection is cut, not answered.
+            Reason::EndedByOverride | Reason::EndedByPolicy => StatusCode::FORBIDDEN,
             // Never sent: nobody is left to receive it.
             Reason::ClientCancelled => StatusCode::BAD_REQUEST,
             Reason::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
@@ -494,7 +522,12 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::ToolDefinitionChanged
         | Reason::ToolDefinitionUnverified
         | Reason::ToolPinned
-        | Reason::UpstreamAuthRequired => "http_request_denied",
+        | Reason::UpstreamAuthRequired
+        | Reason::TunnelClosed
+        | Reason::EndedByOverride
+        | Reason::EndedByPolicy
+        | Reason::CertsLoaded
+        | Reason::CertsRejected => "http_request_denied",
     };
     format!("clawgate; error={error}; details=\"{}\"", reason.code())
 }

@@ -10,7 +10,11 @@
 //!                                        before anything is forwarded                      after the response
 //! ```
 //!
-//! - [`listener`]: rustls accept, client certificate required, ALPN.
+//! - [`tls`]: the one place PEM files are read and TLS configurations built;
+//!   certificate and CRL hot reload.
+//! - [`accept`]: one accept path for every listener: handshake admission,
+//!   `tls-rejected` records, timeouts, HTTP/1.1, HTTP/2, upgrades, drain.
+//! - [`listener`]: the agent listener (client certificate required).
 //! - [`request`]: one request sent where it belongs: `CONNECT`, vend or call.
 //! - [`identity`]: names from the verified peer certificate.
 //! - [`route`]: gateway route, forward-proxy host or CONNECT; path normalisation.
@@ -32,6 +36,8 @@
 //! - [`limits`]: rate limits per agent and per (agent, scope), after `decide`.
 //! - [`token`]: run tokens that narrow an agent and name its run.
 //! - [`overrides`]: emergency isolation, serial revocation, disabled scopes.
+//! - [`live`]: open tunnels, WebSockets and connections that an override or
+//!   a reload ends.
 //! - [`audit`]: the decision log (SQLite, group commit, hash chain), query, verify.
 //! - [`error`]: the closed set of reasons, and the one refusal type mapped once
 //!   to status, body and headers (`Retry-After`, challenges, `Proxy-Status`).
@@ -39,30 +45,65 @@
 //! - [`metrics`]: counters and histograms behind `/metrics`.
 //! - [`admin`]: the admin and auditor API (health, metrics, audit, status).
 
-pub mod admin;
-pub mod agent_env;
-pub mod audit;
-pub mod body;
-pub mod certs;
-pub mod connect;
-pub mod credentials;
-pub mod demo;
-pub mod egress;
-pub mod error;
-pub mod forward;
-pub mod identity;
-pub mod intercept;
-pub mod limits;
+// In the order of the call (blank lines keep rustfmt from sorting them):
+// accept, identify, route, decide, limit, credential, forward, record; then
+// what governs it and what runs it.
+pub mod tls;
+
+pub mod accept;
+
 pub mod listener;
-pub mod mcp;
-pub mod metrics;
-pub mod overrides;
-pub mod pipeline;
-pub mod policy;
-pub mod record;
-pub mod reload;
+
 pub mod request;
-pub mod route;
-pub mod serve;
+
+pub mod identity;
+
 pub mod token;
+
+pub mod route;
+
+pub mod pipeline;
+
+pub mod connect;
+
+pub mod intercept;
+
 pub mod upgrade;
+
+pub mod live;
+
+pub mod policy;
+
+pub mod mcp;
+
+pub mod limits;
+
+pub mod credentials;
+
+pub mod body;
+
+pub mod forward;
+
+pub mod egress;
+
+pub mod record;
+
+pub mod audit;
+
+pub mod error;
+
+pub mod overrides;
+
+pub mod reload;
+
+pub mod metrics;
+
+pub mod admin;
+
+pub mod serve;
+
+pub mod certs;
+
+pub mod agent_env;
+
+pub mod demo;

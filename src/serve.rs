@@ -10,17 +10,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::accept::Rejections;
 use crate::admin::Admin;
 use crate::audit::{AuditError, AuditLog, WriterHandle};
 use crate::credentials::{Broker, BrokerConfig};
 use crate::forward::{ForwardError, Timeouts, Upstreams};
 use crate::intercept::{InterceptError, Interceptor};
-use crate::listener::{self, ListenerError};
+use crate::listener;
 use crate::overrides::{OverrideError, Overrides};
 use crate::pipeline::vend::{self, VendListenError};
 use crate::pipeline::{BodyLimits, Parts as PipelineParts, Pipeline};
 use crate::policy::{self, LoadError, LoadOptions};
 use crate::reload::{self, Env, Reloader, policy_record};
+use crate::tls::{TlsError, TlsStore};
 
 /// Everything `serve` needs, resolved from flags.
 #[derive(Debug, Clone)]
@@ -70,7 +72,7 @@ pub enum ServeError {
     Policy(#[from] LoadError),
     /// Certificates are missing or unusable.
     #[error(transparent)]
-    Listener(#[from] ListenerError),
+    Listener(#[from] TlsError),
     /// The decision log cannot be opened.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -161,7 +163,10 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         "policy loaded: {}",
         policy.summary()
     );
-    let tls = listener::server_config(&config.certs_dir, config.crl.as_deref())?;
+    // A server holds one descriptor per peer: take what the system allows.
+    let open_files = crate::accept::raise_open_files_limit();
+    tracing::debug!(?open_files, "open files limit");
+    let tls = Arc::new(TlsStore::load(&config.certs_dir, config.crl.as_deref())?);
     let interceptor = Interceptor::load(&config.certs_dir)?;
     let mut pins: std::collections::HashMap<String, Vec<std::net::IpAddr>> =
         std::collections::HashMap::new();
@@ -205,17 +210,14 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let token_listener = match config.token_listen {
-        Some(addr) => Some((
+        Some(addr) => Some(
             TcpListener::bind(addr)
                 .await
                 .map_err(|source| ServeError::Bind { addr, source })?,
-            crate::token::listen::server_config(&config.certs_dir)?,
-        )),
+        ),
         None => None,
     };
-    let token_addr = token_listener
-        .as_ref()
-        .and_then(|(l, _)| l.local_addr().ok());
+    let token_addr = token_listener.as_ref().and_then(|l| l.local_addr().ok());
     let tokens = crate::token::Verifier::load(
         &config.certs_dir,
         config
@@ -270,18 +272,33 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
     if !config.decision_log_off_benchmark_only {
         reloader.seed_lapses(&config.audit_path);
     }
+    tls.attach(
+        pipeline.audit().clone(),
+        vec![Arc::new(pipeline.interceptor.clone())],
+    );
+    let rejections = Arc::new(Rejections::new(pipeline.audit().clone()));
     let (stop, stopped) = watch::channel(false);
-    let mut other_tasks = vec![tokio::spawn(reload::run(
-        Arc::clone(&reloader),
-        config.watch_policy,
-        stopped.clone(),
-    ))];
-    if let Some((listener, tls)) = token_listener {
+    let mut other_tasks = vec![
+        tokio::spawn(reload::run(
+            Arc::clone(&reloader),
+            config.watch_policy,
+            stopped.clone(),
+        )),
+        tokio::spawn(housekeeping(
+            Arc::clone(&pipeline),
+            Arc::clone(&tls),
+            Arc::clone(&rejections),
+            stopped.clone(),
+        )),
+    ];
+    if let Some(listener) = token_listener {
         other_tasks.push(tokio::spawn(crate::token::listen::serve(
             listener,
-            tls,
+            Arc::clone(&tls),
+            Arc::clone(&rejections),
             Arc::clone(&pipeline),
             stopped.clone(),
+            config.drain,
         )));
     }
     if let Some(listener) = admin_listener {
@@ -289,21 +306,21 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
             pipeline: Arc::clone(&pipeline),
             reloader,
             audit_path: config.audit_path.clone(),
+            certs: Some(Arc::clone(&tls)),
         });
-        // HTTP/1.1 only: the admin API is a handful of small requests, and
-        // a refusal before the body is read stays a plain response.
-        let mut admin_tls = (*tls).clone();
-        admin_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         other_tasks.push(tokio::spawn(crate::admin::serve(
             listener,
-            Arc::new(admin_tls),
+            Arc::clone(&tls),
+            Arc::clone(&rejections),
             admin,
             stopped.clone(),
+            config.drain,
         )));
     }
     let vend_task = vend_listener.map(|listener| {
         tokio::spawn(vend::serve(
             listener,
+            Arc::clone(&rejections),
             Arc::clone(&pipeline),
             stopped.clone(),
         ))
@@ -311,6 +328,7 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
     let task = tokio::spawn(listener::serve(
         listener,
         tls,
+        rejections,
         Arc::clone(&pipeline),
         stopped,
         config.drain,
@@ -327,4 +345,68 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         other_tasks,
         writer,
     })
+}
+
+/// Until `stop`: ends live connections that overrides or a reload withdrew
+/// (every [`crate::live::SWEEP_EVERY`]), reloads certificates on SIGHUP and
+/// when their files change, and records suppressed TLS rejections.
+async fn housekeeping(
+    pipeline: Arc<Pipeline>,
+    tls: Arc<TlsStore>,
+    rejections: Arc<Rejections>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut sweep = tokio::time::interval(crate::live::SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut files = tokio::time::interval(Duration::from_secs(1));
+    let mut flush = tokio::time::interval(Duration::from_secs(5));
+    let mut hangup = hangup_signal();
+    loop {
+        tokio::select! {
+            _ = sweep.tick() => {
+                let policy = pipeline.policy();
+                pipeline.live().sweep(&policy, pipeline.overrides(), std::time::SystemTime::now());
+            }
+            _ = files.tick() => {
+                if tls.changed_on_disk() {
+                    let _ = tls.reload("file change").await;
+                }
+            }
+            _ = flush.tick() => {
+                rejections.flush_suppressed(crate::accept::rejections::now_second().saturating_sub(2));
+            }
+            Some(()) = recv_hangup(&mut hangup) => {
+                let _ = tls.reload("SIGHUP").await;
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+#[cfg(unix)]
+fn hangup_signal() -> Hangup {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangup {
+    None
+}
+
+#[cfg(unix)]
+async fn recv_hangup(signal: &mut Hangup) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn recv_hangup(_: &mut Hangup) -> Option<()> {
+    std::future::pending().await
 }

@@ -26,18 +26,16 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
+use crate::accept::{self, Accepted, Rejections, Served};
 use crate::audit::{Filter, Format};
 use crate::identity::{self, PeerName};
 use crate::overrides::NewOverride;
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
+use crate::tls::{Door, TlsStore};
 
 pub use status::{PolicyStatus, status_of};
 
@@ -62,56 +60,50 @@ pub struct Admin {
     pub reloader: Arc<Reloader>,
     /// The decision log database, for queries.
     pub audit_path: PathBuf,
+    /// The TLS material, for `POST /v1/certs/reload`.
+    pub certs: Option<Arc<TlsStore>>,
 }
 
 type AdminBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-/// Accepts admin connections until `shutdown` flips.
+/// Accepts admin connections until `shutdown` flips, then drains them
+/// within `drain`. A peer without a certificate of the agent CA never
+/// completes the handshake and is recorded `tls-rejected`.
 pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tcp: TcpListener,
+    tls: Arc<TlsStore>,
+    rejections: Arc<Rejections>,
     admin: Arc<Admin>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((tcp, addr)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                let admin = Arc::clone(&admin);
-                tokio::spawn(async move {
-                    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
-                        tracing::info!(client = %addr, "admin handshake refused");
-                        return;
-                    };
-                    let names = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|der| identity::from_der(der).ok())
-                        .map(|id| id.names)
-                        .unwrap_or_default();
-                    let names = Arc::new(names);
-                    let service = service_fn(move |req| {
-                        let admin = Arc::clone(&admin);
-                        let names = Arc::clone(&names);
-                        async move { Ok::<_, Infallible>(admin.handle(&names, addr, req).await) }
-                    });
-                    let mut builder = auto::Builder::new(TokioExecutor::new());
-                    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
-                    if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
-                        tracing::debug!(error = %e, "admin connection ended with an error");
-                    }
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
+    let listener = accept::Listener {
+        name: "admin",
+        tcp,
+        tls: Some((tls, Door::Admin)),
+        rejections,
+    };
+    let make = move |accepted: Accepted| {
+        let names = accepted
+            .leaf
+            .as_ref()
+            .and_then(|der| identity::from_der(der).ok())
+            .map(|id| id.names)
+            .ok_or_else(|| "no usable client certificate".to_owned())?;
+        let names = Arc::new(names);
+        let admin = Arc::clone(&admin);
+        let addr = accepted.addr;
+        let service = service_fn(move |req| {
+            let admin = Arc::clone(&admin);
+            let names = Arc::clone(&names);
+            async move { Ok::<_, Infallible>(admin.handle(&names, addr, req).await) }
+        });
+        Ok(Served {
+            service,
+            until: None,
+        })
+    };
+    accept::serve(listener, make, shutdown, drain).await;
 }
 
 impl Admin {
@@ -164,6 +156,16 @@ impl Admin {
                     ),
                 }
             }
+            (Method::POST, "/v1/certs/reload") => match &self.certs {
+                Some(certs) => match certs.reload(&format!("api by {who}")).await {
+                    Ok(()) => json(StatusCode::OK, &serde_json::json!({ "reloaded": true })),
+                    Err(e) => json(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        &serde_json::json!({ "error": "certificates refused", "problems": e }),
+                    ),
+                },
+                None => error(StatusCode::NOT_FOUND, "no such endpoint"),
+            },
             (Method::GET, "/v1/overrides") => {
                 let now = SystemTime::now();
                 let all: Vec<_> = self

@@ -42,6 +42,8 @@ pub mod kind {
     pub const OVERRIDE: &str = "override";
     /// An MCP tool definition seen first (pinned) or changed.
     pub const PIN: &str = "pin";
+    /// Certificates reloaded, or a reload refused.
+    pub const CERTS: &str = "certs";
     /// Calls refused while the log was unavailable, counted: one record per
     /// outage, written when the log recovers.
     pub const SUMMARY: &str = "summary";

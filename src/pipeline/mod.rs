@@ -82,6 +82,7 @@ pub struct Pipeline {
     metrics: Metrics,
     tokens: Verifier,
     mcp: Arc<crate::mcp::McpState>,
+    live: Arc<crate::live::Live>,
 }
 
 /// What a pipeline is made of, besides the policy and the decision log.
@@ -117,6 +118,7 @@ impl Pipeline {
             overrides: parts.overrides,
             metrics: Metrics::default(),
             tokens: Verifier::none(),
+            live: Arc::default(),
             mcp: Arc::new(crate::mcp::McpState::ephemeral()),
         }
     }
@@ -127,6 +129,12 @@ impl Pipeline {
             mcp: Arc::new(mcp),
             ..self
         }
+    }
+
+    /// Live tunnels, WebSockets and kept-alive connections that overrides
+    /// and reloads can end.
+    pub fn live(&self) -> &Arc<crate::live::Live> {
+        &self.live
     }
 
     /// Ends every tunnel and intercepted connection (at shutdown, after the
@@ -205,8 +213,13 @@ impl Pipeline {
         &self,
         peer: &Peer,
         inside: &Inside,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
+        // The run token the CONNECT proved holds for the whole tunnel.
+        if let Some(token) = &inside.run_token {
+            req.headers_mut()
+                .insert(crate::token::RUN_TOKEN_HEADER, token.clone());
+        }
         self.call(peer, Some(inside), req).await
     }
 
@@ -301,6 +314,7 @@ impl Pipeline {
             };
             match (verdict, outcome) {
                 (Ok(admitted), Some(outcome)) => {
+                    let upgrade = upgrade.map(|(value, on)| (value, on, peer));
                     self.forward(admitted, outcome, &request_id, upgrade, via)
                         .await
                 }
@@ -323,11 +337,11 @@ impl Pipeline {
         admitted: Admitted,
         mut outcome: Outcome,
         request_id: &str,
-        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade, &Peer)>,
         via: Via,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = admitted.request.into_parts();
-        if let Some((value, _)) = &upgrade {
+        if let Some((value, _, _)) = &upgrade {
             crate::upgrade::restore(&mut parts.headers, value);
         }
         let upload_failed = FailureFlag::default();
@@ -361,7 +375,7 @@ impl Pipeline {
                 return Refusal::from(reason).response(request_id, via);
             }
         };
-        if let Some((value, agent_side)) = upgrade
+        if let Some((value, agent_side, peer)) = upgrade
             && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
         {
             let upstream_side = hyper::upgrade::on(&mut response);
@@ -374,8 +388,12 @@ impl Pipeline {
             outcome.status = Some(parts.status.as_u16());
             outcome.reason = Reason::Allowed;
             let stopping = self.stopping.subscribe();
+            let membership = self.live.register(
+                outcome.subject(peer),
+                outcome.policy_digest().unwrap_or_default(),
+            );
             tokio::spawn(
-                crate::upgrade::splice(agent_side, upstream_side, outcome, stopping)
+                crate::upgrade::splice(agent_side, upstream_side, outcome, stopping, membership)
                     .in_current_span(),
             );
             tracing::info!("upgrade forwarded");

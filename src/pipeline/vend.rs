@@ -25,8 +25,6 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -390,44 +388,51 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, VendListenError> {
         .map_err(|e| VendListenError::Bind(addr, e))
 }
 
-/// Serves vending requests named by token until `shutdown` changes.
+/// Serves vending requests named by token until `shutdown` changes. Plain
+/// HTTP on loopback, through the same accept path (header timeout) as every
+/// listener. Vends are not drained: one still minting is ended, and its
+/// record says `shutdown`.
 pub async fn serve(
-    listener: TcpListener,
+    tcp: TcpListener,
+    rejections: Arc<crate::accept::Rejections>,
     pipeline: Arc<Pipeline>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => {
-                let Ok((tcp, addr)) = accepted else {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                };
-                let pipeline = Arc::clone(&pipeline);
-                connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let pipeline = Arc::clone(&pipeline);
-                        async move {
-                            let policy = pipeline.policy();
-                            let caller = token_caller(&pipeline, &policy, &req, addr);
-                            // Every request is a vend, recorded, whatever
-                            // its path: one that names no scope is refused.
-                            Ok::<_, Infallible>(pipeline.vend(&policy, caller, &req).await)
-                        }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
-                });
+    let listener = crate::accept::Listener {
+        name: "vend",
+        tcp,
+        tls: None,
+        rejections,
+    };
+    let calls = Arc::clone(&pipeline);
+    let make = move |accepted: crate::accept::Accepted| {
+        let pipeline = Arc::clone(&calls);
+        let addr = accepted.addr;
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let pipeline = Arc::clone(&pipeline);
+            async move {
+                let policy = pipeline.policy();
+                let caller = token_caller(&pipeline, &policy, &req, addr);
+                // Every request is a vend, recorded, whatever its path: one
+                // that names no scope is refused.
+                Ok::<_, Infallible>(pipeline.vend(&policy, caller, &req).await)
             }
-            _ = shutdown.changed() => break,
-        }
-    }
-    // Vends are not drained: one still minting is ended, and its record
-    // says `shutdown`.
-    pipeline.begin_shutdown();
-    connections.abort_all();
-    while connections.join_next().await.is_some() {}
+        });
+        Ok(crate::accept::Served {
+            service,
+            until: None,
+        })
+    };
+    // Shutdown is marked before the connections end, so their records say
+    // `shutdown`.
+    let (stop, stopped) = watch::channel(false);
+    let mark = async move {
+        let _ = shutdown.wait_for(|s| *s).await.is_ok();
+        pipeline.begin_shutdown();
+        stop.send_replace(true);
+    };
+    tokio::join!(
+        mark,
+        crate::accept::serve(listener, make, stopped, std::time::Duration::ZERO)
+    );
 }
