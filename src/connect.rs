@@ -113,6 +113,7 @@ impl Pipeline {
                     }
                     Err(_) => None,
                 },
+                proxy_key: peer.proxy_key,
             };
             let Ok(outcome) = record.commit(verdict.as_ref().map(|_| ())).await else {
                 return refused(&Reason::AuditUnavailable.into());
@@ -182,7 +183,19 @@ impl Pipeline {
         record.host = req.uri().host().map(str::to_owned);
         // Identity before anything else: an unknown agent's CONNECT resolves
         // no name and opens no connection.
-        let Some(agent) = policy.agent_for(&peer.identity.names) else {
+        let now = std::time::SystemTime::now();
+        let agent = match &peer.proxy_key {
+            // A proxy key proves its agent against the policy in force.
+            Some(sha256) => Some(crate::token::proxy_key::identify(
+                policy,
+                self.overrides(),
+                sha256,
+                now,
+                record,
+            )?),
+            None => policy.agent_for(&peer.identity.names),
+        };
+        let Some(agent) = agent else {
             // Without a certificate (the token listener) and without a
             // token, the answer asks for one.
             if peer.identity.fingerprint.is_empty()
@@ -206,6 +219,7 @@ impl Pipeline {
         // Overrides right after identity, as for every other call: an
         // isolated agent or a revoked certificate opens no tunnel.
         let now = std::time::SystemTime::now();
+        self.settle_lapses(now);
         let serial = &peer.identity.serial;
         if let Some(o) = self.overrides().refusing(
             Some(name.as_str()),

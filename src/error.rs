@@ -85,6 +85,12 @@ pub enum Reason {
     /// The token listener needs a run token in `Proxy-Authorization`; the
     /// vending listener a vending or run token in `Authorization`.
     RunTokenMissing,
+    /// A proxy key that matches no key in policy.
+    ProxyKeyInvalid,
+    /// A proxy key past its `expires` in policy.
+    ProxyKeyExpired,
+    /// An admin override revokes the proxy key.
+    ProxyKeyRevoked,
     /// A tunnel, intercepted connection or upgraded socket ended normally:
     /// a peer closed it (outcome records only).
     TunnelClosed,
@@ -123,7 +129,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 42] = [
+    pub const ALL: [Reason; 45] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -154,6 +160,9 @@ impl Reason {
         Reason::RunTokenWrongAgent,
         Reason::RunTokenScope,
         Reason::RunTokenMissing,
+        Reason::ProxyKeyInvalid,
+        Reason::ProxyKeyExpired,
+        Reason::ProxyKeyRevoked,
         Reason::ToolArgumentsRefused,
         Reason::ToolDefinitionChanged,
         Reason::ToolDefinitionUnverified,
@@ -200,6 +209,9 @@ impl Reason {
             Reason::RunTokenWrongAgent => "run-token-wrong-agent",
             Reason::RunTokenScope => "run-token-scope",
             Reason::RunTokenMissing => "run-token-missing",
+            Reason::ProxyKeyInvalid => "proxy-key-invalid",
+            Reason::ProxyKeyExpired => "proxy-key-expired",
+            Reason::ProxyKeyRevoked => "proxy-key-revoked",
             Reason::TunnelClosed => "tunnel-closed",
             Reason::EndedByOverride => "ended-by-override",
             Reason::EndedByPolicy => "ended-by-policy",
@@ -251,6 +263,9 @@ impl Reason {
             | Reason::RunTokenExpired
             | Reason::RunTokenWrongAgent
             | Reason::RunTokenScope
+            | Reason::ProxyKeyInvalid
+            | Reason::ProxyKeyExpired
+            | Reason::ProxyKeyRevoked
             | Reason::ToolArgumentsRefused
             | Reason::ToolDefinitionChanged
             | Reason::ToolDefinitionUnverified => StatusCode::FORBIDDEN,
@@ -518,6 +533,9 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::RunTokenWrongAgent
         | Reason::RunTokenScope
         | Reason::RunTokenMissing
+        | Reason::ProxyKeyInvalid
+        | Reason::ProxyKeyExpired
+        | Reason::ProxyKeyRevoked
         | Reason::ToolArgumentsRefused
         | Reason::ToolDefinitionChanged
         | Reason::ToolDefinitionUnverified

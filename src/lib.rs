@@ -41,9 +41,13 @@
 //! - [`audit`]: the decision log (SQLite, group commit, hash chain), query, verify.
 //! - [`error`]: the closed set of reasons, and the one refusal type mapped once
 //!   to status, body and headers (`Retry-After`, challenges, `Proxy-Status`).
-//! - [`reload`]: hot reload of policy; exceptions and overrides lapsing.
+//! - [`reload`]: hot reload of policy, and the timer of lapses.
+//! - [`lapse`]: exceptions and overrides lapse at their expiry, each lapse a
+//!   record queued before any decision that relies on it.
 //! - [`metrics`]: counters and histograms behind `/metrics`.
 //! - [`admin`]: the admin and auditor API (health, metrics, audit, status).
+//! - [`agent_env`] and [`lockdown`]: the environment that routes an agent
+//!   through clawgate, and the egress rules that leave it no other road.
 
 // In the order of the call (blank lines keep rustfmt from sorting them):
 // accept, identify, route, decide, limit, credential, forward, record; then
@@ -94,6 +98,8 @@ pub mod error;
 
 pub mod overrides;
 
+pub mod lapse;
+
 pub mod reload;
 
 pub mod metrics;
@@ -105,5 +111,7 @@ pub mod serve;
 pub mod certs;
 
 pub mod agent_env;
+
+pub mod lockdown;
 
 pub mod demo;

@@ -54,6 +54,7 @@ pub async fn serve(
         let peer = Arc::new(Peer {
             addr: accepted.addr,
             identity,
+            proxy_key: None,
         });
         let pipeline = Arc::clone(&calls);
         let service = service_fn(move |req| {

@@ -39,6 +39,9 @@ pub struct Subject {
     pub scope: Option<String>,
     /// A `CONNECT` target, decided again after a reload.
     pub connect: Option<(String, u16)>,
+    /// The SHA-256 of the proxy key the connection was opened with: it
+    /// ends when the key leaves the policy, expires or is revoked.
+    pub proxy_key: Option<[u8; 32]>,
 }
 
 /// Why a live connection was ended.
@@ -146,6 +149,28 @@ fn withdrawn(
     }
     let agent = agent_id.map(|id| policy.agent(id));
     let agent_name = agent.map(|a| a.name.as_str()).or(s.agent.as_deref());
+    if let Some(sha256) = &s.proxy_key {
+        // Checked on every sweep: a key's expiry needs no reload.
+        let ended = match policy.proxy_key(sha256) {
+            None => Some((
+                Reason::EndedByPolicy,
+                "proxy key no longer in policy".to_owned(),
+            )),
+            Some((_, key)) if !key.valid_at(now) => Some((
+                Reason::EndedByPolicy,
+                format!("proxy key `{}` expired", key.id),
+            )),
+            Some((_, key)) => overrides.revoking_proxy_key(&key.id, now).map(|o| {
+                (
+                    Reason::EndedByOverride,
+                    format!("{} by override {}", o.kind.reason(), o.id),
+                )
+            }),
+        };
+        if let Some((reason, detail)) = ended {
+            return Some(Ended { reason, detail });
+        }
+    }
     // Only an override newer than the connection ends it: one opened
     // after the override has each of its requests refused instead.
     if let Some(o) = overrides.refusing(agent_name, s.serial.as_deref(), s.scope.as_deref(), now)
@@ -218,6 +243,16 @@ impl Membership {
             && entry.subject.agent.as_deref() != Some(agent)
         {
             entry.subject.agent = Some(agent.to_owned());
+        }
+    }
+
+    /// Names the proxy key a token-listener connection proved its agent
+    /// with: its revocation, expiry or removal now ends the connection.
+    pub fn name_proxy_key(&self, sha256: [u8; 32]) {
+        if let Ok(mut entries) = self.live.entries.lock()
+            && let Some(entry) = entries.get_mut(&self.id)
+        {
+            entry.subject.proxy_key = Some(sha256);
         }
     }
 

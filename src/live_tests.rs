@@ -35,6 +35,7 @@ fn tunnel_to(host: &str, scope: &str) -> Subject {
         serial: Some("1f".into()),
         scope: Some(scope.into()),
         connect: Some((host.into(), 443)),
+        proxy_key: None,
     }
 }
 
@@ -58,11 +59,14 @@ async fn overrides_and_withdrawing_reloads_end_members_and_say_why() {
                 target: "t".into(),
                 reason: "test".into(),
                 expires_in: "1h".into(),
+                force: false,
             },
             "test",
             now,
+            &*first,
         )
-        .unwrap();
+        .unwrap()
+        .created;
     assert_eq!(live.sweep(&first, &overrides, now), 1);
     let ended = t.ended().await;
     assert_eq!(ended.reason, Reason::EndedByOverride);

@@ -252,6 +252,7 @@ impl Outcome {
             serial: (!peer.identity.serial.is_empty()).then(|| peer.identity.serial.clone()),
             scope: record.and_then(|r| r.scope.clone()),
             connect: None,
+            proxy_key: peer.proxy_key,
         }
     }
 

@@ -270,8 +270,11 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         Arc::clone(&pipeline),
     ));
     if !config.decision_log_off_benchmark_only {
-        reloader.seed_lapses(&config.audit_path);
+        pipeline.lapses().seed(&config.audit_path);
     }
+    // The start-up load is a load like any other: `policy-loaded` above,
+    // and counted in `clawgate_policy_loads_total`.
+    pipeline.metrics().reload(true);
     tls.attach(
         pipeline.audit().clone(),
         vec![Arc::new(pipeline.interceptor.clone())],
@@ -364,8 +367,11 @@ async fn housekeeping(
     loop {
         tokio::select! {
             _ = sweep.tick() => {
+                let now = std::time::SystemTime::now();
+                // An override's lapse is recorded before anything relies on it.
+                pipeline.settle_lapses(now);
                 let policy = pipeline.policy();
-                pipeline.live().sweep(&policy, pipeline.overrides(), std::time::SystemTime::now());
+                pipeline.live().sweep(&policy, pipeline.overrides(), now);
             }
             _ = files.tick() => {
                 if tls.changed_on_disk() {

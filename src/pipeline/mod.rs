@@ -41,6 +41,7 @@ use crate::error::{REQUEST_ID_HEADER, Reason, Refusal, Via};
 use crate::forward::{Upstreams, strip_hop_by_hop};
 use crate::identity::PeerIdentity;
 use crate::intercept::Interceptor;
+use crate::lapse::Lapses;
 use crate::limits::Limits;
 use crate::metrics::{Metrics, Stage};
 use crate::overrides::Overrides;
@@ -58,8 +59,12 @@ use admit::{Admission, Admitted};
 pub struct Peer {
     /// The client's address.
     pub addr: SocketAddr,
-    /// What its verified certificate proves.
+    /// What its verified certificate proves (on the token listener, the
+    /// names of the agent its token or proxy key claims).
     pub identity: PeerIdentity,
+    /// The SHA-256 of the proxy key it presented on the token listener;
+    /// checked against the policy in force on every call.
+    pub proxy_key: Option<[u8; 32]>,
 }
 
 /// The shared state every call runs through.
@@ -82,6 +87,7 @@ pub struct Pipeline {
     metrics: Metrics,
     tokens: Verifier,
     mcp: Arc<crate::mcp::McpState>,
+    lapses: Lapses,
     live: Arc<crate::live::Live>,
 }
 
@@ -118,6 +124,7 @@ impl Pipeline {
             overrides: parts.overrides,
             metrics: Metrics::default(),
             tokens: Verifier::none(),
+            lapses: Lapses::default(),
             live: Arc::default(),
             mcp: Arc::new(crate::mcp::McpState::ephemeral()),
         }
@@ -164,6 +171,19 @@ impl Pipeline {
     /// calls in flight finish under the one they started with.
     pub fn set_policy(&self, policy: Arc<Policy>) {
         self.policy.store(policy);
+        self.lapses.changed();
+    }
+
+    /// The lapses of exceptions and overrides.
+    pub fn lapses(&self) -> &Lapses {
+        &self.lapses
+    }
+
+    /// Records every lapse due by `now` before the caller records a decision
+    /// taken at `now` (cause before effect; see [`crate::lapse`]).
+    pub fn settle_lapses(&self, now: SystemTime) {
+        self.lapses
+            .settle(&self.policy.load(), &self.overrides, &self.audit, now);
     }
 
     /// The runtime overrides.
@@ -247,6 +267,8 @@ impl Pipeline {
             upstream.host = field::Empty,
         );
         async {
+            let now = SystemTime::now();
+            self.settle_lapses(now);
             // The policy is read once: a reload mid-call does not change it.
             let policy = self.policy.load_full();
             // Made first: from here on, whatever happens to this task, the
@@ -274,7 +296,7 @@ impl Pipeline {
                 broker: &self.broker,
                 limits: self.limits,
                 request_id: &request_id,
-                now: SystemTime::now(),
+                now,
                 rates: &self.rates,
                 overrides: &self.overrides,
                 metrics: &self.metrics,

@@ -96,7 +96,21 @@ impl Pipeline {
         req: Request<hyper::body::Incoming>,
     ) -> Response<ProxyBody> {
         let policy = self.policy();
-        let agent = policy.agent_for(&peer.identity.names);
+        let mut key_refused = None;
+        let agent = match &peer.proxy_key {
+            // A key proves its agent against the policy in force; one that
+            // no longer does vends nothing, and the refusal says why.
+            Some(sha256) => crate::token::proxy_key::identify(
+                &policy,
+                self.overrides(),
+                sha256,
+                SystemTime::now(),
+                &mut crate::audit::DecisionRecord::new(crate::audit::kind::DECISION, ""),
+            )
+            .map_err(|reason| key_refused = Some(reason))
+            .ok(),
+            None => policy.agent_for(&peer.identity.names),
+        };
         let mut caller = VendCaller {
             agent,
             cert_fp: Some(&peer.identity.fingerprint),
@@ -110,6 +124,9 @@ impl Pipeline {
             // The token listener: without a certificate the token is the
             // only identity, and the answer asks for one.
             caller.refused = Some(Refusal::Unauthenticated(Challenge::Proxy));
+        }
+        if let Some(reason) = key_refused {
+            caller.refused = Some(reason.into());
         }
         if let Some(value) = req.headers().get(RUN_TOKEN_HEADER) {
             let name = agent.map(|a| policy.agent(a).name.as_str());
@@ -215,6 +232,7 @@ impl Pipeline {
         // Overrides right after identity: an isolated agent or a revoked
         // certificate learns nothing about scopes.
         let now = SystemTime::now();
+        self.settle_lapses(now);
         if let Some(o) = self.overrides().refusing(
             Some(&agent.name),
             caller.serial.filter(|s| !s.is_empty()),
@@ -354,6 +372,22 @@ fn token_caller<'a, B>(
                 }),
             };
             caller.run_token(verdict);
+        }
+        return caller;
+    }
+    let token = token.strip_prefix("Bearer ").unwrap_or(token).trim();
+    if crate::token::proxy_key::is_proxy_key(token) {
+        // An agent's proxy key vends too, so one secret in its environment
+        // serves the proxy and the SDK's container provider.
+        match crate::token::proxy_key::identify(
+            policy,
+            pipeline.overrides(),
+            &crate::token::proxy_key::sha256(token),
+            now,
+            &mut crate::audit::DecisionRecord::new(crate::audit::kind::DECISION, ""),
+        ) {
+            Ok(agent) => caller.agent = Some(agent),
+            Err(reason) => caller.refused = Some(reason.into()),
         }
         return caller;
     }

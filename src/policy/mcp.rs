@@ -9,7 +9,8 @@ use globset::{GlobBuilder, GlobSetBuilder};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::load::Report;
+use super::file::ScopeFile;
+use super::report::{Report, compile_rate};
 use super::{Effect, Mode};
 use crate::mcp::rules::{Condition, JsonType, Kind, McpRule, McpRules, Names, Op, PinMode};
 
@@ -73,6 +74,29 @@ pub(super) struct ConditionFile {
     type_: Option<String>,
     not_type: Option<String>,
     present: Option<bool>,
+}
+
+/// A scope's `[scope.mcp]`, compiled, with the checks that involve the rest
+/// of the scope (an `aws` credential cannot go with MCP rules).
+pub(super) fn compile_scope_mcp(
+    report: &mut Report<'_>,
+    file: usize,
+    scope: &ScopeFile,
+) -> Option<Arc<McpRules>> {
+    let mcp = scope.mcp.as_ref()?;
+    let name = scope.name.get_ref();
+    let is_aws = scope
+        .credential
+        .as_ref()
+        .is_some_and(|c| c.get_ref().kind.get_ref() == "aws");
+    if is_aws {
+        report.error(
+            file,
+            scope.name.span(),
+            format!("scope `{name}` has an `aws` credential, so it cannot have MCP rules"),
+        );
+    }
+    Some(Arc::new(compile_mcp(report, file, mcp, name)))
 }
 
 /// Compiles `[scope.mcp]` of scope `scope`.
@@ -276,7 +300,7 @@ fn compile_rule(
             Mode::Enforce
         }
     };
-    let rate = super::load::compile_rate(report, file, r.rate.as_ref(), r.burst.as_ref());
+    let rate = compile_rate(report, file, r.rate.as_ref(), r.burst.as_ref());
     Some(McpRule {
         id: Arc::from(id),
         effect,

@@ -1,8 +1,9 @@
 //! The token listener (`--token-listen`): TLS with server authentication
-//! only, for clients that cannot present a certificate to a proxy. The run
-//! token arrives as the password of `Proxy-Authorization: Basic` (curl, Go
-//! and Node send it from the proxy URL), names the agent, and then goes
-//! through the same pipeline as a certified call.
+//! only, for clients that cannot present a certificate to a proxy. A run
+//! token or a per-agent proxy key arrives as the password of
+//! `Proxy-Authorization: Basic` (curl, Go, Node, Python and botocore send it
+//! from the proxy URL), names the agent, and then goes through the same
+//! pipeline as a certified call.
 //!
 //! Invariants: a call without a token is refused `run-token-missing` (407)
 //! and recorded; the token is checked again in the pipeline, so this module
@@ -20,7 +21,7 @@ use hyper::service::service_fn;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::RUN_TOKEN_HEADER;
+use super::{RUN_TOKEN_HEADER, proxy_key};
 use crate::accept::{self, Accepted, Rejections, Served};
 use crate::identity::PeerIdentity;
 use crate::live::{Membership, Subject};
@@ -106,19 +107,41 @@ async fn handle(
         fingerprint: String::new(),
         serial: String::new(),
     };
-    if let Some(token) = &token {
-        if let Ok(claims) = pipeline.tokens().verify(token, None, SystemTime::now()) {
+    let mut proxy_key = None;
+    match &token {
+        Some(key) if proxy_key::is_proxy_key(key) => {
+            // A proxy key: the names of the agent it belongs to, if any; the
+            // pipeline proves it again against the policy in force.
+            let sha256 = proxy_key::sha256(key);
             let policy = pipeline.policy();
-            if let Some(agent) = policy.agents().iter().find(|a| a.name == claims.sub) {
-                identity.names = agent.identities.clone();
-                membership.name_agent(&agent.name);
+            if let Some((agent, key)) = policy.proxy_key(&sha256) {
+                identity.names = policy.agent(agent).identities.clone();
+                // What records carry in place of a certificate fingerprint.
+                identity.fingerprint = proxy_key::record_ref(&key.id);
+                membership.name_agent(&policy.agent(agent).name);
+                membership.name_proxy_key(sha256);
+            }
+            proxy_key = Some(sha256);
+        }
+        Some(token) => {
+            if let Ok(claims) = pipeline.tokens().verify(token, None, SystemTime::now()) {
+                let policy = pipeline.policy();
+                if let Some(agent) = policy.agents().iter().find(|a| a.name == claims.sub) {
+                    identity.names = agent.identities.clone();
+                    membership.name_agent(&agent.name);
+                }
+            }
+            if let Ok(value) = HeaderValue::from_str(token) {
+                req.headers_mut().insert(RUN_TOKEN_HEADER, value);
             }
         }
-        if let Ok(value) = HeaderValue::from_str(token) {
-            req.headers_mut().insert(RUN_TOKEN_HEADER, value);
-        }
+        None => {}
     }
-    let peer = Arc::new(Peer { addr, identity });
+    let peer = Arc::new(Peer {
+        addr,
+        identity,
+        proxy_key,
+    });
     // A refusal for want of a token carries its own challenge.
     pipeline.handle(&peer, req).await
 }
