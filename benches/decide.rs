@@ -120,6 +120,7 @@ fn bench(c: &mut Criterion) {
                         method: call.method,
                         path: &call.path,
                         aws: None,
+                        mcp: None,
                         now: std::time::SystemTime::UNIX_EPOCH,
                     }),
                     &policy,

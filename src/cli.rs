@@ -54,6 +54,9 @@ pub(crate) enum Command {
     ProxyKey(ProxyKeyCommand),
     /// Print nftables rules that let an agent's user or cgroup reach only clawgate.
     Lockdown(LockdownArgs),
+    /// MCP servers.
+    #[command(subcommand)]
+    Mcp(McpCommand),
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +148,22 @@ pub(crate) enum ProxyKeyCommand {
         /// Replace an existing key file.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum McpCommand {
+    /// Print the definition hash of every tool of an MCP server, as a
+    /// `[scope.mcp.pins]` table to paste into policy.
+    Pins {
+        /// The server's MCP endpoint, such as `https://mcp.example.com/mcp`.
+        url: String,
+        /// A header to send, `Name: value` (repeatable), such as the server's credential.
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// PEM roots to trust besides the webpki roots (a private CA).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
 }
 

@@ -253,6 +253,7 @@ impl Pipeline {
             method: "CONNECT",
             path: "/",
             aws: None,
+            mcp: None,
             now,
         };
         let decision = decide(&call, policy);

@@ -107,11 +107,29 @@ pub enum Reason {
     /// clawgate stopped before the call was decided or finished (decision
     /// and outcome records only; nobody is left to answer).
     Shutdown,
+    /// An MCP tool's name is allowed, but its arguments meet no allow rule's
+    /// conditions (or exceed the size limit).
+    ToolArgumentsRefused,
+    /// An MCP tool's definition differs from its pin (a "rug pull"): hidden
+    /// from `tools/list` and refused.
+    ToolDefinitionChanged,
+    /// An MCP tool pinned in policy whose definition clawgate has not seen,
+    /// so it cannot be checked against the pin.
+    ToolDefinitionUnverified,
+    /// A tool definition seen for the first time and pinned (a record).
+    ToolPinned,
+    /// An `Mcp-Method` or `Mcp-Name` header disagrees with the body.
+    McpHeaderMismatch,
+    /// A JSON-RPC batch (a JSON array) sent to an MCP endpoint.
+    McpBatchRefused,
+    /// The MCP upstream answered 401 with an OAuth challenge; the agent is
+    /// not sent into an OAuth flow.
+    UpstreamAuthRequired,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 38] = [
+    pub const ALL: [Reason; 45] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -145,6 +163,13 @@ impl Reason {
         Reason::ProxyKeyInvalid,
         Reason::ProxyKeyExpired,
         Reason::ProxyKeyRevoked,
+        Reason::ToolArgumentsRefused,
+        Reason::ToolDefinitionChanged,
+        Reason::ToolDefinitionUnverified,
+        Reason::ToolPinned,
+        Reason::McpHeaderMismatch,
+        Reason::McpBatchRefused,
+        Reason::UpstreamAuthRequired,
         Reason::TunnelClosed,
         Reason::EndedByOverride,
         Reason::EndedByPolicy,
@@ -193,6 +218,13 @@ impl Reason {
             Reason::CertsLoaded => "certs-loaded",
             Reason::CertsRejected => "certs-rejected",
             Reason::Shutdown => "shutdown",
+            Reason::ToolArgumentsRefused => "tool-arguments-refused",
+            Reason::ToolDefinitionChanged => "tool-definition-changed",
+            Reason::ToolDefinitionUnverified => "tool-definition-unverified",
+            Reason::ToolPinned => "tool-pinned",
+            Reason::McpHeaderMismatch => "mcp-header-mismatch",
+            Reason::McpBatchRefused => "mcp-batch-refused",
+            Reason::UpstreamAuthRequired => "upstream-auth-required",
         }
     }
 
@@ -206,6 +238,7 @@ impl Reason {
             | Reason::ExceptionExpired
             | Reason::PolicyRejected
             | Reason::OverrideChanged
+            | Reason::ToolPinned
             | Reason::TunnelClosed
             | Reason::CertsLoaded
             | Reason::CertsRejected => StatusCode::OK,
@@ -232,15 +265,20 @@ impl Reason {
             | Reason::RunTokenScope
             | Reason::ProxyKeyInvalid
             | Reason::ProxyKeyExpired
-            | Reason::ProxyKeyRevoked => StatusCode::FORBIDDEN,
+            | Reason::ProxyKeyRevoked
+            | Reason::ToolArgumentsRefused
+            | Reason::ToolDefinitionChanged
+            | Reason::ToolDefinitionUnverified => StatusCode::FORBIDDEN,
             Reason::RunTokenMissing => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Reason::MalformedRequest => StatusCode::BAD_REQUEST,
+            Reason::MalformedRequest | Reason::McpHeaderMismatch | Reason::McpBatchRefused => {
+                StatusCode::BAD_REQUEST
+            }
             Reason::CredentialUnavailable | Reason::AuditUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Reason::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            Reason::UpstreamUnreachable | Reason::UpstreamAuthRequired => StatusCode::BAD_GATEWAY,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -327,6 +365,32 @@ impl Refusal {
     /// The response for this refusal: status, a small JSON body, the request
     /// id header, and the headers the refusal's data calls for.
     pub fn response(&self, request_id: &str, via: Via) -> Response<ProxyBody> {
+        self.answer(request_id, via, None)
+    }
+
+    /// The response for a refused MCP message: a JSON-RPC error with the
+    /// request's id, so the agent's model reads a refusal rather than a
+    /// transport failure, with the same headers as [`Refusal::response`]. A
+    /// request refused by policy gets HTTP 200; a notification, a malformed
+    /// body, a batch or disagreeing headers get the reason's status. A
+    /// refused tool, resource or prompt reads like an unknown one, so that
+    /// its existence is not revealed; `error.data` holds the reason code and
+    /// the request id, and nothing the agent sent.
+    pub fn mcp_response(
+        &self,
+        request_id: &str,
+        via: Via,
+        message: &crate::audit::McpRecord,
+    ) -> Response<ProxyBody> {
+        self.answer(request_id, via, Some(message))
+    }
+
+    fn answer(
+        &self,
+        request_id: &str,
+        via: Via,
+        mcp: Option<&crate::audit::McpRecord>,
+    ) -> Response<ProxyBody> {
         let reason = self.reason();
         let (status, extra) = match self {
             Refusal::Denied(reason) => (reason.status(), None),
@@ -352,11 +416,17 @@ impl Refusal {
                 )),
             ),
         };
-        let body = serde_json::json!({
-            "error": reason.error_kind(),
-            "reason": reason.code(),
-            "request_id": request_id,
-        });
+        let (status, body) = match mcp {
+            None => (
+                status,
+                serde_json::json!({
+                    "error": reason.error_kind(),
+                    "reason": reason.code(),
+                    "request_id": request_id,
+                }),
+            ),
+            Some(message) => mcp_error(reason, status, message, request_id),
+        };
         let mut response = Response::new(
             Full::new(Bytes::from(body.to_string()))
                 .map_err(|never| match never {})
@@ -383,6 +453,47 @@ impl Refusal {
     }
 }
 
+/// The status and JSON-RPC error body of a refused MCP message.
+fn mcp_error(
+    reason: Reason,
+    status: StatusCode,
+    message: &crate::audit::McpRecord,
+    request_id: &str,
+) -> (StatusCode, serde_json::Value) {
+    use crate::mcp::jsonrpc::{INVALID_REQUEST, Id, REFUSAL_CODE, refusal};
+    let id = message
+        .id
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .map(Id);
+    let by_rule = matches!(
+        reason,
+        Reason::NoMatchingRule
+            | Reason::DeniedByRule
+            | Reason::ToolArgumentsRefused
+            | Reason::ToolDefinitionChanged
+            | Reason::ToolDefinitionUnverified
+    );
+    let (code, text) = match (reason, message.method.as_str()) {
+        (Reason::McpHeaderMismatch, _) => (-32020, "Header mismatch"),
+        (Reason::MalformedRequest | Reason::McpBatchRefused | Reason::RequestTooLarge, _) => {
+            (INVALID_REQUEST, "Invalid Request")
+        }
+        (_, "tools/call") if by_rule => (REFUSAL_CODE, "Unknown tool"),
+        (_, m) if by_rule && m.starts_with("resources/") => (REFUSAL_CODE, "Resource not found"),
+        (_, "prompts/get") if by_rule => (REFUSAL_CODE, "Unknown prompt"),
+        _ => (REFUSAL_CODE, "Denied by policy"),
+    };
+    let status = match (&id, code) {
+        (Some(_), REFUSAL_CODE) => StatusCode::OK,
+        _ => status,
+    };
+    (
+        status,
+        refusal(id.as_ref(), code, text, reason.code(), request_id),
+    )
+}
+
 /// The RFC 9209 header on every proxy refusal.
 pub const PROXY_STATUS_HEADER: &str = "proxy-status";
 
@@ -393,7 +504,10 @@ pub fn proxy_status(reason: Reason) -> String {
         Reason::EgressAddressBlocked => "destination_ip_prohibited",
         Reason::UpstreamUnreachable => "destination_unavailable",
         Reason::UpstreamTimeout => "http_response_timeout",
-        Reason::MalformedRequest | Reason::RequestTooLarge => "http_request_error",
+        Reason::MalformedRequest
+        | Reason::RequestTooLarge
+        | Reason::McpHeaderMismatch
+        | Reason::McpBatchRefused => "http_request_error",
         Reason::CredentialUnavailable | Reason::AuditUnavailable | Reason::Shutdown => {
             "proxy_internal_error"
         }
@@ -422,6 +536,11 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::ProxyKeyInvalid
         | Reason::ProxyKeyExpired
         | Reason::ProxyKeyRevoked
+        | Reason::ToolArgumentsRefused
+        | Reason::ToolDefinitionChanged
+        | Reason::ToolDefinitionUnverified
+        | Reason::ToolPinned
+        | Reason::UpstreamAuthRequired
         | Reason::TunnelClosed
         | Reason::EndedByOverride
         | Reason::EndedByPolicy

@@ -31,6 +31,8 @@
 //! - [`record`]: the one call record (drop-guarded: written on every exit
 //!   path, cancellation included) and the outcome record derived from it.
 //! - [`upgrade`]: WebSocket upgrades and the byte splice tunnels share.
+//! - [`mcp`]: the tool-call firewall: MCP messages decided by tool and argument,
+//!   `tools/list` filtered, tool definitions pinned.
 //! - [`limits`]: rate limits per agent and per (agent, scope), after `decide`;
 //!   in process, or shared by a fleet on Redis.
 //! - [`token`]: run tokens that narrow an agent and name its run.
@@ -78,6 +80,8 @@ pub mod upgrade;
 pub mod live;
 
 pub mod policy;
+
+pub mod mcp;
 
 pub mod limits;
 

@@ -93,14 +93,16 @@ impl std::fmt::Display for Rate {
 enum Key {
     Agent(String),
     Scope(String, String),
+    Rule(String, String, String),
 }
 
 /// Which limit refused a call, and when to try again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limited {
-    /// `agent` or `scope`.
+    /// `agent`, `scope` or `tool`.
     pub which: &'static str,
-    /// The agent's name (an agent limit) or the scope's (a scope limit).
+    /// The agent's name (an agent limit), the scope's (a scope limit) or
+    /// the rule's (a tool limit).
     pub name: String,
     /// The rate that was reached, as policy states it.
     pub rate: Rate,
@@ -150,6 +152,11 @@ pub trait LimitStore: Send + Sync + std::fmt::Debug {
         scope_rate: Option<Rate>,
     ) -> Pin<Box<dyn Future<Output = Result<(), Limited>> + Send + 'a>>;
 
+    /// Checks the agent's rate under one rule of a scope (an MCP tool
+    /// rule's `rate`). In this process on every backend: a per-tool rate is
+    /// per replica, not shared by a fleet.
+    fn check_rule(&self, agent: &str, scope: &str, rule: &str, rate: Rate) -> Result<(), Limited>;
+
     /// The shared store's state, for metrics and health (none in-process).
     fn shared_stats(&self) -> Option<redis::RedisStats> {
         None
@@ -168,6 +175,10 @@ impl LimitStore for Limits {
             self, agent, agent_rate, scope, scope_rate,
         )))
     }
+
+    fn check_rule(&self, agent: &str, scope: &str, rule: &str, rate: Rate) -> Result<(), Limited> {
+        Limits::check_rule(self, agent, scope, rule, rate)
+    }
 }
 
 impl LimitStore for redis::RedisLimits {
@@ -181,6 +192,10 @@ impl LimitStore for redis::RedisLimits {
         Box::pin(redis::RedisLimits::check(
             self, agent, agent_rate, scope, scope_rate,
         ))
+    }
+
+    fn check_rule(&self, agent: &str, scope: &str, rule: &str, rate: Rate) -> Result<(), Limited> {
+        self.local_rule(agent, scope, rule, rate)
     }
 
     fn shared_stats(&self) -> Option<redis::RedisStats> {
@@ -223,6 +238,27 @@ impl Limits {
                 })?;
         }
         Ok(())
+    }
+
+    /// Checks the agent's rate under one rule of a scope (an MCP tool rule's
+    /// `rate`).
+    pub fn check_rule(
+        &self,
+        agent: &str,
+        scope: &str,
+        rule: &str,
+        rate: Rate,
+    ) -> Result<(), Limited> {
+        self.check_one(
+            Key::Rule(agent.to_owned(), scope.to_owned(), rule.to_owned()),
+            rate,
+        )
+        .map_err(|retry_after| Limited {
+            which: "tool",
+            name: rule.to_owned(),
+            rate,
+            retry_after,
+        })
     }
 
     fn check_one(&self, key: Key, rate: Rate) -> Result<(), Duration> {

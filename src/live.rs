@@ -214,6 +214,7 @@ fn withdrawn(
             path: "/",
             aws: None,
             now,
+            mcp: None,
         };
         let decision = decide(&call, policy);
         if Permitted::new(policy, &decision).is_none() {

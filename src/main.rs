@@ -118,6 +118,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::Mcp(McpCommand::Pins {
+            url,
+            headers,
+            ca_file,
+        }) => {
+            let hashes = runtime()?.block_on(clawgate::mcp::fetch::tool_hashes(
+                &url,
+                &headers,
+                ca_file.as_deref(),
+            ))?;
+            print!("{}", clawgate::mcp::fetch::pins_table(&url, &hashes));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sentinel(SentinelCommand::New { name }) => {
             let placeholder = clawgate::credentials::sentinel::new_placeholder()
                 .map_err(|_| anyhow::anyhow!("no randomness available"))?;

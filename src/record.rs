@@ -195,6 +195,9 @@ pub struct Outcome {
     pub reason: Reason,
     /// Whether the exchange reached its end.
     pub finished: bool,
+    /// For an MCP request: whether its answer passed, and `isError` of a
+    /// `tools/call` result.
+    mcp_answer: Option<Arc<crate::mcp::response::IsError>>,
     _in_flight: InFlightGuard,
 }
 
@@ -214,6 +217,7 @@ impl Outcome {
             status: None,
             reason: Reason::ClientCancelled,
             finished: false,
+            mcp_answer: None,
             _in_flight: InFlightGuard::new(in_flight),
         }
     }
@@ -221,6 +225,16 @@ impl Outcome {
     /// When the call started.
     pub fn started(&self) -> Instant {
         self.started
+    }
+
+    /// The outcome record as it stands (a copy of the decision's).
+    pub fn record(&self) -> Option<&DecisionRecord> {
+        self.record.as_ref()
+    }
+
+    /// Takes `isError` and the answer's passing from an MCP response filter.
+    pub fn watch_mcp(&mut self, answer: Arc<crate::mcp::response::IsError>) {
+        self.mcp_answer = Some(answer);
     }
 
     /// Drops the guard without an outcome record: the decision it belongs
@@ -288,9 +302,15 @@ impl Drop for Outcome {
         let Some(mut record) = self.record.take() else {
             return;
         };
-        if self.reason == Reason::Allowed && !self.finished {
+        // An MCP exchange is complete once the answer to its request has
+        // passed, even if the agent then closes the stream.
+        let answered = self.mcp_answer.as_ref().is_some_and(|a| a.answered());
+        if self.reason == Reason::Allowed && !self.finished && !answered {
             // The response body was abandoned before its end.
             self.reason = Reason::ClientCancelled;
+        }
+        if let (Some(mcp), Some(answer)) = (record.mcp.as_mut(), &self.mcp_answer) {
+            mcp.is_error = answer.get();
         }
         record.ts = crate::audit::now_rfc3339();
         record.reason = self.reason.code().to_owned();

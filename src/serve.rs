@@ -120,6 +120,14 @@ pub enum ServeError {
     /// The override store cannot be opened.
     #[error(transparent)]
     Overrides(#[from] OverrideError),
+    /// The key that hashes MCP arguments cannot be read or made.
+    #[error("cannot use the MCP argument key `{path}`: {source}")]
+    McpKey {
+        /// The key file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// The listen address is unavailable.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -273,6 +281,21 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         _ => Overrides::open(overrides_path)?,
     });
     let broker = Arc::new(Broker::new(config.broker.clone(), audit.clone()));
+    // MCP arguments are recorded as keyed hashes; the key lives beside the
+    // log so that hashes match across restarts.
+    let mcp = if config.decision_log_off_benchmark_only {
+        crate::mcp::McpState::ephemeral()
+    } else {
+        let mut path = config.audit_path.clone().into_os_string();
+        path.push(".mcp-key");
+        let path = PathBuf::from(path);
+        let key =
+            crate::mcp::state::load_or_create_key(&path).map_err(|source| ServeError::McpKey {
+                path: path.display().to_string(),
+                source,
+            })?;
+        crate::mcp::McpState::new(&key)
+    };
     let shared_limits = config
         .fleet
         .limits
@@ -289,7 +312,8 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
             overrides,
         },
     )
-    .with_tokens(tokens);
+    .with_tokens(tokens)
+    .with_mcp(mcp);
     if let Some(store) = &shared_limits {
         pipeline = pipeline.with_limits(Arc::clone(store) as _);
     }

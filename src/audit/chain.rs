@@ -112,7 +112,7 @@ pub enum VerifyError {
 pub(super) const COLUMNS: &str = "seq, ts, kind, request_id, mode, agent, cert_fp, run_id,
     client_addr, method, host, path, scope, rule, decision, reason, would_deny,
     credential_kind, credential_ref, policy_digest, status, bytes_up, bytes_down,
-    duration_ms, detail, prev_hash, hash, action, exception";
+    duration_ms, detail, prev_hash, hash, action, exception, mcp";
 
 pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<DecisionRecord> {
     Ok(DecisionRecord {
@@ -145,6 +145,9 @@ pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<DecisionRecord> {
         hash: row.get(26)?,
         action: row.get(27)?,
         exception: row.get(28)?,
+        mcp: row
+            .get::<_, Option<String>>(29)?
+            .and_then(|text| serde_json::from_str(&text).ok()),
         chain: None,
     })
 }

@@ -41,6 +41,8 @@ pub mod kind {
     pub const EXCEPTION: &str = "exception";
     /// A runtime override was created, removed or lapsed.
     pub const OVERRIDE: &str = "override";
+    /// An MCP tool definition seen first (pinned) or changed.
+    pub const PIN: &str = "pin";
     /// Certificates reloaded, or a reload refused.
     pub const CERTS: &str = "certs";
     /// Calls refused while the log was unavailable, counted: one record per
@@ -129,6 +131,9 @@ pub struct DecisionRecord {
     /// The id of the policy exception a decision relied on, or that lapsed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exception: Option<String>,
+    /// For an MCP message: what it was (method, tool, ids, hashes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpRecord>,
     /// The chain the record belongs to, on a store with one chain per
     /// replica (PostgreSQL); absent on SQLite. Not part of the hash: a
     /// chain's genesis ties its records to it.
@@ -140,6 +145,33 @@ pub struct DecisionRecord {
     /// The hash of this record.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
+}
+
+/// What a record says about one MCP message. Never the arguments
+/// themselves: they carry secrets; only their keyed hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpRecord {
+    /// The JSON-RPC method (`tools/call`), `response` for a client's answer
+    /// to a server request, or `GET`/`DELETE` for the session's stream and end.
+    pub method: String,
+    /// The tool name, resource URI or prompt name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The JSON-RPC id, as JSON text (`7`, `"a1"`); absent for a notification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The `Mcp-Session-Id`, when the exchange has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// `hmac-sha256:<hex>` of the arguments' canonical JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments_hash: Option<String>,
+    /// `sha256:<hex>` of the tool's definition as last seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
+    /// In an outcome: whether the `tools/call` result had `isError`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_error: Option<bool>,
 }
 
 impl DecisionRecord {

@@ -101,6 +101,18 @@ fn table_cells(r: &DecisionRecord) -> [String; 11] {
         (None, Some("tls"), Some(detail)) => format!("{} ({detail})", r.reason),
         _ => r.reason.clone(),
     };
+    let path = match &r.mcp {
+        Some(m) => format!(
+            "{} {}{}",
+            opt(&r.path),
+            m.method,
+            m.name
+                .as_deref()
+                .map(|n| format!(" {n}"))
+                .unwrap_or_default()
+        ),
+        None => opt(&r.path),
+    };
     let host = match (r.mode.as_deref(), &r.client_addr) {
         (Some("tls"), Some(addr)) => format!("(from {addr})"),
         _ => opt(&r.host),
@@ -112,7 +124,7 @@ fn table_cells(r: &DecisionRecord) -> [String; 11] {
         opt(&r.agent),
         opt(&r.method),
         host,
-        opt(&r.path),
+        path,
         opt(&r.scope),
         opt(&r.decision),
         reason,
@@ -139,7 +151,7 @@ pub fn render(records: &[DecisionRecord], format: Format, out: &mut dyn Write) -
                     .map(|c| match value.get(*c) {
                         None | Some(serde_json::Value::Null) => String::new(),
                         Some(serde_json::Value::String(s)) => csv_cell(s),
-                        Some(other) => other.to_string(),
+                        Some(other) => csv_cell(&other.to_string()),
                     })
                     .collect();
                 writeln!(out, "{}", cells.join(","))?;

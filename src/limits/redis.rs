@@ -428,6 +428,17 @@ impl RedisLimits {
         }
     }
 
+    /// A per-rule (MCP tool) rate, kept in this process.
+    pub fn local_rule(
+        &self,
+        agent: &str,
+        scope: &str,
+        rule: &str,
+        rate: Rate,
+    ) -> Result<(), Limited> {
+        self.local.check_rule(agent, scope, rule, rate)
+    }
+
     /// Says this replica is live and learns how many are; every second.
     pub async fn heartbeat(&self) {
         let live = LIVE_FOR_MS.to_string();

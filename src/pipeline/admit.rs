@@ -65,6 +65,8 @@ impl Default for BodyLimits {
 pub(super) struct Admitted {
     pub permit: Permitted,
     pub request: Request<ProxyBody>,
+    /// For a request to an MCP endpoint: what the way back needs.
+    pub mcp: Option<super::mcp::Exchange>,
 }
 
 /// The request body as admission holds it: untouched, or read in part.
@@ -123,6 +125,8 @@ pub(super) struct Admission<'a> {
     pub metrics: &'a Metrics,
     /// Verifies run tokens.
     pub tokens: &'a Verifier,
+    /// MCP pins, pending lists and the argument-hash key.
+    pub mcp: &'a Arc<crate::mcp::McpState>,
 }
 
 /// What identification and routing established about a call.
@@ -139,6 +143,7 @@ struct Judged {
     path: String,
     query: Option<String>,
     held: Held,
+    mcp: Option<super::mcp::Exchange>,
 }
 
 impl Admission<'_> {
@@ -307,6 +312,28 @@ impl Admission<'_> {
             }
             None => (None, held),
         };
+        // An MCP endpoint decides on the one JSON-RPC message in the body.
+        let mcp_scope = identified
+            .agent
+            .and_then(|a| policy.scope_at(a, target, self.now))
+            .map(|(id, _)| policy.scope(id))
+            .and_then(|scope| super::mcp::endpoint(scope, target, path).map(|r| (scope, r)));
+        let (mcp_read, held) = match mcp_scope {
+            Some((scope, _)) => {
+                let (read, held) = super::mcp::read(
+                    self.mcp,
+                    scope,
+                    parts,
+                    held,
+                    self.limits.read_timeout,
+                    record,
+                )
+                .await?;
+                (Some(read), held)
+            }
+            None => (None, held),
+        };
+        let mcp_call = mcp_read.as_ref().and_then(super::mcp::Read::call);
         let call = Call {
             peer: &self.peer.identity.names,
             target,
@@ -314,6 +341,7 @@ impl Admission<'_> {
             path,
             aws: aws_request.as_ref(),
             now: self.now,
+            mcp: mcp_call.as_ref(),
         };
         let decided = std::time::Instant::now();
         let decision = decide(&call, policy);
@@ -332,12 +360,19 @@ impl Admission<'_> {
             return Err(Reason::RunTokenScope.into());
         }
         self.limit(&decision, scope, record).await?;
+        let mcp = match (mcp_scope, &mcp_read) {
+            (Some((_, rules)), Some(read)) => {
+                Some(super::mcp::exchange(self.mcp, scope, rules, read, parts))
+            }
+            _ => None,
+        };
         let path = upstream_path(scope, target, path);
         Ok(Judged {
             permit,
             path,
             query,
             held,
+            mcp,
         })
     }
 
@@ -355,11 +390,19 @@ impl Admission<'_> {
             path,
             mut query,
             mut held,
+            mcp,
         } = judged;
         let scope = permit.scope();
         let upstream_path = encode_path(&path);
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
+        if mcp.is_some() {
+            // MCP responses are read to be filtered: no compression.
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                http::HeaderValue::from_static("identity"),
+            );
+        }
         let ctx = MintContext {
             request_id: self.request_id.to_owned(),
             agent: record.agent.clone().unwrap_or_default(),
@@ -414,6 +457,7 @@ impl Admission<'_> {
         Ok(Admitted {
             permit,
             request: Request::from_parts(parts, held.into_body()),
+            mcp,
         })
     }
 
@@ -435,9 +479,18 @@ impl Admission<'_> {
         let Some(agent) = decision.agent().map(|a| self.policy.agent(a)) else {
             return Ok(());
         };
+        let tool_rate = scope
+            .mcp
+            .as_ref()
+            .zip(decision.rule())
+            .and_then(|(rules, rule)| rules.rate_of(rule).map(|rate| (rule, rate)));
         self.rates
             .check(&agent.name, agent.rate, &scope.name, scope.rate)
             .await
+            .and_then(|()| match tool_rate {
+                Some((rule, rate)) => self.rates.check_rule(&agent.name, &scope.name, rule, rate),
+                None => Ok(()),
+            })
             .map_err(Refusal::RateLimited)
     }
 

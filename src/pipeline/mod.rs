@@ -23,6 +23,7 @@ use std::time::SystemTime;
 
 mod admit;
 mod credential;
+mod mcp;
 pub mod vend;
 
 use arc_swap::ArcSwap;
@@ -85,6 +86,7 @@ pub struct Pipeline {
     overrides: Arc<Overrides>,
     metrics: Metrics,
     tokens: Verifier,
+    mcp: Arc<crate::mcp::McpState>,
     lapses: Lapses,
     live: Arc<crate::live::Live>,
 }
@@ -124,6 +126,15 @@ impl Pipeline {
             tokens: Verifier::none(),
             lapses: Lapses::default(),
             live: Arc::default(),
+            mcp: Arc::new(crate::mcp::McpState::ephemeral()),
+        }
+    }
+
+    /// The pipeline, hashing MCP arguments with this state's key.
+    pub fn with_mcp(self, mcp: crate::mcp::McpState) -> Pipeline {
+        Pipeline {
+            mcp: Arc::new(mcp),
+            ..self
         }
     }
 
@@ -304,6 +315,7 @@ impl Pipeline {
                 overrides: &self.overrides,
                 metrics: &self.metrics,
                 tokens: &self.tokens,
+                mcp: &self.mcp,
             };
             let verdict = admission
                 .admit(parts, admit::boxed(body), &mut record)
@@ -324,6 +336,11 @@ impl Pipeline {
             span.record("decision.effect", effect);
             span.record("decision.reason", reason.code());
             let via = record.via;
+            // An MCP message is refused in JSON-RPC, with its id.
+            let mcp_message = record
+                .mcp
+                .clone()
+                .filter(|m| m.method != "GET" && m.method != "DELETE");
             // The one place a decision is committed, on every path.
             let outcome = match record.commit(verdict.as_ref().map(|_| ())).await {
                 Ok(outcome) => outcome,
@@ -339,7 +356,10 @@ impl Pipeline {
                 }
                 (Err(refusal), _) => {
                     tracing::debug!("call refused");
-                    refusal.response(&request_id, via)
+                    match &mcp_message {
+                        Some(message) => refusal.mcp_response(&request_id, via, message),
+                        None => refusal.response(&request_id, via),
+                    }
                 }
                 (Ok(_), None) => Refusal::from(Reason::AuditUnavailable).response(&request_id, via),
             }
@@ -423,8 +443,18 @@ impl Pipeline {
         }
         outcome.status = Some(parts.status.as_u16());
         outcome.reason = Reason::Allowed;
+        let (body, deadline) = match admitted.mcp {
+            Some(exchange) => {
+                let body = body.map_err(Into::into).boxed();
+                match self.mcp_response(exchange, &mut parts, body, &mut outcome, request_id, via) {
+                    Ok(body) => (body, None),
+                    Err(refusal) => return *refusal,
+                }
+            }
+            None => (body.map_err(Into::into).boxed(), Some(deadline)),
+        };
         let counter = Arc::clone(&outcome.bytes_down);
-        let body = CountingBody::guarded(body, counter, Some(deadline), outcome);
+        let body = CountingBody::guarded(body, counter, deadline, outcome);
         // Per call: debug. The decision log is the per-call record.
         tracing::debug!(status = parts.status.as_u16(), "call forwarded");
         Response::from_parts(parts, body.boxed())

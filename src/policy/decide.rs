@@ -62,6 +62,15 @@ fn decide_in_scope(
             exception: None,
         };
     }
+    if let Some(mcp) = &scope.mcp {
+        let path = match call.target {
+            Target::Route(_) => Some(call.path),
+            Target::Host { .. } | Target::Connect { .. } => scope.upstream.strip_base(call.path),
+        };
+        if path == Some(mcp.endpoint.as_str()) {
+            return decide_mcp(call, scope, mcp, agent_id, scope_id);
+        }
+    }
     if scope.aws().is_some() {
         return decide_aws(call, scope, agent_id, scope_id);
     }
@@ -154,6 +163,51 @@ fn decide_aws(call: &Call<'_>, scope: &Scope, agent_id: AgentId, scope_id: Scope
         agent_id,
         scope_id,
     )
+}
+
+/// Adjudicates a request to a scope's MCP endpoint: a POST by the one
+/// JSON-RPC message in its body, the session's GET stream and DELETE as
+/// protocol, anything else by no rule.
+fn decide_mcp(
+    call: &Call<'_>,
+    scope: &Scope,
+    mcp: &crate::mcp::McpRules,
+    agent_id: AgentId,
+    scope_id: ScopeId,
+) -> Decision {
+    let verdict = match (call.method, call.mcp) {
+        ("POST", Some(message)) => mcp.decide(message),
+        ("POST", None) => crate::mcp::McpVerdict {
+            effect: Effect::Deny,
+            reason: Reason::MalformedRequest,
+            rule: None,
+            would_deny: None,
+        },
+        ("GET" | "DELETE", _) => crate::mcp::McpVerdict {
+            effect: Effect::Allow,
+            reason: Reason::Allowed,
+            rule: None,
+            would_deny: None,
+        },
+        _ => crate::mcp::McpVerdict {
+            effect: Effect::Deny,
+            reason: Reason::NoMatchingRule,
+            rule: None,
+            would_deny: None,
+        },
+    };
+    let mut decision = conclude(
+        verdict.effect,
+        verdict.reason,
+        verdict.rule,
+        scope.mode,
+        agent_id,
+        scope_id,
+    );
+    if decision.would_deny.is_none() {
+        decision.would_deny = verdict.would_deny;
+    }
+    decision
 }
 
 /// The decision for a scope's verdict, with report mode applied.

@@ -54,6 +54,7 @@ fn call_t(policy: &Policy, at: SystemTime) -> crate::policy::Decision {
             method: "GET",
             path: "/x",
             aws: None,
+            mcp: None,
             now: at,
         },
         policy,

@@ -72,6 +72,8 @@ pub(super) struct ScopeFile {
     pub allow: Vec<Spanned<RuleFile>>,
     #[serde(default)]
     pub deny: Vec<Spanned<RuleFile>>,
+    /// `[scope.mcp]`: the upstream speaks MCP; its rules (see `mcp.rs`).
+    pub mcp: Option<Spanned<super::mcp::McpFile>>,
 }
 
 /// `[[scope.allow]]` and `[[scope.deny]]`

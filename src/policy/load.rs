@@ -205,7 +205,9 @@ fn compile_scopes(
             .entry(compiled.upstream.host.clone())
             .or_default()
             .push(id);
-        index.rule_count += compiled.rules.rules.len() + compiled.aws_rules.len();
+        index.rule_count += compiled.rules.rules.len()
+            + compiled.aws_rules.len()
+            + compiled.mcp.as_ref().map_or(0, |m| m.rules.len());
         index.scopes.push(compiled);
     }
     // A scope whose entry could not be read at all is still a name: agents

@@ -17,6 +17,7 @@ mod exception;
 mod file;
 mod glob;
 mod load;
+mod mcp;
 mod parse;
 mod proxy_key;
 mod report;
@@ -188,6 +189,8 @@ pub struct Scope {
     aws_rules: Vec<aws::AwsRule>,
     /// The rate limit of each agent in this scope.
     pub rate: Option<crate::limits::Rate>,
+    /// The scope's MCP rules, when its upstream speaks MCP.
+    pub mcp: Option<Arc<crate::mcp::McpRules>>,
 }
 
 impl Scope {
@@ -286,6 +289,9 @@ pub struct Call<'a> {
     pub aws: Option<&'a aws::AwsRequest>,
     /// The time of the call, for exceptions (decide reads no clock).
     pub now: SystemTime,
+    /// For a POST to an MCP scope's endpoint: the message, as read from the
+    /// body (`None` when the body held none).
+    pub mcp: Option<&'a crate::mcp::McpCall<'a>>,
 }
 
 /// The outcome of [`decide`]. Only `decide` makes one and its fields cannot

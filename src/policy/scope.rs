@@ -39,6 +39,7 @@ pub(super) fn placeholder_scope(name: &str) -> Scope {
         rules: RuleSet::default(),
         aws_rules: Vec::new(),
         rate: None,
+        mcp: None,
     }
 }
 
@@ -81,6 +82,7 @@ pub(super) fn compile_scope(
         (credential.as_ref(), upstream.as_ref()),
         (&rules, &aws_rules),
     );
+    let mcp = super::mcp::compile_scope_mcp(report, file, scope);
     let connect = compile_connect(report, file, scope);
     let allow_private = compile_allow_private(report, file, scope);
     let ports = compile_ports(report, file, scope, upstream.as_ref());
@@ -103,6 +105,7 @@ pub(super) fn compile_scope(
         rules,
         aws_rules,
         rate,
+        mcp,
     })
 }
 
@@ -336,8 +339,10 @@ fn check_credential_fits(
 
 fn compile_connect(report: &mut Report<'_>, file: usize, scope: &ScopeFile) -> ConnectMode {
     let name = scope.name.get_ref();
-    let sees_requests =
-        !scope.allow.is_empty() || !scope.deny.is_empty() || scope.credential.is_some();
+    let sees_requests = !scope.allow.is_empty()
+        || !scope.deny.is_empty()
+        || scope.credential.is_some()
+        || scope.mcp.is_some();
     match scope
         .connect
         .as_ref()
@@ -347,7 +352,15 @@ fn compile_connect(report: &mut Report<'_>, file: usize, scope: &ScopeFile) -> C
         None => ConnectMode::Tunnel,
         Some(("intercept", _)) => ConnectMode::Intercept,
         Some(("tunnel", span)) => {
-            if sees_requests {
+            if scope.mcp.is_some() {
+                report.error(
+                    file,
+                    span,
+                    format!(
+                        "scope `{name}` tunnels, so it cannot have MCP rules: clawgate would not see its tool calls"
+                    ),
+                );
+            } else if sees_requests {
                 report.error(
                     file,
                     span,

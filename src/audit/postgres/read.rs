@@ -13,7 +13,7 @@ use crate::audit::{DecisionRecord, Filter};
 pub(super) const RECORD_COLUMNS: &str = "seq, ts, kind, request_id, mode, agent, cert_fp, run_id,
     client_addr, method, host, path, scope, rule, decision, reason, would_deny,
     credential_kind, credential_ref, policy_digest, status, bytes_up, bytes_down,
-    duration_ms, detail, prev_hash, hash, action, exception, chain";
+    duration_ms, detail, prev_hash, hash, action, exception, mcp, chain";
 
 pub(super) fn from_row(row: &Row) -> Result<DecisionRecord, tokio_postgres::Error> {
     Ok(DecisionRecord {
@@ -46,7 +46,10 @@ pub(super) fn from_row(row: &Row) -> Result<DecisionRecord, tokio_postgres::Erro
         hash: row.try_get(26)?,
         action: row.try_get(27)?,
         exception: row.try_get(28)?,
-        chain: Some(row.try_get(29)?),
+        mcp: row
+            .try_get::<_, Option<String>>(29)?
+            .and_then(|text| serde_json::from_str(&text).ok()),
+        chain: Some(row.try_get(30)?),
     })
 }
 

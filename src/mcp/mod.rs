@@ -1,0 +1,30 @@
+//! The tool-call firewall: MCP (Model Context Protocol, Streamable HTTP)
+//! messages decided one at a time, by tool and by argument.
+//!
+//! A scope whose policy has `[scope.mcp]` names an MCP endpoint. Every POST
+//! to it carries exactly one JSON-RPC message, parsed strictly
+//! ([`jsonrpc`]: duplicate keys and batches refused), checked against the
+//! `Mcp-Method`/`Mcp-Name` headers ([`headers`]) and decided by the scope's
+//! rules ([`rules`]: tool-name globs, argument conditions on JSON pointers,
+//! resources by URI, prompts by name, definition pins). Responses, JSON or
+//! SSE ([`sse`]), pass through [`response`], which filters `tools/list`
+//! results and watches tool definitions ([`pins`]).
+//!
+//! Invariants:
+//! - Decisions come from the body, never from headers alone.
+//! - The rules' decision is pure; the state it needs (pins seen, the
+//!   definition last seen) is read before and passed in ([`state`]).
+//! - Raw arguments never reach a record, a log line or an error: only their
+//!   keyed hash does.
+
+pub mod fetch;
+pub mod headers;
+pub mod jsonrpc;
+pub mod pins;
+pub mod response;
+pub mod rules;
+pub mod sse;
+pub mod state;
+
+pub use rules::{McpCall, McpRules, McpVerdict};
+pub use state::McpState;

@@ -1,0 +1,128 @@
+//! Tool-definition hashes and the pins they are held to.
+//!
+//! A tool's canonical definition is its `name`, `description`, `inputSchema`
+//! and `annotations` (those present), written as JSON with sorted keys and
+//! no whitespace; its hash is `sha256:<hex>` of that text. A server that
+//! changes any of them under an agent (a "rug pull") changes the hash.
+//!
+//! Invariants:
+//! - The first hash seen of a tool in a scope stays its first-use pin for the
+//!   life of the process; later sightings never move it.
+//! - The store is bounded: past [`MAX_TOOLS`] tools per store nothing new is
+//!   pinned, and such tools have no first-use pin (policy pins still apply).
+
+use dashmap::DashMap;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The most tools a store keeps.
+pub const MAX_TOOLS: usize = 100_000;
+
+/// The fields of a tool that its hash covers.
+pub const HASHED_FIELDS: [&str; 4] = ["name", "description", "inputSchema", "annotations"];
+
+/// Writes `value` as JSON with object keys sorted and no whitespace.
+pub fn canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                if let Some(v) = map.get(key) {
+                    canonical(v, out);
+                }
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// `sha256:<hex>` of a tool's canonical definition.
+pub fn definition_hash(tool: &Value) -> String {
+    // The hashed fields in sorted order, written as `canonical` would write
+    // an object holding only them.
+    let mut sorted = HASHED_FIELDS;
+    sorted.sort_unstable();
+    let mut text = String::from("{");
+    for field in sorted {
+        if let Some(v) = tool.get(field) {
+            if text.len() > 1 {
+                text.push(',');
+            }
+            text.push('"');
+            text.push_str(field);
+            text.push_str("\":");
+            canonical(v, &mut text);
+        }
+    }
+    text.push('}');
+    format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
+}
+
+/// What a sighting of a tool's definition meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sighting {
+    /// The first time this tool was seen: its hash is now pinned.
+    First,
+    /// The same definition as the last sighting.
+    Same,
+    /// A different definition from the last sighting.
+    Changed {
+        /// The hash seen before.
+        before: String,
+    },
+}
+
+/// The definitions seen per (scope, tool): the first (the pin) and the last.
+#[derive(Debug, Default)]
+pub struct PinStore {
+    tools: DashMap<(String, String), (String, String)>,
+}
+
+impl PinStore {
+    /// Records a sighting of `tool` in `scope` with `hash`.
+    pub fn observe(&self, scope: &str, tool: &str, hash: &str) -> Sighting {
+        let key = (scope.to_owned(), tool.to_owned());
+        if let Some(mut entry) = self.tools.get_mut(&key) {
+            let (_, last) = entry.value_mut();
+            if last == hash {
+                return Sighting::Same;
+            }
+            let before = std::mem::replace(last, hash.to_owned());
+            return Sighting::Changed { before };
+        }
+        if self.tools.len() >= MAX_TOOLS {
+            return Sighting::Same;
+        }
+        self.tools.insert(key, (hash.to_owned(), hash.to_owned()));
+        Sighting::First
+    }
+
+    /// The first-use pin and the last hash seen of `tool` in `scope`.
+    pub fn get(&self, scope: &str, tool: &str) -> Option<(String, String)> {
+        self.tools
+            .get(&(scope.to_owned(), tool.to_owned()))
+            .map(|e| e.value().clone())
+    }
+}
+
+#[cfg(test)]
+#[path = "pins_tests.rs"]
+mod tests;
