@@ -344,6 +344,44 @@ pub(crate) enum AuditCommand {
         /// PostgreSQL store instead of the SQLite file.
         #[arg(long)]
         store: Option<String>,
+        /// Check an archive written by `audit export` on its own instead.
+        #[arg(long, conflicts_with = "store")]
+        archive: Option<PathBuf>,
+    },
+    /// Write the records of a time range to a self-verifying archive
+    /// (gzip'd JSON lines with a manifest) and record its manifest in the log.
+    Export {
+        /// The decision log database.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+        /// From the first record at or after this time (RFC 3339, or a
+        /// duration back from now); the log's first record when absent.
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to the last record before this time.
+        #[arg(long)]
+        until: String,
+        /// The archive to write (must not exist).
+        file: PathBuf,
+    },
+    /// Remove records before a time that a recorded archive covers; the
+    /// pruning is itself a record, from which verify starts.
+    Prune {
+        /// The decision log database.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+        /// Only records before this time (RFC 3339, or a duration back).
+        #[arg(long)]
+        before: String,
+    },
+    /// Check an archive and copy its records, unchanged, into a log that is
+    /// empty or ends where the archive starts.
+    Restore {
+        /// The log to restore into.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+        /// The archive.
+        file: PathBuf,
     },
     /// Print the last record's position and hash (on a PostgreSQL store, the
     /// latest checkpoint's), to anchor elsewhere.

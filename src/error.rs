@@ -88,11 +88,17 @@ pub enum Reason {
     /// clawgate stopped before the call was decided or finished (decision
     /// and outcome records only; nobody is left to answer).
     Shutdown,
+    /// A range of the log was exported to an archive (a record of kind
+    /// `archive`, carrying the archive's manifest).
+    LogArchived,
+    /// Archived records were removed from the log (a record of kind
+    /// `prune`, carrying the anchor verification starts from).
+    LogPruned,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 32] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -123,6 +129,8 @@ impl Reason {
         Reason::RunTokenWrongAgent,
         Reason::RunTokenScope,
         Reason::RunTokenMissing,
+        Reason::LogArchived,
+        Reason::LogPruned,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -158,6 +166,8 @@ impl Reason {
             Reason::RunTokenScope => "run-token-scope",
             Reason::RunTokenMissing => "run-token-missing",
             Reason::Shutdown => "shutdown",
+            Reason::LogArchived => "log-archived",
+            Reason::LogPruned => "log-pruned",
         }
     }
 
@@ -170,7 +180,9 @@ impl Reason {
             | Reason::PolicyLoaded
             | Reason::ExceptionExpired
             | Reason::PolicyRejected
-            | Reason::OverrideChanged => StatusCode::OK,
+            | Reason::OverrideChanged
+            | Reason::LogArchived
+            | Reason::LogPruned => StatusCode::OK,
             // Never sent: nobody is left to receive it.
             Reason::ClientCancelled => StatusCode::BAD_REQUEST,
             Reason::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
@@ -371,6 +383,8 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::SerialRevoked
         | Reason::ScopeDisabled
         | Reason::OverrideChanged
+        | Reason::LogArchived
+        | Reason::LogPruned
         | Reason::RunTokenInvalid
         | Reason::RunTokenExpired
         | Reason::RunTokenWrongAgent

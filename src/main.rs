@@ -249,6 +249,66 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Verify {
+            archive: Some(file),
+            ..
+        }) => match audit::archive::verify_archive(&file) {
+            Ok(m) => {
+                println!(
+                    "ok: archive of {} records, {}..{}, from prev_hash {} to last hash {}",
+                    m.count, m.first_seq, m.last_seq, m.first_prev_hash, m.last_hash
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e @ audit::archive::ArchiveError::Broken { .. }) => {
+                println!("broken: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+            Err(e) => Err(e.into()),
+        },
+        Command::Audit(AuditCommand::Export {
+            audit: path,
+            since,
+            until,
+            file,
+        }) => {
+            let since = since.as_deref().map(parse_time).transpose()?;
+            let e = audit::archive::export(&path, since.as_deref(), &parse_time(&until)?, &file)?;
+            println!(
+                "exported {} records ({}..{}) to `{}`, sha256 {}; manifest recorded as record {}",
+                e.manifest.count,
+                e.manifest.first_seq,
+                e.manifest.last_seq,
+                file.display(),
+                e.sha256,
+                e.recorded_seq
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Prune {
+            audit: path,
+            before,
+        }) => {
+            match audit::archive::prune(&path, &parse_time(&before)?)? {
+                Some(p) => println!(
+                    "pruned {} records; the log now starts after anchor {} {} (record {})",
+                    p.note.removed, p.note.anchor_seq, p.note.anchor_hash, p.recorded_seq
+                ),
+                None => println!("nothing to prune: no archived record before that time"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Restore { audit: path, file }) => {
+            let m = audit::archive::restore(&file, &path)?;
+            println!(
+                "restored {} records ({}..{}) into `{}`",
+                m.count,
+                m.first_seq,
+                m.last_seq,
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify {
             store: Some(target),
             anchor,
             ..
@@ -298,6 +358,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             audit: path,
             anchor,
             store: None,
+            archive: None,
         }) => match audit::verify(&path).and_then(|report| {
             anchor
                 .iter()
@@ -305,8 +366,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .map(|()| report)
         }) {
             Ok(report) => {
+                let from = report.anchor.map_or_else(String::new, |a| {
+                    format!(" from pruned anchor {} {},", a.seq, a.hash)
+                });
                 println!(
-                    "ok: {} records, chain intact, head {} {}",
+                    "ok: {} records,{from} chain intact, head {} {}",
                     report.count, report.head.seq, report.head.hash
                 );
                 Ok(ExitCode::SUCCESS)

@@ -8,6 +8,7 @@
 //!   a kind and a non-secret reference.
 //! - The chain head advances only on commit, so a failed batch leaves no gap.
 
+pub mod archive;
 mod chain;
 pub mod postgres;
 mod query;
@@ -44,6 +45,10 @@ pub mod kind {
     /// Calls refused while the log was unavailable, counted: one record per
     /// outage, written when the log recovers.
     pub const SUMMARY: &str = "summary";
+    /// A range of the log was exported: the archive's manifest and digest.
+    pub const ARCHIVE: &str = "archive";
+    /// Archived records were removed: the anchor verification starts from.
+    pub const PRUNE: &str = "prune";
 }
 
 /// One row of the decision log. Optional fields are omitted from the JSON
