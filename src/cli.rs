@@ -158,6 +158,16 @@ pub(crate) struct ServeArgs {
     /// URL (the SQLite file at `--audit` when absent). Needs `--replica`.
     #[arg(long, requires = "replica")]
     pub(crate) store: Option<String>,
+    /// Keep this long in the decision log (`30d`): older records are
+    /// archived to `--archive-dir` and then pruned, every `--retain-every`.
+    #[arg(long, requires = "archive_dir", value_parser = humantime::parse_duration)]
+    pub(crate) retain: Option<Duration>,
+    /// Where `--retain` writes its archives.
+    #[arg(long, requires = "retain")]
+    pub(crate) archive_dir: Option<PathBuf>,
+    /// How often `--retain` looks for records to archive.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub(crate) retain_every: Duration,
     /// This replica's name in the fleet: its own hash chain in the store
     /// (one process per name at a time).
     #[arg(long)]

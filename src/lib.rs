@@ -59,6 +59,7 @@ pub mod policy;
 pub mod record;
 pub mod reload;
 pub mod request;
+pub mod retention;
 pub mod route;
 pub mod serve;
 pub mod token;

@@ -82,6 +82,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 max_exception: checked_max_exception(args.max_exception)?,
                 token_listen: args.token_listen,
                 token_jwks: args.token_jwks.zip(args.token_issuer),
+                retention: args.retain.map(|retain| clawgate::retention::Retention {
+                    retain,
+                    dir: args.archive_dir.clone().unwrap_or_default(),
+                    every: args.retain_every,
+                }),
                 fleet: serve::FleetConfig {
                     store: args.store.as_deref().map(cli::store).transpose()?,
                     replica: args.replica.clone(),

@@ -1,0 +1,187 @@
+//! Operating clawgate, end to end against the real binary: export, verify
+//! an archive, prune, restore into a fresh log, and retention on a schedule.
+//! Each test checks the records as well as the commands' answers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "end-to-end tests: a failed step should stop the test loudly"
+)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use clawgate::audit::DecisionRecord;
+use common::{Harness, Options, clawgate};
+
+fn ok(args: &[&str]) -> String {
+    let out = clawgate(args);
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn records_of(db: &str) -> Vec<DecisionRecord> {
+    let text = ok(&[
+        "audit", "query", "--audit", db, "--format", "json", "--limit", "100000",
+    ]);
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn calls(h: &Harness, n: usize) {
+    for _ in 0..n {
+        let r = h.curl(Some("research"), &[&format!("{}/echo/v1/items", h.base())]);
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+}
+
+#[test]
+fn export_verify_prune_and_restore_keep_the_chain_verifiable() {
+    let mut h = Harness::start();
+    calls(&h, 3);
+    h.stop();
+    let db = h.audit.to_str().unwrap().to_owned();
+    let before = records_of(&db);
+    assert_eq!(before.len(), 7, "one policy record, two per call");
+    let archive = h.path("a.jsonl.gz");
+    let archive_s = archive.to_str().unwrap();
+    // Nothing archived yet: prune removes nothing.
+    let out = ok(&["audit", "prune", "--audit", &db, "--before", "0s"]);
+    assert!(out.starts_with("nothing to prune"), "{out}");
+    assert_eq!(records_of(&db).len(), 7);
+
+    let out = ok(&[
+        "audit", "export", "--audit", &db, "--until", "0s", archive_s,
+    ]);
+    assert!(out.starts_with("exported 7 records (1..7)"), "{out}");
+    let out = ok(&["audit", "verify", "--archive", archive_s]);
+    assert!(out.starts_with("ok: archive of 7 records, 1..7"), "{out}");
+    assert!(out.ends_with(&format!("{}\n", before[6].hash)), "{out}");
+    // The manifest is a record, chained like any other.
+    let after = records_of(&db);
+    let note = after.last().unwrap();
+    assert_eq!(
+        (note.seq, note.kind.as_str(), note.reason.as_str()),
+        (8, "archive", "log-archived")
+    );
+    assert!(note.detail.as_deref().unwrap().contains(&before[6].hash));
+
+    let out = ok(&["audit", "prune", "--audit", &db, "--before", "0s"]);
+    assert!(out.starts_with("pruned 7 records"), "{out}");
+    let left = records_of(&db);
+    assert_eq!(
+        left.iter()
+            .map(|r| (r.seq, r.kind.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(8, "archive"), (9, "prune")]
+    );
+    assert_eq!(left[1].reason, "log-pruned");
+    let out = ok(&["audit", "verify", "--audit", &db]);
+    assert!(
+        out.starts_with(&format!(
+            "ok: 2 records, from pruned anchor 7 {},",
+            before[6].hash
+        )),
+        "{out}"
+    );
+    // A record cut beyond the anchor is still caught.
+    let conn = rusqlite::Connection::open(&h.audit).unwrap();
+    conn.execute("DELETE FROM records WHERE seq = 8", [])
+        .unwrap();
+    drop(conn);
+    let out = clawgate(&["audit", "verify", "--audit", &db]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+    // Restore: the archive into a fresh log, identical records, intact chain.
+    let fresh = h.path("restored.db");
+    let fresh_s = fresh.to_str().unwrap();
+    let out = ok(&["audit", "restore", "--audit", fresh_s, archive_s]);
+    assert!(out.starts_with("restored 7 records"), "{out}");
+    assert_eq!(records_of(fresh_s), before);
+    let out = ok(&["audit", "verify", "--audit", fresh_s]);
+    assert!(out.starts_with("ok: 7 records, chain intact"), "{out}");
+
+    // A damaged archive fails on its own, and does not restore.
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let mid = bytes.len() / 2;
+    bytes.truncate(mid);
+    std::fs::write(&archive, &bytes).unwrap();
+    assert_eq!(
+        clawgate(&["audit", "verify", "--archive", archive_s])
+            .status
+            .code(),
+        Some(1)
+    );
+    let other = h.path("other.db");
+    assert!(
+        !clawgate(&[
+            "audit",
+            "restore",
+            "--audit",
+            other.to_str().unwrap(),
+            archive_s
+        ])
+        .status
+        .success()
+    );
+}
+
+#[test]
+fn retention_archives_and_prunes_on_a_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let archives = dir.path().to_str().unwrap().to_owned();
+    let mut h = Harness::with(Options {
+        serve_args: vec![
+            "--retain".into(),
+            "2s".into(),
+            "--archive-dir".into(),
+            archives.clone(),
+            "--retain-every".into(),
+            "500ms".into(),
+        ],
+        ..Options::default()
+    });
+    calls(&h, 3);
+    let first_batch = h.records();
+    assert_eq!(first_batch.len(), 7);
+    // Past the retention period, the seven are archived and then pruned.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = h.records();
+        if now.first().is_some_and(|r| r.seq > 7) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not pruned: {now:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    calls(&h, 1);
+    h.stop();
+    let db = h.audit.to_str().unwrap().to_owned();
+    let out = ok(&["audit", "verify", "--audit", &db]);
+    assert!(out.contains("from pruned anchor 7 "), "{out}");
+    let left = records_of(&db);
+    assert!(left.iter().any(|r| r.kind == "archive"));
+    assert!(
+        left.iter()
+            .any(|r| r.kind == "prune" && r.reason == "log-pruned")
+    );
+    // The archive holds the seven and restores into a fresh log.
+    let mut files: Vec<_> = std::fs::read_dir(&archives)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    let fresh = h.path("restored.db");
+    let fresh_s = fresh.to_str().unwrap();
+    for f in &files {
+        ok(&["audit", "verify", "--archive", f.to_str().unwrap()]);
+        ok(&["audit", "restore", "--audit", fresh_s, f.to_str().unwrap()]);
+    }
+    let restored = records_of(fresh_s);
+    assert_eq!(restored[..7].to_vec(), first_batch);
+    ok(&["audit", "verify", "--audit", fresh_s]);
+}
