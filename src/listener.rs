@@ -171,7 +171,7 @@ pub async fn serve(
                 // Handshakes cost CPU; past this many at once, new peers are
                 // turned away (and counted) rather than queued.
                 let Ok(handshake_slot) = Arc::clone(&handshakes).try_acquire_owned() else {
-                    rejections.reject(addr, "too many handshakes in progress".into());
+                    reject(&pipeline, &rejections, addr, "too many handshakes in progress".into());
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
@@ -184,14 +184,14 @@ pub async fn serve(
                     drop(handshake_slot);
                     let tls = match handshake {
                         Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => return rejections.reject(addr, describe_tls_error(&e)),
-                        Err(_) => return rejections.reject(addr, "handshake timed out".into()),
+                        Ok(Err(e)) => return reject(&pipeline, &rejections, addr, describe_tls_error(&e)),
+                        Err(_) => return reject(&pipeline, &rejections, addr, "handshake timed out".into()),
                     };
                     let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
                     let identity = match leaf.map(|der| identity::from_der(der)) {
                         Some(Ok(identity)) => identity,
-                        Some(Err(e)) => return rejections.reject(addr, e.to_string()),
-                        None => return rejections.reject(addr, "no client certificate".into()),
+                        Some(Err(e)) => return reject(&pipeline, &rejections, addr, e.to_string()),
+                        None => return reject(&pipeline, &rejections, addr, "no client certificate".into()),
                     };
                     let peer = Arc::new(Peer { addr, identity });
                     let service = service_fn(move |req| {
@@ -409,6 +409,12 @@ fn source_key(ip: IpAddr) -> IpAddr {
             IpAddr::V6(std::net::Ipv6Addr::from(bits))
         }
     }
+}
+
+/// Counts a rejected handshake in the metrics, then records it (capped).
+fn reject(pipeline: &Pipeline, rejections: &Rejections, addr: SocketAddr, why: String) {
+    pipeline.metrics().tls_rejected();
+    rejections.reject(addr, why);
 }
 
 fn rejection_record(client_addr: Option<String>, detail: String) -> DecisionRecord {

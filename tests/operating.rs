@@ -185,3 +185,84 @@ fn retention_archives_and_prunes_on_a_schedule() {
     assert_eq!(restored[..7].to_vec(), first_batch);
     ok(&["audit", "verify", "--audit", fresh_s]);
 }
+
+const ROLES: &str = r#"
+[roles]
+admins = ["spiffe://clawgate.local/agent/ops"]
+"#;
+
+/// `promtool test rules` passes on the shipped rules, and every metric the
+/// rules name is one a running clawgate serves, with the value the rule
+/// expects after a rejected handshake and an override.
+#[test]
+fn alert_rules_pass_promtool_and_use_metrics_clawgate_serves() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    let out = std::process::Command::new("promtool")
+        .args(["test", "rules", "clawgate-rules.test.yml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool (Debian's prometheus package; .ci/run installs it)");
+    assert!(out.status.success(), "promtool test rules: {out:?}");
+
+    let h = Harness::with(Options {
+        extra_policy: vec![("roles.toml", ROLES.to_owned())],
+        agents: vec!["ops"],
+        ..Options::default()
+    });
+    // A handshake without a client certificate is rejected and counted.
+    let r = common::curl(&[
+        "--cacert".into(),
+        h.certs.join("ca.pem").display().to_string(),
+        format!("{}/echo/v1/items", h.base()),
+    ]);
+    assert_ne!(r.status, 200);
+    let r = h.admin(
+        Some("ops"),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"kind":"isolate-agent","target":"reporter","reason":"rules test","expires_in":"30m"}"#,
+            "/v1/overrides",
+        ],
+    );
+    assert!(r.status == 200 || r.status == 201, "{r:?}");
+    let metrics = h.admin(Some("ops"), &["/metrics"]).body_text();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} not served:\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(value("clawgate_tls_rejections_total") >= 1.0);
+    assert_eq!(
+        value("clawgate_policy_drifted"),
+        1.0,
+        "an override is drift"
+    );
+    let left = value("clawgate_next_lapse_seconds");
+    assert!((1700.0..=1800.0).contains(&left), "{left}");
+    assert_eq!(value("clawgate_audit_healthy"), 1.0);
+    assert_eq!(value("clawgate_policy_valid"), 1.0);
+    let rules = std::fs::read_to_string(dir.join("clawgate-rules.yml")).unwrap();
+    let mut named: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("clawgate_"))
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    assert!(named.len() >= 7, "{named:?}");
+    for name in named {
+        assert!(
+            metrics.contains(&format!("# TYPE {name} ")),
+            "the rules use `{name}`, which clawgate does not serve"
+        );
+    }
+    // The TLS rejection is recorded as well as counted.
+    assert!(h.records().iter().any(|r| r.reason == "tls-rejected"));
+}

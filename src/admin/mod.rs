@@ -219,7 +219,24 @@ impl Admin {
         use std::sync::atomic::Ordering::Relaxed;
         let audit = self.pipeline.audit();
         let now = SystemTime::now();
+        let status = status::status_of(self, now);
+        let next_lapse_seconds = self
+            .pipeline
+            .overrides()
+            .all()
+            .iter()
+            .filter(|o| o.active_at(now))
+            .map(|o| o.expires.duration_since(now).unwrap_or_default().as_secs())
+            .chain(
+                status
+                    .exceptions
+                    .iter()
+                    .filter_map(|e| e["expires_in_seconds"].as_u64()),
+            )
+            .min();
         let gauges = metrics::Gauges {
+            policy_drifted: status.drifted(),
+            next_lapse_seconds,
             policy_digest: self.pipeline.policy().digest().to_owned(),
             policy_valid: self.reloader.status().valid,
             cache_hits: sum(|s| s.hits.load(Relaxed)),
