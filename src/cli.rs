@@ -403,6 +403,48 @@ pub(crate) enum AuditCommand {
         #[arg(long)]
         store: Option<String>,
     },
+    /// Count allowed, refused and would-deny calls, with the top refusal
+    /// reasons and hosts.
+    Stats {
+        /// The decision log database.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+        /// Read a fleet's PostgreSQL store instead of the SQLite file.
+        #[arg(long)]
+        store: Option<String>,
+        /// From this time: RFC 3339, or a duration back from now.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Group by agent, scope, reason, tool or host.
+        #[arg(long)]
+        by: Option<audit::stats::By>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// List what needs a look: bursts of failed authentication per source,
+    /// agents whose refusals rose against their own baseline, sentinel
+    /// misdirections, refused policies, MCP tool-definition changes.
+    Findings {
+        /// The decision log database.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+        /// Read a fleet's PostgreSQL store instead of the SQLite file.
+        #[arg(long)]
+        store: Option<String>,
+        /// The window: RFC 3339, or a duration back from now.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// The recent part of the window, compared with the rest.
+        #[arg(long, default_value = "1h")]
+        recent: String,
+        /// Refusals of one kind from one source that make a burst.
+        #[arg(long, default_value_t = 10)]
+        burst: u64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Copy a SQLite log into a PostgreSQL store as a chain of its own,
     /// every hash unchanged.
     Migrate {

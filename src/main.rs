@@ -1,5 +1,6 @@
 //! The `clawgate` command line: serve, demo, certs, token, policy, audit, sentinel.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -289,6 +290,54 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit(AuditCommand::Stats {
+            audit: path,
+            store,
+            since,
+            by,
+            format,
+        }) => {
+            let records = read_window(&path, store.as_deref(), &since)?;
+            let s = audit::stats::stats(&records, by);
+            let mut out = std::io::stdout().lock();
+            match format {
+                OutputFormat::Table => audit::stats::table(&s, &mut out)?,
+                OutputFormat::Csv => audit::stats::csv(&s, &mut out)?,
+                OutputFormat::Json => {
+                    serde_json::to_writer(&mut out, &s)?;
+                    writeln!(out)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Findings {
+            audit: path,
+            store,
+            since,
+            recent,
+            burst,
+            json,
+        }) => {
+            let records = read_window(&path, store.as_deref(), &since)?;
+            let thresholds = audit::stats::Thresholds {
+                burst,
+                ..Default::default()
+            };
+            let found = audit::stats::findings(&records, &parse_time(&recent)?, thresholds);
+            let mut out = std::io::stdout().lock();
+            for f in &found {
+                if json {
+                    serde_json::to_writer(&mut out, f)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(out, "{:<22} {:<28} {}", f.kind, f.subject, f.detail)?;
+                }
+            }
+            if found.is_empty() && !json {
+                writeln!(out, "no findings")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit(AuditCommand::Prune {
             audit: path,
             before,
@@ -395,6 +444,25 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Every record since `since`, from the SQLite file or a PostgreSQL store.
+fn read_window(
+    path: &std::path::Path,
+    store: Option<&str>,
+    since: &str,
+) -> anyhow::Result<Vec<audit::DecisionRecord>> {
+    let filter = Filter {
+        since: Some(parse_time(since)?),
+        limit: None,
+        ..Filter::default()
+    };
+    Ok(match store {
+        Some(target) => {
+            runtime()?.block_on(audit::postgres::query(&cli::store(target)?, &filter))?
+        }
+        None => audit::query(path, &filter)?,
+    })
 }
 
 /// `audit verify --store`: every chain and the checkpoint chain.

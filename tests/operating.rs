@@ -266,3 +266,98 @@ fn alert_rules_pass_promtool_and_use_metrics_clawgate_serves() {
     // The TLS rejection is recorded as well as counted.
     assert!(h.records().iter().any(|r| r.reason == "tls-rejected"));
 }
+
+/// `audit stats` and `audit findings` on the log, and the admin API's
+/// `/v1/audit/stats` and `/v1/audit/findings` with live state added.
+#[test]
+fn stats_and_findings_from_the_cli_and_the_admin_api() {
+    let h = Harness::with(Options {
+        extra_policy: vec![("roles.toml", ROLES.to_owned())],
+        agents: vec!["ops"],
+        ..Options::default()
+    });
+    calls(&h, 3);
+    for _ in 0..11 {
+        let r = h.curl(Some("intruder"), &[&format!("{}/echo/v1/items", h.base())]);
+        assert_eq!(r.status, 403, "{r:?}");
+    }
+    let records = h.records();
+    let unknown = records
+        .iter()
+        .filter(|r| r.kind == "decision" && r.reason == "unknown-agent")
+        .count();
+    assert_eq!(unknown, 11);
+    let db = h.audit.to_str().unwrap().to_owned();
+
+    let out = ok(&[
+        "audit", "stats", "--audit", &db, "--by", "agent", "--format", "json",
+    ]);
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["total"]["allowed"], 3, "{s}");
+    assert_eq!(s["total"]["refused"], 11, "{s}");
+    assert_eq!(
+        s["top_refusal_reasons"][0],
+        serde_json::json!(["unknown-agent", 11])
+    );
+    let research = s["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["key"] == "research")
+        .unwrap();
+    assert_eq!(research["allowed"], 3);
+    let csv = ok(&[
+        "audit", "stats", "--audit", &db, "--by", "reason", "--format", "csv",
+    ]);
+    assert!(csv.contains("group,\"unknown-agent\",0,11,0,11"), "{csv}");
+    let table = ok(&["audit", "stats", "--audit", &db]);
+    assert!(table.contains("top refusal reasons"), "{table}");
+
+    let out = ok(&["audit", "findings", "--audit", &db, "--json"]);
+    let found: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        found.iter().any(|f| f["kind"] == "burst"
+            && f["subject"] == "127.0.0.1"
+            && f["detail"].as_str().unwrap().contains("`unknown-agent`")),
+        "{found:?}"
+    );
+    let out = ok(&["audit", "findings", "--audit", &db, "--burst", "20"]);
+    assert_eq!(out.trim(), "no findings");
+
+    // The admin API: the same counts; findings add what lapses and drift.
+    let r = h.admin(Some("ops"), &["/v1/audit/stats?by=scope&since=1h"]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let api: serde_json::Value = serde_json::from_str(&r.body_text()).unwrap();
+    assert_eq!(api["total"], s["total"]);
+    let r = h.admin(
+        Some("ops"),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"kind":"isolate-agent","target":"reporter","reason":"findings test","expires_in":"2h"}"#,
+            "/v1/overrides",
+        ],
+    );
+    assert!(r.status == 200 || r.status == 201, "{r:?}");
+    let r = h.admin(Some("ops"), &["/v1/audit/findings"]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let api: Vec<serde_json::Value> = serde_json::from_str(&r.body_text()).unwrap();
+    let kinds: Vec<&str> = api.iter().map(|f| f["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"burst"), "{api:?}");
+    assert!(kinds.contains(&"lapsing-soon"), "{api:?}");
+    assert!(kinds.contains(&"drift"), "{api:?}");
+    assert_eq!(
+        h.admin(Some("ops"), &["/v1/audit/stats?by=colour"]).status,
+        400
+    );
+    assert_eq!(
+        h.admin(Some("ops"), &["/v1/audit/stats?bogus=1"]).status,
+        400
+    );
+}

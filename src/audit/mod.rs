@@ -12,6 +12,7 @@ pub mod archive;
 mod chain;
 pub mod postgres;
 mod query;
+pub mod stats;
 mod writer;
 
 use std::path::Path;
