@@ -41,6 +41,9 @@ pub(crate) enum Command {
     /// The decision log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// A read-only web page on loopback showing the state of governance,
+    /// fetched from the admin API with your client certificate.
+    Console(ConsoleArgs),
     /// Print what an agent's environment needs to use clawgate as its HTTPS_PROXY.
     Env {
         /// The agent (its certificate is `agents/NAME.pem` in the certificate directory).
@@ -284,6 +287,25 @@ pub(crate) struct StatusArgs {
     /// Print the JSON the API answered instead of the summary.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConsoleArgs {
+    /// Where the page is served (loopback only).
+    #[arg(long, default_value = "127.0.0.1:9480")]
+    pub(crate) listen: SocketAddr,
+    /// The admin API.
+    #[arg(long, default_value = "https://localhost:9443")]
+    pub(crate) admin: String,
+    /// The CA that signed clawgate's server certificate.
+    #[arg(long, default_value = "./certs/ca.pem")]
+    pub(crate) ca: PathBuf,
+    /// An admin or auditor certificate.
+    #[arg(long)]
+    pub(crate) cert: PathBuf,
+    /// Its key.
+    #[arg(long)]
+    pub(crate) key: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

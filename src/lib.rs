@@ -43,6 +43,7 @@ pub mod audit;
 pub mod body;
 pub mod certs;
 pub mod connect;
+pub mod console;
 pub mod credentials;
 pub mod demo;
 pub mod egress;

@@ -212,6 +212,23 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Console(args) => {
+            let admin = clawgate::console::AdminConn {
+                base: args.admin,
+                ca: args.ca,
+                cert: args.cert,
+                key: args.key,
+            };
+            runtime()?.block_on(async {
+                tokio::select! {
+                    r = clawgate::console::serve(args.listen, admin, |addr| {
+                        println!("console on http://{addr}/ (read-only)");
+                    }) => r.map_err(anyhow::Error::from),
+                    () = wait_for_stop() => Ok(()),
+                }
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit(AuditCommand::Query {
             audit: path,
             store,

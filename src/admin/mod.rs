@@ -153,6 +153,16 @@ impl Admin {
             (Method::GET, "/v1/audit") => self.audit(&query).await,
             (Method::GET, "/v1/audit/stats") => self.audit_stats(&query).await,
             (Method::GET, "/v1/audit/findings") => self.audit_findings(&query).await,
+            (Method::GET, "/v1/audit/verify") => match self.audit_source.verify().await {
+                Ok(mut v) => {
+                    v["intact"] = serde_json::Value::Bool(true);
+                    json(StatusCode::OK, &v)
+                }
+                Err(why) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "intact": false, "error": why }),
+                ),
+            },
             (Method::GET, "/v1/policy/status") => json(
                 StatusCode::OK,
                 &status_of(self, SystemTime::now()).to_json(),

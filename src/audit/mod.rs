@@ -186,6 +186,38 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Walks the whole log (every chain on PostgreSQL): `Ok` with a JSON
+    /// summary when intact, `Err` naming what is broken or unreadable.
+    pub async fn verify(&self) -> Result<serde_json::Value, String> {
+        match self {
+            Source::Sqlite(path) => {
+                let path = path.clone();
+                let report = tokio::task::spawn_blocking(move || verify(&path))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({
+                    "records": report.count,
+                    "head": format!("{} {}", report.head.seq, report.head.hash),
+                    "pruned_anchor": report.anchor.map(|a| format!("{} {}", a.seq, a.hash)),
+                }))
+            }
+            Source::Postgres(target) => {
+                let report = postgres::verify(target, &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({
+                    "records": report.records,
+                    "chains": report.chains,
+                    "checkpoints": report.checkpoints,
+                    "head": report.head.map(|c| format!("{} {}", c.seq, c.hash)),
+                }))
+            }
+        }
+    }
+}
+
 impl DecisionRecord {
     /// Adds a note to `detail`, after what is already there.
     pub fn add_detail(&mut self, note: &str) {
