@@ -521,3 +521,45 @@ fn the_console_shows_governance_in_a_headless_browser() {
     let _ = console.kill();
     let _ = console.wait();
 }
+
+/// The figures of the README's retention table: bytes per record in the
+/// log (after VACUUM, indexes included) and in a compressed archive, over
+/// 150 real calls (a decision and an outcome each).
+#[test]
+fn bytes_per_record_in_the_log_and_in_an_archive() {
+    let mut h = Harness::start();
+    let url = format!("{}/echo/v1/items", h.base());
+    let args: Vec<&str> = std::iter::repeat_n(url.as_str(), 150).collect();
+    // One curl, 150 requests on one connection: its reply holds them all.
+    h.curl(Some("research"), &args);
+    h.stop();
+    let db = h.audit.to_str().unwrap().to_owned();
+    let records = records_of(&db);
+    assert_eq!(records.len(), 301, "a policy record and two per call");
+    assert_eq!(
+        records.iter().filter(|r| r.reason == "allowed").count(),
+        300
+    );
+    let conn = rusqlite::Connection::open(&h.audit).unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")
+        .unwrap();
+    drop(conn);
+    let log_bytes = std::fs::metadata(&h.audit).unwrap().len() as f64 / 301.0;
+    let archive = h.path("a.gz");
+    ok(&[
+        "audit",
+        "export",
+        "--audit",
+        &db,
+        "--until",
+        "0s",
+        archive.to_str().unwrap(),
+    ]);
+    let archive_bytes = std::fs::metadata(&archive).unwrap().len() as f64 / 301.0;
+    eprintln!("bytes per record: log {log_bytes:.0}, archive {archive_bytes:.0}");
+    assert!((200.0..2000.0).contains(&log_bytes), "{log_bytes}");
+    assert!(
+        archive_bytes < log_bytes / 3.0,
+        "{archive_bytes} vs {log_bytes}"
+    );
+}
