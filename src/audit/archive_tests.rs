@@ -76,7 +76,8 @@ fn an_edited_cut_or_reordered_archive_fails_on_its_own() {
     let file = dir.path().join("a.jsonl.gz");
     export(&db, None, &ts(7), &file).unwrap();
     let original = std::fs::read(&file).unwrap();
-    let cases: [(&str, fn(String) -> String); 4] = [
+    type Edit = fn(String) -> String;
+    let cases: [(&str, Edit); 4] = [
         ("edited", |t| t.replacen("req-3", "req-X", 1)),
         ("deleted", |t| {
             let mut lines: Vec<&str> = t.lines().collect();
