@@ -390,3 +390,18 @@ async fn render(admin: &AdminConn, agent: &str, scope: &str) -> String {
     o.push_str("</table></section></body></html>\n");
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_from_the_api_are_escaped() {
+        assert_eq!(
+            esc(r#"<script>alert('x')</script>&"#),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;"
+        );
+        assert_eq!(esc("\"a\" b"), "&quot;a&quot; b");
+        assert_eq!(enc("a b&c=d"), "a+b%26c%3Dd");
+    }
+}

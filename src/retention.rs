@@ -32,6 +32,10 @@ pub fn run_once(db: &std::path::Path, r: &Retention) -> Result<Option<PathBuf>, 
         until.replace([':', '.'], ""),
         uuid::Uuid::now_v7().simple()
     );
+    std::fs::create_dir_all(&r.dir).map_err(|source| ArchiveError::Io {
+        path: r.dir.display().to_string(),
+        source,
+    })?;
     let file = r.dir.join(name);
     let written = match archive::export(db, None, &until, &file) {
         Ok(e) => {

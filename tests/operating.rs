@@ -132,7 +132,8 @@ fn export_verify_prune_and_restore_keep_the_chain_verifiable() {
 #[test]
 fn retention_archives_and_prunes_on_a_schedule() {
     let dir = tempfile::tempdir().unwrap();
-    let archives = dir.path().to_str().unwrap().to_owned();
+    // Created by the first round.
+    let archives = dir.path().join("archive").to_str().unwrap().to_owned();
     let mut h = Harness::with(Options {
         serve_args: vec![
             "--retain".into(),
