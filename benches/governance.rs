@@ -14,7 +14,24 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 use clawgate::admin::metrics::Metrics;
 use clawgate::limits::{Limits, Rate};
-use clawgate::overrides::{NewOverride, Overrides};
+use clawgate::overrides::{NewOverride, Overrides, Targets};
+
+/// A policy that defines nothing: every override in the bench is forced.
+struct NoTargets;
+
+impl Targets for NoTargets {
+    fn has_agent(&self, _: &str) -> bool {
+        false
+    }
+
+    fn has_scope(&self, _: &str) -> bool {
+        false
+    }
+
+    fn has_proxy_key(&self, _: &str) -> bool {
+        false
+    }
+}
 use clawgate::token::{self, Verifier};
 
 fn governance(c: &mut Criterion) {
@@ -45,9 +62,11 @@ fn governance(c: &mut Criterion) {
                     target: format!("other-{i}"),
                     reason: "bench".into(),
                     expires_in: "1h".into(),
+                    force: true,
                 },
                 "bench",
                 now,
+                &NoTargets,
             )
             .unwrap();
     }
@@ -61,7 +80,7 @@ fn governance(c: &mut Criterion) {
     });
 
     let certs = tempfile::tempdir().unwrap();
-    let (key, public) = token::new_key_pair().unwrap();
+    let (key, public) = clawgate::certs::token_key_pair().unwrap();
     std::fs::write(certs.path().join("token-key.pem"), key).unwrap();
     std::fs::write(certs.path().join("token-pub.pem"), public).unwrap();
     let jwt = token::issue(

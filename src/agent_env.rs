@@ -1,10 +1,22 @@
 //! `clawgate env --agent NAME`: what an agent's environment needs to send its
 //! calls through clawgate as a forward proxy, with no change to its code.
 //!
+//! Two forms, by the credential the agent holds:
+//! - a proxy key or a run token: the secret rides in the proxy URL of the
+//!   token listener (`https://NAME:SECRET@clawgate:8445`), which every HTTP
+//!   stack sends as `Proxy-Authorization: Basic`; this form needs nothing
+//!   but environment variables in OpenClaw, Node, Python, the AWS SDKs, Go
+//!   and curl;
+//! - a client certificate: the mTLS listener, for the stacks that can
+//!   present one to a proxy (curl through its `.curlrc`, httpx and undici
+//!   in code).
+//!
 //! It writes one CA bundle per agent (the system roots, the interception CA
-//! and the CA of clawgate's own listener) and prints `export` lines naming it
-//! under every variable the common runtimes read, plus the proxy URL and the
-//! agent's certificate and key. It never prints a key's contents.
+//! and the CA of clawgate's own listener) and a `.curlrc` (curl reads no
+//! variable for the proxy's CA; `CURL_HOME` points it at the file), and
+//! prints `export` lines. A certificate's key is named by path, never
+//! printed; a proxy key or run token is printed, as it is the agent's own
+//! credential and the proxy URL must carry it.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -53,20 +65,73 @@ pub enum EnvError {
     },
 }
 
-/// What `env` needs.
+/// The credential the agent's environment carries.
+pub enum EnvCredential {
+    /// A client certificate (`agents/NAME.pem`), for the mTLS listener.
+    Certificate,
+    /// A per-agent proxy key, for the token listener.
+    ProxyKey(secrecy::SecretString),
+    /// A run token, for the token listener.
+    RunToken(secrecy::SecretString),
+}
+
+impl std::fmt::Debug for EnvCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.form())
+    }
+}
+
+impl EnvCredential {
+    /// The form's name, as printed in the block's first line.
+    pub fn form(&self) -> &'static str {
+        match self {
+            EnvCredential::Certificate => "certificate",
+            EnvCredential::ProxyKey(_) => "proxy key",
+            EnvCredential::RunToken(_) => "run token",
+        }
+    }
+
+    fn secret(&self) -> Option<&str> {
+        use secrecy::ExposeSecret;
+        match self {
+            EnvCredential::Certificate => None,
+            EnvCredential::ProxyKey(s) | EnvCredential::RunToken(s) => Some(s.expose_secret()),
+        }
+    }
+}
+
+/// Credential vending for the agent's AWS SDKs.
 #[derive(Debug, Clone)]
+pub struct Vending<'a> {
+    /// The vending listener, `http://127.0.0.1:8444`.
+    pub url: &'a str,
+    /// The scope with `vend = true` whose credentials the SDKs get.
+    pub scope: &'a str,
+}
+
+/// What `env` needs.
+#[derive(Debug)]
 pub struct EnvRequest<'a> {
     /// The agent's name (its certificate is `agents/NAME.pem`).
     pub agent: &'a str,
     /// The certificate directory.
     pub certs_dir: &'a Path,
-    /// The proxy URL agents use, `https://host:port`.
+    /// The listener's URL, `https://host:port`: the mTLS listener for a
+    /// certificate, the token listener for a proxy key or run token.
     pub proxy: &'a str,
+    /// What the agent proves itself with.
+    pub credential: EnvCredential,
+    /// Vending, when the agent has an AWS scope with `vend = true`.
+    pub vending: Option<Vending<'a>>,
     /// The system roots to include; found in [`SYSTEM_ROOTS`] when `None`.
     pub system_roots: Option<&'a Path>,
 }
 
-/// Writes the agent's CA bundle and returns the lines to print.
+/// Hosts the agent reaches without the proxy: loopback only (the vending
+/// listener is there, and the SDKs' container provider must not be proxied).
+pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
+
+/// Writes the agent's CA bundle and `.curlrc` and returns the lines to print.
 pub fn agent_env(req: &EnvRequest<'_>) -> Result<String, EnvError> {
     let read = |path: &Path, hint: &str| {
         std::fs::read_to_string(path).map_err(|e| EnvError::Missing {
@@ -87,13 +152,15 @@ pub fn agent_env(req: &EnvRequest<'_>) -> Result<String, EnvError> {
     let agents = req.certs_dir.join("agents");
     let cert = absolute(&agents.join(format!("{}.pem", req.agent)));
     let key = absolute(&agents.join(format!("{}-key.pem", req.agent)));
-    read(&cert, &agent_hint)?;
-    if !key.exists() {
-        return Err(EnvError::Missing {
-            path: key,
-            why: "no such file".into(),
-            hint: agent_hint,
-        });
+    if matches!(req.credential, EnvCredential::Certificate) {
+        read(&cert, &agent_hint)?;
+        if !key.exists() {
+            return Err(EnvError::Missing {
+                path: key,
+                why: "no such file".into(),
+                hint: agent_hint,
+            });
+        }
     }
     let roots_path = match req.system_roots {
         Some(path) => path.to_path_buf(),
@@ -116,37 +183,115 @@ pub fn agent_env(req: &EnvRequest<'_>) -> Result<String, EnvError> {
         bundle.push_str(pem.trim_end());
         bundle.push('\n');
     }
+    let write = |path: &Path, text: &str| {
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(|source| {
+            EnvError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        std::fs::write(path, text).map_err(|source| EnvError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
     let bundle_path = absolute(&agents.join(format!("{}-bundle.pem", req.agent)));
-    std::fs::write(&bundle_path, bundle).map_err(|source| EnvError::Write {
-        path: bundle_path.clone(),
-        source,
-    })?;
+    write(&bundle_path, &bundle)?;
+    let bundle_text = bundle_path.display().to_string();
 
+    // curl reads no variable for the proxy's CA (`CURL_CA_BUNDLE` covers
+    // the destination only), nor for a proxy certificate, but it reads
+    // `$CURL_HOME/.curlrc`.
+    let curl_home = absolute(&agents.join(format!("{}-curl", req.agent)));
+    let mut curlrc = format!(
+        "# written by `clawgate env --agent {}`\ncacert = \"{bundle_text}\"\nproxy-cacert = \"{bundle_text}\"\n",
+        req.agent
+    );
+    if matches!(req.credential, EnvCredential::Certificate) {
+        let _ = writeln!(curlrc, "proxy-cert = \"{}\"", cert.display());
+        let _ = writeln!(curlrc, "proxy-key = \"{}\"", key.display());
+    }
+    write(&curl_home.join(".curlrc"), &curlrc)?;
+
+    let proxy = match req.credential.secret() {
+        Some(secret) => with_userinfo(req.proxy, req.agent, secret),
+        None => req.proxy.to_owned(),
+    };
     let mut out = String::new();
-    let _ = writeln!(out, "export HTTPS_PROXY={}", quote(req.proxy));
-    let _ = writeln!(out, "export HTTP_PROXY={}", quote(req.proxy));
+    let _ = writeln!(
+        out,
+        "# clawgate env for agent `{}` ({} form)",
+        req.agent,
+        req.credential.form()
+    );
+    let mut export = |var: &str, value: &str| {
+        let _ = writeln!(out, "export {var}={}", quote(value));
+    };
+    for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+        export(var, &proxy);
+    }
+    export("NO_PROXY", NO_PROXY);
+    export("no_proxy", NO_PROXY);
+    // Node 24's own `fetch` and `http` follow the proxy variables only when
+    // asked; OpenClaw routes every client by `OPENCLAW_PROXY_URL`.
+    export("NODE_USE_ENV_PROXY", "1");
+    // AWS SDKs sign S3 uploads chunk by chunk unless told otherwise, and a
+    // chunk signature cannot be re-signed by clawgate.
+    export("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required");
+    export("OPENCLAW_PROXY_URL", &proxy);
+    export("OPENCLAW_PROXY_CA_FILE", &bundle_text);
     for var in BUNDLE_VARS {
+        export(var, &bundle_text);
+    }
+    export("CURL_HOME", &curl_home.display().to_string());
+    if matches!(req.credential, EnvCredential::Certificate) {
+        export("CLAWGATE_AGENT_CERT", &cert.display().to_string());
+        export("CLAWGATE_AGENT_KEY", &key.display().to_string());
+    }
+    if let Some(vending) = &req.vending {
+        export(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            &format!(
+                "{}/v1/credentials/aws/{}",
+                vending.url.trim_end_matches('/'),
+                vending.scope
+            ),
+        );
+        if let Some(secret) = req.credential.secret() {
+            export("AWS_CONTAINER_AUTHORIZATION_TOKEN", secret);
+        }
+    }
+    if matches!(req.credential, EnvCredential::Certificate) {
         let _ = writeln!(
             out,
-            "export {var}={}",
-            quote(&bundle_path.display().to_string())
+            "# the proxy's TLS needs the agent certificate: curl reads it from $CURL_HOME/.curlrc; undici ProxyAgent proxyTls and httpx Proxy(ssl_context=...) take it in code; stacks that cannot present one (OpenClaw, botocore, requests, Go) use the proxy-key form"
         );
     }
-    let _ = writeln!(
-        out,
-        "export CLAWGATE_AGENT_CERT={}",
-        quote(&cert.display().to_string())
-    );
-    let _ = writeln!(
-        out,
-        "export CLAWGATE_AGENT_KEY={}",
-        quote(&key.display().to_string())
-    );
-    let _ = writeln!(
-        out,
-        "# the proxy's TLS needs the agent certificate: curl --proxy-cert \"$CLAWGATE_AGENT_CERT\" --proxy-key \"$CLAWGATE_AGENT_KEY\"; undici ProxyAgent proxyTls; httpx Proxy(ssl_context=...)"
-    );
     Ok(out)
+}
+
+/// `https://host:port` with `NAME:SECRET@` put in front of the host.
+fn with_userinfo(url: &str, user: &str, secret: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!(
+        "{scheme}://{}:{}@{rest}",
+        percent_encode(user),
+        percent_encode(secret)
+    )
+}
+
+/// Percent-encodes everything but the URL's unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -162,5 +307,63 @@ fn quote(value: &str) -> String {
         value.to_owned()
     } else {
         format!("'{}'", value.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn the_secret_goes_into_the_proxy_url_encoded() {
+        assert_eq!(
+            with_userinfo("https://clawgate:8445", "openclaw", "cgpk_a-b_c"),
+            "https://openclaw:cgpk_a-b_c@clawgate:8445"
+        );
+        // An old user info is replaced, and reserved characters are encoded.
+        assert_eq!(
+            with_userinfo("https://x:y@h:1", "a b", "p@ss:w/rd"),
+            "https://a%20b:p%40ss%3Aw%2Frd@h:1"
+        );
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(quote("/plain/path.pem"), "/plain/path.pem");
+    }
+
+    #[test]
+    fn a_proxy_key_block_names_every_variable_and_writes_a_curlrc() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        crate::certs::init(&certs, &[], false).unwrap();
+        let out = agent_env(&EnvRequest {
+            agent: "oc",
+            certs_dir: &certs,
+            proxy: "https://127.0.0.1:8445",
+            credential: EnvCredential::ProxyKey("cgpk_secret".to_owned().into()),
+            vending: Some(Vending {
+                url: "http://127.0.0.1:8444/",
+                scope: "s3",
+            }),
+            system_roots: Some(&certs.join("ca.pem")),
+        })
+        .unwrap();
+        for line in [
+            "export HTTPS_PROXY=https://oc:cgpk_secret@127.0.0.1:8445",
+            "export OPENCLAW_PROXY_URL=https://oc:cgpk_secret@127.0.0.1:8445",
+            "export NO_PROXY=localhost,127.0.0.1,::1",
+            "export NODE_USE_ENV_PROXY=1",
+            "export AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:8444/v1/credentials/aws/s3",
+            "export AWS_CONTAINER_AUTHORIZATION_TOKEN=cgpk_secret",
+        ] {
+            assert!(out.contains(line), "{line} missing:\n{out}");
+        }
+        assert!(!out.contains("CLAWGATE_AGENT_KEY"));
+        let curlrc = std::fs::read_to_string(certs.join("agents/oc-curl/.curlrc")).unwrap();
+        assert!(curlrc.contains("proxy-cacert = "), "{curlrc}");
+        assert!(!curlrc.contains("proxy-cert"), "{curlrc}");
+        assert_eq!(
+            format!("{:?}", EnvCredential::ProxyKey("x".to_owned().into())),
+            "proxy key"
+        );
     }
 }

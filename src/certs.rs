@@ -329,7 +329,7 @@ pub fn init(dir: &Path, extra_sans: &[String], force: bool) -> Result<Vec<PathBu
     let ca = new_ca("clawgate development CA", 3650)?;
     let (server, _) = issue(&ca, &server_spec(extra_sans, 825)?)?;
     let intercept = new_ca("clawgate interception CA", 3650)?;
-    let (token_key, token_pub) = crate::token::new_key_pair()?;
+    let (token_key, token_pub) = token_key_pair()?;
     let contents = [
         (&ca.cert, false),
         (&ca.key, true),
@@ -369,6 +369,13 @@ pub fn agent(dir: &Path, name: &str, days: u32, force: bool) -> Result<Vec<PathB
     write_file(&cert_path, &leaf.cert, false, force)?;
     write_file(&key_path, &leaf.key, true, force)?;
     Ok(vec![cert_path, key_path])
+}
+
+/// A fresh ES256 key pair for signing run tokens, as PKCS#8 and SPKI PEM
+/// (`certs init` writes it; the run token module only reads it).
+pub fn token_key_pair() -> Result<(String, String), rcgen::Error> {
+    let pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    Ok((pair.serialize_pem(), pair.public_key_pem()))
 }
 
 #[cfg(test)]

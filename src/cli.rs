@@ -45,26 +45,110 @@ pub(crate) enum Command {
     /// fetched from the admin API with your client certificate.
     Console(ConsoleArgs),
     /// Print what an agent's environment needs to use clawgate as its HTTPS_PROXY.
-    Env {
-        /// The agent (its certificate is `agents/NAME.pem` in the certificate directory).
-        #[arg(long)]
-        agent: String,
-        /// The certificate directory.
-        #[arg(long, default_value = "./certs")]
-        certs: PathBuf,
-        /// The proxy URL the agent uses.
-        #[arg(long, default_value = "https://localhost:8443")]
-        proxy: String,
-        /// The system CA bundle to include (found in the usual places when not given).
-        #[arg(long)]
-        system_roots: Option<PathBuf>,
-    },
+    Env(EnvArgs),
     /// Sentinel placeholders.
     #[command(subcommand)]
     Sentinel(SentinelCommand),
     /// Run tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Per-agent proxy keys for the token listener.
+    #[command(subcommand)]
+    ProxyKey(ProxyKeyCommand),
+    /// Print nftables rules that let an agent's user or cgroup reach only clawgate.
+    Lockdown(LockdownArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LockdownArgs {
+    /// An agent's user, by name (repeatable).
+    #[arg(long)]
+    pub(crate) user: Vec<String>,
+    /// An agent's user, by number (repeatable).
+    #[arg(long)]
+    pub(crate) uid: Vec<u32>,
+    /// An agent's cgroup v2 path, `system.slice/openclaw.service` (repeatable).
+    #[arg(long)]
+    pub(crate) cgroup: Vec<String>,
+    /// A clawgate listener the agent may reach, `IP:PORT` (repeatable).
+    #[arg(long, required = true)]
+    pub(crate) proxy: Vec<SocketAddr>,
+    /// A DNS server the agent may ask (repeatable; none by default).
+    #[arg(long)]
+    pub(crate) dns: Vec<std::net::IpAddr>,
+    /// A loopback port the agent may reach besides clawgate (repeatable).
+    #[arg(long)]
+    pub(crate) allow_loopback_port: Vec<u16>,
+}
+
+/// Which credential `env` puts in the agent's environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum EnvForm {
+    /// The proxy key when `agents/NAME.proxy-key` exists, else the certificate.
+    Auto,
+    /// The agent's proxy key, in the token listener's URL.
+    ProxyKey,
+    /// A run token issued now, in the token listener's URL.
+    RunToken,
+    /// The agent's client certificate, for the mTLS listener.
+    Certificate,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EnvArgs {
+    /// The agent's name in policy.
+    #[arg(long)]
+    pub(crate) agent: String,
+    /// The certificate directory.
+    #[arg(long, default_value = "./certs")]
+    pub(crate) certs: PathBuf,
+    /// Which credential the agent carries.
+    #[arg(long, value_enum, default_value_t = EnvForm::Auto)]
+    pub(crate) form: EnvForm,
+    /// The mTLS listener's URL (certificate form).
+    #[arg(long, default_value = "https://localhost:8443")]
+    pub(crate) proxy: String,
+    /// The token listener's URL (proxy-key and run-token forms).
+    #[arg(long, default_value = "https://localhost:8445")]
+    pub(crate) token_proxy: String,
+    /// The proxy key file (default: `agents/NAME.proxy-key` in the certificate directory).
+    #[arg(long)]
+    pub(crate) proxy_key_file: Option<PathBuf>,
+    /// The run token's lifetime (run-token form).
+    #[arg(long, default_value = "8h", value_parser = humantime::parse_duration)]
+    pub(crate) ttl: Duration,
+    /// The vending listener's URL, for AWS SDKs (`http://127.0.0.1:8444`).
+    #[arg(long)]
+    pub(crate) vend: Option<String>,
+    /// The AWS scope to vend (default: the agent's one scope with `vend = true` in --policy).
+    #[arg(long, requires = "vend")]
+    pub(crate) aws_scope: Option<String>,
+    /// The policy directory, read to find the agent's vended scope.
+    #[arg(long, default_value = "./policy")]
+    pub(crate) policy: PathBuf,
+    /// The system CA bundle to include (found in the usual places when not given).
+    #[arg(long)]
+    pub(crate) system_roots: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProxyKeyCommand {
+    /// Write a fresh key to `agents/NAME.proxy-key` (mode 0600) and print the
+    /// policy entry that admits it (its SHA-256, never the key).
+    New {
+        /// The agent's name in policy.
+        #[arg(long)]
+        agent: String,
+        /// The key's id in policy and records (default: NAME-YYYYMMDD).
+        #[arg(long)]
+        id: Option<String>,
+        /// The certificate directory; the key goes into its `agents/`.
+        #[arg(long, default_value = "./certs")]
+        certs: PathBuf,
+        /// Replace an existing key file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,6 +170,10 @@ pub(crate) enum TokenCommand {
         /// The certificate directory holding `token-key.pem`.
         #[arg(long, default_value = "./certs")]
         certs: PathBuf,
+        /// The policy directory: an agent or scope it does not define is
+        /// refused. Without it, nothing is checked (with a warning).
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
 }
 
@@ -128,6 +216,10 @@ pub(crate) struct ServeArgs {
     /// `AWS_ENDPOINT_URL` works too.
     #[arg(long)]
     pub(crate) aws_endpoint_url: Option<String>,
+    /// The region of the broker's own AWS calls (default: `AWS_REGION`,
+    /// `AWS_DEFAULT_REGION`, the profile, instance metadata, then us-east-1).
+    #[arg(long)]
+    pub(crate) aws_region: Option<String>,
     /// A loopback address for credential vending by token (plain HTTP, for
     /// `AWS_CONTAINER_CREDENTIALS_FULL_URI`).
     #[arg(long)]
@@ -159,7 +251,14 @@ pub(crate) struct ServeArgs {
     pub(crate) token_listen: Option<SocketAddr>,
     /// A fleet's store for the decision log and overrides: a `postgres://`
     /// URL (the SQLite file at `--audit` when absent). Needs `--replica`.
-    #[arg(long, requires = "replica")]
+    /// Read from `CLAWGATE_STORE` when not given, which keeps a password
+    /// off the command line.
+    #[arg(
+        long,
+        requires = "replica",
+        env = "CLAWGATE_STORE",
+        hide_env_values = true
+    )]
     pub(crate) store: Option<String>,
     /// Keep this long in the decision log (`30d`): older records are
     /// archived to `--archive-dir` and then pruned, every `--retain-every`.

@@ -15,17 +15,14 @@
 //! served, and, when allowed, one outcome record when the tunnel ends.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, field};
 
 use crate::body::ProxyBody;
@@ -37,13 +34,11 @@ use crate::record::{CallRecord, Outcome};
 use crate::route::{Destination, Inside, Mode, route};
 use crate::upgrade::{Counted, closed_by_peer};
 
-/// The agent must finish the inner TLS handshake within this time.
-const INNER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// An allowed `CONNECT`, ready to be answered.
 enum Plan {
     Tunnel {
         host: Host,
+        port: u16,
         addrs: Vec<std::net::SocketAddr>,
     },
     Intercept {
@@ -103,6 +98,23 @@ impl Pipeline {
             span.record("decision.effect", effect);
             span.record("decision.reason", reason.code());
             let refused = |refusal: &Refusal| refusal.response(&request_id, Via::Proxy);
+            // What an open tunnel was allowed as, for overrides and reloads;
+            // the host as `decide` saw it, so a reload decides it again on
+            // the same terms.
+            let subject = crate::live::Subject {
+                names: peer.identity.names.clone(),
+                agent: record.agent.clone(),
+                serial: (!peer.identity.serial.is_empty()).then(|| peer.identity.serial.clone()),
+                scope: record.scope.clone(),
+                connect: match &verdict {
+                    Ok(Plan::Tunnel { port, .. }) => record.host.clone().map(|h| (h, *port)),
+                    Ok(Plan::Intercept { inside, .. }) => {
+                        record.host.clone().map(|h| (h, inside.port))
+                    }
+                    Err(_) => None,
+                },
+                proxy_key: peer.proxy_key,
+            };
             let Ok(outcome) = record.commit(verdict.as_ref().map(|_| ())).await else {
                 return refused(&Reason::AuditUnavailable.into());
             };
@@ -116,7 +128,7 @@ impl Pipeline {
             };
             let on_upgrade = hyper::upgrade::on(&mut req);
             let upstream = match &plan {
-                Plan::Tunnel { host, addrs } => {
+                Plan::Tunnel { host, addrs, .. } => {
                     let limit = pipeline.upstreams.timeouts().connect;
                     match egress::connect_checked(host, addrs, limit).await {
                         Ok(stream) => Some(stream),
@@ -137,7 +149,14 @@ impl Pipeline {
             };
             outcome.status = Some(200);
             outcome.reason = Reason::Allowed;
-            let task = Arc::clone(&pipeline).run_tunnel(plan, upstream, on_upgrade, peer, outcome);
+            let membership = pipeline.live().register(subject, policy.digest());
+            let task = Arc::clone(&pipeline).run_tunnel(
+                plan,
+                upstream,
+                on_upgrade,
+                (peer, membership),
+                outcome,
+            );
             tokio::spawn(task.in_current_span());
             tracing::info!("connect allowed");
             let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed());
@@ -164,7 +183,19 @@ impl Pipeline {
         record.host = req.uri().host().map(str::to_owned);
         // Identity before anything else: an unknown agent's CONNECT resolves
         // no name and opens no connection.
-        let Some(agent) = policy.agent_for(&peer.identity.names) else {
+        let now = std::time::SystemTime::now();
+        let agent = match &peer.proxy_key {
+            // A proxy key proves its agent against the policy in force.
+            Some(sha256) => Some(crate::token::proxy_key::identify(
+                policy,
+                self.overrides(),
+                sha256,
+                now,
+                record,
+            )?),
+            None => policy.agent_for(&peer.identity.names),
+        };
+        let Some(agent) = agent else {
             // Without a certificate (the token listener) and without a
             // token, the answer asks for one.
             if peer.identity.fingerprint.is_empty()
@@ -188,6 +219,7 @@ impl Pipeline {
         // Overrides right after identity, as for every other call: an
         // isolated agent or a revoked certificate opens no tunnel.
         let now = std::time::SystemTime::now();
+        self.settle_lapses(now);
         let serial = &peer.identity.serial;
         if let Some(o) = self.overrides().refusing(
             Some(name.as_str()),
@@ -264,7 +296,7 @@ impl Pipeline {
                     }
                 })?;
         match scope.connect {
-            ConnectMode::Tunnel => Ok(Plan::Tunnel { host, addrs }),
+            ConnectMode::Tunnel => Ok(Plan::Tunnel { host, port, addrs }),
             ConnectMode::Intercept => {
                 let tls = self.interceptor.server_config(&host).map_err(|e| {
                     tracing::error!(error = %e, "cannot mint an interception leaf");
@@ -275,6 +307,11 @@ impl Pipeline {
                         host,
                         port,
                         connect_id: request_id.to_owned(),
+                        // A token peer has no other identity inside.
+                        run_token: run
+                            .is_some()
+                            .then(|| req.headers().get(crate::token::RUN_TOKEN_HEADER).cloned())
+                            .flatten(),
                     },
                     tls,
                 })
@@ -289,7 +326,7 @@ impl Pipeline {
         plan: Plan,
         upstream: Option<TcpStream>,
         on_upgrade: hyper::upgrade::OnUpgrade,
-        peer: Arc<Peer>,
+        (peer, mut membership): (Arc<Peer>, crate::live::Membership),
         mut outcome: Outcome,
     ) {
         let mut stopping = self.stopping.subscribe();
@@ -309,26 +346,21 @@ impl Pipeline {
             match (plan, upstream) {
                 (Plan::Tunnel { .. }, Some(mut upstream)) => {
                     match tokio::io::copy_bidirectional(&mut agent, &mut upstream).await {
-                        Ok(_) => outcome.finished = true,
+                        Ok(_) => outcome.closed(),
                         // Either end hanging up abruptly is how most TLS
                         // sessions end; the tunnel itself did its work.
                         Err(e) if closed_by_peer(&e) => {
                             tracing::debug!(error = %e, "tunnel closed by a peer");
-                            outcome.finished = true;
+                            outcome.closed();
                         }
                         Err(e) => tracing::info!(error = %e, "tunnel ended with an error"),
                     }
                 }
                 (Plan::Intercept { inside, tls }, _) => {
-                    let accept = TlsAcceptor::from(tls).accept(agent);
-                    let tls = match tokio::time::timeout(INNER_HANDSHAKE_TIMEOUT, accept).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::info!(error = %e, "agent refused the intercepted handshake");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!("intercepted handshake timed out");
+                    let tls = match crate::accept::inner_handshake(agent, tls).await {
+                        Ok(tls) => tls,
+                        Err(why) => {
+                            tracing::info!(%why, "intercepted handshake failed");
                             return;
                         }
                     };
@@ -344,14 +376,19 @@ impl Pipeline {
                             )
                         }
                     });
-                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let builder = crate::accept::http_builder();
                     match builder
                         .serve_connection_with_upgrades(TokioIo::new(tls), service)
                         .await
                     {
-                        Ok(()) => outcome.finished = true,
+                        Ok(()) => outcome.closed(),
+                        // The agent hung up between requests: a normal end.
+                        Err(e) if !cut_mid_exchange(&*e) => {
+                            tracing::debug!(error = %e, "intercepted connection closed by the agent");
+                            outcome.closed();
+                        }
                         Err(e) => {
-                            tracing::debug!(error = %e, "intercepted connection ended with an error");
+                            tracing::debug!(error = %e, "intercepted connection cut mid-exchange");
                         }
                     }
                 }
@@ -360,9 +397,31 @@ impl Pipeline {
         };
         tokio::select! {
             () = work => {}
+            ended = membership.ended() => {
+                tracing::info!(reason = %ended.reason, "tunnel ended: no longer allowed");
+                outcome.ended(ended);
+            }
             _ = stopping.wait_for(|stop| *stop) => {
                 tracing::info!("tunnel ended at shutdown");
             }
         }
     }
+}
+
+/// Whether an intercepted connection's error means a request was cut off
+/// (rather than the agent hanging up between requests).
+fn cut_mid_exchange(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(error) = next {
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>()
+            && (hyper.is_incomplete_message() || hyper.is_body_write_aborted())
+        {
+            return true;
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return !closed_by_peer(io);
+        }
+        next = error.source();
+    }
+    true
 }

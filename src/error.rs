@@ -85,6 +85,25 @@ pub enum Reason {
     /// The token listener needs a run token in `Proxy-Authorization`; the
     /// vending listener a vending or run token in `Authorization`.
     RunTokenMissing,
+    /// A proxy key that matches no key in policy.
+    ProxyKeyInvalid,
+    /// A proxy key past its `expires` in policy.
+    ProxyKeyExpired,
+    /// An admin override revokes the proxy key.
+    ProxyKeyRevoked,
+    /// A tunnel, intercepted connection or upgraded socket ended normally:
+    /// a peer closed it (outcome records only).
+    TunnelClosed,
+    /// An override (isolation, revoked serial, disabled scope) ended a live
+    /// connection (outcome records only).
+    EndedByOverride,
+    /// A policy reload withdrew what a live connection was allowed, and
+    /// ended it (outcome records only).
+    EndedByPolicy,
+    /// Certificates were reloaded and put in force (a record, not a refusal).
+    CertsLoaded,
+    /// A certificate reload failed; the old material stays (a record).
+    CertsRejected,
     /// clawgate stopped before the call was decided or finished (decision
     /// and outcome records only; nobody is left to answer).
     Shutdown,
@@ -98,7 +117,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 32] = [
+    pub const ALL: [Reason; 40] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -129,6 +148,14 @@ impl Reason {
         Reason::RunTokenWrongAgent,
         Reason::RunTokenScope,
         Reason::RunTokenMissing,
+        Reason::ProxyKeyInvalid,
+        Reason::ProxyKeyExpired,
+        Reason::ProxyKeyRevoked,
+        Reason::TunnelClosed,
+        Reason::EndedByOverride,
+        Reason::EndedByPolicy,
+        Reason::CertsLoaded,
+        Reason::CertsRejected,
         Reason::LogArchived,
         Reason::LogPruned,
     ];
@@ -165,6 +192,14 @@ impl Reason {
             Reason::RunTokenWrongAgent => "run-token-wrong-agent",
             Reason::RunTokenScope => "run-token-scope",
             Reason::RunTokenMissing => "run-token-missing",
+            Reason::ProxyKeyInvalid => "proxy-key-invalid",
+            Reason::ProxyKeyExpired => "proxy-key-expired",
+            Reason::ProxyKeyRevoked => "proxy-key-revoked",
+            Reason::TunnelClosed => "tunnel-closed",
+            Reason::EndedByOverride => "ended-by-override",
+            Reason::EndedByPolicy => "ended-by-policy",
+            Reason::CertsLoaded => "certs-loaded",
+            Reason::CertsRejected => "certs-rejected",
             Reason::Shutdown => "shutdown",
             Reason::LogArchived => "log-archived",
             Reason::LogPruned => "log-pruned",
@@ -181,8 +216,13 @@ impl Reason {
             | Reason::ExceptionExpired
             | Reason::PolicyRejected
             | Reason::OverrideChanged
+            | Reason::TunnelClosed
+            | Reason::CertsLoaded
+            | Reason::CertsRejected
             | Reason::LogArchived
             | Reason::LogPruned => StatusCode::OK,
+            // Never sent: the connection is cut, not answered.
+            Reason::EndedByOverride | Reason::EndedByPolicy => StatusCode::FORBIDDEN,
             // Never sent: nobody is left to receive it.
             Reason::ClientCancelled => StatusCode::BAD_REQUEST,
             Reason::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
@@ -201,7 +241,10 @@ impl Reason {
             | Reason::RunTokenInvalid
             | Reason::RunTokenExpired
             | Reason::RunTokenWrongAgent
-            | Reason::RunTokenScope => StatusCode::FORBIDDEN,
+            | Reason::RunTokenScope
+            | Reason::ProxyKeyInvalid
+            | Reason::ProxyKeyExpired
+            | Reason::ProxyKeyRevoked => StatusCode::FORBIDDEN,
             Reason::RunTokenMissing => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -389,7 +432,15 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::RunTokenExpired
         | Reason::RunTokenWrongAgent
         | Reason::RunTokenScope
-        | Reason::RunTokenMissing => "http_request_denied",
+        | Reason::RunTokenMissing
+        | Reason::ProxyKeyInvalid
+        | Reason::ProxyKeyExpired
+        | Reason::ProxyKeyRevoked
+        | Reason::TunnelClosed
+        | Reason::EndedByOverride
+        | Reason::EndedByPolicy
+        | Reason::CertsLoaded
+        | Reason::CertsRejected => "http_request_denied",
     };
     format!("clawgate; error={error}; details=\"{}\"", reason.code())
 }

@@ -16,8 +16,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use rcgen::{
-    CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose,
+    PublicKeyData, SanType,
 };
 use rustls::ServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -25,6 +27,7 @@ use time::OffsetDateTime;
 
 use crate::certs::files;
 use crate::egress::Host;
+use crate::tls::{Alpn, Reloadable};
 
 /// How long a minted leaf is valid.
 pub const LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);
@@ -52,16 +55,21 @@ pub enum InterceptError {
     Mint(#[from] rcgen::Error),
     /// rustls refused the leaf.
     #[error("cannot use a minted leaf: {0}")]
-    Tls(#[from] rustls::Error),
+    Leaf(String),
     /// The host cannot be put in a certificate.
     #[error("host `{0}` cannot be named in a certificate")]
     BadHost(String),
 }
 
-/// Mints and caches interception leaves.
+/// Minted configurations by host, with the time they stay fresh until.
+type LeafCache = HashMap<Host, (Arc<ServerConfig>, Instant)>;
+
+/// Mints and caches interception leaves. Clones share the CA and cache, so
+/// a reload of the CA reaches every holder.
+#[derive(Clone)]
 pub struct Interceptor {
-    issuer: Issuer<'static, KeyPair>,
-    cache: Mutex<HashMap<Host, (Arc<ServerConfig>, Instant)>>,
+    issuer: Arc<ArcSwap<Issuer<'static, KeyPair>>>,
+    cache: Arc<Mutex<LeafCache>>,
 }
 
 impl std::fmt::Debug for Interceptor {
@@ -73,6 +81,13 @@ impl std::fmt::Debug for Interceptor {
 impl Interceptor {
     /// Loads `intercept-ca.pem` and its key from `certs_dir`.
     pub fn load(certs_dir: &Path) -> Result<Interceptor, InterceptError> {
+        Ok(Interceptor {
+            issuer: Arc::new(ArcSwap::from_pointee(Self::load_issuer(certs_dir)?)),
+            cache: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    fn load_issuer(certs_dir: &Path) -> Result<Issuer<'static, KeyPair>, InterceptError> {
         let read = |name: &str| {
             let path = certs_dir.join(name);
             std::fs::read_to_string(&path).map_err(|e| InterceptError::Ca {
@@ -89,11 +104,18 @@ impl Interceptor {
             dir: certs_dir.display().to_string(),
         };
         let key = KeyPair::from_pem(&key).map_err(|e| bad(e.to_string()))?;
-        let issuer = Issuer::from_ca_cert_pem(&cert, key).map_err(|e| bad(e.to_string()))?;
-        Ok(Interceptor {
-            issuer,
-            cache: Mutex::new(HashMap::new()),
-        })
+        // A certificate and key from different pairs (a half-finished
+        // rotation) would sign leaves nobody can verify: refuse it.
+        let (_, pem) =
+            x509_parser::pem::parse_x509_pem(cert.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        let parsed = pem.parse_x509().map_err(|e| bad(e.to_string()))?;
+        if parsed.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+            return Err(bad(format!(
+                "its key is not the one in `{}`",
+                files::INTERCEPT_CA_KEY
+            )));
+        }
+        Issuer::from_ca_cert_pem(&cert, key).map_err(|e| bad(e.to_string()))
     }
 
     /// The server configuration for an intercepted connection to `host`:
@@ -138,16 +160,23 @@ impl Interceptor {
         params.not_before = now - Duration::from_secs(300);
         params.not_after = now + LEAF_VALIDITY;
         let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert = params.signed_by(&key, &*self.issuer.load())?;
         let chain = vec![CertificateDer::from(cert.der().to_vec())];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(config)
+        crate::tls::server_config(chain, key, None, Alpn::H2AndHttp11)
+            .map_err(|e| InterceptError::Leaf(e.to_string()))
+    }
+}
+
+impl Reloadable for Interceptor {
+    /// A new CA replaces the old one and the cached leaves it signed.
+    fn reload(&self, certs_dir: &Path) -> Result<(), String> {
+        let issuer = Self::load_issuer(certs_dir).map_err(|e| e.to_string())?;
+        self.issuer.store(Arc::new(issuer));
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.clear();
+        }
+        Ok(())
     }
 }
 

@@ -10,7 +10,11 @@
 //!                                        before anything is forwarded                      after the response
 //! ```
 //!
-//! - [`listener`]: rustls accept, client certificate required, ALPN.
+//! - [`tls`]: the one place PEM files are read and TLS configurations built;
+//!   certificate and CRL hot reload.
+//! - [`accept`]: one accept path for every listener: handshake admission,
+//!   `tls-rejected` records, timeouts, HTTP/1.1, HTTP/2, upgrades, drain.
+//! - [`listener`]: the agent listener (client certificate required).
 //! - [`request`]: one request sent where it belongs: `CONNECT`, vend or call.
 //! - [`identity`]: names from the verified peer certificate.
 //! - [`route`]: gateway route, forward-proxy host or CONNECT; path normalisation.
@@ -27,41 +31,92 @@
 //! - [`record`]: the one call record (drop-guarded: written on every exit
 //!   path, cancellation included) and the outcome record derived from it.
 //! - [`upgrade`]: WebSocket upgrades and the byte splice tunnels share.
-//! - [`limits`]: rate limits per agent and per (agent, scope), after `decide`.
+//! - [`limits`]: rate limits per agent and per (agent, scope), after `decide`;
+//!   in process, or shared by a fleet on Redis.
 //! - [`token`]: run tokens that narrow an agent and name its run.
-//! - [`overrides`]: emergency isolation, serial revocation, disabled scopes.
-//! - [`audit`]: the decision log (SQLite, group commit, hash chain), query, verify.
+//! - [`overrides`]: emergency isolation, serial revocation, disabled scopes;
+//!   beside the SQLite log, or shared by a fleet on PostgreSQL.
+//! - [`live`]: open tunnels, WebSockets and connections that an override or
+//!   a reload ends.
+//! - [`audit`]: the decision log (SQLite, group commit, hash chain), query, verify;
+//!   on a fleet, one chain per replica on PostgreSQL with checkpoints over them.
 //! - [`error`]: the closed set of reasons, and the one refusal type mapped once
 //!   to status, body and headers (`Retry-After`, challenges, `Proxy-Status`).
-//! - [`reload`]: hot reload of policy; exceptions and overrides lapsing.
+//! - [`reload`]: hot reload of policy, and the timer of lapses.
+//! - [`lapse`]: exceptions and overrides lapse at their expiry, each lapse a
+//!   record queued before any decision that relies on it.
 //! - [`metrics`]: counters and histograms behind `/metrics`.
-//! - [`admin`]: the admin and auditor API (health, metrics, audit, status).
+//! - [`admin`]: the admin and auditor API (health, metrics, audit, status,
+//!   stats, findings, verify); [`console`]: the read-only page over it.
+//! - [`retention`]: `serve --retain`, archiving then pruning the log.
+//! - [`agent_env`] and [`lockdown`]: the environment that routes an agent
+//!   through clawgate, and the egress rules that leave it no other road.
+
+// In the order of the call (blank lines keep rustfmt from sorting them):
+// accept, identify, route, decide, limit, credential, forward, record; then
+// what governs it and what runs it.
+pub mod tls;
+
+pub mod accept;
+
+pub mod listener;
+
+pub mod request;
+
+pub mod identity;
+
+pub mod token;
+
+pub mod route;
+
+pub mod pipeline;
+
+pub mod connect;
+
+pub mod intercept;
+
+pub mod upgrade;
+
+pub mod live;
+
+pub mod policy;
+
+pub mod limits;
+
+pub mod credentials;
+
+pub mod body;
+
+pub mod forward;
+
+pub mod egress;
+
+pub mod record;
+
+pub mod audit;
+
+pub mod retention;
+
+pub mod error;
+
+pub mod overrides;
+
+pub mod lapse;
+
+pub mod reload;
+
+pub mod metrics;
 
 pub mod admin;
-pub mod agent_env;
-pub mod audit;
-pub mod body;
-pub mod certs;
-pub mod connect;
+
 pub mod console;
-pub mod credentials;
-pub mod demo;
-pub mod egress;
-pub mod error;
-pub mod forward;
-pub mod identity;
-pub mod intercept;
-pub mod limits;
-pub mod listener;
-pub mod metrics;
-pub mod overrides;
-pub mod pipeline;
-pub mod policy;
-pub mod record;
-pub mod reload;
-pub mod request;
-pub mod retention;
-pub mod route;
+
 pub mod serve;
-pub mod token;
-pub mod upgrade;
+
+pub mod certs;
+
+pub mod agent_env;
+
+pub mod lockdown;
+
+pub mod demo;

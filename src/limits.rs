@@ -1,4 +1,6 @@
-//! Rate limits (governor): per agent, and per (agent, scope).
+//! Rate limits: per agent, and per (agent, scope). The pipeline calls a
+//! [`LimitStore`]: governor in this process (the default), or Redis shared by
+//! a fleet ([`redis`]).
 //!
 //! Keys are agent and scope names from policy, never client addresses: an
 //! agent that reconnects from another port or host shares its budget.

@@ -70,6 +70,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 drain: args.drain_timeout,
                 broker: BrokerConfig {
                     endpoint_url: args.aws_endpoint_url,
+                    region: args.aws_region,
                 },
                 vend_listen: args.vend_listen,
                 limits: BodyLimits {
@@ -132,21 +133,54 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Env {
-            agent,
-            certs,
-            proxy,
-            system_roots,
-        } => {
+        Command::Lockdown(args) => {
+            let mut subjects: Vec<_> = args
+                .uid
+                .iter()
+                .map(|&uid| clawgate::lockdown::Subject::Uid(uid))
+                .collect();
+            for user in &args.user {
+                subjects.push(clawgate::lockdown::Subject::Uid(uid_of(user)?));
+            }
+            subjects.extend(
+                args.cgroup
+                    .iter()
+                    .cloned()
+                    .map(clawgate::lockdown::Subject::Cgroup),
+            );
             print!(
                 "{}",
-                clawgate::agent_env::agent_env(&clawgate::agent_env::EnvRequest {
-                    agent: &agent,
-                    certs_dir: &certs,
-                    proxy: &proxy,
-                    system_roots: system_roots.as_deref(),
+                clawgate::lockdown::rules(&clawgate::lockdown::Lockdown {
+                    subjects,
+                    proxies: args.proxy,
+                    dns: args.dns,
+                    loopback_ports: args.allow_loopback_port,
                 })?
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Env(args) => {
+            print!("{}", agent_env(&args)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ProxyKey(ProxyKeyCommand::New {
+            agent,
+            id,
+            certs,
+            force,
+        }) => {
+            let id = id.unwrap_or_else(|| {
+                let today = time::OffsetDateTime::now_utc().date();
+                format!(
+                    "{agent}-{:04}{:02}{:02}",
+                    today.year(),
+                    u8::from(today.month()),
+                    today.day()
+                )
+            });
+            let (path, entry) = clawgate::token::proxy_key::write_new(&certs, &agent, &id, force)?;
+            eprintln!("wrote {}; admit it in policy:", path.display());
+            print!("{entry}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(TokenCommand::Issue {
@@ -155,7 +189,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             scopes,
             run,
             certs,
+            policy: policy_dir,
         }) => {
+            match &policy_dir {
+                Some(dir) => {
+                    let options = LoadOptions::new(&process_env);
+                    let (policy, _) = policy::load(dir, &options).map_err(|e| {
+                        anyhow::anyhow!("policy `{}` does not validate:\n{e}", dir.display())
+                    })?;
+                    for warning in
+                        clawgate::token::check_against(&policy, &agent, scopes.as_deref())?
+                    {
+                        eprintln!("warning: {warning}");
+                    }
+                }
+                None => eprintln!(
+                    "warning: agent `{agent}` and the scopes are not checked against a policy; pass --policy DIR to refuse names it does not define"
+                ),
+            }
             let token = clawgate::token::issue(
                 &certs,
                 &agent,
@@ -430,7 +481,15 @@ fn print_status(v: &serde_json::Value) {
         .to_string()
     };
     let in_sync = v["in_sync"].as_bool() == Some(true);
-    println!("{}", if in_sync { "in sync" } else { "DRIFTED" });
+    if in_sync {
+        println!("in sync");
+    } else {
+        let why: Vec<String> = v["drift"]
+            .as_array()
+            .map(|a| a.iter().map(s).collect())
+            .unwrap_or_default();
+        println!("DRIFTED: {}", why.join("; "));
+    }
     println!("in force: {}", s(&v["in_force"]));
     match v["on_disk"].as_str() {
         Some(d) => println!("on disk:  {d}"),
@@ -513,4 +572,110 @@ async fn wait_for_stop() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// `clawgate env`: picks the form, reads or issues the credential, finds
+/// the vended scope, then prints the block.
+fn agent_env(args: &EnvArgs) -> anyhow::Result<String> {
+    use clawgate::agent_env::{EnvCredential, EnvRequest, Vending};
+    let key_file = args
+        .proxy_key_file
+        .clone()
+        .unwrap_or_else(|| clawgate::token::proxy_key::key_path(&args.certs, &args.agent));
+    let form = match args.form {
+        EnvForm::Auto if key_file.exists() => EnvForm::ProxyKey,
+        EnvForm::Auto => EnvForm::Certificate,
+        form => form,
+    };
+    let (credential, proxy) = match form {
+        EnvForm::ProxyKey => {
+            let key = std::fs::read_to_string(&key_file).with_context(|| {
+                format!(
+                    "cannot read `{}`; run `clawgate proxy-key new --agent {}`",
+                    key_file.display(),
+                    args.agent
+                )
+            })?;
+            (
+                EnvCredential::ProxyKey(key.trim().to_owned().into()),
+                &args.token_proxy,
+            )
+        }
+        EnvForm::RunToken => {
+            let token = clawgate::token::issue(
+                &args.certs,
+                &args.agent,
+                args.ttl,
+                None,
+                None,
+                std::time::SystemTime::now(),
+            )?;
+            (EnvCredential::RunToken(token.into()), &args.token_proxy)
+        }
+        EnvForm::Certificate | EnvForm::Auto => (EnvCredential::Certificate, &args.proxy),
+    };
+    let scope = match (&args.vend, &args.aws_scope) {
+        (None, _) => None,
+        (Some(_), Some(scope)) => Some(scope.clone()),
+        (Some(_), None) => Some(vended_scope(&args.policy, &args.agent)?),
+    };
+    let vending = args
+        .vend
+        .as_deref()
+        .zip(scope.as_deref())
+        .map(|(url, scope)| Vending { url, scope });
+    Ok(clawgate::agent_env::agent_env(&EnvRequest {
+        agent: &args.agent,
+        certs_dir: &args.certs,
+        proxy,
+        credential,
+        vending,
+        system_roots: args.system_roots.as_deref(),
+    })?)
+}
+
+/// The agent's one scope with `vend = true`.
+fn vended_scope(dir: &std::path::Path, agent: &str) -> anyhow::Result<String> {
+    // Only the policy's shape is needed here: secrets need not be at hand.
+    let any_value = |_: &str| Some("unused".to_owned());
+    let (policy, _) = policy::load(dir, &LoadOptions::new(&any_value)).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read policy `{}` to find the vended scope (pass --aws-scope NAME): {e}",
+            dir.display()
+        )
+    })?;
+    let Some(id) = policy.agents().iter().position(|a| a.name == agent) else {
+        anyhow::bail!("no agent `{agent}` in policy `{}`", dir.display());
+    };
+    let vended: Vec<&str> = policy
+        .agent(id)
+        .scopes
+        .iter()
+        .map(|&s| policy.scope(s))
+        .filter(|s| s.aws().is_some_and(|a| a.vend))
+        .map(|s| s.name.as_str())
+        .collect();
+    match vended.as_slice() {
+        [one] => Ok((*one).to_owned()),
+        [] => anyhow::bail!("agent `{agent}` has no scope with `vend = true`"),
+        many => anyhow::bail!(
+            "agent `{agent}` has several vended scopes ({}); pass --aws-scope NAME",
+            many.join(", ")
+        ),
+    }
+}
+
+/// A user's numeric id from `/etc/passwd`.
+fn uid_of(user: &str) -> anyhow::Result<u32> {
+    let passwd = std::fs::read_to_string("/etc/passwd").context("cannot read /etc/passwd")?;
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split(':');
+            let name = fields.next()?;
+            let uid = fields.nth(1)?.parse().ok()?;
+            (name == user).then_some(uid)
+        })
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no user `{user}` in /etc/passwd; pass --uid N"))
 }

@@ -202,7 +202,7 @@ impl Metrics {
         counter(
             &mut out,
             "clawgate_policy_loads_total",
-            "Policy loads put in force after start.",
+            "Policy loads put in force, the one at start included.",
             self.reloads_ok.load(Ordering::Relaxed),
         );
         counter(

@@ -4,11 +4,14 @@
 //! Invariants:
 //! - Every override has a reason and an expiry at most [`MAX_OVERRIDE`]
 //!   ahead; it lapses by itself.
-//! - Overrides are stored in SQLite (a table beside the decision log) before
-//!   they take effect, so they survive a restart; the in-memory list is what
+//! - Overrides are stored in SQLite (a table beside the decision log), or on
+//!   a fleet in PostgreSQL (see `postgres`), before they take effect, so they survive a restart; the in-memory list is what
 //!   calls read, swapped whole on every change.
 //! - Every change (created, removed, lapsed) is a record; the caller writes
 //!   it with [`Override::record`].
+//! - A target is one the policy in force defines, unless the request says
+//!   `force`; a serial is hex and kept in one form ([`normalise_serial`]),
+//!   the form a peer's serial is compared in ([`peer_serial`]).
 
 mod postgres;
 
@@ -37,6 +40,8 @@ pub enum OverrideKind {
     RevokeSerial,
     /// Refuse every call in a scope (target: the scope name).
     DisableScope,
+    /// Refuse every call made with a proxy key (target: the key's id).
+    RevokeProxyKey,
 }
 
 impl OverrideKind {
@@ -46,6 +51,7 @@ impl OverrideKind {
             OverrideKind::IsolateAgent => "isolate-agent",
             OverrideKind::RevokeSerial => "revoke-serial",
             OverrideKind::DisableScope => "disable-scope",
+            OverrideKind::RevokeProxyKey => "revoke-proxy-key",
         }
     }
 
@@ -54,6 +60,7 @@ impl OverrideKind {
             OverrideKind::IsolateAgent,
             OverrideKind::RevokeSerial,
             OverrideKind::DisableScope,
+            OverrideKind::RevokeProxyKey,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)
@@ -65,6 +72,7 @@ impl OverrideKind {
             OverrideKind::IsolateAgent => Reason::AgentIsolated,
             OverrideKind::RevokeSerial => Reason::SerialRevoked,
             OverrideKind::DisableScope => Reason::ScopeDisabled,
+            OverrideKind::RevokeProxyKey => Reason::ProxyKeyRevoked,
         }
     }
 }
@@ -108,6 +116,29 @@ impl Override {
         })
     }
 
+    /// What it does, in a sentence: the answer to "what is now in force".
+    pub fn effect(&self) -> String {
+        let until = rfc3339(self.expires);
+        match self.kind {
+            OverrideKind::IsolateAgent => format!(
+                "every call and credential vend of agent `{}` is refused with agent-isolated until {until}",
+                self.target
+            ),
+            OverrideKind::RevokeSerial => format!(
+                "every call, credential vend and admin api request made with a certificate of serial `{}` is refused with serial-revoked until {until}",
+                self.target
+            ),
+            OverrideKind::DisableScope => format!(
+                "every call and credential vend in scope `{}` is refused with scope-disabled until {until}",
+                self.target
+            ),
+            OverrideKind::RevokeProxyKey => format!(
+                "every call and credential vend made with proxy key `{}` is refused with proxy-key-revoked until {until}",
+                self.target
+            ),
+        }
+    }
+
     /// The record of a change to this override (`created`, `removed`, `lapsed`).
     pub fn record(&self, change: &str, by: Option<&str>) -> DecisionRecord {
         let mut record = DecisionRecord::new(kind::OVERRIDE, &self.id);
@@ -115,7 +146,7 @@ impl Override {
         match self.kind {
             OverrideKind::IsolateAgent => record.agent = Some(self.target.clone()),
             OverrideKind::DisableScope => record.scope = Some(self.target.clone()),
-            OverrideKind::RevokeSerial => {}
+            OverrideKind::RevokeSerial | OverrideKind::RevokeProxyKey => {}
         }
         let by = by.map(|b| format!(" by {b}")).unwrap_or_default();
         record.detail = Some(format!(
@@ -147,7 +178,7 @@ pub enum OverrideError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewOverride {
-    /// `isolate-agent`, `revoke-serial` or `disable-scope`.
+    /// `isolate-agent`, `revoke-serial`, `disable-scope` or `revoke-proxy-key`.
     pub kind: String,
     /// The agent, serial or scope.
     pub target: String,
@@ -155,6 +186,47 @@ pub struct NewOverride {
     pub reason: String,
     /// A duration (`2h`, `30m`); required, at most 48 hours.
     pub expires_in: String,
+    /// Accept an agent or scope the policy in force does not define (one
+    /// about to be added); the creation record says it was forced.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What an override may name, from the policy in force.
+pub trait Targets {
+    /// Whether the policy defines an agent of this name.
+    fn has_agent(&self, name: &str) -> bool;
+    /// Whether the policy defines a scope of this name.
+    fn has_scope(&self, name: &str) -> bool;
+    /// Whether the policy defines a proxy key with this id.
+    fn has_proxy_key(&self, id: &str) -> bool;
+}
+
+impl Targets for crate::policy::Policy {
+    fn has_agent(&self, name: &str) -> bool {
+        self.agents().iter().any(|a| a.name == name)
+    }
+
+    fn has_scope(&self, name: &str) -> bool {
+        self.scope_named(name).is_some()
+    }
+
+    fn has_proxy_key(&self, id: &str) -> bool {
+        self.agents()
+            .iter()
+            .any(|a| a.proxy_keys.iter().any(|k| k.id == id))
+    }
+}
+
+/// A created override and how it came about.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The override, in force.
+    pub created: Override,
+    /// The target as the request wrote it (a serial before normalising).
+    pub target_as_given: String,
+    /// Whether `force` let through a target the policy does not define.
+    pub forced: bool,
 }
 
 const SCHEMA: &str = "
@@ -249,24 +321,38 @@ impl Overrides {
                     && match o.kind {
                         OverrideKind::IsolateAgent => agent == Some(o.target.as_str()),
                         OverrideKind::RevokeSerial => {
-                            serial.is_some_and(|s| o.target == normalise_serial(s))
+                            serial.is_some_and(|s| o.target == peer_serial(s))
                         }
                         OverrideKind::DisableScope => scope == Some(o.target.as_str()),
+                        // Matched by `revoking_proxy_key`, never here.
+                        OverrideKind::RevokeProxyKey => false,
                     }
             })
             .cloned()
     }
 
-    /// Validates and stores a new override; it is in force on return.
+    /// The first override in force at `now` that revokes the proxy key `id`.
+    pub fn revoking_proxy_key(&self, id: &str, now: SystemTime) -> Option<Override> {
+        self.active
+            .load()
+            .iter()
+            .find(|o| o.active_at(now) && o.kind == OverrideKind::RevokeProxyKey && o.target == id)
+            .cloned()
+    }
+
+    /// Validates and stores a new override; it is in force on return. An
+    /// agent or scope must be one `targets` defines, unless `force`; a serial
+    /// must be hex and is stored normalised (see [`normalise_serial`]).
     pub fn create(
         &self,
         new: &NewOverride,
         by: &str,
         now: SystemTime,
-    ) -> Result<Override, OverrideError> {
+        targets: &dyn Targets,
+    ) -> Result<Created, OverrideError> {
         let kind = OverrideKind::parse(&new.kind).ok_or_else(|| {
             OverrideError::Invalid(format!(
-                "kind `{}` must be `isolate-agent`, `revoke-serial` or `disable-scope`",
+                "kind `{}` must be `isolate-agent`, `revoke-serial`, `disable-scope` or `revoke-proxy-key`",
                 new.kind
             ))
         })?;
@@ -288,14 +374,36 @@ impl Overrides {
                 new.expires_in
             )));
         }
+        let given = new.target.trim();
+        let (target, forced) = match kind {
+            OverrideKind::RevokeSerial => (normalise_serial(given)?, false),
+            OverrideKind::IsolateAgent if targets.has_agent(given) => (given.to_owned(), false),
+            OverrideKind::DisableScope if targets.has_scope(given) => (given.to_owned(), false),
+            OverrideKind::RevokeProxyKey if targets.has_proxy_key(given) => {
+                (given.to_owned(), false)
+            }
+            _ if new.force => (given.to_owned(), true),
+            OverrideKind::IsolateAgent => {
+                return Err(OverrideError::Invalid(format!(
+                    "unknown agent `{given}`: the policy in force defines no such agent (send `\"force\": true` for one about to be added)"
+                )));
+            }
+            OverrideKind::DisableScope => {
+                return Err(OverrideError::Invalid(format!(
+                    "unknown scope `{given}`: the policy in force defines no such scope (send `\"force\": true` for one about to be added)"
+                )));
+            }
+            OverrideKind::RevokeProxyKey => {
+                return Err(OverrideError::Invalid(format!(
+                    "unknown proxy key `{given}`: the policy in force defines no proxy key with this id (send `\"force\": true` for one about to be added)"
+                )));
+            }
+        };
         let created = UNIX_EPOCH + Duration::from_secs(secs(now));
         let o = Override {
             id: uuid::Uuid::now_v7().to_string(),
             kind,
-            target: match kind {
-                OverrideKind::RevokeSerial => normalise_serial(&new.target),
-                _ => new.target.trim().to_owned(),
-            },
+            target,
             reason: new.reason.trim().to_owned(),
             created_by: by.to_owned(),
             created,
@@ -305,7 +413,11 @@ impl Overrides {
             Store::Sqlite(_) => self.lock()?,
             Store::Postgres(store) => {
                 store.create(&o)?;
-                return Ok(o);
+                return Ok(Created {
+                    created: o,
+                    target_as_given: given.to_owned(),
+                    forced,
+                });
             }
         };
         db.execute(
@@ -322,7 +434,11 @@ impl Overrides {
             ],
         )?;
         self.active.store(Arc::new(read_all(&db)?));
-        Ok(o)
+        Ok(Created {
+            created: o,
+            target_as_given: given.to_owned(),
+            forced,
+        })
     }
 
     /// Removes an override; `None` when there is no such id.
@@ -428,19 +544,46 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Lowercase hex without separators or leading zeros.
-fn normalise_serial(serial: &str) -> String {
+/// The one form a serial is stored and compared in: lowercase hex, without
+/// colons or leading zeros (`0` for zero). The input must be hex digits,
+/// optionally in groups separated by single colons (`3A:F2:01`, `3af201`),
+/// at most 20 octets as X.509 allows.
+pub fn normalise_serial(serial: &str) -> Result<String, OverrideError> {
+    let invalid = || {
+        OverrideError::Invalid(format!(
+            "serial `{serial}` must be hex, colons allowed between digits (for example `3a:f2:01`)"
+        ))
+    };
+    if serial.is_empty()
+        || serial.starts_with(':')
+        || serial.ends_with(':')
+        || serial.contains("::")
+        || !serial.chars().all(|c| c.is_ascii_hexdigit() || c == ':')
+    {
+        return Err(invalid());
+    }
     let hex: String = serial
         .chars()
-        .filter(|c| c.is_ascii_hexdigit())
+        .filter(char::is_ascii_hexdigit)
         .map(|c| c.to_ascii_lowercase())
         .collect();
     let trimmed = hex.trim_start_matches('0');
-    if trimmed.is_empty() {
+    if trimmed.len() > 40 {
+        return Err(OverrideError::Invalid(format!(
+            "serial `{serial}` is longer than the 20 octets a certificate serial may have"
+        )));
+    }
+    Ok(if trimmed.is_empty() {
         "0".into()
     } else {
         trimmed.to_owned()
-    }
+    })
+}
+
+/// A peer certificate's serial (lowercase hex from the certificate) in the
+/// form overrides store.
+pub fn peer_serial(serial: &str) -> String {
+    normalise_serial(serial).unwrap_or_else(|_| serial.to_ascii_lowercase())
 }
 
 #[cfg(test)]

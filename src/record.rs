@@ -228,6 +228,43 @@ impl Outcome {
     pub fn forget(mut self) {
         self.record = None;
     }
+
+    /// What a live connection under this outcome was allowed as.
+    pub fn subject(&self, peer: &crate::pipeline::Peer) -> crate::live::Subject {
+        let record = self.record.as_ref();
+        crate::live::Subject {
+            names: peer.identity.names.clone(),
+            agent: record.and_then(|r| r.agent.clone()),
+            serial: (!peer.identity.serial.is_empty()).then(|| peer.identity.serial.clone()),
+            scope: record.and_then(|r| r.scope.clone()),
+            connect: None,
+            proxy_key: peer.proxy_key,
+        }
+    }
+
+    /// The digest of the policy the decision was made under.
+    pub fn policy_digest(&self) -> Option<&str> {
+        self.record.as_ref()?.policy_digest.as_deref()
+    }
+
+    /// A tunnel or upgraded socket that a peer closed: a normal end.
+    pub fn closed(&mut self) {
+        self.finished = true;
+        if self.reason == Reason::Allowed {
+            self.reason = Reason::TunnelClosed;
+        }
+    }
+
+    /// Ends the record as `ended`, with why, when a live connection was cut.
+    pub fn ended(&mut self, ended: crate::live::Ended) {
+        self.reason = ended.reason;
+        if let Some(record) = self.record.as_mut() {
+            record.detail = Some(match record.detail.take() {
+                Some(before) => format!("{before}; {}", ended.detail),
+                None => ended.detail,
+            });
+        }
+    }
 }
 
 impl BodyGuard for Outcome {

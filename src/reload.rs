@@ -10,19 +10,20 @@
 //! - A new policy is put in force only once its `policy` record is durable.
 //! - Calls already in flight finish under the policy they started with (the
 //!   pipeline reads the policy once per call).
-//! - Each lapse of an exception is recorded once, across restarts too.
+//! - A reload whose files have the digest in force changes nothing and
+//!   records nothing, whatever triggered it.
+//! - Lapses are recorded by [`crate::lapse`], woken here at each expiry.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::audit::{DecisionRecord, Filter, kind};
+use crate::audit::{DecisionRecord, kind};
 use crate::error::Reason;
 use crate::pipeline::Pipeline;
-use crate::policy::{self, LoadOptions, Policy, rfc3339};
+use crate::policy::{self, LoadOptions, Policy};
 
 /// How environment variables are looked up (the process environment in
 /// production; tests and the demo pass their own).
@@ -31,6 +32,9 @@ pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 /// How long after the last file event the directory is loaded, so that an
 /// editor's burst of writes is one reload.
 const SETTLE: Duration = Duration::from_millis(300);
+
+/// The longest the lapse timer sleeps without looking again.
+const LAPSE_POLL: Duration = Duration::from_secs(1);
 
 /// What reloading knows about the files on disk.
 #[derive(Debug, Clone)]
@@ -43,6 +47,16 @@ pub struct ReloadStatus {
     pub loaded_at: SystemTime,
 }
 
+/// What a successful reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The digest in force now.
+    pub digest: String,
+    /// Whether a new policy was put in force (false: the files hold the
+    /// policy already in force).
+    pub changed: bool,
+}
+
 /// Loads the policy directory again and swaps it in.
 pub struct Reloader {
     dir: PathBuf,
@@ -51,7 +65,6 @@ pub struct Reloader {
     pipeline: Arc<Pipeline>,
     status: Mutex<ReloadStatus>,
     serial: tokio::sync::Mutex<()>,
-    lapsed: Mutex<HashSet<(String, String)>>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -76,7 +89,6 @@ impl Reloader {
                 loaded_at: SystemTime::now(),
             }),
             serial: tokio::sync::Mutex::new(()),
-            lapsed: Mutex::new(HashSet::new()),
         }
     }
 
@@ -100,10 +112,11 @@ impl Reloader {
         }
     }
 
-    /// Loads the directory; on success puts it in force (when it differs
-    /// from the policy in force, or `always`), on failure keeps the policy
-    /// in force. Answers the digest in force, or the problems.
-    pub async fn reload(&self, trigger: &str, always: bool) -> Result<String, String> {
+    /// Loads the directory; on success puts it in force when its digest
+    /// differs from the policy in force (a `policy-loaded` record), on
+    /// failure keeps the policy in force (a `policy-rejected` record).
+    /// Answers the digest in force and whether it changed, or the problems.
+    pub async fn reload(&self, trigger: &str) -> Result<Reloaded, String> {
         let _one_at_a_time = self.serial.lock().await;
         // The options borrow the environment, which is not `Sync`: they must
         // not live across an await.
@@ -121,9 +134,20 @@ impl Reloader {
                 for warning in &warnings {
                     tracing::warn!("{warning}");
                 }
-                let changed = policy.digest() != current.digest();
-                if !changed && !always && self.status().valid {
-                    return Ok(policy.digest().to_owned());
+                // The same digest is the same policy: nothing is put in
+                // force and nothing is recorded, whatever asked.
+                if policy.digest() == current.digest() {
+                    if !self.status().valid {
+                        tracing::info!(trigger, "policy files validate again, as in force");
+                    }
+                    self.set_status(|s| {
+                        s.valid = true;
+                        s.error = None;
+                    });
+                    return Ok(Reloaded {
+                        digest: policy.digest().to_owned(),
+                        changed: false,
+                    });
                 }
                 let mut record = policy_record(&policy);
                 record.detail = record.detail.map(|d| format!("{d}; on {trigger}"));
@@ -140,7 +164,10 @@ impl Reloader {
                     s.error = None;
                     s.loaded_at = SystemTime::now();
                 });
-                Ok(digest)
+                Ok(Reloaded {
+                    digest,
+                    changed: true,
+                })
             }
             Err(e) => {
                 let text = e.to_string();
@@ -164,57 +191,6 @@ impl Reloader {
                     s.error = Some(text.clone());
                 });
                 Err(text)
-            }
-        }
-    }
-
-    /// Records, once each, the exceptions of the policy in force whose
-    /// expiry has passed by `now`.
-    pub fn record_lapses(&self, now: SystemTime) {
-        let policy = self.pipeline.policy();
-        for exception in policy.exceptions() {
-            if exception.active_at(now) {
-                continue;
-            }
-            let key = (exception.id.clone(), rfc3339(exception.expires));
-            let fresh = match self.lapsed.lock() {
-                Ok(mut set) => set.insert(key.clone()),
-                Err(_) => false,
-            };
-            if !fresh {
-                continue;
-            }
-            let mut record =
-                DecisionRecord::new(kind::EXCEPTION, &uuid::Uuid::now_v7().to_string());
-            record.reason = Reason::ExceptionExpired.code().to_owned();
-            record.agent = Some(policy.agent(exception.agent).name.clone());
-            record.exception = Some(exception.id.clone());
-            record.policy_digest = Some(policy.digest().to_owned());
-            record.detail = Some(format!("expired at {}", key.1));
-            tracing::info!(exception = %exception.id, "exception lapsed");
-            self.pipeline.audit().append(record);
-        }
-    }
-
-    /// Remembers the lapses an earlier run already recorded.
-    pub fn seed_lapses(&self, audit_path: &std::path::Path) {
-        let filter = Filter {
-            reason: Some(Reason::ExceptionExpired.code().to_owned()),
-            limit: Some(100_000),
-            ..Filter::default()
-        };
-        let Ok(records) = crate::audit::query(audit_path, &filter) else {
-            return;
-        };
-        if let Ok(mut set) = self.lapsed.lock() {
-            for r in records {
-                if let (Some(id), Some(at)) = (
-                    r.exception,
-                    r.detail
-                        .and_then(|d| d.strip_prefix("expired at ").map(str::to_owned)),
-                ) {
-                    set.insert((id, at));
-                }
             }
         }
     }
@@ -246,7 +222,7 @@ fn truncate(text: &str, max: usize) -> String {
 }
 
 /// Runs until `stop`: reloads on file changes (when `watch_files`) and on
-/// SIGHUP, and once a second records lapsed exceptions and overrides.
+/// SIGHUP, and records each lapse of an exception or override at its expiry.
 pub async fn run(reloader: Arc<Reloader>, watch_files: bool, mut stop: watch::Receiver<bool>) {
     let (events_tx, mut events) = mpsc::channel::<()>(16);
     // The watcher must live as long as this task.
@@ -256,39 +232,27 @@ pub async fn run(reloader: Arc<Reloader>, watch_files: bool, mut stop: watch::Re
         None
     };
     let mut hangup = hangup_signal();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let pipeline = Arc::clone(&reloader.pipeline);
     loop {
+        // Wake at the next expiry, so its lapse is recorded at that moment;
+        // at least once a second to notice what changed meanwhile.
+        let now = SystemTime::now();
+        let wait = pipeline.lapses().next_due().map_or(LAPSE_POLL, |due| {
+            due.duration_since(now).unwrap_or_default().min(LAPSE_POLL)
+        });
         tokio::select! {
             Some(()) = events.recv() => {
                 // Let a burst of writes settle, then load once.
                 tokio::time::sleep(SETTLE).await;
                 while events.try_recv().is_ok() {}
-                let _ = reloader.reload("file change", false).await;
+                let _ = reloader.reload("file change").await;
             }
             Some(()) = recv_hangup(&mut hangup) => {
-                let _ = reloader.reload("SIGHUP", true).await;
+                let _ = reloader.reload("SIGHUP").await;
             }
-            _ = tick.tick() => {
-                let now = SystemTime::now();
-                reloader.record_lapses(now);
-                sweep_overrides(&reloader.pipeline, now);
-            }
+            () = tokio::time::sleep(wait) => pipeline.settle_lapses(SystemTime::now()),
             _ = stop.changed() => break,
         }
-    }
-}
-
-/// Records, once each, the overrides whose expiry passed.
-pub fn sweep_overrides(pipeline: &Pipeline, now: SystemTime) {
-    match pipeline.overrides().sweep(now) {
-        Ok(lapsed) => {
-            for o in lapsed {
-                tracing::info!(id = %o.id, "override lapsed");
-                pipeline.audit().append(o.record("lapsed", None));
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "overrides could not be swept"),
     }
 }
 

@@ -275,6 +275,9 @@ pub struct Inside {
     pub port: u16,
     /// The `CONNECT`'s request id, written into every inner record.
     pub connect_id: String,
+    /// The run token the `CONNECT` proved, which every request inside
+    /// carries (a token peer has no other identity).
+    pub run_token: Option<http::HeaderValue>,
 }
 
 #[cfg(test)]

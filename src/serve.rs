@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::accept::Rejections;
 use crate::admin::Admin;
 use crate::audit::postgres::PgTarget;
 use crate::audit::{AuditError, AuditLog, Source, WriterHandle};
@@ -17,12 +18,13 @@ use crate::credentials::{Broker, BrokerConfig};
 use crate::forward::{ForwardError, Timeouts, Upstreams};
 use crate::intercept::{InterceptError, Interceptor};
 use crate::limits::redis::{RedisConfig, RedisLimits};
-use crate::listener::{self, ListenerError};
+use crate::listener;
 use crate::overrides::{OverrideError, Overrides};
 use crate::pipeline::vend::{self, VendListenError};
 use crate::pipeline::{BodyLimits, Parts as PipelineParts, Pipeline};
 use crate::policy::{self, LoadError, LoadOptions};
 use crate::reload::{self, Env, Reloader, policy_record};
+use crate::tls::{TlsError, TlsStore};
 
 /// Everything `serve` needs, resolved from flags.
 #[derive(Debug, Clone)]
@@ -101,7 +103,7 @@ pub enum ServeError {
     Policy(#[from] LoadError),
     /// Certificates are missing or unusable.
     #[error(transparent)]
-    Listener(#[from] ListenerError),
+    Listener(#[from] TlsError),
     /// The decision log cannot be opened.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -184,7 +186,10 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         "policy loaded: {}",
         policy.summary()
     );
-    let tls = listener::server_config(&config.certs_dir, config.crl.as_deref())?;
+    // A server holds one descriptor per peer: take what the system allows.
+    let open_files = crate::accept::raise_open_files_limit();
+    tracing::debug!(?open_files, "open files limit");
+    let tls = Arc::new(TlsStore::load(&config.certs_dir, config.crl.as_deref())?);
     let interceptor = Interceptor::load(&config.certs_dir)?;
     let mut pins: std::collections::HashMap<String, Vec<std::net::IpAddr>> =
         std::collections::HashMap::new();
@@ -239,17 +244,14 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let token_listener = match config.token_listen {
-        Some(addr) => Some((
+        Some(addr) => Some(
             TcpListener::bind(addr)
                 .await
                 .map_err(|source| ServeError::Bind { addr, source })?,
-            crate::token::listen::server_config(&config.certs_dir)?,
-        )),
+        ),
         None => None,
     };
-    let token_addr = token_listener
-        .as_ref()
-        .and_then(|(l, _)| l.local_addr().ok());
+    let token_addr = token_listener.as_ref().and_then(|l| l.local_addr().ok());
     let tokens = crate::token::Verifier::load(
         &config.certs_dir,
         config
@@ -300,15 +302,46 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         config.max_exception,
         Arc::clone(&pipeline),
     ));
-    if !config.decision_log_off_benchmark_only && config.fleet.store.is_none() {
-        reloader.seed_lapses(&config.audit_path);
+    let audit_source = match &config.fleet.store {
+        Some(target) => Source::Postgres(target.clone()),
+        None => Source::Sqlite(config.audit_path.clone()),
+    };
+    if !config.decision_log_off_benchmark_only {
+        match &audit_source {
+            Source::Sqlite(path) => pipeline.lapses().seed(path),
+            Source::Postgres(_) => {
+                if let Ok(records) = audit_source
+                    .query(&crate::lapse::Lapses::seed_filter())
+                    .await
+                {
+                    pipeline.lapses().seed_from(records);
+                }
+            }
+        }
     }
+    // The start-up load is a load like any other: `policy-loaded` above,
+    // and counted in `clawgate_policy_loads_total`.
+    pipeline.metrics().reload(true);
+    tls.attach(
+        pipeline.audit().clone(),
+        vec![Arc::new(pipeline.interceptor.clone())],
+    );
+    let rejections =
+        Arc::new(Rejections::new(pipeline.audit().clone()).counting(Arc::clone(&pipeline)));
     let (stop, stopped) = watch::channel(false);
-    let mut other_tasks = vec![tokio::spawn(reload::run(
-        Arc::clone(&reloader),
-        config.watch_policy,
-        stopped.clone(),
-    ))];
+    let mut other_tasks = vec![
+        tokio::spawn(reload::run(
+            Arc::clone(&reloader),
+            config.watch_policy,
+            stopped.clone(),
+        )),
+        tokio::spawn(housekeeping(
+            Arc::clone(&pipeline),
+            Arc::clone(&tls),
+            Arc::clone(&rejections),
+            stopped.clone(),
+        )),
+    ];
     if let (Some(target), Some(replica)) = (&config.fleet.store, &config.fleet.replica) {
         other_tasks.push(tokio::spawn(checkpoints(
             target.clone(),
@@ -333,37 +366,36 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
     if let Some(store) = shared_limits {
         other_tasks.push(tokio::spawn(heartbeats(store, stopped.clone())));
     }
-    if let Some((listener, tls)) = token_listener {
+    if let Some(listener) = token_listener {
         other_tasks.push(tokio::spawn(crate::token::listen::serve(
             listener,
-            tls,
+            Arc::clone(&tls),
+            Arc::clone(&rejections),
             Arc::clone(&pipeline),
             stopped.clone(),
+            config.drain,
         )));
     }
     if let Some(listener) = admin_listener {
         let admin = Arc::new(Admin {
             pipeline: Arc::clone(&pipeline),
             reloader,
-            audit_source: match &config.fleet.store {
-                Some(target) => Source::Postgres(target.clone()),
-                None => Source::Sqlite(config.audit_path.clone()),
-            },
+            audit_source,
+            certs: Some(Arc::clone(&tls)),
         });
-        // HTTP/1.1 only: the admin API is a handful of small requests, and
-        // a refusal before the body is read stays a plain response.
-        let mut admin_tls = (*tls).clone();
-        admin_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         other_tasks.push(tokio::spawn(crate::admin::serve(
             listener,
-            Arc::new(admin_tls),
+            Arc::clone(&tls),
+            Arc::clone(&rejections),
             admin,
             stopped.clone(),
+            config.drain,
         )));
     }
     let vend_task = vend_listener.map(|listener| {
         tokio::spawn(vend::serve(
             listener,
+            Arc::clone(&rejections),
             Arc::clone(&pipeline),
             stopped.clone(),
         ))
@@ -371,6 +403,7 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
     let task = tokio::spawn(listener::serve(
         listener,
         tls,
+        rejections,
         Arc::clone(&pipeline),
         stopped,
         config.drain,
@@ -412,6 +445,45 @@ async fn checkpoints(
     }
 }
 
+/// Until `stop`: ends live connections that overrides or a reload withdrew
+/// (every [`crate::live::SWEEP_EVERY`]), reloads certificates on SIGHUP and
+/// when their files change, and records suppressed TLS rejections.
+async fn housekeeping(
+    pipeline: Arc<Pipeline>,
+    tls: Arc<TlsStore>,
+    rejections: Arc<Rejections>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut sweep = tokio::time::interval(crate::live::SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut files = tokio::time::interval(Duration::from_secs(1));
+    let mut flush = tokio::time::interval(Duration::from_secs(5));
+    let mut hangup = hangup_signal();
+    loop {
+        tokio::select! {
+            _ = sweep.tick() => {
+                let now = std::time::SystemTime::now();
+                // An override's lapse is recorded before anything relies on it.
+                pipeline.settle_lapses(now);
+                let policy = pipeline.policy();
+                pipeline.live().sweep(&policy, pipeline.overrides(), now);
+            }
+            _ = files.tick() => {
+                if tls.changed_on_disk() {
+                    let _ = tls.reload("file change").await;
+                }
+            }
+            _ = flush.tick() => {
+                rejections.flush_suppressed(crate::accept::rejections::now_second().saturating_sub(2));
+            }
+            Some(()) = recv_hangup(&mut hangup) => {
+                let _ = tls.reload("SIGHUP").await;
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}
+
 /// Every second, tells Redis this replica is live and learns how many are
 /// (the `local` failure mode splits each rate by that count).
 async fn heartbeats(store: Arc<RedisLimits>, mut stopped: watch::Receiver<bool>) {
@@ -423,4 +495,32 @@ async fn heartbeats(store: Arc<RedisLimits>, mut stopped: watch::Receiver<bool>)
             _ = stopped.changed() => return,
         }
     }
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+#[cfg(unix)]
+fn hangup_signal() -> Hangup {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangup {
+    None
+}
+
+#[cfg(unix)]
+async fn recv_hangup(signal: &mut Hangup) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn recv_hangup(_: &mut Hangup) -> Option<()> {
+    std::future::pending().await
 }

@@ -4,7 +4,9 @@
 //! The upgrade request is adjudicated and recorded once, like any call, and
 //! carries the injected credential. When the upstream answers 101, the two
 //! upgraded connections are spliced and the outcome record (status 101, bytes
-//! each way, duration) is written when the socket closes. Messages inside are
+//! each way, duration) is written when the socket closes: `tunnel-closed`
+//! when a peer closed it, `ended-by-override` or `ended-by-policy` when
+//! clawgate cut it because it is no longer allowed. Messages inside are
 //! not inspected. Only `websocket` is passed on: other upgrades (`h2c`) are
 //! dropped as the hop-by-hop headers they are.
 
@@ -20,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
+use crate::live::Membership;
 use crate::record::Outcome;
 
 /// The `Upgrade` value of an HTTP/1.1 WebSocket upgrade request.
@@ -52,6 +55,7 @@ pub(crate) async fn splice(
     upstream: OnUpgrade,
     mut outcome: Outcome,
     mut stopping: watch::Receiver<bool>,
+    mut membership: Membership,
 ) {
     let (agent, upstream) = match tokio::join!(agent, upstream) {
         (Ok(agent), Ok(upstream)) => (agent, upstream),
@@ -68,10 +72,14 @@ pub(crate) async fn splice(
     let mut upstream = TokioIo::new(upstream);
     tokio::select! {
         result = tokio::io::copy_bidirectional(&mut agent, &mut upstream) => match result {
-            Ok(_) => outcome.finished = true,
-            Err(e) if closed_by_peer(&e) => outcome.finished = true,
+            Ok(_) => outcome.closed(),
+            Err(e) if closed_by_peer(&e) => outcome.closed(),
             Err(e) => tracing::info!(error = %e, "upgraded connection ended with an error"),
         },
+        ended = membership.ended() => {
+            tracing::info!(reason = %ended.reason, "upgraded connection ended: no longer allowed");
+            outcome.ended(ended);
+        }
         _ = stopping.wait_for(|stop| *stop) => {
             tracing::info!("upgraded connection ended at shutdown");
         }

@@ -119,7 +119,7 @@ fn an_intercepted_call_runs_the_whole_pipeline_and_is_recorded() {
     assert_eq!(outcome.reason, "allowed");
     // The CONNECT's own outcome lands when the tunnel closes.
     let tunnel = h.outcome(&ids[0]);
-    assert_eq!(tunnel.reason, "allowed");
+    assert_eq!(tunnel.reason, "tunnel-closed", "a normal end: {tunnel:?}");
     assert!(tunnel.bytes_up.unwrap() > 0 && tunnel.bytes_down.unwrap() > 0);
 
     // A denied path inside the tunnel: 403 with the reason, never forwarded.
@@ -213,7 +213,7 @@ fn a_tunnel_splices_bytes_and_the_agent_sees_the_upstream_certificate() {
     assert_eq!(decision.host.as_deref(), Some("localhost"));
     assert!(decision.detail.as_deref().unwrap().starts_with("tunnel"));
     let outcome = h.outcome(&connect_id);
-    assert_eq!(outcome.reason, "allowed");
+    assert_eq!(outcome.reason, "tunnel-closed", "a normal end: {outcome:?}");
     let (up, down) = (outcome.bytes_up.unwrap(), outcome.bytes_down.unwrap());
     // A TLS handshake and one request each way: hundreds of bytes at least.
     assert!(up > 300 && down > 300, "up {up} down {down}");
@@ -644,7 +644,7 @@ fn a_websocket_upgrade_inside_interception_is_adjudicated_and_recorded_once() {
     assert_eq!(upgrades[0].rule.as_deref(), Some("read-items"));
     let outcome = h.outcome(&upgrades[0].request_id);
     assert_eq!(outcome.status, Some(101));
-    assert_eq!(outcome.reason, "allowed");
+    assert_eq!(outcome.reason, "tunnel-closed", "a normal end: {outcome:?}");
     // One message each way, framed: more than the text itself.
     assert!(outcome.bytes_up.unwrap() >= 22 && outcome.bytes_down.unwrap() >= 22);
 

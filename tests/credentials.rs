@@ -71,6 +71,8 @@ impl Moto {
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .current_dir(dir.path())
             .env("INITIAL_NO_AUTH_ACTION_COUNT", "10")
+            // S3 reached by a name (`s3.test`) is path-style, not a bucket.
+            .env("S3_IGNORE_SUBDOMAIN_BUCKETNAME", "true")
             .env("MOTO_ENABLE_RECORDING", "True")
             .env("MOTO_RECORDER_FILEPATH", dir.path().join("recording"))
             .stdout(Stdio::null())
@@ -1091,4 +1093,229 @@ fn the_vend_paths_refuse_each_bad_run_token_with_its_own_reason_and_record_its_r
     assert_eq!(record.reason, "no-matching-scope");
     assert_eq!(record.agent.as_deref(), Some("builder"));
     assert_eq!(record.mode.as_deref(), Some("vend"));
+}
+
+/// boto3 and the AWS CLI, configured by `clawgate env` and nothing else:
+/// through the token listener (dummy keys, clawgate re-signs) and with
+/// credentials vended for the agent's proxy key.
+#[test]
+fn boto3_and_the_aws_cli_work_from_the_environment_alone_by_proxy_and_by_vending() {
+    let moto = Moto::start();
+    let mut harness = Harness::with(Options {
+        start: false,
+        env: moto.broker_env(),
+        ..Options::default()
+    });
+    let certs = harness.certs.to_str().unwrap().to_owned();
+    let out = common::clawgate(&[
+        "proxy-key",
+        "new",
+        "--agent",
+        "keyed",
+        "--id",
+        "keyed-aws",
+        "--certs",
+        &certs,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let entry = String::from_utf8(out.stdout).unwrap();
+    harness.write_policy(
+        "s3-env.toml",
+        &format!(
+            r#"
+[[agent]]
+name = "keyed"
+identities = ["spiffe://clawgate.local/agent/keyed"]
+scopes = ["s3-env"]
+{entry}
+[[scope]]
+name = "s3-env"
+upstream = "http://s3.test:{port}"
+allow_private = ["127.0.0.1"]
+
+[scope.credential]
+kind = "aws"
+role_arn = "{role}"
+duration_minutes = 15
+service = "s3"
+region = "us-east-1"
+vend = true
+
+[[scope.allow]]
+id = "reports-rw"
+actions = ["s3:GetObject", "s3:PutObject", "s3:ListBucket"]
+resources = ["arn:aws:s3:::reports", "arn:aws:s3:::reports/*"]
+"#,
+            port = moto.port,
+            role = moto.role_arn,
+        ),
+    );
+    harness.serve(&[
+        "--aws-endpoint-url".into(),
+        moto.url.clone(),
+        "--token-listen".into(),
+        "127.0.0.1:0".into(),
+        "--vend-listen".into(),
+        "127.0.0.1:0".into(),
+        "--resolve".into(),
+        "s3.test=127.0.0.1".into(),
+    ]);
+    let token_port = harness
+        .stdout()
+        .lines()
+        .find_map(|l| l.strip_prefix("clawgate: token proxy on https://"))
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let env_block = |extra: &[&str]| {
+        let mut args = vec![
+            "env".to_owned(),
+            "--agent".into(),
+            "keyed".into(),
+            "--certs".into(),
+            certs.clone(),
+            "--token-proxy".into(),
+            format!("https://127.0.0.1:{token_port}"),
+            "--policy".into(),
+            harness.policy.display().to_string(),
+            "--system-roots".into(),
+            harness.policy.join("upstream-ca.pem").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = common::clawgate(&args);
+        assert!(out.status.success(), "{out:?}");
+        let mut vars: std::collections::HashMap<String, String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+            .collect();
+        // What any AWS agent names besides: its region, and no stray files.
+        for (k, v) in [
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("AWS_CONFIG_FILE", "/dev/null"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ] {
+            vars.insert(k.into(), v.into());
+        }
+        vars
+    };
+    let agent = |vars: &std::collections::HashMap<String, String>, key: &str| {
+        let out = Command::new(python())
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/aws/env_agent.py"))
+            .arg(key)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(vars)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+
+    // By proxy: the SDK signs with keys that open nothing; clawgate re-signs
+    // with minted credentials on the way to S3.
+    let mut vars = env_block(&[]);
+    vars.insert(
+        "AWS_ENDPOINT_URL_S3".into(),
+        format!("http://s3.test:{}", moto.port),
+    );
+    vars.insert("AWS_ACCESS_KEY_ID".into(), "AKIADUMMYAGENTKEY000".into());
+    vars.insert("AWS_SECRET_ACCESS_KEY".into(), "dummy-agent-secret".into());
+    let got = agent(&vars, "by-proxy.txt");
+    assert_eq!(got["body"], "quarterly numbers", "{got}");
+    assert_eq!(got["cli_exit"], 0, "{got}");
+    assert!(
+        got["cli_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k == "by-proxy.txt")
+    );
+    let puts: Vec<_> = records_of(&harness, "decision")
+        .into_iter()
+        .filter(|r| r.action.as_deref() == Some("s3:PutObject"))
+        .collect();
+    assert_eq!(puts.len(), 1, "{puts:#?}");
+    assert_eq!(puts[0].reason, "allowed");
+    assert_eq!(puts[0].agent.as_deref(), Some("keyed"));
+    assert_eq!(puts[0].cert_fp.as_deref(), Some("proxy-key:keyed-aws"));
+    assert_eq!(puts[0].host.as_deref(), Some("s3.test"));
+    assert!(moto.assume_roles() >= 1);
+
+    // By vending: the container provider fetches credentials with the same
+    // proxy key, and the SDK calls S3 itself (loopback, outside the proxy).
+    let vend_port = harness.vend_port.unwrap();
+    let mut vars = env_block(&["--vend", &format!("http://127.0.0.1:{vend_port}")]);
+    assert!(
+        vars["AWS_CONTAINER_CREDENTIALS_FULL_URI"].ends_with("/v1/credentials/aws/s3-env"),
+        "{vars:?}"
+    );
+    vars.insert("AWS_ENDPOINT_URL_S3".into(), moto.url.clone());
+    let got = agent(&vars, "by-vending.txt");
+    assert_eq!(got["body"], "quarterly numbers", "{got}");
+    assert_eq!(got["cli_exit"], 0, "{got}");
+    assert_ne!(got["access_key_id"], "AKIADUMMYAGENTKEY000");
+    let vends: Vec<_> = records_of(&harness, "decision")
+        .into_iter()
+        .filter(|r| r.mode.as_deref() == Some("vend"))
+        .collect();
+    assert!(!vends.is_empty(), "no vend record");
+    assert!(
+        vends
+            .iter()
+            .all(|r| r.agent.as_deref() == Some("keyed") && r.reason == "allowed")
+    );
+    assert_eq!(
+        vends[0].credential_ref.as_deref(),
+        got["access_key_id"].as_str(),
+        "{vends:#?}"
+    );
+}
+
+/// An STS refusal reaches the operator whole: the service's error code,
+/// message and HTTP status, in stderr and in each `mint` record.
+#[test]
+fn an_sts_refusal_names_its_code_message_and_status_in_stderr_and_the_mint_record() {
+    let moto = Moto::start();
+    let mut env = moto.broker_env();
+    // The broker's key is right, its secret wrong: STS refuses to sign it.
+    for (name, value) in &mut env {
+        if name == "AWS_SECRET_ACCESS_KEY" {
+            *value = "not-the-broker-secret".into();
+        }
+    }
+    let mut harness = Harness::with(Options {
+        extra_policy: vec![("s3.toml", s3_policy(&moto, ""))],
+        agents: vec!["builder"],
+        start: false,
+        env,
+        ..Options::default()
+    });
+    std::fs::write(harness.policy.join("builder.token"), VEND_TOKEN).unwrap();
+    harness.serve(&["--aws-endpoint-url".into(), moto.url.clone()]);
+    let reply = harness.curl(
+        Some("builder"),
+        &[&format!("{}/s3/reports/q1/summary.txt", harness.base())],
+    );
+    assert_eq!(reply.status, 503, "{}", reply.body_text());
+    let mints = records_of(&harness, "mint");
+    assert!(!mints.is_empty());
+    for mint in &mints {
+        let detail = mint.detail.as_deref().unwrap_or_default();
+        assert!(detail.contains("(HTTP 403"), "{detail}");
+        assert!(
+            detail.contains("SignatureDoesNotMatch") || detail.contains("InvalidClientTokenId"),
+            "{detail}"
+        );
+        assert!(!detail.contains("no message"), "{detail}");
+    }
+    let stderr = harness.stderr();
+    assert!(stderr.contains("(HTTP 403"), "{stderr}");
+    assert!(!stderr.contains("not-the-broker-secret"));
 }

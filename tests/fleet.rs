@@ -10,6 +10,8 @@
 )]
 
 mod common;
+#[path = "listeners/net.rs"]
+mod net;
 mod stores;
 
 use std::process::Output;
@@ -175,6 +177,22 @@ fn the_role_cannot_update_or_delete_records_and_a_second_process_on_a_chain_is_r
     assert!(said.contains("chain `solo` is in use"), "{said}");
     assert_eq!(call(&first).status, 200);
     assert!(verify(&pg).status.success());
+
+    // Past the lock, the compare-and-set: a head moved under the writer (as
+    // another writer would move it) refuses the next batch, and its call.
+    pg.psql(
+        "clawgate",
+        "clawgate",
+        "UPDATE audit_chains SET seq = seq + 1 WHERE chain = 'solo'",
+    );
+    let refused = call(&first);
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.json()["reason"], "audit-unavailable");
+    assert!(
+        first.stderr().contains("moved under this writer"),
+        "{}",
+        first.stderr()
+    );
 }
 
 /// Runs `sql` as the superuser with triggers off: what an attacker with
@@ -640,6 +658,25 @@ fn an_override_on_one_replica_refuses_on_the_others_within_a_second_and_lapses_o
     for h in &replicas {
         assert_eq!(call(h).status, 200);
     }
+    // A kept-alive connection on replica 3 that made one call.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (cert, key) = replicas[2].agent_cert("fleeter");
+    let config = net::client_config(&replicas[2].certs.join("ca.pem"), Some((&cert, &key)));
+    let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let mut kept = rt.block_on(async {
+        let mut kept = net::tls(&config, loopback, replicas[2].port).await;
+        let head = net::exchange(
+            &mut kept,
+            "GET /shared-echo/v1/kept HTTP/1.1\r\nhost: localhost\r\n\r\n",
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        net::read_body(&mut kept, &head).await;
+        kept
+    });
     let r = create_override(
         &replicas[0],
         r#"{"kind":"isolate-agent","target":"fleeter","reason":"incident 7","expires_in":"4s"}"#,
@@ -655,6 +692,12 @@ fn an_override_on_one_replica_refuses_on_the_others_within_a_second_and_lapses_o
         );
     }
     assert!(created.elapsed() < Duration::from_millis(1500));
+    // The kept-alive connection on replica 3 is ended too.
+    let closed = rt.block_on(net::closed_within(&mut kept, Duration::from_secs(2)));
+    assert!(
+        closed.is_some(),
+        "replica 3 kept the isolated agent's connection open"
+    );
     let refused = call(&replicas[2]);
     assert_eq!(refused.json()["reason"], "agent-isolated");
     assert_eq!(

@@ -7,6 +7,9 @@
 //!   `admins` may read and change, `auditors` may read. Every other
 //!   certificate, agents' included, gets 403; a peer without a certificate
 //!   never completes the handshake.
+//! - A certificate whose serial an override revokes is refused on every
+//!   endpoint before its role is read, and the refusal is a decision record
+//!   (mode `admin`). An admin cannot revoke their own certificate's serial.
 //! - Reading is never a change; every change (reload, override created or
 //!   removed) is a record.
 //! - Nothing here is reachable from the agent listener.
@@ -26,18 +29,19 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
-use crate::audit::{Filter, Format};
-use crate::identity::{self, PeerName};
-use crate::overrides::NewOverride;
+use crate::accept::{self, Accepted, Rejections, Served};
+use crate::audit::{DecisionRecord, Filter, Format, kind};
+use crate::error::{REQUEST_ID_HEADER, Reason};
+use crate::identity::{self, PeerIdentity, PeerName};
+use crate::overrides::{
+    NewOverride, Override, OverrideError, OverrideKind, normalise_serial, peer_serial,
+};
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
+use crate::tls::{Door, TlsStore};
 
 pub use status::{PolicyStatus, status_of};
 
@@ -62,56 +66,51 @@ pub struct Admin {
     pub reloader: Arc<Reloader>,
     /// Where the decision log is read, for queries.
     pub audit_source: crate::audit::Source,
+    /// The TLS material, for `POST /v1/certs/reload`.
+    pub certs: Option<Arc<TlsStore>>,
 }
 
 type AdminBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-/// Accepts admin connections until `shutdown` flips.
+/// Accepts admin connections until `shutdown` flips, then drains them
+/// within `drain`. A peer without a certificate of the agent CA never
+/// completes the handshake and is recorded `tls-rejected`.
 pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tcp: TcpListener,
+    tls: Arc<TlsStore>,
+    rejections: Arc<Rejections>,
     admin: Arc<Admin>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((tcp, addr)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                let admin = Arc::clone(&admin);
-                tokio::spawn(async move {
-                    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
-                        tracing::info!(client = %addr, "admin handshake refused");
-                        return;
-                    };
-                    let names = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|der| identity::from_der(der).ok())
-                        .map(|id| id.names)
-                        .unwrap_or_default();
-                    let names = Arc::new(names);
-                    let service = service_fn(move |req| {
-                        let admin = Arc::clone(&admin);
-                        let names = Arc::clone(&names);
-                        async move { Ok::<_, Infallible>(admin.handle(&names, addr, req).await) }
-                    });
-                    let mut builder = auto::Builder::new(TokioExecutor::new());
-                    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
-                    if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
-                        tracing::debug!(error = %e, "admin connection ended with an error");
-                    }
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
+    let listener = accept::Listener {
+        name: "admin",
+        tcp,
+        tls: Some((tls, Door::Admin)),
+        rejections,
+    };
+    let make = move |accepted: Accepted| {
+        // Names for the role, the serial for revocation: both from the
+        // verified leaf.
+        let peer = accepted
+            .leaf
+            .as_ref()
+            .and_then(|der| identity::from_der(der).ok())
+            .ok_or_else(|| "no usable client certificate".to_owned())?;
+        let peer = Arc::new(peer);
+        let admin = Arc::clone(&admin);
+        let addr = accepted.addr;
+        let service = service_fn(move |req| {
+            let admin = Arc::clone(&admin);
+            let peer = Arc::clone(&peer);
+            async move { Ok::<_, Infallible>(admin.handle(&peer, addr, req).await) }
+        });
+        Ok(Served {
+            service,
+            until: None,
+        })
+    };
+    accept::serve(listener, make, shutdown, drain).await;
 }
 
 impl Admin {
@@ -128,12 +127,31 @@ impl Admin {
         }
     }
 
-    async fn handle(
+    /// Answers one admin request from `peer`, whose certificate the
+    /// listener verified.
+    pub async fn handle(
         &self,
-        names: &[PeerName],
+        peer: &PeerIdentity,
         addr: SocketAddr,
         req: Request<Incoming>,
     ) -> Response<AdminBody> {
+        let now = SystemTime::now();
+        self.pipeline.settle_lapses(now);
+        // A revoked serial first, reading included: a leaked admin
+        // certificate must not read the log, nor undo the override meant to
+        // stop it.
+        if let Some(o) = self
+            .pipeline
+            .overrides()
+            .refusing(None, Some(&peer.serial), None, now)
+        {
+            let asked = (
+                req.method().as_str().to_owned(),
+                req.uri().path().to_owned(),
+            );
+            return self.refuse_revoked(peer, addr, asked, &o).await;
+        }
+        let names = peer.names.as_slice();
         let Some(role) = self.role_of(names) else {
             tracing::info!(client = %addr, "admin api refused: no role");
             return error(StatusCode::FORBIDDEN, "no admin or auditor role");
@@ -168,27 +186,29 @@ impl Admin {
                 &status_of(self, SystemTime::now()).to_json(),
             ),
             (Method::POST, "/v1/policy/reload") => {
-                match self.reloader.reload(&format!("api by {who}"), true).await {
-                    Ok(digest) => json(StatusCode::OK, &serde_json::json!({ "digest": digest })),
+                match self.reloader.reload(&format!("api by {who}")).await {
+                    Ok(done) => json(
+                        StatusCode::OK,
+                        &serde_json::json!({ "digest": done.digest, "changed": done.changed }),
+                    ),
                     Err(e) => json(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         &serde_json::json!({ "error": "policy refused", "problems": e }),
                     ),
                 }
             }
-            (Method::GET, "/v1/overrides") => {
-                let now = SystemTime::now();
-                let all: Vec<_> = self
-                    .pipeline
-                    .overrides()
-                    .all()
-                    .iter()
-                    .filter(|o| o.active_at(now))
-                    .map(|o| self.pipeline.overrides().describe(o, now))
-                    .collect();
-                json(StatusCode::OK, &serde_json::Value::Array(all))
-            }
-            (Method::POST, "/v1/overrides") => self.create_override(req, &who).await,
+            (Method::POST, "/v1/certs/reload") => match &self.certs {
+                Some(certs) => match certs.reload(&format!("api by {who}")).await {
+                    Ok(()) => json(StatusCode::OK, &serde_json::json!({ "reloaded": true })),
+                    Err(e) => json(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        &serde_json::json!({ "error": "certificates refused", "problems": e }),
+                    ),
+                },
+                None => error(StatusCode::NOT_FOUND, "no such endpoint"),
+            },
+            (Method::GET, "/v1/overrides") => json(StatusCode::OK, &self.in_force(now)),
+            (Method::POST, "/v1/overrides") => self.create_override(req, &who, peer).await,
             (Method::DELETE, p) if p.starts_with("/v1/overrides/") => {
                 self.remove_override(&p["/v1/overrides/".len()..], &who)
             }
@@ -423,7 +443,69 @@ impl Admin {
         )
     }
 
-    async fn create_override(&self, req: Request<Incoming>, who: &str) -> Response<AdminBody> {
+    /// The overrides in force at `now`, as the API lists them.
+    fn in_force(&self, now: SystemTime) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.pipeline
+                .overrides()
+                .all()
+                .iter()
+                .filter(|o| o.active_at(now))
+                .map(|o| self.pipeline.overrides().describe(o, now))
+                .collect(),
+        )
+    }
+
+    /// 403 `serial-revoked` for a caller whose certificate serial an
+    /// override revokes, with its decision record.
+    async fn refuse_revoked(
+        &self,
+        peer: &PeerIdentity,
+        addr: SocketAddr,
+        (method, path): (String, String),
+        o: &Override,
+    ) -> Response<AdminBody> {
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let mut record = DecisionRecord::new(kind::DECISION, &request_id);
+        record.mode = Some("admin".into());
+        record.client_addr = Some(addr.to_string());
+        record.cert_fp = Some(peer.fingerprint.clone());
+        record.method = Some(method);
+        record.path = Some(path);
+        record.decision = Some("deny".into());
+        record.reason = Reason::SerialRevoked.code().to_owned();
+        record.policy_digest = Some(self.pipeline.policy().digest().to_owned());
+        let who = peer
+            .names
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        record.detail = Some(format!("override {}; admin api caller {who}", o.id));
+        // Durable before the answer, like every decision; refused either way.
+        if let Err(e) = self.pipeline.audit().append_durable(record).await {
+            tracing::error!(error = %e, "admin refusal not recorded");
+        }
+        tracing::warn!(client = %addr, override_id = %o.id, "admin api refused: serial revoked");
+        let mut response = json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({
+                "error": "denied",
+                "reason": Reason::SerialRevoked.code(),
+                "request_id": request_id,
+            }),
+        );
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        response
+    }
+
+    async fn create_override(
+        &self,
+        req: Request<Incoming>,
+        who: &str,
+        peer: &PeerIdentity,
+    ) -> Response<AdminBody> {
         let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => return error(StatusCode::BAD_REQUEST, "body unreadable or too large"),
@@ -433,40 +515,69 @@ impl Admin {
             Err(e) => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    &format!("body must be JSON with kind, target, reason, expires_in: {e}"),
+                    &format!(
+                        "body must be JSON with kind, target, reason, expires_in (and optionally force): {e}"
+                    ),
                 );
             }
         };
+        // An admin cannot lock themselves out by mistake: their own serial
+        // is revoked from another admin's certificate, or by the CRL.
+        if new.kind == OverrideKind::RevokeSerial.as_str()
+            && normalise_serial(new.target.trim()).ok() == Some(peer_serial(&peer.serial))
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "refusing to revoke serial `{}`: it is the serial of the certificate making this request, so this admin would be locked out; revoke it from another admin's certificate or with the CRL",
+                    new.target.trim()
+                ),
+            );
+        }
         let now = SystemTime::now();
-        match self.pipeline.overrides().create(&new, who, now) {
-            Ok(o) => {
-                tracing::warn!(id = %o.id, kind = o.kind.as_str(), target = %o.target, "override created");
-                if let Err(e) = self
-                    .pipeline
-                    .audit()
-                    .append_durable(o.record("created", Some(who)))
-                    .await
-                {
-                    // Every change is a record: one that cannot be recorded
-                    // is taken back.
-                    tracing::error!(error = %e, "override creation not recorded; removing it");
-                    let _ = self.pipeline.overrides().remove(&o.id);
-                    return error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the override could not be recorded, so it was not made",
-                    );
-                }
-                json(StatusCode::CREATED, &o.to_json(now))
+        let policy = self.pipeline.policy();
+        let made = match self.pipeline.overrides().create(&new, who, now, &*policy) {
+            Ok(made) => {
+                // It may lapse before anything else that was due.
+                self.pipeline.lapses().changed();
+                made
             }
-            Err(crate::overrides::OverrideError::Invalid(e)) => error(StatusCode::BAD_REQUEST, &e),
+            Err(OverrideError::Invalid(e)) => return error(StatusCode::BAD_REQUEST, &e),
             Err(e) => {
                 tracing::error!(error = %e, "override not stored");
-                error(
+                return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "override could not be stored",
-                )
+                );
             }
+        };
+        let o = &made.created;
+        tracing::warn!(id = %o.id, kind = o.kind.as_str(), target = %o.target, forced = made.forced, "override created");
+        let mut record = o.record("created", Some(who));
+        if made.forced {
+            record.detail = record.detail.map(|d| {
+                format!(
+                    "{d}; forced: the policy in force does not define `{}`",
+                    o.target
+                )
+            });
         }
+        if let Err(e) = self.pipeline.audit().append_durable(record).await {
+            // Every change is a record: one that cannot be recorded is
+            // taken back.
+            tracing::error!(error = %e, "override creation not recorded; removing it");
+            let _ = self.pipeline.overrides().remove(&o.id);
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the override could not be recorded, so it was not made",
+            );
+        }
+        let mut body = o.to_json(now);
+        body["target_as_given"] = made.target_as_given.clone().into();
+        body["forced"] = made.forced.into();
+        body["effect"] = o.effect().into();
+        body["in_force"] = self.in_force(now);
+        json(StatusCode::CREATED, &body)
     }
 
     fn remove_override(&self, id: &str, who: &str) -> Response<AdminBody> {
@@ -474,7 +585,13 @@ impl Admin {
             Ok(Some(o)) => {
                 tracing::warn!(id = %o.id, "override removed");
                 self.pipeline.audit().append(o.record("removed", Some(who)));
-                json(StatusCode::OK, &serde_json::json!({ "removed": o.id }))
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "removed": o.id,
+                        "in_force": self.in_force(SystemTime::now()),
+                    }),
+                )
             }
             Ok(None) => error(StatusCode::NOT_FOUND, "no such override"),
             Err(e) => {

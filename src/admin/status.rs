@@ -2,7 +2,8 @@
 //! and everything that makes runtime behaviour differ from the files.
 //!
 //! Drift means: the files differ from the policy in force (edited but not
-//! loaded, or refused), or any override is in force.
+//! loaded, or refused), or any override is in force. Each cause is named in
+//! `drift`, so the text form can say why.
 
 use std::time::{Duration, SystemTime};
 
@@ -39,9 +40,51 @@ impl PolicyStatus {
             || !self.overrides.is_empty()
     }
 
+    /// Why runtime behaviour differs from the files, one sentence each
+    /// (empty when in sync).
+    pub fn drift(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        match &self.on_disk {
+            Err(e) => why.push(format!("the policy files cannot be read: {e}")),
+            Ok(d) if *d != self.in_force && self.valid => why.push(
+                "the files on disk differ from the policy in force (edited, not yet loaded)".into(),
+            ),
+            Ok(_) => {}
+        }
+        if !self.valid {
+            why.push(
+                "the files on disk do not validate; the last good policy stays in force".into(),
+            );
+        }
+        if !self.overrides.is_empty() {
+            let each: Vec<String> = self
+                .overrides
+                .iter()
+                .map(|o| {
+                    let verb = match o["kind"].as_str() {
+                        Some("isolate-agent") => "isolate agent",
+                        Some("revoke-serial") => "revoke serial",
+                        Some("disable-scope") => "disable scope",
+                        _ => "override",
+                    };
+                    format!(
+                        "{verb} {} until {}",
+                        o["target"].as_str().unwrap_or("-"),
+                        o["expires"].as_str().unwrap_or("-")
+                    )
+                })
+                .collect();
+            let n = each.len();
+            let noun = if n == 1 { "override" } else { "overrides" };
+            why.push(format!("{n} {noun} in force: {}", each.join("; ")));
+        }
+        why
+    }
+
     /// The JSON form.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
+            "drift": self.drift(),
             "in_force": self.in_force,
             "on_disk": self.on_disk.as_ref().ok(),
             "on_disk_error": self.on_disk.as_ref().err(),

@@ -43,6 +43,8 @@ pub mod kind {
     pub const EXCEPTION: &str = "exception";
     /// A runtime override was created, removed or lapsed.
     pub const OVERRIDE: &str = "override";
+    /// Certificates reloaded, or a reload refused.
+    pub const CERTS: &str = "certs";
     /// Calls refused while the log was unavailable, counted: one record per
     /// outage, written when the log recovers.
     pub const SUMMARY: &str = "summary";

@@ -26,6 +26,11 @@ pub struct BrokerConfig {
     /// An endpoint for every AWS service (moto, LocalStack); the SDK's
     /// default resolution (including `AWS_ENDPOINT_URL`) when `None`.
     pub endpoint_url: Option<String>,
+    /// The region the broker's own calls are signed for. When `None`, the
+    /// SDK's chain (`AWS_REGION`, `AWS_DEFAULT_REGION`, the profile, then
+    /// instance metadata), and `us-east-1` when that finds none. A region
+    /// given here or in the environment means no instance-metadata probe.
+    pub region: Option<String>,
 }
 
 /// Who a credential is fetched for: the call that needed it.
@@ -264,6 +269,11 @@ impl AwsAccess {
                 if let Some(url) = &self.config.endpoint_url {
                     loader = loader.endpoint_url(url);
                 }
+                if let Some(region) = &self.config.region {
+                    // A region given outright: the chain (and its instance
+                    // metadata probe) is never asked.
+                    loader = loader.region(aws_config::Region::new(region.clone()));
+                }
                 let mut shared = loader.load().await;
                 if shared.region().is_none() {
                     // STS and Secrets Manager need a region to sign; the
@@ -456,23 +466,75 @@ fn retryable<E: ProvideErrorMetadata, R>(e: &aws_sdk_sts::error::SdkError<E, R>)
     }
 }
 
-/// An SDK error as text: its code and message (AWS error messages name
-/// resources, never secret values), or the kind of transport failure.
-fn sdk_error_text<E: ProvideErrorMetadata + std::error::Error, R>(
-    e: &aws_sdk_sts::error::SdkError<E, R>,
+/// An SDK error as text: the service's error code, message and HTTP status
+/// (and request id, to find the call in CloudTrail), or the kind of
+/// transport failure. AWS error messages name resources, never secret
+/// values. It goes to stderr and into the `mint` record.
+fn sdk_error_text<E: ProvideErrorMetadata + std::error::Error>(
+    e: &aws_sdk_sts::error::SdkError<E, aws_sdk_sts::config::http::HttpResponse>,
 ) -> String {
     use aws_sdk_sts::error::SdkError;
     match e {
-        SdkError::ServiceError(service) => format!(
-            "{}: {}",
-            service.err().code().unwrap_or("error"),
-            service.err().message().unwrap_or("no message")
-        ),
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            let status = service.raw().status().as_u16();
+            let request_id = service
+                .raw()
+                .headers()
+                .get("x-amzn-requestid")
+                .or_else(|| service.raw().headers().get("x-amz-request-id"))
+                .map(|id| format!(", request id {id}"))
+                .unwrap_or_default();
+            // When the SDK could not parse the error (an endpoint that
+            // wraps it differently, as moto does), the body still names it.
+            let body = service
+                .raw()
+                .body()
+                .bytes()
+                .map(|b| String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned())
+                .unwrap_or_default();
+            let code = err
+                .code()
+                .map(str::to_owned)
+                .or_else(|| xml_element(&body, "Code"));
+            let message = err
+                .message()
+                .map(str::to_owned)
+                .or_else(|| xml_element(&body, "Message"));
+            format!(
+                "{} (HTTP {status}{request_id}): {}",
+                code.as_deref().unwrap_or("no error code"),
+                message.as_deref().unwrap_or("no message")
+            )
+        }
         SdkError::TimeoutError(_) => "timed out".into(),
-        SdkError::DispatchFailure(_) => "could not reach the service".into(),
-        SdkError::ResponseError(_) => "unreadable response".into(),
+        SdkError::DispatchFailure(failure) => {
+            let kind = if failure.is_timeout() {
+                "timed out connecting"
+            } else if failure.is_io() {
+                "connection failed"
+            } else if failure.is_user() {
+                "bad request setup"
+            } else {
+                "transport failure"
+            };
+            format!("could not reach the service: {kind}")
+        }
+        SdkError::ResponseError(response) => format!(
+            "unreadable response (HTTP {})",
+            response.raw().status().as_u16()
+        ),
         _ => "request could not be built".into(),
     }
+}
+
+/// The text of the first `<NAME>` element of an XML error body, if short.
+fn xml_element(body: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = body.find(&open)? + open.len();
+    let end = start + body[start..].find(&format!("</{name}>"))?;
+    let text = body[start..end].trim();
+    (!text.is_empty() && text.len() <= 512).then(|| text.to_owned())
 }
 
 fn random_u32() -> u32 {

@@ -54,10 +54,7 @@ pub fn service_and_region(host: &str) -> Option<(String, String)> {
     let labels: Vec<&str> = stem.split('.').collect();
     // S3, virtual-hosted or not: the last `s3` label; after it, perhaps
     // `dualstack`, then the region (none means us-east-1).
-    if let Some(i) = labels
-        .iter()
-        .rposition(|l| crate::policy::aws::is_s3_label(l))
-    {
+    if let Some(i) = labels.iter().rposition(|l| is_s3_label(l)) {
         if let Some(region) = labels[i].strip_prefix("s3-") {
             let region = if region.starts_with("external-") {
                 "us-east-1"
@@ -189,6 +186,14 @@ pub fn resign(
         headers.insert(name, value);
     }
     Ok(())
+}
+
+/// `s3`, or a legacy regional label such as `s3-eu-west-1` or `s3-external-1`.
+pub fn is_s3_label(label: &str) -> bool {
+    label == "s3"
+        || label
+            .strip_prefix("s3-")
+            .is_some_and(|rest| rest.starts_with("external-") || rest.split('-').count() >= 3)
 }
 
 #[cfg(test)]

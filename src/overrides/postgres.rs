@@ -290,20 +290,29 @@ impl Worker {
         Ok(())
     }
 
+    /// Does what was asked, rereads the list, then answers: a change is in
+    /// force on this replica when its caller hears back.
     async fn handle(&mut self, request: Request) {
         match request {
             Request::Create(o, answer) => {
                 let result = self.create(&o).await;
+                self.reread().await;
                 let _ = answer.send(result);
             }
             Request::Remove(id, answer) => {
                 let result = self.delete(vec![id]).await.map(|gone| !gone.is_empty());
+                self.reread().await;
                 let _ = answer.send(result);
             }
             Request::Lapse(ids, answer) => {
-                let _ = answer.send(self.delete(ids).await);
+                let result = self.delete(ids).await;
+                self.reread().await;
+                let _ = answer.send(result);
             }
         }
+    }
+
+    async fn reread(&mut self) {
         if let Err(e) = self.refresh().await {
             tracing::warn!(error = %e, "override list could not be reread");
         }

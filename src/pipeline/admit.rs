@@ -164,7 +164,19 @@ impl Admission<'_> {
     /// allowed call's record.
     fn identify(&self, parts: &mut Parts, record: &mut CallRecord) -> Result<Identified, Refusal> {
         let policy = self.policy;
-        let agent = policy.agent_for(&self.peer.identity.names);
+        // Identity first: a call from an unknown agent learns nothing about
+        // routes, and resolves no name.
+        let mut key_refused = None;
+        let agent = match &self.peer.proxy_key {
+            // A proxy key proves its agent against the policy in force; a
+            // refusal waits until the record says where the call was headed.
+            Some(sha256) => {
+                crate::token::proxy_key::identify(policy, self.overrides, sha256, self.now, record)
+                    .map_err(|reason| key_refused = Some(reason))
+                    .ok()
+            }
+            None => policy.agent_for(&self.peer.identity.names),
+        };
         if let Some(agent) = agent {
             let name = &policy.agent(agent).name;
             tracing::Span::current().record("agent.id", name.as_str());
@@ -180,6 +192,9 @@ impl Admission<'_> {
         }
         if let Ok(routed) = &routed {
             self.describe_route(agent, routed, record);
+        }
+        if let Some(reason) = key_refused {
+            return Err(reason.into());
         }
         let run = run_token(
             self.tokens,

@@ -40,6 +40,7 @@ use crate::error::{REQUEST_ID_HEADER, Reason, Refusal, Via};
 use crate::forward::{Upstreams, strip_hop_by_hop};
 use crate::identity::PeerIdentity;
 use crate::intercept::Interceptor;
+use crate::lapse::Lapses;
 use crate::limits::{LimitStore, Limits};
 use crate::metrics::{Metrics, Stage};
 use crate::overrides::Overrides;
@@ -57,8 +58,12 @@ use admit::{Admission, Admitted};
 pub struct Peer {
     /// The client's address.
     pub addr: SocketAddr,
-    /// What its verified certificate proves.
+    /// What its verified certificate proves (on the token listener, the
+    /// names of the agent its token or proxy key claims).
     pub identity: PeerIdentity,
+    /// The SHA-256 of the proxy key it presented on the token listener;
+    /// checked against the policy in force on every call.
+    pub proxy_key: Option<[u8; 32]>,
 }
 
 /// The shared state every call runs through.
@@ -80,6 +85,8 @@ pub struct Pipeline {
     overrides: Arc<Overrides>,
     metrics: Metrics,
     tokens: Verifier,
+    lapses: Lapses,
+    live: Arc<crate::live::Live>,
 }
 
 /// What a pipeline is made of, besides the policy and the decision log.
@@ -115,7 +122,15 @@ impl Pipeline {
             overrides: parts.overrides,
             metrics: Metrics::default(),
             tokens: Verifier::none(),
+            lapses: Lapses::default(),
+            live: Arc::default(),
         }
+    }
+
+    /// Live tunnels, WebSockets and kept-alive connections that overrides
+    /// and reloads can end.
+    pub fn live(&self) -> &Arc<crate::live::Live> {
+        &self.live
     }
 
     /// Ends every tunnel and intercepted connection (at shutdown, after the
@@ -159,6 +174,19 @@ impl Pipeline {
     /// calls in flight finish under the one they started with.
     pub fn set_policy(&self, policy: Arc<Policy>) {
         self.policy.store(policy);
+        self.lapses.changed();
+    }
+
+    /// The lapses of exceptions and overrides.
+    pub fn lapses(&self) -> &Lapses {
+        &self.lapses
+    }
+
+    /// Records every lapse due by `now` before the caller records a decision
+    /// taken at `now` (cause before effect; see [`crate::lapse`]).
+    pub fn settle_lapses(&self, now: SystemTime) {
+        self.lapses
+            .settle(&self.policy.load(), &self.overrides, &self.audit, now);
     }
 
     /// The runtime overrides.
@@ -208,8 +236,13 @@ impl Pipeline {
         &self,
         peer: &Peer,
         inside: &Inside,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
+        // The run token the CONNECT proved holds for the whole tunnel.
+        if let Some(token) = &inside.run_token {
+            req.headers_mut()
+                .insert(crate::token::RUN_TOKEN_HEADER, token.clone());
+        }
         self.call(peer, Some(inside), req).await
     }
 
@@ -237,6 +270,8 @@ impl Pipeline {
             upstream.host = field::Empty,
         );
         async {
+            let now = SystemTime::now();
+            self.settle_lapses(now);
             // The policy is read once: a reload mid-call does not change it.
             let policy = self.policy.load_full();
             // Made first: from here on, whatever happens to this task, the
@@ -264,7 +299,7 @@ impl Pipeline {
                 broker: &self.broker,
                 limits: self.limits,
                 request_id: &request_id,
-                now: SystemTime::now(),
+                now,
                 rates: &*self.rates,
                 overrides: &self.overrides,
                 metrics: &self.metrics,
@@ -298,6 +333,7 @@ impl Pipeline {
             };
             match (verdict, outcome) {
                 (Ok(admitted), Some(outcome)) => {
+                    let upgrade = upgrade.map(|(value, on)| (value, on, peer));
                     self.forward(admitted, outcome, &request_id, upgrade, via)
                         .await
                 }
@@ -317,11 +353,11 @@ impl Pipeline {
         admitted: Admitted,
         mut outcome: Outcome,
         request_id: &str,
-        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade, &Peer)>,
         via: Via,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = admitted.request.into_parts();
-        if let Some((value, _)) = &upgrade {
+        if let Some((value, _, _)) = &upgrade {
             crate::upgrade::restore(&mut parts.headers, value);
         }
         let upload_failed = FailureFlag::default();
@@ -355,7 +391,7 @@ impl Pipeline {
                 return Refusal::from(reason).response(request_id, via);
             }
         };
-        if let Some((value, agent_side)) = upgrade
+        if let Some((value, agent_side, peer)) = upgrade
             && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
         {
             let upstream_side = hyper::upgrade::on(&mut response);
@@ -368,8 +404,12 @@ impl Pipeline {
             outcome.status = Some(parts.status.as_u16());
             outcome.reason = Reason::Allowed;
             let stopping = self.stopping.subscribe();
+            let membership = self.live.register(
+                outcome.subject(peer),
+                outcome.policy_digest().unwrap_or_default(),
+            );
             tokio::spawn(
-                crate::upgrade::splice(agent_side, upstream_side, outcome, stopping)
+                crate::upgrade::splice(agent_side, upstream_side, outcome, stopping, membership)
                     .in_current_span(),
             );
             tracing::info!("upgrade forwarded");

@@ -25,8 +25,6 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -98,7 +96,21 @@ impl Pipeline {
         req: Request<hyper::body::Incoming>,
     ) -> Response<ProxyBody> {
         let policy = self.policy();
-        let agent = policy.agent_for(&peer.identity.names);
+        let mut key_refused = None;
+        let agent = match &peer.proxy_key {
+            // A key proves its agent against the policy in force; one that
+            // no longer does vends nothing, and the refusal says why.
+            Some(sha256) => crate::token::proxy_key::identify(
+                &policy,
+                self.overrides(),
+                sha256,
+                SystemTime::now(),
+                &mut crate::audit::DecisionRecord::new(crate::audit::kind::DECISION, ""),
+            )
+            .map_err(|reason| key_refused = Some(reason))
+            .ok(),
+            None => policy.agent_for(&peer.identity.names),
+        };
         let mut caller = VendCaller {
             agent,
             cert_fp: Some(&peer.identity.fingerprint),
@@ -112,6 +124,9 @@ impl Pipeline {
             // The token listener: without a certificate the token is the
             // only identity, and the answer asks for one.
             caller.refused = Some(Refusal::Unauthenticated(Challenge::Proxy));
+        }
+        if let Some(reason) = key_refused {
+            caller.refused = Some(reason.into());
         }
         if let Some(value) = req.headers().get(RUN_TOKEN_HEADER) {
             let name = agent.map(|a| policy.agent(a).name.as_str());
@@ -217,6 +232,7 @@ impl Pipeline {
         // Overrides right after identity: an isolated agent or a revoked
         // certificate learns nothing about scopes.
         let now = SystemTime::now();
+        self.settle_lapses(now);
         if let Some(o) = self.overrides().refusing(
             Some(&agent.name),
             caller.serial.filter(|s| !s.is_empty()),
@@ -360,6 +376,22 @@ fn token_caller<'a, B>(
         return caller;
     }
     let token = token.strip_prefix("Bearer ").unwrap_or(token).trim();
+    if crate::token::proxy_key::is_proxy_key(token) {
+        // An agent's proxy key vends too, so one secret in its environment
+        // serves the proxy and the SDK's container provider.
+        match crate::token::proxy_key::identify(
+            policy,
+            pipeline.overrides(),
+            &crate::token::proxy_key::sha256(token),
+            now,
+            &mut crate::audit::DecisionRecord::new(crate::audit::kind::DECISION, ""),
+        ) {
+            Ok(agent) => caller.agent = Some(agent),
+            Err(reason) => caller.refused = Some(reason.into()),
+        }
+        return caller;
+    }
+    let token = token.strip_prefix("Bearer ").unwrap_or(token).trim();
     let verdict = pipeline.tokens().verify_run(token, None, now);
     if let Ok(claims) = &verdict {
         // A token for an agent policy does not define is `unknown-agent`.
@@ -390,44 +422,51 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, VendListenError> {
         .map_err(|e| VendListenError::Bind(addr, e))
 }
 
-/// Serves vending requests named by token until `shutdown` changes.
+/// Serves vending requests named by token until `shutdown` changes. Plain
+/// HTTP on loopback, through the same accept path (header timeout) as every
+/// listener. Vends are not drained: one still minting is ended, and its
+/// record says `shutdown`.
 pub async fn serve(
-    listener: TcpListener,
+    tcp: TcpListener,
+    rejections: Arc<crate::accept::Rejections>,
     pipeline: Arc<Pipeline>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => {
-                let Ok((tcp, addr)) = accepted else {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                };
-                let pipeline = Arc::clone(&pipeline);
-                connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let pipeline = Arc::clone(&pipeline);
-                        async move {
-                            let policy = pipeline.policy();
-                            let caller = token_caller(&pipeline, &policy, &req, addr);
-                            // Every request is a vend, recorded, whatever
-                            // its path: one that names no scope is refused.
-                            Ok::<_, Infallible>(pipeline.vend(&policy, caller, &req).await)
-                        }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
-                });
+    let listener = crate::accept::Listener {
+        name: "vend",
+        tcp,
+        tls: None,
+        rejections,
+    };
+    let calls = Arc::clone(&pipeline);
+    let make = move |accepted: crate::accept::Accepted| {
+        let pipeline = Arc::clone(&calls);
+        let addr = accepted.addr;
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let pipeline = Arc::clone(&pipeline);
+            async move {
+                let policy = pipeline.policy();
+                let caller = token_caller(&pipeline, &policy, &req, addr);
+                // Every request is a vend, recorded, whatever its path: one
+                // that names no scope is refused.
+                Ok::<_, Infallible>(pipeline.vend(&policy, caller, &req).await)
             }
-            _ = shutdown.changed() => break,
-        }
-    }
-    // Vends are not drained: one still minting is ended, and its record
-    // says `shutdown`.
-    pipeline.begin_shutdown();
-    connections.abort_all();
-    while connections.join_next().await.is_some() {}
+        });
+        Ok(crate::accept::Served {
+            service,
+            until: None,
+        })
+    };
+    // Shutdown is marked before the connections end, so their records say
+    // `shutdown`.
+    let (stop, stopped) = watch::channel(false);
+    let mark = async move {
+        let _ = shutdown.wait_for(|s| *s).await.is_ok();
+        pipeline.begin_shutdown();
+        stop.send_replace(true);
+    };
+    tokio::join!(
+        mark,
+        crate::accept::serve(listener, make, stopped, std::time::Duration::ZERO)
+    );
 }

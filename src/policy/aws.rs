@@ -10,6 +10,7 @@
 //! action and resource patterns `*` matches any run of characters (slashes
 //! included) and `?` any one character.
 
+use crate::credentials::sigv4::is_s3_label;
 use std::sync::Arc;
 
 /// The IAM view of one request.
@@ -206,14 +207,6 @@ pub fn s3_virtual_bucket(host: &str) -> Option<&str> {
     }
     let bucket_len = labels[..i].iter().map(|l| l.len() + 1).sum::<usize>() - 1;
     Some(&stem[..bucket_len])
-}
-
-/// `s3`, or a legacy regional label such as `s3-eu-west-1` or `s3-external-1`.
-pub fn is_s3_label(label: &str) -> bool {
-    label == "s3"
-        || label
-            .strip_prefix("s3-")
-            .is_some_and(|rest| rest.starts_with("external-") || rest.split('-').count() >= 3)
 }
 
 /// One compiled AWS rule of a scope.

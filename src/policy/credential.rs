@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::aws::AwsRule;
 use super::file::{CredentialFile, SentinelFile, ValueFields};
-use super::load::{LoadOptions, Report, valid_name};
+use super::report::{LoadOptions, Report, valid_name};
 use crate::credentials::sentinel::{MIN_PLACEHOLDER, Sentinel, Sentinels};
 use crate::credentials::sts::{self, AwsCredential, Statement};
 use crate::credentials::{
@@ -474,7 +474,7 @@ pub(super) fn compile_sentinels(
         let agents = s.agents.as_ref().map(|agents| {
             for agent in agents {
                 if !agent_names.contains(agent.get_ref()) {
-                    report.error(
+                    report.unknown_name(
                         *file,
                         agent.span(),
                         format!("unknown agent `{}` in sentinel `{name}`", agent.get_ref()),

@@ -6,19 +6,16 @@
 //! already expired loads with a warning and grants nothing.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use toml::Spanned;
 
 use super::file::{ExceptionFile, RolesFile};
-use super::load::{LoadOptions, Report, valid_name};
+use super::report::{LoadOptions, Report, valid_name};
 use super::{AgentId, ScopeId};
 use crate::identity::PeerName;
-
-/// The default and largest allowed `max_exception`: 7 days.
-pub const DEFAULT_MAX_EXCEPTION: Duration = Duration::from_secs(7 * 86_400);
 
 /// A time-boxed grant of scopes to one agent.
 #[derive(Debug, Clone)]
@@ -93,7 +90,7 @@ pub(super) fn compile_exceptions(
         }
         let agent = agent_ids.get(e.agent.get_ref()).copied();
         if agent.is_none() {
-            report.error(
+            report.unknown_name(
                 file,
                 e.agent.span(),
                 format!("unknown agent `{}` in exception `{id}`", e.agent.get_ref()),
@@ -110,7 +107,7 @@ pub(super) fn compile_exceptions(
         for scope in &e.scopes {
             match scope_ids.get(scope.get_ref()) {
                 Some(&s) => scopes.push(s),
-                None => report.error(
+                None => report.unknown_name(
                     file,
                     scope.span(),
                     format!("unknown scope `{}` in exception `{id}`", scope.get_ref()),

@@ -40,7 +40,7 @@ fn load_text(text: &str) -> Result<(Policy, Vec<PolicyError>), crate::policy::Lo
         &LoadOptions {
             env: &env,
             now: now(),
-            max_exception: super::DEFAULT_MAX_EXCEPTION,
+            max_exception: crate::policy::DEFAULT_MAX_EXCEPTION,
         },
     )
 }

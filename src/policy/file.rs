@@ -7,21 +7,6 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-/// One `*.toml` file in the policy directory.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct PolicyFile {
-    #[serde(default)]
-    pub agent: Vec<Spanned<AgentFile>>,
-    #[serde(default)]
-    pub scope: Vec<Spanned<ScopeFile>>,
-    #[serde(default)]
-    pub sentinel: Vec<Spanned<SentinelFile>>,
-    #[serde(default)]
-    pub exception: Vec<Spanned<ExceptionFile>>,
-    pub roles: Option<Spanned<RolesFile>>,
-}
-
 /// `[[exception]]`: a time-boxed grant of scopes to one agent.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +41,9 @@ pub(super) struct AgentFile {
     pub scopes: Vec<Spanned<String>>,
     /// A file holding the agent's token for the credential-vending listener.
     pub vend_token_file: Option<Spanned<String>>,
+    /// Proxy keys for the token listener, stored as hashes.
+    #[serde(default)]
+    pub proxy_key: Vec<Spanned<super::proxy_key::ProxyKeyFile>>,
     /// The agent's overall rate, `60/min`.
     pub rate: Option<Spanned<String>>,
     pub burst: Option<Spanned<u32>>,

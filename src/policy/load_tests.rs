@@ -344,8 +344,8 @@ fn listing_a_scope_or_identity_twice_is_named_as_such() {
 
 #[test]
 fn locate_counts_lines_and_characters() {
-    assert_eq!(load::locate_for_tests("ab\ncdé\nx", 0), (1, 1));
-    assert_eq!(load::locate_for_tests("ab\ncdé\nx", 3), (2, 1));
-    assert_eq!(load::locate_for_tests("ab\ncdé\nx", 7), (2, 4));
-    assert_eq!(load::locate_for_tests("ab\ncdé\nx", 8), (3, 1));
+    assert_eq!(report::locate("ab\ncdé\nx", 0), (1, 1));
+    assert_eq!(report::locate("ab\ncdé\nx", 3), (2, 1));
+    assert_eq!(report::locate("ab\ncdé\nx", 7), (2, 4));
+    assert_eq!(report::locate("ab\ncdé\nx", 8), (3, 1));
 }

@@ -17,6 +17,9 @@ mod exception;
 mod file;
 mod glob;
 mod load;
+mod parse;
+mod proxy_key;
+mod report;
 mod scope;
 #[cfg(test)]
 mod tests;
@@ -34,9 +37,11 @@ use crate::error::Reason;
 use crate::identity::PeerName;
 
 pub use decide::decide;
-pub use exception::{DEFAULT_MAX_EXCEPTION, Exception, Roles, rfc3339};
+pub use exception::{Exception, Roles, rfc3339};
 use glob::GlobIndex;
-pub use load::{LoadError, LoadOptions, PolicyError, disk_digest, load};
+pub use load::{disk_digest, load};
+pub use proxy_key::ProxyKey;
+pub use report::{DEFAULT_MAX_EXCEPTION, LoadError, LoadOptions, PolicyError};
 
 /// Index of an agent in [`Policy::agents`].
 pub type AgentId = usize;
@@ -70,6 +75,8 @@ pub struct Agent {
     pub scopes: Vec<ScopeId>,
     /// SHA-256 of the agent's token for the credential-vending listener.
     pub vend_token: Option<[u8; 32]>,
+    /// The agent's proxy keys for the token listener (hashes only).
+    pub proxy_keys: Vec<ProxyKey>,
     /// The agent's overall rate limit.
     pub rate: Option<crate::limits::Rate>,
 }

@@ -14,10 +14,10 @@ use super::aws::AwsRule;
 use super::credential::compile_credential;
 use super::file::{RuleFile, ScopeFile};
 use super::glob::{self, GlobIndex, PathGlob};
-use super::load::{LoadOptions, Report, valid_name};
+use super::report::{LoadOptions, Report, compile_rate, valid_name};
 use super::{ConnectMode, Effect, Mode, Rule, RuleSet, Scope, Upstream};
 use crate::credentials::Credential;
-use crate::egress::{self, AllowPrivate};
+use crate::egress::{self, AllowPrivate, Blocked};
 
 pub(super) fn placeholder_scope(name: &str) -> Scope {
     Scope {
@@ -42,6 +42,7 @@ pub(super) fn placeholder_scope(name: &str) -> Scope {
     }
 }
 
+/// One `[[scope]]`, or `None` when it has any problem (each reported).
 pub(super) fn compile_scope(
     report: &mut Report<'_>,
     file: usize,
@@ -65,18 +66,61 @@ pub(super) fn compile_scope(
             None
         }
     };
-    let route = scope.route.as_ref().map(|route| {
-        let text = route.get_ref();
-        if !valid_route(text) {
-            report.error(
-                file,
-                route.span(),
-                format!("route `{text}` must be one path segment of a-z, A-Z, 0-9, `.`, `_`, `-`"),
-            );
-        }
-        text.clone()
-    });
-    let mode = match scope
+    let route = compile_route(report, file, scope);
+    let mode = compile_mode(report, file, scope);
+    let ca_certs = compile_ca_file(report, file, scope, dir);
+    let (rules, aws_rules) = compile_rules(report, file, scope);
+    let credential = scope
+        .credential
+        .as_ref()
+        .and_then(|c| compile_credential(report, file, c, dir, options, &aws_rules));
+    check_credential_fits(
+        report,
+        file,
+        scope,
+        (credential.as_ref(), upstream.as_ref()),
+        (&rules, &aws_rules),
+    );
+    let connect = compile_connect(report, file, scope);
+    let allow_private = compile_allow_private(report, file, scope);
+    let ports = compile_ports(report, file, scope, upstream.as_ref());
+    let blocked = check_blocked(report, file, scope, upstream.as_ref(), &allow_private);
+    let rate = compile_rate(report, file, scope.rate.as_ref(), scope.burst.as_ref());
+    if report.problems.len() != before {
+        return None;
+    }
+    Some(Scope {
+        name: name.clone(),
+        upstream: upstream?,
+        route,
+        mode,
+        ca_certs: Arc::new(ca_certs),
+        credential: credential.map(Arc::new),
+        connect,
+        allow_private: Arc::new(allow_private),
+        ports,
+        blocked,
+        rules,
+        aws_rules,
+        rate,
+    })
+}
+
+fn compile_route(report: &mut Report<'_>, file: usize, scope: &ScopeFile) -> Option<String> {
+    let route = scope.route.as_ref()?;
+    let text = route.get_ref();
+    if !valid_route(text) {
+        report.error(
+            file,
+            route.span(),
+            format!("route `{text}` must be one path segment of a-z, A-Z, 0-9, `.`, `_`, `-`"),
+        );
+    }
+    Some(text.clone())
+}
+
+fn compile_mode(report: &mut Report<'_>, file: usize, scope: &ScopeFile) -> Mode {
+    match scope
         .mode
         .as_ref()
         .map(|m| (m.get_ref().as_str(), m.span()))
@@ -91,24 +135,38 @@ pub(super) fn compile_scope(
             );
             Mode::Enforce
         }
+    }
+}
+
+fn compile_ca_file(
+    report: &mut Report<'_>,
+    file: usize,
+    scope: &ScopeFile,
+    dir: &Path,
+) -> Vec<CertificateDer<'static>> {
+    let Some(ca_file) = &scope.ca_file else {
+        return Vec::new();
     };
-    let ca_certs = match &scope.ca_file {
-        None => Vec::new(),
-        Some(ca_file) => {
-            let path = dir.join(ca_file.get_ref());
-            match read_ca_file(&path) {
-                Ok(certs) => certs,
-                Err(message) => {
-                    report.error(
-                        file,
-                        ca_file.span(),
-                        format!("cannot use CA file `{}`: {message}", ca_file.get_ref()),
-                    );
-                    Vec::new()
-                }
-            }
+    match read_ca_file(&dir.join(ca_file.get_ref())) {
+        Ok(certs) => certs,
+        Err(message) => {
+            report.error(
+                file,
+                ca_file.span(),
+                format!("cannot use CA file `{}`: {message}", ca_file.get_ref()),
+            );
+            Vec::new()
         }
-    };
+    }
+}
+
+/// The path rules (as one glob index) and the AWS rules, denies first.
+fn compile_rules(
+    report: &mut Report<'_>,
+    file: usize,
+    scope: &ScopeFile,
+) -> (RuleSet, Vec<AwsRule>) {
+    let name = scope.name.get_ref();
     let mut globs = Vec::new();
     let mut rules = Vec::new();
     let mut aws_rules = Vec::new();
@@ -118,15 +176,9 @@ pub(super) fn compile_scope(
         (Effect::Allow, &scope.allow, "allow"),
     ] {
         for (i, rule) in list.iter().enumerate() {
-            let rule_index = rules.len();
-            let RuleFile {
-                id,
-                methods,
-                paths,
-                actions,
-                resources,
-            } = rule.get_ref();
-            let id = id
+            let id = rule
+                .get_ref()
+                .id
                 .as_ref()
                 .map_or_else(|| format!("{name}.{label}[{i}]"), |id| id.get_ref().clone());
             if !rule_ids.insert(id.clone()) {
@@ -136,72 +188,117 @@ pub(super) fn compile_scope(
                     format!("rule id `{id}` is used twice in scope `{name}`"),
                 );
             }
-            if let Some(actions) = actions {
-                if !paths.is_empty() || methods.is_some() {
-                    report.error(
-                        file,
-                        rule.span(),
-                        format!("rule `{id}` mixes `actions` with `paths` or `methods`"),
-                    );
-                }
-                aws_rules.push(compile_aws_rule(
-                    report,
-                    (file, rule.span()),
-                    &id,
-                    effect,
-                    actions,
-                    resources.as_deref(),
-                ));
+            if let Some(aws) = compile_action_rule(report, file, rule, &id, effect) {
+                aws_rules.push(aws);
                 continue;
             }
-            if let Some(resources) = resources {
-                report.error(
-                    file,
-                    resources.first().map_or(rule.span(), Spanned::span),
-                    format!("rule `{id}` has `resources` but no `actions`"),
-                );
-            }
-            if paths.is_empty() {
-                report.error(file, rule.span(), format!("rule `{id}` has no paths"));
-            }
-            for path in paths {
-                match compile_glob(path.get_ref()) {
-                    Ok(alternatives) => {
-                        globs.extend(alternatives.into_iter().map(|glob| (glob, rule_index)));
-                    }
-                    Err(message) => report.error(file, path.span(), message),
-                }
-                // A deny for `/secret/` also refuses `/secret`: to most
-                // upstreams the two are one resource (decide covers the
-                // other direction).
-                let pattern = path.get_ref();
-                if effect == Effect::Deny
-                    && pattern.len() > 1
-                    && pattern.ends_with('/')
-                    && let Ok(alternatives) = compile_glob(pattern.trim_end_matches('/'))
-                {
-                    globs.extend(alternatives.into_iter().map(|glob| (glob, rule_index)));
-                }
-            }
-            let methods = methods.as_ref().map(|methods| {
-                for method in methods {
-                    if let Err(message) = check_method(method.get_ref()) {
-                        report.error(file, method.span(), message);
-                    }
-                }
-                methods.iter().map(|m| m.get_ref().clone()).collect()
-            });
-            rules.push(Rule {
-                id: Arc::from(id),
-                effect,
-                methods,
-            });
+            let index = rules.len();
+            let (rule, rule_globs) = compile_path_rule(report, file, rule, id, effect);
+            globs.extend(rule_globs.into_iter().map(|glob| (glob, index)));
+            rules.push(rule);
         }
     }
-    let credential = scope
-        .credential
-        .as_ref()
-        .and_then(|c| compile_credential(report, file, c, dir, options, &aws_rules));
+    let rules = RuleSet {
+        globs: GlobIndex::new(globs),
+        rules,
+    };
+    (rules, aws_rules)
+}
+
+/// A rule with `actions`, when it has them.
+fn compile_action_rule(
+    report: &mut Report<'_>,
+    file: usize,
+    rule: &Spanned<RuleFile>,
+    id: &str,
+    effect: Effect,
+) -> Option<AwsRule> {
+    let r = rule.get_ref();
+    let actions = r.actions.as_ref()?;
+    if !r.paths.is_empty() || r.methods.is_some() {
+        report.error(
+            file,
+            rule.span(),
+            format!("rule `{id}` mixes `actions` with `paths` or `methods`"),
+        );
+    }
+    Some(compile_aws_rule(
+        report,
+        (file, rule.span()),
+        id,
+        effect,
+        actions,
+        r.resources.as_deref(),
+    ))
+}
+
+/// A rule on methods and paths, and the globs that select it.
+fn compile_path_rule(
+    report: &mut Report<'_>,
+    file: usize,
+    rule: &Spanned<RuleFile>,
+    id: String,
+    effect: Effect,
+) -> (Rule, Vec<PathGlob>) {
+    let RuleFile {
+        methods,
+        paths,
+        resources,
+        ..
+    } = rule.get_ref();
+    if let Some(resources) = resources {
+        report.error(
+            file,
+            resources.first().map_or(rule.span(), Spanned::span),
+            format!("rule `{id}` has `resources` but no `actions`"),
+        );
+    }
+    if paths.is_empty() {
+        report.error(file, rule.span(), format!("rule `{id}` has no paths"));
+    }
+    let mut globs = Vec::new();
+    for path in paths {
+        match compile_glob(path.get_ref()) {
+            Ok(alternatives) => globs.extend(alternatives),
+            Err(message) => report.error(file, path.span(), message),
+        }
+        // A deny for `/secret/` also refuses `/secret`: to most upstreams
+        // the two are one resource (decide covers the other direction).
+        let pattern = path.get_ref();
+        if effect == Effect::Deny
+            && pattern.len() > 1
+            && pattern.ends_with('/')
+            && let Ok(alternatives) = compile_glob(pattern.trim_end_matches('/'))
+        {
+            globs.extend(alternatives);
+        }
+    }
+    let methods = methods.as_ref().map(|methods| {
+        for method in methods {
+            if let Err(message) = check_method(method.get_ref()) {
+                report.error(file, method.span(), message);
+            }
+        }
+        methods.iter().map(|m| m.get_ref().clone()).collect()
+    });
+    let rule = Rule {
+        id: Arc::from(id),
+        effect,
+        methods,
+    };
+    (rule, globs)
+}
+
+/// The credential agrees with the rules (actions need `aws`, `aws` needs
+/// actions) and, for `aws`, with the upstream.
+fn check_credential_fits(
+    report: &mut Report<'_>,
+    file: usize,
+    scope: &ScopeFile,
+    (credential, upstream): (Option<&Credential>, Option<&Upstream>),
+    (rules, aws_rules): (&RuleSet, &[AwsRule]),
+) {
+    let name = scope.name.get_ref();
     // By what the file says, so a broken `aws` credential is one error, not two.
     let is_aws = scope
         .credential
@@ -214,7 +311,7 @@ pub(super) fn compile_scope(
             format!("scope `{name}` has rules with `actions` but no `aws` credential"),
         );
     }
-    if is_aws && !rules.is_empty() {
+    if is_aws && !rules.rules.is_empty() {
         report.error(
             file,
             scope.name.span(),
@@ -223,7 +320,7 @@ pub(super) fn compile_scope(
             ),
         );
     }
-    if let (Some(Credential::Aws(aws)), Some(upstream)) = (&credential, &upstream)
+    if let (Some(Credential::Aws(aws)), Some(upstream)) = (credential, upstream)
         && super::signing_of(aws, &upstream.host).is_none()
     {
         report.error(
@@ -235,17 +332,22 @@ pub(super) fn compile_scope(
             ),
         );
     }
-    let has_rules = !scope.allow.is_empty() || !scope.deny.is_empty();
-    let connect = match scope
+}
+
+fn compile_connect(report: &mut Report<'_>, file: usize, scope: &ScopeFile) -> ConnectMode {
+    let name = scope.name.get_ref();
+    let sees_requests =
+        !scope.allow.is_empty() || !scope.deny.is_empty() || scope.credential.is_some();
+    match scope
         .connect
         .as_ref()
         .map(|c| (c.get_ref().as_str(), c.span()))
     {
-        None if has_rules || scope.credential.is_some() => ConnectMode::Intercept,
+        None if sees_requests => ConnectMode::Intercept,
         None => ConnectMode::Tunnel,
         Some(("intercept", _)) => ConnectMode::Intercept,
         Some(("tunnel", span)) => {
-            if has_rules || scope.credential.is_some() {
+            if sees_requests {
                 report.error(
                     file,
                     span,
@@ -264,70 +366,64 @@ pub(super) fn compile_scope(
             );
             ConnectMode::Tunnel
         }
-    };
+    }
+}
+
+fn compile_allow_private(report: &mut Report<'_>, file: usize, scope: &ScopeFile) -> AllowPrivate {
     let mut allow_private = AllowPrivate::default();
-    if let Some(entries) = &scope.allow_private {
-        for entry in entries {
-            match AllowPrivate::parse([entry.get_ref().as_str()]) {
-                Ok(one) => allow_private.extend(one),
-                Err(message) => report.error(
-                    file,
-                    entry.span(),
-                    format!("allow_private entry is not an address, range or host: {message}"),
-                ),
-            }
+    for entry in scope.allow_private.iter().flatten() {
+        match AllowPrivate::parse([entry.get_ref().as_str()]) {
+            Ok(one) => allow_private.extend(one),
+            Err(message) => report.error(
+                file,
+                entry.span(),
+                format!("allow_private entry is not an address, range or host: {message}"),
+            ),
         }
     }
-    let ports = match &scope.ports {
-        None => upstream.as_ref().map(|u| vec![u.port]).unwrap_or_default(),
-        Some(ports) => {
-            if ports.get_ref().is_empty() || ports.get_ref().contains(&0) {
-                report.error(
-                    file,
-                    ports.span(),
-                    "ports must list at least one port, none of them 0".into(),
-                );
-            }
-            ports.get_ref().clone()
-        }
+    allow_private
+}
+
+fn compile_ports(
+    report: &mut Report<'_>,
+    file: usize,
+    scope: &ScopeFile,
+    upstream: Option<&Upstream>,
+) -> Vec<u16> {
+    let Some(ports) = &scope.ports else {
+        return upstream.map(|u| vec![u.port]).unwrap_or_default();
     };
-    let blocked = upstream.as_ref().and_then(|u| {
-        let host = egress::normalise_host(&u.host).ok()?;
-        allow_private.check_literal(&host).err()
-    });
-    if let Some(blocked) = blocked {
-        report.warn(
+    if ports.get_ref().is_empty() || ports.get_ref().contains(&0) {
+        report.error(
             file,
-            scope.upstream.span(),
-            format!(
-                "upstream `{}` is {}; calls in this scope will get egress-address-blocked unless `allow_private` names it",
-                scope.upstream.get_ref(),
-                blocked.range
-            ),
+            ports.span(),
+            "ports must list at least one port, none of them 0".into(),
         );
     }
-    let rate = super::load::compile_rate(report, file, scope.rate.as_ref(), scope.burst.as_ref());
-    if report.problems.len() != before {
-        return None;
-    }
-    Some(Scope {
-        name: name.clone(),
-        upstream: upstream?,
-        route,
-        mode,
-        ca_certs: Arc::new(ca_certs),
-        credential: credential.map(Arc::new),
-        connect,
-        allow_private: Arc::new(allow_private),
-        ports,
-        blocked,
-        rules: RuleSet {
-            globs: GlobIndex::new(globs),
-            rules,
-        },
-        aws_rules,
-        rate,
-    })
+    ports.get_ref().clone()
+}
+
+/// Whether the upstream, written as an address, is one the egress check
+/// refuses (a warning: the scope loads, its calls will be refused).
+fn check_blocked(
+    report: &mut Report<'_>,
+    file: usize,
+    scope: &ScopeFile,
+    upstream: Option<&Upstream>,
+    allow_private: &AllowPrivate,
+) -> Option<Blocked> {
+    let host = egress::normalise_host(&upstream?.host).ok()?;
+    let blocked = allow_private.check_literal(&host).err()?;
+    report.warn(
+        file,
+        scope.upstream.span(),
+        format!(
+            "upstream `{}` is {}; calls in this scope will get egress-address-blocked unless `allow_private` names it",
+            scope.upstream.get_ref(),
+            blocked.range
+        ),
+    );
+    Some(blocked)
 }
 
 fn compile_aws_rule(

@@ -1,8 +1,9 @@
 //! The token listener (`--token-listen`): TLS with server authentication
-//! only, for clients that cannot present a certificate to a proxy. The run
-//! token arrives as the password of `Proxy-Authorization: Basic` (curl, Go
-//! and Node send it from the proxy URL), names the agent, and then goes
-//! through the same pipeline as a certified call.
+//! only, for clients that cannot present a certificate to a proxy. A run
+//! token or a per-agent proxy key arrives as the password of
+//! `Proxy-Authorization: Basic` (curl, Go, Node, Python and botocore send it
+//! from the proxy URL), names the agent, and then goes through the same
+//! pipeline as a certified call.
 //!
 //! Invariants: a call without a token is refused `run-token-missing` (407)
 //! and recorded; the token is checked again in the pipeline, so this module
@@ -11,52 +12,21 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use http::{HeaderValue, Request, header};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use rustls::ServerConfig;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
-use super::RUN_TOKEN_HEADER;
+use super::{RUN_TOKEN_HEADER, proxy_key};
+use crate::accept::{self, Accepted, Rejections, Served};
 use crate::identity::PeerIdentity;
-use crate::listener::ListenerError;
+use crate::live::{Membership, Subject};
 use crate::pipeline::{Peer, Pipeline};
-
-/// TLS for the token listener: clawgate's server certificate, no client
-/// certificate asked for.
-pub fn server_config(certs_dir: &Path) -> Result<Arc<ServerConfig>, ListenerError> {
-    let cert_path = certs_dir.join(crate::certs::files::SERVER);
-    let key_path = certs_dir.join(crate::certs::files::SERVER_KEY);
-    let unusable = |path: &Path, why: String| ListenerError::Unusable {
-        path: path.to_path_buf(),
-        why,
-    };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .map_err(|e| unusable(&cert_path, e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| unusable(&cert_path, e.to_string()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(&key_path).map_err(|e| unusable(&key_path, e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ListenerError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| ListenerError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
+use crate::tls::{Door, TlsStore};
 
 /// The password of a `Proxy-Authorization: Basic` header.
 fn basic_password(value: &HeaderValue) -> Option<String> {
@@ -73,47 +43,53 @@ fn basic_password(value: &HeaderValue) -> Option<String> {
     (!password.is_empty()).then(|| password.to_owned())
 }
 
-/// Accepts token-authenticated connections until `shutdown` flips.
+/// Accepts token-authenticated connections until `shutdown` flips, then
+/// drains them within `drain`.
 pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tcp: TcpListener,
+    tls: Arc<TlsStore>,
+    rejections: Arc<Rejections>,
     pipeline: Arc<Pipeline>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((tcp, addr)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                let pipeline = Arc::clone(&pipeline);
-                tokio::spawn(async move {
-                    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
-                        tracing::info!(client = %addr, "token listener handshake failed");
-                        return;
-                    };
-                    let service = service_fn(move |req| {
-                        let pipeline = Arc::clone(&pipeline);
-                        async move { Ok::<_, Infallible>(handle(&pipeline, addr, req).await) }
-                    });
-                    let mut builder = auto::Builder::new(TokioExecutor::new());
-                    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
-                    if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
-                        tracing::debug!(error = %e, "token connection ended with an error");
-                    }
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
+    let listener = accept::Listener {
+        name: "token",
+        tcp,
+        tls: Some((tls, Door::Token)),
+        rejections,
+    };
+    let make = move |accepted: Accepted| {
+        let pipeline = Arc::clone(&pipeline);
+        let addr = accepted.addr;
+        // Each request names its agent by its own token; the connection is
+        // a live member under the agent its latest token named, so an
+        // override for that agent ends it.
+        let membership = Arc::new(
+            pipeline
+                .live()
+                .register(Subject::default(), pipeline.policy().digest()),
+        );
+        let until = membership.until();
+        let service = service_fn(move |req| {
+            let pipeline = Arc::clone(&pipeline);
+            let membership = Arc::clone(&membership);
+            async move { Ok::<_, Infallible>(handle(&pipeline, addr, &membership, req).await) }
+        });
+        Ok(Served {
+            service,
+            until: Some(Box::pin(async move {
+                until.await;
+            })),
+        })
+    };
+    accept::serve(listener, make, shutdown, drain).await;
 }
 
 async fn handle(
     pipeline: &Arc<Pipeline>,
     addr: SocketAddr,
+    membership: &Membership,
     mut req: Request<hyper::body::Incoming>,
 ) -> http::Response<crate::body::ProxyBody> {
     let token = req
@@ -131,18 +107,41 @@ async fn handle(
         fingerprint: String::new(),
         serial: String::new(),
     };
-    if let Some(token) = &token {
-        if let Ok(claims) = pipeline.tokens().verify(token, None, SystemTime::now()) {
+    let mut proxy_key = None;
+    match &token {
+        Some(key) if proxy_key::is_proxy_key(key) => {
+            // A proxy key: the names of the agent it belongs to, if any; the
+            // pipeline proves it again against the policy in force.
+            let sha256 = proxy_key::sha256(key);
             let policy = pipeline.policy();
-            if let Some(agent) = policy.agents().iter().find(|a| a.name == claims.sub) {
-                identity.names = agent.identities.clone();
+            if let Some((agent, key)) = policy.proxy_key(&sha256) {
+                identity.names = policy.agent(agent).identities.clone();
+                // What records carry in place of a certificate fingerprint.
+                identity.fingerprint = proxy_key::record_ref(&key.id);
+                membership.name_agent(&policy.agent(agent).name);
+                membership.name_proxy_key(sha256);
+            }
+            proxy_key = Some(sha256);
+        }
+        Some(token) => {
+            if let Ok(claims) = pipeline.tokens().verify(token, None, SystemTime::now()) {
+                let policy = pipeline.policy();
+                if let Some(agent) = policy.agents().iter().find(|a| a.name == claims.sub) {
+                    identity.names = agent.identities.clone();
+                    membership.name_agent(&agent.name);
+                }
+            }
+            if let Ok(value) = HeaderValue::from_str(token) {
+                req.headers_mut().insert(RUN_TOKEN_HEADER, value);
             }
         }
-        if let Ok(value) = HeaderValue::from_str(token) {
-            req.headers_mut().insert(RUN_TOKEN_HEADER, value);
-        }
+        None => {}
     }
-    let peer = Arc::new(Peer { addr, identity });
+    let peer = Arc::new(Peer {
+        addr,
+        identity,
+        proxy_key,
+    });
     // A refusal for want of a token carries its own challenge.
     pipeline.handle(&peer, req).await
 }

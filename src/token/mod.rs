@@ -12,6 +12,7 @@
 //!   needs only public keys (clawgate's own, and an external issuer's JWKS).
 
 pub mod listen;
+pub mod proxy_key;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -72,6 +73,39 @@ pub enum TokenError {
     /// Signing failed.
     #[error("token could not be signed: {0}")]
     Sign(String),
+    /// The policy defines no such agent.
+    #[error("unknown agent `{0}`: the policy defines no such agent")]
+    UnknownAgent(String),
+    /// The policy defines no such scope.
+    #[error("unknown scope `{0}`: the policy defines no such scope")]
+    UnknownScope(String),
+}
+
+/// Checks what a token would name against `policy` before it is issued: an
+/// agent or scope the policy does not define is refused (a token for it
+/// could only ever be refused, and the typo would surface at 3 a.m.). A
+/// defined scope the agent does not have is a warning: calls in it will be
+/// refused unless an exception grants it.
+pub fn check_against(
+    policy: &crate::policy::Policy,
+    agent: &str,
+    scopes: Option<&[String]>,
+) -> Result<Vec<String>, TokenError> {
+    let Some(agent_def) = policy.agents().iter().find(|a| a.name == agent) else {
+        return Err(TokenError::UnknownAgent(agent.to_owned()));
+    };
+    let mut warnings = Vec::new();
+    for scope in scopes.unwrap_or_default() {
+        let Some(id) = policy.scope_named(scope) else {
+            return Err(TokenError::UnknownScope(scope.clone()));
+        };
+        if !agent_def.scopes.contains(&id) {
+            warnings.push(format!(
+                "agent `{agent}` does not have scope `{scope}`: calls in it will be refused unless an exception grants it"
+            ));
+        }
+    }
+    Ok(warnings)
 }
 
 /// Signs a run token with the key in `certs_dir`.
@@ -259,12 +293,6 @@ pub struct TokenRefused {
     pub reason: Reason,
     /// The run the token names, if its signature verified.
     pub run: Option<String>,
-}
-
-/// A fresh ES256 key pair as PKCS#8 and SPKI PEM, for `certs init`.
-pub fn new_key_pair() -> Result<(String, String), rcgen::Error> {
-    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    Ok((pair.serialize_pem(), pair.public_key_pem()))
 }
 
 fn secs(t: SystemTime) -> u64 {

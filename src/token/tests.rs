@@ -8,7 +8,7 @@ use super::*;
 
 fn certs() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let (key, public) = new_key_pair().unwrap();
+    let (key, public) = crate::certs::token_key_pair().unwrap();
     std::fs::write(dir.path().join(crate::certs::files::TOKEN_KEY), key).unwrap();
     std::fs::write(dir.path().join(crate::certs::files::TOKEN_PUB), public).unwrap();
     dir

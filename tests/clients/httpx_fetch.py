@@ -14,7 +14,10 @@ import httpx
 def main():
     proxy_url, proxy_ca, cert, key, target_ca, *urls = sys.argv[1:]
     proxy_ctx = ssl.create_default_context(cafile=proxy_ca)
-    proxy_ctx.load_cert_chain(cert, key)
+    # CERT and KEY are `-` for the token listener: the run token rides in
+    # PROXY_URL as the password, no client certificate.
+    if cert != "-":
+        proxy_ctx.load_cert_chain(cert, key)
     target_ctx = ssl.create_default_context(cafile=target_ca)
     proxy = httpx.Proxy(proxy_url, ssl_context=proxy_ctx)
     with httpx.Client(proxy=proxy, verify=target_ctx, timeout=30) as client:

@@ -9,7 +9,11 @@ import { fetch, ProxyAgent } from 'undici';
 const [proxyUrl, proxyCa, cert, key, targetCa, ...urls] = process.argv.slice(2);
 const agent = new ProxyAgent({
   uri: proxyUrl,
-  proxyTls: { ca: readFileSync(proxyCa), cert: readFileSync(cert), key: readFileSync(key) },
+  // CERT and KEY are `-` for the token listener: the run token rides in
+  // PROXY_URL as the password, no client certificate.
+  proxyTls: cert === '-'
+    ? { ca: readFileSync(proxyCa) }
+    : { ca: readFileSync(proxyCa), cert: readFileSync(cert), key: readFileSync(key) },
   requestTls: { ca: readFileSync(targetCa) },
 });
 for (const url of urls) {

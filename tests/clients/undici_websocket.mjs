@@ -8,7 +8,11 @@ import { ProxyAgent, WebSocket } from 'undici';
 const [proxyUrl, proxyCa, cert, key, targetCa, url, message] = process.argv.slice(2);
 const agent = new ProxyAgent({
   uri: proxyUrl,
-  proxyTls: { ca: readFileSync(proxyCa), cert: readFileSync(cert), key: readFileSync(key) },
+  // CERT and KEY are `-` for the token listener: the run token rides in
+  // PROXY_URL as the password, no client certificate.
+  proxyTls: cert === '-'
+    ? { ca: readFileSync(proxyCa) }
+    : { ca: readFileSync(proxyCa), cert: readFileSync(cert), key: readFileSync(key) },
   requestTls: { ca: readFileSync(targetCa) },
 });
 const ws = new WebSocket(url, { dispatcher: agent });

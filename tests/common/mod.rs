@@ -41,6 +41,9 @@ pub struct Options {
     pub start: bool,
     /// Extra environment for the clawgate process.
     pub env: Vec<(String, String)>,
+    /// Extra names in the echo upstream's certificate (reached through
+    /// `--resolve NAME=127.0.0.1`).
+    pub upstream_sans: Vec<String>,
 }
 
 impl Default for Options {
@@ -51,6 +54,7 @@ impl Default for Options {
             serve_args: Vec::new(),
             start: true,
             env: Vec::new(),
+            upstream_sans: Vec::new(),
         }
     }
 }
@@ -100,8 +104,11 @@ impl Harness {
             assert!(out.status.success(), "certs agent: {out:?}");
         }
         let upstream_ca = certs::new_ca("test upstream CA", 1).unwrap();
-        let (upstream_cert, _) =
-            certs::issue(&upstream_ca, &certs::server_spec(&[], 1).unwrap()).unwrap();
+        let (upstream_cert, _) = certs::issue(
+            &upstream_ca,
+            &certs::server_spec(&options.upstream_sans, 1).unwrap(),
+        )
+        .unwrap();
         let echo = runtime
             .block_on(EchoUpstream::start(&upstream_cert))
             .unwrap();

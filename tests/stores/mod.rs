@@ -123,7 +123,7 @@ impl Postgres {
                 .arg(self.dir.path().join("data"))
                 .arg("-o")
                 .arg(format!(
-                    "-k {} -c listen_addresses='' -c max_connections=200",
+                    "-k {} -c listen_addresses='' -c max_connections=200 -c shared_buffers=16MB",
                     self.sock.display()
                 ))
                 .arg("-l")
