@@ -263,23 +263,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Console(args) => {
-            let admin = clawgate::console::AdminConn {
-                base: args.admin,
-                ca: args.ca,
-                cert: args.cert,
-                key: args.key,
-            };
-            runtime()?.block_on(async {
-                tokio::select! {
-                    r = clawgate::console::serve(args.listen, admin, |addr| {
-                        println!("console on http://{addr}/ (read-only)");
-                    }) => r.map_err(anyhow::Error::from),
-                    () = wait_for_stop() => Ok(()),
-                }
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Console(args) => ops::console(args),
         Command::Audit(AuditCommand::Query {
             audit: path,
             store,
@@ -553,7 +537,7 @@ pub(crate) fn parse_time(text: &str) -> anyhow::Result<String> {
     Ok(audit::format_ts(time::OffsetDateTime::now_utc() - back))
 }
 
-async fn wait_for_stop() {
+pub(crate) async fn wait_for_stop() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

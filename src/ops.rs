@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clawgate::audit::{self, Filter};
 
 use crate::cli::{self, AuditCommand, OutputFormat};
-use crate::{parse_time, runtime};
+use crate::{parse_time, runtime, wait_for_stop};
 
 /// Runs one of the commands above (any other is a programming error,
 /// answered as a failure).
@@ -142,4 +142,23 @@ fn read_window(
         }
         None => audit::query(path, &filter)?,
     })
+}
+
+/// `clawgate console`: serves the page until SIGINT or SIGTERM.
+pub(crate) fn console(args: cli::ConsoleArgs) -> anyhow::Result<ExitCode> {
+    let admin = clawgate::console::AdminConn {
+        base: args.admin,
+        ca: args.ca,
+        cert: args.cert,
+        key: args.key,
+    };
+    runtime()?.block_on(async {
+        tokio::select! {
+            r = clawgate::console::serve(args.listen, admin, |addr| {
+                println!("console on http://{addr}/ (read-only)");
+            }) => r.map_err(anyhow::Error::from),
+            () = wait_for_stop() => Ok(()),
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
