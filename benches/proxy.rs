@@ -169,6 +169,7 @@ fn bench(c: &mut Criterion) {
         max_exception: clawgate::policy::DEFAULT_MAX_EXCEPTION,
         token_listen: None,
         token_jwks: None,
+        retention: None,
         fleet: clawgate::serve::FleetConfig::default(),
     };
     let env = |name: &str| (name == "ECHO_API_TOKEN").then(|| "bench-token".to_owned());

@@ -41,6 +41,9 @@ pub(crate) enum Command {
     /// The decision log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// A read-only web page on loopback showing the state of governance,
+    /// fetched from the admin API with your client certificate.
+    Console(ConsoleArgs),
     /// Print what an agent's environment needs to use clawgate as its HTTPS_PROXY.
     Env(EnvArgs),
     /// Sentinel placeholders.
@@ -276,6 +279,16 @@ pub(crate) struct ServeArgs {
         hide_env_values = true
     )]
     pub(crate) store: Option<String>,
+    /// Keep this long in the decision log (`30d`): older records are
+    /// archived to `--archive-dir` and then pruned, every `--retain-every`.
+    #[arg(long, requires = "archive_dir", value_parser = humantime::parse_duration)]
+    pub(crate) retain: Option<Duration>,
+    /// Where `--retain` writes its archives.
+    #[arg(long, requires = "retain")]
+    pub(crate) archive_dir: Option<PathBuf>,
+    /// How often `--retain` looks for records to archive.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub(crate) retain_every: Duration,
     /// This replica's name in the fleet: its own hash chain in the store
     /// (one process per name at a time).
     #[arg(long)]
@@ -394,6 +407,25 @@ pub(crate) struct StatusArgs {
     pub(crate) json: bool,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct ConsoleArgs {
+    /// Where the page is served (loopback only).
+    #[arg(long, default_value = "127.0.0.1:9480")]
+    pub(crate) listen: SocketAddr,
+    /// The admin API.
+    #[arg(long, default_value = "https://localhost:9443")]
+    pub(crate) admin: String,
+    /// The CA that signed clawgate's server certificate.
+    #[arg(long, default_value = "./certs/ca.pem")]
+    pub(crate) ca: PathBuf,
+    /// An admin or auditor certificate.
+    #[arg(long)]
+    pub(crate) cert: PathBuf,
+    /// Its key.
+    #[arg(long)]
+    pub(crate) key: PathBuf,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum OutputFormat {
     Table,
@@ -462,6 +494,44 @@ pub(crate) enum AuditCommand {
         /// PostgreSQL store instead of the SQLite file.
         #[arg(long)]
         store: Option<String>,
+        /// Check an archive written by `audit export` on its own instead.
+        #[arg(long, conflicts_with = "store")]
+        archive: Option<PathBuf>,
+    },
+    /// Write the records of a time range to a self-verifying archive
+    /// (gzip'd JSON lines with a manifest) and record its manifest in the log.
+    Export {
+        /// The decision log database.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+        /// From the first record at or after this time (RFC 3339, or a
+        /// duration back from now); the log's first record when absent.
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to the last record before this time.
+        #[arg(long)]
+        until: String,
+        /// The archive to write (must not exist).
+        file: PathBuf,
+    },
+    /// Remove records before a time that a recorded archive covers; the
+    /// pruning is itself a record, from which verify starts.
+    Prune {
+        /// The decision log database.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+        /// Only records before this time (RFC 3339, or a duration back).
+        #[arg(long)]
+        before: String,
+    },
+    /// Check an archive and copy its records, unchanged, into a log that is
+    /// empty or ends where the archive starts.
+    Restore {
+        /// The log to restore into.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+        /// The archive.
+        file: PathBuf,
     },
     /// Print the last record's position and hash (on a PostgreSQL store, the
     /// latest checkpoint's), to anchor elsewhere.
@@ -472,6 +542,48 @@ pub(crate) enum AuditCommand {
         /// A fleet's PostgreSQL store instead of the SQLite file.
         #[arg(long)]
         store: Option<String>,
+    },
+    /// Count allowed, refused and would-deny calls, with the top refusal
+    /// reasons and hosts.
+    Stats {
+        /// The decision log database.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+        /// Read a fleet's PostgreSQL store instead of the SQLite file.
+        #[arg(long)]
+        store: Option<String>,
+        /// From this time: RFC 3339, or a duration back from now.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Group by agent, scope, reason, tool or host.
+        #[arg(long)]
+        by: Option<audit::stats::By>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// List what needs a look: bursts of failed authentication per source,
+    /// agents whose refusals rose against their own baseline, sentinel
+    /// misdirections, refused policies, MCP tool-definition changes.
+    Findings {
+        /// The decision log database.
+        #[arg(long, default_value = "./clawgate-audit.db")]
+        audit: PathBuf,
+        /// Read a fleet's PostgreSQL store instead of the SQLite file.
+        #[arg(long)]
+        store: Option<String>,
+        /// The window: RFC 3339, or a duration back from now.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// The recent part of the window, compared with the rest.
+        #[arg(long, default_value = "1h")]
+        recent: String,
+        /// Refusals of one kind from one source that make a burst.
+        #[arg(long, default_value_t = 10)]
+        burst: u64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Copy a SQLite log into a PostgreSQL store as a chain of its own,
     /// every hash unchanged.

@@ -125,11 +125,17 @@ pub enum Reason {
     /// The MCP upstream answered 401 with an OAuth challenge; the agent is
     /// not sent into an OAuth flow.
     UpstreamAuthRequired,
+    /// A range of the log was exported to an archive (a record of kind
+    /// `archive`, carrying the archive's manifest).
+    LogArchived,
+    /// Archived records were removed from the log (a record of kind
+    /// `prune`, carrying the anchor verification starts from).
+    LogPruned,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 45] = [
+    pub const ALL: [Reason; 47] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -175,6 +181,8 @@ impl Reason {
         Reason::EndedByPolicy,
         Reason::CertsLoaded,
         Reason::CertsRejected,
+        Reason::LogArchived,
+        Reason::LogPruned,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -225,6 +233,8 @@ impl Reason {
             Reason::McpHeaderMismatch => "mcp-header-mismatch",
             Reason::McpBatchRefused => "mcp-batch-refused",
             Reason::UpstreamAuthRequired => "upstream-auth-required",
+            Reason::LogArchived => "log-archived",
+            Reason::LogPruned => "log-pruned",
         }
     }
 
@@ -241,7 +251,9 @@ impl Reason {
             | Reason::ToolPinned
             | Reason::TunnelClosed
             | Reason::CertsLoaded
-            | Reason::CertsRejected => StatusCode::OK,
+            | Reason::CertsRejected
+            | Reason::LogArchived
+            | Reason::LogPruned => StatusCode::OK,
             // Never sent: the connection is cut, not answered.
             Reason::EndedByOverride | Reason::EndedByPolicy => StatusCode::FORBIDDEN,
             // Never sent: nobody is left to receive it.
@@ -528,6 +540,8 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::SerialRevoked
         | Reason::ScopeDisabled
         | Reason::OverrideChanged
+        | Reason::LogArchived
+        | Reason::LogPruned
         | Reason::RunTokenInvalid
         | Reason::RunTokenExpired
         | Reason::RunTokenWrongAgent

@@ -48,7 +48,9 @@
 //! - [`lapse`]: exceptions and overrides lapse at their expiry, each lapse a
 //!   record queued before any decision that relies on it.
 //! - [`metrics`]: counters and histograms behind `/metrics`.
-//! - [`admin`]: the admin and auditor API (health, metrics, audit, status).
+//! - [`admin`]: the admin and auditor API (health, metrics, audit, status,
+//!   stats, findings, verify); [`console`]: the read-only page over it.
+//! - [`retention`]: `serve --retain`, archiving then pruning the log.
 //! - [`agent_env`] and [`lockdown`]: the environment that routes an agent
 //!   through clawgate, and the egress rules that leave it no other road.
 
@@ -97,6 +99,8 @@ pub mod record;
 
 pub mod audit;
 
+pub mod retention;
+
 pub mod error;
 
 pub mod overrides;
@@ -108,6 +112,8 @@ pub mod reload;
 pub mod metrics;
 
 pub mod admin;
+
+pub mod console;
 
 pub mod serve;
 

@@ -10,6 +10,7 @@ use time::format_description::well_known::Rfc3339;
 use clawgate::audit::{self, Filter, Format, VerifyError};
 
 mod cli;
+mod ops;
 use clawgate::certs;
 use clawgate::credentials::BrokerConfig;
 use clawgate::forward::Timeouts;
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -83,6 +84,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 max_exception: checked_max_exception(args.max_exception)?,
                 token_listen: args.token_listen,
                 token_jwks: args.token_jwks.zip(args.token_issuer),
+                retention: args.retain.map(|retain| clawgate::retention::Retention {
+                    retain,
+                    dir: args.archive_dir.clone().unwrap_or_default(),
+                    every: args.retain_every,
+                }),
                 fleet: serve::FleetConfig {
                     store: args.store.as_deref().map(cli::store).transpose()?,
                     replica: args.replica.clone(),
@@ -270,6 +276,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Console(args) => ops::console(args),
         Command::Audit(AuditCommand::Query {
             audit: path,
             store,
@@ -312,6 +319,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             audit::render(&records, format, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit(
+            command @ (AuditCommand::Verify {
+                archive: Some(_), ..
+            }
+            | AuditCommand::Export { .. }
+            | AuditCommand::Stats { .. }
+            | AuditCommand::Findings { .. }
+            | AuditCommand::Prune { .. }
+            | AuditCommand::Restore { .. }),
+        ) => ops::run(command),
         Command::Audit(AuditCommand::Verify {
             store: Some(target),
             anchor,
@@ -362,6 +379,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             audit: path,
             anchor,
             store: None,
+            archive: None,
         }) => match audit::verify(&path).and_then(|report| {
             anchor
                 .iter()
@@ -369,8 +387,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .map(|()| report)
         }) {
             Ok(report) => {
+                let from = report.anchor.map_or_else(String::new, |a| {
+                    format!(" from pruned anchor {} {},", a.seq, a.hash)
+                });
                 println!(
-                    "ok: {} records, chain intact, head {} {}",
+                    "ok: {} records,{from} chain intact, head {} {}",
                     report.count, report.head.seq, report.head.hash
                 );
                 Ok(ExitCode::SUCCESS)
@@ -519,7 +540,7 @@ fn checked_max_exception(max: Duration) -> anyhow::Result<Duration> {
 }
 
 /// RFC 3339, or a duration back from now, as the records' time format.
-fn parse_time(text: &str) -> anyhow::Result<String> {
+pub(crate) fn parse_time(text: &str) -> anyhow::Result<String> {
     if let Ok(t) = time::OffsetDateTime::parse(text, &Rfc3339) {
         return Ok(audit::format_ts(t));
     }
@@ -529,7 +550,7 @@ fn parse_time(text: &str) -> anyhow::Result<String> {
     Ok(audit::format_ts(time::OffsetDateTime::now_utc() - back))
 }
 
-async fn wait_for_stop() {
+pub(crate) async fn wait_for_stop() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -71,6 +71,7 @@ pub struct Metrics {
     upstream: Histogram,
     reloads_ok: AtomicU64,
     reloads_rejected: AtomicU64,
+    tls_rejections: AtomicU64,
 }
 
 /// Values read from elsewhere at render time.
@@ -97,6 +98,11 @@ pub struct Gauges {
     pub audit_batches: Option<(u64, u64, f64)>,
     /// The shared rate limit store, when limits are on Redis.
     pub limits_store: Option<crate::limits::redis::RedisStats>,
+    /// Whether runtime behaviour differs from the policy files (see
+    /// `/v1/policy/status`).
+    pub policy_drifted: bool,
+    /// Seconds until the next override or exception in force lapses.
+    pub next_lapse_seconds: Option<u64>,
 }
 
 impl Metrics {
@@ -112,6 +118,11 @@ impl Metrics {
                 ))
                 .or_default() += 1;
         }
+    }
+
+    /// Counts one rejected TLS handshake (every one, recorded or not).
+    pub fn tls_rejected(&self) {
+        self.tls_rejections.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records how long a stage took.
@@ -181,6 +192,12 @@ impl Metrics {
             "clawgate_credential_mints_total",
             "Credentials fetched or minted (Secrets Manager, STS).",
             gauges.cache_fetches,
+        );
+        counter(
+            &mut out,
+            "clawgate_tls_rejections_total",
+            "TLS handshakes rejected (no, expired, revoked or foreign certificate), every one, including those past the per-source record cap.",
+            self.tls_rejections.load(Ordering::Relaxed),
         );
         counter(
             &mut out,
@@ -262,6 +279,20 @@ impl Metrics {
             "1 when the policy files on disk validated at the last load.",
             f64::from(u8::from(gauges.policy_valid)),
         );
+        gauge(
+            &mut out,
+            "clawgate_policy_drifted",
+            "1 when runtime behaviour differs from the policy files (edited and not loaded, refused, or an override in force).",
+            f64::from(u8::from(gauges.policy_drifted)),
+        );
+        if let Some(left) = gauges.next_lapse_seconds {
+            gauge(
+                &mut out,
+                "clawgate_next_lapse_seconds",
+                "Seconds until the next override or policy exception in force lapses (absent when none is).",
+                left as f64,
+            );
+        }
         gauge(
             &mut out,
             "clawgate_overrides_active",

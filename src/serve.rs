@@ -66,6 +66,8 @@ pub struct ServeConfig {
     pub token_jwks: Option<(PathBuf, String)>,
     /// Shared stores for a fleet of replicas; none by default.
     pub fleet: FleetConfig,
+    /// Archive and prune the decision log on a schedule (SQLite only).
+    pub retention: Option<crate::retention::Retention>,
 }
 
 /// Where a fleet keeps what one replica would keep to itself. Every field
@@ -348,7 +350,8 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         pipeline.audit().clone(),
         vec![Arc::new(pipeline.interceptor.clone())],
     );
-    let rejections = Arc::new(Rejections::new(pipeline.audit().clone()));
+    let rejections =
+        Arc::new(Rejections::new(pipeline.audit().clone()).counting(Arc::clone(&pipeline)));
     let (stop, stopped) = watch::channel(false);
     let mut other_tasks = vec![
         tokio::spawn(reload::run(
@@ -370,6 +373,19 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
             config.fleet.checkpoint_every,
             stopped.clone(),
         )));
+    }
+    if let Some(retention) = &config.retention {
+        if config.fleet.store.is_some() {
+            tracing::warn!(
+                "--retain is not applied on a PostgreSQL store: export and prune it with `clawgate audit`"
+            );
+        } else {
+            other_tasks.push(tokio::spawn(crate::retention::run(
+                config.audit_path.clone(),
+                retention.clone(),
+                stopped.clone(),
+            )));
+        }
     }
     if let Some(store) = shared_limits {
         other_tasks.push(tokio::spawn(heartbeats(store, stopped.clone())));

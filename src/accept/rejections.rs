@@ -65,6 +65,8 @@ struct Window {
 #[derive(Debug)]
 pub struct Rejections {
     audit: AuditLog,
+    /// Where every rejection is counted (`clawgate_tls_rejections_total`).
+    counted: Option<std::sync::Arc<crate::pipeline::Pipeline>>,
     windows: Mutex<HashMap<Option<IpAddr>, Window>>,
     global: Mutex<Window>,
 }
@@ -81,14 +83,24 @@ impl Rejections {
     pub fn new(audit: AuditLog) -> Rejections {
         Rejections {
             audit,
+            counted: None,
             windows: Mutex::new(HashMap::new()),
             global: Mutex::new(Window::default()),
         }
     }
 
+    /// Also counts every rejection, recorded or not, in `pipeline`'s metrics.
+    pub fn counting(mut self, pipeline: std::sync::Arc<crate::pipeline::Pipeline>) -> Rejections {
+        self.counted = Some(pipeline);
+        self
+    }
+
     /// Records a rejected handshake unless this source is over its cap; a
     /// recorded one carries the count suppressed since the last record.
     pub fn reject(&self, addr: SocketAddr, why: String) {
+        if let Some(pipeline) = &self.counted {
+            pipeline.metrics().tls_rejected();
+        }
         let Some(earlier_suppressed) = self.admit(addr.ip(), now_second()) else {
             return;
         };

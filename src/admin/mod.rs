@@ -17,6 +17,7 @@
 pub mod client;
 pub use crate::metrics;
 mod status;
+mod views;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -168,6 +169,18 @@ impl Admin {
             (Method::GET, "/readyz") => self.readyz(),
             (Method::GET, "/metrics") => self.metrics(),
             (Method::GET, "/v1/audit") => self.audit(&query).await,
+            (Method::GET, "/v1/audit/stats") => self.audit_stats(&query).await,
+            (Method::GET, "/v1/audit/findings") => self.audit_findings(&query).await,
+            (Method::GET, "/v1/audit/verify") => match self.audit_source.verify().await {
+                Ok(mut v) => {
+                    v["intact"] = serde_json::Value::Bool(true);
+                    json(StatusCode::OK, &v)
+                }
+                Err(why) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "intact": false, "error": why }),
+                ),
+            },
             (Method::GET, "/v1/policy/status") => json(
                 StatusCode::OK,
                 &status_of(self, SystemTime::now()).to_json(),
@@ -239,7 +252,24 @@ impl Admin {
         use std::sync::atomic::Ordering::Relaxed;
         let audit = self.pipeline.audit();
         let now = SystemTime::now();
+        let status = status::status_of(self, now);
+        let next_lapse_seconds = self
+            .pipeline
+            .overrides()
+            .all()
+            .iter()
+            .filter(|o| o.active_at(now))
+            .map(|o| o.expires.duration_since(now).unwrap_or_default().as_secs())
+            .chain(
+                status
+                    .exceptions
+                    .iter()
+                    .filter_map(|e| e["expires_in_seconds"].as_u64()),
+            )
+            .min();
         let gauges = metrics::Gauges {
+            policy_drifted: status.drifted(),
+            next_lapse_seconds,
             policy_digest: self.pipeline.policy().digest().to_owned(),
             policy_valid: self.reloader.status().valid,
             cache_hits: sum(|s| s.hits.load(Relaxed)),

@@ -91,6 +91,9 @@ pub struct VerifyReport {
     pub count: u64,
     /// The last record.
     pub head: Head,
+    /// Where a pruned log's chain starts (the last removed record, named by
+    /// a `prune` record); `None` when the log starts at the genesis.
+    pub anchor: Option<Head>,
 }
 
 /// Why the chain is not intact.
@@ -179,6 +182,7 @@ pub(super) fn verify_conn(conn: &Connection) -> Result<VerifyReport, VerifyError
         seq: 0,
         hash: GENESIS.to_owned(),
     };
+    let mut anchor = None;
     let mut count = 0u64;
     while let Some(row) = rows.next().map_err(read)? {
         let record = match from_row(row) {
@@ -195,6 +199,26 @@ pub(super) fn verify_conn(conn: &Connection) -> Result<VerifyReport, VerifyError
             seq: record.seq,
             why,
         };
+        if count == 0 && record.seq != 1 {
+            match super::archive::anchor_for(conn, &record).map_err(read)? {
+                // A pruned log: the chain starts from the anchor its `prune`
+                // record names (that record is checked further down the walk).
+                Ok(start) => {
+                    head = start.clone();
+                    anchor = Some(start);
+                }
+                Err(Some(pruned)) => {
+                    return Err(VerifyError::Broken {
+                        seq: pruned + 1,
+                        why: format!(
+                            "missing: the log was pruned up to record {pruned}, and the first record present is {}",
+                            record.seq
+                        ),
+                    });
+                }
+                Err(None) => {}
+            }
+        }
         if record.seq != head.seq + 1 {
             return Err(VerifyError::Broken {
                 seq: head.seq + 1,
@@ -217,7 +241,11 @@ pub(super) fn verify_conn(conn: &Connection) -> Result<VerifyReport, VerifyError
         };
         count += 1;
     }
-    Ok(VerifyReport { count, head })
+    Ok(VerifyReport {
+        count,
+        head,
+        anchor,
+    })
 }
 
 /// Checks that the record at `anchor.seq` still exists with `anchor.hash`:

@@ -8,9 +8,11 @@
 //!   a kind and a non-secret reference.
 //! - The chain head advances only on commit, so a failed batch leaves no gap.
 
+pub mod archive;
 mod chain;
 pub mod postgres;
 mod query;
+pub mod stats;
 mod writer;
 
 use std::path::Path;
@@ -48,6 +50,10 @@ pub mod kind {
     /// Calls refused while the log was unavailable, counted: one record per
     /// outage, written when the log recovers.
     pub const SUMMARY: &str = "summary";
+    /// A range of the log was exported: the archive's manifest and digest.
+    pub const ARCHIVE: &str = "archive";
+    /// Archived records were removed: the anchor verification starts from.
+    pub const PRUNE: &str = "prune";
 }
 
 /// One row of the decision log. Optional fields are omitted from the JSON
@@ -210,6 +216,38 @@ impl Source {
             Source::Postgres(target) => postgres::query(target, filter)
                 .await
                 .map_err(|e| AuditError::Write(e.to_string())),
+        }
+    }
+}
+
+impl Source {
+    /// Walks the whole log (every chain on PostgreSQL): `Ok` with a JSON
+    /// summary when intact, `Err` naming what is broken or unreadable.
+    pub async fn verify(&self) -> Result<serde_json::Value, String> {
+        match self {
+            Source::Sqlite(path) => {
+                let path = path.clone();
+                let report = tokio::task::spawn_blocking(move || verify(&path))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({
+                    "records": report.count,
+                    "head": format!("{} {}", report.head.seq, report.head.hash),
+                    "pruned_anchor": report.anchor.map(|a| format!("{} {}", a.seq, a.hash)),
+                }))
+            }
+            Source::Postgres(target) => {
+                let report = postgres::verify(target, &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({
+                    "records": report.records,
+                    "chains": report.chains,
+                    "checkpoints": report.checkpoints,
+                    "head": report.head.map(|c| format!("{} {}", c.seq, c.hash)),
+                }))
+            }
         }
     }
 }

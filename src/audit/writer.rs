@@ -498,6 +498,12 @@ fn insert_sql() -> &'static str {
     })
 }
 
+/// Inserts one sealed record as it is (archives restore with it).
+pub(super) fn insert_sealed(conn: &Connection, r: &DecisionRecord) -> rusqlite::Result<()> {
+    let mut statement = conn.prepare_cached(insert_sql())?;
+    insert_with(&mut statement, r)
+}
+
 /// Inserts one sealed record, every column (the tamper tests write with it).
 #[cfg(test)]
 pub(super) fn insert(conn: &Connection, r: &DecisionRecord) -> rusqlite::Result<()> {

@@ -101,6 +101,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         max_exception: crate::policy::DEFAULT_MAX_EXCEPTION,
         token_listen: None,
         token_jwks: None,
+        retention: None,
         fleet: crate::serve::FleetConfig::default(),
     };
     let running = serve::start(&config, std::sync::Arc::new(env)).await?;

@@ -1,0 +1,344 @@
+//! What an auditor asks of the log: counts (`audit stats`) and the things
+//! that need a look (`audit findings`), computed from records read from
+//! either backend, so that they mean the same on SQLite and PostgreSQL.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::{DecisionRecord, kind};
+
+/// What `stats` groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    /// The agent.
+    Agent,
+    /// The scope.
+    Scope,
+    /// The reason code.
+    Reason,
+    /// The tool: the AWS action a call maps to (and an MCP tool's name,
+    /// once records carry one).
+    Tool,
+    /// The upstream host.
+    Host,
+}
+
+impl std::str::FromStr for By {
+    type Err = String;
+    fn from_str(s: &str) -> Result<By, String> {
+        Ok(match s {
+            "agent" => By::Agent,
+            "scope" => By::Scope,
+            "reason" => By::Reason,
+            "tool" => By::Tool,
+            "host" => By::Host,
+            other => {
+                return Err(format!(
+                    "`{other}` is not one of agent, scope, reason, tool, host"
+                ));
+            }
+        })
+    }
+}
+
+/// Counts of one group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// The group's key (`-` when the field is absent, `all` for the total).
+    pub key: String,
+    /// Decisions that allowed the call.
+    pub allowed: u64,
+    /// Decisions that refused it.
+    pub refused: u64,
+    /// Report-mode calls enforce mode would have refused.
+    pub would_deny: u64,
+}
+
+/// The answer of `stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Every decision.
+    pub total: Counts,
+    /// One row per group, most calls first (empty without `--by`).
+    pub groups: Vec<Counts>,
+    /// Refusal reasons, most frequent first (at most ten).
+    pub top_refusal_reasons: Vec<(String, u64)>,
+    /// Hosts called, most frequent first (at most ten).
+    pub top_hosts: Vec<(String, u64)>,
+}
+
+fn key_of(r: &DecisionRecord, by: By) -> String {
+    let field = match by {
+        By::Agent => r.agent.as_deref(),
+        By::Scope => r.scope.as_deref(),
+        By::Reason => Some(r.reason.as_str()),
+        By::Tool => r.action.as_deref(),
+        By::Host => r.host.as_deref(),
+    };
+    field.unwrap_or("-").to_owned()
+}
+
+fn count(c: &mut Counts, r: &DecisionRecord) {
+    match r.decision.as_deref() {
+        Some("allow") => c.allowed += 1,
+        Some("deny") => c.refused += 1,
+        _ => {}
+    }
+    if r.would_deny.is_some() {
+        c.would_deny += 1;
+    }
+}
+
+fn top(map: HashMap<String, u64>) -> Vec<(String, u64)> {
+    let mut v: Vec<_> = map.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(10);
+    v
+}
+
+/// Counts the decision records among `records`.
+pub fn stats(records: &[DecisionRecord], by: Option<By>) -> Stats {
+    let mut total = Counts {
+        key: "all".into(),
+        ..Counts::default()
+    };
+    let mut groups: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut reasons = HashMap::new();
+    let mut hosts = HashMap::new();
+    for r in records.iter().filter(|r| r.kind == kind::DECISION) {
+        count(&mut total, r);
+        if let Some(by) = by {
+            let key = key_of(r, by);
+            let g = groups.entry(key.clone()).or_insert_with(|| Counts {
+                key,
+                ..Counts::default()
+            });
+            count(g, r);
+        }
+        if r.decision.as_deref() == Some("deny") {
+            *reasons.entry(r.reason.clone()).or_insert(0) += 1;
+        }
+        if let Some(h) = &r.host {
+            *hosts.entry(h.clone()).or_insert(0) += 1;
+        }
+    }
+    let mut groups: Vec<Counts> = groups.into_values().collect();
+    groups.sort_by(|a, b| {
+        (b.allowed + b.refused)
+            .cmp(&(a.allowed + a.refused))
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    Stats {
+        total,
+        groups,
+        top_refusal_reasons: top(reasons),
+        top_hosts: top(hosts),
+    }
+}
+
+/// Writes `stats` as an aligned table.
+pub fn table(s: &Stats, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<40} {:>10} {:>10} {:>10}",
+        "key", "allowed", "refused", "would-deny"
+    )?;
+    for c in std::iter::once(&s.total).chain(&s.groups) {
+        writeln!(
+            out,
+            "{:<40} {:>10} {:>10} {:>10}",
+            c.key, c.allowed, c.refused, c.would_deny
+        )?;
+    }
+    writeln!(out, "\ntop refusal reasons")?;
+    for (k, n) in &s.top_refusal_reasons {
+        writeln!(out, "  {k:<38} {n:>10}")?;
+    }
+    writeln!(out, "\ntop hosts")?;
+    for (k, n) in &s.top_hosts {
+        writeln!(out, "  {k:<38} {n:>10}")?;
+    }
+    Ok(())
+}
+
+/// Writes `stats` as CSV: `section,key,allowed,refused,would_deny,count`.
+pub fn csv(s: &Stats, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let q = |v: &str| format!("\"{}\"", v.replace('"', "\"\""));
+    writeln!(out, "section,key,allowed,refused,would_deny,count")?;
+    for (section, c) in
+        std::iter::once(("total", &s.total)).chain(s.groups.iter().map(|g| ("group", g)))
+    {
+        writeln!(
+            out,
+            "{section},{},{},{},{},{}",
+            q(&c.key),
+            c.allowed,
+            c.refused,
+            c.would_deny,
+            c.allowed + c.refused
+        )?;
+    }
+    for (k, n) in &s.top_refusal_reasons {
+        writeln!(out, "refusal_reason,{},,,,{n}", q(k))?;
+    }
+    for (k, n) in &s.top_hosts {
+        writeln!(out, "host,{},,,,{n}", q(k))?;
+    }
+    Ok(())
+}
+
+/// Reasons whose bursts per source are findings.
+const BURST_REASONS: [&str; 6] = [
+    "tls-rejected",
+    "unknown-agent",
+    "run-token-invalid",
+    "run-token-expired",
+    "run-token-wrong-agent",
+    "run-token-scope",
+];
+
+/// The reason code recorded when an MCP server's tool definition changes
+/// from its pin ([`crate::error::Reason::ToolDefinitionChanged`]; a unit
+/// test keeps the two equal, since a `match` needs a constant pattern).
+pub const MCP_TOOLS_CHANGED: &str = "tool-definition-changed";
+
+/// Thresholds of `findings`.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// Refusals of one burst reason from one source in the window.
+    pub burst: u64,
+    /// An agent's refusals in the recent part of the window against its
+    /// own rate over the rest, as a factor.
+    pub rise_factor: f64,
+    /// Least recent refusals for a rise to count.
+    pub rise_min: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            burst: 10,
+            rise_factor: 3.0,
+            rise_min: 5,
+        }
+    }
+}
+
+/// One thing that needs a look.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    /// `burst`, `refusals-rising`, `sentinel-misdirected`, `policy-rejected`,
+    /// `tool-definition-changed` (and, from live state, `lapsing-soon`, `drift`).
+    pub kind: String,
+    /// Who or what: a source address, an agent, an id.
+    pub subject: String,
+    /// What was seen.
+    pub detail: String,
+    /// How many records.
+    pub count: u64,
+}
+
+fn source_of(r: &DecisionRecord) -> String {
+    let addr = r.client_addr.as_deref().unwrap_or("-");
+    // The host part: a source is a machine, not one of its ports.
+    match addr.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => {
+            host.trim_matches(['[', ']']).to_owned()
+        }
+        _ => addr.to_owned(),
+    }
+}
+
+/// The findings among `records` (oldest first, one window); `recent_from`
+/// splits the window for the rise check (records at or after it are
+/// recent, the rest the baseline).
+pub fn findings(records: &[DecisionRecord], recent_from: &str, t: Thresholds) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut bursts: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut per_agent: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let first_ts = records.first().map(|r| r.ts.clone()).unwrap_or_default();
+    for r in records {
+        if r.kind == kind::DECISION && BURST_REASONS.contains(&r.reason.as_str()) {
+            *bursts.entry((r.reason.clone(), source_of(r))).or_insert(0) += 1;
+        }
+        if r.kind == kind::DECISION
+            && r.decision.as_deref() == Some("deny")
+            && let Some(agent) = &r.agent
+        {
+            let e = per_agent.entry(agent.clone()).or_insert((0, 0));
+            if r.ts.as_str() >= recent_from {
+                e.1 += 1;
+            } else {
+                e.0 += 1;
+            }
+        }
+        let single = match r.reason.as_str() {
+            "sentinel-misdirected" => Some("sentinel-misdirected"),
+            "policy-rejected" => Some("policy-rejected"),
+            MCP_TOOLS_CHANGED => Some(MCP_TOOLS_CHANGED),
+            _ => None,
+        };
+        if let Some(k) = single {
+            out.push(Finding {
+                kind: k.into(),
+                subject: r
+                    .agent
+                    .clone()
+                    .or_else(|| r.host.clone())
+                    .unwrap_or_else(|| r.request_id.clone()),
+                detail: format!(
+                    "{} at {}{}",
+                    r.reason,
+                    r.ts,
+                    r.detail
+                        .as_deref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                ),
+                count: 1,
+            });
+        }
+    }
+    for ((reason, source), n) in bursts {
+        if n >= t.burst {
+            out.push(Finding {
+                kind: "burst".into(),
+                subject: source,
+                detail: format!("{n} `{reason}` in the window (threshold {})", t.burst),
+                count: n,
+            });
+        }
+    }
+    // Rates per second over each part, so unequal parts compare fairly.
+    let secs = |a: &str, b: &str| -> f64 {
+        let p = |s: &str| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
+                .unwrap_or(0.0)
+        };
+        (p(b) - p(a)).max(1.0)
+    };
+    let last_ts = records.last().map(|r| r.ts.clone()).unwrap_or_default();
+    let base_secs = secs(&first_ts, recent_from);
+    let recent_secs = secs(recent_from, &last_ts);
+    for (agent, (base, recent)) in per_agent {
+        let base_rate = base as f64 / base_secs;
+        let recent_rate = recent as f64 / recent_secs;
+        if recent >= t.rise_min && recent_rate > t.rise_factor * base_rate {
+            out.push(Finding {
+                kind: "refusals-rising".into(),
+                subject: agent,
+                detail: format!(
+                    "{recent} refusals recently ({recent_rate:.3}/s) against {base} before ({base_rate:.3}/s)"
+                ),
+                count: recent,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "stats_tests.rs"]
+mod tests;

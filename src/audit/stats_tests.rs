@@ -1,0 +1,136 @@
+use super::*;
+
+fn rec(ts: &str, agent: &str, decision: &str, reason: &str, addr: &str) -> DecisionRecord {
+    let mut r = DecisionRecord::new(kind::DECISION, "r");
+    r.ts = ts.into();
+    r.agent = Some(agent.into());
+    r.decision = Some(decision.into());
+    r.reason = reason.into();
+    r.client_addr = Some(addr.into());
+    r.host = Some("api.example".into());
+    r
+}
+
+#[test]
+fn stats_count_decisions_by_group_with_top_reasons() {
+    let mut v = vec![
+        rec(
+            "2026-01-01T00:00:00.000Z",
+            "a",
+            "allow",
+            "allowed",
+            "1.1.1.1:1",
+        ),
+        rec(
+            "2026-01-01T00:00:01.000Z",
+            "a",
+            "deny",
+            "denied-by-rule",
+            "1.1.1.1:1",
+        ),
+        rec(
+            "2026-01-01T00:00:02.000Z",
+            "b",
+            "deny",
+            "denied-by-rule",
+            "1.1.1.1:1",
+        ),
+        rec(
+            "2026-01-01T00:00:03.000Z",
+            "b",
+            "deny",
+            "rate-limited",
+            "1.1.1.1:1",
+        ),
+    ];
+    v[0].would_deny = Some("no-matching-rule".into());
+    let mut outcome = v[0].clone();
+    outcome.kind = kind::OUTCOME.into();
+    v.push(outcome);
+    let s = stats(&v, Some(By::Agent));
+    assert_eq!(
+        (s.total.allowed, s.total.refused, s.total.would_deny),
+        (1, 3, 1)
+    );
+    assert_eq!(s.groups[0].key, "a");
+    assert_eq!((s.groups[1].key.as_str(), s.groups[1].refused), ("b", 2));
+    assert_eq!(s.top_refusal_reasons[0], ("denied-by-rule".into(), 2));
+    assert_eq!(s.top_hosts[0], ("api.example".into(), 4));
+    let mut text = Vec::new();
+    csv(&s, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("group,\"b\",0,2,0,2"), "{text}");
+}
+
+#[test]
+fn findings_name_bursts_per_source_rises_and_single_events() {
+    let mut v = Vec::new();
+    for i in 0..12 {
+        v.push(rec(
+            &format!("2026-01-01T00:00:{i:02}.000Z"),
+            "x",
+            "deny",
+            "tls-rejected",
+            &format!("10.0.0.9:{}", 4000 + i),
+        ));
+    }
+    for i in 0..3 {
+        v.push(rec(
+            &format!("2026-01-01T00:00:{i:02}.500Z"),
+            "y",
+            "deny",
+            "tls-rejected",
+            "10.0.0.8:1",
+        ));
+    }
+    // Agent z: one refusal in the first 50 s, eight in the last 10 s.
+    v.push(rec(
+        "2026-01-01T00:00:05.000Z",
+        "z",
+        "deny",
+        "denied-by-rule",
+        "1.1.1.1:1",
+    ));
+    for i in 0..8 {
+        v.push(rec(
+            &format!("2026-01-01T00:00:5{i}.000Z"),
+            "z",
+            "deny",
+            "denied-by-rule",
+            "1.1.1.1:1",
+        ));
+    }
+    v.push(rec(
+        "2026-01-01T00:00:59.000Z",
+        "z",
+        "deny",
+        "sentinel-misdirected",
+        "1.1.1.1:1",
+    ));
+    v.push(rec(
+        "2026-01-01T00:00:59.500Z",
+        "m",
+        "deny",
+        MCP_TOOLS_CHANGED,
+        "1.1.1.1:1",
+    ));
+    v.sort_by(|a, b| a.ts.cmp(&b.ts));
+    let f = findings(&v, "2026-01-01T00:00:50.000Z", Thresholds::default());
+    let kinds: Vec<(&str, &str)> = f
+        .iter()
+        .map(|f| (f.kind.as_str(), f.subject.as_str()))
+        .collect();
+    assert!(kinds.contains(&("burst", "10.0.0.9")), "{kinds:?}");
+    assert!(!kinds.contains(&("burst", "10.0.0.8")), "{kinds:?}");
+    assert!(kinds.contains(&("refusals-rising", "z")), "{kinds:?}");
+    assert!(
+        !kinds.iter().any(|k| k == &("refusals-rising", "x")),
+        "x is steady: {kinds:?}"
+    );
+    assert!(kinds.contains(&("sentinel-misdirected", "z")), "{kinds:?}");
+    assert!(kinds.contains(&(MCP_TOOLS_CHANGED, "m")), "{kinds:?}");
+    assert_eq!(
+        MCP_TOOLS_CHANGED,
+        crate::error::Reason::ToolDefinitionChanged.code()
+    );
+}

@@ -1,0 +1,164 @@
+//! The operator's `audit` commands: export, verify an archive, prune,
+//! restore, stats and findings.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clawgate::audit::{self, Filter};
+
+use crate::cli::{self, AuditCommand, OutputFormat};
+use crate::{parse_time, runtime, wait_for_stop};
+
+/// Runs one of the commands above (any other is a programming error,
+/// answered as a failure).
+pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AuditCommand::Verify {
+            archive: Some(file),
+            ..
+        } => match audit::archive::verify_archive(&file) {
+            Ok(m) => {
+                println!(
+                    "ok: archive of {} records, {}..{}, from prev_hash {} to last hash {}",
+                    m.count, m.first_seq, m.last_seq, m.first_prev_hash, m.last_hash
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e @ audit::archive::ArchiveError::Broken { .. }) => {
+                println!("broken: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+            Err(e) => Err(e.into()),
+        },
+        AuditCommand::Export {
+            audit: path,
+            since,
+            until,
+            file,
+        } => {
+            let since = since.as_deref().map(parse_time).transpose()?;
+            let e = audit::archive::export(&path, since.as_deref(), &parse_time(&until)?, &file)?;
+            println!(
+                "exported {} records ({}..{}) to `{}`, sha256 {}; manifest recorded as record {}",
+                e.manifest.count,
+                e.manifest.first_seq,
+                e.manifest.last_seq,
+                file.display(),
+                e.sha256,
+                e.recorded_seq
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Stats {
+            audit: path,
+            store,
+            since,
+            by,
+            format,
+        } => {
+            let records = read_window(&path, store.as_deref(), &since)?;
+            let s = audit::stats::stats(&records, by);
+            let mut out = std::io::stdout().lock();
+            match format {
+                OutputFormat::Table => audit::stats::table(&s, &mut out)?,
+                OutputFormat::Csv => audit::stats::csv(&s, &mut out)?,
+                OutputFormat::Json => {
+                    serde_json::to_writer(&mut out, &s)?;
+                    writeln!(out)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Findings {
+            audit: path,
+            store,
+            since,
+            recent,
+            burst,
+            json,
+        } => {
+            let records = read_window(&path, store.as_deref(), &since)?;
+            let thresholds = audit::stats::Thresholds {
+                burst,
+                ..Default::default()
+            };
+            let found = audit::stats::findings(&records, &parse_time(&recent)?, thresholds);
+            let mut out = std::io::stdout().lock();
+            for f in &found {
+                if json {
+                    serde_json::to_writer(&mut out, f)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(out, "{:<22} {:<28} {}", f.kind, f.subject, f.detail)?;
+                }
+            }
+            if found.is_empty() && !json {
+                writeln!(out, "no findings")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Prune {
+            audit: path,
+            before,
+        } => {
+            match audit::archive::prune(&path, &parse_time(&before)?)? {
+                Some(p) => println!(
+                    "pruned {} records; the log now starts after anchor {} {} (record {})",
+                    p.note.removed, p.note.anchor_seq, p.note.anchor_hash, p.recorded_seq
+                ),
+                None => println!("nothing to prune: no archived record before that time"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Restore { audit: path, file } => {
+            let m = audit::archive::restore(&file, &path)?;
+            println!(
+                "restored {} records ({}..{}) into `{}`",
+                m.count,
+                m.first_seq,
+                m.last_seq,
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        other => anyhow::bail!("not an operator command: {other:?}"),
+    }
+}
+
+/// Every record since `since`, from the SQLite file or a PostgreSQL store.
+fn read_window(
+    path: &std::path::Path,
+    store: Option<&str>,
+    since: &str,
+) -> anyhow::Result<Vec<audit::DecisionRecord>> {
+    let filter = Filter {
+        since: Some(parse_time(since)?),
+        limit: None,
+        ..Filter::default()
+    };
+    Ok(match store {
+        Some(target) => {
+            runtime()?.block_on(audit::postgres::query(&cli::store(target)?, &filter))?
+        }
+        None => audit::query(path, &filter)?,
+    })
+}
+
+/// `clawgate console`: serves the page until SIGINT or SIGTERM.
+pub(crate) fn console(args: cli::ConsoleArgs) -> anyhow::Result<ExitCode> {
+    let admin = clawgate::console::AdminConn {
+        base: args.admin,
+        ca: args.ca,
+        cert: args.cert,
+        key: args.key,
+    };
+    runtime()?.block_on(async {
+        tokio::select! {
+            r = clawgate::console::serve(args.listen, admin, |addr| {
+                println!("console on http://{addr}/ (read-only)");
+            }) => r.map_err(anyhow::Error::from),
+            () = wait_for_stop() => Ok(()),
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
