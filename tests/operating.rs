@@ -146,8 +146,15 @@ fn retention_archives_and_prunes_on_a_schedule() {
         ..Options::default()
     });
     calls(&h, 3);
-    let first_batch = h.records();
-    assert_eq!(first_batch.len(), 7);
+    // The last outcome record is written after its response has reached
+    // curl, so wait for it rather than race it.
+    let settle = Instant::now() + Duration::from_secs(5);
+    let mut first_batch = h.records();
+    while first_batch.len() < 7 && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(50));
+        first_batch = h.records();
+    }
+    assert_eq!(first_batch.len(), 7, "one policy record, two per call");
     // Past the retention period, the seven are archived and then pruned.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

@@ -142,7 +142,11 @@ impl ResponseFilter {
             .session
             .as_deref()
             .is_some_and(|s| self.state.take_list(&self.scope, s, &id));
-        if (own && self.own_is("tools/list")) || (!own && pending) {
+        // Fail closed: a result carrying a `tools` list that is not the
+        // POST's own is filtered even when its id was not noted as pending
+        // (the pending set is bounded), so no hidden tool name leaks.
+        let looks_like_list = result.get("tools").is_some_and(Value::is_array);
+        if (own && self.own_is("tools/list")) || (!own && (pending || looks_like_list)) {
             return match self.rewrite_list(&id_value, result) {
                 Some(out) => Action::Replace(out),
                 None => Action::Drop,

@@ -89,16 +89,23 @@ fn only_list_results_are_rewritten_and_ids_match_per_session() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     // A GET stream: no own request; id 5 is a pending list in the session.
     let f = filter(&state, None, Arc::clone(&seen));
-    assert_eq!(f.message(list(4, "r").to_string().as_bytes()), Action::Pass);
+    // A list result whose id was never noted (the pending set is bounded)
+    // is filtered all the same: no hidden tool name gets through.
+    let Action::Replace(out) = f.message(list(4, "r").to_string().as_bytes()) else {
+        panic!("an unnoted list result is filtered")
+    };
+    let out: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(out["result"]["tools"].as_array().unwrap().len(), 1);
     state.expect_list("s", "sess", "5");
     assert!(matches!(
         f.message(list(5, "r").to_string().as_bytes()),
         Action::Replace(_)
     ));
+    let other = json!({"jsonrpc": "2.0", "id": 5, "result": {"content": []}});
     assert_eq!(
-        f.message(list(5, "r").to_string().as_bytes()),
+        f.message(other.to_string().as_bytes()),
         Action::Pass,
-        "answered once"
+        "a pending id is answered once; a later result with it is not a list"
     );
     // Server requests and notifications pass untouched.
     let sampling =

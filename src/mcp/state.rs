@@ -5,7 +5,9 @@
 //! Invariants:
 //! - Arguments never reach a record: only their keyed hash does.
 //! - Pending ids are bounded per session and in sessions, so an agent that
-//!   never reads its results cannot grow memory without bound.
+//!   never reads its results cannot grow memory without bound. Past the
+//!   bound a list result is still filtered: the response side also treats
+//!   any non-own result carrying a `tools` array as a list.
 
 use std::collections::HashSet;
 
