@@ -279,23 +279,24 @@ fn watch_dir(dir: &std::path::Path, tx: mpsc::Sender<()>) -> Option<notify::Reco
     Some(watcher)
 }
 
+/// SIGHUP where the platform has it; the certificate reload listens too.
 #[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
+pub(crate) type Hangup = Option<tokio::signal::unix::Signal>;
 #[cfg(not(unix))]
-type Hangup = Option<()>;
+pub(crate) type Hangup = Option<()>;
 
 #[cfg(unix)]
-fn hangup_signal() -> Hangup {
+pub(crate) fn hangup_signal() -> Hangup {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
 }
 
 #[cfg(not(unix))]
-fn hangup_signal() -> Hangup {
+pub(crate) fn hangup_signal() -> Hangup {
     None
 }
 
 #[cfg(unix)]
-async fn recv_hangup(signal: &mut Hangup) -> Option<()> {
+pub(crate) async fn recv_hangup(signal: &mut Hangup) -> Option<()> {
     match signal {
         Some(s) => s.recv().await,
         None => std::future::pending().await,
@@ -303,6 +304,6 @@ async fn recv_hangup(signal: &mut Hangup) -> Option<()> {
 }
 
 #[cfg(not(unix))]
-async fn recv_hangup(_: &mut Hangup) -> Option<()> {
+pub(crate) async fn recv_hangup(_: &mut Hangup) -> Option<()> {
     std::future::pending().await
 }

@@ -23,7 +23,7 @@ use crate::overrides::{OverrideError, Overrides};
 use crate::pipeline::vend::{self, VendListenError};
 use crate::pipeline::{BodyLimits, Parts as PipelineParts, Pipeline};
 use crate::policy::{self, LoadError, LoadOptions};
-use crate::reload::{self, Env, Reloader, policy_record};
+use crate::reload::{self, Env, Reloader, hangup_signal, policy_record, recv_hangup};
 use crate::tls::{TlsError, TlsStore};
 
 /// Everything `serve` needs, resolved from flags.
@@ -519,32 +519,4 @@ async fn heartbeats(store: Arc<RedisLimits>, mut stopped: watch::Receiver<bool>)
             _ = stopped.changed() => return,
         }
     }
-}
-
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = Option<()>;
-
-#[cfg(unix)]
-fn hangup_signal() -> Hangup {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
-}
-
-#[cfg(not(unix))]
-fn hangup_signal() -> Hangup {
-    None
-}
-
-#[cfg(unix)]
-async fn recv_hangup(signal: &mut Hangup) -> Option<()> {
-    match signal {
-        Some(signal) => signal.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-#[cfg(not(unix))]
-async fn recv_hangup(_: &mut Hangup) -> Option<()> {
-    std::future::pending().await
 }
