@@ -221,17 +221,48 @@ fn truncate(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
-/// Runs until `stop`: reloads on file changes (when `watch_files`) and on
+/// What wakes the reload task, armed before `serve` reports ready: a file
+/// change written, or a SIGHUP sent, the moment after start-up is never
+/// missed (nor, for SIGHUP, left to its default action of ending the process).
+pub struct Triggers {
+    // The watcher must live as long as the task that reads `events`.
+    _watcher: Option<notify::RecommendedWatcher>,
+    events: mpsc::Receiver<()>,
+    hangup: Hangup,
+}
+
+impl std::fmt::Debug for Triggers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Triggers").finish_non_exhaustive()
+    }
+}
+
+impl Triggers {
+    /// Watches `dir` (when `watch_files`) and installs the SIGHUP handler.
+    /// Needs a running Tokio runtime.
+    pub fn arm(dir: &std::path::Path, watch_files: bool) -> Triggers {
+        let (events_tx, events) = mpsc::channel::<()>(16);
+        let watcher = if watch_files {
+            watch_dir(dir, events_tx)
+        } else {
+            None
+        };
+        Triggers {
+            _watcher: watcher,
+            events,
+            hangup: hangup_signal(),
+        }
+    }
+}
+
+/// Runs until `stop`: reloads on file changes (when armed to watch) and on
 /// SIGHUP, and records each lapse of an exception or override at its expiry.
-pub async fn run(reloader: Arc<Reloader>, watch_files: bool, mut stop: watch::Receiver<bool>) {
-    let (events_tx, mut events) = mpsc::channel::<()>(16);
-    // The watcher must live as long as this task.
-    let _watcher = if watch_files {
-        watch_dir(&reloader.dir, events_tx)
-    } else {
-        None
-    };
-    let mut hangup = hangup_signal();
+pub async fn run(reloader: Arc<Reloader>, triggers: Triggers, mut stop: watch::Receiver<bool>) {
+    let Triggers {
+        _watcher,
+        mut events,
+        mut hangup,
+    } = triggers;
     let pipeline = Arc::clone(&reloader.pipeline);
     loop {
         // Wake at the next expiry, so its lapse is recorded at that moment;

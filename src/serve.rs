@@ -353,10 +353,11 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
     let rejections =
         Arc::new(Rejections::new(pipeline.audit().clone()).counting(Arc::clone(&pipeline)));
     let (stop, stopped) = watch::channel(false);
+    let triggers = reload::Triggers::arm(reloader.dir(), config.watch_policy);
     let mut other_tasks = vec![
         tokio::spawn(reload::run(
             Arc::clone(&reloader),
-            config.watch_policy,
+            triggers,
             stopped.clone(),
         )),
         tokio::spawn(housekeeping(
