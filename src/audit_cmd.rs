@@ -1,0 +1,173 @@
+//! `clawgate audit …`: query, verify, head, migrate, checkpoint and
+//! close-chain on either backend; export, stats, findings, prune and restore
+//! are in [`crate::ops`].
+
+use std::process::ExitCode;
+
+use clawgate::audit::{self, Filter, Format, VerifyError};
+
+use crate::cli::{self, AuditCommand, DecisionArg, OutputFormat};
+use crate::{ops, parse_time, runtime};
+
+/// Runs one `audit` subcommand.
+pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AuditCommand::Query {
+            audit: path,
+            store,
+            agent,
+            scope,
+            decision,
+            reason,
+            host,
+            would_deny,
+            since,
+            until,
+            limit,
+            format,
+        } => {
+            let filter = Filter {
+                agent,
+                scope,
+                decision: decision.map(|d| match d {
+                    DecisionArg::Allow => "allow".to_owned(),
+                    DecisionArg::Deny => "deny".to_owned(),
+                }),
+                reason,
+                host,
+                would_deny,
+                since: since.as_deref().map(parse_time).transpose()?,
+                until: until.as_deref().map(parse_time).transpose()?,
+                limit: Some(limit),
+            };
+            let records = match store {
+                Some(target) => {
+                    runtime()?.block_on(audit::postgres::query(&cli::store(&target)?, &filter))?
+                }
+                None => audit::query(&path, &filter)?,
+            };
+            let format = match format {
+                OutputFormat::Table => Format::Table,
+                OutputFormat::Json => Format::Json,
+                OutputFormat::Csv => Format::Csv,
+            };
+            audit::render(&records, format, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        command @ (AuditCommand::Verify {
+            archive: Some(_), ..
+        }
+        | AuditCommand::Export { .. }
+        | AuditCommand::Stats { .. }
+        | AuditCommand::Findings { .. }
+        | AuditCommand::Prune { .. }
+        | AuditCommand::Restore { .. }) => ops::run(command),
+        AuditCommand::Verify {
+            store: Some(target),
+            anchor,
+            ..
+        } => fleet_verify(&cli::store(&target)?, &anchor),
+        AuditCommand::Head {
+            store: Some(target),
+            ..
+        } => match runtime()?.block_on(audit::postgres::head(&cli::store(&target)?))? {
+            Some(c) => {
+                println!("{} {}", c.seq, c.hash);
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                eprintln!("no checkpoint yet: run `clawgate audit checkpoint` first");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        AuditCommand::Migrate {
+            audit: path,
+            store,
+            chain,
+        } => {
+            let copied = runtime()?.block_on(audit::postgres::migrate(
+                &path,
+                &cli::store(&store)?,
+                &chain,
+            ))?;
+            println!("migrated {copied} records into chain `{chain}`");
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Checkpoint { store } => {
+            match runtime()?.block_on(audit::postgres::checkpoint(
+                &cli::store(&store)?,
+                "clawgate audit checkpoint",
+            ))? {
+                Some(c) => println!("checkpoint {} {}", c.seq, c.hash),
+                None => println!("another replica is making a checkpoint now"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::CloseChain { store, replica } => {
+            runtime()?.block_on(audit::postgres::close_chain(&cli::store(&store)?, &replica))?;
+            println!("chain `{replica}` closed");
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Verify {
+            audit: path,
+            anchor,
+            store: None,
+            archive: None,
+        } => match audit::verify(&path).and_then(|report| {
+            anchor
+                .iter()
+                .try_for_each(|a| audit::check_anchor(&path, a))
+                .map(|()| report)
+        }) {
+            Ok(report) => {
+                let from = report.anchor.map_or_else(String::new, |a| {
+                    format!(" from pruned anchor {} {},", a.seq, a.hash)
+                });
+                println!(
+                    "ok: {} records,{from} chain intact, head {} {}",
+                    report.count, report.head.seq, report.head.hash
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(VerifyError::Broken { seq, why }) => {
+                println!("broken: record {seq}: {why}");
+                Ok(ExitCode::FAILURE)
+            }
+            Err(VerifyError::Audit(e)) => Err(e.into()),
+        },
+        AuditCommand::Head {
+            audit: path,
+            store: None,
+        } => {
+            let head = audit::head(&path)?;
+            println!("{} {}", head.seq, head.hash);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `audit verify --store`: every chain and the checkpoint chain.
+fn fleet_verify(
+    target: &audit::postgres::PgTarget,
+    anchors: &[audit::Head],
+) -> anyhow::Result<ExitCode> {
+    use audit::postgres::FleetVerifyError;
+    match runtime()?.block_on(audit::postgres::verify(target, anchors)) {
+        Ok(report) => {
+            let head = report.head.map_or_else(
+                || "no checkpoint yet".to_owned(),
+                |c| format!("checkpoint {} {}", c.seq, c.hash),
+            );
+            println!(
+                "ok: {} records in {} chains, {} checkpoints, all intact; {head}",
+                report.records, report.chains, report.checkpoints
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(FleetVerifyError::Broken { what, seq, why }) => {
+            println!("broken: {what} {seq}: {why}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(FleetVerifyError::Store(e)) => Err(e.into()),
+    }
+}
