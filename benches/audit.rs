@@ -19,6 +19,11 @@ use std::time::{Duration, Instant};
 use clawgate::audit::{AuditLog, DecisionRecord, WriterStats, kind};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
+// The allocator clawgate's binary runs with, so that the records' allocations
+// cost what they cost in the proxy.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CALLERS: u64 = 64;
 
 /// A record as large as a real allowed call's decision record.
@@ -41,20 +46,58 @@ fn record(i: u64) -> DecisionRecord {
     r
 }
 
-fn report(name: &str, before: WriterStats, after: WriterStats, elapsed: Duration) {
+/// CPU time (user plus system) used so far by the whole process and by the
+/// writer thread, in seconds, from `/proc` (clock ticks of 1/100 s). The
+/// machine may be shared: CPU per record is what compares across runs, wall
+/// time is not.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    process: f64,
+    writer: f64,
+}
+
+fn cpu() -> Cpu {
+    fn ticks(stat: &str) -> Option<f64> {
+        // The fields after the command name, which may hold spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        Some((utime + stime) / 100.0)
+    }
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).ok();
+    let process = read("/proc/self/stat".as_ref()).and_then(|s| ticks(&s));
+    let writer = std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|task| read(&task.path().join("comm")).as_deref() == Some("clawgate-audit\n"))
+        .and_then(|task| read(&task.path().join("stat")))
+        .and_then(|s| ticks(&s));
+    Cpu {
+        process: process.unwrap_or(0.0),
+        writer: writer.unwrap_or(0.0),
+    }
+}
+
+fn report(name: &str, before: (WriterStats, Cpu), after: (WriterStats, Cpu), elapsed: Duration) {
+    let ((before, cpu_before), (after, cpu_after)) = (before, after);
     let batches = after.batches - before.batches;
     let records = after.records - before.records;
     let nanos = after.commit_nanos - before.commit_nanos;
     if batches == 0 {
         return;
     }
+    let per_record = |seconds: f64| seconds / records as f64 * 1e6;
     println!(
-        "{name}: {:.0} records/s over {:.1} s; {batches} commits, mean batch {:.1} records, mean commit {:.2} ms (slowest since start {:.1} ms)",
+        "{name}: {:.0} records/s over {:.1} s; {batches} commits, mean batch {:.1} records, mean commit {:.2} ms (slowest since start {:.1} ms); CPU per record {:.2} µs (process), {:.2} µs (writer thread)",
         records as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
         records as f64 / batches as f64,
         nanos as f64 / batches as f64 / 1e6,
         after.max_commit_nanos as f64 / 1e6,
+        per_record(cpu_after.process - cpu_before.process),
+        per_record(cpu_after.writer - cpu_before.writer),
     );
 }
 
@@ -70,7 +113,7 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(10));
 
-    let (before, started) = (log.stats(), Instant::now());
+    let (before, started) = ((log.stats(), cpu()), Instant::now());
     group.bench_function("durable-64-callers", |b| {
         b.iter_custom(|iters| {
             let per_caller = iters.div_ceil(CALLERS);
@@ -96,9 +139,14 @@ fn bench(c: &mut Criterion) {
             })
         });
     });
-    report("durable-64-callers", before, log.stats(), started.elapsed());
+    report(
+        "durable-64-callers",
+        before,
+        (log.stats(), cpu()),
+        started.elapsed(),
+    );
 
-    let (before, started) = (log.stats(), Instant::now());
+    let (before, started) = ((log.stats(), cpu()), Instant::now());
     let log = Arc::new(log);
     group.bench_function("queued-then-flushed", |b| {
         b.iter_custom(|iters| {
@@ -119,7 +167,7 @@ fn bench(c: &mut Criterion) {
     report(
         "queued-then-flushed",
         before,
-        log.stats(),
+        (log.stats(), cpu()),
         started.elapsed(),
     );
     group.finish();

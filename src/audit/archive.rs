@@ -25,7 +25,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::chain::{COLUMNS, GENESIS, Head, from_row, record_hash, seal};
+use super::chain::{COLUMNS, Format, GENESIS, Head, from_row, hash_matches, seal};
 use super::{DecisionRecord, kind};
 use crate::error::Reason;
 
@@ -308,6 +308,7 @@ pub fn read_archive(
     let mut count = 0u64;
     let mut line_no = 1u64;
     let mut last_ts = String::new();
+    let mut format = Format::V2;
     while let Some(line) = lines.next() {
         line_no += 1;
         let line = line.map_err(io(file))?;
@@ -353,7 +354,7 @@ pub fn read_archive(
                 format!("record {} does not follow its predecessor", record.seq),
             ));
         }
-        if record_hash(&record.prev_hash, &record) != record.hash {
+        if !hash_matches(&record, &mut format) {
             return Err(broken(
                 line_no,
                 format!("record {} does not match its hash", record.seq),

@@ -15,7 +15,23 @@ use super::{AuditError, DecisionRecord};
 
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-const DOMAIN: &[u8] = b"clawgate-audit-v1\n";
+/// Format 1: the record's JSON (serde's field order, absent optional fields
+/// left out). Written by versions before format 2; still verified.
+const DOMAIN_V1: &[u8] = b"clawgate-audit-v1\n";
+/// Format 2: the compact binary encoding of [`encode_v2`]. What `seal` writes.
+const DOMAIN_V2: &[u8] = b"clawgate-audit-v2\n";
+
+/// The encodings a record's hash may use. Each has its own domain prefix, so
+/// a hash names its format implicitly: a record verifies under exactly the
+/// format it was sealed with, and one format's input can never be read as
+/// another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// JSON, records written before format 2.
+    V1,
+    /// The binary encoding, every record sealed now.
+    V2,
+}
 
 /// The last record of the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +44,8 @@ pub struct Head {
 
 impl Head {
     pub(super) fn read(conn: &Connection) -> rusqlite::Result<Head> {
-        let mut stmt = conn.prepare("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1")?;
+        let mut stmt =
+            conn.prepare_cached("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1")?;
         let mut rows = stmt.query([])?;
         match rows.next()? {
             Some(row) => Ok(Head {
@@ -43,42 +60,157 @@ impl Head {
     }
 }
 
-/// The hash of `record`'s fields (not its `hash` or `prev_hash`) chained to
-/// `prev_hash`.
+/// The hash of `record`'s fields (not its `hash`, `prev_hash` or `chain`)
+/// chained to `prev_hash`, in the format records are sealed with now.
 pub fn record_hash(prev_hash: &str, record: &DecisionRecord) -> String {
-    let mut body = record.clone();
-    body.prev_hash.clear();
-    body.hash.clear();
-    body.chain = None;
-    hash_of_cleared(prev_hash, &body)
+    hash_as(Format::V2, prev_hash, record)
 }
 
-/// [`record_hash`] of a record whose `hash` and `prev_hash` are empty and
-/// whose `chain` is `None`.
-fn hash_of_cleared(prev_hash: &str, body: &DecisionRecord) -> String {
-    // Serialising a plain struct of strings and integers cannot fail; an
-    // empty body would still chain, and verify would flag it.
-    // Streamed into the hasher: no buffer per record.
+/// Whether `record`'s hash matches its fields and its `prev_hash`, in
+/// whichever format sealed it. `hint` is the format to try first (the last
+/// record's) and is updated to the one that matched, so a log of one format
+/// costs one hash a record to verify.
+pub(crate) fn hash_matches(record: &DecisionRecord, hint: &mut Format) -> bool {
+    let first = *hint;
+    let second = match first {
+        Format::V1 => Format::V2,
+        Format::V2 => Format::V1,
+    };
+    for format in [first, second] {
+        if hash_as(format, &record.prev_hash, record) == record.hash {
+            *hint = format;
+            return true;
+        }
+    }
+    false
+}
+
+/// The hash of `record` in `format`; its `hash`, `prev_hash` and `chain`
+/// fields are never part of it.
+fn hash_as(format: Format, prev_hash: &str, record: &DecisionRecord) -> String {
     let mut hasher = Sha256::new();
-    hasher.update(DOMAIN);
-    hasher.update(prev_hash.as_bytes());
-    hasher.update(b"\n");
-    let _ = serde_json::to_writer(&mut hasher, body);
-    hex::encode(hasher.finalize())
+    match format {
+        Format::V1 => {
+            hasher.update(DOMAIN_V1);
+            hasher.update(prev_hash.as_bytes());
+            hasher.update(b"\n");
+            let mut body = record.clone();
+            body.prev_hash.clear();
+            body.hash.clear();
+            body.chain = None;
+            // Serialising a plain struct of strings and integers cannot
+            // fail; an empty body would still chain, and verify would flag it.
+            let _ = serde_json::to_writer(&mut hasher, &body);
+        }
+        Format::V2 => {
+            hasher.update(DOMAIN_V2);
+            hasher.update(prev_hash.as_bytes());
+            hasher.update(b"\n");
+            let mut body = Vec::with_capacity(512);
+            encode_v2(record, &mut body);
+            hasher.update(&body);
+        }
+    }
+    to_hex(&hasher.finalize())
 }
 
-/// Gives `record` the next position after `head`, chains it and advances
-/// `head`.
+/// Lowercase hex, as `hex::encode` writes it, without its per-character
+/// iterator (this runs once per record sealed and once per record verified).
+fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    out
+}
+
+/// Format 2's canonical encoding of a record's hashed fields.
+///
+/// Every field present is written as its number (one byte, fixed forever),
+/// then its value: a string as its length (u32, little-endian) and its UTF-8
+/// bytes; an integer as i64 little-endian; a flag as one byte (0 or 1); the
+/// MCP part as its own length (u32) and its fields encoded the same way.
+/// Fields go in number order; an absent optional field writes nothing (as in
+/// format 1's JSON, so a field added later leaves older records' hashes as
+/// they were), while `seq`, `ts`, `kind`, `request_id` and `reason` are
+/// always written. Lengths make the encoding injective: no two records
+/// encode alike.
+fn encode_v2(r: &DecisionRecord, out: &mut Vec<u8>) {
+    int(out, 1, Some(r.seq));
+    text(out, 2, Some(&r.ts));
+    text(out, 3, Some(&r.kind));
+    text(out, 4, Some(&r.request_id));
+    text(out, 5, r.mode.as_deref());
+    text(out, 6, r.agent.as_deref());
+    text(out, 7, r.cert_fp.as_deref());
+    text(out, 8, r.run_id.as_deref());
+    text(out, 9, r.client_addr.as_deref());
+    text(out, 10, r.method.as_deref());
+    text(out, 11, r.host.as_deref());
+    text(out, 12, r.path.as_deref());
+    text(out, 13, r.scope.as_deref());
+    text(out, 14, r.rule.as_deref());
+    text(out, 15, r.decision.as_deref());
+    text(out, 16, Some(&r.reason));
+    text(out, 17, r.would_deny.as_deref());
+    text(out, 18, r.credential_kind.as_deref());
+    text(out, 19, r.credential_ref.as_deref());
+    text(out, 20, r.policy_digest.as_deref());
+    int(out, 21, r.status);
+    int(out, 22, r.bytes_up);
+    int(out, 23, r.bytes_down);
+    int(out, 24, r.duration_ms);
+    text(out, 25, r.detail.as_deref());
+    text(out, 26, r.action.as_deref());
+    text(out, 27, r.exception.as_deref());
+    if let Some(m) = &r.mcp {
+        out.push(28);
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        text(out, 1, Some(&m.method));
+        text(out, 2, m.name.as_deref());
+        text(out, 3, m.id.as_deref());
+        text(out, 4, m.session.as_deref());
+        text(out, 5, m.arguments_hash.as_deref());
+        text(out, 6, m.definition.as_deref());
+        if let Some(flag) = m.is_error {
+            out.extend_from_slice(&[7, u8::from(flag)]);
+        }
+        let len = length(out.len() - at - 4);
+        out[at..at + 4].copy_from_slice(&len);
+    }
+}
+
+fn text(out: &mut Vec<u8>, field: u8, value: Option<&str>) {
+    if let Some(value) = value {
+        out.push(field);
+        out.extend_from_slice(&length(value.len()));
+        out.extend_from_slice(value.as_bytes());
+    }
+}
+
+fn int(out: &mut Vec<u8>, field: u8, value: Option<i64>) {
+    if let Some(value) = value {
+        out.push(field);
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+}
+
+/// A length as four bytes. No field comes near 4 GiB (a record is a row of
+/// short texts); one that did would saturate, and its record would still
+/// chain, only no longer injectively.
+fn length(len: usize) -> [u8; 4] {
+    u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes()
+}
+
+/// Gives `record` the next position after `head`, chains it (in the current
+/// format) and advances `head`.
 pub(crate) fn seal(head: &mut Head, record: &mut DecisionRecord) {
     record.seq = head.seq + 1;
-    // Hashed in place with both hash fields empty, as record_hash would see
-    // it, without copying the record (this runs once per record written).
-    record.prev_hash.clear();
-    record.hash.clear();
-    let chain = record.chain.take();
-    let hash = hash_of_cleared(&head.hash, record);
-    record.chain = chain;
     record.prev_hash.clone_from(&head.hash);
+    let hash = record_hash(&head.hash, record);
     record.hash = hash;
     head.seq = record.seq;
     head.hash.clone_from(&record.hash);
@@ -184,6 +316,7 @@ pub(super) fn verify_conn(conn: &Connection) -> Result<VerifyReport, VerifyError
     };
     let mut anchor = None;
     let mut count = 0u64;
+    let mut format = Format::V2;
     while let Some(row) = rows.next().map_err(read)? {
         let record = match from_row(row) {
             Ok(record) => record,
@@ -230,7 +363,7 @@ pub(super) fn verify_conn(conn: &Connection) -> Result<VerifyReport, VerifyError
                 "does not follow its predecessor (prev_hash differs): a record before it was deleted, inserted or reordered".into(),
             ));
         }
-        if record_hash(&record.prev_hash, &record) != record.hash {
+        if !hash_matches(&record, &mut format) {
             return Err(broken(
                 "contents do not match its hash: the record was edited".into(),
             ));
@@ -282,3 +415,7 @@ pub fn head(path: &Path) -> Result<Head, AuditError> {
     let conn = open_read_only(path)?;
     Ok(Head::read(&conn)?)
 }
+
+#[cfg(test)]
+#[path = "chain_tests.rs"]
+mod tests;

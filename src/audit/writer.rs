@@ -63,10 +63,14 @@ CREATE TABLE IF NOT EXISTS records (
     exception TEXT,
     mcp TEXT
 );
-CREATE INDEX IF NOT EXISTS records_request ON records(request_id);
 CREATE INDEX IF NOT EXISTS records_agent_ts ON records(agent, ts);
 CREATE INDEX IF NOT EXISTS records_ts ON records(ts);
 ";
+
+/// Indexes earlier versions made that no query uses: each cost every insert
+/// a B-tree search and its pages in the WAL. Dropping one only drops what a
+/// query could find faster; an older version opening the log makes it again.
+const UNUSED_INDEXES: &str = "DROP INDEX IF EXISTS records_request;";
 
 /// Owns the writer thread; [`WriterHandle::shutdown`] drains and joins it.
 #[derive(Debug)]
@@ -100,6 +104,7 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
         .map_err(open_error)?;
     conn.execute_batch(SCHEMA).map_err(open_error)?;
     add_missing_columns(&conn).map_err(open_error)?;
+    conn.execute_batch(UNUSED_INDEXES).map_err(open_error)?;
     Head::read(&conn).map_err(open_error)?;
     // Checkpoints run beside the writer (see `checkpoint_every`); the
     // writer's own only bounds the WAL when they fall behind.

@@ -17,7 +17,7 @@ use tokio_postgres::Transaction;
 
 use super::read::{RECORD_COLUMNS, from_row};
 use super::{PgError, PgTarget};
-use crate::audit::chain::{GENESIS, Head, record_hash};
+use crate::audit::chain::{Format, GENESIS, Head, hash_matches};
 
 const DOMAIN: &[u8] = b"clawgate-checkpoint-v1\n";
 
@@ -348,6 +348,7 @@ async fn walk_chain(
         hash: genesis.to_owned(),
     };
     let mut count = 0u64;
+    let mut format = Format::V2;
     while let Some(row) = rows.next().await {
         let record = from_row(&row.map_err(PgError::from)?).map_err(PgError::from)?;
         if let Some((closed, at)) = want.closed_at
@@ -372,7 +373,7 @@ async fn walk_chain(
                 "does not follow its predecessor (prev_hash differs): a record before it was deleted, inserted or reordered".into(),
             ));
         }
-        if record_hash(&record.prev_hash, &record) != record.hash {
+        if !hash_matches(&record, &mut format) {
             return Err(broken(
                 record.seq,
                 "contents do not match its hash: the record was edited".into(),
