@@ -169,7 +169,13 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                     writeln!(out)?;
                 } else {
                     let s = |k: &str| f[k].as_str().unwrap_or("-").to_owned();
-                    writeln!(out, "{:<22} {:<28} {}", s("kind"), s("subject"), s("detail"))?;
+                    writeln!(
+                        out,
+                        "{:<22} {:<28} {}",
+                        s("kind"),
+                        s("subject"),
+                        s("detail")
+                    )?;
                 }
             }
             if found.is_empty() && !json {
@@ -182,7 +188,8 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             before,
             ..
         } => {
-            let p = runtime()?.block_on(fleet::prune(&cli::store(&target)?, &parse_time(&before)?))?;
+            let p =
+                runtime()?.block_on(fleet::prune(&cli::store(&target)?, &parse_time(&before)?))?;
             if p.pruned.is_empty() {
                 println!("nothing to prune: no archived record before that time");
             }

@@ -321,23 +321,28 @@ pub fn read_sections(
     let mut line_no = 0u64;
     while let Some(line) = lines.next() {
         line_no += 1;
-        let header: Header = serde_json::from_str(&line.map_err(io(file))?).map_err(|e| {
-            ArchiveError::Broken {
+        let header: Header =
+            serde_json::from_str(&line.map_err(io(file))?).map_err(|e| ArchiveError::Broken {
                 line: line_no,
                 why: if manifests.is_empty() {
                     format!("not a header: {e}")
                 } else {
                     format!("lines after the manifest, not a header: {e}")
                 },
-            }
-        })?;
+            })?;
         if header.format != FORMAT {
             return Err(ArchiveError::Broken {
                 line: line_no,
                 why: format!("unknown format `{}`", header.format),
             });
         }
-        manifests.push(read_section(file, &mut lines, &header, &mut line_no, &mut each)?);
+        manifests.push(read_section(
+            file,
+            &mut lines,
+            &header,
+            &mut line_no,
+            &mut each,
+        )?);
     }
     if manifests.is_empty() {
         return Err(ArchiveError::Broken {
