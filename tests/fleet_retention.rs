@@ -168,8 +168,21 @@ fn export_verify_prune_verify_and_restore_on_postgresql() {
     let archive = dir.path().join("fleet.jsonl.gz");
     let archive_s = archive.to_str().unwrap();
     let url = pg.url();
-    let out = ok(&[
+    // The replicas' role may not write the operations chain, where the
+    // manifests that pruning trusts live.
+    let refused = clawgate(&[
         "audit", "export", "--store", &url, "--until", &until, archive_s,
+    ]);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        stderr(&refused).contains("only the role clawgate_retention writes the operations chain"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!archive.exists());
+    let keeper = retention_url(&pg);
+    let out = ok(&[
+        "audit", "export", "--store", &keeper, "--until", &until, archive_s,
     ]);
     assert!(out.starts_with("exported 2 chains"), "{out}");
     assert!(out.contains("chain `r1`: 7 records (1..7)"), "{out}");
@@ -205,7 +218,7 @@ fn export_verify_prune_verify_and_restore_on_postgresql() {
     let refused = clawgate(&["audit", "prune", "--store", &url, "--before", &until]);
     assert!(!refused.status.success(), "{refused:?}");
     assert!(
-        stderr(&refused).contains("permission denied for function clawgate_prune"),
+        stderr(&refused).contains("only the role clawgate_retention writes the operations chain"),
         "{}",
         stderr(&refused)
     );
@@ -341,6 +354,17 @@ fn a_prune_of_unarchived_records_is_refused_and_removes_nothing() {
     );
     let out = pg.try_psql("clawgate", "clawgate", "SELECT clawgate_prune('u1', 2)");
     assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied for function"));
+    // Nor may it forge a manifest in the operations chain.
+    let out = pg.try_psql(
+        "clawgate",
+        "clawgate",
+        "INSERT INTO audit_records (chain, seq, ts, kind, request_id, reason, prev_hash, hash)
+         VALUES (':ops', 999, 'x', 'archive', 'x', 'log-archived', 'x', 'x')",
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only the role clawgate_retention"),
+        "{out:?}"
+    );
     // The trigger's setting opens nothing to a role without DELETE.
     let out = pg.try_psql(
         "clawgate",
@@ -393,7 +417,7 @@ fn a_prune_of_unarchived_records_is_refused_and_removes_nothing() {
         "audit",
         "export",
         "--store",
-        &pg.url(),
+        &store,
         "--until",
         &until,
         archive.to_str().unwrap(),

@@ -198,6 +198,35 @@ BEGIN
 END;
 $$;
 GRANT clawgate TO clawgate_retention;
+
+-- The operations chain `:ops` holds the archive manifests that pruning
+-- trusts: only clawgate_retention (or a superuser) writes it, so the
+-- replicas' role cannot forge a manifest. Checked once per statement.
+CREATE OR REPLACE FUNCTION clawgate_ops_writers() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'audit_chains' THEN
+        IF NEW.chain = ':ops'
+           AND NOT pg_has_role(current_user, 'clawgate_retention', 'USAGE') THEN
+            RAISE EXCEPTION 'clawgate: only the role clawgate_retention writes the operations chain';
+        END IF;
+        RETURN NEW;
+    END IF;
+    IF EXISTS (SELECT 1 FROM new_records WHERE chain = ':ops')
+       AND NOT pg_has_role(current_user, 'clawgate_retention', 'USAGE') THEN
+        RAISE EXCEPTION 'clawgate: only the role clawgate_retention writes the operations chain';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+DROP TRIGGER IF EXISTS audit_records_ops_writers ON audit_records;
+CREATE TRIGGER audit_records_ops_writers
+    AFTER INSERT ON audit_records REFERENCING NEW TABLE AS new_records
+    FOR EACH STATEMENT EXECUTE FUNCTION clawgate_ops_writers();
+DROP TRIGGER IF EXISTS audit_chains_ops_writers ON audit_chains;
+CREATE TRIGGER audit_chains_ops_writers
+    BEFORE INSERT OR UPDATE ON audit_chains
+    FOR EACH ROW EXECUTE FUNCTION clawgate_ops_writers();
 REVOKE ALL ON FUNCTION clawgate_prune(text, bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION clawgate_prune(text, bigint) TO clawgate_retention;
 
