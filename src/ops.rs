@@ -229,7 +229,8 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             file,
             ..
         } => {
-            let sections = runtime()?.block_on(fleet::restore(&file, &cli::store(&target)?))?;
+            let sections =
+                runtime()?.block_on(audit::postgres::restore(&file, &cli::store(&target)?))?;
             for m in &sections {
                 println!(
                     "restored {} records ({}..{}) into chain `{}`",

@@ -263,8 +263,7 @@ fn export_verify_prune_verify_and_restore_on_postgresql() {
         );
         let last_archived = archived
             .iter()
-            .filter(|r| r.starts_with(&format!("{chain} ")))
-            .last()
+            .find(|r| r.starts_with(&format!("{chain} 7 ")))
             .unwrap();
         let (seq_hash, _) = last_archived[chain.len() + 1..].rsplit_once(' ').unwrap();
         assert_eq!(anchor, seq_hash);

@@ -365,9 +365,9 @@ fn read_section(
     let mut prev = header.first_prev_hash.clone();
     let mut last_seq: Option<i64> = None;
     let mut first: Option<(i64, String)> = None;
-    let mut count = 0u64;
     let mut last_ts = String::new();
-    for line in lines.by_ref() {
+    // `count`: the records before this line.
+    for (count, line) in (0u64..).zip(lines.by_ref()) {
         *line_no += 1;
         let line_no = *line_no;
         let line = line.map_err(io(file))?;
@@ -422,7 +422,6 @@ fn read_section(
         last_seq = Some(record.seq);
         prev.clone_from(&record.hash);
         last_ts.clone_from(&record.ts);
-        count += 1;
     }
     Err(broken(
         *line_no,

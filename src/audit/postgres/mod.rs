@@ -20,6 +20,7 @@
 
 pub mod archive;
 mod read;
+mod restore;
 mod verify;
 
 use std::str::FromStr;
@@ -33,6 +34,7 @@ use super::{AuditError, AuditLog, WriterHandle};
 
 pub use archive::{FleetArchiveError, FleetExported, FleetPruned, OPS_CHAIN};
 pub use read::{close_chain, migrate, query};
+pub use restore::restore;
 pub use verify::{Checkpoint, FleetReport, FleetVerifyError, checkpoint, head, verify};
 
 /// How long a connection attempt may take before the batch fails.
