@@ -130,7 +130,7 @@ CREATE TRIGGER audit_checkpoints_no_truncate
 -- removed. It runs as its owner (the only way past the trigger above) and
 -- only the role clawgate_retention may call it.
 CREATE OR REPLACE FUNCTION clawgate_prune(p_chain text, p_upto bigint) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     anchor text;
     removed bigint;

@@ -123,6 +123,12 @@ pub enum ArchiveError {
         /// What is wrong.
         why: String,
     },
+    /// Records before the cut that no recorded archive covers: nothing was
+    /// removed.
+    #[error(
+        "refused: {0} before that time are not covered by an archive recorded in the log; export them first (nothing was pruned)"
+    )]
+    Unarchived(String),
     /// A restore target that the archive does not continue.
     #[error("the archive does not continue this log: {0}")]
     Discontinuous(String),
@@ -445,7 +451,9 @@ pub struct Pruned {
 
 /// Removes the records before `before` that archives recorded in the log
 /// cover, from the log's first record on, and records the pruning. Returns
-/// `None` when nothing is both old enough and archived.
+/// `None` when no record is old enough; refuses with
+/// [`ArchiveError::Unarchived`], removing nothing, when old records exist
+/// and no recorded archive covers the first of them.
 pub fn prune(db: &Path, before: &str) -> Result<Option<Pruned>, ArchiveError> {
     let mut conn = open(db)?;
     let Some(first) = first_record(&conn)? else {
@@ -499,7 +507,10 @@ pub fn prune(db: &Path, before: &str) -> Result<Option<Pruned>, ArchiveError> {
     }
     let upto = covered.min(old);
     if upto < first.seq {
-        return Ok(None);
+        return Err(ArchiveError::Unarchived(format!(
+            "records {}..{old}",
+            first.seq
+        )));
     }
     let Some(anchor_hash) = hash_at(upto)? else {
         return Ok(None);
