@@ -2,6 +2,12 @@
 //! included) and its predecessor's hash, so an edited, deleted, inserted or
 //! reordered record breaks the chain at that point.
 //!
+//! This module is the one place that knows how a record is hashed. Records
+//! are sealed in format 2 (a compact binary encoding); records of format 1
+//! (their JSON, written by earlier versions) still verify, so a log may hold
+//! both, and every verifier (SQLite, PostgreSQL, archives) goes through
+//! [`hash_matches`].
+//!
 //! What a chain cannot show on its own: records cut from the tail. An operator
 //! anchors the head (`clawgate audit head`) somewhere clawgate cannot write,
 //! and later checks that the anchored record is still in the chain.
