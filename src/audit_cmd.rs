@@ -158,8 +158,13 @@ fn fleet_verify(
                 || "no checkpoint yet".to_owned(),
                 |c| format!("checkpoint {} {}", c.seq, c.hash),
             );
+            let pruned = if report.pruned > 0 {
+                format!(" ({} from a pruned anchor)", report.pruned)
+            } else {
+                String::new()
+            };
             println!(
-                "ok: {} records in {} chains, {} checkpoints, all intact; {head}",
+                "ok: {} records in {} chains{pruned}, {} checkpoints, all intact; {head}",
                 report.records, report.chains, report.checkpoints
             );
             Ok(ExitCode::SUCCESS)

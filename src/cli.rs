@@ -504,6 +504,10 @@ pub(crate) enum AuditCommand {
         /// The decision log database.
         #[arg(long, default_value = "./clawgate-audit.db")]
         audit: PathBuf,
+        /// Export every replica's chain of a fleet's PostgreSQL store (one
+        /// section per chain) instead of the SQLite file.
+        #[arg(long)]
+        store: Option<String>,
         /// From the first record at or after this time (RFC 3339, or a
         /// duration back from now); the log's first record when absent.
         #[arg(long)]
@@ -520,6 +524,10 @@ pub(crate) enum AuditCommand {
         /// The decision log database.
         #[arg(long, default_value = "./clawgate-audit.db")]
         audit: PathBuf,
+        /// Prune every chain of a fleet's PostgreSQL store (as the role
+        /// `clawgate_retention`) instead of the SQLite file.
+        #[arg(long)]
+        store: Option<String>,
         /// Only records before this time (RFC 3339, or a duration back).
         #[arg(long)]
         before: String,
@@ -530,6 +538,10 @@ pub(crate) enum AuditCommand {
         /// The log to restore into.
         #[arg(long, default_value = "./clawgate-audit.db")]
         audit: PathBuf,
+        /// Restore a fleet's archive into a PostgreSQL store instead: each
+        /// section into its chain.
+        #[arg(long)]
+        store: Option<String>,
         /// The archive.
         file: PathBuf,
     },
@@ -564,7 +576,9 @@ pub(crate) enum AuditCommand {
     },
     /// List what needs a look: bursts of failed authentication per source,
     /// agents whose refusals rose against their own baseline, sentinel
-    /// misdirections, refused policies, MCP tool-definition changes.
+    /// misdirections, refused policies, MCP tool-definition changes; and,
+    /// asked of a running clawgate (`--cert`), drift and the exceptions and
+    /// overrides lapsing within 24 h.
     Findings {
         /// The decision log database.
         #[arg(long, default_value = "./clawgate-audit.db")]
@@ -584,6 +598,20 @@ pub(crate) enum AuditCommand {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+        /// Ask the admin API of a running clawgate (its findings add drift
+        /// and what lapses within 24 h) instead of reading the log.
+        #[arg(long, default_value = "https://localhost:9443")]
+        admin: String,
+        /// The CA that signed clawgate's server certificate.
+        #[arg(long, default_value = "./certs/ca.pem")]
+        ca: PathBuf,
+        /// An admin or auditor certificate: given, the findings come from
+        /// the admin API.
+        #[arg(long, requires = "key", conflicts_with = "store")]
+        cert: Option<PathBuf>,
+        /// Its key.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
     },
     /// Copy a SQLite log into a PostgreSQL store as a chain of its own,
     /// every hash unchanged.

@@ -4,6 +4,7 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
+use clawgate::audit::postgres::archive as fleet;
 use clawgate::audit::{self, Filter};
 
 use crate::cli::{self, AuditCommand, OutputFormat};
@@ -16,12 +17,18 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify {
             archive: Some(file),
             ..
-        } => match audit::archive::verify_archive(&file) {
-            Ok(m) => {
-                println!(
-                    "ok: archive of {} records, {}..{}, from prev_hash {} to last hash {}",
-                    m.count, m.first_seq, m.last_seq, m.first_prev_hash, m.last_hash
-                );
+        } => match audit::archive::read_sections(&file, |_| Ok(())) {
+            Ok(sections) => {
+                for m in &sections {
+                    let chain = m
+                        .chain
+                        .as_ref()
+                        .map_or_else(String::new, |c| format!("chain `{c}`: "));
+                    println!(
+                        "ok: {chain}archive of {} records, {}..{}, from prev_hash {} to last hash {}",
+                        m.count, m.first_seq, m.last_seq, m.first_prev_hash, m.last_hash
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(e @ audit::archive::ArchiveError::Broken { .. }) => {
@@ -31,10 +38,50 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             Err(e) => Err(e.into()),
         },
         AuditCommand::Export {
+            store: Some(target),
+            since,
+            until,
+            file,
+            ..
+        } => {
+            let since = since.as_deref().map(parse_time).transpose()?;
+            let until = parse_time(&until)?;
+            let e = runtime()?.block_on(fleet::export(
+                &cli::store(&target)?,
+                since.as_deref(),
+                &until,
+                &file,
+                false,
+            ))?;
+            println!(
+                "exported {} chains to `{}`, sha256 {}; manifests recorded in chain `{}` as records {}",
+                e.manifests.len(),
+                file.display(),
+                e.sha256,
+                audit::postgres::OPS_CHAIN,
+                e.recorded
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for m in &e.manifests {
+                println!(
+                    "  chain `{}`: {} records ({}..{})",
+                    m.chain.as_deref().unwrap_or_default(),
+                    m.count,
+                    m.first_seq,
+                    m.last_seq
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Export {
             audit: path,
             since,
             until,
             file,
+            store: None,
         } => {
             let since = since.as_deref().map(parse_time).transpose()?;
             let e = audit::archive::export(&path, since.as_deref(), &parse_time(&until)?, &file)?;
@@ -76,20 +123,59 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             recent,
             burst,
             json,
+            admin,
+            ca,
+            cert,
+            key,
         } => {
-            let records = read_window(&path, store.as_deref(), &since)?;
-            let thresholds = audit::stats::Thresholds {
-                burst,
-                ..Default::default()
+            let found: Vec<serde_json::Value> = match (cert, key) {
+                (Some(cert), Some(key)) => {
+                    let query: String = form_urlencoded::Serializer::new(String::new())
+                        .append_pair("since", &since)
+                        .append_pair("recent", &recent)
+                        .append_pair("burst", &burst.to_string())
+                        .finish();
+                    let (status, body) = runtime()?.block_on(clawgate::admin::client::get(
+                        &admin,
+                        &format!("/v1/audit/findings?{query}"),
+                        &ca,
+                        &cert,
+                        &key,
+                    ))?;
+                    if status != 200 {
+                        anyhow::bail!(
+                            "admin api answered {status}: {}",
+                            String::from_utf8_lossy(&body)
+                        );
+                    }
+                    serde_json::from_slice(&body)?
+                }
+                _ => {
+                    let records = read_window(&path, store.as_deref(), &since)?;
+                    let thresholds = audit::stats::Thresholds {
+                        burst,
+                        ..Default::default()
+                    };
+                    audit::stats::findings(&records, &parse_time(&recent)?, thresholds)
+                        .iter()
+                        .map(serde_json::to_value)
+                        .collect::<Result<_, _>>()?
+                }
             };
-            let found = audit::stats::findings(&records, &parse_time(&recent)?, thresholds);
             let mut out = std::io::stdout().lock();
             for f in &found {
                 if json {
                     serde_json::to_writer(&mut out, f)?;
                     writeln!(out)?;
                 } else {
-                    writeln!(out, "{:<22} {:<28} {}", f.kind, f.subject, f.detail)?;
+                    let s = |k: &str| f[k].as_str().unwrap_or("-").to_owned();
+                    writeln!(
+                        out,
+                        "{:<22} {:<28} {}",
+                        s("kind"),
+                        s("subject"),
+                        s("detail")
+                    )?;
                 }
             }
             if found.is_empty() && !json {
@@ -98,8 +184,36 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Prune {
+            store: Some(target),
+            before,
+            ..
+        } => {
+            let p =
+                runtime()?.block_on(fleet::prune(&cli::store(&target)?, &parse_time(&before)?))?;
+            if p.pruned.is_empty() {
+                println!("nothing to prune: no archived record before that time");
+            }
+            for n in &p.pruned {
+                println!(
+                    "pruned {} records of chain `{}`; it now starts after anchor {} {}",
+                    n.removed,
+                    n.chain.as_deref().unwrap_or_default(),
+                    n.anchor_seq,
+                    n.anchor_hash
+                );
+            }
+            if !p.left.is_empty() {
+                eprintln!(
+                    "kept, not covered by an archive recorded in the log: {}",
+                    p.left.join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Prune {
             audit: path,
             before,
+            store: None,
         } => {
             match audit::archive::prune(&path, &parse_time(&before)?)? {
                 Some(p) => println!(
@@ -110,7 +224,29 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Restore { audit: path, file } => {
+        AuditCommand::Restore {
+            store: Some(target),
+            file,
+            ..
+        } => {
+            let sections =
+                runtime()?.block_on(audit::postgres::restore(&file, &cli::store(&target)?))?;
+            for m in &sections {
+                println!(
+                    "restored {} records ({}..{}) into chain `{}`",
+                    m.count,
+                    m.first_seq,
+                    m.last_seq,
+                    m.chain.as_deref().unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Restore {
+            audit: path,
+            file,
+            store: None,
+        } => {
             let m = audit::archive::restore(&file, &path)?;
             println!(
                 "restored {} records ({}..{}) into `{}`",

@@ -66,7 +66,8 @@ pub struct ServeConfig {
     pub token_jwks: Option<(PathBuf, String)>,
     /// Shared stores for a fleet of replicas; none by default.
     pub fleet: FleetConfig,
-    /// Archive and prune the decision log on a schedule (SQLite only).
+    /// Archive and prune the decision log on a schedule (SQLite, or every
+    /// chain of the PostgreSQL store).
     pub retention: Option<crate::retention::Retention>,
 }
 
@@ -376,10 +377,12 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         )));
     }
     if let Some(retention) = &config.retention {
-        if config.fleet.store.is_some() {
-            tracing::warn!(
-                "--retain is not applied on a PostgreSQL store: export and prune it with `clawgate audit`"
-            );
+        if let Some(target) = &config.fleet.store {
+            other_tasks.push(tokio::spawn(crate::retention::run_store(
+                target.clone(),
+                retention.clone(),
+                stopped.clone(),
+            )));
         } else {
             other_tasks.push(tokio::spawn(crate::retention::run(
                 config.audit_path.clone(),

@@ -48,10 +48,16 @@ fn export_verify_prune_and_restore_keep_the_chain_verifiable() {
     assert_eq!(before.len(), 7, "one policy record, two per call");
     let archive = h.path("a.jsonl.gz");
     let archive_s = archive.to_str().unwrap();
-    // Nothing archived yet: prune removes nothing.
-    let out = ok(&["audit", "prune", "--audit", &db, "--before", "0s"]);
-    assert!(out.starts_with("nothing to prune"), "{out}");
-    assert_eq!(records_of(&db).len(), 7);
+    // Nothing archived yet: prune is refused and removes nothing.
+    let out = clawgate(&["audit", "prune", "--audit", &db, "--before", "0s"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "refused: records 1..7 before that time are not covered by an archive recorded in the log"
+        ),
+        "{out:?}"
+    );
+    assert_eq!(records_of(&db), before);
 
     let out = ok(&[
         "audit", "export", "--audit", &db, "--until", "0s", archive_s,

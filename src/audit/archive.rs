@@ -70,6 +70,9 @@ pub struct ArchiveNote {
 /// The `prune` record's `detail`: where verification starts now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PruneNote {
+    /// The chain pruned, on a fleet's store (absent on SQLite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
     /// The last removed record's position.
     pub anchor_seq: i64,
     /// The last removed record's hash.
@@ -80,17 +83,19 @@ pub struct PruneNote {
     pub archives: Vec<String>,
 }
 
+/// The first line of an archive section.
 #[derive(Debug, Serialize, Deserialize)]
-struct Header {
-    format: String,
+pub(crate) struct Header {
+    pub(crate) format: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    chain: Option<String>,
-    first_prev_hash: String,
+    pub(crate) chain: Option<String>,
+    pub(crate) first_prev_hash: String,
 }
 
+/// The last line of an archive section.
 #[derive(Debug, Serialize, Deserialize)]
-struct Trailer {
-    manifest: Manifest,
+pub(crate) struct Trailer {
+    pub(crate) manifest: Manifest,
 }
 
 /// Why an export, prune, restore or archive check failed.
@@ -118,12 +123,18 @@ pub enum ArchiveError {
         /// What is wrong.
         why: String,
     },
+    /// Records before the cut that no recorded archive covers: nothing was
+    /// removed.
+    #[error(
+        "refused: {0} before that time are not covered by an archive recorded in the log; export them first (nothing was pruned)"
+    )]
+    Unarchived(String),
     /// A restore target that the archive does not continue.
     #[error("the archive does not continue this log: {0}")]
     Discontinuous(String),
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> ArchiveError + '_ {
+pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> ArchiveError + '_ {
     move |source| ArchiveError::Io {
         path: path.display().to_string(),
         source,
@@ -241,7 +252,7 @@ pub fn export(
     })
 }
 
-fn write_line<T: Serialize>(
+pub(crate) fn write_line<T: Serialize>(
     out: &mut impl Write,
     value: &T,
     file: &Path,
@@ -285,36 +296,88 @@ fn append_in(
 /// Reads and checks an archive on its own: the header, every record's hash
 /// and its link to the one before (the first to the header's
 /// `first_prev_hash`), contiguous positions, and the closing manifest.
-/// `each` sees every record in order.
+/// `each` sees every record in order. The archive must hold one section
+/// (a SQLite log's); see [`read_sections`] for a fleet's.
 pub fn read_archive(
     file: &Path,
-    mut each: impl FnMut(&DecisionRecord) -> Result<(), ArchiveError>,
+    each: impl FnMut(&DecisionRecord) -> Result<(), ArchiveError>,
 ) -> Result<Manifest, ArchiveError> {
+    let mut manifests = read_sections(file, each)?;
+    match (manifests.pop(), manifests.is_empty()) {
+        (Some(m), true) if m.chain.is_none() => Ok(m),
+        _ => Err(ArchiveError::Discontinuous(
+            "the archive holds a fleet's chains: restore it into a PostgreSQL store (`--store`)"
+                .into(),
+        )),
+    }
+}
+
+/// Reads and checks an archive of one or more sections (a fleet's archive
+/// holds one per chain, each a header, its records and its manifest), as
+/// [`read_archive`] checks one. `each` sees every record, its `chain` set
+/// to its section's. Returns the sections' manifests in order.
+pub fn read_sections(
+    file: &Path,
+    mut each: impl FnMut(&DecisionRecord) -> Result<(), ArchiveError>,
+) -> Result<Vec<Manifest>, ArchiveError> {
     let f = std::fs::File::open(file).map_err(io(file))?;
     let reader = BufReader::new(GzDecoder::new(f));
     let mut lines = reader.lines();
-    let broken = |line: u64, why: String| ArchiveError::Broken { line, why };
-    let header: Header = match lines.next() {
-        Some(line) => serde_json::from_str(&line.map_err(io(file))?)
-            .map_err(|e| broken(1, format!("not a header: {e}")))?,
-        None => return Err(broken(1, "empty".into())),
-    };
-    if header.format != FORMAT {
-        return Err(broken(1, format!("unknown format `{}`", header.format)));
+    let mut manifests = Vec::new();
+    let mut line_no = 0u64;
+    while let Some(line) = lines.next() {
+        line_no += 1;
+        let header: Header =
+            serde_json::from_str(&line.map_err(io(file))?).map_err(|e| ArchiveError::Broken {
+                line: line_no,
+                why: if manifests.is_empty() {
+                    format!("not a header: {e}")
+                } else {
+                    format!("lines after the manifest, not a header: {e}")
+                },
+            })?;
+        if header.format != FORMAT {
+            return Err(ArchiveError::Broken {
+                line: line_no,
+                why: format!("unknown format `{}`", header.format),
+            });
+        }
+        manifests.push(read_section(
+            file,
+            &mut lines,
+            &header,
+            &mut line_no,
+            &mut each,
+        )?);
     }
+    if manifests.is_empty() {
+        return Err(ArchiveError::Broken {
+            line: 1,
+            why: "empty".into(),
+        });
+    }
+    Ok(manifests)
+}
+
+/// One section after its header: records up to and including the manifest.
+fn read_section(
+    file: &Path,
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    header: &Header,
+    line_no: &mut u64,
+    each: &mut impl FnMut(&DecisionRecord) -> Result<(), ArchiveError>,
+) -> Result<Manifest, ArchiveError> {
+    let broken = |line: u64, why: String| ArchiveError::Broken { line, why };
     let mut prev = header.first_prev_hash.clone();
     let mut last_seq: Option<i64> = None;
     let mut first: Option<(i64, String)> = None;
-    let mut count = 0u64;
-    let mut line_no = 1u64;
     let mut last_ts = String::new();
-    while let Some(line) = lines.next() {
-        line_no += 1;
+    // `count`: the records before this line.
+    for (count, line) in (0u64..).zip(lines.by_ref()) {
+        *line_no += 1;
+        let line_no = *line_no;
         let line = line.map_err(io(file))?;
         if let Ok(trailer) = serde_json::from_str::<Trailer>(&line) {
-            if lines.next().is_some() {
-                return Err(broken(line_no + 1, "lines after the manifest".into()));
-            }
             let m = trailer.manifest;
             let (first_seq, first_ts) =
                 first.ok_or_else(|| broken(line_no, "no records".into()))?;
@@ -337,7 +400,7 @@ pub fn read_archive(
             }
             return Ok(m);
         }
-        let record: DecisionRecord = serde_json::from_str(&line)
+        let mut record: DecisionRecord = serde_json::from_str(&line)
             .map_err(|e| broken(line_no, format!("not a record: {e}")))?;
         if let Some(seq) = last_seq
             && record.seq != seq + 1
@@ -359,15 +422,15 @@ pub fn read_archive(
                 format!("record {} does not match its hash", record.seq),
             ));
         }
+        record.chain.clone_from(&header.chain);
         each(&record)?;
         first.get_or_insert_with(|| (record.seq, record.ts.clone()));
         last_seq = Some(record.seq);
         prev.clone_from(&record.hash);
         last_ts.clone_from(&record.ts);
-        count += 1;
     }
     Err(broken(
-        line_no,
+        *line_no,
         "no manifest: the archive was cut short".into(),
     ))
 }
@@ -388,7 +451,9 @@ pub struct Pruned {
 
 /// Removes the records before `before` that archives recorded in the log
 /// cover, from the log's first record on, and records the pruning. Returns
-/// `None` when nothing is both old enough and archived.
+/// `None` when no record is old enough; refuses with
+/// [`ArchiveError::Unarchived`], removing nothing, when old records exist
+/// and no recorded archive covers the first of them.
 pub fn prune(db: &Path, before: &str) -> Result<Option<Pruned>, ArchiveError> {
     let mut conn = open(db)?;
     let Some(first) = first_record(&conn)? else {
@@ -442,12 +507,16 @@ pub fn prune(db: &Path, before: &str) -> Result<Option<Pruned>, ArchiveError> {
     }
     let upto = covered.min(old);
     if upto < first.seq {
-        return Ok(None);
+        return Err(ArchiveError::Unarchived(format!(
+            "records {}..{old}",
+            first.seq
+        )));
     }
     let Some(anchor_hash) = hash_at(upto)? else {
         return Ok(None);
     };
     let note = PruneNote {
+        chain: None,
         anchor_seq: upto,
         anchor_hash,
         removed: u64::try_from(upto - first.seq + 1).unwrap_or(0),

@@ -107,8 +107,14 @@ fn an_edited_cut_or_reordered_archive_fails_on_its_own() {
 #[test]
 fn prune_removes_only_archived_records_and_verify_starts_from_the_anchor() {
     let (dir, db) = log_with(10);
-    // Nothing archived: nothing pruned, whatever the time.
-    assert!(prune(&db, "9999").unwrap().is_none());
+    // Nothing archived: refused, nothing pruned, whatever the time.
+    match prune(&db, "9999") {
+        Err(ArchiveError::Unarchived(what)) => assert_eq!(what, "records 1..10"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(all(&db).len(), 10);
+    // Nothing old enough: nothing to do.
+    assert!(prune(&db, &ts(0)).unwrap().is_none());
     let file = dir.path().join("a.jsonl.gz");
     let e = export(&db, None, &ts(6), &file).unwrap();
     assert_eq!(e.manifest.last_seq, 5);
@@ -127,8 +133,12 @@ fn prune_removes_only_archived_records_and_verify_starts_from_the_anchor() {
     let report = verify(&db).unwrap();
     assert_eq!(report.anchor.unwrap().seq, 5);
     assert_eq!(report.count, 7);
-    // Again: nothing more is archived, nothing more goes.
-    assert!(prune(&db, &ts(8)).unwrap().is_none());
+    // Again: nothing more is archived, so nothing more goes.
+    assert!(matches!(
+        prune(&db, &ts(8)),
+        Err(ArchiveError::Unarchived(_))
+    ));
+    assert_eq!(all(&db).len(), 7);
 }
 
 #[test]
@@ -170,4 +180,98 @@ fn archives_restore_in_order_into_a_fresh_log_that_verifies() {
     assert!(report.anchor.is_none());
     // Twice is refused: the log already ends past it.
     assert!(restore(&b, &fresh).is_err());
+}
+
+/// A fleet's archive: one section per chain, each with its own header and
+/// manifest, checked section by section.
+#[test]
+fn an_archive_of_several_chains_checks_each_section() {
+    use crate::audit::chain::{Head, seal};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.jsonl.gz");
+    let write = |file: &Path, edit: Option<(usize, &str)>| {
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(file).unwrap(),
+            flate2::Compression::default(),
+        );
+        let mut line = 0;
+        for chain in ["r1", "r2"] {
+            let mut head = Head {
+                seq: 0,
+                hash: format!("genesis-{chain}"),
+            };
+            write_line(
+                &mut gz,
+                &Header {
+                    format: FORMAT.into(),
+                    chain: Some(chain.into()),
+                    first_prev_hash: head.hash.clone(),
+                },
+                file,
+            )
+            .unwrap();
+            line += 1;
+            let mut m = None::<Manifest>;
+            for i in 1..=3 {
+                let mut r = DecisionRecord::new(kind::DECISION, &format!("{chain}-{i}"));
+                r.ts = ts(i);
+                r.reason = "allowed".into();
+                seal(&mut head, &mut r);
+                let mm = m.get_or_insert_with(|| Manifest {
+                    format: FORMAT.into(),
+                    chain: Some(chain.into()),
+                    first_seq: 1,
+                    last_seq: 0,
+                    count: 0,
+                    first_prev_hash: r.prev_hash.clone(),
+                    last_hash: String::new(),
+                    first_ts: r.ts.clone(),
+                    last_ts: String::new(),
+                });
+                mm.last_seq = r.seq;
+                mm.count += 1;
+                mm.last_hash.clone_from(&r.hash);
+                mm.last_ts.clone_from(&r.ts);
+                line += 1;
+                if let Some((at, path)) = edit
+                    && at == line
+                {
+                    r.path = Some(path.into());
+                }
+                write_line(&mut gz, &r, file).unwrap();
+            }
+            write_line(
+                &mut gz,
+                &Trailer {
+                    manifest: m.unwrap(),
+                },
+                file,
+            )
+            .unwrap();
+            line += 1;
+        }
+        gz.finish().unwrap();
+    };
+    write(&file, None);
+    let mut seen = Vec::new();
+    let sections = read_sections(&file, |r| {
+        seen.push((r.chain.clone().unwrap(), r.seq));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(sections.len(), 2);
+    assert_eq!(sections[1].chain.as_deref(), Some("r2"));
+    assert_eq!((sections[1].first_seq, sections[1].last_seq), (1, 3));
+    assert_eq!(seen[3], ("r2".to_owned(), 1));
+    // A SQLite log does not take a fleet's archive.
+    assert!(matches!(
+        verify_archive(&file),
+        Err(ArchiveError::Discontinuous(_))
+    ));
+    // An edited record in the second section (line 8) is named.
+    write(&file, Some((8, "/v1/other")));
+    match read_sections(&file, |_| Ok(())) {
+        Err(ArchiveError::Broken { line, .. }) => assert_eq!(line, 8),
+        other => panic!("expected broken, got {other:?}"),
+    }
 }

@@ -245,6 +245,7 @@ impl Source {
                     "records": report.records,
                     "chains": report.chains,
                     "checkpoints": report.checkpoints,
+                    "pruned_chains": report.pruned,
                     "head": report.head.map(|c| format!("{} {}", c.seq, c.hash)),
                 }))
             }

@@ -18,7 +18,9 @@
 //! - The connection string may hold a password: it is never logged or
 //!   printed (`Debug` shows the host and database only).
 
+pub mod archive;
 mod read;
+mod restore;
 mod verify;
 
 use std::str::FromStr;
@@ -30,7 +32,9 @@ use super::chain::{Head, seal};
 use super::writer::{BatchStore, Waiter, start_with};
 use super::{AuditError, AuditLog, WriterHandle};
 
+pub use archive::{FleetArchiveError, FleetExported, FleetPruned, OPS_CHAIN};
 pub use read::{close_chain, migrate, query};
+pub use restore::restore;
 pub use verify::{Checkpoint, FleetReport, FleetVerifyError, checkpoint, head, verify};
 
 /// How long a connection attempt may take before the batch fails.
@@ -316,6 +320,12 @@ impl BatchStore for ChainWriter {
 pub fn open(target: &PgTarget, chain: &str) -> Result<(AuditLog, WriterHandle), AuditError> {
     if chain.is_empty() || chain.len() > 200 {
         return Err(PgError::Invalid("the replica name must be 1 to 200 characters".into()).into());
+    }
+    if chain == OPS_CHAIN {
+        return Err(PgError::Invalid(format!(
+            "`{OPS_CHAIN}` is the chain of archive manifests and pruning anchors, not a replica's"
+        ))
+        .into());
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -17,6 +17,7 @@ use tokio_postgres::Transaction;
 
 use super::read::{RECORD_COLUMNS, from_row};
 use super::{PgError, PgTarget};
+use crate::audit::archive::PruneNote;
 use crate::audit::chain::{GENESIS, Head, record_hash};
 
 const DOMAIN: &[u8] = b"clawgate-checkpoint-v1\n";
@@ -50,6 +51,9 @@ pub struct FleetReport {
     pub checkpoints: u64,
     /// The latest checkpoint, if any.
     pub head: Option<Checkpoint>,
+    /// Chains whose walk started from a pruning anchor (their first records
+    /// were archived and removed).
+    pub pruned: u64,
 }
 
 /// Why the fleet's log is not intact.
@@ -195,7 +199,9 @@ pub async fn verify(target: &PgTarget, anchors: &[Head]) -> Result<FleetReport, 
         )
         .await
         .map_err(PgError::from)?;
+    let anchors_of = prune_anchors(client).await?;
     let mut records = 0u64;
+    let mut pruned = 0u64;
     let mut seen = Vec::new();
     for row in &chains {
         let chain: String = row.get(0);
@@ -206,7 +212,11 @@ pub async fn verify(target: &PgTarget, anchors: &[Head]) -> Result<FleetReport, 
         };
         let empty = Expected::default();
         let want = expected.get(&chain).unwrap_or(&empty);
-        records += walk_chain(client, &chain, &genesis, &head_row, want).await?;
+        let anchors = anchors_of.get(&chain).map_or(&[][..], Vec::as_slice);
+        let (count, from_anchor) =
+            walk_chain(client, &chain, &genesis, &head_row, want, anchors).await?;
+        records += count;
+        pruned += u64::from(from_anchor);
         seen.push(chain);
     }
     for (chain, want) in &expected {
@@ -225,7 +235,38 @@ pub async fn verify(target: &PgTarget, anchors: &[Head]) -> Result<FleetReport, 
         records,
         checkpoints,
         head: latest,
+        pruned,
     })
+}
+
+/// The anchors `prune` records of the operations chain name, per chain.
+/// That chain is walked like every other, so these records are checked.
+async fn prune_anchors(
+    client: &Transaction<'_>,
+) -> Result<HashMap<String, Vec<Head>>, FleetVerifyError> {
+    let rows = client
+        .query(
+            "SELECT detail FROM audit_records WHERE chain = $1 AND kind = $2 ORDER BY seq",
+            &[&super::OPS_CHAIN, &crate::audit::kind::PRUNE],
+        )
+        .await
+        .map_err(PgError::from)?;
+    let mut anchors: HashMap<String, Vec<Head>> = HashMap::new();
+    for row in &rows {
+        let Some(note) = row
+            .get::<_, Option<String>>(0)
+            .and_then(|d| serde_json::from_str::<PruneNote>(&d).ok())
+        else {
+            continue;
+        };
+        if let Some(chain) = note.chain {
+            anchors.entry(chain).or_default().push(Head {
+                seq: note.anchor_seq,
+                hash: note.anchor_hash,
+            });
+        }
+    }
+    Ok(anchors)
 }
 
 type Walked = (HashMap<String, Expected>, u64, Option<Checkpoint>);
@@ -330,7 +371,8 @@ async fn walk_chain(
     genesis: &str,
     head_row: &Head,
     want: &Expected,
-) -> Result<u64, FleetVerifyError> {
+    anchors: &[Head],
+) -> Result<(u64, bool), FleetVerifyError> {
     let broken = |seq: i64, why: String| FleetVerifyError::Broken {
         what: format!("chain `{chain}` record"),
         seq,
@@ -348,8 +390,27 @@ async fn walk_chain(
         hash: genesis.to_owned(),
     };
     let mut count = 0u64;
+    let mut from_anchor = false;
     while let Some(row) = rows.next().await {
         let record = from_row(&row.map_err(PgError::from)?).map_err(PgError::from)?;
+        if count == 0 && record.seq != 1 {
+            // A pruned chain starts from the anchor a `prune` record names.
+            if let Some(anchor) = anchors
+                .iter()
+                .find(|a| a.seq + 1 == record.seq && a.hash == record.prev_hash)
+            {
+                head = anchor.clone();
+                from_anchor = true;
+            } else if let Some(highest) = anchors.iter().map(|a| a.seq).max() {
+                return Err(broken(
+                    highest + 1,
+                    format!(
+                        "missing: the chain was pruned up to record {highest}, and the first record present is {}",
+                        record.seq
+                    ),
+                ));
+            }
+        }
         if let Some((closed, at)) = want.closed_at
             && record.seq > closed
         {
@@ -420,5 +481,5 @@ async fn walk_chain(
     if head_row.hash != head.hash {
         return Err(broken(head.seq, "differs from the chain's head row".into()));
     }
-    Ok(count)
+    Ok((count, from_anchor))
 }
