@@ -51,7 +51,24 @@ pub struct Upstreams {
     pins: Pins,
     default: PooledClient,
     private: Mutex<HashMap<[u8; 32], PooledClient>>,
+    /// The clients by the identity of the scope's own `Arc`s, so that a call
+    /// finds its client without hashing the roots. The entries hold those
+    /// `Arc`s, so an address cannot be reused by another scope's while its
+    /// entry exists.
+    recent: Mutex<Vec<RecentClient>>,
 }
+
+/// A client found for one scope's roots and private ranges.
+struct RecentClient {
+    roots: Arc<Vec<CertificateDer<'static>>>,
+    allow: Arc<AllowPrivate>,
+    http1_only: bool,
+    client: PooledClient,
+}
+
+/// Entries in the fast lookup; past this (policy reloads make new `Arc`s)
+/// it is emptied and refilled from the hashed map.
+const RECENT_CLIENTS: usize = 64;
 
 impl std::fmt::Debug for Upstreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,6 +98,7 @@ impl Upstreams {
             default: build_client(&[], Arc::default(), Arc::clone(&pins), timeouts, false)?,
             pins,
             private: Mutex::new(HashMap::new()),
+            recent: Mutex::new(Vec::new()),
         })
     }
 
@@ -94,15 +112,51 @@ impl Upstreams {
         &self.pins
     }
 
+    /// The client for a scope's roots and private ranges: found by the
+    /// identity of its `Arc`s, else by the hash of their contents.
+    fn scope_client(
+        &self,
+        roots: &Arc<Vec<CertificateDer<'static>>>,
+        allow: &Arc<AllowPrivate>,
+        http1_only: bool,
+    ) -> Result<PooledClient, ForwardError> {
+        if roots.is_empty() && allow.is_empty() && !http1_only {
+            return Ok(self.default.clone());
+        }
+        let poisoned = || ForwardError::BadRoot("client cache poisoned".into());
+        if let Some(found) = self
+            .recent
+            .lock()
+            .map_err(|_| poisoned())?
+            .iter()
+            .find(|r| {
+                Arc::ptr_eq(&r.roots, roots)
+                    && Arc::ptr_eq(&r.allow, allow)
+                    && r.http1_only == http1_only
+            })
+        {
+            return Ok(found.client.clone());
+        }
+        let client = self.client_for(roots, allow, http1_only)?;
+        let mut recent = self.recent.lock().map_err(|_| poisoned())?;
+        if recent.len() >= RECENT_CLIENTS {
+            recent.clear();
+        }
+        recent.push(RecentClient {
+            roots: Arc::clone(roots),
+            allow: Arc::clone(allow),
+            http1_only,
+            client: client.clone(),
+        });
+        Ok(client)
+    }
+
     fn client_for(
         &self,
         extra_roots: &[CertificateDer<'static>],
         allow: &Arc<AllowPrivate>,
         http1_only: bool,
     ) -> Result<PooledClient, ForwardError> {
-        if extra_roots.is_empty() && allow.is_empty() && !http1_only {
-            return Ok(self.default.clone());
-        }
         let mut hasher = Sha256::new();
         for root in extra_roots {
             hasher.update((root.as_ref().len() as u64).to_be_bytes());
@@ -138,7 +192,7 @@ impl Upstreams {
     ) -> Result<Response<Incoming>, Reason> {
         let scope = permit.scope();
         let client = self
-            .client_for(&scope.ca_certs, &scope.allow_private, http1_only)
+            .scope_client(&scope.ca_certs, &scope.allow_private, http1_only)
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot build upstream client");
                 Reason::UpstreamUnreachable

@@ -200,13 +200,24 @@ pub struct Open {
     pub errors: u64,
     /// Requests due per second.
     pub rate: f64,
+    /// CPU seconds the processes under test used over the measured window.
+    pub cpu_seconds: f64,
+}
+
+impl Open {
+    /// CPU seconds per 10,000 requests due in the measured window.
+    pub fn cpu_per_10k(&self) -> f64 {
+        self.cpu_seconds / self.latencies_us.len().max(1) as f64 * 10_000.0
+    }
 }
 
 /// Open loop at `rate` requests a second over `connections` keep-alive
 /// connections. A request is timed from when it was due if every connection
 /// was busy then (the wait is the target's doing), and from when it was sent
 /// if a connection was idle and waiting for the timer (a late timer is the
-/// generator's doing, not the target's).
+/// generator's doing, not the target's). `cpu` reads the CPU seconds used so
+/// far by what is under test; it is read when the measured window opens and
+/// when it closes.
 pub async fn open(
     client: &Client,
     target: &Target,
@@ -214,6 +225,7 @@ pub async fn open(
     rate: f64,
     warmup: Duration,
     measure: Duration,
+    cpu: &dyn Fn() -> f64,
 ) -> Result<Open, Error> {
     let mut senders = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -258,8 +270,13 @@ pub async fn open(
             (latencies, errors)
         }));
     }
+    tokio::time::sleep_until(measured_from.into()).await;
+    let cpu0 = cpu();
+    tokio::time::sleep_until(end.into()).await;
+    let cpu1 = cpu();
     let mut open = Open {
         rate,
+        cpu_seconds: cpu1 - cpu0,
         ..Open::default()
     };
     for task in tasks {

@@ -7,7 +7,8 @@
 //!
 //! Settings (environment): `CLAWGATE_LOAD_SECONDS` (measured seconds per run,
 //! default 5), `CLAWGATE_LOAD_ROUNDS` (rounds of alternation, default 3),
-//! `CLAWGATE_LOAD_CONNECTIONS` (default 64).
+//! `CLAWGATE_LOAD_CONNECTIONS` (default 64), `CLAWGATE_LOAD_RATE` (the
+//! open loop's fixed moderate rate, default 3000 requests a second).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use client::{Client, Target};
 use procs::{Error, Server};
-use report::{Measured, Report};
+use report::{Measured, Phase, Report};
 
 /// Set when this executable is started as the upstream.
 const ROLE_ENV: &str = "CLAWGATE_LOAD_ROLE";
@@ -74,6 +75,7 @@ fn run() -> Result<(), Error> {
     let seconds = Duration::from_secs(setting("CLAWGATE_LOAD_SECONDS", 5));
     let rounds = setting("CLAWGATE_LOAD_ROUNDS", 3) as usize;
     let connections = setting("CLAWGATE_LOAD_CONNECTIONS", 64) as usize;
+    let fixed_rate = setting("CLAWGATE_LOAD_RATE", 3000) as f64;
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_clawgate"));
     if cfg!(debug_assertions) {
         eprintln!("warning: not an optimised build; figures mean little");
@@ -156,17 +158,22 @@ fn run() -> Result<(), Error> {
             report.push(Measured::KeepAlive(target.name, closed));
         }
     }
-    // The point (half nginx's maximum), and half clawgate's own, so
-    // that latency is also seen where clawgate is not saturated.
-    for (own, rate) in [
-        (false, report.median_rate("nginx", false) / 2.0),
-        (true, report.median_rate("clawgate", false) / 2.0),
+    // A fixed moderate rate (the CPU and latency targets), then half
+    // nginx's maximum and half clawgate's own, so that latency is also seen
+    // where each proxy is at the same fraction of its ceiling.
+    for (phase, rate) in [
+        (Phase::Fixed, fixed_rate),
+        (Phase::HalfNginx, report.median_rate("nginx", false) / 2.0),
+        (
+            Phase::HalfClawgate,
+            report.median_rate("clawgate", false) / 2.0,
+        ),
     ] {
-        let whose = if own { "clawgate's" } else { "nginx's" };
-        eprintln!("== open loop at {rate:.0} req/s (half {whose} maximum)");
+        eprintln!("== open loop at {rate:.0} req/s ({})", phase.describe());
         for round in 0..rounds {
             for i in order(round) {
-                let (target, _) = &list[i];
+                let (target, server) = &list[i];
+                let cpu = || server.cpu_seconds();
                 let open = runtime.block_on(client::open(
                     &client,
                     target,
@@ -174,14 +181,17 @@ fn run() -> Result<(), Error> {
                     rate,
                     WARMUP,
                     seconds,
+                    &cpu,
                 ))?;
                 eprintln!(
-                    "   round {round} {:>16}: p99 {:.2} ms, {} errors",
+                    "   round {round} {:>16}: p50 {:.2} ms, p99 {:.2} ms, {:.2} CPU s per 10k, {} errors",
                     target.name,
+                    client::quantile_ms(&open.latencies_us, 0.50),
                     client::quantile_ms(&open.latencies_us, 0.99),
+                    open.cpu_per_10k(),
                     open.errors
                 );
-                report.push(Measured::Open(target.name, own, open));
+                report.push(Measured::Open(target.name, phase, open));
             }
         }
     }

@@ -19,6 +19,7 @@
 mod broker;
 pub mod cache;
 pub mod sentinel;
+mod signer;
 pub mod sigv4;
 pub mod sts;
 

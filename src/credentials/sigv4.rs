@@ -2,25 +2,23 @@
 //!
 //! The agent signs with whatever dummy key its SDK holds; clawgate removes
 //! that signature and everything tied to it, then signs the request as it
-//! will leave (final URI, final headers) with the scope's STS session.
+//! will leave (final URI, final headers) with the scope's STS session. The
+//! signing key is cached per session, day, region and service ([`signer`]).
 //!
 //! Invariants: the agent's `Authorization`, `X-Amz-Security-Token`,
 //! `X-Amz-Date` and `X-Amz-Content-Sha256` never reach the upstream; the
 //! session's secret key and token are only read to sign, and the token goes
 //! out marked sensitive.
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
-use aws_sigv4::http_request::{
-    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
-    UriPathNormalizationMode, sign,
-};
-use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use http::{HeaderMap, HeaderValue, Method, Uri};
 use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
 
 use super::CredentialError;
+use super::signer;
 use super::sts::AwsSession;
 
 /// The headers an agent's own signature leaves behind.
@@ -125,66 +123,53 @@ pub fn resign(
         headers.remove(name);
     }
     let is_s3 = service == "s3";
-    let mut settings = SigningSettings::default();
-    if is_s3 {
-        // S3 signs the path as sent, encoded once, and wants the body hash
-        // in a header of its own.
-        settings.percent_encoding_mode = PercentEncodingMode::Single;
-        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-    }
-    let body = match payload {
-        Payload::Bytes(bytes) => SignableBody::Bytes(bytes),
-        Payload::Unsigned if is_s3 => SignableBody::UnsignedPayload,
-        Payload::StreamingUnsignedTrailer if is_s3 => SignableBody::StreamingUnsignedPayloadTrailer,
+    let payload_hash: Cow<'_, str> = match payload {
+        Payload::Bytes(bytes) => Cow::Owned(hex::encode(Sha256::digest(bytes))),
+        Payload::Unsigned if is_s3 => Cow::Borrowed("UNSIGNED-PAYLOAD"),
+        Payload::StreamingUnsignedTrailer if is_s3 => {
+            Cow::Borrowed("STREAMING-UNSIGNED-PAYLOAD-TRAILER")
+        }
         _ => {
             return Err(CredentialError::Signing(format!(
                 "service `{service}` needs the body hashed into the signature"
             )));
         }
     };
-    let identity: Identity = aws_credential_types::Credentials::new(
-        session.access_key_id.clone(),
-        session.secret_access_key.expose_secret().to_owned(),
-        Some(session.session_token.expose_secret().to_owned()),
-        Some(session.expiration),
-        "clawgate",
-    )
-    .into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(&scope.region)
-        .name(service)
-        .time(scope.time)
-        .settings(settings)
-        .build()
-        .map_err(|e| CredentialError::Signing(e.to_string()))?
-        .into();
-    // Every header that goes out is signed: one that cannot be would travel
-    // unprotected, so the request is refused instead.
-    let header_list: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| Ok((k.as_str(), v.to_str()?)))
-        .collect::<Result<_, http::header::ToStrError>>()
-        .map_err(|_| CredentialError::Signing("a header value is not visible ASCII".into()))?;
-    let signable = SignableRequest::new(
+    // Every header that goes out is signed (but those SigV4 leaves out, see
+    // `signer`): one whose value cannot be is refused, not sent unprotected.
+    let signed = signer::sign(
         method.as_str(),
-        uri.to_string(),
-        header_list.into_iter(),
-        body,
-    )
-    .map_err(|e| CredentialError::Signing(e.to_string()))?;
-    let (instructions, _signature) = sign(signable, &params)
-        .map_err(|e| CredentialError::Signing(e.to_string()))?
-        .into_parts();
-    let (new_headers, _params) = instructions.into_parts();
-    for header in new_headers {
-        let name = HeaderName::from_static(header.name());
-        let mut value = HeaderValue::from_str(header.value())
+        uri,
+        headers,
+        &payload_hash,
+        &signer::Signing {
+            access_key_id: &session.access_key_id,
+            secret_access_key: session.secret_access_key.expose_secret(),
+            session_token: session.session_token.expose_secret(),
+            region: &scope.region,
+            service,
+            time: scope.time,
+            s3: is_s3,
+        },
+    )?;
+    let value = |text: &str, sensitive: bool| {
+        let mut value = HeaderValue::from_str(text)
             .map_err(|_| CredentialError::Signing("signature is not a header value".into()))?;
-        value.set_sensitive(header.sensitive() || name == "authorization");
-        headers.insert(name, value);
+        value.set_sensitive(sensitive);
+        Ok::<_, CredentialError>(value)
+    };
+    headers.insert("x-amz-date", value(&signed.x_amz_date, false)?);
+    headers.insert(
+        http::header::AUTHORIZATION,
+        value(&signed.authorization, true)?,
+    );
+    if let Some(hash) = &signed.content_sha256 {
+        headers.insert("x-amz-content-sha256", value(hash, false)?);
     }
+    headers.insert(
+        "x-amz-security-token",
+        value(session.session_token.expose_secret(), true)?,
+    );
     Ok(())
 }
 
