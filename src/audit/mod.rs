@@ -9,6 +9,7 @@
 //! - The chain head advances only on commit, so a failed batch leaves no gap.
 
 pub mod archive;
+mod batch;
 mod chain;
 pub mod postgres;
 mod query;

@@ -1,6 +1,8 @@
 //! The one writer: a dedicated thread that owns the SQLite connection, drains
 //! whatever records are waiting into one transaction, commits with a full
-//! fsync, and only then answers the callers of that batch.
+//! fsync, and only then answers the callers of that batch. Records nobody
+//! waits for linger a few milliseconds for one somebody does, to share its
+//! commit.
 //!
 //! When a batch fails (a full disk, a lock), its callers are told at once and
 //! their calls refused (fail closed). Records nobody waits for (outcomes,
@@ -14,18 +16,19 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
+use super::batch::{drain_waiting, linger, nobody_waits};
 use super::chain::{COLUMNS, Head, seal};
 use super::{AuditError, AuditLog, Command, DecisionRecord, Health, kind};
 use crate::error::Reason;
 
 /// Most records in one transaction; bounds the latency of a batch.
-const MAX_BATCH: usize = 512;
+pub(super) const MAX_BATCH: usize = 512;
 /// Records waiting for the writer; past this, appends fail instead of
 /// growing memory without bound.
 const QUEUE_CAPACITY: usize = 65_536;
@@ -287,12 +290,10 @@ fn run<S: BatchStore>(
         }
         // Group commit: everything already waiting joins this transaction;
         // after shutdown, the loop below drains the rest.
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Command::Append(record, waiter)) => batch.push((record, waiter)),
-                Ok(Command::Shutdown) => stopping = true,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
+        drain_waiting(&rx, &mut batch, &mut stopping);
+        if !stopping && nobody_waits(&batch) {
+            stopping = linger(&rx, &mut batch);
+            drain_waiting(&rx, &mut batch, &mut stopping);
         }
         commit(&mut conn, &mut batch, &mut backlog, health);
     }

@@ -62,3 +62,38 @@ fn batches_stay_within_their_limit_retries_included_and_refusals_are_summarised(
         .unwrap();
     assert_eq!(first, "r0");
 }
+
+#[test]
+fn an_outcome_shares_the_next_decisions_commit_and_is_never_stranded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, writer) = AuditLog::open(&dir.path().join("audit.db")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Alone, an outcome is committed once its wait is over.
+        log.append(*outcome(0).0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while log.stats().records < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "a lone outcome was never committed"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // An outcome and, a millisecond later, the next call's decision: one
+        // commit for the two, not one each.
+        let before = log.stats().batches;
+        for i in 1..=20 {
+            log.append(*outcome(i).0);
+            std::thread::sleep(Duration::from_millis(1));
+            let mut decision = DecisionRecord::new(kind::DECISION, &format!("d{i}"));
+            decision.reason = "allowed".into();
+            log.append_durable(decision).await.unwrap();
+        }
+        let commits = log.stats().batches - before;
+        assert!(commits <= 30, "{commits} commits for 20 pairs");
+        assert_eq!(log.stats().records, 41);
+    });
+    writer.shutdown();
+}
