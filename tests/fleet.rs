@@ -10,6 +10,7 @@
 )]
 
 mod common;
+mod fleet_fixture;
 #[path = "listeners/net.rs"]
 mod net;
 mod stores;
@@ -18,30 +19,8 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::{Harness, Options, clawgate};
+use fleet_fixture::{SCOPE, count, replica_with};
 use stores::{Postgres, Redis};
-
-const SCOPE: &str = r#"
-[[scope]]
-name = "shared-echo"
-upstream = "https://{echo}"
-route = "shared-echo"
-ca_file = "upstream-ca.pem"
-allow_private = ["127.0.0.1"]
-{extra}
-
-[[scope.allow]]
-id = "all"
-paths = ["/v1/**"]
-
-[[agent]]
-name = "fleeter"
-identities = ["spiffe://clawgate.local/agent/fleeter"]
-scopes = ["shared-echo"]
-
-[roles]
-admins = ["spiffe://clawgate.local/agent/ops"]
-auditors = ["spiffe://clawgate.local/agent/ops"]
-"#;
 
 fn replica(
     name: &str,
@@ -50,18 +29,12 @@ fn replica(
     scope_extra: &str,
     more: &[&str],
 ) -> Harness {
-    let mut serve_args: Vec<String> =
-        vec!["--store".into(), pg.url(), "--replica".into(), name.into()];
+    let mut serve_args: Vec<String> = Vec::new();
     if let Some(redis) = redis {
         serve_args.extend(["--limits".into(), redis.url()]);
     }
     serve_args.extend(more.iter().map(|s| (*s).to_owned()));
-    Harness::with(Options {
-        extra_policy: vec![("fleet.toml", SCOPE.replace("{extra}", scope_extra))],
-        agents: vec!["fleeter", "ops"],
-        serve_args,
-        ..Options::default()
-    })
+    replica_with(name, &pg.url(), scope_extra, Vec::new(), &serve_args)
 }
 
 fn call(h: &Harness) -> common::Reply {
@@ -81,16 +54,6 @@ fn verify(pg: &Postgres) -> Output {
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn count(pg: &Postgres, sql_where: &str) -> i64 {
-    pg.psql(
-        "postgres",
-        "clawgate",
-        &format!("SELECT count(*) FROM audit_records WHERE {sql_where}"),
-    )
-    .parse()
-    .unwrap()
 }
 
 #[test]

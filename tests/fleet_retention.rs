@@ -13,36 +13,16 @@
 )]
 
 mod common;
+mod fleet_fixture;
 mod stores;
 
 use std::collections::BTreeSet;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{Harness, Options, clawgate};
+use common::{Harness, clawgate};
+use fleet_fixture::{count, replica_with};
 use stores::Postgres;
-
-const SCOPE: &str = r#"
-[[scope]]
-name = "shared-echo"
-upstream = "https://{echo}"
-route = "shared-echo"
-ca_file = "upstream-ca.pem"
-allow_private = ["127.0.0.1"]
-
-[[scope.allow]]
-id = "all"
-paths = ["/v1/**"]
-
-[[agent]]
-name = "fleeter"
-identities = ["spiffe://clawgate.local/agent/fleeter"]
-scopes = ["shared-echo"]
-
-[roles]
-admins = ["spiffe://clawgate.local/agent/ops"]
-auditors = ["spiffe://clawgate.local/agent/ops"]
-"#;
 
 fn replica_at(
     name: &str,
@@ -50,21 +30,8 @@ fn replica_at(
     policy: Vec<(&'static str, String)>,
     more: &[&str],
 ) -> Harness {
-    let mut serve_args: Vec<String> = vec![
-        "--store".into(),
-        store.to_owned(),
-        "--replica".into(),
-        name.into(),
-    ];
-    serve_args.extend(more.iter().map(|s| (*s).to_owned()));
-    let mut extra_policy = vec![("fleet.toml", SCOPE.to_owned())];
-    extra_policy.extend(policy);
-    Harness::with(Options {
-        extra_policy,
-        agents: vec!["fleeter", "ops"],
-        serve_args,
-        ..Options::default()
-    })
+    let more: Vec<String> = more.iter().map(|s| (*s).to_owned()).collect();
+    replica_with(name, store, "", policy, &more)
 }
 
 fn replica(name: &str, pg: &Postgres) -> Harness {
@@ -97,16 +64,6 @@ fn ok(args: &[&str]) -> String {
     let out = clawgate(args);
     assert!(out.status.success(), "clawgate {args:?}: {out:?}");
     stdout(&out)
-}
-
-fn count(pg: &Postgres, sql_where: &str) -> i64 {
-    pg.psql(
-        "postgres",
-        "clawgate",
-        &format!("SELECT count(*) FROM audit_records WHERE {sql_where}"),
-    )
-    .parse()
-    .unwrap()
 }
 
 /// (chain, seq, hash, prev_hash) of the replicas' records that pass `sql_where`.
