@@ -8,7 +8,8 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, header};
 
-use super::admit::{Admission, Held};
+use super::admit::Admission;
+use super::held::Held;
 use crate::audit::DecisionRecord;
 use crate::body::Prefix;
 use crate::credentials::MintContext;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::request::Parts;
 use serde_json::Value;
 
-use super::admit::Held;
+use super::held::Held;
 use crate::audit::{AuditLog, DecisionRecord, McpRecord, kind};
 use crate::body::ProxyBody;
 use crate::error::{Reason, Refusal, Via};

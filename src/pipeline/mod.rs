@@ -23,6 +23,7 @@ use std::time::SystemTime;
 
 mod admit;
 mod credential;
+mod held;
 mod mcp;
 pub mod vend;
 
@@ -50,9 +51,9 @@ use crate::record::{CallRecord, InFlight, Outcome};
 use crate::route::Inside;
 use crate::token::Verifier;
 
-pub use admit::BodyLimits;
 pub(crate) use admit::run_token;
 use admit::{Admission, Admitted};
+pub use held::BodyLimits;
 
 /// Who is on the other end of one TLS connection.
 #[derive(Debug)]
@@ -317,9 +318,7 @@ impl Pipeline {
                 tokens: &self.tokens,
                 mcp: &self.mcp,
             };
-            let verdict = admission
-                .admit(parts, admit::boxed(body), &mut record)
-                .await;
+            let verdict = admission.admit(parts, held::boxed(body), &mut record).await;
 
             let reason = verdict
                 .as_ref()
