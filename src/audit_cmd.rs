@@ -59,7 +59,7 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
         }
         | AuditCommand::Export { .. }
         | AuditCommand::Stats { .. }
-        | AuditCommand::Findings { .. }
+        | AuditCommand::Findings(_)
         | AuditCommand::Prune { .. }
         | AuditCommand::Restore { .. }) => ops::run(command),
         AuditCommand::Verify {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clawgate::audit::postgres::archive as fleet;
 use clawgate::audit::{self, Filter};
 
-use crate::cli::{self, AuditCommand, OutputFormat};
+use crate::cli::{self, AuditCommand, FindingsArgs, OutputFormat};
 use crate::{parse_time, runtime, wait_for_stop};
 
 /// Runs one of the commands above (any other is a programming error,
@@ -43,39 +43,7 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             until,
             file,
             ..
-        } => {
-            let since = since.as_deref().map(parse_time).transpose()?;
-            let until = parse_time(&until)?;
-            let e = runtime()?.block_on(fleet::export(
-                &cli::store(&target)?,
-                since.as_deref(),
-                &until,
-                &file,
-                false,
-            ))?;
-            println!(
-                "exported {} chains to `{}`, sha256 {}; manifests recorded in chain `{}` as records {}",
-                e.manifests.len(),
-                file.display(),
-                e.sha256,
-                audit::postgres::OPS_CHAIN,
-                e.recorded
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            for m in &e.manifests {
-                println!(
-                    "  chain `{}`: {} records ({}..{})",
-                    m.chain.as_deref().unwrap_or_default(),
-                    m.count,
-                    m.first_seq,
-                    m.last_seq
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => export_fleet(&target, since.as_deref(), &until, &file),
         AuditCommand::Export {
             audit: path,
             since,
@@ -116,100 +84,12 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Findings {
-            audit: path,
-            store,
-            since,
-            recent,
-            burst,
-            json,
-            admin,
-            ca,
-            cert,
-            key,
-        } => {
-            let found: Vec<serde_json::Value> = match (cert, key) {
-                (Some(cert), Some(key)) => {
-                    let query: String = form_urlencoded::Serializer::new(String::new())
-                        .append_pair("since", &since)
-                        .append_pair("recent", &recent)
-                        .append_pair("burst", &burst.to_string())
-                        .finish();
-                    let (status, body) = runtime()?.block_on(clawgate::admin::client::get(
-                        &admin,
-                        &format!("/v1/audit/findings?{query}"),
-                        &ca,
-                        &cert,
-                        &key,
-                    ))?;
-                    if status != 200 {
-                        anyhow::bail!(
-                            "admin api answered {status}: {}",
-                            String::from_utf8_lossy(&body)
-                        );
-                    }
-                    serde_json::from_slice(&body)?
-                }
-                _ => {
-                    let records = read_window(&path, store.as_deref(), &since)?;
-                    let thresholds = audit::stats::Thresholds {
-                        burst,
-                        ..Default::default()
-                    };
-                    audit::stats::findings(&records, &parse_time(&recent)?, thresholds)
-                        .iter()
-                        .map(serde_json::to_value)
-                        .collect::<Result<_, _>>()?
-                }
-            };
-            let mut out = std::io::stdout().lock();
-            for f in &found {
-                if json {
-                    serde_json::to_writer(&mut out, f)?;
-                    writeln!(out)?;
-                } else {
-                    let s = |k: &str| f[k].as_str().unwrap_or("-").to_owned();
-                    writeln!(
-                        out,
-                        "{:<22} {:<28} {}",
-                        s("kind"),
-                        s("subject"),
-                        s("detail")
-                    )?;
-                }
-            }
-            if found.is_empty() && !json {
-                writeln!(out, "no findings")?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        AuditCommand::Findings(args) => findings(&args),
         AuditCommand::Prune {
             store: Some(target),
             before,
             ..
-        } => {
-            let p =
-                runtime()?.block_on(fleet::prune(&cli::store(&target)?, &parse_time(&before)?))?;
-            if p.pruned.is_empty() {
-                println!("nothing to prune: no archived record before that time");
-            }
-            for n in &p.pruned {
-                println!(
-                    "pruned {} records of chain `{}`; it now starts after anchor {} {}",
-                    n.removed,
-                    n.chain.as_deref().unwrap_or_default(),
-                    n.anchor_seq,
-                    n.anchor_hash
-                );
-            }
-            if !p.left.is_empty() {
-                eprintln!(
-                    "kept, not covered by an archive recorded in the log: {}",
-                    p.left.join(", ")
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => prune_fleet(&target, &before),
         AuditCommand::Prune {
             audit: path,
             before,
@@ -296,5 +176,129 @@ pub(crate) fn console(args: cli::ConsoleArgs) -> anyhow::Result<ExitCode> {
             () = wait_for_stop() => Ok(()),
         }
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `audit findings`: asked of the admin API when a client certificate is
+/// given (drift and what lapses need the live policy), else read from the log.
+fn findings(args: &FindingsArgs) -> anyhow::Result<ExitCode> {
+    let found: Vec<serde_json::Value> = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => {
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("since", &args.since)
+                .append_pair("recent", &args.recent)
+                .append_pair("burst", &args.burst.to_string())
+                .finish();
+            let (status, body) = runtime()?.block_on(clawgate::admin::client::get(
+                &args.admin,
+                &format!("/v1/audit/findings?{query}"),
+                &args.ca,
+                cert,
+                key,
+            ))?;
+            if status != 200 {
+                anyhow::bail!(
+                    "admin api answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+            serde_json::from_slice(&body)?
+        }
+        _ => {
+            let records = read_window(&args.audit, args.store.as_deref(), &args.since)?;
+            let thresholds = audit::stats::Thresholds {
+                burst: args.burst,
+                ..Default::default()
+            };
+            audit::stats::findings(&records, &parse_time(&args.recent)?, thresholds)
+                .iter()
+                .map(serde_json::to_value)
+                .collect::<Result<_, _>>()?
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for f in &found {
+        if args.json {
+            serde_json::to_writer(&mut out, f)?;
+            writeln!(out)?;
+        } else {
+            let s = |k: &str| f[k].as_str().unwrap_or("-").to_owned();
+            writeln!(
+                out,
+                "{:<22} {:<28} {}",
+                s("kind"),
+                s("subject"),
+                s("detail")
+            )?;
+        }
+    }
+    if found.is_empty() && !args.json {
+        writeln!(out, "no findings")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `audit export --store`: every chain's range into one archive, its
+/// manifests recorded in the operations chain.
+fn export_fleet(
+    target: &str,
+    since: Option<&str>,
+    until: &str,
+    file: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let since = since.map(parse_time).transpose()?;
+    let until = parse_time(until)?;
+    let e = runtime()?.block_on(fleet::export(
+        &cli::store(target)?,
+        since.as_deref(),
+        &until,
+        file,
+        false,
+    ))?;
+    println!(
+        "exported {} chains to `{}`, sha256 {}; manifests recorded in chain `{}` as records {}",
+        e.manifests.len(),
+        file.display(),
+        e.sha256,
+        audit::postgres::OPS_CHAIN,
+        e.recorded
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for m in &e.manifests {
+        println!(
+            "  chain `{}`: {} records ({}..{})",
+            m.chain.as_deref().unwrap_or_default(),
+            m.count,
+            m.first_seq,
+            m.last_seq
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `audit prune --store`: every chain, as far as recorded archives cover it.
+fn prune_fleet(target: &str, before: &str) -> anyhow::Result<ExitCode> {
+    let p = runtime()?.block_on(fleet::prune(&cli::store(target)?, &parse_time(before)?))?;
+    if p.pruned.is_empty() {
+        println!("nothing to prune: no archived record before that time");
+    }
+    for n in &p.pruned {
+        println!(
+            "pruned {} records of chain `{}`; it now starts after anchor {} {}",
+            n.removed,
+            n.chain.as_deref().unwrap_or_default(),
+            n.anchor_seq,
+            n.anchor_hash
+        );
+    }
+    if !p.left.is_empty() {
+        eprintln!(
+            "kept, not covered by an archive recorded in the log: {}",
+            p.left.join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use clawgate::audit;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -159,40 +159,7 @@ pub(crate) enum AuditCommand {
     /// misdirections, refused policies, MCP tool-definition changes; and,
     /// asked of a running clawgate (`--cert`), drift and the exceptions and
     /// overrides lapsing within 24 h.
-    Findings {
-        /// The decision log database.
-        #[arg(long, default_value = "./clawgate-audit.db")]
-        audit: PathBuf,
-        /// Read a fleet's PostgreSQL store instead of the SQLite file.
-        #[arg(long)]
-        store: Option<String>,
-        /// The window: RFC 3339, or a duration back from now.
-        #[arg(long, default_value = "24h")]
-        since: String,
-        /// The recent part of the window, compared with the rest.
-        #[arg(long, default_value = "1h")]
-        recent: String,
-        /// Refusals of one kind from one source that make a burst.
-        #[arg(long, default_value_t = 10)]
-        burst: u64,
-        /// Print JSON lines instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Ask the admin API of a running clawgate (its findings add drift
-        /// and what lapses within 24 h) instead of reading the log.
-        #[arg(long, default_value = "https://localhost:9443")]
-        admin: String,
-        /// The CA that signed clawgate's server certificate.
-        #[arg(long, default_value = "./certs/ca.pem")]
-        ca: PathBuf,
-        /// An admin or auditor certificate: given, the findings come from
-        /// the admin API.
-        #[arg(long, requires = "key", conflicts_with = "store")]
-        cert: Option<PathBuf>,
-        /// Its key.
-        #[arg(long, requires = "cert")]
-        key: Option<PathBuf>,
-    },
+    Findings(FindingsArgs),
     /// Copy a SQLite log into a PostgreSQL store as a chain of its own,
     /// every hash unchanged.
     Migrate {
@@ -249,4 +216,41 @@ pub(crate) fn parse_anchor(text: &str) -> Result<audit::Head, String> {
         seq,
         hash: hash.to_ascii_lowercase(),
     })
+}
+
+/// `audit findings`' flags.
+#[derive(Debug, Args)]
+pub(crate) struct FindingsArgs {
+    /// The decision log database.
+    #[arg(long, default_value = "./clawgate-audit.db")]
+    pub(crate) audit: PathBuf,
+    /// Read a fleet's PostgreSQL store instead of the SQLite file.
+    #[arg(long)]
+    pub(crate) store: Option<String>,
+    /// The window: RFC 3339, or a duration back from now.
+    #[arg(long, default_value = "24h")]
+    pub(crate) since: String,
+    /// The recent part of the window, compared with the rest.
+    #[arg(long, default_value = "1h")]
+    pub(crate) recent: String,
+    /// Refusals of one kind from one source that make a burst.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) burst: u64,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Ask the admin API of a running clawgate (its findings add drift
+    /// and what lapses within 24 h) instead of reading the log.
+    #[arg(long, default_value = "https://localhost:9443")]
+    pub(crate) admin: String,
+    /// The CA that signed clawgate's server certificate.
+    #[arg(long, default_value = "./certs/ca.pem")]
+    pub(crate) ca: PathBuf,
+    /// An admin or auditor certificate: given, the findings come from
+    /// the admin API.
+    #[arg(long, requires = "key", conflicts_with = "store")]
+    pub(crate) cert: Option<PathBuf>,
+    /// Its key.
+    #[arg(long, requires = "cert")]
+    pub(crate) key: Option<PathBuf>,
 }
