@@ -206,25 +206,7 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         pins.entry(name.clone()).or_default().push(*ip);
     }
     let upstreams = Upstreams::new(config.timeouts, Arc::new(pins))?;
-    let (audit, writer) = if config.decision_log_off_benchmark_only {
-        tracing::warn!(
-            "BENCHMARK ONLY: the decision log is off; no decision or outcome is recorded"
-        );
-        AuditLog::discarding_for_benchmarks()?
-    } else if let Some(target) = &config.fleet.store {
-        let Some(replica) = config.fleet.replica.clone() else {
-            return Err(ServeError::Audit(AuditError::Write(
-                "`--store` needs `--replica`: the name of this replica's chain".into(),
-            )));
-        };
-        let target = target.clone();
-        tracing::info!(replica = %replica, "decision log on postgresql");
-        tokio::task::spawn_blocking(move || AuditLog::open_postgres(&target, &replica))
-            .await
-            .map_err(|e| AuditError::Write(format!("cannot open the decision log: {e}")))??
-    } else {
-        AuditLog::open(&config.audit_path)?
-    };
+    let (audit, writer) = open_log(config).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -243,23 +225,9 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         None => None,
     };
     let vend_addr = vend_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let admin_listener = match config.admin_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind { addr, source })?,
-        ),
-        None => None,
-    };
+    let admin_listener = bind_optional(config.admin_listen).await?;
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let token_listener = match config.token_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind { addr, source })?,
-        ),
-        None => None,
-    };
+    let token_listener = bind_optional(config.token_listen).await?;
     let token_addr = token_listener.as_ref().and_then(|l| l.local_addr().ok());
     let tokens = crate::token::Verifier::load(
         &config.certs_dir,
@@ -268,37 +236,9 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
             .as_ref()
             .map(|(path, issuer)| (path.as_path(), issuer.as_str())),
     )?;
-    // With the log off (benchmarks only) nothing may touch the log's file.
-    let overrides_path = if config.decision_log_off_benchmark_only {
-        std::path::Path::new(":memory:")
-    } else {
-        config.audit_path.as_path()
-    };
-    let overrides = Arc::new(match (&config.fleet.store, &config.fleet.replica) {
-        (Some(target), Some(replica)) if !config.decision_log_off_benchmark_only => {
-            let (target, replica) = (target.clone(), replica.clone());
-            tokio::task::spawn_blocking(move || Overrides::open_shared(target, replica))
-                .await
-                .map_err(|e| OverrideError::Shared(e.to_string()))??
-        }
-        _ => Overrides::open(overrides_path)?,
-    });
+    let overrides = open_overrides(config).await?;
     let broker = Arc::new(Broker::new(config.broker.clone(), audit.clone()));
-    // MCP arguments are recorded as keyed hashes; the key lives beside the
-    // log so that hashes match across restarts.
-    let mcp = if config.decision_log_off_benchmark_only {
-        crate::mcp::McpState::ephemeral()
-    } else {
-        let mut path = config.audit_path.clone().into_os_string();
-        path.push(".mcp-key");
-        let path = PathBuf::from(path);
-        let key =
-            crate::mcp::state::load_or_create_key(&path).map_err(|source| ServeError::McpKey {
-                path: path.display().to_string(),
-                source,
-            })?;
-        crate::mcp::McpState::new(&key)
-    };
+    let mcp = mcp_state(config)?;
     let shared_limits = config
         .fleet
         .limits
@@ -368,32 +308,7 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
             stopped.clone(),
         )),
     ];
-    if let (Some(target), Some(replica)) = (&config.fleet.store, &config.fleet.replica) {
-        other_tasks.push(tokio::spawn(checkpoints(
-            target.clone(),
-            replica.clone(),
-            config.fleet.checkpoint_every,
-            stopped.clone(),
-        )));
-    }
-    if let Some(retention) = &config.retention {
-        if let Some(target) = &config.fleet.store {
-            other_tasks.push(tokio::spawn(crate::retention::run_store(
-                target.clone(),
-                retention.clone(),
-                stopped.clone(),
-            )));
-        } else {
-            other_tasks.push(tokio::spawn(crate::retention::run(
-                config.audit_path.clone(),
-                retention.clone(),
-                stopped.clone(),
-            )));
-        }
-    }
-    if let Some(store) = shared_limits {
-        other_tasks.push(tokio::spawn(heartbeats(store, stopped.clone())));
-    }
+    other_tasks.extend(spawn_store_tasks(config, shared_limits, &stopped));
     if let Some(listener) = token_listener {
         other_tasks.push(tokio::spawn(crate::token::listen::serve(
             listener,
@@ -447,6 +362,118 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         vend_task,
         other_tasks,
         writer,
+    })
+}
+
+/// The tasks that keep the stores in shape: the fleet's checkpoints,
+/// retention and the shared limits' heartbeats.
+fn spawn_store_tasks(
+    config: &ServeConfig,
+    shared_limits: Option<Arc<RedisLimits>>,
+    stopped: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if let (Some(target), Some(replica)) = (&config.fleet.store, &config.fleet.replica) {
+        tasks.push(tokio::spawn(checkpoints(
+            target.clone(),
+            replica.clone(),
+            config.fleet.checkpoint_every,
+            stopped.clone(),
+        )));
+    }
+    if let Some(retention) = &config.retention {
+        if let Some(target) = &config.fleet.store {
+            tasks.push(tokio::spawn(crate::retention::run_store(
+                target.clone(),
+                retention.clone(),
+                stopped.clone(),
+            )));
+        } else {
+            tasks.push(tokio::spawn(crate::retention::run(
+                config.audit_path.clone(),
+                retention.clone(),
+                stopped.clone(),
+            )));
+        }
+    }
+    if let Some(store) = shared_limits {
+        tasks.push(tokio::spawn(heartbeats(store, stopped.clone())));
+    }
+    tasks
+}
+
+/// The decision log this replica writes: SQLite, a fleet's PostgreSQL
+/// chain, or (benchmarks only) none.
+async fn open_log(config: &ServeConfig) -> Result<(AuditLog, WriterHandle), ServeError> {
+    Ok(if config.decision_log_off_benchmark_only {
+        tracing::warn!(
+            "BENCHMARK ONLY: the decision log is off; no decision or outcome is recorded"
+        );
+        AuditLog::discarding_for_benchmarks()?
+    } else if let Some(target) = &config.fleet.store {
+        let Some(replica) = config.fleet.replica.clone() else {
+            return Err(ServeError::Audit(AuditError::Write(
+                "`--store` needs `--replica`: the name of this replica's chain".into(),
+            )));
+        };
+        let target = target.clone();
+        tracing::info!(replica = %replica, "decision log on postgresql");
+        tokio::task::spawn_blocking(move || AuditLog::open_postgres(&target, &replica))
+            .await
+            .map_err(|e| AuditError::Write(format!("cannot open the decision log: {e}")))??
+    } else {
+        AuditLog::open(&config.audit_path)?
+    })
+}
+
+/// A listener on `addr`, when one is configured.
+async fn bind_optional(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, ServeError> {
+    match addr {
+        Some(addr) => Ok(Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The overrides store: shared on a fleet, beside the log otherwise.
+async fn open_overrides(config: &ServeConfig) -> Result<Arc<Overrides>, ServeError> {
+    // With the log off (benchmarks only) nothing may touch the log's file.
+    let overrides_path = if config.decision_log_off_benchmark_only {
+        std::path::Path::new(":memory:")
+    } else {
+        config.audit_path.as_path()
+    };
+    Ok(Arc::new(
+        match (&config.fleet.store, &config.fleet.replica) {
+            (Some(target), Some(replica)) if !config.decision_log_off_benchmark_only => {
+                let (target, replica) = (target.clone(), replica.clone());
+                tokio::task::spawn_blocking(move || Overrides::open_shared(target, replica))
+                    .await
+                    .map_err(|e| OverrideError::Shared(e.to_string()))??
+            }
+            _ => Overrides::open(overrides_path)?,
+        },
+    ))
+}
+
+/// MCP arguments are recorded as keyed hashes; the key lives beside the
+/// log so that hashes match across restarts.
+fn mcp_state(config: &ServeConfig) -> Result<crate::mcp::McpState, ServeError> {
+    Ok(if config.decision_log_off_benchmark_only {
+        crate::mcp::McpState::ephemeral()
+    } else {
+        let mut path = config.audit_path.clone().into_os_string();
+        path.push(".mcp-key");
+        let path = PathBuf::from(path);
+        let key =
+            crate::mcp::state::load_or_create_key(&path).map_err(|source| ServeError::McpKey {
+                path: path.display().to_string(),
+                source,
+            })?;
+        crate::mcp::McpState::new(&key)
     })
 }
 
