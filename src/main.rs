@@ -59,74 +59,7 @@ fn process_env(name: &str) -> Option<String> {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(args) => {
-            let config = ServeConfig {
-                policy_dir: args.policy,
-                certs_dir: args.certs,
-                audit_path: args.audit,
-                listen: args.listen,
-                crl: args.crl,
-                timeouts: Timeouts {
-                    connect: args.connect_timeout,
-                    total: args.upstream_timeout,
-                },
-                drain: args.drain_timeout,
-                broker: BrokerConfig {
-                    endpoint_url: args.aws_endpoint_url,
-                    region: args.aws_region,
-                },
-                vend_listen: args.vend_listen,
-                limits: BodyLimits {
-                    sentinel_scan: args.sentinel_scan_limit,
-                    ..BodyLimits::default()
-                },
-                resolve: args.resolve,
-                decision_log_off_benchmark_only: args.benchmark_only_decision_log_off,
-                admin_listen: args.admin_listen.0,
-                watch_policy: !args.no_watch,
-                max_exception: checked_max_exception(args.max_exception)?,
-                token_listen: args.token_listen,
-                token_jwks: args.token_jwks.zip(args.token_issuer),
-                retention: args.retain.map(|retain| clawgate::retention::Retention {
-                    retain,
-                    dir: args.archive_dir.clone().unwrap_or_default(),
-                    every: args.retain_every,
-                }),
-                fleet: serve::FleetConfig {
-                    store: args.store.as_deref().map(cli::store).transpose()?,
-                    replica: args.replica.clone(),
-                    checkpoint_every: args.checkpoint_every,
-                    limits: args
-                        .limits
-                        .map(|target| clawgate::limits::redis::RedisConfig {
-                            target,
-                            timeout: args.limits_timeout,
-                            failure_mode: args.limits_failure_mode,
-                            replica: args
-                                .replica
-                                .clone()
-                                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-                        }),
-                },
-            };
-            runtime()?.block_on(async {
-                let running = serve::start(&config, std::sync::Arc::new(process_env)).await?;
-                if let Some(vend) = running.vend_addr {
-                    println!("clawgate: vending credentials on http://{vend}");
-                }
-                if let Some(admin) = running.admin_addr {
-                    println!("clawgate: admin api on https://{admin}");
-                }
-                if let Some(token) = running.token_addr {
-                    println!("clawgate: token proxy on https://{token}");
-                }
-                println!("clawgate: listening on {}", running.addr);
-                wait_for_stop().await;
-                tracing::info!("stopping: draining in-flight calls");
-                running.shutdown().await;
-                Ok(ExitCode::SUCCESS)
-            })
-        }
+        Command::Serve(args) => serve_command(*args),
         Command::Mcp(McpCommand::Pins {
             url,
             headers,
@@ -282,6 +215,81 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Console(args) => ops::console(args),
         Command::Audit(command) => audit_cmd::run(command),
     }
+}
+
+/// `serve`: runs until SIGTERM or Ctrl-C, then drains.
+fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = serve_config(args)?;
+    runtime()?.block_on(async {
+        let running = serve::start(&config, std::sync::Arc::new(process_env)).await?;
+        if let Some(vend) = running.vend_addr {
+            println!("clawgate: vending credentials on http://{vend}");
+        }
+        if let Some(admin) = running.admin_addr {
+            println!("clawgate: admin api on https://{admin}");
+        }
+        if let Some(token) = running.token_addr {
+            println!("clawgate: token proxy on https://{token}");
+        }
+        println!("clawgate: listening on {}", running.addr);
+        wait_for_stop().await;
+        tracing::info!("stopping: draining in-flight calls");
+        running.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The serve flags as the server's configuration.
+fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
+    Ok(ServeConfig {
+        policy_dir: args.policy,
+        certs_dir: args.certs,
+        audit_path: args.audit,
+        listen: args.listen,
+        crl: args.crl,
+        timeouts: Timeouts {
+            connect: args.connect_timeout,
+            total: args.upstream_timeout,
+        },
+        drain: args.drain_timeout,
+        broker: BrokerConfig {
+            endpoint_url: args.aws_endpoint_url,
+            region: args.aws_region,
+        },
+        vend_listen: args.vend_listen,
+        limits: BodyLimits {
+            sentinel_scan: args.sentinel_scan_limit,
+            ..BodyLimits::default()
+        },
+        resolve: args.resolve,
+        decision_log_off_benchmark_only: args.benchmark_only_decision_log_off,
+        admin_listen: args.admin_listen.0,
+        watch_policy: !args.no_watch,
+        max_exception: checked_max_exception(args.max_exception)?,
+        token_listen: args.token_listen,
+        token_jwks: args.token_jwks.zip(args.token_issuer),
+        retention: args.retain.map(|retain| clawgate::retention::Retention {
+            retain,
+            dir: args.archive_dir.clone().unwrap_or_default(),
+            every: args.retain_every,
+        }),
+        fleet: serve::FleetConfig {
+            store: args.store.as_deref().map(cli::store).transpose()?,
+            replica: args.replica.clone(),
+            checkpoint_every: args.checkpoint_every,
+            limits: args
+                .limits
+                .map(|target| clawgate::limits::redis::RedisConfig {
+                    target,
+                    timeout: args.limits_timeout,
+                    failure_mode: args.limits_failure_mode,
+                    replica: args
+                        .replica
+                        .clone()
+                        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                }),
+        },
+    })
 }
 
 /// `policy status`: 0 in sync, 2 drifted, 1 on any error.
