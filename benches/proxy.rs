@@ -153,6 +153,7 @@ fn bench(c: &mut Criterion) {
         certs_dir: certs_dir.clone(),
         audit_path: dir.path().join("audit.db"),
         listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 0,
         crl: None,
         timeouts: Timeouts {
             connect: Duration::from_secs(5),

@@ -94,6 +94,19 @@ pub struct Listener {
     pub tls: Option<(Arc<TlsStore>, Door)>,
     /// Where rejected handshakes are recorded.
     pub rejections: Arc<Rejections>,
+    /// The listener's handshake admission ([`new_gate`]). The shards that
+    /// serve one listener share one gate, so its bounds hold for the
+    /// listener, not per shard.
+    pub gate: Arc<Gate>,
+}
+
+/// A listener's handshake admission with the bounds every listener has.
+pub fn new_gate() -> Arc<Gate> {
+    Gate::new(
+        pending_bound(),
+        gate::PENDING_PER_SOURCE,
+        gate::HANDSHAKE_PERMITS,
+    )
 }
 
 /// Serves `listener` until `shutdown` flips, then drains for at most `drain`.
@@ -120,13 +133,9 @@ pub async fn serve<M, S, B>(
         tcp,
         tls,
         rejections,
+        gate,
     } = listener;
     let make = Arc::new(make);
-    let gate = Gate::new(
-        pending_bound(),
-        gate::PENDING_PER_SOURCE,
-        gate::HANDSHAKE_PERMITS,
-    );
     // Flips when the listener drains: every connection finishes the
     // request in hand, then closes.
     let (draining, drain_signal) = watch::channel(false);

@@ -222,6 +222,10 @@ pub(crate) struct ServeArgs {
     /// Where agents connect.
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub(crate) listen: SocketAddr,
+    /// How many shards serve the agent and token listeners: threads, each
+    /// with its own runtime and socket (`SO_REUSEPORT`); 0 is one per core.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) shards: usize,
     /// A PEM certificate revocation list for agent certificates.
     #[arg(long)]
     pub(crate) crl: Option<PathBuf>,

@@ -4,10 +4,19 @@
 //! names for a private upstream. Scopes that trust the same extra CAs share one
 //! pooled client; scopes that trust none share the default one.
 //!
+//! Clients are kept per shard ([`crate::shards`]): hyper's pooled client runs
+//! each connection in a task on the runtime that opened it, and its clones
+//! share one pool, so one client for the whole process would hand a call
+//! from its shard's thread to another's and back. A thread says which shard
+//! it is with [`enter_shard`]; calls on any other thread share one more set
+//! of clients. The shards' clients are built from the same roots, ranges and
+//! pins, so which set a call uses changes nothing but the thread.
+//!
 //! Invariants: nothing here decides anything. A request only reaches
 //! [`Upstreams::send`] with a [`Permitted`] that `decide` made; hop-by-hop
 //! headers and clawgate's own headers never leave in either direction.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,12 +52,30 @@ pub struct Timeouts {
     pub total: Duration,
 }
 
-/// The upstream clients, one per distinct set of trusted roots and private
+thread_local! {
+    /// The shard this thread serves, if it is a shard's thread.
+    static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Marks the calling thread as shard `index`'s: upstream calls made on it
+/// use that shard's clients.
+pub fn enter_shard(index: usize) {
+    SHARD.with(|shard| shard.set(Some(index)));
+}
+
+/// The upstream clients, one set per shard and one for any other thread;
+/// in each set one client per distinct set of trusted roots and private
 /// ranges (every client's resolver checks addresses against its scope's
 /// `allow_private`).
 pub struct Upstreams {
     timeouts: Timeouts,
     pins: Pins,
+    /// Index `i` for shard `i`'s thread, the last for every other thread.
+    shards: Box<[ShardClients]>,
+}
+
+/// The clients one shard's calls use.
+struct ShardClients {
     default: PooledClient,
     private: Mutex<HashMap<[u8; 32], PooledClient>>,
     /// The clients by the identity of the scope's own `Arc`s, so that a call
@@ -74,6 +101,7 @@ impl std::fmt::Debug for Upstreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstreams")
             .field("timeouts", &self.timeouts)
+            .field("shards", &(self.shards.len() - 1))
             .finish_non_exhaustive()
     }
 }
@@ -90,15 +118,23 @@ pub enum ForwardError {
 }
 
 impl Upstreams {
-    /// Builds the default client (webpki roots only, public addresses
-    /// only). `pins` are names fixed to addresses (`serve --resolve`).
-    pub fn new(timeouts: Timeouts, pins: Pins) -> Result<Upstreams, ForwardError> {
+    /// Builds the default clients (webpki roots only, public addresses
+    /// only) for `shards` shards and for the other threads. `pins` are names
+    /// fixed to addresses (`serve --resolve`).
+    pub fn new(timeouts: Timeouts, pins: Pins, shards: usize) -> Result<Upstreams, ForwardError> {
+        let shards = (0..=shards)
+            .map(|_| {
+                Ok(ShardClients {
+                    default: build_client(&[], Arc::default(), Arc::clone(&pins), timeouts, false)?,
+                    private: Mutex::new(HashMap::new()),
+                    recent: Mutex::new(Vec::new()),
+                })
+            })
+            .collect::<Result<_, ForwardError>>()?;
         Ok(Upstreams {
             timeouts,
-            default: build_client(&[], Arc::default(), Arc::clone(&pins), timeouts, false)?,
             pins,
-            private: Mutex::new(HashMap::new()),
-            recent: Mutex::new(Vec::new()),
+            shards,
         })
     }
 
@@ -112,19 +148,28 @@ impl Upstreams {
         &self.pins
     }
 
-    /// The client for a scope's roots and private ranges: found by the
-    /// identity of its `Arc`s, else by the hash of their contents.
+    /// The calling thread's set of clients.
+    fn here(&self) -> &ShardClients {
+        let other = self.shards.len() - 1;
+        let index = SHARD.with(Cell::get).filter(|i| *i < other);
+        &self.shards[index.unwrap_or(other)]
+    }
+
+    /// The client for a scope's roots and private ranges on this thread's
+    /// shard: found by the identity of its `Arc`s, else by the hash of
+    /// their contents.
     fn scope_client(
         &self,
         roots: &Arc<Vec<CertificateDer<'static>>>,
         allow: &Arc<AllowPrivate>,
         http1_only: bool,
     ) -> Result<PooledClient, ForwardError> {
+        let here = self.here();
         if roots.is_empty() && allow.is_empty() && !http1_only {
-            return Ok(self.default.clone());
+            return Ok(here.default.clone());
         }
         let poisoned = || ForwardError::BadRoot("client cache poisoned".into());
-        if let Some(found) = self
+        if let Some(found) = here
             .recent
             .lock()
             .map_err(|_| poisoned())?
@@ -137,8 +182,8 @@ impl Upstreams {
         {
             return Ok(found.client.clone());
         }
-        let client = self.client_for(roots, allow, http1_only)?;
-        let mut recent = self.recent.lock().map_err(|_| poisoned())?;
+        let client = self.client_for(here, roots, allow, http1_only)?;
+        let mut recent = here.recent.lock().map_err(|_| poisoned())?;
         if recent.len() >= RECENT_CLIENTS {
             recent.clear();
         }
@@ -153,6 +198,7 @@ impl Upstreams {
 
     fn client_for(
         &self,
+        here: &ShardClients,
         extra_roots: &[CertificateDer<'static>],
         allow: &Arc<AllowPrivate>,
         http1_only: bool,
@@ -164,7 +210,7 @@ impl Upstreams {
         }
         hasher.update(format!("{allow:?} {http1_only}").as_bytes());
         let key: [u8; 32] = hasher.finalize().into();
-        let mut clients = self
+        let mut clients = here
             .private
             .lock()
             .map_err(|_| ForwardError::BadRoot("client cache poisoned".into()))?;

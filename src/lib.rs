@@ -14,6 +14,8 @@
 //!   certificate and CRL hot reload.
 //! - [`accept`]: one accept path for every listener: handshake admission,
 //!   `tls-rejected` records, timeouts, HTTP/1.1, HTTP/2, upgrades, drain.
+//! - [`shards`]: per-core shards: a thread, a single-threaded runtime and an
+//!   `SO_REUSEPORT` socket each, running the agent and token listeners.
 //! - [`listener`]: the agent listener (client certificate required).
 //! - [`request`]: one request sent where it belongs: `CONNECT`, vend or call.
 //! - [`identity`]: names from the verified peer certificate.
@@ -60,6 +62,8 @@
 pub mod tls;
 
 pub mod accept;
+
+pub mod shards;
 
 pub mod listener;
 

@@ -15,28 +15,33 @@ use hyper::service::service_fn;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::accept::{self, Accepted, Rejections, Served};
+use crate::accept::{self, Accepted, Gate, Rejections, Served};
 use crate::identity;
 use crate::live::Subject;
 use crate::pipeline::{Peer, Pipeline};
 use crate::tls::{Door, TlsStore};
 
 /// Accepts agent connections until `shutdown` flips, then drains in-flight
-/// calls, tunnels and upgraded sockets within `drain`.
+/// calls, tunnels and upgraded sockets within `drain`. Each shard runs one
+/// of these on its own socket, all with the one `gate` of the agent
+/// listener; each returns only when the whole pipeline is idle (or the
+/// drain time is up), so a shard's runtime outlives the tunnels and
+/// streams it runs.
 pub async fn serve(
     tcp: TcpListener,
+    gate: Arc<Gate>,
     tls: Arc<TlsStore>,
     rejections: Arc<Rejections>,
     pipeline: Arc<Pipeline>,
     shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    let drain_until = tokio::time::Instant::now() + drain;
     let listener = accept::Listener {
         name: "agent",
         tcp,
         tls: Some((tls, Door::Agent)),
         rejections,
+        gate,
     };
     let calls = Arc::clone(&pipeline);
     let make = move |accepted: Accepted| {
@@ -70,10 +75,16 @@ pub async fn serve(
             })),
         })
     };
-    accept::serve(listener, make, shutdown, drain).await;
+    // The drain time counts from the signal, not from the start.
+    let mut signal = shutdown.clone();
+    let stopped_at = async move {
+        let _ = signal.wait_for(|stop| *stop).await.is_ok();
+        tokio::time::Instant::now()
+    };
+    let ((), stopped_at) = tokio::join!(accept::serve(listener, make, shutdown, drain), stopped_at);
     // Tunnels and intercepted connections left their HTTP connection at the
     // upgrade; they get what is left of the drain time, then are ended.
-    let left = drain_until.saturating_duration_since(tokio::time::Instant::now());
+    let left = (stopped_at + drain).saturating_duration_since(tokio::time::Instant::now());
     if !pipeline.wait_idle(left).await {
         tracing::warn!("tunnels still open after the drain timeout; ending them");
     }

@@ -220,23 +220,31 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 /// `serve`: runs until SIGTERM or Ctrl-C, then drains.
 fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = serve_config(args)?;
-    runtime()?.block_on(async {
-        let running = serve::start(&config, std::sync::Arc::new(process_env)).await?;
-        if let Some(vend) = running.vend_addr {
-            println!("clawgate: vending credentials on http://{vend}");
-        }
-        if let Some(admin) = running.admin_addr {
-            println!("clawgate: admin api on https://{admin}");
-        }
-        if let Some(token) = running.token_addr {
-            println!("clawgate: token proxy on https://{token}");
-        }
-        println!("clawgate: listening on {}", running.addr);
-        wait_for_stop().await;
-        tracing::info!("stopping: draining in-flight calls");
-        running.shutdown().await;
-        Ok(ExitCode::SUCCESS)
-    })
+    // Calls run on the shards' threads; this runtime keeps the admin API,
+    // vending, reloads, metrics and the stores' tasks, which one thread
+    // serves.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(async {
+            let running = serve::start(&config, std::sync::Arc::new(process_env)).await?;
+            if let Some(vend) = running.vend_addr {
+                println!("clawgate: vending credentials on http://{vend}");
+            }
+            if let Some(admin) = running.admin_addr {
+                println!("clawgate: admin api on https://{admin}");
+            }
+            if let Some(token) = running.token_addr {
+                println!("clawgate: token proxy on https://{token}");
+            }
+            println!("clawgate: listening on {}", running.addr);
+            wait_for_stop().await;
+            tracing::info!("stopping: draining in-flight calls");
+            running.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        })
 }
 
 /// The serve flags as the server's configuration.
@@ -246,6 +254,7 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
         certs_dir: args.certs,
         audit_path: args.audit,
         listen: args.listen,
+        shards: args.shards,
         crl: args.crl,
         timeouts: Timeouts {
             connect: args.connect_timeout,

@@ -1,5 +1,7 @@
 //! `clawgate serve`: load everything, refuse to start on any problem, then run
-//! the agent listener until told to stop.
+//! the agent listener (and the token listener) on per-core shards
+//! ([`crate::shards`]) and the rest on the caller's runtime until told to
+//! stop.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::shards::{self, CallListeners, ShardError, Shards};
+
 use crate::accept::Rejections;
 use crate::admin::Admin;
 use crate::audit::postgres::PgTarget;
@@ -18,7 +22,6 @@ use crate::credentials::{Broker, BrokerConfig};
 use crate::forward::{ForwardError, Timeouts, Upstreams};
 use crate::intercept::{InterceptError, Interceptor};
 use crate::limits::redis::{RedisConfig, RedisLimits};
-use crate::listener;
 use crate::overrides::{OverrideError, Overrides};
 use crate::pipeline::vend::{self, VendListenError};
 use crate::pipeline::{BodyLimits, Parts as PipelineParts, Pipeline};
@@ -37,6 +40,9 @@ pub struct ServeConfig {
     pub audit_path: PathBuf,
     /// Where agents connect.
     pub listen: SocketAddr,
+    /// How many shards serve the agent and token listeners; 0 is one per
+    /// available core.
+    pub shards: usize,
     /// A PEM CRL for agent certificates.
     pub crl: Option<PathBuf>,
     /// Upstream timeouts.
@@ -131,6 +137,10 @@ pub enum ServeError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The shards serving the agent and token listeners cannot start
+    /// (their address is unavailable, or a thread cannot be made).
+    #[error(transparent)]
+    Shards(#[from] ShardError),
     /// The listen address is unavailable.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -155,17 +165,23 @@ pub struct Running {
     /// The pipeline, for inspection.
     pub pipeline: Arc<Pipeline>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    shards: Shards,
     vend_task: Option<JoinHandle<()>>,
     other_tasks: Vec<JoinHandle<()>>,
     writer: WriterHandle,
 }
 
 impl Running {
-    /// Stops accepting, drains in-flight calls, flushes the decision log.
+    /// How many shards serve the agent and token listeners.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Stops accepting, drains in-flight calls, flushes the decision log
+    /// once every shard's connections are gone.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        self.shards.join().await;
         if let Some(task) = self.vend_task {
             let _ = task.await;
         }
@@ -205,18 +221,10 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
     for (name, ip) in &config.resolve {
         pins.entry(name.clone()).or_default().push(*ip);
     }
-    let upstreams = Upstreams::new(config.timeouts, Arc::new(pins))?;
+    let shard_count = shards::count(config.shards);
+    let upstreams = Upstreams::new(config.timeouts, Arc::new(pins), shard_count)?;
     let (audit, writer) = open_log(config).await?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    let (agent_sockets, addr) = shards::bind(config.listen, shard_count)?;
     // The policy in force is itself a record; a log that cannot take it
     // cannot take decisions either, so this is a reason not to start.
     audit.append_durable(policy_record(&policy)).await?;
@@ -227,8 +235,11 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
     let vend_addr = vend_listener.as_ref().and_then(|l| l.local_addr().ok());
     let admin_listener = bind_optional(config.admin_listen).await?;
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let token_listener = bind_optional(config.token_listen).await?;
-    let token_addr = token_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let token_sockets = config
+        .token_listen
+        .map(|addr| shards::bind(addr, shard_count))
+        .transpose()?;
+    let token_addr = token_sockets.as_ref().map(|(_, addr)| *addr);
     let tokens = crate::token::Verifier::load(
         &config.certs_dir,
         config
@@ -309,16 +320,6 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         )),
     ];
     other_tasks.extend(spawn_store_tasks(config, shared_limits, &stopped));
-    if let Some(listener) = token_listener {
-        other_tasks.push(tokio::spawn(crate::token::listen::serve(
-            listener,
-            Arc::clone(&tls),
-            Arc::clone(&rejections),
-            Arc::clone(&pipeline),
-            stopped.clone(),
-            config.drain,
-        )));
-    }
     if let Some(listener) = admin_listener {
         let admin = Arc::new(Admin {
             pipeline: Arc::clone(&pipeline),
@@ -343,14 +344,21 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
             stopped.clone(),
         ))
     });
-    let task = tokio::spawn(listener::serve(
-        listener,
+    let shards = shards::serve_calls(CallListeners {
+        agent: agent_sockets,
+        token: token_sockets.map(|(sockets, _)| sockets),
         tls,
         rejections,
-        Arc::clone(&pipeline),
-        stopped,
-        config.drain,
-    ));
+        pipeline: Arc::clone(&pipeline),
+        shutdown: stopped,
+        drain: config.drain,
+    })
+    .await?;
+    tracing::info!(
+        shards = shards.len(),
+        "serving calls on {} shards",
+        shards.len()
+    );
     Ok(Running {
         addr,
         vend_addr,
@@ -358,7 +366,7 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         token_addr,
         pipeline,
         stop,
-        task,
+        shards,
         vend_task,
         other_tasks,
         writer,

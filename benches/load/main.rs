@@ -76,7 +76,12 @@ fn run() -> Result<(), Error> {
     let rounds = setting("CLAWGATE_LOAD_ROUNDS", 3) as usize;
     let connections = setting("CLAWGATE_LOAD_CONNECTIONS", 64) as usize;
     let fixed_rate = setting("CLAWGATE_LOAD_RATE", 3000) as f64;
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_clawgate"));
+    // Another build of clawgate may be measured against this one's, one
+    // run after the other (`CLAWGATE_LOAD_BIN`).
+    let bin = std::env::var_os("CLAWGATE_LOAD_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_clawgate")),
+        PathBuf::from,
+    );
     if cfg!(debug_assertions) {
         eprintln!("warning: not an optimised build; figures mean little");
     }
@@ -331,6 +336,10 @@ paths = ["/data"]
         command.args(["--admin-listen", "off", "--no-watch"]);
         if off {
             command.arg("--benchmark-only-decision-log-off");
+        }
+        // More serve flags for both clawgates (`--shards 1`).
+        if let Ok(extra) = std::env::var("CLAWGATE_LOAD_SERVE_ARGS") {
+            command.args(extra.split_whitespace());
         }
         let (child, addr) = procs::start_and_wait(name, command, dir, "clawgate: listening on ")?;
         let port = addr.rsplit(':').next().unwrap_or_default().parse()?;

@@ -88,6 +88,7 @@ pub async fn serve(
         tcp,
         tls: Some((tls, Door::Admin)),
         rejections,
+        gate: accept::new_gate(),
     };
     let make = move |accepted: Accepted| {
         // Names for the role, the serial for revocation: both from the

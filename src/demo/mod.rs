@@ -85,6 +85,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         certs_dir: certs_dir.clone(),
         audit_path: audit_path.clone(),
         listen: "127.0.0.1:0".parse()?,
+        shards: 0,
         crl: None,
         timeouts: Timeouts {
             connect: Duration::from_secs(5),

@@ -437,6 +437,7 @@ pub async fn serve(
         tcp,
         tls: None,
         rejections,
+        gate: crate::accept::new_gate(),
     };
     let calls = Arc::clone(&pipeline);
     let make = move |accepted: crate::accept::Accepted| {

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::{RUN_TOKEN_HEADER, proxy_key};
-use crate::accept::{self, Accepted, Rejections, Served};
+use crate::accept::{self, Accepted, Gate, Rejections, Served};
 use crate::identity::PeerIdentity;
 use crate::live::{Membership, Subject};
 use crate::pipeline::{Peer, Pipeline};
@@ -44,9 +44,11 @@ fn basic_password(value: &HeaderValue) -> Option<String> {
 }
 
 /// Accepts token-authenticated connections until `shutdown` flips, then
-/// drains them within `drain`.
+/// drains them within `drain`. Like the agent listener it runs on every
+/// shard, each on its own socket, all with the token listener's one `gate`.
 pub async fn serve(
     tcp: TcpListener,
+    gate: Arc<Gate>,
     tls: Arc<TlsStore>,
     rejections: Arc<Rejections>,
     pipeline: Arc<Pipeline>,
@@ -58,6 +60,7 @@ pub async fn serve(
         tcp,
         tls: Some((tls, Door::Token)),
         rejections,
+        gate,
     };
     let make = move |accepted: Accepted| {
         let pipeline = Arc::clone(&pipeline);
