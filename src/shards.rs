@@ -123,7 +123,7 @@ where
         let (started, listening) = oneshot::channel();
         let work = Arc::clone(&work);
         let thread = std::thread::Builder::new()
-            .name(format!("clawgate-shard-{index}"))
+            .name(format!("clawgate-shard{index}"))
             .spawn(move || run(index, sockets, started, &*work))
             .map_err(|source| ShardError::Start { index, source })?;
         threads.push(thread);
@@ -293,3 +293,7 @@ pub async fn serve_calls(listeners: CallListeners) -> Result<Shards, ShardError>
     })
     .await
 }
+
+#[cfg(test)]
+#[path = "shards_tests.rs"]
+mod tests;
