@@ -8,8 +8,6 @@
 )]
 
 mod common;
-#[path = "listeners/net.rs"]
-mod net;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
@@ -227,6 +225,15 @@ impl Client {
     }
 }
 
+/// A TCP connection to clawgate on `port` from the loopback address `source`.
+async fn tcp_from(source: std::net::IpAddr, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -262,7 +269,7 @@ fn the_shards_of_a_listener_share_one_handshake_gate() {
         let mut peers = Vec::with_capacity(IDLE);
         for _ in 0..IDLE {
             if let Ok(Ok(tcp)) =
-                tokio::time::timeout(Duration::from_secs(2), net::tcp_from(source, port)).await
+                tokio::time::timeout(Duration::from_secs(2), tcp_from(source, port)).await
             {
                 peers.push(tcp);
             }
