@@ -147,6 +147,18 @@ impl Metrics {
     /// The whole exposition.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
+        self.render_calls(&mut out);
+        self.render_counters(&mut out, gauges);
+        render_audit(&mut out, gauges);
+        if let Some(store) = gauges.limits_store {
+            render_limits_store(&mut out, store);
+        }
+        render_policy(&mut out, gauges);
+        out
+    }
+
+    /// Calls by decision, and the stages' histograms.
+    fn render_calls(&self, out: &mut String) {
         out.push_str("# HELP clawgate_calls_total Calls by decision, reason and scope.\n");
         out.push_str("# TYPE clawgate_calls_total counter\n");
         if let Ok(calls) = self.calls.lock() {
@@ -160,154 +172,164 @@ impl Metrics {
                 );
             }
         }
-        self.decide.render(
-            &mut out,
-            "clawgate_decide_seconds",
-            "Time spent in decide().",
-        );
+        self.decide
+            .render(out, "clawgate_decide_seconds", "Time spent in decide().");
         self.credential.render(
-            &mut out,
+            out,
             "clawgate_credential_seconds",
             "Time spent getting a scope's credential.",
         );
         self.upstream.render(
-            &mut out,
+            out,
             "clawgate_upstream_seconds",
             "Time from sending upstream to response headers.",
         );
+    }
+
+    /// The credential cache, TLS rejections and policy loads.
+    fn render_counters(&self, out: &mut String, gauges: &Gauges) {
         counter(
-            &mut out,
+            out,
             "clawgate_credential_cache_hits_total",
             "Credential cache hits.",
             gauges.cache_hits,
         );
         counter(
-            &mut out,
+            out,
             "clawgate_credential_cache_misses_total",
             "Credential cache misses.",
             gauges.cache_misses,
         );
         counter(
-            &mut out,
+            out,
             "clawgate_credential_mints_total",
             "Credentials fetched or minted (Secrets Manager, STS).",
             gauges.cache_fetches,
         );
         counter(
-            &mut out,
+            out,
             "clawgate_tls_rejections_total",
             "TLS handshakes rejected (no, expired, revoked or foreign certificate), every one, including those past the per-source record cap.",
             self.tls_rejections.load(Ordering::Relaxed),
         );
         counter(
-            &mut out,
+            out,
             "clawgate_policy_loads_total",
             "Policy loads put in force, the one at start included.",
             self.reloads_ok.load(Ordering::Relaxed),
         );
         counter(
-            &mut out,
+            out,
             "clawgate_policy_rejections_total",
             "Policy loads refused because the files did not validate.",
             self.reloads_rejected.load(Ordering::Relaxed),
         );
+    }
+}
+
+/// The decision log's health and group commits.
+fn render_audit(out: &mut String, gauges: &Gauges) {
+    counter(
+        out,
+        "clawgate_audit_dropped_records_total",
+        "Records the decision log could not keep.",
+        gauges.audit_dropped,
+    );
+    if let Some((last, commits, seconds)) = gauges.audit_batches {
+        gauge(
+            out,
+            "clawgate_audit_last_batch_records",
+            "Records in the last group commit.",
+            last as f64,
+        );
         counter(
-            &mut out,
-            "clawgate_audit_dropped_records_total",
-            "Records the decision log could not keep.",
-            gauges.audit_dropped,
+            out,
+            "clawgate_audit_commits_total",
+            "Group commits of the decision log.",
+            commits,
         );
-        if let Some((last, commits, seconds)) = gauges.audit_batches {
-            gauge(
-                &mut out,
-                "clawgate_audit_last_batch_records",
-                "Records in the last group commit.",
-                last as f64,
-            );
-            counter(
-                &mut out,
-                "clawgate_audit_commits_total",
-                "Group commits of the decision log.",
-                commits,
-            );
-            let _ = writeln!(
-                out,
-                "# HELP clawgate_audit_commit_seconds_total Time spent committing.\n# TYPE clawgate_audit_commit_seconds_total counter\nclawgate_audit_commit_seconds_total {seconds}"
-            );
-        }
-        gauge(
-            &mut out,
-            "clawgate_audit_healthy",
-            "1 when the decision log can be written.",
-            f64::from(u8::from(gauges.audit_healthy)),
-        );
-        if let Some(store) = gauges.limits_store {
-            gauge(
-                &mut out,
-                "clawgate_limits_store_up",
-                "1 when the shared rate limit store (Redis) answers; 0 while the failure mode decides.",
-                f64::from(u8::from(store.up)),
-            );
-            counter(
-                &mut out,
-                "clawgate_limits_store_failures_total",
-                "Round trips to the rate limit store that failed or timed out.",
-                store.failures,
-            );
-            counter(
-                &mut out,
-                "clawgate_limits_fallback_total",
-                "Calls decided by the failure mode instead of the rate limit store.",
-                store.fallbacks,
-            );
-            counter(
-                &mut out,
-                "clawgate_limits_cached_refusals_total",
-                "Rate limit refusals answered from the local cache.",
-                store.cached_refusals,
-            );
-            gauge(
-                &mut out,
-                "clawgate_limits_replicas",
-                "Live replicas sharing the rate limits, as last seen.",
-                f64::from(store.replicas),
-            );
-        }
-        gauge(
-            &mut out,
-            "clawgate_policy_valid",
-            "1 when the policy files on disk validated at the last load.",
-            f64::from(u8::from(gauges.policy_valid)),
-        );
-        gauge(
-            &mut out,
-            "clawgate_policy_drifted",
-            "1 when runtime behaviour differs from the policy files (edited and not loaded, refused, or an override in force).",
-            f64::from(u8::from(gauges.policy_drifted)),
-        );
-        if let Some(left) = gauges.next_lapse_seconds {
-            gauge(
-                &mut out,
-                "clawgate_next_lapse_seconds",
-                "Seconds until the next override or policy exception in force lapses (absent when none is).",
-                left as f64,
-            );
-        }
-        gauge(
-            &mut out,
-            "clawgate_overrides_active",
-            "Runtime overrides in force.",
-            gauges.overrides_active as f64,
-        );
-        out.push_str("# HELP clawgate_policy_info The policy in force.\n");
-        out.push_str("# TYPE clawgate_policy_info gauge\n");
         let _ = writeln!(
             out,
-            "clawgate_policy_info{{digest=\"{}\"}} 1",
-            escape(&gauges.policy_digest)
+            "# HELP clawgate_audit_commit_seconds_total Time spent committing.\n# TYPE clawgate_audit_commit_seconds_total counter\nclawgate_audit_commit_seconds_total {seconds}"
         );
-        out
     }
+    gauge(
+        out,
+        "clawgate_audit_healthy",
+        "1 when the decision log can be written.",
+        f64::from(u8::from(gauges.audit_healthy)),
+    );
+}
+
+/// The shared rate limit store (Redis).
+fn render_limits_store(out: &mut String, store: crate::limits::redis::RedisStats) {
+    gauge(
+        out,
+        "clawgate_limits_store_up",
+        "1 when the shared rate limit store (Redis) answers; 0 while the failure mode decides.",
+        f64::from(u8::from(store.up)),
+    );
+    counter(
+        out,
+        "clawgate_limits_store_failures_total",
+        "Round trips to the rate limit store that failed or timed out.",
+        store.failures,
+    );
+    counter(
+        out,
+        "clawgate_limits_fallback_total",
+        "Calls decided by the failure mode instead of the rate limit store.",
+        store.fallbacks,
+    );
+    counter(
+        out,
+        "clawgate_limits_cached_refusals_total",
+        "Rate limit refusals answered from the local cache.",
+        store.cached_refusals,
+    );
+    gauge(
+        out,
+        "clawgate_limits_replicas",
+        "Live replicas sharing the rate limits, as last seen.",
+        f64::from(store.replicas),
+    );
+}
+
+/// The policy's validity, drift, lapses, overrides and digest.
+fn render_policy(out: &mut String, gauges: &Gauges) {
+    gauge(
+        out,
+        "clawgate_policy_valid",
+        "1 when the policy files on disk validated at the last load.",
+        f64::from(u8::from(gauges.policy_valid)),
+    );
+    gauge(
+        out,
+        "clawgate_policy_drifted",
+        "1 when runtime behaviour differs from the policy files (edited and not loaded, refused, or an override in force).",
+        f64::from(u8::from(gauges.policy_drifted)),
+    );
+    if let Some(left) = gauges.next_lapse_seconds {
+        gauge(
+            out,
+            "clawgate_next_lapse_seconds",
+            "Seconds until the next override or policy exception in force lapses (absent when none is).",
+            left as f64,
+        );
+    }
+    gauge(
+        out,
+        "clawgate_overrides_active",
+        "Runtime overrides in force.",
+        gauges.overrides_active as f64,
+    );
+    out.push_str("# HELP clawgate_policy_info The policy in force.\n");
+    out.push_str("# TYPE clawgate_policy_info gauge\n");
+    let _ = writeln!(
+        out,
+        "clawgate_policy_info{{digest=\"{}\"}} 1",
+        escape(&gauges.policy_digest)
+    );
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
