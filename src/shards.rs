@@ -75,30 +75,50 @@ pub fn count(requested: usize) -> usize {
 /// address they share: with port 0, the port the first one got. With more
 /// than one shard the sockets set `SO_REUSEPORT`; only sockets of the same
 /// user may join such a group (Linux), as with nginx's `reuseport`.
+///
+/// A port that anything already listens on is refused, as a plain bind
+/// would refuse it: without that check a second clawgate of the same user
+/// (another policy, an old version) would silently take a share of the
+/// agents' connections.
 pub fn bind(addr: SocketAddr, shards: usize) -> Result<(Vec<TcpSocket>, SocketAddr), ShardError> {
     let error = |source| ShardError::Bind { addr, source };
+    // A socket without `SO_REUSEPORT` cannot bind where a group of them,
+    // or any other listener, is bound: this one finds out, then makes way.
+    let free = socket(addr, false).map_err(error)?;
+    free.bind(addr).map_err(error)?;
+    let mut bound = free.local_addr().map_err(error)?;
+    if shards <= 1 {
+        return Ok((vec![free], bound));
+    }
+    drop(free);
     let mut sockets = Vec::with_capacity(shards);
-    let mut bound = addr;
-    for _ in 0..shards.max(1) {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(error)?;
-        // As `TcpListener::bind` does: a restart can bind while old
-        // connections linger in TIME_WAIT.
-        #[cfg(unix)]
-        socket.set_reuseaddr(true).map_err(error)?;
-        #[cfg(unix)]
-        if shards > 1 {
-            socket.set_reuseport(true).map_err(error)?;
-        }
+    for _ in 0..shards {
+        let socket = socket(addr, true).map_err(error)?;
         socket.bind(bound).map_err(error)?;
         bound = socket.local_addr().map_err(error)?;
         sockets.push(socket);
     }
     Ok((sockets, bound))
+}
+
+/// A TCP socket for `addr`'s family, with `SO_REUSEPORT` when `shared`.
+fn socket(addr: SocketAddr, shared: bool) -> std::io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }?;
+    // As `TcpListener::bind` does: a restart can bind while old
+    // connections linger in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    if shared {
+        socket.set_reuseport(true)?;
+    }
+    #[cfg(not(unix))]
+    let _ = shared;
+    Ok(socket)
 }
 
 /// The running shards' threads.

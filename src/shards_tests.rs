@@ -70,3 +70,22 @@ fn an_address_in_use_fails_the_bind_with_the_address() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_second_server_cannot_join_a_port_the_first_serves() {
+    let (first, addr) = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+    let _listening: Vec<_> = first
+        .into_iter()
+        .map(|s| s.listen(BACKLOG).unwrap())
+        .collect();
+    for shards in [2, 1] {
+        let Err(e) = bind(addr, shards) else {
+            panic!("{shards} more shards joined a port another server listens on");
+        };
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot listen on {addr}: ")),
+            "{e}"
+        );
+    }
+}
