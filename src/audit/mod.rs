@@ -13,6 +13,7 @@ mod batch;
 mod chain;
 pub mod postgres;
 mod query;
+mod timeline;
 pub mod stats;
 mod writer;
 
