@@ -19,6 +19,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 use super::DecisionRecord;
+use super::chain::{GENESIS, Head};
 
 /// `PRAGMA user_version` of a time-ordered log.
 const TIME_ORDERED: i64 = 1;
@@ -121,6 +122,32 @@ pub(super) fn last_ts(conn: &Connection) -> rusqlite::Result<String> {
         .query_row([], |row| row.get(0))
         .optional()?
         .unwrap_or_default())
+}
+
+/// The chain's head and the time of its last record, in one read (the
+/// writer's, once a batch).
+pub(super) fn head_and_ts(conn: &Connection) -> rusqlite::Result<(Head, String)> {
+    Ok(conn
+        .prepare_cached("SELECT seq, hash, ts FROM records ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |row| {
+            Ok((
+                Head {
+                    seq: row.get(0)?,
+                    hash: row.get(1)?,
+                },
+                row.get(2)?,
+            ))
+        })
+        .optional()?
+        .unwrap_or_else(|| {
+            (
+                Head {
+                    seq: 0,
+                    hash: GENESIS.to_owned(),
+                },
+                String::new(),
+            )
+        }))
 }
 
 /// The most a record's time may be moved forward to keep the order: a
