@@ -13,8 +13,8 @@ mod batch;
 mod chain;
 pub mod postgres;
 mod query;
-mod timeline;
 pub mod stats;
+mod timeline;
 mod writer;
 
 use std::path::Path;

@@ -8,6 +8,10 @@
 //! to update and every commit to write. Its only index is `records_agent`
 //! (`agent`, and so the rowid), which serves an agent's records in a range.
 //!
+//! A record stamped more than [`TOLERANCE`] before its predecessor means the
+//! clock stepped back: it keeps its time, and the log goes back to the time
+//! indexes for good rather than move a time that far.
+//!
 //! Logs made by earlier versions keep their `(ts)` and `(agent, ts)` indexes
 //! and are queried by them, exactly as before: their `ts` may go backwards.
 //! A log is time-ordered only while both marks hold: `PRAGMA user_version`
@@ -191,7 +195,11 @@ pub(super) fn give_up_order(conn: &Connection) -> rusqlite::Result<()> {
 /// Clamps `record`'s time on a time-ordered log (see [`keep_order`]) or,
 /// when its clock stepped back too far, gives the order up. Returns whether
 /// the log is still time-ordered.
-pub(super) fn order(conn: &Connection, floor: &mut String, record: &mut DecisionRecord) -> rusqlite::Result<bool> {
+pub(super) fn order(
+    conn: &Connection,
+    floor: &mut String,
+    record: &mut DecisionRecord,
+) -> rusqlite::Result<bool> {
     if keep_order(floor, record) {
         return Ok(true);
     }

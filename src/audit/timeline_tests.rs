@@ -47,7 +47,11 @@ fn assert_time_queries_exact(path: &Path, bounds: &[String]) {
                 agent: agent.clone(),
                 ..Filter::default()
             };
-            let got: Vec<i64> = query(path, &filter).unwrap().iter().map(|r| r.seq).collect();
+            let got: Vec<i64> = query(path, &filter)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect();
             let want: Vec<i64> = all
                 .iter()
                 .filter(|r| since.as_ref().is_none_or(|s| r.ts >= *s))
@@ -104,16 +108,19 @@ fn a_new_log_keeps_time_in_order_and_queries_by_position_exactly() {
 
     let all = query(&path, &Filter::default()).unwrap();
     let times: Vec<&str> = all.iter().map(|r| r.ts.as_str()).collect();
-    assert_eq!(times[..8], [
-        ts(1, 0),
-        ts(1, 0),
-        ts(2, 500),
-        ts(2, 500),
-        ts(3, 0),
-        ts(3, 0),
-        ts(5, 0),
-        ts(5, 0),
-    ]);
+    assert_eq!(
+        times[..8],
+        [
+            ts(1, 0),
+            ts(1, 0),
+            ts(2, 500),
+            ts(2, 500),
+            ts(3, 0),
+            ts(3, 0),
+            ts(5, 0),
+            ts(5, 0),
+        ]
+    );
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
     assert_eq!(all.last().unwrap().ts, ts(6, 0));
     // The clamped time is the one sealed: the chain verifies.
