@@ -41,11 +41,6 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 pub(super) const LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often the checkpointer copies the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-/// How soon it goes again after a checkpoint that copied at least
-/// [`BUSY_WAL_PAGES`]: under a sustained stream it keeps up, so
-/// that the writer's own checkpoint (inside a commit) stays the exception.
-const CHECKPOINT_BUSY_EVERY: Duration = Duration::from_millis(20);
-const BUSY_WAL_PAGES: i64 = 500;
 /// WAL pages after which the writer checkpoints in its own commit, should the
 /// checkpointer fall behind (SQLite's default is 1,000).
 const WRITER_CHECKPOINT_PAGES: i64 = 4_000;
@@ -184,32 +179,14 @@ fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
 
 pub(super) type Waiter = Option<tokio::sync::oneshot::Sender<Result<i64, String>>>;
 
-/// Copies committed WAL frames into the database every `CHECKPOINT_EVERY`
-/// (sooner while the WAL fills fast), from a connection of its own, so that
-/// commits do not wait for it (as they do for SQLite's automatic checkpoint,
-/// which runs inside a commit). A passive checkpoint never blocks the
-/// writer. Stops when `stopped` hangs up.
+/// Copies committed WAL frames into the database every `CHECKPOINT_EVERY`,
+/// from a connection of its own, so that commits do not wait for it (as they
+/// do for SQLite's automatic checkpoint, which runs inside a commit). A
+/// passive checkpoint never blocks the writer. Stops when `stopped` hangs up.
 fn checkpoint_every(conn: &Connection, stopped: &Receiver<()>) {
-    let (mut wait, mut copied) = (CHECKPOINT_EVERY, 0);
-    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
-        // (busy, pages in the WAL, pages of it copied so far)
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-            row.get::<_, i64>(2)
-        }) {
-            Ok(now) => {
-                // A WAL started over counts from zero.
-                let this_round = if now >= copied { now - copied } else { now };
-                copied = now;
-                wait = if this_round >= BUSY_WAL_PAGES {
-                    CHECKPOINT_BUSY_EVERY
-                } else {
-                    CHECKPOINT_EVERY
-                };
-            }
-            Err(e) => {
-                wait = CHECKPOINT_EVERY;
-                tracing::warn!(error = %e, "decision log checkpoint failed");
-            }
+    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "decision log checkpoint failed");
         }
     }
 }
