@@ -133,13 +133,6 @@ pub const NO_PROXY: &str = "localhost,127.0.0.1,::1";
 
 /// Writes the agent's CA bundle and `.curlrc` and returns the lines to print.
 pub fn agent_env(req: &EnvRequest<'_>) -> Result<String, EnvError> {
-    let read = |path: &Path, hint: &str| {
-        std::fs::read_to_string(path).map_err(|e| EnvError::Missing {
-            path: path.to_path_buf(),
-            why: e.to_string(),
-            hint: hint.to_owned(),
-        })
-    };
     let init_hint = format!(
         "run `clawgate certs init --dir {}`",
         req.certs_dir.display()
@@ -153,7 +146,7 @@ pub fn agent_env(req: &EnvRequest<'_>) -> Result<String, EnvError> {
     let cert = absolute(&agents.join(format!("{}.pem", req.agent)));
     let key = absolute(&agents.join(format!("{}-key.pem", req.agent)));
     if matches!(req.credential, EnvCredential::Certificate) {
-        read(&cert, &agent_hint)?;
+        read_file(&cert, &agent_hint)?;
         if !key.exists() {
             return Err(EnvError::Missing {
                 path: key,
@@ -162,6 +155,18 @@ pub fn agent_env(req: &EnvRequest<'_>) -> Result<String, EnvError> {
             });
         }
     }
+    let bundle = bundle(req, &init_hint)?;
+    let bundle_path = absolute(&agents.join(format!("{}-bundle.pem", req.agent)));
+    write_file(&bundle_path, &bundle)?;
+    let bundle_text = bundle_path.display().to_string();
+    let curl_home = absolute(&agents.join(format!("{}-curl", req.agent)));
+    write_curlrc(req, &curl_home, &bundle_text, &cert, &key)?;
+    Ok(exports(req, &bundle_text, &curl_home, &cert, &key))
+}
+
+/// The CA bundle the agent's clients trust: the system roots, the
+/// interception CA and the listener's CA.
+fn bundle(req: &EnvRequest<'_>, init_hint: &str) -> Result<String, EnvError> {
     let roots_path = match req.system_roots {
         Some(path) => path.to_path_buf(),
         None => SYSTEM_ROOTS
@@ -170,9 +175,9 @@ pub fn agent_env(req: &EnvRequest<'_>) -> Result<String, EnvError> {
             .find(|p| p.exists())
             .ok_or_else(|| EnvError::NoSystemRoots(SYSTEM_ROOTS.join(", ")))?,
     };
-    let system = read(&roots_path, "pass --system-roots FILE")?;
-    let intercept = read(&req.certs_dir.join(files::INTERCEPT_CA), &init_hint)?;
-    let listener_ca = read(&req.certs_dir.join(files::CA), &init_hint)?;
+    let system = read_file(&roots_path, "pass --system-roots FILE")?;
+    let intercept = read_file(&req.certs_dir.join(files::INTERCEPT_CA), init_hint)?;
+    let listener_ca = read_file(&req.certs_dir.join(files::CA), init_hint)?;
     let mut bundle = String::new();
     for (label, pem) in [
         ("system roots", system.as_str()),
@@ -183,26 +188,40 @@ pub fn agent_env(req: &EnvRequest<'_>) -> Result<String, EnvError> {
         bundle.push_str(pem.trim_end());
         bundle.push('\n');
     }
-    let write = |path: &Path, text: &str| {
-        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(|source| {
-            EnvError::Write {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
-        std::fs::write(path, text).map_err(|source| EnvError::Write {
+    Ok(bundle)
+}
+
+fn read_file(path: &Path, hint: &str) -> Result<String, EnvError> {
+    std::fs::read_to_string(path).map_err(|e| EnvError::Missing {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+        hint: hint.to_owned(),
+    })
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), EnvError> {
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(|source| {
+        EnvError::Write {
             path: path.to_path_buf(),
             source,
-        })
-    };
-    let bundle_path = absolute(&agents.join(format!("{}-bundle.pem", req.agent)));
-    write(&bundle_path, &bundle)?;
-    let bundle_text = bundle_path.display().to_string();
+        }
+    })?;
+    std::fs::write(path, text).map_err(|source| EnvError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
 
-    // curl reads no variable for the proxy's CA (`CURL_CA_BUNDLE` covers
-    // the destination only), nor for a proxy certificate, but it reads
-    // `$CURL_HOME/.curlrc`.
-    let curl_home = absolute(&agents.join(format!("{}-curl", req.agent)));
+/// curl reads no variable for the proxy's CA (`CURL_CA_BUNDLE` covers the
+/// destination only), nor for a proxy certificate, but it reads
+/// `$CURL_HOME/.curlrc`.
+fn write_curlrc(
+    req: &EnvRequest<'_>,
+    curl_home: &Path,
+    bundle_text: &str,
+    cert: &Path,
+    key: &Path,
+) -> Result<(), EnvError> {
     let mut curlrc = format!(
         "# written by `clawgate env --agent {}`\ncacert = \"{bundle_text}\"\nproxy-cacert = \"{bundle_text}\"\n",
         req.agent
@@ -211,8 +230,17 @@ pub fn agent_env(req: &EnvRequest<'_>) -> Result<String, EnvError> {
         let _ = writeln!(curlrc, "proxy-cert = \"{}\"", cert.display());
         let _ = writeln!(curlrc, "proxy-key = \"{}\"", key.display());
     }
-    write(&curl_home.join(".curlrc"), &curlrc)?;
+    write_file(&curl_home.join(".curlrc"), &curlrc)
+}
 
+/// The `export` lines to print.
+fn exports(
+    req: &EnvRequest<'_>,
+    bundle_text: &str,
+    curl_home: &Path,
+    cert: &Path,
+    key: &Path,
+) -> String {
     let proxy = match req.credential.secret() {
         Some(secret) => with_userinfo(req.proxy, req.agent, secret),
         None => req.proxy.to_owned(),
@@ -239,9 +267,9 @@ pub fn agent_env(req: &EnvRequest<'_>) -> Result<String, EnvError> {
     // chunk signature cannot be re-signed by clawgate.
     export("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required");
     export("OPENCLAW_PROXY_URL", &proxy);
-    export("OPENCLAW_PROXY_CA_FILE", &bundle_text);
+    export("OPENCLAW_PROXY_CA_FILE", bundle_text);
     for var in BUNDLE_VARS {
-        export(var, &bundle_text);
+        export(var, bundle_text);
     }
     export("CURL_HOME", &curl_home.display().to_string());
     if matches!(req.credential, EnvCredential::Certificate) {
@@ -267,7 +295,7 @@ pub fn agent_env(req: &EnvRequest<'_>) -> Result<String, EnvError> {
             "# the proxy's TLS needs the agent certificate: curl reads it from $CURL_HOME/.curlrc; undici ProxyAgent proxyTls and httpx Proxy(ssl_context=...) take it in code; stacks that cannot present one (OpenClaw, botocore, requests, Go) use the proxy-key form"
         );
     }
-    Ok(out)
+    out
 }
 
 /// `https://host:port` with `NAME:SECRET@` put in front of the host.

@@ -40,19 +40,7 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 until: until.as_deref().map(parse_time).transpose()?,
                 limit: Some(limit),
             };
-            let records = match store {
-                Some(target) => {
-                    runtime()?.block_on(audit::postgres::query(&cli::store(&target)?, &filter))?
-                }
-                None => audit::query(&path, &filter)?,
-            };
-            let format = match format {
-                OutputFormat::Table => Format::Table,
-                OutputFormat::Json => Format::Json,
-                OutputFormat::Csv => Format::Csv,
-            };
-            audit::render(&records, format, &mut std::io::stdout().lock())?;
-            Ok(ExitCode::SUCCESS)
+            query(&path, store.as_deref(), &filter, format)
         }
         command @ (AuditCommand::Verify {
             archive: Some(_), ..
@@ -113,28 +101,7 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             anchor,
             store: None,
             archive: None,
-        } => match audit::verify(&path).and_then(|report| {
-            anchor
-                .iter()
-                .try_for_each(|a| audit::check_anchor(&path, a))
-                .map(|()| report)
-        }) {
-            Ok(report) => {
-                let from = report.anchor.map_or_else(String::new, |a| {
-                    format!(" from pruned anchor {} {},", a.seq, a.hash)
-                });
-                println!(
-                    "ok: {} records,{from} chain intact, head {} {}",
-                    report.count, report.head.seq, report.head.hash
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(VerifyError::Broken { seq, why }) => {
-                println!("broken: record {seq}: {why}");
-                Ok(ExitCode::FAILURE)
-            }
-            Err(VerifyError::Audit(e)) => Err(e.into()),
-        },
+        } => local_verify(&path, &anchor),
         AuditCommand::Head {
             audit: path,
             store: None,
@@ -143,6 +110,54 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             println!("{} {}", head.seq, head.hash);
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `audit query`: from the SQLite file, or from PostgreSQL with `--store`.
+fn query(
+    path: &std::path::Path,
+    store: Option<&str>,
+    filter: &Filter,
+    format: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    let records = match store {
+        Some(target) => {
+            runtime()?.block_on(audit::postgres::query(&cli::store(target)?, filter))?
+        }
+        None => audit::query(path, filter)?,
+    };
+    let format = match format {
+        OutputFormat::Table => Format::Table,
+        OutputFormat::Json => Format::Json,
+        OutputFormat::Csv => Format::Csv,
+    };
+    audit::render(&records, format, &mut std::io::stdout().lock())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `audit verify` of a SQLite file, from its pruned anchor when it has one.
+fn local_verify(path: &std::path::Path, anchor: &[audit::Head]) -> anyhow::Result<ExitCode> {
+    match audit::verify(path).and_then(|report| {
+        anchor
+            .iter()
+            .try_for_each(|a| audit::check_anchor(path, a))
+            .map(|()| report)
+    }) {
+        Ok(report) => {
+            let from = report.anchor.map_or_else(String::new, |a| {
+                format!(" from pruned anchor {} {},", a.seq, a.hash)
+            });
+            println!(
+                "ok: {} records,{from} chain intact, head {} {}",
+                report.count, report.head.seq, report.head.hash
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(VerifyError::Broken { seq, why }) => {
+            println!("broken: record {seq}: {why}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(VerifyError::Audit(e)) => Err(e.into()),
     }
 }
 

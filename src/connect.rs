@@ -179,6 +179,76 @@ impl Pipeline {
         request_id: &str,
         record: &mut CallRecord,
     ) -> Result<Plan, Refusal> {
+        let (run, now) = self.connect_agent(peer, policy, req, record)?;
+        let (host, port) = connect_target(req, record)?;
+        record.host = Some(host.clone());
+        record.detail = Some(format!("port {port}"));
+        let call = Call {
+            peer: &peer.identity.names,
+            target: Target::Connect { host: &host, port },
+            method: "CONNECT",
+            path: "/",
+            aws: None,
+            mcp: None,
+            now,
+        };
+        let decision = decide(&call, policy);
+        if let Some(scope) = decision.scope().map(|id| policy.scope(id)) {
+            tracing::Span::current().record("scope.id", scope.name.as_str());
+            tracing::Span::current().record("upstream.host", scope.upstream.host.as_str());
+            record.scope = Some(scope.name.clone());
+            record.detail = Some(format!("{} port {port}", scope.connect.as_str()));
+        }
+        let permit = Permitted::new(policy, &decision).ok_or(decision.reason())?;
+        let scope = permit.scope();
+        if let Some(allowed) = run.as_ref().and_then(|c| c.scopes.as_ref())
+            && !allowed.contains(&scope.name)
+        {
+            // The token narrows: a scope it leaves out is refused.
+            return Err(Reason::RunTokenScope.into());
+        }
+        if let Some(o) = self
+            .overrides()
+            .refusing(None, None, Some(&scope.name), now)
+        {
+            record.add_detail(&format!("override {}", o.id));
+            return Err(o.kind.reason().into());
+        }
+        let host = egress::normalise_host(&host).map_err(|_| Reason::MalformedRequest)?;
+        let addrs = self.checked_addrs(&host, port, scope, record).await?;
+        match scope.connect {
+            ConnectMode::Tunnel => Ok(Plan::Tunnel { host, port, addrs }),
+            ConnectMode::Intercept => {
+                let tls = self.interceptor.server_config(&host).map_err(|e| {
+                    tracing::error!(error = %e, "cannot mint an interception leaf");
+                    Reason::MalformedRequest
+                })?;
+                Ok(Plan::Intercept {
+                    inside: Inside {
+                        host,
+                        port,
+                        connect_id: request_id.to_owned(),
+                        // A token peer has no other identity inside.
+                        run_token: run
+                            .is_some()
+                            .then(|| req.headers().get(crate::token::RUN_TOKEN_HEADER).cloned())
+                            .flatten(),
+                    },
+                    tls,
+                })
+            }
+        }
+    }
+
+    /// Who the agent is (certificate or proxy key), its run token, and the
+    /// overrides that refuse it; fills in the record as it learns.
+    fn connect_agent(
+        &self,
+        peer: &Peer,
+        policy: &Arc<Policy>,
+        req: &Request<Incoming>,
+        record: &mut CallRecord,
+    ) -> Result<(Option<crate::token::Claims>, std::time::SystemTime), Refusal> {
         // What the agent asked for, for the record whatever follows.
         record.host = req.uri().host().map(str::to_owned);
         // Identity before anything else: an unknown agent's CONNECT resolves
@@ -231,93 +301,34 @@ impl Pipeline {
             record.add_detail(&format!("override {}", o.id));
             return Err(o.kind.reason().into());
         }
-        let (host, port) = match route(req) {
-            Ok(routed) => match routed.destination {
-                Destination::Connect {
-                    host,
-                    port: Some(port),
-                } => (host, port),
-                _ => return Err(Reason::MalformedRequest.into()),
-            },
-            Err(e) => {
-                record.host = req.uri().host().map(str::to_owned);
-                tracing::info!(error = %e, "connect target not acceptable");
-                return Err(Reason::MalformedRequest.into());
-            }
-        };
-        record.host = Some(host.clone());
-        record.detail = Some(format!("port {port}"));
-        let call = Call {
-            peer: &peer.identity.names,
-            target: Target::Connect { host: &host, port },
-            method: "CONNECT",
-            path: "/",
-            aws: None,
-            mcp: None,
-            now,
-        };
-        let decision = decide(&call, policy);
-        if let Some(scope) = decision.scope().map(|id| policy.scope(id)) {
-            tracing::Span::current().record("scope.id", scope.name.as_str());
-            tracing::Span::current().record("upstream.host", scope.upstream.host.as_str());
-            record.scope = Some(scope.name.clone());
-            record.detail = Some(format!("{} port {port}", scope.connect.as_str()));
-        }
-        let permit = Permitted::new(policy, &decision).ok_or(decision.reason())?;
-        let scope = permit.scope();
-        if let Some(allowed) = run.as_ref().and_then(|c| c.scopes.as_ref())
-            && !allowed.contains(&scope.name)
-        {
-            // The token narrows: a scope it leaves out is refused.
-            return Err(Reason::RunTokenScope.into());
-        }
-        if let Some(o) = self
-            .overrides()
-            .refusing(None, None, Some(&scope.name), now)
-        {
-            record.add_detail(&format!("override {}", o.id));
-            return Err(o.kind.reason().into());
-        }
-        let host = egress::normalise_host(&host).map_err(|_| Reason::MalformedRequest)?;
-        // Checked now, before the decision is recorded, so the record says
-        // why; a tunnel then connects only to these addresses.
-        let addrs =
-            egress::resolve_checked(&host, port, &scope.allow_private, self.upstreams.pins())
-                .await
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "connect target refused or unresolvable");
-                    if let EgressError::Blocked(blocked) = &e {
-                        record.detail =
-                            Some(format!("{} port {port}: {blocked}", scope.connect.as_str()));
-                    }
-                    match e {
-                        EgressError::Blocked(_) => Reason::EgressAddressBlocked,
-                        EgressError::Timeout(_) => Reason::UpstreamTimeout,
-                        _ => Reason::UpstreamUnreachable,
-                    }
-                })?;
-        match scope.connect {
-            ConnectMode::Tunnel => Ok(Plan::Tunnel { host, port, addrs }),
-            ConnectMode::Intercept => {
-                let tls = self.interceptor.server_config(&host).map_err(|e| {
-                    tracing::error!(error = %e, "cannot mint an interception leaf");
-                    Reason::MalformedRequest
-                })?;
-                Ok(Plan::Intercept {
-                    inside: Inside {
-                        host,
-                        port,
-                        connect_id: request_id.to_owned(),
-                        // A token peer has no other identity inside.
-                        run_token: run
-                            .is_some()
-                            .then(|| req.headers().get(crate::token::RUN_TOKEN_HEADER).cloned())
-                            .flatten(),
-                    },
-                    tls,
-                })
-            }
-        }
+        Ok((run, now))
+    }
+
+    /// Resolves the tunnel's target and checks every address against the
+    /// scope's egress rules, before the decision is recorded, so the record
+    /// says why; a tunnel then connects only to these addresses.
+    async fn checked_addrs(
+        &self,
+        host: &Host,
+        port: u16,
+        scope: &crate::policy::Scope,
+        record: &mut CallRecord,
+    ) -> Result<Vec<std::net::SocketAddr>, Refusal> {
+        egress::resolve_checked(host, port, &scope.allow_private, self.upstreams.pins())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "connect target refused or unresolvable");
+                if let EgressError::Blocked(blocked) = &e {
+                    record.detail =
+                        Some(format!("{} port {port}: {blocked}", scope.connect.as_str()));
+                }
+                match e {
+                    EgressError::Blocked(_) => Reason::EgressAddressBlocked,
+                    EgressError::Timeout(_) => Reason::UpstreamTimeout,
+                    _ => Reason::UpstreamUnreachable,
+                }
+            })
+            .map_err(Refusal::from)
     }
 
     /// Runs an allowed tunnel until either side ends it or clawgate stops;
@@ -425,4 +436,25 @@ fn cut_mid_exchange(e: &(dyn std::error::Error + 'static)) -> bool {
         next = error.source();
     }
     true
+}
+
+/// The `host:port` a `CONNECT` names; anything else is malformed.
+fn connect_target(
+    req: &Request<Incoming>,
+    record: &mut CallRecord,
+) -> Result<(String, u16), Refusal> {
+    match route(req) {
+        Ok(routed) => match routed.destination {
+            Destination::Connect {
+                host,
+                port: Some(port),
+            } => Ok((host, port)),
+            _ => Err(Reason::MalformedRequest.into()),
+        },
+        Err(e) => {
+            record.host = req.uri().host().map(str::to_owned);
+            tracing::info!(error = %e, "connect target not acceptable");
+            Err(Reason::MalformedRequest.into())
+        }
+    }
 }

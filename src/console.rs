@@ -200,6 +200,37 @@ async fn render(admin: &AdminConn, agent: &str, scope: &str) -> String {
     );
     // Chain and drift first: the two answers an operator wants at a glance.
     o.push_str("<div class=grid><section id=chain><h2>Decision log chain</h2>");
+    chain_section(&mut o, &verify);
+    o.push_str("</section><section id=drift><h2>Policy</h2>");
+    policy_section(&mut o, &status);
+    o.push_str("</section></div>");
+    o.push_str("<div class=grid><section id=calls><h2>Calls over the last hour (per 5 min)</h2>");
+    calls_section(&mut o, &hour);
+    o.push_str("</section><section id=reasons><h2>Top refusal reasons (24 h)</h2>");
+    reasons_section(&mut o, &stats);
+    o.push_str("</section></div>");
+    o.push_str("<section id=lapses><h2>Overrides and exceptions in force</h2><table><tr><th>kind</th><th>id</th><th>target</th><th>time left</th></tr>");
+    lapses_section(&mut o, &status);
+    o.push_str("</table></section>");
+    // The live tail, filterable (a form: no script needed).
+    let _ = write!(
+        o,
+        "<section id=tail><h2>Latest decisions</h2><form method=get>agent <input name=agent value=\"{}\"> \
+         scope <input name=scope value=\"{}\"> <button>filter</button></form>\
+         <table><tr><th>time</th><th>agent</th><th>scope</th><th>method</th><th>host</th><th>path</th><th>decision</th><th>reason</th></tr>",
+        esc(agent),
+        esc(scope)
+    );
+    tail_section(&mut o, &tail);
+    o.push_str("</table></section></body></html>\n");
+    o
+}
+
+type Answer = Result<serde_json::Value, String>;
+type Lines = Result<Vec<serde_json::Value>, String>;
+
+/// Whether the chain verifies, with its head.
+fn chain_section(o: &mut String, verify: &Answer) {
     match &verify {
         Ok(v) if v["intact"] == true => {
             let _ = write!(
@@ -228,7 +259,10 @@ async fn render(admin: &AdminConn, agent: &str, scope: &str) -> String {
             );
         }
     }
-    o.push_str("</section><section id=drift><h2>Policy</h2>");
+}
+
+/// Whether the policy in force is the files' (drift).
+fn policy_section(o: &mut String, status: &Answer) {
     match &status {
         Ok(st) => {
             let in_sync = st["in_sync"] == true;
@@ -245,10 +279,10 @@ async fn render(admin: &AdminConn, agent: &str, scope: &str) -> String {
             let _ = write!(o, "<p class=bad id=drift-status>unknown: {}</p>", esc(e));
         }
     }
-    o.push_str("</section></div>");
+}
 
-    // Calls over the last hour, per five minutes, by decision.
-    o.push_str("<div class=grid><section id=calls><h2>Calls over the last hour (per 5 min)</h2>");
+/// Calls over the last hour, per five minutes, by decision.
+fn calls_section(o: &mut String, hour: &Lines) {
     match &hour {
         Ok(records) => {
             let mut buckets: BTreeMap<String, (u64, u64)> = BTreeMap::new();
@@ -295,7 +329,10 @@ async fn render(admin: &AdminConn, agent: &str, scope: &str) -> String {
             let _ = write!(o, "<p class=bad>{}</p>", esc(e));
         }
     }
-    o.push_str("</section><section id=reasons><h2>Top refusal reasons (24 h)</h2>");
+}
+
+/// The top refusal reasons of the last 24 hours.
+fn reasons_section(o: &mut String, stats: &Answer) {
     match &stats {
         Ok(st) => {
             o.push_str("<table><tr><th>reason</th><th>calls</th></tr>");
@@ -319,10 +356,10 @@ async fn render(admin: &AdminConn, agent: &str, scope: &str) -> String {
             let _ = write!(o, "<p class=bad>{}</p>", esc(e));
         }
     }
-    o.push_str("</section></div>");
+}
 
-    // Overrides and exceptions, with time left.
-    o.push_str("<section id=lapses><h2>Overrides and exceptions in force</h2><table><tr><th>kind</th><th>id</th><th>target</th><th>time left</th></tr>");
+/// Overrides and exceptions in force, with time left.
+fn lapses_section(o: &mut String, status: &Answer) {
     if let Ok(st) = &status {
         let left = |v: &serde_json::Value| {
             humantime::format_duration(std::time::Duration::from_secs(
@@ -350,17 +387,10 @@ async fn render(admin: &AdminConn, agent: &str, scope: &str) -> String {
             );
         }
     }
-    o.push_str("</table></section>");
+}
 
-    // The live tail, filterable (a form: no script needed).
-    let _ = write!(
-        o,
-        "<section id=tail><h2>Latest decisions</h2><form method=get>agent <input name=agent value=\"{}\"> \
-         scope <input name=scope value=\"{}\"> <button>filter</button></form>\
-         <table><tr><th>time</th><th>agent</th><th>scope</th><th>method</th><th>host</th><th>path</th><th>decision</th><th>reason</th></tr>",
-        esc(agent),
-        esc(scope)
-    );
+/// The latest decisions, newest first.
+fn tail_section(o: &mut String, tail: &Lines) {
     match &tail {
         Ok(records) => {
             for r in records.iter().rev().filter(|r| r["kind"] == "decision") {
@@ -387,8 +417,6 @@ async fn render(admin: &AdminConn, agent: &str, scope: &str) -> String {
             let _ = write!(o, "<tr><td class=bad colspan=8>{}</td></tr>", esc(e));
         }
     }
-    o.push_str("</table></section></body></html>\n");
-    o
 }
 
 #[cfg(test)]

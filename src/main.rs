@@ -82,138 +82,159 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Lockdown(args) => {
-            let mut subjects: Vec<_> = args
-                .uid
-                .iter()
-                .map(|&uid| clawgate::lockdown::Subject::Uid(uid))
-                .collect();
-            for user in &args.user {
-                subjects.push(clawgate::lockdown::Subject::Uid(uid_of(user)?));
-            }
-            subjects.extend(
-                args.cgroup
-                    .iter()
-                    .cloned()
-                    .map(clawgate::lockdown::Subject::Cgroup),
-            );
-            print!(
-                "{}",
-                clawgate::lockdown::rules(&clawgate::lockdown::Lockdown {
-                    subjects,
-                    proxies: args.proxy,
-                    dns: args.dns,
-                    loopback_ports: args.allow_loopback_port,
-                })?
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Lockdown(args) => lockdown(args),
         Command::Env(args) => {
             print!("{}", agent_env(&args)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::ProxyKey(ProxyKeyCommand::New {
-            agent,
-            id,
-            certs,
-            force,
-        }) => {
-            let id = id.unwrap_or_else(|| {
-                let today = time::OffsetDateTime::now_utc().date();
-                format!(
-                    "{agent}-{:04}{:02}{:02}",
-                    today.year(),
-                    u8::from(today.month()),
-                    today.day()
-                )
-            });
-            let (path, entry) = clawgate::token::proxy_key::write_new(&certs, &agent, &id, force)?;
-            eprintln!("wrote {}; admit it in policy:", path.display());
-            print!("{entry}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Token(TokenCommand::Issue {
-            agent,
-            ttl,
-            scopes,
-            run,
-            certs,
-            policy: policy_dir,
-        }) => {
-            match &policy_dir {
-                Some(dir) => {
-                    let options = LoadOptions::new(&process_env);
-                    let (policy, _) = policy::load(dir, &options).map_err(|e| {
-                        anyhow::anyhow!("policy `{}` does not validate:\n{e}", dir.display())
-                    })?;
-                    for warning in
-                        clawgate::token::check_against(&policy, &agent, scopes.as_deref())?
-                    {
-                        eprintln!("warning: {warning}");
-                    }
-                }
-                None => eprintln!(
-                    "warning: agent `{agent}` and the scopes are not checked against a policy; pass --policy DIR to refuse names it does not define"
-                ),
-            }
-            let token = clawgate::token::issue(
-                &certs,
-                &agent,
-                ttl,
-                scopes,
-                run,
-                std::time::SystemTime::now(),
-            )?;
-            println!("{token}");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::ProxyKey(command) => proxy_key(command),
+        Command::Token(command) => token(command),
         Command::Demo { keep } => {
             runtime()?.block_on(clawgate::demo::run(keep))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Certs(CertsCommand::Init { dir, sans, force }) => {
+        Command::Certs(command) => certs_command(command),
+        Command::Policy(PolicyCommand::Status(args)) => runtime()?.block_on(policy_status(&args)),
+        Command::Policy(PolicyCommand::Check { dir, max_exception }) => {
+            policy_check(&dir, max_exception)
+        }
+        Command::Console(args) => ops::console(args),
+        Command::Audit(command) => audit_cmd::run(command),
+    }
+}
+
+/// `lockdown`: the nftables rules that keep agents from bypassing clawgate.
+fn lockdown(args: LockdownArgs) -> anyhow::Result<ExitCode> {
+    let mut subjects: Vec<_> = args
+        .uid
+        .iter()
+        .map(|&uid| clawgate::lockdown::Subject::Uid(uid))
+        .collect();
+    for user in &args.user {
+        subjects.push(clawgate::lockdown::Subject::Uid(uid_of(user)?));
+    }
+    subjects.extend(
+        args.cgroup
+            .iter()
+            .cloned()
+            .map(clawgate::lockdown::Subject::Cgroup),
+    );
+    print!(
+        "{}",
+        clawgate::lockdown::rules(&clawgate::lockdown::Lockdown {
+            subjects,
+            proxies: args.proxy,
+            dns: args.dns,
+            loopback_ports: args.allow_loopback_port,
+        })?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `proxy-key new`.
+fn proxy_key(command: ProxyKeyCommand) -> anyhow::Result<ExitCode> {
+    let ProxyKeyCommand::New {
+        agent,
+        id,
+        certs,
+        force,
+    } = command;
+    let id = id.unwrap_or_else(|| {
+        let today = time::OffsetDateTime::now_utc().date();
+        format!(
+            "{agent}-{:04}{:02}{:02}",
+            today.year(),
+            u8::from(today.month()),
+            today.day()
+        )
+    });
+    let (path, entry) = clawgate::token::proxy_key::write_new(&certs, &agent, &id, force)?;
+    eprintln!("wrote {}; admit it in policy:", path.display());
+    print!("{entry}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `token issue`.
+fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    let TokenCommand::Issue {
+        agent,
+        ttl,
+        scopes,
+        run,
+        certs,
+        policy: policy_dir,
+    } = command;
+    match &policy_dir {
+        Some(dir) => {
+            let options = LoadOptions::new(&process_env);
+            let (policy, _) = policy::load(dir, &options).map_err(|e| {
+                anyhow::anyhow!("policy `{}` does not validate:\n{e}", dir.display())
+            })?;
+            for warning in clawgate::token::check_against(&policy, &agent, scopes.as_deref())? {
+                eprintln!("warning: {warning}");
+            }
+        }
+        None => eprintln!(
+            "warning: agent `{agent}` and the scopes are not checked against a policy; pass --policy DIR to refuse names it does not define"
+        ),
+    }
+    let token = clawgate::token::issue(
+        &certs,
+        &agent,
+        ttl,
+        scopes,
+        run,
+        std::time::SystemTime::now(),
+    )?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `certs init` and `certs agent`.
+fn certs_command(command: CertsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        CertsCommand::Init { dir, sans, force } => {
             for path in certs::init(&dir, &sans, force)? {
                 println!("wrote {}", path.display());
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Certs(CertsCommand::Agent {
+        CertsCommand::Agent {
             name,
             dir,
             days,
             force,
-        }) => {
+        } => {
             for path in certs::agent(&dir, &name, days, force)? {
                 println!("wrote {}", path.display());
             }
             println!("identity: {}", certs::agent_spiffe_id(&name));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy(PolicyCommand::Status(args)) => runtime()?.block_on(policy_status(&args)),
-        Command::Policy(PolicyCommand::Check { dir, max_exception }) => {
-            let options = LoadOptions {
-                max_exception: checked_max_exception(max_exception)?,
-                ..LoadOptions::new(&process_env)
-            };
-            match policy::load(&dir, &options) {
-                Ok((policy, warnings)) => {
-                    for warning in warnings {
-                        eprintln!("warning: {warning}");
-                    }
-                    println!("ok: {}", policy.summary());
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    for problem in &e.problems {
-                        println!("{problem}");
-                    }
-                    eprintln!("policy check failed: {} problem(s)", e.problems.len());
-                    Ok(ExitCode::FAILURE)
-                }
+    }
+}
+
+/// `policy check`: validates a policy directory, printing every problem.
+fn policy_check(dir: &std::path::Path, max_exception: Duration) -> anyhow::Result<ExitCode> {
+    let options = LoadOptions {
+        max_exception: checked_max_exception(max_exception)?,
+        ..LoadOptions::new(&process_env)
+    };
+    match policy::load(dir, &options) {
+        Ok((policy, warnings)) => {
+            for warning in warnings {
+                eprintln!("warning: {warning}");
             }
+            println!("ok: {}", policy.summary());
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Console(args) => ops::console(args),
-        Command::Audit(command) => audit_cmd::run(command),
+        Err(e) => {
+            for problem in &e.problems {
+                println!("{problem}");
+            }
+            eprintln!("policy check failed: {} problem(s)", e.problems.len());
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! an agent made up, or anything secret, so the series count stays bounded
 //! by the policy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,12 +35,12 @@ struct Histogram {
 }
 
 impl Histogram {
+    /// One atomic add for the bucket (not one per bucket the value falls
+    /// under: the render sums them), one for the count, one for the sum.
     fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(i) = BUCKETS.iter().position(|bound| secs <= *bound) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
@@ -50,8 +50,9 @@ impl Histogram {
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut n = 0;
         for (i, bound) in BUCKETS.iter().enumerate() {
-            let n = self.buckets[i].load(Ordering::Relaxed);
+            n += self.buckets[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
         }
         let count = self.count.load(Ordering::Relaxed);
@@ -62,10 +63,15 @@ impl Histogram {
     }
 }
 
+/// Calls by (decision, reason code), then by scope name.
+type CallCounts = HashMap<(&'static str, &'static str), HashMap<String, u64>>;
+
 /// What clawgate counts while it runs.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    calls: Mutex<BTreeMap<(String, String, String), u64>>,
+    /// Calls by (decision, reason), then by scope: counting a call
+    /// allocates nothing once its scope has been seen.
+    calls: Mutex<CallCounts>,
     decide: Histogram,
     credential: Histogram,
     upstream: Histogram,
@@ -108,15 +114,16 @@ pub struct Gauges {
 impl Metrics {
     /// Counts one call by decision, reason and scope (`none` when no scope
     /// was reached).
-    pub fn call(&self, decision: &str, reason: &str, scope: Option<&str>) {
+    pub fn call(&self, decision: &'static str, reason: &'static str, scope: Option<&str>) {
+        let scope = scope.unwrap_or("none");
         if let Ok(mut calls) = self.calls.lock() {
-            *calls
-                .entry((
-                    decision.to_owned(),
-                    reason.to_owned(),
-                    scope.unwrap_or("none").to_owned(),
-                ))
-                .or_default() += 1;
+            let by_scope = calls.entry((decision, reason)).or_default();
+            match by_scope.get_mut(scope) {
+                Some(n) => *n += 1,
+                None => {
+                    by_scope.insert(scope.to_owned(), 1);
+                }
+            }
         }
     }
 
@@ -147,167 +154,199 @@ impl Metrics {
     /// The whole exposition.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
+        self.render_calls(&mut out);
+        self.render_counters(&mut out, gauges);
+        render_audit(&mut out, gauges);
+        if let Some(store) = gauges.limits_store {
+            render_limits_store(&mut out, store);
+        }
+        render_policy(&mut out, gauges);
+        out
+    }
+
+    /// Calls by decision, and the stages' histograms.
+    fn render_calls(&self, out: &mut String) {
         out.push_str("# HELP clawgate_calls_total Calls by decision, reason and scope.\n");
         out.push_str("# TYPE clawgate_calls_total counter\n");
-        if let Ok(calls) = self.calls.lock() {
-            for ((decision, reason, scope), n) in calls.iter() {
-                let _ = writeln!(
-                    out,
-                    "clawgate_calls_total{{decision=\"{}\",reason=\"{}\",scope=\"{}\"}} {n}",
-                    escape(decision),
-                    escape(reason),
-                    escape(scope)
-                );
-            }
+        // Sorted, so that the exposition is stable between scrapes.
+        let calls: BTreeMap<(&str, &str, String), u64> = match self.calls.lock() {
+            Ok(calls) => calls
+                .iter()
+                .flat_map(|(&(decision, reason), by_scope)| {
+                    by_scope
+                        .iter()
+                        .map(move |(scope, n)| ((decision, reason, scope.clone()), *n))
+                })
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        };
+        for ((decision, reason, scope), n) in &calls {
+            let _ = writeln!(
+                out,
+                "clawgate_calls_total{{decision=\"{}\",reason=\"{}\",scope=\"{}\"}} {n}",
+                escape(decision),
+                escape(reason),
+                escape(scope)
+            );
         }
-        self.decide.render(
-            &mut out,
-            "clawgate_decide_seconds",
-            "Time spent in decide().",
-        );
+        self.decide
+            .render(out, "clawgate_decide_seconds", "Time spent in decide().");
         self.credential.render(
-            &mut out,
+            out,
             "clawgate_credential_seconds",
             "Time spent getting a scope's credential.",
         );
         self.upstream.render(
-            &mut out,
+            out,
             "clawgate_upstream_seconds",
             "Time from sending upstream to response headers.",
         );
+    }
+
+    /// The credential cache, TLS rejections and policy loads.
+    fn render_counters(&self, out: &mut String, gauges: &Gauges) {
         counter(
-            &mut out,
+            out,
             "clawgate_credential_cache_hits_total",
             "Credential cache hits.",
             gauges.cache_hits,
         );
         counter(
-            &mut out,
+            out,
             "clawgate_credential_cache_misses_total",
             "Credential cache misses.",
             gauges.cache_misses,
         );
         counter(
-            &mut out,
+            out,
             "clawgate_credential_mints_total",
             "Credentials fetched or minted (Secrets Manager, STS).",
             gauges.cache_fetches,
         );
         counter(
-            &mut out,
+            out,
             "clawgate_tls_rejections_total",
             "TLS handshakes rejected (no, expired, revoked or foreign certificate), every one, including those past the per-source record cap.",
             self.tls_rejections.load(Ordering::Relaxed),
         );
         counter(
-            &mut out,
+            out,
             "clawgate_policy_loads_total",
             "Policy loads put in force, the one at start included.",
             self.reloads_ok.load(Ordering::Relaxed),
         );
         counter(
-            &mut out,
+            out,
             "clawgate_policy_rejections_total",
             "Policy loads refused because the files did not validate.",
             self.reloads_rejected.load(Ordering::Relaxed),
         );
+    }
+}
+
+/// The decision log's health and group commits.
+fn render_audit(out: &mut String, gauges: &Gauges) {
+    counter(
+        out,
+        "clawgate_audit_dropped_records_total",
+        "Records the decision log could not keep.",
+        gauges.audit_dropped,
+    );
+    if let Some((last, commits, seconds)) = gauges.audit_batches {
+        gauge(
+            out,
+            "clawgate_audit_last_batch_records",
+            "Records in the last group commit.",
+            last as f64,
+        );
         counter(
-            &mut out,
-            "clawgate_audit_dropped_records_total",
-            "Records the decision log could not keep.",
-            gauges.audit_dropped,
+            out,
+            "clawgate_audit_commits_total",
+            "Group commits of the decision log.",
+            commits,
         );
-        if let Some((last, commits, seconds)) = gauges.audit_batches {
-            gauge(
-                &mut out,
-                "clawgate_audit_last_batch_records",
-                "Records in the last group commit.",
-                last as f64,
-            );
-            counter(
-                &mut out,
-                "clawgate_audit_commits_total",
-                "Group commits of the decision log.",
-                commits,
-            );
-            let _ = writeln!(
-                out,
-                "# HELP clawgate_audit_commit_seconds_total Time spent committing.\n# TYPE clawgate_audit_commit_seconds_total counter\nclawgate_audit_commit_seconds_total {seconds}"
-            );
-        }
-        gauge(
-            &mut out,
-            "clawgate_audit_healthy",
-            "1 when the decision log can be written.",
-            f64::from(u8::from(gauges.audit_healthy)),
-        );
-        if let Some(store) = gauges.limits_store {
-            gauge(
-                &mut out,
-                "clawgate_limits_store_up",
-                "1 when the shared rate limit store (Redis) answers; 0 while the failure mode decides.",
-                f64::from(u8::from(store.up)),
-            );
-            counter(
-                &mut out,
-                "clawgate_limits_store_failures_total",
-                "Round trips to the rate limit store that failed or timed out.",
-                store.failures,
-            );
-            counter(
-                &mut out,
-                "clawgate_limits_fallback_total",
-                "Calls decided by the failure mode instead of the rate limit store.",
-                store.fallbacks,
-            );
-            counter(
-                &mut out,
-                "clawgate_limits_cached_refusals_total",
-                "Rate limit refusals answered from the local cache.",
-                store.cached_refusals,
-            );
-            gauge(
-                &mut out,
-                "clawgate_limits_replicas",
-                "Live replicas sharing the rate limits, as last seen.",
-                f64::from(store.replicas),
-            );
-        }
-        gauge(
-            &mut out,
-            "clawgate_policy_valid",
-            "1 when the policy files on disk validated at the last load.",
-            f64::from(u8::from(gauges.policy_valid)),
-        );
-        gauge(
-            &mut out,
-            "clawgate_policy_drifted",
-            "1 when runtime behaviour differs from the policy files (edited and not loaded, refused, or an override in force).",
-            f64::from(u8::from(gauges.policy_drifted)),
-        );
-        if let Some(left) = gauges.next_lapse_seconds {
-            gauge(
-                &mut out,
-                "clawgate_next_lapse_seconds",
-                "Seconds until the next override or policy exception in force lapses (absent when none is).",
-                left as f64,
-            );
-        }
-        gauge(
-            &mut out,
-            "clawgate_overrides_active",
-            "Runtime overrides in force.",
-            gauges.overrides_active as f64,
-        );
-        out.push_str("# HELP clawgate_policy_info The policy in force.\n");
-        out.push_str("# TYPE clawgate_policy_info gauge\n");
         let _ = writeln!(
             out,
-            "clawgate_policy_info{{digest=\"{}\"}} 1",
-            escape(&gauges.policy_digest)
+            "# HELP clawgate_audit_commit_seconds_total Time spent committing.\n# TYPE clawgate_audit_commit_seconds_total counter\nclawgate_audit_commit_seconds_total {seconds}"
         );
-        out
     }
+    gauge(
+        out,
+        "clawgate_audit_healthy",
+        "1 when the decision log can be written.",
+        f64::from(u8::from(gauges.audit_healthy)),
+    );
+}
+
+/// The shared rate limit store (Redis).
+fn render_limits_store(out: &mut String, store: crate::limits::redis::RedisStats) {
+    gauge(
+        out,
+        "clawgate_limits_store_up",
+        "1 when the shared rate limit store (Redis) answers; 0 while the failure mode decides.",
+        f64::from(u8::from(store.up)),
+    );
+    counter(
+        out,
+        "clawgate_limits_store_failures_total",
+        "Round trips to the rate limit store that failed or timed out.",
+        store.failures,
+    );
+    counter(
+        out,
+        "clawgate_limits_fallback_total",
+        "Calls decided by the failure mode instead of the rate limit store.",
+        store.fallbacks,
+    );
+    counter(
+        out,
+        "clawgate_limits_cached_refusals_total",
+        "Rate limit refusals answered from the local cache.",
+        store.cached_refusals,
+    );
+    gauge(
+        out,
+        "clawgate_limits_replicas",
+        "Live replicas sharing the rate limits, as last seen.",
+        f64::from(store.replicas),
+    );
+}
+
+/// The policy's validity, drift, lapses, overrides and digest.
+fn render_policy(out: &mut String, gauges: &Gauges) {
+    gauge(
+        out,
+        "clawgate_policy_valid",
+        "1 when the policy files on disk validated at the last load.",
+        f64::from(u8::from(gauges.policy_valid)),
+    );
+    gauge(
+        out,
+        "clawgate_policy_drifted",
+        "1 when runtime behaviour differs from the policy files (edited and not loaded, refused, or an override in force).",
+        f64::from(u8::from(gauges.policy_drifted)),
+    );
+    if let Some(left) = gauges.next_lapse_seconds {
+        gauge(
+            out,
+            "clawgate_next_lapse_seconds",
+            "Seconds until the next override or policy exception in force lapses (absent when none is).",
+            left as f64,
+        );
+    }
+    gauge(
+        out,
+        "clawgate_overrides_active",
+        "Runtime overrides in force.",
+        gauges.overrides_active as f64,
+    );
+    out.push_str("# HELP clawgate_policy_info The policy in force.\n");
+    out.push_str("# TYPE clawgate_policy_info gauge\n");
+    let _ = writeln!(
+        out,
+        "clawgate_policy_info{{digest=\"{}\"}} 1",
+        escape(&gauges.policy_digest)
+    );
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
@@ -330,4 +369,47 @@ fn escape(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_render_cumulative_from_one_add_per_observation() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(5)); // le 0.00001
+        h.observe(Duration::from_micros(300)); // le 0.0005
+        h.observe(Duration::from_secs(9)); // above every bound
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.00001\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.0001\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.0005\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"5\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn calls_are_counted_by_decision_reason_and_scope_in_sorted_order() {
+        let m = Metrics::default();
+        m.call("allow", "allowed", Some("github"));
+        m.call("allow", "allowed", Some("github"));
+        m.call("deny", "no-matching-rule", None);
+        m.call("allow", "allowed", Some("aws \"s3\""));
+        let out = m.render(&Gauges::default());
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("clawgate_calls_total{"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "clawgate_calls_total{decision=\"allow\",reason=\"allowed\",scope=\"aws \\\"s3\\\"\"} 1",
+                "clawgate_calls_total{decision=\"allow\",reason=\"allowed\",scope=\"github\"} 2",
+                "clawgate_calls_total{decision=\"deny\",reason=\"no-matching-rule\",scope=\"none\"} 1",
+            ]
+        );
+    }
 }

@@ -17,26 +17,7 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify {
             archive: Some(file),
             ..
-        } => match audit::archive::read_sections(&file, |_| Ok(())) {
-            Ok(sections) => {
-                for m in &sections {
-                    let chain = m
-                        .chain
-                        .as_ref()
-                        .map_or_else(String::new, |c| format!("chain `{c}`: "));
-                    println!(
-                        "ok: {chain}archive of {} records, {}..{}, from prev_hash {} to last hash {}",
-                        m.count, m.first_seq, m.last_seq, m.first_prev_hash, m.last_hash
-                    );
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e @ audit::archive::ArchiveError::Broken { .. }) => {
-                println!("broken: {e}");
-                Ok(ExitCode::FAILURE)
-            }
-            Err(e) => Err(e.into()),
-        },
+        } => verify_archive(&file),
         AuditCommand::Export {
             store: Some(target),
             since,
@@ -70,20 +51,7 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             since,
             by,
             format,
-        } => {
-            let records = read_window(&path, store.as_deref(), &since)?;
-            let s = audit::stats::stats(&records, by);
-            let mut out = std::io::stdout().lock();
-            match format {
-                OutputFormat::Table => audit::stats::table(&s, &mut out)?,
-                OutputFormat::Csv => audit::stats::csv(&s, &mut out)?,
-                OutputFormat::Json => {
-                    serde_json::to_writer(&mut out, &s)?;
-                    writeln!(out)?;
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => stats_command(&path, store.as_deref(), &since, by, format),
         AuditCommand::Findings(args) => findings(&args),
         AuditCommand::Prune {
             store: Some(target),
@@ -108,20 +76,7 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             store: Some(target),
             file,
             ..
-        } => {
-            let sections =
-                runtime()?.block_on(audit::postgres::restore(&file, &cli::store(&target)?))?;
-            for m in &sections {
-                println!(
-                    "restored {} records ({}..{}) into chain `{}`",
-                    m.count,
-                    m.first_seq,
-                    m.last_seq,
-                    m.chain.as_deref().unwrap_or_default()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => restore_fleet(&file, &target),
         AuditCommand::Restore {
             audit: path,
             file,
@@ -139,6 +94,67 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
         }
         other => anyhow::bail!("not an operator command: {other:?}"),
     }
+}
+
+/// `audit verify --archive`: every section of an archive file.
+fn verify_archive(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    match audit::archive::read_sections(file, |_| Ok(())) {
+        Ok(sections) => {
+            for m in &sections {
+                let chain = m
+                    .chain
+                    .as_ref()
+                    .map_or_else(String::new, |c| format!("chain `{c}`: "));
+                println!(
+                    "ok: {chain}archive of {} records, {}..{}, from prev_hash {} to last hash {}",
+                    m.count, m.first_seq, m.last_seq, m.first_prev_hash, m.last_hash
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ audit::archive::ArchiveError::Broken { .. }) => {
+            println!("broken: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `audit stats`.
+fn stats_command(
+    path: &std::path::Path,
+    store: Option<&str>,
+    since: &str,
+    by: Option<audit::stats::By>,
+    format: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    let records = read_window(path, store, since)?;
+    let s = audit::stats::stats(&records, by);
+    let mut out = std::io::stdout().lock();
+    match format {
+        OutputFormat::Table => audit::stats::table(&s, &mut out)?,
+        OutputFormat::Csv => audit::stats::csv(&s, &mut out)?,
+        OutputFormat::Json => {
+            serde_json::to_writer(&mut out, &s)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `audit restore --store`: every section into its chain.
+fn restore_fleet(file: &std::path::Path, target: &str) -> anyhow::Result<ExitCode> {
+    let sections = runtime()?.block_on(audit::postgres::restore(file, &cli::store(target)?))?;
+    for m in &sections {
+        println!(
+            "restored {} records ({}..{}) into chain `{}`",
+            m.count,
+            m.first_seq,
+            m.last_seq,
+            m.chain.as_deref().unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Every record since `since`, from the SQLite file or a PostgreSQL store.

@@ -17,6 +17,7 @@
 )]
 
 mod client;
+mod disk;
 mod procs;
 mod report;
 mod upstream;
@@ -36,6 +37,8 @@ const CERTS_ENV: &str = "CLAWGATE_LOAD_CERTS";
 const TOKEN: &str = "load-harness-token";
 const AGENT: &str = "bench";
 const WARMUP: Duration = Duration::from_secs(1);
+/// Syncs in each probe of the disk (about half a second each).
+const DISK_SYNCS: usize = 2000;
 
 fn main() {
     if std::env::var(ROLE_ENV).as_deref() == Ok("upstream") {
@@ -125,6 +128,8 @@ fn run() -> Result<(), Error> {
         .enable_all()
         .build()?;
     let mut report = Report::new(rounds, connections, seconds);
+    // Before the proxies are loaded, and again after, on the log's disk.
+    report.disk.push(disk::probe(&dir, DISK_SYNCS)?);
     for (name, mib) in idle {
         report.idle_rss_mib.insert(name, mib);
     }
@@ -233,6 +238,7 @@ fn run() -> Result<(), Error> {
     clawgate_off.stop();
     nginx.stop();
     upstream.stop();
+    report.disk.push(disk::probe(&dir, DISK_SYNCS)?);
     // The durable log really holds the run: its chain verifies.
     let verify = Command::new(&bin)
         .args(["audit", "verify", "--audit", path(&dir.join("audit.db"))])

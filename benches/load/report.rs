@@ -53,6 +53,8 @@ pub struct Report {
     pub idle_rss_mib: BTreeMap<&'static str, f64>,
     pub peak_rss_mib: BTreeMap<&'static str, f64>,
     pub audit_verify: String,
+    /// The log's disk, probed before and after the runs.
+    pub disk: Vec<crate::disk::SyncLatency>,
     machine: String,
     load_before: String,
 }
@@ -152,6 +154,7 @@ impl Report {
             idle_rss_mib: BTreeMap::new(),
             peak_rss_mib: BTreeMap::new(),
             audit_verify: String::new(),
+            disk: Vec::new(),
             machine: format!(
                 "{cores} cores ({cpu}), {memory_gib:.0} GiB, Linux {}",
                 sh("uname", &["-r"])
@@ -390,6 +393,14 @@ impl Report {
                 if met { "yes" } else { "no" }
             );
         }
+        for (when, d) in ["before", "after"].iter().zip(&self.disk) {
+            let _ = writeln!(
+                out,
+                "\nThe log's disk {when} the runs: `fdatasync` of one rewritten 4 KiB page, {} syncs: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms. \
+                 Every decision waits for at least one sync before its call is forwarded, so the durable log's p99 cannot be below this disk's.",
+                d.syncs, d.p50, d.p99, d.p999
+            );
+        }
         let _ = writeln!(out, "\nDecision log after the run: `{}`", self.audit_verify);
         out
     }
@@ -433,8 +444,14 @@ impl Report {
             (
                 "p99 added over direct at the moderate rate ≤ 2× nginx's".into(),
                 format!(
-                    "{p99_added:.2} ms against nginx's {p99_added_nginx:.2} ms ({:.2}×)",
-                    p99_added / p99_added_nginx
+                    "{p99_added:.2} ms against nginx's {p99_added_nginx:.2} ms ({:.2}×); log off {:.2} ms; the disk's fdatasync p99 {}",
+                    p99_added / p99_added_nginx,
+                    fixed(&self.summary("clawgate-log-off")).p99 - fixed(&di).p99,
+                    self.disk
+                        .iter()
+                        .map(|d| format!("{:.2} ms", d.p99))
+                        .collect::<Vec<_>>()
+                        .join(" / ")
                 ),
                 p99_added <= 2.0 * p99_added_nginx,
             ),
@@ -511,6 +528,9 @@ impl Report {
             },
             "targets": targets,
             "audit_verify": self.audit_verify,
+            "disk_fdatasync_ms": self.disk.iter().map(|d| serde_json::json!({
+                "syncs": d.syncs, "p50": d.p50, "p99": d.p99, "p999": d.p999,
+            })).collect::<Vec<_>>(),
         })
     }
 }

@@ -169,6 +169,62 @@ fn compile_aws(
             format!("role_arn `{}` is not a role ARN", role_arn.get_ref()),
         );
     }
+    let (duration, refresh_margin, safety_margin) = aws_durations(report, file, credential);
+    let statements: Vec<Statement> = aws_rules
+        .iter()
+        .map(|rule| Statement {
+            allow: rule.allow,
+            actions: rule.actions.clone(),
+            resources: rule.resources.clone(),
+        })
+        .collect();
+    if !statements.iter().any(|s| s.allow) {
+        report.error(
+            file,
+            credential.span(),
+            "a scope with an `aws` credential needs at least one allow rule with `actions`".into(),
+        );
+        return None;
+    }
+    let (session_policy, session_policy_digest) = sts::session_policy(&statements);
+    if session_policy.len() > sts::SESSION_POLICY_LIMIT {
+        report.error(
+            file,
+            credential.span(),
+            format!(
+                "the session policy generated from this scope's rules is {} characters; STS allows {}",
+                session_policy.len(),
+                sts::SESSION_POLICY_LIMIT
+            ),
+        );
+    }
+    let max_signed_body = aws_max_signed_body(report, file, credential);
+    let text = |f: &Option<Spanned<String>>| f.as_ref().map(|v| v.get_ref().clone());
+    Some(AwsCredential {
+        role_arn: role_arn.get_ref().clone(),
+        duration,
+        refresh_margin,
+        safety_margin,
+        external_id: text(&c.external_id),
+        session_tags: c.session_tags.as_ref().is_none_or(|t| *t.get_ref()),
+        session_policy,
+        session_policy_digest,
+        service: text(&c.service),
+        region: text(&c.region),
+        unsigned_payload: c.unsigned_payload.as_ref().is_some_and(|u| *u.get_ref()),
+        max_signed_body,
+        vend: c.vend.as_ref().is_some_and(|v| *v.get_ref()),
+    })
+}
+
+/// An `aws` credential's session duration and its refresh and safety
+/// margins, each checked against the others.
+fn aws_durations(
+    report: &mut Report<'_>,
+    file: usize,
+    credential: &Spanned<CredentialFile>,
+) -> (Duration, Duration, Duration) {
+    let c = credential.get_ref();
     let minutes = c
         .duration_minutes
         .as_ref()
@@ -211,34 +267,27 @@ fn compile_aws(
             "refresh_margin is not shorter than the duration: every call mints".into(),
         );
     }
-    let statements: Vec<Statement> = aws_rules
-        .iter()
-        .map(|rule| Statement {
-            allow: rule.allow,
-            actions: rule.actions.clone(),
-            resources: rule.resources.clone(),
-        })
-        .collect();
-    if !statements.iter().any(|s| s.allow) {
+    if refresh_margin < safety_margin {
+        let span = c
+            .refresh_margin
+            .as_ref()
+            .map_or(credential.span(), Spanned::span);
         report.error(
             file,
-            credential.span(),
-            "a scope with an `aws` credential needs at least one allow rule with `actions`".into(),
-        );
-        return None;
-    }
-    let (session_policy, session_policy_digest) = sts::session_policy(&statements);
-    if session_policy.len() > sts::SESSION_POLICY_LIMIT {
-        report.error(
-            file,
-            credential.span(),
-            format!(
-                "the session policy generated from this scope's rules is {} characters; STS allows {}",
-                session_policy.len(),
-                sts::SESSION_POLICY_LIMIT
-            ),
+            span,
+            "refresh_margin must not be shorter than safety_margin".into(),
         );
     }
+    (duration, refresh_margin, safety_margin)
+}
+
+/// The largest body an `aws` credential signs (held in memory to hash it).
+fn aws_max_signed_body(
+    report: &mut Report<'_>,
+    file: usize,
+    credential: &Spanned<CredentialFile>,
+) -> u64 {
+    let c = credential.get_ref();
     let max_signed_body = c
         .max_signed_body
         .as_ref()
@@ -254,33 +303,7 @@ fn compile_aws(
             format!("max_signed_body must be at most {MAX_SIGNED_BODY_LIMIT} (64 MiB): bodies to sign are held in memory"),
         );
     }
-    if refresh_margin < safety_margin {
-        let span = c
-            .refresh_margin
-            .as_ref()
-            .map_or(credential.span(), Spanned::span);
-        report.error(
-            file,
-            span,
-            "refresh_margin must not be shorter than safety_margin".into(),
-        );
-    }
-    let text = |f: &Option<Spanned<String>>| f.as_ref().map(|v| v.get_ref().clone());
-    Some(AwsCredential {
-        role_arn: role_arn.get_ref().clone(),
-        duration,
-        refresh_margin,
-        safety_margin,
-        external_id: text(&c.external_id),
-        session_tags: c.session_tags.as_ref().is_none_or(|t| *t.get_ref()),
-        session_policy,
-        session_policy_digest,
-        service: text(&c.service),
-        region: text(&c.region),
-        unsigned_payload: c.unsigned_payload.as_ref().is_some_and(|u| *u.get_ref()),
-        max_signed_body,
-        vend: c.vend.as_ref().is_some_and(|v| *v.get_ref()),
-    })
+    max_signed_body
 }
 
 fn compile_placement(

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use globset::{GlobBuilder, GlobSetBuilder};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -225,24 +225,7 @@ fn compile_rule(
     if names.is_empty() {
         report.error(file, span.clone(), format!("rule `{id}` names nothing"));
     }
-    let mut set = GlobSetBuilder::new();
-    for name in names {
-        // Resource URIs are path-like: `*` stays within a `/` segment.
-        let built = GlobBuilder::new(name.get_ref())
-            .literal_separator(kind == Kind::Resource)
-            .build();
-        match built {
-            Ok(glob) => {
-                set.add(glob);
-            }
-            Err(e) => report.error(
-                file,
-                name.span(),
-                format!("`{}` is not a valid glob: {}", name.get_ref(), e.kind()),
-            ),
-        }
-    }
-    let names = set.build().ok()?;
+    let names = name_set(report, file, kind, names)?;
     if kind != Kind::Tool
         && (r.args.is_some() || r.other_arguments.is_some() || r.max_argument_bytes.is_some())
     {
@@ -252,26 +235,7 @@ fn compile_rule(
             format!("rule `{id}`: argument conditions apply to `tools` rules only"),
         );
     }
-    let mut conditions = Vec::new();
-    for (pointer, condition) in r.args.iter().flatten() {
-        if !pointer.is_empty() && !pointer.starts_with('/') {
-            report.error(
-                file,
-                condition.span(),
-                format!("`{pointer}` is not a JSON pointer (it must start with `/`)"),
-            );
-            continue;
-        }
-        let before = conditions.len();
-        compile_condition(report, file, pointer, condition, &mut conditions);
-        if conditions.len() == before {
-            report.error(
-                file,
-                condition.span(),
-                format!("argument `{pointer}` of rule `{id}` has no condition"),
-            );
-        }
-    }
+    let conditions = arg_conditions(report, file, r, &id);
     let other_arguments = match r
         .other_arguments
         .as_ref()
@@ -315,6 +279,63 @@ fn compile_rule(
         rate,
         mode,
     })
+}
+
+/// The globs a rule names; `*` in a resource URI stays within a segment.
+fn name_set(
+    report: &mut Report<'_>,
+    file: usize,
+    kind: Kind,
+    names: &[Spanned<String>],
+) -> Option<GlobSet> {
+    let mut set = GlobSetBuilder::new();
+    for name in names {
+        // Resource URIs are path-like: `*` stays within a `/` segment.
+        let built = GlobBuilder::new(name.get_ref())
+            .literal_separator(kind == Kind::Resource)
+            .build();
+        match built {
+            Ok(glob) => {
+                set.add(glob);
+            }
+            Err(e) => report.error(
+                file,
+                name.span(),
+                format!("`{}` is not a valid glob: {}", name.get_ref(), e.kind()),
+            ),
+        }
+    }
+    set.build().ok()
+}
+
+/// A `tools` rule's argument conditions, by JSON pointer.
+fn arg_conditions(
+    report: &mut Report<'_>,
+    file: usize,
+    r: &McpRuleFile,
+    id: &str,
+) -> Vec<Condition> {
+    let mut conditions = Vec::new();
+    for (pointer, condition) in r.args.iter().flatten() {
+        if !pointer.is_empty() && !pointer.starts_with('/') {
+            report.error(
+                file,
+                condition.span(),
+                format!("`{pointer}` is not a JSON pointer (it must start with `/`)"),
+            );
+            continue;
+        }
+        let before = conditions.len();
+        compile_condition(report, file, pointer, condition, &mut conditions);
+        if conditions.len() == before {
+            report.error(
+                file,
+                condition.span(),
+                format!("argument `{pointer}` of rule `{id}` has no condition"),
+            );
+        }
+    }
+    conditions
 }
 
 fn json_of(
