@@ -78,11 +78,11 @@ pub fn query(path: &Path, filter: &Filter) -> Result<Vec<DecisionRecord>, AuditE
                 None => return Ok(Vec::new()),
             }
         }
-        if let Some(until) = &filter.until {
-            if let Some(cut) = timeline::first_at_or_after(&snapshot, until)? {
-                clauses.push("seq < ?".into());
-                args.push(Value::Integer(cut));
-            }
+        if let Some(until) = &filter.until
+            && let Some(cut) = timeline::first_at_or_after(&snapshot, until)?
+        {
+            clauses.push("seq < ?".into());
+            args.push(Value::Integer(cut));
         }
     } else {
         if let Some(since) = &filter.since {

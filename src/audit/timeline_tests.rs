@@ -10,7 +10,7 @@ fn record(i: usize, ts: &str) -> (Box<DecisionRecord>, Waiter) {
     let mut r = DecisionRecord::new(kind::DECISION, &format!("r{i}"));
     r.ts = ts.to_owned();
     r.reason = "allowed".into();
-    r.agent = Some(if i % 2 == 0 { "even" } else { "odd" }.into());
+    r.agent = Some(if i.is_multiple_of(2) { "even" } else { "odd" }.into());
     (Box::new(r), None)
 }
 
