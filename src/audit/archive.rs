@@ -162,15 +162,8 @@ pub fn export(
     file: &Path,
 ) -> Result<Exported, ArchiveError> {
     let mut conn = open(db)?;
-    let first: Option<i64> = conn.query_row(
-        "SELECT MIN(seq) FROM records WHERE ts >= ?1",
-        [since.unwrap_or("")],
-        |r| r.get(0),
-    )?;
-    let last: Option<i64> =
-        conn.query_row("SELECT MAX(seq) FROM records WHERE ts < ?1", [until], |r| {
-            r.get(0)
-        })?;
+    let first = super::timeline::first_at_or_after(&conn, since.unwrap_or(""))?;
+    let last = super::timeline::last_before(&conn, until)?;
     let (Some(first), Some(last)) = (first, last) else {
         return Err(ArchiveError::Empty);
     };
@@ -286,6 +279,10 @@ fn append_in(
 ) -> Result<i64, ArchiveError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut head = Head::read(&tx)?;
+    if super::timeline::is_time_ordered(&tx)? {
+        let mut floor = super::timeline::last_ts(&tx)?;
+        super::timeline::order(&tx, &mut floor, &mut record)?;
+    }
     seal(&mut head, &mut record);
     super::writer::insert_sealed(&tx, &record)?;
     then(&tx)?;
@@ -460,11 +457,7 @@ pub fn prune(db: &Path, before: &str) -> Result<Option<Pruned>, ArchiveError> {
     let Some(first) = first_record(&conn)? else {
         return Ok(None);
     };
-    let old: Option<i64> = conn.query_row(
-        "SELECT MAX(seq) FROM records WHERE ts < ?1",
-        [before],
-        |r| r.get(0),
-    )?;
+    let old = super::timeline::last_before(&conn, before)?;
     let Some(old) = old else { return Ok(None) };
     // The archives the log records, checked against the log itself: a
     // manifest only covers records whose hashes it names.
@@ -576,7 +569,7 @@ pub fn restore(file: &Path, db: &Path) -> Result<Manifest, ArchiveError> {
     let manifest = verify_archive(file)?;
     let mut conn = open(db)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.execute_batch(super::writer::SCHEMA)?;
+    super::timeline::prepare(&conn)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let head = Head::read(&tx)?;
     let fresh = head.seq == 0 && head.hash == GENESIS;
@@ -590,6 +583,9 @@ pub fn restore(file: &Path, db: &Path) -> Result<Manifest, ArchiveError> {
     read_archive(file, |record| {
         super::writer::insert_sealed(&tx, record).map_err(ArchiveError::from)
     })?;
+    // The records come as they were sealed, times included: a log whose
+    // times they put out of order goes back to its time indexes.
+    super::timeline::keep_exact(&tx)?;
     tx.commit()?;
     Ok(manifest)
 }

@@ -96,7 +96,8 @@ fn format_1_log() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
     let conn = Connection::open(&path).unwrap();
-    conn.execute_batch(writer::SCHEMA).unwrap();
+    conn.execute_batch(&crate::audit::timeline::legacy_schema())
+        .unwrap();
     conn.execute_batch("CREATE INDEX records_request ON records(request_id);")
         .unwrap();
     let mut prev = GENESIS.to_owned();

@@ -14,6 +14,7 @@ mod chain;
 pub mod postgres;
 mod query;
 pub mod stats;
+mod timeline;
 mod writer;
 
 use std::path::Path;

@@ -7,6 +7,7 @@ use std::path::Path;
 use rusqlite::types::Value;
 
 use super::chain::{COLUMNS, from_row, open_read_only};
+use super::timeline;
 use super::{AuditError, DecisionRecord};
 
 /// Which records to return. Every field narrows; `None` means any.
@@ -46,6 +47,9 @@ pub enum Format {
 /// Returns the records that pass `filter`, oldest first.
 pub fn query(path: &Path, filter: &Filter) -> Result<Vec<DecisionRecord>, AuditError> {
     let conn = open_read_only(path)?;
+    // One snapshot for the time search and the read: the writer may append
+    // meanwhile.
+    let snapshot = conn.unchecked_transaction()?;
     let mut clauses = Vec::new();
     let mut args: Vec<Value> = Vec::new();
     let mut eq = |column: &str, value: &Option<String>| {
@@ -62,13 +66,33 @@ pub fn query(path: &Path, filter: &Filter) -> Result<Vec<DecisionRecord>, AuditE
     if filter.would_deny {
         clauses.push("would_deny IS NOT NULL".into());
     }
-    if let Some(since) = &filter.since {
-        clauses.push("ts >= ?".into());
-        args.push(Value::Text(since.clone()));
-    }
-    if let Some(until) = &filter.until {
-        clauses.push("ts < ?".into());
-        args.push(Value::Text(until.clone()));
+    if timeline::is_time_ordered(&snapshot)? {
+        // Times do not go backwards along positions: a time range is a
+        // range of positions, found by binary search.
+        if let Some(since) = &filter.since {
+            match timeline::first_at_or_after(&snapshot, since)? {
+                Some(first) => {
+                    clauses.push("seq >= ?".into());
+                    args.push(Value::Integer(first));
+                }
+                None => return Ok(Vec::new()),
+            }
+        }
+        if let Some(until) = &filter.until
+            && let Some(cut) = timeline::first_at_or_after(&snapshot, until)?
+        {
+            clauses.push("seq < ?".into());
+            args.push(Value::Integer(cut));
+        }
+    } else {
+        if let Some(since) = &filter.since {
+            clauses.push("ts >= ?".into());
+            args.push(Value::Text(since.clone()));
+        }
+        if let Some(until) = &filter.until {
+            clauses.push("ts < ?".into());
+            args.push(Value::Text(until.clone()));
+        }
     }
     let mut sql = format!("SELECT {COLUMNS} FROM records");
     if !clauses.is_empty() {
@@ -80,7 +104,7 @@ pub fn query(path: &Path, filter: &Filter) -> Result<Vec<DecisionRecord>, AuditE
         sql.push_str(" LIMIT ?");
         args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
     }
-    let mut stmt = conn.prepare(&sql)?;
+    let mut stmt = snapshot.prepare(&sql)?;
     let mut records = stmt
         .query_map(rusqlite::params_from_iter(args), from_row)?
         .collect::<Result<Vec<_>, _>>()?;

@@ -181,7 +181,8 @@ fn a_cut_tail_is_not_detectable_without_an_anchor() {
 #[test]
 fn verify_conn_on_an_empty_log_is_intact() {
     let conn = Connection::open_in_memory().unwrap();
-    conn.execute_batch(writer::SCHEMA).unwrap();
+    conn.execute_batch(&super::timeline::legacy_schema())
+        .unwrap();
     let report = verify_conn(&conn).unwrap();
     assert_eq!(report.count, 0);
     assert_eq!(report.head.hash, chain::GENESIS);

@@ -24,6 +24,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::batch::{drain_waiting, linger, nobody_waits};
 use super::chain::{COLUMNS, Head, seal};
+use super::timeline;
 use super::{AuditError, AuditLog, Command, DecisionRecord, Health, kind};
 use crate::error::Reason;
 
@@ -47,28 +48,6 @@ const WRITER_CHECKPOINT_PAGES: i64 = 4_000;
 const SLOW_COMMIT: Duration = Duration::from_millis(100);
 /// How long a write waits for a lock held by another process.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(1500);
-
-pub(super) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY,
-    ts TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    mode TEXT, agent TEXT, cert_fp TEXT, run_id TEXT, client_addr TEXT,
-    method TEXT, host TEXT, path TEXT, scope TEXT, rule TEXT,
-    decision TEXT, reason TEXT NOT NULL, would_deny TEXT,
-    credential_kind TEXT, credential_ref TEXT, policy_digest TEXT,
-    status INTEGER, bytes_up INTEGER, bytes_down INTEGER, duration_ms INTEGER,
-    detail TEXT,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    action TEXT,
-    exception TEXT,
-    mcp TEXT
-);
-CREATE INDEX IF NOT EXISTS records_agent_ts ON records(agent, ts);
-CREATE INDEX IF NOT EXISTS records_ts ON records(ts);
-";
 
 /// Indexes earlier versions made that no query uses: each cost every insert
 /// a B-tree search and its pages in the WAL. Dropping one only drops what a
@@ -105,7 +84,7 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
     // FULL: in WAL mode this is what makes each commit durable.
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(open_error)?;
-    conn.execute_batch(SCHEMA).map_err(open_error)?;
+    super::timeline::prepare(&conn).map_err(open_error)?;
     add_missing_columns(&conn).map_err(open_error)?;
     conn.execute_batch(UNUSED_INDEXES).map_err(open_error)?;
     Head::read(&conn).map_err(open_error)?;
@@ -121,6 +100,8 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
         .pragma_update(None, "synchronous", "FULL")
         .map_err(open_error)?;
 
+    let store = SqliteStore::new(conn).map_err(open_error)?;
+
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
     let health = Arc::new(Health::default());
     let log = AuditLog {
@@ -134,7 +115,7 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
             let checkpoints = std::thread::Builder::new()
                 .name("clawgate-audit-checkpoint".into())
                 .spawn(move || checkpoint_every(&checkpointer, &stopped));
-            run(conn, rx, &health, move || {
+            run(store, rx, &health, move || {
                 // The checkpointer goes first, so that the writer's connection
                 // is the last to close and SQLite folds the WAL back in.
                 drop(stop);
@@ -221,9 +202,24 @@ pub(super) trait BatchStore {
     fn write_batch(&mut self, batch: &mut [(Box<DecisionRecord>, Waiter)]) -> Result<(), String>;
 }
 
-impl BatchStore for Connection {
+/// The SQLite file, and whether its log is time-ordered (see
+/// [`timeline`]); only this writer and an explicit give-up change that, so
+/// it is read once, not per batch.
+pub(super) struct SqliteStore {
+    conn: Connection,
+    ordered: bool,
+}
+
+impl SqliteStore {
+    pub(super) fn new(conn: Connection) -> rusqlite::Result<SqliteStore> {
+        let ordered = timeline::is_time_ordered(&conn)?;
+        Ok(SqliteStore { conn, ordered })
+    }
+}
+
+impl BatchStore for SqliteStore {
     fn write_batch(&mut self, batch: &mut [(Box<DecisionRecord>, Waiter)]) -> Result<(), String> {
-        write_batch(self, batch).map_err(|e| e.to_string())
+        write_batch(&mut self.conn, batch, &mut self.ordered).map_err(|e| e.to_string())
     }
 }
 
@@ -478,20 +474,33 @@ fn summary(health: &Health, count: u64) -> DecisionRecord {
 fn write_batch(
     conn: &mut Connection,
     batch: &mut [(Box<DecisionRecord>, Waiter)],
+    ordered: &mut bool,
 ) -> rusqlite::Result<()> {
     // The head is read inside the write transaction, so the chain stays whole
     // even if something else (a second instance, an operator) wrote meanwhile.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut head = Head::read(&tx)?;
+    // On a time-ordered log, times are kept in order as records are sealed,
+    // from the last record's.
+    let mut still_ordered = *ordered;
+    let (mut head, mut floor) = if still_ordered {
+        timeline::head_and_ts(&tx)?
+    } else {
+        (Head::read(&tx)?, String::new())
+    };
     {
         // One statement for the whole batch, not one cache lookup per record.
         let mut statement = tx.prepare_cached(insert_sql())?;
         for (record, _) in batch.iter_mut() {
+            if still_ordered {
+                still_ordered = timeline::order(&tx, &mut floor, record)?;
+            }
             seal(&mut head, record);
             insert_with(&mut statement, record)?;
         }
     }
-    tx.commit()
+    tx.commit()?;
+    *ordered = still_ordered;
+    Ok(())
 }
 
 fn insert_sql() -> &'static str {

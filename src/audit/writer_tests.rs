@@ -11,7 +11,7 @@ fn outcome(i: usize) -> (Box<DecisionRecord>, Waiter) {
 #[test]
 fn batches_stay_within_their_limit_retries_included_and_refusals_are_summarised() {
     // No table yet: every batch fails, as on a full disk.
-    let mut conn = Connection::open_in_memory().unwrap();
+    let mut conn = SqliteStore::new(Connection::open_in_memory().unwrap()).unwrap();
     let health = Health::default();
     let mut backlog = Backlog::default();
     let mut batch = Vec::new();
@@ -26,7 +26,7 @@ fn batches_stay_within_their_limit_retries_included_and_refusals_are_summarised(
     health.unrecorded.store(7, Ordering::Relaxed);
 
     // Room again: a new durable record and the backlog, a batch at a time.
-    conn.execute_batch(SCHEMA).unwrap();
+    super::timeline::prepare(&conn.conn).unwrap();
     let (done, mut answer) = tokio::sync::oneshot::channel();
     let mut record = DecisionRecord::new(kind::DECISION, "new");
     record.reason = "allowed".into();
@@ -39,6 +39,7 @@ fn batches_stay_within_their_limit_retries_included_and_refusals_are_summarised(
         commit(&mut conn, &mut Vec::new(), &mut backlog, &health);
         assert!(health.last_batch.load(Ordering::Relaxed) <= MAX_BATCH as u64);
     }
+    let conn = conn.conn;
     let rows: i64 = conn
         .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
         .unwrap();
