@@ -1,9 +1,10 @@
 //! Gathering a group commit: what is queued joins the batch, and records
 //! nobody waits for linger briefly for one somebody does.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
+use super::queue::Receiver;
 use super::writer::{MAX_BATCH, Waiter};
 use super::{Command, DecisionRecord};
 
@@ -13,7 +14,7 @@ pub(super) const LINGER: Duration = Duration::from_millis(5);
 
 /// Moves what is already queued into `batch`, up to [`MAX_BATCH`].
 pub(super) fn drain_waiting(
-    rx: &Receiver<Command>,
+    rx: &Receiver,
     batch: &mut Vec<(Box<DecisionRecord>, Waiter)>,
     stopping: &mut bool,
 ) {
@@ -32,20 +33,21 @@ pub(super) fn nobody_waits(batch: &[(Box<DecisionRecord>, Waiter)]) -> bool {
 }
 
 /// Records nobody waits for (a call's outcome, written after its answer)
-/// wait up to [`LINGER`] for a record someone waits for, and share its
-/// commit: at a moderate rate a call then costs one commit and one fsync,
-/// not two. Ends early when a durable record arrives or the batch is full;
-/// returns whether the log is shutting down.
+/// wait until `deadline` (at most [`LINGER`] after they were queued) for a
+/// record someone waits for, and share its commit: at a moderate rate a
+/// call then costs one commit and one fsync, not two. Ends early when a
+/// durable record arrives or the batch is full; returns whether the log is
+/// shutting down.
 pub(super) fn linger(
-    rx: &Receiver<Command>,
+    rx: &Receiver,
     batch: &mut Vec<(Box<DecisionRecord>, Waiter)>,
+    deadline: Instant,
 ) -> bool {
-    let deadline = Instant::now() + LINGER;
     while batch.len() < MAX_BATCH {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+        if Instant::now() >= deadline {
             return false;
-        };
-        match rx.recv_timeout(left) {
+        }
+        match rx.recv_deadline(deadline) {
             Ok(Command::Append(record, waiter)) => {
                 let durable = waiter.is_some();
                 batch.push((record, waiter));

@@ -13,6 +13,7 @@ mod batch;
 mod chain;
 pub mod postgres;
 mod query;
+mod queue;
 pub mod stats;
 mod timeline;
 mod writer;
@@ -330,7 +331,7 @@ impl Receipt {
 /// A cheap, cloneable handle to the writer.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    tx: std::sync::mpsc::SyncSender<Command>,
+    tx: queue::Sender,
     health: Arc<Health>,
 }
 

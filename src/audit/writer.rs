@@ -17,13 +17,15 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use super::batch::{drain_waiting, linger, nobody_waits};
+use super::batch::{LINGER, drain_waiting, linger, nobody_waits};
 use super::chain::{COLUMNS, Head, seal};
+use super::queue::{self, Receiver as Queue};
 use super::timeline;
 use super::{AuditError, AuditLog, Command, DecisionRecord, Health, kind};
 use crate::error::Reason;
@@ -65,7 +67,7 @@ impl WriterHandle {
     /// Writes everything already queued, then stops the thread.
     pub fn shutdown(mut self) {
         // A blocking send is right here: shutdown runs off the runtime.
-        let _ = self.log.tx.send(Command::Shutdown);
+        let _ = self.log.tx.send_always(Command::Shutdown);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -102,7 +104,7 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
 
     let store = SqliteStore::new(conn).map_err(open_error)?;
 
-    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
+    let (tx, rx) = queue::queue(QUEUE_CAPACITY, MAX_BATCH);
     let health = Arc::new(Health::default());
     let log = AuditLog {
         tx,
@@ -137,7 +139,7 @@ pub(super) fn start(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError>
 /// BENCHMARK ONLY: a writer thread that acknowledges every record without
 /// writing it, so the harness can compare a durable log with none at all.
 pub(super) fn start_discarding() -> Result<(AuditLog, WriterHandle), AuditError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
+    let (tx, rx) = queue::queue(QUEUE_CAPACITY, MAX_BATCH);
     let log = AuditLog {
         tx,
         health: Arc::new(Health::default()),
@@ -145,7 +147,7 @@ pub(super) fn start_discarding() -> Result<(AuditLog, WriterHandle), AuditError>
     let thread = std::thread::Builder::new()
         .name("clawgate-audit-off".into())
         .spawn(move || {
-            while let Ok(Command::Append(_, waiter)) = rx.recv() {
+            while let Some((Command::Append(_, waiter), _)) = rx.recv_after(LINGER) {
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(Ok(0));
                 }
@@ -228,7 +230,7 @@ impl BatchStore for SqliteStore {
 pub(super) fn start_with<S: BatchStore + Send + 'static>(
     store: S,
 ) -> Result<(AuditLog, WriterHandle), AuditError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
+    let (tx, rx) = queue::queue(QUEUE_CAPACITY, MAX_BATCH);
     let health = Arc::new(Health::default());
     let log = AuditLog {
         tx,
@@ -257,12 +259,7 @@ struct Backlog {
     quiet_failures: u64,
 }
 
-fn run<S: BatchStore>(
-    mut conn: S,
-    rx: Receiver<Command>,
-    health: &Health,
-    before_close: impl FnOnce(),
-) {
+fn run<S: BatchStore>(mut conn: S, rx: Queue, health: &Health, before_close: impl FnOnce()) {
     let mut backlog = Backlog::default();
     let mut batch: Vec<(Box<DecisionRecord>, Waiter)> = Vec::with_capacity(MAX_BATCH);
     let mut stopping = false;
@@ -270,14 +267,20 @@ fn run<S: BatchStore>(
         // With records to retry or a summary to write, wake up on a timer
         // too: recovery must not wait for the next call.
         let pending = !backlog.retry.is_empty() || health.unrecorded.load(Ordering::Relaxed) > 0;
-        let first = if pending {
+        // After a commit the writer dozes for a while, so that the calls'
+        // outcomes queue without waking it (see `queue`); `doze_end` is when
+        // that doze ended, if the first record came in it.
+        let (first, doze_end) = if pending {
             match rx.recv_timeout(RETRY_EVERY) {
-                Ok(command) => Some(command),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => Some(Command::Shutdown),
+                Ok(command) => (Some(command), None),
+                Err(RecvTimeoutError::Timeout) => (None, None),
+                Err(RecvTimeoutError::Disconnected) => (Some(Command::Shutdown), None),
             }
         } else {
-            Some(rx.recv().unwrap_or(Command::Shutdown))
+            match rx.recv_after(LINGER) {
+                Some((command, doze_end)) => (Some(command), doze_end),
+                None => (Some(Command::Shutdown), None),
+            }
         };
         match first {
             Some(Command::Append(record, waiter)) => batch.push((record, waiter)),
@@ -288,7 +291,9 @@ fn run<S: BatchStore>(
         // after shutdown, the loop below drains the rest.
         drain_waiting(&rx, &mut batch, &mut stopping);
         if !stopping && nobody_waits(&batch) {
-            stopping = linger(&rx, &mut batch);
+            // Not past the doze it came in: it has waited that long already.
+            let until = doze_end.unwrap_or_else(|| Instant::now() + LINGER);
+            stopping = linger(&rx, &mut batch, until);
             drain_waiting(&rx, &mut batch, &mut stopping);
         }
         commit(&mut conn, &mut batch, &mut backlog, health);
