@@ -223,7 +223,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub(crate) listen: SocketAddr,
     /// How many shards serve the agent and token listeners: threads, each
-    /// with its own runtime and socket (`SO_REUSEPORT`); 0 is one per core.
+    /// with its own runtime and socket (`SO_REUSEPORT`); 0 is one per core
+    /// but one (the decision log's writer has a core), and at least one.
     #[arg(long, default_value_t = 0)]
     pub(crate) shards: usize,
     /// A PEM certificate revocation list for agent certificates.

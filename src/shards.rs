@@ -59,8 +59,8 @@ pub enum ShardError {
     },
 }
 
-/// How many shards to run: `requested`, or one per available core when it
-/// is 0. Without `SO_REUSEPORT` (not unix) there is one.
+/// How many shards to run: `requested`, or [`automatic`] for the available
+/// cores when it is 0. Without `SO_REUSEPORT` (not unix) there is one.
 pub fn count(requested: usize) -> usize {
     if !cfg!(unix) {
         return 1;
@@ -68,7 +68,17 @@ pub fn count(requested: usize) -> usize {
     if requested > 0 {
         return requested;
     }
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    automatic(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+}
+
+/// One shard per core but one, and at least one: the decision log's writer
+/// is a busy thread of its own (it seals, inserts and syncs every record),
+/// and a shard that shares its core with it is preempted mid-call. On the
+/// 2-core development machine one shard cost 15-35% less CPU per call at
+/// 3,000 req/s than two, with a lower p99 and about the same maximum
+/// (benches/README.md, "Figures: the writer's queue and one shard").
+pub fn automatic(cores: usize) -> usize {
+    cores.saturating_sub(1).max(1)
 }
 
 /// One socket per shard bound to `addr` (not listening yet), and the

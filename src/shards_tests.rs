@@ -3,10 +3,13 @@ use super::*;
 use std::sync::Mutex;
 
 #[test]
-fn count_takes_what_is_asked_or_one_per_core() {
+fn count_takes_what_is_asked_or_one_per_core_but_one() {
     assert_eq!(count(3), 3);
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    assert_eq!(count(0), cores);
+    assert_eq!(count(0), cores.saturating_sub(1).max(1));
+    assert_eq!(automatic(1), 1);
+    assert_eq!(automatic(2), 1);
+    assert_eq!(automatic(8), 7);
 }
 
 #[tokio::test]
