@@ -362,66 +362,14 @@ fn commit<S: BatchStore>(
         .last_batch
         .store(full.len() as u64, Ordering::Relaxed);
     match &result {
-        Ok(()) => {
-            if summarised {
-                // Counted from now on is a new outage's.
-                let since = health.unrecorded_since.load(Ordering::Relaxed);
-                if health.unrecorded.load(Ordering::Relaxed) == 0 {
-                    let _ = health.unrecorded_since.compare_exchange(
-                        since,
-                        0,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                }
-            }
-            if !health.healthy.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    failures = backlog.quiet_failures,
-                    "decision log writable again"
-                );
-                backlog.quiet_failures = 0;
-                backlog.last_error_log = None;
-            }
-            let took = begun.elapsed();
-            if took >= SLOW_COMMIT {
-                // Every call waiting for this batch waited this long.
-                tracing::warn!(
-                    records = full.len(),
-                    ms = took.as_millis(),
-                    "decision log commit was slow"
-                );
-            }
-            let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-            health.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
-            health.max_commit_nanos.fetch_max(nanos, Ordering::Relaxed);
-            health.batches.fetch_add(1, Ordering::Relaxed);
-            health
-                .committed
-                .fetch_add(full.len() as u64, Ordering::Relaxed);
-        }
-        Err(e) => {
-            health.healthy.store(false, Ordering::Relaxed);
-            if summarised {
-                health.unrecorded.fetch_add(unrecorded, Ordering::Relaxed);
-            }
-            let due = backlog
-                .last_error_log
-                .is_none_or(|at| at.elapsed() >= LOG_EVERY);
-            if due {
-                tracing::error!(
-                    error = %e,
-                    records = full.len(),
-                    retry = backlog.retry.len(),
-                    failures_not_logged = backlog.quiet_failures,
-                    "decision log batch failed; calls are refused until it recovers"
-                );
-                backlog.last_error_log = Some(Instant::now());
-                backlog.quiet_failures = 0;
-            } else {
-                backlog.quiet_failures += 1;
-            }
-        }
+        Ok(()) => committed(health, backlog, summarised, full.len(), begun.elapsed()),
+        Err(e) => failed(
+            health,
+            backlog,
+            summarised.then_some(unrecorded),
+            full.len(),
+            e,
+        ),
     }
     // Retried records go back to the front, new ones behind everything kept,
     // so the chain gets them in the order they came.
@@ -453,6 +401,83 @@ fn commit<S: BatchStore>(
             records = lost,
             "decision log retry queue full; records dropped"
         );
+    }
+}
+
+/// Health after a committed batch: back to writable, the outage's summary
+/// written, the commit's time counted.
+fn committed(
+    health: &Health,
+    backlog: &mut Backlog,
+    summarised: bool,
+    records: usize,
+    took: Duration,
+) {
+    if summarised {
+        // Counted from now on is a new outage's.
+        let since = health.unrecorded_since.load(Ordering::Relaxed);
+        if health.unrecorded.load(Ordering::Relaxed) == 0 {
+            let _ = health.unrecorded_since.compare_exchange(
+                since,
+                0,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+    if !health.healthy.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            failures = backlog.quiet_failures,
+            "decision log writable again"
+        );
+        backlog.quiet_failures = 0;
+        backlog.last_error_log = None;
+    }
+    if took >= SLOW_COMMIT {
+        // Every call waiting for this batch waited this long.
+        tracing::warn!(
+            records,
+            ms = took.as_millis(),
+            "decision log commit was slow"
+        );
+    }
+    let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+    health.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
+    health.max_commit_nanos.fetch_max(nanos, Ordering::Relaxed);
+    health.batches.fetch_add(1, Ordering::Relaxed);
+    health
+        .committed
+        .fetch_add(records as u64, Ordering::Relaxed);
+}
+
+/// Health after a failed batch: unwritable, the refused calls counted again
+/// for the next summary, the failure logged at most once per interval.
+fn failed(
+    health: &Health,
+    backlog: &mut Backlog,
+    unrecorded: Option<u64>,
+    records: usize,
+    e: &str,
+) {
+    health.healthy.store(false, Ordering::Relaxed);
+    if let Some(unrecorded) = unrecorded {
+        health.unrecorded.fetch_add(unrecorded, Ordering::Relaxed);
+    }
+    let due = backlog
+        .last_error_log
+        .is_none_or(|at| at.elapsed() >= LOG_EVERY);
+    if due {
+        tracing::error!(
+            error = %e,
+            records,
+            retry = backlog.retry.len(),
+            failures_not_logged = backlog.quiet_failures,
+            "decision log batch failed; calls are refused until it recovers"
+        );
+        backlog.last_error_log = Some(Instant::now());
+        backlog.quiet_failures = 0;
+    } else {
+        backlog.quiet_failures += 1;
     }
 }
 

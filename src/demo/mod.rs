@@ -80,10 +80,50 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     let token = format!("demo-{}", uuid::Uuid::new_v4().simple());
     let env_token = token.clone();
     let env = move |name: &str| (name == EXAMPLE_TOKEN_ENV).then(|| env_token.clone());
-    let config = ServeConfig {
+    let config = demo_config(policy_dir, certs_dir.clone(), audit_path.clone())?;
+    let running = serve::start(&config, std::sync::Arc::new(env)).await?;
+    let base = format!("https://localhost:{}", running.addr.port());
+    println!("clawgate: listening on {}\n", running.addr);
+
+    scripted_calls(&base, &certs_dir, &token, &echo).await?;
+
+    if keep {
+        println!("\nclawgate and the echo keep running; try:");
+        println!(
+            "  curl --cacert {c}/ca.pem --cert {c}/agents/research.pem --key {c}/agents/research-key.pem {base}/echo/v1/items",
+            c = certs_dir.display()
+        );
+        println!(
+            "  curl --proxy {base} --proxy-cacert {c}/ca.pem --proxy-cert {c}/agents/research.pem --proxy-key {c}/agents/research-key.pem --cacert {c}/intercept-ca.pem https://{echo}/v1/items",
+            c = certs_dir.display(),
+            echo = echo.addr
+        );
+        println!("  clawgate audit query --audit {}", audit_path.display());
+        println!("press Ctrl-C to stop");
+        tokio::signal::ctrl_c().await?;
+    }
+
+    // Let the outcome records of the calls above land, then stop and flush.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    running.shutdown().await;
+
+    show_log(&audit_path)?;
+    drop(echo);
+    drop(dir);
+    Ok(())
+}
+
+/// clawgate's configuration for the demo: loopback, an ephemeral port, the
+/// defaults otherwise.
+fn demo_config(
+    policy_dir: std::path::PathBuf,
+    certs_dir: std::path::PathBuf,
+    audit_path: std::path::PathBuf,
+) -> anyhow::Result<ServeConfig> {
+    Ok(ServeConfig {
         policy_dir,
-        certs_dir: certs_dir.clone(),
-        audit_path: audit_path.clone(),
+        certs_dir,
+        audit_path,
         listen: "127.0.0.1:0".parse()?,
         shards: 0,
         crl: None,
@@ -104,14 +144,20 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         token_jwks: None,
         retention: None,
         fleet: crate::serve::FleetConfig::default(),
-    };
-    let running = serve::start(&config, std::sync::Arc::new(env)).await?;
-    let base = format!("https://localhost:{}", running.addr.port());
-    println!("clawgate: listening on {}\n", running.addr);
+    })
+}
 
-    let research = agent_client(&certs_dir, Some("research"))?;
-    let intruder = agent_client(&certs_dir, Some("intruder"))?;
-    let anonymous = agent_client(&certs_dir, None)?;
+/// The four scripted calls: allowed with the credential injected, denied by
+/// a rule, an unknown agent, and no certificate at all.
+async fn scripted_calls(
+    base: &str,
+    certs_dir: &Path,
+    token: &str,
+    echo: &EchoUpstream,
+) -> anyhow::Result<()> {
+    let research = agent_client(certs_dir, Some("research"))?;
+    let intruder = agent_client(certs_dir, Some("intruder"))?;
+    let anonymous = agent_client(certs_dir, None)?;
 
     // 1. Allowed: the echo shows what arrived upstream.
     let (status, body) = call(
@@ -132,7 +178,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     println!("   the agent sent:       authorization: Bearer agent-held-key");
     println!(
         "   the upstream received: authorization: {}",
-        mask(&arrived, &token)
+        mask(&arrived, token)
     );
     if status != StatusCode::OK || arrived != format!("Bearer {token}") {
         bail!("the allowed call did not arrive with the injected credential");
@@ -170,36 +216,19 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         echo.seen().len()
     );
 
-    if keep {
-        println!("\nclawgate and the echo keep running; try:");
-        println!(
-            "  curl --cacert {c}/ca.pem --cert {c}/agents/research.pem --key {c}/agents/research-key.pem {base}/echo/v1/items",
-            c = certs_dir.display()
-        );
-        println!(
-            "  curl --proxy {base} --proxy-cacert {c}/ca.pem --proxy-cert {c}/agents/research.pem --proxy-key {c}/agents/research-key.pem --cacert {c}/intercept-ca.pem https://{echo}/v1/items",
-            c = certs_dir.display(),
-            echo = echo.addr
-        );
-        println!("  clawgate audit query --audit {}", audit_path.display());
-        println!("press Ctrl-C to stop");
-        tokio::signal::ctrl_c().await?;
-    }
+    Ok(())
+}
 
-    // Let the outcome records of the calls above land, then stop and flush.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    running.shutdown().await;
-
+/// Prints the decision log and its verification.
+fn show_log(audit_path: &Path) -> anyhow::Result<()> {
     println!("\n== decision log ({})", audit_path.display());
-    let records = audit::query(&audit_path, &Filter::default())?;
+    let records = audit::query(audit_path, &Filter::default())?;
     audit::render(&records, Format::Table, &mut std::io::stdout())?;
-    let report = audit::verify(&audit_path)?;
+    let report = audit::verify(audit_path)?;
     println!(
         "\n== audit verify: {} records, chain intact, head {} {}",
         report.count, report.head.seq, report.head.hash
     );
-    drop(echo);
-    drop(dir);
     Ok(())
 }
 
