@@ -197,32 +197,14 @@ impl Running {
 /// starts serving. Any problem stops the start, with a message that says what
 /// to do.
 pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError> {
-    let options = LoadOptions {
-        env: &*env,
-        now: std::time::SystemTime::now(),
-        max_exception: config.max_exception,
-    };
-    let (policy, warnings) = policy::load(&config.policy_dir, &options)?;
-    for warning in &warnings {
-        tracing::warn!("{warning}");
-    }
-    tracing::info!(
-        digest = policy.digest(),
-        "policy loaded: {}",
-        policy.summary()
-    );
+    let policy = load_policy(config, &env)?;
     // A server holds one descriptor per peer: take what the system allows.
     let open_files = crate::accept::raise_open_files_limit();
     tracing::debug!(?open_files, "open files limit");
     let tls = Arc::new(TlsStore::load(&config.certs_dir, config.crl.as_deref())?);
     let interceptor = Interceptor::load(&config.certs_dir)?;
-    let mut pins: std::collections::HashMap<String, Vec<std::net::IpAddr>> =
-        std::collections::HashMap::new();
-    for (name, ip) in &config.resolve {
-        pins.entry(name.clone()).or_default().push(*ip);
-    }
     let shard_count = shards::count(config.shards);
-    let upstreams = Upstreams::new(config.timeouts, Arc::new(pins), shard_count)?;
+    let upstreams = Upstreams::new(config.timeouts, Arc::new(pins(config)), shard_count)?;
     let (audit, writer) = open_log(config).await?;
     let (agent_sockets, addr) = shards::bind(config.listen, shard_count)?;
     // The policy in force is itself a record; a log that cannot take it
@@ -283,17 +265,7 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         None => Source::Sqlite(config.audit_path.clone()),
     };
     if !config.decision_log_off_benchmark_only {
-        match &audit_source {
-            Source::Sqlite(path) => pipeline.lapses().seed(path),
-            Source::Postgres(_) => {
-                if let Ok(records) = audit_source
-                    .query(&crate::lapse::Lapses::seed_filter())
-                    .await
-                {
-                    pipeline.lapses().seed_from(records);
-                }
-            }
-        }
+        seed_lapses(&pipeline, &audit_source).await;
     }
     // The start-up load is a load like any other: `policy-loaded` above,
     // and counted in `clawgate_policy_loads_total`.
@@ -371,6 +343,51 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         other_tasks,
         writer,
     })
+}
+
+/// The policy files, validated; their warnings logged.
+fn load_policy(config: &ServeConfig, env: &Env) -> Result<policy::Policy, ServeError> {
+    let options = LoadOptions {
+        env: &**env,
+        now: std::time::SystemTime::now(),
+        max_exception: config.max_exception,
+    };
+    let (policy, warnings) = policy::load(&config.policy_dir, &options)?;
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        digest = policy.digest(),
+        "policy loaded: {}",
+        policy.summary()
+    );
+    Ok(policy)
+}
+
+/// Names pinned to addresses (`--resolve NAME=IP`, repeatable).
+fn pins(config: &ServeConfig) -> std::collections::HashMap<String, Vec<std::net::IpAddr>> {
+    let mut pins: std::collections::HashMap<String, Vec<std::net::IpAddr>> =
+        std::collections::HashMap::new();
+    for (name, ip) in &config.resolve {
+        pins.entry(name.clone()).or_default().push(*ip);
+    }
+    pins
+}
+
+/// The exception lapses an earlier run already recorded, so that a restart
+/// does not record them again.
+async fn seed_lapses(pipeline: &Pipeline, audit_source: &Source) {
+    match audit_source {
+        Source::Sqlite(path) => pipeline.lapses().seed(path),
+        Source::Postgres(_) => {
+            if let Ok(records) = audit_source
+                .query(&crate::lapse::Lapses::seed_filter())
+                .await
+            {
+                pipeline.lapses().seed_from(records);
+            }
+        }
+    }
 }
 
 /// The tasks that keep the stores in shape: the fleet's checkpoints,
