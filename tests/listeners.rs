@@ -739,12 +739,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
 /// Idle TCP peers held against the agent listener, all from one source.
 const IDLE: usize = 3000;
 /// TLS peers (with a valid certificate) sending a request head a byte at a time.
@@ -780,7 +774,8 @@ fn a_flood_of_idle_and_slow_peers_does_not_lock_agents_out() {
         let mut idle_peers = Vec::with_capacity(idle);
         for _ in 0..idle {
             if let Ok(Ok(tcp)) =
-                tokio::time::timeout(Duration::from_secs(2), net::tcp_from(idle_source, port)).await
+                tokio::time::timeout(Duration::from_secs(2), common::tcp_from(idle_source, port))
+                    .await
             {
                 idle_peers.push(tcp);
             }
@@ -823,7 +818,7 @@ fn a_flood_of_idle_and_slow_peers_does_not_lock_agents_out() {
         assert_eq!(h.decision(&r.request_id()).reason, "allowed");
     }
     let rss = rss_kib(pid);
-    let fds = open_fds(pid);
+    let fds = common::open_fds(pid);
     latencies.sort();
     eprintln!(
         "flood: {} idle TCP peers, {SLOW} slow TLS peers; clawgate holds {fds} descriptors; \
@@ -837,20 +832,7 @@ fn a_flood_of_idle_and_slow_peers_does_not_lock_agents_out() {
     // holds at most its per-source bound of them, not all.
     assert!(fds < 256 + SLOW + 200, "clawgate holds {fds} descriptors");
     assert!(latencies[latencies.len() - 1] < Duration::from_secs(5));
-    let dropped = h.wait_for("dropped idle peers", |r| {
-        r.reason == "tls-rejected"
-            && r.detail
-                .as_deref()
-                .unwrap_or_default()
-                .contains("dropped while pending")
-    });
-    assert!(
-        dropped[0]
-            .client_addr
-            .as_deref()
-            .unwrap()
-            .starts_with("127.0.0.2:")
-    );
+    common::dropped_while_pending(&h, "127.0.0.2:");
     // Rejections are capped per source and second, so the flood did not
     // turn into thousands of records.
     let rejected = h
@@ -889,7 +871,7 @@ fn every_listener_records_rejected_handshakes_and_vend_has_a_header_timeout() {
     let vend = h.vend_port.unwrap();
     let closed = rt.block_on(async {
         use tokio::io::AsyncWriteExt;
-        let mut plain = net::tcp_from("127.0.0.1".parse().unwrap(), token)
+        let mut plain = common::tcp_from("127.0.0.1".parse().unwrap(), token)
             .await
             .unwrap();
         plain
@@ -909,7 +891,7 @@ fn every_listener_records_rejected_handshakes_and_vend_has_a_header_timeout() {
     // A vend peer that never finishes its request head is cut off.
     let closed = rt.block_on(async {
         use tokio::io::AsyncWriteExt;
-        let mut slow = net::tcp_from("127.0.0.1".parse().unwrap(), vend)
+        let mut slow = common::tcp_from("127.0.0.1".parse().unwrap(), vend)
             .await
             .unwrap();
         slow.write_all(b"GET /v1/credentials/aws/x HTTP/1.1\r\n")

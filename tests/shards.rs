@@ -226,20 +226,6 @@ impl Client {
 }
 
 /// A TCP connection to clawgate on `port` from the loopback address `source`.
-async fn tcp_from(source: std::net::IpAddr, port: u16) -> std::io::Result<tokio::net::TcpStream> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind(std::net::SocketAddr::new(source, 0))?;
-    socket
-        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
-        .await
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
 /// Idle peers from one source against four shards: more than the
 /// listener's per-source bound, fewer than four times it.
 const IDLE: usize = 700;
@@ -259,7 +245,7 @@ fn the_shards_of_a_listener_share_one_handshake_gate() {
     assert!(h.stderr().contains("serving calls on 4 shards"));
     let pid = h.pid();
     let port = h.port;
-    let held_before = open_fds(pid);
+    let held_before = common::open_fds(pid);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -269,7 +255,7 @@ fn the_shards_of_a_listener_share_one_handshake_gate() {
         let mut peers = Vec::with_capacity(IDLE);
         for _ in 0..IDLE {
             if let Ok(Ok(tcp)) =
-                tokio::time::timeout(Duration::from_secs(2), tcp_from(source, port)).await
+                tokio::time::timeout(Duration::from_secs(2), common::tcp_from(source, port)).await
             {
                 peers.push(tcp);
             }
@@ -279,22 +265,9 @@ fn the_shards_of_a_listener_share_one_handshake_gate() {
     assert_eq!(peers.len(), IDLE, "every idle peer connected");
     // Spread over four shards, each shard saw fewer than the per-source
     // bound (256); the bound held for the listener all the same.
-    let dropped = h.wait_for("idle peers dropped while pending", |r| {
-        r.reason == "tls-rejected"
-            && r.detail
-                .as_deref()
-                .unwrap_or_default()
-                .contains("dropped while pending")
-    });
-    assert!(
-        dropped[0]
-            .client_addr
-            .as_deref()
-            .unwrap()
-            .starts_with("127.0.0.2:")
-    );
+    common::dropped_while_pending(&h, "127.0.0.2:");
     std::thread::sleep(Duration::from_millis(300));
-    let held = open_fds(pid) - held_before;
+    let held = common::open_fds(pid) - held_before;
     assert!(
         (200..=256 + 16).contains(&held),
         "clawgate holds {held} of {IDLE} idle peers from one source; the bound is 256"

@@ -517,3 +517,46 @@ pub fn venv_python(needs: &str) -> PathBuf {
     );
     path
 }
+
+/// A TCP connection to clawgate's `port` on loopback, from `source` (another
+/// loopback address, so that per-source bounds can be told apart).
+pub async fn tcp_from(
+    source: std::net::IpAddr,
+    port: u16,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+}
+
+/// Descriptors process `pid` holds open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Waits for the `tls-rejected` records of idle peers dropped while their
+/// handshake was pending, and checks the first came from `source` (an
+/// address prefix such as `127.0.0.2:`).
+pub fn dropped_while_pending(h: &Harness, source: &str) -> Vec<DecisionRecord> {
+    let dropped = h.wait_for("idle peers dropped while pending", |r| {
+        r.reason == "tls-rejected"
+            && r.detail
+                .as_deref()
+                .unwrap_or_default()
+                .contains("dropped while pending")
+    });
+    assert!(
+        dropped[0]
+            .client_addr
+            .as_deref()
+            .unwrap()
+            .starts_with(source),
+        "{:?}",
+        dropped[0].client_addr
+    );
+    dropped
+}

@@ -1,7 +1,7 @@
 //! Raw TLS peers for the listener tests: connections that stay open, hold a
 //! tunnel, or trickle bytes, which curl cannot be made to do.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -39,23 +39,13 @@ pub fn client_config(ca: &Path, cert: Option<(&Path, &Path)>) -> Arc<rustls::Cli
     Arc::new(config)
 }
 
-/// A TCP connection to `port` on loopback from `source` (any 127.0.0.0/8
-/// address works on Linux), so per-source bounds can be exercised.
-pub async fn tcp_from(source: IpAddr, port: u16) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(source, 0))?;
-    socket
-        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
-        .await
-}
-
 /// A TLS connection to clawgate on `port`.
 pub async fn tls(
     config: &Arc<rustls::ClientConfig>,
     source: IpAddr,
     port: u16,
 ) -> TlsStream<TcpStream> {
-    let tcp = tcp_from(source, port).await.unwrap();
+    let tcp = super::common::tcp_from(source, port).await.unwrap();
     TlsConnector::from(Arc::clone(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
