@@ -212,8 +212,32 @@ fn run<F, Fut>(
             // The start gave up on another shard: nobody will stop this one.
             return;
         }
+        // The decision log's answers for this thread's calls come through
+        // one wake per commit (see `audit::post_box`).
+        tokio::spawn(crate::audit::post_box());
+        tokio::spawn(keep_next_wake_near());
         work(index, listeners).await;
     });
+}
+
+/// How often a shard's pacing timer fires: well under a call's shortest
+/// timer (the 10 s header read timeout).
+const PACE: Duration = Duration::from_millis(500);
+
+/// Keeps a timer due within [`PACE`] on the shard's runtime, and so the
+/// time driver's next wake near. Tokio wakes its own driver, with a write to
+/// its eventfd, whenever a new timer is due before that next wake, even when
+/// the timer is set on the driver's own thread while it runs
+/// (tokio-rs/tokio#5207). Without this, a call's header read and upstream
+/// timers, set a few seconds out on a runtime whose other timers are later,
+/// cost that write and an extra turn of the event loop about every other
+/// call.
+async fn keep_next_wake_near() {
+    let mut pace = tokio::time::interval(PACE);
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        pace.tick().await;
+    }
 }
 
 impl Shards {

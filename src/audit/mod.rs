@@ -8,6 +8,7 @@
 //!   a kind and a non-secret reference.
 //! - The chain head advances only on commit, so a failed batch leaves no gap.
 
+mod answers;
 pub mod archive;
 mod batch;
 mod chain;
@@ -27,6 +28,7 @@ use std::sync::mpsc::TrySendError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+pub use answers::post_box;
 pub use chain::{Head, VerifyError, VerifyReport, check_anchor, head, verify};
 pub use query::{Filter, Format, query, render};
 pub use writer::WriterHandle;
@@ -272,14 +274,39 @@ pub fn now_rfc3339() -> String {
     format_ts(time::OffsetDateTime::now_utc())
 }
 
-/// Formats a time the way records store it.
+/// Formats a time the way records store it: `YYYY-MM-DDTHH:MM:SS.mmmZ` in
+/// UTC. Every record takes one or two of these, so the digits are written
+/// directly rather than through a format description.
 pub fn format_ts(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        return format_ts_described(t);
+    }
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, value: u32, digits: usize| {
+        let mut value = value;
+        for i in (at..at + digits).rev() {
+            out[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, year.unsigned_abs(), 4);
+    put(5, u32::from(u8::from(t.month())), 2);
+    put(8, u32::from(t.day()), 2);
+    put(11, u32::from(t.hour()), 2);
+    put(14, u32::from(t.minute()), 2);
+    put(17, u32::from(t.second()), 2);
+    put(20, u32::from(t.millisecond()), 3);
+    out.iter().map(|&b| char::from(b)).collect()
+}
+
+/// [`format_ts`] by its format description, for years outside 0..=9999.
+fn format_ts_described(t: time::OffsetDateTime) -> String {
     const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    t.to_offset(time::UtcOffset::UTC)
-        .format(FORMAT)
-        .unwrap_or_default()
+    t.format(FORMAT).unwrap_or_default()
 }
 
 /// Why the decision log could not do what was asked.
@@ -305,17 +332,14 @@ pub enum AuditError {
 }
 
 enum Command {
-    Append(
-        Box<DecisionRecord>,
-        Option<oneshot::Sender<Result<i64, String>>>,
-    ),
+    Append(Box<DecisionRecord>, Option<answers::Waiter>),
     Shutdown,
 }
 
 /// The answer to a queued durable record: its sequence number once its
 /// batch is committed.
 #[derive(Debug)]
-pub struct Receipt(oneshot::Receiver<Result<i64, String>>);
+pub struct Receipt(oneshot::Receiver<answers::Answer>);
 
 impl Receipt {
     /// Waits for the batch holding the record to be committed.
@@ -431,7 +455,7 @@ impl AuditLog {
     /// its batch is committed. Once this returns `Ok`, the record is written
     /// (or its failure reported to the receipt) even if nobody waits.
     pub fn queue_durable(&self, record: DecisionRecord) -> Result<Receipt, AuditError> {
-        let (done, wait) = oneshot::channel();
+        let (done, wait) = answers::waiter();
         // Never block the runtime: a full queue is an unavailable log.
         self.tx
             .try_send(Command::Append(Box::new(record), Some(done)))

@@ -9,7 +9,7 @@ fn quiet() -> Command {
 }
 
 fn durable() -> (Command, tokio::sync::oneshot::Receiver<Result<i64, String>>) {
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (tx, rx) = crate::audit::answers::waiter();
     (
         Command::Append(Box::<DecisionRecord>::default(), Some(tx)),
         rx,

@@ -298,3 +298,39 @@ fn a_locked_database_fails_the_batch_and_recovers() {
         .collect();
     assert_eq!(ids, vec!["req-1", "req-10", "req-3"]);
 }
+
+/// The direct formatter writes exactly what the format description does,
+/// across days, leap years, millisecond edges, offsets and the year bounds.
+#[test]
+fn timestamps_format_as_the_description_does() {
+    use time::{Duration, OffsetDateTime, UtcOffset};
+    let mut t = OffsetDateTime::from_unix_timestamp(-62_167_219_200).unwrap(); // 0000-01-01
+    let end = OffsetDateTime::from_unix_timestamp(253_402_300_799).unwrap(); // 9999-12-31
+    // A prime step in milliseconds walks every field through its range.
+    let step = Duration::milliseconds(27_182_818_284);
+    let mut seen = 0;
+    while t <= end {
+        assert_eq!(format_ts(t), format_ts_described(t), "{t}");
+        seen += 1;
+        match t.checked_add(step) {
+            Some(next) => t = next,
+            None => break,
+        }
+    }
+    assert!(seen > 10_000, "{seen}");
+    for (unix_ms, text) in [
+        (0, "1970-01-01T00:00:00.000Z"),
+        (951_782_399_999, "2000-02-28T23:59:59.999Z"),
+        (951_868_800_001, "2000-03-01T00:00:00.001Z"),
+        (1_796_000_000_123, "2026-11-30T00:53:20.123Z"),
+    ] {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(unix_ms * 1_000_000).unwrap();
+        assert_eq!(format_ts(t), text);
+        // The same instant in another offset is stored as UTC.
+        let east = t.to_offset(UtcOffset::from_hms(5, 30, 0).unwrap());
+        assert_eq!(format_ts(east), text);
+    }
+    // Outside four-digit years the description still answers.
+    let far = OffsetDateTime::from_unix_timestamp(-62_167_219_201).unwrap();
+    assert_eq!(format_ts(far), format_ts_described(far));
+}

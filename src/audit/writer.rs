@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
+use super::answers::Delivery;
 use super::batch::{LINGER, drain_waiting, linger, nobody_waits};
 use super::chain::{COLUMNS, Head, seal};
 use super::queue::{self, Receiver as Queue};
@@ -147,9 +148,18 @@ pub(super) fn start_discarding() -> Result<(AuditLog, WriterHandle), AuditError>
     let thread = std::thread::Builder::new()
         .name("clawgate-audit-off".into())
         .spawn(move || {
-            while let Some((Command::Append(_, waiter), _)) = rx.recv_after(LINGER) {
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(Ok(0));
+            // Answered like the durable writer's batches: everything
+            // waiting at once, one wake per post box.
+            while let Some((first, _)) = rx.recv_after(LINGER) {
+                let mut delivery = Delivery::default();
+                let mut next = Some(first);
+                while let Some(command) = next {
+                    match command {
+                        Command::Append(_, Some(waiter)) => delivery.send(waiter, Ok(0)),
+                        Command::Append(_, None) => {}
+                        Command::Shutdown => return,
+                    }
+                    next = rx.try_recv().ok();
                 }
             }
         })
@@ -179,7 +189,7 @@ fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub(super) type Waiter = Option<tokio::sync::oneshot::Sender<Result<i64, String>>>;
+pub(super) type Waiter = Option<super::answers::Waiter>;
 
 /// Copies committed WAL frames into the database every `CHECKPOINT_EVERY`,
 /// from a connection of its own, so that commits do not wait for it (as they
@@ -374,14 +384,11 @@ fn commit<S: BatchStore>(
     // Retried records go back to the front, new ones behind everything kept,
     // so the chain gets them in the order they came.
     let mut failed_retried = Vec::new();
+    let mut delivery = Delivery::default();
     for (index, (record, waiter)) in full.into_iter().enumerate() {
         match (waiter, &result) {
-            (Some(waiter), Ok(())) => {
-                let _ = waiter.send(Ok(record.seq));
-            }
-            (Some(waiter), Err(e)) => {
-                let _ = waiter.send(Err(e.to_string()));
-            }
+            (Some(waiter), Ok(())) => delivery.send(waiter, Ok(record.seq)),
+            (Some(waiter), Err(e)) => delivery.send(waiter, Err(e.to_string())),
             (None, Ok(())) => {}
             // A summary is counted again above, not retried as a record.
             (None, Err(_)) if record.kind == kind::SUMMARY => {}

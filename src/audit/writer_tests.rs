@@ -27,7 +27,7 @@ fn batches_stay_within_their_limit_retries_included_and_refusals_are_summarised(
 
     // Room again: a new durable record and the backlog, a batch at a time.
     super::timeline::prepare(&conn.conn).unwrap();
-    let (done, mut answer) = tokio::sync::oneshot::channel();
+    let (done, mut answer) = crate::audit::answers::waiter();
     let mut record = DecisionRecord::new(kind::DECISION, "new");
     record.reason = "allowed".into();
     batch.push((Box::new(record), Some(done)));
