@@ -13,7 +13,6 @@
 //! runs one current-thread runtime, where a task never moves.
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, oneshot};
@@ -57,36 +56,42 @@ pub(super) fn waiter() -> (Waiter, oneshot::Receiver<Answer>) {
     (Waiter { tx, post }, rx)
 }
 
-/// Runs this thread's post box until the runtime drops it. Spawn it on a
-/// current-thread runtime, on the thread that runs that runtime, before
-/// its tasks queue durable records; records queued before are answered
-/// directly.
-pub fn post_box() -> impl Future<Output = ()> {
+/// Runs the post box of the thread that polls it, until the runtime drops
+/// it. Spawn it on a current-thread runtime, from the thread that runs that
+/// runtime: a task there never moves, so the box is emptied on the thread
+/// whose callers it answers. Records queued on the thread before its first
+/// poll are answered directly.
+pub(crate) async fn post_box() {
     let post = Arc::new(PostBox::default());
     HERE.with(|here| *here.borrow_mut() = Some(Arc::clone(&post)));
-    let forget = Forget;
-    async move {
-        let _forget = forget;
-        loop {
-            post.ready.notified().await;
-            let answers = std::mem::take(&mut *post.inbox());
-            for (tx, answer) in answers {
-                let _ = tx.send(answer);
-            }
+    let _forget = Forget(Arc::clone(&post));
+    // Two vectors take turns, so neither side grows one per commit.
+    let mut answers = Vec::new();
+    loop {
+        post.ready.notified().await;
+        std::mem::swap(&mut *post.inbox(), &mut answers);
+        for (tx, answer) in answers.drain(..) {
+            let _ = tx.send(answer);
         }
     }
 }
 
 /// Removes the thread's post box when its runtime drops the delivery task:
-/// nothing would read it any more.
-struct Forget;
+/// nothing would empty it any more, and a waiter made from then on is
+/// answered directly.
+struct Forget(Arc<PostBox>);
 
 impl Drop for Forget {
     fn drop(&mut self) {
-        // Dropped on the runtime's own thread (a current-thread runtime
-        // drops its tasks where it runs); `try_with`: the thread may be
-        // tearing down its locals.
-        let _ = HERE.try_with(|here| here.borrow_mut().take());
+        // A current-thread runtime drops its tasks on its own thread. Only
+        // this box is removed; `try_with`: the thread may be tearing down
+        // its locals.
+        let _ = HERE.try_with(|here| {
+            let mut here = here.borrow_mut();
+            if here.as_ref().is_some_and(|post| Arc::ptr_eq(post, &self.0)) {
+                *here = None;
+            }
+        });
     }
 }
 

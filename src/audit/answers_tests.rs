@@ -30,6 +30,8 @@ fn a_commit_reaches_a_post_box_in_one_wake_and_every_caller_gets_its_own_answer(
     let rt = current_thread();
     rt.block_on(async {
         tokio::spawn(post_box());
+        // Its first poll makes it this thread's post box.
+        tokio::task::yield_now().await;
         let mut receivers = Vec::new();
         let mut waiters = Vec::new();
         for _ in 0..5 {
@@ -86,6 +88,7 @@ fn answers_before_the_wake_stay_in_the_box() {
     let rt = current_thread();
     rt.block_on(async {
         tokio::spawn(post_box());
+        // Its first poll makes it this thread's post box.
         tokio::task::yield_now().await;
         let (waiter, mut rx) = waiter();
         let post = Arc::clone(waiter.post.as_ref().unwrap());
@@ -104,6 +107,8 @@ fn many_commits_from_the_writer_thread_lose_no_answer() {
     let rt = current_thread();
     rt.block_on(async {
         tokio::spawn(post_box());
+        // Its first poll makes it this thread's post box.
+        tokio::task::yield_now().await;
         let mut receivers = Vec::new();
         let mut batches = Vec::new();
         for batch in 0..50 {
@@ -135,6 +140,8 @@ fn a_dropped_runtime_takes_its_post_box_with_it() {
     let rt = current_thread();
     rt.block_on(async {
         tokio::spawn(post_box());
+        // Its first poll makes it this thread's post box.
+        tokio::task::yield_now().await;
     });
     let (with_box, _rx) = waiter();
     assert!(with_box.post.is_some());

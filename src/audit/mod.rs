@@ -28,7 +28,7 @@ use std::sync::mpsc::TrySendError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-pub use answers::post_box;
+pub(crate) use answers::post_box;
 pub use chain::{Head, VerifyError, VerifyReport, check_anchor, head, verify};
 pub use query::{Filter, Format, query, render};
 pub use writer::WriterHandle;

@@ -153,13 +153,15 @@ pub(super) fn start_discarding() -> Result<(AuditLog, WriterHandle), AuditError>
             while let Some((first, _)) = rx.recv_after(LINGER) {
                 let mut delivery = Delivery::default();
                 let mut next = Some(first);
+                let mut taken = 0;
                 while let Some(command) = next {
                     match command {
                         Command::Append(_, Some(waiter)) => delivery.send(waiter, Ok(0)),
                         Command::Append(_, None) => {}
                         Command::Shutdown => return,
                     }
-                    next = rx.try_recv().ok();
+                    taken += 1;
+                    next = (taken < MAX_BATCH).then(|| rx.try_recv().ok()).flatten();
                 }
             }
         })
