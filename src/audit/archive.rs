@@ -284,7 +284,7 @@ fn append_in(
         super::timeline::order(&tx, &mut floor, &mut record)?;
     }
     seal(&mut head, &mut record);
-    super::writer::insert_sealed(&tx, &record)?;
+    super::sqlite::insert_sealed(&tx, &record)?;
     then(&tx)?;
     tx.commit()?;
     Ok(record.seq)
@@ -581,7 +581,7 @@ pub fn restore(file: &Path, db: &Path) -> Result<Manifest, ArchiveError> {
         )));
     }
     read_archive(file, |record| {
-        super::writer::insert_sealed(&tx, record).map_err(ArchiveError::from)
+        super::sqlite::insert_sealed(&tx, record).map_err(ArchiveError::from)
     })?;
     // The records come as they were sealed, times included: a log whose
     // times they put out of order goes back to its time indexes.

@@ -5,7 +5,7 @@
 use rusqlite::Connection;
 
 use super::*;
-use crate::audit::{AuditLog, McpRecord, kind, writer};
+use crate::audit::{AuditLog, McpRecord, kind, sqlite};
 
 const PREV: &str = "abababababababababababababababababababababababababababababababab";
 
@@ -107,7 +107,7 @@ fn format_1_log() -> (tempfile::TempDir, std::path::PathBuf) {
         record.request_id = format!("old-{seq}");
         record.hash = hash_as(Format::V1, &prev, &record);
         record.prev_hash = std::mem::replace(&mut prev, record.hash.clone());
-        writer::insert(&conn, &record).unwrap();
+        sqlite::insert(&conn, &record).unwrap();
     }
     (dir, path)
 }

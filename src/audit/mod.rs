@@ -15,6 +15,7 @@ mod chain;
 pub mod postgres;
 mod query;
 mod queue;
+mod sqlite;
 pub mod stats;
 mod timeline;
 mod writer;
@@ -427,7 +428,7 @@ impl std::fmt::Debug for Command {
 impl AuditLog {
     /// Opens (or creates) the database and starts the writer thread.
     pub fn open(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError> {
-        writer::start(path)
+        sqlite::open(path)
     }
 
     /// Opens chain `chain` on PostgreSQL (a fleet's store) and starts the

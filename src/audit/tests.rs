@@ -127,7 +127,7 @@ fn an_inserted_record_is_named() {
     forged.seq = 3;
     forged.prev_hash = two.hash.clone();
     forged.hash = chain::record_hash(&forged.prev_hash, &forged);
-    writer::insert(&conn, &forged).unwrap();
+    sqlite::insert(&conn, &forged).unwrap();
     match verify(&path) {
         Err(VerifyError::Broken { seq, why }) => {
             assert_eq!(seq, 4);

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::audit::writer::{BatchStore, SqliteStore, Waiter};
+use crate::audit::sqlite::SqliteStore;
+use crate::audit::writer::{BatchStore, Waiter};
 use crate::audit::{Filter, kind, query};
 
 fn record(i: usize, ts: &str) -> (Box<DecisionRecord>, Waiter) {
@@ -174,7 +175,7 @@ fn a_log_of_earlier_versions_with_times_going_backwards_queries_exactly() {
     {
         let (mut r, _) = record(i, &ts(second, milli));
         crate::audit::chain::seal(&mut head, &mut r);
-        crate::audit::writer::insert_sealed(&conn, &r).unwrap();
+        crate::audit::sqlite::insert_sealed(&conn, &r).unwrap();
     }
     assert!(!is_time_ordered(&conn).unwrap());
     assert_time_queries_exact(&path, &bounds());
@@ -229,7 +230,7 @@ fn a_restore_that_breaks_the_time_order_goes_back_to_the_indexes() {
     for (i, second) in [1, 3, 2, 4].into_iter().enumerate() {
         let (mut r, _) = record(i, &ts(second, 0));
         crate::audit::chain::seal(&mut head, &mut r);
-        crate::audit::writer::insert_sealed(&conn, &r).unwrap();
+        crate::audit::sqlite::insert_sealed(&conn, &r).unwrap();
     }
     drop(conn);
     let file = dir.path().join("old.archive");

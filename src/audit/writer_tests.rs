@@ -1,6 +1,9 @@
 #![allow(clippy::unwrap_used, reason = "tests")]
 
+use rusqlite::Connection;
+
 use super::*;
+use crate::audit::sqlite::SqliteStore;
 
 fn outcome(i: usize) -> (Box<DecisionRecord>, Waiter) {
     let mut record = DecisionRecord::new(kind::OUTCOME, &format!("r{i}"));
@@ -26,7 +29,7 @@ fn batches_stay_within_their_limit_retries_included_and_refusals_are_summarised(
     health.unrecorded.store(7, Ordering::Relaxed);
 
     // Room again: a new durable record and the backlog, a batch at a time.
-    super::timeline::prepare(&conn.conn).unwrap();
+    crate::audit::timeline::prepare(&conn.conn).unwrap();
     let (done, mut answer) = crate::audit::answers::waiter();
     let mut record = DecisionRecord::new(kind::DECISION, "new");
     record.reason = "allowed".into();

@@ -339,7 +339,7 @@ pub fn open(target: &PgTarget, chain: &str) -> Result<(AuditLog, WriterHandle), 
         session: Some(session),
         head,
     };
-    start_with(writer)
+    start_with(writer, || || {})
 }
 
 #[cfg(test)]
