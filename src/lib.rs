@@ -119,6 +119,7 @@ pub mod admin;
 
 pub mod console;
 
+mod background;
 pub mod serve;
 
 pub mod certs;

@@ -15,9 +15,9 @@ use tokio::task::JoinHandle;
 use crate::shards::{self, CallListeners, ShardError, Shards};
 
 use crate::accept::Rejections;
-use crate::admin::Admin;
 use crate::audit::postgres::PgTarget;
 use crate::audit::{AuditError, AuditLog, Source, WriterHandle};
+use crate::background;
 use crate::credentials::{Broker, BrokerConfig};
 use crate::forward::{ForwardError, Timeouts, Upstreams};
 use crate::intercept::{InterceptError, Interceptor};
@@ -26,7 +26,7 @@ use crate::overrides::{OverrideError, Overrides};
 use crate::pipeline::vend::{self, VendListenError};
 use crate::pipeline::{BodyLimits, Parts as PipelineParts, Pipeline};
 use crate::policy::{self, LoadError, LoadOptions};
-use crate::reload::{self, Env, Reloader, hangup_signal, policy_record, recv_hangup};
+use crate::reload::{Env, Reloader, policy_record};
 use crate::tls::{TlsError, TlsStore};
 
 /// Everything `serve` needs, resolved from flags.
@@ -222,38 +222,8 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         .map(|addr| shards::bind(addr, shard_count))
         .transpose()?;
     let token_addr = token_sockets.as_ref().map(|(_, addr)| *addr);
-    let tokens = crate::token::Verifier::load(
-        &config.certs_dir,
-        config
-            .token_jwks
-            .as_ref()
-            .map(|(path, issuer)| (path.as_path(), issuer.as_str())),
-    )?;
-    let overrides = open_overrides(config).await?;
-    let broker = Arc::new(Broker::new(config.broker.clone(), audit.clone()));
-    let mcp = mcp_state(config)?;
-    let shared_limits = config
-        .fleet
-        .limits
-        .clone()
-        .map(|c| Arc::new(RedisLimits::new(c)));
-    let mut pipeline = Pipeline::new(
-        Arc::new(policy),
-        audit,
-        PipelineParts {
-            upstreams,
-            interceptor,
-            broker,
-            limits: config.limits,
-            overrides,
-        },
-    )
-    .with_tokens(tokens)
-    .with_mcp(mcp);
-    if let Some(store) = &shared_limits {
-        pipeline = pipeline.with_limits(Arc::clone(store) as _);
-    }
-    let pipeline = Arc::new(pipeline);
+    let (pipeline, shared_limits) =
+        assemble_pipeline(config, policy, audit, upstreams, interceptor).await?;
     let reloader = Arc::new(Reloader::new(
         config.policy_dir.clone(),
         env,
@@ -277,37 +247,19 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
     let rejections =
         Arc::new(Rejections::new(pipeline.audit().clone()).counting(Arc::clone(&pipeline)));
     let (stop, stopped) = watch::channel(false);
-    let triggers = reload::Triggers::arm(reloader.dir(), config.watch_policy);
-    let mut other_tasks = vec![
-        tokio::spawn(reload::run(
-            Arc::clone(&reloader),
-            triggers,
-            stopped.clone(),
-        )),
-        tokio::spawn(housekeeping(
-            Arc::clone(&pipeline),
-            Arc::clone(&tls),
-            Arc::clone(&rejections),
-            stopped.clone(),
-        )),
-    ];
-    other_tasks.extend(spawn_store_tasks(config, shared_limits, &stopped));
-    if let Some(listener) = admin_listener {
-        let admin = Arc::new(Admin {
-            pipeline: Arc::clone(&pipeline),
+    let other_tasks = background::spawn_tasks(
+        config,
+        &pipeline,
+        &rejections,
+        &tls,
+        &stopped,
+        background::Background {
             reloader,
             audit_source,
-            certs: Some(Arc::clone(&tls)),
-        });
-        other_tasks.push(tokio::spawn(crate::admin::serve(
-            listener,
-            Arc::clone(&tls),
-            Arc::clone(&rejections),
-            admin,
-            stopped.clone(),
-            config.drain,
-        )));
-    }
+            admin_listener,
+            shared_limits,
+        },
+    );
     let vend_task = vend_listener.map(|listener| {
         tokio::spawn(vend::serve(
             listener,
@@ -343,6 +295,47 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         other_tasks,
         writer,
     })
+}
+
+/// The pipeline every call goes through, over the policy in force, the
+/// decision log and the parts `serve` loaded; with the fleet's shared rate
+/// limit store, when there is one.
+async fn assemble_pipeline(
+    config: &ServeConfig,
+    policy: policy::Policy,
+    audit: AuditLog,
+    upstreams: Upstreams,
+    interceptor: Interceptor,
+) -> Result<(Arc<Pipeline>, Option<Arc<RedisLimits>>), ServeError> {
+    let tokens = crate::token::Verifier::load(
+        &config.certs_dir,
+        config
+            .token_jwks
+            .as_ref()
+            .map(|(path, issuer)| (path.as_path(), issuer.as_str())),
+    )?;
+    let overrides = open_overrides(config).await?;
+    let broker = Arc::new(Broker::new(config.broker.clone(), audit.clone()));
+    let mcp = mcp_state(config)?;
+    let shared_limits = config
+        .fleet
+        .limits
+        .clone()
+        .map(|c| Arc::new(RedisLimits::new(c)));
+    let parts = PipelineParts {
+        upstreams,
+        interceptor,
+        broker,
+        limits: config.limits,
+        overrides,
+    };
+    let mut pipeline = Pipeline::new(Arc::new(policy), audit, parts)
+        .with_tokens(tokens)
+        .with_mcp(mcp);
+    if let Some(store) = &shared_limits {
+        pipeline = pipeline.with_limits(Arc::clone(store) as _);
+    }
+    Ok((Arc::new(pipeline), shared_limits))
 }
 
 /// The policy files, validated; their warnings logged.
@@ -388,43 +381,6 @@ async fn seed_lapses(pipeline: &Pipeline, audit_source: &Source) {
             }
         }
     }
-}
-
-/// The tasks that keep the stores in shape: the fleet's checkpoints,
-/// retention and the shared limits' heartbeats.
-fn spawn_store_tasks(
-    config: &ServeConfig,
-    shared_limits: Option<Arc<RedisLimits>>,
-    stopped: &watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    if let (Some(target), Some(replica)) = (&config.fleet.store, &config.fleet.replica) {
-        tasks.push(tokio::spawn(checkpoints(
-            target.clone(),
-            replica.clone(),
-            config.fleet.checkpoint_every,
-            stopped.clone(),
-        )));
-    }
-    if let Some(retention) = &config.retention {
-        if let Some(target) = &config.fleet.store {
-            tasks.push(tokio::spawn(crate::retention::run_store(
-                target.clone(),
-                retention.clone(),
-                stopped.clone(),
-            )));
-        } else {
-            tasks.push(tokio::spawn(crate::retention::run(
-                config.audit_path.clone(),
-                retention.clone(),
-                stopped.clone(),
-            )));
-        }
-    }
-    if let Some(store) = shared_limits {
-        tasks.push(tokio::spawn(heartbeats(store, stopped.clone())));
-    }
-    tasks
 }
 
 /// The decision log this replica writes: SQLite, a fleet's PostgreSQL
@@ -500,79 +456,4 @@ fn mcp_state(config: &ServeConfig) -> Result<crate::mcp::McpState, ServeError> {
             })?;
         crate::mcp::McpState::new(&key)
     })
-}
-
-/// Every `every`, tries to append a checkpoint over every chain's head;
-/// one replica at a time succeeds (an advisory lock), the others skip.
-async fn checkpoints(
-    target: PgTarget,
-    replica: String,
-    every: Duration,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped.changed() => return,
-        }
-        match crate::audit::postgres::checkpoint(&target, &replica).await {
-            Ok(Some(c)) => tracing::debug!(seq = c.seq, "decision log checkpoint"),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "decision log checkpoint failed"),
-        }
-    }
-}
-
-/// Until `stop`: ends live connections that overrides or a reload withdrew
-/// (every [`crate::live::SWEEP_EVERY`]), reloads certificates on SIGHUP and
-/// when their files change, and records suppressed TLS rejections.
-async fn housekeeping(
-    pipeline: Arc<Pipeline>,
-    tls: Arc<TlsStore>,
-    rejections: Arc<Rejections>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut sweep = tokio::time::interval(crate::live::SWEEP_EVERY);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut files = tokio::time::interval(Duration::from_secs(1));
-    let mut flush = tokio::time::interval(Duration::from_secs(5));
-    let mut hangup = hangup_signal();
-    loop {
-        tokio::select! {
-            _ = sweep.tick() => {
-                let now = std::time::SystemTime::now();
-                // An override's lapse is recorded before anything relies on it.
-                pipeline.settle_lapses(now);
-                let policy = pipeline.policy();
-                pipeline.live().sweep(&policy, pipeline.overrides(), now);
-            }
-            _ = files.tick() => {
-                if tls.changed_on_disk() {
-                    let _ = tls.reload("file change").await;
-                }
-            }
-            _ = flush.tick() => {
-                rejections.flush_suppressed(crate::accept::rejections::now_second().saturating_sub(2));
-            }
-            Some(()) = recv_hangup(&mut hangup) => {
-                let _ = tls.reload("SIGHUP").await;
-            }
-            _ = stop.changed() => break,
-        }
-    }
-}
-
-/// Every second, tells Redis this replica is live and learns how many are
-/// (the `local` failure mode splits each rate by that count).
-async fn heartbeats(store: Arc<RedisLimits>, mut stopped: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => store.heartbeat().await,
-            _ = stopped.changed() => return,
-        }
-    }
 }
