@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{CANARY, Harness, Options, Reply, clawgate};
+use common::{CANARY, Harness, Options, Reply, clawgate, raise_open_files_limit};
 
 /// A tunnel-only agent next to the example policy.
 const EXTRA: &str = r#"
@@ -749,14 +749,7 @@ const FLOOD_RSS_BOUND_KIB: u64 = 128 * 1024;
 #[test]
 fn a_flood_of_idle_and_slow_peers_does_not_lock_agents_out() {
     // The test holds a descriptor per peer; take what the system allows.
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    let _ = rustix::process::setrlimit(
-        rustix::process::Resource::Nofile,
-        rustix::process::Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        },
-    );
+    raise_open_files_limit();
     let available = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Harness, Options, clawgate};
+use common::{Harness, Options, clawgate, raise_open_files_limit};
 
 /// Connections each phase opens at once, spread over the shards by the
 /// kernel (`SO_REUSEPORT` hashes the peer's address and port).
@@ -225,7 +225,6 @@ impl Client {
     }
 }
 
-/// A TCP connection to clawgate on `port` from the loopback address `source`.
 /// Idle peers from one source against four shards: more than the
 /// listener's per-source bound, fewer than four times it.
 const IDLE: usize = 700;
@@ -233,14 +232,7 @@ const IDLE: usize = 700;
 #[test]
 fn the_shards_of_a_listener_share_one_handshake_gate() {
     // The test holds a descriptor per peer; take what the system allows.
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    let _ = rustix::process::setrlimit(
-        rustix::process::Resource::Nofile,
-        rustix::process::Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        },
-    );
+    raise_open_files_limit();
     let h = sharded("4", &[]);
     assert!(h.stderr().contains("serving calls on 4 shards"));
     let pid = h.pid();

@@ -531,6 +531,19 @@ pub async fn tcp_from(
         .await
 }
 
+/// Raises this process's open-files limit to the most it may have, for a
+/// test that holds a descriptor per peer.
+pub fn raise_open_files_limit() {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
+}
+
 /// Descriptors process `pid` holds open.
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
