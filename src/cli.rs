@@ -394,6 +394,74 @@ pub(crate) enum PolicyCommand {
     },
     /// Ask a running clawgate's admin API: exit 0 in sync, 2 drifted, 1 on error.
     Status(StatusArgs),
+    /// Run the `*.test.toml` cases beside a policy: exit 0 when all pass, 1 otherwise.
+    Test {
+        /// The policy directory (its test files are read from it too).
+        #[arg(default_value = "./policy")]
+        dir: PathBuf,
+    },
+    /// Say what a policy decides on a call, and why, rule by rule.
+    Explain(Box<ExplainArgs>),
+    /// Compare two policy directories structurally, flagging risky changes.
+    Diff {
+        /// The policy in force (or the base of a change).
+        old: PathBuf,
+        /// The candidate.
+        new: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExplainArgs {
+    /// The policy directory (ignored with --cert/--key: the policy in force is asked).
+    pub(crate) dir: PathBuf,
+    /// The HTTP method.
+    pub(crate) method: String,
+    /// The URL: `https://HOST/PATH` for a host a scope names, else `https://clawgate/ROUTE/PATH`.
+    pub(crate) url: String,
+    /// The agent's name in policy.
+    #[arg(
+        long,
+        conflicts_with = "identity",
+        required_unless_present = "identity"
+    )]
+    pub(crate) agent: Option<String>,
+    /// An identity instead (`spiffe://…`, `dns:…`, `cn:…`).
+    #[arg(long)]
+    pub(crate) identity: Option<String>,
+    /// A request header, `name: value` (repeatable).
+    #[arg(long)]
+    pub(crate) header: Vec<String>,
+    /// The request body (AWS form bodies).
+    #[arg(long)]
+    pub(crate) body: Option<String>,
+    /// For an MCP scope: the tool of a `tools/call`.
+    #[arg(long)]
+    pub(crate) mcp_tool: Option<String>,
+    /// The tool's arguments, as JSON.
+    #[arg(long, requires = "mcp_tool")]
+    pub(crate) args: Option<String>,
+    /// The time of the call (RFC 3339; default now).
+    #[arg(long)]
+    pub(crate) at: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Ask a running clawgate's admin API instead (with the overrides in force).
+    #[arg(long, default_value = "https://localhost:9443")]
+    pub(crate) admin: String,
+    /// The CA that signed clawgate's server certificate.
+    #[arg(long, default_value = "./certs/ca.pem")]
+    pub(crate) ca: PathBuf,
+    /// An admin or auditor certificate (asks the admin API).
+    #[arg(long, requires = "key")]
+    pub(crate) cert: Option<PathBuf>,
+    /// Its key.
+    #[arg(long, requires = "cert")]
+    pub(crate) key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

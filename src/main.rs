@@ -12,6 +12,7 @@ use clawgate::audit;
 mod audit_cmd;
 mod cli;
 mod ops;
+mod policy_cmd;
 use clawgate::certs;
 use clawgate::credentials::BrokerConfig;
 use clawgate::forward::Timeouts;
@@ -97,6 +98,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Policy(PolicyCommand::Status(args)) => runtime()?.block_on(policy_status(&args)),
         Command::Policy(PolicyCommand::Check { dir, max_exception }) => {
             policy_check(&dir, max_exception)
+        }
+        Command::Policy(PolicyCommand::Test { dir }) => policy_cmd::test(&dir),
+        Command::Policy(PolicyCommand::Explain(args)) => policy_cmd::explain(&args),
+        Command::Policy(PolicyCommand::Diff { old, new, json }) => {
+            policy_cmd::diff(&old, &new, json)
         }
         Command::Console(args) => ops::console(args),
         Command::Audit(command) => audit_cmd::run(command),

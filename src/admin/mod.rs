@@ -16,6 +16,7 @@
 
 pub mod client;
 pub use crate::metrics;
+mod explain;
 mod status;
 mod views;
 
@@ -186,6 +187,7 @@ impl Admin {
                 StatusCode::OK,
                 &status_of(self, SystemTime::now()).to_json(),
             ),
+            (Method::GET, "/v1/policy/explain") => self.explain(&query),
             (Method::POST, "/v1/policy/reload") => {
                 match self.reloader.reload(&format!("api by {who}")).await {
                     Ok(done) => json(

@@ -11,14 +11,18 @@
 //!   never a scan over all rules.
 
 pub mod aws;
+mod cases;
 mod credential;
 mod decide;
+pub mod diff;
 mod exception;
+mod explain;
 mod file;
 mod glob;
 mod load;
 mod mcp;
 mod parse;
+mod probe;
 mod proxy_key;
 mod report;
 mod scope;
@@ -37,10 +41,13 @@ use crate::egress::{AllowPrivate, Blocked};
 use crate::error::Reason;
 use crate::identity::PeerName;
 
-pub use decide::decide;
+pub use cases::{CaseError, CaseReport, is_test_file, run_cases};
+pub use decide::{NoTrace, Step, Trace, decide, decide_traced};
 pub use exception::{Exception, Roles, rfc3339};
+pub use explain::{Explanation, explain};
 use glob::GlobIndex;
 pub use load::{disk_digest, load};
+pub use probe::{Caller, Probe, ProbeError, Resolved};
 pub use proxy_key::ProxyKey;
 pub use report::{DEFAULT_MAX_EXCEPTION, LoadError, LoadOptions, PolicyError};
 
@@ -234,6 +241,8 @@ struct Rule {
     effect: Effect,
     /// `None` matches every method.
     methods: Option<Vec<String>>,
+    /// The path globs as written (for `policy explain` and `policy diff`).
+    paths: Vec<String>,
 }
 
 impl Rule {

@@ -288,6 +288,7 @@ fn compile_path_rule(
         id: Arc::from(id),
         effect,
         methods,
+        paths: paths.iter().map(|p| p.get_ref().clone()).collect(),
     };
     (rule, globs)
 }
