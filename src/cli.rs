@@ -412,6 +412,29 @@ pub(crate) enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Re-decide the recorded calls under a candidate policy: exit 0 when nothing flips, 3 when something does.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReplayArgs {
+    /// The candidate policy directory.
+    pub(crate) dir: PathBuf,
+    /// The decision log (SQLite).
+    #[arg(long, default_value = "./clawgate-audit.db")]
+    pub(crate) audit: PathBuf,
+    /// Only calls this recent.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) since: Option<Duration>,
+    /// Only this agent's calls.
+    #[arg(long)]
+    pub(crate) agent: Option<String>,
+    /// Only calls recorded in this scope.
+    #[arg(long)]
+    pub(crate) scope: Option<String>,
+    /// `text` or `json`.
+    #[arg(long, default_value = "text")]
+    pub(crate) format: String,
 }
 
 #[derive(Debug, Args)]

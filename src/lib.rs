@@ -86,6 +86,8 @@ pub mod upgrade;
 pub mod live;
 
 pub mod policy;
+/// `policy replay`: recorded calls re-decided under a candidate policy.
+pub mod replay;
 
 pub mod mcp;
 

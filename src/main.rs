@@ -104,6 +104,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Policy(PolicyCommand::Diff { old, new, json }) => {
             policy_cmd::diff(&old, &new, json)
         }
+        Command::Policy(PolicyCommand::Replay(args)) => policy_cmd::replay(&args),
         Command::Console(args) => ops::console(args),
         Command::Audit(command) => audit_cmd::run(command),
     }

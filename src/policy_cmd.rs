@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use anyhow::Context;
 use clawgate::policy::{self, Caller, LoadOptions, Policy, Probe};
 
-use crate::cli::ExplainArgs;
+use crate::cli::{ExplainArgs, ReplayArgs};
 
 /// Loads a policy directory without reading any secret: these commands
 /// judge calls, they never make them.
@@ -157,4 +157,39 @@ pub(crate) fn diff(old: &Path, new: &Path, json: bool) -> anyhow::Result<ExitCod
         print!("{}", policy::diff::render(&changes));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `policy replay DIR`: exit 0 when nothing flips, 3 when something does.
+pub(crate) fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let json = match args.format.as_str() {
+        "text" => false,
+        "json" => true,
+        other => anyhow::bail!("unknown format `{other}`: use `text` or `json`"),
+    };
+    if !args.audit.is_file() {
+        anyhow::bail!("decision log `{}` not found", args.audit.display());
+    }
+    let candidate = load_quietly(&args.dir)?;
+    let since = args
+        .since
+        .map(|d| clawgate::audit::format_ts((SystemTime::now() - d).into()));
+    let mut replay = clawgate::replay::Replay::new(
+        &candidate,
+        clawgate::replay::Select {
+            agent: args.agent.clone(),
+            scope: args.scope.clone(),
+        },
+    );
+    clawgate::audit::for_each_decision(&args.audit, since.as_deref(), |r| replay.feed(&r))?;
+    let summary = replay.summary;
+    if json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print!("{}", summary.render());
+    }
+    Ok(if summary.flipped == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

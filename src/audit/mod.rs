@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 
 pub(crate) use answers::post_box;
 pub use chain::{Head, VerifyError, VerifyReport, check_anchor, head, verify};
-pub use query::{Filter, Format, query, render};
+pub use query::{Filter, Format, for_each_decision, query, render};
 pub use writer::WriterHandle;
 
 /// The kind of a record.

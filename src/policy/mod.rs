@@ -209,6 +209,14 @@ impl Scope {
         }
     }
 
+    /// Whether some AWS rule names resources other than `*`: a record keeps
+    /// the action, not the resource, so replay cannot re-decide then.
+    pub fn aws_rules_name_resources(&self) -> bool {
+        self.aws_rules
+            .iter()
+            .any(|r| r.resources.iter().any(|x| x != "*"))
+    }
+
     /// The signing service and region: the credential's, else the host's.
     pub fn signing(&self) -> Option<(String, String)> {
         signing_of(self.aws()?, &self.upstream.host)
