@@ -420,9 +420,13 @@ pub(crate) enum PolicyCommand {
 pub(crate) struct ReplayArgs {
     /// The candidate policy directory.
     pub(crate) dir: PathBuf,
-    /// The decision log (SQLite).
-    #[arg(long, default_value = "./clawgate-audit.db")]
-    pub(crate) audit: PathBuf,
+    /// The decision log (SQLite); `./clawgate-audit.db` unless only archives are given.
+    #[arg(long)]
+    pub(crate) audit: Option<PathBuf>,
+    /// An archive (`audit export`) to replay first, oldest first (repeatable):
+    /// a pruned log's older calls.
+    #[arg(long)]
+    pub(crate) archive: Vec<PathBuf>,
     /// Only calls this recent.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) since: Option<Duration>,

@@ -166,8 +166,13 @@ pub(crate) fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         "json" => true,
         other => anyhow::bail!("unknown format `{other}`: use `text` or `json`"),
     };
-    if !args.audit.is_file() {
-        anyhow::bail!("decision log `{}` not found", args.audit.display());
+    let audit = match (&args.audit, args.archive.is_empty()) {
+        (Some(audit), _) => Some(audit.clone()),
+        (None, true) => Some(std::path::PathBuf::from("./clawgate-audit.db")),
+        (None, false) => None,
+    };
+    if let Some(audit) = audit.as_ref().filter(|a| !a.is_file()) {
+        anyhow::bail!("decision log `{}` not found", audit.display());
     }
     let candidate = load_quietly(&args.dir)?;
     let since = args
@@ -180,7 +185,19 @@ pub(crate) fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
             scope: args.scope.clone(),
         },
     );
-    clawgate::audit::for_each_decision(&args.audit, since.as_deref(), |r| replay.feed(&r))?;
+    for file in &args.archive {
+        // Each archive is checked as it is read (hashes, links, manifest).
+        clawgate::audit::archive::read_sections(file, |r| {
+            if since.as_deref().is_none_or(|s| r.ts.as_str() >= s) {
+                replay.feed(r);
+            }
+            Ok(())
+        })
+        .with_context(|| format!("archive `{}`", file.display()))?;
+    }
+    if let Some(audit) = &audit {
+        clawgate::audit::for_each_decision(audit, since.as_deref(), |r| replay.feed(&r))?;
+    }
     let summary = replay.summary;
     if json {
         println!("{}", serde_json::to_string(&summary)?);

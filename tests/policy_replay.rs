@@ -223,11 +223,38 @@ fn replay_a_day_of_real_calls_under_three_candidates() {
     let (_, v) = replay(&h, gone.path(), &["--since", "1d"]);
     assert_eq!(v["records"], 12, "{v}");
 
+    // The log pruned after export: the archive holds what the log lost,
+    // and replay reads both (the archive first, checked as it is read).
+    let archive = h.path("day.jsonl.gz");
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let audit = h.audit.to_str().unwrap().to_owned();
+    let out = clawgate(&[
+        "audit",
+        "export",
+        "--audit",
+        &audit,
+        "--until",
+        &now,
+        archive.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = clawgate(&["audit", "prune", "--audit", &audit, "--before", &now]);
+    assert!(out.status.success(), "{out:?}");
+    let (_, v) = replay(&h, gone.path(), &[]);
+    assert_eq!(v["records"], 0, "{v}");
+    let (code, v) = replay(&h, gone.path(), &["--archive", archive.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{v}");
+    assert_eq!(v["records"], 12, "{v}");
+    assert_eq!(v["flipped"], 5, "{v}");
+    assert_eq!(v["not_re_decidable"]["identity-not-recorded"], 1, "{v}");
+
     // The text form says the same, for people.
     let out = clawgate(&[
         "policy",
         "replay",
         gone.path().to_str().unwrap(),
+        "--archive",
+        archive.to_str().unwrap(),
         "--audit",
         h.audit.to_str().unwrap(),
     ]);
