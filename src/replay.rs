@@ -354,3 +354,7 @@ impl Summary {
         out
     }
 }
+
+#[cfg(test)]
+#[path = "replay_tests.rs"]
+mod tests;
