@@ -69,7 +69,14 @@ fn record(i: u64) -> DecisionRecord {
         ),
     };
     r.mode = Some("gateway".into());
-    r.agent = Some(if i % 3 == 0 { "builder" } else { "research" }.into());
+    r.agent = Some(
+        if i.is_multiple_of(3) {
+            "builder"
+        } else {
+            "research"
+        }
+        .into(),
+    );
     r.cert_fp = Some("9f".repeat(32));
     r.client_addr = Some("127.0.0.1:51234".into());
     r.method = Some(method.into());
