@@ -19,6 +19,66 @@ const ROLES: &str = r#"
 admins = ["spiffe://clawgate.local/agent/ops"]
 "#;
 
+/// An MCP scope on the echo upstream: a tool by name, a tool by argument.
+const TOOLS: &str = r#"
+[[agent]]
+name = "toolsmith"
+identities = ["spiffe://clawgate.local/agent/toolsmith"]
+scopes = ["tools"]
+
+[[scope]]
+name = "tools"
+upstream = "https://{echo}"
+route = "tools"
+ca_file = "upstream-ca.pem"
+allow_private = ["127.0.0.1"]
+
+[scope.mcp]
+
+[[scope.mcp.allow]]
+id = "read"
+tools = ["read_file"]
+
+[[scope.mcp.allow]]
+id = "select"
+tools = ["query"]
+[scope.mcp.allow.args]
+"/sql" = { prefix = "SELECT" }
+"#;
+
+/// A `tools/call` to the tools scope as `toolsmith`; its decision record.
+fn tool_call(h: &Harness, tool: &str, args: &serde_json::Value) -> clawgate::audit::DecisionRecord {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {
+            "name": tool, "arguments": args,
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "curl", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }
+        }
+    })
+    .to_string();
+    let reply = h.curl(
+        Some("toolsmith"),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "-H",
+            "mcp-protocol-version: 2026-07-28",
+            "--data-binary",
+            &body,
+            &format!("{}/tools/mcp", h.base()),
+        ],
+    );
+    h.decision(&reply.request_id())
+}
+
 /// A copy of `from` with `example.toml` edited by `edit`.
 fn candidate(from: &Path, edit: impl Fn(String) -> String) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -90,8 +150,11 @@ fn g(
 #[test]
 fn replay_a_day_of_real_calls_under_three_candidates() {
     let mut h = Harness::with(Options {
-        extra_policy: vec![("roles.toml", ROLES.to_owned())],
-        agents: vec!["ops"],
+        extra_policy: vec![
+            ("roles.toml", ROLES.to_owned()),
+            ("tools.toml", TOOLS.to_owned()),
+        ],
+        agents: vec!["ops", "toolsmith"],
         ..Options::default()
     });
     let base = h.base();
@@ -107,6 +170,18 @@ fn replay_a_day_of_real_calls_under_three_candidates() {
     call("research", "POST", "/echo/v1/items", 2);
     call("reporter", "GET", "/echo-report/v1/x", 1);
     call("reporter", "POST", "/echo-report/v1/x", 1);
+    // MCP: by tool name (re-decidable), by argument (only a digest is
+    // recorded: not re-decidable), and a tool no rule names.
+    for (tool, args, reason) in [
+        ("read_file", serde_json::json!({"path": "/a"}), "allowed"),
+        ("read_file", serde_json::json!({"path": "/b"}), "allowed"),
+        ("query", serde_json::json!({"sql": "SELECT 1"}), "allowed"),
+        ("delete_all", serde_json::json!({}), "no-matching-rule"),
+    ] {
+        let record = tool_call(&h, tool, &args);
+        assert_eq!(record.reason, reason, "{tool}: {record:?}");
+        assert!(record.mcp.is_some(), "{record:?}");
+    }
     // Not re-decidable: an unknown certificate (its names are not
     // recorded), and a call an override refused before policy was asked.
     call("intruder", "GET", "/echo/v1/items", 1);
@@ -134,12 +209,13 @@ fn replay_a_day_of_real_calls_under_three_candidates() {
     });
     let (code, v) = replay(&h, same.path(), &[]);
     assert_eq!(code, Some(0), "{v}");
-    assert_eq!(v["records"], 12, "{v}");
-    assert_eq!(v["re_decided"], 10, "{v}");
-    assert_eq!(v["unchanged"], 10, "{v}");
+    assert_eq!(v["records"], 16, "{v}");
+    assert_eq!(v["re_decided"], 13, "{v}");
+    assert_eq!(v["unchanged"], 13, "{v}");
     assert_eq!(v["flipped"], 0, "{v}");
     assert_eq!(v["not_re_decidable"]["identity-not-recorded"], 1, "{v}");
     assert_eq!(v["not_re_decidable"]["refused-before-policy"], 1, "{v}");
+    assert_eq!(v["not_re_decidable"]["mcp-arguments-digest-only"], 1, "{v}");
 
     // 2. No more admin deny, no more POST: both directions flip.
     let loose = candidate(&h.policy, |t| {
@@ -212,7 +288,7 @@ fn replay_a_day_of_real_calls_under_three_candidates() {
         ],
         "{v}"
     );
-    assert_eq!(v["unchanged"], 5, "{v}");
+    assert_eq!(v["unchanged"], 8, "{v}");
     // The same candidate, only reporter's calls: nothing flips.
     let (code, v) = replay(&h, gone.path(), &["--agent", "reporter"]);
     assert_eq!(code, Some(0), "{v}");
@@ -221,7 +297,7 @@ fn replay_a_day_of_real_calls_under_three_candidates() {
     // Calls older than a second ago left out... none of this log is newer
     // than a day: --since 1d keeps them all.
     let (_, v) = replay(&h, gone.path(), &["--since", "1d"]);
-    assert_eq!(v["records"], 12, "{v}");
+    assert_eq!(v["records"], 16, "{v}");
 
     // The log pruned after export: the archive holds what the log lost,
     // and replay reads both (the archive first, checked as it is read).
@@ -244,7 +320,7 @@ fn replay_a_day_of_real_calls_under_three_candidates() {
     assert_eq!(v["records"], 0, "{v}");
     let (code, v) = replay(&h, gone.path(), &["--archive", archive.to_str().unwrap()]);
     assert_eq!(code, Some(3), "{v}");
-    assert_eq!(v["records"], 12, "{v}");
+    assert_eq!(v["records"], 16, "{v}");
     assert_eq!(v["flipped"], 5, "{v}");
     assert_eq!(v["not_re_decidable"]["identity-not-recorded"], 1, "{v}");
 
@@ -262,7 +338,7 @@ fn replay_a_day_of_real_calls_under_three_candidates() {
     assert_eq!(out.status.code(), Some(3));
     assert!(
         text.contains(
-            "12 decision record(s): 10 re-decided (5 unchanged, 5 flip), 2 not re-decidable"
+            "16 decision record(s): 13 re-decided (8 unchanged, 5 flip), 3 not re-decidable"
         ) && text.contains("allow->deny")
             && text.contains("then read-items  now no-matching-scope")
             && text.contains("not re-decidable      1  identity-not-recorded"),
