@@ -229,7 +229,8 @@ impl Default for Thresholds {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finding {
     /// `burst`, `refusals-rising`, `sentinel-misdirected`, `policy-rejected`,
-    /// `tool-definition-changed` (and, from live state, `lapsing-soon`, `drift`).
+    /// `tool-definition-changed`, `identity-ambiguous`, `tunnel-sni-mismatch`,
+    /// `tunnel-ech` (and, from live state, `lapsing-soon`, `drift`).
     pub kind: String,
     /// Who or what: a source address, an agent, an id.
     pub subject: String,
@@ -277,6 +278,9 @@ pub fn findings(records: &[DecisionRecord], recent_from: &str, t: Thresholds) ->
             "sentinel-misdirected" => Some("sentinel-misdirected"),
             "policy-rejected" => Some("policy-rejected"),
             MCP_TOOLS_CHANGED => Some(MCP_TOOLS_CHANGED),
+            "identity-ambiguous" => Some("identity-ambiguous"),
+            "tunnel-sni-mismatch" => Some("tunnel-sni-mismatch"),
+            "tunnel-ech" => Some("tunnel-ech"),
             _ => None,
         };
         if let Some(k) = single {

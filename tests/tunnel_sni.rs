@@ -1,0 +1,272 @@
+//! Tunnels carry only the host their `CONNECT` named: the ClientHello inside
+//! a tunnel is read (without terminating TLS) and its server name checked,
+//! end to end through the real binary with real TLS clients (Python's ssl,
+//! which is OpenSSL, and curl, on the agent and the token listener). Every
+//! case is checked in the decision log. HTTP/2 `CONNECT` reaches the same
+//! tunnel code (`connect::run_tunnel`) after hyper's upgrade; the curl of
+//! the test machines (7.88) has no `--proxy-http2` to drive it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests: a failed step should stop the test loudly"
+)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{Harness, Options, clawgate};
+
+/// One strict tunnel scope (by name) and one that lets through what cannot
+/// be checked (by address, where no SNI is the norm).
+const EXTRA: &str = r#"
+[roles]
+admins = ["spiffe://clawgate.local/agent/ops"]
+
+[[agent]]
+name = "tunneler"
+identities = ["spiffe://clawgate.local/agent/tunneler"]
+scopes = ["strict-tunnel", "lenient-tunnel"]
+
+[[scope]]
+name = "strict-tunnel"
+upstream = "https://localhost:{echo_port}"
+allow_private = ["127.0.0.1", "::1"]
+
+[[scope]]
+name = "lenient-tunnel"
+upstream = "https://127.0.0.1:{echo_port}"
+allow_private = ["127.0.0.1"]
+tunnel_without_sni = "allow"
+tunnel_ech = "allow"
+"#;
+
+fn harness(serve_args: Vec<String>) -> Harness {
+    Harness::with(Options {
+        extra_policy: vec![("tunnels.toml", EXTRA.to_owned())],
+        agents: vec!["tunneler", "ops"],
+        serve_args,
+        ..Options::default()
+    })
+}
+
+fn clients_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// Opens a tunnel to `target` and starts TLS inside with `sni` (`-` for
+/// none) sent as `shape`; returns the script's JSON line.
+fn hello(h: &Harness, target: &str, sni: &str, shape: &str) -> serde_json::Value {
+    let (cert, key) = h.agent_cert("tunneler");
+    let out = Command::new("python3")
+        .arg(clients_dir().join("tunnel_hello.py"))
+        .arg(h.port.to_string())
+        .arg(h.certs.join("ca.pem"))
+        .arg(cert)
+        .arg(key)
+        .arg(target)
+        .arg(sni)
+        .arg(shape)
+        .arg(h.policy.join("upstream-ca.pem"))
+        .output()
+        .expect("python3 is installed");
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_tunnel_goes_only_where_its_connect_said() {
+    let h = harness(Vec::new());
+    let port = h.echo.addr.port();
+    let by_name = format!("localhost:{port}");
+
+    // A matching name works, however the ClientHello is cut: whole, across
+    // TLS records, and across TCP segments.
+    for shape in ["plain", "records", "segments"] {
+        let r = hello(&h, &by_name, "localhost", shape);
+        assert_eq!(r["connect"], 200, "{shape}: {r}");
+        assert_eq!(r["handshake"], true, "{shape}: {r}");
+        assert_eq!(r["status"], 200, "{shape}: {r}");
+        let outcome = h.outcome(r["id"].as_str().unwrap());
+        assert_eq!(outcome.reason, "tunnel-closed", "{shape}: {outcome:?}");
+        assert!(
+            outcome.detail.as_deref().unwrap().contains("sni localhost"),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(h.seen().len(), 3);
+
+    // Another name (domain fronting), in one piece or fragmented; no name;
+    // an encrypted ClientHello: each cut before a byte reaches the upstream.
+    let refused = [
+        (
+            "evil.example",
+            "plain",
+            "tunnel-sni-mismatch",
+            "sni evil.example",
+        ),
+        (
+            "evil.example",
+            "records",
+            "tunnel-sni-mismatch",
+            "sni evil.example",
+        ),
+        (
+            "evil.example",
+            "segments",
+            "tunnel-sni-mismatch",
+            "sni evil.example",
+        ),
+        ("-", "plain", "tunnel-sni-missing", "names no server"),
+        ("localhost", "ech", "tunnel-ech", "encrypted client hello"),
+    ];
+    for (sni, shape, reason, detail) in refused {
+        let r = hello(&h, &by_name, sni, shape);
+        assert_eq!(r["connect"], 200, "{sni} {shape}: {r}");
+        assert_eq!(r["handshake"], false, "{sni} {shape}: {r}");
+        let id = r["id"].as_str().unwrap();
+        assert_eq!(h.decision(id).reason, "allowed");
+        let outcome = h.outcome(id);
+        assert_eq!(outcome.reason, reason, "{sni} {shape}: {outcome:?}");
+        assert!(
+            outcome.detail.as_deref().unwrap().contains(detail),
+            "{outcome:?}"
+        );
+        assert_eq!(outcome.scope.as_deref(), Some("strict-tunnel"));
+    }
+    assert_eq!(h.seen().len(), 3, "no refused tunnel reached the upstream");
+
+    // The scope that allows it lets a nameless ClientHello through, and an
+    // encrypted one past the check (the echo then refuses the altered
+    // handshake itself), but never a wrong name.
+    let by_address = format!("127.0.0.1:{port}");
+    let r = hello(&h, &by_address, "-", "plain");
+    assert_eq!(r["status"], 200, "{r}");
+    let outcome = h.outcome(r["id"].as_str().unwrap());
+    assert!(
+        outcome
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("tunnel_without_sni")
+    );
+    let r = hello(&h, &by_address, "localhost", "ech");
+    assert_ne!(h.outcome(r["id"].as_str().unwrap()).reason, "tunnel-ech");
+    let r = hello(&h, &by_address, "localhost", "plain");
+    assert_eq!(r["handshake"], false, "{r}");
+    assert_eq!(
+        h.outcome(r["id"].as_str().unwrap()).reason,
+        "tunnel-sni-mismatch"
+    );
+
+    // The metrics count each refusal by its reason.
+    let text = h.admin(Some("ops"), &["/metrics"]).body_text();
+    for reason in ["tunnel-sni-mismatch", "tunnel-sni-missing", "tunnel-ech"] {
+        assert!(
+            text.contains(&format!("decision=\"deny\",reason=\"{reason}\"")),
+            "{reason} in {text}"
+        );
+    }
+    // And the findings name each fronting attempt.
+    let out = clawgate(&[
+        "audit",
+        "findings",
+        "--audit",
+        h.audit.to_str().unwrap(),
+        "--json",
+    ]);
+    let findings = String::from_utf8_lossy(&out.stdout);
+    assert!(findings.contains("tunnel-sni-mismatch"), "{out:?}");
+}
+
+/// curl's `--connect-to` sends the `CONNECT` to one host and the SNI of
+/// another: the fronting a new user would try first.
+fn fronted(args: &[String], port: u16, sni_host: &str) -> Vec<String> {
+    let mut all = args.to_vec();
+    all.extend([
+        "--connect-to".into(),
+        format!("{sni_host}:{port}:localhost:{port}"),
+        "-k".into(),
+        "-w".into(),
+        "|%{http_connect}".into(),
+        format!("https://{sni_host}:{port}/v1/anything"),
+    ]);
+    all
+}
+
+#[test]
+fn the_token_listener_checks_the_name_too() {
+    let h = harness(vec!["--token-listen".into(), "127.0.0.1:0".into()]);
+    let port = h.echo.addr.port();
+    let (cert, key) = h.agent_cert("tunneler");
+    let agent_proxy: Vec<String> = vec![
+        "--proxy".into(),
+        format!("https://localhost:{}", h.port),
+        "--proxy-cacert".into(),
+        h.certs.join("ca.pem").display().to_string(),
+        "--proxy-cert".into(),
+        cert.display().to_string(),
+        "--proxy-key".into(),
+        key.display().to_string(),
+    ];
+    let token_port: u16 = h
+        .stdout()
+        .lines()
+        .find_map(|l| l.strip_prefix("clawgate: token proxy on https://"))
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let out = clawgate(&[
+        "token",
+        "issue",
+        "--certs",
+        h.certs.to_str().unwrap(),
+        "--agent",
+        "tunneler",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let token_proxy: Vec<String> = vec![
+        "--proxy".into(),
+        format!("https://localhost:{token_port}"),
+        "--proxy-cacert".into(),
+        h.certs.join("ca.pem").display().to_string(),
+        "--proxy-user".into(),
+        format!("tunneler:{token}"),
+    ];
+    for (label, proxy) in [("agent", &agent_proxy), ("token", &token_proxy)] {
+        // The same name works.
+        let ok = common::curl(&fronted(proxy, port, "localhost"));
+        assert_eq!(ok.status, 200, "{label}: {ok:?}");
+        // Another name: the tunnel is answered, then cut at the hello.
+        let before = h.seen().len();
+        let bad = common::curl(&fronted(proxy, port, "evil.example"));
+        assert_ne!(bad.exit, 0, "{label}: {bad:?}");
+        assert!(bad.stdout.ends_with("|200"), "{label}: {bad:?}");
+        assert_eq!(
+            h.seen().len(),
+            before,
+            "{label}: nothing reached the upstream"
+        );
+        let records = h.wait_for(label, |r| {
+            r.kind == "outcome"
+                && r.reason == "tunnel-sni-mismatch"
+                && r.detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains("sni evil.example"))
+        });
+        assert!(!records.is_empty());
+        assert_eq!(records.last().unwrap().agent.as_deref(), Some("tunneler"));
+    }
+    let mismatches = h
+        .records()
+        .into_iter()
+        .filter(|r| r.kind == "outcome" && r.reason == "tunnel-sni-mismatch")
+        .count();
+    assert_eq!(mismatches, 2, "one per listener");
+}
