@@ -240,9 +240,11 @@ fn the_token_listener_checks_the_name_too() {
         format!("tunneler:{token}"),
     ];
     for (label, proxy) in [("agent", &agent_proxy), ("token", &token_proxy)] {
-        // The same name works.
+        // The same name works: the request reaches the echo.
+        let before = h.seen().len();
         let ok = common::curl(&fronted(proxy, port, "localhost"));
-        assert_eq!(ok.status, 200, "{label}: {ok:?}");
+        assert_eq!(ok.exit, 0, "{label}: {ok:?}");
+        assert_eq!(h.seen().len(), before + 1, "{label}: {ok:?}");
         // Another name: the tunnel is answered, then cut at the hello.
         let before = h.seen().len();
         let bad = common::curl(&fronted(proxy, port, "evil.example"));

@@ -32,7 +32,7 @@ pub fn hazard(path: &str) -> Option<&'static str> {
             return Some("an invisible code point in the path");
         }
         if c.nfkc().any(|n| n.is_ascii()) {
-            return Some("a character that normalises (NFKC) to ASCII");
+            return Some("a path character that normalises (NFKC) to ASCII");
         }
     }
     None

@@ -84,3 +84,47 @@ pub(super) fn compile_strictness(
 #[cfg(test)]
 #[path = "strictness_tests.rs"]
 mod tests;
+
+/// A sentinel bound to a host that one of its agents reaches through a
+/// tunnelling scope can never be swapped: clawgate never sees the request,
+/// so the placeholder would reach the host unchanged. An error at the
+/// sentinel's host entry.
+pub(super) fn check_sentinel_tunnels(
+    report: &mut Report<'_>,
+    sentinels: &[(usize, Spanned<super::file::SentinelFile>)],
+    agents: &[super::Agent],
+    scopes: &[super::Scope],
+) {
+    for (file, sentinel) in sentinels {
+        let s = sentinel.get_ref();
+        let name = s.name.get_ref();
+        let may_use = |agent: &super::Agent| {
+            s.agents
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|a| a.get_ref() == &agent.name))
+        };
+        for host in &s.hosts {
+            let bound = host.get_ref().trim_end_matches('.').to_ascii_lowercase();
+            let tunnelled = agents.iter().filter(|a| may_use(a)).find_map(|agent| {
+                agent
+                    .scopes
+                    .iter()
+                    .map(|&id| &scopes[id])
+                    .find(|scope| {
+                        scope.connect == super::ConnectMode::Tunnel && scope.upstream.host == bound
+                    })
+                    .map(|scope| (agent, scope))
+            });
+            if let Some((agent, scope)) = tunnelled {
+                report.error(
+                    *file,
+                    host.span(),
+                    format!(
+                        "sentinel `{name}` is bound to `{bound}`, which scope `{}` of agent `{}` tunnels: clawgate never sees those requests, so the placeholder would reach `{bound}` unchanged; make the scope intercept (`connect = \"intercept\"`, with allow rules)",
+                        scope.name, agent.name
+                    ),
+                );
+            }
+        }
+    }
+}

@@ -157,3 +157,39 @@ fn tunnel_settings_compile_and_bad_ones_name_their_place() {
         "{err}"
     );
 }
+
+#[test]
+fn a_sentinel_bound_to_a_tunnelled_host_is_an_error_at_its_host() {
+    let text = r#"[[agent]]
+name = "claw"
+identities = ["cn:claw"]
+scopes = ["model"]
+
+[[scope]]
+name = "model"
+upstream = "https://api.openai.com"
+
+[[sentinel]]
+name = "model-key"
+placeholder = "clawgate-sentinel-0123456789abcdef0123"
+hosts = ["api.openai.com"]
+env = "OPENAI_API_KEY"
+"#;
+    let err = load_text(text).unwrap_err().to_string();
+    assert!(
+        err.contains("p.toml:13:10: sentinel `model-key` is bound to `api.openai.com`, which scope `model` of agent `claw` tunnels"),
+        "{err}"
+    );
+    // The same scope, intercepting, is fine.
+    let fixed = text.replace(
+        "upstream = \"https://api.openai.com\"\n",
+        "upstream = \"https://api.openai.com\"\n[[scope.allow]]\npaths = [\"/v1/**\"]\n",
+    );
+    assert!(load_text(&fixed).is_ok());
+    // A sentinel the tunnelling agent may not use is no concern of its.
+    let other = text.replace(
+        "env = \"OPENAI_API_KEY\"",
+        "env = \"OPENAI_API_KEY\"\nagents = []",
+    );
+    assert!(load_text(&other).is_ok(), "{:?}", load_text(&other).err());
+}
