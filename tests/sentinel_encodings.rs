@@ -150,9 +150,12 @@ fn every_spelling_of_a_misdirected_placeholder_is_refused_and_named() {
     }
     assert!(h.seen().is_empty(), "nothing was forwarded");
 
-    // A body longer than the scan limit cannot be checked: refused, to
-    // either host, before anything is forwarded.
-    let big = "a".repeat(10_000);
+    // A body longer than the scan limit (past the frame that crosses it)
+    // cannot be checked: refused, to either host, before anything is
+    // forwarded.
+    let big = h.dir.path().join("big.bin");
+    std::fs::write(&big, "a".repeat(200_000)).unwrap();
+    let big = format!("@{}", big.display());
     for route in ["bound", "elsewhere"] {
         let r = h.curl(
             Some("sender"),

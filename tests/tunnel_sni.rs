@@ -1,10 +1,10 @@
 //! Tunnels carry only the host their `CONNECT` named: the ClientHello inside
 //! a tunnel is read (without terminating TLS) and its server name checked,
-//! end to end through the real binary with real TLS clients (Python's ssl,
-//! which is OpenSSL, and curl, on the agent and the token listener). Every
-//! case is checked in the decision log. HTTP/2 `CONNECT` reaches the same
-//! tunnel code (`connect::run_tunnel`) after hyper's upgrade; the curl of
-//! the test machines (7.88) has no `--proxy-http2` to drive it.
+//! end to end through the real binary with real TLS clients: Python's ssl
+//! (OpenSSL) for crafted and fragmented ClientHellos, curl on the agent and
+//! the token listener, and hyper's HTTP/2 client for HTTP/2 `CONNECT` (the
+//! curl of the test machines, 7.88, has no `--proxy-http2`). Every case is
+//! checked in the decision log.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -179,6 +179,12 @@ fn a_tunnel_goes_only_where_its_connect_said() {
     ]);
     let findings = String::from_utf8_lossy(&out.stdout);
     assert!(findings.contains("tunnel-sni-mismatch"), "{out:?}");
+    // And the top refusal reasons (the console's) count them.
+    let out = clawgate(&["audit", "stats", "--audit", h.audit.to_str().unwrap()]);
+    let stats = String::from_utf8_lossy(&out.stdout);
+    for reason in ["tunnel-sni-mismatch", "tunnel-sni-missing", "tunnel-ech"] {
+        assert!(stats.contains(reason), "{reason} in {stats}");
+    }
 }
 
 /// curl's `--connect-to` sends the `CONNECT` to one host and the SNI of
@@ -239,7 +245,10 @@ fn the_token_listener_checks_the_name_too() {
         "--proxy-user".into(),
         format!("tunneler:{token}"),
     ];
-    for (label, proxy) in [("agent", &agent_proxy), ("token", &token_proxy)] {
+    for (n, (label, proxy)) in [("agent", &agent_proxy), ("token", &token_proxy)]
+        .into_iter()
+        .enumerate()
+    {
         // The same name works: the request reaches the echo.
         let before = h.seen().len();
         let ok = common::curl(&fronted(proxy, port, "localhost"));
@@ -255,15 +264,27 @@ fn the_token_listener_checks_the_name_too() {
             before,
             "{label}: nothing reached the upstream"
         );
-        let records = h.wait_for(label, |r| {
-            r.kind == "outcome"
-                && r.reason == "tunnel-sni-mismatch"
-                && r.detail
-                    .as_deref()
-                    .is_some_and(|d| d.contains("sni evil.example"))
-        });
-        assert!(!records.is_empty());
-        assert_eq!(records.last().unwrap().agent.as_deref(), Some("tunneler"));
+        // The outcome lands when the cut tunnel's task ends.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let records = loop {
+            let found: Vec<_> = h
+                .records()
+                .into_iter()
+                .filter(|r| {
+                    r.kind == "outcome"
+                        && r.reason == "tunnel-sni-mismatch"
+                        && r.detail
+                            .as_deref()
+                            .is_some_and(|d| d.contains("sni evil.example"))
+                })
+                .collect();
+            if found.len() == n + 1 || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(records.len(), n + 1, "{label}: {records:?}");
+        assert_eq!(records[n].agent.as_deref(), Some("tunneler"));
     }
     let mismatches = h
         .records()
@@ -271,4 +292,118 @@ fn the_token_listener_checks_the_name_too() {
         .filter(|r| r.kind == "outcome" && r.reason == "tunnel-sni-mismatch")
         .count();
     assert_eq!(mismatches, 2, "one per listener");
+}
+
+/// A rustls client configuration trusting `ca`, presenting `cert` when
+/// given, offering `alpn`.
+fn client_config(
+    ca: &std::path::Path,
+    cert: Option<(&std::path::Path, &std::path::Path)>,
+    alpn: &[u8],
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match cert {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    std::sync::Arc::new(config)
+}
+
+/// HTTP/2 `CONNECT` (hyper's client, one connection, two streams) reaches
+/// the same check: the right name works, another is cut and recorded.
+#[test]
+fn http2_connect_checks_the_name_too() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use rustls::pki_types::ServerName;
+    use tokio_rustls::TlsConnector;
+
+    let h = harness(Vec::new());
+    let port = h.echo.addr.port();
+    let (cert, key) = h.agent_cert("tunneler");
+    let proxy = client_config(&h.certs.join("ca.pem"), Some((&cert, &key)), b"h2");
+    let upstream = client_config(&h.policy.join("upstream-ca.pem"), None, b"http/1.1");
+    let proxy_port = h.port;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy_port))
+            .await
+            .unwrap();
+        let tls = TlsConnector::from(proxy)
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut results = Vec::new();
+        let mut kept = Vec::new();
+        for sni in ["localhost", "evil.example"] {
+            let request = http::Request::builder()
+                .method("CONNECT")
+                .uri(format!("localhost:{port}"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            send.ready().await.unwrap();
+            let response = send.send_request(request).await.unwrap();
+            assert_eq!(response.status(), 200, "{sni}");
+            let id = response.headers()["x-clawgate-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let upgraded = hyper::upgrade::on(response).await.unwrap();
+            let inner = TlsConnector::from(std::sync::Arc::clone(&upstream))
+                .connect(
+                    ServerName::try_from(sni.to_owned()).unwrap(),
+                    TokioIo::new(upgraded),
+                )
+                .await;
+            results.push((sni, id, inner.is_ok()));
+            kept.push(inner);
+        }
+        drop(kept);
+        results
+    });
+    drop(runtime);
+    let seen = h.seen().len();
+    assert_eq!(results[0].2, true, "the right name completes its handshake");
+    assert_eq!(results[1].2, false, "another name is cut");
+    assert_eq!(h.outcome(&results[1].1).reason, "tunnel-sni-mismatch");
+    assert!(
+        h.outcome(&results[1].1)
+            .detail
+            .unwrap()
+            .contains("sni evil.example")
+    );
+    assert!(
+        h.outcome(&results[0].1)
+            .detail
+            .unwrap()
+            .contains("sni localhost")
+    );
+    assert_eq!(seen, 0, "no request was sent inside either tunnel");
 }

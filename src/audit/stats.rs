@@ -123,6 +123,13 @@ pub fn stats(records: &[DecisionRecord], by: Option<By>) -> Stats {
             *hosts.entry(h.clone()).or_insert(0) += 1;
         }
     }
+    // A tunnel cut at its ClientHello was allowed at `CONNECT` and refused
+    // after: its refusal is in the outcome record.
+    for r in records.iter().filter(|r| r.kind == kind::OUTCOME) {
+        if CUT_TUNNEL_REASONS.contains(&r.reason.as_str()) {
+            *reasons.entry(r.reason.clone()).or_insert(0) += 1;
+        }
+    }
     let mut groups: Vec<Counts> = groups.into_values().collect();
     groups.sort_by(|a, b| {
         (b.allowed + b.refused)
@@ -187,6 +194,10 @@ pub fn csv(s: &Stats, out: &mut impl std::io::Write) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Outcome reasons that are refusals of their own (a tunnel cut at its
+/// ClientHello), counted among the top refusal reasons.
+const CUT_TUNNEL_REASONS: [&str; 3] = ["tunnel-sni-mismatch", "tunnel-sni-missing", "tunnel-ech"];
 
 /// Reasons whose bursts per source are findings.
 const BURST_REASONS: [&str; 6] = [
