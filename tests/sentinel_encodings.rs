@@ -1,8 +1,8 @@
 //! Sentinel misdirection decodes before it scans: a placeholder headed to a
 //! host it is not bound to is refused however it is spelled (percent-encoded
 //! in the path, query, a header or a form body; JSON-escaped; in a header
-//! name; quoted-printable in a multipart part; in other case), and a body
-//! past the scan limit is refused rather than passed unscanned. Real curl
+//! name; quoted-printable or base64 in a multipart part; in other case), and
+//! a body past the scan limit is refused rather than passed unscanned. Real curl
 //! through the real binary; each refusal checked in the decision log, which
 //! names the sentinel, and at the upstream, which sees nothing.
 #![allow(
@@ -75,6 +75,15 @@ fn every_spelling_of_a_misdirected_placeholder_is_refused_and_named() {
     let multipart = format!(
         "--XyZ\r\nContent-Disposition: form-data; name=\"key\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n{quoted_printable}\r\n--XyZ--\r\n"
     );
+    let base64_part = {
+        use base64::Engine;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("token: {PLACEHOLDER}\n"));
+        let (first, second) = encoded.split_at(40);
+        format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"k.txt\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{first}\r\n{second}\r\n--XyZ--\r\n"
+        )
+    };
     let cases: Vec<(&str, Vec<String>)> = vec![
         (
             "path",
@@ -120,6 +129,16 @@ fn every_spelling_of_a_misdirected_placeholder_is_refused_and_named() {
                 "content-type: multipart/form-data; boundary=XyZ".into(),
                 "--data-binary".into(),
                 multipart,
+                url("/v1/items"),
+            ],
+        ),
+        (
+            "multipart base64 part",
+            vec![
+                "-H".into(),
+                "content-type: multipart/form-data; boundary=XyZ".into(),
+                "--data-binary".into(),
+                base64_part,
                 url("/v1/items"),
             ],
         ),

@@ -1,8 +1,10 @@
 //! The spellings a placeholder can hide behind, undone before sentinels are
 //! scanned for: percent-encoding (paths, queries, form bodies; `+` as a
-//! space), JSON string escapes (`\u0063`, `\/`, surrogate pairs), and
-//! quoted-printable (multipart parts, with `=` soft line breaks). Scan
-//! only: the request is never rewritten from these.
+//! space), JSON string escapes (`\u0063`, `\/`, surrogate pairs),
+//! quoted-printable (multipart parts, with `=` soft line breaks), and runs
+//! of base64 (multipart parts with `Content-Transfer-Encoding: base64`,
+//! MIME line breaks included). Scan only: the request is never rewritten
+//! from these.
 //!
 //! Pure, and lenient by design: a broken escape is kept as it is, since
 //! what matters is whether some reader could see a placeholder.
@@ -26,6 +28,60 @@ pub fn variants(bytes: &[u8]) -> Vec<Vec<u8>> {
     if bytes.contains(&b'=') {
         out.push(quoted_printable_decoded(bytes));
     }
+    let base64 = base64_runs_decoded(bytes);
+    if !base64.is_empty() {
+        out.push(base64);
+    }
+    out
+}
+
+/// The shortest run of base64 characters worth decoding: a placeholder is
+/// at least 24 bytes, 32 characters of base64.
+const MIN_BASE64_RUN: usize = 32;
+
+/// Every run of at least [`MIN_BASE64_RUN`] base64 characters (line breaks
+/// inside a run skipped, as MIME wraps lines), decoded; the decoded runs
+/// joined with a NUL so no match spans two of them.
+pub fn base64_runs_decoded(bytes: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=';
+    let flush = |run: &mut Vec<u8>, out: &mut Vec<u8>| {
+        if run.len() >= MIN_BASE64_RUN {
+            let data: Vec<u8> = run.iter().copied().filter(|&b| b != b'=').collect();
+            // A length of 4n+1 cannot be base64: drop the stray character.
+            let usable = data.len() - usize::from(data.len() % 4 == 1);
+            if let Ok(decoded) = LENIENT.decode(&data[..usable]) {
+                out.extend_from_slice(&decoded);
+                out.push(0);
+            }
+        }
+        run.clear();
+    };
+    let mut out = Vec::new();
+    let mut run = Vec::new();
+    let mut newlines = 0;
+    for &b in bytes {
+        if is_b64(b) {
+            run.push(b);
+            newlines = 0;
+        } else if b == b'\n' {
+            // A wrapped line continues the run; a blank line ends it.
+            newlines += 1;
+            if newlines > 1 {
+                flush(&mut run, &mut out);
+            }
+        } else if b != b'\r' {
+            flush(&mut run, &mut out);
+        }
+    }
+    flush(&mut run, &mut out);
     out
 }
 

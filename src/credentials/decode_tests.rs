@@ -23,6 +23,13 @@ fn each_encoding_of_a_placeholder_is_undone() {
         r#"{"q":"clawgate%2Dsentinel-0123456789abcdef"}"#.to_owned(),
         "clawgate-sentinel-0123=\r\n456789abcdef".to_owned(),
         "clawgate=2Dsentinel-0123456789abcdef".to_owned(),
+        // base64 in a multipart part, wrapped as MIME does.
+        {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(format!("key: {P}"));
+            let (a, b) = b64.split_at(20);
+            format!("--x\r\nContent-Transfer-Encoding: base64\r\n\r\n{a}\r\n{b}\r\n--x--")
+        },
     ];
     for case in cases {
         assert!(found_in(case.as_bytes()), "{case}");

@@ -4,7 +4,8 @@
 //! to. On the way out, clawgate looks for placeholders in the request's
 //! path, header names and values, its query string and its body (up to the
 //! scan limit; a longer body from an agent that may hold a placeholder is
-//! refused), each also decoded (percent, JSON escapes, quoted-printable); a
+//! refused), each also decoded (percent, JSON escapes, quoted-printable,
+//! base64 runs); a
 //! placeholder headed to a host it is bound to is swapped for the real value,
 //! and one headed anywhere else refuses the whole call (`sentinel-misdirected`)
 //! before anything is forwarded.
