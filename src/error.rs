@@ -131,11 +131,25 @@ pub enum Reason {
     /// Archived records were removed from the log (a record of kind
     /// `prune`, carrying the anchor verification starts from).
     LogPruned,
+    /// A client certificate carries more than one clawgate identity (SPIFFE
+    /// URI SAN); refused in the handshake. Recorded only.
+    IdentityAmbiguous,
+    /// A tunnel's TLS ClientHello names (SNI) another host than its
+    /// `CONNECT` target; the tunnel is cut before a byte reaches the
+    /// upstream (outcome records only).
+    TunnelSniMismatch,
+    /// A tunnel's first bytes are not a TLS ClientHello with a server name,
+    /// and the scope does not allow that (outcome records only).
+    TunnelSniMissing,
+    /// A tunnel's ClientHello offers Encrypted Client Hello, which hides the
+    /// real server name, and the scope does not allow that (outcome records
+    /// only).
+    TunnelEch,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 47] = [
+    pub const ALL: [Reason; 51] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -183,6 +197,10 @@ impl Reason {
         Reason::CertsRejected,
         Reason::LogArchived,
         Reason::LogPruned,
+        Reason::IdentityAmbiguous,
+        Reason::TunnelSniMismatch,
+        Reason::TunnelSniMissing,
+        Reason::TunnelEch,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -235,6 +253,10 @@ impl Reason {
             Reason::UpstreamAuthRequired => "upstream-auth-required",
             Reason::LogArchived => "log-archived",
             Reason::LogPruned => "log-pruned",
+            Reason::IdentityAmbiguous => "identity-ambiguous",
+            Reason::TunnelSniMismatch => "tunnel-sni-mismatch",
+            Reason::TunnelSniMissing => "tunnel-sni-missing",
+            Reason::TunnelEch => "tunnel-ech",
         }
     }
 
@@ -260,7 +282,11 @@ impl Reason {
             Reason::ClientCancelled => StatusCode::BAD_REQUEST,
             Reason::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
             // Never sent: a rejected handshake has no HTTP exchange.
-            Reason::TlsRejected => StatusCode::FORBIDDEN,
+            Reason::TlsRejected | Reason::IdentityAmbiguous => StatusCode::FORBIDDEN,
+            // Never sent: the tunnel was answered, then cut.
+            Reason::TunnelSniMismatch | Reason::TunnelSniMissing | Reason::TunnelEch => {
+                StatusCode::FORBIDDEN
+            }
             Reason::UnknownAgent
             | Reason::NoMatchingScope
             | Reason::NoMatchingRule
@@ -559,7 +585,11 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::EndedByOverride
         | Reason::EndedByPolicy
         | Reason::CertsLoaded
-        | Reason::CertsRejected => "http_request_denied",
+        | Reason::CertsRejected
+        | Reason::IdentityAmbiguous
+        | Reason::TunnelSniMismatch
+        | Reason::TunnelSniMissing
+        | Reason::TunnelEch => "http_request_denied",
     };
     format!("clawgate; error={error}; details=\"{}\"", reason.code())
 }

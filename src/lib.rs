@@ -13,7 +13,7 @@
 //! - [`tls`]: the one place PEM files are read and TLS configurations built;
 //!   certificate and CRL hot reload.
 //! - [`accept`]: one accept path for every listener: handshake admission,
-//!   `tls-rejected` records, timeouts, HTTP/1.1, HTTP/2, upgrades, drain.
+//!   `tls-rejected` and `identity-ambiguous` records, timeouts, HTTP/1.1, HTTP/2, upgrades, drain.
 //! - [`shards`]: per-core shards: a thread, a single-threaded runtime and an
 //!   `SO_REUSEPORT` socket each, running the agent and token listeners.
 //! - [`listener`]: the agent listener (client certificate required).
@@ -21,6 +21,8 @@
 //! - [`identity`]: names from the verified peer certificate.
 //! - [`route`]: gateway route, forward-proxy host or CONNECT; path normalisation.
 //! - [`connect`]: `CONNECT` tunnels, spliced or intercepted.
+//! - [`client_hello`]: a tunnel's ClientHello, read without terminating TLS,
+//!   so a tunnel carries only the host its `CONNECT` named.
 //! - [`intercept`]: leaves minted per host by the interception CA.
 //! - [`policy`]: file model, validation, compiled index, and the pure `decide`.
 //! - [`credentials`]: what a scope's calls receive in place of the agent's own:
@@ -78,6 +80,8 @@ pub mod route;
 pub mod pipeline;
 
 pub mod connect;
+
+pub mod client_hello;
 
 pub mod intercept;
 

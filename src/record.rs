@@ -269,6 +269,16 @@ impl Outcome {
         }
     }
 
+    /// Adds `detail` to the outcome record's detail.
+    pub fn note(&mut self, detail: &str) {
+        if let Some(record) = self.record.as_mut() {
+            record.detail = Some(match record.detail.take() {
+                Some(before) => format!("{before}; {detail}"),
+                None => detail.to_owned(),
+            });
+        }
+    }
+
     /// Ends the record as `ended`, with why, when a live connection was cut.
     pub fn ended(&mut self, ended: crate::live::Ended) {
         self.reason = ended.reason;

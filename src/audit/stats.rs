@@ -123,6 +123,13 @@ pub fn stats(records: &[DecisionRecord], by: Option<By>) -> Stats {
             *hosts.entry(h.clone()).or_insert(0) += 1;
         }
     }
+    // A tunnel cut at its ClientHello was allowed at `CONNECT` and refused
+    // after: its refusal is in the outcome record.
+    for r in records.iter().filter(|r| r.kind == kind::OUTCOME) {
+        if CUT_TUNNEL_REASONS.contains(&r.reason.as_str()) {
+            *reasons.entry(r.reason.clone()).or_insert(0) += 1;
+        }
+    }
     let mut groups: Vec<Counts> = groups.into_values().collect();
     groups.sort_by(|a, b| {
         (b.allowed + b.refused)
@@ -188,6 +195,10 @@ pub fn csv(s: &Stats, out: &mut impl std::io::Write) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Outcome reasons that are refusals of their own (a tunnel cut at its
+/// ClientHello), counted among the top refusal reasons.
+const CUT_TUNNEL_REASONS: [&str; 3] = ["tunnel-sni-mismatch", "tunnel-sni-missing", "tunnel-ech"];
+
 /// Reasons whose bursts per source are findings.
 const BURST_REASONS: [&str; 6] = [
     "tls-rejected",
@@ -229,7 +240,8 @@ impl Default for Thresholds {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finding {
     /// `burst`, `refusals-rising`, `sentinel-misdirected`, `policy-rejected`,
-    /// `tool-definition-changed` (and, from live state, `lapsing-soon`, `drift`).
+    /// `tool-definition-changed`, `identity-ambiguous`, `tunnel-sni-mismatch`,
+    /// `tunnel-ech` (and, from live state, `lapsing-soon`, `drift`).
     pub kind: String,
     /// Who or what: a source address, an agent, an id.
     pub subject: String,
@@ -277,6 +289,9 @@ pub fn findings(records: &[DecisionRecord], recent_from: &str, t: Thresholds) ->
             "sentinel-misdirected" => Some("sentinel-misdirected"),
             "policy-rejected" => Some("policy-rejected"),
             MCP_TOOLS_CHANGED => Some(MCP_TOOLS_CHANGED),
+            "identity-ambiguous" => Some("identity-ambiguous"),
+            "tunnel-sni-mismatch" => Some("tunnel-sni-mismatch"),
+            "tunnel-ech" => Some("tunnel-ech"),
             _ => None,
         };
         if let Some(k) = single {

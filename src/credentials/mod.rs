@@ -18,6 +18,7 @@
 
 mod broker;
 pub mod cache;
+pub mod decode;
 pub mod sentinel;
 mod signer;
 pub mod sigv4;

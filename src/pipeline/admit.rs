@@ -286,6 +286,12 @@ impl Admission<'_> {
         let decision = decide(&call, policy);
         self.metrics.observe(Stage::Decide, decided.elapsed());
         describe(&decision, policy, record);
+        let malformed = Some(Reason::MalformedRequest);
+        if (Some(decision.reason()) == malformed || decision.would_deny() == malformed)
+            && let Some(why) = crate::policy::path_hazard(path)
+        {
+            record.add_detail(why);
+        }
         if decision.scope().is_some() && matches!(target, Target::Route(_)) {
             // Inside a scope, the record holds the path the rules matched.
             record.path = Some(path.to_owned());

@@ -36,17 +36,17 @@ impl Admission<'_> {
             return Ok(held);
         }
         let mut found = Found::new();
-        // The path (decoded, as rules see it) is scanned but never rewritten:
-        // a placeholder there is only ever refused or passed on as it is.
-        sentinels.scan(parts.uri.path().as_bytes(), &mut found);
-        for value in parts.headers.values() {
-            sentinels.scan(value.as_bytes(), &mut found);
+        // Scanned in every spelling a reader could undo (percent, JSON,
+        // quoted-printable), but only ever rewritten where it stands as
+        // it is. The path (decoded, as rules see it) is never rewritten:
+        // a placeholder there is only ever refused or passed on.
+        sentinels.scan_decoded(parts.uri.path().as_bytes(), &mut found);
+        for (name, value) in &parts.headers {
+            sentinels.scan(name.as_str().as_bytes(), &mut found);
+            sentinels.scan_decoded(value.as_bytes(), &mut found);
         }
         if let Some(q) = query.as_deref() {
-            sentinels.scan(q.as_bytes(), &mut found);
-            // A placeholder may arrive percent-encoded in a query.
-            let decoded: Vec<u8> = form_decoded(q.as_bytes());
-            sentinels.scan(&decoded, &mut found);
+            sentinels.scan_decoded(q.as_bytes(), &mut found);
         }
         let has_body = !matches!(&held, Held::Stream(b) if http_body::Body::is_end_stream(b));
         let held = if has_body {
@@ -58,7 +58,16 @@ impl Admission<'_> {
             held
         };
         if let Held::Read(prefix) = &held {
-            sentinels.scan(&prefix.bytes, &mut found);
+            sentinels.scan_decoded(&prefix.bytes, &mut found);
+            // What is not scanned could carry a placeholder anywhere: an
+            // agent that may hold one does not send it unscanned.
+            if !prefix.is_complete() && sentinels.bears(&ctx.agent) {
+                record.add_detail(&format!(
+                    "body past the sentinel scan limit ({} bytes)",
+                    self.limits.sentinel_scan
+                ));
+                return Err(Reason::RequestTooLarge);
+            }
         }
         if found.is_empty() {
             return Ok(held);
@@ -74,6 +83,10 @@ impl Admission<'_> {
         });
         if let Some(misdirected) = sentinels.misdirected(&found, &scope.upstream.host, &ctx.agent) {
             tracing::warn!(sentinel = %misdirected.name, "sentinel headed to a host it is not bound to");
+            record.add_detail(&format!(
+                "sentinel `{}` misdirected to {}",
+                misdirected.name, scope.upstream.host
+            ));
             return Err(Reason::SentinelMisdirected);
         }
         let mut values = vec![None; sentinels.all().len()];
@@ -211,18 +224,6 @@ impl Admission<'_> {
 }
 
 /// A query string with every pair form-decoded, for scanning only.
-fn form_decoded(bytes: &[u8]) -> Vec<u8> {
-    form_urlencoded::parse(bytes)
-        .flat_map(|(k, v)| {
-            let mut out = k.into_owned().into_bytes();
-            out.push(b'=');
-            out.extend_from_slice(v.as_bytes());
-            out.push(b'&');
-            out
-        })
-        .collect()
-}
-
 fn encode_query_value(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }

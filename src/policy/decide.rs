@@ -160,6 +160,26 @@ fn decide_in_scope(
         Target::Route(_) => Some(call.path),
         Target::Host { .. } | Target::Connect { .. } => scope.upstream.strip_base(call.path),
     };
+    // A spelling some upstream folds into another path is refused before
+    // any rule sees it (the whole path: the base path is the upstream's).
+    if !scope.strictness.lenient_paths && super::path_hazard::hazard(call.path).is_some() {
+        return conclude(
+            Effect::Deny,
+            Reason::MalformedRequest,
+            None,
+            scope.mode,
+            agent_id,
+            scope_id,
+        );
+    }
+    // Rules of a case-insensitive scope were compiled lowercase.
+    let folded;
+    let path = if scope.strictness.case_insensitive_paths {
+        folded = path.map(str::to_lowercase);
+        folded.as_deref()
+    } else {
+        path
+    };
     let segments: Vec<&str> = path
         .and_then(|p| p.strip_prefix('/'))
         .map(|p| p.split('/').collect())

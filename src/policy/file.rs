@@ -74,6 +74,16 @@ pub(super) struct ScopeFile {
     pub deny: Vec<Spanned<RuleFile>>,
     /// `[scope.mcp]`: the upstream speaks MCP; its rules (see `mcp.rs`).
     pub mcp: Option<Spanned<super::mcp::McpFile>>,
+    /// `refuse` (default) or `allow`: a tunnel whose ClientHello names no
+    /// server (or that is not TLS).
+    pub tunnel_without_sni: Option<Spanned<String>>,
+    /// `refuse` (default) or `allow`: a tunnel whose ClientHello offers
+    /// Encrypted Client Hello.
+    pub tunnel_ech: Option<Spanned<String>>,
+    /// `strict` (default) or `lenient`: whether path hazards are refused.
+    pub path_strictness: Option<Spanned<String>>,
+    /// Rules match paths case-folded, for upstreams that fold case.
+    pub case_insensitive_paths: Option<Spanned<bool>>,
 }
 
 /// `[[scope.allow]]` and `[[scope.deny]]`

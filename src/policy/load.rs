@@ -83,6 +83,12 @@ pub fn load(
     let scopes = compile_scopes(&mut report, &entries, dir, options);
     let agents = compile_agents(&mut report, &entries, &scopes, dir, options.now);
     let sentinels = compile_sentinels(&mut report, &entries.sentinels, dir, options, &agents.names);
+    super::strictness::check_sentinel_tunnels(
+        &mut report,
+        &entries.sentinels,
+        &agents.agents,
+        &scopes.scopes,
+    );
     let exceptions = compile_exceptions(
         &mut report,
         &entries.exceptions,

@@ -22,10 +22,12 @@ mod glob;
 mod load;
 mod mcp;
 mod parse;
+mod path_hazard;
 mod probe;
 mod proxy_key;
 mod report;
 mod scope;
+mod strictness;
 #[cfg(test)]
 mod tests;
 
@@ -47,6 +49,7 @@ pub use exception::{Exception, Roles, rfc3339};
 pub use explain::{Explanation, explain};
 use glob::GlobIndex;
 pub use load::{disk_digest, load};
+pub use path_hazard::hazard as path_hazard;
 pub use probe::{Caller, Probe, ProbeError, Resolved};
 pub use proxy_key::ProxyKey;
 pub use report::{DEFAULT_MAX_EXCEPTION, LoadError, LoadOptions, PolicyError};
@@ -198,6 +201,25 @@ pub struct Scope {
     pub rate: Option<crate::limits::Rate>,
     /// The scope's MCP rules, when its upstream speaks MCP.
     pub mcp: Option<Arc<crate::mcp::McpRules>>,
+    /// What the scope lets through unchecked (all off by default).
+    pub strictness: Strictness,
+}
+
+/// What a scope lets through that clawgate refuses by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Strictness {
+    /// A tunnel whose start is not a ClientHello naming a server
+    /// (`tunnel_without_sni = "allow"`).
+    pub tunnel_without_sni: bool,
+    /// A tunnel whose ClientHello offers Encrypted Client Hello
+    /// (`tunnel_ech = "allow"`).
+    pub tunnel_ech: bool,
+    /// Paths with hazards (segments ending in `.` or whitespace, characters
+    /// that normalise to ASCII, invisible code points) are let through
+    /// (`path_strictness = "lenient"`).
+    pub lenient_paths: bool,
+    /// Rules match the path case-folded (`case_insensitive_paths = true`).
+    pub case_insensitive_paths: bool,
 }
 
 impl Scope {

@@ -40,6 +40,7 @@ pub(super) fn placeholder_scope(name: &str) -> Scope {
         aws_rules: Vec::new(),
         rate: None,
         mcp: None,
+        strictness: super::Strictness::default(),
     }
 }
 
@@ -84,6 +85,8 @@ pub(super) fn compile_scope(
     );
     let mcp = super::mcp::compile_scope_mcp(report, file, scope);
     let connect = compile_connect(report, file, scope);
+    let strictness =
+        super::strictness::compile_strictness(report, file, scope, connect == ConnectMode::Tunnel);
     let allow_private = compile_allow_private(report, file, scope);
     let ports = compile_ports(report, file, scope, upstream.as_ref());
     let blocked = check_blocked(report, file, scope, upstream.as_ref(), &allow_private);
@@ -106,6 +109,7 @@ pub(super) fn compile_scope(
         aws_rules,
         rate,
         mcp,
+        strictness,
     })
 }
 
@@ -174,6 +178,12 @@ fn compile_rules(
     let mut rules = Vec::new();
     let mut aws_rules = Vec::new();
     let mut rule_ids = HashSet::new();
+    // A case-insensitive scope matches lowercase paths against lowercase
+    // patterns.
+    let fold = scope
+        .case_insensitive_paths
+        .as_ref()
+        .is_some_and(|f| *f.get_ref());
     for (effect, list, label) in [
         (Effect::Deny, &scope.deny, "deny"),
         (Effect::Allow, &scope.allow, "allow"),
@@ -196,7 +206,7 @@ fn compile_rules(
                 continue;
             }
             let index = rules.len();
-            let (rule, rule_globs) = compile_path_rule(report, file, rule, id, effect);
+            let (rule, rule_globs) = compile_path_rule(report, file, rule, id, effect, fold);
             globs.extend(rule_globs.into_iter().map(|glob| (glob, index)));
             rules.push(rule);
         }
@@ -242,6 +252,7 @@ fn compile_path_rule(
     rule: &Spanned<RuleFile>,
     id: String,
     effect: Effect,
+    fold: bool,
 ) -> (Rule, Vec<PathGlob>) {
     let RuleFile {
         methods,
@@ -261,13 +272,17 @@ fn compile_path_rule(
     }
     let mut globs = Vec::new();
     for path in paths {
-        match compile_glob(path.get_ref()) {
+        let pattern = if fold {
+            path.get_ref().to_lowercase()
+        } else {
+            path.get_ref().clone()
+        };
+        match compile_glob(&pattern) {
             Ok(alternatives) => globs.extend(alternatives),
             Err(message) => report.error(file, path.span(), message),
         }
         // A deny for `/secret/` also refuses `/secret`: to most upstreams
         // the two are one resource (decide covers the other direction).
-        let pattern = path.get_ref();
         if effect == Effect::Deny
             && pattern.len() > 1
             && pattern.ends_with('/')
