@@ -432,4 +432,7 @@ pub(crate) struct ConsoleArgs {
     /// Its key.
     #[arg(long)]
     pub(crate) key: PathBuf,
+    /// How long a browser session lasts after logging in.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub(crate) session: std::time::Duration,
 }

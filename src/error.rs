@@ -131,11 +131,14 @@ pub enum Reason {
     /// Archived records were removed from the log (a record of kind
     /// `prune`, carrying the anchor verification starts from).
     LogPruned,
+    /// An admin API request from a certificate whose names hold no role
+    /// for it: no role at all, or an auditor asking for a change.
+    AdminRoleRequired,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 47] = [
+    pub const ALL: [Reason; 48] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -183,6 +186,7 @@ impl Reason {
         Reason::CertsRejected,
         Reason::LogArchived,
         Reason::LogPruned,
+        Reason::AdminRoleRequired,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -235,6 +239,7 @@ impl Reason {
             Reason::UpstreamAuthRequired => "upstream-auth-required",
             Reason::LogArchived => "log-archived",
             Reason::LogPruned => "log-pruned",
+            Reason::AdminRoleRequired => "admin-role-required",
         }
     }
 
@@ -280,7 +285,8 @@ impl Reason {
             | Reason::ProxyKeyRevoked
             | Reason::ToolArgumentsRefused
             | Reason::ToolDefinitionChanged
-            | Reason::ToolDefinitionUnverified => StatusCode::FORBIDDEN,
+            | Reason::ToolDefinitionUnverified
+            | Reason::AdminRoleRequired => StatusCode::FORBIDDEN,
             Reason::RunTokenMissing => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -559,7 +565,8 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::EndedByOverride
         | Reason::EndedByPolicy
         | Reason::CertsLoaded
-        | Reason::CertsRejected => "http_request_denied",
+        | Reason::CertsRejected
+        | Reason::AdminRoleRequired => "http_request_denied",
     };
     format!("clawgate; error={error}; details=\"{}\"", reason.code())
 }

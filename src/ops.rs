@@ -186,8 +186,11 @@ pub(crate) fn console(args: cli::ConsoleArgs) -> anyhow::Result<ExitCode> {
     };
     runtime()?.block_on(async {
         tokio::select! {
-            r = clawgate::console::serve(args.listen, admin, |addr| {
+            r = clawgate::console::serve(args.listen, admin, args.session, |addr| {
                 println!("console on http://{addr}/ (read-only)");
+            }, |url| {
+                // Only whoever reads this output can log in.
+                println!("log in (once): {url}");
             }) => r.map_err(anyhow::Error::from),
             () = wait_for_stop() => Ok(()),
         }

@@ -1,0 +1,120 @@
+//! Every refusal is a record, end to end against the real binary: the
+//! admin API's refusals (no role, an auditor asking for a change) and an
+//! unknown certificate's, each with whose certificate it was.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "end-to-end tests: a failed step should stop the test loudly"
+)]
+
+mod common;
+
+use clawgate::audit::DecisionRecord;
+use common::{Harness, Options, clawgate};
+
+const ROLES: &str = r#"
+[roles]
+admins = ["spiffe://clawgate.local/agent/ops"]
+auditors = ["spiffe://clawgate.local/agent/watcher"]
+"#;
+
+fn harness() -> Harness {
+    Harness::with(Options {
+        extra_policy: vec![("roles.toml", ROLES.to_owned())],
+        agents: vec!["ops", "watcher"],
+        ..Options::default()
+    })
+}
+
+fn the_record(h: &Harness, request_id: &str) -> DecisionRecord {
+    let found: Vec<_> = h
+        .records()
+        .into_iter()
+        .filter(|r| r.request_id == request_id)
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.into_iter().next().unwrap()
+}
+
+#[test]
+fn admin_api_refusals_are_records_with_role_identity_and_path() {
+    let h = harness();
+    // An agent's certificate: no role at all.
+    let r = h.admin(Some("research"), &["/v1/policy/status"]);
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.json()["reason"], "admin-role-required");
+    assert_eq!(r.json()["error"], "no admin or auditor role");
+    let id = r.header("x-clawgate-request-id").unwrap();
+    let rec = the_record(&h, &id);
+    assert_eq!(rec.kind, "decision");
+    assert_eq!(rec.mode.as_deref(), Some("admin"));
+    assert_eq!(rec.decision.as_deref(), Some("deny"));
+    assert_eq!(rec.reason, "admin-role-required");
+    assert_eq!(rec.method.as_deref(), Some("GET"));
+    assert_eq!(rec.path.as_deref(), Some("/v1/policy/status"));
+    assert!(
+        rec.cert_fp.as_deref().is_some_and(|f| f.len() == 64),
+        "{rec:?}"
+    );
+    let detail = rec.detail.unwrap();
+    assert!(detail.contains("no admin or auditor role"), "{detail}");
+    assert!(
+        detail.contains("spiffe://clawgate.local/agent/research"),
+        "{detail}"
+    );
+
+    // An auditor asking for a change: refused, recorded, nothing changed.
+    let body = r#"{"kind":"isolate-agent","target":"research","reason":"x","expires_in":"1h"}"#;
+    let r = h.admin(
+        Some("watcher"),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+            "/v1/overrides",
+        ],
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.json()["error"], "this needs the admin role");
+    let rec = the_record(&h, &r.header("x-clawgate-request-id").unwrap());
+    assert_eq!(rec.reason, "admin-role-required");
+    assert_eq!(rec.method.as_deref(), Some("POST"));
+    assert_eq!(rec.path.as_deref(), Some("/v1/overrides"));
+    let detail = rec.detail.unwrap();
+    assert!(detail.contains("the caller is an auditor"), "{detail}");
+    assert!(
+        detail.contains("spiffe://clawgate.local/agent/watcher"),
+        "{detail}"
+    );
+    assert!(!h.records().iter().any(|r| r.kind == "override"));
+    // What an auditor may read is not refused, and not recorded as one.
+    assert_eq!(h.admin(Some("watcher"), &["/v1/policy/status"]).status, 200);
+    let refusals = h
+        .records()
+        .iter()
+        .filter(|r| r.reason == "admin-role-required")
+        .count();
+    assert_eq!(refusals, 2);
+    // The records joined the chain.
+    let out = clawgate(&["audit", "verify", "--audit", h.audit.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn an_unknown_certificates_record_names_its_sans() {
+    let h = harness();
+    let r = h.curl(Some("intruder"), &[&format!("{}/echo/v1/items", h.base())]);
+    assert_eq!(r.status, 403, "{r:?}");
+    let rec = the_record(&h, &r.header("x-clawgate-request-id").unwrap());
+    assert_eq!(rec.reason, "unknown-agent");
+    assert!(rec.cert_fp.is_some(), "{rec:?}");
+    let detail = rec.detail.unwrap_or_default();
+    assert!(
+        detail.contains("certificate names [spiffe://clawgate.local/agent/intruder"),
+        "{detail}"
+    );
+}
