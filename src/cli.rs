@@ -317,6 +317,10 @@ pub(crate) struct ServeArgs {
     /// head (one replica at a time succeeds).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub(crate) checkpoint_every: Duration,
+    /// How often the whole decision log chain is walked to catch a record
+    /// edited or removed behind clawgate's back (`clawgate_audit_chain_intact`).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub(crate) chain_check_every: Duration,
     /// An external issuer's public keys for run tokens (a JWKS file).
     #[arg(long, requires = "token_issuer")]
     pub(crate) token_jwks: Option<PathBuf>,

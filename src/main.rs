@@ -306,6 +306,7 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
             dir: args.archive_dir.clone().unwrap_or_default(),
             every: args.retain_every,
         }),
+        chain_check_every: args.chain_check_every,
         fleet: serve::FleetConfig {
             store: args.store.as_deref().map(cli::store).transpose()?,
             replica: args.replica.clone(),

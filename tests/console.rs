@@ -331,3 +331,58 @@ fn the_console_shows_governance_in_a_headless_browser() {
             .any(|r| r.kind == "override" && r.reason == "override-changed")
     );
 }
+
+/// A record edited behind clawgate's back: the scheduled walk finds it,
+/// `clawgate_audit_chain_intact` drops to 0 with the record's seq (what
+/// `ClawgateAuditChainBroken` fires on), and the console turns red.
+#[test]
+fn a_tampered_record_turns_the_metric_and_the_console_red() {
+    let h = Harness::with(Options {
+        extra_policy: vec![("roles.toml", ROLES.to_owned())],
+        agents: vec!["ops"],
+        serve_args: vec!["--chain-check-every".into(), "200ms".into()],
+        ..Options::default()
+    });
+    calls(&h, 2);
+    let metric = |name: &str| -> Option<f64> {
+        let text = h.admin(Some("ops"), &["/metrics"]).body_text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map(|v| v.trim().parse().unwrap())
+    };
+    let wait_for = |name: &str, want: f64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while metric(name) != Some(want) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never became {want}: {:?}",
+                metric(name)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_for("clawgate_audit_chain_intact", 1.0);
+    assert_eq!(metric("clawgate_audit_chain_first_broken_seq"), Some(0.0));
+
+    let conn = rusqlite::Connection::open(&h.audit).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE records SET agent = 'someone-else' WHERE seq = 3",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+    wait_for("clawgate_audit_chain_intact", 0.0);
+    assert_eq!(metric("clawgate_audit_chain_first_broken_seq"), Some(3.0));
+
+    let mut console = Console::start(&h);
+    let page = dom(&[], &console.login_url());
+    assert!(
+        page.contains("<span class=\"bad\" id=\"chain-status\">BROKEN</span>"),
+        "{page}"
+    );
+    assert!(page.contains("record 3"), "{page}");
+}

@@ -66,6 +66,8 @@ pub struct Admin {
     pub audit_source: crate::audit::Source,
     /// The TLS material, for `POST /v1/certs/reload`.
     pub certs: Option<Arc<TlsStore>>,
+    /// What the scheduled walk of the chain last found.
+    pub chain_health: Arc<crate::audit::health::ChainHealth>,
 }
 
 type AdminBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -293,6 +295,7 @@ impl Admin {
             cache_fetches: sum(|s| s.fetches.load(Relaxed)),
             audit_dropped: audit.dropped_records(),
             audit_healthy: audit.is_healthy(),
+            audit_chain: self.chain_health.state(),
             overrides_active: self
                 .pipeline
                 .overrides()
