@@ -128,6 +128,7 @@ fn stats_command(
     by: Option<audit::stats::By>,
     format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
+    crate::audit_cmd::warn_if_broken(path, store)?;
     let records = read_window(path, store, since)?;
     let s = audit::stats::stats(&records, by);
     let mut out = std::io::stdout().lock();

@@ -363,6 +363,19 @@ fn a_tampered_record_turns_the_metric_and_the_console_red() {
     };
     wait_for("clawgate_audit_chain_intact", 1.0);
     assert_eq!(metric("clawgate_audit_chain_first_broken_seq"), Some(0.0));
+    let audit = h.audit.to_str().unwrap().to_owned();
+    let reads = [
+        ["audit", "stats", "--audit", &audit, "--since", "1h"],
+        ["audit", "query", "--audit", &audit, "--since", "1h"],
+    ];
+    for args in &reads {
+        let out = clawgate(args);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("warning"),
+            "{out:?}"
+        );
+    }
 
     let conn = rusqlite::Connection::open(&h.audit).unwrap();
     conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -377,6 +390,16 @@ fn a_tampered_record_turns_the_metric_and_the_console_red() {
     drop(conn);
     wait_for("clawgate_audit_chain_intact", 0.0);
     assert_eq!(metric("clawgate_audit_chain_first_broken_seq"), Some(3.0));
+    // Reading across the break warns, and still answers.
+    for args in &reads {
+        let out = clawgate(args);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("warning: the decision log's chain is broken at record 3"),
+            "{out:?}"
+        );
+    }
 
     let mut console = Console::start(&h);
     let page = dom(&[], &console.login_url());
