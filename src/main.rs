@@ -29,7 +29,15 @@ use cli::*;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A usage error exits 1, not clap's 2: `policy status` keeps 2 for
+    // "drifted", so a typo in a script never reads as drift.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::from(e.use_stderr()));
+        }
+    };
     // Colour only for a person at a terminal: a file or a journal gets
     // plain text, not escape codes.
     tracing_subscriber::fmt()

@@ -104,6 +104,34 @@ fn admin_api_refusals_are_records_with_role_identity_and_path() {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// `policy status` answers 0 in sync, 2 drifted, 1 on error: a usage error
+/// is 1 (clap's own 2 would read as drift), help is 0.
+#[test]
+fn a_usage_error_exits_1_not_the_drifted_2() {
+    let out = clawgate(&[
+        "policy",
+        "status",
+        "--cert",
+        "x",
+        "--key",
+        "y",
+        "--no-such-flag",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+    let out = clawgate(&["policy", "status", "--help"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = clawgate(&[
+        "policy",
+        "status",
+        "--cert",
+        "no-such.pem",
+        "--key",
+        "no-such.pem",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "an error: {out:?}");
+}
+
 #[test]
 fn an_unknown_certificates_record_names_its_sans() {
     let h = harness();
