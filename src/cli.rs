@@ -382,6 +382,25 @@ pub(crate) enum CertsCommand {
         /// Replace existing files.
         #[arg(long)]
         force: bool,
+        /// Replace the agent's existing certificate and key, printing the
+        /// old serial to revoke (the runbook's "revoke and rotate").
+        #[arg(long, conflicts_with = "force")]
+        rotate: bool,
+    },
+    /// Issue an operator's client certificate for the admin API and print
+    /// the `[roles]` line that makes it an admin.
+    Admin {
+        /// The operator's name.
+        name: String,
+        /// The certificate directory.
+        #[arg(long, default_value = "./certs")]
+        dir: PathBuf,
+        /// Days of validity.
+        #[arg(long, default_value_t = certs::DEFAULT_AGENT_DAYS)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -215,14 +215,53 @@ fn certs_command(command: CertsCommand) -> anyhow::Result<ExitCode> {
             dir,
             days,
             force,
+            rotate,
+        } => {
+            // Rotation needs something to rotate, and says what to revoke.
+            let old = if rotate {
+                Some(serial_of(&dir.join("agents").join(format!("{name}.pem")))?)
+            } else {
+                None
+            };
+            for path in certs::agent(&dir, &name, days, force || rotate)? {
+                println!("wrote {}", path.display());
+            }
+            println!("identity: {}", certs::agent_spiffe_id(&name));
+            if let Some(old) = old {
+                let new = serial_of(&dir.join("agents").join(format!("{name}.pem")))?;
+                println!("serial: {new} (replaces {old})");
+                println!(
+                    "revoke the old one: an override {{\"kind\":\"revoke-serial\",\"target\":\"{old}\",…}}, and the CRL given to `serve --crl`"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CertsCommand::Admin {
+            name,
+            dir,
+            days,
+            force,
         } => {
             for path in certs::agent(&dir, &name, days, force)? {
                 println!("wrote {}", path.display());
             }
-            println!("identity: {}", certs::agent_spiffe_id(&name));
+            let id = certs::agent_spiffe_id(&name);
+            println!("identity: {id}");
+            println!("add to a policy file (an admin is also an auditor):");
+            println!("[roles]\nadmins = [\"{id}\"]");
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The serial of the certificate in the PEM file at `path`, lowercase hex.
+fn serial_of(path: &std::path::Path) -> anyhow::Result<String> {
+    use rustls_pki_types::pem::PemObject as _;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(path)
+        .with_context(|| format!("cannot read the certificate `{}`", path.display()))?;
+    let identity = clawgate::identity::from_der(&der)
+        .with_context(|| format!("cannot read the certificate `{}`", path.display()))?;
+    Ok(identity.serial)
 }
 
 /// `policy check`: validates a policy directory, printing every problem.

@@ -146,3 +146,54 @@ fn an_unknown_certificates_record_names_its_sans() {
         "{detail}"
     );
 }
+
+/// The runbook's certificate steps: `certs admin` makes an operator's
+/// certificate and prints the `[roles]` line that works as printed;
+/// `certs agent --rotate` replaces a certificate and names the old serial.
+#[test]
+fn certs_admin_prints_a_roles_line_that_works_and_rotate_names_the_old_serial() {
+    let mut h = Harness::with(Options {
+        start: false,
+        ..Options::default()
+    });
+    let dir = h.certs.to_str().unwrap().to_owned();
+    let out = clawgate(&["certs", "admin", "oncall", "--dir", &dir]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let roles = &stdout[stdout.find("[roles]").unwrap_or_else(|| panic!("{stdout}"))..];
+    assert_eq!(
+        roles.trim(),
+        "[roles]\nadmins = [\"spiffe://clawgate.local/agent/oncall\"]"
+    );
+    std::fs::write(h.policy.join("roles.toml"), roles).unwrap();
+    h.serve(&[]);
+    let r = h.admin(Some("oncall"), &["-X", "POST", "/v1/policy/reload"]);
+    assert_eq!(r.status, 200, "the printed line makes an admin: {r:?}");
+
+    let serial = |out: &str| -> (String, String) {
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix("serial: "))
+            .unwrap_or_else(|| panic!("{out}"));
+        let (new, old) = line.split_once(" (replaces ").unwrap();
+        (new.to_owned(), old.trim_end_matches(')').to_owned())
+    };
+    let before = std::fs::read(h.certs.join("agents/research.pem")).unwrap();
+    let out = clawgate(&["certs", "agent", "research", "--dir", &dir, "--rotate"]);
+    assert!(out.status.success(), "{out:?}");
+    let (new, old) = serial(&String::from_utf8_lossy(&out.stdout));
+    assert_ne!(new, old);
+    assert_ne!(
+        std::fs::read(h.certs.join("agents/research.pem")).unwrap(),
+        before
+    );
+    // The new certificate works; the old serial is what a revocation names.
+    let r = h.curl(Some("research"), &[&format!("{}/echo/v1/items", h.base())]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let rec = h.decision(&r.header("x-clawgate-request-id").unwrap());
+    assert_eq!(rec.agent.as_deref(), Some("research"));
+    // Nothing to rotate: an error, nothing written.
+    let out = clawgate(&["certs", "agent", "nobody", "--dir", &dir, "--rotate"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(!h.certs.join("agents/nobody.pem").exists());
+}
