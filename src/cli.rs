@@ -387,6 +387,18 @@ pub(crate) enum CertsCommand {
         #[arg(long, conflicts_with = "force")]
         rotate: bool,
     },
+    /// Revoke a certificate: add its serial to the CRL that `serve --crl`
+    /// reloads on change.
+    Revoke {
+        /// A serial (hex, colons allowed) or a certificate file.
+        target: String,
+        /// The certificate directory (its CA signs the CRL).
+        #[arg(long, default_value = "./certs")]
+        dir: PathBuf,
+        /// The CRL to write (created on first use).
+        #[arg(long, default_value = "./certs/crl.pem")]
+        crl: PathBuf,
+    },
     /// Issue an operator's client certificate for the admin API and print
     /// the `[roles]` line that makes it an admin.
     Admin {

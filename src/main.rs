@@ -231,9 +231,26 @@ fn certs_command(command: CertsCommand) -> anyhow::Result<ExitCode> {
                 let new = serial_of(&dir.join("agents").join(format!("{name}.pem")))?;
                 println!("serial: {new} (replaces {old})");
                 println!(
-                    "revoke the old one: an override {{\"kind\":\"revoke-serial\",\"target\":\"{old}\",…}}, and the CRL given to `serve --crl`"
+                    "revoke the old one: `clawgate certs revoke {old}` (the CRL `serve --crl` reloads), or at once an override {{\"kind\":\"revoke-serial\",\"target\":\"{old}\",…}}"
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        CertsCommand::Revoke { target, dir, crl } => {
+            let path = std::path::Path::new(&target);
+            let serial = if path.is_file() {
+                serial_of(path)?
+            } else {
+                target
+            };
+            let serials = certs::revoke(&dir, &crl, &serial)?;
+            println!(
+                "revoked {}; {} lists {} serial(s); `serve --crl {}` reloads it",
+                certs::normalise_serial_hex(&serial)?,
+                crl.display(),
+                serials.len(),
+                crl.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         CertsCommand::Admin {

@@ -197,3 +197,84 @@ fn certs_admin_prints_a_roles_line_that_works_and_rotate_names_the_old_serial() 
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(!h.certs.join("agents/nobody.pem").exists());
 }
+
+/// `certs revoke` keeps the CRL that `serve --crl` reloads: a rotated-out
+/// certificate, revoked by its file, is refused at the handshake (and
+/// recorded), while the new one works.
+#[test]
+fn certs_revoke_maintains_the_crl_serve_reloads() {
+    let mut h = Harness::with(Options {
+        start: false,
+        ..Options::default()
+    });
+    let dir = h.certs.to_str().unwrap().to_owned();
+    let crl = h.path("crl.pem");
+    let crl_s = crl.to_str().unwrap().to_owned();
+    // Bad input: a clear error, no CRL written.
+    let out = clawgate(&["certs", "revoke", "not-hex", "--dir", &dir, "--crl", &crl_s]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be hexadecimal"));
+    assert!(!crl.exists());
+    let out = clawgate(&["certs", "revoke", "0a:0b", "--dir", &dir, "--crl", &crl_s]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked 0a0b"));
+    h.serve(&["--crl".into(), crl_s.clone()]);
+
+    let old = h.path("old-research.pem");
+    let old_key = h.path("old-research-key.pem");
+    std::fs::copy(h.certs.join("agents/research.pem"), &old).unwrap();
+    std::fs::copy(h.certs.join("agents/research-key.pem"), &old_key).unwrap();
+    let with_old = || {
+        common::curl(&[
+            "--cacert".into(),
+            h.certs.join("ca.pem").display().to_string(),
+            "--cert".into(),
+            old.display().to_string(),
+            "--key".into(),
+            old_key.display().to_string(),
+            format!("{}/echo/v1/items", h.base()),
+        ])
+    };
+    assert_eq!(with_old().status, 200);
+    let out = clawgate(&["certs", "agent", "research", "--dir", &dir, "--rotate"]);
+    assert!(out.status.success(), "{out:?}");
+    let loads = |h: &Harness| {
+        h.records()
+            .iter()
+            .filter(|r| r.reason == "certs-loaded")
+            .count()
+    };
+    let before = loads(&h);
+    let out = clawgate(&[
+        "certs",
+        "revoke",
+        old.to_str().unwrap(),
+        "--dir",
+        &dir,
+        "--crl",
+        &crl_s,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("lists 2 serial(s)"),
+        "{out:?}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while loads(&h) <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CRL was not reloaded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_ne!(with_old().status, 200);
+    h.wait_for("the revoked handshake", |r| {
+        r.reason == "tls-rejected"
+            && r.detail
+                .as_deref()
+                .unwrap_or_default()
+                .contains("certificate revoked")
+    });
+    let r = h.curl(Some("research"), &[&format!("{}/echo/v1/items", h.base())]);
+    assert_eq!(r.status, 200, "the rotated certificate works: {r:?}");
+}
