@@ -113,6 +113,24 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Says on stderr when the log's chain does not verify: figures and
+/// records read from it may hold edited or missing records. An unreadable
+/// log is left to the read that follows.
+pub(crate) fn warn_if_broken(path: &std::path::Path, store: Option<&str>) -> anyhow::Result<()> {
+    let source = match store {
+        Some(target) => audit::Source::Postgres(cli::store(target)?),
+        None => audit::Source::Sqlite(path.to_owned()),
+    };
+    if let Some(audit::health::ChainState::Broken(seq)) = runtime()?.block_on(source.check_chain())
+    {
+        eprintln!(
+            "warning: the decision log's chain is broken at record {seq} (see `clawgate audit verify`): \
+             what follows may include edited or missing records"
+        );
+    }
+    Ok(())
+}
+
 /// `audit query`: from the SQLite file, or from PostgreSQL with `--store`.
 fn query(
     path: &std::path::Path,
@@ -120,6 +138,7 @@ fn query(
     filter: &Filter,
     format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
+    warn_if_broken(path, store)?;
     let records = match store {
         Some(target) => {
             runtime()?.block_on(audit::postgres::query(&cli::store(target)?, filter))?

@@ -317,6 +317,10 @@ pub(crate) struct ServeArgs {
     /// head (one replica at a time succeeds).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub(crate) checkpoint_every: Duration,
+    /// How often the whole decision log chain is walked to catch a record
+    /// edited or removed behind clawgate's back (`clawgate_audit_chain_intact`).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub(crate) chain_check_every: Duration,
     /// An external issuer's public keys for run tokens (a JWKS file).
     #[arg(long, requires = "token_issuer")]
     pub(crate) token_jwks: Option<PathBuf>,
@@ -368,6 +372,37 @@ pub(crate) enum CertsCommand {
     /// Issue a client certificate for an agent.
     Agent {
         /// The agent's name.
+        name: String,
+        /// The certificate directory.
+        #[arg(long, default_value = "./certs")]
+        dir: PathBuf,
+        /// Days of validity.
+        #[arg(long, default_value_t = certs::DEFAULT_AGENT_DAYS)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+        /// Replace the agent's existing certificate and key, printing the
+        /// old serial to revoke (the runbook's "revoke and rotate").
+        #[arg(long, conflicts_with = "force")]
+        rotate: bool,
+    },
+    /// Revoke a certificate: add its serial to the CRL that `serve --crl`
+    /// reloads on change.
+    Revoke {
+        /// A serial (hex, colons allowed) or a certificate file.
+        target: String,
+        /// The certificate directory (its CA signs the CRL).
+        #[arg(long, default_value = "./certs")]
+        dir: PathBuf,
+        /// The CRL to write (created on first use).
+        #[arg(long, default_value = "./certs/crl.pem")]
+        crl: PathBuf,
+    },
+    /// Issue an operator's client certificate for the admin API and print
+    /// the `[roles]` line that makes it an admin.
+    Admin {
+        /// The operator's name.
         name: String,
         /// The certificate directory.
         #[arg(long, default_value = "./certs")]
@@ -527,4 +562,7 @@ pub(crate) struct ConsoleArgs {
     /// Its key.
     #[arg(long)]
     pub(crate) key: PathBuf,
+    /// How long a browser session lasts after logging in.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub(crate) session: std::time::Duration,
 }

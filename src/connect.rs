@@ -123,7 +123,7 @@ impl Pipeline {
             let (plan, mut outcome) = match (verdict, outcome) {
                 (Ok(plan), Some(outcome)) => (plan, outcome),
                 (Err(refusal), _) => {
-                    tracing::info!("connect refused");
+                    tracing::debug!("connect refused");
                     return refused(&refusal);
                 }
                 (Ok(_), None) => return refused(&Reason::AuditUnavailable.into()),
@@ -160,7 +160,7 @@ impl Pipeline {
                 outcome,
             );
             tokio::spawn(task.in_current_span());
-            tracing::info!("connect allowed");
+            tracing::debug!("connect allowed");
             let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed());
             if let Ok(id) = HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert(REQUEST_ID_HEADER, id);
@@ -280,6 +280,9 @@ impl Pipeline {
             {
                 return Err(Refusal::Unauthenticated(crate::error::Challenge::Proxy));
             }
+            if peer.proxy_key.is_none() {
+                record.add_detail(&peer.identity.names_note());
+            }
             return Err(Reason::UnknownAgent.into());
         };
         let name = &policy.agent(agent).name;
@@ -391,14 +394,14 @@ impl Pipeline {
                             tracing::debug!(error = %e, "tunnel closed by a peer");
                             outcome.closed();
                         }
-                        Err(e) => tracing::info!(error = %e, "tunnel ended with an error"),
+                        Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
                     }
                 }
                 (Plan::Intercept { inside, tls }, _) => {
                     let tls = match crate::accept::inner_handshake(agent, tls).await {
                         Ok(tls) => tls,
                         Err(why) => {
-                            tracing::info!(%why, "intercepted handshake failed");
+                            tracing::debug!(%why, "intercepted handshake failed");
                             return;
                         }
                     };
@@ -436,11 +439,11 @@ impl Pipeline {
         tokio::select! {
             () = work => {}
             ended = membership.ended() => {
-                tracing::info!(reason = %ended.reason, "tunnel ended: no longer allowed");
+                tracing::debug!(reason = %ended.reason, "tunnel ended: no longer allowed");
                 outcome.ended(ended);
             }
             _ = stopping.wait_for(|stop| *stop) => {
-                tracing::info!("tunnel ended at shutdown");
+                tracing::debug!("tunnel ended at shutdown");
             }
         }
     }
@@ -534,7 +537,7 @@ fn connect_target(
         },
         Err(e) => {
             record.host = req.uri().host().map(str::to_owned);
-            tracing::info!(error = %e, "connect target not acceptable");
+            tracing::debug!(error = %e, "connect target not acceptable");
             Err(Reason::MalformedRequest.into())
         }
     }

@@ -145,11 +145,14 @@ pub enum Reason {
     /// real server name, and the scope does not allow that (outcome records
     /// only).
     TunnelEch,
+    /// An admin API request from a certificate whose names hold no role
+    /// for it: no role at all, or an auditor asking for a change.
+    AdminRoleRequired,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 51] = [
+    pub const ALL: [Reason; 52] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -201,6 +204,7 @@ impl Reason {
         Reason::TunnelSniMismatch,
         Reason::TunnelSniMissing,
         Reason::TunnelEch,
+        Reason::AdminRoleRequired,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -257,6 +261,7 @@ impl Reason {
             Reason::TunnelSniMismatch => "tunnel-sni-mismatch",
             Reason::TunnelSniMissing => "tunnel-sni-missing",
             Reason::TunnelEch => "tunnel-ech",
+            Reason::AdminRoleRequired => "admin-role-required",
         }
     }
 
@@ -306,7 +311,8 @@ impl Reason {
             | Reason::ProxyKeyRevoked
             | Reason::ToolArgumentsRefused
             | Reason::ToolDefinitionChanged
-            | Reason::ToolDefinitionUnverified => StatusCode::FORBIDDEN,
+            | Reason::ToolDefinitionUnverified
+            | Reason::AdminRoleRequired => StatusCode::FORBIDDEN,
             Reason::RunTokenMissing => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -589,7 +595,8 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::IdentityAmbiguous
         | Reason::TunnelSniMismatch
         | Reason::TunnelSniMissing
-        | Reason::TunnelEch => "http_request_denied",
+        | Reason::TunnelEch
+        | Reason::AdminRoleRequired => "http_request_denied",
     };
     format!("clawgate; error={error}; details=\"{}\"", reason.code())
 }

@@ -97,6 +97,8 @@ pub struct Gauges {
     pub audit_dropped: u64,
     /// Whether the decision log is writable.
     pub audit_healthy: bool,
+    /// What the last scheduled walk of the chain found, once one finished.
+    pub audit_chain: Option<crate::audit::health::ChainState>,
     /// Overrides in force.
     pub overrides_active: u64,
     /// Decision log batches: (records in the last batch, commits, seconds
@@ -276,6 +278,39 @@ fn render_audit(out: &mut String, gauges: &Gauges) {
         "1 when the decision log can be written.",
         f64::from(u8::from(gauges.audit_healthy)),
     );
+    render_chain(out, gauges.audit_chain);
+}
+
+/// The chain's health. Before the first walk has finished the families
+/// are declared without a sample (unknown is not intact); the first broken
+/// record's seq is 0 while the chain is intact.
+fn render_chain(out: &mut String, chain: Option<crate::audit::health::ChainState>) {
+    use crate::audit::health::ChainState;
+    let families = [
+        (
+            "clawgate_audit_chain_intact",
+            "1 when the last walk of the decision log's chain verified every record, 0 on a break.",
+            chain.map(|s| f64::from(u8::from(s == ChainState::Intact))),
+        ),
+        (
+            "clawgate_audit_chain_first_broken_seq",
+            "The first record of the decision log that does not verify (0 when intact).",
+            chain.map(|s| match s {
+                ChainState::Intact => 0.0,
+                // Seqs stay far below 2^53: exact as a float.
+                #[expect(clippy::cast_precision_loss, reason = "seqs stay below 2^53")]
+                ChainState::Broken(seq) => seq as f64,
+            }),
+        ),
+    ];
+    for (name, help, value) in families {
+        match value {
+            Some(v) => gauge(out, name, help, v),
+            None => {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            }
+        }
+    }
 }
 
 /// The shared rate limit store (Redis).

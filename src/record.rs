@@ -138,7 +138,7 @@ impl Drop for CallRecord {
         let mut record = std::mem::take(&mut self.record);
         stamp(&mut record, reason);
         record.duration_ms = Some(millis(self.started));
-        tracing::info!(
+        tracing::debug!(
             request.id = %record.request_id,
             decision.reason = reason.code(),
             "call ended before it was decided"

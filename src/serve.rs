@@ -75,6 +75,9 @@ pub struct ServeConfig {
     /// Archive and prune the decision log on a schedule (SQLite, or every
     /// chain of the PostgreSQL store).
     pub retention: Option<crate::retention::Retention>,
+    /// How often the whole chain is walked to find a record edited or
+    /// removed behind clawgate's back (`clawgate_audit_chain_intact`).
+    pub chain_check_every: Duration,
 }
 
 /// Where a fleet keeps what one replica would keep to itself. Every field

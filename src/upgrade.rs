@@ -60,7 +60,7 @@ pub(crate) async fn splice(
     let (agent, upstream) = match tokio::join!(agent, upstream) {
         (Ok(agent), Ok(upstream)) => (agent, upstream),
         (Err(e), _) | (_, Err(e)) => {
-            tracing::info!(error = %e, "upgrade did not complete");
+            tracing::debug!(error = %e, "upgrade did not complete");
             return;
         }
     };
@@ -74,14 +74,14 @@ pub(crate) async fn splice(
         result = tokio::io::copy_bidirectional(&mut agent, &mut upstream) => match result {
             Ok(_) => outcome.closed(),
             Err(e) if closed_by_peer(&e) => outcome.closed(),
-            Err(e) => tracing::info!(error = %e, "upgraded connection ended with an error"),
+            Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
         },
         ended = membership.ended() => {
-            tracing::info!(reason = %ended.reason, "upgraded connection ended: no longer allowed");
+            tracing::debug!(reason = %ended.reason, "upgraded connection ended: no longer allowed");
             outcome.ended(ended);
         }
         _ = stopping.wait_for(|stop| *stop) => {
-            tracing::info!("upgraded connection ended at shutdown");
+            tracing::debug!("upgraded connection ended at shutdown");
         }
     }
 }

@@ -12,6 +12,7 @@ mod answers;
 pub mod archive;
 mod batch;
 mod chain;
+pub mod health;
 pub mod postgres;
 mod query;
 mod queue;

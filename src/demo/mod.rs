@@ -143,6 +143,7 @@ fn demo_config(
         token_listen: None,
         token_jwks: None,
         retention: None,
+        chain_check_every: std::time::Duration::from_secs(300),
         fleet: crate::serve::FleetConfig::default(),
     })
 }

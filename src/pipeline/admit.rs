@@ -125,6 +125,9 @@ impl Admission<'_> {
             let name = &policy.agent(agent).name;
             tracing::Span::current().record("agent.id", name.as_str());
             record.agent = Some(name.clone());
+        } else if self.peer.proxy_key.is_none() && !self.peer.identity.fingerprint.is_empty() {
+            // An unknown certificate: its names say whose it is.
+            record.add_detail(&self.peer.identity.names_note());
         }
         record.path = Some(parts.uri.path().to_owned());
         let routed = match self.inside {
@@ -529,7 +532,7 @@ pub(crate) fn run_token(
             Ok(Some(claims))
         }
         Err(refused) => {
-            tracing::info!(reason = %refused.reason, "run token refused");
+            tracing::debug!(reason = %refused.reason, "run token refused");
             record.run_id = refused.run;
             Err(refused.reason.into())
         }

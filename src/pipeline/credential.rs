@@ -176,7 +176,7 @@ impl Admission<'_> {
         {
             // Chunk signatures chain from the agent's own key: they cannot be
             // re-signed without re-framing the body.
-            tracing::info!(payload = p, "signed streaming payloads cannot be re-signed");
+            tracing::debug!(payload = p, "signed streaming payloads cannot be re-signed");
             return Err(Reason::MalformedRequest);
         }
         let limit = usize::try_from(aws.max_signed_body).unwrap_or(usize::MAX);
@@ -194,7 +194,7 @@ impl Admission<'_> {
                 Payload::StreamingUnsignedTrailer
             }
             (Some(p), _) if p == "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => {
-                tracing::info!("streamed trailer payloads need `unsigned_payload` in the scope");
+                tracing::debug!("streamed trailer payloads need `unsigned_payload` in the scope");
                 return Err(Reason::MalformedRequest);
             }
             (_, true) => Payload::Bytes(&prefix.bytes),

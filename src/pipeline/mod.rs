@@ -431,7 +431,7 @@ impl Pipeline {
                 crate::upgrade::splice(agent_side, upstream_side, outcome, stopping, membership)
                     .in_current_span(),
             );
-            tracing::info!("upgrade forwarded");
+            tracing::debug!("upgrade forwarded");
             let empty = http_body_util::Empty::new().map_err(|never| match never {});
             return Response::from_parts(parts, empty.boxed());
         }
