@@ -131,11 +131,15 @@ pub enum Reason {
     /// Archived records were removed from the log (a record of kind
     /// `prune`, carrying the anchor verification starts from).
     LogPruned,
+    /// A value clawgate injected (a credential, a sentinel's value, an STS
+    /// session) came back in a response: redacted, or the response refused
+    /// (outcome records; a 502 when refused before the head was sent).
+    CredentialReflected,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 47] = [
+    pub const ALL: [Reason; 48] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -183,6 +187,7 @@ impl Reason {
         Reason::CertsRejected,
         Reason::LogArchived,
         Reason::LogPruned,
+        Reason::CredentialReflected,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -235,6 +240,7 @@ impl Reason {
             Reason::UpstreamAuthRequired => "upstream-auth-required",
             Reason::LogArchived => "log-archived",
             Reason::LogPruned => "log-pruned",
+            Reason::CredentialReflected => "credential-reflected",
         }
     }
 
@@ -292,6 +298,7 @@ impl Reason {
             }
             Reason::UpstreamUnreachable | Reason::UpstreamAuthRequired => StatusCode::BAD_GATEWAY,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::CredentialReflected => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -559,7 +566,8 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::EndedByOverride
         | Reason::EndedByPolicy
         | Reason::CertsLoaded
-        | Reason::CertsRejected => "http_request_denied",
+        | Reason::CertsRejected
+        | Reason::CredentialReflected => "http_request_denied",
     };
     format!("clawgate; error={error}; details=\"{}\"", reason.code())
 }

@@ -74,6 +74,8 @@ pub(super) struct ScopeFile {
     pub deny: Vec<Spanned<RuleFile>>,
     /// `[scope.mcp]`: the upstream speaks MCP; its rules (see `mcp.rs`).
     pub mcp: Option<Spanned<super::mcp::McpFile>>,
+    /// `redact` (default), `refuse` or `off`: injected values in responses.
+    pub reflection: Option<Spanned<String>>,
 }
 
 /// `[[scope.allow]]` and `[[scope.deny]]`
