@@ -325,11 +325,12 @@ impl Drop for Outcome {
             // The response body was abandoned before its end.
             self.reason = Reason::ClientCancelled;
         }
-        // A response that carried an injected value is recorded as such,
-        // whether it was redacted and finished or cut for it.
+        // A response that carried an injected value says so in its detail;
+        // one cut for it (mode `refuse`) has it as its reason. A redacted
+        // response was still allowed and delivered, so its reason stays.
         if let Some(summary) = self.reflection.as_ref().and_then(|t| t.settle()) {
             record.add_detail(&summary.detail);
-            if summary.refused || matches!(self.reason, Reason::Allowed) {
+            if summary.refused {
                 self.reason = Reason::CredentialReflected;
             }
         }

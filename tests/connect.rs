@@ -90,7 +90,18 @@ fn an_intercepted_call_runs_the_whole_pipeline_and_is_recorded() {
         .filter(|kv| kv[0] == "authorization")
         .map(|kv| kv[1].as_str().unwrap())
         .collect();
-    assert_eq!(auth, vec![format!("Bearer {CANARY}")], "{seen}");
+    // The upstream got the scope's credential; its echo of it reached the
+    // agent redacted by the reflection guard.
+    assert_eq!(auth, vec!["Bearer [clawgate:redacted]"], "{seen}");
+    assert!(!ok.body_text().contains(CANARY));
+    let upstream = h.seen();
+    let sent: Vec<&str> = upstream[0]
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "authorization")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(sent, vec![format!("Bearer {CANARY}")]);
     assert!(!ok.body_text().contains("agent-own-token"));
     assert_eq!(seen["path"], "/v1/items/7");
 

@@ -64,19 +64,20 @@ impl Tally {
     /// What was found, once; counts it in `/metrics`. `None` when nothing.
     pub fn settle(&self) -> Option<Summary> {
         let found = std::mem::take(&mut *self.inner.lock().ok()?);
-        if found.hits == 0 {
+        if found.hits == 0 && !found.refused {
             return None;
         }
         let action = if found.refused { "refused" } else { "redacted" };
         if let Ok(mut counts) = self.counts.lock() {
             *counts.entry((self.scope.clone(), action)).or_insert(0) += 1;
         }
+        let places = if found.places.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", found.places.join(", "))
+        };
         Some(Summary {
-            detail: format!(
-                "credential-reflected: {} {action} ({})",
-                found.hits,
-                found.places.join(", ")
-            ),
+            detail: format!("credential-reflected: {} {action}{places}", found.hits),
             refused: found.refused,
         })
     }
@@ -211,7 +212,11 @@ impl Guard {
             Some("deflate") => Some(Decoder::Zlib(Box::new(flate2::write::ZlibDecoder::new(
                 Vec::new(),
             )))),
-            Some(other) => return Err(Refused::Unscannable(other.to_owned())),
+            Some(other) => {
+                // Not scanned, so not passed: the response is refused.
+                self.tally.add(0, "content-encoding", true);
+                return Err(Refused::Unscannable(other.to_owned()));
+            }
         };
         if decoder.is_some() {
             headers.remove(header::CONTENT_ENCODING);
