@@ -189,6 +189,10 @@ fn serve_one(
             let rest = format!("{:x}\r\n{s2}\r\n0\r\n\r\n", s2.len());
             split_writes(&mut tls, out.as_bytes(), rest.as_bytes())?;
         }
+        "ws" => {
+            let key = get("sec-websocket-key").unwrap_or_default();
+            return websocket(&mut tls, &key, &auth);
+        }
         _ => {
             tls.write_all(
                 b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
@@ -201,6 +205,50 @@ fn serve_one(
     let mut rest = Vec::new();
     let _ = tls.sock.set_read_timeout(Some(Duration::from_millis(200)));
     let _ = tls.read_to_end(&mut rest);
+    Ok(())
+}
+
+/// Accepts the upgrade, waits for the agent's first message, and answers
+/// with the credential in a text message of two fragments, written apart.
+fn websocket(
+    tls: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>,
+    key: &str,
+    auth: &str,
+) -> std::io::Result<()> {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+    );
+    let accept = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+    tls.write_all(
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+        )
+        .as_bytes(),
+    )?;
+    tls.flush()?;
+    // The agent's message: masked, short.
+    let mut head = [0u8; 2];
+    tls.read_exact(&mut head)?;
+    let mut rest = vec![0u8; 4 + usize::from(head[1] & 0x7f)];
+    tls.read_exact(&mut rest)?;
+    let text = format!("{{\"auth\":\"{auth}\"}}");
+    let mid = text.find("canary").unwrap() + 9;
+    let (a, b) = text.as_bytes().split_at(mid);
+    let frame = |b0: u8, payload: &[u8]| {
+        let mut f = vec![b0, u8::try_from(payload.len()).unwrap()];
+        f.extend_from_slice(payload);
+        f
+    };
+    tls.write_all(&frame(0x01, a))?;
+    tls.flush()?;
+    std::thread::sleep(Duration::from_millis(50));
+    tls.write_all(&frame(0x80, b))?;
+    tls.flush()?;
+    // Until the agent closes.
+    let _ = tls.sock.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut sink = [0u8; 256];
+    while matches!(tls.read(&mut sink), Ok(n) if n > 0) {}
     Ok(())
 }
 
@@ -363,10 +411,16 @@ fn reflected_credentials_are_redacted_on_every_road_and_recorded() {
             assert_clean(&what, &reply);
             let body = reply.body_text();
             assert!(body.contains(MARKER), "{what}: {body}");
-            // Redacted bodies are streamed: no stale length, and the
-            // decoded gzip body says so.
+            // A small body with a length keeps one, restated exactly; the
+            // others stream chunked; the decoded gzip body says it is not
+            // compressed any more.
             let head = reply.headers.to_ascii_lowercase();
-            assert!(!head.contains("content-length"), "{what}: {head}");
+            if case == "json" {
+                let length = reply.header_all("content-length").pop().unwrap();
+                assert_eq!(length, reply.body.len().to_string(), "{what}");
+            } else {
+                assert!(!head.contains("content-length"), "{what}: {head}");
+            }
             assert!(!head.contains("content-encoding"), "{what}: {head}");
             if case == "json" || case == "gzip" {
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -471,10 +525,58 @@ fn refuse_mode_answers_502_or_cuts_the_stream_and_records_it() {
             .contains("refused (header x-echo-auth)"),
         "{reply:?}"
     );
-    // Found in the body only after the head went out: the stream is cut.
+    // Found in a small body read whole: a 502 as well.
+    let reply = m.h.curl(Some("mirrorer"), &[&url("json?quiet")]);
+    assert_eq!(reply.status, 502, "{reply:?}");
+    assert_clean("refuse quiet json", &reply);
+    let outcome = m.h.outcome(&reply.request_id());
+    assert_eq!(outcome.reason, "credential-reflected");
+    assert!(outcome.detail.unwrap().contains("refused (body)"));
+    // Found in a streamed body after the head went out: the stream is cut.
     let reply = m.h.curl(Some("mirrorer"), &[&url("sse?quiet")]);
     assert_ne!(reply.exit, 0, "a cut stream is an error to curl: {reply:?}");
     assert_clean("refuse sse", &reply);
     let outcome = m.h.outcome(&reply.request_id());
     assert_eq!(outcome.reason, "credential-reflected", "{outcome:?}");
+}
+
+#[test]
+fn a_websocket_message_reflecting_the_credential_is_redacted_by_frame() {
+    let m = start();
+    let (cert, key) = m.h.agent_cert("mirrorer");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/undici_websocket.mjs");
+    let out = std::process::Command::new("node")
+        .arg(script)
+        .arg(format!("https://localhost:{}", m.h.port))
+        .args([
+            &m.h.certs.join("ca.pem"),
+            &cert,
+            &key,
+            &m.h.certs.join("intercept-ca.pem"),
+        ])
+        .arg(format!("wss://127.0.0.1:{}/ws", m.port))
+        .arg("hello")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    // undici reassembled the two fragments into one well-formed message.
+    assert_eq!(
+        answer["echoed"],
+        format!("{{\"auth\":\"Bearer {MARKER}\"}}"),
+        "{answer}"
+    );
+    assert!(!stdout.contains(CANARY));
+    let upgrade = m.h.wait_for("the upgrade's outcome", |r| {
+        r.kind == "outcome" && r.path.as_deref() == Some("/ws")
+    });
+    assert_eq!(upgrade[0].status, Some(101));
+    assert_eq!(upgrade[0].reason, "tunnel-closed");
+    let detail = upgrade[0].detail.clone().unwrap_or_default();
+    assert!(
+        detail.contains("credential-reflected: 1 redacted (frame)"),
+        "{detail}"
+    );
 }

@@ -402,6 +402,10 @@ impl Pipeline {
         let guard = self.reflection_guard(&admitted.permit, &admitted.injected);
         if let Some((value, _, _)) = &upgrade {
             crate::upgrade::restore(&mut parts.headers, value);
+            if guard.is_some() {
+                // Compressed frames could not be scanned: not offered.
+                parts.headers.remove(http::header::SEC_WEBSOCKET_EXTENSIONS);
+            }
         }
         let upload_failed = FailureFlag::default();
         let upstream_body = CountingBody::guarded(
@@ -458,8 +462,14 @@ impl Pipeline {
                 outcome.policy_digest().unwrap_or_default(),
             );
             tokio::spawn(
-                crate::upgrade::splice(agent_side, upstream_side, outcome, stopping, membership)
-                    .in_current_span(),
+                crate::upgrade::splice(
+                    agent_side,
+                    upstream_side,
+                    outcome,
+                    (stopping, membership),
+                    guard,
+                )
+                .in_current_span(),
             );
             tracing::info!("upgrade forwarded");
             let empty = http_body_util::Empty::new().map_err(|never| match never {});
@@ -476,9 +486,14 @@ impl Pipeline {
             let bodiless = head
                 || parts.status == http::StatusCode::NO_CONTENT
                 || parts.status == http::StatusCode::NOT_MODIFIED;
-            let checked = guard
-                .headers(&mut parts.headers, "header")
-                .and_then(|()| guard.body(body, &mut parts.headers, bodiless));
+            let checked = match guard.headers(&mut parts.headers, "header") {
+                Ok(()) => {
+                    guard
+                        .guard_body(body, &mut parts.headers, bodiless, deadline)
+                        .await
+                }
+                Err(refused) => Err(refused),
+            };
             body = match checked {
                 Ok(body) => body,
                 Err(refused) => return reflected(outcome, Some(refused), request_id, via),
@@ -511,6 +526,13 @@ fn reflected(
     request_id: &str,
     via: Via,
 ) -> Response<ProxyBody> {
+    if let Some(crate::response::guard::Refused::Unreadable) = refused {
+        let reason = Reason::UpstreamUnreachable;
+        outcome.status = Some(reason.status().as_u16());
+        outcome.reason = reason;
+        drop(outcome);
+        return Refusal::from(reason).response(request_id, via);
+    }
     let reason = Reason::CredentialReflected;
     if let Some(crate::response::guard::Refused::Unscannable(coding)) = refused {
         outcome.add_detail(&format!(

@@ -50,7 +50,7 @@ pub struct Summary {
 }
 
 impl Tally {
-    fn add(&self, hits: usize, place: &str, refused: bool) {
+    pub(crate) fn add(&self, hits: usize, place: &str, refused: bool) {
         if let Ok(mut found) = self.inner.lock() {
             found.hits += hits;
             found.refused |= refused;
@@ -90,7 +90,16 @@ pub enum Refused {
     Reflected,
     /// The body's `Content-Encoding` is not one the guard can decode.
     Unscannable(String),
+    /// A small body could not be read whole from the upstream.
+    Unreadable,
 }
+
+/// Bodies declared this long or shorter (and not compressed) are read whole,
+/// redacted, and sent with their exact new `Content-Length`: clients that
+/// want a length (HTTP/1.0, progress bars) keep one, and a find in mode
+/// `refuse` is answered with a 502 rather than a cut stream. Larger bodies,
+/// and those without a length, stream chunked.
+pub const WHOLE_BODY: u64 = 64 * 1024;
 
 /// A response cut mid-stream by mode `refuse`.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +144,16 @@ impl Guard {
                 counts,
             }),
         })
+    }
+
+    /// What the guard does on a find.
+    pub fn mode(&self) -> Reflection {
+        self.mode
+    }
+
+    /// A fresh streaming scanner over this call's needles.
+    pub fn scanner(&self) -> Scanner {
+        Scanner::new(Arc::clone(&self.needles))
     }
 
     /// Scans every header name and value; redacts what it finds, or says
@@ -187,6 +206,46 @@ impl Guard {
         Ok(())
     }
 
+    /// The guarded body: read whole and restated with its exact length when
+    /// it is small (see [`WHOLE_BODY`]), streamed through [`ReflectBody`]
+    /// otherwise. `deadline` bounds the whole read.
+    pub async fn guard_body(
+        &self,
+        body: ProxyBody,
+        headers: &mut HeaderMap,
+        bodiless: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<ProxyBody, Refused> {
+        let small = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n <= WHOLE_BODY);
+        if bodiless || !small || headers.contains_key(header::CONTENT_ENCODING) {
+            return self.body(body, headers, bodiless);
+        }
+        let read = tokio::time::timeout_at(deadline, body.collect()).await;
+        let whole = match read {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            _ => return Err(Refused::Unreadable),
+        };
+        let whole = match self.needles.redact(&whole) {
+            None => whole,
+            Some((text, hits)) => {
+                let refuse = self.mode == Reflection::Refuse;
+                self.tally.add(hits, "body", refuse);
+                if refuse {
+                    return Err(Refused::Reflected);
+                }
+                Bytes::from(text)
+            }
+        };
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(whole.len()));
+        Ok(http_body_util::Full::new(whole)
+            .map_err(|never| match never {})
+            .boxed())
+    }
+
     /// Wraps `body`, fixing the head to match: `Content-Length` removed (the
     /// length may change; HTTP/1.1 switches to chunked), and a `gzip` or
     /// `deflate` body decoded. `bodiless` is a response to `HEAD`, a 204 or a
@@ -224,7 +283,7 @@ impl Guard {
         headers.remove(header::CONTENT_LENGTH);
         Ok(ReflectBody {
             inner: body,
-            scanner: Scanner::new(Arc::clone(&self.needles)),
+            scanner: self.scanner(),
             decoder,
             guard: self.clone(),
             trailers: None,
