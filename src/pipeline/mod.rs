@@ -369,6 +369,33 @@ impl Pipeline {
         .await
     }
 
+    /// Splices an upgraded connection in its own task, registered as live
+    /// so that overrides and reloads can end it.
+    fn splice_upgrade(
+        &self,
+        (agent_side, upstream_side): (hyper::upgrade::OnUpgrade, hyper::upgrade::OnUpgrade),
+        outcome: Outcome,
+        peer: &Peer,
+        guard: Option<crate::response::guard::Guard>,
+    ) {
+        let stopping = self.stopping.subscribe();
+        let membership = self.live.register(
+            outcome.subject(peer),
+            outcome.policy_digest().unwrap_or_default(),
+        );
+        tokio::spawn(
+            crate::upgrade::splice(
+                agent_side,
+                upstream_side,
+                outcome,
+                (stopping, membership),
+                guard,
+            )
+            .in_current_span(),
+        );
+        tracing::info!("upgrade forwarded");
+    }
+
     /// The reflection guard of an admitted call: `None` when its scope says
     /// `reflection = "off"` or nothing was injected.
     fn reflection_guard(
@@ -456,22 +483,7 @@ impl Pipeline {
             }
             outcome.status = Some(parts.status.as_u16());
             outcome.reason = Reason::Allowed;
-            let stopping = self.stopping.subscribe();
-            let membership = self.live.register(
-                outcome.subject(peer),
-                outcome.policy_digest().unwrap_or_default(),
-            );
-            tokio::spawn(
-                crate::upgrade::splice(
-                    agent_side,
-                    upstream_side,
-                    outcome,
-                    (stopping, membership),
-                    guard,
-                )
-                .in_current_span(),
-            );
-            tracing::info!("upgrade forwarded");
+            self.splice_upgrade((agent_side, upstream_side), outcome, peer, guard);
             let empty = http_body_util::Empty::new().map_err(|never| match never {});
             return Response::from_parts(parts, empty.boxed());
         }
@@ -483,18 +495,7 @@ impl Pipeline {
         let mut body: ProxyBody = body.map_err(Into::into).boxed();
         if let Some(guard) = &guard {
             outcome.watch_reflection(Arc::clone(&guard.tally));
-            let bodiless = head
-                || parts.status == http::StatusCode::NO_CONTENT
-                || parts.status == http::StatusCode::NOT_MODIFIED;
-            let checked = match guard.headers(&mut parts.headers, "header") {
-                Ok(()) => {
-                    guard
-                        .guard_body(body, &mut parts.headers, bodiless, deadline)
-                        .await
-                }
-                Err(refused) => Err(refused),
-            };
-            body = match checked {
+            body = match guard.response(&mut parts, body, head, deadline).await {
                 Ok(body) => body,
                 Err(refused) => return reflected(outcome, Some(refused), request_id, via),
             };

@@ -206,6 +206,23 @@ impl Guard {
         Ok(())
     }
 
+    /// Guards a response: its headers, then its body (see [`Guard::guard_body`]).
+    /// `head` says the request was a `HEAD`.
+    pub async fn response(
+        &self,
+        parts: &mut http::response::Parts,
+        body: ProxyBody,
+        head: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<ProxyBody, Refused> {
+        self.headers(&mut parts.headers, "header")?;
+        let bodiless = head
+            || parts.status == http::StatusCode::NO_CONTENT
+            || parts.status == http::StatusCode::NOT_MODIFIED;
+        self.guard_body(body, &mut parts.headers, bodiless, deadline)
+            .await
+    }
+
     /// The guarded body: read whole and restated with its exact length when
     /// it is small (see [`WHOLE_BODY`]), streamed through [`ReflectBody`]
     /// otherwise. `deadline` bounds the whole read.
