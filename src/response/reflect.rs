@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use secrecy::{ExposeSecret, SecretString};
@@ -24,6 +24,9 @@ pub const MARKER: &[u8] = b"[clawgate:redacted]";
 /// Below this length a value is searched only as it is: its encodings would
 /// be short enough to match unrelated text.
 const MIN_ENCODED: usize = 8;
+
+/// Up to this many needles, the search uses a prefilter.
+const PREFILTER_NEEDLES: usize = 16;
 
 /// The needles of one call: every injected value in every encoding searched.
 pub struct Needles {
@@ -64,8 +67,14 @@ impl Needles {
         if all.is_empty() {
             return None;
         }
+        // A prefilter (Teddy) is fastest for the usual call's few needles;
+        // with many, its false candidates cost more than a plain DFA walk
+        // (measured: benches/README.md, `reflection`).
+        let many = all.len() > PREFILTER_NEEDLES;
         let automaton = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
+            .prefilter(!many)
+            .kind(many.then_some(AhoCorasickKind::DFA))
             .build(&all)
             .ok()?;
         let mut first = [false; 256];
