@@ -310,7 +310,9 @@ impl Reason {
     /// The `error` field of a refusal body: `denied` for a policy refusal,
     /// `unavailable` when clawgate or the upstream could not serve the call.
     fn error_kind(self) -> &'static str {
-        if self.status().is_server_error() {
+        // A reflected credential is a 502, but the response was refused by
+        // policy, not lost.
+        if self.status().is_server_error() && !matches!(self, Reason::CredentialReflected) {
             "unavailable"
         } else {
             "denied"

@@ -515,6 +515,7 @@ fn refuse_mode_answers_502_or_cuts_the_stream_and_records_it() {
     let reply = m.h.curl(Some("mirrorer"), &[&url("json")]);
     assert_eq!(reply.status, 502, "{reply:?}");
     assert_eq!(reply.json()["reason"], "credential-reflected");
+    assert_eq!(reply.json()["error"], "denied");
     assert_clean("refuse json", &reply);
     let outcome = m.h.outcome(&reply.request_id());
     assert_eq!(outcome.reason, "credential-reflected");
