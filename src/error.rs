@@ -148,11 +148,15 @@ pub enum Reason {
     /// An admin API request from a certificate whose names hold no role
     /// for it: no role at all, or an auditor asking for a change.
     AdminRoleRequired,
+    /// A value clawgate injected (a credential, a sentinel's value, an STS
+    /// session) came back in a response: redacted, or the response refused
+    /// (outcome records; a 502 when refused before the head was sent).
+    CredentialReflected,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 52] = [
+    pub const ALL: [Reason; 53] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -205,6 +209,7 @@ impl Reason {
         Reason::TunnelSniMissing,
         Reason::TunnelEch,
         Reason::AdminRoleRequired,
+        Reason::CredentialReflected,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -262,6 +267,7 @@ impl Reason {
             Reason::TunnelSniMissing => "tunnel-sni-missing",
             Reason::TunnelEch => "tunnel-ech",
             Reason::AdminRoleRequired => "admin-role-required",
+            Reason::CredentialReflected => "credential-reflected",
         }
     }
 
@@ -324,6 +330,7 @@ impl Reason {
             }
             Reason::UpstreamUnreachable | Reason::UpstreamAuthRequired => StatusCode::BAD_GATEWAY,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::CredentialReflected => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -335,7 +342,9 @@ impl Reason {
     /// The `error` field of a refusal body: `denied` for a policy refusal,
     /// `unavailable` when clawgate or the upstream could not serve the call.
     fn error_kind(self) -> &'static str {
-        if self.status().is_server_error() {
+        // A reflected credential is a 502, but the response was refused by
+        // policy, not lost.
+        if self.status().is_server_error() && !matches!(self, Reason::CredentialReflected) {
             "unavailable"
         } else {
             "denied"
@@ -596,7 +605,8 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::TunnelSniMismatch
         | Reason::TunnelSniMissing
         | Reason::TunnelEch
-        | Reason::AdminRoleRequired => "http_request_denied",
+        | Reason::AdminRoleRequired
+        | Reason::CredentialReflected => "http_request_denied",
     };
     format!("clawgate; error={error}; details=\"{}\"", reason.code())
 }

@@ -29,6 +29,8 @@
 //!   secrets (environment, file, Secrets Manager), sentinels, and STS
 //!   credentials that re-sign the request; one cache, one broker.
 //! - [`forward`]: pooled upstream clients, header hygiene, timeouts.
+//! - [`response`]: the response half: the reflection guard redacts (or
+//!   refuses) injected values that come back in headers and bodies.
 //! - [`egress`]: host normalisation and the address check before any connect.
 //! - [`pipeline`]: the per-call order above (admission: identify, judge,
 //!   prepare), and credential vending.
@@ -102,6 +104,8 @@ pub mod credentials;
 pub mod body;
 
 pub mod forward;
+
+pub mod response;
 
 pub mod egress;
 

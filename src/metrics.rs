@@ -63,6 +63,10 @@ impl Histogram {
     }
 }
 
+/// Responses in which the reflection guard found an injected value, by
+/// (scope, `redacted` or `refused`).
+pub type ReflectionCounts = Mutex<BTreeMap<(String, &'static str), u64>>;
+
 /// Calls by (decision, reason code), then by scope name.
 type CallCounts = HashMap<(&'static str, &'static str), HashMap<String, u64>>;
 
@@ -78,6 +82,7 @@ pub struct Metrics {
     reloads_ok: AtomicU64,
     reloads_rejected: AtomicU64,
     tls_rejections: AtomicU64,
+    reflections: std::sync::Arc<ReflectionCounts>,
 }
 
 /// Values read from elsewhere at render time.
@@ -129,6 +134,11 @@ impl Metrics {
         }
     }
 
+    /// The counts of the reflection guard, which calls' outcomes add to.
+    pub fn reflections(&self) -> std::sync::Arc<ReflectionCounts> {
+        std::sync::Arc::clone(&self.reflections)
+    }
+
     /// Counts one rejected TLS handshake (every one, recorded or not).
     pub fn tls_rejected(&self) {
         self.tls_rejections.fetch_add(1, Ordering::Relaxed);
@@ -166,6 +176,23 @@ impl Metrics {
         out
     }
 
+    /// Responses the reflection guard acted on.
+    fn render_reflections(&self, out: &mut String) {
+        out.push_str(
+            "# HELP clawgate_credential_reflected_total Responses that carried an injected value, by scope and action.\n",
+        );
+        out.push_str("# TYPE clawgate_credential_reflected_total counter\n");
+        if let Ok(counts) = self.reflections.lock() {
+            for ((scope, action), n) in counts.iter() {
+                let _ = writeln!(
+                    out,
+                    "clawgate_credential_reflected_total{{scope=\"{}\",action=\"{action}\"}} {n}",
+                    escape(scope)
+                );
+            }
+        }
+    }
+
     /// Calls by decision, and the stages' histograms.
     fn render_calls(&self, out: &mut String) {
         out.push_str("# HELP clawgate_calls_total Calls by decision, reason and scope.\n");
@@ -191,6 +218,7 @@ impl Metrics {
                 escape(scope)
             );
         }
+        self.render_reflections(out);
         self.decide
             .render(out, "clawgate_decide_seconds", "Time spent in decide().");
         self.credential.render(

@@ -338,8 +338,17 @@ fn stats_and_findings_from_the_cli_and_the_admin_api() {
             && f["detail"].as_str().unwrap().contains("`unknown-agent`")),
         "{found:?}"
     );
-    let out = ok(&["audit", "findings", "--audit", &db, "--burst", "20"]);
-    assert_eq!(out.trim(), "no findings");
+    // Past the threshold no burst is left; what remains is one finding for
+    // each of the three calls whose echo reflected the injected credential
+    // (redacted by the reflection guard).
+    let out = ok(&[
+        "audit", "findings", "--audit", &db, "--burst", "20", "--json",
+    ]);
+    let kinds: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].to_string())
+        .collect();
+    assert_eq!(kinds, vec!["\"credential-reflected\""; 3], "{out}");
 
     // The admin API: the same counts; findings add what lapses and drift.
     let r = h.admin(Some("ops"), &["/v1/audit/stats?by=scope&since=1h"]);

@@ -130,6 +130,12 @@ pub fn stats(records: &[DecisionRecord], by: Option<By>) -> Stats {
             *reasons.entry(r.reason.clone()).or_insert(0) += 1;
         }
     }
+    // A response the reflection guard redacted or cut is an allowed call
+    // whose outcome says so: it counts among the reasons to look at.
+    let reflections = records.iter().filter(|r| reflected(r)).count() as u64;
+    if reflections > 0 {
+        reasons.insert(REFLECTED.to_owned(), reflections);
+    }
     let mut groups: Vec<Counts> = groups.into_values().collect();
     groups.sort_by(|a, b| {
         (b.allowed + b.refused)
@@ -214,6 +220,21 @@ const BURST_REASONS: [&str; 6] = [
 /// test keeps the two equal, since a `match` needs a constant pattern).
 pub const MCP_TOOLS_CHANGED: &str = "tool-definition-changed";
 
+/// The reason code of a response that carried an injected value
+/// ([`crate::error::Reason::CredentialReflected`]; a unit test keeps the two
+/// equal).
+pub const REFLECTED: &str = "credential-reflected";
+
+/// Whether an outcome record says the reflection guard acted: cut
+/// (its reason) or redacted (its detail).
+fn reflected(r: &DecisionRecord) -> bool {
+    r.kind == kind::OUTCOME
+        && (r.reason == REFLECTED
+            || r.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("credential-reflected:")))
+}
+
 /// Thresholds of `findings`.
 #[derive(Debug, Clone, Copy)]
 pub struct Thresholds {
@@ -241,7 +262,8 @@ impl Default for Thresholds {
 pub struct Finding {
     /// `burst`, `refusals-rising`, `sentinel-misdirected`, `policy-rejected`,
     /// `tool-definition-changed`, `identity-ambiguous`, `tunnel-sni-mismatch`,
-    /// `tunnel-ech` (and, from live state, `lapsing-soon`, `drift`).
+    /// `tunnel-ech`, `credential-reflected` (and, from live state, `lapsing-soon`,
+    /// `drift`).
     pub kind: String,
     /// Who or what: a source address, an agent, an id.
     pub subject: String,
@@ -292,6 +314,7 @@ pub fn findings(records: &[DecisionRecord], recent_from: &str, t: Thresholds) ->
             "identity-ambiguous" => Some("identity-ambiguous"),
             "tunnel-sni-mismatch" => Some("tunnel-sni-mismatch"),
             "tunnel-ech" => Some("tunnel-ech"),
+            _ if reflected(r) => Some(REFLECTED),
             _ => None,
         };
         if let Some(k) = single {

@@ -134,3 +134,42 @@ fn findings_name_bursts_per_source_rises_and_single_events() {
         crate::error::Reason::ToolDefinitionChanged.code()
     );
 }
+
+#[test]
+fn a_reflected_credential_is_a_finding_and_a_top_reason() {
+    let mut redacted = rec(
+        "2026-01-01T00:00:10.000Z",
+        "r",
+        "allow",
+        "allowed",
+        "1.1.1.1:1",
+    );
+    redacted.kind = kind::OUTCOME.into();
+    redacted.detail = Some("credential-reflected: 2 redacted (header x-echo, body)".into());
+    let mut refused = rec(
+        "2026-01-01T00:00:11.000Z",
+        "s",
+        "allow",
+        REFLECTED,
+        "1.1.1.1:1",
+    );
+    refused.kind = kind::OUTCOME.into();
+    let plain = rec(
+        "2026-01-01T00:00:12.000Z",
+        "t",
+        "allow",
+        "allowed",
+        "1.1.1.1:1",
+    );
+    let v = vec![redacted, refused, plain];
+    let f = findings(&v, "2026-01-01T00:00:00.000Z", Thresholds::default());
+    let kinds: Vec<(&str, &str)> = f
+        .iter()
+        .map(|f| (f.kind.as_str(), f.subject.as_str()))
+        .collect();
+    assert_eq!(kinds, vec![(REFLECTED, "r"), (REFLECTED, "s")]);
+    assert!(f[0].detail.contains("header x-echo"), "{f:?}");
+    let s = stats(&v, None);
+    assert_eq!(s.top_refusal_reasons, vec![(REFLECTED.to_owned(), 2)]);
+    assert_eq!(REFLECTED, crate::error::Reason::CredentialReflected.code());
+}

@@ -19,6 +19,8 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use secrecy::SecretString;
+
 use http::request::Parts;
 use http::{Request, Version, header};
 
@@ -32,7 +34,9 @@ use crate::identity::PeerIdentity;
 use crate::metrics::{Metrics, Stage};
 use crate::overrides::Overrides;
 use crate::policy::aws::{AwsRequest, FormBody, RequestView, classify};
-use crate::policy::{AgentId, Call, Decision, Permitted, Policy, Scope, Target, Upstream, decide};
+use crate::policy::{
+    AgentId, Call, Decision, Permitted, Policy, Reflection, Scope, Target, Upstream, decide,
+};
 use crate::record::CallRecord;
 use crate::route::{Destination, Inside, Mode, Routed, encode_path, normalise_path, route};
 use crate::token::{Claims, RUN_TOKEN_HEADER, Verifier};
@@ -46,6 +50,10 @@ pub(super) struct Admitted {
     pub request: Request<ProxyBody>,
     /// For a request to an MCP endpoint: what the way back needs.
     pub mcp: Option<super::mcp::Exchange>,
+    /// Every value clawgate put into the request (the scope's secret,
+    /// sentinels' values, the STS session): what the reflection guard
+    /// looks for in the response.
+    pub injected: Vec<Arc<SecretString>>,
 }
 
 /// Everything admission needs besides the request.
@@ -357,9 +365,14 @@ impl Admission<'_> {
             run: record.run_id.clone(),
             scope: scope.name.clone(),
         };
-        held = self
+        let (swapped, mut injected) = self
             .swap_sentinels(scope, &mut parts, &mut query, held, &ctx, record)
             .await?;
+        held = swapped;
+        if scope.reflection != Reflection::Off {
+            // What comes back is scanned: uncompressed is cheaper to scan.
+            crate::response::guard::ask_identity(&mut parts.headers);
+        }
 
         if let Some(credential) = &scope.credential {
             record.credential_kind = Some(credential.kind().to_owned());
@@ -373,6 +386,7 @@ impl Admission<'_> {
                 tracing::warn!(error = %e, "credential not available");
                 Reason::CredentialUnavailable
             })?;
+            injected.push(Arc::clone(&value));
             secret
                 .inject(&value, &mut parts.headers, &mut query)
                 .map_err(|e| {
@@ -399,13 +413,14 @@ impl Admission<'_> {
         parts.version = Version::HTTP_11;
         if let Some(aws) = scope.aws() {
             held = self
-                .resign(scope, aws, &ctx, &mut parts, held, record)
+                .resign(scope, aws, &ctx, &mut parts, held, record, &mut injected)
                 .await?;
         }
         Ok(Admitted {
             permit,
             request: Request::from_parts(parts, held.into_body()),
             mcp,
+            injected,
         })
     }
 

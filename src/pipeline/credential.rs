@@ -2,7 +2,10 @@
 //! then the request re-signed for an `aws` scope. Split from [`super::admit`]
 //! only for size; the order is set there.
 
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use secrecy::SecretString;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -30,10 +33,10 @@ impl Admission<'_> {
         held: Held,
         ctx: &MintContext,
         record: &mut DecisionRecord,
-    ) -> Result<Held, Reason> {
+    ) -> Result<(Held, Vec<Arc<SecretString>>), Reason> {
         let sentinels = self.policy.sentinels();
         if sentinels.is_empty() {
-            return Ok(held);
+            return Ok((held, Vec::new()));
         }
         let mut found = Found::new();
         // Scanned in every spelling a reader could undo (percent, JSON,
@@ -70,7 +73,7 @@ impl Admission<'_> {
             }
         }
         if found.is_empty() {
-            return Ok(held);
+            return Ok((held, Vec::new()));
         }
         let names: Vec<&str> = found
             .iter()
@@ -124,8 +127,9 @@ impl Admission<'_> {
             let bytes = sentinels.replace(q.as_bytes(), &values, encode_query_value);
             *q = String::from_utf8(bytes).map_err(|_| Reason::MalformedRequest)?;
         }
+        let swapped: Vec<Arc<SecretString>> = values.iter().flatten().cloned().collect();
         let Held::Read(prefix) = held else {
-            return Ok(held);
+            return Ok((held, swapped));
         };
         let replaced = Bytes::from(sentinels.replace(&prefix.bytes, &values, str::to_owned));
         let delta = replaced.len() as i64 - prefix.bytes.len() as i64;
@@ -147,14 +151,22 @@ impl Admission<'_> {
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(adjusted));
         }
-        Ok(Held::Read(Prefix {
-            bytes: replaced,
-            rest: prefix.rest,
-            trailers: prefix.trailers,
-        }))
+        Ok((
+            Held::Read(Prefix {
+                bytes: replaced,
+                rest: prefix.rest,
+                trailers: prefix.trailers,
+            }),
+            swapped,
+        ))
     }
 
-    /// Re-signs the prepared request with the scope's STS session.
+    /// Re-signs the prepared request with the scope's STS session; the
+    /// session's secrets join `injected`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the steps of admission share these; a struct would only rename them"
+    )]
     pub(super) async fn resign(
         &self,
         scope: &Scope,
@@ -163,6 +175,7 @@ impl Admission<'_> {
         parts: &mut Parts,
         held: Held,
         record: &mut DecisionRecord,
+        injected: &mut Vec<Arc<SecretString>>,
     ) -> Result<Held, Reason> {
         let (service, region) = scope.signing().ok_or(Reason::CredentialUnavailable)?;
         let agent_payload = parts
@@ -189,6 +202,8 @@ impl Admission<'_> {
             Reason::CredentialUnavailable
         })?;
         record.credential_ref = Some(session.access_key_id.clone());
+        injected.push(Arc::new(session.session_token.clone()));
+        injected.push(Arc::new(session.secret_access_key.clone()));
         let payload = match (&agent_payload, prefix.is_complete()) {
             (Some(p), _) if p == "STREAMING-UNSIGNED-PAYLOAD-TRAILER" && aws.unsigned_payload => {
                 Payload::StreamingUnsignedTrailer

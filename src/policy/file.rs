@@ -84,6 +84,8 @@ pub(super) struct ScopeFile {
     pub path_strictness: Option<Spanned<String>>,
     /// Rules match paths case-folded, for upstreams that fold case.
     pub case_insensitive_paths: Option<Spanned<bool>>,
+    /// `redact` (default), `refuse` or `off`: injected values in responses.
+    pub reflection: Option<Spanned<String>>,
 }
 
 /// `[[scope.allow]]` and `[[scope.deny]]`

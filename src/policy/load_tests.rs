@@ -54,6 +54,10 @@ fn every_loader_error_names_file_line_and_column() {
             "base.toml:8:8: mode `audit` must be `enforce` or `report`",
         ),
         (
+            format!("{agent}{scope}reflection = \"log\"\n"),
+            "base.toml:8:14: reflection `log` must be `redact`, `refuse` or `off`",
+        ),
+        (
             format!("{agent}{scope}route = \"a/b\"\n"),
             "base.toml:8:9: route `a/b` must be one path segment",
         ),

@@ -101,6 +101,21 @@ pub enum Mode {
     Report,
 }
 
+/// What the reflection guard does when a value clawgate injected (a
+/// credential, a sentinel's value, an STS session) comes back in a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reflection {
+    /// Each occurrence is replaced by a fixed marker (the default).
+    #[default]
+    Redact,
+    /// The response is cut: a 502 `credential-reflected` before its head is
+    /// sent, a broken stream after.
+    Refuse,
+    /// Nothing is scanned (unsafe: the agent can read back what it must
+    /// never hold).
+    Off,
+}
+
 /// What a `CONNECT` to a scope's host becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectMode {
@@ -201,6 +216,9 @@ pub struct Scope {
     pub rate: Option<crate::limits::Rate>,
     /// The scope's MCP rules, when its upstream speaks MCP.
     pub mcp: Option<Arc<crate::mcp::McpRules>>,
+    /// What the reflection guard does with an injected value that comes
+    /// back in a response.
+    pub reflection: Reflection,
     /// What the scope lets through unchecked (all off by default).
     pub strictness: Strictness,
 }

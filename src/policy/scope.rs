@@ -15,7 +15,7 @@ use super::credential::compile_credential;
 use super::file::{RuleFile, ScopeFile};
 use super::glob::{self, GlobIndex, PathGlob};
 use super::report::{LoadOptions, Report, compile_rate, valid_name};
-use super::{ConnectMode, Effect, Mode, Rule, RuleSet, Scope, Upstream};
+use super::{ConnectMode, Effect, Mode, Reflection, Rule, RuleSet, Scope, Upstream};
 use crate::credentials::Credential;
 use crate::egress::{self, AllowPrivate, Blocked};
 
@@ -41,6 +41,7 @@ pub(super) fn placeholder_scope(name: &str) -> Scope {
         rate: None,
         mcp: None,
         strictness: super::Strictness::default(),
+        reflection: Reflection::Redact,
     }
 }
 
@@ -91,6 +92,7 @@ pub(super) fn compile_scope(
     let ports = compile_ports(report, file, scope, upstream.as_ref());
     let blocked = check_blocked(report, file, scope, upstream.as_ref(), &allow_private);
     let rate = compile_rate(report, file, scope.rate.as_ref(), scope.burst.as_ref());
+    let reflection = compile_reflection(report, file, scope);
     if report.problems.len() != before {
         return None;
     }
@@ -110,7 +112,27 @@ pub(super) fn compile_scope(
         rate,
         mcp,
         strictness,
+        reflection,
     })
+}
+
+fn compile_reflection(report: &mut Report<'_>, file: usize, scope: &ScopeFile) -> Reflection {
+    let Some(value) = scope.reflection.as_ref() else {
+        return Reflection::Redact;
+    };
+    match value.get_ref().as_str() {
+        "redact" => Reflection::Redact,
+        "refuse" => Reflection::Refuse,
+        "off" => Reflection::Off,
+        other => {
+            report.error(
+                file,
+                value.span(),
+                format!("reflection `{other}` must be `redact`, `refuse` or `off`"),
+            );
+            Reflection::Redact
+        }
+    }
 }
 
 fn compile_route(report: &mut Report<'_>, file: usize, scope: &ScopeFile) -> Option<String> {
