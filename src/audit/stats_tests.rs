@@ -173,3 +173,32 @@ fn a_reflected_credential_is_a_finding_and_a_top_reason() {
     assert_eq!(s.top_refusal_reasons, vec![(REFLECTED.to_owned(), 2)]);
     assert_eq!(REFLECTED, crate::error::Reason::CredentialReflected.code());
 }
+
+#[test]
+fn a_tunnel_cut_at_its_hello_counts_among_refusals_and_is_a_finding() {
+    let decision = rec(
+        "2026-01-01T00:00:00.000Z",
+        "a",
+        "allow",
+        "allowed",
+        "1.1.1.1:1",
+    );
+    let mut cut = decision.clone();
+    cut.kind = kind::OUTCOME.into();
+    cut.reason = "tunnel-sni-mismatch".into();
+    cut.detail = Some("sni evil.example, CONNECT api.example".into());
+    let mut closed = decision.clone();
+    closed.kind = kind::OUTCOME.into();
+    closed.reason = "tunnel-closed".into();
+    let v = vec![decision, cut, closed];
+    let s = stats(&v, None);
+    assert_eq!((s.total.allowed, s.total.refused), (1, 0), "decisions only");
+    assert_eq!(
+        s.top_refusal_reasons,
+        vec![("tunnel-sni-mismatch".into(), 1)]
+    );
+    let f = findings(&v, "2026-01-01T00:00:00.000Z", Thresholds::default());
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].kind, "tunnel-sni-mismatch");
+    assert!(f[0].detail.contains("sni evil.example"));
+}
