@@ -131,11 +131,20 @@ pub enum Reason {
     /// Archived records were removed from the log (a record of kind
     /// `prune`, carrying the anchor verification starts from).
     LogPruned,
+    /// A minted credential's provider refused the client or the grant
+    /// (`invalid_grant`, `invalid_client`, `invalid_scope`, ...), and no
+    /// token minted earlier was still usable.
+    CredentialGrantInvalid,
+    /// A minted credential's provider needs a person's consent or login.
+    CredentialConsentRequired,
+    /// A minted credential's token endpoint could not be reached (or gave
+    /// no usable answer) past the grace of the token minted before.
+    CredentialEndpointUnreachable,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 47] = [
+    pub const ALL: [Reason; 50] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -183,6 +192,9 @@ impl Reason {
         Reason::CertsRejected,
         Reason::LogArchived,
         Reason::LogPruned,
+        Reason::CredentialGrantInvalid,
+        Reason::CredentialConsentRequired,
+        Reason::CredentialEndpointUnreachable,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -235,6 +247,9 @@ impl Reason {
             Reason::UpstreamAuthRequired => "upstream-auth-required",
             Reason::LogArchived => "log-archived",
             Reason::LogPruned => "log-pruned",
+            Reason::CredentialGrantInvalid => "credential-grant-invalid",
+            Reason::CredentialConsentRequired => "credential-consent-required",
+            Reason::CredentialEndpointUnreachable => "credential-endpoint-unreachable",
         }
     }
 
@@ -292,6 +307,9 @@ impl Reason {
             }
             Reason::UpstreamUnreachable | Reason::UpstreamAuthRequired => StatusCode::BAD_GATEWAY,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::CredentialGrantInvalid
+            | Reason::CredentialConsentRequired
+            | Reason::CredentialEndpointUnreachable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -520,9 +538,12 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::RequestTooLarge
         | Reason::McpHeaderMismatch
         | Reason::McpBatchRefused => "http_request_error",
-        Reason::CredentialUnavailable | Reason::AuditUnavailable | Reason::Shutdown => {
-            "proxy_internal_error"
-        }
+        Reason::CredentialUnavailable
+        | Reason::AuditUnavailable
+        | Reason::Shutdown
+        | Reason::CredentialGrantInvalid
+        | Reason::CredentialConsentRequired
+        | Reason::CredentialEndpointUnreachable => "proxy_internal_error",
         Reason::Allowed
         | Reason::TlsRejected
         | Reason::UnknownAgent

@@ -15,6 +15,9 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::cache::{Cache, Entry};
+use super::oauth::{MintedToken, OAuthCredential, OAuthKey, OAuthSource};
+use crate::egress::Pins;
+use crate::forward::Timeouts;
 use super::sts::{self, AwsCredential, AwsSession, MINT_ATTEMPTS};
 use super::{CredentialError, SecretSource, SecretValue, SecretsManagerRef};
 use crate::audit::{AuditLog, DecisionRecord, kind};
@@ -177,11 +180,13 @@ struct Clients {
     secrets: aws_sdk_secretsmanager::Client,
 }
 
-/// Fetches secrets and mints STS credentials, each through its cache.
+/// Fetches secrets and mints STS credentials and OAuth tokens, each
+/// through its cache.
 #[derive(Debug)]
 pub struct Broker {
     secrets: Cached<SecretsManager>,
     sessions: Cached<Sts>,
+    oauth: Cached<OAuthSource>,
 }
 
 impl Broker {
@@ -192,10 +197,40 @@ impl Broker {
             clients: OnceCell::new(),
             audit,
         });
+        let oauth = Cached::new(OAuthSource::new(access.audit.clone()));
         Broker {
             secrets: Cached::new(SecretsManager(Arc::clone(&access))),
             sessions: Cached::new(Sts(access)),
+            oauth,
         }
+    }
+
+    /// Names pinned to addresses (`serve --resolve`) and the timeouts, for
+    /// the token endpoints minted credentials are fetched from (as upstream
+    /// calls use them). Set once, before the first call.
+    pub fn set_egress(&self, pins: Pins, timeouts: Timeouts) {
+        self.oauth.source.set_egress(pins, timeouts);
+    }
+
+    /// The cache counters per credential kind: `secret` (Secrets Manager),
+    /// `aws` (STS), `oauth2`.
+    pub fn kind_stats(&self) -> [(&'static str, &super::cache::CacheStats); 3] {
+        [
+            ("secret", self.secrets.cache.stats()),
+            ("aws", self.sessions.cache.stats()),
+            ("oauth2", self.oauth.cache.stats()),
+        ]
+    }
+
+    /// An OAuth 2.0 access token for the credential, minted or cached.
+    pub async fn oauth2(
+        &self,
+        credential: &Arc<OAuthCredential>,
+        ctx: &MintContext,
+    ) -> Result<Arc<MintedToken>, CredentialError> {
+        self.oauth
+            .get(OAuthKey(Arc::clone(credential)), ctx)
+            .await
     }
 
     /// The cache counters for STS sessions (hits, misses, mints).

@@ -18,6 +18,7 @@ mod file;
 mod glob;
 mod load;
 mod mcp;
+mod oauth;
 mod parse;
 mod proxy_key;
 mod report;
