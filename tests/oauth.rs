@@ -172,7 +172,11 @@ impl World {
         let mut env = tls_env(&h, &state);
         env.extend([("ISSUER", issuer.clone()), ("SCOPE", "echo.read".into())]);
         let resource = Script::start("resource.mjs", &env);
-        std::fs::copy(state.join("client-key.pem"), h.policy.join("client-key.pem")).unwrap();
+        std::fs::copy(
+            state.join("client-key.pem"),
+            h.policy.join("client-key.pem"),
+        )
+        .unwrap();
         let token_endpoint = format!("token_endpoint = \"{issuer}/token\"");
         let common = format!("scope = \"echo.read\"\nresource = [\"{RESOURCE}\"]");
         // One agent per scope: a scope is chosen by host for an agent.
@@ -240,26 +244,7 @@ impl World {
     /// No token the resource server accepted is in clawgate's logs, its
     /// decision log files, or `extra` (replies the agent got).
     fn assert_no_token_leaked(&self, extra: &[&[u8]]) {
-        let tokens = self.tokens();
-        assert!(!tokens.is_empty(), "no token was ever accepted upstream");
-        let mut places: Vec<(String, Vec<u8>)> = vec![
-            ("stdout".into(), self.h.stdout().into_bytes()),
-            ("stderr".into(), self.h.stderr().into_bytes()),
-        ];
-        for (path, bytes) in files_with_prefix(self.h.dir.path(), "audit.db") {
-            places.push((path.display().to_string(), bytes));
-        }
-        for (i, bytes) in extra.iter().enumerate() {
-            places.push((format!("reply {i}"), bytes.to_vec()));
-        }
-        for token in &tokens {
-            // The signature alone is what makes a token usable.
-            let signature = token.rsplit('.').next().unwrap();
-            for (place, bytes) in &places {
-                assert!(!contains(bytes, signature), "a minted token is in {place}");
-                assert!(!contains(bytes, CLIENT_SECRET), "the client secret is in {place}");
-            }
-        }
+        assert_not_leaked(&self.h, &self.tokens(), extra);
     }
 
     fn wait(&self, what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -267,6 +252,33 @@ impl World {
         while !f() {
             assert!(Instant::now() < deadline, "gave up waiting for {what}");
             std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// None of `tokens` (by signature, for a JWT) nor the client secret is in
+/// clawgate's logs, its decision log files, or `extra`.
+fn assert_not_leaked(h: &Harness, tokens: &[String], extra: &[&[u8]]) {
+    assert!(!tokens.is_empty(), "no token was ever accepted upstream");
+    let mut places: Vec<(String, Vec<u8>)> = vec![
+        ("stdout".into(), h.stdout().into_bytes()),
+        ("stderr".into(), h.stderr().into_bytes()),
+    ];
+    for (path, bytes) in files_with_prefix(h.dir.path(), "audit.db") {
+        places.push((path.display().to_string(), bytes));
+    }
+    for (i, bytes) in extra.iter().enumerate() {
+        places.push((format!("reply {i}"), bytes.to_vec()));
+    }
+    for token in tokens {
+        // The signature alone is what makes a JWT usable.
+        let signature = token.rsplit('.').next().unwrap();
+        for (place, bytes) in &places {
+            assert!(!contains(bytes, signature), "a minted token is in {place}");
+            assert!(
+                !contains(bytes, CLIENT_SECRET),
+                "the client secret is in {place}"
+            );
         }
     }
 }
@@ -386,10 +398,10 @@ fn tokens_are_refreshed_and_a_revoked_client_fails_closed() {
     w.wait("a second mint", Duration::from_secs(60), || {
         let r = w.get("api-basic");
         assert_eq!(r.status, 200, "{}", r.body_text());
-        w.mints("api-basic").len() >= 2
+        // The refreshed token is minted in the background, then used.
+        w.mints("api-basic").len() >= 2 && w.tokens().len() >= 2
     });
     assert!(w.mints("api-basic").iter().all(|m| m.reason == "allowed"));
-    assert!(w.tokens().len() >= 2);
 
     // The provider comes back without the client: it is revoked.
     w.idp = None;
@@ -438,4 +450,133 @@ fn tokens_are_refreshed_and_a_revoked_client_fails_closed() {
         "credential-endpoint-unreachable"
     );
     w.assert_no_token_leaked(&[&refused.body, &again.body, &unreachable.body]);
+}
+
+#[test]
+fn github_app_installation_tokens_are_minted_restricted_and_never_shown() {
+    let mut h = Harness::with(Options {
+        agents: vec!["coder", "rogue"],
+        start: false,
+        ..Options::default()
+    });
+    let state = h.path("github-state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut env = tls_env(&h, &state);
+    env.extend([
+        ("APP_ID", "424242".to_owned()),
+        ("INSTALLATION_ID", "777".to_owned()),
+        ("TTL", "3600".to_owned()),
+    ]);
+    let github = Script::start("github.mjs", &env);
+    for key in ["app-key.pem", "wrong-key.pem"] {
+        std::fs::copy(state.join(key), h.policy.join(key)).unwrap();
+    }
+    let port = github.port;
+    let scope = |name: &str, key: &str| {
+        format!(
+            r#"
+[[agent]]
+name = "{agent}"
+identities = ["spiffe://clawgate.local/agent/{agent}"]
+scopes = ["{name}"]
+
+[[scope]]
+name = "{name}"
+upstream = "https://localhost:{port}"
+route = "{name}"
+ca_file = "upstream-ca.pem"
+allow_private = ["127.0.0.1", "::1"]
+
+[scope.credential]
+kind = "github_app"
+api_url = "https://localhost:{port}"
+app_id = 424242
+installation_id = 777
+private_key_file = "{key}"
+repositories = ["widgets"]
+permissions = {{ contents = "read" }}
+token_ca_file = "upstream-ca.pem"
+token_allow_private = ["127.0.0.1", "::1"]
+
+[[scope.allow]]
+id = "repos"
+methods = ["GET"]
+paths = ["/repos/**"]
+"#,
+            agent = if key == "app-key.pem" {
+                "coder"
+            } else {
+                "rogue"
+            }
+        )
+    };
+    let policy = format!(
+        "{}{}",
+        scope("github", "app-key.pem"),
+        scope("github-wrong", "wrong-key.pem")
+    );
+    std::fs::write(h.policy.join("github.toml"), policy).unwrap();
+    h.serve(&[]);
+    let get = |agent: &str, route: &str, repo: &str| {
+        h.curl(
+            Some(agent),
+            &[
+                "-H",
+                "authorization: token agent-held",
+                &format!("{}/{route}/repos/acme/{repo}/contents/README.md", h.base()),
+            ],
+        )
+    };
+    let mints = |scope: &str| -> Vec<DecisionRecord> {
+        h.records()
+            .into_iter()
+            .filter(|r| r.kind == "mint" && r.scope.as_deref() == Some(scope))
+            .collect()
+    };
+
+    let ok = get("coder", "github", "widgets");
+    assert_eq!(ok.status, 200, "{}", ok.body_text());
+    assert_eq!(ok.json()["repo"], "widgets");
+    assert_eq!(ok.json()["permissions"]["contents"], "read");
+    let decision = h.decision(&ok.request_id());
+    assert_eq!(decision.credential_kind.as_deref(), Some("github_app"));
+    let minted = mints("github");
+    assert_eq!(minted.len(), 1, "{minted:?}");
+    assert_eq!(minted[0].reason, "allowed");
+    assert_eq!(
+        minted[0].credential_ref.as_deref(),
+        Some(format!("github_app:424242/installations/777@https://localhost:{port}").as_str())
+    );
+    let detail = minted[0].detail.clone().unwrap_or_default();
+    assert!(detail.contains("repositories `widgets`"), "{detail}");
+    assert!(detail.contains("granted `contents:read`"), "{detail}");
+    assert!(!detail.contains("granted-broader"), "{detail}");
+    // The token is cut down to the repositories the scope names.
+    let other = get("coder", "github", "gadgets");
+    assert_eq!(other.status, 404, "{}", other.body_text());
+    assert_eq!(mints("github").len(), 1, "the token is reused");
+
+    // A JWT signed with a key GitHub does not know: refused, fail closed.
+    let refused = get("rogue", "github-wrong", "widgets");
+    assert_eq!(refused.status, 503, "{}", refused.body_text());
+    assert_eq!(refused.json()["reason"], "credential-grant-invalid");
+    let failed = mints("github-wrong");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].reason, "credential-grant-invalid");
+    assert!(
+        failed[0]
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("HTTP 401"),
+        "{failed:?}"
+    );
+    let tokens: Vec<String> = std::fs::read_to_string(state.join("tokens.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(tokens.len(), 1);
+    assert_not_leaked(&h, &tokens, &[&ok.body, &other.body, &refused.body]);
+    drop(github);
 }

@@ -15,13 +15,14 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::cache::{Cache, Entry};
+use super::github::{GithubAppCredential, GithubApps, GithubKey};
 use super::oauth::{MintedToken, OAuthCredential, OAuthKey, OAuthSource};
-use crate::egress::Pins;
-use crate::forward::Timeouts;
 use super::sts::{self, AwsCredential, AwsSession, MINT_ATTEMPTS};
 use super::{CredentialError, SecretSource, SecretValue, SecretsManagerRef};
 use crate::audit::{AuditLog, DecisionRecord, kind};
+use crate::egress::Pins;
 use crate::error::Reason;
+use crate::forward::Timeouts;
 
 /// How the broker reaches AWS.
 #[derive(Debug, Clone, Default)]
@@ -187,6 +188,7 @@ pub struct Broker {
     secrets: Cached<SecretsManager>,
     sessions: Cached<Sts>,
     oauth: Cached<OAuthSource>,
+    github: Cached<GithubApps>,
 }
 
 impl Broker {
@@ -198,10 +200,12 @@ impl Broker {
             audit,
         });
         let oauth = Cached::new(OAuthSource::new(access.audit.clone()));
+        let github = Cached::new(GithubApps(Arc::clone(&oauth.source)));
         Broker {
             secrets: Cached::new(SecretsManager(Arc::clone(&access))),
             sessions: Cached::new(Sts(access)),
             oauth,
+            github,
         }
     }
 
@@ -213,13 +217,25 @@ impl Broker {
     }
 
     /// The cache counters per credential kind: `secret` (Secrets Manager),
-    /// `aws` (STS), `oauth2`.
-    pub fn kind_stats(&self) -> [(&'static str, &super::cache::CacheStats); 3] {
+    /// `aws` (STS), `oauth2`, `github_app`.
+    pub fn kind_stats(&self) -> [(&'static str, &super::cache::CacheStats); 4] {
         [
             ("secret", self.secrets.cache.stats()),
             ("aws", self.sessions.cache.stats()),
             ("oauth2", self.oauth.cache.stats()),
+            ("github_app", self.github.cache.stats()),
         ]
+    }
+
+    /// A GitHub App installation token for the credential, minted or cached.
+    pub async fn github_app(
+        &self,
+        credential: &Arc<GithubAppCredential>,
+        ctx: &MintContext,
+    ) -> Result<Arc<MintedToken>, CredentialError> {
+        self.github
+            .get(GithubKey(Arc::clone(credential)), ctx)
+            .await
     }
 
     /// An OAuth 2.0 access token for the credential, minted or cached.
@@ -228,9 +244,7 @@ impl Broker {
         credential: &Arc<OAuthCredential>,
         ctx: &MintContext,
     ) -> Result<Arc<MintedToken>, CredentialError> {
-        self.oauth
-            .get(OAuthKey(Arc::clone(credential)), ctx)
-            .await
+        self.oauth.get(OAuthKey(Arc::clone(credential)), ctx).await
     }
 
     /// The cache counters for STS sessions (hits, misses, mints).

@@ -9,6 +9,8 @@
 //!   the container-credentials format;
 //! - `oauth2` ([`oauth`]): access tokens minted from an OAuth 2.0 token
 //!   endpoint, cached until shortly before expiry, injected like secrets;
+//! - `github_app` ([`github`]): GitHub App installation tokens, minted the
+//!   same way;
 //! - sentinels ([`sentinel`]): placeholders the agent holds, swapped for the
 //!   real value only on the way to a host they are bound to.
 //!
@@ -20,6 +22,7 @@
 
 mod broker;
 pub mod cache;
+pub mod github;
 pub mod oauth;
 pub mod sentinel;
 mod signer;
@@ -213,6 +216,8 @@ pub enum Credential {
     Aws(AwsCredential),
     /// An OAuth 2.0 access token, minted and injected like a secret.
     OAuth2(Arc<oauth::OAuthCredential>),
+    /// A GitHub App installation token, minted and injected like a secret.
+    GithubApp(Arc<github::GithubAppCredential>),
 }
 
 impl Credential {
@@ -222,6 +227,7 @@ impl Credential {
             Credential::Secret(_) => "secret",
             Credential::Aws(_) => "aws",
             Credential::OAuth2(_) => "oauth2",
+            Credential::GithubApp(_) => "github_app",
         }
     }
 
@@ -231,6 +237,7 @@ impl Credential {
             Credential::Secret(secret) => secret.value.source.to_string(),
             Credential::Aws(aws) => aws.role_arn.clone(),
             Credential::OAuth2(oauth) => oauth.reference(),
+            Credential::GithubApp(app) => app.reference(),
         }
     }
 }

@@ -39,7 +39,7 @@ use super::{CredentialError, Format, Placement, SecretValue};
 use crate::audit::{AuditLog, DecisionRecord, kind};
 use crate::egress::{AllowPrivate, Pins, normalise_host};
 use crate::error::Reason;
-use crate::forward::{TokenClient, Timeouts, token_client};
+use crate::forward::{Timeouts, TokenClient, token_client};
 
 /// A token endpoint's answer is read up to this size.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
@@ -198,7 +198,9 @@ impl MintFailure {
     /// The failure an OAuth `error` code stands for.
     pub fn from_error_code(code: &str) -> MintFailure {
         match code {
-            "consent_required" | "interaction_required" | "login_required"
+            "consent_required"
+            | "interaction_required"
+            | "login_required"
             | "account_selection_required" => MintFailure::ConsentRequired,
             "temporarily_unavailable" | "server_error" => MintFailure::EndpointUnreachable,
             _ => MintFailure::InvalidGrant,
@@ -238,9 +240,16 @@ impl fmt::Debug for OAuthSource {
 }
 
 /// What the token endpoint answered, parsed.
-struct Answer {
-    status: StatusCode,
-    json: Option<serde_json::Value>,
+pub(super) struct Answer {
+    pub(super) status: StatusCode,
+    pub(super) json: Option<serde_json::Value>,
+}
+
+/// How a minted kind reaches its endpoint.
+pub(super) struct Net<'a> {
+    pub(super) roots: &'a [CertificateDer<'static>],
+    pub(super) allow_private: &'a Arc<AllowPrivate>,
+    pub(super) digest: &'a [u8; 32],
 }
 
 impl OAuthSource {
@@ -269,15 +278,24 @@ impl OAuthSource {
         )
     }
 
-    fn client(&self, c: &OAuthCredential) -> Result<TokenClient, String> {
+    fn client(&self, net: &Net<'_>) -> Result<TokenClient, String> {
         let mut clients = self.clients.lock().map_err(|_| "client cache poisoned")?;
-        if let Some(client) = clients.get(&c.digest) {
+        if let Some(client) = clients.get(net.digest) {
             return Ok(client.clone());
         }
-        let pins = self.egress.get().map(|(p, _)| Arc::clone(p)).unwrap_or_default();
-        let client = token_client(&c.roots, Arc::clone(&c.allow_private), pins, self.timeouts())
-            .map_err(|e| e.to_string())?;
-        clients.insert(c.digest, client.clone());
+        let pins = self
+            .egress
+            .get()
+            .map(|(p, _)| Arc::clone(p))
+            .unwrap_or_default();
+        let client = token_client(
+            net.roots,
+            Arc::clone(net.allow_private),
+            pins,
+            self.timeouts(),
+        )
+        .map_err(|e| e.to_string())?;
+        clients.insert(*net.digest, client.clone());
         Ok(client)
     }
 
@@ -288,16 +306,31 @@ impl OAuthSource {
         c: &OAuthCredential,
         request: Request<Full<Bytes>>,
     ) -> Result<Answer, String> {
+        let net = Net {
+            roots: &c.roots,
+            allow_private: &c.allow_private,
+            digest: &c.digest,
+        };
+        self.exchange_via(&net, request).await
+    }
+
+    /// [`Self::exchange`] for any minted kind: its roots, private ranges and
+    /// the digest its client is kept under.
+    pub(super) async fn exchange_via(
+        &self,
+        net: &Net<'_>,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Answer, String> {
         let uri = request.uri().clone();
         if uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
             return Err(format!("`{uri}` is not https"));
         }
         let host = normalise_host(uri.host().unwrap_or_default()).map_err(|e| e.to_string())?;
         // IP literals never reach the resolver: checked here, as decide does.
-        c.allow_private
+        net.allow_private
             .check_literal(&host)
             .map_err(|b| b.to_string())?;
-        let client = self.client(c)?;
+        let client = self.client(net)?;
         let call = async {
             let response = client.request(request).await.map_err(|e| {
                 format!(
@@ -372,6 +405,11 @@ impl OAuthSource {
         let request = token_request(c, &endpoint, &audience).map_err(unreachable)?;
         let answer = self.exchange(c, request).await.map_err(unreachable)?;
         parse_token_answer(c, answer)
+    }
+
+    /// The decision log, for the other minted kinds' records.
+    pub(super) fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     fn record(
@@ -568,7 +606,7 @@ fn client_assertion(
         .map_err(|_| "the client assertion could not be signed".to_owned())
 }
 
-fn random_id() -> String {
+pub(super) fn random_id() -> String {
     let mut bytes = [0u8; 16];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -42,7 +42,11 @@ fn provider_errors_map_to_their_reasons() {
         (400, "invalid_scope", MintFailure::InvalidGrant),
         (400, "consent_required", MintFailure::ConsentRequired),
         (400, "interaction_required", MintFailure::ConsentRequired),
-        (503, "temporarily_unavailable", MintFailure::EndpointUnreachable),
+        (
+            503,
+            "temporarily_unavailable",
+            MintFailure::EndpointUnreachable,
+        ),
         (500, "invalid_grant", MintFailure::EndpointUnreachable),
     ];
     for (status, code, expected) in cases {
@@ -77,7 +81,10 @@ fn a_token_answer_gives_lifetime_and_granted_scope_and_never_shows_the_token() {
     // Not Bearer: refused rather than injected the wrong way.
     let dpop = parse_token_answer(
         &c,
-        answer(200, serde_json::json!({"access_token": "x", "token_type": "DPoP"})),
+        answer(
+            200,
+            serde_json::json!({"access_token": "x", "token_type": "DPoP"}),
+        ),
     );
     assert_eq!(dpop.err().map(|e| e.0), Some(MintFailure::InvalidGrant));
 }
@@ -110,7 +117,8 @@ fn metadata_urls_follow_rfc_8414_then_openid() {
 #[test]
 fn basic_and_post_requests_carry_the_client_as_configured() {
     let basic = credential(ClientAuth::SecretBasic(secret("s:3")));
-    let request = token_request(&basic, "https://idp.example/token", "https://idp.example").unwrap();
+    let request =
+        token_request(&basic, "https://idp.example/token", "https://idp.example").unwrap();
     let auth = request.headers()[header::AUTHORIZATION].to_str().unwrap();
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(auth.strip_prefix("Basic ").unwrap())

@@ -78,11 +78,13 @@ pub(super) fn compile_credential(
         }
         "oauth2" => super::oauth::compile_oauth2(report, file, credential, dir, options)
             .map(|c| Credential::OAuth2(std::sync::Arc::new(c))),
+        "github_app" => super::github::compile_github_app(report, file, credential, dir)
+            .map(|c| Credential::GithubApp(std::sync::Arc::new(c))),
         other => {
             report.error(
                 file,
                 c.kind.span(),
-                format!("credential kind `{other}` is not known (expected `secret`, `aws` or `oauth2`)"),
+                format!("credential kind `{other}` is not known (expected `secret`, `aws`, `oauth2` or `github_app`)"),
             );
             None
         }

@@ -130,6 +130,12 @@ pub(super) struct CredentialFile {
     pub audience: Option<Spanned<String>>,
     pub token_ca_file: Option<Spanned<String>>,
     pub token_allow_private: Option<Vec<Spanned<String>>>,
+    // `github_app`
+    pub api_url: Option<Spanned<String>>,
+    pub app_id: Option<Spanned<u64>>,
+    pub installation_id: Option<Spanned<u64>>,
+    pub repositories: Option<Vec<Spanned<String>>>,
+    pub permissions: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 /// The fields that say where a secret value comes from, shared by

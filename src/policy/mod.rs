@@ -15,6 +15,7 @@ mod credential;
 mod decide;
 mod exception;
 mod file;
+mod github;
 mod glob;
 mod load;
 mod mcp;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
+use rustls_pki_types::CertificateDer;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use toml::Spanned;
@@ -48,7 +49,10 @@ pub(super) fn oauth_only_fields(c: &CredentialFile) -> Vec<(&'static str, Span)>
     note("token_ca_file", span(&c.token_ca_file));
     note(
         "resource",
-        c.resource.as_ref().and_then(|r| r.first()).map(Spanned::span),
+        c.resource
+            .as_ref()
+            .and_then(|r| r.first())
+            .map(Spanned::span),
     );
     note(
         "token_allow_private",
@@ -57,37 +61,44 @@ pub(super) fn oauth_only_fields(c: &CredentialFile) -> Vec<(&'static str, Span)>
             .and_then(|r| r.first())
             .map(Spanned::span),
     );
+    present.extend(github_only_fields(c));
     present
 }
 
-pub(super) fn compile_oauth2(
+/// The `github_app` fields present, to refuse them on other kinds.
+pub(super) fn github_only_fields(c: &CredentialFile) -> Vec<(&'static str, Span)> {
+    [
+        ("api_url", c.api_url.as_ref().map(Spanned::span)),
+        ("app_id", c.app_id.as_ref().map(Spanned::span)),
+        (
+            "installation_id",
+            c.installation_id.as_ref().map(Spanned::span),
+        ),
+        (
+            "repositories",
+            c.repositories
+                .as_ref()
+                .and_then(|r| r.first())
+                .map(Spanned::span),
+        ),
+        ("permissions", c.permissions.as_ref().map(Spanned::span)),
+    ]
+    .into_iter()
+    .filter_map(|(name, span)| Some((name, span?)))
+    .collect()
+}
+
+/// Where a minted token goes: `header`/`query` and `format`, with
+/// `Bearer {}` the default for `authorization`.
+pub(super) fn compile_token_placement(
     report: &mut Report<'_>,
     file: usize,
     credential: &Spanned<CredentialFile>,
-    dir: &Path,
-    options: &LoadOptions<'_>,
-) -> Option<OAuthCredential> {
+) -> Option<(Placement, Format)> {
     let c = credential.get_ref();
-    let aws_fields: Vec<_> = aws_only_fields(c)
-        .into_iter()
-        .filter(|(name, _)| !matches!(*name, "refresh_margin" | "safety_margin"))
-        .collect();
-    reject_fields(report, file, &aws_fields, "oauth2");
-    let endpoint = compile_endpoint(report, file, credential)?;
-    let Some(client_id) = &c.client_id else {
-        report.error(
-            file,
-            credential.span(),
-            "an `oauth2` credential needs `client_id`".into(),
-        );
-        return None;
-    };
-    let auth = compile_auth(report, file, credential, dir, options)?;
     let placement = compile_placement(report, file, c, credential.span())?;
     let default_format = match &placement {
-        Placement::Header(name) if name == HeaderName::from_static("authorization") => {
-            "Bearer {}"
-        }
+        Placement::Header(name) if name == HeaderName::from_static("authorization") => "Bearer {}",
         _ => "{}",
     };
     let format = Format::parse(c.format.as_ref().map_or(default_format, |f| f.get_ref()));
@@ -96,6 +107,16 @@ pub(super) fn compile_oauth2(
         report.error(file, span, "format must hold `{}` exactly once".into());
         return None;
     };
+    Some((placement, format))
+}
+
+/// `refresh_margin` and `safety_margin`, checked against each other.
+pub(super) fn margins(
+    report: &mut Report<'_>,
+    file: usize,
+    credential: &Spanned<CredentialFile>,
+) -> (Duration, Duration) {
+    let c = credential.get_ref();
     let refresh_margin =
         duration_field(report, file, c.refresh_margin.as_ref()).unwrap_or(DEFAULT_REFRESH_MARGIN);
     let safety_margin =
@@ -111,6 +132,17 @@ pub(super) fn compile_oauth2(
             "refresh_margin must not be shorter than safety_margin".into(),
         );
     }
+    (refresh_margin, safety_margin)
+}
+
+/// `token_ca_file` and `token_allow_private`.
+pub(super) fn token_net(
+    report: &mut Report<'_>,
+    file: usize,
+    credential: &Spanned<CredentialFile>,
+    dir: &Path,
+) -> Option<(Vec<CertificateDer<'static>>, AllowPrivate)> {
+    let c = credential.get_ref();
     let roots = match &c.token_ca_file {
         None => Vec::new(),
         Some(path) => match super::scope::read_ca_file(&dir.join(path.get_ref())) {
@@ -136,6 +168,37 @@ pub(super) fn compile_oauth2(
             ),
         }
     }
+    Some((roots, allow_private))
+}
+
+pub(super) fn compile_oauth2(
+    report: &mut Report<'_>,
+    file: usize,
+    credential: &Spanned<CredentialFile>,
+    dir: &Path,
+    options: &LoadOptions<'_>,
+) -> Option<OAuthCredential> {
+    let c = credential.get_ref();
+    let aws_fields: Vec<_> = aws_only_fields(c)
+        .into_iter()
+        .filter(|(name, _)| !matches!(*name, "refresh_margin" | "safety_margin"))
+        .collect();
+    let mut aws_fields = aws_fields;
+    aws_fields.extend(github_only_fields(c));
+    reject_fields(report, file, &aws_fields, "oauth2");
+    let endpoint = compile_endpoint(report, file, credential)?;
+    let Some(client_id) = &c.client_id else {
+        report.error(
+            file,
+            credential.span(),
+            "an `oauth2` credential needs `client_id`".into(),
+        );
+        return None;
+    };
+    let auth = compile_auth(report, file, credential, dir, options)?;
+    let (placement, format) = compile_token_placement(report, file, credential)?;
+    let (refresh_margin, safety_margin) = margins(report, file, credential);
+    let (roots, allow_private) = token_net(report, file, credential, dir)?;
     let text = |f: &Option<Spanned<String>>| f.as_ref().map(|v| v.get_ref().clone());
     let mut credential = OAuthCredential {
         endpoint,
