@@ -171,27 +171,32 @@ fn bench_oauth(
         run: None,
         scope: "billing-api".into(),
     };
+    let cache = &cache;
     let lookup = |credential: &Arc<OAuthCredential>, ctx: &MintContext| {
         let key = OAuthKey(Arc::clone(credential));
         let ctx = ctx.clone();
-        cache.get(&key, move || {
-            let _ctx = ctx.clone();
-            async {
-                let now = Instant::now();
-                Ok::<_, clawgate::credentials::CredentialError>(Entry {
-                    value: Arc::new(MintedToken {
-                        value: SecretString::from(
-                            "eyJhbGciOiJSUzI1NiJ9.payload.signature".repeat(8),
-                        ),
-                        granted_scope: Some("invoices.read".into()),
-                        lifetime: Duration::from_secs(3600),
-                    }),
-                    refresh_at: now + Duration::from_secs(3540),
-                    fresh_until: now + Duration::from_secs(3590),
-                    usable_until: now + Duration::from_secs(3590),
+        async move {
+            cache
+                .get(&key, move || {
+                    let _ctx = ctx.clone();
+                    async {
+                        let now = Instant::now();
+                        Ok::<_, clawgate::credentials::CredentialError>(Entry {
+                            value: Arc::new(MintedToken {
+                                value: SecretString::from(
+                                    "eyJhbGciOiJSUzI1NiJ9.payload.signature".repeat(8),
+                                ),
+                                granted_scope: Some("invoices.read".into()),
+                                lifetime: Duration::from_secs(3600),
+                            }),
+                            refresh_at: now + Duration::from_secs(3540),
+                            fresh_until: now + Duration::from_secs(3590),
+                            usable_until: now + Duration::from_secs(3590),
+                        })
+                    }
                 })
-            }
-        })
+                .await
+        }
     };
     runtime.block_on(lookup(&credential, &ctx)).unwrap();
     group.bench_function("cached oauth2 token lookup", |b| {

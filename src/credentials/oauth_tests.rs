@@ -1,3 +1,5 @@
+use base64::Engine;
+
 use super::*;
 
 fn credential(auth: ClientAuth) -> OAuthCredential {
