@@ -153,6 +153,7 @@ fn bench_oauth(
             SecretTiming::default(),
             &|_| Some("client-secret".into()),
         )),
+        bearer: None,
         scope: Some("invoices.read".into()),
         resources: vec!["https://api.billing.example/".into()],
         audience: None,

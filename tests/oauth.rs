@@ -23,11 +23,13 @@ use common::{Harness, Options, contains, files_with_prefix};
 
 const CLIENT_SECRET: &str = "oauth-client-secret-4e1b7c-do-not-leak";
 const RESOURCE: &str = "https://api.test/";
-const AGENTS: [(&str, &str); 3] = [
+const AGENTS: [(&str, &str); 4] = [
     ("builder", "api-basic"),
     ("poster", "api-post"),
     ("signer", "api-jwt"),
+    ("servicer", "api-sa"),
 ];
+const SA_EMAIL: &str = "clawgate-sa@example-project.iam.gserviceaccount.com";
 const ROLES: &str = r#"
 [roles]
 auditors = ["spiffe://clawgate.local/agent/watcher"]
@@ -133,6 +135,11 @@ fn start_idp(h: &Harness, state: &Path, port: u16, ttl: u64, revoked: &str) -> S
 
 /// A scope on the resource server whose credential is `credential`.
 fn scope(name: &str, resource_port: u16, credential: &str) -> String {
+    let kind = if credential.contains("kind = ") {
+        ""
+    } else {
+        "kind = \"oauth2\""
+    };
     format!(
         r#"
 [[scope]]
@@ -143,7 +150,7 @@ ca_file = "upstream-ca.pem"
 allow_private = ["127.0.0.1", "::1"]
 
 [scope.credential]
-kind = "oauth2"
+{kind}
 token_ca_file = "upstream-ca.pem"
 token_allow_private = ["127.0.0.1", "::1"]
 {credential}
@@ -159,7 +166,7 @@ paths = ["/v1/**"]
 impl World {
     fn start(ttl: u64) -> World {
         let mut h = Harness::with(Options {
-            agents: vec!["builder", "poster", "signer", "watcher"],
+            agents: vec!["builder", "poster", "signer", "servicer", "watcher"],
             start: false,
             env: vec![("OAUTH_CLIENT_SECRET".into(), CLIENT_SECRET.into())],
             ..Options::default()
@@ -172,11 +179,9 @@ impl World {
         let mut env = tls_env(&h, &state);
         env.extend([("ISSUER", issuer.clone()), ("SCOPE", "echo.read".into())]);
         let resource = Script::start("resource.mjs", &env);
-        std::fs::copy(
-            state.join("client-key.pem"),
-            h.policy.join("client-key.pem"),
-        )
-        .unwrap();
+        for key in ["client-key.pem", "sa-key.pem"] {
+            std::fs::copy(state.join(key), h.policy.join(key)).unwrap();
+        }
         let token_endpoint = format!("token_endpoint = \"{issuer}/token\"");
         let common = format!("scope = \"echo.read\"\nresource = [\"{RESOURCE}\"]");
         // One agent per scope: a scope is chosen by host for an agent.
@@ -200,6 +205,11 @@ impl World {
             "api-jwt",
             resource.port,
             &format!("issuer = \"{issuer}\"\nclient_id = \"cg-jwt\"\nclient_auth = \"private_key_jwt\"\nprivate_key_file = \"client-key.pem\"\n{common}"),
+        ));
+        policy.push_str(&scope(
+            "api-sa",
+            resource.port,
+            &format!("kind = \"jwt_bearer\"\n{token_endpoint}\nclient_id = \"cg-sa\"\nassertion_issuer = \"{SA_EMAIL}\"\nsubject = \"someone@example.com\"\nprivate_key_file = \"sa-key.pem\"\nscope = \"echo.read\""),
         ));
         std::fs::write(h.policy.join("oauth.toml"), policy).unwrap();
         h.serve(&[]);
@@ -579,4 +589,37 @@ paths = ["/repos/**"]
     assert_eq!(tokens.len(), 1);
     assert_not_leaked(&h, &tokens, &[&ok.body, &other.body, &refused.body]);
     drop(github);
+}
+
+#[test]
+fn jwt_bearer_grant_as_a_service_account() {
+    let w = World::start(300);
+    let r = w.get("api-sa");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let body = r.json();
+    assert_eq!(body["client_id"], "cg-sa", "{body}");
+    assert_eq!(body["aud"], RESOURCE);
+    assert_eq!(body["scope"], "echo.read");
+    let decision = w.h.decision(&r.request_id());
+    assert_eq!(decision.credential_kind.as_deref(), Some("jwt_bearer"));
+    let mints = w.mints("api-sa");
+    assert_eq!(mints.len(), 1, "{mints:?}");
+    assert_eq!(mints[0].reason, "allowed");
+    assert_eq!(mints[0].credential_kind.as_deref(), Some("jwt_bearer"));
+    assert!(
+        mints[0]
+            .credential_ref
+            .as_deref()
+            .is_some_and(|c| c.starts_with(&format!("jwt_bearer:{SA_EMAIL}@https://localhost:"))),
+        "{mints:?}"
+    );
+    let detail = mints[0].detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains("jwt_bearer via none: lifetime 300s"),
+        "{detail}"
+    );
+    let again = w.get("api-sa");
+    assert_eq!(again.status, 200);
+    assert_eq!(w.mints("api-sa").len(), 1);
+    w.assert_no_token_leaked(&[&r.body, &again.body, r.headers.as_bytes()]);
 }

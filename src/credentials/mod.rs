@@ -226,7 +226,7 @@ impl Credential {
         match self {
             Credential::Secret(_) => "secret",
             Credential::Aws(_) => "aws",
-            Credential::OAuth2(_) => "oauth2",
+            Credential::OAuth2(oauth) => oauth.kind(),
             Credential::GithubApp(_) => "github_app",
         }
     }

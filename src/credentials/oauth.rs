@@ -62,6 +62,33 @@ pub enum ClientAuth {
         /// The `kid` header, when the provider needs it.
         key_id: Option<String>,
     },
+    /// No client authentication; the client id, when set, is sent in the
+    /// form (RFC 7523 §2.1 grants, as Google's, need none).
+    None,
+}
+
+/// The RFC 7523 §2.1 JWT bearer grant: a JWT clawgate signs is the grant.
+pub struct JwtBearer {
+    /// The assertion's `iss` (a Google service account's `client_email`).
+    pub issuer: String,
+    /// The assertion's `sub` (the user, for domain-wide delegation); the
+    /// issuer when absent.
+    pub subject: Option<String>,
+    /// The PEM private key.
+    pub key: SecretString,
+    /// `RS256` or `ES256`.
+    pub algorithm: jsonwebtoken::Algorithm,
+    /// The `kid` header (a Google key's `private_key_id`).
+    pub key_id: Option<String>,
+}
+
+impl fmt::Debug for JwtBearer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtBearer")
+            .field("issuer", &self.issuer)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientAuth {
@@ -71,6 +98,7 @@ impl ClientAuth {
             ClientAuth::SecretBasic(_) => "client_secret_basic",
             ClientAuth::SecretPost(_) => "client_secret_post",
             ClientAuth::PrivateKeyJwt { .. } => "private_key_jwt",
+            ClientAuth::None => "none",
         }
     }
 }
@@ -86,6 +114,7 @@ impl fmt::Debug for ClientAuth {
                 .debug_struct(self.name())
                 .field("key_id", key_id)
                 .finish_non_exhaustive(),
+            ClientAuth::None => f.write_str("none"),
         }
     }
 }
@@ -107,6 +136,8 @@ pub struct OAuthCredential {
     pub client_id: String,
     /// How the client authenticates.
     pub auth: ClientAuth,
+    /// The JWT bearer grant (`jwt_bearer`); `client_credentials` when `None`.
+    pub bearer: Option<JwtBearer>,
     /// The requested scope (space-separated), if any.
     pub scope: Option<String>,
     /// RFC 8707 resource indicators.
@@ -144,12 +175,34 @@ impl fmt::Debug for OAuthCredential {
 }
 
 impl OAuthCredential {
-    /// The non-secret reference records carry: `oauth2:CLIENT@ENDPOINT`.
+    /// The non-secret reference records carry: `oauth2:CLIENT@ENDPOINT`,
+    /// or `jwt_bearer:ISSUER@ENDPOINT`.
     pub fn reference(&self) -> String {
         let at = match &self.endpoint {
             Endpoint::Token(url) | Endpoint::Issuer(url) => url,
         };
-        format!("oauth2:{}@{at}", self.client_id)
+        match &self.bearer {
+            Some(bearer) => format!("jwt_bearer:{}@{at}", bearer.issuer),
+            None => format!("oauth2:{}@{at}", self.client_id),
+        }
+    }
+
+    /// The kind, as policy and records name it.
+    pub fn kind(&self) -> &'static str {
+        if self.bearer.is_some() {
+            "jwt_bearer"
+        } else {
+            "oauth2"
+        }
+    }
+
+    /// The grant, as records name it.
+    fn grant(&self) -> &'static str {
+        if self.bearer.is_some() {
+            "jwt_bearer"
+        } else {
+            "client_credentials"
+        }
     }
 }
 
@@ -422,7 +475,7 @@ impl OAuthSource {
         record.agent = Some(ctx.agent.clone());
         record.run_id = ctx.run.clone();
         record.scope = Some(ctx.scope.clone());
-        record.credential_kind = Some("oauth2".into());
+        record.credential_kind = Some(c.kind().into());
         record.credential_ref = Some(c.reference());
         record.duration_ms = Some(i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX));
         let requested = c.scope.as_deref().unwrap_or("");
@@ -433,7 +486,8 @@ impl OAuthSource {
                 let granted = token.granted_scope.as_deref().unwrap_or(requested);
                 let broader = broader_scopes(requested, granted);
                 let mut detail = format!(
-                    "client_credentials via {}: lifetime {}s, requested scope `{requested}`, granted `{granted}`",
+                    "{} via {}: lifetime {}s, requested scope `{requested}`, granted `{granted}`",
+                    c.grant(),
                     c.auth.name(),
                     token.lifetime.as_secs()
                 );
@@ -445,10 +499,7 @@ impl OAuthSource {
             Err((failure, message)) => {
                 record.decision = Some("deny".into());
                 record.reason = failure.reason().code().into();
-                record.detail = Some(format!(
-                    "client_credentials via {}: {message}",
-                    c.auth.name()
-                ));
+                record.detail = Some(format!("{} via {}: {message}", c.grant(), c.auth.name()));
             }
         }
         self.audit.append(record);

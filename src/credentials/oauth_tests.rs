@@ -7,6 +7,7 @@ fn credential(auth: ClientAuth) -> OAuthCredential {
         endpoint: Endpoint::Token("https://idp.example/token".into()),
         client_id: "svc".into(),
         auth,
+        bearer: None,
         scope: Some("read".into()),
         resources: vec!["https://api.example/".into()],
         audience: None,

@@ -76,15 +76,17 @@ pub(super) fn compile_credential(
             reject_fields(report, file, &super::oauth::oauth_only_fields(c), "aws");
             compile_aws(report, file, credential, aws_rules).map(Credential::Aws)
         }
-        "oauth2" => super::oauth::compile_oauth2(report, file, credential, dir, options)
-            .map(|c| Credential::OAuth2(std::sync::Arc::new(c))),
+        "oauth2" | "jwt_bearer" => {
+            super::oauth::compile_oauth2(report, file, credential, dir, options)
+                .map(|c| Credential::OAuth2(std::sync::Arc::new(c)))
+        }
         "github_app" => super::github::compile_github_app(report, file, credential, dir)
             .map(|c| Credential::GithubApp(std::sync::Arc::new(c))),
         other => {
             report.error(
                 file,
                 c.kind.span(),
-                format!("credential kind `{other}` is not known (expected `secret`, `aws`, `oauth2` or `github_app`)"),
+                format!("credential kind `{other}` is not known (expected `secret`, `aws`, `oauth2`, `jwt_bearer` or `github_app`)"),
             );
             None
         }

@@ -130,6 +130,9 @@ pub(super) struct CredentialFile {
     pub audience: Option<Spanned<String>>,
     pub token_ca_file: Option<Spanned<String>>,
     pub token_allow_private: Option<Vec<Spanned<String>>>,
+    // `jwt_bearer`
+    pub assertion_issuer: Option<Spanned<String>>,
+    pub subject: Option<Spanned<String>>,
     // `github_app`
     pub api_url: Option<Spanned<String>>,
     pub app_id: Option<Spanned<u64>>,

@@ -18,7 +18,7 @@ use super::credential::{
 };
 use super::file::CredentialFile;
 use super::report::{LoadOptions, Report};
-use crate::credentials::oauth::{ClientAuth, Endpoint, OAuthCredential};
+use crate::credentials::oauth::{ClientAuth, Endpoint, JwtBearer, OAuthCredential};
 use crate::credentials::{Format, Placement, SecretSource};
 use crate::egress::AllowPrivate;
 
@@ -47,6 +47,8 @@ pub(super) fn oauth_only_fields(c: &CredentialFile) -> Vec<(&'static str, Span)>
     note("scope", span(&c.scope));
     note("audience", span(&c.audience));
     note("token_ca_file", span(&c.token_ca_file));
+    note("assertion_issuer", span(&c.assertion_issuer));
+    note("subject", span(&c.subject));
     note(
         "resource",
         c.resource
@@ -185,25 +187,43 @@ pub(super) fn compile_oauth2(
         .collect();
     let mut aws_fields = aws_fields;
     aws_fields.extend(github_only_fields(c));
-    reject_fields(report, file, &aws_fields, "oauth2");
+    let kind = c.kind.get_ref().as_str();
+    let bearer_kind = kind == "jwt_bearer";
+    if !bearer_kind {
+        for (name, field) in [
+            ("assertion_issuer", &c.assertion_issuer),
+            ("subject", &c.subject),
+        ] {
+            if let Some(field) = field {
+                aws_fields.push((name, field.span()));
+            }
+        }
+    }
+    reject_fields(report, file, &aws_fields, kind);
     let endpoint = compile_endpoint(report, file, credential)?;
-    let Some(client_id) = &c.client_id else {
-        report.error(
-            file,
-            credential.span(),
-            "an `oauth2` credential needs `client_id`".into(),
-        );
-        return None;
+    let (client_id, auth, bearer) = if bearer_kind {
+        compile_bearer(report, file, credential, dir)?
+    } else {
+        let Some(client_id) = &c.client_id else {
+            report.error(
+                file,
+                credential.span(),
+                "an `oauth2` credential needs `client_id`".into(),
+            );
+            return None;
+        };
+        let auth = compile_auth(report, file, credential, dir, options)?;
+        (client_id.get_ref().clone(), auth, None)
     };
-    let auth = compile_auth(report, file, credential, dir, options)?;
     let (placement, format) = compile_token_placement(report, file, credential)?;
     let (refresh_margin, safety_margin) = margins(report, file, credential);
     let (roots, allow_private) = token_net(report, file, credential, dir)?;
     let text = |f: &Option<Spanned<String>>| f.as_ref().map(|v| v.get_ref().clone());
     let mut credential = OAuthCredential {
         endpoint,
-        client_id: client_id.get_ref().clone(),
+        client_id,
         auth,
+        bearer,
         scope: text(&c.scope).filter(|s| !s.trim().is_empty()),
         resources: c
             .resource
@@ -222,6 +242,56 @@ pub(super) fn compile_oauth2(
     };
     credential.digest = digest(&credential);
     Some(credential)
+}
+
+/// A `jwt_bearer` credential's assertion (issuer, subject, key) and its
+/// optional client id; it authenticates no client otherwise.
+fn compile_bearer(
+    report: &mut Report<'_>,
+    file: usize,
+    credential: &Spanned<CredentialFile>,
+    dir: &Path,
+) -> Option<(String, ClientAuth, Option<JwtBearer>)> {
+    let c = credential.get_ref();
+    if let Some(method) = c.client_auth.as_ref().filter(|m| m.get_ref() != "none") {
+        report.error(
+            file,
+            method.span(),
+            "a `jwt_bearer` credential authenticates no client: `client_auth` can only be `none`"
+                .into(),
+        );
+        return None;
+    }
+    let Some(issuer) = &c.assertion_issuer else {
+        report.error(
+            file,
+            credential.span(),
+            "a `jwt_bearer` credential needs `assertion_issuer` (a service account's `client_email`)"
+                .into(),
+        );
+        return None;
+    };
+    let ClientAuth::PrivateKeyJwt {
+        key,
+        algorithm,
+        key_id,
+    } = compile_private_key(report, file, credential, dir)?
+    else {
+        return None;
+    };
+    let bearer = JwtBearer {
+        issuer: issuer.get_ref().clone(),
+        subject: c.subject.as_ref().map(|s| s.get_ref().clone()),
+        key,
+        algorithm,
+        key_id,
+    };
+    let client_id = c
+        .client_id
+        .as_ref()
+        .map(|id| id.get_ref().clone())
+        .unwrap_or_default();
+    Some((client_id, ClientAuth::None, Some(bearer)))
 }
 
 fn compile_endpoint(
@@ -431,6 +501,12 @@ fn digest(c: &OAuthCredential) -> [u8; 32] {
             field(key.expose_secret().as_bytes());
             field(key_id.as_deref().unwrap_or("").as_bytes());
         }
+        ClientAuth::None => {}
+    }
+    if let Some(bearer) = &c.bearer {
+        field(format!("{bearer:?}").as_bytes());
+        field(bearer.key.expose_secret().as_bytes());
+        field(bearer.key_id.as_deref().unwrap_or("").as_bytes());
     }
     field(c.scope.as_deref().unwrap_or("").as_bytes());
     for r in &c.resources {

@@ -6,6 +6,7 @@
 // KEY (PEM), PORT (0 for any; the line `listening PORT` says which), TTL
 // (seconds of access token life), CLIENT_SECRET, RESOURCE (the one resource
 // server), REVOKED (client ids left out: a revoked client).
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
@@ -25,10 +26,8 @@ async function keyFile(name, alg) {
     jwk.kid = name.replace('.json', '');
     jwk.alg = alg;
     fs.writeFileSync(file, JSON.stringify(jwk));
-    // The client's key is also written as PKCS#8 PEM, for clawgate.
-    if (name === 'client-key.json') {
-      fs.writeFileSync(path.join(state, 'client-key.pem'), await jose.exportPKCS8(privateKey));
-    }
+    // Each key is also written as PKCS#8 PEM, for clawgate.
+    fs.writeFileSync(path.join(state, name.replace('.json', '.pem')), await jose.exportPKCS8(privateKey));
   }
   return JSON.parse(fs.readFileSync(file, 'utf8'));
 }
@@ -40,6 +39,10 @@ function publicJwk(jwk) {
 
 const signing = await keyFile('provider-key.json', 'RS256');
 const clientKey = await keyFile('client-key.json', 'RS256');
+// A service account's key, for the RFC 7523 §2.1 JWT bearer grant.
+const saKey = await keyFile('sa-key.json', 'RS256');
+const SA_EMAIL = 'clawgate-sa@example-project.iam.gserviceaccount.com';
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
 fs.writeFileSync(path.join(state, 'provider-jwks.json'), JSON.stringify({ keys: [publicJwk(signing)] }));
 
 const base = {
@@ -52,6 +55,7 @@ const clients = [
   { ...base, client_id: 'cg-basic', client_secret: process.env.CLIENT_SECRET, token_endpoint_auth_method: 'client_secret_basic' },
   { ...base, client_id: 'cg-post', client_secret: process.env.CLIENT_SECRET, token_endpoint_auth_method: 'client_secret_post' },
   { ...base, client_id: 'cg-jwt', token_endpoint_auth_method: 'private_key_jwt', jwks: { keys: [publicJwk(clientKey)] } },
+  { ...base, client_id: 'cg-sa', grant_types: [JWT_BEARER], token_endpoint_auth_method: 'none' },
 ].filter((c) => !revoked.has(c.client_id));
 
 // The issuer needs the port, so the server listens first and the provider
@@ -82,6 +86,34 @@ server.listen(Number(process.env.PORT || '0'), '127.0.0.1', () => {
     scopes: ['echo.read', 'echo.write'],
     ttl: { ClientCredentials: ttl },
   });
+  // oidc-provider has no JWT bearer grant of its own: this one checks the
+  // assertion as RFC 7523 §3 says (signature by the service account's key,
+  // iss, aud = the token endpoint, exp) and issues a JWT access token for the
+  // resource server, as the client credentials grant does.
+  const saPublic = crypto.createPublicKey({ key: publicJwk(saKey), format: 'jwk' });
+  provider.registerGrantType(JWT_BEARER, async (ctx) => {
+    const { assertion, scope } = ctx.oidc.params;
+    let payload;
+    try {
+      ({ payload } = await jose.jwtVerify(assertion, saPublic, {
+        issuer: SA_EMAIL,
+        audience: `https://localhost:${port}/token`,
+        algorithms: ['RS256'],
+        maxTokenAge: '1h',
+      }));
+    } catch (e) {
+      throw new errors.InvalidGrant(`assertion rejected (${e.code})`);
+    }
+    const offered = ['echo.read', 'echo.write'];
+    const granted = String(scope || payload.scope || '').split(' ').filter((s) => offered.includes(s)).join(' ');
+    const token = new provider.ClientCredentials({ client: ctx.oidc.client, scope: granted || undefined });
+    token.resourceServer = new provider.ResourceServer(resource, {
+      scope: offered.join(' '), audience: resource, accessTokenTTL: ttl, accessTokenFormat: 'jwt',
+    });
+    const value = await token.save();
+    console.log(`jwt bearer grant for sub ${payload.sub}`);
+    ctx.body = { access_token: value, expires_in: token.expiration, token_type: 'Bearer', scope: granted };
+  }, ['assertion', 'scope']);
   provider.on('grant.error', (_ctx, err) => console.log(`grant error: ${err.error}`));
   provider.on('server_error', (_ctx, err) => console.log(`server error: ${err}`));
   provider.on('access_token.issued', () => console.log('issued'));
