@@ -203,6 +203,10 @@ const BURST_REASONS: [&str; 6] = [
 /// test keeps the two equal, since a `match` needs a constant pattern).
 pub const MCP_TOOLS_CHANGED: &str = "tool-definition-changed";
 
+/// What a `mint` record's detail says when the provider granted more than
+/// was asked (see `credentials::oauth` and `credentials::github`).
+pub const GRANTED_BROADER: &str = "granted-broader";
+
 /// Thresholds of `findings`.
 #[derive(Debug, Clone, Copy)]
 pub struct Thresholds {
@@ -229,7 +233,8 @@ impl Default for Thresholds {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finding {
     /// `burst`, `refusals-rising`, `sentinel-misdirected`, `policy-rejected`,
-    /// `tool-definition-changed` (and, from live state, `lapsing-soon`, `drift`).
+    /// `tool-definition-changed`, `credential-broader` (and, from live
+    /// state, `lapsing-soon`, `drift`).
     pub kind: String,
     /// Who or what: a source address, an agent, an id.
     pub subject: String,
@@ -257,6 +262,8 @@ pub fn findings(records: &[DecisionRecord], recent_from: &str, t: Thresholds) ->
     let mut out = Vec::new();
     let mut bursts: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut per_agent: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    // Scopes whose minted tokens carry more than they asked for.
+    let mut broader: BTreeMap<String, (u64, String)> = BTreeMap::new();
     let first_ts = records.first().map(|r| r.ts.clone()).unwrap_or_default();
     for r in records {
         if r.kind == kind::DECISION && BURST_REASONS.contains(&r.reason.as_str()) {
@@ -272,6 +279,20 @@ pub fn findings(records: &[DecisionRecord], recent_from: &str, t: Thresholds) ->
             } else {
                 e.0 += 1;
             }
+        }
+        if r.kind == kind::MINT
+            && let Some(detail) = r.detail.as_deref()
+            && let Some(at) = detail.find(GRANTED_BROADER)
+        {
+            let scope = r.scope.clone().unwrap_or_else(|| "-".into());
+            let e = broader.entry(scope).or_insert((0, String::new()));
+            e.0 += 1;
+            e.1 = format!(
+                "{} minted at {}: {}",
+                r.credential_kind.as_deref().unwrap_or("credential"),
+                r.ts,
+                &detail[at..]
+            );
         }
         let single = match r.reason.as_str() {
             "sentinel-misdirected" => Some("sentinel-misdirected"),
@@ -299,6 +320,14 @@ pub fn findings(records: &[DecisionRecord], recent_from: &str, t: Thresholds) ->
                 count: 1,
             });
         }
+    }
+    for (scope, (n, last)) in broader {
+        out.push(Finding {
+            kind: "credential-broader".into(),
+            subject: scope,
+            detail: format!("{n} minted token(s) broader than requested; last {last}"),
+            count: n,
+        });
     }
     for ((reason, source), n) in bursts {
         if n >= t.burst {
