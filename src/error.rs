@@ -152,11 +152,20 @@ pub enum Reason {
     /// session) came back in a response: redacted, or the response refused
     /// (outcome records; a 502 when refused before the head was sent).
     CredentialReflected,
+    /// A minted credential's provider refused the client or the grant
+    /// (`invalid_grant`, `invalid_client`, `invalid_scope`, ...), and no
+    /// token minted earlier was still usable.
+    CredentialGrantInvalid,
+    /// A minted credential's provider needs a person's consent or login.
+    CredentialConsentRequired,
+    /// A minted credential's token endpoint could not be reached (or gave
+    /// no usable answer) past the grace of the token minted before.
+    CredentialEndpointUnreachable,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 53] = [
+    pub const ALL: [Reason; 56] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -210,6 +219,9 @@ impl Reason {
         Reason::TunnelEch,
         Reason::AdminRoleRequired,
         Reason::CredentialReflected,
+        Reason::CredentialGrantInvalid,
+        Reason::CredentialConsentRequired,
+        Reason::CredentialEndpointUnreachable,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -268,6 +280,9 @@ impl Reason {
             Reason::TunnelEch => "tunnel-ech",
             Reason::AdminRoleRequired => "admin-role-required",
             Reason::CredentialReflected => "credential-reflected",
+            Reason::CredentialGrantInvalid => "credential-grant-invalid",
+            Reason::CredentialConsentRequired => "credential-consent-required",
+            Reason::CredentialEndpointUnreachable => "credential-endpoint-unreachable",
         }
     }
 
@@ -331,6 +346,9 @@ impl Reason {
             Reason::UpstreamUnreachable | Reason::UpstreamAuthRequired => StatusCode::BAD_GATEWAY,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::CredentialReflected => StatusCode::BAD_GATEWAY,
+            Reason::CredentialGrantInvalid
+            | Reason::CredentialConsentRequired
+            | Reason::CredentialEndpointUnreachable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -561,9 +579,12 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::RequestTooLarge
         | Reason::McpHeaderMismatch
         | Reason::McpBatchRefused => "http_request_error",
-        Reason::CredentialUnavailable | Reason::AuditUnavailable | Reason::Shutdown => {
-            "proxy_internal_error"
-        }
+        Reason::CredentialUnavailable
+        | Reason::AuditUnavailable
+        | Reason::Shutdown
+        | Reason::CredentialGrantInvalid
+        | Reason::CredentialConsentRequired
+        | Reason::CredentialEndpointUnreachable => "proxy_internal_error",
         Reason::Allowed
         | Reason::TlsRejected
         | Reason::UnknownAgent

@@ -116,6 +116,9 @@ pub struct Gauges {
     pub policy_drifted: bool,
     /// Seconds until the next override or exception in force lapses.
     pub next_lapse_seconds: Option<u64>,
+    /// Per credential kind (`secret`, `aws`, `oauth2`): cache hits and
+    /// mints (fetches, successful or not).
+    pub credential_kinds: Vec<(&'static str, u64, u64)>,
 }
 
 impl Metrics {
@@ -250,9 +253,29 @@ impl Metrics {
         counter(
             out,
             "clawgate_credential_mints_total",
-            "Credentials fetched or minted (Secrets Manager, STS).",
+            "Credentials fetched or minted (Secrets Manager, STS, OAuth).",
             gauges.cache_fetches,
         );
+        let _ = writeln!(
+            out,
+            "# HELP clawgate_credential_kind_cache_hits_total Credential cache hits by kind.\n# TYPE clawgate_credential_kind_cache_hits_total counter"
+        );
+        for (kind, hits, _) in &gauges.credential_kinds {
+            let _ = writeln!(
+                out,
+                "clawgate_credential_kind_cache_hits_total{{kind=\"{kind}\"}} {hits}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP clawgate_credential_kind_mints_total Credentials fetched or minted by kind, failed attempts included.\n# TYPE clawgate_credential_kind_mints_total counter"
+        );
+        for (kind, _, mints) in &gauges.credential_kinds {
+            let _ = writeln!(
+                out,
+                "clawgate_credential_kind_mints_total{{kind=\"{kind}\"}} {mints}"
+            );
+        }
         counter(
             out,
             "clawgate_tls_rejections_total",

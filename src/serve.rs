@@ -319,6 +319,7 @@ async fn assemble_pipeline(
     )?;
     let overrides = open_overrides(config).await?;
     let broker = Arc::new(Broker::new(config.broker.clone(), audit.clone()));
+    broker.set_egress(Arc::clone(upstreams.pins()), upstreams.timeouts());
     let mcp = mcp_state(config)?;
     let shared_limits = config
         .fleet

@@ -265,7 +265,8 @@ impl Admin {
 
     fn metrics(&self) -> Response<AdminBody> {
         let broker = self.pipeline.broker();
-        let stats = [broker.secret_stats(), broker.session_stats()];
+        let per_kind = broker.kind_stats();
+        let stats = per_kind.map(|(_, s)| s);
         let sum = |f: fn(&crate::credentials::cache::CacheStats) -> u64| -> u64 {
             stats.iter().map(|s| f(s)).sum()
         };
@@ -307,6 +308,10 @@ impl Admin {
                 .count() as u64,
             audit_batches: Some(audit.batch_stats()),
             limits_store: self.pipeline.limits().shared_stats(),
+            credential_kinds: per_kind
+                .iter()
+                .map(|(kind, s)| (*kind, s.hits.load(Relaxed), s.fetches.load(Relaxed)))
+                .collect(),
         };
         let mut response = text(StatusCode::OK, &self.pipeline.metrics().render(&gauges));
         response.headers_mut().insert(

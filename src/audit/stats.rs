@@ -235,6 +235,10 @@ fn reflected(r: &DecisionRecord) -> bool {
                 .is_some_and(|d| d.contains("credential-reflected:")))
 }
 
+/// What a `mint` record's detail says when the provider granted more than
+/// was asked (see `credentials::oauth` and `credentials::github`).
+pub const GRANTED_BROADER: &str = "granted-broader";
+
 /// Thresholds of `findings`.
 #[derive(Debug, Clone, Copy)]
 pub struct Thresholds {
@@ -262,8 +266,8 @@ impl Default for Thresholds {
 pub struct Finding {
     /// `burst`, `refusals-rising`, `sentinel-misdirected`, `policy-rejected`,
     /// `tool-definition-changed`, `identity-ambiguous`, `tunnel-sni-mismatch`,
-    /// `tunnel-ech`, `credential-reflected` (and, from live state, `lapsing-soon`,
-    /// `drift`).
+    /// `tunnel-ech`, `credential-reflected`, `credential-broader` (and, from live
+    /// state, `lapsing-soon`, `drift`).
     pub kind: String,
     /// Who or what: a source address, an agent, an id.
     pub subject: String,
@@ -291,6 +295,8 @@ pub fn findings(records: &[DecisionRecord], recent_from: &str, t: Thresholds) ->
     let mut out = Vec::new();
     let mut bursts: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut per_agent: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    // Scopes whose minted tokens carry more than they asked for.
+    let mut broader: BTreeMap<String, (u64, String)> = BTreeMap::new();
     let first_ts = records.first().map(|r| r.ts.clone()).unwrap_or_default();
     for r in records {
         if r.kind == kind::DECISION && BURST_REASONS.contains(&r.reason.as_str()) {
@@ -306,6 +312,20 @@ pub fn findings(records: &[DecisionRecord], recent_from: &str, t: Thresholds) ->
             } else {
                 e.0 += 1;
             }
+        }
+        if r.kind == kind::MINT
+            && let Some(detail) = r.detail.as_deref()
+            && let Some(at) = detail.find(GRANTED_BROADER)
+        {
+            let scope = r.scope.clone().unwrap_or_else(|| "-".into());
+            let e = broader.entry(scope).or_insert((0, String::new()));
+            e.0 += 1;
+            e.1 = format!(
+                "{} minted at {}: {}",
+                r.credential_kind.as_deref().unwrap_or("credential"),
+                r.ts,
+                &detail[at..]
+            );
         }
         let single = match r.reason.as_str() {
             "sentinel-misdirected" => Some("sentinel-misdirected"),
@@ -337,6 +357,14 @@ pub fn findings(records: &[DecisionRecord], recent_from: &str, t: Thresholds) ->
                 count: 1,
             });
         }
+    }
+    for (scope, (n, last)) in broader {
+        out.push(Finding {
+            kind: "credential-broader".into(),
+            subject: scope,
+            detail: format!("{n} minted token(s) broader than requested; last {last}"),
+            count: n,
+        });
     }
     for ((reason, source), n) in bursts {
         if n >= t.burst {

@@ -202,3 +202,41 @@ fn a_tunnel_cut_at_its_hello_counts_among_refusals_and_is_a_finding() {
     assert_eq!(f[0].kind, "tunnel-sni-mismatch");
     assert!(f[0].detail.contains("sni evil.example"));
 }
+
+#[test]
+fn minted_tokens_broader_than_requested_are_a_finding_per_scope() {
+    let mint = |scope: &str, detail: &str| DecisionRecord {
+        ts: "2026-01-01T00:00:10.000Z".into(),
+        kind: kind::MINT.into(),
+        scope: Some(scope.into()),
+        credential_kind: Some("oauth2".into()),
+        reason: "allowed".into(),
+        detail: Some(detail.into()),
+        ..DecisionRecord::default()
+    };
+    let records = vec![
+        mint(
+            "billing",
+            "client_credentials via client_secret_basic: lifetime 300s, requested scope `read`, granted `read write`; granted-broader `write`",
+        ),
+        mint(
+            "billing",
+            "client_credentials via client_secret_basic: lifetime 300s, requested scope `read`, granted `read write`; granted-broader `write`",
+        ),
+        mint(
+            "exact",
+            "client_credentials via client_secret_basic: lifetime 300s, requested scope `read`, granted `read`",
+        ),
+    ];
+    let found: Vec<_> = findings(&records, "2026-01-01T00:00:00.000Z", Thresholds::default())
+        .into_iter()
+        .filter(|f| f.kind == "credential-broader")
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].subject, "billing");
+    assert_eq!(found[0].count, 2);
+    assert!(
+        found[0].detail.contains("granted-broader `write`"),
+        "{found:?}"
+    );
+}

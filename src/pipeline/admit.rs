@@ -394,6 +394,34 @@ impl Admission<'_> {
                     Reason::CredentialUnavailable
                 })?;
         }
+        if let Some(Credential::OAuth2(oauth)) = scope.credential.as_deref() {
+            let minting = std::time::Instant::now();
+            let token = self.broker.oauth2(oauth, &ctx).await;
+            self.metrics.observe(Stage::Credential, minting.elapsed());
+            let token = token.map_err(|e| {
+                tracing::warn!(error = %e, "oauth2 token not available");
+                e.reason()
+            })?;
+            crate::credentials::oauth::inject(oauth, &token, &mut parts.headers, &mut query)
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "oauth2 token not injected");
+                    Reason::CredentialUnavailable
+                })?;
+        }
+        if let Some(Credential::GithubApp(app)) = scope.credential.as_deref() {
+            let minting = std::time::Instant::now();
+            let token = self.broker.github_app(app, &ctx).await;
+            self.metrics.observe(Stage::Credential, minting.elapsed());
+            let token = token.map_err(|e| {
+                tracing::warn!(error = %e, "github app token not available");
+                e.reason()
+            })?;
+            crate::credentials::github::inject(app, &token, &mut parts.headers, &mut query)
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "github app token not injected");
+                    Reason::CredentialUnavailable
+                })?;
+        }
         if scope.aws().is_some() {
             // A presigned URL carries the agent's signature in its query.
             query = query.as_deref().and_then(sigv4::strip_presign);

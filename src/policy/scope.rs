@@ -616,7 +616,7 @@ fn check_method(method: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(super) fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
