@@ -231,3 +231,7 @@ pub async fn write_on_schedule(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "anchor_tests.rs"]
+mod tests;
