@@ -72,7 +72,7 @@ pub(crate) enum AuditCommand {
         anchor: Vec<audit::Head>,
         /// A directory of signed heads written by `serve --anchor-every`:
         /// each must be signed by `--anchor-pub` and its record still there.
-        #[arg(long, requires = "anchor_pub", conflicts_with = "store")]
+        #[arg(long, requires = "anchor_pub", conflicts_with_all = ["store", "archive"])]
         anchors: Option<PathBuf>,
         /// The public key of the anchors (`certs anchor-key` writes it).
         #[arg(long, requires = "anchors")]
