@@ -99,9 +99,15 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify {
             audit: path,
             anchor,
+            anchors,
+            anchor_pub,
             store: None,
             archive: None,
-        } => local_verify(&path, &anchor),
+        } => local_verify(
+            &path,
+            &anchor,
+            anchors.as_deref().zip(anchor_pub.as_deref()),
+        ),
         AuditCommand::Head {
             audit: path,
             store: None,
@@ -154,8 +160,36 @@ fn query(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `audit verify` of a SQLite file, from its pruned anchor when it has one.
-fn local_verify(path: &std::path::Path, anchor: &[audit::Head]) -> anyhow::Result<ExitCode> {
+/// `audit verify` of a SQLite file, from its pruned anchor when it has one,
+/// then against every signed head in `signed` (directory, public key).
+fn local_verify(
+    path: &std::path::Path,
+    anchor: &[audit::Head],
+    signed: Option<(&std::path::Path, &std::path::Path)>,
+) -> anyhow::Result<ExitCode> {
+    let verdict = local_verify_chain(path, anchor)?;
+    let Some((dir, public)) = signed else {
+        return Ok(verdict);
+    };
+    if verdict != ExitCode::SUCCESS {
+        return Ok(verdict);
+    }
+    use audit::anchor::{AnchorError, load_public, verify_anchors};
+    match verify_anchors(path, dir, &load_public(public)?) {
+        Ok(count) => {
+            println!("ok: {count} signed anchors hold");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ (AnchorError::Broken { .. } | AnchorError::Forged(..))) => {
+            println!("broken: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The chain walk of [`local_verify`] and its `--anchor` heads.
+fn local_verify_chain(path: &std::path::Path, anchor: &[audit::Head]) -> anyhow::Result<ExitCode> {
     match audit::verify(path).and_then(|report| {
         anchor
             .iter()

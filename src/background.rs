@@ -68,6 +68,15 @@ pub(crate) fn spawn_tasks(
             stopped.clone(),
         )));
     }
+    if let (Some(anchors), crate::audit::Source::Sqlite(log)) = (&config.anchors, &audit_source) {
+        tasks.push(tokio::spawn(crate::audit::anchor::write_on_schedule(
+            log.clone(),
+            anchors.dir.clone(),
+            Arc::clone(&anchors.key),
+            anchors.every,
+            stopped.clone(),
+        )));
+    }
     if let Some(listener) = admin_listener {
         let admin = Arc::new(Admin {
             pipeline: Arc::clone(pipeline),

@@ -43,6 +43,17 @@ pub(crate) fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        CertsCommand::AnchorKey { out } => {
+            let public = clawgate::audit::anchor::generate_key(&out)?;
+            println!(
+                "wrote {} (private, mode 0600: keep it apart from the log)",
+                out.display()
+            );
+            let public_path = clawgate::audit::anchor::public_path(&out);
+            println!("wrote {}", public_path.display());
+            println!("public key: {public}");
+            Ok(ExitCode::SUCCESS)
+        }
         CertsCommand::Revoke { target, dir, crl } => {
             let path = std::path::Path::new(&target);
             let serial = if path.is_file() {

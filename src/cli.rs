@@ -321,6 +321,17 @@ pub(crate) struct ServeArgs {
     /// edited or removed behind clawgate's back (`clawgate_audit_chain_intact`).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub(crate) chain_check_every: Duration,
+    /// Write the SQLite log's head, signed with `--anchor-key`, to
+    /// `--anchor-dir` this often (checked by `audit verify --anchors`).
+    #[arg(long, value_parser = humantime::parse_duration, requires_all = ["anchor_key", "anchor_dir"], conflicts_with = "store")]
+    pub(crate) anchor_every: Option<Duration>,
+    /// The Ed25519 key that signs heads (`clawgate certs anchor-key`); keep
+    /// it and the anchor directory apart from the log.
+    #[arg(long, requires = "anchor_every")]
+    pub(crate) anchor_key: Option<PathBuf>,
+    /// Where signed heads go, one file per anchor.
+    #[arg(long, requires = "anchor_every")]
+    pub(crate) anchor_dir: Option<PathBuf>,
     /// An external issuer's public keys for run tokens (a JWKS file).
     #[arg(long, requires = "token_issuer")]
     pub(crate) token_jwks: Option<PathBuf>,
@@ -398,6 +409,14 @@ pub(crate) enum CertsCommand {
         /// The CRL to write (created on first use).
         #[arg(long, default_value = "./certs/crl.pem")]
         crl: PathBuf,
+    },
+    /// Make the Ed25519 key pair that signs the decision log's heads
+    /// (`serve --anchor-key`): the private key at FILE (mode 0600), the
+    /// public key at FILE.pub and on stdout.
+    AnchorKey {
+        /// The private key file to create (never replaced).
+        #[arg(long, default_value = "./anchor.key")]
+        out: PathBuf,
     },
     /// Issue an operator's client certificate for the admin API and print
     /// the `[roles]` line that makes it an admin.

@@ -262,6 +262,26 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         })
 }
 
+/// `--anchor-every`/`--anchor-key`/`--anchor-dir`, the key loaded and the
+/// directory made now so a bad one stops `serve` before it listens.
+fn anchor_config(
+    every: Option<std::time::Duration>,
+    key: Option<std::path::PathBuf>,
+    dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<serve::AnchorConfig>> {
+    let (Some(every), Some(key), Some(dir)) = (every, key, dir) else {
+        return Ok(None);
+    };
+    let key = clawgate::audit::anchor::load_key(&key)?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("anchor directory {}: {e}", dir.display()))?;
+    Ok(Some(serve::AnchorConfig {
+        dir,
+        key: std::sync::Arc::new(key),
+        every,
+    }))
+}
+
 /// The serve flags as the server's configuration.
 fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
     Ok(ServeConfig {
@@ -298,6 +318,7 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
             every: args.retain_every,
         }),
         chain_check_every: args.chain_check_every,
+        anchors: anchor_config(args.anchor_every, args.anchor_key, args.anchor_dir)?,
         fleet: serve::FleetConfig {
             store: args.store.as_deref().map(cli::store).transpose()?,
             replica: args.replica.clone(),

@@ -363,6 +363,8 @@ fn a_tampered_record_turns_the_metric_and_the_console_red() {
     };
     wait_for("clawgate_audit_chain_intact", 1.0);
     assert_eq!(metric("clawgate_audit_chain_first_broken_seq"), Some(0.0));
+    let ready = h.admin(Some("ops"), &["/readyz"]);
+    assert_eq!((ready.status, ready.body_text()), (200, "ready\n".into()));
     let audit = h.audit.to_str().unwrap().to_owned();
     let reads = [
         ["audit", "stats", "--audit", &audit, "--since", "1h"],
@@ -390,6 +392,15 @@ fn a_tampered_record_turns_the_metric_and_the_console_red() {
     drop(conn);
     wait_for("clawgate_audit_chain_intact", 0.0);
     assert_eq!(metric("clawgate_audit_chain_first_broken_seq"), Some(3.0));
+    // Not ready while the evidence does not verify, and it says why.
+    let ready = h.admin(Some("ops"), &["/readyz"]);
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert!(
+        ready
+            .body_text()
+            .contains("the decision log's chain is broken at record 3"),
+        "{ready:?}"
+    );
     // Reading across the break warns, and still answers.
     for args in &reads {
         let out = clawgate(args);

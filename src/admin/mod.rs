@@ -252,14 +252,24 @@ impl Admin {
         }
     }
 
+    /// Ready while the decision log can be written and its chain's last
+    /// walk did not find a break (evidence that no longer verifies is not a
+    /// state to keep taking traffic in unnoticed).
     fn readyz(&self) -> Response<AdminBody> {
-        if self.pipeline.audit().is_healthy() {
-            text(StatusCode::OK, "ready\n")
-        } else {
-            text(
+        if !self.pipeline.audit().is_healthy() {
+            return text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: the decision log cannot be written\n",
-            )
+            );
+        }
+        match self.chain_health.state() {
+            Some(crate::audit::health::ChainState::Broken(seq)) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "not ready: the decision log's chain is broken at record {seq} (see `clawgate audit verify`)\n"
+                ),
+            ),
+            _ => text(StatusCode::OK, "ready\n"),
         }
     }
 

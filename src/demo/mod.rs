@@ -144,6 +144,7 @@ fn demo_config(
         token_jwks: None,
         retention: None,
         chain_check_every: std::time::Duration::from_secs(300),
+        anchors: None,
         fleet: crate::serve::FleetConfig::default(),
     })
 }
