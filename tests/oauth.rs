@@ -337,6 +337,30 @@ fn client_credentials_with_secret_basic_post_and_private_key_jwt() {
     let again = w.get("api-basic");
     assert_eq!(again.status, 200);
     assert_eq!(w.mints("api-basic").len(), 1);
+    // An upstream that reflects the minted token hands the agent the
+    // redaction marker, and the call's outcome says so.
+    let agent = AGENTS.iter().find(|(_, s)| *s == "api-basic").unwrap().0;
+    let echoed =
+        w.h.curl(Some(agent), &[&format!("{}/api-basic/v1/echo", w.h.base())]);
+    assert_eq!(echoed.status, 200, "{}", echoed.body_text());
+    assert_eq!(
+        echoed.json()["authorization"],
+        "Bearer [clawgate:redacted]",
+        "{}",
+        echoed.body_text()
+    );
+    let outcome =
+        w.h.records()
+            .into_iter()
+            .find(|r| r.kind == "outcome" && r.request_id == echoed.request_id())
+            .expect("an outcome record for the reflected call");
+    assert!(
+        outcome
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("credential-reflected: 1 redacted")),
+        "{outcome:?}"
+    );
     let metrics = w.h.admin(Some("watcher"), &["/metrics"]).body_text();
     assert!(
         metrics.contains("clawgate_credential_kind_mints_total{kind=\"oauth2\"} 3"),
@@ -348,6 +372,7 @@ fn client_credentials_with_secret_basic_post_and_private_key_jwt() {
     );
     let mut bytes: Vec<&[u8]> = replies.iter().map(|r| r.body.as_slice()).collect();
     bytes.push(again.body.as_slice());
+    bytes.push(echoed.body.as_slice());
     let headers: Vec<Vec<u8>> = replies
         .iter()
         .map(|r| r.headers.clone().into_bytes())

@@ -407,6 +407,9 @@ impl Admission<'_> {
                     tracing::warn!(error = %e, "oauth2 token not injected");
                     Reason::CredentialUnavailable
                 })?;
+            // A minted token is an injected value like any other: the
+            // reflection guard keeps it from coming back to the agent.
+            injected.push(Arc::new(token.value.clone()));
         }
         if let Some(Credential::GithubApp(app)) = scope.credential.as_deref() {
             let minting = std::time::Instant::now();
@@ -421,6 +424,9 @@ impl Admission<'_> {
                     tracing::warn!(error = %e, "github app token not injected");
                     Reason::CredentialUnavailable
                 })?;
+            // A minted token is an injected value like any other: the
+            // reflection guard keeps it from coming back to the agent.
+            injected.push(Arc::new(token.value.clone()));
         }
         if scope.aws().is_some() {
             // A presigned URL carries the agent's signature in its query.

@@ -2,7 +2,8 @@
 // with a bearer token the provider signed (its JWKS file), for this
 // resource (audience), from the expected issuer, carrying the scope the
 // path needs. Every distinct token it accepts is appended to STATE/tokens.txt,
-// so the test can look for it where it must not be.
+// so the test can look for it where it must not be. A path containing
+// `/echo` also reflects the Authorization header in the body.
 //
 // Environment: STATE, CERT, KEY, ISSUER, RESOURCE, SCOPE (the scope every
 // call needs). Prints `listening PORT`.
@@ -33,10 +34,11 @@ async function verify(req) {
       seen.add(token);
       fs.appendFileSync(path.join(state, 'tokens.txt'), `${token}\n`);
     }
-    return {
-      status: 200,
-      body: { ok: true, client_id: payload.client_id, scope: payload.scope, aud: payload.aud, tokens_seen: seen.size, path: req.url },
-    };
+    const body = { ok: true, client_id: payload.client_id, scope: payload.scope, aud: payload.aud, tokens_seen: seen.size, path: req.url };
+    // A debug endpoint that echoes the request's credential, as many APIs'
+    // error bodies do: clawgate must not let the token reach the agent.
+    if (req.url.includes('/echo')) body.authorization = auth;
+    return { status: 200, body };
   } catch (e) {
     return { status: 401, body: { error: 'invalid_token', detail: e.code || String(e) } };
   }
