@@ -337,6 +337,15 @@ fn client_credentials_with_secret_basic_post_and_private_key_jwt() {
     let again = w.get("api-basic");
     assert_eq!(again.status, 200);
     assert_eq!(w.mints("api-basic").len(), 1);
+    let metrics = w.h.admin(Some("watcher"), &["/metrics"]).body_text();
+    assert!(
+        metrics.contains("clawgate_credential_kind_mints_total{kind=\"oauth2\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("clawgate_credential_kind_cache_hits_total{kind=\"oauth2\"} 1"),
+        "{metrics}"
+    );
     // An upstream that reflects the minted token hands the agent the
     // redaction marker, and the call's outcome says so.
     let agent = AGENTS.iter().find(|(_, s)| *s == "api-basic").unwrap().0;
@@ -349,26 +358,13 @@ fn client_credentials_with_secret_basic_post_and_private_key_jwt() {
         "{}",
         echoed.body_text()
     );
-    let outcome =
-        w.h.records()
-            .into_iter()
-            .find(|r| r.kind == "outcome" && r.request_id == echoed.request_id())
-            .expect("an outcome record for the reflected call");
+    let outcome = w.h.outcome(&echoed.request_id());
     assert!(
         outcome
             .detail
             .as_deref()
             .is_some_and(|d| d.contains("credential-reflected: 1 redacted")),
         "{outcome:?}"
-    );
-    let metrics = w.h.admin(Some("watcher"), &["/metrics"]).body_text();
-    assert!(
-        metrics.contains("clawgate_credential_kind_mints_total{kind=\"oauth2\"} 3"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("clawgate_credential_kind_cache_hits_total{kind=\"oauth2\"} 1"),
-        "{metrics}"
     );
     let mut bytes: Vec<&[u8]> = replies.iter().map(|r| r.body.as_slice()).collect();
     bytes.push(again.body.as_slice());
