@@ -19,9 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{Override, OverrideError, OverrideKind, at, secs, to_i64};
 use crate::audit::postgres::PgTarget;
@@ -184,20 +183,12 @@ impl Worker {
     /// A session listening on the channel, connected if need be.
     async fn client(&mut self) -> Result<&Client, OverrideError> {
         if self.session.is_none() {
-            let (client, mut connection) = self.target.config().connect(NoTls).await.map_err(db)?;
             let (notes, heard) = mpsc::unbounded_channel();
-            tokio::spawn(async move {
-                let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
-                while let Some(message) = messages.next().await {
-                    match message {
-                        Ok(AsyncMessage::Notification(_)) => {
-                            let _ = notes.send(());
-                        }
-                        Ok(_) => {}
-                        Err(_) => break,
-                    }
-                }
-            });
+            let client = self
+                .target
+                .open(Some(notes))
+                .await
+                .map_err(|e| OverrideError::Shared(e.to_string()))?;
             client
                 .batch_execute(&format!("SET synchronous_commit TO on; LISTEN {CHANNEL}"))
                 .await

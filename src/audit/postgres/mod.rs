@@ -21,12 +21,12 @@
 pub mod archive;
 mod read;
 mod restore;
+mod target;
 mod verify;
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use super::chain::{Head, seal};
 use super::writer::{BatchStore, Waiter, start_with};
@@ -35,57 +35,12 @@ use super::{AuditError, AuditLog, WriterHandle};
 pub use archive::{FleetArchiveError, FleetExported, FleetPruned, OPS_CHAIN};
 pub use read::{close_chain, migrate, query};
 pub use restore::restore;
+pub use target::{PASSWORD_ENV, PgTarget};
 pub use verify::{Checkpoint, FleetReport, FleetVerifyError, checkpoint, head, verify};
 
-/// How long a connection attempt may take before the batch fails.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one batch may take before it is failed (and the connection
 /// dropped): the calls in it wait this long at most.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where the fleet's store is: a `postgres://` URL or a libpq
-/// `key=value` string.
-#[derive(Clone)]
-pub struct PgTarget {
-    config: std::sync::Arc<tokio_postgres::Config>,
-}
-
-impl std::fmt::Debug for PgTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The host and database only: never the password.
-        let hosts: Vec<String> = self
-            .config
-            .get_hosts()
-            .iter()
-            .map(|h| match h {
-                tokio_postgres::config::Host::Tcp(name) => name.clone(),
-                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-            })
-            .collect();
-        f.debug_struct("PgTarget")
-            .field("hosts", &hosts)
-            .field("dbname", &self.config.get_dbname())
-            .finish_non_exhaustive()
-    }
-}
-
-impl FromStr for PgTarget {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        // The parser's message can quote the input, password included.
-        let mut config = tokio_postgres::Config::from_str(text).map_err(|_| {
-            "the store must be a postgres:// URL or a `host=... dbname=...` string".to_owned()
-        })?;
-        config.connect_timeout(CONNECT_TIMEOUT);
-        if config.get_application_name().is_none() {
-            config.application_name("clawgate");
-        }
-        Ok(PgTarget {
-            config: std::sync::Arc::new(config),
-        })
-    }
-}
 
 /// Why PostgreSQL could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -120,29 +75,6 @@ impl From<tokio_postgres::Error> for PgError {
 impl From<PgError> for AuditError {
     fn from(e: PgError) -> Self {
         AuditError::Write(e.to_string())
-    }
-}
-
-impl PgTarget {
-    /// The connection settings (they may hold a password: never print them).
-    pub(crate) fn config(&self) -> &tokio_postgres::Config {
-        &self.config
-    }
-
-    /// Connects, drives the connection on the current runtime and sets the
-    /// session up (`synchronous_commit = on`).
-    pub async fn connect(&self) -> Result<Client, PgError> {
-        let (client, connection) =
-            tokio::time::timeout(CONNECT_TIMEOUT, self.config.connect(NoTls))
-                .await
-                .map_err(|_| PgError::Db("connection timed out".into()))??;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "postgresql connection ended");
-            }
-        });
-        client.batch_execute("SET synchronous_commit TO on").await?;
-        Ok(client)
     }
 }
 
