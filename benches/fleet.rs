@@ -146,7 +146,7 @@ fn pgbench(pg: &Postgres) -> String {
     let host = pg.socket().display().to_string();
     let run = |args: &[&str]| {
         let out = Command::new(&bin)
-            .args(["-h", &host, "-U", "postgres"])
+            .args(["-h", &host, "-U", "postgres", "-p", &pg.port.to_string()])
             .args(args)
             .arg("clawgate")
             .output()

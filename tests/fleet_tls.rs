@@ -82,7 +82,7 @@ fn postgresql_is_reached_with_verify_full_and_a_password_and_each_wrong_setting_
     let wrong_name = url.replace("@localhost:", "@db.clawgate.test:") + "&hostaddr=127.0.0.1";
     let out = clawgate(&["audit", "verify", "--store", &wrong_name]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("NotValidForName"), "{}", text(&out));
+    assert!(text(&out).contains("not valid for name"), "{}", text(&out));
 
     // Plain TCP: refused by the server (hostssl only).
     let out = clawgate(&["audit", "verify", "--store", &pg.url_plain()]);
@@ -165,7 +165,7 @@ fn a_fleet_over_tls_records_every_call_and_the_password_is_nowhere() {
 }
 
 /// A replica with shared limits only, `rate` on the scope.
-fn limited(redis: &Redis, rate: &str, flags: Vec<String>) -> Harness {
+fn limited(rate: &str, flags: Vec<String>) -> Harness {
     Harness::with(Options {
         extra_policy: vec![("fleet.toml", SCOPE.replace("{extra}", rate))],
         agents: vec!["fleeter", "ops"],
@@ -178,7 +178,7 @@ fn limited(redis: &Redis, rate: &str, flags: Vec<String>) -> Harness {
 fn redis_with_a_wrong_password_or_ca_is_a_clear_error_and_follows_the_failure_mode() {
     let redis = Redis::start();
     let rate = "rate = \"3/hour\"\nburst = 3";
-    let good = limited(&redis, rate, redis.args());
+    let good = limited(rate, redis.args());
     assert_eq!(call(&good).status, 200);
     assert_eq!(metric(&good, "clawgate_limits_store_up"), 1.0);
     let keys = redis.cli(&["--scan", "--pattern", "clawgate:{fleeter}:*"]);
@@ -195,25 +195,37 @@ fn redis_with_a_wrong_password_or_ca_is_a_clear_error_and_follows_the_failure_mo
         .unwrap();
     wrong_pw[at + 1] = password_file(dir.path(), "not-the-password-4242");
     wrong_pw.extend(["--limits-failure-mode".into(), "closed".into()]);
-    let mut refused = limited(&redis, rate, wrong_pw);
+    let mut refused = limited(rate, wrong_pw);
 
     let mut wrong_ca = redis.args();
     let at = wrong_ca.iter().position(|a| a == "--limits-ca").unwrap();
     wrong_ca[at + 1] = redis.secrets.wrong_ca.display().to_string();
     wrong_ca.extend(["--limits-failure-mode".into(), "closed".into()]);
-    let mut untrusted = limited(&redis, rate, wrong_ca);
+    let mut untrusted = limited(rate, wrong_ca);
 
     for (h, why) in [
-        (&mut refused, "WRONGPASS"),
+        (&mut refused, "AuthenticationFailed"),
         (&mut untrusted, "UnknownIssuer"),
     ] {
         let r = call(h);
         assert_eq!(r.status, 429, "{r:?}");
         assert!(!r.body_text().contains("not-the-password"));
         assert_eq!(metric(h, "clawgate_limits_store_up"), 0.0);
+        // The heartbeat waits long enough for the real reason to be logged.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !h.stderr().contains(why) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
         h.stop();
         let logs = h.stderr();
-        assert!(logs.contains(why), "{logs}");
+        assert!(
+            logs.contains(why),
+            "{}",
+            logs.lines()
+                .filter(|l| l.contains("limits"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         assert!(!logs.contains("not-the-password-4242"));
         assert!(!logs.contains(PASSWORD));
     }
@@ -229,15 +241,24 @@ fn redis_stopped_restarted_empty_and_stopped_again_never_gives_the_fleet_a_fresh
         vec!["--limits-timeout".into(), "500ms".into()],
     ]
     .concat();
-    let replicas: Vec<Harness> = (0..3)
-        .map(|_| limited(&redis, rate, flags.clone()))
-        .collect();
+    let replicas: Vec<Harness> = (0..3).map(|_| limited(rate, flags.clone())).collect();
     wait_until("three live replicas", Duration::from_secs(15), || {
         replicas
             .iter()
             .all(|h| metric(h, "clawgate_limits_replicas") >= 3.0)
     });
     let mut allowed = 0;
+    // Calls until `n` were allowed.
+    let spend = |allowed: &mut usize, n: usize| {
+        for i in 0..30 {
+            if *allowed == n {
+                return;
+            }
+            if call(&replicas[i % 3]).status == 200 {
+                *allowed += 1;
+            }
+        }
+    };
     let round = |allowed: &mut usize, calls: usize| {
         for i in 0..calls {
             let h = &replicas[i % 3];
@@ -249,13 +270,16 @@ fn redis_stopped_restarted_empty_and_stopped_again_never_gives_the_fleet_a_fresh
             }
         }
     };
-    round(&mut allowed, 12);
-    assert_eq!(allowed, 6, "the burst, fleet-wide");
+    // Two of the burst of 6 spent on Redis: no refusal is cached anywhere,
+    // so what follows is decided by the fallback and by Redis.
+    spend(&mut allowed, 2);
+    assert_eq!(allowed, 2);
 
-    // Stopped: the local fallback starts empty on every replica.
+    // Stopped: the local fallback starts empty on every replica (it used to
+    // start each replica with its share of a full burst: 2 each, 6 more).
     redis.kill();
     round(&mut allowed, 9);
-    assert_eq!(allowed, 6, "a stopped Redis gave the fleet a fresh burst");
+    assert_eq!(allowed, 2, "a stopped Redis gave the fleet a fresh burst");
 
     // Restarted with nothing: every replica learns of the loss before it
     // trusts Redis again, and counts what Redis forgot as spent.
@@ -271,7 +295,7 @@ fn redis_stopped_restarted_empty_and_stopped_again_never_gives_the_fleet_a_fresh
     );
     round(&mut allowed, 9);
     assert_eq!(
-        allowed, 6,
+        allowed, 2,
         "a Redis restarted empty gave the fleet a fresh burst"
     );
     let epoch = redis.cli(&["GET", "clawgate:{replicas}:epoch"]);
@@ -289,10 +313,13 @@ fn redis_stopped_restarted_empty_and_stopped_again_never_gives_the_fleet_a_fresh
     round(&mut allowed, 15);
     let _redis = stop.join().unwrap();
     round(&mut allowed, 6);
-    assert_eq!(
-        allowed, 6,
-        "the fleet went past its burst across the failures"
+    // Within limit + burst (6, with nothing accrued at 6/hour); in fact the
+    // 2 spent before the first failure, since every failure starts empty.
+    assert!(
+        allowed <= 6,
+        "the fleet allowed {allowed} against a burst of 6"
     );
+    assert_eq!(allowed, 2);
     for h in &replicas {
         assert!(metric(h, "clawgate_limits_fallback_total") >= 1.0);
     }

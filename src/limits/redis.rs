@@ -43,6 +43,8 @@ const LIVE_FOR_MS: u64 = 5_000;
 /// How long one connection attempt to Redis may take (outside the call path:
 /// a call waits `timeout` at most, the attempt goes on for the next call).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a heartbeat may wait (it is not on the call path).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The GCRA script: both keys checked, both spent only if both pass.
 pub const GCRA: &str = r"
@@ -90,7 +92,8 @@ local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   local lost = 0
   if ARGV[3] == '1' then lost = 1 end
-  epoch = tostring(tonumber(t[1]) * 1000000 + tonumber(t[2])) .. ':' .. lost
+  -- Digits, not tostring(): Lua would print 1.7e+15.
+  epoch = t[1] .. string.format('%06d', tonumber(t[2])) .. ':' .. lost
   redis.call('SET', KEYS[2], epoch)
 end
 return {redis.call('ZCARD', KEYS[1]), epoch}
@@ -207,6 +210,9 @@ pub struct RedisLimits {
     lost_at: AtomicU64,
     /// Set by a failed round trip: check the epoch before the next limit.
     recheck: AtomicBool,
+    /// The reasons of failure logged since Redis last answered: each new
+    /// one is logged once.
+    reasons: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,11 +225,9 @@ enum StoreError {
 
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
-        // The kind and the server's words; never the command's arguments.
-        StoreError::Redis(match e.detail() {
-            Some(detail) => format!("{:?}: {detail}", e.kind()),
-            None => format!("{:?}", e.kind()),
-        })
+        // The crate's message: the kind, the server's words or the TLS
+        // error; never a command's arguments (AUTH's included).
+        StoreError::Redis(e.to_string())
     }
 }
 
@@ -248,6 +252,7 @@ impl RedisLimits {
             epoch: Mutex::new(None),
             lost_at: AtomicU64::new(0),
             recheck: AtomicBool::new(false),
+            reasons: Mutex::default(),
         }
     }
 
@@ -289,13 +294,14 @@ impl RedisLimits {
         Ok(conn)
     }
 
-    /// Runs `script` within the timeout.
+    /// Runs `script` within `timeout`.
     async fn run<T: redis::FromRedisValue>(
         &self,
         invocation: redis::ScriptInvocation<'_>,
+        timeout: Duration,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
-        let reply = tokio::time::timeout(self.config.timeout, invocation.invoke_async(&mut conn))
+        let reply = tokio::time::timeout(timeout, invocation.invoke_async(&mut conn))
             .await
             .map_err(|_| StoreError::Timeout)??;
         Ok(reply)
@@ -303,6 +309,9 @@ impl RedisLimits {
 
     fn succeeded(&self) {
         self.failures_in_row.store(0, Ordering::Relaxed);
+        if let Ok(mut seen) = self.reasons.lock() {
+            seen.clear();
+        }
         if !self.up.swap(true, Ordering::Relaxed) {
             tracing::info!("rate limit store is back");
         }
@@ -314,7 +323,18 @@ impl RedisLimits {
     fn failed(&self, e: &StoreError) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.recheck.store(true, Ordering::Relaxed);
-        if self.up.swap(false, Ordering::Relaxed) {
+        let said = e.to_string();
+        let new_reason = self
+            .reasons
+            .lock()
+            .is_ok_and(|mut seen| seen.len() < 16 && seen.insert(said));
+        let was_up = self.up.swap(false, Ordering::Relaxed);
+        if new_reason && !was_up {
+            // Why it still fails, once per new reason (a timeout, then the
+            // server's refusal of the password, say).
+            tracing::error!(error = %e, "rate limit store still failing");
+        }
+        if was_up {
             tracing::error!(error = %e, mode = self.config.failure_mode.as_str(), "rate limit store failed; failure mode in force");
             // Each failure starts the local fallback afresh and empty: what
             // the fleet spent on Redis is not handed back as a new burst.
@@ -363,7 +383,7 @@ impl RedisLimits {
         if self.recheck.load(Ordering::Relaxed) {
             // Redis failed since the epoch was last read: it may have
             // restarted empty. Learn that before trusting what it holds.
-            if let Err(e) = self.beat().await {
+            if let Err(e) = self.beat(self.config.timeout).await {
                 self.failed(&e);
                 return self.fallback(agent, agent_rate, scope, scope_rate);
             }
@@ -397,7 +417,7 @@ impl RedisLimits {
         for arg in &argv {
             invocation.arg(arg);
         }
-        match self.run::<Vec<i64>>(invocation).await {
+        match self.run::<Vec<i64>>(invocation, self.config.timeout).await {
             Ok(items) => {
                 self.succeeded();
                 match items.as_slice() {
@@ -485,14 +505,16 @@ impl RedisLimits {
 
     /// Says this replica is live and learns how many are; every second.
     pub async fn heartbeat(&self) {
-        match self.beat().await {
+        // Off the call path: long enough for a connection to be made (or
+        // refused, with the reason logged) on a slow network.
+        match self.beat(self.config.timeout.max(HEARTBEAT_TIMEOUT)).await {
             Ok(()) => self.succeeded(),
             Err(e) => self.failed(&e),
         }
     }
 
     /// One heartbeat: the count of live replicas and the epoch marker.
-    async fn beat(&self) -> Result<(), StoreError> {
+    async fn beat(&self, timeout: Duration) -> Result<(), StoreError> {
         let known = self.epoch.lock().ok().and_then(|e| e.clone());
         let mut invocation = self.heartbeat.prepare_invoke();
         invocation
@@ -501,7 +523,7 @@ impl RedisLimits {
             .arg(&self.config.replica)
             .arg(LIVE_FOR_MS)
             .arg(if known.is_some() { "1" } else { "0" });
-        let (n, epoch): (i64, String) = self.run(invocation).await?;
+        let (n, epoch): (i64, String) = self.run(invocation, timeout).await?;
         self.replicas
             .store(u32::try_from(n).unwrap_or(1).max(1), Ordering::Relaxed);
         if known.as_deref() != Some(epoch.as_str()) {

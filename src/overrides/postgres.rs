@@ -64,10 +64,7 @@ impl std::fmt::Debug for Request {
 }
 
 fn db(e: tokio_postgres::Error) -> OverrideError {
-    OverrideError::Shared(
-        e.as_db_error()
-            .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
-    )
+    OverrideError::Shared(crate::audit::postgres::describe(&e))
 }
 
 impl PgOverrides {

@@ -187,6 +187,7 @@ impl Postgres {
         pg.psql("postgres", "postgres", "CREATE DATABASE clawgate");
         check(
             Command::new(pg.bin.join("psql"))
+                .env("PGPORT", pg.port.to_string())
                 .args([
                     "-v",
                     "ON_ERROR_STOP=1",
@@ -284,7 +285,9 @@ impl Postgres {
         let mut c = Command::new(self.bin.join("psql"));
         c.args(["-v", "ON_ERROR_STOP=1", "-qAt"]);
         if user == "postgres" {
-            c.args(["-U", user, "-d", db, "-h"]).arg(&self.sock);
+            c.args(["-U", user, "-d", db, "-h"])
+                .arg(&self.sock)
+                .env("PGPORT", self.port.to_string());
         } else {
             c.arg(format!(
                 "host=localhost port={} user={user} dbname={db} sslmode=verify-full sslrootcert={}",

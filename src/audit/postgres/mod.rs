@@ -22,6 +22,7 @@ pub mod archive;
 mod read;
 mod restore;
 mod target;
+mod unsettled;
 mod verify;
 
 use std::time::Duration;
@@ -35,7 +36,7 @@ use super::{AuditError, AuditLog, WriterHandle};
 pub use archive::{FleetArchiveError, FleetExported, FleetPruned, OPS_CHAIN};
 pub use read::{close_chain, migrate, query};
 pub use restore::restore;
-pub use target::{PASSWORD_ENV, PgTarget};
+pub use target::{PASSWORD_ENV, PgTarget, describe};
 pub use verify::{Checkpoint, FleetReport, FleetVerifyError, checkpoint, head, verify};
 
 /// How long one batch may take before it is failed (and the connection
@@ -65,10 +66,7 @@ impl From<tokio_postgres::Error> for PgError {
     fn from(e: tokio_postgres::Error) -> Self {
         // `as_db_error` carries the server's message; the plain form says
         // "db error" only.
-        match e.as_db_error() {
-            Some(db) => PgError::Db(db.message().to_owned()),
-            None => PgError::Db(e.to_string()),
-        }
+        PgError::Db(target::describe(&e))
     }
 }
 
@@ -130,6 +128,9 @@ struct ChainWriter {
     chain: String,
     session: Option<Session>,
     head: Head,
+    /// A batch sent without an answer, until the head says whether it
+    /// committed.
+    unsettled: Option<unsettled::Unsettled>,
 }
 
 impl ChainWriter {
@@ -180,6 +181,9 @@ impl ChainWriter {
             }
             self.head = head;
             self.session = Some(session);
+            if let Some(unsettled) = self.unsettled.take() {
+                self.settle(unsettled)?;
+            }
         }
         let Some(session) = &self.session else {
             return Err(PgError::Db("no session".into()));
@@ -228,11 +232,78 @@ impl ChainWriter {
             }
             Ok(Err(e)) => {
                 self.session = None;
+                if e.as_db_error().is_none() {
+                    // The connection failed: the batch may have committed.
+                    self.unsettled =
+                        unsettled::Unsettled::of(&head, batch.iter().map(|(r, _)| &**r));
+                }
                 Err(e.into())
             }
             Err(_) => {
                 self.session = None;
+                self.unsettled = unsettled::Unsettled::of(&head, batch.iter().map(|(r, _)| &**r));
                 Err(PgError::Db("the batch timed out".into()))
+            }
+        }
+    }
+
+    /// Writes the outcome records owed by a batch that committed without
+    /// its answer reaching this writer (see [`unsettled`]).
+    fn settle(&mut self, unsettled: unsettled::Unsettled) -> Result<(), PgError> {
+        let again = unsettled::Unsettled {
+            committed: unsettled.committed.clone(),
+            decisions: unsettled.decisions.clone(),
+        };
+        let mut owed = unsettled.owed(&self.head);
+        if owed.is_empty() {
+            return Ok(());
+        }
+        let Some(session) = &self.session else {
+            return Err(PgError::Db("no session".into()));
+        };
+        let before = self.head.clone();
+        let mut head = before.clone();
+        for record in &mut owed {
+            seal(&mut head, record);
+        }
+        let json = serde_json::to_string(&owed)
+            .map_err(|e| PgError::Invalid(format!("records not encodable: {e}")))?;
+        let chain = self.chain.as_str();
+        let written = self.runtime.block_on(async {
+            tokio::time::timeout(
+                BATCH_TIMEOUT,
+                session.client.execute(
+                    &session.insert,
+                    &[
+                        &chain,
+                        &before.seq,
+                        &before.hash,
+                        &head.seq,
+                        &head.hash,
+                        &json,
+                    ],
+                ),
+            )
+            .await
+        });
+        match written {
+            Ok(Ok(n)) if usize::try_from(n).ok() == Some(owed.len()) => {
+                tracing::warn!(
+                    chain = %self.chain,
+                    calls = owed.len(),
+                    "decisions committed without acknowledgement: outcome records say the calls were not forwarded"
+                );
+                self.head = head;
+                Ok(())
+            }
+            _ => {
+                // Try again with the next session: if these outcomes did
+                // commit after all, the head will have moved past `again`'s.
+                self.session = None;
+                self.unsettled = Some(again);
+                Err(PgError::Db(
+                    "outcome records of unacknowledged decisions not written".into(),
+                ))
             }
         }
     }
@@ -270,6 +341,7 @@ pub fn open(target: &PgTarget, chain: &str) -> Result<(AuditLog, WriterHandle), 
         chain: chain.to_owned(),
         session: Some(session),
         head,
+        unsettled: None,
     };
     start_with(writer, || || {})
 }

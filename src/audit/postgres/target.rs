@@ -259,6 +259,27 @@ impl PgTarget {
     }
 }
 
+/// What went wrong, with its causes: tokio-postgres says "error performing
+/// TLS handshake" and keeps rustls's reason (`UnknownIssuer`,
+/// `NotValidForName`) as the source. The server's own message when there is
+/// one. Never holds the password: neither does any of these.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.message().to_owned();
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Runs the connection until it ends, passing notifications on.
 fn drive<S, T>(mut connection: Connection<S, T>, notes: Option<mpsc::UnboundedSender<()>>)
 where
