@@ -174,7 +174,7 @@ fn redis_benchmark(redis: &Redis) -> String {
             "clawgate:{__rand_int__}:agent",
             "clawgate:{__rand_int__}:scope:s",
         ])
-        .args(["1000", "1000000", "1000", "1000000"])
+        .args(["1000", "1000000", "1000", "1000000", "0"])
         .args(["-r", "100000"])
         .output()
         .expect("redis-benchmark (Debian's redis-tools)");

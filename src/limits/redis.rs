@@ -409,15 +409,10 @@ impl RedisLimits {
                 which.push((name, rate));
             }
         }
-        argv.push(self.lost_at.load(Ordering::Relaxed).to_string());
-        let mut invocation = self.gcra.prepare_invoke();
-        for key in &keys {
-            invocation.key(key);
-        }
-        for arg in &argv {
-            invocation.arg(arg);
-        }
-        match self.run::<Vec<i64>>(invocation, self.config.timeout).await {
+        match self
+            .run::<Vec<i64>>(self.gcra_call(&keys, &mut argv), self.config.timeout)
+            .await
+        {
             Ok(items) => {
                 self.succeeded();
                 match items.as_slice() {
@@ -458,6 +453,20 @@ impl RedisLimits {
                 self.fallback(agent, agent_rate, scope, scope_rate)
             }
         }
+    }
+
+    /// The GCRA script over `keys` and `argv`, with when Redis last lost its
+    /// data as its last argument.
+    fn gcra_call(&self, keys: &[String], argv: &mut Vec<String>) -> redis::ScriptInvocation<'_> {
+        argv.push(self.lost_at.load(Ordering::Relaxed).to_string());
+        let mut invocation = self.gcra.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in argv.iter() {
+            invocation.arg(arg);
+        }
+        invocation
     }
 
     fn fallback(
