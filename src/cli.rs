@@ -8,7 +8,6 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use clawgate::certs;
-use clawgate::limits::RedisTarget;
 use clawgate::limits::redis::FailureMode;
 
 mod audit;
@@ -305,8 +304,10 @@ pub(crate) struct ServeArgs {
     /// (TLS), `redis://[USER@]HOST:PORT` or `unix:///PATH` (in this process
     /// when absent). The password is never in the URL: see
     /// `--limits-password-file`.
-    #[arg(long, value_parser = clap::value_parser!(RedisTarget))]
-    pub(crate) limits: Option<RedisTarget>,
+    /// Parsed by `serve`, not by clap, whose error would repeat the input,
+    /// a password included.
+    #[arg(long)]
+    pub(crate) limits: Option<String>,
     /// The CA that signed the Redis server's certificate (the system's roots
     /// when absent). The host name in `--limits` is checked against it.
     #[arg(long, requires = "limits")]

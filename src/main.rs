@@ -273,7 +273,12 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
     let limits = args
         .limits
         .clone()
-        .map(|target| redis_config(&args, target))
+        .map(|text| {
+            let target = text
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--limits: {e}"))?;
+            redis_config(&args, target)
+        })
         .transpose()?;
     Ok(ServeConfig {
         policy_dir: args.policy,

@@ -324,3 +324,22 @@ fn redis_stopped_restarted_empty_and_stopped_again_never_gives_the_fleet_a_fresh
         assert!(metric(h, "clawgate_limits_fallback_total") >= 1.0);
     }
 }
+
+#[test]
+fn a_replica_without_a_store_and_a_password_in_the_redis_url_are_refused_at_start() {
+    let out = clawgate(&["serve", "--replica", "r1"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--store"), "{}", text(&out));
+    let out = clawgate(&[
+        "serve",
+        "--limits",
+        "rediss://clawgate:hunter2-canary@localhost:6380",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("--limits-password-file"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("hunter2-canary"), "{}", text(&out));
+}
