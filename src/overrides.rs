@@ -16,6 +16,7 @@
 mod postgres;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -245,6 +246,9 @@ CREATE TABLE IF NOT EXISTS overrides (
 pub struct Overrides {
     db: Store,
     active: Arc<ArcSwap<Vec<Override>>>,
+    /// Set when a fleet's store swapped the list in (another replica's
+    /// change): the next settle looks again for lapses due.
+    moved: Arc<AtomicBool>,
 }
 
 /// Where overrides are kept: beside the SQLite decision log, or in a
@@ -266,6 +270,7 @@ impl Overrides {
         Ok(Overrides {
             db: Store::Sqlite(Mutex::new(conn)),
             active: Arc::new(ArcSwap::from_pointee(active)),
+            moved: Arc::default(),
         })
     }
 
@@ -277,11 +282,20 @@ impl Overrides {
         replica: String,
     ) -> Result<Overrides, OverrideError> {
         let active = Arc::new(ArcSwap::from_pointee(Vec::new()));
-        let store = postgres::PgOverrides::start(target, replica, Arc::clone(&active))?;
+        let moved = Arc::new(AtomicBool::new(true));
+        let store =
+            postgres::PgOverrides::start(target, replica, Arc::clone(&active), Arc::clone(&moved))?;
         Ok(Overrides {
             db: Store::Postgres(store),
             active,
+            moved,
         })
+    }
+
+    /// Whether the list was swapped in by the fleet's store since the last
+    /// call (one relaxed load when it was not).
+    pub fn moved(&self) -> bool {
+        self.moved.load(Ordering::Relaxed) && self.moved.swap(false, Ordering::AcqRel)
     }
 
     /// The JSON form of `o` for the admin API; on a fleet's store, with
@@ -340,7 +354,8 @@ impl Overrides {
             .cloned()
     }
 
-    /// Validates and stores a new override; it is in force on return. An
+    /// Validates and stores a new override; it is in force once
+    /// [`Overrides::finish_creation`] says so (at once on SQLite). An
     /// agent or scope must be one `targets` defines, unless `force`; a serial
     /// must be hex and is stored normalised (see [`normalise_serial`]).
     pub fn create(
@@ -412,7 +427,10 @@ impl Overrides {
         let db = match &self.db {
             Store::Sqlite(_) => self.lock()?,
             Store::Postgres(store) => {
-                store.create(&o)?;
+                let pending = store.prepare(&o)?;
+                if let Ok(mut map) = store.pending.lock() {
+                    map.insert(o.id.clone(), pending);
+                }
                 return Ok(Created {
                     created: o,
                     target_as_given: given.to_owned(),
@@ -439,6 +457,28 @@ impl Overrides {
             target_as_given: given.to_owned(),
             forced,
         })
+    }
+
+    /// Finishes a creation once its record is durable (`recorded`) or could
+    /// not be written: on a fleet's store the override was prepared but
+    /// not committed, so no replica enforced it before its record; `Ok`
+    /// exactly when it is now stored and in force. Without `recorded` it is
+    /// taken back.
+    pub async fn finish_creation(&self, id: &str, recorded: bool) -> Result<(), OverrideError> {
+        match &self.db {
+            Store::Postgres(store) => {
+                let pending = store.pending.lock().ok().and_then(|mut m| m.remove(id));
+                match pending {
+                    Some(pending) => pending.finish(recorded).await,
+                    None => Err(OverrideError::Shared("no such prepared creation".into())),
+                }
+            }
+            Store::Sqlite(_) if recorded => Ok(()),
+            Store::Sqlite(_) => {
+                self.remove(id)?;
+                Err(OverrideError::Invalid("creation taken back".into()))
+            }
+        }
     }
 
     /// Removes an override; `None` when there is no such id.
@@ -471,11 +511,7 @@ impl Overrides {
         }
         if let Store::Postgres(store) = &self.db {
             // Only the lapses this replica took out are its to record.
-            let mine = store.lapse(lapsed.iter().map(|o| o.id.clone()).collect())?;
-            return Ok(lapsed
-                .into_iter()
-                .filter(|o| mine.contains(&o.id))
-                .collect());
+            return store.lapse(lapsed);
         }
         let db = self.lock()?;
         for o in &lapsed {

@@ -420,11 +420,7 @@ impl Admin {
         let now = SystemTime::now();
         let policy = self.pipeline.policy();
         let made = match self.pipeline.overrides().create(&new, who, now, &*policy) {
-            Ok(made) => {
-                // It may lapse before anything else that was due.
-                self.pipeline.lapses().changed();
-                made
-            }
+            Ok(made) => made,
             Err(OverrideError::Invalid(e)) => return error(StatusCode::BAD_REQUEST, &e),
             Err(e) => {
                 tracing::error!(error = %e, "override not stored");
@@ -445,16 +441,37 @@ impl Admin {
                 )
             });
         }
-        if let Err(e) = self.pipeline.audit().append_durable(record).await {
+        // The record first: on a fleet's store nothing enforces the
+        // override until its creation is committed, after this record.
+        let recorded = self.pipeline.audit().append_durable(record).await;
+        if let Err(e) = &recorded {
             // Every change is a record: one that cannot be recorded is
             // taken back.
-            tracing::error!(error = %e, "override creation not recorded; removing it");
-            let _ = self.pipeline.overrides().remove(&o.id);
+            tracing::error!(error = %e, "override creation not recorded; taking it back");
+        }
+        let finished = self
+            .pipeline
+            .overrides()
+            .finish_creation(&o.id, recorded.is_ok())
+            .await;
+        if recorded.is_err() {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the override could not be recorded, so it was not made",
             );
         }
+        if let Err(e) = finished {
+            tracing::error!(error = %e, "override recorded but not stored; recording that");
+            self.pipeline
+                .audit()
+                .append(o.record("not stored, so never in force", None));
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "override could not be stored",
+            );
+        }
+        // It may lapse before anything else that was due.
+        self.pipeline.lapses().changed();
         let mut body = o.to_json(now);
         body["target_as_given"] = made.target_as_given.clone().into();
         body["forced"] = made.forced.into();

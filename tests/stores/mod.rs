@@ -309,6 +309,30 @@ impl Postgres {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
+    /// `kill -STOP` on the postmaster and every backend: connections hang.
+    pub fn freeze(&self) {
+        self.signal_all("-STOP");
+    }
+
+    /// `kill -CONT`: the frozen server resumes.
+    pub fn thaw(&self) {
+        self.signal_all("-CONT");
+    }
+
+    fn signal_all(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim().to_owned();
+        // The postmaster and its children (the backends).
+        let children = Command::new("pgrep").args(["-P", &pid]).output().unwrap();
+        let mut pids = vec![pid];
+        pids.extend(
+            String::from_utf8_lossy(&children.stdout)
+                .lines()
+                .map(|l| l.trim().to_owned()),
+        );
+        let _ = Command::new("kill").arg(signal).args(&pids).status();
+    }
+
     /// `pg_ctl -m immediate stop`: no shutdown checkpoint, as in a crash.
     pub fn stop_immediate(&self) {
         check(
@@ -329,6 +353,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        self.thaw();
         let _ = as_postgres(&self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(self.dir.path().join("data"))
