@@ -17,9 +17,13 @@ use secrecy::SecretString;
 use tokio::time::Instant;
 
 use clawgate::credentials::cache::{Cache, Entry};
+use clawgate::credentials::oauth::{
+    self, ClientAuth, Endpoint, MintedToken, OAuthCredential, OAuthKey,
+};
 use clawgate::credentials::sigv4::{Payload, SigningScope, resign};
 use clawgate::credentials::{
-    AwsSession, Format, Placement, SecretCredential, SecretSource, SecretTiming, SecretValue,
+    AwsSession, Format, MintContext, Placement, SecretCredential, SecretSource, SecretTiming,
+    SecretValue,
 };
 
 fn agent_headers() -> HeaderMap {
@@ -129,7 +133,99 @@ fn credentials(c: &mut Criterion) {
             black_box(h)
         });
     });
+    bench_oauth(&mut group, &headers, &runtime);
     group.finish();
+}
+
+/// A cached `oauth2` token: the broker's lookup as it runs per call (the key
+/// cloned, the call's context cloned into the fetch factory, the cache hit)
+/// and the lookup plus injection. After warm-up no call mints.
+fn bench_oauth(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    headers: &HeaderMap,
+    runtime: &tokio::runtime::Runtime,
+) {
+    let credential = Arc::new(OAuthCredential {
+        endpoint: Endpoint::Issuer("https://login.example".into()),
+        client_id: "clawgate-billing".into(),
+        auth: ClientAuth::SecretBasic(SecretValue::resolve(
+            SecretSource::Env("S".into()),
+            SecretTiming::default(),
+            &|_| Some("client-secret".into()),
+        )),
+        bearer: None,
+        scope: Some("invoices.read".into()),
+        resources: vec!["https://api.billing.example/".into()],
+        audience: None,
+        placement: Placement::Header(HeaderName::from_static("authorization")),
+        format: Format::parse("Bearer {}").unwrap(),
+        refresh_margin: Duration::from_secs(60),
+        safety_margin: Duration::from_secs(10),
+        roots: Arc::default(),
+        allow_private: Arc::default(),
+        digest: [7; 32],
+    });
+    let cache: Cache<OAuthKey, MintedToken> = Cache::default();
+    let ctx = MintContext {
+        request_id: "01JDEXAMPLE0000000000000000".into(),
+        agent: "research".into(),
+        run: None,
+        scope: "billing-api".into(),
+    };
+    let cache = &cache;
+    let lookup = |credential: &Arc<OAuthCredential>, ctx: &MintContext| {
+        let key = OAuthKey(Arc::clone(credential));
+        let ctx = ctx.clone();
+        async move {
+            cache
+                .get(&key, move || {
+                    let _ctx = ctx.clone();
+                    async {
+                        let now = Instant::now();
+                        Ok::<_, clawgate::credentials::CredentialError>(Entry {
+                            value: Arc::new(MintedToken {
+                                value: SecretString::from(
+                                    "eyJhbGciOiJSUzI1NiJ9.payload.signature".repeat(8),
+                                ),
+                                granted_scope: Some("invoices.read".into()),
+                                lifetime: Duration::from_secs(3600),
+                            }),
+                            refresh_at: now + Duration::from_secs(3540),
+                            fresh_until: now + Duration::from_secs(3590),
+                            usable_until: now + Duration::from_secs(3590),
+                        })
+                    }
+                })
+                .await
+        }
+    };
+    runtime.block_on(lookup(&credential, &ctx)).unwrap();
+    group.bench_function("cached oauth2 token lookup", |b| {
+        b.iter(|| black_box(lookup(&credential, &ctx).now_or_never().unwrap().unwrap()));
+    });
+    group.bench_function("inject a cached oauth2 token", |b| {
+        b.iter(|| {
+            let mut h = headers.clone();
+            let mut query = None;
+            let token = lookup(&credential, &ctx).now_or_never().unwrap().unwrap();
+            oauth::inject(&credential, &token, &mut h, &mut query).unwrap();
+            black_box(h)
+        });
+    });
+    let before = cache
+        .stats()
+        .fetches
+        .load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..10_000 {
+        black_box(lookup(&credential, &ctx).now_or_never().unwrap().unwrap());
+    }
+    let minted = cache
+        .stats()
+        .fetches
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - before;
+    println!("oauth2: tokens minted per 10,000 cached calls after warm-up: {minted}");
+    assert_eq!(minted, 0);
 }
 
 criterion_group!(benches, credentials);

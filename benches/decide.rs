@@ -18,6 +18,11 @@ const RULES_PER_SCOPE: usize = 10;
 
 /// `scopes` scopes of 10 rules each, shared out to agents of 10 scopes each.
 fn generate(scopes: usize) -> Policy {
+    generate_with(scopes, "")
+}
+
+/// As [`generate`], each scope with `extra` (a line of scope settings).
+fn generate_with(scopes: usize, extra: &str) -> Policy {
     let mut text = String::new();
     for agent in 0..scopes.div_ceil(10) {
         let names: Vec<String> = (agent * 10..((agent + 1) * 10).min(scopes))
@@ -33,7 +38,7 @@ fn generate(scopes: usize) -> Policy {
     for s in 0..scopes {
         writeln!(
             text,
-            "[[scope]]\nname = \"s{s}\"\nupstream = \"https://svc{s}.example.com\"\nroute = \"r{s}\""
+            "[[scope]]\nname = \"s{s}\"\nupstream = \"https://svc{s}.example.com\"\nroute = \"r{s}\"\n{extra}"
         )
         .unwrap();
         for j in 0..RULES_PER_SCOPE {
@@ -108,28 +113,60 @@ fn bench(c: &mut Criterion) {
     for (name, scopes) in [("baseline-10-rules", 1), ("10k-rules-1k-scopes", 1000)] {
         let policy = generate(scopes);
         let calls = calls(scopes);
-        let mut i = 0;
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                let call = &calls[i % calls.len()];
-                i += 1;
-                black_box(decide(
-                    black_box(&Call {
-                        peer: &call.peer,
-                        target: Target::Route(&call.route),
-                        method: call.method,
-                        path: &call.path,
-                        aws: None,
-                        mcp: None,
-                        now: std::time::SystemTime::UNIX_EPOCH,
-                    }),
-                    &policy,
-                ))
-            });
-        });
+        bench_calls(&mut group, name, &policy, &calls);
     }
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// The path checks' cost at 10,000 rules, in one run: `lenient` skips the
+/// hazard scan (what `decide` did before it), `strict` is the default,
+/// `case-folded` also lowercases the path. Half the calls carry non-ASCII
+/// (a fullwidth letter), which is the hazard scan's slow path.
+fn bench_path_checks(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decide_path_checks");
+    let mut calls = calls(1000);
+    for (n, call) in calls.iter_mut().enumerate() {
+        if n % 2 == 0 {
+            call.path.push_str("/caf\u{e9}-\u{ff41}");
+        }
+    }
+    for (name, extra) in [
+        ("lenient", "path_strictness = \"lenient\""),
+        ("strict", ""),
+        ("case-folded", "case_insensitive_paths = true"),
+    ] {
+        let policy = generate_with(1000, extra);
+        bench_calls(&mut group, name, &policy, &calls);
+    }
+    group.finish();
+}
+
+fn bench_calls(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    policy: &Policy,
+    calls: &[OwnedCall],
+) {
+    let mut i = 0;
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let call = &calls[i % calls.len()];
+            i += 1;
+            black_box(decide(
+                black_box(&Call {
+                    peer: &call.peer,
+                    target: Target::Route(&call.route),
+                    method: call.method,
+                    path: &call.path,
+                    aws: None,
+                    mcp: None,
+                    now: std::time::SystemTime::UNIX_EPOCH,
+                }),
+                policy,
+            ))
+        });
+    });
+}
+
+criterion_group!(benches, bench, bench_path_checks);
 criterion_main!(benches);

@@ -171,6 +171,8 @@ fn bench(c: &mut Criterion) {
         token_listen: None,
         token_jwks: None,
         retention: None,
+        chain_check_every: std::time::Duration::from_secs(300),
+        anchors: None,
         fleet: clawgate::serve::FleetConfig::default(),
     };
     let env = |name: &str| (name == "ECHO_API_TOKEN").then(|| "bench-token".to_owned());

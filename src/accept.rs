@@ -11,7 +11,9 @@
 //!   source and overall with the oldest dropped first ([`gate`]), and the
 //!   CPU-bound part of a handshake runs under a small number of permits.
 //! - Every rejected or dropped handshake is a `tls-rejected` record, capped
-//!   per source ([`rejections`]).
+//!   per source ([`rejections`]); a client certificate with more than one
+//!   clawgate identity is refused in the handshake and recorded as
+//!   `identity-ambiguous` ([`crate::tls::one_identity`]).
 //! - At shutdown a listener stops accepting, lets its connections finish
 //!   within the drain time, then ends them.
 
@@ -38,8 +40,9 @@ use tokio_rustls::{LazyConfigAcceptor, server::TlsStream};
 
 pub use gate::Gate;
 pub use rejections::Rejections;
-use rejections::describe_tls_error;
+use rejections::{describe_tls_error, tls_error_reason};
 
+use crate::error::Reason;
 use crate::tls::{Door, TlsStore};
 
 /// A peer must send its ClientHello within this time.
@@ -179,7 +182,9 @@ pub async fn serve<M, S, B>(
                     let config = store.config(door);
                     let tls = match handshake(stream, config, &gate, ticket).await {
                         Ok(tls) => tls,
-                        Err(why) => return rejections.reject(addr, format!("{name} listener: {why}")),
+                        Err((reason, why)) => {
+                            return rejections.reject_as(addr, reason, format!("{name} listener: {why}"));
+                        }
                     };
                     let leaf = tls
                         .get_ref()
@@ -262,19 +267,21 @@ async fn handshake<I>(
     config: Arc<ServerConfig>,
     gate: &Gate,
     mut ticket: gate::Ticket,
-) -> Result<TlsStream<I>, String>
+) -> Result<TlsStream<I>, (Reason, String)>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let evicted = "dropped while pending to admit a newer connection";
+    let rejected = |why: String| (Reason::TlsRejected, why);
+    let failed = |e: &std::io::Error| (tls_error_reason(e), describe_tls_error(e));
+    let evicted = || rejected("dropped while pending to admit a newer connection".into());
     let lazy = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
     let start = tokio::select! {
         hello = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, lazy) => match hello {
             Ok(Ok(start)) => start,
-            Ok(Err(e)) => return Err(describe_tls_error(&e)),
-            Err(_) => return Err("no ClientHello in time".into()),
+            Ok(Err(e)) => return Err(failed(&e)),
+            Err(_) => return Err(rejected("no ClientHello in time".into())),
         },
-        () = ticket.evicted() => return Err(evicted.into()),
+        () = ticket.evicted() => return Err(evicted()),
     };
     let finish = async {
         let _permit = gate.permit().await;
@@ -283,10 +290,10 @@ where
     let tls = tokio::select! {
         done = tokio::time::timeout(HANDSHAKE_TIMEOUT, finish) => match done {
             Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return Err(describe_tls_error(&e)),
-            Err(_) => return Err("handshake timed out".into()),
+            Ok(Err(e)) => return Err(failed(&e)),
+            Err(_) => return Err(rejected("handshake timed out".into())),
         },
-        () = ticket.evicted() => return Err(evicted.into()),
+        () = ticket.evicted() => return Err(evicted()),
     };
     drop(ticket);
     Ok(tls)

@@ -99,9 +99,15 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify {
             audit: path,
             anchor,
+            anchors,
+            anchor_pub,
             store: None,
             archive: None,
-        } => local_verify(&path, &anchor),
+        } => local_verify(
+            &path,
+            &anchor,
+            anchors.as_deref().zip(anchor_pub.as_deref()),
+        ),
         AuditCommand::Head {
             audit: path,
             store: None,
@@ -113,6 +119,24 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Says on stderr when the log's chain does not verify: figures and
+/// records read from it may hold edited or missing records. An unreadable
+/// log is left to the read that follows.
+pub(crate) fn warn_if_broken(path: &std::path::Path, store: Option<&str>) -> anyhow::Result<()> {
+    let source = match store {
+        Some(target) => audit::Source::Postgres(cli::store(target)?),
+        None => audit::Source::Sqlite(path.to_owned()),
+    };
+    if let Some(audit::health::ChainState::Broken(seq)) = runtime()?.block_on(source.check_chain())
+    {
+        eprintln!(
+            "warning: the decision log's chain is broken at record {seq} (see `clawgate audit verify`): \
+             what follows may include edited or missing records"
+        );
+    }
+    Ok(())
+}
+
 /// `audit query`: from the SQLite file, or from PostgreSQL with `--store`.
 fn query(
     path: &std::path::Path,
@@ -120,6 +144,7 @@ fn query(
     filter: &Filter,
     format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
+    warn_if_broken(path, store)?;
     let records = match store {
         Some(target) => {
             runtime()?.block_on(audit::postgres::query(&cli::store(target)?, filter))?
@@ -135,8 +160,36 @@ fn query(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `audit verify` of a SQLite file, from its pruned anchor when it has one.
-fn local_verify(path: &std::path::Path, anchor: &[audit::Head]) -> anyhow::Result<ExitCode> {
+/// `audit verify` of a SQLite file, from its pruned anchor when it has one,
+/// then against every signed head in `signed` (directory, public key).
+fn local_verify(
+    path: &std::path::Path,
+    anchor: &[audit::Head],
+    signed: Option<(&std::path::Path, &std::path::Path)>,
+) -> anyhow::Result<ExitCode> {
+    let verdict = local_verify_chain(path, anchor)?;
+    let Some((dir, public)) = signed else {
+        return Ok(verdict);
+    };
+    if verdict != ExitCode::SUCCESS {
+        return Ok(verdict);
+    }
+    use audit::anchor::{AnchorError, load_public, verify_anchors};
+    match verify_anchors(path, dir, &load_public(public)?) {
+        Ok(count) => {
+            println!("ok: {count} signed anchors hold");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ (AnchorError::Broken { .. } | AnchorError::Forged(..))) => {
+            println!("broken: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The chain walk of [`local_verify`] and its `--anchor` heads.
+fn local_verify_chain(path: &std::path::Path, anchor: &[audit::Head]) -> anyhow::Result<ExitCode> {
     match audit::verify(path).and_then(|report| {
         anchor
             .iter()

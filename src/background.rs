@@ -59,12 +59,31 @@ pub(crate) fn spawn_tasks(
         )),
     ];
     tasks.extend(spawn_store_tasks(config, shared_limits, stopped));
+    let chain_health = Arc::new(crate::audit::health::ChainHealth::default());
+    if !config.decision_log_off_benchmark_only {
+        tasks.push(tokio::spawn(crate::audit::health::watch_chain(
+            audit_source.clone(),
+            config.chain_check_every,
+            Arc::clone(&chain_health),
+            stopped.clone(),
+        )));
+    }
+    if let (Some(anchors), crate::audit::Source::Sqlite(log)) = (&config.anchors, &audit_source) {
+        tasks.push(tokio::spawn(crate::audit::anchor::write_on_schedule(
+            log.clone(),
+            anchors.dir.clone(),
+            Arc::clone(&anchors.key),
+            anchors.every,
+            stopped.clone(),
+        )));
+    }
     if let Some(listener) = admin_listener {
         let admin = Arc::new(Admin {
             pipeline: Arc::clone(pipeline),
             reloader,
             audit_source,
             certs: Some(Arc::clone(tls)),
+            chain_health,
         });
         tasks.push(tokio::spawn(crate::admin::serve(
             listener,

@@ -76,6 +76,9 @@ pub enum CertError {
     /// rcgen failed.
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
+    /// A serial that is not hexadecimal.
+    #[error("serial `{0}` must be hexadecimal (colons allowed), or a certificate file")]
+    BadSerial(String),
 }
 
 /// A certificate and key in PEM.
@@ -250,6 +253,71 @@ pub fn crl(ca: &Pem, revoked_serials: &[String]) -> Result<String, CertError> {
         key_identifier_method: KeyIdMethod::Sha256,
     };
     Ok(params.signed_by(&issuer)?.pem()?)
+}
+
+/// A serial as the CRL and the records write it: lowercase hex, no
+/// colons, an even number of digits.
+pub fn normalise_serial_hex(serial: &str) -> Result<String, CertError> {
+    let hex: String = serial
+        .trim()
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(CertError::BadSerial(serial.to_owned()));
+    }
+    Ok(if hex.len() % 2 == 1 {
+        format!("0{hex}")
+    } else {
+        hex
+    })
+}
+
+/// `clawgate certs revoke`: adds `serial` to the serials revoked so far
+/// (kept beside the CRL, in `CRL.serials`) and rewrites the CRL, signed by
+/// the CA in `dir`, through a rename, so `serve --crl CRL` reloads a whole
+/// file. Returns every serial the CRL now lists.
+pub fn revoke(dir: &Path, crl_path: &Path, serial: &str) -> Result<Vec<String>, CertError> {
+    let serial = normalise_serial_hex(serial)?;
+    let ca = read_pair(dir, files::CA, files::CA_KEY)?;
+    let mut list_name = crl_path.as_os_str().to_owned();
+    list_name.push(".serials");
+    let list_path = PathBuf::from(list_name);
+    let mut serials: Vec<String> = match std::fs::read_to_string(&list_path) {
+        Ok(text) => text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => {
+            return Err(CertError::Io {
+                path: list_path,
+                source,
+            });
+        }
+    };
+    if !serials.contains(&serial) {
+        serials.push(serial);
+    }
+    let pem = crl(&ca, &serials)?;
+    let mut tmp_name = crl_path.as_os_str().to_owned();
+    tmp_name.push(".next");
+    let tmp = PathBuf::from(tmp_name);
+    write_file(&tmp, &pem, false, true)?;
+    write_file(
+        &list_path,
+        &format!("{}\n", serials.join("\n")),
+        false,
+        true,
+    )?;
+    std::fs::rename(&tmp, crl_path).map_err(|source| CertError::Io {
+        path: crl_path.to_path_buf(),
+        source,
+    })?;
+    Ok(serials)
 }
 
 /// Reads a certificate and key pair from `dir`.

@@ -334,6 +334,21 @@ pub(crate) struct ServeArgs {
     /// head (one replica at a time succeeds).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub(crate) checkpoint_every: Duration,
+    /// How often the whole decision log chain is walked to catch a record
+    /// edited or removed behind clawgate's back (`clawgate_audit_chain_intact`).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub(crate) chain_check_every: Duration,
+    /// Write the SQLite log's head, signed with `--anchor-key`, to
+    /// `--anchor-dir` this often (checked by `audit verify --anchors`).
+    #[arg(long, value_parser = humantime::parse_duration, requires_all = ["anchor_key", "anchor_dir"], conflicts_with = "store")]
+    pub(crate) anchor_every: Option<Duration>,
+    /// The Ed25519 key that signs heads (`clawgate certs anchor-key`); keep
+    /// it and the anchor directory apart from the log.
+    #[arg(long, requires = "anchor_every")]
+    pub(crate) anchor_key: Option<PathBuf>,
+    /// Where signed heads go, one file per anchor.
+    #[arg(long, requires = "anchor_every")]
+    pub(crate) anchor_dir: Option<PathBuf>,
     /// An external issuer's public keys for run tokens (a JWKS file).
     #[arg(long, requires = "token_issuer")]
     pub(crate) token_jwks: Option<PathBuf>,
@@ -395,6 +410,45 @@ pub(crate) enum CertsCommand {
         /// Replace existing files.
         #[arg(long)]
         force: bool,
+        /// Replace the agent's existing certificate and key, printing the
+        /// old serial to revoke (the runbook's "revoke and rotate").
+        #[arg(long, conflicts_with = "force")]
+        rotate: bool,
+    },
+    /// Revoke a certificate: add its serial to the CRL that `serve --crl`
+    /// reloads on change.
+    Revoke {
+        /// A serial (hex, colons allowed) or a certificate file.
+        target: String,
+        /// The certificate directory (its CA signs the CRL).
+        #[arg(long, default_value = "./certs")]
+        dir: PathBuf,
+        /// The CRL to write (created on first use).
+        #[arg(long, default_value = "./certs/crl.pem")]
+        crl: PathBuf,
+    },
+    /// Make the Ed25519 key pair that signs the decision log's heads
+    /// (`serve --anchor-key`): the private key at FILE (mode 0600), the
+    /// public key at FILE.pub and on stdout.
+    AnchorKey {
+        /// The private key file to create (never replaced).
+        #[arg(long, default_value = "./anchor.key")]
+        out: PathBuf,
+    },
+    /// Issue an operator's client certificate for the admin API and print
+    /// the `[roles]` line that makes it an admin.
+    Admin {
+        /// The operator's name.
+        name: String,
+        /// The certificate directory.
+        #[arg(long, default_value = "./certs")]
+        dir: PathBuf,
+        /// Days of validity.
+        #[arg(long, default_value_t = certs::DEFAULT_AGENT_DAYS)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -411,6 +465,101 @@ pub(crate) enum PolicyCommand {
     },
     /// Ask a running clawgate's admin API: exit 0 in sync, 2 drifted, 1 on error.
     Status(StatusArgs),
+    /// Run the `*.test.toml` cases beside a policy: exit 0 when all pass, 1 otherwise.
+    Test {
+        /// The policy directory (its test files are read from it too).
+        #[arg(default_value = "./policy")]
+        dir: PathBuf,
+    },
+    /// Say what a policy decides on a call, and why, rule by rule.
+    Explain(Box<ExplainArgs>),
+    /// Compare two policy directories structurally, flagging risky changes.
+    Diff {
+        /// The policy in force (or the base of a change).
+        old: PathBuf,
+        /// The candidate.
+        new: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-decide the recorded calls under a candidate policy: exit 0 when nothing flips, 3 when something does.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReplayArgs {
+    /// The candidate policy directory.
+    pub(crate) dir: PathBuf,
+    /// The decision log (SQLite); `./clawgate-audit.db` unless only archives are given.
+    #[arg(long)]
+    pub(crate) audit: Option<PathBuf>,
+    /// An archive (`audit export`) to replay first, oldest first (repeatable):
+    /// a pruned log's older calls.
+    #[arg(long)]
+    pub(crate) archive: Vec<PathBuf>,
+    /// Only calls this recent.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) since: Option<Duration>,
+    /// Only this agent's calls.
+    #[arg(long)]
+    pub(crate) agent: Option<String>,
+    /// Only calls recorded in this scope.
+    #[arg(long)]
+    pub(crate) scope: Option<String>,
+    /// `text` or `json`.
+    #[arg(long, default_value = "text")]
+    pub(crate) format: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExplainArgs {
+    /// The policy directory (ignored with --cert/--key: the policy in force is asked).
+    pub(crate) dir: PathBuf,
+    /// The HTTP method.
+    pub(crate) method: String,
+    /// The URL: `https://HOST/PATH` for a host a scope names, else `https://clawgate/ROUTE/PATH`.
+    pub(crate) url: String,
+    /// The agent's name in policy.
+    #[arg(
+        long,
+        conflicts_with = "identity",
+        required_unless_present = "identity"
+    )]
+    pub(crate) agent: Option<String>,
+    /// An identity instead (`spiffe://…`, `dns:…`, `cn:…`).
+    #[arg(long)]
+    pub(crate) identity: Option<String>,
+    /// A request header, `name: value` (repeatable).
+    #[arg(long)]
+    pub(crate) header: Vec<String>,
+    /// The request body (AWS form bodies).
+    #[arg(long)]
+    pub(crate) body: Option<String>,
+    /// For an MCP scope: the tool of a `tools/call`.
+    #[arg(long)]
+    pub(crate) mcp_tool: Option<String>,
+    /// The tool's arguments, as JSON.
+    #[arg(long, requires = "mcp_tool")]
+    pub(crate) args: Option<String>,
+    /// The time of the call (RFC 3339; default now).
+    #[arg(long)]
+    pub(crate) at: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Ask a running clawgate's admin API instead (with the overrides in force).
+    #[arg(long, default_value = "https://localhost:9443")]
+    pub(crate) admin: String,
+    /// The CA that signed clawgate's server certificate.
+    #[arg(long, default_value = "./certs/ca.pem")]
+    pub(crate) ca: PathBuf,
+    /// An admin or auditor certificate (asks the admin API).
+    #[arg(long, requires = "key")]
+    pub(crate) cert: Option<PathBuf>,
+    /// Its key.
+    #[arg(long, requires = "cert")]
+    pub(crate) key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -449,4 +598,7 @@ pub(crate) struct ConsoleArgs {
     /// Its key.
     #[arg(long)]
     pub(crate) key: PathBuf,
+    /// How long a browser session lasts after logging in.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub(crate) session: std::time::Duration,
 }

@@ -29,7 +29,7 @@ use crate::body::ProxyBody;
 use crate::egress::{self, EgressError, Host};
 use crate::error::{REQUEST_ID_HEADER, Reason, Refusal, Via};
 use crate::pipeline::{Peer, Pipeline};
-use crate::policy::{Call, ConnectMode, Permitted, Policy, Target, decide};
+use crate::policy::{Call, ConnectMode, Permitted, Policy, Strictness, Target, decide};
 use crate::record::{CallRecord, Outcome};
 use crate::route::{Destination, Inside, Mode, route};
 use crate::upgrade::{Counted, closed_by_peer};
@@ -40,6 +40,8 @@ enum Plan {
         host: Host,
         port: u16,
         addrs: Vec<std::net::SocketAddr>,
+        /// What the scope lets through unchecked in the ClientHello.
+        strictness: Strictness,
     },
     Intercept {
         inside: Inside,
@@ -121,7 +123,7 @@ impl Pipeline {
             let (plan, mut outcome) = match (verdict, outcome) {
                 (Ok(plan), Some(outcome)) => (plan, outcome),
                 (Err(refusal), _) => {
-                    tracing::info!("connect refused");
+                    tracing::debug!("connect refused");
                     return refused(&refusal);
                 }
                 (Ok(_), None) => return refused(&Reason::AuditUnavailable.into()),
@@ -158,7 +160,7 @@ impl Pipeline {
                 outcome,
             );
             tokio::spawn(task.in_current_span());
-            tracing::info!("connect allowed");
+            tracing::debug!("connect allowed");
             let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed());
             if let Ok(id) = HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert(REQUEST_ID_HEADER, id);
@@ -217,7 +219,12 @@ impl Pipeline {
         let host = egress::normalise_host(&host).map_err(|_| Reason::MalformedRequest)?;
         let addrs = self.checked_addrs(&host, port, scope, record).await?;
         match scope.connect {
-            ConnectMode::Tunnel => Ok(Plan::Tunnel { host, port, addrs }),
+            ConnectMode::Tunnel => Ok(Plan::Tunnel {
+                host,
+                port,
+                addrs,
+                strictness: scope.strictness,
+            }),
             ConnectMode::Intercept => {
                 let tls = self.interceptor.server_config(&host).map_err(|e| {
                     tracing::error!(error = %e, "cannot mint an interception leaf");
@@ -272,6 +279,9 @@ impl Pipeline {
                 && !req.headers().contains_key(crate::token::RUN_TOKEN_HEADER)
             {
                 return Err(Refusal::Unauthenticated(crate::error::Challenge::Proxy));
+            }
+            if peer.proxy_key.is_none() {
+                record.add_detail(&peer.identity.names_note());
             }
             return Err(Reason::UnknownAgent.into());
         };
@@ -356,7 +366,26 @@ impl Pipeline {
         };
         let work = async {
             match (plan, upstream) {
-                (Plan::Tunnel { .. }, Some(mut upstream)) => {
+                (
+                    Plan::Tunnel {
+                        host, strictness, ..
+                    },
+                    Some(mut upstream),
+                ) => {
+                    // The ClientHello is checked before any byte of it
+                    // reaches the upstream.
+                    if !self
+                        .tunnel_carries_host(
+                            &mut agent,
+                            &mut upstream,
+                            &host,
+                            strictness,
+                            &mut outcome,
+                        )
+                        .await
+                    {
+                        return;
+                    }
                     match tokio::io::copy_bidirectional(&mut agent, &mut upstream).await {
                         Ok(_) => outcome.closed(),
                         // Either end hanging up abruptly is how most TLS
@@ -365,14 +394,14 @@ impl Pipeline {
                             tracing::debug!(error = %e, "tunnel closed by a peer");
                             outcome.closed();
                         }
-                        Err(e) => tracing::info!(error = %e, "tunnel ended with an error"),
+                        Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
                     }
                 }
                 (Plan::Intercept { inside, tls }, _) => {
                     let tls = match crate::accept::inner_handshake(agent, tls).await {
                         Ok(tls) => tls,
                         Err(why) => {
-                            tracing::info!(%why, "intercepted handshake failed");
+                            tracing::debug!(%why, "intercepted handshake failed");
                             return;
                         }
                     };
@@ -410,11 +439,66 @@ impl Pipeline {
         tokio::select! {
             () = work => {}
             ended = membership.ended() => {
-                tracing::info!(reason = %ended.reason, "tunnel ended: no longer allowed");
+                tracing::debug!(reason = %ended.reason, "tunnel ended: no longer allowed");
                 outcome.ended(ended);
             }
             _ = stopping.wait_for(|stop| *stop) => {
-                tracing::info!("tunnel ended at shutdown");
+                tracing::debug!("tunnel ended at shutdown");
+            }
+        }
+    }
+}
+
+impl Pipeline {
+    /// Reads the tunnel's ClientHello and judges it against the `CONNECT`
+    /// target; when allowed, sends what was read on to the upstream. The
+    /// record gets the server name either way; a refusal is the outcome's
+    /// reason (and a `deny` in the metrics), and the tunnel is cut.
+    async fn tunnel_carries_host<A>(
+        &self,
+        agent: &mut A,
+        upstream: &mut TcpStream,
+        host: &Host,
+        strictness: Strictness,
+        outcome: &mut Outcome,
+    ) -> bool
+    where
+        A: tokio::io::AsyncRead + Unpin,
+    {
+        use crate::client_hello::{HELLO_TIMEOUT, Hello, ReadError, judge, read};
+        let mut start = Vec::new();
+        let hello = match read(agent, &mut start, HELLO_TIMEOUT).await {
+            Ok(hello) => hello,
+            // A protocol whose server speaks first sends nothing.
+            Err(ReadError::Timeout(_)) => Hello::NotTls {
+                why: "no ClientHello in time",
+            },
+            Err(ReadError::Closed) => {
+                outcome.closed();
+                return false;
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "tunnel ended before its ClientHello");
+                return false;
+            }
+        };
+        match judge(&hello, host, strictness) {
+            Ok(detail) => {
+                outcome.note(&detail);
+                if let Err(e) = tokio::io::AsyncWriteExt::write_all(upstream, &start).await {
+                    tracing::info!(error = %e, "tunnel upstream failed");
+                    return false;
+                }
+                true
+            }
+            Err((reason, detail)) => {
+                tracing::warn!(reason = %reason, %detail, "tunnel refused: its ClientHello");
+                outcome.reason = reason;
+                outcome.finished = true;
+                outcome.note(&detail);
+                let scope = outcome.record().and_then(|r| r.scope.clone());
+                self.metrics().call("deny", reason.code(), scope.as_deref());
+                false
             }
         }
     }
@@ -453,7 +537,7 @@ fn connect_target(
         },
         Err(e) => {
             record.host = req.uri().host().map(str::to_owned);
-            tracing::info!(error = %e, "connect target not acceptable");
+            tracing::debug!(error = %e, "connect target not acceptable");
             Err(Reason::MalformedRequest.into())
         }
     }

@@ -2,14 +2,20 @@
 //! that talks to the admin API with the operator's client certificate (as
 //! `kubectl proxy` does), so the browser needs none.
 //!
-//! Invariants: it binds loopback only; it answers `GET /` and nothing else
-//! that could change anything; every value from the API is HTML-escaped.
+//! Invariants: it binds loopback only; it shows nothing without a session,
+//! which only the one-time login URL it prints opens ([`auth`]); a request
+//! with a foreign `Host` or `Origin` is refused before anything else; the
+//! only state change is logging out, and it needs the CSRF token; every
+//! value from the API is HTML-escaped.
+
+pub mod auth;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -47,12 +53,16 @@ pub enum ConsoleError {
     },
 }
 
-/// Serves the console on `listen` until the process ends. Prints nothing;
-/// returns the bound address through `bound` once listening.
+/// Serves the console on `listen` until the process ends, with sessions
+/// lasting `session`. Prints nothing: gives the bound address to `bound`
+/// once listening, and each one-time login URL to `login` (the first, and a
+/// fresh one whenever the last is spent).
 pub async fn serve(
     listen: SocketAddr,
     admin: AdminConn,
+    session: std::time::Duration,
     bound: impl FnOnce(SocketAddr),
+    login: impl Fn(&str) + Send + Sync + 'static,
 ) -> Result<(), ConsoleError> {
     if !listen.ip().is_loopback() {
         return Err(ConsoleError::NotLoopback(listen));
@@ -63,18 +73,22 @@ pub async fn serve(
             addr: listen,
             source,
         })?;
-    bound(listener.local_addr().unwrap_or(listen));
-    let admin = std::sync::Arc::new(admin);
+    let addr = listener.local_addr().unwrap_or(listen);
+    bound(addr);
+    let gate = Arc::new(auth::Gate::new(addr, session, login));
+    let admin = Arc::new(admin);
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let admin = std::sync::Arc::clone(&admin);
+        let admin = Arc::clone(&admin);
+        let gate = Arc::clone(&gate);
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let admin = std::sync::Arc::clone(&admin);
-                async move { Ok::<_, Infallible>(handle(&admin, req).await) }
+                let admin = Arc::clone(&admin);
+                let gate = Arc::clone(&gate);
+                async move { Ok::<_, Infallible>(handle(&admin, &gate, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)
@@ -83,10 +97,28 @@ pub async fn serve(
     }
 }
 
-async fn handle(admin: &AdminConn, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET || req.uri().path() != "/" {
-        return respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
+async fn handle(
+    admin: &AdminConn,
+    gate: &auth::Gate,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    // Names before anything: a rebound name must not even spend a token.
+    if let Err(refusal) = gate.check_request(req.headers()) {
+        let why = match refusal {
+            auth::Refusal::Host => "unexpected Host: the console answers only to its own address\n",
+            auth::Refusal::Origin => "unexpected Origin: requests from other sites are refused\n",
+        };
+        return respond(StatusCode::FORBIDDEN, "text/plain", why.into());
     }
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/login") => return login(gate, &req),
+        (&Method::POST, "/logout") => return logout(gate, req).await,
+        (&Method::GET, "/") => {}
+        _ => return respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+    let Some(csrf) = gate.session(req.headers()) else {
+        return login_page(StatusCode::UNAUTHORIZED, "");
+    };
     let mut agent = String::new();
     let mut scope = String::new();
     for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()) {
@@ -96,8 +128,88 @@ async fn handle(admin: &AdminConn, req: Request<Incoming>) -> Response<Full<Byte
             _ => {}
         }
     }
-    let page = render(admin, &agent, &scope).await;
+    let page = render(admin, &agent, &scope, &csrf).await;
     respond(StatusCode::OK, "text/html; charset=utf-8", page)
+}
+
+/// `GET /login?token=…`: spends the token for a session cookie, then sends
+/// the browser to the page (so the spent token leaves the address bar).
+fn login(gate: &auth::Gate, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut token = String::new();
+    // The page's filters may ride along; nothing else does (no open redirect).
+    let mut filters = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "token" => token = v.into_owned(),
+            "agent" | "scope" => {
+                filters.append_pair(&k, &v);
+            }
+            _ => {}
+        }
+    }
+    let filters = filters.finish();
+    let Some(sid) = gate.login(&token) else {
+        return login_page(
+            StatusCode::UNAUTHORIZED,
+            "That login URL is wrong or already used. ",
+        );
+    };
+    let mut r = respond(StatusCode::SEE_OTHER, "text/plain", String::new());
+    let to = if filters.is_empty() {
+        "/".to_owned()
+    } else {
+        format!("/?{filters}")
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&gate.set_cookie(&sid)) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// `POST /logout` with the session's CSRF token in the form.
+async fn logout(gate: &auth::Gate, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let headers = req.headers().clone();
+    let body = http_body_util::Limited::new(req.into_body(), 4096);
+    let Ok(body) = http_body_util::BodyExt::collect(body).await else {
+        return respond(StatusCode::BAD_REQUEST, "text/plain", "bad form\n".into());
+    };
+    let csrf = form_urlencoded::parse(&body.to_bytes())
+        .find(|(k, _)| k == "csrf")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    if !gate.logout(&headers, &csrf) {
+        return respond(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "no session, or the CSRF token does not match\n".into(),
+        );
+    }
+    let mut r = login_page(StatusCode::OK, "Logged out. ");
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        http::HeaderValue::from_static(
+            "clawgate_console=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    r
+}
+
+/// The only page shown without a session: how to get one, and no data.
+fn login_page(status: StatusCode, note: &str) -> Response<Full<Bytes>> {
+    respond(
+        status,
+        "text/html; charset=utf-8",
+        format!(
+            "<!doctype html><html><head><meta charset=utf-8><title>clawgate console</title>\
+             <style>{STYLE}</style></head><body><h1>clawgate console</h1>\
+             <p id=login>{}Log in with the one-time URL that <code>clawgate console</code> \
+             printed (it prints a fresh one each time one is used).</p></body></html>\n",
+            esc(note)
+        ),
+    )
 }
 
 fn respond(status: StatusCode, kind: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -105,9 +217,25 @@ fn respond(status: StatusCode, kind: &'static str, body: String) -> Response<Ful
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(kind));
-    r.headers_mut().insert(
+    let h = r.headers_mut();
+    h.insert(
         header::CONTENT_SECURITY_POLICY,
-        http::HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+        http::HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    // The login URL carries a token: never cached, never sent on as a referrer.
+    h.insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        http::HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        http::HeaderValue::from_static("DENY"),
     );
     r
 }
@@ -175,7 +303,7 @@ table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #dd
 .bar{display:inline-block;height:10px}.allow{background:#4a4}.deny{background:#c44}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:1em 3em}";
 
-async fn render(admin: &AdminConn, agent: &str, scope: &str) -> String {
+async fn render(admin: &AdminConn, agent: &str, scope: &str, csrf: &str) -> String {
     let mut tail_q = String::from("/v1/audit?limit=50");
     if !agent.is_empty() {
         let _ = write!(tail_q, "&agent={}", enc(agent));
@@ -195,7 +323,9 @@ async fn render(admin: &AdminConn, agent: &str, scope: &str) -> String {
         o,
         "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=10>\
          <title>clawgate console</title><style>{STYLE}</style></head><body>\
-         <h1>clawgate console <small>{}</small></h1>",
+         <form method=post action=/logout style=float:right><input type=hidden name=csrf value=\"{}\">\
+         <button>log out</button></form><h1>clawgate console <small>{}</small></h1>",
+        esc(csrf),
         esc(&admin.base)
     );
     // Chain and drift first: the two answers an operator wants at a glance.

@@ -279,6 +279,15 @@ impl AllowPrivate {
         self.hosts.extend(other.hosts);
     }
 
+    /// Every entry, as text (`10.0.0.0/8`, `db.internal`), for `policy diff`.
+    pub fn entries(&self) -> Vec<String> {
+        let nets = self
+            .nets
+            .iter()
+            .map(|(ip, prefix)| format!("{ip}/{prefix}"));
+        nets.chain(self.hosts.iter().cloned()).collect()
+    }
+
     /// Whether nothing is allowed beyond the public internet.
     pub fn is_empty(&self) -> bool {
         self.nets.is_empty() && self.hosts.is_empty()

@@ -131,11 +131,41 @@ pub enum Reason {
     /// Archived records were removed from the log (a record of kind
     /// `prune`, carrying the anchor verification starts from).
     LogPruned,
+    /// A client certificate carries more than one clawgate identity (SPIFFE
+    /// URI SAN); refused in the handshake. Recorded only.
+    IdentityAmbiguous,
+    /// A tunnel's TLS ClientHello names (SNI) another host than its
+    /// `CONNECT` target; the tunnel is cut before a byte reaches the
+    /// upstream (outcome records only).
+    TunnelSniMismatch,
+    /// A tunnel's first bytes are not a TLS ClientHello with a server name,
+    /// and the scope does not allow that (outcome records only).
+    TunnelSniMissing,
+    /// A tunnel's ClientHello offers Encrypted Client Hello, which hides the
+    /// real server name, and the scope does not allow that (outcome records
+    /// only).
+    TunnelEch,
+    /// An admin API request from a certificate whose names hold no role
+    /// for it: no role at all, or an auditor asking for a change.
+    AdminRoleRequired,
+    /// A value clawgate injected (a credential, a sentinel's value, an STS
+    /// session) came back in a response: redacted, or the response refused
+    /// (outcome records; a 502 when refused before the head was sent).
+    CredentialReflected,
+    /// A minted credential's provider refused the client or the grant
+    /// (`invalid_grant`, `invalid_client`, `invalid_scope`, ...), and no
+    /// token minted earlier was still usable.
+    CredentialGrantInvalid,
+    /// A minted credential's provider needs a person's consent or login.
+    CredentialConsentRequired,
+    /// A minted credential's token endpoint could not be reached (or gave
+    /// no usable answer) past the grace of the token minted before.
+    CredentialEndpointUnreachable,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 47] = [
+    pub const ALL: [Reason; 56] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -183,6 +213,15 @@ impl Reason {
         Reason::CertsRejected,
         Reason::LogArchived,
         Reason::LogPruned,
+        Reason::IdentityAmbiguous,
+        Reason::TunnelSniMismatch,
+        Reason::TunnelSniMissing,
+        Reason::TunnelEch,
+        Reason::AdminRoleRequired,
+        Reason::CredentialReflected,
+        Reason::CredentialGrantInvalid,
+        Reason::CredentialConsentRequired,
+        Reason::CredentialEndpointUnreachable,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -235,6 +274,15 @@ impl Reason {
             Reason::UpstreamAuthRequired => "upstream-auth-required",
             Reason::LogArchived => "log-archived",
             Reason::LogPruned => "log-pruned",
+            Reason::IdentityAmbiguous => "identity-ambiguous",
+            Reason::TunnelSniMismatch => "tunnel-sni-mismatch",
+            Reason::TunnelSniMissing => "tunnel-sni-missing",
+            Reason::TunnelEch => "tunnel-ech",
+            Reason::AdminRoleRequired => "admin-role-required",
+            Reason::CredentialReflected => "credential-reflected",
+            Reason::CredentialGrantInvalid => "credential-grant-invalid",
+            Reason::CredentialConsentRequired => "credential-consent-required",
+            Reason::CredentialEndpointUnreachable => "credential-endpoint-unreachable",
         }
     }
 
@@ -260,7 +308,11 @@ impl Reason {
             Reason::ClientCancelled => StatusCode::BAD_REQUEST,
             Reason::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
             // Never sent: a rejected handshake has no HTTP exchange.
-            Reason::TlsRejected => StatusCode::FORBIDDEN,
+            Reason::TlsRejected | Reason::IdentityAmbiguous => StatusCode::FORBIDDEN,
+            // Never sent: the tunnel was answered, then cut.
+            Reason::TunnelSniMismatch | Reason::TunnelSniMissing | Reason::TunnelEch => {
+                StatusCode::FORBIDDEN
+            }
             Reason::UnknownAgent
             | Reason::NoMatchingScope
             | Reason::NoMatchingRule
@@ -280,7 +332,8 @@ impl Reason {
             | Reason::ProxyKeyRevoked
             | Reason::ToolArgumentsRefused
             | Reason::ToolDefinitionChanged
-            | Reason::ToolDefinitionUnverified => StatusCode::FORBIDDEN,
+            | Reason::ToolDefinitionUnverified
+            | Reason::AdminRoleRequired => StatusCode::FORBIDDEN,
             Reason::RunTokenMissing => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -292,6 +345,10 @@ impl Reason {
             }
             Reason::UpstreamUnreachable | Reason::UpstreamAuthRequired => StatusCode::BAD_GATEWAY,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::CredentialReflected => StatusCode::BAD_GATEWAY,
+            Reason::CredentialGrantInvalid
+            | Reason::CredentialConsentRequired
+            | Reason::CredentialEndpointUnreachable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -303,7 +360,9 @@ impl Reason {
     /// The `error` field of a refusal body: `denied` for a policy refusal,
     /// `unavailable` when clawgate or the upstream could not serve the call.
     fn error_kind(self) -> &'static str {
-        if self.status().is_server_error() {
+        // A reflected credential is a 502, but the response was refused by
+        // policy, not lost.
+        if self.status().is_server_error() && !matches!(self, Reason::CredentialReflected) {
             "unavailable"
         } else {
             "denied"
@@ -520,9 +579,12 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::RequestTooLarge
         | Reason::McpHeaderMismatch
         | Reason::McpBatchRefused => "http_request_error",
-        Reason::CredentialUnavailable | Reason::AuditUnavailable | Reason::Shutdown => {
-            "proxy_internal_error"
-        }
+        Reason::CredentialUnavailable
+        | Reason::AuditUnavailable
+        | Reason::Shutdown
+        | Reason::CredentialGrantInvalid
+        | Reason::CredentialConsentRequired
+        | Reason::CredentialEndpointUnreachable => "proxy_internal_error",
         Reason::Allowed
         | Reason::TlsRejected
         | Reason::UnknownAgent
@@ -559,7 +621,13 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::EndedByOverride
         | Reason::EndedByPolicy
         | Reason::CertsLoaded
-        | Reason::CertsRejected => "http_request_denied",
+        | Reason::CertsRejected
+        | Reason::IdentityAmbiguous
+        | Reason::TunnelSniMismatch
+        | Reason::TunnelSniMissing
+        | Reason::TunnelEch
+        | Reason::AdminRoleRequired
+        | Reason::CredentialReflected => "http_request_denied",
     };
     format!("clawgate; error={error}; details=\"{}\"", reason.code())
 }

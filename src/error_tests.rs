@@ -33,6 +33,7 @@ fn reasons_map_to_the_documented_statuses() {
         (Reason::RateLimited, 429),
         (Reason::AgentIsolated, 403),
         (Reason::SerialRevoked, 403),
+        (Reason::AdminRoleRequired, 403),
         (Reason::ScopeDisabled, 403),
     ];
     for (reason, status) in table {

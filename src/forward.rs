@@ -273,13 +273,33 @@ impl Upstreams {
     }
 }
 
-fn build_client(
+/// The client a credential's token endpoint is reached with: the same TLS
+/// verification (webpki roots plus `extra_roots`) and the same egress checks
+/// as upstream calls, over a body the broker builds whole.
+pub type TokenClient =
+    Client<HttpsConnector<HttpConnector<EgressResolver>>, http_body_util::Full<bytes::Bytes>>;
+
+/// Builds a [`TokenClient`].
+pub fn token_client(
+    extra_roots: &[CertificateDer<'static>],
+    allow: Arc<AllowPrivate>,
+    pins: Pins,
+    timeouts: Timeouts,
+) -> Result<TokenClient, ForwardError> {
+    build_client(extra_roots, allow, pins, timeouts, false)
+}
+
+fn build_client<B>(
     extra_roots: &[CertificateDer<'static>],
     allow: Arc<AllowPrivate>,
     pins: Pins,
     timeouts: Timeouts,
     http1_only: bool,
-) -> Result<PooledClient, ForwardError> {
+) -> Result<Client<HttpsConnector<HttpConnector<EgressResolver>>, B>, ForwardError>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
     let mut roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };

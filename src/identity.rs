@@ -79,6 +79,16 @@ pub struct PeerIdentity {
     pub serial: String,
 }
 
+impl PeerIdentity {
+    /// Every name on the certificate (URI and DNS SANs, subject CN), as a
+    /// record's note: a refused certificate says whose it is, not only
+    /// its fingerprint.
+    pub fn names_note(&self) -> String {
+        let names: Vec<String> = self.names.iter().map(ToString::to_string).collect();
+        format!("certificate names [{}]", names.join(", "))
+    }
+}
+
 /// Why names could not be read from a certificate or policy entry.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {

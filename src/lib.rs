@@ -13,7 +13,7 @@
 //! - [`tls`]: the one place PEM files are read and TLS configurations built;
 //!   certificate and CRL hot reload.
 //! - [`accept`]: one accept path for every listener: handshake admission,
-//!   `tls-rejected` records, timeouts, HTTP/1.1, HTTP/2, upgrades, drain.
+//!   `tls-rejected` and `identity-ambiguous` records, timeouts, HTTP/1.1, HTTP/2, upgrades, drain.
 //! - [`shards`]: per-core shards: a thread, a single-threaded runtime and an
 //!   `SO_REUSEPORT` socket each, running the agent and token listeners.
 //! - [`listener`]: the agent listener (client certificate required).
@@ -21,12 +21,16 @@
 //! - [`identity`]: names from the verified peer certificate.
 //! - [`route`]: gateway route, forward-proxy host or CONNECT; path normalisation.
 //! - [`connect`]: `CONNECT` tunnels, spliced or intercepted.
+//! - [`client_hello`]: a tunnel's ClientHello, read without terminating TLS,
+//!   so a tunnel carries only the host its `CONNECT` named.
 //! - [`intercept`]: leaves minted per host by the interception CA.
 //! - [`policy`]: file model, validation, compiled index, and the pure `decide`.
 //! - [`credentials`]: what a scope's calls receive in place of the agent's own:
 //!   secrets (environment, file, Secrets Manager), sentinels, and STS
 //!   credentials that re-sign the request; one cache, one broker.
 //! - [`forward`]: pooled upstream clients, header hygiene, timeouts.
+//! - [`response`]: the response half: the reflection guard redacts (or
+//!   refuses) injected values that come back in headers and bodies.
 //! - [`egress`]: host normalisation and the address check before any connect.
 //! - [`pipeline`]: the per-call order above (admission: identify, judge,
 //!   prepare), and credential vending.
@@ -79,6 +83,8 @@ pub mod pipeline;
 
 pub mod connect;
 
+pub mod client_hello;
+
 pub mod intercept;
 
 pub mod upgrade;
@@ -86,6 +92,8 @@ pub mod upgrade;
 pub mod live;
 
 pub mod policy;
+/// `policy replay`: recorded calls re-decided under a candidate policy.
+pub mod replay;
 
 pub mod mcp;
 
@@ -96,6 +104,8 @@ pub mod credentials;
 pub mod body;
 
 pub mod forward;
+
+pub mod response;
 
 pub mod egress;
 

@@ -10,9 +10,10 @@ use time::format_description::well_known::Rfc3339;
 use clawgate::audit;
 
 mod audit_cmd;
+mod certs_cmd;
 mod cli;
 mod ops;
-use clawgate::certs;
+mod policy_cmd;
 use clawgate::credentials::BrokerConfig;
 use clawgate::forward::Timeouts;
 use clawgate::pipeline::BodyLimits;
@@ -29,9 +30,20 @@ use cli::*;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A usage error exits 1, not clap's 2: `policy status` keeps 2 for
+    // "drifted", so a typo in a script never reads as drift.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::from(e.use_stderr()));
+        }
+    };
+    // Colour only for a person at a terminal: a file or a journal gets
+    // plain text, not escape codes.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -93,11 +105,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(clawgate::demo::run(keep))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Certs(command) => certs_command(command),
+        Command::Certs(command) => certs_cmd::run(command),
         Command::Policy(PolicyCommand::Status(args)) => runtime()?.block_on(policy_status(&args)),
         Command::Policy(PolicyCommand::Check { dir, max_exception }) => {
             policy_check(&dir, max_exception)
         }
+        Command::Policy(PolicyCommand::Test { dir }) => policy_cmd::test(&dir),
+        Command::Policy(PolicyCommand::Explain(args)) => policy_cmd::explain(&args),
+        Command::Policy(PolicyCommand::Diff { old, new, json }) => {
+            policy_cmd::diff(&old, &new, json)
+        }
+        Command::Policy(PolicyCommand::Replay(args)) => policy_cmd::replay(&args),
         Command::Console(args) => ops::console(args),
         Command::Audit(command) => audit_cmd::run(command),
     }
@@ -190,30 +208,6 @@ fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `certs init` and `certs agent`.
-fn certs_command(command: CertsCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        CertsCommand::Init { dir, sans, force } => {
-            for path in certs::init(&dir, &sans, force)? {
-                println!("wrote {}", path.display());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        CertsCommand::Agent {
-            name,
-            dir,
-            days,
-            force,
-        } => {
-            for path in certs::agent(&dir, &name, days, force)? {
-                println!("wrote {}", path.display());
-            }
-            println!("identity: {}", certs::agent_spiffe_id(&name));
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
 /// `policy check`: validates a policy directory, printing every problem.
 fn policy_check(dir: &std::path::Path, max_exception: Duration) -> anyhow::Result<ExitCode> {
     let options = LoadOptions {
@@ -268,6 +262,26 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         })
 }
 
+/// `--anchor-every`/`--anchor-key`/`--anchor-dir`, the key loaded and the
+/// directory made now so a bad one stops `serve` before it listens.
+fn anchor_config(
+    every: Option<std::time::Duration>,
+    key: Option<std::path::PathBuf>,
+    dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<serve::AnchorConfig>> {
+    let (Some(every), Some(key), Some(dir)) = (every, key, dir) else {
+        return Ok(None);
+    };
+    let key = clawgate::audit::anchor::load_key(&key)?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("anchor directory {}: {e}", dir.display()))?;
+    Ok(Some(serve::AnchorConfig {
+        dir,
+        key: std::sync::Arc::new(key),
+        every,
+    }))
+}
+
 /// The serve flags as the server's configuration.
 fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
     let limits = args
@@ -313,6 +327,8 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
             dir: args.archive_dir.clone().unwrap_or_default(),
             every: args.retain_every,
         }),
+        chain_check_every: args.chain_check_every,
+        anchors: anchor_config(args.anchor_every, args.anchor_key, args.anchor_dir)?,
         fleet: serve::FleetConfig {
             store: args.store.as_deref().map(cli::store).transpose()?,
             replica: args.replica.clone(),

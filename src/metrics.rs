@@ -63,6 +63,10 @@ impl Histogram {
     }
 }
 
+/// Responses in which the reflection guard found an injected value, by
+/// (scope, `redacted` or `refused`).
+pub type ReflectionCounts = Mutex<BTreeMap<(String, &'static str), u64>>;
+
 /// Calls by (decision, reason code), then by scope name.
 type CallCounts = HashMap<(&'static str, &'static str), HashMap<String, u64>>;
 
@@ -78,6 +82,7 @@ pub struct Metrics {
     reloads_ok: AtomicU64,
     reloads_rejected: AtomicU64,
     tls_rejections: AtomicU64,
+    reflections: std::sync::Arc<ReflectionCounts>,
 }
 
 /// Values read from elsewhere at render time.
@@ -97,6 +102,8 @@ pub struct Gauges {
     pub audit_dropped: u64,
     /// Whether the decision log is writable.
     pub audit_healthy: bool,
+    /// What the last scheduled walk of the chain found, once one finished.
+    pub audit_chain: Option<crate::audit::health::ChainState>,
     /// Overrides in force.
     pub overrides_active: u64,
     /// Decision log batches: (records in the last batch, commits, seconds
@@ -109,6 +116,9 @@ pub struct Gauges {
     pub policy_drifted: bool,
     /// Seconds until the next override or exception in force lapses.
     pub next_lapse_seconds: Option<u64>,
+    /// Per credential kind (`secret`, `aws`, `oauth2`): cache hits and
+    /// mints (fetches, successful or not).
+    pub credential_kinds: Vec<(&'static str, u64, u64)>,
 }
 
 impl Metrics {
@@ -125,6 +135,11 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// The counts of the reflection guard, which calls' outcomes add to.
+    pub fn reflections(&self) -> std::sync::Arc<ReflectionCounts> {
+        std::sync::Arc::clone(&self.reflections)
     }
 
     /// Counts one rejected TLS handshake (every one, recorded or not).
@@ -164,6 +179,23 @@ impl Metrics {
         out
     }
 
+    /// Responses the reflection guard acted on.
+    fn render_reflections(&self, out: &mut String) {
+        out.push_str(
+            "# HELP clawgate_credential_reflected_total Responses that carried an injected value, by scope and action.\n",
+        );
+        out.push_str("# TYPE clawgate_credential_reflected_total counter\n");
+        if let Ok(counts) = self.reflections.lock() {
+            for ((scope, action), n) in counts.iter() {
+                let _ = writeln!(
+                    out,
+                    "clawgate_credential_reflected_total{{scope=\"{}\",action=\"{action}\"}} {n}",
+                    escape(scope)
+                );
+            }
+        }
+    }
+
     /// Calls by decision, and the stages' histograms.
     fn render_calls(&self, out: &mut String) {
         out.push_str("# HELP clawgate_calls_total Calls by decision, reason and scope.\n");
@@ -189,6 +221,7 @@ impl Metrics {
                 escape(scope)
             );
         }
+        self.render_reflections(out);
         self.decide
             .render(out, "clawgate_decide_seconds", "Time spent in decide().");
         self.credential.render(
@@ -220,9 +253,29 @@ impl Metrics {
         counter(
             out,
             "clawgate_credential_mints_total",
-            "Credentials fetched or minted (Secrets Manager, STS).",
+            "Credentials fetched or minted (Secrets Manager, STS, OAuth).",
             gauges.cache_fetches,
         );
+        let _ = writeln!(
+            out,
+            "# HELP clawgate_credential_kind_cache_hits_total Credential cache hits by kind.\n# TYPE clawgate_credential_kind_cache_hits_total counter"
+        );
+        for (kind, hits, _) in &gauges.credential_kinds {
+            let _ = writeln!(
+                out,
+                "clawgate_credential_kind_cache_hits_total{{kind=\"{kind}\"}} {hits}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP clawgate_credential_kind_mints_total Credentials fetched or minted by kind, failed attempts included.\n# TYPE clawgate_credential_kind_mints_total counter"
+        );
+        for (kind, _, mints) in &gauges.credential_kinds {
+            let _ = writeln!(
+                out,
+                "clawgate_credential_kind_mints_total{{kind=\"{kind}\"}} {mints}"
+            );
+        }
         counter(
             out,
             "clawgate_tls_rejections_total",
@@ -276,6 +329,39 @@ fn render_audit(out: &mut String, gauges: &Gauges) {
         "1 when the decision log can be written.",
         f64::from(u8::from(gauges.audit_healthy)),
     );
+    render_chain(out, gauges.audit_chain);
+}
+
+/// The chain's health. Before the first walk has finished the families
+/// are declared without a sample (unknown is not intact); the first broken
+/// record's seq is 0 while the chain is intact.
+fn render_chain(out: &mut String, chain: Option<crate::audit::health::ChainState>) {
+    use crate::audit::health::ChainState;
+    let families = [
+        (
+            "clawgate_audit_chain_intact",
+            "1 when the last walk of the decision log's chain verified every record, 0 on a break.",
+            chain.map(|s| f64::from(u8::from(s == ChainState::Intact))),
+        ),
+        (
+            "clawgate_audit_chain_first_broken_seq",
+            "The first record of the decision log that does not verify (0 when intact).",
+            chain.map(|s| match s {
+                ChainState::Intact => 0.0,
+                // Seqs stay far below 2^53: exact as a float.
+                #[expect(clippy::cast_precision_loss, reason = "seqs stay below 2^53")]
+                ChainState::Broken(seq) => seq as f64,
+            }),
+        ),
+    ];
+    for (name, help, value) in families {
+        match value {
+            Some(v) => gauge(out, name, help, v),
+            None => {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            }
+        }
+    }
 }
 
 /// The shared rate limit store (Redis).

@@ -128,6 +128,7 @@ fn stats_command(
     by: Option<audit::stats::By>,
     format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
+    crate::audit_cmd::warn_if_broken(path, store)?;
     let records = read_window(path, store, since)?;
     let s = audit::stats::stats(&records, by);
     let mut out = std::io::stdout().lock();
@@ -186,8 +187,11 @@ pub(crate) fn console(args: cli::ConsoleArgs) -> anyhow::Result<ExitCode> {
     };
     runtime()?.block_on(async {
         tokio::select! {
-            r = clawgate::console::serve(args.listen, admin, |addr| {
+            r = clawgate::console::serve(args.listen, admin, args.session, |addr| {
                 println!("console on http://{addr}/ (read-only)");
+            }, |url| {
+                // Only whoever reads this output can log in.
+                println!("log in (once): {url}");
             }) => r.map_err(anyhow::Error::from),
             () = wait_for_stop() => Ok(()),
         }

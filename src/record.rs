@@ -138,7 +138,7 @@ impl Drop for CallRecord {
         let mut record = std::mem::take(&mut self.record);
         stamp(&mut record, reason);
         record.duration_ms = Some(millis(self.started));
-        tracing::info!(
+        tracing::debug!(
             request.id = %record.request_id,
             decision.reason = reason.code(),
             "call ended before it was decided"
@@ -198,6 +198,8 @@ pub struct Outcome {
     /// For an MCP request: whether its answer passed, and `isError` of a
     /// `tools/call` result.
     mcp_answer: Option<Arc<crate::mcp::response::IsError>>,
+    /// What the reflection guard found in the response, if it watched it.
+    reflection: Option<Arc<crate::response::guard::Tally>>,
     _in_flight: InFlightGuard,
 }
 
@@ -218,6 +220,7 @@ impl Outcome {
             reason: Reason::ClientCancelled,
             finished: false,
             mcp_answer: None,
+            reflection: None,
             _in_flight: InFlightGuard::new(in_flight),
         }
     }
@@ -235,6 +238,19 @@ impl Outcome {
     /// Takes `isError` and the answer's passing from an MCP response filter.
     pub fn watch_mcp(&mut self, answer: Arc<crate::mcp::response::IsError>) {
         self.mcp_answer = Some(answer);
+    }
+
+    /// Takes what the reflection guard finds in the response: the record
+    /// says how many values, where, and whether the response was cut.
+    pub fn watch_reflection(&mut self, tally: Arc<crate::response::guard::Tally>) {
+        self.reflection = Some(tally);
+    }
+
+    /// Adds a note to the outcome record's detail.
+    pub fn add_detail(&mut self, note: &str) {
+        if let Some(record) = self.record.as_mut() {
+            record.add_detail(note);
+        }
     }
 
     /// Drops the guard without an outcome record: the decision it belongs
@@ -266,6 +282,16 @@ impl Outcome {
         self.finished = true;
         if self.reason == Reason::Allowed {
             self.reason = Reason::TunnelClosed;
+        }
+    }
+
+    /// Adds `detail` to the outcome record's detail.
+    pub fn note(&mut self, detail: &str) {
+        if let Some(record) = self.record.as_mut() {
+            record.detail = Some(match record.detail.take() {
+                Some(before) => format!("{before}; {detail}"),
+                None => detail.to_owned(),
+            });
         }
     }
 
@@ -308,6 +334,15 @@ impl Drop for Outcome {
         if self.reason == Reason::Allowed && !self.finished && !answered {
             // The response body was abandoned before its end.
             self.reason = Reason::ClientCancelled;
+        }
+        // A response that carried an injected value says so in its detail;
+        // one cut for it (mode `refuse`) has it as its reason. A redacted
+        // response was still allowed and delivered, so its reason stays.
+        if let Some(summary) = self.reflection.as_ref().and_then(|t| t.settle()) {
+            record.add_detail(&summary.detail);
+            if summary.refused {
+                self.reason = Reason::CredentialReflected;
+            }
         }
         if let (Some(mcp), Some(answer)) = (record.mcp.as_mut(), &self.mcp_answer) {
             mcp.is_error = answer.get();

@@ -75,6 +75,22 @@ pub struct ServeConfig {
     /// Archive and prune the decision log on a schedule (SQLite, or every
     /// chain of the PostgreSQL store).
     pub retention: Option<crate::retention::Retention>,
+    /// How often the whole chain is walked to find a record edited or
+    /// removed behind clawgate's back (`clawgate_audit_chain_intact`).
+    pub chain_check_every: Duration,
+    /// Signed heads of the SQLite log written on a schedule; none by default.
+    pub anchors: Option<AnchorConfig>,
+}
+
+/// Where and how often `serve` writes signed heads (`--anchor-every`).
+#[derive(Debug, Clone)]
+pub struct AnchorConfig {
+    /// The anchor directory (one file per anchor).
+    pub dir: PathBuf,
+    /// The signing key, loaded at start.
+    pub key: std::sync::Arc<ring::signature::Ed25519KeyPair>,
+    /// How often the head is anchored.
+    pub every: Duration,
 }
 
 /// Where a fleet keeps what one replica would keep to itself. Every field
@@ -316,6 +332,7 @@ async fn assemble_pipeline(
     )?;
     let overrides = open_overrides(config).await?;
     let broker = Arc::new(Broker::new(config.broker.clone(), audit.clone()));
+    broker.set_egress(Arc::clone(upstreams.pins()), upstreams.timeouts());
     let mcp = mcp_state(config)?;
     let shared_limits = config
         .fleet

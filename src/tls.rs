@@ -24,6 +24,8 @@ use crate::audit::{AuditLog, DecisionRecord, kind};
 use crate::certs::files;
 use crate::error::Reason;
 
+pub mod one_identity;
+
 /// A TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -137,7 +139,8 @@ fn client_verifier(
     if let Some(crl) = crl {
         verifier = verifier.with_crls(read_crls(crl)?);
     }
-    verifier.build().map_err(|e| TlsError::Tls(e.to_string()))
+    let verifier = verifier.build().map_err(|e| TlsError::Tls(e.to_string()))?;
+    Ok(Arc::new(one_identity::OneIdentity(verifier)))
 }
 
 /// Which configuration a listener takes from the [`Material`].

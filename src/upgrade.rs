@@ -7,7 +7,8 @@
 //! each way, duration) is written when the socket closes: `tunnel-closed`
 //! when a peer closed it, `ended-by-override` or `ended-by-policy` when
 //! clawgate cut it because it is no longer allowed. Messages inside are
-//! not inspected. Only `websocket` is passed on: other upgrades (`h2c`) are
+//! not decided on; what the upstream sends passes the reflection guard's
+//! frame filter when the call injected a value. Only `websocket` is passed on: other upgrades (`h2c`) are
 //! dropped as the hop-by-hop headers they are.
 
 use std::io;
@@ -50,40 +51,69 @@ pub fn restore(headers: &mut HeaderMap, upgrade: &HeaderValue) {
 
 /// Splices the agent's and the upstream's upgraded connections until either
 /// closes or clawgate stops; `outcome` records the session when it drops.
+/// With a reflection `guard`, what the upstream sends passes through its
+/// frame filter.
 pub(crate) async fn splice(
     agent: OnUpgrade,
     upstream: OnUpgrade,
     mut outcome: Outcome,
-    mut stopping: watch::Receiver<bool>,
-    mut membership: Membership,
+    (mut stopping, mut membership): (watch::Receiver<bool>, Membership),
+    guard: Option<crate::response::guard::Guard>,
 ) {
     let (agent, upstream) = match tokio::join!(agent, upstream) {
         (Ok(agent), Ok(upstream)) => (agent, upstream),
         (Err(e), _) | (_, Err(e)) => {
-            tracing::info!(error = %e, "upgrade did not complete");
+            tracing::debug!(error = %e, "upgrade did not complete");
             return;
         }
     };
-    let mut agent = Counted {
+    let agent = Counted {
         inner: TokioIo::new(agent),
         read: Arc::clone(&outcome.bytes_up),
         written: Arc::clone(&outcome.bytes_down),
     };
-    let mut upstream = TokioIo::new(upstream);
+    let upstream = TokioIo::new(upstream);
     tokio::select! {
-        result = tokio::io::copy_bidirectional(&mut agent, &mut upstream) => match result {
-            Ok(_) => outcome.closed(),
+        result = relay(agent, upstream, guard) => match result {
+            Ok(()) => outcome.closed(),
             Err(e) if closed_by_peer(&e) => outcome.closed(),
-            Err(e) => tracing::info!(error = %e, "upgraded connection ended with an error"),
+            Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
         },
         ended = membership.ended() => {
-            tracing::info!(reason = %ended.reason, "upgraded connection ended: no longer allowed");
+            tracing::debug!(reason = %ended.reason, "upgraded connection ended: no longer allowed");
             outcome.ended(ended);
         }
         _ = stopping.wait_for(|stop| *stop) => {
-            tracing::info!("upgraded connection ended at shutdown");
+            tracing::debug!("upgraded connection ended at shutdown");
         }
     }
+}
+
+/// Both directions until both end: spliced as they are, or, with a guard,
+/// the upstream's frames through the reflection guard.
+async fn relay<A, U>(
+    mut agent: A,
+    mut upstream: U,
+    guard: Option<crate::response::guard::Guard>,
+) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let Some(guard) = guard else {
+        return tokio::io::copy_bidirectional(&mut agent, &mut upstream)
+            .await
+            .map(|_| ());
+    };
+    let (mut agent_read, agent_write) = tokio::io::split(agent);
+    let (upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let up = async {
+        tokio::io::copy(&mut agent_read, &mut upstream_write).await?;
+        upstream_write.shutdown().await
+    };
+    let down = crate::response::frames::pump(upstream_read, agent_write, guard);
+    tokio::try_join!(up, down).map(|_| ())
 }
 
 /// Whether an error is just one end of a tunnel hanging up.

@@ -90,7 +90,18 @@ fn an_intercepted_call_runs_the_whole_pipeline_and_is_recorded() {
         .filter(|kv| kv[0] == "authorization")
         .map(|kv| kv[1].as_str().unwrap())
         .collect();
-    assert_eq!(auth, vec![format!("Bearer {CANARY}")], "{seen}");
+    // The upstream got the scope's credential; its echo of it reached the
+    // agent redacted by the reflection guard.
+    assert_eq!(auth, vec!["Bearer [clawgate:redacted]"], "{seen}");
+    assert!(!ok.body_text().contains(CANARY));
+    let upstream = h.seen();
+    let sent: Vec<&str> = upstream[0]
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "authorization")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(sent, vec![format!("Bearer {CANARY}")]);
     assert!(!ok.body_text().contains("agent-own-token"));
     assert_eq!(seen["path"], "/v1/items/7");
 
@@ -425,7 +436,9 @@ fn undici_and_httpx_fetch_through_the_proxy() {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["status"], 200, "{lines:?}");
         let body = lines[0]["body"].as_str().unwrap();
-        assert!(body.contains(CANARY) && !body.contains("agent-own-token"));
+        // The echo of the injected credential comes back redacted.
+        assert!(body.contains("Bearer [clawgate:redacted]"), "{lines:?}");
+        assert!(!body.contains(CANARY) && !body.contains("agent-own-token"));
         assert_eq!(lines[1]["status"], 403, "{lines:?}");
         assert!(
             lines[1]["body"]
@@ -516,7 +529,9 @@ fn env_prints_a_working_proxy_environment() {
     let answer: serde_json::Value =
         serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
     assert_eq!(answer["status"], 200, "{answer}");
-    assert!(answer["body"].as_str().unwrap().contains(CANARY));
+    let body = answer["body"].as_str().unwrap();
+    assert!(body.contains("Bearer [clawgate:redacted]"), "{answer}");
+    assert!(!body.contains(CANARY), "{answer}");
     h.wait_for("the fetch inside interception", |r| {
         r.mode.as_deref() == Some("intercept") && r.path.as_deref() == Some("/v1/items/9")
     });

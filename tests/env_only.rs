@@ -371,7 +371,12 @@ fn the_env_block_alone_carries_curl_httpx_requests_and_node_through_interception
     // curl 7.88 (Debian's): the proxy's CA from `$CURL_HOME/.curlrc`.
     let r = curl_env(&vars, &url(1));
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.body_text().contains(CANARY));
+    // The echo of the injected credential comes back redacted.
+    assert!(
+        r.body_text().contains("Bearer [clawgate:redacted]"),
+        "{r:?}"
+    );
+    assert!(!r.body_text().contains(CANARY));
 
     for (n, library) in [(2, "httpx"), (3, "requests")] {
         let script = clients.join("env_fetch.py");
@@ -381,13 +386,21 @@ fn the_env_block_alone_carries_curl_httpx_requests_and_node_through_interception
             &vars,
         );
         assert_eq!(answer["status"], 200, "{library}: {answer}");
-        assert!(answer["body"].as_str().unwrap().contains(CANARY));
+        let body = answer["body"].as_str().unwrap();
+        assert!(
+            body.contains("Bearer [clawgate:redacted]") && !body.contains(CANARY),
+            "{answer}"
+        );
     }
     // Node 24's own fetch, with `NODE_USE_ENV_PROXY` from the block.
     let script = clients.join("global_fetch.mjs");
     let answer = run_env(&node, &[script.to_str().unwrap(), &url(4)], &vars);
     assert_eq!(answer["status"], 200, "{answer}");
-    assert!(answer["body"].as_str().unwrap().contains(CANARY));
+    let body = answer["body"].as_str().unwrap();
+    assert!(
+        body.contains("Bearer [clawgate:redacted]") && !body.contains(CANARY),
+        "{answer}"
+    );
 
     for n in 1..=4 {
         let path = format!("/v1/items/{n}");

@@ -131,7 +131,12 @@ fn the_token_listener_does_everything_the_agent_listener_does() {
         ],
     );
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.body_text().contains(CANARY), "{r:?}");
+    // The echo of the injected credential comes back redacted.
+    assert!(
+        r.body_text().contains("Bearer [clawgate:redacted]"),
+        "{r:?}"
+    );
+    assert!(!r.body_text().contains(CANARY), "{r:?}");
     let ids = r.header_all("x-clawgate-request-id");
     assert_eq!(ids.len(), 2, "{r:?}");
     let connect = h.decision(&ids[0]);
@@ -245,7 +250,10 @@ fn the_token_listener_does_everything_the_agent_listener_does() {
             .collect();
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert_eq!(lines[0]["status"], 200, "{lines:?}");
-        assert!(lines[0]["body"].as_str().unwrap().contains(CANARY));
+        // undici and httpx read the guarded (chunked, redacted) answer.
+        let body = lines[0]["body"].as_str().unwrap();
+        assert!(body.contains("Bearer [clawgate:redacted]"), "{lines:?}");
+        assert!(!body.contains(CANARY), "{lines:?}");
         assert_eq!(lines[1]["status"], 403, "{lines:?}");
         assert!(
             lines[1]["body"]

@@ -832,8 +832,14 @@ fn a_changed_tool_is_hidden_and_refused_rates_apply_per_tool_and_credentials_are
         .unwrap();
     assert!(limited.detail.unwrap().contains("tool rate limit"));
 
-    // The scope's credential reached the server; the agent's own did not.
-    assert_eq!(replies[8]["text"], json!(format!("Bearer {CANARY}")));
+    // The scope's credential reached the server (the agent's own did not),
+    // and the server's echo of it came back redacted.
+    assert_eq!(replies[8]["text"], json!("Bearer [clawgate:redacted]"));
+    assert!(
+        !serde_json::Value::from(replies.clone())
+            .to_string()
+            .contains(CANARY)
+    );
 
     // An upstream OAuth challenge becomes a refusal, not an OAuth flow.
     let reply = h.curl(

@@ -71,6 +71,9 @@ struct Targets {
     upstream: Server,
     clawgate: Server,
     clawgate_off: Server,
+    /// clawgate with the reflection guard off (`reflection = "off"`), the
+    /// log durable: the guard's cost, in the same run.
+    clawgate_guard_off: Server,
     nginx: Server,
 }
 
@@ -101,6 +104,10 @@ fn run() -> Result<(), Error> {
     let idle = [
         ("clawgate", targets.clawgate.memory_mib("VmRSS")),
         ("clawgate-log-off", targets.clawgate_off.memory_mib("VmRSS")),
+        (
+            "clawgate-guard-off",
+            targets.clawgate_guard_off.memory_mib("VmRSS"),
+        ),
         ("nginx", targets.nginx.memory_mib("VmRSS")),
         ("direct", targets.upstream.memory_mib("VmRSS")),
     ];
@@ -117,6 +124,15 @@ fn run() -> Result<(), Error> {
                 false,
             ),
             &targets.clawgate_off,
+        ),
+        (
+            target(
+                "clawgate-guard-off",
+                &targets.clawgate_guard_off,
+                "/bench/data",
+                false,
+            ),
+            &targets.clawgate_guard_off,
         ),
         (
             target("nginx", &targets.nginx, "/bench/data", false),
@@ -237,10 +253,12 @@ fn run() -> Result<(), Error> {
         upstream,
         clawgate: durable,
         clawgate_off,
+        clawgate_guard_off,
         nginx,
     } = targets;
     durable.stop();
     clawgate_off.stop();
+    clawgate_guard_off.stop();
     nginx.stop();
     upstream.stop();
     report.disk.push(disk::probe(&dir, DISK_SYNCS)?);
@@ -302,11 +320,9 @@ fn start_all(bin: &Path, nginx_bin: &Path, dir: &Path, certs: &Path) -> Result<T
     let upstream = procs::server(child, upstream_port, false);
 
     let policy = dir.join("policy");
-    std::fs::create_dir_all(&policy)?;
-    std::fs::write(
-        policy.join("bench.toml"),
-        format!(
-            r#"[[agent]]
+    let policy_guard_off = dir.join("policy-guard-off");
+    let text = format!(
+        r#"[[agent]]
 name = "{AGENT}"
 identities = ["spiffe://clawgate.local/agent/{AGENT}"]
 scopes = ["bench"]
@@ -327,32 +343,50 @@ format = "Bearer {{}}"
 methods = ["GET"]
 paths = ["/data"]
 "#,
-            ca = certs.join("ca.pem").display()
+        ca = certs.join("ca.pem").display()
+    );
+    std::fs::create_dir_all(&policy)?;
+    std::fs::write(policy.join("bench.toml"), &text)?;
+    // The same scope with the reflection guard off: everything else equal.
+    std::fs::create_dir_all(&policy_guard_off)?;
+    std::fs::write(
+        policy_guard_off.join("bench.toml"),
+        text.replace(
+            "route = \"bench\"\n",
+            "route = \"bench\"\nreflection = \"off\"\n",
         ),
     )?;
-    let start_clawgate = |name: &'static str, audit: &str, off: bool| -> Result<Server, Error> {
-        let mut command = Command::new(bin);
-        command
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(["--policy", path(&policy), "--certs", path(certs)])
-            .args(["--audit", path(&dir.join(audit))])
-            .env("BENCH_TOKEN", TOKEN);
-        // Two clawgates run side by side: neither needs the admin API, and
-        // its default port can be held only once.
-        command.args(["--admin-listen", "off", "--no-watch"]);
-        if off {
-            command.arg("--benchmark-only-decision-log-off");
-        }
-        // More serve flags for both clawgates (`--shards 1`).
-        if let Ok(extra) = std::env::var("CLAWGATE_LOAD_SERVE_ARGS") {
-            command.args(extra.split_whitespace());
-        }
-        let (child, addr) = procs::start_and_wait(name, command, dir, "clawgate: listening on ")?;
-        let port = addr.rsplit(':').next().unwrap_or_default().parse()?;
-        Ok(procs::server(child, port, false))
-    };
-    let clawgate = start_clawgate("clawgate", "audit.db", false)?;
-    let clawgate_off = start_clawgate("clawgate-log-off", "audit-off.db", true)?;
+    let start_clawgate =
+        |name: &'static str, audit: &str, off: bool, policy: &Path| -> Result<Server, Error> {
+            let mut command = Command::new(bin);
+            command
+                .args(["serve", "--listen", "127.0.0.1:0"])
+                .args(["--policy", path(policy), "--certs", path(certs)])
+                .args(["--audit", path(&dir.join(audit))])
+                .env("BENCH_TOKEN", TOKEN);
+            // Two clawgates run side by side: neither needs the admin API, and
+            // its default port can be held only once.
+            command.args(["--admin-listen", "off", "--no-watch"]);
+            if off {
+                command.arg("--benchmark-only-decision-log-off");
+            }
+            // More serve flags for both clawgates (`--shards 1`).
+            if let Ok(extra) = std::env::var("CLAWGATE_LOAD_SERVE_ARGS") {
+                command.args(extra.split_whitespace());
+            }
+            let (child, addr) =
+                procs::start_and_wait(name, command, dir, "clawgate: listening on ")?;
+            let port = addr.rsplit(':').next().unwrap_or_default().parse()?;
+            Ok(procs::server(child, port, false))
+        };
+    let clawgate = start_clawgate("clawgate", "audit.db", false, &policy)?;
+    let clawgate_off = start_clawgate("clawgate-log-off", "audit-off.db", true, &policy)?;
+    let clawgate_guard_off = start_clawgate(
+        "clawgate-guard-off",
+        "audit-guard-off.db",
+        false,
+        &policy_guard_off,
+    )?;
 
     let nginx_dir = dir.join("nginx");
     std::fs::create_dir_all(&nginx_dir)?;
@@ -379,6 +413,7 @@ paths = ["/data"]
         upstream,
         clawgate,
         clawgate_off,
+        clawgate_guard_off,
         nginx,
     })
 }

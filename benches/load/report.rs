@@ -405,6 +405,24 @@ impl Report {
         out
     }
 
+    /// The reflection guard's cost: clawgate against the same clawgate with
+    /// `reflection = "off"`, CPU per call at the moderate rate (and the
+    /// saturated throughput ratio, for the record).
+    fn guard_goal(&self) -> (String, String, bool) {
+        let on = self.summary("clawgate");
+        let off = self.summary("clawgate-guard-off");
+        let cpu_fixed = on.open[0].cpu_per_10k / off.open[0].cpu_per_10k;
+        let cpu_saturated = on.cpu_per_10k / off.cpu_per_10k;
+        let throughput = self.rate_ratio("clawgate", "clawgate-guard-off", false);
+        (
+            "reflection guard: CPU per call ≤ 1.05× guard off, at the moderate rate".into(),
+            format!(
+                "{cpu_fixed:.3}× (saturated: CPU {cpu_saturated:.3}×, throughput {throughput:.3}×)"
+            ),
+            cpu_fixed <= 1.05,
+        )
+    }
+
     /// The targets: (goal, what was measured, met).
     fn goals(&self) -> Vec<(String, String, bool)> {
         let cg = self.summary("clawgate");
@@ -465,6 +483,7 @@ impl Report {
                 format!("{idle_mb:.1} MB"),
                 idle_mb <= 30.0,
             ),
+            self.guard_goal(),
         ]
     }
 
@@ -523,6 +542,9 @@ impl Report {
                 "throughput_vs_nginx": self.rate_ratio("clawgate", "nginx", false),
                 "throughput_vs_direct": self.rate_ratio("clawgate", "direct", false),
                 "throughput_durable_vs_log_off": self.rate_ratio("clawgate", "clawgate-log-off", false),
+                "throughput_guard_on_vs_off": self.rate_ratio("clawgate", "clawgate-guard-off", false),
+                "cpu_per_call_guard_on_vs_off_moderate": self.summary("clawgate").open[0].cpu_per_10k
+                    / self.summary("clawgate-guard-off").open[0].cpu_per_10k,
                 "new_connection_vs_nginx": self.rate_ratio("clawgate", "nginx", true),
                 "new_connection_vs_direct": self.rate_ratio("clawgate", "direct", true),
             },

@@ -43,6 +43,10 @@ pub(crate) fn describe_tls_error(e: &std::io::Error) -> String {
                 "certificate not yet valid".into()
             }
             CertificateError::Revoked => "certificate revoked".into(),
+            // Only the one-identity check fails a certificate this way.
+            CertificateError::ApplicationVerificationFailure => {
+                "certificate carries more than one clawgate identity (SPIFFE URI SAN)".into()
+            }
             CertificateError::UnknownIssuer => "certificate not issued by the agent CA".into(),
             // Seen when a foreign CA shares the agent CA's name.
             CertificateError::BadSignature => {
@@ -51,6 +55,21 @@ pub(crate) fn describe_tls_error(e: &std::io::Error) -> String {
             other => format!("certificate rejected: {other:?}"),
         },
         other => format!("handshake failed: {other}"),
+    }
+}
+
+/// The reason a failed handshake is recorded with: `identity-ambiguous`
+/// for a certificate with several clawgate identities, else
+/// `tls-rejected`.
+pub(crate) fn tls_error_reason(e: &std::io::Error) -> Reason {
+    let ambiguous = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| *tls == crate::tls::one_identity::AMBIGUOUS);
+    if ambiguous {
+        Reason::IdentityAmbiguous
+    } else {
+        Reason::TlsRejected
     }
 }
 
@@ -98,6 +117,12 @@ impl Rejections {
     /// Records a rejected handshake unless this source is over its cap; a
     /// recorded one carries the count suppressed since the last record.
     pub fn reject(&self, addr: SocketAddr, why: String) {
+        self.reject_as(addr, Reason::TlsRejected, why);
+    }
+
+    /// Records a rejected handshake with `reason` (`tls-rejected` or
+    /// `identity-ambiguous`), under the same caps as [`Rejections::reject`].
+    pub fn reject_as(&self, addr: SocketAddr, reason: Reason, why: String) {
         if let Some(pipeline) = &self.counted {
             pipeline.metrics().tls_rejected();
         }
@@ -112,8 +137,9 @@ impl Rejections {
         } else {
             why
         };
-        self.audit
-            .append(rejection_record(Some(addr.to_string()), detail));
+        let mut record = rejection_record(Some(addr.to_string()), detail);
+        record.reason = reason.code().to_owned();
+        self.audit.append(record);
     }
 
     /// `Some(suppressed_before)` when this rejection may be recorded.

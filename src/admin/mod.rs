@@ -16,6 +16,7 @@
 
 pub mod client;
 pub use crate::metrics;
+mod explain;
 mod status;
 mod views;
 
@@ -36,9 +37,7 @@ use crate::accept::{self, Accepted, Rejections, Served};
 use crate::audit::{DecisionRecord, Filter, Format, kind};
 use crate::error::{REQUEST_ID_HEADER, Reason};
 use crate::identity::{self, PeerIdentity, PeerName};
-use crate::overrides::{
-    NewOverride, Override, OverrideError, OverrideKind, normalise_serial, peer_serial,
-};
+use crate::overrides::{NewOverride, OverrideError, OverrideKind, normalise_serial, peer_serial};
 use crate::pipeline::Pipeline;
 use crate::reload::Reloader;
 use crate::tls::{Door, TlsStore};
@@ -68,6 +67,8 @@ pub struct Admin {
     pub audit_source: crate::audit::Source,
     /// The TLS material, for `POST /v1/certs/reload`.
     pub certs: Option<Arc<TlsStore>>,
+    /// What the scheduled walk of the chain last found.
+    pub chain_health: Arc<crate::audit::health::ChainHealth>,
 }
 
 type AdminBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -150,12 +151,23 @@ impl Admin {
                 req.method().as_str().to_owned(),
                 req.uri().path().to_owned(),
             );
-            return self.refuse_revoked(peer, addr, asked, &o).await;
+            let refused = (Reason::SerialRevoked, format!("override {}", o.id));
+            tracing::warn!(client = %addr, override_id = %o.id, "admin api refused: serial revoked");
+            return self.refuse(peer, addr, asked, refused, None).await;
         }
         let names = peer.names.as_slice();
         let Some(role) = self.role_of(names) else {
+            let asked = (
+                req.method().as_str().to_owned(),
+                req.uri().path().to_owned(),
+            );
+            let refused = (
+                Reason::AdminRoleRequired,
+                "no admin or auditor role".to_owned(),
+            );
             tracing::info!(client = %addr, "admin api refused: no role");
-            return error(StatusCode::FORBIDDEN, "no admin or auditor role");
+            let message = "no admin or auditor role";
+            return self.refuse(peer, addr, asked, refused, Some(message)).await;
         };
         let who = names.first().map(ToString::to_string).unwrap_or_default();
         let method = req.method().clone();
@@ -163,7 +175,13 @@ impl Admin {
         let query = req.uri().query().unwrap_or_default().to_owned();
         let needs_admin = method != Method::GET;
         if needs_admin && role != Role::Admin {
-            return error(StatusCode::FORBIDDEN, "this needs the admin role");
+            let asked = (method.as_str().to_owned(), path.clone());
+            let refused = (
+                Reason::AdminRoleRequired,
+                "this needs the admin role; the caller is an auditor".to_owned(),
+            );
+            let message = "this needs the admin role";
+            return self.refuse(peer, addr, asked, refused, Some(message)).await;
         }
         match (method, path.as_str()) {
             (Method::GET, "/healthz") => self.healthz(),
@@ -186,6 +204,7 @@ impl Admin {
                 StatusCode::OK,
                 &status_of(self, SystemTime::now()).to_json(),
             ),
+            (Method::GET, "/v1/policy/explain") => self.explain(&query),
             (Method::POST, "/v1/policy/reload") => {
                 match self.reloader.reload(&format!("api by {who}")).await {
                     Ok(done) => json(
@@ -233,20 +252,31 @@ impl Admin {
         }
     }
 
+    /// Ready while the decision log can be written and its chain's last
+    /// walk did not find a break (evidence that no longer verifies is not a
+    /// state to keep taking traffic in unnoticed).
     fn readyz(&self) -> Response<AdminBody> {
-        if self.pipeline.audit().is_healthy() {
-            text(StatusCode::OK, "ready\n")
-        } else {
-            text(
+        if !self.pipeline.audit().is_healthy() {
+            return text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: the decision log cannot be written\n",
-            )
+            );
+        }
+        match self.chain_health.state() {
+            Some(crate::audit::health::ChainState::Broken(seq)) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "not ready: the decision log's chain is broken at record {seq} (see `clawgate audit verify`)\n"
+                ),
+            ),
+            _ => text(StatusCode::OK, "ready\n"),
         }
     }
 
     fn metrics(&self) -> Response<AdminBody> {
         let broker = self.pipeline.broker();
-        let stats = [broker.secret_stats(), broker.session_stats()];
+        let per_kind = broker.kind_stats();
+        let stats = per_kind.map(|(_, s)| s);
         let sum = |f: fn(&crate::credentials::cache::CacheStats) -> u64| -> u64 {
             stats.iter().map(|s| f(s)).sum()
         };
@@ -278,6 +308,7 @@ impl Admin {
             cache_fetches: sum(|s| s.fetches.load(Relaxed)),
             audit_dropped: audit.dropped_records(),
             audit_healthy: audit.is_healthy(),
+            audit_chain: self.chain_health.state(),
             overrides_active: self
                 .pipeline
                 .overrides()
@@ -287,6 +318,10 @@ impl Admin {
                 .count() as u64,
             audit_batches: Some(audit.batch_stats()),
             limits_store: self.pipeline.limits().shared_stats(),
+            credential_kinds: per_kind
+                .iter()
+                .map(|(kind, s)| (*kind, s.hits.load(Relaxed), s.fetches.load(Relaxed)))
+                .collect(),
         };
         let mut response = text(StatusCode::OK, &self.pipeline.metrics().render(&gauges));
         response.headers_mut().insert(
@@ -339,14 +374,17 @@ impl Admin {
         )
     }
 
-    /// 403 `serial-revoked` for a caller whose certificate serial an
-    /// override revokes, with its decision record.
-    async fn refuse_revoked(
+    /// 403 for a refused admin API request (a revoked serial, no role for
+    /// it), with its decision record: the method, path, certificate
+    /// fingerprint and every name on it. `message` keeps a refusal's
+    /// established `error` text; without it the body says `denied`.
+    async fn refuse(
         &self,
         peer: &PeerIdentity,
         addr: SocketAddr,
         (method, path): (String, String),
-        o: &Override,
+        (reason, why): (Reason, String),
+        message: Option<&str>,
     ) -> Response<AdminBody> {
         let request_id = uuid::Uuid::now_v7().to_string();
         let mut record = DecisionRecord::new(kind::DECISION, &request_id);
@@ -356,24 +394,23 @@ impl Admin {
         record.method = Some(method);
         record.path = Some(path);
         record.decision = Some("deny".into());
-        record.reason = Reason::SerialRevoked.code().to_owned();
+        record.reason = reason.code().to_owned();
         record.policy_digest = Some(self.pipeline.policy().digest().to_owned());
-        let who = peer
-            .names
-            .first()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        record.detail = Some(format!("override {}; admin api caller {who}", o.id));
+        let names: Vec<String> = peer.names.iter().map(ToString::to_string).collect();
+        let who = names.first().cloned().unwrap_or_default();
+        record.detail = Some(format!(
+            "{why}; admin api caller {who}; certificate names [{}]",
+            names.join(", ")
+        ));
         // Durable before the answer, like every decision; refused either way.
         if let Err(e) = self.pipeline.audit().append_durable(record).await {
             tracing::error!(error = %e, "admin refusal not recorded");
         }
-        tracing::warn!(client = %addr, override_id = %o.id, "admin api refused: serial revoked");
         let mut response = json(
             StatusCode::FORBIDDEN,
             &serde_json::json!({
-                "error": "denied",
-                "reason": Reason::SerialRevoked.code(),
+                "error": message.unwrap_or("denied"),
+                "reason": reason.code(),
                 "request_id": request_id,
             }),
         );

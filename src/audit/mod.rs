@@ -8,10 +8,12 @@
 //!   a kind and a non-secret reference.
 //! - The chain head advances only on commit, so a failed batch leaves no gap.
 
+pub mod anchor;
 mod answers;
 pub mod archive;
 mod batch;
 mod chain;
+pub mod health;
 pub mod postgres;
 mod query;
 mod queue;
@@ -31,7 +33,7 @@ use tokio::sync::oneshot;
 
 pub(crate) use answers::post_box;
 pub use chain::{Head, VerifyError, VerifyReport, check_anchor, head, verify};
-pub use query::{Filter, Format, query, render};
+pub use query::{Filter, Format, for_each_decision, query, render};
 pub use writer::WriterHandle;
 
 /// The kind of a record.

@@ -112,6 +112,43 @@ pub fn query(path: &Path, filter: &Filter) -> Result<Vec<DecisionRecord>, AuditE
     Ok(records)
 }
 
+/// Calls `visit` with each decision record at or after `since` (RFC 3339
+/// UTC), oldest first, one row at a time: memory stays bounded whatever the
+/// size of the log. Answers how many records were visited.
+pub fn for_each_decision(
+    path: &Path,
+    since: Option<&str>,
+    mut visit: impl FnMut(DecisionRecord),
+) -> Result<u64, AuditError> {
+    let conn = open_read_only(path)?;
+    let snapshot = conn.unchecked_transaction()?;
+    let mut sql = format!("SELECT {COLUMNS} FROM records WHERE kind = 'decision'");
+    let mut args: Vec<Value> = Vec::new();
+    if let Some(since) = since {
+        if timeline::is_time_ordered(&snapshot)? {
+            match timeline::first_at_or_after(&snapshot, since)? {
+                Some(first) => {
+                    sql.push_str(" AND seq >= ?");
+                    args.push(Value::Integer(first));
+                }
+                None => return Ok(0),
+            }
+        } else {
+            sql.push_str(" AND ts >= ?");
+            args.push(Value::Text(since.to_owned()));
+        }
+    }
+    sql.push_str(" ORDER BY seq");
+    let mut stmt = snapshot.prepare(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    let mut count = 0;
+    while let Some(row) = rows.next()? {
+        visit(from_row(row)?);
+        count += 1;
+    }
+    Ok(count)
+}
+
 const TABLE_COLUMNS: [&str; 11] = [
     "seq", "time", "kind", "agent", "method", "host", "path", "scope", "decision", "reason",
     "status",

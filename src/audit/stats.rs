@@ -123,6 +123,19 @@ pub fn stats(records: &[DecisionRecord], by: Option<By>) -> Stats {
             *hosts.entry(h.clone()).or_insert(0) += 1;
         }
     }
+    // A tunnel cut at its ClientHello was allowed at `CONNECT` and refused
+    // after: its refusal is in the outcome record.
+    for r in records.iter().filter(|r| r.kind == kind::OUTCOME) {
+        if CUT_TUNNEL_REASONS.contains(&r.reason.as_str()) {
+            *reasons.entry(r.reason.clone()).or_insert(0) += 1;
+        }
+    }
+    // A response the reflection guard redacted or cut is an allowed call
+    // whose outcome says so: it counts among the reasons to look at.
+    let reflections = records.iter().filter(|r| reflected(r)).count() as u64;
+    if reflections > 0 {
+        reasons.insert(REFLECTED.to_owned(), reflections);
+    }
     let mut groups: Vec<Counts> = groups.into_values().collect();
     groups.sort_by(|a, b| {
         (b.allowed + b.refused)
@@ -188,6 +201,10 @@ pub fn csv(s: &Stats, out: &mut impl std::io::Write) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Outcome reasons that are refusals of their own (a tunnel cut at its
+/// ClientHello), counted among the top refusal reasons.
+const CUT_TUNNEL_REASONS: [&str; 3] = ["tunnel-sni-mismatch", "tunnel-sni-missing", "tunnel-ech"];
+
 /// Reasons whose bursts per source are findings.
 const BURST_REASONS: [&str; 6] = [
     "tls-rejected",
@@ -202,6 +219,25 @@ const BURST_REASONS: [&str; 6] = [
 /// from its pin ([`crate::error::Reason::ToolDefinitionChanged`]; a unit
 /// test keeps the two equal, since a `match` needs a constant pattern).
 pub const MCP_TOOLS_CHANGED: &str = "tool-definition-changed";
+
+/// The reason code of a response that carried an injected value
+/// ([`crate::error::Reason::CredentialReflected`]; a unit test keeps the two
+/// equal).
+pub const REFLECTED: &str = "credential-reflected";
+
+/// Whether an outcome record says the reflection guard acted: cut
+/// (its reason) or redacted (its detail).
+fn reflected(r: &DecisionRecord) -> bool {
+    r.kind == kind::OUTCOME
+        && (r.reason == REFLECTED
+            || r.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("credential-reflected:")))
+}
+
+/// What a `mint` record's detail says when the provider granted more than
+/// was asked (see `credentials::oauth` and `credentials::github`).
+pub const GRANTED_BROADER: &str = "granted-broader";
 
 /// Thresholds of `findings`.
 #[derive(Debug, Clone, Copy)]
@@ -229,7 +265,9 @@ impl Default for Thresholds {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finding {
     /// `burst`, `refusals-rising`, `sentinel-misdirected`, `policy-rejected`,
-    /// `tool-definition-changed` (and, from live state, `lapsing-soon`, `drift`).
+    /// `tool-definition-changed`, `identity-ambiguous`, `tunnel-sni-mismatch`,
+    /// `tunnel-ech`, `credential-reflected`, `credential-broader` (and, from live
+    /// state, `lapsing-soon`, `drift`).
     pub kind: String,
     /// Who or what: a source address, an agent, an id.
     pub subject: String,
@@ -257,6 +295,8 @@ pub fn findings(records: &[DecisionRecord], recent_from: &str, t: Thresholds) ->
     let mut out = Vec::new();
     let mut bursts: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut per_agent: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    // Scopes whose minted tokens carry more than they asked for.
+    let mut broader: BTreeMap<String, (u64, String)> = BTreeMap::new();
     let first_ts = records.first().map(|r| r.ts.clone()).unwrap_or_default();
     for r in records {
         if r.kind == kind::DECISION && BURST_REASONS.contains(&r.reason.as_str()) {
@@ -273,10 +313,28 @@ pub fn findings(records: &[DecisionRecord], recent_from: &str, t: Thresholds) ->
                 e.0 += 1;
             }
         }
+        if r.kind == kind::MINT
+            && let Some(detail) = r.detail.as_deref()
+            && let Some(at) = detail.find(GRANTED_BROADER)
+        {
+            let scope = r.scope.clone().unwrap_or_else(|| "-".into());
+            let e = broader.entry(scope).or_insert((0, String::new()));
+            e.0 += 1;
+            e.1 = format!(
+                "{} minted at {}: {}",
+                r.credential_kind.as_deref().unwrap_or("credential"),
+                r.ts,
+                &detail[at..]
+            );
+        }
         let single = match r.reason.as_str() {
             "sentinel-misdirected" => Some("sentinel-misdirected"),
             "policy-rejected" => Some("policy-rejected"),
             MCP_TOOLS_CHANGED => Some(MCP_TOOLS_CHANGED),
+            "identity-ambiguous" => Some("identity-ambiguous"),
+            "tunnel-sni-mismatch" => Some("tunnel-sni-mismatch"),
+            "tunnel-ech" => Some("tunnel-ech"),
+            _ if reflected(r) => Some(REFLECTED),
             _ => None,
         };
         if let Some(k) = single {
@@ -299,6 +357,14 @@ pub fn findings(records: &[DecisionRecord], recent_from: &str, t: Thresholds) ->
                 count: 1,
             });
         }
+    }
+    for (scope, (n, last)) in broader {
+        out.push(Finding {
+            kind: "credential-broader".into(),
+            subject: scope,
+            detail: format!("{n} minted token(s) broader than requested; last {last}"),
+            count: n,
+        });
     }
     for ((reason, source), n) in bursts {
         if n >= t.burst {

@@ -134,3 +134,109 @@ fn findings_name_bursts_per_source_rises_and_single_events() {
         crate::error::Reason::ToolDefinitionChanged.code()
     );
 }
+
+#[test]
+fn a_reflected_credential_is_a_finding_and_a_top_reason() {
+    let mut redacted = rec(
+        "2026-01-01T00:00:10.000Z",
+        "r",
+        "allow",
+        "allowed",
+        "1.1.1.1:1",
+    );
+    redacted.kind = kind::OUTCOME.into();
+    redacted.detail = Some("credential-reflected: 2 redacted (header x-echo, body)".into());
+    let mut refused = rec(
+        "2026-01-01T00:00:11.000Z",
+        "s",
+        "allow",
+        REFLECTED,
+        "1.1.1.1:1",
+    );
+    refused.kind = kind::OUTCOME.into();
+    let plain = rec(
+        "2026-01-01T00:00:12.000Z",
+        "t",
+        "allow",
+        "allowed",
+        "1.1.1.1:1",
+    );
+    let v = vec![redacted, refused, plain];
+    let f = findings(&v, "2026-01-01T00:00:00.000Z", Thresholds::default());
+    let kinds: Vec<(&str, &str)> = f
+        .iter()
+        .map(|f| (f.kind.as_str(), f.subject.as_str()))
+        .collect();
+    assert_eq!(kinds, vec![(REFLECTED, "r"), (REFLECTED, "s")]);
+    assert!(f[0].detail.contains("header x-echo"), "{f:?}");
+    let s = stats(&v, None);
+    assert_eq!(s.top_refusal_reasons, vec![(REFLECTED.to_owned(), 2)]);
+    assert_eq!(REFLECTED, crate::error::Reason::CredentialReflected.code());
+}
+
+#[test]
+fn a_tunnel_cut_at_its_hello_counts_among_refusals_and_is_a_finding() {
+    let decision = rec(
+        "2026-01-01T00:00:00.000Z",
+        "a",
+        "allow",
+        "allowed",
+        "1.1.1.1:1",
+    );
+    let mut cut = decision.clone();
+    cut.kind = kind::OUTCOME.into();
+    cut.reason = "tunnel-sni-mismatch".into();
+    cut.detail = Some("sni evil.example, CONNECT api.example".into());
+    let mut closed = decision.clone();
+    closed.kind = kind::OUTCOME.into();
+    closed.reason = "tunnel-closed".into();
+    let v = vec![decision, cut, closed];
+    let s = stats(&v, None);
+    assert_eq!((s.total.allowed, s.total.refused), (1, 0), "decisions only");
+    assert_eq!(
+        s.top_refusal_reasons,
+        vec![("tunnel-sni-mismatch".into(), 1)]
+    );
+    let f = findings(&v, "2026-01-01T00:00:00.000Z", Thresholds::default());
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].kind, "tunnel-sni-mismatch");
+    assert!(f[0].detail.contains("sni evil.example"));
+}
+
+#[test]
+fn minted_tokens_broader_than_requested_are_a_finding_per_scope() {
+    let mint = |scope: &str, detail: &str| DecisionRecord {
+        ts: "2026-01-01T00:00:10.000Z".into(),
+        kind: kind::MINT.into(),
+        scope: Some(scope.into()),
+        credential_kind: Some("oauth2".into()),
+        reason: "allowed".into(),
+        detail: Some(detail.into()),
+        ..DecisionRecord::default()
+    };
+    let records = vec![
+        mint(
+            "billing",
+            "client_credentials via client_secret_basic: lifetime 300s, requested scope `read`, granted `read write`; granted-broader `write`",
+        ),
+        mint(
+            "billing",
+            "client_credentials via client_secret_basic: lifetime 300s, requested scope `read`, granted `read write`; granted-broader `write`",
+        ),
+        mint(
+            "exact",
+            "client_credentials via client_secret_basic: lifetime 300s, requested scope `read`, granted `read`",
+        ),
+    ];
+    let found: Vec<_> = findings(&records, "2026-01-01T00:00:00.000Z", Thresholds::default())
+        .into_iter()
+        .filter(|f| f.kind == "credential-broader")
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].subject, "billing");
+    assert_eq!(found[0].count, 2);
+    assert!(
+        found[0].detail.contains("granted-broader `write`"),
+        "{found:?}"
+    );
+}

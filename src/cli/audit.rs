@@ -70,6 +70,13 @@ pub(crate) enum AuditCommand {
         /// On a PostgreSQL store, the anchor is a checkpoint's.
         #[arg(long, value_parser = parse_anchor)]
         anchor: Vec<audit::Head>,
+        /// A directory of signed heads written by `serve --anchor-every`:
+        /// each must be signed by `--anchor-pub` and its record still there.
+        #[arg(long, requires = "anchor_pub", conflicts_with_all = ["store", "archive"])]
+        anchors: Option<PathBuf>,
+        /// The public key of the anchors (`certs anchor-key` writes it).
+        #[arg(long, requires = "anchors")]
+        anchor_pub: Option<PathBuf>,
         /// Walk every chain and the checkpoint chain of a fleet's
         /// PostgreSQL store instead of the SQLite file.
         #[arg(long)]

@@ -15,10 +15,14 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::cache::{Cache, Entry};
+use super::github::{GithubAppCredential, GithubApps, GithubKey};
+use super::oauth::{MintedToken, OAuthCredential, OAuthKey, OAuthSource};
 use super::sts::{self, AwsCredential, AwsSession, MINT_ATTEMPTS};
 use super::{CredentialError, SecretSource, SecretValue, SecretsManagerRef};
 use crate::audit::{AuditLog, DecisionRecord, kind};
+use crate::egress::Pins;
 use crate::error::Reason;
+use crate::forward::Timeouts;
 
 /// How the broker reaches AWS.
 #[derive(Debug, Clone, Default)]
@@ -177,11 +181,14 @@ struct Clients {
     secrets: aws_sdk_secretsmanager::Client,
 }
 
-/// Fetches secrets and mints STS credentials, each through its cache.
+/// Fetches secrets and mints STS credentials and OAuth tokens, each
+/// through its cache.
 #[derive(Debug)]
 pub struct Broker {
     secrets: Cached<SecretsManager>,
     sessions: Cached<Sts>,
+    oauth: Cached<OAuthSource>,
+    github: Cached<GithubApps>,
 }
 
 impl Broker {
@@ -192,10 +199,52 @@ impl Broker {
             clients: OnceCell::new(),
             audit,
         });
+        let oauth = Cached::new(OAuthSource::new(access.audit.clone()));
+        let github = Cached::new(GithubApps(Arc::clone(&oauth.source)));
         Broker {
             secrets: Cached::new(SecretsManager(Arc::clone(&access))),
             sessions: Cached::new(Sts(access)),
+            oauth,
+            github,
         }
+    }
+
+    /// Names pinned to addresses (`serve --resolve`) and the timeouts, for
+    /// the token endpoints minted credentials are fetched from (as upstream
+    /// calls use them). Set once, before the first call.
+    pub fn set_egress(&self, pins: Pins, timeouts: Timeouts) {
+        self.oauth.source.set_egress(pins, timeouts);
+    }
+
+    /// The cache counters per credential kind: `secret` (Secrets Manager),
+    /// `aws` (STS), `oauth2`, `github_app`.
+    pub fn kind_stats(&self) -> [(&'static str, &super::cache::CacheStats); 4] {
+        [
+            ("secret", self.secrets.cache.stats()),
+            ("aws", self.sessions.cache.stats()),
+            ("oauth2", self.oauth.cache.stats()),
+            ("github_app", self.github.cache.stats()),
+        ]
+    }
+
+    /// A GitHub App installation token for the credential, minted or cached.
+    pub async fn github_app(
+        &self,
+        credential: &Arc<GithubAppCredential>,
+        ctx: &MintContext,
+    ) -> Result<Arc<MintedToken>, CredentialError> {
+        self.github
+            .get(GithubKey(Arc::clone(credential)), ctx)
+            .await
+    }
+
+    /// An OAuth 2.0 access token for the credential, minted or cached.
+    pub async fn oauth2(
+        &self,
+        credential: &Arc<OAuthCredential>,
+        ctx: &MintContext,
+    ) -> Result<Arc<MintedToken>, CredentialError> {
+        self.oauth.get(OAuthKey(Arc::clone(credential)), ctx).await
     }
 
     /// The cache counters for STS sessions (hits, misses, mints).

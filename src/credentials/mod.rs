@@ -7,6 +7,10 @@
 //! - `aws`: minutes-long STS credentials minted by AssumeRole for one agent
 //!   and scope, used to re-sign the agent's request with SigV4 or vended in
 //!   the container-credentials format;
+//! - `oauth2` ([`oauth`]): access tokens minted from an OAuth 2.0 token
+//!   endpoint, cached until shortly before expiry, injected like secrets;
+//! - `github_app` ([`github`]): GitHub App installation tokens, minted the
+//!   same way;
 //! - sentinels ([`sentinel`]): placeholders the agent holds, swapped for the
 //!   real value only on the way to a host they are bound to.
 //!
@@ -18,6 +22,9 @@
 
 mod broker;
 pub mod cache;
+pub mod decode;
+pub mod github;
+pub mod oauth;
 pub mod sentinel;
 mod signer;
 pub mod sigv4;
@@ -25,6 +32,7 @@ pub mod sts;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -207,6 +215,10 @@ pub enum Credential {
     Secret(SecretCredential),
     /// STS credentials; the request is re-signed with SigV4.
     Aws(AwsCredential),
+    /// An OAuth 2.0 access token, minted and injected like a secret.
+    OAuth2(Arc<oauth::OAuthCredential>),
+    /// A GitHub App installation token, minted and injected like a secret.
+    GithubApp(Arc<github::GithubAppCredential>),
 }
 
 impl Credential {
@@ -215,6 +227,8 @@ impl Credential {
         match self {
             Credential::Secret(_) => "secret",
             Credential::Aws(_) => "aws",
+            Credential::OAuth2(oauth) => oauth.kind(),
+            Credential::GithubApp(_) => "github_app",
         }
     }
 
@@ -223,6 +237,8 @@ impl Credential {
         match self {
             Credential::Secret(secret) => secret.value.source.to_string(),
             Credential::Aws(aws) => aws.role_arn.clone(),
+            Credential::OAuth2(oauth) => oauth.reference(),
+            Credential::GithubApp(app) => app.reference(),
         }
     }
 }
@@ -247,6 +263,26 @@ pub enum CredentialError {
     /// The request cannot be signed.
     #[error("request cannot be signed: {0}")]
     Signing(String),
+    /// A token could not be minted; the failure sets the refusal's reason.
+    #[error("credential `{source_ref}` could not be minted: {message}")]
+    Minted {
+        /// The non-secret reference.
+        source_ref: String,
+        /// What kind of failure, for the reason.
+        failure: oauth::MintFailure,
+        /// What went wrong (never a token or a secret).
+        message: String,
+    },
+}
+
+impl CredentialError {
+    /// The reason a call refused for this error carries.
+    pub fn reason(&self) -> crate::error::Reason {
+        match self {
+            CredentialError::Minted { failure, .. } => failure.reason(),
+            _ => crate::error::Reason::CredentialUnavailable,
+        }
+    }
 }
 
 impl SecretCredential {
@@ -259,31 +295,53 @@ impl SecretCredential {
         headers: &mut HeaderMap,
         query: &mut Option<String>,
     ) -> Result<(), CredentialError> {
-        let text = self.format.apply(value.expose_secret());
-        headers.remove(http::header::AUTHORIZATION);
-        match &self.placement {
-            Placement::Header(name) => {
-                let mut header_value = HeaderValue::from_str(&text)
-                    .map_err(|_| CredentialError::NotAHeaderValue(self.value.source.to_string()))?;
-                header_value.set_sensitive(true);
-                headers.remove(name);
-                headers.insert(name.clone(), header_value);
-            }
-            Placement::Query(name) => {
-                let mut out = form_urlencoded::Serializer::new(String::new());
-                if let Some(existing) = query.as_deref() {
-                    for (k, v) in form_urlencoded::parse(existing.as_bytes()) {
-                        if k != name.as_str() {
-                            out.append_pair(&k, &v);
-                        }
+        place(
+            &self.placement,
+            &self.format,
+            &self.value.source.to_string(),
+            value,
+            headers,
+            query,
+        )
+    }
+}
+
+/// Removes whatever credential the agent sent (its `Authorization` and the
+/// target header or parameter) and places `value` with `format`. Header
+/// values are marked sensitive so that hyper never indexes them in HPACK
+/// tables. `reference` names the credential in an error.
+pub(crate) fn place(
+    placement: &Placement,
+    format: &Format,
+    reference: &str,
+    value: &SecretString,
+    headers: &mut HeaderMap,
+    query: &mut Option<String>,
+) -> Result<(), CredentialError> {
+    let text = format.apply(value.expose_secret());
+    headers.remove(http::header::AUTHORIZATION);
+    match placement {
+        Placement::Header(name) => {
+            let mut header_value = HeaderValue::from_str(&text)
+                .map_err(|_| CredentialError::NotAHeaderValue(reference.to_owned()))?;
+            header_value.set_sensitive(true);
+            headers.remove(name);
+            headers.insert(name.clone(), header_value);
+        }
+        Placement::Query(name) => {
+            let mut out = form_urlencoded::Serializer::new(String::new());
+            if let Some(existing) = query.as_deref() {
+                for (k, v) in form_urlencoded::parse(existing.as_bytes()) {
+                    if k != name.as_str() {
+                        out.append_pair(&k, &v);
                     }
                 }
-                out.append_pair(name, &text);
-                *query = Some(out.finish());
             }
+            out.append_pair(name, &text);
+            *query = Some(out.finish());
         }
-        Ok(())
     }
+    Ok(())
 }
 
 impl From<cache::FetchAborted> for CredentialError {

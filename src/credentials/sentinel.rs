@@ -2,7 +2,10 @@
 //!
 //! The policy binds each placeholder to a secret and to the hosts it may go
 //! to. On the way out, clawgate looks for placeholders in the request's
-//! header values, its query string and the first bytes of its body; a
+//! path, header names and values, its query string and its body (up to the
+//! scan limit; a longer body from an agent that may hold a placeholder is
+//! refused), each also decoded (percent, JSON escapes, quoted-printable,
+//! base64 runs); a
 //! placeholder headed to a host it is bound to is swapped for the real value,
 //! and one headed anywhere else refuses the whole call (`sentinel-misdirected`)
 //! before anything is forwarded.
@@ -51,7 +54,14 @@ impl Sentinels {
     /// Builds the matcher. Placeholders are validated by the policy loader.
     pub fn new(list: Vec<Sentinel>) -> Sentinels {
         let matcher = (!list.is_empty())
-            .then(|| AhoCorasick::new(list.iter().map(|s| s.placeholder.as_bytes())).ok())
+            .then(|| {
+                // Case-insensitive: header names arrive lowercased, and a
+                // placeholder in other case still names its secret.
+                AhoCorasick::builder()
+                    .ascii_case_insensitive(true)
+                    .build(list.iter().map(|s| s.placeholder.as_bytes()))
+                    .ok()
+            })
             .flatten();
         Sentinels { list, matcher }
     }
@@ -82,6 +92,28 @@ impl Sentinels {
                 found.push(i);
             }
         }
+    }
+
+    /// Scans `haystack` and each decoded spelling of it (percent, JSON,
+    /// quoted-printable; see [`super::decode`]).
+    pub fn scan_decoded(&self, haystack: &[u8], found: &mut Found) {
+        if self.matcher.is_none() {
+            return;
+        }
+        self.scan(haystack, found);
+        for variant in super::decode::variants(haystack) {
+            self.scan(&variant, found);
+        }
+    }
+
+    /// Whether `agent` may hold any placeholder (a sentinel without an
+    /// `agents` list, or one naming it).
+    pub fn bears(&self, agent: &str) -> bool {
+        self.list.iter().any(|s| {
+            s.agents
+                .as_ref()
+                .is_none_or(|agents| agents.iter().any(|a| a == agent))
+        })
     }
 
     /// The first sentinel in `found` that may not go to `host` for `agent`.

@@ -143,6 +143,8 @@ fn demo_config(
         token_listen: None,
         token_jwks: None,
         retention: None,
+        chain_check_every: std::time::Duration::from_secs(300),
+        anchors: None,
         fleet: crate::serve::FleetConfig::default(),
     })
 }
@@ -168,20 +170,29 @@ async fn scripted_calls(
     )
     .await?;
     let seen: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let arrived = seen["headers"]
+    let echoed = seen["headers"]
         .as_array()
         .and_then(|h| h.iter().find(|kv| kv[0] == "authorization"))
         .and_then(|kv| kv[1].as_str())
         .unwrap_or("(none)")
         .to_owned();
+    let arrived = echo
+        .seen()
+        .last()
+        .and_then(|s| s.headers.iter().find(|(k, _)| k == "authorization"))
+        .map_or_else(|| "(none)".to_owned(), |(_, v)| v.clone());
     println!("1. research  GET /echo/v1/items?page=2      -> {status}");
     println!("   the agent sent:       authorization: Bearer agent-held-key");
     println!(
         "   the upstream received: authorization: {}",
         mask(&arrived, token)
     );
-    if status != StatusCode::OK || arrived != format!("Bearer {token}") {
-        bail!("the allowed call did not arrive with the injected credential");
+    println!("   the echo came back as: authorization: {echoed}");
+    if status != StatusCode::OK
+        || arrived != format!("Bearer {token}")
+        || String::from_utf8_lossy(&body).contains(token)
+    {
+        bail!("the allowed call did not arrive with the injected credential, or it came back");
     }
 
     // 2. Denied by an explicit rule.

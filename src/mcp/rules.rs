@@ -333,6 +333,17 @@ impl McpRules {
         allowed && !denied && pinned
     }
 
+    /// Whether the decision on a `tools/call` of `tool` may depend on its
+    /// arguments (a condition, a size limit, a closed argument list): then
+    /// a record, which keeps only their digest, cannot be re-decided.
+    pub fn depends_on_arguments(&self, tool: &str) -> bool {
+        self.max_argument_bytes.is_some()
+            || self
+                .rules
+                .iter()
+                .any(|r| r.kind == Kind::Tool && r.names.0.is_match(tool) && !r.is_unconditional())
+    }
+
     /// The rate limit of the rule with this id.
     pub fn rate_of(&self, rule: &str) -> Option<Rate> {
         self.rules

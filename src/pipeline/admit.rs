@@ -19,6 +19,8 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use secrecy::SecretString;
+
 use http::request::Parts;
 use http::{Request, Version, header};
 
@@ -32,7 +34,9 @@ use crate::identity::PeerIdentity;
 use crate::metrics::{Metrics, Stage};
 use crate::overrides::Overrides;
 use crate::policy::aws::{AwsRequest, FormBody, RequestView, classify};
-use crate::policy::{AgentId, Call, Decision, Permitted, Policy, Scope, Target, Upstream, decide};
+use crate::policy::{
+    AgentId, Call, Decision, Permitted, Policy, Reflection, Scope, Target, Upstream, decide,
+};
 use crate::record::CallRecord;
 use crate::route::{Destination, Inside, Mode, Routed, encode_path, normalise_path, route};
 use crate::token::{Claims, RUN_TOKEN_HEADER, Verifier};
@@ -46,6 +50,10 @@ pub(super) struct Admitted {
     pub request: Request<ProxyBody>,
     /// For a request to an MCP endpoint: what the way back needs.
     pub mcp: Option<super::mcp::Exchange>,
+    /// Every value clawgate put into the request (the scope's secret,
+    /// sentinels' values, the STS session): what the reflection guard
+    /// looks for in the response.
+    pub injected: Vec<Arc<SecretString>>,
 }
 
 /// Everything admission needs besides the request.
@@ -125,6 +133,9 @@ impl Admission<'_> {
             let name = &policy.agent(agent).name;
             tracing::Span::current().record("agent.id", name.as_str());
             record.agent = Some(name.clone());
+        } else if self.peer.proxy_key.is_none() && !self.peer.identity.fingerprint.is_empty() {
+            // An unknown certificate: its names say whose it is.
+            record.add_detail(&self.peer.identity.names_note());
         }
         record.path = Some(parts.uri.path().to_owned());
         let routed = match self.inside {
@@ -286,6 +297,12 @@ impl Admission<'_> {
         let decision = decide(&call, policy);
         self.metrics.observe(Stage::Decide, decided.elapsed());
         describe(&decision, policy, record);
+        let malformed = Some(Reason::MalformedRequest);
+        if (Some(decision.reason()) == malformed || decision.would_deny() == malformed)
+            && let Some(why) = crate::policy::path_hazard(path)
+        {
+            record.add_detail(why);
+        }
         if decision.scope().is_some() && matches!(target, Target::Route(_)) {
             // Inside a scope, the record holds the path the rules matched.
             record.path = Some(path.to_owned());
@@ -348,9 +365,14 @@ impl Admission<'_> {
             run: record.run_id.clone(),
             scope: scope.name.clone(),
         };
-        held = self
+        let (swapped, mut injected) = self
             .swap_sentinels(scope, &mut parts, &mut query, held, &ctx, record)
             .await?;
+        held = swapped;
+        if scope.reflection != Reflection::Off {
+            // What comes back is scanned: uncompressed is cheaper to scan.
+            crate::response::guard::ask_identity(&mut parts.headers);
+        }
 
         if let Some(credential) = &scope.credential {
             record.credential_kind = Some(credential.kind().to_owned());
@@ -364,12 +386,47 @@ impl Admission<'_> {
                 tracing::warn!(error = %e, "credential not available");
                 Reason::CredentialUnavailable
             })?;
+            injected.push(Arc::clone(&value));
             secret
                 .inject(&value, &mut parts.headers, &mut query)
                 .map_err(|e| {
                     tracing::warn!(error = %e, "credential not injected");
                     Reason::CredentialUnavailable
                 })?;
+        }
+        if let Some(Credential::OAuth2(oauth)) = scope.credential.as_deref() {
+            let minting = std::time::Instant::now();
+            let token = self.broker.oauth2(oauth, &ctx).await;
+            self.metrics.observe(Stage::Credential, minting.elapsed());
+            let token = token.map_err(|e| {
+                tracing::warn!(error = %e, "oauth2 token not available");
+                e.reason()
+            })?;
+            crate::credentials::oauth::inject(oauth, &token, &mut parts.headers, &mut query)
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "oauth2 token not injected");
+                    Reason::CredentialUnavailable
+                })?;
+            // A minted token is an injected value like any other: the
+            // reflection guard keeps it from coming back to the agent.
+            injected.push(Arc::new(token.value.clone()));
+        }
+        if let Some(Credential::GithubApp(app)) = scope.credential.as_deref() {
+            let minting = std::time::Instant::now();
+            let token = self.broker.github_app(app, &ctx).await;
+            self.metrics.observe(Stage::Credential, minting.elapsed());
+            let token = token.map_err(|e| {
+                tracing::warn!(error = %e, "github app token not available");
+                e.reason()
+            })?;
+            crate::credentials::github::inject(app, &token, &mut parts.headers, &mut query)
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "github app token not injected");
+                    Reason::CredentialUnavailable
+                })?;
+            // A minted token is an injected value like any other: the
+            // reflection guard keeps it from coming back to the agent.
+            injected.push(Arc::new(token.value.clone()));
         }
         if scope.aws().is_some() {
             // A presigned URL carries the agent's signature in its query.
@@ -390,13 +447,14 @@ impl Admission<'_> {
         parts.version = Version::HTTP_11;
         if let Some(aws) = scope.aws() {
             held = self
-                .resign(scope, aws, &ctx, &mut parts, held, record)
+                .resign(scope, aws, &ctx, &mut parts, held, record, &mut injected)
                 .await?;
         }
         Ok(Admitted {
             permit,
             request: Request::from_parts(parts, held.into_body()),
             mcp,
+            injected,
         })
     }
 
@@ -523,7 +581,7 @@ pub(crate) fn run_token(
             Ok(Some(claims))
         }
         Err(refused) => {
-            tracing::info!(reason = %refused.reason, "run token refused");
+            tracing::debug!(reason = %refused.reason, "run token refused");
             record.run_id = refused.run;
             Err(refused.reason.into())
         }

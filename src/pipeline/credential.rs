@@ -2,7 +2,10 @@
 //! then the request re-signed for an `aws` scope. Split from [`super::admit`]
 //! only for size; the order is set there.
 
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use secrecy::SecretString;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -30,23 +33,23 @@ impl Admission<'_> {
         held: Held,
         ctx: &MintContext,
         record: &mut DecisionRecord,
-    ) -> Result<Held, Reason> {
+    ) -> Result<(Held, Vec<Arc<SecretString>>), Reason> {
         let sentinels = self.policy.sentinels();
         if sentinels.is_empty() {
-            return Ok(held);
+            return Ok((held, Vec::new()));
         }
         let mut found = Found::new();
-        // The path (decoded, as rules see it) is scanned but never rewritten:
-        // a placeholder there is only ever refused or passed on as it is.
-        sentinels.scan(parts.uri.path().as_bytes(), &mut found);
-        for value in parts.headers.values() {
-            sentinels.scan(value.as_bytes(), &mut found);
+        // Scanned in every spelling a reader could undo (percent, JSON,
+        // quoted-printable), but only ever rewritten where it stands as
+        // it is. The path (decoded, as rules see it) is never rewritten:
+        // a placeholder there is only ever refused or passed on.
+        sentinels.scan_decoded(parts.uri.path().as_bytes(), &mut found);
+        for (name, value) in &parts.headers {
+            sentinels.scan(name.as_str().as_bytes(), &mut found);
+            sentinels.scan_decoded(value.as_bytes(), &mut found);
         }
         if let Some(q) = query.as_deref() {
-            sentinels.scan(q.as_bytes(), &mut found);
-            // A placeholder may arrive percent-encoded in a query.
-            let decoded: Vec<u8> = form_decoded(q.as_bytes());
-            sentinels.scan(&decoded, &mut found);
+            sentinels.scan_decoded(q.as_bytes(), &mut found);
         }
         let has_body = !matches!(&held, Held::Stream(b) if http_body::Body::is_end_stream(b));
         let held = if has_body {
@@ -58,10 +61,19 @@ impl Admission<'_> {
             held
         };
         if let Held::Read(prefix) = &held {
-            sentinels.scan(&prefix.bytes, &mut found);
+            sentinels.scan_decoded(&prefix.bytes, &mut found);
+            // What is not scanned could carry a placeholder anywhere: an
+            // agent that may hold one does not send it unscanned.
+            if !prefix.is_complete() && sentinels.bears(&ctx.agent) {
+                record.add_detail(&format!(
+                    "body past the sentinel scan limit ({} bytes)",
+                    self.limits.sentinel_scan
+                ));
+                return Err(Reason::RequestTooLarge);
+            }
         }
         if found.is_empty() {
-            return Ok(held);
+            return Ok((held, Vec::new()));
         }
         let names: Vec<&str> = found
             .iter()
@@ -74,6 +86,10 @@ impl Admission<'_> {
         });
         if let Some(misdirected) = sentinels.misdirected(&found, &scope.upstream.host, &ctx.agent) {
             tracing::warn!(sentinel = %misdirected.name, "sentinel headed to a host it is not bound to");
+            record.add_detail(&format!(
+                "sentinel `{}` misdirected to {}",
+                misdirected.name, scope.upstream.host
+            ));
             return Err(Reason::SentinelMisdirected);
         }
         let mut values = vec![None; sentinels.all().len()];
@@ -111,8 +127,9 @@ impl Admission<'_> {
             let bytes = sentinels.replace(q.as_bytes(), &values, encode_query_value);
             *q = String::from_utf8(bytes).map_err(|_| Reason::MalformedRequest)?;
         }
+        let swapped: Vec<Arc<SecretString>> = values.iter().flatten().cloned().collect();
         let Held::Read(prefix) = held else {
-            return Ok(held);
+            return Ok((held, swapped));
         };
         let replaced = Bytes::from(sentinels.replace(&prefix.bytes, &values, str::to_owned));
         let delta = replaced.len() as i64 - prefix.bytes.len() as i64;
@@ -134,14 +151,22 @@ impl Admission<'_> {
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(adjusted));
         }
-        Ok(Held::Read(Prefix {
-            bytes: replaced,
-            rest: prefix.rest,
-            trailers: prefix.trailers,
-        }))
+        Ok((
+            Held::Read(Prefix {
+                bytes: replaced,
+                rest: prefix.rest,
+                trailers: prefix.trailers,
+            }),
+            swapped,
+        ))
     }
 
-    /// Re-signs the prepared request with the scope's STS session.
+    /// Re-signs the prepared request with the scope's STS session; the
+    /// session's secrets join `injected`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the steps of admission share these; a struct would only rename them"
+    )]
     pub(super) async fn resign(
         &self,
         scope: &Scope,
@@ -150,6 +175,7 @@ impl Admission<'_> {
         parts: &mut Parts,
         held: Held,
         record: &mut DecisionRecord,
+        injected: &mut Vec<Arc<SecretString>>,
     ) -> Result<Held, Reason> {
         let (service, region) = scope.signing().ok_or(Reason::CredentialUnavailable)?;
         let agent_payload = parts
@@ -163,7 +189,7 @@ impl Admission<'_> {
         {
             // Chunk signatures chain from the agent's own key: they cannot be
             // re-signed without re-framing the body.
-            tracing::info!(payload = p, "signed streaming payloads cannot be re-signed");
+            tracing::debug!(payload = p, "signed streaming payloads cannot be re-signed");
             return Err(Reason::MalformedRequest);
         }
         let limit = usize::try_from(aws.max_signed_body).unwrap_or(usize::MAX);
@@ -176,12 +202,14 @@ impl Admission<'_> {
             Reason::CredentialUnavailable
         })?;
         record.credential_ref = Some(session.access_key_id.clone());
+        injected.push(Arc::new(session.session_token.clone()));
+        injected.push(Arc::new(session.secret_access_key.clone()));
         let payload = match (&agent_payload, prefix.is_complete()) {
             (Some(p), _) if p == "STREAMING-UNSIGNED-PAYLOAD-TRAILER" && aws.unsigned_payload => {
                 Payload::StreamingUnsignedTrailer
             }
             (Some(p), _) if p == "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => {
-                tracing::info!("streamed trailer payloads need `unsigned_payload` in the scope");
+                tracing::debug!("streamed trailer payloads need `unsigned_payload` in the scope");
                 return Err(Reason::MalformedRequest);
             }
             (_, true) => Payload::Bytes(&prefix.bytes),
@@ -211,18 +239,6 @@ impl Admission<'_> {
 }
 
 /// A query string with every pair form-decoded, for scanning only.
-fn form_decoded(bytes: &[u8]) -> Vec<u8> {
-    form_urlencoded::parse(bytes)
-        .flat_map(|(k, v)| {
-            let mut out = k.into_owned().into_bytes();
-            out.push(b'=');
-            out.extend_from_slice(v.as_bytes());
-            out.push(b'&');
-            out
-        })
-        .collect()
-}
-
 fn encode_query_value(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }

@@ -49,11 +49,11 @@ impl Held {
         match read {
             Ok(Ok(prefix)) => Ok(prefix),
             Ok(Err(e)) => {
-                tracing::info!(error = %e, "request body could not be read");
+                tracing::debug!(error = %e, "request body could not be read");
                 Err(Reason::MalformedRequest)
             }
             Err(_) => {
-                tracing::info!("request body did not arrive in time");
+                tracing::debug!("request body did not arrive in time");
                 Err(Reason::MalformedRequest)
             }
         }

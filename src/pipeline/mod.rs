@@ -90,6 +90,7 @@ pub struct Pipeline {
     mcp: Arc<crate::mcp::McpState>,
     lapses: Lapses,
     live: Arc<crate::live::Live>,
+    needles: crate::response::guard::NeedleCache,
 }
 
 /// What a pipeline is made of, besides the policy and the decision log.
@@ -128,6 +129,7 @@ impl Pipeline {
             lapses: Lapses::default(),
             live: Arc::default(),
             mcp: Arc::new(crate::mcp::McpState::ephemeral()),
+            needles: crate::response::guard::NeedleCache::default(),
         }
     }
 
@@ -367,6 +369,53 @@ impl Pipeline {
         .await
     }
 
+    /// Splices an upgraded connection in its own task, registered as live
+    /// so that overrides and reloads can end it.
+    fn splice_upgrade(
+        &self,
+        (agent_side, upstream_side): (hyper::upgrade::OnUpgrade, hyper::upgrade::OnUpgrade),
+        outcome: Outcome,
+        peer: &Peer,
+        guard: Option<crate::response::guard::Guard>,
+    ) {
+        let stopping = self.stopping.subscribe();
+        let membership = self.live.register(
+            outcome.subject(peer),
+            outcome.policy_digest().unwrap_or_default(),
+        );
+        tokio::spawn(
+            crate::upgrade::splice(
+                agent_side,
+                upstream_side,
+                outcome,
+                (stopping, membership),
+                guard,
+            )
+            .in_current_span(),
+        );
+        tracing::debug!("upgrade forwarded");
+    }
+
+    /// The reflection guard of an admitted call: `None` when its scope says
+    /// `reflection = "off"` or nothing was injected.
+    fn reflection_guard(
+        &self,
+        permit: &crate::policy::Permitted,
+        injected: &[Arc<secrecy::SecretString>],
+    ) -> Option<crate::response::guard::Guard> {
+        let scope = permit.scope();
+        if scope.reflection == crate::policy::Reflection::Off {
+            return None;
+        }
+        let needles = self.needles.get(injected)?;
+        crate::response::guard::Guard::new(
+            needles,
+            scope.reflection,
+            &scope.name,
+            self.metrics.reflections(),
+        )
+    }
+
     async fn forward(
         &self,
         admitted: Admitted,
@@ -376,8 +425,14 @@ impl Pipeline {
         via: Via,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = admitted.request.into_parts();
+        let head = parts.method == http::Method::HEAD;
+        let guard = self.reflection_guard(&admitted.permit, &admitted.injected);
         if let Some((value, _, _)) = &upgrade {
             crate::upgrade::restore(&mut parts.headers, value);
+            if guard.is_some() {
+                // Compressed frames could not be scanned: not offered.
+                parts.headers.remove(http::header::SEC_WEBSOCKET_EXTENSIONS);
+            }
         }
         let upload_failed = FailureFlag::default();
         let upstream_body = CountingBody::guarded(
@@ -416,22 +471,19 @@ impl Pipeline {
             let upstream_side = hyper::upgrade::on(&mut response);
             let (mut parts, _) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            if let Some(guard) = &guard {
+                outcome.watch_reflection(Arc::clone(&guard.tally));
+                if guard.headers(&mut parts.headers, "header").is_err() {
+                    return reflected(outcome, None, request_id, via);
+                }
+            }
             crate::upgrade::restore(&mut parts.headers, &value);
             if let Ok(id) = HeaderValue::from_str(request_id) {
                 parts.headers.insert(REQUEST_ID_HEADER, id);
             }
             outcome.status = Some(parts.status.as_u16());
             outcome.reason = Reason::Allowed;
-            let stopping = self.stopping.subscribe();
-            let membership = self.live.register(
-                outcome.subject(peer),
-                outcome.policy_digest().unwrap_or_default(),
-            );
-            tokio::spawn(
-                crate::upgrade::splice(agent_side, upstream_side, outcome, stopping, membership)
-                    .in_current_span(),
-            );
-            tracing::info!("upgrade forwarded");
+            self.splice_upgrade((agent_side, upstream_side), outcome, peer, guard);
             let empty = http_body_util::Empty::new().map_err(|never| match never {});
             return Response::from_parts(parts, empty.boxed());
         }
@@ -440,17 +492,24 @@ impl Pipeline {
         if let Ok(id) = HeaderValue::from_str(request_id) {
             parts.headers.insert(REQUEST_ID_HEADER, id);
         }
+        let mut body: ProxyBody = body.map_err(Into::into).boxed();
+        if let Some(guard) = &guard {
+            outcome.watch_reflection(Arc::clone(&guard.tally));
+            body = match guard.response(&mut parts, body, head, deadline).await {
+                Ok(body) => body,
+                Err(refused) => return reflected(outcome, Some(refused), request_id, via),
+            };
+        }
         outcome.status = Some(parts.status.as_u16());
         outcome.reason = Reason::Allowed;
         let (body, deadline) = match admitted.mcp {
             Some(exchange) => {
-                let body = body.map_err(Into::into).boxed();
                 match self.mcp_response(exchange, &mut parts, body, &mut outcome, request_id, via) {
                     Ok(body) => (body, None),
                     Err(refusal) => return *refusal,
                 }
             }
-            None => (body.map_err(Into::into).boxed(), Some(deadline)),
+            None => (body, Some(deadline)),
         };
         let counter = Arc::clone(&outcome.bytes_down);
         let body = CountingBody::guarded(body, counter, deadline, outcome);
@@ -458,4 +517,32 @@ impl Pipeline {
         tracing::debug!(status = parts.status.as_u16(), "call forwarded");
         Response::from_parts(parts, body.boxed())
     }
+}
+
+/// The answer to a response the reflection guard refused before its head
+/// was sent: a 502 `credential-reflected`, and an outcome record saying why.
+fn reflected(
+    mut outcome: Outcome,
+    refused: Option<crate::response::guard::Refused>,
+    request_id: &str,
+    via: Via,
+) -> Response<ProxyBody> {
+    if let Some(crate::response::guard::Refused::Unreadable) = refused {
+        let reason = Reason::UpstreamUnreachable;
+        outcome.status = Some(reason.status().as_u16());
+        outcome.reason = reason;
+        drop(outcome);
+        return Refusal::from(reason).response(request_id, via);
+    }
+    let reason = Reason::CredentialReflected;
+    if let Some(crate::response::guard::Refused::Unscannable(coding)) = refused {
+        outcome.add_detail(&format!(
+            "credential-reflected: content-encoding `{coding}` cannot be scanned"
+        ));
+    }
+    tracing::warn!("response refused by the reflection guard");
+    outcome.status = Some(reason.status().as_u16());
+    outcome.reason = reason;
+    drop(outcome);
+    Refusal::from(reason).response(request_id, via)
 }

@@ -78,7 +78,7 @@ impl VendCaller<'_> {
                 self.token_scopes = claims.scopes;
             }
             Err(refused) => {
-                tracing::info!(reason = %refused.reason, "run token refused");
+                tracing::debug!(reason = %refused.reason, "run token refused");
                 self.run = refused.run;
                 self.refused = Some(refused.reason.into());
             }

@@ -37,6 +37,7 @@ pub(super) fn compile_credential(
     match c.kind.get_ref().as_str() {
         "secret" => {
             reject_fields(report, file, &aws_only_fields(c), "secret");
+            reject_fields(report, file, &super::oauth::oauth_only_fields(c), "secret");
             let value = compile_value(
                 report,
                 file,
@@ -71,19 +72,28 @@ pub(super) fn compile_credential(
                 format,
             }))
         }
-        "aws" => compile_aws(report, file, credential, aws_rules).map(Credential::Aws),
+        "aws" => {
+            reject_fields(report, file, &super::oauth::oauth_only_fields(c), "aws");
+            compile_aws(report, file, credential, aws_rules).map(Credential::Aws)
+        }
+        "oauth2" | "jwt_bearer" => {
+            super::oauth::compile_oauth2(report, file, credential, dir, options)
+                .map(|c| Credential::OAuth2(std::sync::Arc::new(c)))
+        }
+        "github_app" => super::github::compile_github_app(report, file, credential, dir)
+            .map(|c| Credential::GithubApp(std::sync::Arc::new(c))),
         other => {
             report.error(
                 file,
                 c.kind.span(),
-                format!("credential kind `{other}` is not known (expected `secret` or `aws`)"),
+                format!("credential kind `{other}` is not known (expected `secret`, `aws`, `oauth2`, `jwt_bearer` or `github_app`)"),
             );
             None
         }
     }
 }
 
-fn aws_only_fields(c: &CredentialFile) -> Vec<(&'static str, std::ops::Range<usize>)> {
+pub(super) fn aws_only_fields(c: &CredentialFile) -> Vec<(&'static str, std::ops::Range<usize>)> {
     let mut present = Vec::new();
     let mut note = |name: &'static str, span: Option<std::ops::Range<usize>>| {
         if let Some(span) = span {
@@ -115,7 +125,7 @@ fn aws_only_fields(c: &CredentialFile) -> Vec<(&'static str, std::ops::Range<usi
     present
 }
 
-fn reject_fields(
+pub(super) fn reject_fields(
     report: &mut Report<'_>,
     file: usize,
     fields: &[(&'static str, std::ops::Range<usize>)],
@@ -306,7 +316,7 @@ fn aws_max_signed_body(
     max_signed_body
 }
 
-fn compile_placement(
+pub(super) fn compile_placement(
     report: &mut Report<'_>,
     file: usize,
     c: &CredentialFile,
@@ -356,7 +366,7 @@ fn compile_placement(
 
 /// A secret value's source from exactly one of `env`, `file` and
 /// `secrets_manager`, read now for the first two.
-fn compile_value(
+pub(super) fn compile_value(
     report: &mut Report<'_>,
     file: usize,
     fields: ValueFields<'_>,
@@ -411,7 +421,7 @@ fn compile_value(
     Some(SecretValue::resolve(source, timing, options.env))
 }
 
-fn duration_field(
+pub(super) fn duration_field(
     report: &mut Report<'_>,
     file: usize,
     field: Option<&Spanned<String>>,

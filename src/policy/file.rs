@@ -74,6 +74,18 @@ pub(super) struct ScopeFile {
     pub deny: Vec<Spanned<RuleFile>>,
     /// `[scope.mcp]`: the upstream speaks MCP; its rules (see `mcp.rs`).
     pub mcp: Option<Spanned<super::mcp::McpFile>>,
+    /// `refuse` (default) or `allow`: a tunnel whose ClientHello names no
+    /// server (or that is not TLS).
+    pub tunnel_without_sni: Option<Spanned<String>>,
+    /// `refuse` (default) or `allow`: a tunnel whose ClientHello offers
+    /// Encrypted Client Hello.
+    pub tunnel_ech: Option<Spanned<String>>,
+    /// `strict` (default) or `lenient`: whether path hazards are refused.
+    pub path_strictness: Option<Spanned<String>>,
+    /// Rules match paths case-folded, for upstreams that fold case.
+    pub case_insensitive_paths: Option<Spanned<bool>>,
+    /// `redact` (default), `refuse` or `off`: injected values in responses.
+    pub reflection: Option<Spanned<String>>,
 }
 
 /// `[[scope.allow]]` and `[[scope.deny]]`
@@ -117,6 +129,28 @@ pub(super) struct CredentialFile {
     pub unsigned_payload: Option<Spanned<bool>>,
     pub max_signed_body: Option<Spanned<u64>>,
     pub vend: Option<Spanned<bool>>,
+    // `oauth2`
+    pub token_endpoint: Option<Spanned<String>>,
+    pub issuer: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub client_auth: Option<Spanned<String>>,
+    pub private_key_file: Option<Spanned<String>>,
+    pub key_id: Option<Spanned<String>>,
+    pub signing_alg: Option<Spanned<String>>,
+    pub scope: Option<Spanned<String>>,
+    pub resource: Option<Vec<Spanned<String>>>,
+    pub audience: Option<Spanned<String>>,
+    pub token_ca_file: Option<Spanned<String>>,
+    pub token_allow_private: Option<Vec<Spanned<String>>>,
+    // `jwt_bearer`
+    pub assertion_issuer: Option<Spanned<String>>,
+    pub subject: Option<Spanned<String>>,
+    // `github_app`
+    pub api_url: Option<Spanned<String>>,
+    pub app_id: Option<Spanned<u64>>,
+    pub installation_id: Option<Spanned<u64>>,
+    pub repositories: Option<Vec<Spanned<String>>>,
+    pub permissions: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 /// The fields that say where a secret value comes from, shared by

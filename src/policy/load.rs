@@ -25,7 +25,8 @@ use super::scope::{compile_scope, placeholder_scope};
 use super::{Agent, AgentId, Policy, Scope, ScopeId};
 use crate::identity::PeerName;
 
-/// Every `*.toml` file in `dir`, sorted.
+/// Every `*.toml` file in `dir`, sorted; `*.test.toml` files are the
+/// policy's test cases (`policy test`), not policy.
 fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| format!("cannot read policy directory: {e}"))?;
@@ -33,6 +34,7 @@ fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|ext| ext == "toml") && p.is_file())
+        .filter(|p| !super::cases::is_test_file(p))
         .collect();
     paths.sort();
     if paths.is_empty() {
@@ -81,6 +83,12 @@ pub fn load(
     let scopes = compile_scopes(&mut report, &entries, dir, options);
     let agents = compile_agents(&mut report, &entries, &scopes, dir, options.now);
     let sentinels = compile_sentinels(&mut report, &entries.sentinels, dir, options, &agents.names);
+    super::strictness::check_sentinel_tunnels(
+        &mut report,
+        &entries.sentinels,
+        &agents.agents,
+        &scopes.scopes,
+    );
     let exceptions = compile_exceptions(
         &mut report,
         &entries.exceptions,

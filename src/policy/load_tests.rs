@@ -54,6 +54,10 @@ fn every_loader_error_names_file_line_and_column() {
             "base.toml:8:8: mode `audit` must be `enforce` or `report`",
         ),
         (
+            format!("{agent}{scope}reflection = \"log\"\n"),
+            "base.toml:8:14: reflection `log` must be `redact`, `refuse` or `off`",
+        ),
+        (
             format!("{agent}{scope}route = \"a/b\"\n"),
             "base.toml:8:9: route `a/b` must be one path segment",
         ),
@@ -218,6 +222,48 @@ fn every_loader_error_names_file_line_and_column() {
                 scope.replace("https://x.example", "https://256.1.1.1")
             ),
             "base.toml:7:12: upstream `https://256.1.1.1`: host `256.1.1.1` is not a valid IPv4 address",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"oauth2\"\nclient_id = \"c\"\nenv = \"T\"\n"
+            ),
+            "base.toml:8:1: an `oauth2` credential needs exactly one of `token_endpoint` or `issuer`",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"oauth2\"\ntoken_endpoint = \"http://idp/token\"\nclient_id = \"c\"\nenv = \"T\"\n"
+            ),
+            "base.toml:10:18: `http://idp/token` is not an https URL",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"oauth2\"\ntoken_endpoint = \"https://idp/token\"\nclient_id = \"c\"\nclient_auth = \"mtls\"\n"
+            ),
+            "base.toml:12:15: client_auth `mtls` is not known",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"oauth2\"\nissuer = \"https://idp\"\nclient_id = \"c\"\nclient_auth = \"private_key_jwt\"\n"
+            ),
+            "base.toml:8:1: `private_key_jwt` needs `private_key_file`",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"secret\"\nenv = \"T\"\nscope = \"x\"\n"
+            ),
+            "base.toml:11:9: `scope` does not apply to a `secret` credential",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"github_app\"\nprivate_key_file = \"k.pem\"\n"
+            ),
+            "base.toml:8:1: a `github_app` credential needs `app_id` and `installation_id`",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"github_app\"\napp_id = 1\ninstallation_id = 2\nprivate_key_file = \"missing.pem\"\n"
+            ),
+            "base.toml:12:20: private key file `missing.pem` does not hold an RSA PEM key",
         ),
     ];
     for (text, expected) in cases {

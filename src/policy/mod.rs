@@ -11,17 +11,25 @@
 //!   never a scan over all rules.
 
 pub mod aws;
+mod cases;
 mod credential;
 mod decide;
+pub mod diff;
 mod exception;
+mod explain;
 mod file;
+mod github;
 mod glob;
 mod load;
 mod mcp;
+mod oauth;
 mod parse;
+mod path_hazard;
+mod probe;
 mod proxy_key;
 mod report;
 mod scope;
+mod strictness;
 #[cfg(test)]
 mod tests;
 
@@ -37,10 +45,14 @@ use crate::egress::{AllowPrivate, Blocked};
 use crate::error::Reason;
 use crate::identity::PeerName;
 
-pub use decide::decide;
+pub use cases::{CaseError, CaseReport, is_test_file, run_cases};
+pub use decide::{NoTrace, Step, Trace, decide, decide_traced};
 pub use exception::{Exception, Roles, rfc3339};
+pub use explain::{Explanation, explain};
 use glob::GlobIndex;
 pub use load::{disk_digest, load};
+pub use path_hazard::hazard as path_hazard;
+pub use probe::{Caller, Probe, ProbeError, Resolved};
 pub use proxy_key::ProxyKey;
 pub use report::{DEFAULT_MAX_EXCEPTION, LoadError, LoadOptions, PolicyError};
 
@@ -89,6 +101,21 @@ pub enum Mode {
     Enforce,
     /// Calls are allowed, and a refusal is recorded as `would_deny`.
     Report,
+}
+
+/// What the reflection guard does when a value clawgate injected (a
+/// credential, a sentinel's value, an STS session) comes back in a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reflection {
+    /// Each occurrence is replaced by a fixed marker (the default).
+    #[default]
+    Redact,
+    /// The response is cut: a 502 `credential-reflected` before its head is
+    /// sent, a broken stream after.
+    Refuse,
+    /// Nothing is scanned (unsafe: the agent can read back what it must
+    /// never hold).
+    Off,
 }
 
 /// What a `CONNECT` to a scope's host becomes.
@@ -191,6 +218,28 @@ pub struct Scope {
     pub rate: Option<crate::limits::Rate>,
     /// The scope's MCP rules, when its upstream speaks MCP.
     pub mcp: Option<Arc<crate::mcp::McpRules>>,
+    /// What the reflection guard does with an injected value that comes
+    /// back in a response.
+    pub reflection: Reflection,
+    /// What the scope lets through unchecked (all off by default).
+    pub strictness: Strictness,
+}
+
+/// What a scope lets through that clawgate refuses by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Strictness {
+    /// A tunnel whose start is not a ClientHello naming a server
+    /// (`tunnel_without_sni = "allow"`).
+    pub tunnel_without_sni: bool,
+    /// A tunnel whose ClientHello offers Encrypted Client Hello
+    /// (`tunnel_ech = "allow"`).
+    pub tunnel_ech: bool,
+    /// Paths with hazards (segments ending in `.` or whitespace, characters
+    /// that normalise to ASCII, invisible code points) are let through
+    /// (`path_strictness = "lenient"`).
+    pub lenient_paths: bool,
+    /// Rules match the path case-folded (`case_insensitive_paths = true`).
+    pub case_insensitive_paths: bool,
 }
 
 impl Scope {
@@ -200,6 +249,14 @@ impl Scope {
             Some(Credential::Aws(aws)) => Some(aws),
             _ => None,
         }
+    }
+
+    /// Whether some AWS rule names resources other than `*`: a record keeps
+    /// the action, not the resource, so replay cannot re-decide then.
+    pub fn aws_rules_name_resources(&self) -> bool {
+        self.aws_rules
+            .iter()
+            .any(|r| r.resources.iter().any(|x| x != "*"))
     }
 
     /// The signing service and region: the credential's, else the host's.
@@ -234,6 +291,8 @@ struct Rule {
     effect: Effect,
     /// `None` matches every method.
     methods: Option<Vec<String>>,
+    /// The path globs as written (for `policy explain` and `policy diff`).
+    paths: Vec<String>,
 }
 
 impl Rule {

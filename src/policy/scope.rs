@@ -15,7 +15,7 @@ use super::credential::compile_credential;
 use super::file::{RuleFile, ScopeFile};
 use super::glob::{self, GlobIndex, PathGlob};
 use super::report::{LoadOptions, Report, compile_rate, valid_name};
-use super::{ConnectMode, Effect, Mode, Rule, RuleSet, Scope, Upstream};
+use super::{ConnectMode, Effect, Mode, Reflection, Rule, RuleSet, Scope, Upstream};
 use crate::credentials::Credential;
 use crate::egress::{self, AllowPrivate, Blocked};
 
@@ -40,6 +40,8 @@ pub(super) fn placeholder_scope(name: &str) -> Scope {
         aws_rules: Vec::new(),
         rate: None,
         mcp: None,
+        strictness: super::Strictness::default(),
+        reflection: Reflection::Redact,
     }
 }
 
@@ -84,10 +86,13 @@ pub(super) fn compile_scope(
     );
     let mcp = super::mcp::compile_scope_mcp(report, file, scope);
     let connect = compile_connect(report, file, scope);
+    let strictness =
+        super::strictness::compile_strictness(report, file, scope, connect == ConnectMode::Tunnel);
     let allow_private = compile_allow_private(report, file, scope);
     let ports = compile_ports(report, file, scope, upstream.as_ref());
     let blocked = check_blocked(report, file, scope, upstream.as_ref(), &allow_private);
     let rate = compile_rate(report, file, scope.rate.as_ref(), scope.burst.as_ref());
+    let reflection = compile_reflection(report, file, scope);
     if report.problems.len() != before {
         return None;
     }
@@ -106,7 +111,28 @@ pub(super) fn compile_scope(
         aws_rules,
         rate,
         mcp,
+        strictness,
+        reflection,
     })
+}
+
+fn compile_reflection(report: &mut Report<'_>, file: usize, scope: &ScopeFile) -> Reflection {
+    let Some(value) = scope.reflection.as_ref() else {
+        return Reflection::Redact;
+    };
+    match value.get_ref().as_str() {
+        "redact" => Reflection::Redact,
+        "refuse" => Reflection::Refuse,
+        "off" => Reflection::Off,
+        other => {
+            report.error(
+                file,
+                value.span(),
+                format!("reflection `{other}` must be `redact`, `refuse` or `off`"),
+            );
+            Reflection::Redact
+        }
+    }
 }
 
 fn compile_route(report: &mut Report<'_>, file: usize, scope: &ScopeFile) -> Option<String> {
@@ -174,6 +200,12 @@ fn compile_rules(
     let mut rules = Vec::new();
     let mut aws_rules = Vec::new();
     let mut rule_ids = HashSet::new();
+    // A case-insensitive scope matches lowercase paths against lowercase
+    // patterns.
+    let fold = scope
+        .case_insensitive_paths
+        .as_ref()
+        .is_some_and(|f| *f.get_ref());
     for (effect, list, label) in [
         (Effect::Deny, &scope.deny, "deny"),
         (Effect::Allow, &scope.allow, "allow"),
@@ -196,7 +228,7 @@ fn compile_rules(
                 continue;
             }
             let index = rules.len();
-            let (rule, rule_globs) = compile_path_rule(report, file, rule, id, effect);
+            let (rule, rule_globs) = compile_path_rule(report, file, rule, id, effect, fold);
             globs.extend(rule_globs.into_iter().map(|glob| (glob, index)));
             rules.push(rule);
         }
@@ -242,6 +274,7 @@ fn compile_path_rule(
     rule: &Spanned<RuleFile>,
     id: String,
     effect: Effect,
+    fold: bool,
 ) -> (Rule, Vec<PathGlob>) {
     let RuleFile {
         methods,
@@ -261,13 +294,17 @@ fn compile_path_rule(
     }
     let mut globs = Vec::new();
     for path in paths {
-        match compile_glob(path.get_ref()) {
+        let pattern = if fold {
+            path.get_ref().to_lowercase()
+        } else {
+            path.get_ref().clone()
+        };
+        match compile_glob(&pattern) {
             Ok(alternatives) => globs.extend(alternatives),
             Err(message) => report.error(file, path.span(), message),
         }
         // A deny for `/secret/` also refuses `/secret`: to most upstreams
         // the two are one resource (decide covers the other direction).
-        let pattern = path.get_ref();
         if effect == Effect::Deny
             && pattern.len() > 1
             && pattern.ends_with('/')
@@ -288,6 +325,7 @@ fn compile_path_rule(
         id: Arc::from(id),
         effect,
         methods,
+        paths: paths.iter().map(|p| p.get_ref().clone()).collect(),
     };
     (rule, globs)
 }
@@ -578,7 +616,7 @@ fn check_method(method: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(super) fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()

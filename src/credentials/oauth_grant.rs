@@ -1,0 +1,264 @@
+//! The `client_credentials` token request (client authentication by secret
+//! or by a signed assertion) and the reading of the endpoint's answer.
+//! Split from [`super`] for size.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{Method, Request, header};
+use http_body_util::Full;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::JwtBearer;
+use super::{
+    ASSERTION_LIFE, Answer, ClientAuth, DEFAULT_LIFETIME, MintFailure, MintedToken, OAuthCredential,
+};
+use crate::credentials::SecretValue;
+
+/// A JWT bearer grant's life (Google accepts up to an hour).
+const BEARER_LIFE: u64 = 300;
+
+/// RFC 8414's metadata URL for the issuer, then OpenID discovery's.
+pub(super) fn metadata_urls(issuer: &str) -> Vec<String> {
+    let trimmed = issuer.trim_end_matches('/');
+    let (origin, path) = match trimmed.find("://").map(|i| i + 3) {
+        Some(start) => match trimmed[start..].find('/') {
+            Some(slash) => trimmed.split_at(start + slash),
+            None => (trimmed, ""),
+        },
+        None => (trimmed, ""),
+    };
+    vec![
+        format!("{origin}/.well-known/oauth-authorization-server{path}"),
+        format!("{trimmed}/.well-known/openid-configuration"),
+    ]
+}
+
+/// The `client_credentials` token request, authenticated as configured.
+pub(super) fn token_request(
+    c: &OAuthCredential,
+    endpoint: &str,
+    audience: &str,
+) -> Result<Request<Full<Bytes>>, String> {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    match &c.bearer {
+        None => {
+            form.append_pair("grant_type", "client_credentials");
+        }
+        Some(bearer) => {
+            let assertion = bearer_assertion(c, bearer, endpoint)?;
+            form.append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer");
+            form.append_pair("assertion", assertion.expose_secret());
+        }
+    }
+    if let Some(scope) = &c.scope {
+        form.append_pair("scope", scope);
+    }
+    for resource in &c.resources {
+        form.append_pair("resource", resource);
+    }
+    if let Some(aud) = &c.audience {
+        form.append_pair("audience", aud);
+    }
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(endpoint)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::ACCEPT, "application/json");
+    match &c.auth {
+        ClientAuth::SecretBasic(secret) => {
+            let secret = client_secret(secret)?;
+            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let pair = format!("{}:{}", enc(&c.client_id), enc(secret.expose_secret()));
+            let mut value = http::HeaderValue::from_str(&format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            ))
+            .map_err(|_| "the client secret cannot be sent in a header".to_owned())?;
+            value.set_sensitive(true);
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        ClientAuth::SecretPost(secret) => {
+            let secret = client_secret(secret)?;
+            form.append_pair("client_id", &c.client_id);
+            form.append_pair("client_secret", secret.expose_secret());
+        }
+        ClientAuth::PrivateKeyJwt {
+            key,
+            algorithm,
+            key_id,
+        } => {
+            let assertion = client_assertion(c, key, *algorithm, key_id.clone(), audience)?;
+            form.append_pair("client_id", &c.client_id);
+            form.append_pair(
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            );
+            form.append_pair("client_assertion", assertion.expose_secret());
+        }
+        ClientAuth::None => {
+            if !c.client_id.is_empty() {
+                form.append_pair("client_id", &c.client_id);
+            }
+        }
+    }
+    request
+        .body(Full::new(Bytes::from(form.finish())))
+        .map_err(|e| e.to_string())
+}
+
+/// An RFC 7523 §2.1 grant: `iss` the configured issuer, `sub` the subject
+/// (or the issuer), `aud` the token endpoint, five minutes of life, a fresh
+/// `jti`, and the requested scope as a claim too (Google reads it there).
+fn bearer_assertion(
+    c: &OAuthCredential,
+    bearer: &JwtBearer,
+    endpoint: &str,
+) -> Result<SecretString, String> {
+    let pem = bearer.key.expose_secret().as_bytes();
+    let encoding = match bearer.algorithm {
+        jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(pem),
+        _ => jsonwebtoken::EncodingKey::from_rsa_pem(pem),
+    }
+    .map_err(|_| "the assertion's private key cannot be used".to_owned())?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let mut claims = serde_json::json!({
+        "iss": bearer.issuer,
+        "sub": bearer.subject.as_deref().unwrap_or(&bearer.issuer),
+        "aud": endpoint,
+        "iat": now,
+        "exp": now + BEARER_LIFE,
+        "jti": random_id(),
+    });
+    if let Some(scope) = &c.scope {
+        claims["scope"] = serde_json::Value::String(scope.clone());
+    }
+    let mut header = jsonwebtoken::Header::new(bearer.algorithm);
+    header.kid = bearer.key_id.clone();
+    jsonwebtoken::encode(&header, &claims, &encoding)
+        .map(SecretString::from)
+        .map_err(|_| "the assertion could not be signed".to_owned())
+}
+
+fn client_secret(secret: &SecretValue) -> Result<&SecretString, String> {
+    secret
+        .loaded()
+        .ok_or_else(|| format!("client secret `{}` has no value", secret.source))
+}
+
+/// A `private_key_jwt` client assertion: `iss` and `sub` the client id,
+/// `aud` the issuer (or the token endpoint), a minute of life, a fresh `jti`.
+fn client_assertion(
+    c: &OAuthCredential,
+    key: &SecretString,
+    algorithm: jsonwebtoken::Algorithm,
+    key_id: Option<String>,
+    audience: &str,
+) -> Result<SecretString, String> {
+    let pem = key.expose_secret().as_bytes();
+    let encoding = match algorithm {
+        jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(pem),
+        _ => jsonwebtoken::EncodingKey::from_rsa_pem(pem),
+    }
+    .map_err(|_| "the client's private key cannot be used".to_owned())?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": c.client_id,
+        "sub": c.client_id,
+        "aud": audience,
+        "iat": now,
+        "exp": now + ASSERTION_LIFE,
+        "jti": random_id(),
+    });
+    let mut header = jsonwebtoken::Header::new(algorithm);
+    header.kid = key_id;
+    jsonwebtoken::encode(&header, &claims, &encoding)
+        .map(SecretString::from)
+        .map_err(|_| "the client assertion could not be signed".to_owned())
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A token endpoint's answer as a token, or the failure it stands for. The
+/// provider's `error_description` is passed on shortened; the body itself
+/// (which holds the token) never is.
+pub(super) fn parse_token_answer(
+    c: &OAuthCredential,
+    answer: Answer,
+) -> Result<MintedToken, (MintFailure, String)> {
+    let Some(json) = answer.json else {
+        return Err((
+            MintFailure::EndpointUnreachable,
+            format!("HTTP {} without a JSON answer", answer.status.as_u16()),
+        ));
+    };
+    if !answer.status.is_success() {
+        let code = json["error"].as_str().unwrap_or("no error code");
+        let description: String = json["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .filter(|ch| !ch.is_control())
+            .take(200)
+            .collect();
+        let failure = if answer.status.is_server_error() {
+            MintFailure::EndpointUnreachable
+        } else {
+            MintFailure::from_error_code(code)
+        };
+        return Err((
+            failure,
+            format!("HTTP {}: {code} {description}", answer.status.as_u16())
+                .trim_end()
+                .to_owned(),
+        ));
+    }
+    let Some(token) = json["access_token"].as_str().filter(|t| !t.is_empty()) else {
+        return Err((
+            MintFailure::EndpointUnreachable,
+            "the answer has no access_token".into(),
+        ));
+    };
+    let token_type = json["token_type"].as_str().unwrap_or("");
+    if !token_type.eq_ignore_ascii_case("bearer") {
+        return Err((
+            MintFailure::InvalidGrant,
+            format!("token_type `{token_type}` is not Bearer"),
+        ));
+    }
+    let lifetime = json["expires_in"]
+        .as_u64()
+        .map_or(DEFAULT_LIFETIME, Duration::from_secs);
+    Ok(MintedToken {
+        value: SecretString::from(token.to_owned()),
+        granted_scope: json["scope"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| c.scope.clone()),
+        lifetime,
+    })
+}
+
+/// The granted scopes that were not requested.
+pub fn broader_scopes<'a>(requested: &str, granted: &'a str) -> Vec<&'a str> {
+    let asked: Vec<&str> = requested.split_whitespace().collect();
+    if asked.is_empty() {
+        // Nothing was asked for: the provider's default is not "broader".
+        return Vec::new();
+    }
+    granted
+        .split_whitespace()
+        .filter(|s| !asked.contains(s))
+        .collect()
+}
