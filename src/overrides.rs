@@ -484,19 +484,45 @@ impl Overrides {
         }
     }
 
-    /// Removes an override; `None` when there is no such id.
+    /// Removes an override; `None` when there is no such id. On a fleet's
+    /// store the delete is prepared but not committed: it stays in force
+    /// until [`Overrides::finish_removal`] says its record is durable.
     pub fn remove(&self, id: &str) -> Result<Option<Override>, OverrideError> {
         let found = self.active.load().iter().find(|o| o.id == id).cloned();
         if found.is_none() {
             return Ok(None);
         }
         if let Store::Postgres(store) = &self.db {
-            return Ok(found.filter(|_| store.remove(id).unwrap_or(false)));
+            let Some(pending) = store.prepare_removal(id)? else {
+                return Ok(None);
+            };
+            if let Ok(mut map) = store.pending.lock() {
+                map.insert(format!("removal:{id}"), pending);
+            }
+            return Ok(found);
         }
         let db = self.lock()?;
         db.execute("DELETE FROM overrides WHERE id = ?1", [id])?;
         self.active.store(Arc::new(read_all(&db)?));
         Ok(found)
+    }
+
+    /// Finishes a removal once its record is durable (`recorded`) or could
+    /// not be written: `Ok` exactly when the override is now out of force.
+    /// On a fleet's store, without `recorded` it stays in force; on SQLite
+    /// the removal already took.
+    pub async fn finish_removal(&self, id: &str, recorded: bool) -> Result<(), OverrideError> {
+        match &self.db {
+            Store::Postgres(store) => {
+                let key = format!("removal:{id}");
+                let pending = store.pending.lock().ok().and_then(|mut m| m.remove(&key));
+                match pending {
+                    Some(pending) => pending.finish(recorded).await,
+                    None => Err(OverrideError::Shared("no such prepared removal".into())),
+                }
+            }
+            Store::Sqlite(_) => Ok(()),
+        }
     }
 
     /// Takes out every override whose expiry passed by `now` and returns

@@ -1,7 +1,9 @@
 //! Overrides on a fleet while PostgreSQL is frozen (every server process
 //! stopped with SIGSTOP, then resumed): the admin API's answer is what ends
 //! up in force, an override's creation is recorded before any call is
-//! refused by it, and its lapse is recorded once, stamped with its expiry.
+//! refused by it, and its lapse is recorded once, stamped with its expiry;
+//! a removal is out of force exactly when the API says so, never without
+//! its `removed` record.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -143,6 +145,86 @@ fn an_override_made_while_postgresql_is_frozen_is_in_force_exactly_when_the_api_
     for h in &replicas {
         assert_eq!(call(h), 200);
     }
+    let verified = common::clawgate(&["audit", "verify", "--store", &pg.url()]);
+    assert!(verified.status.success(), "{verified:?}");
+}
+
+fn remove(h: &Harness, id: &str) -> common::Reply {
+    h.admin(
+        Some("ops"),
+        &["-X", "DELETE", &format!("/v1/overrides/{id}")],
+    )
+}
+
+#[test]
+fn an_override_removed_while_postgresql_is_frozen_is_out_of_force_exactly_when_the_api_says_so() {
+    let pg = Postgres::start();
+    let replicas: Vec<Harness> = ["r1", "r2"]
+        .iter()
+        .map(|n| replica_with(n, &pg.url(), "", Vec::new(), &[]))
+        .collect();
+    let made = isolate(&replicas[0], "1h");
+    assert_eq!(made.status, 201, "{made:?}");
+    let id = made.json()["id"].as_str().unwrap().to_owned();
+    for h in &replicas {
+        wait_until("the override is in force", Duration::from_secs(5), || {
+            call(h) == 403
+        });
+    }
+    let removed = format!("request_id = '{id}' AND kind = 'override' AND detail LIKE 'removed%'");
+    let not_removed = format!("request_id = '{id}' AND detail LIKE 'not removed%'");
+
+    // Frozen for longer than the API waits: it answers 503 while frozen,
+    // and once PostgreSQL resumes, the override is still in force and no
+    // removal is recorded.
+    pg.freeze();
+    let refused = std::thread::scope(|s| s.spawn(|| remove(&replicas[1], &id)).join());
+    let refused = refused.unwrap();
+    pg.thaw();
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.body).contains("could not be removed"),
+        "{refused:?}"
+    );
+    // The worker gets to the queued delete after the thaw; give it time to
+    // do whatever it would, then look.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(stored(&pg), 1, "an override the API kept was deleted");
+    for h in &replicas {
+        assert_eq!(call(h), 403, "an override the API kept is out of force");
+    }
+    assert_eq!(
+        count(&pg, &removed),
+        0,
+        "a removal the API refused was recorded"
+    );
+    assert_eq!(count(&pg, &not_removed), 0);
+
+    // Frozen briefly: the API waits for the real outcome, answers 200, the
+    // removal is recorded, and calls are allowed again on every replica.
+    pg.freeze();
+    let gone = std::thread::scope(|s| {
+        let delete = s.spawn(|| remove(&replicas[1], &id));
+        std::thread::sleep(Duration::from_secs(3));
+        pg.thaw();
+        delete.join()
+    });
+    let gone = gone.unwrap();
+    assert_eq!(gone.status, 200, "{gone:?}");
+    assert_eq!(gone.json()["removed"].as_str(), Some(id.as_str()));
+    assert_eq!(stored(&pg), 0);
+    assert_eq!(count(&pg, &removed), 1);
+    assert_eq!(count(&pg, &not_removed), 0);
+    for h in &replicas {
+        wait_until(
+            "the override is out of force",
+            Duration::from_secs(5),
+            || call(h) == 200,
+        );
+    }
+    // Removed again: there is no such override any more.
+    assert_eq!(remove(&replicas[0], &id).status, 404);
+    assert_eq!(count(&pg, &removed), 1);
     let verified = common::clawgate(&["audit", "verify", "--store", &pg.url()]);
     assert!(verified.status.success(), "{verified:?}");
 }

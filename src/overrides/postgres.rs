@@ -18,6 +18,9 @@
 //!   that misses its deadline is rolled back (the session is dropped before
 //!   `COMMIT` was ever sent); once `COMMIT` is sent, the caller waits for its
 //!   real outcome, and a lost answer is settled by reading the row back.
+//! - A removal is two-phase too: the row is deleted in a transaction
+//!   committed only once the caller's removal record is durable, so no
+//!   override is out of force without its record.
 //! - All database work runs on one thread with its own runtime; callers
 //!   (the admin API, the sweep) wait for its answer, as they wait for
 //!   SQLite's.
@@ -49,7 +52,7 @@ type Answer<T> = std::sync::mpsc::SyncSender<Result<T, OverrideError>>;
 
 enum Request {
     Create(Box<Override>, Answer<()>, Commit),
-    Remove(String, Answer<bool>),
+    Remove(String, Answer<bool>, Commit),
     Lapse(Vec<Override>, Answer<()>),
 }
 
@@ -73,7 +76,7 @@ impl Pending {
     pub(super) async fn finish(self, go: bool) -> Result<(), OverrideError> {
         let _ = self.go.send(go);
         if !go {
-            return Err(OverrideError::Shared("creation taken back".into()));
+            return Err(OverrideError::Shared("change taken back".into()));
         }
         self.done.await.unwrap_or_else(|_| {
             Err(OverrideError::Shared(
@@ -99,7 +102,8 @@ pub(super) struct PgOverrides {
     pub(super) view: Arc<ArcSwap<FleetView>>,
     /// Lapses this replica's deletes took out that are not recorded yet.
     owed: Arc<Mutex<Vec<Override>>>,
-    /// Creations prepared and waiting for their record, by id.
+    /// Creations (by id) and removals (by `removal:` id) prepared and
+    /// waiting for their record.
     pub(super) pending: Mutex<HashMap<String, Pending>>,
 }
 
@@ -172,8 +176,17 @@ impl PgOverrides {
         })
     }
 
-    pub(super) fn remove(&self, id: &str) -> Result<bool, OverrideError> {
-        self.ask(|a| Request::Remove(id.to_owned(), a))
+    /// Deletes `id` in a transaction left open: it stays in force until
+    /// [`Pending::finish`] says go. `None` when there is no such row (and
+    /// nothing was changed); an error means nothing was removed.
+    pub(super) fn prepare_removal(&self, id: &str) -> Result<Option<Pending>, OverrideError> {
+        let (go_tx, go) = oneshot::channel();
+        let (done, done_rx) = oneshot::channel();
+        let found = self.ask(|a| Request::Remove(id.to_owned(), a, Commit { go, done }))?;
+        Ok(found.then_some(Pending {
+            go: go_tx,
+            done: done_rx,
+        }))
     }
 
     /// Deletes the lapsed overrides and returns those this replica took out
@@ -359,11 +372,7 @@ impl Worker {
     async fn handle(&mut self, request: Request) {
         match request {
             Request::Create(o, answer, commit) => self.create(&o, answer, commit).await,
-            Request::Remove(id, answer) => {
-                let result = self.delete(vec![id]).await.map(|gone| !gone.is_empty());
-                self.reread().await;
-                let _ = answer.send(result);
-            }
+            Request::Remove(id, answer, commit) => self.remove(&id, answer, commit).await,
             Request::Lapse(lapsed, answer) => {
                 let ids = lapsed.iter().map(|o| o.id.clone()).collect();
                 let result = self.delete(ids).await.map(|gone| {
@@ -387,28 +396,70 @@ impl Worker {
     /// and sends the real outcome to `commit.done`.
     async fn create(&mut self, o: &Override, answer: Answer<()>, commit: Commit) {
         let prepared = tokio::time::timeout(ANSWER_WITHIN, self.prepare(o)).await;
+        if self.prepared(prepared, answer).await.is_some() {
+            self.finish(&o.id, true, commit).await;
+        }
+    }
+
+    /// Deletes `id` in an open transaction (answering `answer`: whether
+    /// there was such a row), waits for the go-ahead, commits and sends the
+    /// real outcome to `commit.done`.
+    async fn remove(&mut self, id: &str, answer: Answer<bool>, commit: Commit) {
+        let prepared = tokio::time::timeout(ANSWER_WITHIN, self.prepare_delete(id)).await;
+        match self.prepared(prepared, answer).await {
+            Some(true) => self.finish(id, false, commit).await,
+            Some(false) => {
+                // Nothing was deleted: end the transaction here.
+                let ended = match self.client().await {
+                    Ok(client) => client.batch_execute("ROLLBACK").await.map_err(db),
+                    Err(e) => Err(e),
+                };
+                if ended.is_err() {
+                    self.session = None;
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Answers the first phase; on an error or a missed deadline drops the
+    /// session before any `COMMIT`, so the server rolls the transaction
+    /// back whenever it gets there. `Some` when prepared.
+    async fn prepared<T: Copy>(
+        &mut self,
+        prepared: Result<Result<T, OverrideError>, tokio::time::error::Elapsed>,
+        answer: Answer<T>,
+    ) -> Option<T> {
         let prepared = prepared.unwrap_or_else(|_| {
             Err(OverrideError::Shared(
                 "the override store did not answer".into(),
             ))
         });
-        if let Err(e) = prepared {
-            // Dropping the session closes it before any `COMMIT`: the
-            // server rolls the transaction back whenever it gets there.
-            self.session = None;
-            let _ = answer.send(Err(e));
-            return;
+        match prepared {
+            Ok(value) => {
+                let _ = answer.send(Ok(value));
+                Some(value)
+            }
+            Err(e) => {
+                self.session = None;
+                let _ = answer.send(Err(e));
+                None
+            }
         }
-        let _ = answer.send(Ok(()));
+    }
+
+    /// Waits for the go-ahead, commits (or rolls back) and sends the real
+    /// outcome to `commit.done`; `row` is whether the commit leaves the row.
+    async fn finish(&mut self, id: &str, row: bool, commit: Commit) {
         let go = matches!(
             tokio::time::timeout(GO_WITHIN, commit.go).await,
             Ok(Ok(true))
         );
         let result = if go {
-            self.commit(&o.id).await
+            self.commit(id, row).await
         } else {
             self.session = None;
-            Err(OverrideError::Shared("creation taken back".into()))
+            Err(OverrideError::Shared("change taken back".into()))
         };
         self.reread().await;
         let _ = commit.done.send(result);
@@ -444,8 +495,9 @@ impl Worker {
 
     /// Sends `COMMIT` and waits for its real outcome, however long the
     /// server takes; when the session dies before answering, reads the row
-    /// back (reconnecting every second) to learn what happened.
-    async fn commit(&mut self, id: &str) -> Result<(), OverrideError> {
+    /// back (reconnecting every second) to learn what happened: the commit
+    /// took when the row's presence is `row`.
+    async fn commit(&mut self, id: &str, row: bool) -> Result<(), OverrideError> {
         let sent = match self.client().await {
             Ok(client) => client.batch_execute("COMMIT").await,
             Err(e) => return Err(e),
@@ -475,14 +527,28 @@ impl Worker {
             }
             .await;
             match found {
-                Ok(true) => return Ok(()),
-                Ok(false) => return Err(OverrideError::Shared("the commit did not take".into())),
+                Ok(found) if found == row => return Ok(()),
+                Ok(_) => return Err(OverrideError::Shared("the commit did not take".into())),
                 Err(_) => {
                     self.session = None;
                     tokio::time::sleep(POLL).await;
                 }
             }
         }
+    }
+
+    /// Deletes `id` in a transaction left open; whether there was one.
+    async fn prepare_delete(&mut self, id: &str) -> Result<bool, OverrideError> {
+        let client = self.client().await?;
+        client.batch_execute("BEGIN").await.map_err(db)?;
+        let sql = "
+            WITH gone AS (DELETE FROM overrides WHERE id = $1 RETURNING id),
+                 v AS (UPDATE overrides_version SET version = version + 1
+                       WHERE id = 1 AND EXISTS (SELECT 1 FROM gone) RETURNING version),
+                 n AS (SELECT pg_notify($2, version::text) FROM v)
+            SELECT gone.id FROM gone LEFT JOIN n ON true";
+        let rows = client.query(sql, &[&id, &CHANNEL]).await.map_err(db)?;
+        Ok(!rows.is_empty())
     }
 
     /// Deletes `ids`; returns those this call removed.
