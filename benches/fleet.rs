@@ -2,7 +2,10 @@
 //! the decision log's writers on PostgreSQL, 1 to 8 of them at once, each
 //! on its own chain (the contention curve, with statements and WAL bytes per
 //! record and this process's CPU per record); PostgreSQL's own ceiling
-//! (pgbench); Redis's ceiling for the rate limit script (redis-benchmark).
+//! (pgbench); Redis's ceiling for the rate limit script (redis-benchmark);
+//! and what TLS to the stores costs: the same writers and the same limit
+//! checks over TLS (verify-full, SCRAM / ACL password) and over plain TCP,
+//! against the same servers in the same run.
 //! Throwaway servers in temporary directories, as the fleet tests start.
 #![allow(
     clippy::unwrap_used,
@@ -140,15 +143,10 @@ fn pgbench(pg: &Postgres) -> String {
         .map(|e| e.path().join("bin/pgbench"))
         .find(|p| p.exists())
         .expect("pgbench");
-    let sock = pg.url();
-    let host = sock
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("host="))
-        .unwrap()
-        .to_owned();
+    let host = pg.socket().display().to_string();
     let run = |args: &[&str]| {
         let out = Command::new(&bin)
-            .args(["-h", &host, "-U", "postgres"])
+            .args(["-h", &host, "-U", "postgres", "-p", &pg.port.to_string()])
             .args(args)
             .arg("clawgate")
             .output()
@@ -166,14 +164,17 @@ fn pgbench(pg: &Postgres) -> String {
 fn redis_benchmark(redis: &Redis) -> String {
     let sha = redis.cli(&["SCRIPT", "LOAD", clawgate::limits::redis::GCRA]);
     let out = Command::new("redis-benchmark")
-        .arg("-s")
-        .arg(&redis.sock)
+        .args(["--tls", "--cacert"])
+        .arg(&redis.secrets.ca)
+        .args(["-h", "localhost", "-p"])
+        .arg(redis.port.to_string())
+        .args(["--user", "clawgate", "-a", stores::PASSWORD])
         .args(["-n", "200000", "-c", "32", "-q", "EVALSHA", &sha, "2"])
         .args([
             "clawgate:{__rand_int__}:agent",
             "clawgate:{__rand_int__}:scope:s",
         ])
-        .args(["1000", "1000000", "1000", "1000000"])
+        .args(["1000", "1000000", "1000", "1000000", "0"])
         .args(["-r", "100000"])
         .output()
         .expect("redis-benchmark (Debian's redis-tools)");
@@ -183,6 +184,62 @@ fn redis_benchmark(redis: &Redis) -> String {
         .unwrap_or(&text)
         .trim()
         .to_owned()
+}
+
+/// Limit checks a second through [`RedisLimits`], 32 callers on random
+/// agents, over `flags`' connection.
+fn limit_checks(flags: &[String], seconds: Duration) -> f64 {
+    use clawgate::limits::redis::{FailureMode, RedisConfig, RedisLimits};
+    use clawgate::limits::redis_conn::{self, RedisAuth};
+    let target: clawgate::limits::RedisTarget = flags[1].parse().unwrap();
+    let flag = |name: &str| {
+        flags
+            .iter()
+            .position(|f| f == name)
+            .map(|i| std::path::PathBuf::from(&flags[i + 1]))
+    };
+    let auth = RedisAuth {
+        ca: flag("--limits-ca"),
+        client: None,
+        password: Some(secrecy::SecretString::from(stores::PASSWORD.to_owned())),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let limits = Arc::new(RedisLimits::new(RedisConfig {
+            client: redis_conn::client(&target, &auth).unwrap(),
+            target,
+            timeout: Duration::from_secs(2),
+            failure_mode: FailureMode::Closed,
+            replica: "bench".into(),
+        }));
+        let rate = Some(clawgate::limits::Rate::parse("1000000/sec", None).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for t in 0..CALLERS {
+            let (limits, stop, done) = (Arc::clone(&limits), Arc::clone(&stop), Arc::clone(&done));
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let agent = format!("a{t}-{}", i % 1000);
+                    limits.check(&agent, rate, "s", rate).await.unwrap();
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            }));
+        }
+        tokio::time::sleep(seconds).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    })
 }
 
 fn main() {
@@ -196,9 +253,13 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(5),
     );
-    let pg = Postgres::start();
-    let redis = Redis::start();
+    // Plain TCP admitted beside TLS, only so that the baseline can be
+    // measured against the same servers.
+    let pg = Postgres::start_with(true);
+    let redis = Redis::start_with(true);
     let target: PgTarget = pg.url().parse().unwrap();
+    let plain: PgTarget = pg.url_plain().parse().unwrap();
+    assert!(target.tls() && !plain.tls());
     let mut report = String::from(
         "| writers | records/s (all) | records/s per writer | mean batch | mean commit, ms | statements per record | WAL bytes per record | clawgate CPU µs per record |\n|---|---|---|---|---|---|---|---|\n",
     );
@@ -218,6 +279,24 @@ fn main() {
         print!("{line}");
         report.push_str(&line);
     }
+    report.push_str(
+        "\nTLS on vs off, same servers, same run:\n\n| writers | records/s, TLS | records/s, plain | TLS ÷ plain |\n|---|---|---|---|\n",
+    );
+    for writers in [1, 4, 8] {
+        let tls = contention(&pg, &target, writers, seconds).records_per_s;
+        let off = contention(&pg, &plain, writers, seconds).records_per_s;
+        let line = format!("| {writers} | {tls:.0} | {off:.0} | {:.2} |\n", tls / off);
+        print!("{line}");
+        report.push_str(&line);
+    }
+    let tls = limit_checks(&redis.args(), seconds);
+    let off = limit_checks(&redis.args_plain(), seconds);
+    let line = format!(
+        "\nRedis limit checks/s through RedisLimits (32 callers): TLS {tls:.0}, plain {off:.0}, TLS ÷ plain {:.2}\n",
+        tls / off
+    );
+    print!("{line}");
+    report.push_str(&line);
     let pg_ceiling = pgbench(&pg);
     let redis_ceiling = redis_benchmark(&redis);
     report.push_str(&format!(

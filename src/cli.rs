@@ -8,7 +8,6 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use clawgate::certs;
-use clawgate::limits::RedisTarget;
 use clawgate::limits::redis::FailureMode;
 
 mod audit;
@@ -298,13 +297,31 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub(crate) retain_every: Duration,
     /// This replica's name in the fleet: its own hash chain in the store
-    /// (one process per name at a time).
-    #[arg(long)]
+    /// (one process per name at a time). Needs `--store`.
+    #[arg(long, requires = "store")]
     pub(crate) replica: Option<String>,
-    /// Rate limits shared by the fleet on Redis: `redis://HOST:PORT` or
-    /// `unix:///PATH` (in this process when absent).
-    #[arg(long, value_parser = clap::value_parser!(RedisTarget))]
-    pub(crate) limits: Option<RedisTarget>,
+    /// Rate limits shared by the fleet on Redis: `rediss://[USER@]HOST:PORT`
+    /// (TLS), `redis://[USER@]HOST:PORT` or `unix:///PATH` (in this process
+    /// when absent). The password is never in the URL: see
+    /// `--limits-password-file`.
+    /// Parsed by `serve`, not by clap, whose error would repeat the input,
+    /// a password included.
+    #[arg(long)]
+    pub(crate) limits: Option<String>,
+    /// The CA that signed the Redis server's certificate (the system's roots
+    /// when absent). The host name in `--limits` is checked against it.
+    #[arg(long, requires = "limits")]
+    pub(crate) limits_ca: Option<PathBuf>,
+    /// A client certificate for Redis (with `--limits-key`).
+    #[arg(long, requires_all = ["limits", "limits_key"])]
+    pub(crate) limits_cert: Option<PathBuf>,
+    /// The key of `--limits-cert`.
+    #[arg(long, requires = "limits_cert")]
+    pub(crate) limits_key: Option<PathBuf>,
+    /// A file holding the password of the Redis ACL user named in
+    /// `--limits`; `CLAWGATE_LIMITS_PASSWORD` is read when absent.
+    #[arg(long, requires = "limits")]
+    pub(crate) limits_password_file: Option<PathBuf>,
     /// The longest one Redis round trip may take before the failure mode
     /// decides the call.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]

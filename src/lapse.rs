@@ -10,6 +10,9 @@
 //!   records each lapse at its expiry; every decision path calls
 //!   [`Lapses::settle`] first, which costs one atomic load unless a lapse
 //!   is due, so a call in the same instant as a lapse cannot overtake it.
+//!   On a fleet, a list another replica changed is looked at on the next
+//!   settle too, so whichever replica notices an expiry records it (once:
+//!   see `overrides`), stamped with the expiry rather than the moment noticed.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -103,7 +106,7 @@ impl Lapses {
         audit: &AuditLog,
         now: SystemTime,
     ) {
-        if millis(now) < self.next_due.load(Ordering::SeqCst) {
+        if millis(now) < self.next_due.load(Ordering::SeqCst) && !overrides.moved() {
             return;
         }
         // One settler at a time, holding the set while it queues: a second
@@ -135,7 +138,10 @@ impl Lapses {
             Ok(lapsed) => {
                 for o in lapsed {
                     tracing::info!(id = %o.id, "override lapsed");
-                    audit.append(o.record("lapsed", None));
+                    // Stamped with its expiry, not with when it was noticed.
+                    let mut record = o.record("lapsed", None);
+                    record.ts = crate::audit::format_ts(time::OffsetDateTime::from(o.expires));
+                    audit.append(record);
                 }
             }
             Err(e) => {

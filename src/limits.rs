@@ -11,7 +11,7 @@
 //! - A refused check consumes nothing.
 
 pub mod redis;
-mod resp;
+pub mod redis_conn;
 
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -136,7 +136,7 @@ impl Limited {
     }
 }
 
-pub use resp::RedisTarget;
+pub use redis_conn::RedisTarget;
 
 /// Where the counters live: in this process ([`Limits`], the default) or
 /// shared by a fleet ([`redis::RedisLimits`]). The pipeline calls this and
@@ -207,9 +207,29 @@ impl LimitStore for redis::RedisLimits {
 #[derive(Debug, Default)]
 pub struct Limits {
     limiters: DashMap<Key, (Rate, Arc<DefaultDirectRateLimiter>)>,
+    /// Whether a new limiter starts with its burst spent (the fleet's
+    /// fallback: the budget was spent on Redis, not handed back).
+    start_empty: bool,
 }
 
 impl Limits {
+    /// Limits whose every limiter starts empty and refills at its rate.
+    pub fn starting_empty() -> Limits {
+        Limits {
+            limiters: DashMap::new(),
+            start_empty: true,
+        }
+    }
+
+    fn limiter(&self, rate: Rate) -> Arc<DefaultDirectRateLimiter> {
+        let limiter = RateLimiter::direct(rate.quota());
+        if self.start_empty {
+            // The burst fits the quota by construction; spend it all.
+            let _ = limiter.check_n(rate.burst);
+        }
+        Arc::new(limiter)
+    }
+
     /// Checks the agent's own rate, then its rate in the scope. A call must
     /// pass both; the first refusal wins.
     pub fn check(
@@ -266,10 +286,10 @@ impl Limits {
             let mut entry = self
                 .limiters
                 .entry(key)
-                .or_insert_with(|| (rate, Arc::new(RateLimiter::direct(rate.quota()))));
+                .or_insert_with(|| (rate, self.limiter(rate)));
             if entry.0 != rate {
                 // The policy changed this rate: start afresh under the new one.
-                *entry = (rate, Arc::new(RateLimiter::direct(rate.quota())));
+                *entry = (rate, self.limiter(rate));
             }
             Arc::clone(&entry.1)
         };

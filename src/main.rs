@@ -284,6 +284,16 @@ fn anchor_config(
 
 /// The serve flags as the server's configuration.
 fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
+    let limits = args
+        .limits
+        .clone()
+        .map(|text| {
+            let target = text
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--limits: {e}"))?;
+            redis_config(&args, target)
+        })
+        .transpose()?;
     Ok(ServeConfig {
         policy_dir: args.policy,
         certs_dir: args.certs,
@@ -323,18 +333,39 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
             store: args.store.as_deref().map(cli::store).transpose()?,
             replica: args.replica.clone(),
             checkpoint_every: args.checkpoint_every,
-            limits: args
-                .limits
-                .map(|target| clawgate::limits::redis::RedisConfig {
-                    target,
-                    timeout: args.limits_timeout,
-                    failure_mode: args.limits_failure_mode,
-                    replica: args
-                        .replica
-                        .clone()
-                        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-                }),
+            limits,
         },
+    })
+}
+
+/// The fleet's Redis settings: the client (TLS, password) is built now, so
+/// a bad file is an error at start, not at the first call.
+fn redis_config(
+    args: &ServeArgs,
+    target: clawgate::limits::RedisTarget,
+) -> anyhow::Result<clawgate::limits::redis::RedisConfig> {
+    use clawgate::limits::redis_conn::{self, RedisAuth};
+    let password = match &args.limits_password_file {
+        Some(path) => Some(RedisAuth::read_password(path).map_err(anyhow::Error::msg)?),
+        None => std::env::var(redis_conn::PASSWORD_ENV)
+            .ok()
+            .map(secrecy::SecretString::from),
+    };
+    let auth = RedisAuth {
+        ca: args.limits_ca.clone(),
+        client: args.limits_cert.clone().zip(args.limits_key.clone()),
+        password,
+    };
+    let client = redis_conn::client(&target, &auth).map_err(anyhow::Error::msg)?;
+    Ok(clawgate::limits::redis::RedisConfig {
+        target,
+        client,
+        timeout: args.limits_timeout,
+        failure_mode: args.limits_failure_mode,
+        replica: args
+            .replica
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
     })
 }
 

@@ -14,8 +14,12 @@
 //!   the form a peer's serial is compared in ([`peer_serial`]).
 
 mod postgres;
+mod serial;
+
+pub use serial::{normalise_serial, peer_serial};
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -245,6 +249,9 @@ CREATE TABLE IF NOT EXISTS overrides (
 pub struct Overrides {
     db: Store,
     active: Arc<ArcSwap<Vec<Override>>>,
+    /// Set when a fleet's store swapped the list in (another replica's
+    /// change): the next settle looks again for lapses due.
+    moved: Arc<AtomicBool>,
 }
 
 /// Where overrides are kept: beside the SQLite decision log, or in a
@@ -266,6 +273,7 @@ impl Overrides {
         Ok(Overrides {
             db: Store::Sqlite(Mutex::new(conn)),
             active: Arc::new(ArcSwap::from_pointee(active)),
+            moved: Arc::default(),
         })
     }
 
@@ -277,11 +285,20 @@ impl Overrides {
         replica: String,
     ) -> Result<Overrides, OverrideError> {
         let active = Arc::new(ArcSwap::from_pointee(Vec::new()));
-        let store = postgres::PgOverrides::start(target, replica, Arc::clone(&active))?;
+        let moved = Arc::new(AtomicBool::new(true));
+        let store =
+            postgres::PgOverrides::start(target, replica, Arc::clone(&active), Arc::clone(&moved))?;
         Ok(Overrides {
             db: Store::Postgres(store),
             active,
+            moved,
         })
+    }
+
+    /// Whether the list was swapped in by the fleet's store since the last
+    /// call (one relaxed load when it was not).
+    pub fn moved(&self) -> bool {
+        self.moved.load(Ordering::Relaxed) && self.moved.swap(false, Ordering::AcqRel)
     }
 
     /// The JSON form of `o` for the admin API; on a fleet's store, with
@@ -340,7 +357,8 @@ impl Overrides {
             .cloned()
     }
 
-    /// Validates and stores a new override; it is in force on return. An
+    /// Validates and stores a new override; it is in force once
+    /// [`Overrides::finish_creation`] says so (at once on SQLite). An
     /// agent or scope must be one `targets` defines, unless `force`; a serial
     /// must be hex and is stored normalised (see [`normalise_serial`]).
     pub fn create(
@@ -412,7 +430,10 @@ impl Overrides {
         let db = match &self.db {
             Store::Sqlite(_) => self.lock()?,
             Store::Postgres(store) => {
-                store.create(&o)?;
+                let pending = store.prepare(&o)?;
+                if let Ok(mut map) = store.pending.lock() {
+                    map.insert(o.id.clone(), pending);
+                }
                 return Ok(Created {
                     created: o,
                     target_as_given: given.to_owned(),
@@ -441,19 +462,67 @@ impl Overrides {
         })
     }
 
-    /// Removes an override; `None` when there is no such id.
+    /// Finishes a creation once its record is durable (`recorded`) or could
+    /// not be written: on a fleet's store the override was prepared but
+    /// not committed, so no replica enforced it before its record; `Ok`
+    /// exactly when it is now stored and in force. Without `recorded` it is
+    /// taken back.
+    pub async fn finish_creation(&self, id: &str, recorded: bool) -> Result<(), OverrideError> {
+        match &self.db {
+            Store::Postgres(store) => {
+                let pending = store.pending.lock().ok().and_then(|mut m| m.remove(id));
+                match pending {
+                    Some(pending) => pending.finish(recorded).await,
+                    None => Err(OverrideError::Shared("no such prepared creation".into())),
+                }
+            }
+            Store::Sqlite(_) if recorded => Ok(()),
+            Store::Sqlite(_) => {
+                self.remove(id)?;
+                Err(OverrideError::Invalid("creation taken back".into()))
+            }
+        }
+    }
+
+    /// Removes an override; `None` when there is no such id. On a fleet's
+    /// store the delete is prepared but not committed: it stays in force
+    /// until [`Overrides::finish_removal`] says its record is durable.
     pub fn remove(&self, id: &str) -> Result<Option<Override>, OverrideError> {
         let found = self.active.load().iter().find(|o| o.id == id).cloned();
         if found.is_none() {
             return Ok(None);
         }
         if let Store::Postgres(store) = &self.db {
-            return Ok(found.filter(|_| store.remove(id).unwrap_or(false)));
+            let Some(pending) = store.prepare_removal(id)? else {
+                return Ok(None);
+            };
+            if let Ok(mut map) = store.pending.lock() {
+                map.insert(format!("removal:{id}"), pending);
+            }
+            return Ok(found);
         }
         let db = self.lock()?;
         db.execute("DELETE FROM overrides WHERE id = ?1", [id])?;
         self.active.store(Arc::new(read_all(&db)?));
         Ok(found)
+    }
+
+    /// Finishes a removal once its record is durable (`recorded`) or could
+    /// not be written: `Ok` exactly when the override is now out of force.
+    /// On a fleet's store, without `recorded` it stays in force; on SQLite
+    /// the removal already took.
+    pub async fn finish_removal(&self, id: &str, recorded: bool) -> Result<(), OverrideError> {
+        match &self.db {
+            Store::Postgres(store) => {
+                let key = format!("removal:{id}");
+                let pending = store.pending.lock().ok().and_then(|mut m| m.remove(&key));
+                match pending {
+                    Some(pending) => pending.finish(recorded).await,
+                    None => Err(OverrideError::Shared("no such prepared removal".into())),
+                }
+            }
+            Store::Sqlite(_) => Ok(()),
+        }
     }
 
     /// Takes out every override whose expiry passed by `now` and returns
@@ -471,11 +540,7 @@ impl Overrides {
         }
         if let Store::Postgres(store) = &self.db {
             // Only the lapses this replica took out are its to record.
-            let mine = store.lapse(lapsed.iter().map(|o| o.id.clone()).collect())?;
-            return Ok(lapsed
-                .into_iter()
-                .filter(|o| mine.contains(&o.id))
-                .collect());
+            return store.lapse(lapsed);
         }
         let db = self.lock()?;
         for o in &lapsed {
@@ -542,48 +607,6 @@ fn at(secs: i64) -> SystemTime {
 
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// The one form a serial is stored and compared in: lowercase hex, without
-/// colons or leading zeros (`0` for zero). The input must be hex digits,
-/// optionally in groups separated by single colons (`3A:F2:01`, `3af201`),
-/// at most 20 octets as X.509 allows.
-pub fn normalise_serial(serial: &str) -> Result<String, OverrideError> {
-    let invalid = || {
-        OverrideError::Invalid(format!(
-            "serial `{serial}` must be hex, colons allowed between digits (for example `3a:f2:01`)"
-        ))
-    };
-    if serial.is_empty()
-        || serial.starts_with(':')
-        || serial.ends_with(':')
-        || serial.contains("::")
-        || !serial.chars().all(|c| c.is_ascii_hexdigit() || c == ':')
-    {
-        return Err(invalid());
-    }
-    let hex: String = serial
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let trimmed = hex.trim_start_matches('0');
-    if trimmed.len() > 40 {
-        return Err(OverrideError::Invalid(format!(
-            "serial `{serial}` is longer than the 20 octets a certificate serial may have"
-        )));
-    }
-    Ok(if trimmed.is_empty() {
-        "0".into()
-    } else {
-        trimmed.to_owned()
-    })
-}
-
-/// A peer certificate's serial (lowercase hex from the certificate) in the
-/// form overrides store.
-pub fn peer_serial(serial: &str) -> String {
-    normalise_serial(serial).unwrap_or_else(|_| serial.to_ascii_lowercase())
 }
 
 #[cfg(test)]

@@ -40,8 +40,7 @@ fn replica(name: &str, pg: &Postgres) -> Harness {
 
 /// The store as the role that may prune.
 fn retention_url(pg: &Postgres) -> String {
-    pg.url()
-        .replace("user=clawgate ", "user=clawgate_retention ")
+    pg.url_as("clawgate_retention")
 }
 
 fn call(h: &Harness) {

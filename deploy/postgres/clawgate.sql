@@ -1,16 +1,20 @@
 SET client_min_messages = warning;
 
 -- clawgate on PostgreSQL: the decision log, its checkpoints and the
--- runtime overrides. Run once as a superuser (or the database owner):
+-- runtime overrides. Run once as a superuser: it creates roles and a
+-- SECURITY DEFINER function, which a database owner without CREATEROLE
+-- cannot do.
 --
 --   psql -v ON_ERROR_STOP=1 -d clawgate -f clawgate.sql
---   ALTER ROLE clawgate PASSWORD '...';   -- or use peer/cert authentication
+--   \password clawgate                  -- a SCRAM password, typed, not logged
 --
 -- The role `clawgate` that the replicas use may append records and
 -- checkpoints but never change or remove them: it has no UPDATE or DELETE
--- grant on those tables, and a trigger refuses both for everyone (a
--- superuser must disable the trigger to tamper, which `audit verify`
--- still catches). It may move a chain's head (the compare-and-set that
+-- grant on those tables, and a trigger refuses both for everyone. A
+-- superuser can still get past it, by disabling the trigger or, with no DDL
+-- at all, by `SET session_replication_role = replica` (which skips
+-- ordinary triggers for that session); `audit verify` catches what either
+-- changed, since the hash chain does not depend on the trigger. It may move a chain's head (the compare-and-set that
 -- keeps one writer per chain) and manage overrides. Archived records
 -- leave only through clawgate_prune, which the role clawgate_retention
 -- alone may call (see below).

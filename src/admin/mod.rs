@@ -231,6 +231,7 @@ impl Admin {
             (Method::POST, "/v1/overrides") => self.create_override(req, &who, peer).await,
             (Method::DELETE, p) if p.starts_with("/v1/overrides/") => {
                 self.remove_override(&p["/v1/overrides/".len()..], &who)
+                    .await
             }
             _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
         }
@@ -457,11 +458,7 @@ impl Admin {
         let now = SystemTime::now();
         let policy = self.pipeline.policy();
         let made = match self.pipeline.overrides().create(&new, who, now, &*policy) {
-            Ok(made) => {
-                // It may lapse before anything else that was due.
-                self.pipeline.lapses().changed();
-                made
-            }
+            Ok(made) => made,
             Err(OverrideError::Invalid(e)) => return error(StatusCode::BAD_REQUEST, &e),
             Err(e) => {
                 tracing::error!(error = %e, "override not stored");
@@ -482,16 +479,37 @@ impl Admin {
                 )
             });
         }
-        if let Err(e) = self.pipeline.audit().append_durable(record).await {
+        // The record first: on a fleet's store nothing enforces the
+        // override until its creation is committed, after this record.
+        let recorded = self.pipeline.audit().append_durable(record).await;
+        if let Err(e) = &recorded {
             // Every change is a record: one that cannot be recorded is
             // taken back.
-            tracing::error!(error = %e, "override creation not recorded; removing it");
-            let _ = self.pipeline.overrides().remove(&o.id);
+            tracing::error!(error = %e, "override creation not recorded; taking it back");
+        }
+        let finished = self
+            .pipeline
+            .overrides()
+            .finish_creation(&o.id, recorded.is_ok())
+            .await;
+        if recorded.is_err() {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the override could not be recorded, so it was not made",
             );
         }
+        if let Err(e) = finished {
+            tracing::error!(error = %e, "override recorded but not stored; recording that");
+            self.pipeline
+                .audit()
+                .append(o.record("not stored, so never in force", None));
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "override could not be stored",
+            );
+        }
+        // It may lapse before anything else that was due.
+        self.pipeline.lapses().changed();
         let mut body = o.to_json(now);
         body["target_as_given"] = made.target_as_given.clone().into();
         body["forced"] = made.forced.into();
@@ -500,28 +518,53 @@ impl Admin {
         json(StatusCode::CREATED, &body)
     }
 
-    fn remove_override(&self, id: &str, who: &str) -> Response<AdminBody> {
-        match self.pipeline.overrides().remove(id) {
-            Ok(Some(o)) => {
-                tracing::warn!(id = %o.id, "override removed");
-                self.pipeline.audit().append(o.record("removed", Some(who)));
-                json(
-                    StatusCode::OK,
-                    &serde_json::json!({
-                        "removed": o.id,
-                        "in_force": self.in_force(SystemTime::now()),
-                    }),
-                )
-            }
-            Ok(None) => error(StatusCode::NOT_FOUND, "no such override"),
+    async fn remove_override(&self, id: &str, who: &str) -> Response<AdminBody> {
+        let o = match self.pipeline.overrides().remove(id) {
+            Ok(Some(o)) => o,
+            Ok(None) => return error(StatusCode::NOT_FOUND, "no such override"),
             Err(e) => {
                 tracing::error!(error = %e, "override not removed");
-                error(
+                return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "override could not be removed",
-                )
+                );
             }
+        };
+        // The record first: on a fleet's store the override stays in force
+        // until its removal is committed, after this record.
+        let recorded = self
+            .pipeline
+            .audit()
+            .append_durable(o.record("removed", Some(who)))
+            .await;
+        if let Err(e) = &recorded {
+            tracing::error!(error = %e, "override removal not recorded");
         }
+        let finished = self
+            .pipeline
+            .overrides()
+            .finish_removal(&o.id, recorded.is_ok())
+            .await;
+        if let Err(e) = finished {
+            tracing::error!(error = %e, "override not removed; it stays in force");
+            if recorded.is_ok() {
+                self.pipeline
+                    .audit()
+                    .append(o.record("not removed, so still in force", None));
+            }
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "override could not be removed",
+            );
+        }
+        tracing::warn!(id = %o.id, "override removed");
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "removed": o.id,
+                "in_force": self.in_force(SystemTime::now()),
+            }),
+        )
     }
 }
 

@@ -14,6 +14,13 @@
 //!   [`BREAKER_OPEN`] and Redis is not asked at all; meanwhile the failure
 //!   mode decides: `local` (in-process limits at rate ÷ live replicas),
 //!   `open` (allow) or `closed` (refuse).
+//! - No failure hands the fleet a fresh budget. The `local` fallback starts
+//!   every limit empty (it refills at the replica's share of the rate, with
+//!   no burst), and starts afresh at each failure. Redis keeps an epoch
+//!   marker; when it is gone while this replica knew one (Redis restarted
+//!   and lost its data), the new epoch is marked as a loss and every limit
+//!   Redis no longer holds counts as spent at that moment. After any failed
+//!   round trip the epoch is checked before the next limit is.
 
 use std::num::NonZeroU32;
 use std::sync::Mutex;
@@ -22,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use super::resp::{Connection, RedisTarget, Reply, RespError};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::redis_conn::RedisTarget;
 use super::{Limited, Limits, Rate};
 
 /// Failures in a row that open the breaker.
@@ -31,8 +40,11 @@ pub const BREAKER_FAILURES: u32 = 3;
 pub const BREAKER_OPEN: Duration = Duration::from_secs(5);
 /// How long a replica counts as live after its last heartbeat.
 const LIVE_FOR_MS: u64 = 5_000;
-/// Idle connections kept for reuse.
-const POOL: usize = 16;
+/// How long one connection attempt to Redis may take (outside the call path:
+/// a call waits `timeout` at most, the attempt goes on for the next call).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a heartbeat may wait (it is not on the call path).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The GCRA script: both keys checked, both spent only if both pass.
 pub const GCRA: &str = r"
@@ -43,7 +55,14 @@ local worst, which = 0, 0
 for i = 1, #KEYS do
   local interval = tonumber(ARGV[2 * i - 1])
   local burst = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  local held = redis.call('GET', KEYS[i])
+  local tat = now
+  if held then tat = tonumber(held) else
+    -- Redis lost its data at ARGV[#ARGV]: what it no longer holds was
+    -- spent then, not full.
+    local lost = tonumber(ARGV[#ARGV])
+    if lost > 0 then tat = lost + interval * burst end
+  end
   if tat < now then tat = now end
   local new = tat + interval
   local allow_at = new - interval * burst
@@ -59,13 +78,25 @@ end
 return {1, 0, 0}
 ";
 
+/// The heartbeat: counts live replicas, and keeps the epoch marker
+/// (`KEYS[2]`: the Redis time it was set, in µs, and whether it was set
+/// after a loss). `ARGV[3]` is 1 when this replica knew an epoch, so a
+/// missing marker means Redis lost its data.
 const HEARTBEAT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return redis.call('ZCARD', KEYS[1])
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  local lost = 0
+  if ARGV[3] == '1' then lost = 1 end
+  -- Digits, not tostring(): Lua would print 1.7e+15.
+  epoch = t[1] .. string.format('%06d', tonumber(t[2])) .. ':' .. lost
+  redis.call('SET', KEYS[2], epoch)
+end
+return {redis.call('ZCARD', KEYS[1]), epoch}
 ";
 
 /// Only named in a refusal when no rate is at hand, which `check` rules out
@@ -113,16 +144,30 @@ impl FailureMode {
 }
 
 /// How the fleet's limits reach Redis.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
     /// Where Redis is.
     pub target: RedisTarget,
+    /// The client for it, with its TLS settings and password.
+    pub client: redis::Client,
     /// The longest one Redis round trip may take.
     pub timeout: Duration,
     /// What to do while Redis cannot answer.
     pub failure_mode: FailureMode,
     /// This replica's name (for the count of live replicas).
     pub replica: String,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client holds the password: only the target is shown.
+        f.debug_struct("RedisConfig")
+            .field("target", &self.target)
+            .field("timeout", &self.timeout)
+            .field("failure_mode", &self.failure_mode)
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the limits store reports to metrics and health.
@@ -146,10 +191,12 @@ pub struct RedisStats {
 #[derive(Debug)]
 pub struct RedisLimits {
     config: RedisConfig,
-    sha: Mutex<Option<String>>,
-    pool: Mutex<Vec<Connection>>,
+    gcra: redis::Script,
+    heartbeat: redis::Script,
+    conn: Mutex<Option<ConnectionManager>>,
     refused: DashMap<String, (Instant, Limited)>,
-    local: Limits,
+    local: Mutex<std::sync::Arc<Limits>>,
+    local_rules: Limits,
     failures_in_row: AtomicU32,
     open_until: Mutex<Option<Instant>>,
     up: AtomicBool,
@@ -157,27 +204,44 @@ pub struct RedisLimits {
     fallbacks: AtomicU64,
     cached: AtomicU64,
     replicas: AtomicU32,
+    /// The epoch marker last seen (`µs:lost`), if any.
+    epoch: Mutex<Option<String>>,
+    /// When Redis last lost its data (Redis time, µs), 0 if never seen.
+    lost_at: AtomicU64,
+    /// Set by a failed round trip: check the epoch before the next limit.
+    recheck: AtomicBool,
+    /// The reasons of failure logged since Redis last answered: each new
+    /// one is logged once.
+    reasons: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 enum StoreError {
-    #[error(transparent)]
-    Resp(#[from] RespError),
+    #[error("redis: {0}")]
+    Redis(String),
     #[error("redis timed out")]
     Timeout,
-    #[error("redis said: {0}")]
-    Redis(String),
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        // The crate's message: the kind, the server's words or the TLS
+        // error; never a command's arguments (AUTH's included).
+        StoreError::Redis(e.to_string())
+    }
 }
 
 impl RedisLimits {
     /// A store over `config`; nothing is contacted until the first call.
     pub fn new(config: RedisConfig) -> RedisLimits {
         RedisLimits {
-            sha: Mutex::new(None),
             config,
-            pool: Mutex::new(Vec::new()),
+            gcra: redis::Script::new(GCRA),
+            heartbeat: redis::Script::new(HEARTBEAT),
+            conn: Mutex::new(None),
             refused: DashMap::new(),
-            local: Limits::default(),
+            local: Mutex::new(std::sync::Arc::new(Limits::starting_empty())),
+            local_rules: Limits::default(),
             failures_in_row: AtomicU32::new(0),
             open_until: Mutex::new(None),
             up: AtomicBool::new(true),
@@ -185,6 +249,10 @@ impl RedisLimits {
             fallbacks: AtomicU64::new(0),
             cached: AtomicU64::new(0),
             replicas: AtomicU32::new(1),
+            epoch: Mutex::new(None),
+            lost_at: AtomicU64::new(0),
+            recheck: AtomicBool::new(false),
+            reasons: Mutex::default(),
         }
     }
 
@@ -208,30 +276,42 @@ impl RedisLimits {
             .is_some_and(|until| Instant::now() < until)
     }
 
-    /// Runs one command on a pooled connection, within the timeout.
-    async fn round_trip(&self, args: &[&[u8]]) -> Result<Reply, StoreError> {
-        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
-        let attempt = async {
-            let mut conn = match pooled {
-                Some(c) => c,
-                None => Connection::open(&self.config.target).await?,
-            };
-            let reply = conn.command(args).await?;
-            Ok::<_, StoreError>((conn, reply))
-        };
-        let (conn, reply) = tokio::time::timeout(self.config.timeout, attempt)
+    /// The multiplexed connection (it reconnects by itself).
+    fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let mut slot = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError::Redis("connection lock poisoned".into()))?;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let settings = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(None)
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_lazy_with_config(self.config.client.clone(), settings)?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Runs `script` within `timeout`.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+        timeout: Duration,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        let reply = tokio::time::timeout(timeout, invocation.invoke_async(&mut conn))
             .await
             .map_err(|_| StoreError::Timeout)??;
-        if let Ok(mut pool) = self.pool.lock()
-            && pool.len() < POOL
-        {
-            pool.push(conn);
-        }
         Ok(reply)
     }
 
     fn succeeded(&self) {
         self.failures_in_row.store(0, Ordering::Relaxed);
+        if let Ok(mut seen) = self.reasons.lock() {
+            seen.clear();
+        }
         if !self.up.swap(true, Ordering::Relaxed) {
             tracing::info!("rate limit store is back");
         }
@@ -242,8 +322,25 @@ impl RedisLimits {
 
     fn failed(&self, e: &StoreError) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        if self.up.swap(false, Ordering::Relaxed) {
+        self.recheck.store(true, Ordering::Relaxed);
+        let said = e.to_string();
+        let new_reason = self
+            .reasons
+            .lock()
+            .is_ok_and(|mut seen| seen.len() < 16 && seen.insert(said));
+        let was_up = self.up.swap(false, Ordering::Relaxed);
+        if new_reason && !was_up {
+            // Why it still fails, once per new reason (a timeout, then the
+            // server's refusal of the password, say).
+            tracing::error!(error = %e, "rate limit store still failing");
+        }
+        if was_up {
             tracing::error!(error = %e, mode = self.config.failure_mode.as_str(), "rate limit store failed; failure mode in force");
+            // Each failure starts the local fallback afresh and empty: what
+            // the fleet spent on Redis is not handed back as a new burst.
+            if let Ok(mut local) = self.local.lock() {
+                *local = std::sync::Arc::new(Limits::starting_empty());
+            }
         }
         let n = self.failures_in_row.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= BREAKER_FAILURES
@@ -251,58 +348,6 @@ impl RedisLimits {
         {
             *open = Some(Instant::now() + BREAKER_OPEN);
             self.failures_in_row.store(0, Ordering::Relaxed);
-        }
-    }
-
-    async fn load_script(&self) -> Result<String, StoreError> {
-        match self
-            .round_trip(&[b"SCRIPT", b"LOAD", GCRA.as_bytes()])
-            .await?
-        {
-            Reply::Bulk(Some(sha)) => {
-                let sha = String::from_utf8_lossy(&sha).into_owned();
-                if let Ok(mut slot) = self.sha.lock() {
-                    *slot = Some(sha.clone());
-                }
-                Ok(sha)
-            }
-            Reply::Error(e) => Err(StoreError::Redis(e)),
-            _ => Err(StoreError::Redis("unexpected reply to SCRIPT LOAD".into())),
-        }
-    }
-
-    async fn eval(&self, keys: &[String], argv: &[String]) -> Result<Reply, StoreError> {
-        let known = self.sha.lock().ok().and_then(|s| s.clone());
-        let sha = match known {
-            Some(sha) => sha,
-            None => self.load_script().await?,
-        };
-        let numkeys = keys.len().to_string();
-        let run = |sha: &str| {
-            let mut args: Vec<Vec<u8>> = vec![
-                b"EVALSHA".to_vec(),
-                sha.as_bytes().to_vec(),
-                numkeys.as_bytes().to_vec(),
-            ];
-            args.extend(keys.iter().map(|k| k.as_bytes().to_vec()));
-            args.extend(argv.iter().map(|a| a.as_bytes().to_vec()));
-            args
-        };
-        let args = run(&sha);
-        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-        match self.round_trip(&refs).await? {
-            Reply::Error(e) if e.starts_with("NOSCRIPT") => {
-                // Redis restarted and forgot the script: load it again.
-                let sha = self.load_script().await?;
-                let args = run(&sha);
-                let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-                match self.round_trip(&refs).await? {
-                    Reply::Error(e) => Err(StoreError::Redis(e)),
-                    reply => Ok(reply),
-                }
-            }
-            Reply::Error(e) => Err(StoreError::Redis(e)),
-            reply => Ok(reply),
         }
     }
 
@@ -335,6 +380,14 @@ impl RedisLimits {
         if self.breaker_open() {
             return self.fallback(agent, agent_rate, scope, scope_rate);
         }
+        if self.recheck.load(Ordering::Relaxed) {
+            // Redis failed since the epoch was last read: it may have
+            // restarted empty. Learn that before trusting what it holds.
+            if let Err(e) = self.beat(self.config.timeout).await {
+                self.failed(&e);
+                return self.fallback(agent, agent_rate, scope, scope_rate);
+            }
+        }
         let mut keys = Vec::new();
         let mut argv = Vec::new();
         let mut which = Vec::new();
@@ -356,12 +409,15 @@ impl RedisLimits {
                 which.push((name, rate));
             }
         }
-        match self.eval(&keys, &argv).await {
-            Ok(Reply::Array(Some(items))) => {
+        match self
+            .run::<Vec<i64>>(self.gcra_call(&keys, &mut argv), self.config.timeout)
+            .await
+        {
+            Ok(items) => {
                 self.succeeded();
                 match items.as_slice() {
-                    [Reply::Int(1), ..] => Ok(()),
-                    [Reply::Int(0), Reply::Int(i), Reply::Int(wait_us)] => {
+                    [1, ..] => Ok(()),
+                    [0, i, wait_us] => {
                         let (which, rate) = usize::try_from(*i - 1)
                             .ok()
                             .and_then(|i| which.get(i).copied())
@@ -392,15 +448,25 @@ impl RedisLimits {
                     }
                 }
             }
-            Ok(_) => {
-                self.failed(&StoreError::Redis("unexpected script reply".into()));
-                self.fallback(agent, agent_rate, scope, scope_rate)
-            }
             Err(e) => {
                 self.failed(&e);
                 self.fallback(agent, agent_rate, scope, scope_rate)
             }
         }
+    }
+
+    /// The GCRA script over `keys` and `argv`, with when Redis last lost its
+    /// data as its last argument.
+    fn gcra_call(&self, keys: &[String], argv: &mut Vec<String>) -> redis::ScriptInvocation<'_> {
+        argv.push(self.lost_at.load(Ordering::Relaxed).to_string());
+        let mut invocation = self.gcra.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in argv.iter() {
+            invocation.arg(arg);
+        }
+        invocation
     }
 
     fn fallback(
@@ -422,7 +488,7 @@ impl RedisLimits {
             FailureMode::Local => {
                 let n = self.replicas.load(Ordering::Relaxed).max(1);
                 let share = |r: Option<Rate>| r.map(|r| share(r, n));
-                self.local
+                self.local()
                     .check(agent, share(agent_rate), scope, share(scope_rate))
             }
         }
@@ -436,30 +502,54 @@ impl RedisLimits {
         rule: &str,
         rate: Rate,
     ) -> Result<(), Limited> {
-        self.local.check_rule(agent, scope, rule, rate)
+        self.local_rules.check_rule(agent, scope, rule, rate)
+    }
+
+    fn local(&self) -> std::sync::Arc<Limits> {
+        match self.local.lock() {
+            Ok(local) => std::sync::Arc::clone(&local),
+            Err(poisoned) => std::sync::Arc::clone(&poisoned.into_inner()),
+        }
     }
 
     /// Says this replica is live and learns how many are; every second.
     pub async fn heartbeat(&self) {
-        let live = LIVE_FOR_MS.to_string();
-        let args: [&[u8]; 6] = [
-            b"EVAL",
-            HEARTBEAT.as_bytes(),
-            b"1",
-            b"clawgate:{replicas}",
-            self.config.replica.as_bytes(),
-            live.as_bytes(),
-        ];
-        match self.round_trip(&args).await {
-            Ok(Reply::Int(n)) => {
-                self.replicas
-                    .store(u32::try_from(n).unwrap_or(1).max(1), Ordering::Relaxed);
-                self.succeeded();
-            }
-            Ok(Reply::Error(e)) => self.failed(&StoreError::Redis(e)),
-            Ok(_) => {}
+        // Off the call path: long enough for a connection to be made (or
+        // refused, with the reason logged) on a slow network.
+        match self.beat(self.config.timeout.max(HEARTBEAT_TIMEOUT)).await {
+            Ok(()) => self.succeeded(),
             Err(e) => self.failed(&e),
         }
+    }
+
+    /// One heartbeat: the count of live replicas and the epoch marker.
+    async fn beat(&self, timeout: Duration) -> Result<(), StoreError> {
+        let known = self.epoch.lock().ok().and_then(|e| e.clone());
+        let mut invocation = self.heartbeat.prepare_invoke();
+        invocation
+            .key("clawgate:{replicas}")
+            .key("clawgate:{replicas}:epoch")
+            .arg(&self.config.replica)
+            .arg(LIVE_FOR_MS)
+            .arg(if known.is_some() { "1" } else { "0" });
+        let (n, epoch): (i64, String) = self.run(invocation, timeout).await?;
+        self.replicas
+            .store(u32::try_from(n).unwrap_or(1).max(1), Ordering::Relaxed);
+        if known.as_deref() != Some(epoch.as_str()) {
+            if let Some((at, "1")) = epoch.split_once(':') {
+                let at = at.parse().unwrap_or(0);
+                if self.lost_at.swap(at, Ordering::Relaxed) != at {
+                    tracing::warn!(
+                        "the rate limit store lost its data; every limit it no longer holds counts as spent"
+                    );
+                }
+            }
+            if let Ok(mut slot) = self.epoch.lock() {
+                *slot = Some(epoch);
+            }
+        }
+        self.recheck.store(false, Ordering::Relaxed);
+        Ok(())
     }
 }
 

@@ -10,18 +10,29 @@
 //! Invariants:
 //! - A lapse is taken out by a `DELETE … RETURNING`: only the replica whose
 //!   delete removed the row records it, so it is recorded once in the fleet.
+//!   A delete that commits after its caller stopped waiting is still owed to
+//!   the log: the next sweep returns it.
+//! - A creation is two-phase: the row is written in a transaction that is
+//!   committed only once the caller says its creation record is durable, so
+//!   no replica enforces an override before that record exists. A prepare
+//!   that misses its deadline is rolled back (the session is dropped before
+//!   `COMMIT` was ever sent); once `COMMIT` is sent, the caller waits for its
+//!   real outcome, and a lost answer is settled by reading the row back.
+//! - A removal is two-phase too: the row is deleted in a transaction
+//!   committed only once the caller's removal record is durable, so no
+//!   override is out of force without its record.
 //! - All database work runs on one thread with its own runtime; callers
 //!   (the admin API, the sweep) wait for its answer, as they wait for
 //!   SQLite's.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use futures_util::StreamExt;
-use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Client;
 
 use super::{Override, OverrideError, OverrideKind, at, secs, to_i64};
 use crate::audit::postgres::PgTarget;
@@ -32,14 +43,47 @@ const POLL: Duration = Duration::from_secs(1);
 const LIVE_SECS: f64 = 5.0;
 /// How long a caller waits for the store.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// How long the worker waits for a prepared creation's go-ahead (the
+/// caller's durable creation record) before rolling it back.
+const GO_WITHIN: Duration = Duration::from_secs(30);
 const CHANNEL: &str = "clawgate_overrides";
 
 type Answer<T> = std::sync::mpsc::SyncSender<Result<T, OverrideError>>;
 
 enum Request {
-    Create(Box<Override>, Answer<()>),
-    Remove(String, Answer<bool>),
-    Lapse(Vec<String>, Answer<Vec<String>>),
+    Create(Box<Override>, Answer<()>, Commit),
+    Remove(String, Answer<bool>, Commit),
+    Lapse(Vec<Override>, Answer<()>),
+}
+
+/// The second phase of a creation: the caller's go-ahead (dropped or
+/// `false`: roll back) and the real outcome of the commit.
+struct Commit {
+    go: oneshot::Receiver<bool>,
+    done: oneshot::Sender<Result<(), OverrideError>>,
+}
+
+/// A creation prepared in an open transaction, waiting for its go-ahead.
+#[derive(Debug)]
+pub(super) struct Pending {
+    go: oneshot::Sender<bool>,
+    done: oneshot::Receiver<Result<(), OverrideError>>,
+}
+
+impl Pending {
+    /// Commits (`go`) or rolls back the creation and returns the real
+    /// outcome: `Ok` exactly when the override is stored and in force.
+    pub(super) async fn finish(self, go: bool) -> Result<(), OverrideError> {
+        let _ = self.go.send(go);
+        if !go {
+            return Err(OverrideError::Shared("change taken back".into()));
+        }
+        self.done.await.unwrap_or_else(|_| {
+            Err(OverrideError::Shared(
+                "the override store has stopped".into(),
+            ))
+        })
+    }
 }
 
 /// The fleet's view: versions and live replicas.
@@ -56,6 +100,11 @@ pub(super) struct FleetView {
 pub(super) struct PgOverrides {
     tx: mpsc::UnboundedSender<Request>,
     pub(super) view: Arc<ArcSwap<FleetView>>,
+    /// Lapses this replica's deletes took out that are not recorded yet.
+    owed: Arc<Mutex<Vec<Override>>>,
+    /// Creations (by id) and removals (by `removal:` id) prepared and
+    /// waiting for their record.
+    pub(super) pending: Mutex<HashMap<String, Pending>>,
 }
 
 impl std::fmt::Debug for Request {
@@ -65,10 +114,7 @@ impl std::fmt::Debug for Request {
 }
 
 fn db(e: tokio_postgres::Error) -> OverrideError {
-    OverrideError::Shared(
-        e.as_db_error()
-            .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
-    )
+    OverrideError::Shared(crate::audit::postgres::describe(&e))
 }
 
 impl PgOverrides {
@@ -78,15 +124,19 @@ impl PgOverrides {
         target: PgTarget,
         replica: String,
         active: Arc<ArcSwap<Vec<Override>>>,
+        moved: Arc<AtomicBool>,
     ) -> Result<PgOverrides, OverrideError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let view = Arc::new(ArcSwap::from_pointee(FleetView::default()));
+        let owed = Arc::default();
         let (ready, started) = std::sync::mpsc::sync_channel(1);
         let worker = Worker {
             target,
             replica,
             active,
             view: Arc::clone(&view),
+            moved,
+            owed: Arc::clone(&owed),
             session: None,
             version: -1,
         };
@@ -97,7 +147,12 @@ impl PgOverrides {
         started
             .recv_timeout(ANSWER_WITHIN)
             .map_err(|_| OverrideError::Shared("the override store did not answer".into()))??;
-        Ok(PgOverrides { tx, view })
+        Ok(PgOverrides {
+            tx,
+            view,
+            owed,
+            pending: Mutex::default(),
+        })
     }
 
     fn ask<T>(&self, make: impl FnOnce(Answer<T>) -> Request) -> Result<T, OverrideError> {
@@ -109,18 +164,45 @@ impl PgOverrides {
             .map_err(|_| OverrideError::Shared("the override store did not answer".into()))?
     }
 
-    pub(super) fn create(&self, o: &Override) -> Result<(), OverrideError> {
-        self.ask(|a| Request::Create(Box::new(o.clone()), a))
+    /// Writes `o` in a transaction left open: nothing is in force until
+    /// [`Pending::finish`] says go. An error here means nothing was stored.
+    pub(super) fn prepare(&self, o: &Override) -> Result<Pending, OverrideError> {
+        let (go_tx, go) = oneshot::channel();
+        let (done, done_rx) = oneshot::channel();
+        self.ask(|a| Request::Create(Box::new(o.clone()), a, Commit { go, done }))?;
+        Ok(Pending {
+            go: go_tx,
+            done: done_rx,
+        })
     }
 
-    pub(super) fn remove(&self, id: &str) -> Result<bool, OverrideError> {
-        self.ask(|a| Request::Remove(id.to_owned(), a))
+    /// Deletes `id` in a transaction left open: it stays in force until
+    /// [`Pending::finish`] says go. `None` when there is no such row (and
+    /// nothing was changed); an error means nothing was removed.
+    pub(super) fn prepare_removal(&self, id: &str) -> Result<Option<Pending>, OverrideError> {
+        let (go_tx, go) = oneshot::channel();
+        let (done, done_rx) = oneshot::channel();
+        let found = self.ask(|a| Request::Remove(id.to_owned(), a, Commit { go, done }))?;
+        Ok(found.then_some(Pending {
+            go: go_tx,
+            done: done_rx,
+        }))
     }
 
-    /// Deletes the lapsed overrides and returns the ids this replica took
-    /// out (another replica may have been first).
-    pub(super) fn lapse(&self, ids: Vec<String>) -> Result<Vec<String>, OverrideError> {
-        self.ask(|a| Request::Lapse(ids, a))
+    /// Deletes the lapsed overrides and returns those this replica took out
+    /// (another replica may have been first), with any that an earlier
+    /// sweep's delete took out after that sweep stopped waiting.
+    pub(super) fn lapse(&self, lapsed: Vec<Override>) -> Result<Vec<Override>, OverrideError> {
+        let asked = self.ask(|a| Request::Lapse(lapsed, a));
+        let owed = self
+            .owed
+            .lock()
+            .map(|mut owed| std::mem::take(&mut *owed))
+            .unwrap_or_default();
+        match asked {
+            Err(e) if owed.is_empty() => Err(e),
+            _ => Ok(owed),
+        }
     }
 }
 
@@ -129,6 +211,8 @@ struct Worker {
     replica: String,
     active: Arc<ArcSwap<Vec<Override>>>,
     view: Arc<ArcSwap<FleetView>>,
+    moved: Arc<AtomicBool>,
+    owed: Arc<Mutex<Vec<Override>>>,
     session: Option<(Client, mpsc::UnboundedReceiver<()>)>,
     version: i64,
 }
@@ -184,20 +268,12 @@ impl Worker {
     /// A session listening on the channel, connected if need be.
     async fn client(&mut self) -> Result<&Client, OverrideError> {
         if self.session.is_none() {
-            let (client, mut connection) = self.target.config().connect(NoTls).await.map_err(db)?;
             let (notes, heard) = mpsc::unbounded_channel();
-            tokio::spawn(async move {
-                let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
-                while let Some(message) = messages.next().await {
-                    match message {
-                        Ok(AsyncMessage::Notification(_)) => {
-                            let _ = notes.send(());
-                        }
-                        Ok(_) => {}
-                        Err(_) => break,
-                    }
-                }
-            });
+            let client = self
+                .target
+                .open(Some(notes))
+                .await
+                .map_err(|e| OverrideError::Shared(e.to_string()))?;
             client
                 .batch_execute(&format!("SET synchronous_commit TO on; LISTEN {CHANNEL}"))
                 .await
@@ -262,6 +338,7 @@ impl Worker {
                 });
             }
             self.active.store(Arc::new(list));
+            self.moved.store(true, Ordering::Release);
             created_at = Some(versions);
         }
         let client = self.client().await?;
@@ -294,18 +371,15 @@ impl Worker {
     /// force on this replica when its caller hears back.
     async fn handle(&mut self, request: Request) {
         match request {
-            Request::Create(o, answer) => {
-                let result = self.create(&o).await;
-                self.reread().await;
-                let _ = answer.send(result);
-            }
-            Request::Remove(id, answer) => {
-                let result = self.delete(vec![id]).await.map(|gone| !gone.is_empty());
-                self.reread().await;
-                let _ = answer.send(result);
-            }
-            Request::Lapse(ids, answer) => {
-                let result = self.delete(ids).await;
+            Request::Create(o, answer, commit) => self.create(&o, answer, commit).await,
+            Request::Remove(id, answer, commit) => self.remove(&id, answer, commit).await,
+            Request::Lapse(lapsed, answer) => {
+                let ids = lapsed.iter().map(|o| o.id.clone()).collect();
+                let result = self.delete(ids).await.map(|gone| {
+                    if let Ok(mut owed) = self.owed.lock() {
+                        owed.extend(lapsed.into_iter().filter(|o| gone.contains(&o.id)));
+                    }
+                });
                 self.reread().await;
                 let _ = answer.send(result);
             }
@@ -318,38 +392,163 @@ impl Worker {
         }
     }
 
-    async fn create(&mut self, o: &Override) -> Result<(), OverrideError> {
-        let result = async {
-            let client = self.client().await?;
-            let sql = "
-                WITH v AS (UPDATE overrides_version SET version = version + 1 WHERE id = 1
-                           RETURNING version),
-                     n AS (SELECT pg_notify($8, (SELECT version FROM v)::text))
-                INSERT INTO overrides (id, kind, target, reason, created_by, created, expires, version)
-                SELECT $1, $2, $3, $4, $5, $6, $7, v.version FROM v, n";
-            client
-                .execute(
-                    sql,
-                    &[
-                        &o.id,
-                        &o.kind.as_str(),
-                        &o.target,
-                        &o.reason,
-                        &o.created_by,
-                        &to_i64(secs(o.created)),
-                        &to_i64(secs(o.expires)),
-                        &CHANNEL,
-                    ],
-                )
-                .await
-                .map_err(db)?;
-            Ok(())
+    /// Prepares `o` (answering `answer`), waits for the go-ahead, commits
+    /// and sends the real outcome to `commit.done`.
+    async fn create(&mut self, o: &Override, answer: Answer<()>, commit: Commit) {
+        let prepared = tokio::time::timeout(ANSWER_WITHIN, self.prepare(o)).await;
+        if self.prepared(prepared, answer).await.is_some() {
+            self.finish(&o.id, true, commit).await;
         }
-        .await;
-        if result.is_err() {
+    }
+
+    /// Deletes `id` in an open transaction (answering `answer`: whether
+    /// there was such a row), waits for the go-ahead, commits and sends the
+    /// real outcome to `commit.done`.
+    async fn remove(&mut self, id: &str, answer: Answer<bool>, commit: Commit) {
+        let prepared = tokio::time::timeout(ANSWER_WITHIN, self.prepare_delete(id)).await;
+        match self.prepared(prepared, answer).await {
+            Some(true) => self.finish(id, false, commit).await,
+            Some(false) => {
+                // Nothing was deleted: end the transaction here.
+                let ended = match self.client().await {
+                    Ok(client) => client.batch_execute("ROLLBACK").await.map_err(db),
+                    Err(e) => Err(e),
+                };
+                if ended.is_err() {
+                    self.session = None;
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Answers the first phase; on an error or a missed deadline drops the
+    /// session before any `COMMIT`, so the server rolls the transaction
+    /// back whenever it gets there. `Some` when prepared.
+    async fn prepared<T: Copy>(
+        &mut self,
+        prepared: Result<Result<T, OverrideError>, tokio::time::error::Elapsed>,
+        answer: Answer<T>,
+    ) -> Option<T> {
+        let prepared = prepared.unwrap_or_else(|_| {
+            Err(OverrideError::Shared(
+                "the override store did not answer".into(),
+            ))
+        });
+        match prepared {
+            Ok(value) => {
+                let _ = answer.send(Ok(value));
+                Some(value)
+            }
+            Err(e) => {
+                self.session = None;
+                let _ = answer.send(Err(e));
+                None
+            }
+        }
+    }
+
+    /// Waits for the go-ahead, commits (or rolls back) and sends the real
+    /// outcome to `commit.done`; `row` is whether the commit leaves the row.
+    async fn finish(&mut self, id: &str, row: bool, commit: Commit) {
+        let go = matches!(
+            tokio::time::timeout(GO_WITHIN, commit.go).await,
+            Ok(Ok(true))
+        );
+        let result = if go {
+            self.commit(id, row).await
+        } else {
             self.session = None;
+            Err(OverrideError::Shared("change taken back".into()))
+        };
+        self.reread().await;
+        let _ = commit.done.send(result);
+    }
+
+    async fn prepare(&mut self, o: &Override) -> Result<(), OverrideError> {
+        let client = self.client().await?;
+        client.batch_execute("BEGIN").await.map_err(db)?;
+        let sql = "
+            WITH v AS (UPDATE overrides_version SET version = version + 1 WHERE id = 1
+                       RETURNING version),
+                 n AS (SELECT pg_notify($8, (SELECT version FROM v)::text))
+            INSERT INTO overrides (id, kind, target, reason, created_by, created, expires, version)
+            SELECT $1, $2, $3, $4, $5, $6, $7, v.version FROM v, n";
+        client
+            .execute(
+                sql,
+                &[
+                    &o.id,
+                    &o.kind.as_str(),
+                    &o.target,
+                    &o.reason,
+                    &o.created_by,
+                    &to_i64(secs(o.created)),
+                    &to_i64(secs(o.expires)),
+                    &CHANNEL,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Sends `COMMIT` and waits for its real outcome, however long the
+    /// server takes; when the session dies before answering, reads the row
+    /// back (reconnecting every second) to learn what happened: the commit
+    /// took when the row's presence is `row`.
+    async fn commit(&mut self, id: &str, row: bool) -> Result<(), OverrideError> {
+        let sent = match self.client().await {
+            Ok(client) => client.batch_execute("COMMIT").await,
+            Err(e) => return Err(e),
+        };
+        let lost = match sent {
+            Ok(()) => return Ok(()),
+            // The server refused it: nothing was committed.
+            Err(e) if e.as_db_error().is_some() => {
+                self.session = None;
+                return Err(db(e));
+            }
+            Err(e) => e,
+        };
+        self.session = None;
+        tracing::warn!(error = %crate::audit::postgres::describe(&lost), "override commit unacknowledged; reading it back");
+        loop {
+            let found = async {
+                let client = self.client().await?;
+                let row = client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM overrides WHERE id = $1)",
+                        &[&id],
+                    )
+                    .await
+                    .map_err(db)?;
+                Ok::<bool, OverrideError>(row.get(0))
+            }
+            .await;
+            match found {
+                Ok(found) if found == row => return Ok(()),
+                Ok(_) => return Err(OverrideError::Shared("the commit did not take".into())),
+                Err(_) => {
+                    self.session = None;
+                    tokio::time::sleep(POLL).await;
+                }
+            }
         }
-        result
+    }
+
+    /// Deletes `id` in a transaction left open; whether there was one.
+    async fn prepare_delete(&mut self, id: &str) -> Result<bool, OverrideError> {
+        let client = self.client().await?;
+        client.batch_execute("BEGIN").await.map_err(db)?;
+        let sql = "
+            WITH gone AS (DELETE FROM overrides WHERE id = $1 RETURNING id),
+                 v AS (UPDATE overrides_version SET version = version + 1
+                       WHERE id = 1 AND EXISTS (SELECT 1 FROM gone) RETURNING version),
+                 n AS (SELECT pg_notify($2, version::text) FROM v)
+            SELECT gone.id FROM gone LEFT JOIN n ON true";
+        let rows = client.query(sql, &[&id, &CHANNEL]).await.map_err(db)?;
+        Ok(!rows.is_empty())
     }
 
     /// Deletes `ids`; returns those this call removed.

@@ -21,12 +21,13 @@
 pub mod archive;
 mod read;
 mod restore;
+mod target;
+mod unsettled;
 mod verify;
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use super::chain::{Head, seal};
 use super::writer::{BatchStore, Waiter, start_with};
@@ -35,57 +36,12 @@ use super::{AuditError, AuditLog, WriterHandle};
 pub use archive::{FleetArchiveError, FleetExported, FleetPruned, OPS_CHAIN};
 pub use read::{close_chain, migrate, query};
 pub use restore::restore;
+pub use target::{PASSWORD_ENV, PgTarget, describe};
 pub use verify::{Checkpoint, FleetReport, FleetVerifyError, checkpoint, head, verify};
 
-/// How long a connection attempt may take before the batch fails.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one batch may take before it is failed (and the connection
 /// dropped): the calls in it wait this long at most.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where the fleet's store is: a `postgres://` URL or a libpq
-/// `key=value` string.
-#[derive(Clone)]
-pub struct PgTarget {
-    config: std::sync::Arc<tokio_postgres::Config>,
-}
-
-impl std::fmt::Debug for PgTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The host and database only: never the password.
-        let hosts: Vec<String> = self
-            .config
-            .get_hosts()
-            .iter()
-            .map(|h| match h {
-                tokio_postgres::config::Host::Tcp(name) => name.clone(),
-                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-            })
-            .collect();
-        f.debug_struct("PgTarget")
-            .field("hosts", &hosts)
-            .field("dbname", &self.config.get_dbname())
-            .finish_non_exhaustive()
-    }
-}
-
-impl FromStr for PgTarget {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        // The parser's message can quote the input, password included.
-        let mut config = tokio_postgres::Config::from_str(text).map_err(|_| {
-            "the store must be a postgres:// URL or a `host=... dbname=...` string".to_owned()
-        })?;
-        config.connect_timeout(CONNECT_TIMEOUT);
-        if config.get_application_name().is_none() {
-            config.application_name("clawgate");
-        }
-        Ok(PgTarget {
-            config: std::sync::Arc::new(config),
-        })
-    }
-}
 
 /// Why PostgreSQL could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -110,39 +66,13 @@ impl From<tokio_postgres::Error> for PgError {
     fn from(e: tokio_postgres::Error) -> Self {
         // `as_db_error` carries the server's message; the plain form says
         // "db error" only.
-        match e.as_db_error() {
-            Some(db) => PgError::Db(db.message().to_owned()),
-            None => PgError::Db(e.to_string()),
-        }
+        PgError::Db(target::describe(&e))
     }
 }
 
 impl From<PgError> for AuditError {
     fn from(e: PgError) -> Self {
         AuditError::Write(e.to_string())
-    }
-}
-
-impl PgTarget {
-    /// The connection settings (they may hold a password: never print them).
-    pub(crate) fn config(&self) -> &tokio_postgres::Config {
-        &self.config
-    }
-
-    /// Connects, drives the connection on the current runtime and sets the
-    /// session up (`synchronous_commit = on`).
-    pub async fn connect(&self) -> Result<Client, PgError> {
-        let (client, connection) =
-            tokio::time::timeout(CONNECT_TIMEOUT, self.config.connect(NoTls))
-                .await
-                .map_err(|_| PgError::Db("connection timed out".into()))??;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "postgresql connection ended");
-            }
-        });
-        client.batch_execute("SET synchronous_commit TO on").await?;
-        Ok(client)
     }
 }
 
@@ -198,6 +128,9 @@ struct ChainWriter {
     chain: String,
     session: Option<Session>,
     head: Head,
+    /// A batch sent without an answer, until the head says whether it
+    /// committed.
+    unsettled: Option<unsettled::Unsettled>,
 }
 
 impl ChainWriter {
@@ -248,6 +181,9 @@ impl ChainWriter {
             }
             self.head = head;
             self.session = Some(session);
+            if let Some(unsettled) = self.unsettled.take() {
+                self.settle(unsettled)?;
+            }
         }
         let Some(session) = &self.session else {
             return Err(PgError::Db("no session".into()));
@@ -296,11 +232,78 @@ impl ChainWriter {
             }
             Ok(Err(e)) => {
                 self.session = None;
+                if e.as_db_error().is_none() {
+                    // The connection failed: the batch may have committed.
+                    self.unsettled =
+                        unsettled::Unsettled::of(&head, batch.iter().map(|(r, _)| &**r));
+                }
                 Err(e.into())
             }
             Err(_) => {
                 self.session = None;
+                self.unsettled = unsettled::Unsettled::of(&head, batch.iter().map(|(r, _)| &**r));
                 Err(PgError::Db("the batch timed out".into()))
+            }
+        }
+    }
+
+    /// Writes the outcome records owed by a batch that committed without
+    /// its answer reaching this writer (see [`unsettled`]).
+    fn settle(&mut self, unsettled: unsettled::Unsettled) -> Result<(), PgError> {
+        let again = unsettled::Unsettled {
+            committed: unsettled.committed.clone(),
+            decisions: unsettled.decisions.clone(),
+        };
+        let mut owed = unsettled.owed(&self.head);
+        if owed.is_empty() {
+            return Ok(());
+        }
+        let Some(session) = &self.session else {
+            return Err(PgError::Db("no session".into()));
+        };
+        let before = self.head.clone();
+        let mut head = before.clone();
+        for record in &mut owed {
+            seal(&mut head, record);
+        }
+        let json = serde_json::to_string(&owed)
+            .map_err(|e| PgError::Invalid(format!("records not encodable: {e}")))?;
+        let chain = self.chain.as_str();
+        let written = self.runtime.block_on(async {
+            tokio::time::timeout(
+                BATCH_TIMEOUT,
+                session.client.execute(
+                    &session.insert,
+                    &[
+                        &chain,
+                        &before.seq,
+                        &before.hash,
+                        &head.seq,
+                        &head.hash,
+                        &json,
+                    ],
+                ),
+            )
+            .await
+        });
+        match written {
+            Ok(Ok(n)) if usize::try_from(n).ok() == Some(owed.len()) => {
+                tracing::warn!(
+                    chain = %self.chain,
+                    calls = owed.len(),
+                    "decisions committed without acknowledgement: outcome records say the calls were not forwarded"
+                );
+                self.head = head;
+                Ok(())
+            }
+            _ => {
+                // Try again with the next session: if these outcomes did
+                // commit after all, the head will have moved past `again`'s.
+                self.session = None;
+                self.unsettled = Some(again);
+                Err(PgError::Db(
+                    "outcome records of unacknowledged decisions not written".into(),
+                ))
             }
         }
     }
@@ -338,6 +341,7 @@ pub fn open(target: &PgTarget, chain: &str) -> Result<(AuditLog, WriterHandle), 
         chain: chain.to_owned(),
         session: Some(session),
         head,
+        unsettled: None,
     };
     start_with(writer, || || {})
 }
