@@ -406,8 +406,11 @@ fn serve_retain_archives_and_prunes_every_chain_on_a_schedule() {
         &retention_url(&pg),
         Vec::new(),
         &[
+            // Long enough that the four calls and their TLS handshakes are
+            // counted whole before the keeper archives any of them, on a
+            // loaded machine too.
             "--retain",
-            "2s",
+            "6s",
             "--archive-dir",
             &archives_s,
             "--retain-every",
@@ -426,7 +429,7 @@ fn serve_retain_archives_and_prunes_every_chain_on_a_schedule() {
     // Past the period, both chains are archived, then pruned to their last record.
     wait_until(
         "both chains archived whole and pruned",
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         || {
             count(&pg, "chain = 'k1'") == 1
                 && count(&pg, "chain = 'k2'") == 1
