@@ -378,56 +378,8 @@ impl Admission<'_> {
             record.credential_kind = Some(credential.kind().to_owned());
             record.credential_ref = Some(credential.reference());
         }
-        if let Some(Credential::Secret(secret)) = scope.credential.as_deref() {
-            let fetching = std::time::Instant::now();
-            let value = self.broker.secret(&secret.value, &ctx).await;
-            self.metrics.observe(Stage::Credential, fetching.elapsed());
-            let value = value.map_err(|e| {
-                tracing::warn!(error = %e, "credential not available");
-                Reason::CredentialUnavailable
-            })?;
-            injected.push(Arc::clone(&value));
-            secret
-                .inject(&value, &mut parts.headers, &mut query)
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "credential not injected");
-                    Reason::CredentialUnavailable
-                })?;
-        }
-        if let Some(Credential::OAuth2(oauth)) = scope.credential.as_deref() {
-            let minting = std::time::Instant::now();
-            let token = self.broker.oauth2(oauth, &ctx).await;
-            self.metrics.observe(Stage::Credential, minting.elapsed());
-            let token = token.map_err(|e| {
-                tracing::warn!(error = %e, "oauth2 token not available");
-                e.reason()
-            })?;
-            crate::credentials::oauth::inject(oauth, &token, &mut parts.headers, &mut query)
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "oauth2 token not injected");
-                    Reason::CredentialUnavailable
-                })?;
-            // A minted token is an injected value like any other: the
-            // reflection guard keeps it from coming back to the agent.
-            injected.push(Arc::new(token.value.clone()));
-        }
-        if let Some(Credential::GithubApp(app)) = scope.credential.as_deref() {
-            let minting = std::time::Instant::now();
-            let token = self.broker.github_app(app, &ctx).await;
-            self.metrics.observe(Stage::Credential, minting.elapsed());
-            let token = token.map_err(|e| {
-                tracing::warn!(error = %e, "github app token not available");
-                e.reason()
-            })?;
-            crate::credentials::github::inject(app, &token, &mut parts.headers, &mut query)
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "github app token not injected");
-                    Reason::CredentialUnavailable
-                })?;
-            // A minted token is an injected value like any other: the
-            // reflection guard keeps it from coming back to the agent.
-            injected.push(Arc::new(token.value.clone()));
-        }
+        self.inject_credential(scope, &mut parts, &mut query, &ctx, &mut injected)
+            .await?;
         if scope.aws().is_some() {
             // A presigned URL carries the agent's signature in its query.
             query = query.as_deref().and_then(sigv4::strip_presign);
@@ -456,6 +408,70 @@ impl Admission<'_> {
             mcp,
             injected,
         })
+    }
+
+    /// The scope's secret or minted token, fetched from the broker and put
+    /// into the request. Each value joins `injected`, so the reflection guard
+    /// keeps it from coming back to the agent.
+    async fn inject_credential(
+        &self,
+        scope: &crate::policy::Scope,
+        parts: &mut Parts,
+        query: &mut Option<String>,
+        ctx: &MintContext,
+        injected: &mut Vec<Arc<SecretString>>,
+    ) -> Result<(), Reason> {
+        match scope.credential.as_deref() {
+            Some(Credential::Secret(secret)) => {
+                let fetching = std::time::Instant::now();
+                let value = self.broker.secret(&secret.value, ctx).await;
+                self.metrics.observe(Stage::Credential, fetching.elapsed());
+                let value = value.map_err(|e| {
+                    tracing::warn!(error = %e, "credential not available");
+                    Reason::CredentialUnavailable
+                })?;
+                injected.push(Arc::clone(&value));
+                secret
+                    .inject(&value, &mut parts.headers, query)
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "credential not injected");
+                        Reason::CredentialUnavailable
+                    })?;
+            }
+            Some(Credential::OAuth2(oauth)) => {
+                let minting = std::time::Instant::now();
+                let token = self.broker.oauth2(oauth, ctx).await;
+                self.metrics.observe(Stage::Credential, minting.elapsed());
+                let token = token.map_err(|e| {
+                    tracing::warn!(error = %e, "oauth2 token not available");
+                    e.reason()
+                })?;
+                crate::credentials::oauth::inject(oauth, &token, &mut parts.headers, query)
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "oauth2 token not injected");
+                        Reason::CredentialUnavailable
+                    })?;
+                injected.push(Arc::new(token.value.clone()));
+            }
+            Some(Credential::GithubApp(app)) => {
+                let minting = std::time::Instant::now();
+                let token = self.broker.github_app(app, ctx).await;
+                self.metrics.observe(Stage::Credential, minting.elapsed());
+                let token = token.map_err(|e| {
+                    tracing::warn!(error = %e, "github app token not available");
+                    e.reason()
+                })?;
+                crate::credentials::github::inject(app, &token, &mut parts.headers, query)
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "github app token not injected");
+                        Reason::CredentialUnavailable
+                    })?;
+                injected.push(Arc::new(token.value.clone()));
+            }
+            // Sentinels were swapped before; AWS re-signs after.
+            _ => {}
+        }
+        Ok(())
     }
 
     /// The step after `decide`: an override disabling the scope, then the
