@@ -173,6 +173,7 @@ fn bench(c: &mut Criterion) {
         retention: None,
         chain_check_every: std::time::Duration::from_secs(300),
         anchors: None,
+        otlp_endpoint: None,
         fleet: clawgate::serve::FleetConfig::default(),
     };
     let env = |name: &str| (name == "ECHO_API_TOKEN").then(|| "bench-token".to_owned());

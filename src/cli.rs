@@ -349,6 +349,11 @@ pub(crate) struct ServeArgs {
     /// Where signed heads go, one file per anchor.
     #[arg(long, requires = "anchor_every")]
     pub(crate) anchor_dir: Option<PathBuf>,
+    /// Export one span per call to this OTLP/HTTP (protobuf) collector URL
+    /// (`http://collector:4318`, `/v1/traces` added when no path is given);
+    /// the trace id is written into the call's records. Off by default.
+    #[arg(long)]
+    pub(crate) otlp_endpoint: Option<String>,
     /// An external issuer's public keys for run tokens (a JWKS file).
     #[arg(long, requires = "token_issuer")]
     pub(crate) token_jwks: Option<PathBuf>,

@@ -111,6 +111,8 @@ pub mod egress;
 
 pub mod record;
 
+pub mod trace;
+
 pub mod audit;
 
 pub mod retention;

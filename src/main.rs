@@ -329,6 +329,7 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
         }),
         chain_check_every: args.chain_check_every,
         anchors: anchor_config(args.anchor_every, args.anchor_key, args.anchor_dir)?,
+        otlp_endpoint: args.otlp_endpoint,
         fleet: serve::FleetConfig {
             store: args.store.as_deref().map(cli::store).transpose()?,
             replica: args.replica.clone(),

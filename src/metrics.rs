@@ -119,6 +119,8 @@ pub struct Gauges {
     /// Per credential kind (`secret`, `aws`, `oauth2`): cache hits and
     /// mints (fetches, successful or not).
     pub credential_kinds: Vec<(&'static str, u64, u64)>,
+    /// The span exporter's counts, when traces are exported.
+    pub trace_spans: Option<std::sync::Arc<crate::trace::SpanCounts>>,
 }
 
 impl Metrics {
@@ -176,6 +178,9 @@ impl Metrics {
             render_limits_store(&mut out, store);
         }
         render_policy(&mut out, gauges);
+        if let Some(spans) = &gauges.trace_spans {
+            render_spans(&mut out, spans);
+        }
         out
     }
 
@@ -432,6 +437,27 @@ fn render_policy(out: &mut String, gauges: &Gauges) {
         out,
         "clawgate_policy_info{{digest=\"{}\"}} 1",
         escape(&gauges.policy_digest)
+    );
+}
+
+fn render_spans(out: &mut String, spans: &crate::trace::SpanCounts) {
+    counter(
+        out,
+        "clawgate_trace_spans_exported_total",
+        "Call spans the OTLP collector accepted.",
+        spans.exported.load(Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "clawgate_trace_spans_dropped_total",
+        "Call spans dropped because the export queue was full (the calls went on).",
+        spans.dropped.load(Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "clawgate_trace_spans_failed_total",
+        "Call spans lost because an export request failed or timed out.",
+        spans.failed.load(Ordering::Relaxed),
     );
 }
 

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::audit::{AuditError, AuditLog, DecisionRecord, kind};
 use crate::body::BodyGuard;
 use crate::error::{Reason, Refusal, Via};
+use crate::trace::CallSpan;
 
 /// The decision record of one call, as it is being built.
 #[derive(Debug)]
@@ -34,6 +35,8 @@ pub struct CallRecord {
     stopping: watch::Receiver<bool>,
     /// Set for calls whose allowed decision is followed by an outcome.
     in_flight: Option<Arc<InFlight>>,
+    /// The call's span, when traces are exported.
+    span: Option<CallSpan>,
     /// How refusals of this call are answered.
     pub via: Via,
 }
@@ -55,8 +58,16 @@ impl CallRecord {
             started: Instant::now(),
             stopping,
             in_flight: in_flight.map(Arc::clone),
+            span: None,
             via: Via::Server,
         }
+    }
+
+    /// Traces the call under `span`: its trace id goes into the record, and
+    /// the span ends with the call's last record.
+    pub fn trace(&mut self, span: CallSpan) {
+        self.record.trace_id = Some(span.context().trace_id_hex());
+        self.span = Some(span);
     }
 
     /// When the call started.
@@ -79,6 +90,10 @@ impl CallRecord {
         {
             self.record.add_detail(&detail);
         }
+        let mut span = self.span.take();
+        if let Some(span) = span.as_mut() {
+            span.decided(&self.record);
+        }
         let outcome = match (&self.in_flight, verdict) {
             (Some(in_flight), Ok(())) => Some(Outcome::new(
                 &self.audit,
@@ -88,6 +103,20 @@ impl CallRecord {
             )),
             _ => None,
         };
+        // A refused call's span ends with its decision; an allowed one's
+        // with its outcome.
+        let span = match (span, outcome.as_ref()) {
+            (Some(span), Some(_)) => Some(span),
+            (Some(span), None) => {
+                span.end(&self.record);
+                None
+            }
+            (None, _) => None,
+        };
+        let outcome = outcome.map(|mut outcome| {
+            outcome.span = span;
+            outcome
+        });
         let record = std::mem::take(&mut self.record);
         // From here the record is the writer's: a cancelled wait below
         // leaves it to be written, and the guard writes nothing more.
@@ -138,6 +167,9 @@ impl Drop for CallRecord {
         let mut record = std::mem::take(&mut self.record);
         stamp(&mut record, reason);
         record.duration_ms = Some(millis(self.started));
+        if let Some(span) = self.span.take() {
+            span.end(&record);
+        }
         tracing::debug!(
             request.id = %record.request_id,
             decision.reason = reason.code(),
@@ -200,6 +232,8 @@ pub struct Outcome {
     mcp_answer: Option<Arc<crate::mcp::response::IsError>>,
     /// What the reflection guard found in the response, if it watched it.
     reflection: Option<Arc<crate::response::guard::Tally>>,
+    /// The call's span, ended with this outcome.
+    span: Option<CallSpan>,
     _in_flight: InFlightGuard,
 }
 
@@ -221,6 +255,7 @@ impl Outcome {
             finished: false,
             mcp_answer: None,
             reflection: None,
+            span: None,
             _in_flight: InFlightGuard::new(in_flight),
         }
     }
@@ -353,6 +388,9 @@ impl Drop for Outcome {
         record.bytes_up = Some(to_i64(self.bytes_up.load(Ordering::Relaxed)));
         record.bytes_down = Some(to_i64(self.bytes_down.load(Ordering::Relaxed)));
         record.duration_ms = Some(millis(self.started));
+        if let Some(span) = self.span.take() {
+            span.end(&record);
+        }
         self.audit.append(record);
     }
 }

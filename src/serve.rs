@@ -80,6 +80,9 @@ pub struct ServeConfig {
     pub chain_check_every: Duration,
     /// Signed heads of the SQLite log written on a schedule; none by default.
     pub anchors: Option<AnchorConfig>,
+    /// The OTLP/HTTP collector that receives one span per call; none (no
+    /// traces) by default.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Where and how often `serve` writes signed heads (`--anchor-every`).
@@ -153,6 +156,9 @@ pub enum ServeError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The OTLP endpoint is unusable.
+    #[error(transparent)]
+    Trace(#[from] crate::trace::TraceError),
     /// The shards serving the agent and token listeners cannot start
     /// (their address is unavailable, or a thread cannot be made).
     #[error(transparent)]
@@ -351,6 +357,22 @@ async fn assemble_pipeline(
         .with_mcp(mcp);
     if let Some(store) = &shared_limits {
         pipeline = pipeline.with_limits(Arc::clone(store) as _);
+    }
+    if let Some(endpoint) = &config.otlp_endpoint {
+        // The exporter ends by itself once the pipeline (the last holder of
+        // its queue) is dropped, after sending what was queued.
+        let (tracer, _exporter) = crate::trace::start(crate::trace::ExportConfig {
+            endpoint: endpoint.clone(),
+            instance: config
+                .fleet
+                .replica
+                .clone()
+                .unwrap_or_else(|| "clawgate".to_owned()),
+            every: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+        })?;
+        tracing::info!(endpoint = %endpoint, "call spans exported over otlp/http");
+        pipeline = pipeline.with_tracer(tracer);
     }
     Ok((Arc::new(pipeline), shared_limits))
 }

@@ -46,10 +46,12 @@ CREATE TABLE IF NOT EXISTS audit_records (
     action text,
     exception text,
     mcp text,
+    trace_id text,
     PRIMARY KEY (chain, seq)
 );
 -- Added after the first release: logs made before it gain the column.
 ALTER TABLE audit_records ADD COLUMN IF NOT EXISTS mcp text;
+ALTER TABLE audit_records ADD COLUMN IF NOT EXISTS trace_id text;
 CREATE INDEX IF NOT EXISTS audit_records_ts ON audit_records (ts);
 CREATE INDEX IF NOT EXISTS audit_records_agent_ts ON audit_records (agent, ts);
 CREATE INDEX IF NOT EXISTS audit_records_request ON audit_records (request_id);

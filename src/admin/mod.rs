@@ -323,6 +323,7 @@ impl Admin {
                 .iter()
                 .map(|(kind, s)| (*kind, s.hits.load(Relaxed), s.fetches.load(Relaxed)))
                 .collect(),
+            trace_spans: self.pipeline.tracer().map(|t| std::sync::Arc::clone(t.counts())),
         };
         let mut response = text(StatusCode::OK, &self.pipeline.metrics().render(&gauges));
         response.headers_mut().insert(
@@ -582,6 +583,7 @@ fn parse_filter(query: &str) -> Result<Filter, String> {
             "decision" if value == "allow" || value == "deny" => filter.decision = Some(value),
             "reason" => filter.reason = Some(value),
             "host" => filter.host = Some(value),
+            "trace_id" => filter.trace_id = Some(value),
             "would_deny" => filter.would_deny = value == "true" || value == "1",
             "since" => filter.since = Some(parse_time(&value)?),
             "until" => filter.until = Some(parse_time(&value)?),

@@ -187,6 +187,7 @@ fn encode_v2(r: &DecisionRecord, out: &mut Vec<u8>) {
         let len = length(out.len() - at - 4);
         out[at..at + 4].copy_from_slice(&len);
     }
+    text(out, 29, r.trace_id.as_deref());
 }
 
 fn text(out: &mut Vec<u8>, field: u8, value: Option<&str>) {
@@ -253,7 +254,7 @@ pub enum VerifyError {
 pub(super) const COLUMNS: &str = "seq, ts, kind, request_id, mode, agent, cert_fp, run_id,
     client_addr, method, host, path, scope, rule, decision, reason, would_deny,
     credential_kind, credential_ref, policy_digest, status, bytes_up, bytes_down,
-    duration_ms, detail, prev_hash, hash, action, exception, mcp";
+    duration_ms, detail, prev_hash, hash, action, exception, mcp, trace_id";
 
 pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<DecisionRecord> {
     Ok(DecisionRecord {
@@ -289,6 +290,7 @@ pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<DecisionRecord> {
         mcp: row
             .get::<_, Option<String>>(29)?
             .and_then(|text| serde_json::from_str(&text).ok()),
+        trace_id: row.get(30)?,
         chain: None,
     })
 }

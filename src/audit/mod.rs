@@ -148,6 +148,10 @@ pub struct DecisionRecord {
     /// For an MCP message: what it was (method, tool, ids, hashes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp: Option<McpRecord>,
+    /// The W3C trace id of the call's span (32 hex digits), when traces are
+    /// exported (`serve --otlp-endpoint`): the trace leads to this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// The chain the record belongs to, on a store with one chain per
     /// replica (PostgreSQL); absent on SQLite. Not part of the hash: a
     /// chain's genesis ties its records to it.

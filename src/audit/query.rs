@@ -23,6 +23,8 @@ pub struct Filter {
     pub reason: Option<String>,
     /// Exact host.
     pub host: Option<String>,
+    /// The call whose span has this W3C trace id (32 hex digits).
+    pub trace_id: Option<String>,
     /// Only report-mode records that enforce mode would have refused.
     pub would_deny: bool,
     /// Records at or after this RFC 3339 UTC time.
@@ -63,6 +65,7 @@ pub fn query(path: &Path, filter: &Filter) -> Result<Vec<DecisionRecord>, AuditE
     eq("decision", &filter.decision);
     eq("reason", &filter.reason);
     eq("host", &filter.host);
+    eq("trace_id", &filter.trace_id);
     if filter.would_deny {
         clauses.push("would_deny IS NOT NULL".into());
     }

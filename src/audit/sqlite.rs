@@ -78,7 +78,7 @@ pub(super) fn open(path: &Path) -> Result<(AuditLog, WriterHandle), AuditError> 
 /// Logs made before a column existed gain it, empty, so old records stay
 /// verifiable (absent optional fields are not part of a record's hash).
 fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
-    for column in ["action", "exception", "mcp"] {
+    for column in ["action", "exception", "mcp", "trace_id"] {
         let has: bool = conn.query_row(
             "SELECT COUNT(*) FROM pragma_table_info('records') WHERE name = ?1",
             [column],
@@ -161,7 +161,7 @@ fn insert_sql() -> &'static str {
     SQL.get_or_init(|| {
         format!(
             "INSERT INTO records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-            ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
+            ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)"
         )
     })
 }
@@ -214,6 +214,7 @@ fn insert_with(
         r.action,
         r.exception,
         r.mcp.as_ref().and_then(|m| serde_json::to_string(m).ok()),
+        r.trace_id,
     ])?;
     Ok(())
 }

@@ -44,6 +44,10 @@ pub(crate) enum AuditCommand {
         /// Only this host.
         #[arg(long)]
         host: Option<String>,
+        /// Only the records of the call whose span has this trace id (as a
+        /// tracing backend shows it).
+        #[arg(long)]
+        trace_id: Option<String>,
         /// Only report-mode calls that enforce mode would have refused.
         #[arg(long)]
         would_deny: bool,

@@ -145,6 +145,7 @@ fn demo_config(
         retention: None,
         chain_check_every: std::time::Duration::from_secs(300),
         anchors: None,
+        otlp_endpoint: None,
         fleet: crate::serve::FleetConfig::default(),
     })
 }

@@ -91,6 +91,8 @@ pub struct Pipeline {
     lapses: Lapses,
     live: Arc<crate::live::Live>,
     needles: crate::response::guard::NeedleCache,
+    /// Exports one span per call, when `serve --otlp-endpoint` is given.
+    tracer: Option<crate::trace::Tracer>,
 }
 
 /// What a pipeline is made of, besides the policy and the decision log.
@@ -130,6 +132,7 @@ impl Pipeline {
             live: Arc::default(),
             mcp: Arc::new(crate::mcp::McpState::ephemeral()),
             needles: crate::response::guard::NeedleCache::default(),
+            tracer: None,
         }
     }
 
@@ -224,6 +227,17 @@ impl Pipeline {
         self.in_flight.wait_idle(limit).await
     }
 
+    /// Exports a span for every call through `tracer`.
+    pub fn with_tracer(mut self, tracer: crate::trace::Tracer) -> Pipeline {
+        self.tracer = Some(tracer);
+        self
+    }
+
+    /// The span exporter, when traces are exported.
+    pub fn tracer(&self) -> Option<&crate::trace::Tracer> {
+        self.tracer.as_ref()
+    }
+
     /// The record of a call that starts now; `outcome` when an allowed call
     /// is followed by an outcome record.
     pub(crate) fn start_record(&self, request_id: &str, outcome: bool) -> CallRecord {
@@ -304,6 +318,15 @@ impl Pipeline {
             record.cert_fp = Some(peer.identity.fingerprint.clone());
             record.method = Some(req.method().as_str().to_owned());
             record.policy_digest = Some(policy.digest().to_owned());
+            if let Some(tracer) = &self.tracer {
+                // The upstream sees clawgate's span as the parent, in the
+                // agent's trace when it sent one.
+                let span = tracer.start(req.headers().get(crate::trace::TRACEPARENT));
+                if let Ok(value) = HeaderValue::from_str(&span.context().traceparent()) {
+                    req.headers_mut().insert(crate::trace::TRACEPARENT, value);
+                }
+                record.trace(span);
+            }
 
             let (parts, body) = req.into_parts();
             let admission = Admission {

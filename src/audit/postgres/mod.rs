@@ -101,18 +101,18 @@ WITH head AS (
 INSERT INTO audit_records (chain, seq, ts, kind, request_id, mode, agent, cert_fp,
     run_id, client_addr, method, host, path, scope, rule, decision, reason, would_deny,
     credential_kind, credential_ref, policy_digest, status, bytes_up, bytes_down,
-    duration_ms, detail, prev_hash, hash, action, exception, mcp)
+    duration_ms, detail, prev_hash, hash, action, exception, mcp, trace_id)
 SELECT head.chain, r.seq, r.ts, r.kind, r.request_id, r.mode, r.agent, r.cert_fp,
     r.run_id, r.client_addr, r.method, r.host, r.path, r.scope, r.rule, r.decision,
     r.reason, r.would_deny, r.credential_kind, r.credential_ref, r.policy_digest,
     r.status, r.bytes_up, r.bytes_down, r.duration_ms, r.detail, r.prev_hash, r.hash,
-    r.action, r.exception, r.mcp
+    r.action, r.exception, r.mcp, r.trace_id
 FROM head, jsonb_to_recordset($6::text::jsonb) AS r(seq bigint, ts text, kind text,
     request_id text, mode text, agent text, cert_fp text, run_id text, client_addr text,
     method text, host text, path text, scope text, rule text, decision text, reason text,
     would_deny text, credential_kind text, credential_ref text, policy_digest text,
     status bigint, bytes_up bigint, bytes_down bigint, duration_ms bigint, detail text,
-    prev_hash text, hash text, action text, exception text, mcp text)";
+    prev_hash text, hash text, action text, exception text, mcp text, trace_id text)";
 
 /// A live session holding the chain's lock.
 struct Session {

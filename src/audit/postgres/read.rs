@@ -13,7 +13,7 @@ use crate::audit::{DecisionRecord, Filter};
 pub(super) const RECORD_COLUMNS: &str = "seq, ts, kind, request_id, mode, agent, cert_fp, run_id,
     client_addr, method, host, path, scope, rule, decision, reason, would_deny,
     credential_kind, credential_ref, policy_digest, status, bytes_up, bytes_down,
-    duration_ms, detail, prev_hash, hash, action, exception, mcp, chain";
+    duration_ms, detail, prev_hash, hash, action, exception, mcp, chain, trace_id";
 
 pub(super) fn from_row(row: &Row) -> Result<DecisionRecord, tokio_postgres::Error> {
     Ok(DecisionRecord {
@@ -50,6 +50,7 @@ pub(super) fn from_row(row: &Row) -> Result<DecisionRecord, tokio_postgres::Erro
             .try_get::<_, Option<String>>(29)?
             .and_then(|text| serde_json::from_str(&text).ok()),
         chain: Some(row.try_get(30)?),
+        trace_id: row.try_get(31)?,
     })
 }
 
@@ -70,6 +71,7 @@ pub async fn query(target: &PgTarget, filter: &Filter) -> Result<Vec<DecisionRec
     text("decision", &filter.decision, "=");
     text("reason", &filter.reason, "=");
     text("host", &filter.host, "=");
+    text("trace_id", &filter.trace_id, "=");
     text("ts", &filter.since, ">=");
     text("ts", &filter.until, "<");
     if filter.would_deny {
