@@ -104,10 +104,36 @@ const ROLES: &str = r#"
 admins = ["spiffe://clawgate.local/agent/ops"]
 "#;
 
+/// An MCP scope whose server is the receiver's `/mcp`.
+const MCP_POLICY: &str = r#"
+[[agent]]
+name = "mcp-dev"
+identities = ["spiffe://clawgate.local/agent/mcp-dev"]
+scopes = ["mcp-traced"]
+
+[[scope]]
+name = "mcp-traced"
+upstream = "http://127.0.0.1:{port}"
+route = "mcp-traced"
+allow_private = ["127.0.0.1"]
+
+[scope.mcp]
+
+[[scope.mcp.allow]]
+id = "lookups"
+tools = ["lookup"]
+"#;
+
 fn traced(receiver: &Receiver) -> Harness {
     Harness::with(Options {
-        extra_policy: vec![("roles.toml", ROLES.to_owned())],
-        agents: vec!["ops"],
+        extra_policy: vec![
+            ("roles.toml", ROLES.to_owned()),
+            (
+                "mcp.toml",
+                MCP_POLICY.replace("{port}", &receiver.port.to_string()),
+            ),
+        ],
+        agents: vec!["ops", "mcp-dev"],
         serve_args: vec![
             "--otlp-endpoint".into(),
             format!("http://127.0.0.1:{}", receiver.port),
@@ -181,7 +207,14 @@ fn a_call_continues_the_agents_trace_and_its_span_leads_to_its_records() {
 
     // The trace leads to the records.
     let found = clawgate(&[
-        "audit", "query", "--audit", &audit, "--trace-id", AGENT_TRACE, "--format", "json",
+        "audit",
+        "query",
+        "--audit",
+        &audit,
+        "--trace-id",
+        AGENT_TRACE,
+        "--format",
+        "json",
     ]);
     assert!(found.status.success(), "{found:?}");
     let found: Vec<Value> = String::from_utf8_lossy(&found.stdout)
@@ -208,7 +241,10 @@ fn a_call_continues_the_agents_trace_and_its_span_leads_to_its_records() {
     assert_eq!(trace.len(), 32);
     assert_ne!(trace, AGENT_TRACE);
     let span = receiver.span(&trace);
-    assert_eq!(span["parent_span_id"], "", "an invalid traceparent is ignored");
+    assert_eq!(
+        span["parent_span_id"], "",
+        "an invalid traceparent is ignored"
+    );
     assert_eq!(span["status_code"], 2, "error");
     assert_eq!(span["status_message"], "denied-by-rule");
     assert_eq!(span["attributes"]["clawgate.reason"], "denied-by-rule");
@@ -227,6 +263,104 @@ fn a_call_continues_the_agents_trace_and_its_span_leads_to_its_records() {
         "{metrics}"
     );
     assert!(metrics.contains("clawgate_trace_spans_dropped_total 0"));
+}
+
+/// One MCP message as curl sends it to the gateway route.
+fn mcp_post(h: &Harness, body: &Value, traceparent: Option<&str>) -> common::Reply {
+    let url = format!("{}/mcp-traced/mcp", h.base());
+    let mut args: Vec<String> = [
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "accept: application/json, text/event-stream",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if let Some(tp) = traceparent {
+        args.extend(["-H".into(), format!("traceparent: {tp}")]);
+    }
+    args.extend(["--data-binary".into(), body.to_string(), url]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    h.curl(Some("mcp-dev"), &refs)
+}
+
+#[test]
+fn an_mcp_tool_call_carries_the_trace_in_meta_and_its_span_names_the_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path());
+    let h = traced(&receiver);
+    let call = serde_json::json!({
+        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "lookup", "arguments": {"q": "arg-secret-1234"},
+                   "_meta": {"progressToken": "p1"}}
+    });
+    let reply = mcp_post(
+        &h,
+        &call,
+        Some(&format!("00-{AGENT_TRACE}-{AGENT_SPAN}-01")),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json()["result"]["isError"], false, "{reply:?}");
+    let request_id = reply.request_id();
+    let decision = h.decision(&request_id);
+    assert_eq!(decision.reason, "allowed");
+    assert_eq!(decision.trace_id.as_deref(), Some(AGENT_TRACE));
+
+    // The server saw the same traceparent in the header and in `_meta`,
+    // beside the agent's own `_meta` and unchanged arguments.
+    let seen: Vec<Value> = std::fs::read_to_string(receiver.out.with_extension("jsonl.mcp"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    let header = seen[0]["traceparent"].as_str().unwrap();
+    assert!(
+        header.starts_with(&format!("00-{AGENT_TRACE}-")),
+        "{header}"
+    );
+    let params = &seen[0]["message"]["params"];
+    assert_eq!(params["_meta"]["traceparent"], header);
+    assert_eq!(params["_meta"]["progressToken"], "p1");
+    assert_eq!(params["arguments"]["q"], "arg-secret-1234");
+
+    let span = receiver.span(AGENT_TRACE);
+    assert_eq!(span["name"], "mcp tools/call");
+    assert_eq!(span["span_id"].as_str(), header.split('-').nth(2));
+    let attrs = &span["attributes"];
+    assert_eq!(attrs["clawgate.mcp.method"], "tools/call");
+    assert_eq!(attrs["clawgate.mcp.tool"], "lookup");
+    assert_eq!(attrs["clawgate.rule"], "lookups");
+    assert_eq!(attrs["clawgate.scope"], "mcp-traced");
+    assert_eq!(attrs["clawgate.agent"], "mcp-dev");
+
+    // A refused tool: a span with the reason, nothing reaches the server,
+    // and the arguments are in no span.
+    let denied = serde_json::json!({
+        "jsonrpc": "2.0", "id": 8, "method": "tools/call",
+        "params": {"name": "delete_all", "arguments": {"q": "arg-secret-5678"}}
+    });
+    let reply = mcp_post(&h, &denied, None);
+    assert_eq!(reply.status, 200, "a JSON-RPC error: {reply:?}");
+    let record = h.decision(&reply.request_id());
+    assert_eq!(record.decision.as_deref(), Some("deny"));
+    let span = receiver.span(record.trace_id.as_deref().unwrap());
+    assert_eq!(span["attributes"]["clawgate.mcp.tool"], "delete_all");
+    assert_eq!(
+        span["attributes"]["clawgate.reason"],
+        record.reason.as_str()
+    );
+    assert_eq!(
+        std::fs::read_to_string(receiver.out.with_extension("jsonl.mcp"))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+    let all = std::fs::read_to_string(&receiver.out).unwrap();
+    assert!(!all.contains("arg-secret"), "{all}");
 }
 
 #[test]

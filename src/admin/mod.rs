@@ -323,7 +323,10 @@ impl Admin {
                 .iter()
                 .map(|(kind, s)| (*kind, s.hits.load(Relaxed), s.fetches.load(Relaxed)))
                 .collect(),
-            trace_spans: self.pipeline.tracer().map(|t| std::sync::Arc::clone(t.counts())),
+            trace_spans: self
+                .pipeline
+                .tracer()
+                .map(|t| std::sync::Arc::clone(t.counts())),
         };
         let mut response = text(StatusCode::OK, &self.pipeline.metrics().render(&gauges));
         response.headers_mut().insert(

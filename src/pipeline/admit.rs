@@ -365,6 +365,10 @@ impl Admission<'_> {
             run: record.run_id.clone(),
             scope: scope.name.clone(),
         };
+        if mcp.is_some() && record.trace_id.is_some() {
+            // Before the sentinel swap: what goes upstream is rewritten once.
+            held = super::mcp::carry_trace(&mut parts, held);
+        }
         let (swapped, mut injected) = self
             .swap_sentinels(scope, &mut parts, &mut query, held, &ctx, record)
             .await?;

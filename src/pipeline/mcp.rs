@@ -325,3 +325,57 @@ impl super::Pipeline {
         Ok(crate::mcp::response::McpBody::new(body, content_type.as_deref(), filter).boxed())
     }
 }
+
+/// Writes the call's `traceparent` (the header clawgate set) into the
+/// message's `params._meta`, where MCP carries trace context to servers
+/// that read it there rather than from HTTP headers. Only a complete,
+/// already validated request or notification whose `params` (and
+/// `_meta`) are objects or absent is rewritten; anything else passes as it
+/// came, as does every body when traces are off.
+pub(super) fn carry_trace(parts: &mut Parts, held: Held) -> Held {
+    let Some(traceparent) = parts
+        .headers
+        .get(crate::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return held;
+    };
+    let Held::Read(prefix) = held else {
+        return held;
+    };
+    if !prefix.is_complete() {
+        return Held::Read(prefix);
+    }
+    let Ok(mut message) = serde_json::from_slice::<Value>(&prefix.bytes) else {
+        return Held::Read(prefix);
+    };
+    let Some(object) = message.as_object_mut().filter(|o| o.contains_key("method")) else {
+        return Held::Read(prefix);
+    };
+    let params = object
+        .entry("params")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    let Some(meta) = params.as_object_mut().map(|p| {
+        p.entry("_meta")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()))
+    }) else {
+        return Held::Read(prefix);
+    };
+    let Some(meta) = meta.as_object_mut() else {
+        return Held::Read(prefix);
+    };
+    meta.insert("traceparent".into(), Value::String(traceparent));
+    let Ok(bytes) = serde_json::to_vec(&message) else {
+        return Held::Read(prefix);
+    };
+    parts.headers.insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from(bytes.len()),
+    );
+    Held::Read(crate::body::Prefix {
+        bytes: bytes.into(),
+        rest: None,
+        trailers: prefix.trailers,
+    })
+}

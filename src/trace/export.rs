@@ -53,7 +53,10 @@ pub(super) struct Exporter {
 }
 
 impl Exporter {
-    pub(super) fn new(config: ExportConfig, counts: Arc<SpanCounts>) -> Result<Exporter, TraceError> {
+    pub(super) fn new(
+        config: ExportConfig,
+        counts: Arc<SpanCounts>,
+    ) -> Result<Exporter, TraceError> {
         let uri = endpoint_uri(&config.endpoint)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let roots = rustls::RootCertStore {
@@ -119,7 +122,11 @@ impl Exporter {
             return;
         };
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| e.to_string())?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
             let status = response.status();
             // Read to the end, so the connection is reused.
             let _ = response.into_body().collect().await;
@@ -140,7 +147,11 @@ impl Exporter {
 
     fn failed(&self, count: u64, why: &str) {
         self.counts.failed.fetch_add(count, Ordering::Relaxed);
-        tracing::warn!(spans = count, error = why, "trace export failed; spans lost");
+        tracing::warn!(
+            spans = count,
+            error = why,
+            "trace export failed; spans lost"
+        );
     }
 }
 

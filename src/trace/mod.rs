@@ -139,7 +139,10 @@ impl CallSpan {
             text("clawgate.reason", Some(&record.reason)),
             text("clawgate.would_deny", record.would_deny.as_deref()),
             text("clawgate.exception", record.exception.as_deref()),
-            text("clawgate.credential_kind", record.credential_kind.as_deref()),
+            text(
+                "clawgate.credential_kind",
+                record.credential_kind.as_deref(),
+            ),
             text("clawgate.mcp.method", mcp.map(|m| m.method.as_str())),
             text("clawgate.mcp.tool", mcp.and_then(|m| m.name.as_deref())),
             text("http.request.method", record.method.as_deref()),

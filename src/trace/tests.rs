@@ -31,7 +31,10 @@ fn a_call_continues_the_agents_trace_under_a_span_of_its_own() {
         http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
     let context = TraceContext::continue_or_start(Some(&incoming));
     assert_eq!(context.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert_eq!(context.parent.map(hex::encode).as_deref(), Some("00f067aa0ba902b7"));
+    assert_eq!(
+        context.parent.map(hex::encode).as_deref(),
+        Some("00f067aa0ba902b7")
+    );
     assert_ne!(context.span_id, [0; 8]);
     let upstream = context.traceparent();
     assert!(upstream.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));

@@ -2,6 +2,10 @@
 project's own protobuf bindings (`opentelemetry-proto`): it decodes each
 ExportTraceServiceRequest and appends every span to a JSON-lines file.
 
+It also answers as a minimal MCP server on `/mcp` (a `tools/call` result),
+appending what arrived (the `traceparent` header and the JSON-RPC message)
+to OUT_FILE.mcp, so a test can see what an upstream received.
+
 Usage: receiver.py OUT_FILE. Prints `listening PORT` once ready."""
 
 import json
@@ -25,6 +29,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("content-length", "0"))
         body = self.rfile.read(length)
+        if self.path == "/mcp":
+            return self.mcp(body)
         if self.path != "/v1/traces" or self.headers.get("content-type") != "application/x-protobuf":
             self.send_response(404)
             self.end_headers()
@@ -56,6 +62,29 @@ class Handler(BaseHTTPRequestHandler):
         reply = ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def mcp(self, body):
+        message = json.loads(body)
+        with open(OUT + ".mcp", "a") as out:
+            out.write(json.dumps({
+                "traceparent": self.headers.get("traceparent"),
+                "message": message,
+            }) + "\n")
+        if "id" not in message:
+            self.send_response(202)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        reply = json.dumps({
+            "jsonrpc": "2.0",
+            "id": message["id"],
+            "result": {"content": [{"type": "text", "text": "ok"}], "isError": False},
+        }).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(reply)))
         self.end_headers()
         self.wfile.write(reply)
