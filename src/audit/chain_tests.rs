@@ -159,3 +159,26 @@ fn an_edited_format_1_record_is_named() {
         other => panic!("expected a broken chain, got {other:?}"),
     }
 }
+
+#[test]
+fn a_trace_id_is_hashed_as_field_29_and_its_absence_changes_nothing() {
+    // Absent, the record hashes as before the field existed (V2 above).
+    assert_eq!(record_hash(PREV, &sample()), V2);
+    let mut traced = sample();
+    traced.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+    let mut expected = Vec::new();
+    encode_v2(&sample(), &mut expected);
+    expected.push(29);
+    expected.extend_from_slice(&32u32.to_le_bytes());
+    expected.extend_from_slice(b"4bf92f3577b34da6a3ce929d0e0e4736");
+    let mut encoded = Vec::new();
+    encode_v2(&traced, &mut encoded);
+    assert_eq!(encoded, expected);
+    // An edited trace id breaks the record.
+    let mut hint = Format::V2;
+    traced.hash = record_hash(PREV, &traced);
+    traced.prev_hash = PREV.into();
+    assert!(hash_matches(&traced, &mut hint));
+    traced.trace_id = Some("00000000000000000000000000000001".into());
+    assert!(!hash_matches(&traced, &mut hint));
+}

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS records (
     hash TEXT NOT NULL,
     action TEXT,
     exception TEXT,
-    mcp TEXT
+    mcp TEXT,
+    trace_id TEXT
 );";
 
 /// The indexes of a log whose `ts` may go backwards along `seq`.
