@@ -56,8 +56,9 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const UNTIL_GRACE: Duration = Duration::from_millis(500);
 
 /// Resolves when a connection must end before its peer is done (an
-/// override or a policy reload withdrew what it was allowed).
-pub type Until = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// override or a policy reload withdrew what it was allowed), with the
+/// reason (`ended-by-override`, `ended-by-policy`) and what withdrew it.
+pub type Until = Pin<Box<dyn Future<Output = (Reason, String)> + Send>>;
 
 impl<S> std::fmt::Debug for Served<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -165,7 +166,7 @@ pub async fn serve<M, S, B>(
                 let Some((store, door)) = tls.clone() else {
                     connections.spawn(async move {
                         match make(Accepted { addr, leaf: None }) {
-                            Ok(served) => serve_http(stream, served, watcher, addr).await,
+                            Ok(served) => serve_http(stream, served, watcher, (name, addr), &rejections).await,
                             Err(why) => rejections.reject(addr, format!("{name} listener: {why}")),
                         }
                     });
@@ -193,7 +194,7 @@ pub async fn serve<M, S, B>(
                         .and_then(|c| c.first())
                         .map(|c| c.clone().into_owned());
                     match make(Accepted { addr, leaf }) {
-                        Ok(served) => serve_http(tls, served, watcher, addr).await,
+                        Ok(served) => serve_http(tls, served, watcher, (name, addr), &rejections).await,
                         Err(why) => rejections.reject(addr, format!("{name} listener: {why}")),
                     }
                 });
@@ -213,6 +214,7 @@ pub async fn serve<M, S, B>(
     connections.abort_all();
     while connections.join_next().await.is_some() {}
     rejections.flush_suppressed(u64::MAX);
+    rejections.flush_parse();
 }
 
 /// Raises the soft limit on open files to the hard limit, as a server that
@@ -335,7 +337,8 @@ async fn serve_http<I, S, B>(
     io: I,
     served: Served<S>,
     mut draining: watch::Receiver<bool>,
-    addr: SocketAddr,
+    (name, addr): (&'static str, SocketAddr),
+    rejections: &Rejections,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -363,8 +366,9 @@ async fn serve_http<I, S, B>(
     // kept-alive connection closes at once.
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        () = until => {
-            tracing::info!(client = %addr, "connection ended: no longer allowed");
+        ended = until => {
+            tracing::info!(client = %addr, reason = ended.0.code(), "connection ended: no longer allowed");
+            rejections.connection_ended(name, addr, ended);
             conn.as_mut().graceful_shutdown();
             tokio::time::timeout(UNTIL_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
         }
@@ -374,6 +378,9 @@ async fn serve_http<I, S, B>(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(error = %e, client = %addr, "connection ended with an error");
+        match rejections::ParseRejection::of(&*e) {
+            Some(kind) => rejections.parse_rejected(name, addr, kind),
+            None => tracing::debug!(error = %e, client = %addr, "connection ended with an error"),
+        }
     }
 }

@@ -187,6 +187,7 @@ async fn housekeeping(
             }
             _ = flush.tick() => {
                 rejections.flush_suppressed(crate::accept::rejections::now_second().saturating_sub(2));
+                rejections.flush_parse();
             }
             Some(()) = recv_hangup(&mut hangup) => {
                 let _ = tls.reload("SIGHUP").await;

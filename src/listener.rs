@@ -71,7 +71,8 @@ pub async fn serve(
         Ok(Served {
             service,
             until: Some(Box::pin(async move {
-                membership.ended().await;
+                let ended = membership.ended().await;
+                (ended.reason, ended.detail)
             })),
         })
     };

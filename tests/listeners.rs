@@ -493,6 +493,22 @@ fn overrides_end_open_tunnels_websockets_and_connections_within_a_second() {
             "{outcome:?}"
         );
     }
+    // The kept-alive connection, idle when it was ended, leaves a record.
+    let ended = h.wait_for("the idle connection's end", |r| {
+        r.mode.as_deref() == Some("connection")
+            && r.detail
+                .as_deref()
+                .is_some_and(|d| d.contains(isolate.as_str()))
+    });
+    assert_eq!(ended[0].reason, "ended-by-override", "{ended:?}");
+    assert!(
+        ended[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .starts_with("agent listener: connection ended: "),
+        "{ended:?}"
+    );
     // The isolated agent's next call is refused as before.
     let r = h.curl(
         Some("research"),

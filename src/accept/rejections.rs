@@ -4,6 +4,13 @@
 //! [`REJECTIONS_PER_SECOND`] records a second per source address (per /64
 //! for IPv6); the rest are counted and the count is recorded, so a flood can
 //! neither hide nor fill the disk.
+//!
+//! Requests the HTTP parser refuses (a malformed request line or header, a
+//! head past the size limit: hyper answers 400 or 431 before any service
+//! sees them) are counted by source and kind and written as one `summary`
+//! record per source at each sweep (every few seconds), never with any of
+//! the request's bytes. A connection that an override or a reload ends
+//! while it waits between requests leaves a record too.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -73,6 +80,41 @@ pub(crate) fn tls_error_reason(e: &std::io::Error) -> Reason {
     }
 }
 
+/// What the HTTP parser refused a request for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseRejection {
+    /// A request line or header that does not parse (400).
+    Malformed,
+    /// A request head past the parser's size limit (431).
+    TooLarge,
+}
+
+impl ParseRejection {
+    /// The kind as a summary record names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ParseRejection::Malformed => "malformed (400)",
+            ParseRejection::TooLarge => "headers too large (431)",
+        }
+    }
+
+    /// The kind of a connection's error, when the parser refused a request.
+    pub fn of(e: &(dyn std::error::Error + 'static)) -> Option<ParseRejection> {
+        let hyper = e.downcast_ref::<hyper::Error>()?;
+        if hyper.is_parse_too_large() {
+            Some(ParseRejection::TooLarge)
+        } else if hyper.is_parse() {
+            Some(ParseRejection::Malformed)
+        } else {
+            None
+        }
+    }
+}
+
+/// Counts of parser refusals from one source since the last sweep:
+/// malformed, too large.
+type ParseCounts = HashMap<Option<IpAddr>, (&'static str, [u64; 2])>;
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Window {
     second: u64,
@@ -88,6 +130,7 @@ pub struct Rejections {
     counted: Option<std::sync::Arc<crate::pipeline::Pipeline>>,
     windows: Mutex<HashMap<Option<IpAddr>, Window>>,
     global: Mutex<Window>,
+    parse: Mutex<ParseCounts>,
 }
 
 /// Seconds since the epoch.
@@ -105,6 +148,7 @@ impl Rejections {
             counted: None,
             windows: Mutex::new(HashMap::new()),
             global: Mutex::new(Window::default()),
+            parse: Mutex::new(HashMap::new()),
         }
     }
 
@@ -213,12 +257,78 @@ impl Rejections {
         });
     }
 
+    /// Counts a request the HTTP parser refused on `listener`; the counts
+    /// are recorded at the next sweep.
+    pub fn parse_rejected(&self, listener: &'static str, addr: SocketAddr, kind: ParseRejection) {
+        tracing::debug!(listener, client = %addr, kind = kind.name(), "request refused by the HTTP parser");
+        let Ok(mut counts) = self.parse.lock() else {
+            return;
+        };
+        let ip = addr.ip().to_canonical();
+        let key = if counts.len() >= MAX_SOURCES && !counts.contains_key(&Some(ip)) {
+            None
+        } else {
+            Some(ip)
+        };
+        let entry = counts.entry(key).or_insert((listener, [0, 0]));
+        entry.1[kind as usize] += 1;
+    }
+
+    /// Writes one `summary` record per source that had requests refused by
+    /// the parser since the last call, with the counts by kind.
+    pub fn flush_parse(&self) {
+        let drained: Vec<_> = match self.parse.lock() {
+            Ok(mut counts) => counts.drain().collect(),
+            Err(_) => return,
+        };
+        for (source, (listener, [malformed, too_large])) in drained {
+            let who = source.map_or_else(|| "many sources".into(), |ip| ip.to_string());
+            let kinds: Vec<String> = [
+                (ParseRejection::Malformed, malformed),
+                (ParseRejection::TooLarge, too_large),
+            ]
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(kind, n)| format!("{n} {}", kind.name()))
+            .collect();
+            tracing::warn!(source = %who, counts = %kinds.join(", "), "requests refused by the HTTP parser");
+            let mut record = DecisionRecord::new(kind::SUMMARY, &uuid::Uuid::now_v7().to_string());
+            record.mode = Some("http".into());
+            record.client_addr = source.map(|ip| ip.to_string());
+            record.decision = Some("deny".into());
+            record.reason = Reason::MalformedRequest.code().to_owned();
+            record.detail = Some(format!(
+                "{listener} listener: requests refused by the HTTP parser from {who}: {}",
+                kinds.join(", ")
+            ));
+            self.audit.append(record);
+        }
+    }
+
+    /// Records a connection that `reason` ended while it was open (idle
+    /// between requests, or finishing one): who, on which listener, why.
+    pub fn connection_ended(
+        &self,
+        listener: &'static str,
+        addr: SocketAddr,
+        (reason, detail): (Reason, String),
+    ) {
+        let mut record = DecisionRecord::new(kind::DECISION, &uuid::Uuid::now_v7().to_string());
+        record.mode = Some("connection".into());
+        record.client_addr = Some(addr.to_string());
+        record.decision = Some("deny".into());
+        record.reason = reason.code().to_owned();
+        record.detail = Some(format!("{listener} listener: connection ended: {detail}"));
+        self.audit.append(record);
+    }
+
     /// Records suppressed counts every `period`, forever.
     pub async fn sweep_every(self: Arc<Self>, period: Duration) {
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
             self.flush_suppressed(now_second().saturating_sub(2));
+            self.flush_parse();
         }
     }
 }

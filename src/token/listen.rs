@@ -82,7 +82,8 @@ pub async fn serve(
         Ok(Served {
             service,
             until: Some(Box::pin(async move {
-                until.await;
+                let ended = until.await;
+                (ended.reason, ended.detail)
             })),
         })
     };
