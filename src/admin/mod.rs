@@ -263,7 +263,13 @@ impl Admin {
                 "not ready: the decision log cannot be written\n",
             );
         }
-        match self.chain_health.state() {
+        let chain = self
+            .pipeline
+            .audit()
+            .tail_break()
+            .map(crate::audit::health::ChainState::Broken)
+            .or_else(|| self.chain_health.state());
+        match chain {
             Some(crate::audit::health::ChainState::Broken(seq)) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!(
@@ -309,7 +315,12 @@ impl Admin {
             cache_fetches: sum(|s| s.fetches.load(Relaxed)),
             audit_dropped: audit.dropped_records(),
             audit_healthy: audit.is_healthy(),
-            audit_chain: self.chain_health.state(),
+            // A head changed behind the writer is a break the walk of the
+            // whole chain cannot see (a cut tail verifies).
+            audit_chain: audit
+                .tail_break()
+                .map(crate::audit::health::ChainState::Broken)
+                .or_else(|| self.chain_health.state()),
             overrides_active: self
                 .pipeline
                 .overrides()

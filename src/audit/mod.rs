@@ -388,6 +388,10 @@ struct Health {
     committed: AtomicU64,
     commit_nanos: AtomicU64,
     max_commit_nanos: AtomicU64,
+    /// The first position where the store's chain stopped being the one
+    /// this writer wrote (0 while it is): found when a batch starts and the
+    /// head the store holds is not the head the writer last committed.
+    tail_broken: std::sync::atomic::AtomicI64,
 }
 
 /// What the writer has done since start: enough to tell the batch size and
@@ -418,6 +422,7 @@ impl Default for Health {
             committed: AtomicU64::new(0),
             commit_nanos: AtomicU64::new(0),
             max_commit_nanos: AtomicU64::new(0),
+            tail_broken: std::sync::atomic::AtomicI64::new(0),
         }
     }
 }
@@ -520,6 +525,17 @@ impl AuditLog {
         }
         self.health.quiet_appends.fetch_add(1, Ordering::Relaxed);
         None
+    }
+
+    /// Where the writer found the store's chain head changed behind its
+    /// back (a record cut from the tail, the last record rewritten, another
+    /// writer): the first position affected. Stays set until restart: a cut
+    /// tail still verifies, so no later walk can clear it.
+    pub fn tail_break(&self) -> Option<i64> {
+        match self.health.tail_broken.load(Ordering::Acquire) {
+            0 => None,
+            seq => Some(seq),
+        }
     }
 
     /// Whether the last batch was committed.

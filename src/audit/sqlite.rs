@@ -109,25 +109,111 @@ fn checkpoint_every(conn: &Connection, stopped: &Receiver<()>) {
 pub(super) struct SqliteStore {
     pub(super) conn: Connection,
     ordered: bool,
+    /// The head this writer last committed, to compare with the store's at
+    /// the next batch.
+    last: Option<Head>,
+    health: Option<std::sync::Arc<super::Health>>,
 }
 
 impl SqliteStore {
     pub(super) fn new(conn: Connection) -> rusqlite::Result<SqliteStore> {
         let ordered = timeline::is_time_ordered(&conn)?;
-        Ok(SqliteStore { conn, ordered })
+        Ok(SqliteStore {
+            conn,
+            ordered,
+            last: None,
+            health: None,
+        })
     }
 }
 
 impl BatchStore for SqliteStore {
     fn write_batch(&mut self, batch: &mut [(Box<DecisionRecord>, Waiter)]) -> Result<(), String> {
-        write_batch(&mut self.conn, batch, &mut self.ordered).map_err(|e| e.to_string())
+        let tail = Tail {
+            last: &mut self.last,
+            health: self.health.as_deref(),
+        };
+        write_batch(&mut self.conn, batch, &mut self.ordered, tail).map_err(|e| e.to_string())
     }
+
+    fn watch_tail(&mut self, health: std::sync::Arc<super::Health>) {
+        self.health = Some(health);
+    }
+}
+
+/// The incremental check of the chain as the writer extends it: the head
+/// the store holds must be the one this writer committed last.
+struct Tail<'a> {
+    last: &'a mut Option<Head>,
+    health: Option<&'a super::Health>,
+}
+
+impl Tail<'_> {
+    /// Compares the store's head with the last one committed, and reports
+    /// the first position affected when they differ (a record cut from the
+    /// tail, the last record rewritten). Records appended meanwhile by
+    /// another writer in this file (`audit export` and `audit prune` note
+    /// themselves in the log) are fine when they chain from that head.
+    fn check(&self, conn: &Connection, found: &Head) -> rusqlite::Result<()> {
+        let Some(last) = self.last.as_ref() else {
+            return Ok(());
+        };
+        if last == found || (found.seq > last.seq && appended_in_line(conn, last, found)?) {
+            return Ok(());
+        }
+        let first = match found.seq.cmp(&last.seq) {
+            std::cmp::Ordering::Less => found.seq + 1,
+            std::cmp::Ordering::Equal => found.seq,
+            std::cmp::Ordering::Greater => last.seq + 1,
+        };
+        tracing::error!(
+            committed.seq = last.seq,
+            found.seq = found.seq,
+            first_affected = first,
+            "decision log changed behind the writer: the chain head is not the one it committed"
+        );
+        if let Some(health) = self.health {
+            let _ = health.tail_broken.compare_exchange(
+                0,
+                first.max(1),
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether the records after `last` each verify and chain from it up to
+/// `found`.
+fn appended_in_line(conn: &Connection, last: &Head, found: &Head) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM records WHERE seq > ?1 ORDER BY seq"
+    ))?;
+    let mut rows = stmt.query([last.seq])?;
+    let mut at = last.clone();
+    let mut hint = super::chain::Format::V2;
+    while let Some(row) = rows.next()? {
+        let record = super::chain::from_row(row)?;
+        if record.seq != at.seq + 1
+            || record.prev_hash != at.hash
+            || !super::chain::hash_matches(&record, &mut hint)
+        {
+            return Ok(false);
+        }
+        at = Head {
+            seq: record.seq,
+            hash: record.hash,
+        };
+    }
+    Ok(&at == found)
 }
 
 fn write_batch(
     conn: &mut Connection,
     batch: &mut [(Box<DecisionRecord>, Waiter)],
     ordered: &mut bool,
+    tail: Tail<'_>,
 ) -> rusqlite::Result<()> {
     // The head is read inside the write transaction, so the chain stays whole
     // even if something else (a second instance, an operator) wrote meanwhile.
@@ -140,6 +226,7 @@ fn write_batch(
     } else {
         (Head::read(&tx)?, String::new())
     };
+    tail.check(&tx, &head)?;
     {
         // One statement for the whole batch, not one cache lookup per record.
         let mut statement = tx.prepare_cached(insert_sql())?;
@@ -152,6 +239,7 @@ fn write_batch(
         }
     }
     tx.commit()?;
+    *tail.last = Some(head);
     *ordered = still_ordered;
     Ok(())
 }

@@ -106,6 +106,10 @@ pub(super) trait BatchStore {
     /// error nothing of the batch may be kept, and the chain head must not
     /// have moved.
     fn write_batch(&mut self, batch: &mut [(Box<DecisionRecord>, Waiter)]) -> Result<(), String>;
+
+    /// Gives the store the writer's health, where it reports a chain head
+    /// changed behind the writer's back; a store that cannot tell ignores it.
+    fn watch_tail(&mut self, _health: Arc<Health>) {}
 }
 
 /// Starts the writer thread over `store`. `beside` runs first on that
@@ -122,6 +126,8 @@ where
 {
     let (tx, rx) = queue::queue(QUEUE_CAPACITY, MAX_BATCH);
     let health = Arc::new(Health::default());
+    let mut store = store;
+    store.watch_tail(Arc::clone(&health));
     let log = AuditLog {
         tx,
         health: Arc::clone(&health),
