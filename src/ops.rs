@@ -130,7 +130,14 @@ fn stats_command(
 ) -> anyhow::Result<ExitCode> {
     crate::audit_cmd::warn_if_broken(path, store)?;
     let records = read_window(path, store, since)?;
-    let s = audit::stats::stats(&records, by);
+    let mut s = audit::stats::stats(&records, by);
+    if store.is_none() {
+        s.covers_from =
+            audit::stats::covers_from(&parse_time(since)?, audit::retained_from(path)?.as_deref());
+    }
+    if let Some(from) = &s.covers_from {
+        eprintln!("note: {}", audit::stats::pruned_notice(from));
+    }
     let mut out = std::io::stdout().lock();
     match format {
         OutputFormat::Table => audit::stats::table(&s, &mut out)?,

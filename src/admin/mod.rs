@@ -582,6 +582,8 @@ fn parse_filter(query: &str) -> Result<Filter, String> {
             "decision" if value == "allow" || value == "deny" => filter.decision = Some(value),
             "reason" => filter.reason = Some(value),
             "host" => filter.host = Some(value),
+            "source" => filter.source = Some(value),
+            "request_id" => filter.request_id = Some(value),
             "would_deny" => filter.would_deny = value == "true" || value == "1",
             "since" => filter.since = Some(parse_time(&value)?),
             "until" => filter.until = Some(parse_time(&value)?),

@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 
 pub(crate) use answers::post_box;
 pub use chain::{Head, VerifyError, VerifyReport, check_anchor, head, verify};
-pub use query::{Filter, Format, for_each_decision, query, render};
+pub use query::{Filter, Format, for_each_decision, query, render, retained_from};
 pub use writer::WriterHandle;
 
 /// The kind of a record.
@@ -229,6 +229,21 @@ impl Source {
 }
 
 impl Source {
+    /// The oldest record's time when the log was pruned ([`retained_from`]);
+    /// `None` on PostgreSQL, whose chains are pruned one by one (its
+    /// `prune` records in the operations chain say how far).
+    pub async fn retained_from(&self) -> Result<Option<String>, AuditError> {
+        match self {
+            Source::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || retained_from(&path))
+                    .await
+                    .map_err(|_| AuditError::WriterGone)?
+            }
+            Source::Postgres(_) => Ok(None),
+        }
+    }
+
     /// Walks the whole log (every chain on PostgreSQL): `Ok` with a JSON
     /// summary when intact, `Err` naming what is broken or unreadable.
     pub async fn verify(&self) -> Result<serde_json::Value, String> {

@@ -70,10 +70,23 @@ pub async fn query(target: &PgTarget, filter: &Filter) -> Result<Vec<DecisionRec
     text("decision", &filter.decision, "=");
     text("reason", &filter.reason, "=");
     text("host", &filter.host, "=");
+    text("request_id", &filter.request_id, "=");
     text("ts", &filter.since, ">=");
     text("ts", &filter.until, "<");
     if filter.would_deny {
         clauses.push("would_deny IS NOT NULL".into());
+    }
+    if let Some([bare, v4, v6]) = filter.source_forms() {
+        let n = args.len();
+        args.push(Box::new(bare));
+        args.push(Box::new(v4));
+        args.push(Box::new(v6));
+        clauses.push(format!(
+            "(client_addr = ${} OR starts_with(client_addr, ${}) OR starts_with(client_addr, ${}))",
+            n + 1,
+            n + 2,
+            n + 3
+        ));
     }
     let mut sql = format!("SELECT {RECORD_COLUMNS} FROM audit_records");
     if !clauses.is_empty() {
