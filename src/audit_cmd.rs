@@ -39,6 +39,7 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 since: since.as_deref().map(parse_time).transpose()?,
                 until: until.as_deref().map(parse_time).transpose()?,
                 limit: Some(limit),
+                ..Filter::default()
             };
             query(&path, store.as_deref(), &filter, format)
         }

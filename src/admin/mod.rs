@@ -584,6 +584,7 @@ fn parse_filter(query: &str) -> Result<Filter, String> {
             "host" => filter.host = Some(value),
             "source" => filter.source = Some(value),
             "request_id" => filter.request_id = Some(value),
+            "kind" => filter.kinds = value.split(',').map(str::to_owned).collect(),
             "would_deny" => filter.would_deny = value == "true" || value == "1",
             "since" => filter.since = Some(parse_time(&value)?),
             "until" => filter.until = Some(parse_time(&value)?),

@@ -35,6 +35,8 @@ pub struct Filter {
     pub source: Option<String>,
     /// Exact request id: a call's decision and outcome records.
     pub request_id: Option<String>,
+    /// Record kinds (`override`, `policy`, …); empty means any.
+    pub kinds: Vec<String>,
 }
 
 impl Filter {
@@ -78,6 +80,11 @@ pub fn query(path: &Path, filter: &Filter) -> Result<Vec<DecisionRecord>, AuditE
     eq("reason", &filter.reason);
     eq("host", &filter.host);
     eq("request_id", &filter.request_id);
+    if !filter.kinds.is_empty() {
+        let marks = vec!["?"; filter.kinds.len()].join(", ");
+        clauses.push(format!("kind IN ({marks})"));
+        args.extend(filter.kinds.iter().cloned().map(Value::Text));
+    }
     if let Some([bare, v4, v6]) = filter.source_forms() {
         // Prefixes compared as text, not LIKE patterns: the value is input.
         clauses.push(

@@ -76,6 +76,10 @@ pub async fn query(target: &PgTarget, filter: &Filter) -> Result<Vec<DecisionRec
     if filter.would_deny {
         clauses.push("would_deny IS NOT NULL".into());
     }
+    if !filter.kinds.is_empty() {
+        args.push(Box::new(filter.kinds.clone()));
+        clauses.push(format!("kind = ANY(${})", args.len()));
+    }
     if let Some([bare, v4, v6]) = filter.source_forms() {
         let n = args.len();
         args.push(Box::new(bare));
