@@ -141,11 +141,14 @@ async fn handle(
 /// the browser to the page (so the spent token leaves the address bar).
 fn login(gate: &auth::Gate, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let mut token = String::new();
-    // The page's filters may ride along; nothing else does (no open redirect).
+    let mut record = None;
+    // The page's filters, or one call's id, may ride along; nothing else
+    // does, and the paths are fixed (no open redirect).
     let mut filters = form_urlencoded::Serializer::new(String::new());
     for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()) {
         match k.as_ref() {
             "token" => token = v.into_owned(),
+            "id" => record = Some(v.into_owned()),
             k if filters::NAMES.contains(&k) => {
                 filters.append_pair(k, &v);
             }
@@ -160,10 +163,10 @@ fn login(gate: &auth::Gate, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         );
     };
     let mut r = respond(StatusCode::SEE_OTHER, "text/plain", String::new());
-    let to = if filters.is_empty() {
-        "/".to_owned()
-    } else {
-        format!("/?{filters}")
+    let to = match record {
+        Some(id) => format!("/record?id={}", enc(&id)),
+        None if filters.is_empty() => "/".to_owned(),
+        None => format!("/?{filters}"),
     };
     if let Ok(v) = http::HeaderValue::from_str(&to) {
         r.headers_mut().insert(header::LOCATION, v);

@@ -8,7 +8,6 @@ use std::fmt::Write as _;
 use super::api::{Answer, Lines};
 use super::{esc, s};
 
-
 /// Whether the chain verifies, with its head.
 pub(super) fn chain_section(o: &mut String, verify: &Answer) {
     match &verify {
@@ -91,7 +90,10 @@ pub(super) fn calls_section(o: &mut String, hour: &Lines) {
                 let e = buckets.entry(key).or_default();
                 if r["decision"] == "allow" {
                     e.0 += 1;
-                    if r["request_id"].as_str().is_some_and(|id| failed.contains(id)) {
+                    if r["request_id"]
+                        .as_str()
+                        .is_some_and(|id| failed.contains(id))
+                    {
                         e.2 += 1;
                     }
                 } else {
@@ -183,7 +185,6 @@ pub(super) fn lapses_section(o: &mut String, status: &Answer) {
         }
     }
 }
-
 
 /// The request ids of outcome records with a status of 500 or more: allowed
 /// calls that failed all the same.
