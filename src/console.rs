@@ -7,6 +7,12 @@
 //! with a foreign `Host` or `Origin` is refused before anything else; the
 //! only state change is logging out, and it needs the CSRF token; every
 //! value from the API is HTML-escaped.
+//!
+//! The pages: the overview ([`overview`]: chain, drift and its cause,
+//! calls, findings, what is in force), the event timeline and the filtered
+//! calls with their outcomes ([`events`], [`filters`]), and one call's
+//! every recorded field (`/record?id=`). All of it is read from the admin
+//! API ([`api`]); the console holds no data of its own.
 
 mod api;
 pub mod auth;
@@ -284,7 +290,8 @@ table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #dd
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:1em 3em}
 .notice{background:#fff3cd;border:1px solid #e0c060;padding:4px 8px}
 .fields th{width:12em;vertical-align:top}.fields td{font-family:monospace;word-break:break-all}
-#filters label{margin-right:.5em}";
+#filters label{margin-right:.5em}
+.detail{max-width:48em;word-break:break-word;font-size:12px}";
 
 /// The overview page: chain, drift and its cause, calls, refusals,
 /// findings, what is in force, the timeline and the filtered calls.
