@@ -343,7 +343,12 @@ fn query_filters_by_source_request_id_and_kind() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
     let (log, writer) = AuditLog::open(&path).unwrap();
-    let addrs = ["10.0.0.1:4000", "10.0.0.10:4000", "[::1]:5000", "10_0_0_1:1"];
+    let addrs = [
+        "10.0.0.1:4000",
+        "10.0.0.10:4000",
+        "[::1]:5000",
+        "10_0_0_1:1",
+    ];
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -358,9 +363,8 @@ fn query_filters_by_source_request_id_and_kind() {
         log.append_durable(o).await.unwrap();
     });
     writer.shutdown();
-    let seqs = |f: Filter| -> Vec<i64> {
-        query(&path, &f).unwrap().iter().map(|r| r.seq).collect()
-    };
+    let seqs =
+        |f: Filter| -> Vec<i64> { query(&path, &f).unwrap().iter().map(|r| r.seq).collect() };
     let by_source = |s: &str| {
         seqs(Filter {
             source: Some(s.into()),
