@@ -131,10 +131,13 @@ fn stats_command(
     crate::audit_cmd::warn_if_broken(path, store)?;
     let records = read_window(path, store, since)?;
     let mut s = audit::stats::stats(&records, by);
-    if store.is_none() {
-        s.covers_from =
-            audit::stats::covers_from(&parse_time(since)?, audit::retained_from(path)?.as_deref());
-    }
+    let retained = match store {
+        Some(target) => {
+            runtime()?.block_on(audit::postgres::retained_from(&cli::store(target)?))?
+        }
+        None => audit::retained_from(path)?,
+    };
+    s.covers_from = audit::stats::covers_from(&parse_time(since)?, retained.as_deref());
     if let Some(from) = &s.covers_from {
         eprintln!("note: {}", audit::stats::pruned_notice(from));
     }

@@ -229,9 +229,9 @@ impl Source {
 }
 
 impl Source {
-    /// The oldest record's time when the log was pruned ([`retained_from`]);
-    /// `None` on PostgreSQL, whose chains are pruned one by one (its
-    /// `prune` records in the operations chain say how far).
+    /// The time from which the log is complete when it was pruned
+    /// ([`retained_from`], [`postgres::retained_from`]); `None` when never
+    /// pruned.
     pub async fn retained_from(&self) -> Result<Option<String>, AuditError> {
         match self {
             Source::Sqlite(path) => {
@@ -240,7 +240,9 @@ impl Source {
                     .await
                     .map_err(|_| AuditError::WriterGone)?
             }
-            Source::Postgres(_) => Ok(None),
+            Source::Postgres(target) => postgres::retained_from(target)
+                .await
+                .map_err(|e| AuditError::Write(e.to_string())),
         }
     }
 

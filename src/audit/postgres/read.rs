@@ -110,6 +110,36 @@ pub async fn query(target: &PgTarget, filter: &Filter) -> Result<Vec<DecisionRec
     Ok(records)
 }
 
+/// The time from which every pruned chain is complete: the latest of the
+/// pruned chains' oldest records (a window starting before it misses
+/// pruned records of some chain); `None` when no chain was pruned.
+pub async fn retained_from(target: &PgTarget) -> Result<Option<String>, PgError> {
+    let client = target.connect().await?;
+    let rows = client
+        .query(
+            "SELECT detail FROM audit_records WHERE chain = $1 AND kind = $2",
+            &[&super::OPS_CHAIN, &crate::audit::kind::PRUNE],
+        )
+        .await?;
+    let chains: Vec<String> = rows
+        .iter()
+        .filter_map(|row| row.get::<_, Option<String>>(0))
+        .filter_map(|d| serde_json::from_str::<crate::audit::archive::PruneNote>(&d).ok())
+        .filter_map(|note| note.chain)
+        .collect();
+    if chains.is_empty() {
+        return Ok(None);
+    }
+    let row = client
+        .query_one(
+            "SELECT max(first) FROM (SELECT min(ts) AS first FROM audit_records
+             WHERE chain = ANY($1) GROUP BY chain) AS firsts",
+            &[&chains],
+        )
+        .await?;
+    Ok(row.get::<_, Option<String>>(0))
+}
+
 /// Records copied per statement by [`migrate`].
 const MIGRATE_BATCH: usize = 500;
 
