@@ -21,6 +21,8 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             reason,
             host,
             would_deny,
+            source,
+            request_id,
             since,
             until,
             limit,
@@ -39,7 +41,9 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 since: since.as_deref().map(parse_time).transpose()?,
                 until: until.as_deref().map(parse_time).transpose()?,
                 limit: Some(limit),
-                ..Filter::default()
+                source,
+                request_id,
+                kinds: Vec::new(),
             };
             query(&path, store.as_deref(), &filter, format)
         }

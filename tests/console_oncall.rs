@@ -243,6 +243,25 @@ fn the_console_answers_an_on_call_engineer_and_shows_attacker_text_inert() {
     );
     assert!(!page.contains("<script"), "{page}");
 
+    // The same filters from the command line: one call, both its records.
+    let out = ok(&[
+        "audit",
+        "query",
+        "--audit",
+        &db,
+        "--source",
+        "127.0.0.1",
+        "--request-id",
+        &failed_id,
+        "--format",
+        "json",
+    ]);
+    let kinds: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].to_string())
+        .collect();
+    assert_eq!(kinds, ["\"decision\"", "\"outcome\""], "{out}");
+
     // The same figures from the command line: the failed call apart, and
     // the note that the window reaches past the prune.
     let out = clawgate(&[
