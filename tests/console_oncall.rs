@@ -78,8 +78,15 @@ fn shot(h: &Harness, name: &str, url: &str) {
     );
 }
 
-#[test]
-fn the_console_answers_an_on_call_engineer_and_shows_attacker_text_inert() {
+/// Calls of every kind, overrides, and a pruned history before them.
+struct Scene {
+    h: Harness,
+    db: String,
+    failed_id: String,
+    marked_id: String,
+}
+
+fn scene() -> Scene {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_port = dead.local_addr().unwrap().port();
     drop(dead);
@@ -144,7 +151,75 @@ fn the_console_answers_an_on_call_engineer_and_shows_attacker_text_inert() {
     assert!(r.status == 200 || r.status == 204, "{r:?}");
     override_(&h, "prober", "INC-8 upstream down");
 
+    Scene {
+        h,
+        db,
+        failed_id,
+        marked_id,
+    }
+}
+
+#[test]
+fn the_console_answers_an_on_call_engineer_and_shows_attacker_text_inert() {
+    let Scene {
+        h,
+        db,
+        failed_id,
+        marked_id,
+    } = scene();
     let mut console = Console::start(&h);
+    overview_page(&h, &mut console);
+    // Filters, through the login, in the browser.
+    let rows = |query: &str, console: &mut Console| {
+        let page = dom(&[], &format!("{}&{query}", console.login_url()));
+        page.matches("<tr class=\"decision\">").count()
+    };
+    assert_eq!(rows("decision=deny", &mut console), 1);
+    assert_eq!(rows("agent=prober", &mut console), 1);
+    assert_eq!(rows("reason=unknown-agent", &mut console), 1);
+    assert_eq!(rows("source=127.0.0.1", &mut console), 4);
+    assert_eq!(rows("source=10.9.9.9", &mut console), 0);
+    assert_eq!(rows("since=2h&agent=research", &mut console), 2);
+    assert_eq!(rows("until=2000-01-01T00:00:00Z", &mut console), 0);
+
+    record_pages(&h, &mut console, &failed_id, &marked_id);
+    // The same filters from the command line: one call, both its records.
+    let out = ok(&[
+        "audit",
+        "query",
+        "--audit",
+        &db,
+        "--source",
+        "127.0.0.1",
+        "--request-id",
+        &failed_id,
+        "--format",
+        "json",
+    ]);
+    let kinds: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].to_string())
+        .collect();
+    assert_eq!(kinds, ["\"decision\"", "\"outcome\""], "{out}");
+
+    // The same figures from the command line: the failed call apart, and
+    // the note that the window reaches past the prune.
+    let out = clawgate(&[
+        "audit", "stats", "--audit", &db, "--since", "1h", "--format", "json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["total"]["failed_upstream"], 1, "{stats}");
+    assert!(stats["covers_from"].is_string(), "{stats}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("note: the log was pruned: these figures cover only records from"),
+        "{out:?}"
+    );
+}
+
+/// The overview: markup inert, the timeline, drift, outcomes, the notice.
+fn overview_page(h: &Harness, console: &mut Console) {
     let page = dom(&[], &console.login_url());
     // Attacker-chosen text is text: escaped, never an element.
     assert!(
@@ -191,24 +266,13 @@ fn the_console_answers_an_on_call_engineer_and_shows_attacker_text_inert() {
         page.contains("id=\"pruned\">the log was pruned: these figures cover only records from"),
         "{page}"
     );
-    shot(&h, "console-oncall.png", &console.login_url());
+    shot(h, "console-oncall.png", &console.login_url());
+}
 
-    // Filters, through the login, in the browser.
-    let rows = |query: &str, console: &mut Console| {
-        let page = dom(&[], &format!("{}&{query}", console.login_url()));
-        page.matches("<tr class=\"decision\">").count()
-    };
-    assert_eq!(rows("decision=deny", &mut console), 1);
-    assert_eq!(rows("agent=prober", &mut console), 1);
-    assert_eq!(rows("reason=unknown-agent", &mut console), 1);
-    assert_eq!(rows("source=127.0.0.1", &mut console), 4);
-    assert_eq!(rows("source=10.9.9.9", &mut console), 0);
-    assert_eq!(rows("since=2h&agent=research", &mut console), 2);
-    assert_eq!(rows("until=2000-01-01T00:00:00Z", &mut console), 0);
-
-    // One call, every field of its decision and outcome.
+/// One call, every field of its decision and outcome.
+fn record_pages(h: &Harness, console: &mut Console, failed_id: &str, marked_id: &str) {
     let page = dom(&[], &format!("{}&id={failed_id}", console.login_url()));
-    let decision = serde_json::to_value(h.decision(&failed_id)).unwrap();
+    let decision = serde_json::to_value(h.decision(failed_id)).unwrap();
     for key in decision.as_object().unwrap().keys() {
         assert!(
             page.contains(&format!("class=\"field-{key}\"")),
@@ -230,7 +294,7 @@ fn the_console_answers_an_on_call_engineer_and_shows_attacker_text_inert() {
         "{page}"
     );
     shot(
-        &h,
+        h,
         "console-record.png",
         &format!("{}&id={failed_id}", console.login_url()),
     );
@@ -242,38 +306,4 @@ fn the_console_answers_an_on_call_engineer_and_shows_attacker_text_inert() {
         "{page}"
     );
     assert!(!page.contains("<script"), "{page}");
-
-    // The same filters from the command line: one call, both its records.
-    let out = ok(&[
-        "audit",
-        "query",
-        "--audit",
-        &db,
-        "--source",
-        "127.0.0.1",
-        "--request-id",
-        &failed_id,
-        "--format",
-        "json",
-    ]);
-    let kinds: Vec<String> = out
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].to_string())
-        .collect();
-    assert_eq!(kinds, ["\"decision\"", "\"outcome\""], "{out}");
-
-    // The same figures from the command line: the failed call apart, and
-    // the note that the window reaches past the prune.
-    let out = clawgate(&[
-        "audit", "stats", "--audit", &db, "--since", "1h", "--format", "json",
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(stats["total"]["failed_upstream"], 1, "{stats}");
-    assert!(stats["covers_from"].is_string(), "{stats}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("note: the log was pruned: these figures cover only records from"),
-        "{out:?}"
-    );
 }
