@@ -69,16 +69,47 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn the_readme_runbook_runs_as_written_in_order() {
+/// A running clawgate set up as the runbook expects, and the agent's
+/// certificate from before the incident.
+struct Incident {
+    h: Harness,
+    dir: std::path::PathBuf,
+    items: String,
+    old_cert: std::path::PathBuf,
+    old_key: std::path::PathBuf,
+}
+
+impl Incident {
+    /// A call with the certificate the runbook revokes.
+    fn with_old(&self) -> common::Reply {
+        common::curl(&[
+            "--cacert".into(),
+            self.h.certs.join("ca.pem").display().to_string(),
+            "--cert".into(),
+            self.old_cert.display().to_string(),
+            "--key".into(),
+            self.old_key.display().to_string(),
+            self.items.clone(),
+        ])
+    }
+
+    /// A call with the agent's current certificate: its status and the
+    /// reason its decision record gives.
+    fn call(&self) -> (u16, String) {
+        let r = self.h.curl(Some("research"), &[&self.items]);
+        (r.status, self.h.decision(&r.request_id()).reason)
+    }
+}
+
+/// Beforehand, as the README says: the operator's certificate and its
+/// roles line, a CRL that lists nothing yet, and clawgate serving with it.
+fn beforehand() -> Incident {
     let mut h = Harness::with(Options {
         start: false,
         ..Options::default()
     });
     let dir = h.dir.path().to_owned();
     h.audit = dir.join("clawgate-audit.db");
-    // Beforehand, as the README says: the operator's certificate and its
-    // roles line, and a CRL that lists nothing yet.
     let out = sh(&dir, "clawgate certs admin ops --dir certs", "-");
     assert!(out.status.success(), "{out:?}");
     let printed = text(&out);
@@ -95,25 +126,64 @@ fn the_readme_runbook_runs_as_written_in_order() {
         "--crl".into(),
         dir.join("certs/crl.pem").display().to_string(),
     ]);
-    let admin = format!("https://localhost:{}", h.admin_port);
     let old_cert = h.path("old-research.pem");
     let old_key = h.path("old-research-key.pem");
     std::fs::copy(h.certs.join("agents/research.pem"), &old_cert).unwrap();
     std::fs::copy(h.certs.join("agents/research-key.pem"), &old_key).unwrap();
     let items = format!("{}/echo/v1/items", h.base());
-    let with_old = || {
-        common::curl(&[
-            "--cacert".into(),
-            h.certs.join("ca.pem").display().to_string(),
-            "--cert".into(),
-            old_cert.display().to_string(),
-            "--key".into(),
-            old_key.display().to_string(),
-            items.clone(),
-        ])
+    let incident = Incident {
+        h,
+        dir,
+        items,
+        old_cert,
+        old_key,
     };
-    assert_eq!(with_old().status, 200);
+    assert_eq!(incident.with_old().status, 200);
+    incident
+}
 
+/// What the runbook line `line`, which printed `stdout`, should have
+/// changed. Step 1's answer gives the override's id.
+fn check(i: &Incident, line: &str, stdout: &str, override_id: &mut String) {
+    if line.contains("/v1/overrides -H") {
+        let made: serde_json::Value = serde_json::from_str(stdout).unwrap();
+        *override_id = made["id"].as_str().unwrap().to_owned();
+        assert_eq!(i.call(), (403, "agent-isolated".into()));
+    } else if line.starts_with("clawgate certs revoke") {
+        // Isolated, the old certificate got a 403; revoked, no answer.
+        eventually("the old certificate refused at the handshake", || {
+            i.with_old().status != 403
+        });
+        assert_ne!(i.with_old().status, 200);
+        i.h.wait_for("the revoked handshake", |r| {
+            r.reason == "tls-rejected"
+                && r.detail
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("certificate revoked")
+        });
+    } else if line.contains("--rotate") {
+        // The new certificate is the agent, and the agent is isolated.
+        assert_eq!(i.call(), (403, "agent-isolated".into()));
+    } else if line.starts_with("clawgate audit verify --archive") {
+        assert!(stdout.starts_with("ok: archive of"), "{stdout}");
+    } else if line.starts_with("clawgate audit query") {
+        assert!(stdout.contains("\"reason\":\"agent-isolated\""), "{stdout}");
+    } else if line.starts_with("clawgate audit restore") {
+        let out = sh(&i.dir, "clawgate audit verify --audit incident-42.db", "-");
+        assert!(out.status.success(), "{out:?}");
+    } else if line.contains("/v1/audit/verify") {
+        let v: serde_json::Value = serde_json::from_str(stdout).unwrap();
+        assert_eq!(v["intact"], true, "{stdout}");
+    } else if line.contains("-X DELETE") {
+        assert_eq!(i.call(), (200, "allowed".into()), "re-enabled");
+    }
+}
+
+#[test]
+fn the_readme_runbook_runs_as_written_in_order() {
+    let mut i = beforehand();
+    let admin = format!("https://localhost:{}", i.h.admin_port);
     let lines = runbook();
     let mut override_id = String::new();
     let mut steps = 0;
@@ -126,7 +196,7 @@ fn the_readme_runbook_runs_as_written_in_order() {
         let command = line
             .replace("https://localhost:9443", &admin)
             .replace("<id>", &override_id);
-        let out = sh(&dir, &command, &admin);
+        let out = sh(&i.dir, &command, &admin);
         assert!(
             out.status.success(),
             "step {steps}, `{line}`: {}\n{}",
@@ -134,51 +204,12 @@ fn the_readme_runbook_runs_as_written_in_order() {
             String::from_utf8_lossy(&out.stderr)
         );
         commands += 1;
-        let stdout = text(&out);
-        if line.contains("/v1/overrides -H") {
-            let made: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-            override_id = made["id"].as_str().unwrap().to_owned();
-            let r = h.curl(Some("research"), &[&items]);
-            assert_eq!(r.status, 403, "{r:?}");
-            assert_eq!(h.decision(&r.request_id()).reason, "agent-isolated");
-        } else if line.starts_with("clawgate certs revoke") {
-            // Isolated, the old certificate got a 403; revoked, no answer.
-            eventually("the old certificate refused at the handshake", || {
-                with_old().status != 403
-            });
-            assert_ne!(with_old().status, 200);
-            h.wait_for("the revoked handshake", |r| {
-                r.reason == "tls-rejected"
-                    && r.detail
-                        .as_deref()
-                        .unwrap_or_default()
-                        .contains("certificate revoked")
-            });
-        } else if line.contains("--rotate") {
-            // The new certificate is the agent, and the agent is isolated.
-            let r = h.curl(Some("research"), &[&items]);
-            assert_eq!(r.status, 403, "{r:?}");
-            assert_eq!(h.decision(&r.request_id()).reason, "agent-isolated");
-        } else if line.starts_with("clawgate audit verify --archive") {
-            assert!(stdout.starts_with("ok: archive of"), "{stdout}");
-        } else if line.starts_with("clawgate audit query") {
-            assert!(stdout.contains("\"reason\":\"agent-isolated\""), "{stdout}");
-        } else if line.starts_with("clawgate audit restore") {
-            let out = sh(&dir, "clawgate audit verify --audit incident-42.db", "-");
-            assert!(out.status.success(), "{out:?}");
-        } else if line.contains("/v1/audit/verify") {
-            let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-            assert_eq!(v["intact"], true, "{stdout}");
-        } else if line.contains("-X DELETE") {
-            let r = h.curl(Some("research"), &[&items]);
-            assert_eq!(r.status, 200, "re-enabled: {r:?}");
-            assert_eq!(h.decision(&r.request_id()).reason, "allowed");
-        }
+        check(&i, line, &text(&out), &mut override_id);
     }
     assert_eq!((steps, commands), (7, 13), "{lines:?}");
     // The log holds the incident: the override made and lifted, the CRL
     // reloaded, and it verifies.
-    let records = h.records();
+    let records = i.h.records();
     for change in ["created by", "removed by"] {
         assert!(
             records.iter().any(|r| r.kind == "override"
@@ -188,7 +219,7 @@ fn the_readme_runbook_runs_as_written_in_order() {
         );
     }
     assert!(records.iter().any(|r| r.reason == "certs-loaded"));
-    h.stop();
-    let out = sh(&dir, "clawgate audit verify", "-");
+    i.h.stop();
+    let out = sh(&i.dir, "clawgate audit verify", "-");
     assert!(out.status.success(), "{out:?}");
 }
