@@ -22,6 +22,8 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             host,
             trace_id,
             would_deny,
+            source,
+            request_id,
             since,
             until,
             limit,
@@ -41,6 +43,9 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 since: since.as_deref().map(parse_time).transpose()?,
                 until: until.as_deref().map(parse_time).transpose()?,
                 limit: Some(limit),
+                source,
+                request_id,
+                kinds: Vec::new(),
             };
             query(&path, store.as_deref(), &filter, format)
         }

@@ -274,12 +274,12 @@ pub fn normalise_serial_hex(serial: &str) -> Result<String, CertError> {
     })
 }
 
-/// `clawgate certs revoke`: adds `serial` to the serials revoked so far
+/// `clawgate certs revoke`: adds `serial` (when given) to the serials revoked so far
 /// (kept beside the CRL, in `CRL.serials`) and rewrites the CRL, signed by
 /// the CA in `dir`, through a rename, so `serve --crl CRL` reloads a whole
 /// file. Returns every serial the CRL now lists.
-pub fn revoke(dir: &Path, crl_path: &Path, serial: &str) -> Result<Vec<String>, CertError> {
-    let serial = normalise_serial_hex(serial)?;
+pub fn revoke(dir: &Path, crl_path: &Path, serial: Option<&str>) -> Result<Vec<String>, CertError> {
+    let serial = serial.map(normalise_serial_hex).transpose()?;
     let ca = read_pair(dir, files::CA, files::CA_KEY)?;
     let mut list_name = crl_path.as_os_str().to_owned();
     list_name.push(".serials");
@@ -299,7 +299,9 @@ pub fn revoke(dir: &Path, crl_path: &Path, serial: &str) -> Result<Vec<String>, 
             });
         }
     };
-    if !serials.contains(&serial) {
+    if let Some(serial) = serial
+        && !serials.contains(&serial)
+    {
         serials.push(serial);
     }
     let pem = crl(&ca, &serials)?;

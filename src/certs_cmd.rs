@@ -55,16 +55,19 @@ pub(crate) fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         CertsCommand::Revoke { target, dir, crl } => {
-            let path = std::path::Path::new(&target);
-            let serial = if path.is_file() {
-                serial_of(path)?
-            } else {
-                target
+            let serial = match target {
+                Some(t) if std::path::Path::new(&t).is_file() => {
+                    Some(serial_of(std::path::Path::new(&t))?)
+                }
+                other => other,
             };
-            let serials = certs::revoke(&dir, &crl, &serial)?;
+            let serials = certs::revoke(&dir, &crl, serial.as_deref())?;
+            match &serial {
+                Some(serial) => print!("revoked {}; ", certs::normalise_serial_hex(serial)?),
+                None => print!("wrote the CRL; "),
+            }
             println!(
-                "revoked {}; {} lists {} serial(s); `serve --crl {}` reloads it",
-                certs::normalise_serial_hex(&serial)?,
+                "{} lists {} serial(s); `serve --crl {}` reloads it",
                 crl.display(),
                 serials.len(),
                 crl.display()

@@ -423,8 +423,10 @@ pub(crate) enum CertsCommand {
     /// Revoke a certificate: add its serial to the CRL that `serve --crl`
     /// reloads on change.
     Revoke {
-        /// A serial (hex, colons allowed) or a certificate file.
-        target: String,
+        /// A serial (hex, colons allowed) or a certificate file. Without
+        /// one, the CRL is (re)written with the serials it lists, none at
+        /// first: the file `serve --crl` needs before any revocation.
+        target: Option<String>,
         /// The certificate directory (its CA signs the CRL).
         #[arg(long, default_value = "./certs")]
         dir: PathBuf,

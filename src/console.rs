@@ -7,10 +7,19 @@
 //! with a foreign `Host` or `Origin` is refused before anything else; the
 //! only state change is logging out, and it needs the CSRF token; every
 //! value from the API is HTML-escaped.
+//!
+//! The pages: the overview ([`overview`]: chain, drift and its cause,
+//! calls, findings, what is in force), the event timeline and the filtered
+//! calls with their outcomes ([`events`], [`filters`]), and one call's
+//! every recorded field (`/record?id=`). All of it is read from the admin
+//! API ([`api`]); the console holds no data of its own.
 
+mod api;
 pub mod auth;
+mod events;
+mod filters;
+mod overview;
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -23,6 +32,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+
+use filters::Filters;
 
 /// Where the admin API is and the operator's certificate for it.
 #[derive(Debug, Clone)]
@@ -113,22 +124,22 @@ async fn handle(
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/login") => return login(gate, &req),
         (&Method::POST, "/logout") => return logout(gate, req).await,
-        (&Method::GET, "/") => {}
+        (&Method::GET, "/" | "/record") => {}
         _ => return respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
     let Some(csrf) = gate.session(req.headers()) else {
         return login_page(StatusCode::UNAUTHORIZED, "");
     };
-    let mut agent = String::new();
-    let mut scope = String::new();
-    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()) {
-        match k.as_ref() {
-            "agent" => agent = v.into_owned(),
-            "scope" => scope = v.into_owned(),
-            _ => {}
-        }
-    }
-    let page = render(admin, &agent, &scope, &csrf).await;
+    let query = req.uri().query().unwrap_or_default();
+    let page = if req.uri().path() == "/record" {
+        let id = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "id")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        render_record(admin, &id, &csrf).await
+    } else {
+        render(admin, &Filters::parse(query), &csrf).await
+    };
     respond(StatusCode::OK, "text/html; charset=utf-8", page)
 }
 
@@ -136,13 +147,16 @@ async fn handle(
 /// the browser to the page (so the spent token leaves the address bar).
 fn login(gate: &auth::Gate, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let mut token = String::new();
-    // The page's filters may ride along; nothing else does (no open redirect).
+    let mut record = None;
+    // The page's filters, or one call's id, may ride along; nothing else
+    // does, and the paths are fixed (no open redirect).
     let mut filters = form_urlencoded::Serializer::new(String::new());
     for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()) {
         match k.as_ref() {
             "token" => token = v.into_owned(),
-            "agent" | "scope" => {
-                filters.append_pair(&k, &v);
+            "id" => record = Some(v.into_owned()),
+            k if filters::NAMES.contains(&k) => {
+                filters.append_pair(k, &v);
             }
             _ => {}
         }
@@ -155,10 +169,10 @@ fn login(gate: &auth::Gate, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         );
     };
     let mut r = respond(StatusCode::SEE_OTHER, "text/plain", String::new());
-    let to = if filters.is_empty() {
-        "/".to_owned()
-    } else {
-        format!("/?{filters}")
+    let to = match record {
+        Some(id) => format!("/record?id={}", enc(&id)),
+        None if filters.is_empty() => "/".to_owned(),
+        None => format!("/?{filters}"),
     };
     if let Ok(v) = http::HeaderValue::from_str(&to) {
         r.headers_mut().insert(header::LOCATION, v);
@@ -240,34 +254,6 @@ fn respond(status: StatusCode, kind: &'static str, body: String) -> Response<Ful
     r
 }
 
-async fn get_json(admin: &AdminConn, path: &str) -> Result<serde_json::Value, String> {
-    let (status, body) =
-        crate::admin::client::get(&admin.base, path, &admin.ca, &admin.cert, &admin.key)
-            .await
-            .map_err(|e| e.to_string())?;
-    if status != 200 {
-        return Err(format!(
-            "admin api answered {status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        ));
-    }
-    serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))
-}
-
-async fn get_lines(admin: &AdminConn, path: &str) -> Result<Vec<serde_json::Value>, String> {
-    let (status, body) =
-        crate::admin::client::get(&admin.base, path, &admin.ca, &admin.cert, &admin.key)
-            .await
-            .map_err(|e| e.to_string())?;
-    if status != 200 {
-        return Err(format!("admin api answered {status}"));
-    }
-    Ok(String::from_utf8_lossy(&body)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
-}
-
 /// HTML-escapes `s`.
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -301,252 +287,97 @@ h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.5em}
 table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}
 .ok{color:#080;font-weight:bold}.bad{color:#b00;font-weight:bold}
 .bar{display:inline-block;height:10px}.allow{background:#4a4}.deny{background:#c44}
-.grid{display:grid;grid-template-columns:1fr 1fr;gap:1em 3em}";
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:1em 3em}
+.notice{background:#fff3cd;border:1px solid #e0c060;padding:4px 8px}
+.fields th{width:12em;vertical-align:top}.fields td{font-family:monospace;word-break:break-all}
+#filters label{margin-right:.5em}
+.detail{max-width:48em;word-break:break-word;font-size:12px}";
 
-async fn render(admin: &AdminConn, agent: &str, scope: &str, csrf: &str) -> String {
-    let mut tail_q = String::from("/v1/audit?limit=50");
-    if !agent.is_empty() {
-        let _ = write!(tail_q, "&agent={}", enc(agent));
-    }
-    if !scope.is_empty() {
-        let _ = write!(tail_q, "&scope={}", enc(scope));
-    }
-    let (hour, stats, status, verify, tail) = tokio::join!(
-        get_lines(admin, "/v1/audit?since=1h&limit=100000"),
-        get_json(admin, "/v1/audit/stats?since=24h"),
-        get_json(admin, "/v1/policy/status"),
-        get_json(admin, "/v1/audit/verify"),
-        get_lines(admin, &tail_q),
+/// The overview page: chain, drift and its cause, calls, refusals,
+/// findings, what is in force, the timeline and the filtered calls.
+async fn render(admin: &AdminConn, f: &Filters, csrf: &str) -> String {
+    let since = f.since_or("24h");
+    let stats_q = format!("/v1/audit/stats?since={}", enc(since));
+    let findings_q = format!("/v1/audit/findings?since={}", enc(since));
+    let (timeline_q, calls_q) = (events::timeline_query(f), events::calls_query(f));
+    let (hour, stats, hour_stats, status, verify, found, events, calls) = tokio::join!(
+        api::get_lines(admin, "/v1/audit?since=1h&limit=100000"),
+        api::get_json(admin, &stats_q),
+        api::get_json(admin, "/v1/audit/stats?since=1h"),
+        api::get_json(admin, "/v1/policy/status"),
+        api::get_json(admin, "/v1/audit/verify"),
+        api::get_json(admin, &findings_q),
+        api::get_lines(admin, &timeline_q),
+        api::get_lines(admin, &calls_q),
     );
-    let mut o = String::new();
-    let _ = write!(
-        o,
-        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=10>\
-         <title>clawgate console</title><style>{STYLE}</style></head><body>\
-         <form method=post action=/logout style=float:right><input type=hidden name=csrf value=\"{}\">\
-         <button>log out</button></form><h1>clawgate console <small>{}</small></h1>",
-        esc(csrf),
-        esc(&admin.base)
-    );
+    let mut o = head("clawgate console", admin, csrf, true);
+    overview::pruned_notice(&mut o, &[&stats, &hour_stats]);
     // Chain and drift first: the two answers an operator wants at a glance.
     o.push_str("<div class=grid><section id=chain><h2>Decision log chain</h2>");
-    chain_section(&mut o, &verify);
+    overview::chain_section(&mut o, &verify);
     o.push_str("</section><section id=drift><h2>Policy</h2>");
-    policy_section(&mut o, &status);
+    overview::policy_section(&mut o, &status);
     o.push_str("</section></div>");
     o.push_str("<div class=grid><section id=calls><h2>Calls over the last hour (per 5 min)</h2>");
-    calls_section(&mut o, &hour);
-    o.push_str("</section><section id=reasons><h2>Top refusal reasons (24 h)</h2>");
-    reasons_section(&mut o, &stats);
-    o.push_str("</section></div>");
-    o.push_str("<section id=lapses><h2>Overrides and exceptions in force</h2><table><tr><th>kind</th><th>id</th><th>target</th><th>time left</th></tr>");
-    lapses_section(&mut o, &status);
-    o.push_str("</table></section>");
-    // The live tail, filterable (a form: no script needed).
+    overview::calls_section(&mut o, &hour);
     let _ = write!(
         o,
-        "<section id=tail><h2>Latest decisions</h2><form method=get>agent <input name=agent value=\"{}\"> \
-         scope <input name=scope value=\"{}\"> <button>filter</button></form>\
-         <table><tr><th>time</th><th>agent</th><th>scope</th><th>method</th><th>host</th><th>path</th><th>decision</th><th>reason</th></tr>",
-        esc(agent),
-        esc(scope)
+        "</section><section id=reasons><h2>Top refusal reasons (since {})</h2>",
+        esc(since)
     );
-    tail_section(&mut o, &tail);
-    o.push_str("</table></section></body></html>\n");
+    overview::reasons_section(&mut o, &stats);
+    o.push_str("</section></div><div class=grid><section id=findings><h2>Findings</h2>");
+    overview::findings_section(&mut o, &found);
+    o.push_str("</section><section id=lapses><h2>Overrides and exceptions in force</h2><table><tr><th>kind</th><th>id</th><th>target</th><th>time left</th></tr>");
+    overview::lapses_section(&mut o, &status);
+    o.push_str("</table></section></div><section id=timeline><h2>Events</h2>");
+    events::timeline_section(&mut o, &events);
+    let _ = write!(
+        o,
+        "</section><section id=tail><h2>Calls{}</h2>{}",
+        if f.any() { ", filtered" } else { "" },
+        f.form()
+    );
+    events::calls_section(&mut o, &calls);
+    o.push_str("</section></body></html>\n");
     o
 }
 
-type Answer = Result<serde_json::Value, String>;
-type Lines = Result<Vec<serde_json::Value>, String>;
-
-/// Whether the chain verifies, with its head.
-fn chain_section(o: &mut String, verify: &Answer) {
-    match &verify {
-        Ok(v) if v["intact"] == true => {
-            let _ = write!(
-                o,
-                "<p><span class=ok id=chain-status>intact</span> {} records, head <code>{}</code>{}</p>",
-                esc(&s(&v["records"])),
-                esc(&s(&v["head"])),
-                v["pruned_anchor"]
-                    .as_str()
-                    .map(|a| format!(", pruned up to <code>{}</code>", esc(a)))
-                    .unwrap_or_default()
-            );
-        }
-        Ok(v) => {
-            let _ = write!(
-                o,
-                "<p><span class=bad id=chain-status>BROKEN</span> {}</p>",
-                esc(&s(&v["error"]))
-            );
-        }
-        Err(e) => {
-            let _ = write!(
-                o,
-                "<p><span class=bad id=chain-status>unknown</span> {}</p>",
-                esc(e)
-            );
-        }
-    }
+/// One call's records, every field.
+async fn render_record(admin: &AdminConn, id: &str, csrf: &str) -> String {
+    let found = api::get_lines(
+        admin,
+        &format!("/v1/audit?limit=100&request_id={}", enc(id)),
+    )
+    .await;
+    let mut o = head("clawgate console: one call", admin, csrf, false);
+    let _ = write!(
+        o,
+        "<p><a href=\"/\">back</a></p><h2>Call <code id=request-id>{}</code></h2>",
+        esc(id)
+    );
+    events::record_section(&mut o, id, &found);
+    o.push_str("</body></html>\n");
+    o
 }
 
-/// Whether the policy in force is the files' (drift).
-fn policy_section(o: &mut String, status: &Answer) {
-    match &status {
-        Ok(st) => {
-            let in_sync = st["in_sync"] == true;
-            let _ = write!(
-                o,
-                "<p><span class={} id=drift-status>{}</span> in force <code>{}</code>, valid: {}</p>",
-                if in_sync { "ok" } else { "bad" },
-                if in_sync { "in sync" } else { "DRIFTED" },
-                esc(&s(&st["in_force"])),
-                esc(&s(&st["valid"]))
-            );
-        }
-        Err(e) => {
-            let _ = write!(o, "<p class=bad id=drift-status>unknown: {}</p>", esc(e));
-        }
-    }
-}
-
-/// Calls over the last hour, per five minutes, by decision.
-fn calls_section(o: &mut String, hour: &Lines) {
-    match &hour {
-        Ok(records) => {
-            let mut buckets: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-            for r in records.iter().filter(|r| r["kind"] == "decision") {
-                let ts = r["ts"].as_str().unwrap_or_default();
-                // `YYYY-MM-DDTHH:MM`: the minute floored to five.
-                let Some(minute) = ts.get(14..16).and_then(|m| m.parse::<u32>().ok()) else {
-                    continue;
-                };
-                let key = format!(
-                    "{}{:02}",
-                    ts.get(11..14).unwrap_or_default(),
-                    minute / 5 * 5
-                );
-                let e = buckets.entry(key).or_default();
-                if r["decision"] == "allow" {
-                    e.0 += 1;
-                } else {
-                    e.1 += 1;
-                }
-            }
-            let max = buckets
-                .values()
-                .map(|(a, d)| a + d)
-                .max()
-                .unwrap_or(1)
-                .max(1);
-            o.push_str(
-                "<table><tr><th>from (UTC)</th><th>allowed</th><th>refused</th><th></th></tr>",
-            );
-            for (k, (a, d)) in &buckets {
-                let _ = write!(
-                    o,
-                    "<tr class=bucket><td>{}</td><td class=allowed>{a}</td><td class=refused>{d}</td>\
-                     <td><span class='bar allow' style='width:{}px'></span><span class='bar deny' style='width:{}px'></span></td></tr>",
-                    esc(k),
-                    a * 300 / max,
-                    d * 300 / max
-                );
-            }
-            o.push_str("</table>");
-        }
-        Err(e) => {
-            let _ = write!(o, "<p class=bad>{}</p>", esc(e));
-        }
-    }
-}
-
-/// The top refusal reasons of the last 24 hours.
-fn reasons_section(o: &mut String, stats: &Answer) {
-    match &stats {
-        Ok(st) => {
-            o.push_str("<table><tr><th>reason</th><th>calls</th></tr>");
-            for pair in st["top_refusal_reasons"].as_array().into_iter().flatten() {
-                let _ = write!(
-                    o,
-                    "<tr class=reason><td>{}</td><td>{}</td></tr>",
-                    esc(&s(&pair[0])),
-                    esc(&s(&pair[1]))
-                );
-            }
-            let _ = write!(
-                o,
-                "</table><p>allowed {}, refused {}, would-deny {}</p>",
-                esc(&s(&st["total"]["allowed"])),
-                esc(&s(&st["total"]["refused"])),
-                esc(&s(&st["total"]["would_deny"]))
-            );
-        }
-        Err(e) => {
-            let _ = write!(o, "<p class=bad>{}</p>", esc(e));
-        }
-    }
-}
-
-/// Overrides and exceptions in force, with time left.
-fn lapses_section(o: &mut String, status: &Answer) {
-    if let Ok(st) = &status {
-        let left = |v: &serde_json::Value| {
-            humantime::format_duration(std::time::Duration::from_secs(
-                v["expires_in_seconds"].as_u64().unwrap_or(0),
-            ))
-            .to_string()
-        };
-        for ov in st["overrides"].as_array().into_iter().flatten() {
-            let _ = write!(
-                o,
-                "<tr class=override><td>override {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&s(&ov["kind"])),
-                esc(&s(&ov["id"])),
-                esc(&s(&ov["target"])),
-                esc(&left(ov))
-            );
-        }
-        for ex in st["exceptions"].as_array().into_iter().flatten() {
-            let _ = write!(
-                o,
-                "<tr class=exception><td>exception</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&s(&ex["id"])),
-                esc(&s(&ex["agent"])),
-                esc(&left(ex))
-            );
-        }
-    }
-}
-
-/// The latest decisions, newest first.
-fn tail_section(o: &mut String, tail: &Lines) {
-    match &tail {
-        Ok(records) => {
-            for r in records.iter().rev().filter(|r| r["kind"] == "decision") {
-                let _ = write!(
-                    o,
-                    "<tr class=decision><td>{}</td><td class=agent>{}</td><td class=scope>{}</td><td>{}</td><td>{}</td><td>{}</td><td class={}>{}</td><td>{}</td></tr>",
-                    esc(&s(&r["ts"])),
-                    esc(&s(&r["agent"])),
-                    esc(&s(&r["scope"])),
-                    esc(&s(&r["method"])),
-                    esc(&s(&r["host"])),
-                    esc(&s(&r["path"])),
-                    if r["decision"] == "allow" {
-                        "ok"
-                    } else {
-                        "bad"
-                    },
-                    esc(&s(&r["decision"])),
-                    esc(&s(&r["reason"]))
-                );
-            }
-        }
-        Err(e) => {
-            let _ = write!(o, "<tr><td class=bad colspan=8>{}</td></tr>", esc(e));
-        }
-    }
+/// The top of every page with a session: the logout form (CSRF token) and
+/// the admin API it reads.
+fn head(title: &str, admin: &AdminConn, csrf: &str, refresh: bool) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=utf-8>{}\
+         <title>{}</title><style>{STYLE}</style></head><body>\
+         <form method=post action=/logout style=float:right><input type=hidden name=csrf value=\"{}\">\
+         <button>log out</button></form><h1>clawgate console <small>{}</small></h1>",
+        if refresh {
+            "<meta http-equiv=refresh content=30>"
+        } else {
+            ""
+        },
+        esc(title),
+        esc(csrf),
+        esc(&admin.base)
+    )
 }
 
 #[cfg(test)]

@@ -130,7 +130,17 @@ fn stats_command(
 ) -> anyhow::Result<ExitCode> {
     crate::audit_cmd::warn_if_broken(path, store)?;
     let records = read_window(path, store, since)?;
-    let s = audit::stats::stats(&records, by);
+    let mut s = audit::stats::stats(&records, by);
+    let retained = match store {
+        Some(target) => {
+            runtime()?.block_on(audit::postgres::retained_from(&cli::store(target)?))?
+        }
+        None => audit::retained_from(path)?,
+    };
+    s.covers_from = audit::stats::covers_from(&parse_time(since)?, retained.as_deref());
+    if let Some(from) = &s.covers_from {
+        eprintln!("note: {}", audit::stats::pruned_notice(from));
+    }
     let mut out = std::io::stdout().lock();
     match format {
         OutputFormat::Table => audit::stats::table(&s, &mut out)?,

@@ -108,6 +108,30 @@ fn calls_spread_over_three_replicas_land_in_three_chains_and_verify_passes() {
         assert!(text.contains(id.as_str()), "{id} missing from /v1/audit");
     }
     assert!(text.contains("\"chain\":\"r1\"") && text.contains("\"chain\":\"r3\""));
+    // The console's filters on the store: source address, request id, kinds.
+    let lines = |q: &str| -> Vec<serde_json::Value> {
+        let r = replicas[0].admin(Some("ops"), &[q]);
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body_text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let by_source = lines("/v1/audit?agent=fleeter&source=127.0.0.1&limit=500");
+    assert_eq!(
+        by_source.iter().filter(|r| r["kind"] == "decision").count(),
+        12
+    );
+    assert!(lines("/v1/audit?source=10.9.9.9&limit=500").is_empty());
+    let one = lines(&format!("/v1/audit?request_id={}", ids[0]));
+    assert!(!one.is_empty() && one.iter().all(|r| r["request_id"] == ids[0].as_str()));
+    let policy = lines("/v1/audit?kind=policy,certs&limit=500");
+    assert!(
+        !policy.is_empty()
+            && policy
+                .iter()
+                .all(|r| r["kind"] == "policy" || r["kind"] == "certs")
+    );
     // `audit head` gives the latest checkpoint as an anchor that verifies.
     let head = fleet_cmd(&["audit", "head", "--store", &pg.url()]);
     assert!(head.status.success(), "{head:?}");

@@ -193,6 +193,22 @@ fn export_verify_prune_verify_and_restore_on_postgresql() {
         "{out}"
     );
     assert!(out.contains("pruned 7 records of chain `r2`"), "{out}");
+    // Figures over a window that reaches past the prune say so.
+    let stats = clawgate(&[
+        "audit", "stats", "--store", &url, "--since", "24h", "--format", "json",
+    ]);
+    assert!(stats.status.success(), "{stats:?}");
+    assert!(
+        stderr(&stats).contains("note: the log was pruned: these figures cover only records from"),
+        "{stats:?}"
+    );
+    let figures: serde_json::Value = serde_json::from_str(&stdout(&stats)).unwrap();
+    assert!(
+        figures["covers_from"]
+            .as_str()
+            .is_some_and(|t| t >= until.as_str()),
+        "{figures}"
+    );
     // Exactly the archived records are gone; the later ones stay.
     assert_eq!(
         count(&pg, &format!("chain <> ':ops' AND ts < '{until}'")),

@@ -59,7 +59,16 @@ impl Admin {
             Ok(by) => by,
             Err(e) => return error(StatusCode::BAD_REQUEST, &e),
         };
-        let stats = crate::audit::stats::stats(&records, by);
+        let mut stats = crate::audit::stats::stats(&records, by);
+        // The window's start, as `window` read it.
+        let since =
+            parse_time(params.get("since").map_or("24h", String::as_str)).unwrap_or_default();
+        match self.audit_source.retained_from().await {
+            Ok(from) => {
+                stats.covers_from = crate::audit::stats::covers_from(&since, from.as_deref())
+            }
+            Err(e) => tracing::warn!(error = %e, "the decision log's oldest record cannot be read"),
+        }
         json(
             StatusCode::OK,
             &serde_json::to_value(&stats).unwrap_or_default(),

@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 
 pub(crate) use answers::post_box;
 pub use chain::{Head, VerifyError, VerifyReport, check_anchor, head, verify};
-pub use query::{Filter, Format, for_each_decision, query, render};
+pub use query::{Filter, Format, for_each_decision, query, render, retained_from};
 pub use writer::WriterHandle;
 
 /// The kind of a record.
@@ -233,6 +233,23 @@ impl Source {
 }
 
 impl Source {
+    /// The time from which the log is complete when it was pruned
+    /// ([`retained_from`], [`postgres::retained_from`]); `None` when never
+    /// pruned.
+    pub async fn retained_from(&self) -> Result<Option<String>, AuditError> {
+        match self {
+            Source::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || retained_from(&path))
+                    .await
+                    .map_err(|_| AuditError::WriterGone)?
+            }
+            Source::Postgres(target) => postgres::retained_from(target)
+                .await
+                .map_err(|e| AuditError::Write(e.to_string())),
+        }
+    }
+
     /// Walks the whole log (every chain on PostgreSQL): `Ok` with a JSON
     /// summary when intact, `Err` naming what is broken or unreadable.
     pub async fn verify(&self) -> Result<serde_json::Value, String> {

@@ -33,6 +33,22 @@ pub struct Filter {
     pub until: Option<String>,
     /// At most this many records: the most recent ones, oldest first.
     pub limit: Option<u64>,
+    /// The peer's address without its port (`10.0.0.9`, `::1`).
+    pub source: Option<String>,
+    /// Exact request id: a call's decision and outcome records.
+    pub request_id: Option<String>,
+    /// Record kinds (`override`, `policy`, …); empty means any.
+    pub kinds: Vec<String>,
+}
+
+impl Filter {
+    /// The three values a `source` filter compares `client_addr` with: the
+    /// address alone, and the prefixes of it with a port (`a:`, `[a]:`).
+    pub fn source_forms(&self) -> Option<[String; 3]> {
+        self.source
+            .as_ref()
+            .map(|s| [s.clone(), format!("{s}:"), format!("[{s}]:")])
+    }
 }
 
 /// How records are printed.
@@ -66,6 +82,23 @@ pub fn query(path: &Path, filter: &Filter) -> Result<Vec<DecisionRecord>, AuditE
     eq("reason", &filter.reason);
     eq("host", &filter.host);
     eq("trace_id", &filter.trace_id);
+    eq("request_id", &filter.request_id);
+    if !filter.kinds.is_empty() {
+        let marks = vec!["?"; filter.kinds.len()].join(", ");
+        clauses.push(format!("kind IN ({marks})"));
+        args.extend(filter.kinds.iter().cloned().map(Value::Text));
+    }
+    if let Some([bare, v4, v6]) = filter.source_forms() {
+        // Prefixes compared as text, not LIKE patterns: the value is input.
+        clauses.push(
+            "(client_addr = ? OR substr(client_addr, 1, length(?)) = ? \
+             OR substr(client_addr, 1, length(?)) = ?)"
+                .into(),
+        );
+        for v in [bare, v4.clone(), v4, v6.clone(), v6] {
+            args.push(Value::Text(v));
+        }
+    }
     if filter.would_deny {
         clauses.push("would_deny IS NOT NULL".into());
     }
@@ -113,6 +146,30 @@ pub fn query(path: &Path, filter: &Filter) -> Result<Vec<DecisionRecord>, AuditE
         .collect::<Result<Vec<_>, _>>()?;
     records.reverse();
     Ok(records)
+}
+
+/// The time of the oldest record left in a pruned log (one with a `prune`
+/// record), `None` for a log never pruned: a window that starts before it
+/// is not complete. Reads two rows, whatever the size of the log.
+pub fn retained_from(path: &Path) -> Result<Option<String>, AuditError> {
+    use rusqlite::OptionalExtension as _;
+    let conn = open_read_only(path)?;
+    let snapshot = conn.unchecked_transaction()?;
+    let pruned: Option<i64> = snapshot
+        .query_row(
+            "SELECT seq FROM records WHERE kind = ?1 ORDER BY seq DESC LIMIT 1",
+            [super::kind::PRUNE],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if pruned.is_none() {
+        return Ok(None);
+    }
+    Ok(snapshot
+        .query_row("SELECT ts FROM records ORDER BY seq LIMIT 1", [], |row| {
+            row.get(0)
+        })
+        .optional()?)
 }
 
 /// Calls `visit` with each decision record at or after `since` (RFC 3339

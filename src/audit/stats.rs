@@ -2,7 +2,7 @@
 //! that need a look (`audit findings`), computed from records read from
 //! either backend, so that they mean the same on SQLite and PostgreSQL.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -53,6 +53,11 @@ pub struct Counts {
     pub refused: u64,
     /// Report-mode calls enforce mode would have refused.
     pub would_deny: u64,
+    /// Allowed calls whose outcome record says they failed all the same:
+    /// a status of 500 or more (the upstream's own, or clawgate's 502/504
+    /// when the upstream could not be reached). Counted among `allowed`
+    /// too: `allowed` counts decisions, not successes.
+    pub failed_upstream: u64,
 }
 
 /// The answer of `stats`.
@@ -66,6 +71,27 @@ pub struct Stats {
     pub top_refusal_reasons: Vec<(String, u64)>,
     /// Hosts called, most frequent first (at most ten).
     pub top_hosts: Vec<(String, u64)>,
+    /// Set when the window asked for reaches back past pruned history: the
+    /// time of the oldest record left, from which the counts are complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub covers_from: Option<String>,
+}
+
+/// The time from which a window starting at `since` is complete, when the
+/// log was pruned after `since` (`retained_from` is the oldest record left
+/// in a pruned log, `None` for a log never pruned).
+pub fn covers_from(since: &str, retained_from: Option<&str>) -> Option<String> {
+    retained_from
+        .filter(|from| *from > since)
+        .map(ToOwned::to_owned)
+}
+
+/// What to say when a window reaches past pruned history.
+pub fn pruned_notice(from: &str) -> String {
+    format!(
+        "the log was pruned: these figures cover only records from {from} on; \
+         earlier ones are in the archives (`clawgate audit verify --archive FILE`)"
+    )
 }
 
 fn key_of(r: &DecisionRecord, by: By) -> String {
@@ -79,9 +105,14 @@ fn key_of(r: &DecisionRecord, by: By) -> String {
     field.unwrap_or("-").to_owned()
 }
 
-fn count(c: &mut Counts, r: &DecisionRecord) {
+fn count(c: &mut Counts, r: &DecisionRecord, failed: &HashSet<&str>) {
     match r.decision.as_deref() {
-        Some("allow") => c.allowed += 1,
+        Some("allow") => {
+            c.allowed += 1;
+            if failed.contains(r.request_id.as_str()) {
+                c.failed_upstream += 1;
+            }
+        }
         Some("deny") => c.refused += 1,
         _ => {}
     }
@@ -106,15 +137,16 @@ pub fn stats(records: &[DecisionRecord], by: Option<By>) -> Stats {
     let mut groups: BTreeMap<String, Counts> = BTreeMap::new();
     let mut reasons = HashMap::new();
     let mut hosts = HashMap::new();
+    let failed = failed_upstream(records);
     for r in records.iter().filter(|r| r.kind == kind::DECISION) {
-        count(&mut total, r);
+        count(&mut total, r, &failed);
         if let Some(by) = by {
             let key = key_of(r, by);
             let g = groups.entry(key.clone()).or_insert_with(|| Counts {
                 key,
                 ..Counts::default()
             });
-            count(g, r);
+            count(g, r, &failed);
         }
         if r.decision.as_deref() == Some("deny") {
             *reasons.entry(r.reason.clone()).or_insert(0) += 1;
@@ -147,21 +179,31 @@ pub fn stats(records: &[DecisionRecord], by: Option<By>) -> Stats {
         groups,
         top_refusal_reasons: top(reasons),
         top_hosts: top(hosts),
+        covers_from: None,
     }
+}
+
+/// The request ids whose outcome record carries a status of 500 or more.
+pub fn failed_upstream(records: &[DecisionRecord]) -> HashSet<&str> {
+    records
+        .iter()
+        .filter(|r| r.kind == kind::OUTCOME && r.status.is_some_and(|s| s >= 500))
+        .map(|r| r.request_id.as_str())
+        .collect()
 }
 
 /// Writes `stats` as an aligned table.
 pub fn table(s: &Stats, out: &mut impl std::io::Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<40} {:>10} {:>10} {:>10}",
-        "key", "allowed", "refused", "would-deny"
+        "{:<40} {:>10} {:>16} {:>10} {:>10}",
+        "key", "allowed", "(failed upstream)", "refused", "would-deny"
     )?;
     for c in std::iter::once(&s.total).chain(&s.groups) {
         writeln!(
             out,
-            "{:<40} {:>10} {:>10} {:>10}",
-            c.key, c.allowed, c.refused, c.would_deny
+            "{:<40} {:>10} {:>16} {:>10} {:>10}",
+            c.key, c.allowed, c.failed_upstream, c.refused, c.would_deny
         )?;
     }
     writeln!(out, "\ntop refusal reasons")?;
@@ -175,28 +217,36 @@ pub fn table(s: &Stats, out: &mut impl std::io::Write) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes `stats` as CSV: `section,key,allowed,refused,would_deny,count`.
+/// Writes `stats` as CSV:
+/// `section,key,allowed,refused,would_deny,count,failed_upstream`.
 pub fn csv(s: &Stats, out: &mut impl std::io::Write) -> std::io::Result<()> {
     let q = |v: &str| format!("\"{}\"", v.replace('"', "\"\""));
-    writeln!(out, "section,key,allowed,refused,would_deny,count")?;
+    writeln!(
+        out,
+        "section,key,allowed,refused,would_deny,count,failed_upstream"
+    )?;
+    if let Some(from) = &s.covers_from {
+        writeln!(out, "covers_from,{},,,,,", q(from))?;
+    }
     for (section, c) in
         std::iter::once(("total", &s.total)).chain(s.groups.iter().map(|g| ("group", g)))
     {
         writeln!(
             out,
-            "{section},{},{},{},{},{}",
+            "{section},{},{},{},{},{},{}",
             q(&c.key),
             c.allowed,
             c.refused,
             c.would_deny,
-            c.allowed + c.refused
+            c.allowed + c.refused,
+            c.failed_upstream
         )?;
     }
     for (k, n) in &s.top_refusal_reasons {
-        writeln!(out, "refusal_reason,{},,,,{n}", q(k))?;
+        writeln!(out, "refusal_reason,{},,,,{n},", q(k))?;
     }
     for (k, n) in &s.top_hosts {
-        writeln!(out, "host,{},,,,{n}", q(k))?;
+        writeln!(out, "host,{},,,,{n},", q(k))?;
     }
     Ok(())
 }
@@ -297,7 +347,6 @@ pub fn findings(records: &[DecisionRecord], recent_from: &str, t: Thresholds) ->
     let mut per_agent: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     // Scopes whose minted tokens carry more than they asked for.
     let mut broader: BTreeMap<String, (u64, String)> = BTreeMap::new();
-    let first_ts = records.first().map(|r| r.ts.clone()).unwrap_or_default();
     for r in records {
         if r.kind == kind::DECISION && BURST_REASONS.contains(&r.reason.as_str()) {
             *bursts.entry((r.reason.clone(), source_of(r))).or_insert(0) += 1;
@@ -376,33 +425,65 @@ pub fn findings(records: &[DecisionRecord], recent_from: &str, t: Thresholds) ->
             });
         }
     }
-    // Rates per second over each part, so unequal parts compare fairly.
-    let secs = |a: &str, b: &str| -> f64 {
-        let p = |s: &str| {
-            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
-                .unwrap_or(0.0)
-        };
-        (p(b) - p(a)).max(1.0)
+    rises(records, recent_from, &per_agent, t, &mut out);
+    out
+}
+
+/// Seconds from `a` to `b` (RFC 3339), 0 when either does not parse.
+fn secs(a: &str, b: &str) -> f64 {
+    let p = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
     };
-    let last_ts = records.last().map(|r| r.ts.clone()).unwrap_or_default();
-    let base_secs = secs(&first_ts, recent_from);
-    let recent_secs = secs(recent_from, &last_ts);
-    for (agent, (base, recent)) in per_agent {
+    match (p(a), p(b)) {
+        (Ok(a), Ok(b)) => b - a,
+        _ => 0.0,
+    }
+}
+
+/// `refusals-rising`: an agent's refusal rate in the recent part against
+/// its own rate before. Only an agent with a baseline counts: its first
+/// record in the window must lie at least as long before `recent_from` as
+/// the recent part lasts (a young log, or an agent new to it, has no
+/// "before" to rise against, and "against 0 before" would fire on any
+/// first refusals).
+fn rises(
+    records: &[DecisionRecord],
+    recent_from: &str,
+    per_agent: &BTreeMap<String, (u64, u64)>,
+    t: Thresholds,
+    out: &mut Vec<Finding>,
+) {
+    let mut first_seen: HashMap<&str, &str> = HashMap::new();
+    for r in records {
+        if let Some(agent) = r.agent.as_deref() {
+            first_seen.entry(agent).or_insert(r.ts.as_str());
+        }
+    }
+    let last_ts = records.last().map(|r| r.ts.as_str()).unwrap_or_default();
+    // Rates per second over each part, so unequal parts compare fairly.
+    let recent_secs = secs(recent_from, last_ts).max(1.0);
+    for (agent, &(base, recent)) in per_agent {
+        let Some(first) = first_seen.get(agent.as_str()) else {
+            continue;
+        };
+        let base_secs = secs(first, recent_from);
+        if base_secs < recent_secs {
+            continue;
+        }
         let base_rate = base as f64 / base_secs;
         let recent_rate = recent as f64 / recent_secs;
         if recent >= t.rise_min && recent_rate > t.rise_factor * base_rate {
             out.push(Finding {
                 kind: "refusals-rising".into(),
-                subject: agent,
+                subject: agent.clone(),
                 detail: format!(
-                    "{recent} refusals recently ({recent_rate:.3}/s) against {base} before ({base_rate:.3}/s)"
+                    "{recent} refusals recently ({recent_rate:.3}/s) against {base} before ({base_rate:.3}/s, over {base_secs:.0} s)"
                 ),
                 count: recent,
             });
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -240,3 +240,102 @@ fn minted_tokens_broader_than_requested_are_a_finding_per_scope() {
         "{found:?}"
     );
 }
+
+#[test]
+fn allowed_calls_that_failed_upstream_are_counted_apart() {
+    let mut v = Vec::new();
+    for (i, status) in [200, 502, 503, 404].into_iter().enumerate() {
+        let mut d = rec(
+            &format!("2026-01-01T00:00:0{i}.000Z"),
+            "a",
+            "allow",
+            "allowed",
+            "1.1.1.1:1",
+        );
+        d.request_id = format!("r{i}");
+        let mut o = d.clone();
+        o.kind = kind::OUTCOME.into();
+        o.status = Some(status);
+        v.push(d);
+        v.push(o);
+    }
+    let s = stats(&v, Some(By::Agent));
+    assert_eq!((s.total.allowed, s.total.failed_upstream), (4, 2));
+    assert_eq!(s.groups[0].failed_upstream, 2);
+    let mut text = Vec::new();
+    csv(&s, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("total,\"all\",4,0,0,4,2"), "{text}");
+    let mut table_text = Vec::new();
+    table(&s, &mut table_text).unwrap();
+    assert!(
+        String::from_utf8(table_text)
+            .unwrap()
+            .contains("(failed upstream)")
+    );
+}
+
+#[test]
+fn a_window_past_pruned_history_says_where_it_starts() {
+    let since = "2026-01-01T00:00:00.000Z";
+    assert_eq!(covers_from(since, None), None);
+    assert_eq!(covers_from(since, Some("2025-12-31T00:00:00.000Z")), None);
+    assert_eq!(
+        covers_from(since, Some("2026-01-01T00:30:00.000Z")).as_deref(),
+        Some("2026-01-01T00:30:00.000Z")
+    );
+    assert!(pruned_notice("T").contains("cover only records from T on"));
+}
+
+/// A young log (or an agent new to it) has no baseline: its first refusals
+/// are not a rise "against 0 before". With a baseline as long as the recent
+/// part, the same refusals are one.
+#[test]
+fn refusals_rising_needs_a_baseline_as_long_as_the_recent_part() {
+    let young: Vec<_> = (0..8)
+        .map(|i| {
+            rec(
+                &format!("2026-01-01T00:00:5{i}.000Z"),
+                "z",
+                "deny",
+                "denied-by-rule",
+                "1.1.1.1:1",
+            )
+        })
+        .collect();
+    // The recent part starts before the log does.
+    let f = findings(&young, "2026-01-01T00:00:00.000Z", Thresholds::default());
+    assert!(!f.iter().any(|f| f.kind == "refusals-rising"), "{f:?}");
+    // Recent part from :50; the agent first seen at :45, 5 s before: too short.
+    let mut short = young.clone();
+    short.insert(
+        0,
+        rec(
+            "2026-01-01T00:00:45.000Z",
+            "z",
+            "allow",
+            "allowed",
+            "1.1.1.1:1",
+        ),
+    );
+    let f = findings(&short, "2026-01-01T00:00:50.000Z", Thresholds::default());
+    assert!(!f.iter().any(|f| f.kind == "refusals-rising"), "{f:?}");
+    // Seen since :10 with no refusal: a real rise.
+    let mut long = young;
+    long.insert(
+        0,
+        rec(
+            "2026-01-01T00:00:10.000Z",
+            "z",
+            "allow",
+            "allowed",
+            "1.1.1.1:1",
+        ),
+    );
+    let f = findings(&long, "2026-01-01T00:00:50.000Z", Thresholds::default());
+    assert!(
+        f.iter()
+            .any(|f| f.kind == "refusals-rising" && f.detail.contains("against 0 before")),
+        "{f:?}"
+    );
+}

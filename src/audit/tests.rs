@@ -334,3 +334,60 @@ fn timestamps_format_as_the_description_does() {
     let far = OffsetDateTime::from_unix_timestamp(-62_167_219_201).unwrap();
     assert_eq!(format_ts(far), format_ts_described(far));
 }
+
+/// The console's filters: a source address (whatever its port, IPv4 or
+/// IPv6, compared as text rather than as a pattern), a request id, kinds;
+/// and the oldest record's time once the log has been pruned.
+#[test]
+fn query_filters_by_source_request_id_and_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let (log, writer) = AuditLog::open(&path).unwrap();
+    let addrs = [
+        "10.0.0.1:4000",
+        "10.0.0.10:4000",
+        "[::1]:5000",
+        "10_0_0_1:1",
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for (i, a) in addrs.iter().enumerate() {
+            let mut r = record(i + 1);
+            r.client_addr = Some((*a).into());
+            log.append_durable(r).await.unwrap();
+        }
+        let mut o = DecisionRecord::new(kind::OVERRIDE, "ov-1");
+        o.reason = "override-changed".into();
+        log.append_durable(o).await.unwrap();
+    });
+    writer.shutdown();
+    let seqs =
+        |f: Filter| -> Vec<i64> { query(&path, &f).unwrap().iter().map(|r| r.seq).collect() };
+    let by_source = |s: &str| {
+        seqs(Filter {
+            source: Some(s.into()),
+            ..Filter::default()
+        })
+    };
+    assert_eq!(by_source("10.0.0.1"), vec![1]);
+    assert_eq!(by_source("::1"), vec![3]);
+    assert_eq!(by_source("10_0_0_1"), vec![4]);
+    assert_eq!(by_source("10.0.0.%"), Vec::<i64>::new());
+    assert_eq!(
+        seqs(Filter {
+            request_id: Some("req-2".into()),
+            ..Filter::default()
+        }),
+        vec![2]
+    );
+    assert_eq!(
+        seqs(Filter {
+            kinds: vec!["override".into(), "policy".into()],
+            ..Filter::default()
+        }),
+        vec![5]
+    );
+    assert_eq!(retained_from(&path).unwrap(), None, "never pruned");
+}

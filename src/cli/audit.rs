@@ -51,6 +51,12 @@ pub(crate) enum AuditCommand {
         /// Only report-mode calls that enforce mode would have refused.
         #[arg(long)]
         would_deny: bool,
+        /// Only calls from this client address (without its port).
+        #[arg(long)]
+        source: Option<String>,
+        /// Only the records of this request id (a call's decision and outcome).
+        #[arg(long)]
+        request_id: Option<String>,
         /// From this time: RFC 3339, or a duration back from now (15m, 24h).
         #[arg(long)]
         since: Option<String>,

@@ -17,6 +17,8 @@ use clawgate::audit::{self, DecisionRecord, Filter};
 use clawgate::certs::{self, Pem};
 use clawgate::demo::echo::{EchoUpstream, Seen};
 
+pub mod browser;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_clawgate");
 /// The injected secret; tests look for it everywhere it must not be.
 pub const CANARY: &str = "canary-7f3a9c1e-do-not-leak";

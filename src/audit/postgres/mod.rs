@@ -34,7 +34,7 @@ use super::writer::{BatchStore, Waiter, start_with};
 use super::{AuditError, AuditLog, WriterHandle};
 
 pub use archive::{FleetArchiveError, FleetExported, FleetPruned, OPS_CHAIN};
-pub use read::{close_chain, migrate, query};
+pub use read::{close_chain, migrate, query, retained_from};
 pub use restore::restore;
 pub use target::{PASSWORD_ENV, PgTarget, describe};
 pub use verify::{Checkpoint, FleetReport, FleetVerifyError, checkpoint, head, verify};

@@ -72,10 +72,27 @@ pub async fn query(target: &PgTarget, filter: &Filter) -> Result<Vec<DecisionRec
     text("reason", &filter.reason, "=");
     text("host", &filter.host, "=");
     text("trace_id", &filter.trace_id, "=");
+    text("request_id", &filter.request_id, "=");
     text("ts", &filter.since, ">=");
     text("ts", &filter.until, "<");
     if filter.would_deny {
         clauses.push("would_deny IS NOT NULL".into());
+    }
+    if !filter.kinds.is_empty() {
+        args.push(Box::new(filter.kinds.clone()));
+        clauses.push(format!("kind = ANY(${})", args.len()));
+    }
+    if let Some([bare, v4, v6]) = filter.source_forms() {
+        let n = args.len();
+        args.push(Box::new(bare));
+        args.push(Box::new(v4));
+        args.push(Box::new(v6));
+        clauses.push(format!(
+            "(client_addr = ${} OR starts_with(client_addr, ${}) OR starts_with(client_addr, ${}))",
+            n + 1,
+            n + 2,
+            n + 3
+        ));
     }
     let mut sql = format!("SELECT {RECORD_COLUMNS} FROM audit_records");
     if !clauses.is_empty() {
@@ -93,6 +110,36 @@ pub async fn query(target: &PgTarget, filter: &Filter) -> Result<Vec<DecisionRec
     let mut records = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
     records.reverse();
     Ok(records)
+}
+
+/// The time from which every pruned chain is complete: the latest of the
+/// pruned chains' oldest records (a window starting before it misses
+/// pruned records of some chain); `None` when no chain was pruned.
+pub async fn retained_from(target: &PgTarget) -> Result<Option<String>, PgError> {
+    let client = target.connect().await?;
+    let rows = client
+        .query(
+            "SELECT detail FROM audit_records WHERE chain = $1 AND kind = $2",
+            &[&super::OPS_CHAIN, &crate::audit::kind::PRUNE],
+        )
+        .await?;
+    let chains: Vec<String> = rows
+        .iter()
+        .filter_map(|row| row.get::<_, Option<String>>(0))
+        .filter_map(|d| serde_json::from_str::<crate::audit::archive::PruneNote>(&d).ok())
+        .filter_map(|note| note.chain)
+        .collect();
+    if chains.is_empty() {
+        return Ok(None);
+    }
+    let row = client
+        .query_one(
+            "SELECT max(first) FROM (SELECT min(ts) AS first FROM audit_records
+             WHERE chain = ANY($1) GROUP BY chain) AS firsts",
+            &[&chains],
+        )
+        .await?;
+    Ok(row.get::<_, Option<String>>(0))
 }
 
 /// Records copied per statement by [`migrate`].
