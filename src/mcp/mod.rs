@@ -17,6 +17,7 @@
 //! - Raw arguments never reach a record, a log line or an error: only their
 //!   keyed hash does.
 
+pub mod detect;
 pub mod fetch;
 pub mod headers;
 pub mod jsonrpc;
@@ -25,6 +26,7 @@ pub mod response;
 pub mod rules;
 pub mod sse;
 pub mod state;
+pub mod uri;
 
 pub use rules::{McpCall, McpRules, McpVerdict};
 pub use state::McpState;

@@ -147,7 +147,9 @@ fn decide_in_scope(
             Target::Route(_) => Some(call.path),
             Target::Host { .. } | Target::Connect { .. } => scope.upstream.strip_base(call.path),
         };
-        if path == Some(mcp.endpoint.as_str()) {
+        // A JSON-RPC message is decided as MCP wherever it is sent; the
+        // endpoint path is where the session's stream and end go.
+        if call.mcp.is_some() || path == Some(mcp.endpoint.as_str()) {
             return decide_mcp(call, scope, mcp, agent_id, scope_id, trace);
         }
     }
@@ -313,7 +315,7 @@ fn decide_mcp(
             rule: None,
             would_deny: None,
         },
-        ("GET" | "DELETE", _) => crate::mcp::McpVerdict {
+        ("GET" | "DELETE", None) => crate::mcp::McpVerdict {
             effect: Effect::Allow,
             reason: Reason::Allowed,
             rule: None,
