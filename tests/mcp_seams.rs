@@ -61,9 +61,9 @@ prompts = ["summarise"]
 
 [[scope]]
 name = "py-tools"
-upstream = "http://127.0.0.1:{py_port}"
+upstream = "http://localhost:{py_port}"
 route = "py-tools"
-allow_private = ["127.0.0.1"]
+allow_private = ["localhost"]
 
 [[scope.allow]]
 paths = ["/**"]
@@ -464,9 +464,9 @@ fn lists_are_filtered_whatever_request_their_result_answers() {
     for round in 0..25 {
         let (a, b) = std::thread::scope(|s| {
             // A crossed race may leave one stream unanswered by the server.
-            let quick = ["--max-time", "5"];
-            let a = s.spawn(|| post_with(&h, "/ts-tools/mcp", &with, &list, &quick));
-            let b = s.spawn(|| post_with(&h, "/ts-tools/mcp", &with, &call, &quick));
+            const QUICK: [&str; 2] = ["--max-time", "5"];
+            let a = s.spawn(|| post_with(&h, "/ts-tools/mcp", &with, &list, &QUICK));
+            let b = s.spawn(|| post_with(&h, "/ts-tools/mcp", &with, &call, &QUICK));
             (a.join().unwrap(), b.join().unwrap())
         });
         for reply in [&a, &b] {
