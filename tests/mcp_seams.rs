@@ -460,12 +460,15 @@ fn lists_are_filtered_whatever_request_their_result_answers() {
         "tools/call",
         &json!({"name": "slow_tool", "arguments": {}}),
     );
+    // Rounds of the race until it has been seen (the server answers lists
+    // late, so the call, sent just after, takes over the id's stream).
     let mut crossed = 0;
-    for round in 0..25 {
+    for round in 0..20 {
         let (a, b) = std::thread::scope(|s| {
-            // A crossed race may leave one stream unanswered by the server.
-            const QUICK: [&str; 2] = ["--max-time", "5"];
+            // A crossed race leaves one stream unanswered by the server.
+            const QUICK: [&str; 2] = ["--max-time", "3"];
             let a = s.spawn(|| post_with(&h, "/ts-tools/mcp", &with, &list, &QUICK));
+            std::thread::sleep(Duration::from_millis(30));
             let b = s.spawn(|| post_with(&h, "/ts-tools/mcp", &with, &call, &QUICK));
             (a.join().unwrap(), b.join().unwrap())
         });
@@ -474,13 +477,17 @@ fn lists_are_filtered_whatever_request_their_result_answers() {
             assert!(!text.contains("delete_repo"), "round {round}: {text}");
             assert!(!text.contains("IGNORE PREVIOUS"), "round {round}: {text}");
         }
-        if b.body_text().contains("\"tools\"") {
+        if b.body_text().contains("read_file") {
+            // The list came back on the call's stream, filtered.
             crossed += 1;
+            let record = h.decision(&b.request_id());
+            assert_eq!(record.mcp.unwrap().method, "tools/call");
+            if crossed == 3 {
+                break;
+            }
         }
     }
-    // How often the race put the list on the call's stream (not asserted:
-    // the invariant above holds either way).
-    eprintln!("list results delivered on the other request's stream: {crossed}/25");
+    assert!(crossed > 0, "the race was never seen");
 
     // Prompts, resources and resource templates are filtered too.
     let reply = post(

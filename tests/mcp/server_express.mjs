@@ -8,6 +8,7 @@
 // Every request that reaches the server appends one JSON line to LOG
 // (path, method, JSON-RPC method and name or uri), and every tool that runs
 // appends {"executed": name}: what the server saw, not what the client was told.
+// `tools/list` is slowed down to make the duplicate-id race likely.
 // `POST /moved` answers a redirect to an internal address; a `tools/call`
 // of `confirm` answers a 2026-07-28 `input_required` result until it is
 // retried with `inputResponses`.
@@ -27,8 +28,8 @@ function build() {
   const tool = (name, description, shape) =>
     server.registerTool(name, { description, inputSchema: shape }, async (args) => {
       note({ executed: name });
-      // Slow enough that two concurrent requests overlap.
-      if (name === 'slow_tool') await new Promise((r) => setTimeout(r, 50));
+      // Slower than a list: see the duplicate-id race below.
+      if (name === 'slow_tool') await new Promise((r) => setTimeout(r, 1000));
       return { content: [{ type: 'text', text: `${name} ran ${JSON.stringify(args)}` }] };
     });
   tool('read_file', 'Read a file from the workspace', { path: z.string() });
@@ -63,6 +64,15 @@ function build() {
     {},
     async (uri) => ({ contents: [{ uri: uri.href, text: 'secret' }] }),
   );
+  // `tools/list` answers late, so that a second request with the same
+  // JSON-RPC id, sent meanwhile, takes over the id's stream: the SDK then
+  // delivers the list on that request's stream (the duplicate-id race).
+  const handlers = server.server._requestHandlers;
+  const list = handlers.get('tools/list');
+  handlers.set('tools/list', async (request, extra) => {
+    await new Promise((r) => setTimeout(r, 300));
+    return list(request, extra);
+  });
   return server;
 }
 
