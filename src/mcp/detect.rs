@@ -96,6 +96,11 @@ fn holds_jsonrpc(value: &Value) -> bool {
 /// What a request is, from its headers and body (`complete`: the whole
 /// body is in `body`).
 pub fn sniff(headers: &HeaderMap, body: &[u8], complete: bool) -> Sniff {
+    if complete && body.is_empty() && !headers.contains_key("mcp-method") {
+        // No body, no message: clients send their JSON content type on the
+        // session's GET and DELETE too.
+        return Sniff::Http;
+    }
     if !headers_say_json(headers) && !bytes_say_json(body) {
         return Sniff::Http;
     }
@@ -147,6 +152,8 @@ mod tests {
     fn what_is_plainly_not_json_rpc_is_http() {
         let none = headers(&[]);
         assert_eq!(sniff(&none, b"", true), Sniff::Http);
+        let json = headers(&[("content-type", "application/json")]);
+        assert_eq!(sniff(&json, b"", true), Sniff::Http);
         assert_eq!(sniff(&none, b"hello=world", true), Sniff::Http);
         assert_eq!(sniff(&none, b"\x89PNG....", false), Sniff::Http);
         assert_eq!(sniff(&none, br#"{"name":"x"}"#, true), Sniff::Http);
