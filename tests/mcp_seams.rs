@@ -35,6 +35,10 @@ allow_private = ["127.0.0.1"]
 [[scope.allow]]
 paths = ["/**"]
 
+[[scope.deny]]
+id = "no-private"
+paths = ["/private/**"]
+
 [scope.mcp]
 
 [[scope.mcp.deny]]
@@ -365,8 +369,24 @@ fn every_spelling_on_express_is_decided_as_mcp_and_nothing_denied_runs() {
             "{path}: {text}"
         );
     }
+    // Off the endpoint a message needs the path rules too: the tool rules
+    // do not open a path they close.
+    let sid = session(&h, "/ts-tools/mcp");
+    let with = [("mcp-session-id", sid.as_str())];
+    let reply = post(
+        &h,
+        "/ts-tools/private/x",
+        &with,
+        &rpc(8, "tools/call", &read),
+    );
+    assert_eq!(reason_of(&reply).as_deref(), Some("denied-by-rule"));
+    let record = h.decision(&reply.request_id());
+    assert_eq!(record.rule.as_deref(), Some("no-private"));
+    assert_eq!(record.mcp.unwrap().name.as_deref(), Some("read_file"));
+
     // The server's side: the denied tool never reached it, let alone ran.
     assert!(!ts.saw("delete_repo"), "{:?}", ts.seen());
+    assert!(!ts.saw("/private"), "{:?}", ts.seen());
     let ran = ts
         .seen()
         .iter()
