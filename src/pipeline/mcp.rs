@@ -1,7 +1,8 @@
-//! Admission of a request to an MCP scope's endpoint: the one JSON-RPC
-//! message of a POST read (strictly), checked against its headers, and made
-//! into the [`McpCall`] that `decide` judges; and on the way back, the
-//! response wrapped in the filter that rewrites `tools/list` results.
+//! Admission of a request to an MCP scope: the one JSON-RPC message of a
+//! POST to the endpoint, or of any request that may carry one, read
+//! (strictly), checked against its headers, and made into the [`McpCall`]
+//! that `decide` judges; and on the way back, every response of the scope
+//! wrapped in the filter that rewrites list results, a redirect refused.
 
 use std::sync::Arc;
 
