@@ -161,11 +161,17 @@ pub enum Reason {
     /// A minted credential's token endpoint could not be reached (or gave
     /// no usable answer) past the grace of the token minted before.
     CredentialEndpointUnreachable,
+    /// An MCP upstream answered with a redirect: it is not followed, and
+    /// its `Location` (an upstream address) never reaches the agent.
+    UpstreamRedirectRefused,
+    /// A resource URI with a dot segment (`..`, `%2e%2e`, after
+    /// normalisation) is refused before any rule sees it.
+    ResourceUriRefused,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 56] = [
+    pub const ALL: [Reason; 58] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -222,6 +228,8 @@ impl Reason {
         Reason::CredentialGrantInvalid,
         Reason::CredentialConsentRequired,
         Reason::CredentialEndpointUnreachable,
+        Reason::UpstreamRedirectRefused,
+        Reason::ResourceUriRefused,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -283,6 +291,8 @@ impl Reason {
             Reason::CredentialGrantInvalid => "credential-grant-invalid",
             Reason::CredentialConsentRequired => "credential-consent-required",
             Reason::CredentialEndpointUnreachable => "credential-endpoint-unreachable",
+            Reason::UpstreamRedirectRefused => "upstream-redirect-refused",
+            Reason::ResourceUriRefused => "resource-uri-refused",
         }
     }
 
@@ -349,6 +359,8 @@ impl Reason {
             Reason::CredentialGrantInvalid
             | Reason::CredentialConsentRequired
             | Reason::CredentialEndpointUnreachable => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::UpstreamRedirectRefused => StatusCode::BAD_GATEWAY,
+            Reason::ResourceUriRefused => StatusCode::FORBIDDEN,
         }
     }
 
@@ -544,6 +556,7 @@ fn mcp_error(
             | Reason::ToolArgumentsRefused
             | Reason::ToolDefinitionChanged
             | Reason::ToolDefinitionUnverified
+            | Reason::ResourceUriRefused
     );
     let (code, text) = match (reason, message.method.as_str()) {
         (Reason::McpHeaderMismatch, _) => (-32020, "Header mismatch"),
@@ -627,7 +640,9 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::TunnelSniMissing
         | Reason::TunnelEch
         | Reason::AdminRoleRequired
-        | Reason::CredentialReflected => "http_request_denied",
+        | Reason::CredentialReflected
+        | Reason::ResourceUriRefused => "http_request_denied",
+        Reason::UpstreamRedirectRefused => "http_protocol_error",
     };
     format!("clawgate; error={error}; details=\"{}\"", reason.code())
 }

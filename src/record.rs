@@ -382,6 +382,10 @@ impl Drop for Outcome {
         if let (Some(mcp), Some(answer)) = (record.mcp.as_mut(), &self.mcp_answer) {
             mcp.is_error = answer.get();
         }
+        if self.mcp_answer.as_ref().is_some_and(|a| a.input_required()) {
+            // A 2026-07-28 multi-round-trip result: a retry follows.
+            record.add_detail("mcp input required");
+        }
         record.ts = crate::audit::now_rfc3339();
         record.reason = self.reason.code().to_owned();
         record.status = self.status.map(i64::from);

@@ -4,8 +4,9 @@
 //! a time, on SSE streams (the POST's stream and the GET stream alike).
 //!
 //! Invariants:
-//! - Only results of `tools/list` requests are rewritten, matched by
-//!   JSON-RPC id (the POST's own id, or an id pending in the session).
+//! - Every result carrying a list (`tools`, `prompts`, `resources`,
+//!   `resourceTemplates`) is rewritten, whatever request it answers: ids
+//!   are the client's, so a list cannot be recognised by id alone.
 //! - A rewritten result is marked per-agent and uncacheable (`ttlMs` 0,
 //!   `cacheScope` private), so no cache hands one agent's list to another.
 //! - An SSE event whose data is not a strict JSON-RPC message is dropped:
@@ -23,7 +24,7 @@ use serde_json::Value;
 
 use super::jsonrpc::{Message, message_of, parse_strict};
 use super::pins::{Sighting, definition_hash};
-use super::rules::McpRules;
+use super::rules::{Kind, McpRules};
 use super::sse::{Piece, SseParser};
 use super::state::McpState;
 use crate::body::{BoxError, ProxyBody};
@@ -34,7 +35,11 @@ pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// What the way back saw of the request's own answer: whether it passed,
 /// and `isError` of a `tools/call` result (unknown, false or true).
 #[derive(Debug, Default)]
-pub struct IsError(AtomicU8, std::sync::atomic::AtomicBool);
+pub struct IsError(
+    AtomicU8,
+    std::sync::atomic::AtomicBool,
+    std::sync::atomic::AtomicBool,
+);
 
 impl IsError {
     /// Whether the answer to the POST's own request was handed on: the
@@ -50,6 +55,12 @@ impl IsError {
             2 => Some(true),
             _ => None,
         }
+    }
+
+    /// Whether the answer was a 2026-07-28 `input_required` result: the
+    /// client is to retry with `inputResponses`.
+    pub fn input_required(&self) -> bool {
+        self.2.load(Ordering::Relaxed)
     }
 
     fn set(&self, is_error: bool) {
@@ -142,11 +153,14 @@ impl ResponseFilter {
             .session
             .as_deref()
             .is_some_and(|s| self.state.take_list(&self.scope, s, &id));
-        // Fail closed: a result carrying a `tools` list that is not the
-        // POST's own is filtered even when its id was not noted as pending
-        // (the pending set is bounded), so no hidden tool name leaks.
-        let looks_like_list = result.get("tools").is_some_and(Value::is_array);
-        if (own && self.own_is("tools/list")) || (!own && (pending || looks_like_list)) {
+        if own && is_input_required(&result) {
+            self.is_error.2.store(true, Ordering::Relaxed);
+        }
+        // A list is filtered by what it is, whatever request it answers:
+        // ids are the client's to choose, and two concurrent requests with
+        // one id may have their results delivered on each other's streams.
+        let own_list = own && self.own.as_ref().is_some_and(|(_, m)| is_list(m));
+        if own_list || pending || looks_like_list(&result) {
             return match self.rewrite_list(&id_value, result) {
                 Some(out) => Action::Replace(out),
                 None => Action::Drop,
@@ -165,6 +179,17 @@ impl ResponseFilter {
         let fields = result.as_object_mut()?;
         if let Some(Value::Array(tools)) = fields.get_mut("tools") {
             tools.retain(|tool| self.keep(tool));
+        }
+        for (key, field, kind) in LISTED {
+            if let Some(Value::Array(items)) = fields.get_mut(key) {
+                items.retain(|item| {
+                    !self.enforce
+                        || item
+                            .get(field)
+                            .and_then(Value::as_str)
+                            .is_some_and(|name| self.rules.listed(kind, name))
+                });
+            }
         }
         fields.insert("ttlMs".into(), Value::from(0));
         fields.insert("cacheScope".into(), Value::from("private"));
@@ -194,6 +219,39 @@ impl ResponseFilter {
         }
         visible
     }
+}
+
+/// The lists besides `tools` a result may carry: the key, the member that
+/// names an entry, and the rules that govern it.
+const LISTED: [(&str, &str, Kind); 3] = [
+    ("prompts", "name", Kind::Prompt),
+    ("resources", "uri", Kind::Resource),
+    ("resourceTemplates", "uriTemplate", Kind::Resource),
+];
+
+/// Whether `method` asks for a list the filter rewrites.
+pub fn is_list(method: &str) -> bool {
+    matches!(
+        method,
+        "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list"
+    )
+}
+
+/// Whether a result carries a list (`tools`, `prompts`, `resources`,
+/// `resourceTemplates`), whatever request it answers.
+fn looks_like_list(result: &Value) -> bool {
+    ["tools", "prompts", "resources", "resourceTemplates"]
+        .iter()
+        .any(|key| result.get(key).is_some_and(Value::is_array))
+}
+
+/// Whether a result is a 2026-07-28 multi-round-trip request for input
+/// (`resultType` `input_required`, earlier drafts `incomplete`).
+fn is_input_required(result: &Value) -> bool {
+    matches!(
+        result.get("resultType").and_then(Value::as_str),
+        Some("input_required" | "incomplete")
+    ) || result.get("inputRequests").is_some()
 }
 
 enum Reading {
@@ -230,11 +288,9 @@ impl McpBody {
             .map(|c| c.trim().to_ascii_lowercase());
         let reading = match media.as_deref() {
             Some("text/event-stream") => Reading::Sse(SseParser::new(MAX_MESSAGE)),
-            // Whatever else answers a list is read as one JSON message, so
-            // that an odd content type cannot carry an unfiltered list.
-            _ if filter.own_is("tools/list") || filter.own_is("tools/call") => {
-                Reading::Json(Vec::new())
-            }
+            // Whatever else answers a request is read as one JSON message,
+            // so that an odd content type cannot carry an unfiltered list.
+            _ if filter.own.is_some() => Reading::Json(Vec::new()),
             _ => Reading::Pass,
         };
         McpBody {
@@ -283,6 +339,9 @@ impl McpBody {
     fn finish(&mut self) {
         if let Reading::Json(buffer) = &mut self.reading {
             let buffer = std::mem::take(buffer);
+            if buffer.is_empty() {
+                return;
+            }
             match self.filter.message(&buffer) {
                 Action::Pass => self.out.push_back(Bytes::from(buffer)),
                 Action::Replace(data) => self.out.push_back(Bytes::from(data)),

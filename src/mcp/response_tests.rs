@@ -183,3 +183,34 @@ async fn a_list_under_any_other_content_type_is_still_filtered() {
         );
     }
 }
+
+#[test]
+fn a_list_is_filtered_by_what_it_is_even_on_another_requests_stream() {
+    let state = Arc::new(McpState::ephemeral());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    // Two requests shared id 1; the list came back on the call's stream.
+    let f = filter(&state, Some(("1", "tools/call")), seen);
+    let Action::Replace(out) = f.message(list(1, "reads").to_string().as_bytes()) else {
+        panic!("a list on a tools/call stream is still rewritten")
+    };
+    let out: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(out["result"]["tools"].as_array().unwrap().len(), 1);
+    // Prompts, resources and templates no rule allows are left out.
+    let other = json!({"jsonrpc": "2.0", "id": 1, "result": {
+        "prompts": [{"name": "exfiltrate"}],
+        "resources": [{"uri": "file:///etc/passwd"}],
+        "resourceTemplates": [{"uriTemplate": "secret://{key}"}, {"name": "no uri"}],
+    }});
+    let Action::Replace(out) = f.message(other.to_string().as_bytes()) else {
+        panic!("lists are rewritten")
+    };
+    let out: Value = serde_json::from_slice(&out).unwrap();
+    for key in ["prompts", "resources", "resourceTemplates"] {
+        assert_eq!(out["result"][key], json!([]), "{key}");
+    }
+    // A 2026-07-28 request for input is noted for the outcome record.
+    let input = json!({"jsonrpc": "2.0", "id": 1, "result": {
+        "resultType": "input_required", "inputRequests": {}}});
+    assert_eq!(f.message(input.to_string().as_bytes()), Action::Pass);
+    assert!(f.is_error.input_required());
+}

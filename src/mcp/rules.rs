@@ -333,6 +333,68 @@ impl McpRules {
         allowed && !denied && pinned
     }
 
+    /// Whether a prompt (by name) or a resource or resource template (by
+    /// URI, normalised) is listed to agents of this scope: some allow rule
+    /// names it and no unconditional enforced deny rule does.
+    pub fn listed(&self, kind: Kind, name: &str) -> bool {
+        let normal;
+        let name = match kind {
+            Kind::Resource => match super::uri::normalise(name) {
+                Ok(uri) => {
+                    normal = uri;
+                    normal.as_str()
+                }
+                Err(_) => return false,
+            },
+            Kind::Tool | Kind::Prompt => name,
+        };
+        let named = |r: &&McpRule| r.kind == kind && r.names.0.is_match(name);
+        let denied =
+            self.rules.iter().filter(named).any(|r| {
+                r.effect == Effect::Deny && r.mode == Mode::Enforce && r.is_unconditional()
+            });
+        let allowed = self
+            .rules
+            .iter()
+            .filter(named)
+            .any(|r| r.effect == Effect::Allow);
+        allowed && !denied
+    }
+
+    /// `subscriptions/listen` (2026-07-28): each resource URI it subscribes
+    /// to (`params.notifications.resourceSubscriptions`, passed in as the
+    /// arguments) is decided as `resources/subscribe` would be; the first
+    /// refusal refuses the whole stream.
+    fn decide_listen(&self, call: &McpCall<'_>) -> McpVerdict {
+        let Some(uris) = call.arguments else {
+            return McpVerdict::new(Effect::Allow, Reason::Allowed, None);
+        };
+        let Some(uris) = uris.as_array() else {
+            return McpVerdict::new(Effect::Deny, Reason::MalformedRequest, None);
+        };
+        let mut verdict = McpVerdict::new(Effect::Allow, Reason::Allowed, None);
+        for uri in uris {
+            let Some(uri) = uri.as_str() else {
+                return McpVerdict::new(Effect::Deny, Reason::MalformedRequest, None);
+            };
+            let one = self.decide(&McpCall {
+                method: "resources/subscribe",
+                name: Some(uri),
+                arguments: None,
+                arguments_size: 0,
+                definition: None,
+                first_pin: None,
+            });
+            if one.effect == Effect::Deny {
+                return one;
+            }
+            if verdict.rule.is_none() || one.would_deny.is_some() {
+                verdict = one;
+            }
+        }
+        verdict
+    }
+
     /// Whether the decision on a `tools/call` of `tool` may depend on its
     /// arguments (a condition, a size limit, a closed argument list): then
     /// a record, which keeps only their digest, cannot be re-decided.
@@ -356,10 +418,26 @@ impl McpRules {
     /// methods rules govern, allow for the protocol's other methods.
     pub fn decide(&self, call: &McpCall<'_>) -> McpVerdict {
         let Some(kind) = kind_of(call.method) else {
+            if call.method == "subscriptions/listen" {
+                return self.decide_listen(call);
+            }
             return McpVerdict::new(Effect::Allow, Reason::Allowed, None);
         };
         let Some(name) = call.name else {
             return McpVerdict::new(Effect::Deny, Reason::MalformedRequest, None);
+        };
+        // Rules meet one spelling of a URI; one with a dot segment, none.
+        let normal;
+        let name = if kind == Kind::Resource {
+            match super::uri::normalise(name) {
+                Ok(uri) => {
+                    normal = uri;
+                    normal.as_str()
+                }
+                Err(_) => return McpVerdict::new(Effect::Deny, Reason::ResourceUriRefused, None),
+            }
+        } else {
+            name
         };
         let mut would_deny = None;
         let named = |r: &&McpRule| r.kind == kind && r.names.0.is_match(name);

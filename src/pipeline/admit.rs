@@ -262,17 +262,19 @@ impl Admission<'_> {
             }
             None => (None, held),
         };
-        // An MCP endpoint decides on the one JSON-RPC message in the body.
+        // An MCP scope decides a JSON-RPC message, wherever it is sent, on
+        // the message.
         let mcp_scope = identified
             .agent
             .and_then(|a| policy.scope_at(a, target, self.now))
             .map(|(id, _)| policy.scope(id))
-            .and_then(|scope| super::mcp::endpoint(scope, target, path).map(|r| (scope, r)));
+            .and_then(|scope| scope.mcp.as_ref().map(|r| (scope, r)));
         let (mcp_read, held) = match mcp_scope {
             Some((scope, _)) => {
                 let (read, held) = super::mcp::read(
                     self.mcp,
                     scope,
+                    super::mcp::endpoint(scope, target, path).is_some(),
                     parts,
                     held,
                     self.limits.read_timeout,

@@ -1,7 +1,8 @@
-//! Admission of a request to an MCP scope's endpoint: the one JSON-RPC
-//! message of a POST read (strictly), checked against its headers, and made
-//! into the [`McpCall`] that `decide` judges; and on the way back, the
-//! response wrapped in the filter that rewrites `tools/list` results.
+//! Admission of a request to an MCP scope: the one JSON-RPC message of a
+//! POST to the endpoint, or of any request that may carry one, read
+//! (strictly), checked against its headers, and made into the [`McpCall`]
+//! that `decide` judges; and on the way back, every response of the scope
+//! wrapped in the filter that rewrites list results, a redirect refused.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use crate::error::{Reason, Refusal, Via};
 use crate::mcp::jsonrpc::{FrameError, Message, parse_message};
 use crate::mcp::pins::Sighting;
 use crate::mcp::response::{ResponseFilter, Seen};
-use crate::mcp::{McpCall, McpRules, McpState, headers};
+use crate::mcp::{McpCall, McpRules, McpState, detect, headers};
 use crate::policy::{Mode, Scope, Target};
 use crate::record::CallRecord;
 use http::Response;
@@ -36,10 +37,13 @@ impl Read {
     /// The call `decide` judges; `None` for a GET or DELETE.
     pub fn call(&self) -> Option<McpCall<'_>> {
         let message = self.message.as_ref()?;
-        let arguments = if message.method() == Some("tools/call") {
-            message.params().and_then(|p| p.get("arguments"))
-        } else {
-            None
+        let arguments = match message.method() {
+            Some("tools/call") => message.params().and_then(|p| p.get("arguments")),
+            // The resources a 2026-07-28 listen stream subscribes to.
+            Some("subscriptions/listen") => message
+                .params()
+                .and_then(|p| p.pointer("/notifications/resourceSubscriptions")),
+            _ => None,
         };
         Some(McpCall {
             method: message.method().unwrap_or("response"),
@@ -87,32 +91,63 @@ fn header(parts: &Parts, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Reads the message of a POST (or notes a GET or DELETE) and fills in the
-/// record. A body that is no single strict JSON-RPC message, or whose
-/// headers disagree with it, is refused.
+/// Reads what a request to an MCP scope carries and fills in the record.
+/// A POST to the endpoint, and a request anywhere on the scope whose body
+/// may be JSON-RPC (see [`crate::mcp::detect`]), is read as one message: a
+/// body that is no single strict JSON-RPC message, or whose headers
+/// disagree with it, is refused. A GET or DELETE of the endpoint without
+/// such a body is the session's stream or end; anything else is left to
+/// the HTTP rules (`message` is `None`, and the record has no MCP part).
 pub(super) async fn read(
     state: &McpState,
     scope: &Scope,
+    at_endpoint: bool,
     parts: &Parts,
     held: Held,
     timeout: std::time::Duration,
     record: &mut CallRecord,
 ) -> Result<(Read, Held), Reason> {
+    let none = Read {
+        message: None,
+        arguments_size: 0,
+        definition: None,
+    };
     let session = header(parts, "mcp-session-id");
-    let mut noted = McpRecord {
+    let noted = McpRecord {
         method: parts.method.as_str().to_owned(),
         session,
         ..McpRecord::default()
     };
-    if parts.method != http::Method::POST {
-        record.mcp = Some(noted);
-        let read = Read {
-            message: None,
-            arguments_size: 0,
-            definition: None,
-        };
-        return Ok((read, held));
-    }
+    let held = if at_endpoint && parts.method == http::Method::POST {
+        held
+    } else {
+        let prefix = held.read(MAX_REQUEST + 1, timeout).await?;
+        let complete = prefix.is_complete() && prefix.bytes.len() <= MAX_REQUEST;
+        if detect::sniff(&parts.headers, &prefix.bytes, complete) == detect::Sniff::Http {
+            if at_endpoint {
+                // The session's GET stream or DELETE.
+                record.mcp = Some(noted);
+            }
+            return Ok((none, Held::Read(prefix)));
+        }
+        if !at_endpoint {
+            record.add_detail("json-rpc off the endpoint path");
+        }
+        Held::Read(prefix)
+    };
+    read_message(state, scope, parts, held, timeout, noted, record).await
+}
+
+/// Reads the one JSON-RPC message of a request.
+async fn read_message(
+    state: &McpState,
+    scope: &Scope,
+    parts: &Parts,
+    held: Held,
+    timeout: std::time::Duration,
+    mut noted: McpRecord,
+    record: &mut CallRecord,
+) -> Result<(Read, Held), Reason> {
     let prefix = held.read(MAX_REQUEST + 1, timeout).await?;
     if !prefix.is_complete() || prefix.bytes.len() > MAX_REQUEST {
         noted.method = "unread".into();
@@ -165,6 +200,10 @@ pub(super) async fn read(
             noted.definition = definition.as_ref().map(|(_, last)| last.clone());
         }
     }
+    if is_retry(&message) {
+        // A 2026-07-28 multi-round-trip retry: decided again like any call.
+        record.add_detail("mcp retry with input responses");
+    }
     let checked = headers::check(&parts.headers, &message);
     record.mcp = Some(noted);
     if let Err(e) = checked {
@@ -177,6 +216,21 @@ pub(super) async fn read(
         definition,
     };
     Ok((read, Held::Read(prefix)))
+}
+
+/// Whether a request answers an earlier `input_required` result (its
+/// params, or their `_meta`, carry `inputResponses` or `requestState`).
+fn is_retry(message: &Message) -> bool {
+    let Some(params) = message.params() else {
+        return false;
+    };
+    let meta = params.get("_meta");
+    ["inputResponses", "requestState"].iter().any(|key| {
+        params.get(key).is_some()
+            || meta
+                .and_then(|m| m.get(format!("io.modelcontextprotocol/{key}")))
+                .is_some()
+    })
 }
 
 /// The exchange for the way back, noting a `tools/list` request as pending
@@ -194,7 +248,7 @@ pub(super) fn exchange(
         _ => None,
     });
     if let (Some(session), Some((id, method))) = (&session, &own)
-        && method == "tools/list"
+        && crate::mcp::response::is_list(method)
     {
         state.expect_list(&scope.name, session, id);
     }
@@ -273,15 +327,26 @@ impl super::Pipeline {
         request_id: &str,
         via: Via,
     ) -> Result<ProxyBody, Box<Response<ProxyBody>>> {
-        if parts.status == http::StatusCode::UNAUTHORIZED
+        let refused = if parts.status == http::StatusCode::UNAUTHORIZED
             && parts.headers.contains_key(http::header::WWW_AUTHENTICATE)
         {
             // The agent must not start an OAuth flow: clawgate holds the
             // credential, so this is clawgate's refusal to explain.
-            outcome.reason = Reason::UpstreamAuthRequired;
+            Some(Reason::UpstreamAuthRequired)
+        } else if parts.status.is_redirection()
+            && parts.headers.contains_key(http::header::LOCATION)
+        {
+            // Not followed, and its `Location` (an upstream address, maybe
+            // one the agent could not reach) never reaches the agent.
+            Some(Reason::UpstreamRedirectRefused)
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            outcome.reason = reason;
             outcome.finished = true;
             let noted = outcome.record().and_then(|r| r.mcp.clone());
-            let refused = Refusal::from(Reason::UpstreamAuthRequired);
+            let refused = Refusal::from(reason);
             let refusal = match noted.filter(|m| m.method != "GET" && m.method != "DELETE") {
                 Some(m) => refused.mcp_response(request_id, via, &m),
                 None => refused.response(request_id, via),

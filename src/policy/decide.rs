@@ -150,11 +150,35 @@ fn decide_in_scope(
         if path == Some(mcp.endpoint.as_str()) {
             return decide_mcp(call, scope, mcp, agent_id, scope_id, trace);
         }
+        // A JSON-RPC message is decided as MCP wherever it is sent. Off the
+        // endpoint it needs both: the path rules open its path, and the MCP
+        // rules allow the message; neither can widen the other.
+        if call.mcp.is_some() {
+            let by_path = decide_paths(call, scope, agent_id, scope_id, trace);
+            if by_path.effect == Effect::Deny {
+                return by_path;
+            }
+            let mut by_message = decide_mcp(call, scope, mcp, agent_id, scope_id, trace);
+            if by_message.would_deny.is_none() {
+                by_message.would_deny = by_path.would_deny;
+            }
+            return by_message;
+        }
     }
     if scope.aws().is_some() {
         return decide_aws(call, scope, agent_id, scope_id, trace);
     }
+    decide_paths(call, scope, agent_id, scope_id, trace)
+}
 
+/// Adjudicates a call by the scope's method and path rules.
+fn decide_paths(
+    call: &Call<'_>,
+    scope: &Scope,
+    agent_id: AgentId,
+    scope_id: ScopeId,
+    trace: &mut impl Trace,
+) -> Decision {
     // Rules are written relative to the upstream's base path.
     let path = match call.target {
         Target::Route(_) => Some(call.path),
@@ -313,7 +337,7 @@ fn decide_mcp(
             rule: None,
             would_deny: None,
         },
-        ("GET" | "DELETE", _) => crate::mcp::McpVerdict {
+        ("GET" | "DELETE", None) => crate::mcp::McpVerdict {
             effect: Effect::Allow,
             reason: Reason::Allowed,
             rule: None,

@@ -7,6 +7,8 @@ Authorization header the last request carried. A request whose
 Authorization is `Bearer expired` gets 401 with an OAuth challenge.
 """
 
+import json
+import os
 import sys
 
 import uvicorn
@@ -19,6 +21,9 @@ JSON = len(sys.argv) > 2 and sys.argv[2] == "json"
 # Optional TLS: server.py PORT MODE CERT KEY
 TLS = sys.argv[3:5] if len(sys.argv) > 4 else None
 SEEN = {"auth": None, "get": None}
+# When set, every request that reaches the server appends one JSON line
+# (path, JSON-RPC method, name or uri) to this file: what the server saw.
+LOG = os.environ.get("CLAWGATE_MCP_LOG")
 
 mcp = MCPServer("clawgate-test-server")
 
@@ -143,7 +148,31 @@ class Watch:
                 })
                 await send({"type": "http.response.body", "body": b'{"error":"invalid_token"}'})
                 return
+        if LOG and scope["type"] == "http":
+            receive = self.logged(scope, receive)
         await self.inner(scope, receive, send)
+
+    @staticmethod
+    def logged(scope, receive):
+        chunks = []
+
+        async def wrapped():
+            message = await receive()
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    try:
+                        body = json.loads(b"".join(chunks))
+                        params = body.get("params") or {}
+                        entry = {"method": body.get("method"), "name": params.get("name") or params.get("uri")}
+                    except Exception:
+                        entry = {"unreadable": True}
+                    entry["path"] = scope["path"]
+                    with open(LOG, "a") as f:
+                        f.write(json.dumps(entry) + "\n")
+            return message
+
+        return wrapped
 
 
 uvicorn.run(
