@@ -161,11 +161,14 @@ pub enum Reason {
     /// A minted credential's token endpoint could not be reached (or gave
     /// no usable answer) past the grace of the token minted before.
     CredentialEndpointUnreachable,
+    /// A rotated refresh token could not be stored where the old one came
+    /// from: the access token it came with is not used (fail closed).
+    CredentialStoreFailed,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 56] = [
+    pub const ALL: [Reason; 57] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -222,6 +225,7 @@ impl Reason {
         Reason::CredentialGrantInvalid,
         Reason::CredentialConsentRequired,
         Reason::CredentialEndpointUnreachable,
+        Reason::CredentialStoreFailed,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -283,6 +287,7 @@ impl Reason {
             Reason::CredentialGrantInvalid => "credential-grant-invalid",
             Reason::CredentialConsentRequired => "credential-consent-required",
             Reason::CredentialEndpointUnreachable => "credential-endpoint-unreachable",
+            Reason::CredentialStoreFailed => "credential-store-failed",
         }
     }
 
@@ -348,7 +353,8 @@ impl Reason {
             Reason::CredentialReflected => StatusCode::BAD_GATEWAY,
             Reason::CredentialGrantInvalid
             | Reason::CredentialConsentRequired
-            | Reason::CredentialEndpointUnreachable => StatusCode::SERVICE_UNAVAILABLE,
+            | Reason::CredentialEndpointUnreachable
+            | Reason::CredentialStoreFailed => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -584,7 +590,8 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::Shutdown
         | Reason::CredentialGrantInvalid
         | Reason::CredentialConsentRequired
-        | Reason::CredentialEndpointUnreachable => "proxy_internal_error",
+        | Reason::CredentialEndpointUnreachable
+        | Reason::CredentialStoreFailed => "proxy_internal_error",
         Reason::Allowed
         | Reason::TlsRejected
         | Reason::UnknownAgent

@@ -35,18 +35,32 @@ pub(super) fn metadata_urls(issuer: &str) -> Vec<String> {
     ]
 }
 
-/// The `client_credentials` token request, authenticated as configured.
+/// The secrets a token request carries that are fetched per mint.
+pub(super) struct Held {
+    /// The client secret (`client_secret_basic`, `client_secret_post`).
+    pub(super) client_secret: Option<SecretString>,
+    /// The refresh token, for the `refresh_token` grant.
+    pub(super) refresh_token: Option<SecretString>,
+}
+
+/// The token request for the credential's grant, authenticated as
+/// configured.
 pub(super) fn token_request(
     c: &OAuthCredential,
     endpoint: &str,
     audience: &str,
+    held: &Held,
 ) -> Result<Request<Full<Bytes>>, String> {
     let mut form = form_urlencoded::Serializer::new(String::new());
-    match &c.bearer {
-        None => {
+    match (&c.bearer, &held.refresh_token) {
+        (None, None) => {
             form.append_pair("grant_type", "client_credentials");
         }
-        Some(bearer) => {
+        (None, Some(refresh)) => {
+            form.append_pair("grant_type", "refresh_token");
+            form.append_pair("refresh_token", refresh.expose_secret());
+        }
+        (Some(bearer), _) => {
             let assertion = bearer_assertion(c, bearer, endpoint)?;
             form.append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer");
             form.append_pair("assertion", assertion.expose_secret());
@@ -68,7 +82,7 @@ pub(super) fn token_request(
         .header(header::ACCEPT, "application/json");
     match &c.auth {
         ClientAuth::SecretBasic(secret) => {
-            let secret = client_secret(secret)?;
+            let secret = client_secret(secret, held)?;
             let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             let pair = format!("{}:{}", enc(&c.client_id), enc(secret.expose_secret()));
             let mut value = http::HeaderValue::from_str(&format!(
@@ -80,7 +94,7 @@ pub(super) fn token_request(
             request = request.header(header::AUTHORIZATION, value);
         }
         ClientAuth::SecretPost(secret) => {
-            let secret = client_secret(secret)?;
+            let secret = client_secret(secret, held)?;
             form.append_pair("client_id", &c.client_id);
             form.append_pair("client_secret", secret.expose_secret());
         }
@@ -144,9 +158,9 @@ fn bearer_assertion(
         .map_err(|_| "the assertion could not be signed".to_owned())
 }
 
-fn client_secret(secret: &SecretValue) -> Result<&SecretString, String> {
-    secret
-        .loaded()
+fn client_secret<'a>(secret: &SecretValue, held: &'a Held) -> Result<&'a SecretString, String> {
+    held.client_secret
+        .as_ref()
         .ok_or_else(|| format!("client secret `{}` has no value", secret.source))
 }
 

@@ -249,6 +249,24 @@ fn every_loader_error_names_file_line_and_column() {
         ),
         (
             format!(
+                "{agent}{scope}[scope.credential]\nkind = \"oauth2\"\nissuer = \"https://idp\"\nclient_id = \"c\"\nenv = \"T\"\nrefresh_token_file = \"missing-refresh-token\"\n"
+            ),
+            "base.toml:13:22: cannot read a refresh token from `missing-refresh-token`",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"jwt_bearer\"\nissuer = \"https://idp\"\nassertion_issuer = \"a\"\nrefresh_token_secrets_manager = \"rt\"\nprivate_key_file = \"k.pem\"\n"
+            ),
+            "base.toml:12:33: `refresh_token_secrets_manager` does not apply to a `jwt_bearer` credential",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"secret\"\nenv = \"T\"\nrefresh_token_file = \"rt\"\n"
+            ),
+            "base.toml:11:22: `refresh_token_file` does not apply to a `secret` credential",
+        ),
+        (
+            format!(
                 "{agent}{scope}[scope.credential]\nkind = \"secret\"\nenv = \"T\"\nscope = \"x\"\n"
             ),
             "base.toml:11:9: `scope` does not apply to a `secret` credential",

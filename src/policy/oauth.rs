@@ -18,8 +18,8 @@ use super::credential::{
 };
 use super::file::CredentialFile;
 use super::report::{LoadOptions, Report};
-use crate::credentials::oauth::{ClientAuth, Endpoint, JwtBearer, OAuthCredential};
-use crate::credentials::{Format, Placement, SecretSource};
+use crate::credentials::oauth::{ClientAuth, Endpoint, JwtBearer, OAuthCredential, RefreshStore};
+use crate::credentials::{Format, Placement};
 use crate::egress::AllowPrivate;
 
 /// Defaults for `oauth2` cache margins.
@@ -49,6 +49,11 @@ pub(super) fn oauth_only_fields(c: &CredentialFile) -> Vec<(&'static str, Span)>
     note("token_ca_file", span(&c.token_ca_file));
     note("assertion_issuer", span(&c.assertion_issuer));
     note("subject", span(&c.subject));
+    note("refresh_token_file", span(&c.refresh_token_file));
+    note(
+        "refresh_token_secrets_manager",
+        span(&c.refresh_token_secrets_manager),
+    );
     note(
         "resource",
         c.resource
@@ -198,6 +203,18 @@ pub(super) fn compile_oauth2(
                 aws_fields.push((name, field.span()));
             }
         }
+    } else {
+        for (name, field) in [
+            ("refresh_token_file", &c.refresh_token_file),
+            (
+                "refresh_token_secrets_manager",
+                &c.refresh_token_secrets_manager,
+            ),
+        ] {
+            if let Some(field) = field {
+                aws_fields.push((name, field.span()));
+            }
+        }
     }
     reject_fields(report, file, &aws_fields, kind);
     let endpoint = compile_endpoint(report, file, credential)?;
@@ -215,6 +232,7 @@ pub(super) fn compile_oauth2(
         let auth = compile_auth(report, file, credential, dir, options)?;
         (client_id.get_ref().clone(), auth, None)
     };
+    let refresh = compile_refresh_store(report, file, c, dir)?;
     let (placement, format) = compile_token_placement(report, file, credential)?;
     let (refresh_margin, safety_margin) = margins(report, file, credential);
     let (roots, allow_private) = token_net(report, file, credential, dir)?;
@@ -224,6 +242,7 @@ pub(super) fn compile_oauth2(
         client_id,
         auth,
         bearer,
+        refresh,
         scope: text(&c.scope).filter(|s| !s.trim().is_empty()),
         resources: c
             .resource
@@ -242,6 +261,43 @@ pub(super) fn compile_oauth2(
     };
     credential.digest = digest(&credential);
     Some(credential)
+}
+
+/// Where the `refresh_token` grant's token is kept: at most one of
+/// `refresh_token_file` (which must be readable now, and whose directory
+/// must be writable when the provider rotates) and
+/// `refresh_token_secrets_manager` (the secret's whole string).
+fn compile_refresh_store(
+    report: &mut Report<'_>,
+    file: usize,
+    c: &CredentialFile,
+    dir: &Path,
+) -> Option<Option<RefreshStore>> {
+    match (&c.refresh_token_file, &c.refresh_token_secrets_manager) {
+        (None, None) => Some(None),
+        (Some(path), None) => {
+            let full = dir.join(path.get_ref());
+            if crate::credentials::read_secret_file(&full).is_none_or(|t| t.is_empty()) {
+                report.error(
+                    file,
+                    path.span(),
+                    format!("cannot read a refresh token from `{}`", path.get_ref()),
+                );
+                return None;
+            }
+            Some(Some(RefreshStore::File(full)))
+        }
+        (None, Some(id)) => Some(Some(RefreshStore::SecretsManager(id.get_ref().clone()))),
+        (Some(_), Some(id)) => {
+            report.error(
+                file,
+                id.span(),
+                "a refresh token comes from one of `refresh_token_file` or `refresh_token_secrets_manager`"
+                    .into(),
+            );
+            None
+        }
+    }
 }
 
 /// A `jwt_bearer` credential's assertion (issuer, subject, key) and its
@@ -371,14 +427,6 @@ fn compile_auth(
                 dir,
                 options,
             )?;
-            if matches!(value.source, SecretSource::SecretsManager(_)) {
-                report.error(
-                    file,
-                    credential.span(),
-                    "an `oauth2` client secret comes from `env` or `file`".into(),
-                );
-                return None;
-            }
             if !value.is_available() {
                 report.warn(
                     file,
@@ -495,6 +543,7 @@ fn digest(c: &OAuthCredential) -> [u8; 32] {
     field(c.auth.name().as_bytes());
     match &c.auth {
         ClientAuth::SecretBasic(v) | ClientAuth::SecretPost(v) => {
+            field(v.source.to_string().as_bytes());
             field(v.loaded().map_or(&[][..], |s| s.expose_secret().as_bytes()));
         }
         ClientAuth::PrivateKeyJwt { key, key_id, .. } => {
@@ -508,6 +557,7 @@ fn digest(c: &OAuthCredential) -> [u8; 32] {
         field(bearer.key.expose_secret().as_bytes());
         field(bearer.key_id.as_deref().unwrap_or("").as_bytes());
     }
+    field(format!("{:?}", c.refresh).as_bytes());
     field(c.scope.as_deref().unwrap_or("").as_bytes());
     for r in &c.resources {
         field(r.as_bytes());
