@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use super::broker::{AwsAccess, MintContext, Source};
 use super::cache::Entry;
-use super::{CredentialError, Format, Placement, SecretSource, SecretValue};
+use super::{CredentialError, Format, Placement, SecretSource, SecretValue, SecretsManagerRef};
 use crate::audit::{AuditLog, DecisionRecord, kind};
 use crate::egress::{AllowPrivate, Pins, normalise_host};
 use crate::error::Reason;
@@ -56,7 +56,7 @@ pub enum ClientAuth {
     /// A JWT signed with the client's private key (RFC 7523 §2.2).
     PrivateKeyJwt {
         /// The PEM private key (RSA for RS256, EC P-256 for ES256).
-        key: SecretString,
+        key: PrivateKey,
         /// `RS256` or `ES256`.
         algorithm: jsonwebtoken::Algorithm,
         /// The `kid` header, when the provider needs it.
@@ -67,6 +67,27 @@ pub enum ClientAuth {
     None,
 }
 
+/// A signing key: a PEM read when the policy loaded, or one kept in Secrets
+/// Manager and fetched when a token is minted.
+pub enum PrivateKey {
+    /// Read from `private_key_file` at load.
+    Pem(SecretString),
+    /// A Secrets Manager secret (or one key of its JSON, such as a Google
+    /// service account key's `private_key`).
+    SecretsManager(SecretsManagerRef),
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PrivateKey::Pem(_) => f.write_str("Pem(..)"),
+            PrivateKey::SecretsManager(sm) => {
+                write!(f, "{}", SecretSource::SecretsManager(sm.clone()))
+            }
+        }
+    }
+}
+
 /// The RFC 7523 §2.1 JWT bearer grant: a JWT clawgate signs is the grant.
 pub struct JwtBearer {
     /// The assertion's `iss` (a Google service account's `client_email`).
@@ -75,7 +96,7 @@ pub struct JwtBearer {
     /// issuer when absent.
     pub subject: Option<String>,
     /// The PEM private key.
-    pub key: SecretString,
+    pub key: PrivateKey,
     /// `RS256` or `ES256`.
     pub algorithm: jsonwebtoken::Algorithm,
     /// The `kid` header (a Google key's `private_key_id`).
@@ -478,6 +499,7 @@ impl OAuthSource {
         };
         let mut held = Held {
             client_secret: self.client_secret(c, ctx).await?,
+            private_key: self.private_key(c, ctx).await?,
             refresh_token: None,
         };
         let Some(store) = &c.refresh else {
@@ -503,6 +525,28 @@ impl OAuthSource {
             token,
             Some(format!("refresh token rotated, stored in `{store}`")),
         ))
+    }
+
+    /// A signing key kept in Secrets Manager, fetched for this mint.
+    async fn private_key(
+        &self,
+        c: &OAuthCredential,
+        ctx: &MintContext,
+    ) -> Result<Option<SecretString>, (MintFailure, String)> {
+        let key = match (&c.auth, &c.bearer) {
+            (_, Some(bearer)) => &bearer.key,
+            (ClientAuth::PrivateKeyJwt { key, .. }, None) => key,
+            _ => return Ok(None),
+        };
+        match key {
+            PrivateKey::Pem(_) => Ok(None),
+            PrivateKey::SecretsManager(sm) => self
+                .aws
+                .fetch_secret(sm, ctx)
+                .await
+                .map(Some)
+                .map_err(|e| (MintFailure::StoreFailed, e.to_string())),
+        }
     }
 
     /// A client secret: read at load, or fetched from Secrets Manager.

@@ -10,10 +10,10 @@ use http::{Method, Request, header};
 use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::JwtBearer;
 use super::{
     ASSERTION_LIFE, Answer, ClientAuth, DEFAULT_LIFETIME, MintFailure, MintedToken, OAuthCredential,
 };
+use super::{JwtBearer, PrivateKey};
 use crate::credentials::SecretValue;
 
 /// A JWT bearer grant's life (Google accepts up to an hour).
@@ -39,6 +39,8 @@ pub(super) fn metadata_urls(issuer: &str) -> Vec<String> {
 pub(super) struct Held {
     /// The client secret (`client_secret_basic`, `client_secret_post`).
     pub(super) client_secret: Option<SecretString>,
+    /// A signing key fetched from Secrets Manager.
+    pub(super) private_key: Option<SecretString>,
     /// The refresh token, for the `refresh_token` grant.
     pub(super) refresh_token: Option<SecretString>,
 }
@@ -61,7 +63,7 @@ pub(super) fn token_request(
             form.append_pair("refresh_token", refresh.expose_secret());
         }
         (Some(bearer), _) => {
-            let assertion = bearer_assertion(c, bearer, endpoint)?;
+            let assertion = bearer_assertion(c, bearer, pem(&bearer.key, held)?, endpoint)?;
             form.append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer");
             form.append_pair("assertion", assertion.expose_secret());
         }
@@ -103,6 +105,7 @@ pub(super) fn token_request(
             algorithm,
             key_id,
         } => {
+            let key = pem(key, held)?;
             let assertion = client_assertion(c, key, *algorithm, key_id.clone(), audience)?;
             form.append_pair("client_id", &c.client_id);
             form.append_pair(
@@ -128,9 +131,10 @@ pub(super) fn token_request(
 fn bearer_assertion(
     c: &OAuthCredential,
     bearer: &JwtBearer,
+    key: &SecretString,
     endpoint: &str,
 ) -> Result<SecretString, String> {
-    let pem = bearer.key.expose_secret().as_bytes();
+    let pem = key.expose_secret().as_bytes();
     let encoding = match bearer.algorithm {
         jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(pem),
         _ => jsonwebtoken::EncodingKey::from_rsa_pem(pem),
@@ -156,6 +160,19 @@ fn bearer_assertion(
     jsonwebtoken::encode(&header, &claims, &encoding)
         .map(SecretString::from)
         .map_err(|_| "the assertion could not be signed".to_owned())
+}
+
+/// The PEM of a signing key: read at load, or fetched for this mint.
+fn pem<'a>(key: &'a PrivateKey, held: &'a Held) -> Result<&'a SecretString, String> {
+    match key {
+        PrivateKey::Pem(pem) => Ok(pem),
+        PrivateKey::SecretsManager(sm) => held.private_key.as_ref().ok_or_else(|| {
+            format!(
+                "private key `{}` has no value",
+                crate::credentials::SecretSource::SecretsManager(sm.clone())
+            )
+        }),
+    }
 }
 
 fn client_secret<'a>(secret: &SecretValue, held: &'a Held) -> Result<&'a SecretString, String> {

@@ -121,6 +121,7 @@ fn metadata_urls_follow_rfc_8414_then_openid() {
 fn held(secret: &str) -> Held {
     Held {
         client_secret: Some(SecretString::from(secret.to_owned())),
+        private_key: None,
         refresh_token: None,
     }
 }

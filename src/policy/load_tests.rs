@@ -245,7 +245,7 @@ fn every_loader_error_names_file_line_and_column() {
             format!(
                 "{agent}{scope}[scope.credential]\nkind = \"oauth2\"\nissuer = \"https://idp\"\nclient_id = \"c\"\nclient_auth = \"private_key_jwt\"\n"
             ),
-            "base.toml:8:1: `private_key_jwt` needs `private_key_file`",
+            "base.toml:8:1: `private_key_jwt` needs `private_key_file` or `secrets_manager` (not both)",
         ),
         (
             format!(

@@ -18,7 +18,10 @@ use super::credential::{
 };
 use super::file::CredentialFile;
 use super::report::{LoadOptions, Report};
-use crate::credentials::oauth::{ClientAuth, Endpoint, JwtBearer, OAuthCredential, RefreshStore};
+use crate::credentials::SecretsManagerRef;
+use crate::credentials::oauth::{
+    ClientAuth, Endpoint, JwtBearer, OAuthCredential, PrivateKey, RefreshStore,
+};
 use crate::credentials::{Format, Placement};
 use crate::egress::AllowPrivate;
 
@@ -465,36 +468,43 @@ fn compile_private_key(
 ) -> Option<ClientAuth> {
     let c = credential.get_ref();
     let fields = c.value_fields();
-    for (name, field) in [
-        ("env", fields.env),
-        ("file", fields.file),
-        ("secrets_manager", fields.secrets_manager),
-    ] {
+    for (name, field) in [("env", fields.env), ("file", fields.file)] {
         if let Some(field) = field {
             report.error(
                 file,
                 field.span(),
-                format!("`{name}` does not apply to `private_key_jwt` (use `private_key_file`)"),
+                format!("`{name}` does not apply to a signing key (use `private_key_file` or `secrets_manager`)"),
             );
         }
     }
-    let Some(path) = &c.private_key_file else {
-        report.error(
-            file,
-            credential.span(),
-            "`private_key_jwt` needs `private_key_file`".into(),
-        );
-        return None;
-    };
-    let algorithm = match c.signing_alg.as_ref().map_or("RS256", |a| a.get_ref()) {
-        "RS256" => jsonwebtoken::Algorithm::RS256,
-        "ES256" => jsonwebtoken::Algorithm::ES256,
-        other => {
-            let span = c.signing_alg.as_ref().map_or(path.span(), Spanned::span);
+    let algorithm = signing_algorithm(report, file, credential)?;
+    let key_id = c.key_id.as_ref().map(|k| k.get_ref().clone());
+    let path = match (&c.private_key_file, fields.secrets_manager) {
+        (Some(path), None) => path,
+        (None, Some(id)) => {
+            // Fetched when a token is minted; checked then.
+            let text = |f: Option<&Spanned<String>>| f.map(|v| v.get_ref().clone());
+            let key = PrivateKey::SecretsManager(SecretsManagerRef {
+                id: id.get_ref().clone(),
+                json_key: text(fields.json_key),
+                version_stage: text(fields.version_stage),
+            });
+            return Some(ClientAuth::PrivateKeyJwt {
+                key,
+                algorithm,
+                key_id,
+            });
+        }
+        _ => {
+            let who = if c.kind.get_ref() == "jwt_bearer" {
+                "a `jwt_bearer` credential"
+            } else {
+                "`private_key_jwt`"
+            };
             report.error(
                 file,
-                span,
-                format!("signing_alg `{other}` is not supported (expected `RS256` or `ES256`)"),
+                credential.span(),
+                format!("{who} needs `private_key_file` or `secrets_manager` (not both)"),
             );
             return None;
         }
@@ -524,10 +534,43 @@ fn compile_private_key(
         return None;
     }
     Some(ClientAuth::PrivateKeyJwt {
-        key: SecretString::from(pem),
+        key: PrivateKey::Pem(SecretString::from(pem)),
         algorithm,
-        key_id: c.key_id.as_ref().map(|k| k.get_ref().clone()),
+        key_id,
     })
+}
+
+/// `signing_alg`: `RS256` (the default) or `ES256`.
+fn signing_algorithm(
+    report: &mut Report<'_>,
+    file: usize,
+    credential: &Spanned<CredentialFile>,
+) -> Option<jsonwebtoken::Algorithm> {
+    let c = credential.get_ref();
+    let algorithm = match c.signing_alg.as_ref().map_or("RS256", |a| a.get_ref()) {
+        "RS256" => jsonwebtoken::Algorithm::RS256,
+        "ES256" => jsonwebtoken::Algorithm::ES256,
+        other => {
+            let span = c
+                .signing_alg
+                .as_ref()
+                .map_or(credential.span(), Spanned::span);
+            report.error(
+                file,
+                span,
+                format!("signing_alg `{other}` is not supported (expected `RS256` or `ES256`)"),
+            );
+            return None;
+        }
+    };
+    Some(algorithm)
+}
+
+fn key_digest(field: &mut impl FnMut(&[u8]), key: &PrivateKey) {
+    match key {
+        PrivateKey::Pem(pem) => field(pem.expose_secret().as_bytes()),
+        other => field(format!("{other:?}").as_bytes()),
+    }
 }
 
 /// Everything that makes two credentials mint different tokens. Secrets go
@@ -547,14 +590,14 @@ fn digest(c: &OAuthCredential) -> [u8; 32] {
             field(v.loaded().map_or(&[][..], |s| s.expose_secret().as_bytes()));
         }
         ClientAuth::PrivateKeyJwt { key, key_id, .. } => {
-            field(key.expose_secret().as_bytes());
+            key_digest(&mut field, key);
             field(key_id.as_deref().unwrap_or("").as_bytes());
         }
         ClientAuth::None => {}
     }
     if let Some(bearer) = &c.bearer {
         field(format!("{bearer:?}").as_bytes());
-        field(bearer.key.expose_secret().as_bytes());
+        key_digest(&mut field, &bearer.key);
         field(bearer.key_id.as_deref().unwrap_or("").as_bytes());
     }
     field(format!("{:?}", c.refresh).as_bytes());

@@ -1,4 +1,6 @@
-//! The `refresh_token` grant end to end: the real binary, `oidc-provider`
+//! Where OAuth's long-lived grants are kept, end to end. Signing keys
+//! (`private_key_jwt`, `jwt_bearer`) from Secrets Manager; and the
+//! `refresh_token` grant: the real binary, `oidc-provider`
 //! with refresh token rotation on (a reused refresh token revokes its
 //! grant), a resource server that validates the access tokens, and moto's
 //! Secrets Manager. A rotated refresh token must be stored where the old one
@@ -24,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use clawgate::audit::DecisionRecord;
 use common::{Harness, Options};
-use support::{CLIENT_SECRET, Script, assert_not_leaked, start_idp, tls_env};
+use support::{CLIENT_SECRET, RESOURCE, Script, assert_not_leaked, start_idp, tls_env};
+
+const SA_EMAIL: &str = "clawgate-sa@example-project.iam.gserviceaccount.com";
 
 /// moto's server (no authentication), killed on drop.
 struct Moto {
@@ -437,5 +441,88 @@ fn rotated_refresh_tokens_are_stored_where_they_came_from_before_use() {
     h.stop();
     assert!(refresh_works(&h, idp.port, &file_token_now));
     assert!(refresh_works(&h, idp.port, &sm_token));
+    drop(idp);
+}
+
+#[test]
+fn signing_keys_from_secrets_manager() {
+    let mut h = Harness::with(Options {
+        agents: vec!["signer", "servicer"],
+        start: false,
+        ..Options::default()
+    });
+    let state = h.path("oauth-state");
+    std::fs::create_dir_all(&state).unwrap();
+    let idp = start_idp(&h, &state, 0, 300, "");
+    let issuer = format!("https://localhost:{}", idp.port);
+    let mut env = tls_env(&h, &state);
+    env.extend([("ISSUER", issuer.clone()), ("SCOPE", "echo.read".into())]);
+    let resource = Script::start("resource.mjs", &env);
+    let moto = Moto::start();
+    // The client's key as a PEM; the service account's as Google's key file.
+    let client_pem = std::fs::read_to_string(state.join("client-key.pem")).unwrap();
+    moto.secrets(&["create", "oauth/client-key", &client_pem]);
+    let sa_json = serde_json::json!({
+        "type": "service_account",
+        "client_email": SA_EMAIL,
+        "private_key_id": "sa-key",
+        "private_key": std::fs::read_to_string(state.join("sa-key.pem")).unwrap(),
+    });
+    moto.secrets(&["create", "google/sa", &sa_json.to_string()]);
+    let endpoint = format!("token_endpoint = \"{issuer}/token\"");
+    let policy = [
+        agent_and_scope(
+            "signer",
+            "api-jwt-sm",
+            resource.port,
+            &format!("{endpoint}\nclient_auth = \"private_key_jwt\"\nsecrets_manager = \"oauth/client-key\"\nscope = \"echo.read\"\nresource = [\"{RESOURCE}\"]"),
+        )
+        .replace("client_id = \"cg-refresh\"", "client_id = \"cg-jwt\""),
+        agent_and_scope(
+            "servicer",
+            "api-sa-sm",
+            resource.port,
+            &format!("{endpoint}\nassertion_issuer = \"{SA_EMAIL}\"\nsecrets_manager = \"google/sa\"\njson_key = \"private_key\"\nscope = \"echo.read\""),
+        )
+        .replace("kind = \"oauth2\"", "kind = \"jwt_bearer\"")
+        .replace("client_id = \"cg-refresh\"", "client_id = \"cg-sa\""),
+    ]
+    .concat();
+    std::fs::write(h.policy.join("keys.toml"), policy).unwrap();
+    h.env = moto.env();
+    h.serve(&["--aws-endpoint-url".to_owned(), moto.url.clone()]);
+    let mut replies = Vec::new();
+    for (agent, route, client, kind) in [
+        ("signer", "api-jwt-sm", "cg-jwt", "oauth2"),
+        ("servicer", "api-sa-sm", "cg-sa", "jwt_bearer"),
+    ] {
+        let r = h.curl(Some(agent), &[&format!("{}/{route}/v1/items", h.base())]);
+        assert_eq!(r.status, 200, "{route}: {}", r.body_text());
+        assert_eq!(r.json()["client_id"], client);
+        assert_eq!(r.json()["scope"], "echo.read");
+        let minted = mints(&h, route);
+        let key_fetch = minted
+            .iter()
+            .find(|m| m.credential_kind.as_deref() == Some("secret"))
+            .unwrap();
+        assert_eq!(key_fetch.reason, "allowed");
+        let token = minted
+            .iter()
+            .find(|m| m.credential_kind.as_deref() == Some(kind))
+            .unwrap();
+        assert_eq!(token.reason, "allowed", "{token:?}");
+        replies.push(r);
+    }
+    let tokens: Vec<String> = std::fs::read_to_string(state.join("tokens.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let bytes: Vec<&[u8]> = replies.iter().map(|r| r.body.as_slice()).collect();
+    assert_not_leaked(&h, &tokens, &bytes);
+    // Nor the keys themselves.
+    for (place, text) in [("stdout", h.stdout()), ("stderr", h.stderr())] {
+        assert!(!text.contains("PRIVATE KEY"), "a key is in {place}");
+    }
     drop(idp);
 }
