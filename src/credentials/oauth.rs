@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use http::{HeaderMap, Request, StatusCode, header};
+use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use rustls_pki_types::CertificateDer;
 use secrecy::SecretString;
@@ -444,48 +444,6 @@ impl OAuthSource {
             .map_err(|_| "timed out".to_owned())?
     }
 
-    /// The token endpoint: configured, or from the issuer's metadata.
-    async fn token_endpoint(&self, c: &OAuthCredential) -> Result<String, (MintFailure, String)> {
-        let issuer = match &c.endpoint {
-            Endpoint::Token(url) => return Ok(url.clone()),
-            Endpoint::Issuer(issuer) => issuer,
-        };
-        if let Some(found) = self.discovered.get(issuer) {
-            return Ok(found.clone());
-        }
-        let unreachable = |m: String| (MintFailure::EndpointUnreachable, m);
-        let mut last = String::new();
-        for url in metadata_urls(issuer) {
-            let request = Request::get(&url)
-                .header(header::ACCEPT, "application/json")
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| unreachable(e.to_string()))?;
-            match self.exchange(c, request).await {
-                Ok(Answer {
-                    status,
-                    json: Some(meta),
-                }) if status.is_success() => {
-                    // RFC 8414 §3.3: the metadata must name the issuer asked.
-                    if meta["issuer"].as_str() != Some(issuer.as_str()) {
-                        return Err(unreachable(format!(
-                            "metadata at `{url}` names another issuer"
-                        )));
-                    }
-                    let Some(endpoint) = meta["token_endpoint"].as_str() else {
-                        return Err(unreachable(format!(
-                            "metadata at `{url}` has no token_endpoint"
-                        )));
-                    };
-                    self.discovered.insert(issuer.clone(), endpoint.to_owned());
-                    return Ok(endpoint.to_owned());
-                }
-                Ok(answer) => last = format!("metadata at `{url}`: HTTP {}", answer.status),
-                Err(e) => last = e,
-            }
-        }
-        Err(unreachable(last))
-    }
-
     async fn mint(
         &self,
         c: &OAuthCredential,
@@ -525,48 +483,6 @@ impl OAuthSource {
             token,
             Some(format!("refresh token rotated, stored in `{store}`")),
         ))
-    }
-
-    /// A signing key kept in Secrets Manager, fetched for this mint.
-    async fn private_key(
-        &self,
-        c: &OAuthCredential,
-        ctx: &MintContext,
-    ) -> Result<Option<SecretString>, (MintFailure, String)> {
-        let key = match (&c.auth, &c.bearer) {
-            (_, Some(bearer)) => &bearer.key,
-            (ClientAuth::PrivateKeyJwt { key, .. }, None) => key,
-            _ => return Ok(None),
-        };
-        match key {
-            PrivateKey::Pem(_) => Ok(None),
-            PrivateKey::SecretsManager(sm) => self
-                .aws
-                .fetch_secret(sm, ctx)
-                .await
-                .map(Some)
-                .map_err(|e| (MintFailure::StoreFailed, e.to_string())),
-        }
-    }
-
-    /// A client secret: read at load, or fetched from Secrets Manager.
-    async fn client_secret(
-        &self,
-        c: &OAuthCredential,
-        ctx: &MintContext,
-    ) -> Result<Option<SecretString>, (MintFailure, String)> {
-        let (ClientAuth::SecretBasic(value) | ClientAuth::SecretPost(value)) = &c.auth else {
-            return Ok(None);
-        };
-        match &value.source {
-            SecretSource::SecretsManager(sm) => self
-                .aws
-                .fetch_secret(sm, ctx)
-                .await
-                .map(Some)
-                .map_err(|e| (MintFailure::StoreFailed, e.to_string())),
-            _ => Ok(value.loaded().cloned()),
-        }
     }
 
     /// The decision log, for the other minted kinds' records.
@@ -675,7 +591,7 @@ pub fn inject(
 #[path = "oauth_grant.rs"]
 mod grant;
 pub use grant::broader_scopes;
-use grant::{Held, metadata_urls, parse_token_answer, token_request};
+use grant::{Held, parse_token_answer, token_request};
 
 #[path = "oauth_refresh.rs"]
 mod refresh;

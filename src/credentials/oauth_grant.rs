@@ -1,6 +1,7 @@
-//! The `client_credentials` token request (client authentication by secret
-//! or by a signed assertion) and the reading of the endpoint's answer.
-//! Split from [`super`] for size.
+//! The token request (the grant, and client authentication by secret or by
+//! a signed assertion), what it needs fetched first (the token endpoint from
+//! the issuer's metadata, secrets and keys kept in Secrets Manager) and the
+//! reading of the endpoint's answer. Split from [`super`] for size.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,11 +14,101 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{
     ASSERTION_LIFE, Answer, ClientAuth, DEFAULT_LIFETIME, MintFailure, MintedToken, OAuthCredential,
 };
-use super::{JwtBearer, PrivateKey};
+use super::{Endpoint, JwtBearer, OAuthSource, PrivateKey};
 use crate::credentials::SecretValue;
+use crate::credentials::{MintContext, SecretSource};
 
 /// A JWT bearer grant's life (Google accepts up to an hour).
 const BEARER_LIFE: u64 = 300;
+
+impl OAuthSource {
+    /// The token endpoint: configured, or from the issuer's metadata.
+    pub(super) async fn token_endpoint(
+        &self,
+        c: &OAuthCredential,
+    ) -> Result<String, (MintFailure, String)> {
+        let issuer = match &c.endpoint {
+            Endpoint::Token(url) => return Ok(url.clone()),
+            Endpoint::Issuer(issuer) => issuer,
+        };
+        if let Some(found) = self.discovered.get(issuer) {
+            return Ok(found.clone());
+        }
+        let unreachable = |m: String| (MintFailure::EndpointUnreachable, m);
+        let mut last = String::new();
+        for url in metadata_urls(issuer) {
+            let request = Request::get(&url)
+                .header(header::ACCEPT, "application/json")
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| unreachable(e.to_string()))?;
+            match self.exchange(c, request).await {
+                Ok(Answer {
+                    status,
+                    json: Some(meta),
+                }) if status.is_success() => {
+                    // RFC 8414 §3.3: the metadata must name the issuer asked.
+                    if meta["issuer"].as_str() != Some(issuer.as_str()) {
+                        return Err(unreachable(format!(
+                            "metadata at `{url}` names another issuer"
+                        )));
+                    }
+                    let Some(endpoint) = meta["token_endpoint"].as_str() else {
+                        return Err(unreachable(format!(
+                            "metadata at `{url}` has no token_endpoint"
+                        )));
+                    };
+                    self.discovered.insert(issuer.clone(), endpoint.to_owned());
+                    return Ok(endpoint.to_owned());
+                }
+                Ok(answer) => last = format!("metadata at `{url}`: HTTP {}", answer.status),
+                Err(e) => last = e,
+            }
+        }
+        Err(unreachable(last))
+    }
+
+    /// A signing key kept in Secrets Manager, fetched for this mint.
+    pub(super) async fn private_key(
+        &self,
+        c: &OAuthCredential,
+        ctx: &MintContext,
+    ) -> Result<Option<SecretString>, (MintFailure, String)> {
+        let key = match (&c.auth, &c.bearer) {
+            (_, Some(bearer)) => &bearer.key,
+            (ClientAuth::PrivateKeyJwt { key, .. }, None) => key,
+            _ => return Ok(None),
+        };
+        match key {
+            PrivateKey::Pem(_) => Ok(None),
+            PrivateKey::SecretsManager(sm) => self
+                .aws
+                .fetch_secret(sm, ctx)
+                .await
+                .map(Some)
+                .map_err(|e| (MintFailure::StoreFailed, e.to_string())),
+        }
+    }
+
+    /// A client secret: read at load, or fetched from Secrets Manager.
+    pub(super) async fn client_secret(
+        &self,
+        c: &OAuthCredential,
+        ctx: &MintContext,
+    ) -> Result<Option<SecretString>, (MintFailure, String)> {
+        let (ClientAuth::SecretBasic(value) | ClientAuth::SecretPost(value)) = &c.auth else {
+            return Ok(None);
+        };
+        match &value.source {
+            SecretSource::SecretsManager(sm) => self
+                .aws
+                .fetch_secret(sm, ctx)
+                .await
+                .map(Some)
+                .map_err(|e| (MintFailure::StoreFailed, e.to_string())),
+            _ => Ok(value.loaded().cloned()),
+        }
+    }
+}
 
 /// RFC 8414's metadata URL for the issuer, then OpenID discovery's.
 pub(super) fn metadata_urls(issuer: &str) -> Vec<String> {

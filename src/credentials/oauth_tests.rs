@@ -1,4 +1,7 @@
 use base64::Engine;
+use http::header;
+
+use super::grant::metadata_urls;
 
 use super::*;
 
