@@ -154,6 +154,7 @@ fn bench_oauth(
             &|_| Some("client-secret".into()),
         )),
         bearer: None,
+        refresh: None,
         scope: Some("invoices.read".into()),
         resources: vec!["https://api.billing.example/".into()],
         audience: None,

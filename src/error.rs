@@ -167,11 +167,14 @@ pub enum Reason {
     /// A resource URI with a dot segment (`..`, `%2e%2e`, after
     /// normalisation) is refused before any rule sees it.
     ResourceUriRefused,
+    /// A rotated refresh token could not be stored where the old one came
+    /// from: the access token it came with is not used (fail closed).
+    CredentialStoreFailed,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 58] = [
+    pub const ALL: [Reason; 59] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -230,6 +233,7 @@ impl Reason {
         Reason::CredentialEndpointUnreachable,
         Reason::UpstreamRedirectRefused,
         Reason::ResourceUriRefused,
+        Reason::CredentialStoreFailed,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -293,6 +297,7 @@ impl Reason {
             Reason::CredentialEndpointUnreachable => "credential-endpoint-unreachable",
             Reason::UpstreamRedirectRefused => "upstream-redirect-refused",
             Reason::ResourceUriRefused => "resource-uri-refused",
+            Reason::CredentialStoreFailed => "credential-store-failed",
         }
     }
 
@@ -358,7 +363,8 @@ impl Reason {
             Reason::CredentialReflected => StatusCode::BAD_GATEWAY,
             Reason::CredentialGrantInvalid
             | Reason::CredentialConsentRequired
-            | Reason::CredentialEndpointUnreachable => StatusCode::SERVICE_UNAVAILABLE,
+            | Reason::CredentialEndpointUnreachable
+            | Reason::CredentialStoreFailed => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamRedirectRefused => StatusCode::BAD_GATEWAY,
             Reason::ResourceUriRefused => StatusCode::FORBIDDEN,
         }
@@ -597,7 +603,8 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::Shutdown
         | Reason::CredentialGrantInvalid
         | Reason::CredentialConsentRequired
-        | Reason::CredentialEndpointUnreachable => "proxy_internal_error",
+        | Reason::CredentialEndpointUnreachable
+        | Reason::CredentialStoreFailed => "proxy_internal_error",
         Reason::Allowed
         | Reason::TlsRejected
         | Reason::UnknownAgent

@@ -86,10 +86,10 @@ pub struct SecretKey {
 
 /// What both AWS sources share: the SDK clients and the decision log.
 #[derive(Debug)]
-struct AwsAccess {
+pub(super) struct AwsAccess {
     config: BrokerConfig,
     clients: OnceCell<Arc<Clients>>,
-    audit: AuditLog,
+    pub(super) audit: AuditLog,
 }
 
 /// `GetSecretValue`, recorded.
@@ -176,9 +176,9 @@ impl<S: Source> Cached<S> {
 }
 
 #[derive(Debug)]
-struct Clients {
+pub(super) struct Clients {
     sts: aws_sdk_sts::Client,
-    secrets: aws_sdk_secretsmanager::Client,
+    pub(super) secrets: aws_sdk_secretsmanager::Client,
 }
 
 /// Fetches secrets and mints STS credentials and OAuth tokens, each
@@ -199,7 +199,7 @@ impl Broker {
             clients: OnceCell::new(),
             audit,
         });
-        let oauth = Cached::new(OAuthSource::new(access.audit.clone()));
+        let oauth = Cached::new(OAuthSource::new(Arc::clone(&access)));
         let github = Cached::new(GithubApps(Arc::clone(&oauth.source)));
         Broker {
             secrets: Cached::new(SecretsManager(Arc::clone(&access))),
@@ -297,7 +297,7 @@ impl Broker {
 }
 
 impl AwsAccess {
-    async fn clients(&self) -> Arc<Clients> {
+    pub(super) async fn clients(&self) -> Arc<Clients> {
         let clients = self
             .clients
             .get_or_init(|| async {
@@ -341,7 +341,7 @@ impl AwsAccess {
         Arc::clone(clients)
     }
 
-    async fn fetch_secret(
+    pub(super) async fn fetch_secret(
         &self,
         sm: &SecretsManagerRef,
         ctx: &MintContext,
@@ -519,7 +519,7 @@ fn retryable<E: ProvideErrorMetadata, R>(e: &aws_sdk_sts::error::SdkError<E, R>)
 /// (and request id, to find the call in CloudTrail), or the kind of
 /// transport failure. AWS error messages name resources, never secret
 /// values. It goes to stderr and into the `mint` record.
-fn sdk_error_text<E: ProvideErrorMetadata + std::error::Error>(
+pub(super) fn sdk_error_text<E: ProvideErrorMetadata + std::error::Error>(
     e: &aws_sdk_sts::error::SdkError<E, aws_sdk_sts::config::http::HttpResponse>,
 ) -> String {
     use aws_sdk_sts::error::SdkError;

@@ -26,15 +26,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use http::{HeaderMap, Request, StatusCode, header};
+use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use rustls_pki_types::CertificateDer;
 use secrecy::SecretString;
 use tokio::time::Instant;
 
-use super::broker::{MintContext, Source};
+use super::broker::{AwsAccess, MintContext, Source};
 use super::cache::Entry;
-use super::{CredentialError, Format, Placement, SecretValue};
+use super::{CredentialError, Format, Placement, SecretSource, SecretValue, SecretsManagerRef};
 use crate::audit::{AuditLog, DecisionRecord, kind};
 use crate::egress::{AllowPrivate, Pins, normalise_host};
 use crate::error::Reason;
@@ -56,7 +56,7 @@ pub enum ClientAuth {
     /// A JWT signed with the client's private key (RFC 7523 §2.2).
     PrivateKeyJwt {
         /// The PEM private key (RSA for RS256, EC P-256 for ES256).
-        key: SecretString,
+        key: PrivateKey,
         /// `RS256` or `ES256`.
         algorithm: jsonwebtoken::Algorithm,
         /// The `kid` header, when the provider needs it.
@@ -67,6 +67,27 @@ pub enum ClientAuth {
     None,
 }
 
+/// A signing key: a PEM read when the policy loaded, or one kept in Secrets
+/// Manager and fetched when a token is minted.
+pub enum PrivateKey {
+    /// Read from `private_key_file` at load.
+    Pem(SecretString),
+    /// A Secrets Manager secret (or one key of its JSON, such as a Google
+    /// service account key's `private_key`).
+    SecretsManager(SecretsManagerRef),
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PrivateKey::Pem(_) => f.write_str("Pem(..)"),
+            PrivateKey::SecretsManager(sm) => {
+                write!(f, "{}", SecretSource::SecretsManager(sm.clone()))
+            }
+        }
+    }
+}
+
 /// The RFC 7523 §2.1 JWT bearer grant: a JWT clawgate signs is the grant.
 pub struct JwtBearer {
     /// The assertion's `iss` (a Google service account's `client_email`).
@@ -75,7 +96,7 @@ pub struct JwtBearer {
     /// issuer when absent.
     pub subject: Option<String>,
     /// The PEM private key.
-    pub key: SecretString,
+    pub key: PrivateKey,
     /// `RS256` or `ES256`.
     pub algorithm: jsonwebtoken::Algorithm,
     /// The `kid` header (a Google key's `private_key_id`).
@@ -138,6 +159,8 @@ pub struct OAuthCredential {
     pub auth: ClientAuth,
     /// The JWT bearer grant (`jwt_bearer`); `client_credentials` when `None`.
     pub bearer: Option<JwtBearer>,
+    /// The `refresh_token` grant: where the refresh token is kept.
+    pub refresh: Option<RefreshStore>,
     /// The requested scope (space-separated), if any.
     pub scope: Option<String>,
     /// RFC 8707 resource indicators.
@@ -167,6 +190,7 @@ impl fmt::Debug for OAuthCredential {
             .field("endpoint", &self.endpoint)
             .field("client_id", &self.client_id)
             .field("auth", &self.auth)
+            .field("refresh", &self.refresh)
             .field("scope", &self.scope)
             .field("resources", &self.resources)
             .field("audience", &self.audience)
@@ -200,6 +224,8 @@ impl OAuthCredential {
     fn grant(&self) -> &'static str {
         if self.bearer.is_some() {
             "jwt_bearer"
+        } else if self.refresh.is_some() {
+            "refresh_token"
         } else {
             "client_credentials"
         }
@@ -235,6 +261,8 @@ pub enum MintFailure {
     ConsentRequired,
     /// The endpoint could not be reached or gave no usable answer.
     EndpointUnreachable,
+    /// A rotated refresh token could not be stored where the old one was.
+    StoreFailed,
 }
 
 impl MintFailure {
@@ -244,6 +272,7 @@ impl MintFailure {
             MintFailure::InvalidGrant => Reason::CredentialGrantInvalid,
             MintFailure::ConsentRequired => Reason::CredentialConsentRequired,
             MintFailure::EndpointUnreachable => Reason::CredentialEndpointUnreachable,
+            MintFailure::StoreFailed => Reason::CredentialStoreFailed,
         }
     }
 
@@ -280,6 +309,12 @@ impl std::hash::Hash for OAuthKey {
 /// endpoints remembered, every attempt recorded.
 pub struct OAuthSource {
     audit: AuditLog,
+    /// Secrets Manager, for client secrets and refresh tokens kept there.
+    aws: Arc<AwsAccess>,
+    /// One lock per refresh-token store (see [`refresh`]).
+    refresh_locks: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Rotated refresh tokens not yet stored, by store.
+    unstored: DashMap<String, SecretString>,
     egress: OnceLock<(Pins, Timeouts)>,
     clients: Mutex<std::collections::HashMap<[u8; 32], TokenClient>>,
     discovered: DashMap<String, String>,
@@ -305,10 +340,14 @@ pub(super) struct Net<'a> {
 }
 
 impl OAuthSource {
-    /// A source that records into `audit`.
-    pub fn new(audit: AuditLog) -> OAuthSource {
+    /// A source that records into the broker's decision log and reaches
+    /// Secrets Manager through the broker's AWS access.
+    pub(super) fn new(aws: Arc<AwsAccess>) -> OAuthSource {
         OAuthSource {
-            audit,
+            audit: aws.audit.clone(),
+            aws,
+            refresh_locks: DashMap::new(),
+            unstored: DashMap::new(),
             egress: OnceLock::new(),
             clients: Mutex::default(),
             discovered: DashMap::new(),
@@ -405,58 +444,45 @@ impl OAuthSource {
             .map_err(|_| "timed out".to_owned())?
     }
 
-    /// The token endpoint: configured, or from the issuer's metadata.
-    async fn token_endpoint(&self, c: &OAuthCredential) -> Result<String, (MintFailure, String)> {
-        let issuer = match &c.endpoint {
-            Endpoint::Token(url) => return Ok(url.clone()),
-            Endpoint::Issuer(issuer) => issuer,
-        };
-        if let Some(found) = self.discovered.get(issuer) {
-            return Ok(found.clone());
-        }
-        let unreachable = |m: String| (MintFailure::EndpointUnreachable, m);
-        let mut last = String::new();
-        for url in metadata_urls(issuer) {
-            let request = Request::get(&url)
-                .header(header::ACCEPT, "application/json")
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| unreachable(e.to_string()))?;
-            match self.exchange(c, request).await {
-                Ok(Answer {
-                    status,
-                    json: Some(meta),
-                }) if status.is_success() => {
-                    // RFC 8414 §3.3: the metadata must name the issuer asked.
-                    if meta["issuer"].as_str() != Some(issuer.as_str()) {
-                        return Err(unreachable(format!(
-                            "metadata at `{url}` names another issuer"
-                        )));
-                    }
-                    let Some(endpoint) = meta["token_endpoint"].as_str() else {
-                        return Err(unreachable(format!(
-                            "metadata at `{url}` has no token_endpoint"
-                        )));
-                    };
-                    self.discovered.insert(issuer.clone(), endpoint.to_owned());
-                    return Ok(endpoint.to_owned());
-                }
-                Ok(answer) => last = format!("metadata at `{url}`: HTTP {}", answer.status),
-                Err(e) => last = e,
-            }
-        }
-        Err(unreachable(last))
-    }
-
-    async fn mint(&self, c: &OAuthCredential) -> Result<MintedToken, (MintFailure, String)> {
+    async fn mint(
+        &self,
+        c: &OAuthCredential,
+        ctx: &MintContext,
+    ) -> Result<(MintedToken, Option<String>), (MintFailure, String)> {
         let endpoint = self.token_endpoint(c).await?;
         let unreachable = |m: String| (MintFailure::EndpointUnreachable, m);
         let audience = match &c.endpoint {
             Endpoint::Issuer(issuer) => issuer.clone(),
             Endpoint::Token(url) => url.clone(),
         };
-        let request = token_request(c, &endpoint, &audience).map_err(unreachable)?;
+        let mut held = Held {
+            client_secret: self.client_secret(c, ctx).await?,
+            private_key: self.private_key(c, ctx).await?,
+            refresh_token: None,
+        };
+        let Some(store) = &c.refresh else {
+            let request = token_request(c, &endpoint, &audience, &held).map_err(unreachable)?;
+            let answer = self.exchange(c, request).await.map_err(unreachable)?;
+            return parse_token_answer(c, answer).map(|t| (t, None));
+        };
+        // One refresh per store, from reading its token to storing the
+        // token that replaces it.
+        let _held_lock = self.refresh_lock(store).await;
+        let used = self.current_refresh_token(store, ctx).await?;
+        held.refresh_token = Some(used.clone());
+        let request = token_request(c, &endpoint, &audience, &held).map_err(unreachable)?;
         let answer = self.exchange(c, request).await.map_err(unreachable)?;
-        parse_token_answer(c, answer)
+        let rotation = Rotation::from_answer(answer.json.as_ref(), &used);
+        let token = parse_token_answer(c, answer)?;
+        let Some(rotation) = rotation else {
+            return Ok((token, None));
+        };
+        // Stored before the access token it came with is used.
+        self.store_rotation(store, rotation.token).await?;
+        Ok((
+            token,
+            Some(format!("refresh token rotated, stored in `{store}`")),
+        ))
     }
 
     /// The decision log, for the other minted kinds' records.
@@ -469,7 +495,7 @@ impl OAuthSource {
         c: &OAuthCredential,
         ctx: &MintContext,
         started: Instant,
-        outcome: &Result<MintedToken, (MintFailure, String)>,
+        outcome: &Result<(MintedToken, Option<String>), (MintFailure, String)>,
     ) {
         let mut record = DecisionRecord::new(kind::MINT, &ctx.request_id);
         record.agent = Some(ctx.agent.clone());
@@ -480,7 +506,7 @@ impl OAuthSource {
         record.duration_ms = Some(i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX));
         let requested = c.scope.as_deref().unwrap_or("");
         match outcome {
-            Ok(token) => {
+            Ok((token, note)) => {
                 record.decision = Some("allow".into());
                 record.reason = Reason::Allowed.code().into();
                 let granted = token.granted_scope.as_deref().unwrap_or(requested);
@@ -493,6 +519,10 @@ impl OAuthSource {
                 );
                 if !broader.is_empty() {
                     detail.push_str(&format!("; granted-broader `{}`", broader.join(" ")));
+                }
+                if let Some(note) = note {
+                    detail.push_str("; ");
+                    detail.push_str(note);
                 }
                 record.detail = Some(detail);
             }
@@ -517,9 +547,9 @@ impl Source for OAuthSource {
     ) -> Result<Entry<MintedToken>, CredentialError> {
         let c = &key.0;
         let started = Instant::now();
-        let outcome = self.mint(c).await;
+        let outcome = self.mint(c, ctx).await;
         self.record(c, ctx, started, &outcome);
-        let token = outcome.map_err(|(failure, message)| {
+        let (token, _) = outcome.map_err(|(failure, message)| {
             tracing::warn!(credential = %c.reference(), %message, "oauth2 token not minted");
             CredentialError::Minted {
                 source_ref: c.reference(),
@@ -561,7 +591,12 @@ pub fn inject(
 #[path = "oauth_grant.rs"]
 mod grant;
 pub use grant::broader_scopes;
-use grant::{metadata_urls, parse_token_answer, token_request};
+use grant::{Held, parse_token_answer, token_request};
+
+#[path = "oauth_refresh.rs"]
+mod refresh;
+pub use refresh::RefreshStore;
+use refresh::Rotation;
 
 #[cfg(test)]
 #[path = "oauth_tests.rs"]

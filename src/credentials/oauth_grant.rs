@@ -1,6 +1,7 @@
-//! The `client_credentials` token request (client authentication by secret
-//! or by a signed assertion) and the reading of the endpoint's answer.
-//! Split from [`super`] for size.
+//! The token request (the grant, and client authentication by secret or by
+//! a signed assertion), what it needs fetched first (the token endpoint from
+//! the issuer's metadata, secrets and keys kept in Secrets Manager) and the
+//! reading of the endpoint's answer. Split from [`super`] for size.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,14 +11,104 @@ use http::{Method, Request, header};
 use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::JwtBearer;
 use super::{
     ASSERTION_LIFE, Answer, ClientAuth, DEFAULT_LIFETIME, MintFailure, MintedToken, OAuthCredential,
 };
+use super::{Endpoint, JwtBearer, OAuthSource, PrivateKey};
 use crate::credentials::SecretValue;
+use crate::credentials::{MintContext, SecretSource};
 
 /// A JWT bearer grant's life (Google accepts up to an hour).
 const BEARER_LIFE: u64 = 300;
+
+impl OAuthSource {
+    /// The token endpoint: configured, or from the issuer's metadata.
+    pub(super) async fn token_endpoint(
+        &self,
+        c: &OAuthCredential,
+    ) -> Result<String, (MintFailure, String)> {
+        let issuer = match &c.endpoint {
+            Endpoint::Token(url) => return Ok(url.clone()),
+            Endpoint::Issuer(issuer) => issuer,
+        };
+        if let Some(found) = self.discovered.get(issuer) {
+            return Ok(found.clone());
+        }
+        let unreachable = |m: String| (MintFailure::EndpointUnreachable, m);
+        let mut last = String::new();
+        for url in metadata_urls(issuer) {
+            let request = Request::get(&url)
+                .header(header::ACCEPT, "application/json")
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| unreachable(e.to_string()))?;
+            match self.exchange(c, request).await {
+                Ok(Answer {
+                    status,
+                    json: Some(meta),
+                }) if status.is_success() => {
+                    // RFC 8414 §3.3: the metadata must name the issuer asked.
+                    if meta["issuer"].as_str() != Some(issuer.as_str()) {
+                        return Err(unreachable(format!(
+                            "metadata at `{url}` names another issuer"
+                        )));
+                    }
+                    let Some(endpoint) = meta["token_endpoint"].as_str() else {
+                        return Err(unreachable(format!(
+                            "metadata at `{url}` has no token_endpoint"
+                        )));
+                    };
+                    self.discovered.insert(issuer.clone(), endpoint.to_owned());
+                    return Ok(endpoint.to_owned());
+                }
+                Ok(answer) => last = format!("metadata at `{url}`: HTTP {}", answer.status),
+                Err(e) => last = e,
+            }
+        }
+        Err(unreachable(last))
+    }
+
+    /// A signing key kept in Secrets Manager, fetched for this mint.
+    pub(super) async fn private_key(
+        &self,
+        c: &OAuthCredential,
+        ctx: &MintContext,
+    ) -> Result<Option<SecretString>, (MintFailure, String)> {
+        let key = match (&c.auth, &c.bearer) {
+            (_, Some(bearer)) => &bearer.key,
+            (ClientAuth::PrivateKeyJwt { key, .. }, None) => key,
+            _ => return Ok(None),
+        };
+        match key {
+            PrivateKey::Pem(_) => Ok(None),
+            PrivateKey::SecretsManager(sm) => self
+                .aws
+                .fetch_secret(sm, ctx)
+                .await
+                .map(Some)
+                .map_err(|e| (MintFailure::StoreFailed, e.to_string())),
+        }
+    }
+
+    /// A client secret: read at load, or fetched from Secrets Manager.
+    pub(super) async fn client_secret(
+        &self,
+        c: &OAuthCredential,
+        ctx: &MintContext,
+    ) -> Result<Option<SecretString>, (MintFailure, String)> {
+        let (ClientAuth::SecretBasic(value) | ClientAuth::SecretPost(value)) = &c.auth else {
+            return Ok(None);
+        };
+        match &value.source {
+            SecretSource::SecretsManager(sm) => self
+                .aws
+                .fetch_secret(sm, ctx)
+                .await
+                .map(Some)
+                .map_err(|e| (MintFailure::StoreFailed, e.to_string())),
+            _ => Ok(value.loaded().cloned()),
+        }
+    }
+}
 
 /// RFC 8414's metadata URL for the issuer, then OpenID discovery's.
 pub(super) fn metadata_urls(issuer: &str) -> Vec<String> {
@@ -35,19 +126,35 @@ pub(super) fn metadata_urls(issuer: &str) -> Vec<String> {
     ]
 }
 
-/// The `client_credentials` token request, authenticated as configured.
+/// The secrets a token request carries that are fetched per mint.
+pub(super) struct Held {
+    /// The client secret (`client_secret_basic`, `client_secret_post`).
+    pub(super) client_secret: Option<SecretString>,
+    /// A signing key fetched from Secrets Manager.
+    pub(super) private_key: Option<SecretString>,
+    /// The refresh token, for the `refresh_token` grant.
+    pub(super) refresh_token: Option<SecretString>,
+}
+
+/// The token request for the credential's grant, authenticated as
+/// configured.
 pub(super) fn token_request(
     c: &OAuthCredential,
     endpoint: &str,
     audience: &str,
+    held: &Held,
 ) -> Result<Request<Full<Bytes>>, String> {
     let mut form = form_urlencoded::Serializer::new(String::new());
-    match &c.bearer {
-        None => {
+    match (&c.bearer, &held.refresh_token) {
+        (None, None) => {
             form.append_pair("grant_type", "client_credentials");
         }
-        Some(bearer) => {
-            let assertion = bearer_assertion(c, bearer, endpoint)?;
+        (None, Some(refresh)) => {
+            form.append_pair("grant_type", "refresh_token");
+            form.append_pair("refresh_token", refresh.expose_secret());
+        }
+        (Some(bearer), _) => {
+            let assertion = bearer_assertion(c, bearer, pem(&bearer.key, held)?, endpoint)?;
             form.append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer");
             form.append_pair("assertion", assertion.expose_secret());
         }
@@ -68,7 +175,7 @@ pub(super) fn token_request(
         .header(header::ACCEPT, "application/json");
     match &c.auth {
         ClientAuth::SecretBasic(secret) => {
-            let secret = client_secret(secret)?;
+            let secret = client_secret(secret, held)?;
             let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             let pair = format!("{}:{}", enc(&c.client_id), enc(secret.expose_secret()));
             let mut value = http::HeaderValue::from_str(&format!(
@@ -80,7 +187,7 @@ pub(super) fn token_request(
             request = request.header(header::AUTHORIZATION, value);
         }
         ClientAuth::SecretPost(secret) => {
-            let secret = client_secret(secret)?;
+            let secret = client_secret(secret, held)?;
             form.append_pair("client_id", &c.client_id);
             form.append_pair("client_secret", secret.expose_secret());
         }
@@ -89,6 +196,7 @@ pub(super) fn token_request(
             algorithm,
             key_id,
         } => {
+            let key = pem(key, held)?;
             let assertion = client_assertion(c, key, *algorithm, key_id.clone(), audience)?;
             form.append_pair("client_id", &c.client_id);
             form.append_pair(
@@ -114,9 +222,10 @@ pub(super) fn token_request(
 fn bearer_assertion(
     c: &OAuthCredential,
     bearer: &JwtBearer,
+    key: &SecretString,
     endpoint: &str,
 ) -> Result<SecretString, String> {
-    let pem = bearer.key.expose_secret().as_bytes();
+    let pem = key.expose_secret().as_bytes();
     let encoding = match bearer.algorithm {
         jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(pem),
         _ => jsonwebtoken::EncodingKey::from_rsa_pem(pem),
@@ -144,9 +253,22 @@ fn bearer_assertion(
         .map_err(|_| "the assertion could not be signed".to_owned())
 }
 
-fn client_secret(secret: &SecretValue) -> Result<&SecretString, String> {
-    secret
-        .loaded()
+/// The PEM of a signing key: read at load, or fetched for this mint.
+fn pem<'a>(key: &'a PrivateKey, held: &'a Held) -> Result<&'a SecretString, String> {
+    match key {
+        PrivateKey::Pem(pem) => Ok(pem),
+        PrivateKey::SecretsManager(sm) => held.private_key.as_ref().ok_or_else(|| {
+            format!(
+                "private key `{}` has no value",
+                crate::credentials::SecretSource::SecretsManager(sm.clone())
+            )
+        }),
+    }
+}
+
+fn client_secret<'a>(secret: &SecretValue, held: &'a Held) -> Result<&'a SecretString, String> {
+    held.client_secret
+        .as_ref()
         .ok_or_else(|| format!("client secret `{}` has no value", secret.source))
 }
 

@@ -1,4 +1,7 @@
 use base64::Engine;
+use http::header;
+
+use super::grant::metadata_urls;
 
 use super::*;
 
@@ -8,6 +11,7 @@ fn credential(auth: ClientAuth) -> OAuthCredential {
         client_id: "svc".into(),
         auth,
         bearer: None,
+        refresh: None,
         scope: Some("read".into()),
         resources: vec!["https://api.example/".into()],
         audience: None,
@@ -117,11 +121,24 @@ fn metadata_urls_follow_rfc_8414_then_openid() {
     );
 }
 
+fn held(secret: &str) -> Held {
+    Held {
+        client_secret: Some(SecretString::from(secret.to_owned())),
+        private_key: None,
+        refresh_token: None,
+    }
+}
+
 #[test]
 fn basic_and_post_requests_carry_the_client_as_configured() {
     let basic = credential(ClientAuth::SecretBasic(secret("s:3")));
-    let request =
-        token_request(&basic, "https://idp.example/token", "https://idp.example").unwrap();
+    let request = token_request(
+        &basic,
+        "https://idp.example/token",
+        "https://idp.example",
+        &held("s:3"),
+    )
+    .unwrap();
     let auth = request.headers()[header::AUTHORIZATION].to_str().unwrap();
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(auth.strip_prefix("Basic ").unwrap())
@@ -129,6 +146,47 @@ fn basic_and_post_requests_carry_the_client_as_configured() {
     assert_eq!(decoded, b"svc:s%3A3");
     assert!(request.headers()[header::AUTHORIZATION].is_sensitive());
     let post = credential(ClientAuth::SecretPost(secret("s3")));
-    let request = token_request(&post, "https://idp.example/token", "https://idp.example").unwrap();
+    let request = token_request(
+        &post,
+        "https://idp.example/token",
+        "https://idp.example",
+        &held("s3"),
+    )
+    .unwrap();
     assert!(request.headers().get(header::AUTHORIZATION).is_none());
+}
+
+#[test]
+fn a_refresh_request_carries_the_refresh_token_and_the_client() {
+    let mut c = credential(ClientAuth::SecretBasic(secret("s3")));
+    c.refresh = Some(RefreshStore::File("rt".into()));
+    let mut with = held("s3");
+    with.refresh_token = Some(SecretString::from("rt-value".to_owned()));
+    let request = token_request(
+        &c,
+        "https://idp.example/token",
+        "https://idp.example",
+        &with,
+    )
+    .unwrap();
+    assert!(request.headers()[header::AUTHORIZATION].is_sensitive());
+    let body = request.into_body();
+    let bytes = futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(body))
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    let form: Vec<(String, String)> = form_urlencoded::parse(&bytes).into_owned().collect();
+    assert!(form.contains(&("grant_type".into(), "refresh_token".into())));
+    assert!(form.contains(&("refresh_token".into(), "rt-value".into())));
+    assert!(form.contains(&("scope".into(), "read".into())));
+    // Without a client secret at hand, nothing is sent.
+    with.client_secret = None;
+    let err = token_request(
+        &c,
+        "https://idp.example/token",
+        "https://idp.example",
+        &with,
+    )
+    .unwrap_err();
+    assert!(err.contains("env:CLIENT_SECRET"), "{err}");
 }

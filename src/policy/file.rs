@@ -142,6 +142,9 @@ pub(super) struct CredentialFile {
     pub audience: Option<Spanned<String>>,
     pub token_ca_file: Option<Spanned<String>>,
     pub token_allow_private: Option<Vec<Spanned<String>>>,
+    // `oauth2` with the `refresh_token` grant
+    pub refresh_token_file: Option<Spanned<String>>,
+    pub refresh_token_secrets_manager: Option<Spanned<String>>,
     // `jwt_bearer`
     pub assertion_issuer: Option<Spanned<String>>,
     pub subject: Option<Spanned<String>>,

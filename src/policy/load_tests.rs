@@ -245,7 +245,25 @@ fn every_loader_error_names_file_line_and_column() {
             format!(
                 "{agent}{scope}[scope.credential]\nkind = \"oauth2\"\nissuer = \"https://idp\"\nclient_id = \"c\"\nclient_auth = \"private_key_jwt\"\n"
             ),
-            "base.toml:8:1: `private_key_jwt` needs `private_key_file`",
+            "base.toml:8:1: `private_key_jwt` needs `private_key_file` or `secrets_manager` (not both)",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"oauth2\"\nissuer = \"https://idp\"\nclient_id = \"c\"\nenv = \"T\"\nrefresh_token_file = \"missing-refresh-token\"\n"
+            ),
+            "base.toml:13:22: cannot read a refresh token from `missing-refresh-token`",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"jwt_bearer\"\nissuer = \"https://idp\"\nassertion_issuer = \"a\"\nrefresh_token_secrets_manager = \"rt\"\nprivate_key_file = \"k.pem\"\n"
+            ),
+            "base.toml:12:33: `refresh_token_secrets_manager` does not apply to a `jwt_bearer` credential",
+        ),
+        (
+            format!(
+                "{agent}{scope}[scope.credential]\nkind = \"secret\"\nenv = \"T\"\nrefresh_token_file = \"rt\"\n"
+            ),
+            "base.toml:11:22: `refresh_token_file` does not apply to a `secret` credential",
         ),
         (
             format!(

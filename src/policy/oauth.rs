@@ -18,8 +18,11 @@ use super::credential::{
 };
 use super::file::CredentialFile;
 use super::report::{LoadOptions, Report};
-use crate::credentials::oauth::{ClientAuth, Endpoint, JwtBearer, OAuthCredential};
-use crate::credentials::{Format, Placement, SecretSource};
+use crate::credentials::SecretsManagerRef;
+use crate::credentials::oauth::{
+    ClientAuth, Endpoint, JwtBearer, OAuthCredential, PrivateKey, RefreshStore,
+};
+use crate::credentials::{Format, Placement};
 use crate::egress::AllowPrivate;
 
 /// Defaults for `oauth2` cache margins.
@@ -49,6 +52,11 @@ pub(super) fn oauth_only_fields(c: &CredentialFile) -> Vec<(&'static str, Span)>
     note("token_ca_file", span(&c.token_ca_file));
     note("assertion_issuer", span(&c.assertion_issuer));
     note("subject", span(&c.subject));
+    note("refresh_token_file", span(&c.refresh_token_file));
+    note(
+        "refresh_token_secrets_manager",
+        span(&c.refresh_token_secrets_manager),
+    );
     note(
         "resource",
         c.resource
@@ -198,6 +206,18 @@ pub(super) fn compile_oauth2(
                 aws_fields.push((name, field.span()));
             }
         }
+    } else {
+        for (name, field) in [
+            ("refresh_token_file", &c.refresh_token_file),
+            (
+                "refresh_token_secrets_manager",
+                &c.refresh_token_secrets_manager,
+            ),
+        ] {
+            if let Some(field) = field {
+                aws_fields.push((name, field.span()));
+            }
+        }
     }
     reject_fields(report, file, &aws_fields, kind);
     let endpoint = compile_endpoint(report, file, credential)?;
@@ -215,6 +235,7 @@ pub(super) fn compile_oauth2(
         let auth = compile_auth(report, file, credential, dir, options)?;
         (client_id.get_ref().clone(), auth, None)
     };
+    let refresh = compile_refresh_store(report, file, c, dir)?;
     let (placement, format) = compile_token_placement(report, file, credential)?;
     let (refresh_margin, safety_margin) = margins(report, file, credential);
     let (roots, allow_private) = token_net(report, file, credential, dir)?;
@@ -224,6 +245,7 @@ pub(super) fn compile_oauth2(
         client_id,
         auth,
         bearer,
+        refresh,
         scope: text(&c.scope).filter(|s| !s.trim().is_empty()),
         resources: c
             .resource
@@ -242,6 +264,43 @@ pub(super) fn compile_oauth2(
     };
     credential.digest = digest(&credential);
     Some(credential)
+}
+
+/// Where the `refresh_token` grant's token is kept: at most one of
+/// `refresh_token_file` (which must be readable now, and whose directory
+/// must be writable when the provider rotates) and
+/// `refresh_token_secrets_manager` (the secret's whole string).
+fn compile_refresh_store(
+    report: &mut Report<'_>,
+    file: usize,
+    c: &CredentialFile,
+    dir: &Path,
+) -> Option<Option<RefreshStore>> {
+    match (&c.refresh_token_file, &c.refresh_token_secrets_manager) {
+        (None, None) => Some(None),
+        (Some(path), None) => {
+            let full = dir.join(path.get_ref());
+            if crate::credentials::read_secret_file(&full).is_none_or(|t| t.is_empty()) {
+                report.error(
+                    file,
+                    path.span(),
+                    format!("cannot read a refresh token from `{}`", path.get_ref()),
+                );
+                return None;
+            }
+            Some(Some(RefreshStore::File(full)))
+        }
+        (None, Some(id)) => Some(Some(RefreshStore::SecretsManager(id.get_ref().clone()))),
+        (Some(_), Some(id)) => {
+            report.error(
+                file,
+                id.span(),
+                "a refresh token comes from one of `refresh_token_file` or `refresh_token_secrets_manager`"
+                    .into(),
+            );
+            None
+        }
+    }
 }
 
 /// A `jwt_bearer` credential's assertion (issuer, subject, key) and its
@@ -371,14 +430,6 @@ fn compile_auth(
                 dir,
                 options,
             )?;
-            if matches!(value.source, SecretSource::SecretsManager(_)) {
-                report.error(
-                    file,
-                    credential.span(),
-                    "an `oauth2` client secret comes from `env` or `file`".into(),
-                );
-                return None;
-            }
             if !value.is_available() {
                 report.warn(
                     file,
@@ -417,36 +468,43 @@ fn compile_private_key(
 ) -> Option<ClientAuth> {
     let c = credential.get_ref();
     let fields = c.value_fields();
-    for (name, field) in [
-        ("env", fields.env),
-        ("file", fields.file),
-        ("secrets_manager", fields.secrets_manager),
-    ] {
+    for (name, field) in [("env", fields.env), ("file", fields.file)] {
         if let Some(field) = field {
             report.error(
                 file,
                 field.span(),
-                format!("`{name}` does not apply to `private_key_jwt` (use `private_key_file`)"),
+                format!("`{name}` does not apply to a signing key (use `private_key_file` or `secrets_manager`)"),
             );
         }
     }
-    let Some(path) = &c.private_key_file else {
-        report.error(
-            file,
-            credential.span(),
-            "`private_key_jwt` needs `private_key_file`".into(),
-        );
-        return None;
-    };
-    let algorithm = match c.signing_alg.as_ref().map_or("RS256", |a| a.get_ref()) {
-        "RS256" => jsonwebtoken::Algorithm::RS256,
-        "ES256" => jsonwebtoken::Algorithm::ES256,
-        other => {
-            let span = c.signing_alg.as_ref().map_or(path.span(), Spanned::span);
+    let algorithm = signing_algorithm(report, file, credential)?;
+    let key_id = c.key_id.as_ref().map(|k| k.get_ref().clone());
+    let path = match (&c.private_key_file, fields.secrets_manager) {
+        (Some(path), None) => path,
+        (None, Some(id)) => {
+            // Fetched when a token is minted; checked then.
+            let text = |f: Option<&Spanned<String>>| f.map(|v| v.get_ref().clone());
+            let key = PrivateKey::SecretsManager(SecretsManagerRef {
+                id: id.get_ref().clone(),
+                json_key: text(fields.json_key),
+                version_stage: text(fields.version_stage),
+            });
+            return Some(ClientAuth::PrivateKeyJwt {
+                key,
+                algorithm,
+                key_id,
+            });
+        }
+        _ => {
+            let who = if c.kind.get_ref() == "jwt_bearer" {
+                "a `jwt_bearer` credential"
+            } else {
+                "`private_key_jwt`"
+            };
             report.error(
                 file,
-                span,
-                format!("signing_alg `{other}` is not supported (expected `RS256` or `ES256`)"),
+                credential.span(),
+                format!("{who} needs `private_key_file` or `secrets_manager` (not both)"),
             );
             return None;
         }
@@ -476,10 +534,43 @@ fn compile_private_key(
         return None;
     }
     Some(ClientAuth::PrivateKeyJwt {
-        key: SecretString::from(pem),
+        key: PrivateKey::Pem(SecretString::from(pem)),
         algorithm,
-        key_id: c.key_id.as_ref().map(|k| k.get_ref().clone()),
+        key_id,
     })
+}
+
+/// `signing_alg`: `RS256` (the default) or `ES256`.
+fn signing_algorithm(
+    report: &mut Report<'_>,
+    file: usize,
+    credential: &Spanned<CredentialFile>,
+) -> Option<jsonwebtoken::Algorithm> {
+    let c = credential.get_ref();
+    let algorithm = match c.signing_alg.as_ref().map_or("RS256", |a| a.get_ref()) {
+        "RS256" => jsonwebtoken::Algorithm::RS256,
+        "ES256" => jsonwebtoken::Algorithm::ES256,
+        other => {
+            let span = c
+                .signing_alg
+                .as_ref()
+                .map_or(credential.span(), Spanned::span);
+            report.error(
+                file,
+                span,
+                format!("signing_alg `{other}` is not supported (expected `RS256` or `ES256`)"),
+            );
+            return None;
+        }
+    };
+    Some(algorithm)
+}
+
+fn key_digest(field: &mut impl FnMut(&[u8]), key: &PrivateKey) {
+    match key {
+        PrivateKey::Pem(pem) => field(pem.expose_secret().as_bytes()),
+        other => field(format!("{other:?}").as_bytes()),
+    }
 }
 
 /// Everything that makes two credentials mint different tokens. Secrets go
@@ -495,19 +586,21 @@ fn digest(c: &OAuthCredential) -> [u8; 32] {
     field(c.auth.name().as_bytes());
     match &c.auth {
         ClientAuth::SecretBasic(v) | ClientAuth::SecretPost(v) => {
+            field(v.source.to_string().as_bytes());
             field(v.loaded().map_or(&[][..], |s| s.expose_secret().as_bytes()));
         }
         ClientAuth::PrivateKeyJwt { key, key_id, .. } => {
-            field(key.expose_secret().as_bytes());
+            key_digest(&mut field, key);
             field(key_id.as_deref().unwrap_or("").as_bytes());
         }
         ClientAuth::None => {}
     }
     if let Some(bearer) = &c.bearer {
         field(format!("{bearer:?}").as_bytes());
-        field(bearer.key.expose_secret().as_bytes());
+        key_digest(&mut field, &bearer.key);
         field(bearer.key_id.as_deref().unwrap_or("").as_bytes());
     }
+    field(format!("{:?}", c.refresh).as_bytes());
     field(c.scope.as_deref().unwrap_or("").as_bytes());
     for r in &c.resources {
         field(r.as_bytes());

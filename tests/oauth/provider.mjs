@@ -6,6 +6,12 @@
 // KEY (PEM), PORT (0 for any; the line `listening PORT` says which), TTL
 // (seconds of access token life), CLIENT_SECRET, RESOURCE (the one resource
 // server), REVOKED (client ids left out: a revoked client).
+//
+// Refresh tokens rotate on every use; a reused one revokes its grant (as
+// oidc-provider does). At start, one refresh token per name in STATE/
+// refresh-*.txt is issued to `cg-refresh` for the user `user-1` (as if the
+// user had consented in an authorization code flow), and every grant error
+// is appended to STATE/grant-errors.txt.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
@@ -56,6 +62,15 @@ const clients = [
   { ...base, client_id: 'cg-post', client_secret: process.env.CLIENT_SECRET, token_endpoint_auth_method: 'client_secret_post' },
   { ...base, client_id: 'cg-jwt', token_endpoint_auth_method: 'private_key_jwt', jwks: { keys: [publicJwk(clientKey)] } },
   { ...base, client_id: 'cg-sa', grant_types: [JWT_BEARER], token_endpoint_auth_method: 'none' },
+  {
+    ...base,
+    client_id: 'cg-refresh',
+    client_secret: process.env.CLIENT_SECRET,
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: ['https://client.test/callback'],
+    token_endpoint_auth_method: 'client_secret_basic',
+  },
 ].filter((c) => !revoked.has(c.client_id));
 
 // The issuer needs the port, so the server listens first and the provider
@@ -65,7 +80,7 @@ const server = https.createServer(
   { cert: fs.readFileSync(process.env.CERT), key: fs.readFileSync(process.env.KEY) },
   (req, res) => handler(req, res),
 );
-server.listen(Number(process.env.PORT || '0'), '127.0.0.1', () => {
+server.listen(Number(process.env.PORT || '0'), '127.0.0.1', async () => {
   const { port } = server.address();
   const provider = new Provider(`https://localhost:${port}`, {
     clients,
@@ -83,8 +98,9 @@ server.listen(Number(process.env.PORT || '0'), '127.0.0.1', () => {
         },
       },
     },
-    scopes: ['echo.read', 'echo.write'],
+    scopes: ['offline_access', 'echo.read', 'echo.write'],
     ttl: { ClientCredentials: ttl },
+    rotateRefreshToken: true,
   });
   // oidc-provider has no JWT bearer grant of its own: this one checks the
   // assertion as RFC 7523 §3 says (signature by the service account's key,
@@ -114,7 +130,24 @@ server.listen(Number(process.env.PORT || '0'), '127.0.0.1', () => {
     console.log(`jwt bearer grant for sub ${payload.sub}`);
     ctx.body = { access_token: value, expires_in: token.expiration, token_type: 'Bearer', scope: granted };
   }, ['assertion', 'scope']);
-  provider.on('grant.error', (_ctx, err) => console.log(`grant error: ${err.error}`));
+  provider.on('grant.error', (_ctx, err) => {
+    console.log(`grant error: ${err.error}`);
+    fs.appendFileSync(path.join(state, 'grant-errors.txt'), `${err.error}: ${err.error_description}\n`);
+  });
+  // The refresh tokens a consenting user would have left behind.
+  for (const name of ['refresh-file', 'refresh-sm']) {
+    const client = await provider.Client.find('cg-refresh');
+    if (!client) break;
+    const grant = new provider.Grant({ accountId: 'user-1', clientId: 'cg-refresh' });
+    grant.addOIDCScope('offline_access');
+    grant.addResourceScope(resource, 'echo.read');
+    const grantId = await grant.save();
+    const rt = new provider.RefreshToken({
+      accountId: 'user-1', client, grantId, gty: 'authorization_code',
+      scope: 'offline_access echo.read', resource,
+    });
+    fs.writeFileSync(path.join(state, `${name}.txt`), `${await rt.save()}\n`);
+  }
   provider.on('server_error', (_ctx, err) => console.log(`server error: ${err}`));
   provider.on('access_token.issued', () => console.log('issued'));
   handler = provider.callback();

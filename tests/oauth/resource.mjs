@@ -34,7 +34,7 @@ async function verify(req) {
       seen.add(token);
       fs.appendFileSync(path.join(state, 'tokens.txt'), `${token}\n`);
     }
-    const body = { ok: true, client_id: payload.client_id, scope: payload.scope, aud: payload.aud, tokens_seen: seen.size, path: req.url };
+    const body = { ok: true, client_id: payload.client_id, sub: payload.sub, scope: payload.scope, aud: payload.aud, tokens_seen: seen.size, path: req.url };
     // A debug endpoint that echoes the request's credential, as many APIs'
     // error bodies do: clawgate must not let the token reach the agent.
     if (req.url.includes('/echo')) body.authorization = auth;
