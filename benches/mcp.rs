@@ -122,6 +122,7 @@ fn filter_list(c: &mut Criterion) {
         own: Some(("1".into(), "tools/list".into())),
         is_error: Arc::new(IsError::default()),
         on_seen: Box::new(|_| {}),
+        results: None,
     };
     let chunks: Vec<Bytes> = stream
         .chunks(16 * 1024)

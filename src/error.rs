@@ -161,11 +161,15 @@ pub enum Reason {
     /// A minted credential's token endpoint could not be reached (or gave
     /// no usable answer) past the grace of the token minted before.
     CredentialEndpointUnreachable,
+    /// An MCP result (a tool's result, a resource's contents, a prompt's
+    /// messages) held something the scope's `[scope.mcp.results]` refuses:
+    /// the agent got a JSON-RPC error instead (outcome records only).
+    ToolResultRefused,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 56] = [
+    pub const ALL: [Reason; 57] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -222,6 +226,7 @@ impl Reason {
         Reason::CredentialGrantInvalid,
         Reason::CredentialConsentRequired,
         Reason::CredentialEndpointUnreachable,
+        Reason::ToolResultRefused,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -283,6 +288,7 @@ impl Reason {
             Reason::CredentialGrantInvalid => "credential-grant-invalid",
             Reason::CredentialConsentRequired => "credential-consent-required",
             Reason::CredentialEndpointUnreachable => "credential-endpoint-unreachable",
+            Reason::ToolResultRefused => "tool-result-refused",
         }
     }
 
@@ -345,7 +351,7 @@ impl Reason {
             }
             Reason::UpstreamUnreachable | Reason::UpstreamAuthRequired => StatusCode::BAD_GATEWAY,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Reason::CredentialReflected => StatusCode::BAD_GATEWAY,
+            Reason::CredentialReflected | Reason::ToolResultRefused => StatusCode::BAD_GATEWAY,
             Reason::CredentialGrantInvalid
             | Reason::CredentialConsentRequired
             | Reason::CredentialEndpointUnreachable => StatusCode::SERVICE_UNAVAILABLE,
@@ -362,7 +368,9 @@ impl Reason {
     fn error_kind(self) -> &'static str {
         // A reflected credential is a 502, but the response was refused by
         // policy, not lost.
-        if self.status().is_server_error() && !matches!(self, Reason::CredentialReflected) {
+        if self.status().is_server_error()
+            && !matches!(self, Reason::CredentialReflected | Reason::ToolResultRefused)
+        {
             "unavailable"
         } else {
             "denied"
@@ -627,7 +635,8 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::TunnelSniMissing
         | Reason::TunnelEch
         | Reason::AdminRoleRequired
-        | Reason::CredentialReflected => "http_request_denied",
+        | Reason::CredentialReflected
+        | Reason::ToolResultRefused => "http_request_denied",
     };
     format!("clawgate; error={error}; details=\"{}\"", reason.code())
 }

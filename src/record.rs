@@ -200,6 +200,8 @@ pub struct Outcome {
     mcp_answer: Option<Arc<crate::mcp::response::IsError>>,
     /// What the reflection guard found in the response, if it watched it.
     reflection: Option<Arc<crate::response::guard::Tally>>,
+    /// What the inspection of MCP results found, and the rules it ran.
+    mcp_results: Option<crate::mcp::results::Inspector>,
     _in_flight: InFlightGuard,
 }
 
@@ -221,6 +223,7 @@ impl Outcome {
             finished: false,
             mcp_answer: None,
             reflection: None,
+            mcp_results: None,
             _in_flight: InFlightGuard::new(in_flight),
         }
     }
@@ -244,6 +247,12 @@ impl Outcome {
     /// says how many values, where, and whether the response was cut.
     pub fn watch_reflection(&mut self, tally: Arc<crate::response::guard::Tally>) {
         self.reflection = Some(tally);
+    }
+
+    /// Takes what the inspection of MCP results finds: the record says how
+    /// many of each kind and what was done, and a refusal is its reason.
+    pub fn watch_results(&mut self, inspector: crate::mcp::results::Inspector) {
+        self.mcp_results = Some(inspector);
     }
 
     /// Adds a note to the outcome record's detail.
@@ -342,6 +351,16 @@ impl Drop for Outcome {
             record.add_detail(&summary.detail);
             if summary.refused {
                 self.reason = Reason::CredentialReflected;
+            }
+        }
+        if let Some((detail, refused)) = self
+            .mcp_results
+            .as_ref()
+            .and_then(|i| i.tally.settle(&i.rules))
+        {
+            record.add_detail(&detail);
+            if refused {
+                self.reason = Reason::ToolResultRefused;
             }
         }
         if let (Some(mcp), Some(answer)) = (record.mcp.as_mut(), &self.mcp_answer) {

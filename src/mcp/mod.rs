@@ -22,6 +22,7 @@ pub mod headers;
 pub mod jsonrpc;
 pub mod pins;
 pub mod response;
+pub mod results;
 pub mod rules;
 pub mod sse;
 pub mod state;

@@ -62,6 +62,9 @@ pub(super) struct Exchange {
     /// The request's id (JSON text) and method, for a request.
     pub own: Option<(String, String)>,
     pub method: http::Method,
+    /// The inspection of results, set once the call's injected values are
+    /// known.
+    pub results: Option<crate::mcp::results::Inspector>,
 }
 
 /// The scope's MCP rules when `path` (as the target names it) is its endpoint.
@@ -205,6 +208,7 @@ pub(super) fn exchange(
         session,
         own,
         method: parts.method.clone(),
+        results: None,
     }
 }
 
@@ -227,6 +231,7 @@ pub(super) fn filter(
         session,
         own: exchange.own,
         is_error,
+        results: exchange.results,
         on_seen: Box::new(move |seen: Seen| {
             let mut record = template.clone();
             record.ts = crate::audit::now_rfc3339();
