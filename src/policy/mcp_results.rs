@@ -136,3 +136,7 @@ fn alternation(
 fn build(pattern: &str) -> Result<Regex, regex::Error> {
     RegexBuilder::new(pattern).size_limit(1 << 20).build()
 }
+
+#[cfg(test)]
+#[path = "mcp_results_tests.rs"]
+mod tests;
