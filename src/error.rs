@@ -369,7 +369,10 @@ impl Reason {
         // A reflected credential is a 502, but the response was refused by
         // policy, not lost.
         if self.status().is_server_error()
-            && !matches!(self, Reason::CredentialReflected | Reason::ToolResultRefused)
+            && !matches!(
+                self,
+                Reason::CredentialReflected | Reason::ToolResultRefused
+            )
         {
             "unavailable"
         } else {

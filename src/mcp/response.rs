@@ -204,7 +204,11 @@ impl ResponseFilter {
 }
 
 /// What the inspection of a result makes of its message.
-fn inspected(inspector: &super::results::Inspector, id: &super::jsonrpc::Id, result: Value) -> Action {
+fn inspected(
+    inspector: &super::results::Inspector,
+    id: &super::jsonrpc::Id,
+    result: Value,
+) -> Action {
     use super::results::{Inspector, Verdict};
     match inspector.result(result) {
         Verdict::Pass => Action::Pass,

@@ -97,13 +97,22 @@ impl Act {
 /// The well-known key formats searched by default: (name, pattern). Each
 /// match is one finding of kind `key-format`.
 pub const KEY_FORMATS: [(&str, &str); 9] = [
-    ("aws-access-key-id", r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b"),
+    (
+        "aws-access-key-id",
+        r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b",
+    ),
     (
         "aws-secret-access-key",
         r#"(?i:aws_?secret_?(?:access_?)?key)["']?\s*[:=]\s*["']?[A-Za-z0-9/+]{40}"#,
     ),
-    ("github-token", r"\b(?:ghp|gho|ghs|ghu|ghr)_[A-Za-z0-9]{36}\b"),
-    ("github-fine-grained-token", r"\bgithub_pat_[A-Za-z0-9_]{22,255}"),
+    (
+        "github-token",
+        r"\b(?:ghp|gho|ghs|ghu|ghr)_[A-Za-z0-9]{36}\b",
+    ),
+    (
+        "github-fine-grained-token",
+        r"\bgithub_pat_[A-Za-z0-9_]{22,255}",
+    ),
     ("slack-token", r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
     ("google-api-key", r"\bAIza[0-9A-Za-z_-]{35}"),
     (
@@ -272,9 +281,8 @@ impl ResultRules {
         {
             found.counts[Kind::InjectedSecret.index()] += hits;
             // Always redacted, whatever else happens to the message.
-            *text = String::from_utf8(out).unwrap_or_else(|e| {
-                String::from_utf8_lossy(e.as_bytes()).into_owned()
-            });
+            *text = String::from_utf8(out)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
             found.changed = true;
         }
         if self.key_formats != Act::Off
@@ -289,7 +297,14 @@ impl ResultRules {
         }
         if let Some((pattern, act)) = &self.instructions {
             let replace = *act == Act::Redact;
-            replace_matches(pattern, text, Kind::InstructionPattern, replace, MARKER, found);
+            replace_matches(
+                pattern,
+                text,
+                Kind::InstructionPattern,
+                replace,
+                MARKER,
+                found,
+            );
         }
     }
 }
@@ -406,7 +421,11 @@ impl Inspector {
     /// The inspection of one exchange under `rules`. Out of enforce mode
     /// nothing is refused (a refusal is reported instead); what would be
     /// redacted or stripped still is.
-    pub fn new(rules: &Arc<ResultRules>, enforce: bool, needles: Option<Arc<Needles>>) -> Inspector {
+    pub fn new(
+        rules: &Arc<ResultRules>,
+        enforce: bool,
+        needles: Option<Arc<Needles>>,
+    ) -> Inspector {
         let rules = if enforce {
             Arc::clone(rules)
         } else {

@@ -74,7 +74,12 @@ pub(super) fn compile_results(
     let hidden = ["strip", "refuse", "report", "off"];
     let patterns = ["redact", "refuse", "report"];
     let injected = act("injected", &r.injected, &["redact", "refuse"], Act::Redact);
-    let key_formats = act("key_formats", &r.key_formats, &findings, defaults.key_formats);
+    let key_formats = act(
+        "key_formats",
+        &r.key_formats,
+        &findings,
+        defaults.key_formats,
+    );
     let invisible = act("invisible", &r.invisible, &hidden, defaults.invisible);
     let ansi = act("ansi", &r.ansi, &hidden, defaults.ansi);
     let secrets_action = act("secrets_action", &r.secrets_action, &patterns, Act::Redact);

@@ -51,12 +51,24 @@ fn every_setting_is_read() {
 #[test]
 fn loader_errors_name_the_place() {
     let cases = [
-        ("injected = \"report\"", "`injected` is `report`; it must be one of `redact`, `refuse`"),
-        ("invisible = \"redact\"", "`invisible` is `redact`; it must be one of `strip`"),
-        ("key_formats = \"strip\"", "`key_formats` is `strip`; it must be one of `redact`"),
+        (
+            "injected = \"report\"",
+            "`injected` is `report`; it must be one of `redact`, `refuse`",
+        ),
+        (
+            "invisible = \"redact\"",
+            "`invisible` is `redact`; it must be one of `strip`",
+        ),
+        (
+            "key_formats = \"strip\"",
+            "`key_formats` is `strip`; it must be one of `redact`",
+        ),
         ("secrets_action = \"off\"", "`secrets_action` is `off`"),
         ("secrets = ['(']", "`(` is not a usable pattern"),
-        ("instructions = ['a*']", "`a*` is not a usable pattern: it matches the empty text"),
+        (
+            "instructions = ['a*']",
+            "`a*` is not a usable pattern: it matches the empty text",
+        ),
         ("scan = true", "unknown field `scan`"),
     ];
     for (line, message) in cases {
