@@ -20,6 +20,7 @@
 pub mod fetch;
 pub mod headers;
 pub mod jsonrpc;
+pub mod pin_store;
 pub mod pins;
 pub mod response;
 pub mod results;

@@ -223,6 +223,7 @@ pub(super) fn filter(
     is_error: Arc<crate::mcp::response::IsError>,
 ) -> ResponseFilter {
     let record_session = session.clone();
+    let policy_pins = Arc::clone(&exchange.rules);
     ResponseFilter {
         state: Arc::clone(state),
         rules: exchange.rules,
@@ -239,7 +240,18 @@ pub(super) fn filter(
             record.status = None;
             record.decision = None;
             record.rule = None;
+            let policy_pin = policy_pins.pins.get(&seen.tool);
             let (reason, detail) = match &seen.sighting {
+                // A first sighting that differs from the policy's pin is a
+                // changed definition, not a new pin.
+                Sighting::First if policy_pin.is_some_and(|p| *p != seen.hash) => (
+                    Reason::ToolDefinitionChanged,
+                    Some(format!(
+                        "differs from the policy pin {}; {}",
+                        policy_pin.map_or("", String::as_str),
+                        if seen.hidden { "hidden" } else { "listed" }
+                    )),
+                ),
                 Sighting::First => (Reason::ToolPinned, None),
                 Sighting::Changed { before } => (
                     Reason::ToolDefinitionChanged,
