@@ -146,10 +146,14 @@ fn listed(h: &Harness, route: &str) -> Vec<String> {
         .collect()
 }
 
-fn pin_records(h: &Harness, tool: &str) -> Vec<DecisionRecord> {
+fn pin_records(h: &Harness, scope: &str, tool: &str) -> Vec<DecisionRecord> {
     h.records()
         .into_iter()
-        .filter(|r| r.kind == "pin" && r.mcp.as_ref().and_then(|m| m.name.as_deref()) == Some(tool))
+        .filter(|r| {
+            r.kind == "pin"
+                && r.scope.as_deref() == Some(scope)
+                && r.mcp.as_ref().and_then(|m| m.name.as_deref()) == Some(tool)
+        })
         .collect()
 }
 
@@ -199,7 +203,7 @@ fn a_rug_pull_outlasts_a_restart_and_a_policy_pin_mismatch_is_a_change() {
     h.wait_for("the rug pull's pin record", |r| {
         r.kind == "pin" && r.reason == "tool-definition-changed"
     });
-    let reasons: Vec<String> = pin_records(&h, "read_file")
+    let reasons: Vec<String> = pin_records(&h, "pinned-tools", "read_file")
         .into_iter()
         .map(|r| r.reason)
         .collect();
@@ -231,7 +235,7 @@ fn a_rug_pull_outlasts_a_restart_and_a_policy_pin_mismatch_is_a_change() {
         r.kind == "pin" && r.scope.as_deref() == Some("policy-pinned")
     });
     // The log is in order: the list above wrote whatever it was going to.
-    let reasons: Vec<String> = pin_records(&h, "read_file")
+    let reasons: Vec<String> = pin_records(&h, "pinned-tools", "read_file")
         .into_iter()
         .map(|r| r.reason)
         .collect();
@@ -240,7 +244,7 @@ fn a_rug_pull_outlasts_a_restart_and_a_policy_pin_mismatch_is_a_change() {
         ["tool-pinned", "tool-definition-changed"],
         "nothing re-pinned"
     );
-    let records = pin_records(&h, "ping_tool");
+    let records = pin_records(&h, "policy-pinned", "ping_tool");
     let policy_pinned: Vec<_> = records
         .iter()
         .filter(|r| r.scope.as_deref() == Some("policy-pinned"))
