@@ -170,11 +170,15 @@ pub enum Reason {
     /// A rotated refresh token could not be stored where the old one came
     /// from: the access token it came with is not used (fail closed).
     CredentialStoreFailed,
+    /// An MCP result (a tool's result, a resource's contents, a prompt's
+    /// messages) held something the scope's `[scope.mcp.results]` refuses:
+    /// the agent got a JSON-RPC error instead (outcome records only).
+    ToolResultRefused,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 59] = [
+    pub const ALL: [Reason; 60] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -234,6 +238,7 @@ impl Reason {
         Reason::UpstreamRedirectRefused,
         Reason::ResourceUriRefused,
         Reason::CredentialStoreFailed,
+        Reason::ToolResultRefused,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -298,6 +303,7 @@ impl Reason {
             Reason::UpstreamRedirectRefused => "upstream-redirect-refused",
             Reason::ResourceUriRefused => "resource-uri-refused",
             Reason::CredentialStoreFailed => "credential-store-failed",
+            Reason::ToolResultRefused => "tool-result-refused",
         }
     }
 
@@ -360,7 +366,7 @@ impl Reason {
             }
             Reason::UpstreamUnreachable | Reason::UpstreamAuthRequired => StatusCode::BAD_GATEWAY,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Reason::CredentialReflected => StatusCode::BAD_GATEWAY,
+            Reason::CredentialReflected | Reason::ToolResultRefused => StatusCode::BAD_GATEWAY,
             Reason::CredentialGrantInvalid
             | Reason::CredentialConsentRequired
             | Reason::CredentialEndpointUnreachable
@@ -380,7 +386,12 @@ impl Reason {
     fn error_kind(self) -> &'static str {
         // A reflected credential is a 502, but the response was refused by
         // policy, not lost.
-        if self.status().is_server_error() && !matches!(self, Reason::CredentialReflected) {
+        if self.status().is_server_error()
+            && !matches!(
+                self,
+                Reason::CredentialReflected | Reason::ToolResultRefused
+            )
+        {
             "unavailable"
         } else {
             "denied"
@@ -648,7 +659,8 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::TunnelEch
         | Reason::AdminRoleRequired
         | Reason::CredentialReflected
-        | Reason::ResourceUriRefused => "http_request_denied",
+        | Reason::ResourceUriRefused
+        | Reason::ToolResultRefused => "http_request_denied",
         Reason::UpstreamRedirectRefused => "http_protocol_error",
     };
     format!("clawgate; error={error}; details=\"{}\"", reason.code())

@@ -234,6 +234,8 @@ pub struct Outcome {
     reflection: Option<Arc<crate::response::guard::Tally>>,
     /// The call's span, ended with this outcome.
     span: Option<CallSpan>,
+    /// What the inspection of MCP results found, and the rules it ran.
+    mcp_results: Option<crate::mcp::results::Inspector>,
     _in_flight: InFlightGuard,
 }
 
@@ -256,6 +258,7 @@ impl Outcome {
             mcp_answer: None,
             reflection: None,
             span: None,
+            mcp_results: None,
             _in_flight: InFlightGuard::new(in_flight),
         }
     }
@@ -279,6 +282,12 @@ impl Outcome {
     /// says how many values, where, and whether the response was cut.
     pub fn watch_reflection(&mut self, tally: Arc<crate::response::guard::Tally>) {
         self.reflection = Some(tally);
+    }
+
+    /// Takes what the inspection of MCP results finds: the record says how
+    /// many of each kind and what was done, and a refusal is its reason.
+    pub fn watch_results(&mut self, inspector: crate::mcp::results::Inspector) {
+        self.mcp_results = Some(inspector);
     }
 
     /// Adds a note to the outcome record's detail.
@@ -377,6 +386,16 @@ impl Drop for Outcome {
             record.add_detail(&summary.detail);
             if summary.refused {
                 self.reason = Reason::CredentialReflected;
+            }
+        }
+        if let Some((detail, refused)) = self
+            .mcp_results
+            .as_ref()
+            .and_then(|i| i.tally.settle(&i.rules))
+        {
+            record.add_detail(&detail);
+            if refused {
+                self.reason = Reason::ToolResultRefused;
             }
         }
         if let (Some(mcp), Some(answer)) = (record.mcp.as_mut(), &self.mcp_answer) {

@@ -159,6 +159,14 @@ pub enum ServeError {
     /// The OTLP endpoint is unusable.
     #[error(transparent)]
     Trace(#[from] crate::trace::TraceError),
+    /// The MCP pins kept beside the decision log cannot be read.
+    #[error("cannot read the MCP pins in `{path}`: {message}")]
+    McpPins {
+        /// The decision log's database.
+        path: String,
+        /// What SQLite said.
+        message: String,
+    },
     /// The shards serving the agent and token listeners cannot start
     /// (their address is unavailable, or a thread cannot be made).
     #[error(transparent)]
@@ -493,6 +501,18 @@ fn mcp_state(config: &ServeConfig) -> Result<crate::mcp::McpState, ServeError> {
                 path: path.display().to_string(),
                 source,
             })?;
-        crate::mcp::McpState::new(&key)
+        let state = crate::mcp::McpState::new(&key);
+        // On a fleet the log is in PostgreSQL: pins stay per process there.
+        if config.fleet.store.is_none() {
+            let (rows, sink) = crate::mcp::pin_store::open(&config.audit_path).map_err(|e| {
+                ServeError::McpPins {
+                    path: config.audit_path.display().to_string(),
+                    message: e.to_string(),
+                }
+            })?;
+            state.pins.restore(rows);
+            state.pins.persist_to(sink);
+        }
+        state
     })
 }

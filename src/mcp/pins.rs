@@ -6,8 +6,9 @@
 //! changes any of them under an agent (a "rug pull") changes the hash.
 //!
 //! Invariants:
-//! - The first hash seen of a tool in a scope stays its first-use pin for the
-//!   life of the process; later sightings never move it.
+//! - The first hash seen of a tool in a scope stays its first-use pin; later
+//!   sightings never move it. With a store ([`super::pin_store`]) it
+//!   outlives the process: every first or changed sighting is handed to it.
 //! - The store is bounded: past [`MAX_TOOLS`] tools per store nothing new is
 //!   pinned, and such tools have no first-use pin (policy pins still apply).
 
@@ -94,25 +95,55 @@ pub enum Sighting {
 #[derive(Debug, Default)]
 pub struct PinStore {
     tools: DashMap<(String, String), (String, String)>,
+    /// Where first and changed sightings are stored, when they are.
+    sink: std::sync::OnceLock<std::sync::mpsc::Sender<super::pin_store::PinRow>>,
 }
 
 impl PinStore {
+    /// Takes the pins a store kept (at start, before any sighting).
+    pub fn restore(&self, rows: Vec<super::pin_store::PinRow>) {
+        for row in rows.into_iter().take(MAX_TOOLS) {
+            self.tools
+                .insert((row.scope, row.tool), (row.first, row.last));
+        }
+    }
+
+    /// Hands every first or changed sighting from now on to `sink`.
+    pub fn persist_to(&self, sink: std::sync::mpsc::Sender<super::pin_store::PinRow>) {
+        let _ = self.sink.set(sink);
+    }
+
     /// Records a sighting of `tool` in `scope` with `hash`.
     pub fn observe(&self, scope: &str, tool: &str, hash: &str) -> Sighting {
         let key = (scope.to_owned(), tool.to_owned());
         if let Some(mut entry) = self.tools.get_mut(&key) {
-            let (_, last) = entry.value_mut();
+            let (first, last) = entry.value_mut();
             if last == hash {
                 return Sighting::Same;
             }
             let before = std::mem::replace(last, hash.to_owned());
+            let first = first.clone();
+            drop(entry);
+            self.store(scope, tool, first, hash);
             return Sighting::Changed { before };
         }
         if self.tools.len() >= MAX_TOOLS {
             return Sighting::Same;
         }
         self.tools.insert(key, (hash.to_owned(), hash.to_owned()));
+        self.store(scope, tool, hash.to_owned(), hash);
         Sighting::First
+    }
+
+    fn store(&self, scope: &str, tool: &str, first: String, last: &str) {
+        if let Some(sink) = self.sink.get() {
+            let _ = sink.send(super::pin_store::PinRow {
+                scope: scope.to_owned(),
+                tool: tool.to_owned(),
+                first,
+                last: last.to_owned(),
+            });
+        }
     }
 
     /// The first-use pin and the last hash seen of `tool` in `scope`.

@@ -100,6 +100,8 @@ pub struct ResponseFilter {
     pub is_error: Arc<IsError>,
     /// Told of every first or changed definition.
     pub on_seen: Box<dyn Fn(Seen) + Send + Sync>,
+    /// The inspection of results (`[scope.mcp.results]`).
+    pub results: Option<super::results::Inspector>,
 }
 
 impl std::fmt::Debug for ResponseFilter {
@@ -170,7 +172,12 @@ impl ResponseFilter {
             let is_error = result.get("isError").and_then(Value::as_bool) == Some(true);
             self.is_error.set(is_error);
         }
-        Action::Pass
+        match &self.results {
+            Some(inspector) if super::results::is_inspected(&result) => {
+                inspected(inspector, &id_value, result)
+            }
+            _ => Action::Pass,
+        }
     }
 
     /// A `tools/list` response with the tools the agent may not call left
@@ -252,6 +259,23 @@ fn is_input_required(result: &Value) -> bool {
         result.get("resultType").and_then(Value::as_str),
         Some("input_required" | "incomplete")
     ) || result.get("inputRequests").is_some()
+}
+
+/// What the inspection of a result makes of its message.
+fn inspected(
+    inspector: &super::results::Inspector,
+    id: &super::jsonrpc::Id,
+    result: Value,
+) -> Action {
+    use super::results::{Inspector, Verdict};
+    match inspector.result(result) {
+        Verdict::Pass => Action::Pass,
+        Verdict::Changed(result) => {
+            serde_json::to_vec(&serde_json::json!({"jsonrpc": "2.0", "id": id.0, "result": result}))
+                .map_or(Action::Drop, Action::Replace)
+        }
+        Verdict::Refused(kinds) => Action::Replace(Inspector::refusal(&id.0, &kinds)),
+    }
 }
 
 enum Reading {

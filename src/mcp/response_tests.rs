@@ -27,6 +27,7 @@ fn rules() -> Arc<McpRules> {
         max_argument_bytes: None,
         pin_mode: PinMode::FirstUse,
         pins: Default::default(),
+        results: Default::default(),
     })
 }
 
@@ -44,6 +45,7 @@ fn filter(
         own: own.map(|(i, m)| (i.to_owned(), m.to_owned())),
         is_error: Arc::default(),
         on_seen: Box::new(move |s| seen.lock().unwrap().push(s)),
+        results: None,
     }
 }
 

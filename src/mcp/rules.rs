@@ -248,6 +248,8 @@ pub struct McpRules {
     pub pin_mode: PinMode,
     /// Definition hashes pinned in policy, by tool name.
     pub pins: HashMap<String, String>,
+    /// What results are inspected for (`[scope.mcp.results]`).
+    pub results: std::sync::Arc<super::results::ResultRules>,
 }
 
 /// An MCP message as the decision sees it.

@@ -53,6 +53,7 @@ fn methods_rules_do_not_govern_are_allowed() {
         max_argument_bytes: None,
         pin_mode: PinMode::FirstUse,
         pins: HashMap::new(),
+        results: Default::default(),
     };
     for method in [
         "initialize",

@@ -66,6 +66,9 @@ pub(super) struct Exchange {
     /// The request's id (JSON text) and method, for a request.
     pub own: Option<(String, String)>,
     pub method: http::Method,
+    /// The inspection of results, set once the call's injected values are
+    /// known.
+    pub results: Option<crate::mcp::results::Inspector>,
 }
 
 /// The scope's MCP rules when `path` (as the target names it) is its endpoint.
@@ -259,6 +262,7 @@ pub(super) fn exchange(
         session,
         own,
         method: parts.method.clone(),
+        results: None,
     }
 }
 
@@ -273,6 +277,7 @@ pub(super) fn filter(
     is_error: Arc<crate::mcp::response::IsError>,
 ) -> ResponseFilter {
     let record_session = session.clone();
+    let policy_pins = Arc::clone(&exchange.rules);
     ResponseFilter {
         state: Arc::clone(state),
         rules: exchange.rules,
@@ -281,6 +286,7 @@ pub(super) fn filter(
         session,
         own: exchange.own,
         is_error,
+        results: exchange.results,
         on_seen: Box::new(move |seen: Seen| {
             let mut record = template.clone();
             record.ts = crate::audit::now_rfc3339();
@@ -288,7 +294,18 @@ pub(super) fn filter(
             record.status = None;
             record.decision = None;
             record.rule = None;
+            let policy_pin = policy_pins.pins.get(&seen.tool);
             let (reason, detail) = match &seen.sighting {
+                // A first sighting that differs from the policy's pin is a
+                // changed definition, not a new pin.
+                Sighting::First if policy_pin.is_some_and(|p| *p != seen.hash) => (
+                    Reason::ToolDefinitionChanged,
+                    Some(format!(
+                        "differs from the policy pin {}; {}",
+                        policy_pin.map_or("", String::as_str),
+                        if seen.hidden { "hidden" } else { "listed" }
+                    )),
+                ),
                 Sighting::First => (Reason::ToolPinned, None),
                 Sighting::Changed { before } => (
                     Reason::ToolDefinitionChanged,

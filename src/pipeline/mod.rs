@@ -526,7 +526,14 @@ impl Pipeline {
         outcome.status = Some(parts.status.as_u16());
         outcome.reason = Reason::Allowed;
         let (body, deadline) = match admitted.mcp {
-            Some(exchange) => {
+            Some(mut exchange) => {
+                let inspector = crate::mcp::results::Inspector::new(
+                    &exchange.rules.results,
+                    exchange.enforce,
+                    self.needles.get(&admitted.injected),
+                );
+                outcome.watch_results(inspector.clone());
+                exchange.results = Some(inspector);
                 match self.mcp_response(exchange, &mut parts, body, &mut outcome, request_id, via) {
                     Ok(body) => (body, None),
                     Err(refusal) => return *refusal,

@@ -30,6 +30,8 @@ pub(super) struct McpFile {
     pub allow: Vec<Spanned<McpRuleFile>>,
     #[serde(default)]
     pub deny: Vec<Spanned<McpRuleFile>>,
+    /// `[scope.mcp.results]`: what results are inspected for.
+    pub results: Option<Spanned<super::mcp_results::ResultsFile>>,
 }
 
 /// `[[scope.mcp.allow]]` and `[[scope.mcp.deny]]`
@@ -193,6 +195,11 @@ pub(super) fn compile_mcp(
             .map(|m| usize::try_from(*m.get_ref()).unwrap_or(usize::MAX)),
         pin_mode,
         pins,
+        results: Arc::new(super::mcp_results::compile_results(
+            report,
+            file,
+            mcp.results.as_ref(),
+        )),
     }
 }
 

@@ -22,6 +22,7 @@ mod github;
 mod glob;
 mod load;
 mod mcp;
+mod mcp_results;
 mod oauth;
 mod parse;
 mod path_hazard;
