@@ -62,6 +62,8 @@ pub mod kind {
     pub const ARCHIVE: &str = "archive";
     /// Archived records were removed: the anchor verification starts from.
     pub const PRUNE: &str = "prune";
+    /// A step in an approval's life: requested, granted, denied, expired.
+    pub const APPROVAL: &str = "approval";
 }
 
 /// One row of the decision log. Optional fields are omitted from the JSON

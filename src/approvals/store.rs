@@ -1,0 +1,194 @@
+//! Where approvals live: this process's memory. Every step is also a
+//! record in the decision log, which is where their history is read.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use super::{AnswerError, Approval, Found, State, when};
+
+/// The approvals of this process.
+#[derive(Debug, Default)]
+pub struct ApprovalStore {
+    map: Mutex<HashMap<String, Approval>>,
+}
+
+/// Who answers, as the admin API established it.
+#[derive(Debug, Clone)]
+pub struct Approver<'a> {
+    /// The name written into the record (the certificate's first name).
+    pub who: &'a str,
+    /// Every name the certificate proves, as written in policy.
+    pub names: Vec<String>,
+    /// Whether the caller holds the admin role.
+    pub is_admin: bool,
+    /// The agent the caller's certificate proves, if any.
+    pub agent: Option<&'a str>,
+}
+
+impl ApprovalStore {
+    /// An empty store in memory.
+    pub fn memory() -> ApprovalStore {
+        ApprovalStore::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Approval>> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps a new pending approval.
+    pub fn insert(&self, approval: Approval) {
+        self.lock().insert(approval.id.clone(), approval);
+    }
+
+    /// The approval `id`, as it stands at `now`.
+    pub fn get(&self, id: &str, now: SystemTime) -> Option<Approval> {
+        let mut map = self.lock();
+        let approval = map.get_mut(id)?;
+        lapse(approval, now);
+        Some(approval.clone())
+    }
+
+    /// What a call from `agent` with `digest` finds at `now`: a grant (one
+    /// use spent), a pending request, a denial or an expiry not yet told,
+    /// or nothing; and the approvals that expired just now (to record).
+    pub fn find(&self, agent: &str, digest: &str, now: SystemTime) -> (Found, Vec<Approval>) {
+        let mut map = self.lock();
+        let mut pending = None;
+        let mut told = None;
+        let mut expired = Vec::new();
+        // Grants first, then the newest open request.
+        let mut mine: Vec<&mut Approval> = map
+            .values_mut()
+            .filter(|a| a.agent == agent && a.digest == digest)
+            .collect();
+        mine.sort_by(|a, b| a.times.requested.cmp(&b.times.requested));
+        for approval in mine {
+            if lapse(approval, now) {
+                expired.push(approval.clone());
+            }
+            match approval.state {
+                State::Granted => {
+                    approval.uses_left = approval.uses_left.saturating_sub(1);
+                    if approval.uses_left == 0 {
+                        approval.state = State::Used;
+                    }
+                    return (Found::Granted(approval.clone()), expired);
+                }
+                State::Pending => pending = Some(approval.clone()),
+                State::Denied | State::Expired if !approval.told => {
+                    approval.told = true;
+                    told = Some(approval.clone());
+                }
+                State::Denied | State::Expired | State::Used => {}
+            }
+        }
+        let found = match (pending, told) {
+            (Some(p), _) => Found::Pending(p),
+            (None, Some(a)) if a.state == State::Denied => Found::Denied(a),
+            (None, Some(a)) => Found::Expired(a),
+            (None, None) => Found::Nothing,
+        };
+        (found, expired)
+    }
+
+    /// Answers approval `id`: grant (`deny` is `None`) or deny with a
+    /// reason. The agent whose call it is never may; otherwise the ask
+    /// rule's approvers may.
+    pub fn answer(
+        &self,
+        id: &str,
+        approver: &Approver<'_>,
+        deny: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Approval, AnswerError> {
+        let mut map = self.lock();
+        let approval = map
+            .get_mut(id)
+            .ok_or_else(|| AnswerError::NotFound(id.to_owned()))?;
+        lapse(approval, now);
+        if approver.agent == Some(approval.agent.as_str()) {
+            return Err(AnswerError::OwnCall);
+        }
+        let named = (approver.is_admin && approval.approvers.iter().any(|a| a == "admins"))
+            || approver
+                .names
+                .iter()
+                .any(|n| approval.approvers.contains(n));
+        if !named {
+            return Err(AnswerError::NotApprover(approval.rule.clone()));
+        }
+        if approval.state != State::Pending {
+            return Err(AnswerError::NotPending(
+                id.to_owned(),
+                approval.state.as_str(),
+            ));
+        }
+        approval.decided_by = Some(approver.who.to_owned());
+        approval.times.decided = Some(now);
+        approval.decided_at = when(Some(now));
+        match deny {
+            Some(reason) => {
+                approval.state = State::Denied;
+                approval.deny_reason = Some(reason.to_owned());
+                approval.uses_left = 0;
+            }
+            None => {
+                approval.state = State::Granted;
+                let until = approval
+                    .times
+                    .window
+                    .map_or(approval.times.expires, |w| now + w);
+                approval.times.usable_until = Some(until);
+                approval.usable_until = when(Some(until));
+            }
+        }
+        Ok(approval.clone())
+    }
+
+    /// Every approval at `now` (pending only unless `all`), oldest first,
+    /// and those that expired since last looked at (to be recorded).
+    pub fn list(&self, now: SystemTime, all: bool) -> (Vec<Approval>, Vec<Approval>) {
+        let mut map = self.lock();
+        let mut expired = Vec::new();
+        let mut out = Vec::new();
+        for approval in map.values_mut() {
+            if lapse(approval, now) {
+                expired.push(approval.clone());
+            }
+            if all || approval.state == State::Pending {
+                out.push(approval.clone());
+            }
+        }
+        out.sort_by(|a, b| a.times.requested.cmp(&b.times.requested));
+        (out, expired)
+    }
+
+    /// Removes approvals closed for longer than a day.
+    pub fn forget_before(&self, cutoff: SystemTime) {
+        self.lock().retain(|_, a| {
+            a.state == State::Pending
+                || a.state == State::Granted
+                || a.times.decided.unwrap_or(a.times.expires) > cutoff
+        });
+    }
+}
+
+/// Moves a pending request past its ttl, or a grant past its window, to
+/// expired; `true` when it did so now.
+fn lapse(approval: &mut Approval, now: SystemTime) -> bool {
+    let due = match approval.state {
+        State::Pending => now >= approval.times.expires,
+        State::Granted => approval
+            .times
+            .usable_until
+            .is_some_and(|until| now >= until),
+        State::Denied | State::Expired | State::Used => false,
+    };
+    if due {
+        approval.state = State::Expired;
+    }
+    due
+}
