@@ -323,6 +323,8 @@ impl Admin {
                 .iter()
                 .map(|(kind, s)| (*kind, s.hits.load(Relaxed), s.fetches.load(Relaxed)))
                 .collect(),
+            approvals_pending: self.pipeline.approvals().store().list(now, false).0.len() as u64,
+            approvals_held: self.pipeline.approvals().held_now() as u64,
         };
         let mut response = text(StatusCode::OK, &self.pipeline.metrics().render(&gauges));
         response.headers_mut().insert(

@@ -19,6 +19,7 @@
 
 pub mod digest;
 mod store;
+pub mod webhook;
 #[cfg(test)]
 mod tests;
 
@@ -33,7 +34,7 @@ use crate::audit::DecisionRecord;
 use crate::error::Reason;
 use crate::policy::rfc3339;
 
-pub use store::ApprovalStore;
+pub use store::{ApprovalStore, Approver};
 
 /// Where an approval stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -356,13 +357,10 @@ impl Approvals {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Waits until something is answered or `deadline` passes; `false` on
-    /// the deadline.
-    pub async fn changed_before(&self, deadline: tokio::time::Instant) -> bool {
-        let mut rx = self.changed.subscribe();
-        tokio::time::timeout_at(deadline, rx.changed())
-            .await
-            .is_ok_and(|r| r.is_ok())
+    /// A receiver woken whenever something is answered; subscribe before
+    /// looking, so no answer falls between the look and the wait.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 }
 
