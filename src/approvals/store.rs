@@ -94,6 +94,25 @@ impl ApprovalStore {
         (found, expired)
     }
 
+    /// What [`ApprovalStore::answer`] would make of approval `id`, without
+    /// applying it (so the answer is recorded before it takes effect).
+    pub fn check_answer(
+        &self,
+        id: &str,
+        approver: &Approver<'_>,
+        deny: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Approval, AnswerError> {
+        let mut approval = self
+            .lock()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AnswerError::NotFound(id.to_owned()))?;
+        lapse(&mut approval, now);
+        settle(&mut approval, approver, deny, now)?;
+        Ok(approval)
+    }
+
     /// Answers approval `id`: grant (`deny` is `None`) or deny with a
     /// reason. The agent whose call it is never may; otherwise the ask
     /// rule's approvers may.
@@ -109,42 +128,7 @@ impl ApprovalStore {
             .get_mut(id)
             .ok_or_else(|| AnswerError::NotFound(id.to_owned()))?;
         lapse(approval, now);
-        if approver.agent == Some(approval.agent.as_str()) {
-            return Err(AnswerError::OwnCall);
-        }
-        let named = (approver.is_admin && approval.approvers.iter().any(|a| a == "admins"))
-            || approver
-                .names
-                .iter()
-                .any(|n| approval.approvers.contains(n));
-        if !named {
-            return Err(AnswerError::NotApprover(approval.rule.clone()));
-        }
-        if approval.state != State::Pending {
-            return Err(AnswerError::NotPending(
-                id.to_owned(),
-                approval.state.as_str(),
-            ));
-        }
-        approval.decided_by = Some(approver.who.to_owned());
-        approval.times.decided = Some(now);
-        approval.decided_at = when(Some(now));
-        match deny {
-            Some(reason) => {
-                approval.state = State::Denied;
-                approval.deny_reason = Some(reason.to_owned());
-                approval.uses_left = 0;
-            }
-            None => {
-                approval.state = State::Granted;
-                let until = approval
-                    .times
-                    .window
-                    .map_or(approval.times.expires, |w| now + w);
-                approval.times.usable_until = Some(until);
-                approval.usable_until = when(Some(until));
-            }
-        }
+        settle(approval, approver, deny, now)?;
         Ok(approval.clone())
     }
 
@@ -174,6 +158,52 @@ impl ApprovalStore {
                 || a.times.decided.unwrap_or(a.times.expires) > cutoff
         });
     }
+}
+
+/// Checks the approver, then grants or denies a pending approval.
+fn settle(
+    approval: &mut Approval,
+    approver: &Approver<'_>,
+    deny: Option<&str>,
+    now: SystemTime,
+) -> Result<(), AnswerError> {
+    if approver.agent == Some(approval.agent.as_str()) {
+        return Err(AnswerError::OwnCall);
+    }
+    let named = (approver.is_admin && approval.approvers.iter().any(|a| a == "admins"))
+        || approver
+            .names
+            .iter()
+            .any(|n| approval.approvers.contains(n));
+    if !named {
+        return Err(AnswerError::NotApprover(approval.rule.clone()));
+    }
+    if approval.state != State::Pending {
+        return Err(AnswerError::NotPending(
+            approval.id.clone(),
+            approval.state.as_str(),
+        ));
+    }
+    approval.decided_by = Some(approver.who.to_owned());
+    approval.times.decided = Some(now);
+    approval.decided_at = when(Some(now));
+    match deny {
+        Some(reason) => {
+            approval.state = State::Denied;
+            approval.deny_reason = Some(reason.to_owned());
+            approval.uses_left = 0;
+        }
+        None => {
+            approval.state = State::Granted;
+            let until = approval
+                .times
+                .window
+                .map_or(approval.times.expires, |w| now + w);
+            approval.times.usable_until = Some(until);
+            approval.usable_until = when(Some(until));
+        }
+    }
+    Ok(())
 }
 
 /// Moves a pending request past its ttl, or a grant past its window, to
