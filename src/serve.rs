@@ -239,7 +239,7 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         .transpose()?;
     let token_addr = token_sockets.as_ref().map(|(_, addr)| *addr);
     let (pipeline, shared_limits) =
-        assemble_pipeline(config, policy, audit, upstreams, interceptor).await?;
+        assemble_pipeline(config, policy, audit, (upstreams, interceptor), admin_addr).await?;
     let reloader = Arc::new(Reloader::new(
         config.policy_dir.clone(),
         env,
@@ -320,8 +320,8 @@ async fn assemble_pipeline(
     config: &ServeConfig,
     policy: policy::Policy,
     audit: AuditLog,
-    upstreams: Upstreams,
-    interceptor: Interceptor,
+    (upstreams, interceptor): (Upstreams, Interceptor),
+    admin_addr: Option<SocketAddr>,
 ) -> Result<(Arc<Pipeline>, Option<Arc<RedisLimits>>), ServeError> {
     let tokens = crate::token::Verifier::load(
         &config.certs_dir,
@@ -349,6 +349,15 @@ async fn assemble_pipeline(
     let mut pipeline = Pipeline::new(Arc::new(policy), audit, parts)
         .with_tokens(tokens)
         .with_mcp(mcp);
+    if let Some(admin) = admin_addr {
+        // An approval's link is where approvers answer it.
+        let approvals = crate::approvals::Approvals::new(
+            crate::approvals::ApprovalStore::memory(),
+            crate::approvals::HoldLimits::default(),
+            format!("https://{admin}/v1/approvals/"),
+        );
+        pipeline = pipeline.with_approvals(Arc::new(approvals));
+    }
     if let Some(store) = &shared_limits {
         pipeline = pipeline.with_limits(Arc::clone(store) as _);
     }
