@@ -52,46 +52,36 @@ impl ApprovalStore {
     }
 
     /// What a call from `agent` with `digest` finds at `now`: a grant (one
-    /// use spent), a pending request, a denial or an expiry not yet told,
-    /// or nothing; and the approvals that expired just now (to record).
+    /// use spent), a pending request, a denial (until the request's ttl
+    /// ends), an expiry not yet told, or nothing; and the approvals that expired just now (to record).
     pub fn find(&self, agent: &str, digest: &str, now: SystemTime) -> (Found, Vec<Approval>) {
         let mut map = self.lock();
-        let mut pending = None;
-        let mut told = None;
-        let mut expired = Vec::new();
-        // Grants first, then the newest open request.
-        let mut mine: Vec<&mut Approval> = map
-            .values_mut()
-            .filter(|a| a.agent == agent && a.digest == digest)
-            .collect();
-        mine.sort_by(|a, b| a.times.requested.cmp(&b.times.requested));
-        for approval in mine {
-            if lapse(approval, now) {
-                expired.push(approval.clone());
-            }
-            match approval.state {
-                State::Granted => {
-                    approval.uses_left = approval.uses_left.saturating_sub(1);
-                    if approval.uses_left == 0 {
-                        approval.state = State::Used;
-                    }
-                    return (Found::Granted(approval.clone()), expired);
-                }
-                State::Pending => pending = Some(approval.clone()),
-                State::Denied | State::Expired if !approval.told => {
-                    approval.told = true;
-                    told = Some(approval.clone());
-                }
-                State::Denied | State::Expired | State::Used => {}
-            }
+        find_in(&mut map, agent, digest, now)
+    }
+
+    /// [`ApprovalStore::find`], and when it finds nothing, keeps the
+    /// approval `new` makes (in the same step, so concurrent identical
+    /// calls share one request): `Found::Pending` with `true`.
+    pub fn find_or_request(
+        &self,
+        agent: &str,
+        digest: &str,
+        now: SystemTime,
+        new: impl FnOnce() -> Approval,
+    ) -> (Found, bool, Vec<Approval>) {
+        let mut map = self.lock();
+        let (found, expired) = find_in(&mut map, agent, digest, now);
+        if let Found::Nothing = found {
+            let approval = new();
+            map.insert(approval.id.clone(), approval.clone());
+            return (Found::Pending(approval), true, expired);
         }
-        let found = match (pending, told) {
-            (Some(p), _) => Found::Pending(p),
-            (None, Some(a)) if a.state == State::Denied => Found::Denied(a),
-            (None, Some(a)) => Found::Expired(a),
-            (None, None) => Found::Nothing,
-        };
-        (found, expired)
+        (found, false, expired)
+    }
+
+    /// Takes back a request whose record could not be written.
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
     }
 
     /// What [`ApprovalStore::answer`] would make of approval `id`, without
@@ -158,6 +148,54 @@ impl ApprovalStore {
                 || a.times.decided.unwrap_or(a.times.expires) > cutoff
         });
     }
+}
+
+
+fn find_in(
+    map: &mut HashMap<String, Approval>,
+    agent: &str,
+    digest: &str,
+    now: SystemTime,
+) -> (Found, Vec<Approval>) {
+    let mut pending = None;
+    let mut told = None;
+    let mut expired = Vec::new();
+    // Grants first, then the newest open request.
+    let mut mine: Vec<&mut Approval> = map
+        .values_mut()
+        .filter(|a| a.agent == agent && a.digest == digest)
+        .collect();
+    mine.sort_by(|a, b| a.times.requested.cmp(&b.times.requested));
+    for approval in mine {
+        if lapse(approval, now) {
+            expired.push(approval.clone());
+        }
+        match approval.state {
+            State::Granted => {
+                approval.uses_left = approval.uses_left.saturating_sub(1);
+                if approval.uses_left == 0 {
+                    approval.state = State::Used;
+                }
+                return (Found::Granted(approval.clone()), expired);
+            }
+            State::Pending => pending = Some(approval.clone()),
+            // A denial holds for the request's ttl: the same call is
+            // refused, not asked again, until then.
+            State::Denied if now < approval.times.expires => told = Some(approval.clone()),
+            State::Expired if !approval.told => {
+                approval.told = true;
+                told = Some(approval.clone());
+            }
+            State::Denied | State::Expired | State::Used => {}
+        }
+    }
+    let found = match (pending, told) {
+        (Some(p), _) => Found::Pending(p),
+        (None, Some(a)) if a.state == State::Denied => Found::Denied(a),
+        (None, Some(a)) => Found::Expired(a),
+        (None, None) => Found::Nothing,
+    };
+    (found, expired)
 }
 
 /// Checks the approver, then grants or denies a pending approval.

@@ -115,7 +115,9 @@ fn answers_are_refused_to_the_agent_itself_and_to_others_not_named() {
     store.answer("a1", &admin, Some("not today"), now).unwrap();
     let (found, _) = store.find("research", "d1", now);
     assert!(matches!(found, Found::Denied(a) if a.deny_reason.as_deref() == Some("not today")));
-    assert!(matches!(store.find("research", "d1", now).0, Found::Nothing), "told once");
+    assert!(matches!(store.find("research", "d1", now).0, Found::Denied(_)), "a denial holds");
+    let later = now + Duration::from_secs(61);
+    assert!(matches!(store.find("research", "d1", later).0, Found::Nothing), "until the ttl");
     assert!(matches!(store.answer("a1", &alice(), None, now), Err(AnswerError::NotPending(_, "denied"))));
 }
 

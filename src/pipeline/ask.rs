@@ -66,19 +66,28 @@ impl Admission<'_> {
         };
         let digest = digest(&bound);
         let mut changes = self.approvals.subscribe();
-        let (found, expired) = self.approvals.store().find(&agent, &digest, self.now);
+        let (found, requested, expired) =
+            self.approvals
+                .store()
+                .find_or_request(&agent, &digest, self.now, || {
+                    self.request_approval(&asked, &bound, &digest, record)
+                });
         self.record_steps(&expired, Reason::ApprovalExpired).await?;
         let pending = match found {
-            Found::Nothing => {
-                let approval = self.request_approval(&asked, &bound, &digest, record);
-                self.record_steps(std::slice::from_ref(&approval), Reason::ApprovalRequested)
-                    .await?;
-                self.approvals.store().insert(approval.clone());
-                crate::approvals::webhook::notify(self.approvals, rule, scope, &approval);
-                approval
-            }
+            Found::Pending(p) => p,
             found => return conclude(found, record).map(|()| held),
         };
+        if requested {
+            // The request is a record before anyone is told of it.
+            let recorded = self
+                .record_steps(std::slice::from_ref(&pending), Reason::ApprovalRequested)
+                .await;
+            if let Err(refused) = recorded {
+                self.approvals.store().remove(&pending.id);
+                return Err(refused);
+            }
+            crate::approvals::webhook::notify(self.approvals, rule, scope, &pending);
+        }
         if rule.hold.is_zero() {
             return Err(self.retry_later(&pending));
         }
