@@ -351,3 +351,7 @@ fn compile_approvers(
     }
     out
 }
+
+#[cfg(test)]
+#[path = "ask_tests.rs"]
+mod tests;
