@@ -147,6 +147,22 @@ fn retry_mode_approved_once_then_asked_again_denied_and_changed_bodies_ask_again
     assert_eq!(approval_id(&again), id);
     assert_eq!(approval_records(&h, &id, "approval-requested").len(), 1);
 
+    // `policy explain` names the ask rule.
+    let out = common::clawgate(&[
+        "policy",
+        "explain",
+        h.policy.to_str().unwrap(),
+        "POST",
+        "https://clawgate/deploys/v1/deploy/prod",
+        "--agent",
+        "builder",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["ask"]["name"], "prod-deploys", "{e}");
+    assert!(e["ask"]["verdict"].as_str().unwrap().contains("a production deploy"));
+
     // A deny rule still wins over ask.
     let root = post(&h, "builder", "/deploys/v1/deploy/root", "{}");
     assert_eq!(root.json()["reason"], "denied-by-rule");
