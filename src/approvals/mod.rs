@@ -196,8 +196,8 @@ impl Approval {
             .map(|t| format!("; tool {t}"))
             .unwrap_or_default();
         record.detail = Some(format!(
-            "approval {}{by}{denial}{tool}; call {}; digest {}; why: {}",
-            self.id, self.request_id, self.digest, self.why
+            "approval {}{by}{denial}{tool}; call {}; expires {}; digest {}; why: {}",
+            self.id, self.request_id, self.expires_at, self.digest, self.why
         ));
         record
     }
