@@ -5,9 +5,11 @@
 //! Invariants: it binds loopback only; it shows nothing without a session,
 //! which only the one-time login URL it prints opens ([`auth`]); a request
 //! with a foreign `Host` or `Origin` is refused before anything else; the
-//! only state change is logging out, and it needs the CSRF token; every
-//! value from the API is HTML-escaped.
+//! only state changes are logging out and answering an approval
+//! ([`approvals`], through the admin API), and both need the CSRF token;
+//! every value from the API is HTML-escaped.
 
+mod approvals;
 pub mod auth;
 
 use std::collections::BTreeMap;
@@ -109,6 +111,9 @@ async fn handle(
             auth::Refusal::Origin => "unexpected Origin: requests from other sites are refused\n",
         };
         return respond(StatusCode::FORBIDDEN, "text/plain", why.into());
+    }
+    if approvals::owns(req.uri().path()) {
+        return approvals::handle(admin, gate, req).await;
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/login") => return login(gate, &req),
