@@ -18,7 +18,12 @@ pub(crate) async fn run(command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
             };
             (to, Method::GET, path, None)
         }
-        ApprovalsCommand::Show { id, to } => (to, Method::GET, format!("/v1/approvals/{}", checked(id)?), None),
+        ApprovalsCommand::Show { id, to } => (
+            to,
+            Method::GET,
+            format!("/v1/approvals/{}", checked(id)?),
+            None,
+        ),
         ApprovalsCommand::Approve { id, to } => (
             to,
             Method::POST,
@@ -29,10 +34,17 @@ pub(crate) async fn run(command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
             to,
             Method::POST,
             format!("/v1/approvals/{}/deny", checked(id)?),
-            Some(Bytes::from(serde_json::json!({ "reason": reason }).to_string())),
+            Some(Bytes::from(
+                serde_json::json!({ "reason": reason }).to_string(),
+            )),
         ),
     };
-    let ApproverArgs { admin, ca, cert, key } = to;
+    let ApproverArgs {
+        admin,
+        ca,
+        cert,
+        key,
+    } = to;
     let (status, answer) =
         clawgate::admin::client::request(admin, (method, &path, body), ca, cert, key).await?;
     if status != 200 {
@@ -69,7 +81,10 @@ fn print_list(v: &serde_json::Value) {
         println!("no approvals pending");
         return;
     }
-    println!("{:<36}  {:<8}  {:<12}  {:<12}  {:<20}  request", "id", "state", "agent", "scope", "expires");
+    println!(
+        "{:<36}  {:<8}  {:<12}  {:<12}  {:<20}  request",
+        "id", "state", "agent", "scope", "expires"
+    );
     for a in list {
         let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
         let r = &a["request"];

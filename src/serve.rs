@@ -145,6 +145,9 @@ pub enum ServeError {
     /// The override store cannot be opened.
     #[error(transparent)]
     Overrides(#[from] OverrideError),
+    /// The approval store beside the decision log cannot be opened.
+    #[error("approval store: {0}")]
+    Approvals(String),
     /// The key that hashes MCP arguments cannot be read or made.
     #[error("cannot use the MCP argument key `{path}`: {source}")]
     McpKey {
@@ -350,9 +353,17 @@ async fn assemble_pipeline(
         .with_tokens(tokens)
         .with_mcp(mcp);
     if let Some(admin) = admin_addr {
+        // Kept beside the SQLite decision log; in memory on a fleet's store
+        // (or with the log off, for benchmarks).
+        let store = if config.fleet.store.is_some() || config.decision_log_off_benchmark_only {
+            crate::approvals::ApprovalStore::memory()
+        } else {
+            crate::approvals::ApprovalStore::open(&config.audit_path)
+                .map_err(|e| ServeError::Approvals(e.to_string()))?
+        };
         // An approval's link is where approvers answer it.
         let approvals = crate::approvals::Approvals::new(
-            crate::approvals::ApprovalStore::memory(),
+            store,
             crate::approvals::HoldLimits::default(),
             format!("https://{admin}/v1/approvals/"),
         );

@@ -135,7 +135,12 @@ fn retry_mode_approved_once_then_asked_again_denied_and_changed_bodies_ask_again
     let first = post(&h, "builder", "/deploys/v1/deploy/prod", r#"{"v":1}"#);
     let id = approval_id(&first);
     assert!(first.header("retry-after").is_some(), "{first:?}");
-    assert!(first.json()["approval_url"].as_str().unwrap().ends_with(&id));
+    assert!(
+        first.json()["approval_url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&id)
+    );
     assert!(h.seen().is_empty(), "nothing reached the upstream");
     let d = h.decision(&first.request_id());
     assert_eq!(d.reason, "approval-required");
@@ -161,7 +166,12 @@ fn retry_mode_approved_once_then_asked_again_denied_and_changed_bodies_ask_again
     assert!(out.status.success(), "{out:?}");
     let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(e["ask"]["name"], "prod-deploys", "{e}");
-    assert!(e["ask"]["verdict"].as_str().unwrap().contains("a production deploy"));
+    assert!(
+        e["ask"]["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("a production deploy")
+    );
 
     // A deny rule still wins over ask.
     let root = post(&h, "builder", "/deploys/v1/deploy/root", "{}");
@@ -179,7 +189,13 @@ fn retry_mode_approved_once_then_asked_again_denied_and_changed_bodies_ask_again
     assert!(out.status.success(), "{out:?}");
     let granted = approval_records(&h, &id, "approval-granted");
     assert_eq!(granted.len(), 1);
-    assert!(granted[0].detail.as_deref().unwrap().contains("by spiffe://clawgate.local/agent/ops"));
+    assert!(
+        granted[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("by spiffe://clawgate.local/agent/ops")
+    );
 
     // A changed body is another request: asked again.
     let changed = post(&h, "builder", "/deploys/v1/deploy/prod", r#"{"v":2}"#);
@@ -193,7 +209,13 @@ fn retry_mode_approved_once_then_asked_again_denied_and_changed_bodies_ask_again
     assert_eq!(seen[0].path, "/v1/deploy/prod");
     let d = h.decision(&done.request_id());
     assert_eq!(d.decision.as_deref(), Some("allow"));
-    assert!(d.detail.as_deref().unwrap().contains(&format!("approval {id} granted")), "{d:?}");
+    assert!(
+        d.detail
+            .as_deref()
+            .unwrap()
+            .contains(&format!("approval {id} granted")),
+        "{d:?}"
+    );
 
     // uses = 1: the identical call asks again.
     let third = post(&h, "builder", "/deploys/v1/deploy/prod", r#"{"v":1}"#);
@@ -202,16 +224,32 @@ fn retry_mode_approved_once_then_asked_again_denied_and_changed_bodies_ask_again
     assert_eq!(h.seen().len(), 1);
 
     // Denied, with a reason: refused with the reason code.
-    let out = cli(&h, "ops", &["deny", &next, "--reason", "not during the freeze"]);
+    let out = cli(
+        &h,
+        "ops",
+        &["deny", &next, "--reason", "not during the freeze"],
+    );
     assert!(out.status.success(), "{out:?}");
     let denied = post(&h, "builder", "/deploys/v1/deploy/prod", r#"{"v":1}"#);
-    assert_eq!((denied.status, denied.json()["reason"].as_str()), (403, Some("approval-denied")));
+    assert_eq!(
+        (denied.status, denied.json()["reason"].as_str()),
+        (403, Some("approval-denied"))
+    );
     let records = approval_records(&h, &next, "approval-denied");
     assert_eq!(records.len(), 1);
-    assert!(records[0].detail.as_deref().unwrap().contains("not during the freeze"));
+    assert!(
+        records[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("not during the freeze")
+    );
     assert_eq!(h.seen().len(), 1);
     for r in h.records() {
-        assert!(!format!("{r:?}").contains(CANARY), "a record holds the secret: {r:?}");
+        assert!(
+            !format!("{r:?}").contains(CANARY),
+            "a record holds the secret: {r:?}"
+        );
     }
 }
 
@@ -251,9 +289,21 @@ fn an_unanswered_request_expires_and_the_call_is_refused() {
     // Waits out the 1 s ttl (a wait for a state, not a timed assertion).
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let late = post(&h, "builder", "/deploys/v1/quick/a", "{}");
-    assert_eq!((late.status, late.json()["reason"].as_str()), (403, Some("approval-expired")));
+    assert_eq!(
+        (late.status, late.json()["reason"].as_str()),
+        (403, Some("approval-expired"))
+    );
     assert_eq!(approval_records(&h, &id, "approval-expired").len(), 1);
-    let approve = h.admin(Some("ops"), &["-X", "POST", "--data", "{}", &format!("/v1/approvals/{id}/approve")]);
+    let approve = h.admin(
+        Some("ops"),
+        &[
+            "-X",
+            "POST",
+            "--data",
+            "{}",
+            &format!("/v1/approvals/{id}/approve"),
+        ],
+    );
     assert_eq!(approve.status, 409, "{approve:?}");
     // Told once: the next identical call asks afresh.
     let fresh = post(&h, "builder", "/deploys/v1/quick/a", "{}");
@@ -279,7 +329,11 @@ fn forward_proxy_refusal_carries_proxy_status_and_the_approval() {
     assert!(d.detail.as_deref().unwrap().contains(&id));
 }
 
-fn held_call(h: &Harness, agent: &'static str, path: &'static str) -> std::thread::JoinHandle<Reply> {
+fn held_call(
+    h: &Harness,
+    agent: &'static str,
+    path: &'static str,
+) -> std::thread::JoinHandle<Reply> {
     let url = format!("{}{path}", h.base());
     let ca = h.certs.join("ca.pem").display().to_string();
     let (cert, key) = h.agent_cert(agent);
@@ -312,7 +366,16 @@ fn hold_mode_forwards_when_approved_and_refuses_when_denied() {
     let h = harness();
     let waiting = held_call(&h, "builder", "/held/v1/deploy/a");
     let id = pending_id(&h, "held-deploys");
-    let ok = h.admin(Some("ops"), &["-X", "POST", "--data", "{}", &format!("/v1/approvals/{id}/approve")]);
+    let ok = h.admin(
+        Some("ops"),
+        &[
+            "-X",
+            "POST",
+            "--data",
+            "{}",
+            &format!("/v1/approvals/{id}/approve"),
+        ],
+    );
     assert_eq!(ok.status, 200, "{ok:?}");
     let reply = waiting.join().unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");
@@ -327,11 +390,20 @@ fn hold_mode_forwards_when_approved_and_refuses_when_denied() {
     let second = requested[0].request_id.clone();
     let no = h.admin(
         Some("ops"),
-        &["-X", "POST", "--data", r#"{"reason":"wrong branch"}"#, &format!("/v1/approvals/{second}/deny")],
+        &[
+            "-X",
+            "POST",
+            "--data",
+            r#"{"reason":"wrong branch"}"#,
+            &format!("/v1/approvals/{second}/deny"),
+        ],
     );
     assert_eq!(no.status, 200, "{no:?}");
     let reply = waiting.join().unwrap();
-    assert_eq!((reply.status, reply.json()["reason"].as_str()), (403, Some("approval-denied")));
+    assert_eq!(
+        (reply.status, reply.json()["reason"].as_str()),
+        (403, Some("approval-denied"))
+    );
     assert_eq!(h.seen().len(), 1);
 }
 
@@ -368,7 +440,13 @@ fn concurrent_held_calls_are_bounded_and_other_agents_are_still_served() {
     let deny = |id: &str| {
         h.admin(
             Some("ops"),
-            &["-X", "POST", "--data", r#"{"reason":"load test"}"#, &format!("/v1/approvals/{id}/deny")],
+            &[
+                "-X",
+                "POST",
+                "--data",
+                r#"{"reason":"load test"}"#,
+                &format!("/v1/approvals/{id}/deny"),
+            ],
         )
     };
     assert_eq!(deny(&id).status, 200);
@@ -381,16 +459,47 @@ fn concurrent_held_calls_are_bounded_and_other_agents_are_still_served() {
             other => panic!("unexpected answer {other:?}: {reply:?}"),
         }
     }
-    assert!(denied >= 1 && denied <= 8, "at most 8 held per agent, got {denied}");
+    assert!(
+        (1..=8).contains(&denied),
+        "at most 8 held per agent, got {denied}"
+    );
     assert_eq!(denied + refused, 200);
     assert_eq!(deny(&other_id).status, 200);
     let reply = other_held.join().unwrap();
-    assert_eq!(reply.json()["reason"], "approval-denied", "builder2 held despite builder's flood");
+    assert_eq!(
+        reply.json()["reason"],
+        "approval-denied",
+        "builder2 held despite builder's flood"
+    );
     let exhausted = h
         .records()
         .into_iter()
         .filter(|r| r.kind == "decision" && r.reason == "approval-holds-exhausted")
         .count();
     assert_eq!(exhausted, refused);
-    assert!(h.seen().iter().all(|s| !s.path.contains("deploy")), "no held call went upstream");
+    assert!(
+        h.seen().iter().all(|s| !s.path.contains("deploy")),
+        "no held call went upstream"
+    );
+}
+
+#[test]
+fn a_pending_request_and_its_grant_survive_a_restart() {
+    let mut h = harness();
+    let first = post(&h, "builder", "/deploys/v1/deploy/restart", "{}");
+    let id = approval_id(&first);
+    h.stop();
+    h.serve(&[]);
+    let show = h.admin(Some("ops"), &[&format!("/v1/approvals/{id}")]);
+    assert_eq!(show.status, 200, "{show:?}");
+    assert_eq!(show.json()["state"], "pending");
+    let out = cli(&h, "ops", &["approve", &id]);
+    assert!(out.status.success(), "{out:?}");
+    h.stop();
+    h.serve(&[]);
+    let done = post(&h, "builder", "/deploys/v1/deploy/restart", "{}");
+    assert_eq!(done.status, 200, "{done:?}");
+    assert_eq!(h.seen().len(), 1);
+    let again = post(&h, "builder", "/deploys/v1/deploy/restart", "{}");
+    assert_ne!(approval_id(&again), id, "the use was spent");
 }

@@ -90,7 +90,11 @@ fn the_console_lists_and_approves_behind_its_login() {
         .to_owned();
     line.clear();
     out.read_line(&mut line).unwrap();
-    let login = line.strip_prefix("log in (once): ").unwrap().trim().to_owned();
+    let login = line
+        .strip_prefix("log in (once): ")
+        .unwrap()
+        .trim()
+        .to_owned();
 
     // Nothing without a session.
     let anonymous = common::curl(&[format!("{base}/approvals")]);
@@ -104,7 +108,10 @@ fn the_console_lists_and_approves_behind_its_login() {
     let page = common::curl(&["-b".into(), jar.into(), format!("{base}/approvals")]);
     assert_eq!(page.status, 200, "{page:?}");
     let html = page.body_text();
-    assert!(html.contains(&id) && html.contains("console approval") && html.contains("/v1/deploy/prod"), "{html}");
+    assert!(
+        html.contains(&id) && html.contains("console approval") && html.contains("/v1/deploy/prod"),
+        "{html}"
+    );
     assert!(!html.contains(CANARY));
     let csrf = html
         .split("name=csrf value=\"")
@@ -115,16 +122,20 @@ fn the_console_lists_and_approves_behind_its_login() {
 
     // A wrong CSRF token changes nothing.
     let forged = common::curl(&[
-        "-b".into(), jar.into(),
-        "--data".into(), format!("csrf=wrong&id={id}&verb=approve"),
+        "-b".into(),
+        jar.into(),
+        "--data".into(),
+        format!("csrf=wrong&id={id}&verb=approve"),
         format!("{base}/approvals/answer"),
     ]);
     assert_eq!(forged.status, 403);
     assert!(h.records().iter().all(|r| r.reason != "approval-granted"));
 
     let approved = common::curl(&[
-        "-b".into(), jar.into(),
-        "--data".into(), format!("csrf={csrf}&id={id}&verb=approve"),
+        "-b".into(),
+        jar.into(),
+        "--data".into(),
+        format!("csrf={csrf}&id={id}&verb=approve"),
         format!("{base}/approvals/answer"),
     ]);
     assert_eq!(approved.status, 303, "{approved:?}");
@@ -134,7 +145,13 @@ fn the_console_lists_and_approves_behind_its_login() {
         .filter(|r| r.kind == "approval" && r.reason == "approval-granted" && r.request_id == id)
         .collect();
     assert_eq!(granted.len(), 1);
-    assert!(granted[0].detail.as_deref().unwrap().contains("by spiffe://clawgate.local/agent/ops"));
+    assert!(
+        granted[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("by spiffe://clawgate.local/agent/ops")
+    );
     let done = h.curl(Some("builder"), &["-X", "POST", "--data", "go", &url]);
     assert_eq!(done.status, 200, "{done:?}");
 }

@@ -54,7 +54,9 @@ fn python() -> PathBuf {
 }
 
 fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/mcp")
+        .join(name)
 }
 
 struct Server(Child);
@@ -68,8 +70,16 @@ impl Drop for Server {
 
 fn start_server() -> (Server, u16) {
     let python = python();
-    assert!(python.exists(), "{} is missing: run `bash .ci/run` once", python.display());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    assert!(
+        python.exists(),
+        "{} is missing: run `bash .ci/run` once",
+        python.display()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new(python)
         .arg(script("ask_server.py"))
         .arg(port.to_string())
@@ -91,15 +101,30 @@ fn run_client(h: &Harness, steps: &Value) -> Vec<Value> {
     let ca = h.certs.join("ca.pem");
     let mut child = Command::new(python())
         .arg(script("client.py"))
-        .args([url.as_str(), ca.to_str().unwrap(), cert.to_str().unwrap(), key.to_str().unwrap(), "legacy"])
+        .args([
+            url.as_str(),
+            ca.to_str().unwrap(),
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+            "legacy",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(steps.to_string().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(steps.to_string().as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -110,7 +135,10 @@ fn run_client(h: &Harness, steps: &Value) -> Vec<Value> {
 fn an_ask_tool_is_refused_with_its_approval_and_runs_once_when_approved() {
     let (_server, port) = start_server();
     let h = Harness::with(Options {
-        extra_policy: vec![("mcp-ask.toml", POLICY.replace("{mcp_port}", &port.to_string()))],
+        extra_policy: vec![(
+            "mcp-ask.toml",
+            POLICY.replace("{mcp_port}", &port.to_string()),
+        )],
         agents: vec!["mcp-asker", "ops"],
         ..Options::default()
     });
@@ -129,22 +157,34 @@ fn an_ask_tool_is_refused_with_its_approval_and_runs_once_when_approved() {
 
     let (cert, key) = h.agent_cert("ops");
     let out = common::clawgate(&[
-        "approvals", "approve", &id,
-        "--admin", &format!("https://localhost:{}", h.admin_port),
-        "--ca", h.certs.join("ca.pem").to_str().unwrap(),
-        "--cert", cert.to_str().unwrap(),
-        "--key", key.to_str().unwrap(),
+        "approvals",
+        "approve",
+        &id,
+        "--admin",
+        &format!("https://localhost:{}", h.admin_port),
+        "--ca",
+        h.certs.join("ca.pem").to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{out:?}");
 
     // Other arguments are another request; the approved one runs once.
     let staging = json!({"op": "call", "tool": "deploy", "args": {"env": "staging"}});
     let after = run_client(&h, &json!([staging, deploy, count, deploy, count]));
-    assert_eq!(after[0]["error"]["data"]["reason"], "approval-required", "{after:?}");
+    assert_eq!(
+        after[0]["error"]["data"]["reason"], "approval-required",
+        "{after:?}"
+    );
     assert_ne!(after[0]["error"]["data"]["approval_id"], id.as_str());
     assert_eq!(after[1]["text"], "deployed prod", "{after:?}");
     assert_eq!(after[2]["text"], "1");
-    assert_eq!(after[3]["error"]["data"]["reason"], "approval-required", "uses = 1: {after:?}");
+    assert_eq!(
+        after[3]["error"]["data"]["reason"], "approval-required",
+        "uses = 1: {after:?}"
+    );
     assert_eq!(after[4]["text"], "1", "executed exactly once on the server");
 
     let records = h.records();
@@ -156,8 +196,16 @@ fn an_ask_tool_is_refused_with_its_approval_and_runs_once_when_approved() {
     assert_eq!(granted, ["approval-requested", "approval-granted"]);
     let used: Vec<_> = records
         .iter()
-        .filter(|r| r.kind == "decision" && r.detail.as_deref().is_some_and(|d| d.contains(&format!("approval {id} granted"))))
+        .filter(|r| {
+            r.kind == "decision"
+                && r.detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains(&format!("approval {id} granted")))
+        })
         .collect();
     assert_eq!(used.len(), 1, "one call used the approval");
-    assert_eq!(used[0].mcp.as_ref().unwrap().name.as_deref(), Some("deploy"));
+    assert_eq!(
+        used[0].mcp.as_ref().unwrap().name.as_deref(),
+        Some("deploy")
+    );
 }

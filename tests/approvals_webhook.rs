@@ -79,9 +79,16 @@ impl Drop for Receiver {
 
 #[test]
 fn the_webhook_gets_the_request_and_its_link_without_secrets() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut h = Harness::with(Options {
-        extra_policy: vec![("hook.toml", POLICY.replace("{hook_port}", &port.to_string()))],
+        extra_policy: vec![(
+            "hook.toml",
+            POLICY.replace("{hook_port}", &port.to_string()),
+        )],
         agents: vec!["builder", "ops"],
         start: false,
         ..Options::default()
@@ -118,16 +125,28 @@ fn the_webhook_gets_the_request_and_its_link_without_secrets() {
         if !text.is_empty() {
             break text;
         }
-        assert!(Instant::now() < deadline, "no webhook arrived: {}", h.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "no webhook arrived: {}",
+            h.stderr()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(!text.contains(CANARY), "the webhook carried the secret: {text}");
+    assert!(
+        !text.contains(CANARY),
+        "the webhook carried the secret: {text}"
+    );
     let hook: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     let link = format!("https://127.0.0.1:{}/v1/approvals/{id}", h.admin_port);
     assert_eq!(hook["url"], link.as_str(), "{hook}");
     assert_eq!(hook["approval"]["id"], id.as_str());
     assert_eq!(hook["approval"]["request"]["path"], "/v1/deploy/prod");
     let slack = hook["text"].as_str().unwrap();
-    assert!(slack.contains("builder") && slack.contains(&link) && slack.contains("deploys are announced"), "{slack}");
+    assert!(
+        slack.contains("builder")
+            && slack.contains(&link)
+            && slack.contains("deploys are announced"),
+        "{slack}"
+    );
     assert_eq!(text.lines().count(), 1, "one notification per request");
 }

@@ -139,7 +139,12 @@ impl Admin {
             Some(_) => (Reason::ApprovalDenied, "denied"),
             None => (Reason::ApprovalGranted, "granted"),
         };
-        if let Err(e) = self.pipeline.audit().append_durable(preview.record(reason)).await {
+        if let Err(e) = self
+            .pipeline
+            .audit()
+            .append_durable(preview.record(reason))
+            .await
+        {
             tracing::error!(error = %e, "approval answer not recorded; not applied");
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -153,7 +158,10 @@ impl Admin {
                     .metrics()
                     .approval_decided(outcome, &answered.times);
                 tracing::warn!(approval = %id, by = %who, outcome, "approval answered");
-                json(StatusCode::OK, &serde_json::to_value(&answered).unwrap_or_default())
+                json(
+                    StatusCode::OK,
+                    &serde_json::to_value(&answered).unwrap_or_default(),
+                )
             }
             Err(e) => {
                 // Answered by someone else in between: the record says so.
@@ -179,14 +187,17 @@ impl Admin {
             AnswerError::OwnCall | AnswerError::NotApprover(_) => {
                 let refused = (Reason::ApproverNotAllowed, format!("{e}; approval {id}"));
                 let message = e.to_string();
-                self.refuse(peer, addr, asked, refused, Some(&message)).await
+                self.refuse(peer, addr, asked, refused, Some(&message))
+                    .await
             }
         }
     }
 
     async fn record_expired(&self, expired: &[Approval]) {
         for a in expired {
-            self.pipeline.metrics().approval_decided("expired", &a.times);
+            self.pipeline
+                .metrics()
+                .approval_decided("expired", &a.times);
             if let Err(e) = self
                 .pipeline
                 .audit()

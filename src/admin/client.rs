@@ -92,10 +92,11 @@ pub async fn request(
     let request = request
         .body(Full::new(body.unwrap_or_default()))
         .map_err(|e| ClientError::Exchange(e.to_string()))?;
-    let response = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
-        .await
-        .map_err(|_| ClientError::Exchange("timed out".into()))?
-        .map_err(|e| ClientError::Exchange(with_sources(&e)))?;
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
+            .await
+            .map_err(|_| ClientError::Exchange("timed out".into()))?
+            .map_err(|e| ClientError::Exchange(with_sources(&e)))?;
     let status = response.status().as_u16();
     let body = response
         .into_body()

@@ -58,7 +58,10 @@ pub fn digest(bound: &Bound<'_>) -> String {
     part("body", Some(bound.body));
     part("tool", bound.tool.map(str::as_bytes));
     part("action", bound.aws.map(|(a, _)| a.as_bytes()));
-    part("resource", bound.aws.and_then(|(_, r)| r).map(str::as_bytes));
+    part(
+        "resource",
+        bound.aws.and_then(|(_, r)| r).map(str::as_bytes),
+    );
     format!("sha256:{}", hex::encode(hash.finalize()))
 }
 

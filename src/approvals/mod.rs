@@ -18,16 +18,17 @@
 //!   past the bound is refused, never queued.
 
 pub mod digest;
+mod sqlite;
 mod store;
-pub mod webhook;
 #[cfg(test)]
 mod tests;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::audit::DecisionRecord;
@@ -37,7 +38,7 @@ use crate::policy::rfc3339;
 pub use store::{ApprovalStore, Approver};
 
 /// Where an approval stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum State {
     /// Waiting for an answer.
@@ -67,7 +68,7 @@ impl State {
 
 /// The request as an approver sees it: what the agent asked, with sentinel
 /// placeholders masked.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Shown {
     /// The HTTP method.
     pub method: String,
@@ -100,7 +101,7 @@ pub struct Shown {
 }
 
 /// One approval request and its answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Approval {
     /// Its id (a UUID v7).
     pub id: String,
@@ -164,6 +165,18 @@ pub struct Times {
     pub decided: Option<SystemTime>,
     /// How long a grant lasts once given (`window`), if set.
     pub window: Option<Duration>,
+}
+
+impl Default for Times {
+    fn default() -> Self {
+        Times {
+            requested: SystemTime::UNIX_EPOCH,
+            expires: SystemTime::UNIX_EPOCH,
+            usable_until: None,
+            decided: None,
+            window: None,
+        }
+    }
 }
 
 impl Approval {

@@ -7,10 +7,12 @@ use std::time::SystemTime;
 
 use super::{AnswerError, Approval, Found, State, when};
 
-/// The approvals of this process.
+/// The approvals of this process, written through to SQLite when opened
+/// on a file.
 #[derive(Debug, Default)]
 pub struct ApprovalStore {
     map: Mutex<HashMap<String, Approval>>,
+    db: Option<super::sqlite::Db>,
 }
 
 /// Who answers, as the admin API established it.
@@ -32,6 +34,27 @@ impl ApprovalStore {
         ApprovalStore::default()
     }
 
+    /// The store in the SQLite database at `path` (beside the decision
+    /// log), with the approvals it already holds.
+    pub fn open(path: &std::path::Path) -> Result<ApprovalStore, rusqlite::Error> {
+        let db = super::sqlite::Db::open(path)?;
+        let map = db
+            .load(SystemTime::now())?
+            .into_iter()
+            .map(|a| (a.id.clone(), a))
+            .collect();
+        Ok(ApprovalStore {
+            map: Mutex::new(map),
+            db: Some(db),
+        })
+    }
+
+    fn save(&self, approval: &Approval) {
+        if let Some(db) = &self.db {
+            db.save(approval);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Approval>> {
         self.map
             .lock()
@@ -40,6 +63,7 @@ impl ApprovalStore {
 
     /// Keeps a new pending approval.
     pub fn insert(&self, approval: Approval) {
+        self.save(&approval);
         self.lock().insert(approval.id.clone(), approval);
     }
 
@@ -47,7 +71,9 @@ impl ApprovalStore {
     pub fn get(&self, id: &str, now: SystemTime) -> Option<Approval> {
         let mut map = self.lock();
         let approval = map.get_mut(id)?;
-        lapse(approval, now);
+        if lapse(approval, now) {
+            self.save(approval);
+        }
         Some(approval.clone())
     }
 
@@ -56,7 +82,11 @@ impl ApprovalStore {
     /// ends), an expiry not yet told, or nothing; and the approvals that expired just now (to record).
     pub fn find(&self, agent: &str, digest: &str, now: SystemTime) -> (Found, Vec<Approval>) {
         let mut map = self.lock();
-        find_in(&mut map, agent, digest, now)
+        let (found, touched, expired) = find_in(&mut map, agent, digest, now);
+        for a in &touched {
+            self.save(a);
+        }
+        (found, expired)
     }
 
     /// [`ApprovalStore::find`], and when it finds nothing, keeps the
@@ -70,9 +100,13 @@ impl ApprovalStore {
         new: impl FnOnce() -> Approval,
     ) -> (Found, bool, Vec<Approval>) {
         let mut map = self.lock();
-        let (found, expired) = find_in(&mut map, agent, digest, now);
+        let (found, touched, expired) = find_in(&mut map, agent, digest, now);
+        for a in &touched {
+            self.save(a);
+        }
         if let Found::Nothing = found {
             let approval = new();
+            self.save(&approval);
             map.insert(approval.id.clone(), approval.clone());
             return (Found::Pending(approval), true, expired);
         }
@@ -82,6 +116,9 @@ impl ApprovalStore {
     /// Takes back a request whose record could not be written.
     pub fn remove(&self, id: &str) {
         self.lock().remove(id);
+        if let Some(db) = &self.db {
+            db.delete(id);
+        }
     }
 
     /// What [`ApprovalStore::answer`] would make of approval `id`, without
@@ -117,9 +154,12 @@ impl ApprovalStore {
         let approval = map
             .get_mut(id)
             .ok_or_else(|| AnswerError::NotFound(id.to_owned()))?;
-        lapse(approval, now);
-        settle(approval, approver, deny, now)?;
-        Ok(approval.clone())
+        let lapsed = lapse(approval, now);
+        let settled = settle(approval, approver, deny, now);
+        if lapsed || settled.is_ok() {
+            self.save(approval);
+        }
+        settled.map(|()| approval.clone())
     }
 
     /// Every approval at `now` (pending only unless `all`), oldest first,
@@ -130,45 +170,44 @@ impl ApprovalStore {
         let mut out = Vec::new();
         for approval in map.values_mut() {
             if lapse(approval, now) {
+                self.save(approval);
                 expired.push(approval.clone());
             }
             if all || approval.state == State::Pending {
                 out.push(approval.clone());
             }
         }
-        out.sort_by(|a, b| a.times.requested.cmp(&b.times.requested));
+        // Closed approvals are kept in memory a day, for `show` and retries.
+        let cutoff = now.checked_sub(std::time::Duration::from_secs(24 * 3600));
+        map.retain(|_, a| {
+            matches!(a.state, State::Pending | State::Granted)
+                || cutoff.is_none_or(|c| a.times.decided.unwrap_or(a.times.expires) > c)
+        });
+        out.sort_by_key(|a| a.times.requested);
         (out, expired)
     }
-
-    /// Removes approvals closed for longer than a day.
-    pub fn forget_before(&self, cutoff: SystemTime) {
-        self.lock().retain(|_, a| {
-            a.state == State::Pending
-                || a.state == State::Granted
-                || a.times.decided.unwrap_or(a.times.expires) > cutoff
-        });
-    }
 }
-
 
 fn find_in(
     map: &mut HashMap<String, Approval>,
     agent: &str,
     digest: &str,
     now: SystemTime,
-) -> (Found, Vec<Approval>) {
+) -> (Found, Vec<Approval>, Vec<Approval>) {
     let mut pending = None;
     let mut told = None;
     let mut expired = Vec::new();
+    let mut touched = Vec::new();
     // Grants first, then the newest open request.
     let mut mine: Vec<&mut Approval> = map
         .values_mut()
         .filter(|a| a.agent == agent && a.digest == digest)
         .collect();
-    mine.sort_by(|a, b| a.times.requested.cmp(&b.times.requested));
+    mine.sort_by_key(|a| a.times.requested);
     for approval in mine {
         if lapse(approval, now) {
             expired.push(approval.clone());
+            touched.push(approval.clone());
         }
         match approval.state {
             State::Granted => {
@@ -176,7 +215,8 @@ fn find_in(
                 if approval.uses_left == 0 {
                     approval.state = State::Used;
                 }
-                return (Found::Granted(approval.clone()), expired);
+                touched.push(approval.clone());
+                return (Found::Granted(approval.clone()), touched, expired);
             }
             State::Pending => pending = Some(approval.clone()),
             // A denial holds for the request's ttl: the same call is
@@ -185,6 +225,7 @@ fn find_in(
             State::Expired if !approval.told => {
                 approval.told = true;
                 told = Some(approval.clone());
+                touched.push(approval.clone());
             }
             State::Denied | State::Expired | State::Used => {}
         }
@@ -195,7 +236,7 @@ fn find_in(
         (None, Some(a)) => Found::Expired(a),
         (None, None) => Found::Nothing,
     };
-    (found, expired)
+    (found, touched, expired)
 }
 
 /// Checks the approver, then grants or denies a pending approval.

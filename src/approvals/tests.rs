@@ -74,8 +74,12 @@ fn any_changed_byte_changes_the_digest() {
 
 #[test]
 fn canonical_json_sorts_keys_at_every_depth() {
-    let a: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":{"d":[2,{"z":1,"y":2}],"c":"x"}}"#).unwrap();
-    assert_eq!(canonical_json(&a), r#"{"a":{"c":"x","d":[2,{"y":2,"z":1}]},"b":1}"#);
+    let a: serde_json::Value =
+        serde_json::from_str(r#"{"b":1,"a":{"d":[2,{"z":1,"y":2}],"c":"x"}}"#).unwrap();
+    assert_eq!(
+        canonical_json(&a),
+        r#"{"a":{"c":"x","d":[2,{"y":2,"z":1}]},"b":1}"#
+    );
 }
 
 #[test]
@@ -83,13 +87,28 @@ fn a_grant_is_used_at_most_uses_times_by_its_agent_only() {
     let store = ApprovalStore::memory();
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
     store.insert(pending("a1", "research", "d1", now, 2));
-    assert!(matches!(store.find("research", "d1", now).0, Found::Pending(_)));
+    assert!(matches!(
+        store.find("research", "d1", now).0,
+        Found::Pending(_)
+    ));
     store.answer("a1", &alice(), None, now).unwrap();
     assert!(matches!(store.find("other", "d1", now).0, Found::Nothing));
-    assert!(matches!(store.find("research", "d2", now).0, Found::Nothing));
-    assert!(matches!(store.find("research", "d1", now).0, Found::Granted(_)));
-    assert!(matches!(store.find("research", "d1", now).0, Found::Granted(_)));
-    assert!(matches!(store.find("research", "d1", now).0, Found::Nothing));
+    assert!(matches!(
+        store.find("research", "d2", now).0,
+        Found::Nothing
+    ));
+    assert!(matches!(
+        store.find("research", "d1", now).0,
+        Found::Granted(_)
+    ));
+    assert!(matches!(
+        store.find("research", "d1", now).0,
+        Found::Granted(_)
+    ));
+    assert!(matches!(
+        store.find("research", "d1", now).0,
+        Found::Nothing
+    ));
 }
 
 #[test]
@@ -103,22 +122,40 @@ fn answers_are_refused_to_the_agent_itself_and_to_others_not_named() {
         is_admin: true,
         agent: Some("research"),
     };
-    assert_eq!(store.answer("a1", &own, None, now).unwrap_err(), AnswerError::OwnCall);
+    assert_eq!(
+        store.answer("a1", &own, None, now).unwrap_err(),
+        AnswerError::OwnCall
+    );
     let bob = Approver {
         who: "cn:bob",
         names: vec!["cn:bob".into()],
         is_admin: false,
         agent: None,
     };
-    assert!(matches!(store.answer("a1", &bob, None, now), Err(AnswerError::NotApprover(_))));
-    let admin = Approver { is_admin: true, ..bob };
+    assert!(matches!(
+        store.answer("a1", &bob, None, now),
+        Err(AnswerError::NotApprover(_))
+    ));
+    let admin = Approver {
+        is_admin: true,
+        ..bob
+    };
     store.answer("a1", &admin, Some("not today"), now).unwrap();
     let (found, _) = store.find("research", "d1", now);
     assert!(matches!(found, Found::Denied(a) if a.deny_reason.as_deref() == Some("not today")));
-    assert!(matches!(store.find("research", "d1", now).0, Found::Denied(_)), "a denial holds");
+    assert!(
+        matches!(store.find("research", "d1", now).0, Found::Denied(_)),
+        "a denial holds"
+    );
     let later = now + Duration::from_secs(61);
-    assert!(matches!(store.find("research", "d1", later).0, Found::Nothing), "until the ttl");
-    assert!(matches!(store.answer("a1", &alice(), None, now), Err(AnswerError::NotPending(_, "denied"))));
+    assert!(
+        matches!(store.find("research", "d1", later).0, Found::Nothing),
+        "until the ttl"
+    );
+    assert!(matches!(
+        store.answer("a1", &alice(), None, now),
+        Err(AnswerError::NotPending(_, "denied"))
+    ));
 }
 
 #[test]
@@ -133,14 +170,20 @@ fn an_unanswered_request_expires_once() {
     let (found, expired) = store.find("research", "d1", later);
     assert!(matches!(found, Found::Nothing));
     assert!(expired.is_empty());
-    assert!(matches!(store.answer("a1", &alice(), None, later), Err(AnswerError::NotPending(_, "expired"))));
+    assert!(matches!(
+        store.answer("a1", &alice(), None, later),
+        Err(AnswerError::NotPending(_, "expired"))
+    ));
 }
 
 #[test]
 fn holds_are_bounded_per_agent_and_freed_on_drop() {
     let approvals = Approvals::new(
         ApprovalStore::memory(),
-        HoldLimits { per_agent: 2, total: 3 },
+        HoldLimits {
+            per_agent: 2,
+            total: 3,
+        },
         "https://x/".into(),
     );
     let a = approvals.hold("a").unwrap();

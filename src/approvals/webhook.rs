@@ -54,8 +54,8 @@ pub fn notify(approvals: &Approvals, rule: &AskRule, scope: &Scope, approval: &A
             total: Duration::from_secs(15),
         };
         let sent = async {
-            let client = token_client(&roots, allow, Arc::default(), timeouts)
-                .map_err(|e| e.to_string())?;
+            let client =
+                token_client(&roots, allow, Arc::default(), timeouts).map_err(|e| e.to_string())?;
             let request = Request::post(url.as_str())
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(payload)))

@@ -113,21 +113,78 @@ mod tests {
     #[test]
     fn off_hours_grants_policy_authors_and_near_expiry_are_found() {
         let records = vec![
-            record("policy", "p", "policy-loaded", "2026-12-05T10:00:00.000Z", "digest x; on api by cn:carol"),
-            record("approval", "a1", "approval-requested", "2026-12-05T10:01:00.000Z", "approval a1; expires 2026-12-05T10:16:00Z"),
+            record(
+                "policy",
+                "p",
+                "policy-loaded",
+                "2026-12-05T10:00:00.000Z",
+                "digest x; on api by cn:carol",
+            ),
+            record(
+                "approval",
+                "a1",
+                "approval-requested",
+                "2026-12-05T10:01:00.000Z",
+                "approval a1; expires 2026-12-05T10:16:00Z",
+            ),
             // A Saturday, by the policy's author.
-            record("approval", "a1", "approval-granted", "2026-12-05T10:02:00.000Z", "approval a1; by cn:carol; call r"),
-            record("approval", "a2", "approval-requested", "2026-12-07T10:00:00.000Z", "approval a2; expires 2026-12-07T10:15:00Z"),
-            record("approval", "a3", "approval-requested", "2026-12-07T10:00:00.000Z", "approval a3; expires 2026-12-07T11:00:00Z"),
-            record("approval", "a4", "approval-requested", "2026-12-07T10:00:00.000Z", "approval a4; expires 2026-12-07T10:12:00Z"),
-            record("approval", "a4", "approval-denied", "2026-12-07T10:01:00.000Z", "approval a4; by cn:dave"),
+            record(
+                "approval",
+                "a1",
+                "approval-granted",
+                "2026-12-05T10:02:00.000Z",
+                "approval a1; by cn:carol; call r",
+            ),
+            record(
+                "approval",
+                "a2",
+                "approval-requested",
+                "2026-12-07T10:00:00.000Z",
+                "approval a2; expires 2026-12-07T10:15:00Z",
+            ),
+            record(
+                "approval",
+                "a3",
+                "approval-requested",
+                "2026-12-07T10:00:00.000Z",
+                "approval a3; expires 2026-12-07T11:00:00Z",
+            ),
+            record(
+                "approval",
+                "a4",
+                "approval-requested",
+                "2026-12-07T10:00:00.000Z",
+                "approval a4; expires 2026-12-07T10:12:00Z",
+            ),
+            record(
+                "approval",
+                "a4",
+                "approval-denied",
+                "2026-12-07T10:01:00.000Z",
+                "approval a4; by cn:dave",
+            ),
             // A Monday at noon, by someone else: no finding.
-            record("approval", "a5", "approval-requested", "2026-12-07T12:00:00.000Z", "approval a5; expires 2026-12-07T12:15:00Z"),
-            record("approval", "a5", "approval-granted", "2026-12-07T12:01:00.000Z", "approval a5; by cn:dave"),
+            record(
+                "approval",
+                "a5",
+                "approval-requested",
+                "2026-12-07T12:00:00.000Z",
+                "approval a5; expires 2026-12-07T12:15:00Z",
+            ),
+            record(
+                "approval",
+                "a5",
+                "approval-granted",
+                "2026-12-07T12:01:00.000Z",
+                "approval a5; by cn:dave",
+            ),
         ];
         let now = OffsetDateTime::parse("2026-12-07T10:11:00Z", &Rfc3339).unwrap();
         let found = findings(&records, now.into());
-        let kinds: Vec<(&str, &str)> = found.iter().map(|f| (f.kind.as_str(), f.subject.as_str())).collect();
+        let kinds: Vec<(&str, &str)> = found
+            .iter()
+            .map(|f| (f.kind.as_str(), f.subject.as_str()))
+            .collect();
         assert_eq!(
             kinds,
             [

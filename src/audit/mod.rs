@@ -8,9 +8,9 @@
 //!   a kind and a non-secret reference.
 //! - The chain head advances only on commit, so a failed batch leaves no gap.
 
-pub mod approval_findings;
 pub mod anchor;
 mod answers;
+pub mod approval_findings;
 pub mod archive;
 mod batch;
 mod chain;

@@ -71,7 +71,11 @@ async fn answer(admin: &AdminConn, csrf: &str, req: Request<Incoming>) -> Respon
     }
     let id = get("id");
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        return respond(StatusCode::BAD_REQUEST, "text/plain", "bad approval id\n".into());
+        return respond(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "bad approval id\n".into(),
+        );
     }
     let (verb, body) = match get("verb").as_str() {
         "approve" => ("approve", Bytes::from_static(b"{}")),
@@ -148,7 +152,12 @@ async fn render(admin: &AdminConn, csrf: &str, note: &str) -> String {
         if let Some(q) = r["query"].as_str() {
             let _ = write!(request, "?{q}");
         }
-        for (label, key) in [("tool", "tool"), ("arguments", "arguments"), ("action", "action"), ("body", "body_preview")] {
+        for (label, key) in [
+            ("tool", "tool"),
+            ("arguments", "arguments"),
+            ("action", "action"),
+            ("body", "body_preview"),
+        ] {
             if let Some(v) = r[key].as_str() {
                 let _ = write!(request, "\n{label}: {v}");
             }

@@ -153,8 +153,9 @@ pub fn ask_for<'s>(scope: &'s super::Scope, call: &super::Call<'_>) -> Option<&'
                 && paths.iter().any(|g| g.matches(&segments))
         }
         AskOn::Aws(rule) => call.aws.is_some_and(|request| rule.matches(request)),
-        AskOn::Mcp { tools } => mcp_tool
-            .is_some_and(|tool| tools.iter().any(|t| super::aws::wildcard(t, tool))),
+        AskOn::Mcp { tools } => {
+            mcp_tool.is_some_and(|tool| tools.iter().any(|t| super::aws::wildcard(t, tool)))
+        }
     })
 }
 
@@ -344,7 +345,9 @@ fn compile_approvers(
                 Err(e) => report.error(
                     file,
                     approver.span(),
-                    format!("approver `{text}` of ask `{id}` is neither `admins` nor an identity: {e}"),
+                    format!(
+                        "approver `{text}` of ask `{id}` is neither `admins` nor an identity: {e}"
+                    ),
                 ),
             },
         }
