@@ -142,3 +142,39 @@ fn defaults_and_what_a_rule_names() {
             .admit(&[crate::identity::PeerName::Cn("bob".into())], false)
     );
 }
+
+#[test]
+fn aws_and_mcp_ask_rules_name_actions_and_tools() {
+    let aws = super::super::aws::AwsRule {
+        id: "iam".into(),
+        allow: true,
+        actions: vec!["iam:*".into()],
+        resources: vec!["*".into()],
+    };
+    let rule = AskRule {
+        id: "iam".into(),
+        on: AskOn::Aws(aws),
+        approvers: Approvers::default(),
+        why: "w".into(),
+        ttl: DEFAULT_TTL,
+        uses: 1,
+        window: None,
+        hold: Duration::ZERO,
+        webhook: None,
+    };
+    let AskOn::Aws(aws) = &rule.on else {
+        panic!("an aws rule");
+    };
+    let create = super::super::aws::AwsRequest {
+        action: "iam:CreateUser".into(),
+        resource: None,
+    };
+    let read = super::super::aws::AwsRequest {
+        action: "s3:GetObject".into(),
+        resource: Some("arn:aws:s3:::b/k".into()),
+    };
+    assert!(aws.matches(&create));
+    assert!(!aws.matches(&read));
+    assert!(super::super::aws::wildcard("delete_*", "delete_repo"));
+    assert!(!super::super::aws::wildcard("delete_*", "read_repo"));
+}
