@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use clawgate::certs;
 use clawgate::limits::redis::FailureMode;
 
+mod approvals;
 mod audit;
+pub(crate) use approvals::*;
 pub(crate) use audit::*;
 
 #[derive(Debug, Parser)]
@@ -62,6 +64,9 @@ pub(crate) enum Command {
     /// MCP servers.
     #[command(subcommand)]
     Mcp(McpCommand),
+    /// Calls waiting for a person: list, show, approve, deny.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
 }
 
 #[derive(Debug, Args)]

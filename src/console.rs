@@ -5,16 +5,19 @@
 //! Invariants: it binds loopback only; it shows nothing without a session,
 //! which only the one-time login URL it prints opens ([`auth`]); a request
 //! with a foreign `Host` or `Origin` is refused before anything else; the
-//! only state change is logging out, and it needs the CSRF token; every
-//! value from the API is HTML-escaped.
+//! only state changes are logging out and answering an approval
+//! ([`approvals`], through the admin API), and both need the CSRF token;
+//! every value from the API is HTML-escaped.
 //!
 //! The pages: the overview ([`overview`]: chain, drift and its cause,
 //! calls, findings, what is in force), the event timeline and the filtered
-//! calls with their outcomes ([`events`], [`filters`]), and one call's
-//! every recorded field (`/record?id=`). All of it is read from the admin
-//! API ([`api`]); the console holds no data of its own.
+//! calls with their outcomes ([`events`], [`filters`]), one call's every
+//! recorded field (`/record?id=`), and pending approvals (`/approvals`).
+//! All of it is read from the admin API ([`api`]); the console holds no
+//! data of its own.
 
 mod api;
+mod approvals;
 pub mod auth;
 mod events;
 mod filters;
@@ -120,6 +123,9 @@ async fn handle(
             auth::Refusal::Origin => "unexpected Origin: requests from other sites are refused\n",
         };
         return respond(StatusCode::FORBIDDEN, "text/plain", why.into());
+    }
+    if approvals::owns(req.uri().path()) {
+        return approvals::handle(admin, gate, req).await;
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/login") => return login(gate, &req),
@@ -368,7 +374,8 @@ fn head(title: &str, admin: &AdminConn, csrf: &str, refresh: bool) -> String {
         "<!doctype html><html><head><meta charset=utf-8>{}\
          <title>{}</title><style>{STYLE}</style></head><body>\
          <form method=post action=/logout style=float:right><input type=hidden name=csrf value=\"{}\">\
-         <button>log out</button></form><h1>clawgate console <small>{}</small></h1>",
+         <button>log out</button></form><h1>clawgate console <small>{}</small></h1>\
+         <p><a href=/>overview</a> · <a href=/approvals>approvals</a></p>",
         if refresh {
             "<meta http-equiv=refresh content=30>"
         } else {

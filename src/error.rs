@@ -174,11 +174,29 @@ pub enum Reason {
     /// messages) held something the scope's `[scope.mcp.results]` refuses:
     /// the agent got a JSON-RPC error instead (outcome records only).
     ToolResultRefused,
+    /// The call matches an `[[scope.ask]]` rule and no approval covers it:
+    /// the agent gets an approval id and URL and retries once approved.
+    ApprovalRequired,
+    /// A call asked for approval (a record of kind `approval`).
+    ApprovalRequested,
+    /// An approver granted an approval (a record of kind `approval`).
+    ApprovalGranted,
+    /// An approver denied the call's approval: the call is refused.
+    ApprovalDenied,
+    /// The call's approval was not answered before its ttl (or its hold)
+    /// ran out: the call is refused.
+    ApprovalExpired,
+    /// Too many calls are already held waiting for approval (for this agent
+    /// or overall): the call is refused rather than held.
+    ApprovalHoldsExhausted,
+    /// An approve or deny from someone the ask rule does not name, or from
+    /// the agent whose call it is (admin API, 403).
+    ApproverNotAllowed,
 }
 
 impl Reason {
     /// Every reason, in the order of the README table.
-    pub const ALL: [Reason; 60] = [
+    pub const ALL: [Reason; 67] = [
         Reason::Allowed,
         Reason::TlsRejected,
         Reason::UnknownAgent,
@@ -239,6 +257,13 @@ impl Reason {
         Reason::ResourceUriRefused,
         Reason::CredentialStoreFailed,
         Reason::ToolResultRefused,
+        Reason::ApprovalRequired,
+        Reason::ApprovalRequested,
+        Reason::ApprovalGranted,
+        Reason::ApprovalDenied,
+        Reason::ApprovalExpired,
+        Reason::ApprovalHoldsExhausted,
+        Reason::ApproverNotAllowed,
     ];
 
     /// The kebab-case code used in responses, records and the README.
@@ -304,6 +329,13 @@ impl Reason {
             Reason::ResourceUriRefused => "resource-uri-refused",
             Reason::CredentialStoreFailed => "credential-store-failed",
             Reason::ToolResultRefused => "tool-result-refused",
+            Reason::ApprovalRequired => "approval-required",
+            Reason::ApprovalRequested => "approval-requested",
+            Reason::ApprovalGranted => "approval-granted",
+            Reason::ApprovalDenied => "approval-denied",
+            Reason::ApprovalExpired => "approval-expired",
+            Reason::ApprovalHoldsExhausted => "approval-holds-exhausted",
+            Reason::ApproverNotAllowed => "approver-not-allowed",
         }
     }
 
@@ -373,6 +405,13 @@ impl Reason {
             | Reason::CredentialStoreFailed => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamRedirectRefused => StatusCode::BAD_GATEWAY,
             Reason::ResourceUriRefused => StatusCode::FORBIDDEN,
+            // Never sent: records of an approval's life.
+            Reason::ApprovalRequested | Reason::ApprovalGranted => StatusCode::OK,
+            Reason::ApprovalRequired
+            | Reason::ApprovalDenied
+            | Reason::ApprovalExpired
+            | Reason::ApproverNotAllowed => StatusCode::FORBIDDEN,
+            Reason::ApprovalHoldsExhausted => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -416,6 +455,20 @@ pub enum Refusal {
     RateLimited(Limited),
     /// No run token was sent where one is needed: the answer asks for one.
     Unauthenticated(Challenge),
+    /// The call waits for a person: which approval, where an approver
+    /// answers it, and when to try again.
+    ApprovalRequired(AskPending),
+}
+
+/// What an agent told to wait for approval needs to come back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AskPending {
+    /// The approval's id.
+    pub id: String,
+    /// Where an approver sees and answers it (the admin API or console).
+    pub url: String,
+    /// Seconds until a retry is worth making.
+    pub retry_after: u64,
 }
 
 /// How a refusal for want of a token asks for one.
@@ -451,6 +504,7 @@ impl Refusal {
             Refusal::Denied(reason) => *reason,
             Refusal::RateLimited(_) => Reason::RateLimited,
             Refusal::Unauthenticated(_) => Reason::RunTokenMissing,
+            Refusal::ApprovalRequired(_) => Reason::ApprovalRequired,
         }
     }
 
@@ -458,6 +512,7 @@ impl Refusal {
     pub fn detail(&self) -> Option<String> {
         match self {
             Refusal::RateLimited(limited) => Some(limited.to_string()),
+            Refusal::ApprovalRequired(pending) => Some(format!("approval {}", pending.id)),
             Refusal::Denied(_) | Refusal::Unauthenticated(_) => None,
         }
     }
@@ -515,6 +570,10 @@ impl Refusal {
                     HeaderValue::from_static("Bearer realm=\"clawgate\""),
                 )),
             ),
+            Refusal::ApprovalRequired(pending) => (
+                StatusCode::FORBIDDEN,
+                Some((header::RETRY_AFTER, HeaderValue::from(pending.retry_after))),
+            ),
         };
         let (status, body) = match mcp {
             None => (
@@ -526,6 +585,10 @@ impl Refusal {
                 }),
             ),
             Some(message) => mcp_error(reason, status, message, request_id),
+        };
+        let body = match self {
+            Refusal::ApprovalRequired(pending) => with_approval(body, pending),
+            _ => body,
         };
         let mut response = Response::new(
             Full::new(Bytes::from(body.to_string()))
@@ -553,6 +616,22 @@ impl Refusal {
     }
 }
 
+/// A refusal body with the approval the agent waits for: at the top level
+/// of a plain refusal, in `error.data` of a JSON-RPC error (where MCP
+/// clients show it to their user).
+fn with_approval(mut body: serde_json::Value, pending: &AskPending) -> serde_json::Value {
+    let target = match body.pointer_mut("/error/data") {
+        Some(data) => data,
+        None => &mut body,
+    };
+    if let Some(object) = target.as_object_mut() {
+        object.insert("approval_id".into(), pending.id.clone().into());
+        object.insert("approval_url".into(), pending.url.clone().into());
+        object.insert("retry_after".into(), pending.retry_after.into());
+    }
+    body
+}
+
 /// The status and JSON-RPC error body of a refused MCP message.
 fn mcp_error(
     reason: Reason,
@@ -577,6 +656,7 @@ fn mcp_error(
     );
     let (code, text) = match (reason, message.method.as_str()) {
         (Reason::McpHeaderMismatch, _) => (-32020, "Header mismatch"),
+        (Reason::ApprovalRequired, _) => (REFUSAL_CODE, "Approval required"),
         (Reason::MalformedRequest | Reason::McpBatchRefused | Reason::RequestTooLarge, _) => {
             (INVALID_REQUEST, "Invalid Request")
         }
@@ -660,7 +740,14 @@ pub fn proxy_status(reason: Reason) -> String {
         | Reason::AdminRoleRequired
         | Reason::CredentialReflected
         | Reason::ResourceUriRefused
-        | Reason::ToolResultRefused => "http_request_denied",
+        | Reason::ToolResultRefused
+        | Reason::ApprovalRequired
+        | Reason::ApprovalRequested
+        | Reason::ApprovalGranted
+        | Reason::ApprovalDenied
+        | Reason::ApprovalExpired
+        | Reason::ApprovalHoldsExhausted
+        | Reason::ApproverNotAllowed => "http_request_denied",
         Reason::UpstreamRedirectRefused => "http_protocol_error",
     };
     format!("clawgate; error={error}; details=\"{}\"", reason.code())

@@ -35,6 +35,11 @@ fn reasons_map_to_the_documented_statuses() {
         (Reason::SerialRevoked, 403),
         (Reason::AdminRoleRequired, 403),
         (Reason::ScopeDisabled, 403),
+        (Reason::ApprovalRequired, 403),
+        (Reason::ApprovalDenied, 403),
+        (Reason::ApprovalExpired, 403),
+        (Reason::ApprovalHoldsExhausted, 429),
+        (Reason::ApproverNotAllowed, 403),
     ];
     for (reason, status) in table {
         assert_eq!(reason.status().as_u16(), status, "{reason}");
@@ -108,4 +113,29 @@ fn proxy_refusals_carry_proxy_status_with_the_reason_code() {
         assert!(value.starts_with("clawgate; error="), "{value}");
         assert!(value.ends_with(&format!("details=\"{}\"", reason.code())));
     }
+}
+
+#[tokio::test]
+async fn an_approval_refusal_carries_its_id_url_and_retry_after() {
+    let pending = AskPending {
+        id: "a-1".into(),
+        url: "https://admin/v1/approvals/a-1".into(),
+        retry_after: 7,
+    };
+    let refusal = Refusal::ApprovalRequired(pending);
+    assert_eq!(refusal.reason(), Reason::ApprovalRequired);
+    let response = refusal.response("r", Via::Proxy);
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+    assert!(
+        response.headers()[PROXY_STATUS_HEADER]
+            .to_str()
+            .unwrap()
+            .contains("approval-required")
+    );
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(json["approval_id"], "a-1");
+    assert_eq!(json["approval_url"], "https://admin/v1/approvals/a-1");
+    assert_eq!(json["reason"], "approval-required");
 }

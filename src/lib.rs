@@ -92,6 +92,8 @@ pub mod upgrade;
 pub mod live;
 
 pub mod policy;
+
+pub mod approvals;
 /// `policy replay`: recorded calls re-decided under a candidate policy.
 pub mod replay;
 

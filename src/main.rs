@@ -9,6 +9,7 @@ use time::format_description::well_known::Rfc3339;
 
 use clawgate::audit;
 
+mod approvals_cmd;
 mod audit_cmd;
 mod certs_cmd;
 mod cli;
@@ -118,6 +119,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Policy(PolicyCommand::Replay(args)) => policy_cmd::replay(&args),
         Command::Console(args) => ops::console(args),
         Command::Audit(command) => audit_cmd::run(command),
+        Command::Approvals(command) => runtime()?.block_on(approvals_cmd::run(command)),
     }
 }
 

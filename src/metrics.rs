@@ -83,6 +83,9 @@ pub struct Metrics {
     reloads_rejected: AtomicU64,
     tls_rejections: AtomicU64,
     reflections: std::sync::Arc<ReflectionCounts>,
+    /// Approvals answered (or expired): by outcome, (count, seconds from
+    /// request to decision in all).
+    approvals: Mutex<BTreeMap<&'static str, (u64, f64)>>,
 }
 
 /// Values read from elsewhere at render time.
@@ -121,6 +124,10 @@ pub struct Gauges {
     pub credential_kinds: Vec<(&'static str, u64, u64)>,
     /// The span exporter's counts, when traces are exported.
     pub trace_spans: Option<std::sync::Arc<crate::trace::SpanCounts>>,
+    /// Approval requests waiting for an answer.
+    pub approvals_pending: u64,
+    /// Calls held open waiting for approval.
+    pub approvals_held: u64,
 }
 
 impl Metrics {
@@ -181,7 +188,46 @@ impl Metrics {
         if let Some(spans) = &gauges.trace_spans {
             render_spans(&mut out, spans);
         }
+        self.render_approvals(&mut out, gauges);
         out
+    }
+
+    /// Counts an approval's answer (`granted`, `denied`) or expiry, with the
+    /// time from its request.
+    pub fn approval_decided(&self, outcome: &'static str, times: &crate::approvals::Times) {
+        let waited = times
+            .decided
+            .unwrap_or_else(std::time::SystemTime::now)
+            .duration_since(times.requested)
+            .unwrap_or_default()
+            .as_secs_f64();
+        if let Ok(mut approvals) = self.approvals.lock() {
+            let entry = approvals.entry(outcome).or_default();
+            entry.0 += 1;
+            entry.1 += waited;
+        }
+    }
+
+    fn render_approvals(&self, out: &mut String, gauges: &Gauges) {
+        let _ = writeln!(
+            out,
+            "# HELP clawgate_approvals_pending Approval requests waiting for an answer.\n# TYPE clawgate_approvals_pending gauge\nclawgate_approvals_pending {}",
+            gauges.approvals_pending
+        );
+        let _ = writeln!(
+            out,
+            "# HELP clawgate_approvals_held Calls held open waiting for approval.\n# TYPE clawgate_approvals_held gauge\nclawgate_approvals_held {}",
+            gauges.approvals_held
+        );
+        out.push_str("# HELP clawgate_approval_decision_seconds Time from an approval request to its answer or expiry.\n# TYPE clawgate_approval_decision_seconds summary\n");
+        if let Ok(approvals) = self.approvals.lock() {
+            for (outcome, (count, seconds)) in approvals.iter() {
+                let _ = writeln!(
+                    out,
+                    "clawgate_approval_decision_seconds_sum{{outcome=\"{outcome}\"}} {seconds}\nclawgate_approval_decision_seconds_count{{outcome=\"{outcome}\"}} {count}"
+                );
+            }
+        }
     }
 
     /// Responses the reflection guard acted on.

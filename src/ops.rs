@@ -240,7 +240,13 @@ fn findings(args: &FindingsArgs) -> anyhow::Result<ExitCode> {
                 burst: args.burst,
                 ..Default::default()
             };
-            audit::stats::findings(&records, &parse_time(&args.recent)?, thresholds)
+            let mut found =
+                audit::stats::findings(&records, &parse_time(&args.recent)?, thresholds);
+            found.extend(audit::approval_findings::findings(
+                &records,
+                std::time::SystemTime::now(),
+            ));
+            found
                 .iter()
                 .map(serde_json::to_value)
                 .collect::<Result<_, _>>()?

@@ -148,6 +148,9 @@ pub enum ServeError {
     /// The override store cannot be opened.
     #[error(transparent)]
     Overrides(#[from] OverrideError),
+    /// The approval store beside the decision log cannot be opened.
+    #[error("approval store: {0}")]
+    Approvals(String),
     /// The key that hashes MCP arguments cannot be read or made.
     #[error("cannot use the MCP argument key `{path}`: {source}")]
     McpKey {
@@ -253,7 +256,7 @@ pub async fn start(config: &ServeConfig, env: Env) -> Result<Running, ServeError
         .transpose()?;
     let token_addr = token_sockets.as_ref().map(|(_, addr)| *addr);
     let (pipeline, shared_limits) =
-        assemble_pipeline(config, policy, audit, upstreams, interceptor).await?;
+        assemble_pipeline(config, policy, audit, (upstreams, interceptor), admin_addr).await?;
     let reloader = Arc::new(Reloader::new(
         config.policy_dir.clone(),
         env,
@@ -334,8 +337,8 @@ async fn assemble_pipeline(
     config: &ServeConfig,
     policy: policy::Policy,
     audit: AuditLog,
-    upstreams: Upstreams,
-    interceptor: Interceptor,
+    (upstreams, interceptor): (Upstreams, Interceptor),
+    admin_addr: Option<SocketAddr>,
 ) -> Result<(Arc<Pipeline>, Option<Arc<RedisLimits>>), ServeError> {
     let tokens = crate::token::Verifier::load(
         &config.certs_dir,
@@ -363,6 +366,23 @@ async fn assemble_pipeline(
     let mut pipeline = Pipeline::new(Arc::new(policy), audit, parts)
         .with_tokens(tokens)
         .with_mcp(mcp);
+    if let Some(admin) = admin_addr {
+        // Kept beside the SQLite decision log; in memory on a fleet's store
+        // (or with the log off, for benchmarks).
+        let store = if config.fleet.store.is_some() || config.decision_log_off_benchmark_only {
+            crate::approvals::ApprovalStore::memory()
+        } else {
+            crate::approvals::ApprovalStore::open(&config.audit_path)
+                .map_err(|e| ServeError::Approvals(e.to_string()))?
+        };
+        // An approval's link is where approvers answer it.
+        let approvals = crate::approvals::Approvals::new(
+            store,
+            crate::approvals::HoldLimits::default(),
+            format!("https://{admin}/v1/approvals/"),
+        );
+        pipeline = pipeline.with_approvals(Arc::new(approvals));
+    }
     if let Some(store) = &shared_limits {
         pipeline = pipeline.with_limits(Arc::clone(store) as _);
     }

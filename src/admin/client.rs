@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls::RootCertStore;
@@ -39,6 +39,18 @@ pub async fn get(
     cert: &Path,
     key: &Path,
 ) -> Result<(u16, Bytes), ClientError> {
+    request(base, (http::Method::GET, path, None), ca, cert, key).await
+}
+
+/// Sends `method` to `path` of the admin API at `base`, with `body` as
+/// JSON when given; answers the status and body.
+pub async fn request(
+    base: &str,
+    (method, path, body): (http::Method, &str, Option<Bytes>),
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<(u16, Bytes), ClientError> {
     let file_error = |path: &Path, why: String| ClientError::File {
         path: path.to_path_buf(),
         why,
@@ -66,17 +78,25 @@ pub async fn get(
         .https_only()
         .enable_http1()
         .build();
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     let uri: http::Uri = format!("{}{path}", base.trim_end_matches('/'))
         .parse()
         .map_err(|_| ClientError::Url(base.to_owned()))?;
     if uri.scheme_str() != Some("https") {
         return Err(ClientError::Url(base.to_owned()));
     }
-    let response = tokio::time::timeout(std::time::Duration::from_secs(30), client.get(uri))
-        .await
-        .map_err(|_| ClientError::Exchange("timed out".into()))?
-        .map_err(|e| ClientError::Exchange(with_sources(&e)))?;
+    let mut request = http::Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        request = request.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let request = request
+        .body(Full::new(body.unwrap_or_default()))
+        .map_err(|e| ClientError::Exchange(e.to_string()))?;
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
+            .await
+            .map_err(|_| ClientError::Exchange("timed out".into()))?
+            .map_err(|e| ClientError::Exchange(with_sources(&e)))?;
     let status = response.status().as_u16();
     let body = response
         .into_body()

@@ -16,6 +16,7 @@
 
 pub mod client;
 pub use crate::metrics;
+mod approvals;
 mod explain;
 mod status;
 mod views;
@@ -156,6 +157,11 @@ impl Admin {
             return self.refuse(peer, addr, asked, refused, None).await;
         }
         let names = peer.names.as_slice();
+        if req.uri().path().starts_with(approvals::PREFIX) {
+            // Approvers named by identity may hold no role.
+            let role = self.role_of(names);
+            return self.approvals(peer, addr, role, req).await;
+        }
         let Some(role) = self.role_of(names) else {
             let asked = (
                 req.method().as_str().to_owned(),
@@ -338,6 +344,8 @@ impl Admin {
                 .pipeline
                 .tracer()
                 .map(|t| std::sync::Arc::clone(t.counts())),
+            approvals_pending: self.pipeline.approvals().store().list(now, false).0.len() as u64,
+            approvals_held: self.pipeline.approvals().held_now() as u64,
         };
         let mut response = text(StatusCode::OK, &self.pipeline.metrics().render(&gauges));
         response.headers_mut().insert(

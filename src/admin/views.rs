@@ -100,6 +100,7 @@ impl Admin {
         }
         let mut found = crate::audit::stats::findings(&records, &recent, thresholds);
         let now = SystemTime::now();
+        found.extend(crate::audit::approval_findings::findings(&records, now));
         let status = status_of(self, now);
         let lapsing = |kind: &str, v: &serde_json::Value| {
             let left = v["expires_in_seconds"].as_u64()?;

@@ -10,6 +10,7 @@
 
 pub mod anchor;
 mod answers;
+pub mod approval_findings;
 pub mod archive;
 mod batch;
 mod chain;
@@ -62,6 +63,8 @@ pub mod kind {
     pub const ARCHIVE: &str = "archive";
     /// Archived records were removed: the anchor verification starts from.
     pub const PRUNE: &str = "prune";
+    /// A step in an approval's life: requested, granted, denied, expired.
+    pub const APPROVAL: &str = "approval";
 }
 
 /// One row of the decision log. Optional fields are omitted from the JSON

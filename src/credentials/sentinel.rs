@@ -106,6 +106,20 @@ impl Sentinels {
         }
     }
 
+    /// `text` with every placeholder replaced by `[sentinel <name>]`: what
+    /// an approver may be shown of a request.
+    pub fn mask(&self, text: &str) -> String {
+        let Some(matcher) = &self.matcher else {
+            return text.to_owned();
+        };
+        let names: Vec<String> = self
+            .list
+            .iter()
+            .map(|s| format!("[sentinel {}]", s.name))
+            .collect();
+        matcher.replace_all(text, &names)
+    }
+
     /// Whether `agent` may hold any placeholder (a sentinel without an
     /// `agents` list, or one naming it).
     pub fn bears(&self, agent: &str) -> bool {

@@ -74,6 +74,10 @@ pub(super) struct Admission<'a> {
     pub tokens: &'a Verifier,
     /// MCP pins, pending lists and the argument-hash key.
     pub mcp: &'a Arc<crate::mcp::McpState>,
+    /// Approvals for `[[scope.ask]]` rules.
+    pub approvals: &'a crate::approvals::Approvals,
+    /// The decision log (approval steps are records of their own).
+    pub audit: &'a crate::audit::AuditLog,
 }
 
 /// What identification and routing established about a call.
@@ -318,6 +322,20 @@ impl Admission<'_> {
             return Err(Reason::RunTokenScope.into());
         }
         self.limit(&decision, scope, record).await?;
+        // Ask after allow and the limits: deny wins over ask, and a call
+        // that would be refused anyway bothers nobody.
+        let held = match crate::policy::ask::ask_for(scope, &call) {
+            Some(rule) => {
+                let asked = super::ask::Asked {
+                    rule,
+                    scope,
+                    call: &call,
+                    query: query.as_deref(),
+                };
+                self.ask(asked, held, record).await?
+            }
+            None => held,
+        };
         let mcp = match (mcp_scope, &mcp_read) {
             (Some((_, rules)), Some(read)) => {
                 Some(super::mcp::exchange(self.mcp, scope, rules, read, parts))

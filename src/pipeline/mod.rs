@@ -22,6 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 mod admit;
+mod ask;
 mod credential;
 mod held;
 mod mcp;
@@ -93,6 +94,7 @@ pub struct Pipeline {
     needles: crate::response::guard::NeedleCache,
     /// Exports one span per call, when `serve --otlp-endpoint` is given.
     tracer: Option<crate::trace::Tracer>,
+    approvals: Arc<crate::approvals::Approvals>,
 }
 
 /// What a pipeline is made of, besides the policy and the decision log.
@@ -133,7 +135,18 @@ impl Pipeline {
             mcp: Arc::new(crate::mcp::McpState::ephemeral()),
             needles: crate::response::guard::NeedleCache::default(),
             tracer: None,
+            approvals: Arc::new(crate::approvals::Approvals::in_memory()),
         }
+    }
+
+    /// The pipeline, keeping approvals in `approvals`.
+    pub fn with_approvals(self, approvals: Arc<crate::approvals::Approvals>) -> Pipeline {
+        Pipeline { approvals, ..self }
+    }
+
+    /// Approvals for `[[scope.ask]]` rules.
+    pub fn approvals(&self) -> &Arc<crate::approvals::Approvals> {
+        &self.approvals
     }
 
     /// The pipeline, hashing MCP arguments with this state's key.
@@ -342,6 +355,8 @@ impl Pipeline {
                 metrics: &self.metrics,
                 tokens: &self.tokens,
                 mcp: &self.mcp,
+                approvals: &self.approvals,
+                audit: &self.audit,
             };
             let verdict = admission.admit(parts, held::boxed(body), &mut record).await;
 

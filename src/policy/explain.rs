@@ -36,6 +36,9 @@ pub struct Explanation {
     pub scopes: Vec<Note>,
     /// Every rule of the deciding scope, in file order, and what it did.
     pub rules: Vec<Note>,
+    /// The ask rule an allowed call meets: it would wait for an approval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ask: Option<Note>,
 }
 
 /// One line of an explanation: a name and what became of it.
@@ -75,6 +78,24 @@ pub fn explain(call: &Call<'_>, policy: &Policy) -> (Decision, Explanation) {
             .map(|c| format!("{} {}", c.kind(), c.reference())),
         scopes: Vec::new(),
         rules: Vec::new(),
+        ask: scope
+            .filter(|_| decision.effect() == Effect::Allow)
+            .and_then(|s| super::ask::ask_for(s, call))
+            .map(|rule| Note {
+                name: rule.id.to_string(),
+                verdict: format!(
+                    "asks {} (ttl {}, uses {}, {}): {}",
+                    rule.approvers.describe().join(", "),
+                    humantime::format_duration(rule.ttl),
+                    rule.uses,
+                    if rule.hold.is_zero() {
+                        "retry".to_owned()
+                    } else {
+                        format!("hold {}", humantime::format_duration(rule.hold))
+                    },
+                    rule.why
+                ),
+            }),
     };
     if let Some(agent_id) = decision.agent() {
         explanation.scopes = scope_notes(policy, agent_id, call.target, decision.scope());
@@ -227,6 +248,9 @@ impl Explanation {
         }
         let _ = writeln!(out, "exception:  {}", dash(&self.exception));
         let _ = writeln!(out, "credential: {}", dash(&self.credential));
+        if let Some(ask) = &self.ask {
+            let _ = writeln!(out, "ask:        {} {}", ask.name, ask.verdict);
+        }
         if !self.scopes.is_empty() {
             let _ = writeln!(out, "scopes:");
             for n in &self.scopes {

@@ -72,6 +72,9 @@ pub(super) struct ScopeFile {
     pub allow: Vec<Spanned<RuleFile>>,
     #[serde(default)]
     pub deny: Vec<Spanned<RuleFile>>,
+    /// `[[scope.ask]]`: calls that wait for a person (see `ask.rs`).
+    #[serde(default)]
+    pub ask: Vec<Spanned<super::ask::AskFile>>,
     /// `[scope.mcp]`: the upstream speaks MCP; its rules (see `mcp.rs`).
     pub mcp: Option<Spanned<super::mcp::McpFile>>,
     /// `refuse` (default) or `allow`: a tunnel whose ClientHello names no

@@ -161,7 +161,6 @@ impl PathGlob {
     }
 
     /// Whether the path, split into segments after its leading `/`, matches.
-    #[cfg(test)]
     pub fn matches(&self, path_segments: &[&str]) -> bool {
         match_segments(&self.segments, path_segments)
     }

@@ -10,6 +10,7 @@
 //! - Lookup is by index (identity, route, host, then one glob set per scope),
 //!   never a scan over all rules.
 
+pub mod ask;
 pub mod aws;
 mod cases;
 mod credential;
@@ -219,6 +220,8 @@ pub struct Scope {
     pub rate: Option<crate::limits::Rate>,
     /// The scope's MCP rules, when its upstream speaks MCP.
     pub mcp: Option<Arc<crate::mcp::McpRules>>,
+    /// `[[scope.ask]]`: calls that wait for a person's approval.
+    pub ask: Vec<ask::AskRule>,
     /// What the reflection guard does with an injected value that comes
     /// back in a response.
     pub reflection: Reflection,

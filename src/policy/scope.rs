@@ -40,6 +40,7 @@ pub(super) fn placeholder_scope(name: &str) -> Scope {
         aws_rules: Vec::new(),
         rate: None,
         mcp: None,
+        ask: Vec::new(),
         strictness: super::Strictness::default(),
         reflection: Reflection::Redact,
     }
@@ -93,6 +94,7 @@ pub(super) fn compile_scope(
     let blocked = check_blocked(report, file, scope, upstream.as_ref(), &allow_private);
     let rate = compile_rate(report, file, scope.rate.as_ref(), scope.burst.as_ref());
     let reflection = compile_reflection(report, file, scope);
+    let ask = super::ask::compile_asks(report, file, name, &scope.ask);
     if report.problems.len() != before {
         return None;
     }
@@ -111,6 +113,7 @@ pub(super) fn compile_scope(
         aws_rules,
         rate,
         mcp,
+        ask,
         strictness,
         reflection,
     })
@@ -477,7 +480,7 @@ fn check_blocked(
     Some(blocked)
 }
 
-fn compile_aws_rule(
+pub(super) fn compile_aws_rule(
     report: &mut Report<'_>,
     (file, span): (usize, std::ops::Range<usize>),
     id: &str,
@@ -596,7 +599,7 @@ fn valid_route(route: &str) -> bool {
 
 /// Validates a path glob with globset (so the accepted syntax is globset's),
 /// then compiles it to the segment matcher `decide` uses.
-fn compile_glob(pattern: &str) -> Result<Vec<PathGlob>, String> {
+pub(super) fn compile_glob(pattern: &str) -> Result<Vec<PathGlob>, String> {
     if !pattern.starts_with('/') {
         return Err(format!("path `{pattern}` must start with `/`"));
     }
@@ -607,7 +610,7 @@ fn compile_glob(pattern: &str) -> Result<Vec<PathGlob>, String> {
     glob::compile(pattern).map_err(|e| format!("path `{pattern}` is not a valid glob: {e}"))
 }
 
-fn check_method(method: &str) -> Result<(), String> {
+pub(super) fn check_method(method: &str) -> Result<(), String> {
     if method.is_empty() || method.len() > 32 || !method.chars().all(|c| c.is_ascii_uppercase()) {
         return Err(format!(
             "method `{method}` must be an uppercase HTTP method such as `GET`"
