@@ -177,6 +177,8 @@ async fn housekeeping(
                 let now = std::time::SystemTime::now();
                 // An override's lapse is recorded before anything relies on it.
                 pipeline.settle_lapses(now);
+                // So is an approval's expiry, whether or not anyone asks.
+                pipeline.record_expired_approvals(&[], now).await;
                 let policy = pipeline.policy();
                 pipeline.live().sweep(&policy, pipeline.overrides(), now);
             }

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::{Admin, AdminBody, MAX_BODY, Role, error, json};
-use crate::approvals::{AnswerError, Approval, Approver};
+use crate::approvals::{AnswerError, Approver};
 use crate::error::Reason;
 use crate::identity::PeerIdentity;
 
@@ -55,7 +55,7 @@ impl Admin {
             (Method::GET, []) => {
                 let all = query.split('&').any(|p| p == "all=true" || p == "all=1");
                 let (list, expired) = self.pipeline.approvals().store().list(now, all);
-                self.record_expired(&expired).await;
+                self.pipeline.record_expired_approvals(&expired, now).await;
                 json(
                     StatusCode::OK,
                     &serde_json::json!({ "approvals": list, "now": crate::policy::rfc3339(now) }),
@@ -189,22 +189,6 @@ impl Admin {
                 let message = e.to_string();
                 self.refuse(peer, addr, asked, refused, Some(&message))
                     .await
-            }
-        }
-    }
-
-    async fn record_expired(&self, expired: &[Approval]) {
-        for a in expired {
-            self.pipeline
-                .metrics()
-                .approval_decided("expired", &a.times);
-            if let Err(e) = self
-                .pipeline
-                .audit()
-                .append_durable(a.record(Reason::ApprovalExpired))
-                .await
-            {
-                tracing::error!(error = %e, "approval expiry not recorded");
             }
         }
     }

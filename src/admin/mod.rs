@@ -344,7 +344,7 @@ impl Admin {
                 .pipeline
                 .tracer()
                 .map(|t| std::sync::Arc::clone(t.counts())),
-            approvals_pending: self.pipeline.approvals().store().list(now, false).0.len() as u64,
+            approvals_pending: self.pipeline.approvals().store().pending_count(now) as u64,
             approvals_held: self.pipeline.approvals().held_now() as u64,
         };
         let mut response = text(StatusCode::OK, &self.pipeline.metrics().render(&gauges));

@@ -13,6 +13,10 @@ use super::{AnswerError, Approval, Found, State, when};
 pub struct ApprovalStore {
     map: Mutex<HashMap<String, Approval>>,
     db: Option<super::sqlite::Db>,
+    /// Approvals that lapsed on a path that cannot record them (`get`,
+    /// `answer`): handed out by the next `list` or `find`, so every expiry
+    /// becomes a record.
+    lapsed: Mutex<Vec<Approval>>,
 }
 
 /// Who answers, as the admin API established it.
@@ -46,6 +50,7 @@ impl ApprovalStore {
         Ok(ApprovalStore {
             map: Mutex::new(map),
             db: Some(db),
+            lapsed: Mutex::default(),
         })
     }
 
@@ -53,6 +58,35 @@ impl ApprovalStore {
         if let Some(db) = &self.db {
             db.save(approval);
         }
+    }
+
+    /// Keeps an approval that lapsed where it cannot be recorded.
+    fn keep_lapsed(&self, approval: &Approval) {
+        self.lapsed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(approval.clone());
+    }
+
+    /// The approvals kept by [`ApprovalStore::keep_lapsed`], added to
+    /// `expired`.
+    fn with_lapsed(&self, mut expired: Vec<Approval>) -> Vec<Approval> {
+        expired.append(
+            &mut self
+                .lapsed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        expired
+    }
+
+    /// How many approvals wait for an answer at `now`, without changing
+    /// any (a metrics scrape must not lapse an approval unrecorded).
+    pub fn pending_count(&self, now: SystemTime) -> usize {
+        self.lock()
+            .values()
+            .filter(|a| a.state == State::Pending && now < a.times.expires)
+            .count()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Approval>> {
@@ -73,6 +107,7 @@ impl ApprovalStore {
         let approval = map.get_mut(id)?;
         if lapse(approval, now) {
             self.save(approval);
+            self.keep_lapsed(approval);
         }
         Some(approval.clone())
     }
@@ -86,7 +121,7 @@ impl ApprovalStore {
         for a in &touched {
             self.save(a);
         }
-        (found, expired)
+        (found, self.with_lapsed(expired))
     }
 
     /// [`ApprovalStore::find`], and when it finds nothing, keeps the
@@ -108,9 +143,9 @@ impl ApprovalStore {
             let approval = new();
             self.save(&approval);
             map.insert(approval.id.clone(), approval.clone());
-            return (Found::Pending(approval), true, expired);
+            return (Found::Pending(approval), true, self.with_lapsed(expired));
         }
-        (found, false, expired)
+        (found, false, self.with_lapsed(expired))
     }
 
     /// Takes back a request whose record could not be written.
@@ -159,6 +194,9 @@ impl ApprovalStore {
         if lapsed || settled.is_ok() {
             self.save(approval);
         }
+        if lapsed {
+            self.keep_lapsed(approval);
+        }
         settled.map(|()| approval.clone())
     }
 
@@ -184,7 +222,7 @@ impl ApprovalStore {
                 || cutoff.is_none_or(|c| a.times.decided.unwrap_or(a.times.expires) > c)
         });
         out.sort_by_key(|a| a.times.requested);
-        (out, expired)
+        (out, self.with_lapsed(expired))
     }
 }
 

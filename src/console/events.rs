@@ -13,7 +13,8 @@ use super::filters::Filters;
 use super::{enc, esc, s};
 
 /// The record kinds the timeline shows: everything that is not a call.
-pub(super) const TIMELINE_KINDS: &str = "policy,override,exception,approval,certs,archive,prune,summary";
+pub(super) const TIMELINE_KINDS: &str =
+    "policy,override,exception,approval,certs,archive,prune,summary";
 
 /// The `/v1/audit` query of the timeline within the filters' time range.
 pub(super) fn timeline_query(f: &Filters) -> String {

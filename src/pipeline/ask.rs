@@ -253,3 +253,23 @@ fn conclude(found: Found, record: &mut CallRecord) -> Result<(), Refusal> {
         Found::Nothing => Err(Reason::ApprovalRequired.into()),
     }
 }
+
+impl super::Pipeline {
+    /// Records approvals that expired unanswered or unused: those `expired`
+    /// names, then every other one that lapsed by `now` (the housekeeping
+    /// sweep calls this with none), so an expiry nobody asked about is
+    /// still a record.
+    pub async fn record_expired_approvals(&self, expired: &[Approval], now: SystemTime) {
+        let (_, lapsed) = self.approvals.store().list(now, false);
+        for a in expired.iter().chain(&lapsed) {
+            self.metrics.approval_decided("expired", &a.times);
+            if let Err(e) = self
+                .audit
+                .append_durable(a.record(Reason::ApprovalExpired))
+                .await
+            {
+                tracing::error!(error = %e, "approval expiry not recorded");
+            }
+        }
+    }
+}
