@@ -184,13 +184,24 @@ fn an_expiry_first_seen_by_show_answer_or_a_scrape_is_still_handed_out_once() {
     store.insert(pending("a2", "research", "d2", now, 1));
     let later = now + Duration::from_secs(61);
     assert_eq!(store.pending_count(now), 2);
-    assert_eq!(store.pending_count(later), 0, "a scrape counts without lapsing");
-    assert_eq!(store.get("a1", later).map(|a| a.state), Some(State::Expired));
+    assert_eq!(
+        store.pending_count(later),
+        0,
+        "a scrape counts without lapsing"
+    );
+    assert_eq!(
+        store.get("a1", later).map(|a| a.state),
+        Some(State::Expired)
+    );
     assert!(store.answer("a2", &alice(), None, later).is_err());
     let (_, expired) = store.list(later, false);
     let mut ids: Vec<_> = expired.iter().map(|a| a.id.as_str()).collect();
     ids.sort_unstable();
-    assert_eq!(ids, ["a1", "a2"], "both expiries are handed out to be recorded");
+    assert_eq!(
+        ids,
+        ["a1", "a2"],
+        "both expiries are handed out to be recorded"
+    );
     assert!(store.list(later, false).1.is_empty(), "and only once");
 }
 
