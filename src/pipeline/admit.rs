@@ -27,7 +27,7 @@ use http::{Request, Version, header};
 use crate::audit::DecisionRecord;
 use crate::body::ProxyBody;
 use crate::credentials::sigv4;
-use crate::credentials::{Broker, Credential, MintContext};
+use crate::credentials::{Broker, MintContext};
 use crate::error::{Challenge, Reason, Refusal};
 use crate::forward::{strip_hop_by_hop, upstream_uri};
 use crate::identity::PeerIdentity;
@@ -432,70 +432,6 @@ impl Admission<'_> {
             mcp,
             injected,
         })
-    }
-
-    /// The scope's secret or minted token, fetched from the broker and put
-    /// into the request. Each value joins `injected`, so the reflection guard
-    /// keeps it from coming back to the agent.
-    async fn inject_credential(
-        &self,
-        scope: &crate::policy::Scope,
-        parts: &mut Parts,
-        query: &mut Option<String>,
-        ctx: &MintContext,
-        injected: &mut Vec<Arc<SecretString>>,
-    ) -> Result<(), Reason> {
-        match scope.credential.as_deref() {
-            Some(Credential::Secret(secret)) => {
-                let fetching = std::time::Instant::now();
-                let value = self.broker.secret(&secret.value, ctx).await;
-                self.metrics.observe(Stage::Credential, fetching.elapsed());
-                let value = value.map_err(|e| {
-                    tracing::warn!(error = %e, "credential not available");
-                    Reason::CredentialUnavailable
-                })?;
-                injected.push(Arc::clone(&value));
-                secret
-                    .inject(&value, &mut parts.headers, query)
-                    .map_err(|e| {
-                        tracing::warn!(error = %e, "credential not injected");
-                        Reason::CredentialUnavailable
-                    })?;
-            }
-            Some(Credential::OAuth2(oauth)) => {
-                let minting = std::time::Instant::now();
-                let token = self.broker.oauth2(oauth, ctx).await;
-                self.metrics.observe(Stage::Credential, minting.elapsed());
-                let token = token.map_err(|e| {
-                    tracing::warn!(error = %e, "oauth2 token not available");
-                    e.reason()
-                })?;
-                crate::credentials::oauth::inject(oauth, &token, &mut parts.headers, query)
-                    .map_err(|e| {
-                        tracing::warn!(error = %e, "oauth2 token not injected");
-                        Reason::CredentialUnavailable
-                    })?;
-                injected.push(Arc::new(token.value.clone()));
-            }
-            Some(Credential::GithubApp(app)) => {
-                let minting = std::time::Instant::now();
-                let token = self.broker.github_app(app, ctx).await;
-                self.metrics.observe(Stage::Credential, minting.elapsed());
-                let token = token.map_err(|e| {
-                    tracing::warn!(error = %e, "github app token not available");
-                    e.reason()
-                })?;
-                crate::credentials::github::inject(app, &token, &mut parts.headers, query)
-                    .map_err(|e| {
-                        tracing::warn!(error = %e, "github app token not injected");
-                        Reason::CredentialUnavailable
-                    })?;
-                injected.push(Arc::new(token.value.clone()));
-            }
-            // Sentinels were swapped before; AWS re-signs after.
-            _ => {}
-        }
-        Ok(())
     }
 
     /// The step after `decide`: an override disabling the scope, then the

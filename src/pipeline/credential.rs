@@ -1,6 +1,7 @@
-//! Admission's credential steps: sentinels swapped (or the call refused),
-//! then the request re-signed for an `aws` scope. Split from [`super::admit`]
-//! only for size; the order is set there.
+//! Admission's credential steps: the scope's secret or minted token
+//! injected, sentinels swapped (or the call refused), then the request
+//! re-signed for an `aws` scope. Split from [`super::admit`] only for size;
+//! the order is set there.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -15,14 +16,78 @@ use super::admit::Admission;
 use super::held::Held;
 use crate::audit::DecisionRecord;
 use crate::body::Prefix;
-use crate::credentials::MintContext;
 use crate::credentials::sentinel::Found;
 use crate::credentials::sigv4::{self, Payload, SigningScope};
+use crate::credentials::{Credential, MintContext};
 use crate::error::Reason;
 use crate::metrics::Stage;
 use crate::policy::Scope;
 
 impl Admission<'_> {
+    /// The scope's secret or minted token, fetched from the broker and put
+    /// into the request. Each value joins `injected`, so the reflection guard
+    /// keeps it from coming back to the agent.
+    pub(super) async fn inject_credential(
+        &self,
+        scope: &crate::policy::Scope,
+        parts: &mut Parts,
+        query: &mut Option<String>,
+        ctx: &MintContext,
+        injected: &mut Vec<Arc<SecretString>>,
+    ) -> Result<(), Reason> {
+        match scope.credential.as_deref() {
+            Some(Credential::Secret(secret)) => {
+                let fetching = std::time::Instant::now();
+                let value = self.broker.secret(&secret.value, ctx).await;
+                self.metrics.observe(Stage::Credential, fetching.elapsed());
+                let value = value.map_err(|e| {
+                    tracing::warn!(error = %e, "credential not available");
+                    Reason::CredentialUnavailable
+                })?;
+                injected.push(Arc::clone(&value));
+                secret
+                    .inject(&value, &mut parts.headers, query)
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "credential not injected");
+                        Reason::CredentialUnavailable
+                    })?;
+            }
+            Some(Credential::OAuth2(oauth)) => {
+                let minting = std::time::Instant::now();
+                let token = self.broker.oauth2(oauth, ctx).await;
+                self.metrics.observe(Stage::Credential, minting.elapsed());
+                let token = token.map_err(|e| {
+                    tracing::warn!(error = %e, "oauth2 token not available");
+                    e.reason()
+                })?;
+                crate::credentials::oauth::inject(oauth, &token, &mut parts.headers, query)
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "oauth2 token not injected");
+                        Reason::CredentialUnavailable
+                    })?;
+                injected.push(Arc::new(token.value.clone()));
+            }
+            Some(Credential::GithubApp(app)) => {
+                let minting = std::time::Instant::now();
+                let token = self.broker.github_app(app, ctx).await;
+                self.metrics.observe(Stage::Credential, minting.elapsed());
+                let token = token.map_err(|e| {
+                    tracing::warn!(error = %e, "github app token not available");
+                    e.reason()
+                })?;
+                crate::credentials::github::inject(app, &token, &mut parts.headers, query)
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "github app token not injected");
+                        Reason::CredentialUnavailable
+                    })?;
+                injected.push(Arc::new(token.value.clone()));
+            }
+            // Sentinels were swapped before; AWS re-signs after.
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Refuses a call carrying a placeholder bound elsewhere; swaps bound
     /// placeholders for their values in headers, query and body prefix.
     pub(super) async fn swap_sentinels(
