@@ -31,6 +31,7 @@ mod probe;
 mod proxy_key;
 mod report;
 mod scope;
+mod scope_net;
 mod strictness;
 #[cfg(test)]
 mod tests;

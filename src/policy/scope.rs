@@ -15,9 +15,11 @@ use super::credential::compile_credential;
 use super::file::{RuleFile, ScopeFile};
 use super::glob::{self, GlobIndex, PathGlob};
 use super::report::{LoadOptions, Report, compile_rate, valid_name};
+use super::scope_net::{
+    check_blocked, compile_allow_private, compile_connect, compile_ports, parse_upstream,
+};
 use super::{ConnectMode, Effect, Mode, Reflection, Rule, RuleSet, Scope, Upstream};
 use crate::credentials::Credential;
-use crate::egress::{self, AllowPrivate, Blocked};
 
 pub(super) fn placeholder_scope(name: &str) -> Scope {
     Scope {
@@ -378,106 +380,46 @@ fn check_credential_fits(
     }
 }
 
-fn compile_connect(report: &mut Report<'_>, file: usize, scope: &ScopeFile) -> ConnectMode {
-    let name = scope.name.get_ref();
-    let sees_requests = !scope.allow.is_empty()
-        || !scope.deny.is_empty()
-        || scope.credential.is_some()
-        || scope.mcp.is_some();
-    match scope
-        .connect
-        .as_ref()
-        .map(|c| (c.get_ref().as_str(), c.span()))
-    {
-        None if sees_requests => ConnectMode::Intercept,
-        None => ConnectMode::Tunnel,
-        Some(("intercept", _)) => ConnectMode::Intercept,
-        Some(("tunnel", span)) => {
-            if scope.mcp.is_some() {
-                report.error(
-                    file,
-                    span,
-                    format!(
-                        "scope `{name}` tunnels, so it cannot have MCP rules: clawgate would not see its tool calls"
-                    ),
-                );
-            } else if sees_requests {
-                report.error(
-                    file,
-                    span,
-                    format!(
-                        "scope `{name}` tunnels, so it cannot have rules or a credential: clawgate never sees its requests"
-                    ),
-                );
-            }
-            ConnectMode::Tunnel
-        }
-        Some((other, span)) => {
-            report.error(
-                file,
-                span,
-                format!("connect `{other}` must be `intercept` or `tunnel`"),
-            );
-            ConnectMode::Tunnel
-        }
-    }
+fn valid_route(route: &str) -> bool {
+    !route.is_empty()
+        && route
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && route != "."
+        && route != ".."
 }
 
-fn compile_allow_private(report: &mut Report<'_>, file: usize, scope: &ScopeFile) -> AllowPrivate {
-    let mut allow_private = AllowPrivate::default();
-    for entry in scope.allow_private.iter().flatten() {
-        match AllowPrivate::parse([entry.get_ref().as_str()]) {
-            Ok(one) => allow_private.extend(one),
-            Err(message) => report.error(
-                file,
-                entry.span(),
-                format!("allow_private entry is not an address, range or host: {message}"),
-            ),
-        }
+/// Validates a path glob with globset (so the accepted syntax is globset's),
+/// then compiles it to the segment matcher `decide` uses.
+pub(super) fn compile_glob(pattern: &str) -> Result<Vec<PathGlob>, String> {
+    if !pattern.starts_with('/') {
+        return Err(format!("path `{pattern}` must start with `/`"));
     }
-    allow_private
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| format!("path `{pattern}` is not a valid glob: {}", e.kind()))?;
+    glob::compile(pattern).map_err(|e| format!("path `{pattern}` is not a valid glob: {e}"))
 }
 
-fn compile_ports(
-    report: &mut Report<'_>,
-    file: usize,
-    scope: &ScopeFile,
-    upstream: Option<&Upstream>,
-) -> Vec<u16> {
-    let Some(ports) = &scope.ports else {
-        return upstream.map(|u| vec![u.port]).unwrap_or_default();
-    };
-    if ports.get_ref().is_empty() || ports.get_ref().contains(&0) {
-        report.error(
-            file,
-            ports.span(),
-            "ports must list at least one port, none of them 0".into(),
-        );
+pub(super) fn check_method(method: &str) -> Result<(), String> {
+    if method.is_empty() || method.len() > 32 || !method.chars().all(|c| c.is_ascii_uppercase()) {
+        return Err(format!(
+            "method `{method}` must be an uppercase HTTP method such as `GET`"
+        ));
     }
-    ports.get_ref().clone()
+    Ok(())
 }
 
-/// Whether the upstream, written as an address, is one the egress check
-/// refuses (a warning: the scope loads, its calls will be refused).
-fn check_blocked(
-    report: &mut Report<'_>,
-    file: usize,
-    scope: &ScopeFile,
-    upstream: Option<&Upstream>,
-    allow_private: &AllowPrivate,
-) -> Option<Blocked> {
-    let host = egress::normalise_host(&upstream?.host).ok()?;
-    let blocked = allow_private.check_literal(&host).err()?;
-    report.warn(
-        file,
-        scope.upstream.span(),
-        format!(
-            "upstream `{}` is {}; calls in this scope will get egress-address-blocked unless `allow_private` names it",
-            scope.upstream.get_ref(),
-            blocked.range
-        ),
-    );
-    Some(blocked)
+pub(super) fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("not PEM certificates ({e})"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificates".into());
+    }
+    Ok(certs)
 }
 
 pub(super) fn compile_aws_rule(
@@ -538,94 +480,4 @@ pub(super) fn compile_aws_rule(
         actions: actions.iter().map(|a| a.get_ref().clone()).collect(),
         resources,
     }
-}
-
-fn parse_upstream(text: &str) -> Result<Upstream, String> {
-    let uri: http::Uri = text
-        .parse()
-        .map_err(|_| format!("upstream `{text}` is not a URL"))?;
-    let scheme = match uri.scheme_str() {
-        Some("https") => http::uri::Scheme::HTTPS,
-        Some("http") => http::uri::Scheme::HTTP,
-        _ => {
-            return Err(format!(
-                "upstream `{text}` must start with `https://` or `http://`"
-            ));
-        }
-    };
-    let Some(authority) = uri.authority() else {
-        return Err(format!("upstream `{text}` has no host"));
-    };
-    if authority.as_str().contains('@') {
-        return Err(format!("upstream `{text}` must not carry user information"));
-    }
-    if uri.query().is_some() {
-        return Err(format!("upstream `{text}` must not have a query"));
-    }
-    // Normalised like every host an agent names, so `0x7f000001` and
-    // `127.0.0.1` are one upstream.
-    let host = match egress::normalise_host(authority.host()) {
-        Ok(host) => host.to_string(),
-        Err(egress::HostError::Empty) => return Err(format!("upstream `{text}` has no host")),
-        Err(e) => return Err(format!("upstream `{text}`: {e}")),
-    };
-    let default_port = if scheme == http::uri::Scheme::HTTPS {
-        443
-    } else {
-        80
-    };
-    // The base path goes through the same normalisation as request paths, so
-    // the joined path the upstream sees is still canonical.
-    let base_path = crate::route::normalise_path(uri.path())
-        .map_err(|e| format!("upstream `{text}`: base {e}"))?
-        .trim_end_matches('/')
-        .to_owned();
-    Ok(Upstream {
-        scheme,
-        host,
-        port: authority.port_u16().unwrap_or(default_port),
-        base_path,
-    })
-}
-
-fn valid_route(route: &str) -> bool {
-    !route.is_empty()
-        && route
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        && route != "."
-        && route != ".."
-}
-
-/// Validates a path glob with globset (so the accepted syntax is globset's),
-/// then compiles it to the segment matcher `decide` uses.
-pub(super) fn compile_glob(pattern: &str) -> Result<Vec<PathGlob>, String> {
-    if !pattern.starts_with('/') {
-        return Err(format!("path `{pattern}` must start with `/`"));
-    }
-    GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .build()
-        .map_err(|e| format!("path `{pattern}` is not a valid glob: {}", e.kind()))?;
-    glob::compile(pattern).map_err(|e| format!("path `{pattern}` is not a valid glob: {e}"))
-}
-
-pub(super) fn check_method(method: &str) -> Result<(), String> {
-    if method.is_empty() || method.len() > 32 || !method.chars().all(|c| c.is_ascii_uppercase()) {
-        return Err(format!(
-            "method `{method}` must be an uppercase HTTP method such as `GET`"
-        ));
-    }
-    Ok(())
-}
-
-pub(super) fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("not PEM certificates ({e})"))?;
-    if certs.is_empty() {
-        return Err("holds no PEM certificates".into());
-    }
-    Ok(certs)
 }
