@@ -163,17 +163,57 @@ pub(crate) enum ProxyKeyCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum McpCommand {
-    /// Print the definition hash of every tool of an MCP server, as a
-    /// `[scope.mcp.pins]` table to paste into policy.
+    /// First-use pins: `list`, `accept` or `forget` them through the admin
+    /// API; or, given a server's URL, print the definition hash of every
+    /// tool of that server as a `[scope.mcp.pins]` table to paste into policy.
+    #[command(args_conflicts_with_subcommands = true)]
     Pins {
+        #[command(subcommand)]
+        action: Option<PinsCommand>,
         /// The server's MCP endpoint, such as `https://mcp.example.com/mcp`.
-        url: String,
+        url: Option<String>,
         /// A header to send, `Name: value` (repeatable), such as the server's credential.
         #[arg(long = "header", short = 'H')]
         headers: Vec<String>,
         /// PEM roots to trust besides the webpki roots (a private CA).
         #[arg(long)]
         ca_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PinsCommand {
+    /// Every first-use pin, marked `changed` when the tool's definition
+    /// moved since (such a tool is hidden and refused).
+    List {
+        #[command(flatten)]
+        to: ApproverArgs,
+        /// The JSON the API answers.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-pin a tool to the definition last seen (or to --hash): its calls
+    /// are allowed again. Needs the admin role; recorded.
+    Accept {
+        /// The scope.
+        scope: String,
+        /// The tool.
+        tool: String,
+        /// The hash to pin (`sha256:...`); the last one seen when absent.
+        #[arg(long)]
+        hash: Option<String>,
+        #[command(flatten)]
+        to: ApproverArgs,
+    },
+    /// Drop a tool's pin: its next sighting pins afresh. Needs the admin
+    /// role; recorded.
+    Forget {
+        /// The scope.
+        scope: String,
+        /// The tool.
+        tool: String,
+        #[command(flatten)]
+        to: ApproverArgs,
     },
 }
 

@@ -20,7 +20,7 @@ fn pins_survive_a_new_store_and_the_first_hash_stays_the_pin() {
         let (rows, tx) = open(&path).unwrap();
         assert!(rows.is_empty());
         let store = PinStore::default();
-        store.persist_to(tx);
+        store.persist_to(tx, path.to_path_buf());
         assert_eq!(store.observe("s", "t", "sha256:a"), Sighting::First);
         assert_eq!(
             store.observe("s", "t", "sha256:b"),
