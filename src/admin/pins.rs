@@ -78,7 +78,9 @@ impl Admin {
             Err(e) => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    &format!("body must be JSON with scope, tool (and for accept, optionally hash): {e}"),
+                    &format!(
+                        "body must be JSON with scope, tool (and for accept, optionally hash): {e}"
+                    ),
                 );
             }
         };
