@@ -114,7 +114,6 @@ impl Admin {
         };
         let mut record = DecisionRecord::new(kind::PIN, &uuid::Uuid::now_v7().to_string());
         record.mode = Some("admin".into());
-        record.decision = Some("allow".into());
         record.reason = Reason::Allowed.code().to_owned();
         record.scope = Some(asked.scope.clone());
         record.policy_digest = Some(self.pipeline.policy().digest().to_owned());
@@ -149,7 +148,6 @@ impl Admin {
             if !matches!(stored, Ok(Ok(()))) {
                 tracing::error!("pin change recorded but not stored; recording that");
                 record.add_detail("not stored, so not made");
-                record.decision = Some("deny".into());
                 self.pipeline.audit().append(record);
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
