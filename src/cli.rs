@@ -12,8 +12,10 @@ use clawgate::limits::redis::FailureMode;
 
 mod approvals;
 mod audit;
+mod pins;
 pub(crate) use approvals::*;
 pub(crate) use audit::*;
+pub(crate) use pins::*;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -163,11 +165,15 @@ pub(crate) enum ProxyKeyCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum McpCommand {
-    /// Print the definition hash of every tool of an MCP server, as a
-    /// `[scope.mcp.pins]` table to paste into policy.
+    /// First-use pins: `list`, `accept` or `forget` them through the admin
+    /// API; or, given a server's URL, print the definition hash of every
+    /// tool of that server as a `[scope.mcp.pins]` table to paste into policy.
+    #[command(args_conflicts_with_subcommands = true)]
     Pins {
+        #[command(subcommand)]
+        action: Option<PinsCommand>,
         /// The server's MCP endpoint, such as `https://mcp.example.com/mcp`.
-        url: String,
+        url: Option<String>,
         /// A header to send, `Name: value` (repeatable), such as the server's credential.
         #[arg(long = "header", short = 'H')]
         headers: Vec<String>,

@@ -14,6 +14,7 @@ mod audit_cmd;
 mod certs_cmd;
 mod cli;
 mod ops;
+mod pins_cmd;
 mod policy_cmd;
 use clawgate::credentials::BrokerConfig;
 use clawgate::forward::Timeouts;
@@ -74,10 +75,20 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => serve_command(*args),
         Command::Mcp(McpCommand::Pins {
+            action: Some(action),
+            ..
+        }) => runtime()?.block_on(pins_cmd::run(action)),
+        Command::Mcp(McpCommand::Pins {
+            action: None,
             url,
             headers,
             ca_file,
         }) => {
+            let Some(url) = url else {
+                anyhow::bail!(
+                    "`clawgate mcp pins` needs `list`, `accept`, `forget`, or a server's URL"
+                );
+            };
             let hashes = runtime()?.block_on(clawgate::mcp::fetch::tool_hashes(
                 &url,
                 &headers,

@@ -531,7 +531,7 @@ fn mcp_state(config: &ServeConfig) -> Result<crate::mcp::McpState, ServeError> {
                 }
             })?;
             state.pins.restore(rows);
-            state.pins.persist_to(sink);
+            state.pins.persist_to(sink, config.audit_path.clone());
         }
         state
     })

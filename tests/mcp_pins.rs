@@ -270,3 +270,172 @@ fn a_rug_pull_outlasts_a_restart_and_a_policy_pin_mismatch_is_a_change() {
         "{reply}"
     );
 }
+
+/// `clawgate mcp pins ...` as `who`, through the admin API.
+fn pins_cli(h: &Harness, who: &str, args: &[&str]) -> std::process::Output {
+    let (cert, key) = h.agent_cert(who);
+    let admin = format!("https://localhost:{}", h.admin_port);
+    let ca = h.certs.join("ca.pem");
+    let mut full: Vec<&str> = vec!["mcp", "pins"];
+    full.extend(args);
+    full.extend([
+        "--admin",
+        &admin,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    common::clawgate(&full)
+}
+
+fn stored_pin(h: &Harness, scope: &str, tool: &str) -> Option<(String, String)> {
+    let conn = rusqlite::Connection::open(&h.audit).unwrap();
+    conn.query_row(
+        "SELECT first, last FROM mcp_pins WHERE scope = ?1 AND tool = ?2",
+        [scope, tool],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .ok()
+}
+
+#[test]
+fn an_admin_accepts_a_changed_pin_and_forgets_one_an_auditor_cannot() {
+    let server = Server::start();
+    let policy = format!(
+        "[roles]\nadmins = [\"spiffe://clawgate.local/agent/ops\"]\nauditors = [\"spiffe://clawgate.local/agent/watcher\"]\n{}",
+        POLICY.replace("{mcp_port}", &server.port.to_string())
+    );
+    let h = Harness::with(Options {
+        extra_policy: vec![("pins.toml", policy)],
+        agents: vec!["mcp-pins", "ops", "watcher"],
+        ..Options::default()
+    });
+    let call = |h: &Harness| {
+        ask(
+            h,
+            "pinned-tools",
+            "tools/call",
+            &json!({"name": "read_file", "arguments": {"path": "/workspace/a"}}),
+        )
+    };
+
+    // Pinned, then pulled: refused.
+    assert!(listed(&h, "pinned-tools").contains(&"read_file".to_owned()));
+    let (reply, _) = ask(
+        &h,
+        "pinned-tools",
+        "tools/call",
+        &json!({"name": "rug_pull", "arguments": {}}),
+    );
+    assert!(reply.get("result").is_some(), "{reply}");
+    assert!(!listed(&h, "pinned-tools").contains(&"read_file".to_owned()));
+    wait_for_stored_change(&h, "pinned-tools", "read_file");
+    let (reply, id) = call(&h);
+    assert_eq!(
+        reply["error"]["data"]["reason"],
+        json!("tool-definition-changed"),
+        "{reply}"
+    );
+    assert_eq!(h.decision(&id).reason, "tool-definition-changed");
+    let (old, pulled) = stored_pin(&h, "pinned-tools", "read_file").unwrap();
+    assert_ne!(old, pulled);
+
+    // The list shows it changed; an auditor may list.
+    let out = pins_cli(&h, "watcher", &["list"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("pinned-tools read_file "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("CHANGED") && line.contains(&pulled), "{line}");
+
+    // An auditor cannot accept: 403, recorded, nothing changed.
+    let out = pins_cli(&h, "watcher", &["accept", "pinned-tools", "read_file"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{out:?}"
+    );
+    h.wait_for("the auditor's refusal", |r| {
+        r.reason == "admin-role-required" && r.path.as_deref() == Some("/v1/mcp/pins/accept")
+    });
+    assert_eq!(
+        stored_pin(&h, "pinned-tools", "read_file"),
+        Some((old.clone(), pulled.clone()))
+    );
+    let (reply, _) = call(&h);
+    assert_eq!(
+        reply["error"]["data"]["reason"],
+        json!("tool-definition-changed")
+    );
+
+    // Bad input: a malformed hash changes nothing.
+    let out = pins_cli(
+        &h,
+        "ops",
+        &[
+            "accept",
+            "pinned-tools",
+            "read_file",
+            "--hash",
+            "sha256:xyz",
+        ],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("400"),
+        "{out:?}"
+    );
+
+    // The admin accepts the definition last seen: the call is allowed.
+    let out = pins_cli(&h, "ops", &["accept", "pinned-tools", "read_file"]);
+    assert!(out.status.success(), "{out:?}");
+    let accepted = pin_records(&h, "pinned-tools", "read_file")
+        .into_iter()
+        .find(|r| r.mode.as_deref() == Some("admin"))
+        .expect("the accept's record");
+    assert_eq!(accepted.reason, "allowed");
+    let detail = accepted.detail.unwrap();
+    assert!(
+        detail.contains("accepted by spiffe://clawgate.local/agent/ops")
+            && detail.contains(&format!("old pin {old}"))
+            && detail.contains(&format!("new pin {pulled}")),
+        "{detail}"
+    );
+    assert_eq!(
+        stored_pin(&h, "pinned-tools", "read_file"),
+        Some((pulled.clone(), pulled.clone()))
+    );
+    assert!(listed(&h, "pinned-tools").contains(&"read_file".to_owned()));
+    let (reply, id) = call(&h);
+    assert!(reply.get("result").is_some(), "{reply}");
+    assert_eq!(h.decision(&id).reason, "allowed");
+
+    // Forget: the row goes, and the next list pins the tool afresh.
+    let out = pins_cli(&h, "ops", &["forget", "pinned-tools", "read_file"]);
+    assert!(out.status.success(), "{out:?}");
+    h.wait_for("the forget's record", |r| {
+        r.kind == "pin"
+            && r.mode.as_deref() == Some("admin")
+            && r.detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with("pin forgotten by"))
+    });
+    assert_eq!(stored_pin(&h, "pinned-tools", "read_file"), None);
+    let before = pin_records(&h, "pinned-tools", "read_file").len();
+    assert!(listed(&h, "pinned-tools").contains(&"read_file".to_owned()));
+    h.wait_for("the fresh pin", |r| {
+        r.kind == "pin"
+            && r.reason == "tool-pinned"
+            && r.mode.as_deref() != Some("admin")
+            && r.mcp.as_ref().and_then(|m| m.name.as_deref()) == Some("read_file")
+            && r.mcp.as_ref().and_then(|m| m.definition.as_deref()) == Some(pulled.as_str())
+    });
+    assert!(pin_records(&h, "pinned-tools", "read_file").len() > before);
+    let (reply, _) = call(&h);
+    assert!(reply.get("result").is_some(), "{reply}");
+}

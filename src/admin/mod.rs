@@ -19,6 +19,7 @@ pub use crate::metrics;
 mod approvals;
 mod explain;
 mod overrides;
+mod pins;
 mod status;
 mod views;
 
@@ -235,6 +236,9 @@ impl Admin {
             },
             (Method::GET, "/v1/overrides") => json(StatusCode::OK, &self.in_force(now)),
             (Method::POST, "/v1/overrides") => self.create_override(req, &who, peer).await,
+            (Method::GET, "/v1/mcp/pins") => self.list_pins(),
+            (Method::POST, "/v1/mcp/pins/accept") => self.change_pin(req, true, &who).await,
+            (Method::POST, "/v1/mcp/pins/forget") => self.change_pin(req, false, &who).await,
             (Method::DELETE, p) if p.starts_with("/v1/overrides/") => {
                 self.remove_override(&p["/v1/overrides/".len()..], &who)
                     .await

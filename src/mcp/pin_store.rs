@@ -65,6 +65,31 @@ pub fn open(path: &Path) -> Result<(Vec<PinRow>, mpsc::Sender<PinRow>), rusqlite
     Ok((rows, tx))
 }
 
+/// Sets `tool` in `scope` to `hash` (first and last) in the table at
+/// `path`, now and durably: an admin's accept, before it takes effect.
+pub fn accept(path: &Path, scope: &str, tool: &str, hash: &str) -> Result<(), rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute(
+        "INSERT INTO mcp_pins (scope, tool, first, last) VALUES (?1, ?2, ?3, ?3)
+         ON CONFLICT (scope, tool) DO UPDATE SET first = excluded.first, last = excluded.last",
+        params![scope, tool, hash],
+    )?;
+    Ok(())
+}
+
+/// Deletes the row of `tool` in `scope` from the table at `path`: an
+/// admin's forget, before it takes effect.
+pub fn forget(path: &Path, scope: &str, tool: &str) -> Result<(), rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute(
+        "DELETE FROM mcp_pins WHERE scope = ?1 AND tool = ?2",
+        params![scope, tool],
+    )?;
+    Ok(())
+}
+
 /// Writes each sighting as it comes, until every sender is gone.
 fn write_all(conn: &Connection, rx: &mpsc::Receiver<PinRow>) {
     for row in rx {

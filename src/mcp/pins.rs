@@ -97,6 +97,8 @@ pub struct PinStore {
     tools: DashMap<(String, String), (String, String)>,
     /// Where first and changed sightings are stored, when they are.
     sink: std::sync::OnceLock<std::sync::mpsc::Sender<super::pin_store::PinRow>>,
+    /// The database the sink writes, for admin changes written in place.
+    db: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl PinStore {
@@ -108,9 +110,53 @@ impl PinStore {
         }
     }
 
-    /// Hands every first or changed sighting from now on to `sink`.
-    pub fn persist_to(&self, sink: std::sync::mpsc::Sender<super::pin_store::PinRow>) {
+    /// Hands every first or changed sighting from now on to `sink`, which
+    /// writes the database at `db`.
+    pub fn persist_to(
+        &self,
+        sink: std::sync::mpsc::Sender<super::pin_store::PinRow>,
+        db: std::path::PathBuf,
+    ) {
         let _ = self.sink.set(sink);
+        let _ = self.db.set(db);
+    }
+
+    /// The database pins are kept in, when they are kept.
+    pub fn db(&self) -> Option<&std::path::Path> {
+        self.db.get().map(std::path::PathBuf::as_path)
+    }
+
+    /// Every pin, sorted by scope then tool.
+    pub fn list(&self) -> Vec<super::pin_store::PinRow> {
+        let mut rows: Vec<_> = self
+            .tools
+            .iter()
+            .map(|e| super::pin_store::PinRow {
+                scope: e.key().0.clone(),
+                tool: e.key().1.clone(),
+                first: e.value().0.clone(),
+                last: e.value().1.clone(),
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.scope, &a.tool).cmp(&(&b.scope, &b.tool)));
+        rows
+    }
+
+    /// Pins `tool` in `scope` to `hash` (the first and last hash from now
+    /// on), in memory; the store was written by the caller first.
+    pub fn set(&self, scope: &str, tool: &str, hash: &str) {
+        self.tools.insert(
+            (scope.to_owned(), tool.to_owned()),
+            (hash.to_owned(), hash.to_owned()),
+        );
+    }
+
+    /// Drops the pin of `tool` in `scope` from memory: its next sighting
+    /// pins afresh. Answers the pin dropped.
+    pub fn forget(&self, scope: &str, tool: &str) -> Option<(String, String)> {
+        self.tools
+            .remove(&(scope.to_owned(), tool.to_owned()))
+            .map(|(_, v)| v)
     }
 
     /// Records a sighting of `tool` in `scope` with `hash`.

@@ -272,6 +272,11 @@ impl Pipeline {
         &self.audit
     }
 
+    /// The MCP state: definition pins, pending lists.
+    pub fn mcp(&self) -> &crate::mcp::McpState {
+        &self.mcp
+    }
+
     /// Runs one request from inside an intercepted `CONNECT`.
     pub(crate) async fn handle_inside(
         &self,
