@@ -209,6 +209,30 @@ impl Prefix {
         })
     }
 
+    /// Reads and drops what is left of a body that was refused, up to
+    /// `limit` bytes and for at most `within`, before the refusal is sent.
+    /// An HTTP/2 client still sending when its stream is answered and
+    /// dropped can see the stream reset instead of the answer; one that
+    /// finished sending sees the answer. A body past either bound is cut off.
+    pub async fn discard_rest(self, limit: usize, within: std::time::Duration) {
+        use http_body_util::BodyExt;
+        let Some(mut rest) = self.rest else {
+            return;
+        };
+        let _ = tokio::time::timeout(within, async {
+            let mut seen = 0usize;
+            while seen < limit {
+                match rest.frame().await {
+                    Some(Ok(frame)) => {
+                        seen += frame.data_ref().map_or(0, Bytes::len);
+                    }
+                    Some(Err(_)) | None => break,
+                }
+            }
+        })
+        .await;
+    }
+
     /// Whether the whole body was read.
     pub fn is_complete(&self) -> bool {
         self.rest.is_none()

@@ -23,6 +23,13 @@ use crate::error::Reason;
 use crate::metrics::Stage;
 use crate::policy::Scope;
 
+/// How much of a refused body is read and dropped before the refusal is
+/// sent, so that a client still sending sees the answer (see
+/// [`crate::body::Prefix::discard_rest`]).
+const DISCARD_LIMIT: usize = 1 << 20;
+/// How long that may take at most.
+const DISCARD_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Admission<'_> {
     /// The scope's secret or minted token, fetched from the broker and put
     /// into the request. Each value joins `injected`, so the reflection guard
@@ -134,6 +141,11 @@ impl Admission<'_> {
                     "body past the sentinel scan limit ({} bytes)",
                     self.limits.sentinel_scan
                 ));
+                if let Held::Read(prefix) = held {
+                    prefix
+                        .discard_rest(DISCARD_LIMIT, self.limits.read_timeout.min(DISCARD_WITHIN))
+                        .await;
+                }
                 return Err(Reason::RequestTooLarge);
             }
         }
