@@ -16,7 +16,7 @@ use super::admit::Admission;
 use super::held::Held;
 use crate::audit::DecisionRecord;
 use crate::body::Prefix;
-use crate::credentials::sentinel::Found;
+use crate::credentials::sentinel::{Found, Sentinels};
 use crate::credentials::sigv4::{self, Payload, SigningScope};
 use crate::credentials::{Credential, MintContext};
 use crate::error::Reason;
@@ -110,45 +110,8 @@ impl Admission<'_> {
         if sentinels.is_empty() {
             return Ok((held, Vec::new()));
         }
-        let mut found = Found::new();
-        // Scanned in every spelling a reader could undo (percent, JSON,
-        // quoted-printable), but only ever rewritten where it stands as
-        // it is. The path (decoded, as rules see it) is never rewritten:
-        // a placeholder there is only ever refused or passed on.
-        sentinels.scan_decoded(parts.uri.path().as_bytes(), &mut found);
-        for (name, value) in &parts.headers {
-            sentinels.scan(name.as_str().as_bytes(), &mut found);
-            sentinels.scan_decoded(value.as_bytes(), &mut found);
-        }
-        if let Some(q) = query.as_deref() {
-            sentinels.scan_decoded(q.as_bytes(), &mut found);
-        }
-        let has_body = !matches!(&held, Held::Stream(b) if http_body::Body::is_end_stream(b));
-        let held = if has_body {
-            Held::Read(
-                held.read(self.limits.sentinel_scan, self.limits.read_timeout)
-                    .await?,
-            )
-        } else {
-            held
-        };
-        if let Held::Read(prefix) = &held {
-            sentinels.scan_decoded(&prefix.bytes, &mut found);
-            // What is not scanned could carry a placeholder anywhere: an
-            // agent that may hold one does not send it unscanned.
-            if !prefix.is_complete() && sentinels.bears(&ctx.agent) {
-                record.add_detail(&format!(
-                    "body past the sentinel scan limit ({} bytes)",
-                    self.limits.sentinel_scan
-                ));
-                if let Held::Read(prefix) = held {
-                    prefix
-                        .discard_rest(DISCARD_LIMIT, self.limits.read_timeout.min(DISCARD_WITHIN))
-                        .await;
-                }
-                return Err(Reason::RequestTooLarge);
-            }
-        }
+        let mut found = scan_head(sentinels, parts, query.as_deref());
+        let held = self.scan_body(held, &mut found, ctx, record).await?;
         if found.is_empty() {
             return Ok((held, Vec::new()));
         }
@@ -181,25 +144,7 @@ impl Admission<'_> {
                 })?;
             values[i] = Some(value);
         }
-        let names_for_headers: Vec<_> = parts.headers.keys().cloned().collect();
-        for name in names_for_headers {
-            let rewritten: Vec<HeaderValue> = parts
-                .headers
-                .get_all(&name)
-                .iter()
-                .map(|v| {
-                    let bytes = sentinels.replace(v.as_bytes(), &values, str::to_owned);
-                    let mut out = HeaderValue::from_bytes(&bytes)
-                        .map_err(|_| Reason::CredentialUnavailable)?;
-                    out.set_sensitive(bytes != v.as_bytes() || v.is_sensitive());
-                    Ok(out)
-                })
-                .collect::<Result<_, Reason>>()?;
-            parts.headers.remove(&name);
-            for value in rewritten {
-                parts.headers.append(name.clone(), value);
-            }
-        }
+        rewrite_headers(sentinels, &values, &mut parts.headers)?;
         if let Some(q) = query.as_mut() {
             let bytes = sentinels.replace(q.as_bytes(), &values, encode_query_value);
             *q = String::from_utf8(bytes).map_err(|_| Reason::MalformedRequest)?;
@@ -318,4 +263,84 @@ impl Admission<'_> {
 /// A query string with every pair form-decoded, for scanning only.
 fn encode_query_value(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+impl Admission<'_> {
+    /// Reads the body's prefix (up to the scan limit) and scans it. A body
+    /// past the limit is refused to an agent that may hold a placeholder:
+    /// what is not scanned could carry one anywhere.
+    async fn scan_body(
+        &self,
+        held: Held,
+        found: &mut Found,
+        ctx: &MintContext,
+        record: &mut DecisionRecord,
+    ) -> Result<Held, Reason> {
+        let has_body = !matches!(&held, Held::Stream(b) if http_body::Body::is_end_stream(b));
+        if !has_body {
+            return Ok(held);
+        }
+        let prefix = held
+            .read(self.limits.sentinel_scan, self.limits.read_timeout)
+            .await?;
+        let sentinels = self.policy.sentinels();
+        sentinels.scan_decoded(&prefix.bytes, found);
+        if !prefix.is_complete() && sentinels.bears(&ctx.agent) {
+            record.add_detail(&format!(
+                "body past the sentinel scan limit ({} bytes)",
+                self.limits.sentinel_scan
+            ));
+            prefix
+                .discard_rest(DISCARD_LIMIT, self.limits.read_timeout.min(DISCARD_WITHIN))
+                .await;
+            return Err(Reason::RequestTooLarge);
+        }
+        Ok(Held::Read(prefix))
+    }
+}
+
+/// The placeholders in the path, headers and query. Scanned in every
+/// spelling a reader could undo (percent, JSON, quoted-printable), but only
+/// ever rewritten where they stand as they are. The path (decoded, as rules
+/// see it) is never rewritten: a placeholder there is only ever refused or
+/// passed on.
+fn scan_head(sentinels: &Sentinels, parts: &Parts, query: Option<&str>) -> Found {
+    let mut found = Found::new();
+    sentinels.scan_decoded(parts.uri.path().as_bytes(), &mut found);
+    for (name, value) in &parts.headers {
+        sentinels.scan(name.as_str().as_bytes(), &mut found);
+        sentinels.scan_decoded(value.as_bytes(), &mut found);
+    }
+    if let Some(q) = query {
+        sentinels.scan_decoded(q.as_bytes(), &mut found);
+    }
+    found
+}
+
+/// Every header value with its bound placeholders swapped for their values;
+/// a rewritten value is marked sensitive.
+fn rewrite_headers(
+    sentinels: &Sentinels,
+    values: &[Option<Arc<SecretString>>],
+    headers: &mut http::HeaderMap,
+) -> Result<(), Reason> {
+    let names: Vec<_> = headers.keys().cloned().collect();
+    for name in names {
+        let rewritten: Vec<HeaderValue> = headers
+            .get_all(&name)
+            .iter()
+            .map(|v| {
+                let bytes = sentinels.replace(v.as_bytes(), values, str::to_owned);
+                let mut out =
+                    HeaderValue::from_bytes(&bytes).map_err(|_| Reason::CredentialUnavailable)?;
+                out.set_sensitive(bytes != v.as_bytes() || v.is_sensitive());
+                Ok(out)
+            })
+            .collect::<Result<_, Reason>>()?;
+        headers.remove(&name);
+        for value in rewritten {
+            headers.append(name.clone(), value);
+        }
+    }
+    Ok(())
 }
